@@ -1,0 +1,397 @@
+//! Hush storage: the [`Store`] trait and its backends.
+//!
+//! The store is the single source of truth for everything durable: accounts,
+//! key packages, group state, group timelines, device inboxes and cursors. It
+//! is also the *fence*: a group's sequence numbers are assigned inside the
+//! store, under a lease token, so two nodes that both believe they own a
+//! group can never both append to it.
+//!
+//! # Contract (every backend, checked by [`conformance`])
+//!
+//! - **Durable on return.** When a write method returns `Ok`, the write has
+//!   reached stable storage (for SQLite: committed with `synchronous=FULL`).
+//!   Callers acknowledge clients only after that.
+//! - **Dense, unique seq.** Each group's timeline has seqs 1, 2, 3, ... with no
+//!   gaps and no duplicates. The store assigns them; callers never choose.
+//! - **Idempotent appends.** `(group_id, client_msg_id)` is unique: appending
+//!   the same id again returns [`AppendOutcome::Duplicate`] with the original
+//!   seq and writes nothing.
+//! - **Fencing.** Appends carry the fence token from [`Store::acquire_lease`].
+//!   A token that is not the group's current one fails with
+//!   [`StoreError::Fenced`] and writes nothing.
+//! - **One commit per epoch.** [`Store::append_commit`] applies only if the
+//!   group is still at `expected_epoch`; otherwise it fails with
+//!   [`StoreError::EpochConflict`] and writes nothing.
+//! - **Single-use key packages.** A claimed package is never handed out again;
+//!   concurrent claims get distinct packages. A device's last-resort package
+//!   is handed out only when no other package is left, and is kept.
+//! - **Atomic commits.** A commit's state change, its timeline entry, the
+//!   membership change and its Welcome inbox items become visible together or
+//!   not at all.
+//!
+//! Methods return `Result<Option<T>>` where absence is a normal answer
+//! (`None` = not there) and `Err` only for failures.
+
+use async_trait::async_trait;
+
+pub mod sqlite;
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+
+pub use sqlite::{SqliteConfig, SqliteStore};
+
+/// Errors of any backend.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique key (handle, device id, group id) is taken.
+    #[error("already exists")]
+    AlreadyExists,
+    /// A referenced row (user, device, group) does not exist.
+    #[error("not found")]
+    NotFound,
+    /// The fence token is not the group's current lease token, or another
+    /// owner holds an unexpired lease.
+    #[error("fenced: group is owned by {owner} (token {token})")]
+    Fenced { owner: String, token: u64 },
+    /// The group is no longer at the commit's expected epoch.
+    #[error("epoch conflict: group is at epoch {current_epoch}, head seq {head_seq}")]
+    EpochConflict { current_epoch: u64, head_seq: u64 },
+    /// The backend cannot be reached or is shutting down.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Any other backend failure (I/O, corruption, a bug).
+    #[error("store backend error: {0}")]
+    Backend(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A registered device of a user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Device {
+    pub user_id: String,
+    pub device_id: String,
+    /// Ed25519 public key (32 bytes).
+    pub signature_key: Vec<u8>,
+    /// Tokens carrying an older generation are revoked.
+    pub token_generation: u64,
+    pub created_at_ms: u64,
+}
+
+/// A validated key package, ready to store.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyPackageRecord {
+    /// The KeyPackageRef (hash) — unique across the store.
+    pub hash_ref: Vec<u8>,
+    /// The serialized package as uploaded.
+    pub data: Vec<u8>,
+}
+
+impl std::fmt::Debug for KeyPackageRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyPackageRecord")
+            .field("hash_ref", &hex_prefix(&self.hash_ref))
+            .field("len", &self.data.len())
+            .finish()
+    }
+}
+
+/// A package handed out by [`Store::claim_key_package`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimedKeyPackage {
+    pub data: Vec<u8>,
+    pub last_resort: bool,
+}
+
+/// A device that is a member of a group (from the MLS tree).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MemberDevice {
+    pub user_id: String,
+    pub device_id: String,
+}
+
+/// A group as stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GroupRecord {
+    pub group_id: Vec<u8>,
+    pub epoch: u64,
+    /// The delivery service's public group state (opaque to the store).
+    pub state: Vec<u8>,
+    /// Latest GroupInfo (MLSMessage) for external joins.
+    pub group_info: Vec<u8>,
+    /// Latest ratchet tree (TLS-serialized).
+    pub ratchet_tree: Vec<u8>,
+    /// The last assigned seq (0 when the timeline is empty).
+    pub head_seq: u64,
+    /// Member devices, sorted.
+    pub members: Vec<MemberDevice>,
+}
+
+impl std::fmt::Debug for GroupRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupRecord")
+            .field("group_id", &hex_prefix(&self.group_id))
+            .field("epoch", &self.epoch)
+            .field("head_seq", &self.head_seq)
+            .field("members", &self.members.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A new group at its first epoch.
+#[derive(Clone, Debug)]
+pub struct NewGroup {
+    pub group: GroupRecord,
+}
+
+/// What a timeline entry is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EntryKind {
+    Commit = 1,
+    Proposal = 2,
+    Application = 3,
+}
+
+impl EntryKind {
+    pub fn from_i64(v: i64) -> Option<Self> {
+        match v {
+            1 => Some(Self::Commit),
+            2 => Some(Self::Proposal),
+            3 => Some(Self::Application),
+            _ => None,
+        }
+    }
+}
+
+/// An entry to append (the store assigns its seq).
+#[derive(Clone, PartialEq, Eq)]
+pub struct NewEntry {
+    pub kind: EntryKind,
+    pub epoch: u64,
+    /// "<user_id>/<device_id>" of the submitting device.
+    pub sender: String,
+    /// Idempotency key, unique per group.
+    pub client_msg_id: Vec<u8>,
+    /// The MLSMessage as submitted (ciphertext for applications).
+    pub message: Vec<u8>,
+    pub server_time_ms: u64,
+}
+
+impl std::fmt::Debug for NewEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewEntry")
+            .field("kind", &self.kind)
+            .field("epoch", &self.epoch)
+            .field("sender", &self.sender)
+            .field("len", &self.message.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A stored timeline entry.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub seq: u64,
+    pub kind: EntryKind,
+    pub epoch: u64,
+    pub sender: String,
+    pub client_msg_id: Vec<u8>,
+    pub message: Vec<u8>,
+    pub server_time_ms: u64,
+}
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry")
+            .field("seq", &self.seq)
+            .field("kind", &self.kind)
+            .field("epoch", &self.epoch)
+            .field("sender", &self.sender)
+            .field("len", &self.message.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The result of an append.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppendOutcome {
+    Appended { seq: u64 },
+    /// The client_msg_id was already stored; nothing was written.
+    Duplicate { seq: u64 },
+}
+
+impl AppendOutcome {
+    pub fn seq(self) -> u64 {
+        match self {
+            Self::Appended { seq } | Self::Duplicate { seq } => seq,
+        }
+    }
+}
+
+/// A Welcome to put into a device's inbox.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WelcomeWrite {
+    pub device_id: String,
+    pub welcome: Vec<u8>,
+    pub ratchet_tree: Vec<u8>,
+}
+
+impl std::fmt::Debug for WelcomeWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WelcomeWrite")
+            .field("device_id", &self.device_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything one accepted commit changes, applied atomically.
+#[derive(Clone, Debug)]
+pub struct CommitWrite {
+    pub group_id: Vec<u8>,
+    pub fence: u64,
+    pub expected_epoch: u64,
+    pub new_epoch: u64,
+    pub state: Vec<u8>,
+    pub group_info: Vec<u8>,
+    pub ratchet_tree: Vec<u8>,
+    /// The full member list after the commit.
+    pub members: Vec<MemberDevice>,
+    /// The commit's timeline entry (kind = Commit).
+    pub entry: NewEntry,
+    /// Welcomes for the devices the commit adds.
+    pub welcomes: Vec<WelcomeWrite>,
+}
+
+/// A group a device belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceGroup {
+    pub group_id: Vec<u8>,
+    /// Seq of the commit that added the device (0 for the creator). Entries
+    /// after it are the device's to read.
+    pub joined_seq: u64,
+}
+
+/// An item in a device's inbox.
+#[derive(Clone, PartialEq, Eq)]
+pub struct InboxItem {
+    /// Increasing per device.
+    pub inbox_seq: u64,
+    pub group_id: Vec<u8>,
+    pub commit_seq: u64,
+    pub welcome: Vec<u8>,
+    pub ratchet_tree: Vec<u8>,
+}
+
+impl std::fmt::Debug for InboxItem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboxItem")
+            .field("inbox_seq", &self.inbox_seq)
+            .field("group_id", &hex_prefix(&self.group_id))
+            .field("commit_seq", &self.commit_seq)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A group ownership lease.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub owner: String,
+    /// The fence token; grows every time ownership changes hands.
+    pub token: u64,
+    pub expires_at_ms: u64,
+}
+
+/// The storage seam. See the module docs for the guarantees every
+/// implementation keeps.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // ----- accounts -----
+
+    /// Creates a user with its first device. `AlreadyExists` if the user id
+    /// (or the device id) is taken.
+    async fn create_user(&self, device: &Device) -> Result<()>;
+    /// Adds a device to an existing user. `NotFound` if the user is missing,
+    /// `AlreadyExists` if the device id is taken.
+    async fn add_device(&self, device: &Device) -> Result<()>;
+    async fn device(&self, device_id: &str) -> Result<Option<Device>>;
+    /// All devices of a user, in creation order (empty if unknown user).
+    async fn devices_of_user(&self, user_id: &str) -> Result<Vec<Device>>;
+    /// Revokes every token of a device; returns the new generation.
+    /// `NotFound` if the device is missing.
+    async fn bump_token_generation(&self, device_id: &str) -> Result<u64>;
+    /// Returns the secret stored under `name`, storing `candidate` first if
+    /// there is none (atomic: concurrent callers all get the same secret).
+    async fn get_or_create_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>>;
+    /// Stores a one-time device link code (by its hash).
+    async fn put_link_code(&self, code_hash: &[u8], user_id: &str, expires_at_ms: u64)
+        -> Result<()>;
+    /// Consumes a link code: returns its user id once, if it exists and has
+    /// not expired at `now_ms`; deletes it either way.
+    async fn take_link_code(&self, code_hash: &[u8], now_ms: u64) -> Result<Option<String>>;
+
+    // ----- key packages -----
+
+    /// Stores packages for a device (a `hash_ref` already stored is skipped)
+    /// and, if given, replaces its last-resort package. Returns the number of
+    /// unclaimed non-last-resort packages now stored for the device.
+    async fn put_key_packages(
+        &self,
+        device_id: &str,
+        packages: &[KeyPackageRecord],
+        last_resort: Option<&KeyPackageRecord>,
+    ) -> Result<u32>;
+    /// Atomically claims one package of the device: the oldest ordinary one,
+    /// else the last-resort one (not deleted), else `None`.
+    async fn claim_key_package(&self, device_id: &str) -> Result<Option<ClaimedKeyPackage>>;
+    /// (unclaimed ordinary packages, has a last-resort package)
+    async fn key_package_count(&self, device_id: &str) -> Result<(u32, bool)>;
+
+    // ----- groups and timelines -----
+
+    /// `AlreadyExists` if the group id is taken. Members get `joined_seq` 0.
+    async fn create_group(&self, group: &NewGroup) -> Result<()>;
+    async fn group(&self, group_id: &[u8]) -> Result<Option<GroupRecord>>;
+    /// Takes or renews the group's lease for `owner`. A new owner (after the
+    /// previous lease expired, or when there was none) gets a larger token;
+    /// the same owner renewing keeps its token. `Fenced` if another owner's
+    /// lease is unexpired at `now_ms`. `NotFound` if the group is missing.
+    async fn acquire_lease(
+        &self,
+        group_id: &[u8],
+        owner: &str,
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Result<Lease>;
+    /// Releases the lease if `owner` holds it with `token` (graceful handoff).
+    async fn release_lease(&self, group_id: &[u8], owner: &str, token: u64) -> Result<()>;
+    /// Appends an application message or proposal with the next seq.
+    async fn append_message(&self, group_id: &[u8], fence: u64, entry: &NewEntry)
+        -> Result<AppendOutcome>;
+    /// Applies an accepted commit (see [`CommitWrite`]) with the next seq.
+    async fn append_commit(&self, write: &CommitWrite) -> Result<AppendOutcome>;
+    /// Entries with seq > `after_seq`, ascending, at most `limit`.
+    async fn read_timeline(&self, group_id: &[u8], after_seq: u64, limit: u32)
+        -> Result<Vec<Entry>>;
+    /// The groups a device is currently a member of.
+    async fn groups_of_device(&self, device_id: &str) -> Result<Vec<DeviceGroup>>;
+
+    // ----- sync state -----
+
+    /// Moves a device's cursor in a group forward (never backward).
+    async fn set_cursor(&self, device_id: &str, group_id: &[u8], seq: u64) -> Result<()>;
+    /// All cursors of a device: (group_id, seq).
+    async fn cursors(&self, device_id: &str) -> Result<Vec<(Vec<u8>, u64)>>;
+    /// Inbox items with inbox_seq > `after`, ascending, at most `limit`.
+    async fn read_inbox(&self, device_id: &str, after: u64, limit: u32) -> Result<Vec<InboxItem>>;
+    /// Deletes inbox items with inbox_seq <= `upto`.
+    async fn ack_inbox(&self, device_id: &str, upto: u64) -> Result<()>;
+}
+
+fn hex_prefix(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
+}
