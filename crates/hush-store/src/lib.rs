@@ -216,9 +216,13 @@ impl std::fmt::Debug for Entry {
 /// The result of an append.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AppendOutcome {
-    Appended { seq: u64 },
+    Appended {
+        seq: u64,
+    },
     /// The client_msg_id was already stored; nothing was written.
-    Duplicate { seq: u64 },
+    Duplicate {
+        seq: u64,
+    },
 }
 
 impl AppendOutcome {
@@ -324,8 +328,12 @@ pub trait Store: Send + Sync + 'static {
     /// there is none (atomic: concurrent callers all get the same secret).
     async fn get_or_create_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>>;
     /// Stores a one-time device link code (by its hash).
-    async fn put_link_code(&self, code_hash: &[u8], user_id: &str, expires_at_ms: u64)
-        -> Result<()>;
+    async fn put_link_code(
+        &self,
+        code_hash: &[u8],
+        user_id: &str,
+        expires_at_ms: u64,
+    ) -> Result<()>;
     /// Consumes a link code: returns its user id once, if it exists and has
     /// not expired at `now_ms`; deletes it either way.
     async fn take_link_code(&self, code_hash: &[u8], now_ms: u64) -> Result<Option<String>>;
@@ -366,13 +374,21 @@ pub trait Store: Send + Sync + 'static {
     /// Releases the lease if `owner` holds it with `token` (graceful handoff).
     async fn release_lease(&self, group_id: &[u8], owner: &str, token: u64) -> Result<()>;
     /// Appends an application message or proposal with the next seq.
-    async fn append_message(&self, group_id: &[u8], fence: u64, entry: &NewEntry)
-        -> Result<AppendOutcome>;
+    async fn append_message(
+        &self,
+        group_id: &[u8],
+        fence: u64,
+        entry: &NewEntry,
+    ) -> Result<AppendOutcome>;
     /// Applies an accepted commit (see [`CommitWrite`]) with the next seq.
     async fn append_commit(&self, write: &CommitWrite) -> Result<AppendOutcome>;
     /// Entries with seq > `after_seq`, ascending, at most `limit`.
-    async fn read_timeline(&self, group_id: &[u8], after_seq: u64, limit: u32)
-        -> Result<Vec<Entry>>;
+    async fn read_timeline(
+        &self,
+        group_id: &[u8],
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<Entry>>;
     /// The groups a device is currently a member of.
     async fn groups_of_device(&self, device_id: &str) -> Result<Vec<DeviceGroup>>;
 

@@ -1,0 +1,1462 @@
+//! The conformance suite every [`Store`] backend passes.
+//!
+//! Each check is a `pub async fn` taking a fresh, empty store; the
+//! [`store_conformance_suite!`](crate::store_conformance_suite) macro expands
+//! to one `#[tokio::test]` per check, so a backend runs the whole suite with
+//! one line (the crate using it needs `tokio` with `macros` and
+//! `rt-multi-thread`):
+//!
+//! ```ignore
+//! hush_store::store_conformance_suite!(hush_store::conformance::sqlite_harness());
+//! ```
+//!
+//! The factory expression is evaluated once per test and must be a future
+//! resolving to a [`Harness`]: the store plus whatever must live as long as
+//! it (a temporary directory, a keyspace guard).
+//!
+//! Checks are deterministic: time is always passed in (`now_ms`), nothing
+//! sleeps, and concurrency checks assert invariants that hold under every
+//! interleaving.
+
+use std::any::Any;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use tokio::task::JoinSet;
+
+use crate::{
+    AppendOutcome, ClaimedKeyPackage, CommitWrite, Device, DeviceGroup, EntryKind, GroupRecord,
+    KeyPackageRecord, MemberDevice, NewEntry, NewGroup, Store, StoreError, WelcomeWrite,
+};
+
+/// A store under test plus what must outlive it.
+pub struct Harness {
+    pub store: Arc<dyn Store>,
+    _guard: Option<Box<dyn Any + Send + Sync>>,
+}
+
+impl Harness {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self {
+            store,
+            _guard: None,
+        }
+    }
+
+    /// `guard` is dropped after the store (fields drop in order).
+    pub fn with_guard(store: Arc<dyn Store>, guard: impl Any + Send + Sync) -> Self {
+        Self {
+            store,
+            _guard: Some(Box::new(guard)),
+        }
+    }
+}
+
+/// A [`crate::SqliteStore`] on a fresh temporary directory (deleted when the
+/// harness drops). Also handy for other crates' tests.
+pub async fn sqlite_harness() -> Harness {
+    let dir = tempfile::tempdir().expect("create temporary directory");
+    let config = crate::SqliteConfig::new(dir.path().join("hush.db"));
+    let store = crate::SqliteStore::open(config)
+        .await
+        .expect("open sqlite store");
+    Harness::with_guard(Arc::new(store), dir)
+}
+
+/// Expands to one `#[tokio::test]` per conformance check. The argument is an
+/// expression evaluated once per test to a future of a
+/// [`Harness`](crate::conformance::Harness).
+#[macro_export]
+macro_rules! store_conformance_suite {
+    ($factory:expr) => {
+        $crate::store_conformance_suite!(@tests ($factory)
+            users_and_devices,
+            secrets_get_or_create_concurrently,
+            link_codes_single_use_and_expiry,
+            key_packages_claim_order_and_last_resort,
+            key_packages_concurrent_claims_are_distinct,
+            groups_create_and_read,
+            lease_lifecycle,
+            lease_tokens_grow_with_every_handoff,
+            append_requires_current_fence,
+            stale_fence_after_takeover_writes_nothing,
+            append_dense_seqs_under_concurrency,
+            append_is_idempotent,
+            append_concurrent_duplicates_get_one_seq,
+            commit_applies_atomically,
+            commit_epoch_conflict_writes_nothing,
+            commit_race_has_one_winner_per_epoch,
+            read_timeline_paging,
+            groups_of_device_follow_membership,
+            cursors_never_move_backward,
+            inbox_seqs_increase_and_are_never_reused,
+        );
+    };
+    (@tests ($factory:expr) $($name:ident),+ $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let harness: $crate::conformance::Harness = ($factory).await;
+                $crate::conformance::$name(::std::sync::Arc::clone(&harness.store)).await;
+                drop(harness);
+            }
+        )+
+    };
+}
+
+// ----------------------------------------------------------------------------
+// fixtures
+
+fn device(user: &str, device_id: &str, created_at_ms: u64) -> Device {
+    Device {
+        user_id: user.to_string(),
+        device_id: device_id.to_string(),
+        signature_key: vec![7; 32],
+        token_generation: 0,
+        created_at_ms,
+    }
+}
+
+fn member(user: &str, device_id: &str) -> MemberDevice {
+    MemberDevice {
+        user_id: user.to_string(),
+        device_id: device_id.to_string(),
+    }
+}
+
+fn kp(tag: &str) -> KeyPackageRecord {
+    KeyPackageRecord {
+        hash_ref: format!("ref:{tag}").into_bytes(),
+        data: format!("data:{tag}").into_bytes(),
+    }
+}
+
+fn claimed(tag: &str, last_resort: bool) -> Option<ClaimedKeyPackage> {
+    Some(ClaimedKeyPackage {
+        data: format!("data:{tag}").into_bytes(),
+        last_resort,
+    })
+}
+
+fn message(id: &str, epoch: u64) -> NewEntry {
+    NewEntry {
+        kind: EntryKind::Application,
+        epoch,
+        sender: "alice/alice-1".to_string(),
+        client_msg_id: id.as_bytes().to_vec(),
+        message: format!("ciphertext:{id}").into_bytes(),
+        server_time_ms: 1_000,
+    }
+}
+
+fn new_group(group_id: &[u8], members: Vec<MemberDevice>) -> NewGroup {
+    NewGroup {
+        group: GroupRecord {
+            group_id: group_id.to_vec(),
+            epoch: 1,
+            state: b"state-1".to_vec(),
+            group_info: b"group-info-1".to_vec(),
+            ratchet_tree: b"tree-1".to_vec(),
+            head_seq: 0,
+            members,
+        },
+    }
+}
+
+/// Creates a group with `alice-1` as its only member and takes its lease
+/// for `node-a`; returns the fence token.
+async fn leased_group(store: &dyn Store, group_id: &[u8]) -> u64 {
+    store
+        .create_group(&new_group(group_id, vec![member("alice", "alice-1")]))
+        .await
+        .expect("create group");
+    store
+        .acquire_lease(group_id, "node-a", 0, 1_000_000)
+        .await
+        .expect("acquire lease")
+        .token
+}
+
+fn commit(
+    group_id: &[u8],
+    fence: u64,
+    expected_epoch: u64,
+    members: Vec<MemberDevice>,
+    welcome_for: &[&str],
+    id: &str,
+) -> CommitWrite {
+    let new_epoch = expected_epoch + 1;
+    CommitWrite {
+        group_id: group_id.to_vec(),
+        fence,
+        expected_epoch,
+        new_epoch,
+        state: format!("state-{new_epoch}-{id}").into_bytes(),
+        group_info: format!("group-info-{new_epoch}-{id}").into_bytes(),
+        ratchet_tree: format!("tree-{new_epoch}-{id}").into_bytes(),
+        members,
+        entry: NewEntry {
+            kind: EntryKind::Commit,
+            epoch: expected_epoch,
+            sender: "alice/alice-1".to_string(),
+            client_msg_id: id.as_bytes().to_vec(),
+            message: format!("commit:{id}").into_bytes(),
+            server_time_ms: 2_000,
+        },
+        welcomes: welcome_for
+            .iter()
+            .map(|d| WelcomeWrite {
+                device_id: d.to_string(),
+                welcome: format!("welcome:{id}:{d}").into_bytes(),
+                ratchet_tree: format!("tree-{new_epoch}-{id}").into_bytes(),
+            })
+            .collect(),
+    }
+}
+
+async fn timeline_len(store: &dyn Store, group_id: &[u8]) -> usize {
+    store
+        .read_timeline(group_id, 0, u32::MAX)
+        .await
+        .expect("read timeline")
+        .len()
+}
+
+async fn head_seq(store: &dyn Store, group_id: &[u8]) -> u64 {
+    store
+        .group(group_id)
+        .await
+        .expect("read group")
+        .expect("group exists")
+        .head_seq
+}
+
+fn assert_fenced<T: std::fmt::Debug>(
+    result: crate::Result<T>,
+    owner: &str,
+    token: u64,
+    what: &str,
+) {
+    match result {
+        Err(StoreError::Fenced { owner: o, token: t }) => {
+            assert_eq!((o.as_str(), t), (owner, token), "{what}: fenced by")
+        }
+        other => panic!("{what}: expected Fenced, got {other:?}"),
+    }
+}
+
+// ----------------------------------------------------------------------------
+// accounts
+
+pub async fn users_and_devices(store: Arc<dyn Store>) {
+    let alice1 = device("alice", "alice-1", 10);
+    store.create_user(&alice1).await.expect("create alice");
+    assert!(matches!(
+        store.create_user(&device("alice", "alice-9", 11)).await,
+        Err(StoreError::AlreadyExists)
+    ));
+    // A taken device id fails the whole creation: bob is not created.
+    assert!(matches!(
+        store.create_user(&device("bob", "alice-1", 12)).await,
+        Err(StoreError::AlreadyExists)
+    ));
+    assert!(matches!(
+        store.add_device(&device("bob", "bob-1", 13)).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(store
+        .devices_of_user("bob")
+        .await
+        .expect("devices")
+        .is_empty());
+    assert_eq!(store.device("bob-1").await.expect("device"), None);
+
+    let alice3 = device("alice", "alice-3", 20);
+    let alice2 = device("alice", "alice-2", 30);
+    store.add_device(&alice3).await.expect("add alice-3");
+    store.add_device(&alice2).await.expect("add alice-2");
+    assert!(matches!(
+        store.add_device(&device("alice", "alice-2", 40)).await,
+        Err(StoreError::AlreadyExists)
+    ));
+    store
+        .create_user(&device("bob", "bob-1", 50))
+        .await
+        .expect("create bob");
+    assert!(matches!(
+        store.add_device(&device("bob", "alice-2", 60)).await,
+        Err(StoreError::AlreadyExists)
+    ));
+
+    // Creation order, not id order.
+    assert_eq!(
+        store.devices_of_user("alice").await.expect("devices"),
+        vec![alice1.clone(), alice3, alice2.clone()]
+    );
+    assert_eq!(store.device("alice-2").await.expect("device"), Some(alice2));
+    assert!(store
+        .devices_of_user("nobody")
+        .await
+        .expect("devices")
+        .is_empty());
+
+    assert_eq!(
+        store.bump_token_generation("alice-1").await.expect("bump"),
+        1
+    );
+    assert_eq!(
+        store.bump_token_generation("alice-1").await.expect("bump"),
+        2
+    );
+    let reread = store
+        .device("alice-1")
+        .await
+        .expect("device")
+        .expect("exists");
+    assert_eq!(reread.token_generation, 2);
+    assert_eq!(reread.signature_key, alice1.signature_key);
+    assert_eq!(
+        store
+            .device("bob-1")
+            .await
+            .expect("device")
+            .expect("exists")
+            .token_generation,
+        0
+    );
+    assert!(matches!(
+        store.bump_token_generation("nobody-1").await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+pub async fn secrets_get_or_create_concurrently(store: Arc<dyn Store>) {
+    let mut tasks = JoinSet::new();
+    for i in 0..32u8 {
+        let store = store.clone();
+        tasks.spawn(async move { store.get_or_create_secret("token-key", &[i; 32]).await });
+    }
+    let mut seen = BTreeSet::new();
+    while let Some(joined) = tasks.join_next().await {
+        seen.insert(joined.expect("task").expect("get_or_create_secret"));
+    }
+    assert_eq!(seen.len(), 1, "concurrent callers got different secrets");
+    let winner = seen.into_iter().next().expect("one secret");
+    assert!(winner.len() == 32 && winner.iter().all(|b| *b == winner[0]));
+
+    let again = store
+        .get_or_create_secret("token-key", b"another candidate")
+        .await
+        .expect("get secret");
+    assert_eq!(again, winner);
+    let other = store
+        .get_or_create_secret("other-key", b"other")
+        .await
+        .expect("create other secret");
+    assert_eq!(other, b"other".to_vec());
+}
+
+pub async fn link_codes_single_use_and_expiry(store: Arc<dyn Store>) {
+    store
+        .put_link_code(b"code-1", "alice", 1_000)
+        .await
+        .expect("put");
+    assert_eq!(
+        store.take_link_code(b"code-1", 999).await.expect("take"),
+        Some("alice".to_string())
+    );
+    assert_eq!(
+        store.take_link_code(b"code-1", 999).await.expect("take"),
+        None
+    );
+
+    // Expired at its deadline, and deleted by the failed take.
+    store
+        .put_link_code(b"code-2", "bob", 1_000)
+        .await
+        .expect("put");
+    assert_eq!(
+        store.take_link_code(b"code-2", 1_000).await.expect("take"),
+        None
+    );
+    assert_eq!(
+        store.take_link_code(b"code-2", 0).await.expect("take"),
+        None
+    );
+
+    assert_eq!(store.take_link_code(b"never", 0).await.expect("take"), None);
+
+    // Concurrent takes: exactly one wins.
+    store
+        .put_link_code(b"code-3", "carol", 1_000)
+        .await
+        .expect("put");
+    let mut tasks = JoinSet::new();
+    for _ in 0..16 {
+        let store = store.clone();
+        tasks.spawn(async move { store.take_link_code(b"code-3", 10).await });
+    }
+    let mut winners = 0;
+    while let Some(joined) = tasks.join_next().await {
+        if joined.expect("task").expect("take").is_some() {
+            winners += 1;
+        }
+    }
+    assert_eq!(winners, 1);
+}
+
+// ----------------------------------------------------------------------------
+// key packages
+
+pub async fn key_packages_claim_order_and_last_resort(store: Arc<dyn Store>) {
+    let n = store
+        .put_key_packages("dev-1", &[kp("1"), kp("2"), kp("3")], Some(&kp("lr-a")))
+        .await
+        .expect("put");
+    assert_eq!(n, 3);
+    assert_eq!(
+        store.key_package_count("dev-1").await.expect("count"),
+        (3, true)
+    );
+    // An already stored hash_ref is skipped.
+    let n = store
+        .put_key_packages("dev-1", &[kp("2"), kp("4")], None)
+        .await
+        .expect("put");
+    assert_eq!(n, 4);
+
+    for tag in ["1", "2", "3", "4"] {
+        assert_eq!(
+            store.claim_key_package("dev-1").await.expect("claim"),
+            claimed(tag, false),
+            "oldest first"
+        );
+    }
+    assert_eq!(
+        store.key_package_count("dev-1").await.expect("count"),
+        (0, true)
+    );
+    // The last-resort package is handed out, and kept.
+    for _ in 0..3 {
+        assert_eq!(
+            store.claim_key_package("dev-1").await.expect("claim"),
+            claimed("lr-a", true)
+        );
+    }
+    assert_eq!(
+        store.key_package_count("dev-1").await.expect("count"),
+        (0, true)
+    );
+
+    // Replacing the last-resort package.
+    let n = store
+        .put_key_packages("dev-1", &[], Some(&kp("lr-b")))
+        .await
+        .expect("put");
+    assert_eq!(n, 0);
+    assert_eq!(
+        store.claim_key_package("dev-1").await.expect("claim"),
+        claimed("lr-b", true)
+    );
+
+    // A claimed package uploaded again is never handed out again.
+    let n = store
+        .put_key_packages("dev-1", &[kp("1")], None)
+        .await
+        .expect("put");
+    assert_eq!(n, 0);
+    assert_eq!(
+        store.claim_key_package("dev-1").await.expect("claim"),
+        claimed("lr-b", true)
+    );
+
+    // Ordinary packages come before the last-resort one again.
+    store
+        .put_key_packages("dev-1", &[kp("5")], None)
+        .await
+        .expect("put");
+    assert_eq!(
+        store.claim_key_package("dev-1").await.expect("claim"),
+        claimed("5", false)
+    );
+
+    // hash_ref is unique across the store, not per device.
+    store
+        .put_key_packages("dev-2", &[kp("6")], None)
+        .await
+        .expect("put");
+    let n = store
+        .put_key_packages("dev-3", &[kp("6")], None)
+        .await
+        .expect("put");
+    assert_eq!(n, 0);
+    assert_eq!(store.claim_key_package("dev-3").await.expect("claim"), None);
+    assert_eq!(
+        store.claim_key_package("dev-2").await.expect("claim"),
+        claimed("6", false)
+    );
+    assert_eq!(store.claim_key_package("dev-2").await.expect("claim"), None);
+
+    assert_eq!(
+        store.claim_key_package("nobody").await.expect("claim"),
+        None
+    );
+    assert_eq!(
+        store.key_package_count("nobody").await.expect("count"),
+        (0, false)
+    );
+}
+
+pub async fn key_packages_concurrent_claims_are_distinct(store: Arc<dyn Store>) {
+    const PACKAGES: usize = 200;
+    let packages: Vec<_> = (0..PACKAGES).map(|i| kp(&format!("c{i}"))).collect();
+    for chunk in packages.chunks(50) {
+        store
+            .put_key_packages("dev-1", chunk, None)
+            .await
+            .expect("put");
+    }
+    assert_eq!(
+        store.key_package_count("dev-1").await.expect("count"),
+        (PACKAGES as u32, false)
+    );
+
+    let mut tasks = JoinSet::new();
+    for _ in 0..16 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let mut got = Vec::new();
+            while let Some(p) = store.claim_key_package("dev-1").await.expect("claim") {
+                assert!(!p.last_resort);
+                got.push(p.data);
+            }
+            got
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        all.extend(joined.expect("task"));
+    }
+    let distinct: BTreeSet<_> = all.iter().cloned().collect();
+    assert_eq!(all.len(), PACKAGES, "every package claimed exactly once");
+    assert_eq!(distinct.len(), PACKAGES, "no package handed out twice");
+    assert_eq!(store.claim_key_package("dev-1").await.expect("claim"), None);
+
+    store
+        .put_key_packages("dev-1", &[], Some(&kp("lr")))
+        .await
+        .expect("put");
+    let mut tasks = JoinSet::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        tasks.spawn(async move { store.claim_key_package("dev-1").await });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        assert_eq!(joined.expect("task").expect("claim"), claimed("lr", true));
+    }
+    assert_eq!(
+        store.key_package_count("dev-1").await.expect("count"),
+        (0, true)
+    );
+}
+
+// ----------------------------------------------------------------------------
+// groups and leases
+
+pub async fn groups_create_and_read(store: Arc<dyn Store>) {
+    let members = vec![member("bob", "bob-1"), member("alice", "alice-1")];
+    store
+        .create_group(&new_group(b"g1", members))
+        .await
+        .expect("create group");
+    assert!(matches!(
+        store.create_group(&new_group(b"g1", vec![])).await,
+        Err(StoreError::AlreadyExists)
+    ));
+    let g = store.group(b"g1").await.expect("group").expect("exists");
+    assert_eq!(g.group_id, b"g1".to_vec());
+    assert_eq!(g.epoch, 1);
+    assert_eq!(g.state, b"state-1".to_vec());
+    assert_eq!(g.group_info, b"group-info-1".to_vec());
+    assert_eq!(g.ratchet_tree, b"tree-1".to_vec());
+    assert_eq!(g.head_seq, 0);
+    assert_eq!(
+        g.members,
+        vec![member("alice", "alice-1"), member("bob", "bob-1")],
+        "members sorted"
+    );
+    assert_eq!(store.group(b"nope").await.expect("group"), None);
+    assert_eq!(
+        store.groups_of_device("bob-1").await.expect("groups"),
+        vec![DeviceGroup {
+            group_id: b"g1".to_vec(),
+            joined_seq: 0
+        }]
+    );
+    assert!(store
+        .read_timeline(b"g1", 0, 10)
+        .await
+        .expect("read")
+        .is_empty());
+}
+
+pub async fn lease_lifecycle(store: Arc<dyn Store>) {
+    assert!(matches!(
+        store.acquire_lease(b"missing", "node-a", 0, 100).await,
+        Err(StoreError::NotFound)
+    ));
+    store
+        .create_group(&new_group(b"g", vec![]))
+        .await
+        .expect("create group");
+
+    let a = store
+        .acquire_lease(b"g", "node-a", 1_000, 500)
+        .await
+        .expect("acquire");
+    assert_eq!(
+        (a.owner.as_str(), a.token, a.expires_at_ms),
+        ("node-a", 1, 1_500)
+    );
+
+    // Renewal keeps the token and extends the lease.
+    let a = store
+        .acquire_lease(b"g", "node-a", 1_200, 500)
+        .await
+        .expect("renew");
+    assert_eq!((a.token, a.expires_at_ms), (1, 1_700));
+
+    assert_fenced(
+        store.acquire_lease(b"g", "node-b", 1_699, 500).await,
+        "node-a",
+        1,
+        "unexpired lease",
+    );
+    // Expired at its deadline: another owner takes over with a larger token.
+    let b = store
+        .acquire_lease(b"g", "node-b", 1_700, 500)
+        .await
+        .expect("takeover");
+    assert_eq!(
+        (b.owner.as_str(), b.token, b.expires_at_ms),
+        ("node-b", 2, 2_200)
+    );
+    assert_fenced(
+        store.acquire_lease(b"g", "node-a", 1_800, 500).await,
+        "node-b",
+        2,
+        "old owner",
+    );
+
+    // Release needs the right owner and token.
+    store
+        .release_lease(b"g", "node-b", 1)
+        .await
+        .expect("release");
+    store
+        .release_lease(b"g", "node-a", 2)
+        .await
+        .expect("release");
+    assert_fenced(
+        store.acquire_lease(b"g", "node-a", 1_800, 500).await,
+        "node-b",
+        2,
+        "after bad releases",
+    );
+    store
+        .release_lease(b"g", "node-b", 2)
+        .await
+        .expect("release");
+    let a = store
+        .acquire_lease(b"g", "node-a", 1_800, 500)
+        .await
+        .expect("acquire after release");
+    assert_eq!((a.owner.as_str(), a.token), ("node-a", 3));
+}
+
+pub async fn lease_tokens_grow_with_every_handoff(store: Arc<dyn Store>) {
+    store
+        .create_group(&new_group(b"g", vec![]))
+        .await
+        .expect("create group");
+    let mut last = 0;
+    let mut now = 0;
+    for round in 0..20u64 {
+        let owner = format!("node-{}", round % 3);
+        let lease = store
+            .acquire_lease(b"g", &owner, now, 100)
+            .await
+            .expect("acquire");
+        assert!(lease.token > last, "token must grow on handoff");
+        last = lease.token;
+        if round % 2 == 0 {
+            store
+                .release_lease(b"g", &owner, lease.token)
+                .await
+                .expect("release");
+        } else {
+            now += 100; // let it expire
+        }
+    }
+}
+
+pub async fn append_requires_current_fence(store: Arc<dyn Store>) {
+    store
+        .create_group(&new_group(b"g", vec![member("alice", "alice-1")]))
+        .await
+        .expect("create group");
+    // A new group has no lease: nobody may append.
+    assert!(matches!(
+        store.append_message(b"g", 0, &message("m0", 1)).await,
+        Err(StoreError::Fenced { token: 0, .. })
+    ));
+    assert!(matches!(
+        store.append_message(b"g", 1, &message("m0", 1)).await,
+        Err(StoreError::Fenced { token: 0, .. })
+    ));
+    let lease = store
+        .acquire_lease(b"g", "node-a", 0, 1_000)
+        .await
+        .expect("acquire");
+    assert_fenced(
+        store
+            .append_message(b"g", lease.token + 1, &message("m1", 1))
+            .await,
+        "node-a",
+        lease.token,
+        "future token",
+    );
+    assert_eq!(timeline_len(&*store, b"g").await, 0);
+    assert_eq!(head_seq(&*store, b"g").await, 0);
+
+    assert_eq!(
+        store
+            .append_message(b"g", lease.token, &message("m1", 1))
+            .await
+            .expect("append"),
+        AppendOutcome::Appended { seq: 1 }
+    );
+    assert_eq!(head_seq(&*store, b"g").await, 1);
+    assert!(matches!(
+        store.append_message(b"missing", 1, &message("m1", 1)).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+pub async fn stale_fence_after_takeover_writes_nothing(store: Arc<dyn Store>) {
+    store
+        .create_group(&new_group(b"g", vec![member("alice", "alice-1")]))
+        .await
+        .expect("create group");
+    let a = store
+        .acquire_lease(b"g", "node-a", 0, 100)
+        .await
+        .expect("acquire");
+    store
+        .append_message(b"g", a.token, &message("m1", 1))
+        .await
+        .expect("append");
+    let b = store
+        .acquire_lease(b"g", "node-b", 100, 100)
+        .await
+        .expect("takeover");
+    assert!(b.token > a.token);
+
+    assert_fenced(
+        store.append_message(b"g", a.token, &message("m2", 1)).await,
+        "node-b",
+        b.token,
+        "stale append",
+    );
+    let stale_commit = commit(
+        b"g",
+        a.token,
+        1,
+        vec![member("alice", "alice-1"), member("bob", "bob-1")],
+        &["bob-1"],
+        "c-stale",
+    );
+    assert_fenced(
+        store.append_commit(&stale_commit).await,
+        "node-b",
+        b.token,
+        "stale commit",
+    );
+    let g = store.group(b"g").await.expect("group").expect("exists");
+    assert_eq!((g.epoch, g.head_seq, g.members.len()), (1, 1, 1));
+    assert_eq!(timeline_len(&*store, b"g").await, 1);
+    assert!(store
+        .read_inbox("bob-1", 0, 10)
+        .await
+        .expect("inbox")
+        .is_empty());
+
+    // Even a duplicate id is refused under a stale fence.
+    assert_fenced(
+        store.append_message(b"g", a.token, &message("m1", 1)).await,
+        "node-b",
+        b.token,
+        "stale duplicate",
+    );
+    assert_eq!(
+        store
+            .append_message(b"g", b.token, &message("m2", 1))
+            .await
+            .expect("append"),
+        AppendOutcome::Appended { seq: 2 }
+    );
+}
+
+pub async fn append_dense_seqs_under_concurrency(store: Arc<dyn Store>) {
+    const TASKS: usize = 16;
+    const PER_TASK: usize = 40;
+    let fence = leased_group(&*store, b"g").await;
+    let mut tasks = JoinSet::new();
+    for t in 0..TASKS {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let mut got = Vec::new();
+            for i in 0..PER_TASK {
+                let id = format!("t{t}-{i}");
+                let outcome = store
+                    .append_message(b"g", fence, &message(&id, 1))
+                    .await
+                    .expect("append");
+                let AppendOutcome::Appended { seq } = outcome else {
+                    panic!("fresh id reported as {outcome:?}");
+                };
+                got.push((id, seq));
+            }
+            got
+        });
+    }
+    let mut by_id = BTreeMap::new();
+    while let Some(joined) = tasks.join_next().await {
+        for (id, seq) in joined.expect("task") {
+            by_id.insert(id.into_bytes(), seq);
+        }
+    }
+    let total = (TASKS * PER_TASK) as u64;
+    let seqs: BTreeSet<u64> = by_id.values().copied().collect();
+    assert_eq!(seqs.len() as u64, total, "duplicate seqs handed out");
+    assert_eq!(seqs, (1..=total).collect(), "seqs not dense");
+    assert_eq!(head_seq(&*store, b"g").await, total);
+
+    let mut after = 0;
+    loop {
+        let page = store.read_timeline(b"g", after, 100).await.expect("read");
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for e in &page {
+            assert_eq!(by_id.get(&e.client_msg_id), Some(&e.seq));
+        }
+    }
+    assert_eq!(after, total);
+}
+
+pub async fn append_is_idempotent(store: Arc<dyn Store>) {
+    let fence = leased_group(&*store, b"g").await;
+    assert_eq!(
+        store
+            .append_message(b"g", fence, &message("m1", 1))
+            .await
+            .expect("append"),
+        AppendOutcome::Appended { seq: 1 }
+    );
+    let mut retry = message("m1", 1);
+    retry.message = b"different body".to_vec();
+    assert_eq!(
+        store
+            .append_message(b"g", fence, &retry)
+            .await
+            .expect("append"),
+        AppendOutcome::Duplicate { seq: 1 }
+    );
+    assert_eq!(
+        store
+            .append_message(b"g", fence, &message("m2", 1))
+            .await
+            .expect("append"),
+        AppendOutcome::Appended { seq: 2 }
+    );
+    assert_eq!(
+        store
+            .append_message(b"g", fence, &message("m1", 1))
+            .await
+            .expect("append"),
+        AppendOutcome::Duplicate { seq: 1 }
+    );
+    let timeline = store.read_timeline(b"g", 0, 10).await.expect("read");
+    assert_eq!(timeline.len(), 2);
+    assert_eq!(
+        timeline[0].message,
+        b"ciphertext:m1".to_vec(),
+        "duplicate wrote"
+    );
+
+    // Ids are per group.
+    let fence2 = leased_group(&*store, b"g2").await;
+    assert_eq!(
+        store
+            .append_message(b"g2", fence2, &message("m1", 1))
+            .await
+            .expect("append"),
+        AppendOutcome::Appended { seq: 1 }
+    );
+}
+
+pub async fn append_concurrent_duplicates_get_one_seq(store: Arc<dyn Store>) {
+    let fence = leased_group(&*store, b"g").await;
+    let mut tasks = JoinSet::new();
+    for t in 0..24 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let dup = store
+                .append_message(b"g", fence, &message("same", 1))
+                .await
+                .expect("append dup");
+            let own = store
+                .append_message(b"g", fence, &message(&format!("own-{t}"), 1))
+                .await
+                .expect("append own");
+            (dup, own)
+        });
+    }
+    let mut appended = 0;
+    let mut dup_seqs = BTreeSet::new();
+    let mut all_seqs = BTreeSet::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (dup, own) = joined.expect("task");
+        if matches!(dup, AppendOutcome::Appended { .. }) {
+            appended += 1;
+            all_seqs.insert(dup.seq());
+        }
+        dup_seqs.insert(dup.seq());
+        assert!(matches!(own, AppendOutcome::Appended { .. }));
+        assert!(all_seqs.insert(own.seq()), "seq handed out twice");
+    }
+    assert_eq!(appended, 1, "exactly one append of the duplicated id");
+    assert_eq!(dup_seqs.len(), 1, "all duplicates see the original seq");
+    assert_eq!(all_seqs, (1..=25).collect());
+    assert_eq!(timeline_len(&*store, b"g").await, 25);
+}
+
+// ----------------------------------------------------------------------------
+// commits
+
+pub async fn commit_applies_atomically(store: Arc<dyn Store>) {
+    let fence = leased_group(&*store, b"g").await;
+    store
+        .append_message(b"g", fence, &message("m1", 1))
+        .await
+        .expect("append");
+
+    let add = commit(
+        b"g",
+        fence,
+        1,
+        vec![
+            member("bob", "bob-2"),
+            member("alice", "alice-1"),
+            member("bob", "bob-1"),
+        ],
+        &["bob-1", "bob-2"],
+        "c1",
+    );
+    assert_eq!(
+        store.append_commit(&add).await.expect("commit"),
+        AppendOutcome::Appended { seq: 2 }
+    );
+    let g = store.group(b"g").await.expect("group").expect("exists");
+    assert_eq!(g.epoch, 2);
+    assert_eq!(g.head_seq, 2);
+    assert_eq!(g.state, add.state);
+    assert_eq!(g.group_info, add.group_info);
+    assert_eq!(g.ratchet_tree, add.ratchet_tree);
+    assert_eq!(
+        g.members,
+        vec![
+            member("alice", "alice-1"),
+            member("bob", "bob-1"),
+            member("bob", "bob-2")
+        ]
+    );
+    let timeline = store.read_timeline(b"g", 1, 10).await.expect("read");
+    assert_eq!(timeline.len(), 1);
+    assert_eq!(
+        (timeline[0].seq, timeline[0].kind, timeline[0].epoch),
+        (2, EntryKind::Commit, 1)
+    );
+    assert_eq!(timeline[0].message, add.entry.message);
+
+    let joined = |seq| {
+        vec![DeviceGroup {
+            group_id: b"g".to_vec(),
+            joined_seq: seq,
+        }]
+    };
+    assert_eq!(
+        store.groups_of_device("alice-1").await.expect("groups"),
+        joined(0)
+    );
+    assert_eq!(
+        store.groups_of_device("bob-1").await.expect("groups"),
+        joined(2)
+    );
+    assert_eq!(
+        store.groups_of_device("bob-2").await.expect("groups"),
+        joined(2)
+    );
+
+    for d in ["bob-1", "bob-2"] {
+        let inbox = store.read_inbox(d, 0, 10).await.expect("inbox");
+        assert_eq!(inbox.len(), 1, "{d}");
+        assert_eq!(inbox[0].group_id, b"g".to_vec());
+        assert_eq!(inbox[0].commit_seq, 2);
+        assert_eq!(inbox[0].welcome, format!("welcome:c1:{d}").into_bytes());
+        assert_eq!(inbox[0].ratchet_tree, add.ratchet_tree);
+    }
+
+    // A retried commit is a duplicate, even though the epoch moved on.
+    assert_eq!(
+        store.append_commit(&add).await.expect("retry"),
+        AppendOutcome::Duplicate { seq: 2 }
+    );
+    assert_eq!(
+        store.read_inbox("bob-1", 0, 10).await.expect("inbox").len(),
+        1
+    );
+    assert_eq!(head_seq(&*store, b"g").await, 2);
+
+    // Removing a member; the others keep their joined_seq.
+    let remove = commit(
+        b"g",
+        fence,
+        2,
+        vec![member("alice", "alice-1"), member("bob", "bob-1")],
+        &[],
+        "c2",
+    );
+    assert_eq!(
+        store.append_commit(&remove).await.expect("commit"),
+        AppendOutcome::Appended { seq: 3 }
+    );
+    assert!(store
+        .groups_of_device("bob-2")
+        .await
+        .expect("groups")
+        .is_empty());
+    assert_eq!(
+        store.groups_of_device("bob-1").await.expect("groups"),
+        joined(2)
+    );
+    assert_eq!(
+        store.groups_of_device("alice-1").await.expect("groups"),
+        joined(0)
+    );
+    let g = store.group(b"g").await.expect("group").expect("exists");
+    assert_eq!((g.epoch, g.head_seq, g.members.len()), (3, 3, 2));
+
+    assert!(matches!(
+        store
+            .append_commit(&commit(b"missing", fence, 1, vec![], &[], "c9"))
+            .await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+pub async fn commit_epoch_conflict_writes_nothing(store: Arc<dyn Store>) {
+    let fence = leased_group(&*store, b"g").await;
+    store
+        .append_commit(&commit(
+            b"g",
+            fence,
+            1,
+            vec![member("alice", "alice-1"), member("bob", "bob-1")],
+            &["bob-1"],
+            "c1",
+        ))
+        .await
+        .expect("commit");
+    store
+        .append_message(b"g", fence, &message("m1", 2))
+        .await
+        .expect("append");
+
+    let before = store.group(b"g").await.expect("group").expect("exists");
+    let timeline_before = store.read_timeline(b"g", 0, 100).await.expect("read");
+    let bob_inbox_before = store.read_inbox("bob-1", 0, 100).await.expect("inbox");
+
+    let stale = commit(
+        b"g",
+        fence,
+        1,
+        vec![member("alice", "alice-1"), member("carol", "carol-1")],
+        &["carol-1", "bob-1"],
+        "c-stale",
+    );
+    for _ in 0..2 {
+        match store.append_commit(&stale).await {
+            Err(StoreError::EpochConflict {
+                current_epoch,
+                head_seq,
+            }) => assert_eq!((current_epoch, head_seq), (2, 2)),
+            other => panic!("expected EpochConflict, got {other:?}"),
+        }
+    }
+
+    let after = store.group(b"g").await.expect("group").expect("exists");
+    assert_eq!(after, before, "group state changed");
+    assert_eq!(
+        store.read_timeline(b"g", 0, 100).await.expect("read"),
+        timeline_before
+    );
+    assert!(store
+        .groups_of_device("carol-1")
+        .await
+        .expect("groups")
+        .is_empty());
+    assert!(store
+        .read_inbox("carol-1", 0, 100)
+        .await
+        .expect("inbox")
+        .is_empty());
+    assert_eq!(
+        store.read_inbox("bob-1", 0, 100).await.expect("inbox"),
+        bob_inbox_before
+    );
+    assert_eq!(
+        store.groups_of_device("bob-1").await.expect("groups"),
+        vec![DeviceGroup {
+            group_id: b"g".to_vec(),
+            joined_seq: 1
+        }]
+    );
+
+    // The next seq is still dense.
+    assert_eq!(
+        store
+            .append_message(b"g", fence, &message("m2", 2))
+            .await
+            .expect("append"),
+        AppendOutcome::Appended { seq: 3 }
+    );
+}
+
+pub async fn commit_race_has_one_winner_per_epoch(store: Arc<dyn Store>) {
+    let fence = leased_group(&*store, b"g").await;
+    let mut tasks = JoinSet::new();
+    for t in 0..12 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let device = format!("dev-{t}");
+            let write = commit(
+                b"g",
+                fence,
+                1,
+                vec![member("alice", "alice-1"), member("x", &device)],
+                &[device.as_str()],
+                &format!("c-{t}"),
+            );
+            (device, store.append_commit(&write).await)
+        });
+    }
+    let mut winners = Vec::new();
+    let mut losers = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined.expect("task") {
+            (device, Ok(AppendOutcome::Appended { seq })) => winners.push((device, seq)),
+            (device, Err(StoreError::EpochConflict { current_epoch, .. })) => {
+                assert_eq!(current_epoch, 2);
+                losers.push(device);
+            }
+            (device, other) => panic!("{device}: unexpected {other:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one commit per epoch");
+    let (winner, seq) = winners.pop().expect("one winner");
+    assert_eq!(seq, 1);
+    assert_eq!(
+        store.read_inbox(&winner, 0, 10).await.expect("inbox").len(),
+        1
+    );
+    for loser in &losers {
+        assert!(store
+            .read_inbox(loser, 0, 10)
+            .await
+            .expect("inbox")
+            .is_empty());
+        assert!(store
+            .groups_of_device(loser)
+            .await
+            .expect("groups")
+            .is_empty());
+    }
+    let g = store.group(b"g").await.expect("group").expect("exists");
+    assert_eq!((g.epoch, g.head_seq), (2, 1));
+    assert_eq!(
+        g.members,
+        vec![member("alice", "alice-1"), member("x", &winner)]
+    );
+    assert_eq!(timeline_len(&*store, b"g").await, 1);
+}
+
+// ----------------------------------------------------------------------------
+// reads and sync state
+
+pub async fn read_timeline_paging(store: Arc<dyn Store>) {
+    let fence = leased_group(&*store, b"g").await;
+    for i in 1..=25u64 {
+        let mut e = message(&format!("m{i}"), i);
+        if i % 5 == 0 {
+            e.kind = EntryKind::Proposal;
+        }
+        e.server_time_ms = 10_000 + i;
+        e.sender = format!("u{i}/d{i}");
+        store.append_message(b"g", fence, &e).await.expect("append");
+    }
+    let seqs = |page: &[crate::Entry]| page.iter().map(|e| e.seq).collect::<Vec<_>>();
+    let p1 = store.read_timeline(b"g", 0, 10).await.expect("read");
+    assert_eq!(seqs(&p1), (1..=10).collect::<Vec<_>>());
+    let p2 = store.read_timeline(b"g", 10, 10).await.expect("read");
+    assert_eq!(seqs(&p2), (11..=20).collect::<Vec<_>>());
+    let p3 = store.read_timeline(b"g", 20, 10).await.expect("read");
+    assert_eq!(seqs(&p3), (21..=25).collect::<Vec<_>>());
+    assert!(store
+        .read_timeline(b"g", 25, 10)
+        .await
+        .expect("read")
+        .is_empty());
+    assert!(store
+        .read_timeline(b"g", 0, 0)
+        .await
+        .expect("read")
+        .is_empty());
+    assert!(store
+        .read_timeline(b"nope", 0, 10)
+        .await
+        .expect("read")
+        .is_empty());
+
+    let one = store.read_timeline(b"g", 4, 1).await.expect("read");
+    assert_eq!(one.len(), 1);
+    let e = &one[0];
+    assert_eq!(e.seq, 5);
+    assert_eq!(e.kind, EntryKind::Proposal);
+    assert_eq!(e.epoch, 5);
+    assert_eq!(e.sender, "u5/d5");
+    assert_eq!(e.client_msg_id, b"m5".to_vec());
+    assert_eq!(e.message, b"ciphertext:m5".to_vec());
+    assert_eq!(e.server_time_ms, 10_005);
+    assert_eq!(p1[3].kind, EntryKind::Application);
+}
+
+pub async fn groups_of_device_follow_membership(store: Arc<dyn Store>) {
+    assert!(store
+        .groups_of_device("alice-1")
+        .await
+        .expect("groups")
+        .is_empty());
+    let f1 = leased_group(&*store, b"g1").await;
+    let _ = leased_group(&*store, b"g2").await;
+    store
+        .create_group(&new_group(b"g3", vec![member("bob", "bob-1")]))
+        .await
+        .expect("create");
+    let seq = store
+        .append_commit(&commit(
+            b"g1",
+            f1,
+            1,
+            vec![member("alice", "alice-1"), member("bob", "bob-1")],
+            &["bob-1"],
+            "c1",
+        ))
+        .await
+        .expect("commit")
+        .seq();
+
+    let mut alice = store.groups_of_device("alice-1").await.expect("groups");
+    alice.sort_by(|a, b| a.group_id.cmp(&b.group_id));
+    assert_eq!(
+        alice,
+        vec![
+            DeviceGroup {
+                group_id: b"g1".to_vec(),
+                joined_seq: 0
+            },
+            DeviceGroup {
+                group_id: b"g2".to_vec(),
+                joined_seq: 0
+            },
+        ]
+    );
+    let mut bob = store.groups_of_device("bob-1").await.expect("groups");
+    bob.sort_by(|a, b| a.group_id.cmp(&b.group_id));
+    assert_eq!(
+        bob,
+        vec![
+            DeviceGroup {
+                group_id: b"g1".to_vec(),
+                joined_seq: seq
+            },
+            DeviceGroup {
+                group_id: b"g3".to_vec(),
+                joined_seq: 0
+            },
+        ]
+    );
+
+    // Alice leaves g1.
+    store
+        .append_commit(&commit(
+            b"g1",
+            f1,
+            2,
+            vec![member("bob", "bob-1")],
+            &[],
+            "c2",
+        ))
+        .await
+        .expect("commit");
+    assert_eq!(
+        store.groups_of_device("alice-1").await.expect("groups"),
+        vec![DeviceGroup {
+            group_id: b"g2".to_vec(),
+            joined_seq: 0
+        }]
+    );
+}
+
+pub async fn cursors_never_move_backward(store: Arc<dyn Store>) {
+    assert!(store.cursors("dev-1").await.expect("cursors").is_empty());
+    store.set_cursor("dev-1", b"g1", 5).await.expect("set");
+    store.set_cursor("dev-1", b"g1", 3).await.expect("set");
+    store.set_cursor("dev-1", b"g2", 1).await.expect("set");
+    store.set_cursor("dev-2", b"g1", 100).await.expect("set");
+    let sorted = |mut v: Vec<(Vec<u8>, u64)>| {
+        v.sort();
+        v
+    };
+    assert_eq!(
+        sorted(store.cursors("dev-1").await.expect("cursors")),
+        vec![(b"g1".to_vec(), 5), (b"g2".to_vec(), 1)]
+    );
+    store.set_cursor("dev-1", b"g1", 9).await.expect("set");
+    store.set_cursor("dev-1", b"g1", 0).await.expect("set");
+    assert_eq!(
+        sorted(store.cursors("dev-1").await.expect("cursors")),
+        vec![(b"g1".to_vec(), 9), (b"g2".to_vec(), 1)]
+    );
+    assert_eq!(
+        store.cursors("dev-2").await.expect("cursors"),
+        vec![(b"g1".to_vec(), 100)]
+    );
+
+    // Concurrent setters: the maximum wins.
+    let mut tasks = JoinSet::new();
+    for seq in 10..40u64 {
+        let store = store.clone();
+        tasks.spawn(async move { store.set_cursor("dev-3", b"g1", seq).await });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.expect("task").expect("set");
+    }
+    assert_eq!(
+        store.cursors("dev-3").await.expect("cursors"),
+        vec![(b"g1".to_vec(), 39)]
+    );
+}
+
+pub async fn inbox_seqs_increase_and_are_never_reused(store: Arc<dyn Store>) {
+    assert!(store
+        .read_inbox("bob-1", 0, 10)
+        .await
+        .expect("inbox")
+        .is_empty());
+    let fence = leased_group(&*store, b"g").await;
+    let alice = member("alice", "alice-1");
+    let bob = member("bob", "bob-1");
+    // bob is added, removed, added... each add welcomes him again.
+    let mut epoch = 1;
+    let mut commit_seqs = Vec::new();
+    for round in 0..3 {
+        let add = commit(
+            b"g",
+            fence,
+            epoch,
+            vec![alice.clone(), bob.clone()],
+            &["bob-1", "carol-1"],
+            &format!("add-{round}"),
+        );
+        commit_seqs.push(store.append_commit(&add).await.expect("add").seq());
+        epoch += 1;
+        let remove = commit(
+            b"g",
+            fence,
+            epoch,
+            vec![alice.clone()],
+            &[],
+            &format!("remove-{round}"),
+        );
+        store.append_commit(&remove).await.expect("remove");
+        epoch += 1;
+    }
+
+    let items = store.read_inbox("bob-1", 0, 10).await.expect("inbox");
+    assert_eq!(items.len(), 3);
+    assert!(items.windows(2).all(|w| w[0].inbox_seq < w[1].inbox_seq));
+    assert_eq!(
+        items.iter().map(|i| i.commit_seq).collect::<Vec<_>>(),
+        commit_seqs
+    );
+    assert_eq!(items[0].welcome, b"welcome:add-0:bob-1".to_vec());
+
+    let page = store
+        .read_inbox("bob-1", items[0].inbox_seq, 1)
+        .await
+        .expect("inbox");
+    assert_eq!(page, vec![items[1].clone()]);
+
+    store
+        .ack_inbox("bob-1", items[1].inbox_seq)
+        .await
+        .expect("ack");
+    assert_eq!(
+        store.read_inbox("bob-1", 0, 10).await.expect("inbox"),
+        vec![items[2].clone()]
+    );
+    store
+        .ack_inbox("bob-1", items[2].inbox_seq)
+        .await
+        .expect("ack");
+    assert!(store
+        .read_inbox("bob-1", 0, 10)
+        .await
+        .expect("inbox")
+        .is_empty());
+
+    // A new item after everything was acked gets a fresh, larger seq.
+    let add = commit(
+        b"g",
+        fence,
+        epoch,
+        vec![alice.clone(), bob.clone()],
+        &["bob-1"],
+        "add-last",
+    );
+    store.append_commit(&add).await.expect("add");
+    let fresh = store.read_inbox("bob-1", 0, 10).await.expect("inbox");
+    assert_eq!(fresh.len(), 1);
+    assert!(fresh[0].inbox_seq > items[2].inbox_seq, "inbox_seq reused");
+
+    // Other devices' inboxes are independent of bob's acks.
+    assert_eq!(
+        store
+            .read_inbox("carol-1", 0, 10)
+            .await
+            .expect("inbox")
+            .len(),
+        3
+    );
+}

@@ -1,0 +1,328 @@
+//! The SQLite backend: the shared conformance suite, plus what only a file
+//! backend can show (durability across reopen, several processes sharing a
+//! file).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use hush_store::{
+    AppendOutcome, CommitWrite, Device, EntryKind, GroupRecord, KeyPackageRecord, MemberDevice,
+    NewEntry, NewGroup, SqliteConfig, SqliteStore, Store, StoreError, WelcomeWrite,
+};
+
+hush_store::store_conformance_suite!(hush_store::conformance::sqlite_harness());
+
+fn message(id: &str) -> NewEntry {
+    NewEntry {
+        kind: EntryKind::Application,
+        epoch: 1,
+        sender: "alice/alice-1".into(),
+        client_msg_id: id.as_bytes().to_vec(),
+        message: format!("ciphertext:{id}").into_bytes(),
+        server_time_ms: 5,
+    }
+}
+
+fn group(id: &[u8]) -> NewGroup {
+    NewGroup {
+        group: GroupRecord {
+            group_id: id.to_vec(),
+            epoch: 1,
+            state: b"s1".to_vec(),
+            group_info: b"gi1".to_vec(),
+            ratchet_tree: b"rt1".to_vec(),
+            head_seq: 0,
+            members: vec![MemberDevice {
+                user_id: "alice".into(),
+                device_id: "alice-1".into(),
+            }],
+        },
+    }
+}
+
+async fn open(path: &std::path::Path) -> SqliteStore {
+    SqliteStore::open(SqliteConfig::new(path))
+        .await
+        .expect("open sqlite store")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn everything_survives_close_and_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The parent directories are created on open.
+    let path = dir.path().join("nested/deeper/hush.db");
+    let store = open(&path).await;
+    let alice = Device {
+        user_id: "alice".into(),
+        device_id: "alice-1".into(),
+        signature_key: vec![1; 32],
+        token_generation: 0,
+        created_at_ms: 1,
+    };
+    store.create_user(&alice).await.expect("create user");
+    store.bump_token_generation("alice-1").await.expect("bump");
+    let secret = store
+        .get_or_create_secret("k", b"secret")
+        .await
+        .expect("secret");
+    store
+        .put_link_code(b"code", "alice", 100)
+        .await
+        .expect("link code");
+    let kp = |t: &str| KeyPackageRecord {
+        hash_ref: t.as_bytes().to_vec(),
+        data: t.as_bytes().to_vec(),
+    };
+    store
+        .put_key_packages("alice-1", &[kp("a"), kp("b")], Some(&kp("lr")))
+        .await
+        .expect("key packages");
+    store.claim_key_package("alice-1").await.expect("claim");
+    store.create_group(&group(b"g")).await.expect("group");
+    let lease = store
+        .acquire_lease(b"g", "node-a", 0, 1_000)
+        .await
+        .expect("lease");
+    for i in 0..10 {
+        store
+            .append_message(b"g", lease.token, &message(&format!("m{i}")))
+            .await
+            .expect("append");
+    }
+    let commit = CommitWrite {
+        group_id: b"g".to_vec(),
+        fence: lease.token,
+        expected_epoch: 1,
+        new_epoch: 2,
+        state: b"s2".to_vec(),
+        group_info: b"gi2".to_vec(),
+        ratchet_tree: b"rt2".to_vec(),
+        members: vec![
+            MemberDevice {
+                user_id: "alice".into(),
+                device_id: "alice-1".into(),
+            },
+            MemberDevice {
+                user_id: "bob".into(),
+                device_id: "bob-1".into(),
+            },
+        ],
+        entry: NewEntry {
+            kind: EntryKind::Commit,
+            ..message("c1")
+        },
+        welcomes: vec![WelcomeWrite {
+            device_id: "bob-1".into(),
+            welcome: b"w".to_vec(),
+            ratchet_tree: b"rt2".to_vec(),
+        }],
+    };
+    store.append_commit(&commit).await.expect("commit");
+    store.set_cursor("bob-1", b"g", 11).await.expect("cursor");
+    let group_before = store.group(b"g").await.expect("group");
+    let timeline_before = store.read_timeline(b"g", 0, 100).await.expect("timeline");
+    let inbox_before = store.read_inbox("bob-1", 0, 10).await.expect("inbox");
+    store.close().await.expect("close");
+
+    // Reopening migrates nothing and loses nothing (twice, the second time
+    // after a plain drop).
+    for round in 0..2 {
+        let store = open(&path).await;
+        let device = store
+            .device("alice-1")
+            .await
+            .expect("device")
+            .expect("exists");
+        assert_eq!(device.token_generation, 1);
+        assert_eq!(
+            store
+                .get_or_create_secret("k", b"other")
+                .await
+                .expect("secret"),
+            secret
+        );
+        assert_eq!(store.group(b"g").await.expect("group"), group_before);
+        assert_eq!(
+            store.read_timeline(b"g", 0, 100).await.expect("timeline"),
+            timeline_before
+        );
+        assert_eq!(
+            store.read_inbox("bob-1", 0, 10).await.expect("inbox"),
+            inbox_before
+        );
+        assert_eq!(
+            store.cursors("bob-1").await.expect("cursors"),
+            vec![(b"g".to_vec(), 11)]
+        );
+        assert_eq!(
+            store.key_package_count("alice-1").await.expect("count"),
+            (1, true)
+        );
+        // The lease (and its token) survive: a new owner is still fenced.
+        assert!(matches!(
+            store.acquire_lease(b"g", "node-b", 10, 1_000).await,
+            Err(StoreError::Fenced { token, .. }) if token == lease.token
+        ));
+        if round == 0 {
+            // The link code is consumed exactly once, across restarts too.
+            assert_eq!(
+                store.take_link_code(b"code", 1).await.expect("take"),
+                Some("alice".to_string())
+            );
+        } else {
+            assert_eq!(store.take_link_code(b"code", 1).await.expect("take"), None);
+        }
+        drop(store);
+    }
+
+    let raw = rusqlite::Connection::open(&path).expect("raw open");
+    let version: i64 = raw
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("user_version");
+    assert_eq!(version, hush_store::sqlite::SCHEMA_VERSION);
+    let mode: String = raw
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .expect("journal_mode");
+    assert_eq!(mode, "wal");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_opens_of_one_file_agree_on_the_schema() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("hush.db");
+    let (a, b, c) = tokio::join!(open(&path), open(&path), open(&path));
+    a.create_group(&group(b"g")).await.expect("create via a");
+    assert!(matches!(
+        b.create_group(&group(b"g")).await,
+        Err(StoreError::AlreadyExists)
+    ));
+    assert!(c.group(b"g").await.expect("read via c").is_some());
+}
+
+/// Two stores on one file stand for two hush-node processes sharing the
+/// database: only SQLite's locking serializes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_stores_on_one_file_assign_dense_unique_seqs() {
+    const PER_TASK: usize = 25;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("hush.db");
+    let stores: [Arc<SqliteStore>; 2] = [Arc::new(open(&path).await), Arc::new(open(&path).await)];
+    stores[0].create_group(&group(b"g")).await.expect("group");
+    let fence = stores[1]
+        .acquire_lease(b"g", "node-a", 0, 1_000)
+        .await
+        .expect("lease")
+        .token;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..8 {
+        let store = stores[t % 2].clone();
+        tasks.spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..PER_TASK {
+                let outcome = store
+                    .append_message(b"g", fence, &message(&format!("t{t}-{i}")))
+                    .await
+                    .expect("append");
+                assert!(matches!(outcome, AppendOutcome::Appended { .. }));
+                seqs.push(outcome.seq());
+            }
+            seqs
+        });
+    }
+    let mut seqs = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        seqs.extend(joined.expect("task"));
+    }
+    let total = (8 * PER_TASK) as u64;
+    let unique: BTreeSet<u64> = seqs.iter().copied().collect();
+    assert_eq!(seqs.len() as u64, total);
+    assert_eq!(unique, (1..=total).collect());
+    let timeline = stores[0]
+        .read_timeline(b"g", 0, u32::MAX)
+        .await
+        .expect("read");
+    assert_eq!(timeline.len() as u64, total);
+}
+
+/// Node A keeps appending through its store while node B, through another
+/// store on the same file, takes the lease over: every append A gets after
+/// the takeover is fenced, so A's seqs all precede B's and no seq is shared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn takeover_across_two_stores_fences_the_old_owner() {
+    const PER_TASK: usize = 40;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("hush.db");
+    let a = Arc::new(open(&path).await);
+    let b = Arc::new(open(&path).await);
+    a.create_group(&group(b"g")).await.expect("group");
+    let token_a = a
+        .acquire_lease(b"g", "node-a", 0, 100)
+        .await
+        .expect("lease a")
+        .token;
+
+    let mut old_owner = tokio::task::JoinSet::new();
+    for t in 0..4 {
+        let a = a.clone();
+        old_owner.spawn(async move {
+            let mut results = Vec::new();
+            for i in 0..PER_TASK {
+                results.push(
+                    a.append_message(b"g", token_a, &message(&format!("a{t}-{i}")))
+                        .await,
+                );
+            }
+            results
+        });
+    }
+    let new_owner = tokio::spawn({
+        let b = b.clone();
+        async move {
+            // At now = 100 node A's lease has expired.
+            let lease = b
+                .acquire_lease(b"g", "node-b", 100, 100)
+                .await
+                .expect("takeover");
+            let mut seqs = Vec::new();
+            for i in 0..PER_TASK {
+                let outcome = b
+                    .append_message(b"g", lease.token, &message(&format!("b{i}")))
+                    .await
+                    .expect("append by new owner");
+                seqs.push(outcome.seq());
+            }
+            (lease.token, seqs)
+        }
+    });
+
+    let mut a_seqs = Vec::new();
+    let (token_b, b_seqs) = new_owner.await.expect("task");
+    assert!(token_b > token_a);
+    while let Some(joined) = old_owner.join_next().await {
+        for result in joined.expect("task") {
+            match result {
+                Ok(outcome) => a_seqs.push(outcome.seq()),
+                Err(StoreError::Fenced { owner, token }) => {
+                    assert_eq!((owner.as_str(), token), ("node-b", token_b))
+                }
+                Err(other) => panic!("unexpected error {other:?}"),
+            }
+        }
+    }
+    if let (Some(last_a), Some(first_b)) = (a_seqs.iter().max(), b_seqs.iter().min()) {
+        assert!(last_a < first_b, "old owner appended after the takeover");
+    }
+    let all: BTreeSet<u64> = a_seqs.iter().chain(&b_seqs).copied().collect();
+    let total = (a_seqs.len() + b_seqs.len()) as u64;
+    assert_eq!(all.len() as u64, total, "a seq was assigned twice");
+    assert_eq!(all, (1..=total).collect(), "seqs not dense");
+    assert_eq!(
+        b.group(b"g")
+            .await
+            .expect("group")
+            .expect("exists")
+            .head_seq,
+        total
+    );
+}
