@@ -14,6 +14,19 @@
 //! resolving to a [`Harness`]: the store plus whatever must live as long as
 //! it (a temporary directory, a keyspace guard).
 //!
+//! Where the trait's docs are silent, the suite pins one behaviour down so
+//! every backend agrees:
+//!
+//! - a lease or link code is expired when `now_ms >= expires_at_ms`;
+//! - a group that never had a lease (token 0) refuses every append;
+//! - the same owner acquiring again keeps its token, even after its own lease
+//!   lapsed (ownership never changed hands), and never shortens the lease;
+//! - appends check the fence first, then the client_msg_id, then (commits)
+//!   the epoch: a stale owner gets `Fenced` even for a duplicate id, and a
+//!   retried commit that already applied gets `Duplicate`, not a conflict;
+//! - a claimed key package uploaded again is skipped (never handed out twice);
+//! - the order of `groups_of_device` and `cursors` is unspecified.
+//!
 //! Checks are deterministic: time is always passed in (`now_ms`), nothing
 //! sleeps, and concurrency checks assert invariants that hold under every
 //! interleaving.

@@ -433,7 +433,9 @@ where
             (Some(Err(e)), _) => Err(e),
             (Some(Ok(value)), None) => Ok(value),
             (_, Some(batch)) => Err(replicate(batch)),
-            (None, None) => Err(StoreError::Backend("write operation was never run".into())),
+            (None, None) => Err(StoreError::Backend(
+                "write operation panicked or never ran".into(),
+            )),
         };
         // The caller may have gone away (its future was dropped); the write
         // is committed regardless, like any request whose ack was lost.
@@ -442,18 +444,28 @@ where
 }
 
 fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Box<dyn PendingOp>>, max_batch: usize) {
-    let mut batch: Vec<Box<dyn PendingOp>> = Vec::with_capacity(max_batch);
-    while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
-        while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
-        }
-        run_batch(&conn, std::mem::take(&mut batch));
+    while let Some(batch) = next_batch(&mut rx, max_batch) {
+        run_batch(&conn, batch);
     }
     tracing::debug!("sqlite writer stopped");
+}
+
+/// Waits for one operation, then takes whatever else is already queued, up
+/// to `max_batch` in all. `None` once the queue is closed and empty.
+fn next_batch(
+    rx: &mut mpsc::Receiver<Box<dyn PendingOp>>,
+    max_batch: usize,
+) -> Option<Vec<Box<dyn PendingOp>>> {
+    let first = rx.blocking_recv()?;
+    let mut batch = Vec::with_capacity(max_batch.min(64));
+    batch.push(first);
+    while batch.len() < max_batch {
+        match rx.try_recv() {
+            Ok(op) => batch.push(op),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
 }
 
 /// Runs `ops` in one transaction, one savepoint each, commits, then replies.
@@ -483,7 +495,11 @@ fn run_ops(conn: &Connection, ops: &mut [Box<dyn PendingOp>]) -> Option<StoreErr
             failure = Some(map_err("savepoint", e));
             break;
         }
-        let end = if op.run(conn) {
+        // A panicking operation is a bug; it fails alone instead of taking
+        // the writer thread (and every later write) down with it.
+        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op.run(conn)))
+            .unwrap_or(false);
+        let end = if ok {
             conn.execute_batch("RELEASE op")
         } else {
             conn.execute_batch("ROLLBACK TO op; RELEASE op")
@@ -1563,6 +1579,41 @@ mod tests {
             // Reads do not need the writer.
             assert_eq!(dead.group(b"g").await.expect("read"), None);
         });
+    }
+
+    #[test]
+    fn the_writer_takes_everything_queued_up_to_max_batch() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut replies = Vec::new();
+        for _ in 0..5 {
+            let (queued, reply) = op("noop", |_| Ok(()));
+            assert!(tx.try_send(queued).is_ok());
+            replies.push(reply);
+        }
+        drop(tx);
+        let sizes: Vec<usize> = std::iter::from_fn(|| next_batch(&mut rx, 3))
+            .map(|b| b.len())
+            .collect();
+        assert_eq!(sizes, vec![3, 2]);
+    }
+
+    #[test]
+    fn a_panicking_op_fails_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = setup(&dir);
+        let (a1, r1) = op("append", |c| op_append_message(c, b"g", 1, &entry("m1")));
+        let (a2, r2) = op("bug", |c| {
+            op_append_message(c, b"g", 1, &entry("m2"))?;
+            if c.is_autocommit() {
+                return Ok(());
+            }
+            panic!("injected bug")
+        });
+        let (a3, r3) = op("append", |c| op_append_message(c, b"g", 1, &entry("m3")));
+        run_batch(&conn, vec![a1, a2, a3]);
+        assert_eq!(reply(r1).expect("m1"), AppendOutcome::Appended { seq: 1 });
+        assert!(matches!(reply(r2), Err(StoreError::Backend(_))));
+        assert_eq!(reply(r3).expect("m3"), AppendOutcome::Appended { seq: 2 });
     }
 
     #[test]
