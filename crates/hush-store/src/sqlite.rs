@@ -210,10 +210,7 @@ fn open_connection(path: &Path, busy_timeout: Duration, reader: bool) -> Result<
         .map_err(|e| map_err(&format!("open {}", path.display()), e))?;
     conn.busy_timeout(busy_timeout)
         .map_err(|e| map_err("set busy_timeout", e))?;
-    // journal_mode is persistent in the file; setting it again is a no-op.
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-        .map_err(|e| map_err("set journal_mode=WAL", e))?;
+    let mode = set_wal(&conn, busy_timeout)?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::Backend(format!(
             "journal_mode is {mode}, WAL is required"
@@ -226,6 +223,31 @@ fn open_connection(path: &Path, busy_timeout: Duration, reader: bool) -> Result<
             .map_err(|e| map_err("set query_only", e))?;
     }
     Ok(conn)
+}
+
+/// Switches the file to WAL (persistent in the file; a no-op once done).
+///
+/// When several processes open a fresh file at once, the switch can fail
+/// with "database is locked" without SQLite calling the busy handler, so it
+/// is retried here until the busy timeout is spent.
+fn set_wal(conn: &Connection, busy_timeout: Duration) -> Result<String> {
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(1);
+    loop {
+        match conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0)) {
+            Ok(mode) => return Ok(mode),
+            Err(e)
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+                ) && started.elapsed() < busy_timeout =>
+            {
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_millis(50));
+            }
+            Err(e) => return Err(map_err("set journal_mode=WAL", e)),
+        }
+    }
 }
 
 const SCHEMA_V1: &str = r#"

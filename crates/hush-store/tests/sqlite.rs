@@ -186,17 +186,28 @@ async fn everything_survives_close_and_reopen() {
     assert_eq!(mode, "wal");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_first_opens_of_one_file_agree_on_the_schema() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("hush.db");
-    let (a, b, c) = tokio::join!(open(&path), open(&path), open(&path));
-    a.create_group(&group(b"g")).await.expect("create via a");
-    assert!(matches!(
-        b.create_group(&group(b"g")).await,
-        Err(StoreError::AlreadyExists)
-    ));
-    assert!(c.group(b"g").await.expect("read via c").is_some());
+    // Like several hush-node processes starting at once on a fresh file.
+    let mut opening = tokio::task::JoinSet::new();
+    for _ in 0..6 {
+        let path = path.clone();
+        opening.spawn(async move { open(&path).await });
+    }
+    let mut stores = Vec::new();
+    while let Some(joined) = opening.join_next().await {
+        stores.push(joined.expect("open task"));
+    }
+    stores[0].create_group(&group(b"g")).await.expect("create");
+    for other in &stores[1..] {
+        assert!(matches!(
+            other.create_group(&group(b"g")).await,
+            Err(StoreError::AlreadyExists)
+        ));
+        assert!(other.group(b"g").await.expect("read").is_some());
+    }
 }
 
 /// Two stores on one file stand for two hush-node processes sharing the
