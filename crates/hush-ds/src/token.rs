@@ -1,0 +1,409 @@
+//! Session tokens, login challenges and Ed25519 checks (ring).
+//!
+//! A token is `base64url_nopad(payload || tag)` where
+//! `payload = 0x01 || generation u64 || expires_at_ms u64 || u16 len || user_id || u16 len || device_id`
+//! (big endian) and `tag = HMAC-SHA256(key, "hush/token/v1\0" || payload)`.
+//! The base64url alphabet is a subset of the HTTP `token` characters, so a
+//! token travels as a header value or a query parameter unescaped.
+//!
+//! A login challenge is `0x01 || nonce[16] || expires_at_ms u64 || tag[32]`
+//! with `tag = HMAC-SHA256(key, "hush/challenge/v1\0" || u16 len || device_id || nonce || expires_at_ms)`:
+//! stateless, bound to one device and an expiry. Replay protection within the
+//! ttl is the caller's business (keep the ttl short).
+//!
+//! The two domain labels keep a token from ever verifying as a challenge and
+//! the other way round.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use ring::hmac;
+use ring::rand::{SecureRandom, SystemRandom};
+
+const TOKEN_DOMAIN: &[u8] = b"hush/token/v1\0";
+const CHALLENGE_DOMAIN: &[u8] = b"hush/challenge/v1\0";
+const NONCE_DOMAIN: &[u8] = b"hush/nonce-fallback/v1\0";
+const FORMAT_V1: u8 = 1;
+const TAG_LEN: usize = 32;
+const NONCE_LEN: usize = 16;
+const CHALLENGE_LEN: usize = 1 + NONCE_LEN + 8 + TAG_LEN;
+/// Longest token string accepted; anything longer is rejected before decoding.
+pub const MAX_TOKEN_LEN: usize = 2048;
+
+/// What a token asserts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenClaims {
+    pub user_id: String,
+    pub device_id: String,
+    /// Bumped by the server to revoke every older token of the device.
+    pub generation: u64,
+    pub expires_at_ms: u64,
+}
+
+/// Why a token or challenge was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("malformed token")]
+    Malformed,
+    #[error("bad token signature")]
+    BadSignature,
+    #[error("token expired")]
+    Expired,
+}
+
+/// The server's HMAC key for tokens and challenges.
+pub struct TokenKey {
+    key: hmac::Key,
+    rng: SystemRandom,
+    /// Only used if the system RNG fails; keeps fallback nonces distinct.
+    fallback_counter: AtomicU64,
+}
+
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenKey(***)")
+    }
+}
+
+impl TokenKey {
+    /// A key from the server secret (use at least 32 random bytes).
+    pub fn new(secret: &[u8]) -> Self {
+        TokenKey {
+            key: hmac::Key::new(hmac::HMAC_SHA256, secret),
+            rng: SystemRandom::new(),
+            fallback_counter: AtomicU64::new(0),
+        }
+    }
+
+    fn tag(&self, domain: &[u8], parts: &[&[u8]]) -> hmac::Tag {
+        let mut ctx = hmac::Context::with_key(&self.key);
+        ctx.update(domain);
+        for p in parts {
+            ctx.update(p);
+        }
+        ctx.sign()
+    }
+
+    fn verify_tag(&self, domain: &[u8], msg: &[u8], tag: &[u8]) -> Result<(), TokenError> {
+        let mut data = Vec::with_capacity(domain.len() + msg.len());
+        data.extend_from_slice(domain);
+        data.extend_from_slice(msg);
+        // Constant-time comparison.
+        hmac::verify(&self.key, &data, tag).map_err(|_| TokenError::BadSignature)
+    }
+
+    /// Issues a token for `claims`. Ids longer than 65535 bytes are cut to
+    /// that length (ids are validated long before they reach a token).
+    pub fn issue(&self, claims: &TokenClaims) -> String {
+        let mut payload =
+            Vec::with_capacity(1 + 16 + 4 + claims.user_id.len() + claims.device_id.len());
+        payload.push(FORMAT_V1);
+        payload.extend_from_slice(&claims.generation.to_be_bytes());
+        payload.extend_from_slice(&claims.expires_at_ms.to_be_bytes());
+        put_str16(&mut payload, claims.user_id.as_bytes());
+        put_str16(&mut payload, claims.device_id.as_bytes());
+        let tag = self.tag(TOKEN_DOMAIN, &[&payload]);
+        payload.extend_from_slice(tag.as_ref());
+        URL_SAFE_NO_PAD.encode(payload)
+    }
+
+    /// Checks a token's tag and expiry at `now_ms` and returns its claims.
+    /// A token is expired from `expires_at_ms` on.
+    pub fn verify(&self, token: &str, now_ms: u64) -> Result<TokenClaims, TokenError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(TokenError::Malformed);
+        }
+        let raw = URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|_| TokenError::Malformed)?;
+        if raw.len() < 1 + 8 + 8 + 2 + 2 + TAG_LEN {
+            return Err(TokenError::Malformed);
+        }
+        let (payload, tag) = raw.split_at(raw.len() - TAG_LEN);
+        // Authenticate before parsing anything.
+        self.verify_tag(TOKEN_DOMAIN, payload, tag)?;
+        let claims = parse_claims(payload).ok_or(TokenError::Malformed)?;
+        if now_ms >= claims.expires_at_ms {
+            return Err(TokenError::Expired);
+        }
+        Ok(claims)
+    }
+
+    /// A stateless login challenge for `device_id`, valid until
+    /// `now_ms + ttl_ms`. The client signs it with its device key.
+    pub fn issue_challenge(&self, device_id: &str, now_ms: u64, ttl_ms: u64) -> Vec<u8> {
+        let expires = now_ms.saturating_add(ttl_ms);
+        let mut nonce = [0u8; NONCE_LEN];
+        if self.rng.fill(&mut nonce).is_err() {
+            // The OS RNG failed (should not happen). Fall back to a unique,
+            // unpredictable-to-outsiders nonce: the HMAC of a counter.
+            let n = self.fallback_counter.fetch_add(1, Ordering::Relaxed);
+            let t = self.tag(NONCE_DOMAIN, &[&n.to_be_bytes(), &now_ms.to_be_bytes()]);
+            nonce.copy_from_slice(&t.as_ref()[..NONCE_LEN]);
+        }
+        let mut out = Vec::with_capacity(CHALLENGE_LEN);
+        out.push(FORMAT_V1);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&expires.to_be_bytes());
+        let tag = self.challenge_tag(device_id, &nonce, &expires.to_be_bytes());
+        out.extend_from_slice(tag.as_ref());
+        out
+    }
+
+    fn challenge_tag(&self, device_id: &str, nonce: &[u8], expires: &[u8]) -> hmac::Tag {
+        let mut dev = Vec::with_capacity(2 + device_id.len());
+        put_str16(&mut dev, device_id.as_bytes());
+        self.tag(CHALLENGE_DOMAIN, &[&dev, nonce, expires])
+    }
+
+    /// Checks that `challenge` was issued by this key for `device_id` and
+    /// has not expired at `now_ms`.
+    pub fn verify_challenge(
+        &self,
+        device_id: &str,
+        challenge: &[u8],
+        now_ms: u64,
+    ) -> Result<(), TokenError> {
+        if challenge.len() != CHALLENGE_LEN || challenge[0] != FORMAT_V1 {
+            return Err(TokenError::Malformed);
+        }
+        let nonce = &challenge[1..1 + NONCE_LEN];
+        let expires_bytes = &challenge[1 + NONCE_LEN..1 + NONCE_LEN + 8];
+        let tag = &challenge[1 + NONCE_LEN + 8..];
+        let mut msg = Vec::with_capacity(2 + device_id.len() + NONCE_LEN + 8);
+        put_str16(&mut msg, device_id.as_bytes());
+        msg.extend_from_slice(nonce);
+        msg.extend_from_slice(expires_bytes);
+        self.verify_tag(CHALLENGE_DOMAIN, &msg, tag)?;
+        let expires = u64::from_be_bytes(to_array8(expires_bytes));
+        if now_ms >= expires {
+            return Err(TokenError::Expired);
+        }
+        Ok(())
+    }
+}
+
+/// Verifies an Ed25519 `signature` of `message` under the raw 32-byte
+/// `public_key`. Any malformed key or signature is simply `false`.
+pub fn verify_ed25519(public_key: &[u8], message: &[u8], signature: &[u8]) -> bool {
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public_key)
+        .verify(message, signature)
+        .is_ok()
+}
+
+fn put_str16(out: &mut Vec<u8>, s: &[u8]) {
+    let len = s.len().min(u16::MAX as usize);
+    // `len` fits in u16 by the line above.
+    out.extend_from_slice(&(len as u16).to_be_bytes());
+    out.extend_from_slice(&s[..len]);
+}
+
+fn to_array8(b: &[u8]) -> [u8; 8] {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    a
+}
+
+/// A small cursor over untrusted bytes; every read is bounds-checked.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Some(head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take(8).map(|b| u64::from_be_bytes(to_array8(b)))
+    }
+    fn str16(&mut self) -> Option<String> {
+        let len = self.u16()? as usize;
+        let bytes = self.take(len)?;
+        String::from_utf8(bytes.to_vec()).ok()
+    }
+}
+
+fn parse_claims(payload: &[u8]) -> Option<TokenClaims> {
+    let mut r = Reader(payload);
+    if r.u8()? != FORMAT_V1 {
+        return None;
+    }
+    let generation = r.u64()?;
+    let expires_at_ms = r.u64()?;
+    let user_id = r.str16()?;
+    let device_id = r.str16()?;
+    if !r.0.is_empty() {
+        return None;
+    }
+    Some(TokenClaims {
+        user_id,
+        device_id,
+        generation,
+        expires_at_ms,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ring::signature::KeyPair as _;
+
+    fn claims() -> TokenClaims {
+        TokenClaims {
+            user_id: "alice".into(),
+            device_id: "phone-1".into(),
+            generation: 7,
+            expires_at_ms: 10_000,
+        }
+    }
+
+    fn is_http_token_char(c: char) -> bool {
+        c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
+    }
+
+    #[test]
+    fn token_round_trip() {
+        let key = TokenKey::new(b"0123456789abcdef0123456789abcdef");
+        let t = key.issue(&claims());
+        assert!(t.chars().all(is_http_token_char), "{t}");
+        assert_eq!(key.verify(&t, 9_999), Ok(claims()));
+    }
+
+    #[test]
+    fn token_expired_at_and_after_expiry() {
+        let key = TokenKey::new(b"k");
+        let t = key.issue(&claims());
+        assert_eq!(key.verify(&t, 10_000), Err(TokenError::Expired));
+        assert_eq!(key.verify(&t, u64::MAX), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn token_tampered_or_wrong_key() {
+        let key = TokenKey::new(b"key-one");
+        let other = TokenKey::new(b"key-two");
+        let t = key.issue(&claims());
+        assert_eq!(other.verify(&t, 0), Err(TokenError::BadSignature));
+
+        let mut raw = URL_SAFE_NO_PAD.decode(&t).unwrap();
+        for i in 0..raw.len() {
+            raw[i] ^= 0x01;
+            let bad = URL_SAFE_NO_PAD.encode(&raw);
+            assert_eq!(
+                key.verify(&bad, 0),
+                Err(TokenError::BadSignature),
+                "byte {i}"
+            );
+            raw[i] ^= 0x01;
+        }
+        // Extending the expiry without the key does not work either.
+        let mut forged = claims();
+        forged.expires_at_ms = u64::MAX;
+        let forged = other.issue(&forged);
+        assert_eq!(key.verify(&forged, 20_000), Err(TokenError::BadSignature));
+    }
+
+    #[test]
+    fn token_garbage_is_malformed_never_panics() {
+        let key = TokenKey::new(b"k");
+        let t = key.issue(&claims());
+        for s in ["", "a", "!!!!", "====", "é", &"A".repeat(MAX_TOKEN_LEN + 1)] {
+            assert_eq!(key.verify(s, 0), Err(TokenError::Malformed), "{s:?}");
+        }
+        for n in 0..t.len() {
+            assert!(key.verify(&t[..n], 0).is_err());
+        }
+        // A well-tagged payload that does not parse is still Malformed.
+        let mut payload = vec![0x02u8];
+        payload.resize(40, 0);
+        let mut raw = payload.clone();
+        raw.extend_from_slice(key.tag(TOKEN_DOMAIN, &[&payload]).as_ref());
+        assert_eq!(
+            key.verify(&URL_SAFE_NO_PAD.encode(&raw), 0),
+            Err(TokenError::Malformed)
+        );
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for len in 0..200 {
+            let bytes: Vec<u8> = (0..len).map(|_| next(&mut seed) as u8).collect();
+            let s = URL_SAFE_NO_PAD.encode(&bytes);
+            assert!(key.verify(&s, 0).is_err());
+            assert!(key.verify_challenge("d", &bytes, 0).is_err());
+        }
+    }
+
+    #[test]
+    fn token_debug_is_redacted() {
+        assert_eq!(format!("{:?}", TokenKey::new(b"secret")), "TokenKey(***)");
+    }
+
+    #[test]
+    fn challenge_bound_to_device_and_expiry() {
+        let key = TokenKey::new(b"k");
+        let c = key.issue_challenge("dev-a", 1_000, 500);
+        assert_eq!(c.len(), CHALLENGE_LEN);
+        assert_eq!(key.verify_challenge("dev-a", &c, 1_000), Ok(()));
+        assert_eq!(key.verify_challenge("dev-a", &c, 1_499), Ok(()));
+        assert_eq!(
+            key.verify_challenge("dev-a", &c, 1_500),
+            Err(TokenError::Expired)
+        );
+        assert_eq!(
+            key.verify_challenge("dev-b", &c, 1_000),
+            Err(TokenError::BadSignature)
+        );
+        assert_eq!(
+            TokenKey::new(b"other").verify_challenge("dev-a", &c, 1_000),
+            Err(TokenError::BadSignature)
+        );
+        // Two challenges differ (random nonce).
+        assert_ne!(c, key.issue_challenge("dev-a", 1_000, 500));
+        // Moving the expiry breaks the tag.
+        let mut later = c.clone();
+        later[1 + NONCE_LEN] ^= 0x80;
+        assert_eq!(
+            key.verify_challenge("dev-a", &later, 1_000),
+            Err(TokenError::BadSignature)
+        );
+        assert_eq!(
+            key.verify_challenge("dev-a", &c[..c.len() - 1], 1_000),
+            Err(TokenError::Malformed)
+        );
+        // A token is not a challenge and vice versa.
+        let t = key.issue(&claims());
+        assert!(key.verify_challenge("phone-1", t.as_bytes(), 0).is_err());
+        assert!(key.verify(&URL_SAFE_NO_PAD.encode(&c), 0).is_err());
+    }
+
+    #[test]
+    fn ed25519_verify() {
+        let rng = SystemRandom::new();
+        let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let kp = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let pk = kp.public_key().as_ref().to_vec();
+        let sig = kp.sign(b"challenge").as_ref().to_vec();
+        assert!(verify_ed25519(&pk, b"challenge", &sig));
+        assert!(!verify_ed25519(&pk, b"challengf", &sig));
+        let mut bad = sig.clone();
+        bad[0] ^= 1;
+        assert!(!verify_ed25519(&pk, b"challenge", &bad));
+        assert!(!verify_ed25519(&pk[..31], b"challenge", &sig));
+        assert!(!verify_ed25519(&pk, b"challenge", &sig[..63]));
+        assert!(!verify_ed25519(&[], b"", &[]));
+    }
+
+    fn next(seed: &mut u64) -> u64 {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        *seed
+    }
+}
