@@ -355,6 +355,23 @@ pub fn clear_pending(db: &StateDb, group_id: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Whether proposals are queued in the group (openmls refuses to encrypt
+/// application messages until they are committed).
+pub fn has_pending_proposals(db: &StateDb, group_id: &[u8]) -> Result<bool> {
+    match MlsGroup::load(db.provider().storage(), &GroupId::from_slice(group_id))? {
+        Some(g) => Ok(g.has_pending_proposals()),
+        None => Ok(false),
+    }
+}
+
+/// Drops the queued proposals of a group (own leave proposal rejected).
+pub fn clear_pending_proposals(db: &StateDb, group_id: &[u8]) -> Result<()> {
+    let provider = db.provider();
+    let mut group = load_group(db, group_id)?;
+    group.clear_pending_proposals(provider.storage())?;
+    Ok(())
+}
+
 /// Creates the self-remove proposal of a member leaving (a PublicMessage).
 pub fn leave(db: &StateDb, id: &Identity, group_id: &[u8]) -> Result<Vec<u8>> {
     db.atomically(|db| {

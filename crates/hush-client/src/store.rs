@@ -54,6 +54,7 @@ CREATE TABLE IF NOT EXISTS hush_log (
     kind     TEXT NOT NULL,
     body     TEXT NOT NULL,
     ts_ms    INTEGER NOT NULL,
+    shown    INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (group_id, seq, kind)
 );
 ";
@@ -473,21 +474,49 @@ impl StateDb {
             .is_some())
     }
 
-    /// Appends a line to the local log.
-    pub fn log(&self, group_id: &[u8], row: &LogRow) -> Result<()> {
+    /// Appends a line to the local log. `shown` lines (this device's own
+    /// actions) are not reported again by [`StateDb::take_unshown`].
+    pub fn log(&self, group_id: &[u8], row: &LogRow, shown: bool) -> Result<()> {
         self.conn.execute(
-            "INSERT OR REPLACE INTO hush_log (group_id, seq, sender, kind, body, ts_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT OR REPLACE INTO hush_log (group_id, seq, sender, kind, body, ts_ms, shown)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
                 group_id,
                 row.seq as i64,
                 row.sender,
                 row.kind,
                 row.body,
-                row.ts_ms as i64
+                row.ts_ms as i64,
+                shown
             ],
         )?;
         Ok(())
+    }
+
+    /// Every log line not reported yet, in the order it was recorded, and
+    /// marks them reported. (Any command processes what is pending; `sync`
+    /// and `listen` report it, so nothing is lost between commands.)
+    pub fn take_unshown(&self) -> Result<Vec<(Vec<u8>, LogRow)>> {
+        let rows = {
+            let mut st = self.conn.prepare(
+                "SELECT group_id, seq, sender, kind, body, ts_ms FROM hush_log WHERE shown = 0 ORDER BY rowid",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    LogRow {
+                        seq: r.get::<_, i64>(1)? as u64,
+                        sender: r.get(2)?,
+                        kind: r.get(3)?,
+                        body: r.get(4)?,
+                        ts_ms: r.get::<_, i64>(5)? as u64,
+                    },
+                ))
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()?
+        };
+        self.conn.execute("UPDATE hush_log SET shown = 1 WHERE shown = 0", [])?;
+        Ok(rows)
     }
 
     /// The last `limit` log lines of a group, in seq order.
@@ -653,6 +682,7 @@ mod tests {
                     body: "hi".into(),
                     ts_ms: 1,
                 },
+                false,
             )
             .unwrap();
         }
@@ -669,6 +699,10 @@ mod tests {
         assert!(!db.is_own_seq(b"g1", 7).unwrap());
         assert_eq!(db.inbox_seq().unwrap(), 4);
         assert_eq!(db.recent_log(b"g1", 10).unwrap()[0].body, "hi");
+        let unshown = db.take_unshown().unwrap();
+        assert_eq!(unshown.len(), 1);
+        assert_eq!(unshown[0].1.seq, 6);
+        assert!(db.take_unshown().unwrap().is_empty());
         assert_eq!(
             db.resolve_group("friends").unwrap().group_id,
             b"g1".to_vec()

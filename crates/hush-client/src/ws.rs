@@ -1,0 +1,301 @@
+//! The WebSocket half of the protocol: one connection, requests correlated
+//! with their responses by `request_id`, pushed events on a queue.
+//!
+//! Two tasks own the socket: a reader that decodes `ServerFrame`s and routes
+//! them (responses to the waiting request, pushes to the event queue), and a
+//! writer fed by a channel. The event queue is unbounded on purpose: a client
+//! awaiting a response while many events arrive must keep reading, or the
+//! response behind them would never be seen. The server bounds what it sends
+//! (slow consumers are cut off), so memory stays bounded by its limits.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use hush_proto::v1::{GroupEvent, InboxEvent};
+use hush_proto::{client_frame, server_frame, ClientFrame, Message as _, ServerFrame};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use crate::error::{ClientError, Result};
+use crate::http::{ws_url, Token};
+
+/// How long a request waits for its response.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A frame the server pushed (request_id 0), or the end of the connection.
+#[derive(Debug)]
+pub enum Pushed {
+    /// A timeline entry of a group.
+    Group(GroupEvent),
+    /// An inbox item (a Welcome).
+    Inbox(InboxEvent),
+    /// The backlog of the last Sync has been sent.
+    CaughtUp,
+    /// The connection ended (reason).
+    Closed(String),
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<server_frame::Body>>>>;
+
+/// One authenticated WebSocket connection.
+pub struct WsConn {
+    out: mpsc::UnboundedSender<WsMessage>,
+    pending: Pending,
+    closed: Arc<AtomicBool>,
+    events: mpsc::UnboundedReceiver<Pushed>,
+    next_id: AtomicU64,
+    reader: JoinHandle<()>,
+    writer: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for WsConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WsConn")
+            .field("closed", &self.closed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for WsConn {
+    fn drop(&mut self) {
+        // The writer ends (and sends a Close) when `out` is dropped; the reader
+        // would wait for the server's close: stop it now.
+        self.reader.abort();
+    }
+}
+
+fn lock(p: &Pending) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<server_frame::Body>>> {
+    // A poisoned map only means another task panicked while holding it; the
+    // map itself is still consistent (single inserts/removes).
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl WsConn {
+    /// Opens `GET {server}/v1/ws` authenticated by the token subprotocol.
+    pub async fn connect(server: &str, token: &Token) -> Result<Self> {
+        let url = ws_url(server)?;
+        let mut request = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| ClientError::WebSocket(format!("bad url {url}: {e}")))?;
+        let protocols = format!(
+            "{}, {}{}",
+            hush_proto::auth::WS_PROTOCOL,
+            hush_proto::auth::WS_TOKEN_PREFIX,
+            token.0
+        );
+        let value = HeaderValue::from_str(&protocols)
+            .map_err(|_| ClientError::Protocol("token is not a valid header value".into()))?;
+        request.headers_mut().insert("sec-websocket-protocol", value);
+        let (stream, _response) = tokio_tungstenite::connect_async(request)
+            .await
+            .map_err(|e| connect_error(&url, &e))?;
+        let (mut sink, mut source) = stream.split();
+
+        let (out_tx, mut out_rx) = mpsc::unbounded_channel::<WsMessage>();
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel::<Pushed>();
+        let pending: Pending = Arc::default();
+        let closed = Arc::new(AtomicBool::new(false));
+
+        let writer = tokio::spawn(async move {
+            while let Some(m) = out_rx.recv().await {
+                if let Err(e) = sink.send(m).await {
+                    tracing::debug!(error = %e, "websocket write failed");
+                    return;
+                }
+            }
+            let _ = sink.send(WsMessage::Close(None)).await;
+            let _ = sink.close().await;
+        });
+
+        let reader = {
+            let pending = pending.clone();
+            let closed = closed.clone();
+            let out_tx = out_tx.clone();
+            tokio::spawn(async move {
+                let reason = loop {
+                    let msg = match source.next().await {
+                        None => break "connection closed".to_string(),
+                        Some(Err(e)) => break format!("read error: {e}"),
+                        Some(Ok(m)) => m,
+                    };
+                    match msg {
+                        WsMessage::Binary(bytes) => {
+                            let frame = match ServerFrame::decode(bytes.as_ref()) {
+                                Ok(f) => f,
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "undecodable server frame");
+                                    continue;
+                                }
+                            };
+                            route(frame, &pending, &ev_tx);
+                        }
+                        WsMessage::Ping(p) => {
+                            // tungstenite queues the pong itself; make sure it is flushed.
+                            let _ = out_tx.send(WsMessage::Pong(p));
+                        }
+                        WsMessage::Close(frame) => {
+                            break match frame {
+                                Some(f) => format!("closed by server: {} {}", u16::from(f.code), f.reason),
+                                None => "closed by server".to_string(),
+                            }
+                        }
+                        _ => {}
+                    }
+                };
+                closed.store(true, Ordering::SeqCst);
+                // Dropping the senders wakes every waiting request.
+                lock(&pending).clear();
+                let _ = ev_tx.send(Pushed::Closed(reason));
+            })
+        };
+
+        Ok(Self {
+            out: out_tx,
+            pending,
+            closed,
+            events: ev_rx,
+            next_id: AtomicU64::new(1),
+            reader,
+            writer,
+        })
+    }
+
+    /// Closes the connection: lets the writer send what is queued (acks)
+    /// and a Close frame, waiting at most two seconds.
+    pub async fn close(mut self) {
+        // The reader holds a sender clone (for pongs): stop it first so the
+        // writer sees the channel close once `out` is dropped.
+        self.reader.abort();
+        let (dummy, _) = mpsc::unbounded_channel();
+        drop(std::mem::replace(&mut self.out, dummy));
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.writer).await;
+    }
+
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst) || self.writer.is_finished()
+    }
+
+    /// Sends a request and waits for its response. An `Error` response is
+    /// returned as [`ClientError::Server`].
+    pub async fn request(&self, body: client_frame::Body) -> Result<server_frame::Body> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert(id, tx);
+        if self.is_closed() {
+            lock(&self.pending).remove(&id);
+            return Err(ClientError::Disconnected("connection is closed".into()));
+        }
+        let frame = ClientFrame {
+            request_id: id,
+            body: Some(body),
+        };
+        if self.out.send(WsMessage::binary(frame.encode_to_vec())).is_err() {
+            lock(&self.pending).remove(&id);
+            return Err(ClientError::Disconnected("connection is closed".into()));
+        }
+        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+            Err(_) => {
+                lock(&self.pending).remove(&id);
+                Err(ClientError::Disconnected("request timed out".into()))
+            }
+            Ok(Err(_)) => Err(ClientError::Disconnected("connection closed before the answer".into())),
+            Ok(Ok(server_frame::Body::Error(e))) => Err(e.into()),
+            Ok(Ok(body)) => Ok(body),
+        }
+    }
+
+    /// Sends a frame that expects no response (Ack, AckInbox).
+    pub fn send_oneway(&self, body: client_frame::Body) -> Result<()> {
+        let frame = ClientFrame {
+            request_id: 0,
+            body: Some(body),
+        };
+        self.out
+            .send(WsMessage::binary(frame.encode_to_vec()))
+            .map_err(|_| ClientError::Disconnected("connection is closed".into()))
+    }
+
+    /// The next pushed event (waits). `None` never happens before a
+    /// [`Pushed::Closed`] was delivered.
+    pub async fn next_event(&mut self) -> Option<Pushed> {
+        self.events.recv().await
+    }
+
+    /// The next pushed event if one is queued.
+    pub fn try_next_event(&mut self) -> Option<Pushed> {
+        self.events.try_recv().ok()
+    }
+}
+
+fn route(frame: ServerFrame, pending: &Pending, events: &mpsc::UnboundedSender<Pushed>) {
+    let Some(body) = frame.body else {
+        tracing::warn!("server frame without body");
+        return;
+    };
+    if frame.request_id != 0 {
+        match lock(pending).remove(&frame.request_id) {
+            Some(tx) => {
+                let _ = tx.send(body);
+            }
+            None => tracing::debug!(request_id = frame.request_id, "response to no pending request"),
+        }
+        return;
+    }
+    let pushed = match body {
+        server_frame::Body::GroupEvent(e) => Pushed::Group(e),
+        server_frame::Body::InboxEvent(e) => Pushed::Inbox(e),
+        server_frame::Body::SyncCaughtUp(_) => Pushed::CaughtUp,
+        server_frame::Body::Error(e) => {
+            tracing::warn!(code = e.code, message = %e.message, "server error without request");
+            return;
+        }
+        other => {
+            tracing::debug!(?other, "ignoring unexpected pushed frame");
+            return;
+        }
+    };
+    let _ = events.send(pushed);
+}
+
+fn connect_error(url: &str, e: &tokio_tungstenite::tungstenite::Error) -> ClientError {
+    if let tokio_tungstenite::tungstenite::Error::Http(resp) = e {
+        if let Some(err) = resp
+            .body()
+            .as_ref()
+            .and_then(|b| hush_proto::v1::Error::decode(b.as_slice()).ok())
+            .filter(|err| err.code != 0)
+        {
+            return err.into();
+        }
+    }
+    ClientError::WebSocket(format!("connect {url}: {}", redact_ws_error(e)))
+}
+
+/// WebSocket errors can echo the request (with the token subprotocol) in
+/// their Display: keep only the kind.
+fn redact_ws_error(e: &tokio_tungstenite::tungstenite::Error) -> String {
+    use tokio_tungstenite::tungstenite::Error as E;
+    match e {
+        E::Http(resp) => {
+            let body = resp
+                .body()
+                .as_ref()
+                .and_then(|b| hush_proto::v1::Error::decode(b.as_slice()).ok())
+                .map(|err| format!(" ({}: {})", err.error_code().as_str_name(), err.message))
+                .unwrap_or_default();
+            format!("HTTP {}{body}", resp.status())
+        }
+        E::Io(io) => format!("io: {io}"),
+        E::Url(u) => format!("url: {u}"),
+        E::Protocol(p) => format!("protocol: {p}"),
+        other => format!("{other}"),
+    }
+}
