@@ -193,7 +193,9 @@ impl Client {
 
     async fn request(&mut self, body: client_frame::Body) -> Result<server_frame::Body> {
         let r = self.conn()?.request(body).await;
-        if matches!(r, Err(ClientError::Disconnected(_))) && self.conn.as_ref().is_some_and(|c| c.is_closed()) {
+        if matches!(r, Err(ClientError::Disconnected(_)))
+            && self.conn.as_ref().is_some_and(|c| c.is_closed())
+        {
             self.conn = None;
         }
         r
@@ -336,10 +338,13 @@ impl Client {
                 server_frame::Body::GroupInfoResult(r) => r,
                 other => return Err(unexpected("GroupInfoResult", &other)),
             };
-            let (gid, out) = mls::external_join(&self.db, &me, &info.group_info, &info.ratchet_tree)?;
+            let (gid, out) =
+                mls::external_join(&self.db, &me, &info.group_info, &info.ratchet_tree)?;
             if gid != group_id {
                 mls::delete_group(&self.db, &gid)?;
-                return Err(ClientError::Protocol("GroupInfo is for another group".into()));
+                return Err(ClientError::Protocol(
+                    "GroupInfo is for another group".into(),
+                ));
             }
             let client_msg_id = self.random_id()?;
             let r = self
@@ -387,7 +392,9 @@ impl Client {
                 }
             }
         }
-        Err(ClientError::GaveUp("external join kept losing the epoch race".into()))
+        Err(ClientError::GaveUp(
+            "external join kept losing the epoch race".into(),
+        ))
     }
 
     // ---- connection and sync ------------------------------------------------
@@ -424,13 +431,20 @@ impl Client {
         if count.count >= KEY_PACKAGE_LOW && count.has_last_resort {
             return Ok(());
         }
-        let n = if count.count >= KEY_PACKAGE_LOW { 0 } else { KEY_PACKAGE_BATCH };
-        let (key_packages, last_resort) = mls::new_key_packages(&self.db, &me, n, !count.has_last_resort)?;
+        let n = if count.count >= KEY_PACKAGE_LOW {
+            0
+        } else {
+            KEY_PACKAGE_BATCH
+        };
+        let (key_packages, last_resort) =
+            mls::new_key_packages(&self.db, &me, n, !count.has_last_resort)?;
         match self
-            .request(client_frame::Body::UploadKeyPackages(v1::UploadKeyPackages {
-                key_packages,
-                last_resort: last_resort.unwrap_or_default(),
-            }))
+            .request(client_frame::Body::UploadKeyPackages(
+                v1::UploadKeyPackages {
+                    key_packages,
+                    last_resort: last_resort.unwrap_or_default(),
+                },
+            ))
             .await?
         {
             server_frame::Body::KeyPackagesUploaded(u) => {
@@ -457,7 +471,10 @@ impl Client {
         let inbox_after = self.db.inbox_seq()?;
         self.caught_up = false;
         match self
-            .request(client_frame::Body::Sync(v1::Sync { cursors, inbox_after }))
+            .request(client_frame::Body::Sync(v1::Sync {
+                cursors,
+                inbox_after,
+            }))
             .await?
         {
             server_frame::Body::SyncStarted(_) => {}
@@ -477,7 +494,9 @@ impl Client {
             .as_mut()
             .ok_or_else(|| ClientError::Disconnected("not connected".into()))?;
         match tokio::time::timeout(timeout, conn.next_event()).await {
-            Err(_) => Err(ClientError::Disconnected("no event from the server in time".into())),
+            Err(_) => Err(ClientError::Disconnected(
+                "no event from the server in time".into(),
+            )),
             Ok(None) => {
                 self.conn = None;
                 Err(ClientError::Disconnected("connection closed".into()))
@@ -547,7 +566,10 @@ impl Client {
                 if ev.seq <= g.last_seq {
                     return Ok(()); // already processed
                 }
-                self.buffered.entry(gid.clone()).or_default().insert(ev.seq, ev);
+                self.buffered
+                    .entry(gid.clone())
+                    .or_default()
+                    .insert(ev.seq, ev);
                 self.drain_group(&gid)
             }
             Some(g) => {
@@ -574,8 +596,12 @@ impl Client {
     fn drain_group(&mut self, gid: &[u8]) -> Result<()> {
         let me = self.me()?;
         loop {
-            let Some(g) = self.db.group(gid)? else { return Ok(()) };
-            let Some(buf) = self.buffered.get_mut(gid) else { return Ok(()) };
+            let Some(g) = self.db.group(gid)? else {
+                return Ok(());
+            };
+            let Some(buf) = self.buffered.get_mut(gid) else {
+                return Ok(());
+            };
             while buf.first_key_value().is_some_and(|(s, _)| *s <= g.last_seq) {
                 buf.pop_first();
             }
@@ -632,7 +658,9 @@ impl Client {
             let r = self.db.atomically(|db| {
                 let joined = mls::join_from_welcome(db, &ev.welcome, &ev.ratchet_tree)?;
                 if joined != gid {
-                    return Err(ClientError::Protocol("Welcome is for another group than announced".into()));
+                    return Err(ClientError::Protocol(
+                        "Welcome is for another group than announced".into(),
+                    ));
                 }
                 db.upsert_group(&gid, ev.commit_seq)?;
                 let members = mls::members(db, &gid)?;
@@ -697,7 +725,10 @@ impl Client {
     }
 
     async fn commit_pending_if_any(&mut self, gid: &[u8]) -> Result<()> {
-        let active = self.db.group(gid)?.is_some_and(|g| g.status == GroupStatus::Active);
+        let active = self
+            .db
+            .group(gid)?
+            .is_some_and(|g| g.status == GroupStatus::Active);
         if !active || !mls::has_pending_proposals(&self.db, gid)? {
             return Ok(());
         }
@@ -705,9 +736,14 @@ impl Client {
     }
 
     async fn send_name(&mut self, gid: &[u8]) -> Result<Option<u64>> {
-        let Some(g) = self.db.group(gid)? else { return Ok(None) };
+        let Some(g) = self.db.group(gid)? else {
+            return Ok(None);
+        };
         match (g.status, g.name) {
-            (GroupStatus::Active, Some(name)) => self.send_envelope(gid, &Envelope::Name { name }).await.map(Some),
+            (GroupStatus::Active, Some(name)) => self
+                .send_envelope(gid, &Envelope::Name { name })
+                .await
+                .map(Some),
             _ => Ok(None),
         }
     }
@@ -760,7 +796,10 @@ impl Client {
             let inbox_after = self.db.inbox_seq()?;
             self.caught_up = false;
             match self
-                .request(client_frame::Body::Sync(v1::Sync { cursors, inbox_after }))
+                .request(client_frame::Body::Sync(v1::Sync {
+                    cursors,
+                    inbox_after,
+                }))
                 .await?
             {
                 server_frame::Body::SyncStarted(_) => {}
@@ -808,7 +847,8 @@ impl Client {
             }))
             .await;
         match r {
-            Ok(server_frame::Body::GroupCreated(c)) if c.group_id == new.group_id || c.group_id.is_empty() => {}
+            Ok(server_frame::Body::GroupCreated(c))
+                if c.group_id == new.group_id || c.group_id.is_empty() => {}
             Ok(other) => {
                 mls::delete_group(&self.db, &new.group_id)?;
                 return Err(unexpected("GroupCreated", &other));
@@ -829,12 +869,18 @@ impl Client {
 
     /// Adds every device of each user (by handle) to a group, then tells the
     /// new members the group's name.
-    pub async fn add_members(&mut self, group: &str, handles: &[String]) -> Result<Option<CommitDone>> {
+    pub async fn add_members(
+        &mut self,
+        group: &str,
+        handles: &[String],
+    ) -> Result<Option<CommitDone>> {
         for h in handles {
             validate_handle(h)?;
         }
         let g = self.active_group(group)?;
-        let done = self.commit_intent(&g.group_id, Intent::Add(handles.to_vec())).await?;
+        let done = self
+            .commit_intent(&g.group_id, Intent::Add(handles.to_vec()))
+            .await?;
         if done.is_some() {
             self.send_name(&g.group_id).await?;
         }
@@ -842,7 +888,11 @@ impl Client {
     }
 
     /// Removes every device of each user (by handle) from a group.
-    pub async fn remove_members(&mut self, group: &str, handles: &[String]) -> Result<Option<CommitDone>> {
+    pub async fn remove_members(
+        &mut self,
+        group: &str,
+        handles: &[String],
+    ) -> Result<Option<CommitDone>> {
         for h in handles {
             validate_handle(h)?;
         }
@@ -856,7 +906,8 @@ impl Client {
                 )));
             }
         }
-        self.commit_intent(&g.group_id, Intent::Remove(handles.to_vec())).await
+        self.commit_intent(&g.group_id, Intent::Remove(handles.to_vec()))
+            .await
     }
 
     /// Leaves a group: sends this device's remove proposal (a remaining
@@ -906,7 +957,11 @@ impl Client {
                 }) => {
                     mls::clear_pending_proposals(&self.db, &gid)?;
                     self.catch_up(&gid, stale_epoch.map(|s| s.head_seq)).await?;
-                    if self.db.group(&gid)?.is_some_and(|g| g.status != GroupStatus::Active) {
+                    if self
+                        .db
+                        .group(&gid)?
+                        .is_some_and(|g| g.status != GroupStatus::Active)
+                    {
                         // Someone removed us meanwhile: we are out anyway.
                         return Ok(self.db.group(&gid)?.map(|g| g.last_seq).unwrap_or(0));
                     }
@@ -914,7 +969,9 @@ impl Client {
                 Err(e) => return Err(e),
             }
         }
-        Err(ClientError::GaveUp("leave kept losing the epoch race".into()))
+        Err(ClientError::GaveUp(
+            "leave kept losing the epoch race".into(),
+        ))
     }
 
     /// Sends a text message; returns its seq.
@@ -980,7 +1037,11 @@ impl Client {
                     ..
                 }) => {
                     self.catch_up(gid, stale_epoch.map(|s| s.head_seq)).await?;
-                    if self.db.group(gid)?.is_some_and(|g| g.status != GroupStatus::Active) {
+                    if self
+                        .db
+                        .group(gid)?
+                        .is_some_and(|g| g.status != GroupStatus::Active)
+                    {
                         return Err(ClientError::Server {
                             code: ErrorCode::NotMember,
                             message: "removed from the group".into(),
@@ -991,7 +1052,9 @@ impl Client {
                 Err(e) => return Err(e),
             }
         }
-        Err(ClientError::GaveUp("message kept hitting stale epochs".into()))
+        Err(ClientError::GaveUp(
+            "message kept hitting stale epochs".into(),
+        ))
     }
 
     /// Builds, sends and merges a commit for `intent`, rebuilding it after
@@ -1074,9 +1137,20 @@ impl Client {
                     let done = self.db.atomically(|db| {
                         mls::merge_pending(db, gid)?;
                         db.record_own_seq(gid, acc.seq)?;
-                        let after: Vec<String> = mls::members(db, gid)?.into_iter().map(|m| m.identity).collect();
-                        let added: Vec<String> = after.iter().filter(|i| !before.contains(i)).cloned().collect();
-                        let removed: Vec<String> = before.iter().filter(|i| !after.contains(i)).cloned().collect();
+                        let after: Vec<String> = mls::members(db, gid)?
+                            .into_iter()
+                            .map(|m| m.identity)
+                            .collect();
+                        let added: Vec<String> = after
+                            .iter()
+                            .filter(|i| !before.contains(i))
+                            .cloned()
+                            .collect();
+                        let removed: Vec<String> = before
+                            .iter()
+                            .filter(|i| !after.contains(i))
+                            .cloned()
+                            .collect();
                         for (kind, list) in [("added", &added), ("removed", &removed)] {
                             if !list.is_empty() {
                                 db.log(
@@ -1113,7 +1187,11 @@ impl Client {
                     tracing::debug!(attempt, "commit lost the epoch race; catching up");
                     mls::clear_pending(&self.db, gid)?;
                     self.catch_up(gid, stale_epoch.map(|s| s.head_seq)).await?;
-                    if self.db.group(gid)?.is_some_and(|g| g.status != GroupStatus::Active) {
+                    if self
+                        .db
+                        .group(gid)?
+                        .is_some_and(|g| g.status != GroupStatus::Active)
+                    {
                         return Err(ClientError::Server {
                             code: ErrorCode::NotMember,
                             message: "removed from the group".into(),
@@ -1132,7 +1210,9 @@ impl Client {
                 }
             }
         }
-        Err(ClientError::GaveUp("commit kept losing the epoch race".into()))
+        Err(ClientError::GaveUp(
+            "commit kept losing the epoch race".into(),
+        ))
     }
 
     /// Local groups with their members.
@@ -1141,7 +1221,9 @@ impl Client {
             .groups()?
             .into_iter()
             .map(|row| {
-                let (epoch, members) = if row.status == GroupStatus::Active && mls::has_group(&self.db, &row.group_id)? {
+                let (epoch, members) = if row.status == GroupStatus::Active
+                    && mls::has_group(&self.db, &row.group_id)?
+                {
                     (
                         Some(mls::epoch(&self.db, &row.group_id)?),
                         mls::members(&self.db, &row.group_id)?
@@ -1152,7 +1234,11 @@ impl Client {
                 } else {
                     (None, Vec::new())
                 };
-                Ok(GroupView { row, epoch, members })
+                Ok(GroupView {
+                    row,
+                    epoch,
+                    members,
+                })
             })
             .collect()
     }
@@ -1167,7 +1253,10 @@ impl Client {
         if !mls::has_group(&self.db, group_id)? {
             return Ok(Vec::new());
         }
-        Ok(mls::members(&self.db, group_id)?.into_iter().map(|m| m.identity).collect())
+        Ok(mls::members(&self.db, group_id)?
+            .into_iter()
+            .map(|m| m.identity)
+            .collect())
     }
 
     /// Log lines not yet reported (see [`StateDb::take_unshown`]).
@@ -1191,7 +1280,11 @@ fn apply_entry(db: &StateDb, me: &Identity, g: &GroupRow, ev: &GroupEvent) -> Re
             return Ok(actions);
         }
     };
-    let ts_ms = if ev.server_time_ms > 0 { ev.server_time_ms } else { now_ms() };
+    let ts_ms = if ev.server_time_ms > 0 {
+        ev.server_time_ms
+    } else {
+        now_ms()
+    };
     let line = |kind: &str, sender: &str, body: String| LogRow {
         seq: ev.seq,
         sender: mls::user_of(sender).to_string(),
@@ -1210,7 +1303,9 @@ fn apply_entry(db: &StateDb, me: &Identity, g: &GroupRow, ev: &GroupEvent) -> Re
                 }
             }
             Ok(Envelope::Unknown) => {}
-            Err(e) => tracing::warn!(group = %hex::encode(gid), seq = ev.seq, error = %e, "undecodable payload"),
+            Err(e) => {
+                tracing::warn!(group = %hex::encode(gid), seq = ev.seq, error = %e, "undecodable payload")
+            }
         },
         mls::Processed::Proposal { .. } => actions.push(Action::CommitPending(gid.clone())),
         mls::Processed::Commit {
@@ -1221,10 +1316,18 @@ fn apply_entry(db: &StateDb, me: &Identity, g: &GroupRow, ev: &GroupEvent) -> Re
             external,
         } => {
             if !added.is_empty() {
-                db.log(gid, &line("added", &sender, identities_json(added.iter().cloned())), false)?;
+                db.log(
+                    gid,
+                    &line("added", &sender, identities_json(added.iter().cloned())),
+                    false,
+                )?;
             }
             if !removed.is_empty() {
-                db.log(gid, &line("removed", &sender, identities_json(removed.iter().cloned())), false)?;
+                db.log(
+                    gid,
+                    &line("removed", &sender, identities_json(removed.iter().cloned())),
+                    false,
+                )?;
             }
             if self_removed {
                 db.set_status(gid, GroupStatus::Removed)?;
@@ -1233,7 +1336,10 @@ fn apply_entry(db: &StateDb, me: &Identity, g: &GroupRow, ev: &GroupEvent) -> Re
                 // The joiner cannot know the name; the member with the lowest
                 // leaf (other than the joiner) tells it.
                 let members = mls::members(db, gid)?;
-                let namer = members.iter().find(|m| m.identity != sender).map(|m| m.identity.clone());
+                let namer = members
+                    .iter()
+                    .find(|m| m.identity != sender)
+                    .map(|m| m.identity.clone());
                 if namer.as_deref() == Some(me.mls_identity().as_str()) {
                     actions.push(Action::SendName(gid.clone()));
                 }

@@ -29,9 +29,15 @@ pub fn normalize_server(server: &str) -> Result<String> {
     if s.is_empty() {
         return Err(ClientError::InvalidArgument("empty server URL".into()));
     }
-    let s = if s.contains("://") { s.to_string() } else { format!("http://{s}") };
+    let s = if s.contains("://") {
+        s.to_string()
+    } else {
+        format!("http://{s}")
+    };
     if !(s.starts_with("http://") || s.starts_with("https://")) {
-        return Err(ClientError::InvalidArgument(format!("server URL must be http(s)://...: {s}")));
+        return Err(ClientError::InvalidArgument(format!(
+            "server URL must be http(s)://...: {s}"
+        )));
     }
     Ok(s)
 }
@@ -136,7 +142,12 @@ impl Http {
     }
 
     /// POST /v1/login.
-    pub async fn login(&self, device_id: &str, challenge: Vec<u8>, signature: Vec<u8>) -> Result<(Token, v1::LoginResponse)> {
+    pub async fn login(
+        &self,
+        device_id: &str,
+        challenge: Vec<u8>,
+        signature: Vec<u8>,
+    ) -> Result<(Token, v1::LoginResponse)> {
         let mut r: v1::LoginResponse = self
             .call(
                 "/v1/login",
@@ -159,7 +170,12 @@ impl Http {
     }
 
     /// POST /v1/device/link.
-    pub async fn link_device(&self, code: &str, key: &[u8], signature: Vec<u8>) -> Result<v1::LinkDeviceResponse> {
+    pub async fn link_device(
+        &self,
+        code: &str,
+        key: &[u8],
+        signature: Vec<u8>,
+    ) -> Result<v1::LinkDeviceResponse> {
         self.call(
             "/v1/device/link",
             &v1::LinkDeviceRequest {
@@ -174,7 +190,9 @@ impl Http {
 
     /// POST /v1/logout.
     pub async fn logout(&self, token: &Token) -> Result<()> {
-        let _: v1::LogoutResponse = self.call("/v1/logout", &v1::LogoutRequest {}, Some(token)).await?;
+        let _: v1::LogoutResponse = self
+            .call("/v1/logout", &v1::LogoutRequest {}, Some(token))
+            .await?;
         Ok(())
     }
 }
@@ -185,7 +203,10 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert_eq!(normalize_server("127.0.0.1:7300/").unwrap(), "http://127.0.0.1:7300");
+        assert_eq!(
+            normalize_server("127.0.0.1:7300/").unwrap(),
+            "http://127.0.0.1:7300"
+        );
         assert_eq!(ws_url("http://h:1").unwrap(), "ws://h:1/v1/ws");
         assert_eq!(ws_url("https://h").unwrap(), "wss://h/v1/ws");
         assert!(normalize_server("ftp://x").is_err());

@@ -10,12 +10,14 @@
 //! - [`store`]: the SQLite state database (openmls storage + Hush tables);
 //! - [`envelope`]: the end-to-end payload format inside MLS messages.
 
+pub mod cli;
 pub mod client;
 pub mod envelope;
 pub mod error;
 pub mod http;
 pub mod mls;
 pub mod store;
+pub mod tui;
 pub mod ws;
 
 pub use error::{ClientError, Result};

@@ -141,6 +141,9 @@ pub fn key_package_identity(kp: &KeyPackage) -> String {
     credential_identity(kp.leaf_node().credential())
 }
 
+/// Serialized KeyPackages: the regular ones and an optional last-resort one.
+pub type KeyPackageBatch = (Vec<Vec<u8>>, Option<Vec<u8>>);
+
 /// Generates `count` KeyPackages (and optionally one last-resort package),
 /// stores their private parts, and returns them TLS-serialized as
 /// MLSMessages.
@@ -149,7 +152,7 @@ pub fn new_key_packages(
     id: &Identity,
     count: usize,
     last_resort: bool,
-) -> Result<(Vec<Vec<u8>>, Option<Vec<u8>>)> {
+) -> Result<KeyPackageBatch> {
     let provider = db.provider();
     let build = |lr: bool| -> Result<Vec<u8>> {
         let mut b = KeyPackage::builder().leaf_node_capabilities(capabilities());

@@ -515,7 +515,8 @@ impl StateDb {
             })?;
             rows.collect::<rusqlite::Result<Vec<_>>>()?
         };
-        self.conn.execute("UPDATE hush_log SET shown = 1 WHERE shown = 0", [])?;
+        self.conn
+            .execute("UPDATE hush_log SET shown = 1 WHERE shown = 0", [])?;
         Ok(rows)
     }
 

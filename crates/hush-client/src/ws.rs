@@ -70,7 +70,9 @@ impl Drop for WsConn {
     }
 }
 
-fn lock(p: &Pending) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<server_frame::Body>>> {
+fn lock(
+    p: &Pending,
+) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<server_frame::Body>>> {
     // A poisoned map only means another task panicked while holding it; the
     // map itself is still consistent (single inserts/removes).
     p.lock().unwrap_or_else(|e| e.into_inner())
@@ -92,7 +94,9 @@ impl WsConn {
         );
         let value = HeaderValue::from_str(&protocols)
             .map_err(|_| ClientError::Protocol("token is not a valid header value".into()))?;
-        request.headers_mut().insert("sec-websocket-protocol", value);
+        request
+            .headers_mut()
+            .insert("sec-websocket-protocol", value);
         let (stream, _response) = tokio_tungstenite::connect_async(request)
             .await
             .map_err(|e| connect_error(&url, &e))?;
@@ -142,7 +146,9 @@ impl WsConn {
                         }
                         WsMessage::Close(frame) => {
                             break match frame {
-                                Some(f) => format!("closed by server: {} {}", u16::from(f.code), f.reason),
+                                Some(f) => {
+                                    format!("closed by server: {} {}", u16::from(f.code), f.reason)
+                                }
                                 None => "closed by server".to_string(),
                             }
                         }
@@ -197,7 +203,11 @@ impl WsConn {
             request_id: id,
             body: Some(body),
         };
-        if self.out.send(WsMessage::binary(frame.encode_to_vec())).is_err() {
+        if self
+            .out
+            .send(WsMessage::binary(frame.encode_to_vec()))
+            .is_err()
+        {
             lock(&self.pending).remove(&id);
             return Err(ClientError::Disconnected("connection is closed".into()));
         }
@@ -206,7 +216,9 @@ impl WsConn {
                 lock(&self.pending).remove(&id);
                 Err(ClientError::Disconnected("request timed out".into()))
             }
-            Ok(Err(_)) => Err(ClientError::Disconnected("connection closed before the answer".into())),
+            Ok(Err(_)) => Err(ClientError::Disconnected(
+                "connection closed before the answer".into(),
+            )),
             Ok(Ok(server_frame::Body::Error(e))) => Err(e.into()),
             Ok(Ok(body)) => Ok(body),
         }
@@ -245,7 +257,10 @@ fn route(frame: ServerFrame, pending: &Pending, events: &mpsc::UnboundedSender<P
             Some(tx) => {
                 let _ = tx.send(body);
             }
-            None => tracing::debug!(request_id = frame.request_id, "response to no pending request"),
+            None => tracing::debug!(
+                request_id = frame.request_id,
+                "response to no pending request"
+            ),
         }
         return;
     }

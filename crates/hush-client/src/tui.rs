@@ -1,0 +1,255 @@
+//! `hush chat GROUP`: a ratatui terminal UI. Scrollback on the left,
+//! members on the right, an input line at the bottom. Enter sends,
+//! PageUp/PageDown scroll, Esc or Ctrl-C quits.
+//!
+//! Terminal input is read on a plain thread (crossterm's blocking `read`)
+//! and handed to the async loop over a channel; the loop selects between
+//! keys and server events, so the client is only ever used from one task.
+
+use std::time::Duration;
+
+use ratatui::crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use ratatui::layout::{Constraint, Direction, Layout};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, List, ListItem, Paragraph};
+use ratatui::{DefaultTerminal, Frame};
+use tokio::sync::mpsc;
+
+use crate::cli::handles_of;
+use crate::client::Client;
+use crate::error::{ClientError, Result};
+use crate::store::{GroupStatus, LogRow};
+
+const SCROLLBACK: usize = 1000;
+
+struct View {
+    title: String,
+    lines: Vec<LogRow>,
+    members: Vec<String>,
+    input: String,
+    status: String,
+    scroll: usize,
+}
+
+fn hhmm(ts_ms: u64) -> String {
+    let secs = ts_ms / 1000;
+    format!("{:02}:{:02}", (secs / 3600) % 24, (secs / 60) % 60)
+}
+
+fn render_row(row: &LogRow) -> Line<'static> {
+    let time = Span::styled(
+        format!("{} ", hhmm(row.ts_ms)),
+        Style::default().fg(Color::DarkGray),
+    );
+    match row.kind.as_str() {
+        "text" => Line::from(vec![
+            time,
+            Span::styled(
+                format!("{}: ", row.sender),
+                Style::default()
+                    .fg(Color::Cyan)
+                    .add_modifier(Modifier::BOLD),
+            ),
+            Span::raw(row.body.clone()),
+        ]),
+        "name" => Line::from(vec![
+            time,
+            Span::styled(
+                format!("* {} named the group {:?}", row.sender, row.body),
+                Style::default().fg(Color::Yellow),
+            ),
+        ]),
+        kind => {
+            let ids: Vec<String> = serde_json::from_str(&row.body).unwrap_or_default();
+            let who = handles_of(&ids).join(", ");
+            let text = match kind {
+                "joined" => format!("* you joined ({who})"),
+                "left" => "* you left".to_string(),
+                _ if row.sender.is_empty() => format!("* {kind}: {who}"),
+                _ => format!("* {} {kind} {who}", row.sender),
+            };
+            Line::from(vec![
+                time,
+                Span::styled(text, Style::default().fg(Color::Yellow)),
+            ])
+        }
+    }
+}
+
+fn draw(f: &mut Frame<'_>, v: &View) {
+    let rows = Layout::default()
+        .direction(Direction::Vertical)
+        .constraints([
+            Constraint::Min(3),
+            Constraint::Length(3),
+            Constraint::Length(1),
+        ])
+        .split(f.area());
+    let cols = Layout::default()
+        .direction(Direction::Horizontal)
+        .constraints([Constraint::Min(20), Constraint::Length(24)])
+        .split(rows[0]);
+
+    let height = cols[0].height.saturating_sub(2) as usize;
+    let end = v.lines.len().saturating_sub(v.scroll);
+    let start = end.saturating_sub(height);
+    let text: Vec<Line<'static>> = v.lines[start..end].iter().map(render_row).collect();
+    f.render_widget(
+        Paragraph::new(text).block(
+            Block::default()
+                .borders(Borders::ALL)
+                .title(v.title.clone()),
+        ),
+        cols[0],
+    );
+
+    let members: Vec<ListItem<'_>> = handles_of(&v.members)
+        .into_iter()
+        .map(ListItem::new)
+        .collect();
+    f.render_widget(
+        List::new(members).block(Block::default().borders(Borders::ALL).title("members")),
+        cols[1],
+    );
+
+    f.render_widget(
+        Paragraph::new(v.input.as_str())
+            .block(Block::default().borders(Borders::ALL).title("message")),
+        rows[1],
+    );
+    let x = rows[1].x + 1 + (v.input.chars().count() as u16).min(rows[1].width.saturating_sub(3));
+    f.set_cursor_position((x, rows[1].y + 1));
+    f.render_widget(
+        Paragraph::new(v.status.as_str()).style(Style::default().fg(Color::DarkGray)),
+        rows[2],
+    );
+}
+
+fn reload(client: &Client, gid: &[u8], v: &mut View) -> Result<()> {
+    v.lines = client.db().recent_log(gid, SCROLLBACK)?;
+    v.members = client.members(gid)?;
+    if let Some(g) = client.db().group(gid)? {
+        v.title = format!(
+            "{} [{}]",
+            g.display_name(),
+            &g.hex_id()[..8.min(g.hex_id().len())]
+        );
+        if g.status != GroupStatus::Active {
+            v.status = "you are no longer a member of this group".into();
+        }
+    }
+    Ok(())
+}
+
+/// Runs the chat UI until Esc/Ctrl-C. The client must be connected.
+pub async fn chat(client: &mut Client, group: &str) -> Result<()> {
+    let g = client.group(group)?;
+    let gid = g.group_id.clone();
+    let (tx, mut keys) = mpsc::unbounded_channel::<Event>();
+    std::thread::spawn(move || loop {
+        match event::read() {
+            Ok(ev) => {
+                if tx.send(ev).is_err() {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+    });
+    let mut terminal = ratatui::try_init()?;
+    let r = chat_loop(client, &gid, &mut terminal, &mut keys).await;
+    ratatui::restore();
+    // Messages seen here need not be printed again by `sync`.
+    let _ = client.take_unshown();
+    r
+}
+
+async fn chat_loop(
+    client: &mut Client,
+    gid: &[u8],
+    terminal: &mut DefaultTerminal,
+    keys: &mut mpsc::UnboundedReceiver<Event>,
+) -> Result<()> {
+    let mut v = View {
+        title: String::new(),
+        lines: Vec::new(),
+        members: Vec::new(),
+        input: String::new(),
+        status: "Enter: send  PgUp/PgDn: scroll  Esc: quit".into(),
+        scroll: 0,
+    };
+    reload(client, gid, &mut v)?;
+    loop {
+        terminal.draw(|f| draw(f, &v))?;
+        enum Next {
+            Key(Option<Event>),
+            Server(Result<crate::ws::Pushed>),
+            Reconnect,
+        }
+        let next = if client.is_connected() {
+            tokio::select! {
+                k = keys.recv() => Next::Key(k),
+                e = client.wait_event() => Next::Server(e),
+            }
+        } else {
+            tokio::select! {
+                k = keys.recv() => Next::Key(k),
+                _ = tokio::time::sleep(Duration::from_secs(2)) => Next::Reconnect,
+            }
+        };
+        match next {
+            Next::Key(None) => return Ok(()),
+            Next::Key(Some(Event::Key(KeyEvent {
+                code,
+                modifiers,
+                kind,
+                ..
+            }))) if kind != KeyEventKind::Release => match code {
+                KeyCode::Esc => return Ok(()),
+                KeyCode::Char('c') | KeyCode::Char('d')
+                    if modifiers.contains(KeyModifiers::CONTROL) =>
+                {
+                    return Ok(())
+                }
+                KeyCode::Enter => {
+                    let text = std::mem::take(&mut v.input);
+                    if !text.trim().is_empty() {
+                        let hex = hex::encode(gid);
+                        match client.send_text(&hex, &text).await {
+                            Ok(seq) => v.status = format!("sent (seq {seq})"),
+                            Err(e) => {
+                                v.status = format!("send failed: {e}");
+                                v.input = text;
+                            }
+                        }
+                        v.scroll = 0;
+                    }
+                }
+                KeyCode::Backspace => {
+                    v.input.pop();
+                }
+                KeyCode::PageUp => v.scroll = (v.scroll + 10).min(v.lines.len()),
+                KeyCode::PageDown => v.scroll = v.scroll.saturating_sub(10),
+                KeyCode::Char(c) => v.input.push(c),
+                _ => {}
+            },
+            Next::Key(Some(_)) => {}
+            Next::Server(Ok(p)) => {
+                if let Err(e) = client.handle(p).await {
+                    v.status = format!("{e}");
+                }
+            }
+            Next::Server(Err(e)) => {
+                v.status = format!("{e}; reconnecting");
+                client.close().await;
+            }
+            Next::Reconnect => match client.connect().await {
+                Ok(()) => v.status = "reconnected".into(),
+                Err(e @ ClientError::Server { .. }) => return Err(e),
+                Err(e) => v.status = format!("reconnect failed: {e}"),
+            },
+        }
+        reload(client, gid, &mut v)?;
+    }
+}
