@@ -140,6 +140,7 @@ impl Client {
     pub fn open(home: &Path, server: Option<&str>) -> Result<Self> {
         let db = StateDb::open(home)?;
         let me = db.identity()?.map(Arc::new);
+        let server = server.filter(|s| !s.trim().is_empty());
         let server = match (server, &me) {
             (Some(s), _) => normalize_server(s)?,
             (None, Some(id)) => id.server.clone(),
