@@ -314,3 +314,115 @@ fn redact_ws_error(e: &tokio_tungstenite::tungstenite::Error) -> String {
         other => format!("{other}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hush_proto::v1;
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+
+    /// A scripted server: checks the token subprotocol, answers two requests
+    /// in reverse order with a pushed event in between, then an error.
+    #[tokio::test]
+    async fn correlates_responses_and_routes_pushes() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            #[allow(clippy::result_large_err)] // the callback signature is tungstenite's
+            let check = |req: &Request, mut resp: Response| {
+                let protos = req
+                    .headers()
+                    .get("sec-websocket-protocol")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                assert!(protos.contains("hush.v1"), "{protos}");
+                assert!(protos.contains("hush.token.sekrit"), "{protos}");
+                resp.headers_mut().insert(
+                    "sec-websocket-protocol",
+                    HeaderValue::from_static("hush.v1"),
+                );
+                Ok(resp)
+            };
+            let mut ws = tokio_tungstenite::accept_hdr_async(tcp, check)
+                .await
+                .unwrap();
+            let mut ids = Vec::new();
+            while ids.len() < 2 {
+                if let Some(Ok(WsMessage::Binary(b))) = ws.next().await {
+                    let f = ClientFrame::decode(b.as_ref()).unwrap();
+                    let Some(client_frame::Body::Ping(p)) = f.body else {
+                        panic!("expected ping")
+                    };
+                    ids.push((f.request_id, p.nonce));
+                }
+            }
+            let send = |request_id, body| {
+                WsMessage::binary(
+                    ServerFrame {
+                        request_id,
+                        body: Some(body),
+                    }
+                    .encode_to_vec(),
+                )
+            };
+            ws.send(send(
+                0,
+                server_frame::Body::GroupEvent(v1::GroupEvent {
+                    group_id: b"g".to_vec(),
+                    seq: 1,
+                    ..Default::default()
+                }),
+            ))
+            .await
+            .unwrap();
+            for (id, nonce) in ids.iter().rev() {
+                ws.send(send(
+                    *id,
+                    server_frame::Body::Pong(v1::Pong { nonce: *nonce }),
+                ))
+                .await
+                .unwrap();
+            }
+            // Third request: answered with an error.
+            if let Some(Ok(WsMessage::Binary(b))) = ws.next().await {
+                let f = ClientFrame::decode(b.as_ref()).unwrap();
+                let mut e = v1::Error::new(hush_proto::ErrorCode::StaleEpoch, "moved on");
+                e.stale_epoch = Some(v1::StaleEpoch {
+                    current_epoch: 3,
+                    head_seq: 7,
+                });
+                ws.send(send(f.request_id, server_frame::Body::Error(e)))
+                    .await
+                    .unwrap();
+            }
+            ws.close(None).await.ok();
+        });
+
+        let mut conn = WsConn::connect(&format!("http://{addr}"), &Token("sekrit".into()))
+            .await
+            .unwrap();
+        let ping = |nonce| client_frame::Body::Ping(v1::Ping { nonce });
+        let (a, b) = tokio::join!(conn.request(ping(1)), conn.request(ping(2)));
+        assert_eq!(a.unwrap(), server_frame::Body::Pong(v1::Pong { nonce: 1 }));
+        assert_eq!(b.unwrap(), server_frame::Body::Pong(v1::Pong { nonce: 2 }));
+        match conn.next_event().await {
+            Some(Pushed::Group(e)) => assert_eq!(e.seq, 1),
+            other => panic!("unexpected {other:?}"),
+        }
+        let err = conn.request(ping(3)).await.unwrap_err();
+        assert_eq!(err.code(), "STALE_EPOCH");
+        // The server closes: the event stream says so and requests fail fast.
+        match conn.next_event().await {
+            Some(Pushed::Closed(_)) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(conn.is_closed());
+        assert!(matches!(
+            conn.request(ping(4)).await,
+            Err(ClientError::Disconnected(_))
+        ));
+        server.await.unwrap();
+    }
+}
