@@ -493,6 +493,13 @@ impl StateDb {
         Ok(())
     }
 
+    /// Marks every log line of one group as reported (the chat UI showed it).
+    pub fn mark_shown(&self, group_id: &[u8]) -> Result<()> {
+        self.conn
+            .execute("UPDATE hush_log SET shown = 1 WHERE group_id = ?1 AND shown = 0", [group_id])?;
+        Ok(())
+    }
+
     /// Every log line not reported yet, in the order it was recorded, and
     /// marks them reported. (Any command processes what is pending; `sync`
     /// and `listen` report it, so nothing is lost between commands.)

@@ -161,7 +161,7 @@ pub async fn chat(client: &mut Client, group: &str) -> Result<()> {
     let r = chat_loop(client, &gid, &mut terminal, &mut keys).await;
     ratatui::restore();
     // Messages seen here need not be printed again by `sync`.
-    let _ = client.take_unshown();
+    client.db().mark_shown(&gid)?;
     r
 }
 
