@@ -459,6 +459,13 @@ impl Client {
     /// Sends a Sync with the stored cursors and processes the backlog until
     /// the server says it is caught up, then runs deferred work.
     pub async fn sync(&mut self) -> Result<()> {
+        self.sync_backlog().await?;
+        self.run_actions().await
+    }
+
+    /// The Sync exchange itself. `SyncStarted` may come as the Sync's
+    /// response or as a push (request_id 0); an `Error` response aborts.
+    async fn sync_backlog(&mut self) -> Result<()> {
         let cursors = self
             .db
             .groups()?
@@ -471,22 +478,54 @@ impl Client {
             .collect();
         let inbox_after = self.db.inbox_seq()?;
         self.caught_up = false;
-        match self
-            .request(client_frame::Body::Sync(v1::Sync {
+        let (id, mut answer) = self
+            .conn()?
+            .start_request(client_frame::Body::Sync(v1::Sync {
                 cursors,
                 inbox_after,
-            }))
-            .await?
-        {
-            server_frame::Body::SyncStarted(_) => {}
-            other => return Err(unexpected("SyncStarted", &other)),
+            }))?;
+        let r = async {
+            let mut answered = false;
+            while !self.caught_up {
+                let conn = self
+                    .conn
+                    .as_mut()
+                    .ok_or_else(|| ClientError::Disconnected("not connected".into()))?;
+                let p = tokio::select! {
+                    a = &mut answer, if !answered => {
+                        answered = true;
+                        if let Ok(server_frame::Body::Error(e)) = a {
+                            return Err(ClientError::from(e));
+                        }
+                        continue;
+                    }
+                    p = tokio::time::timeout(SYNC_IDLE_TIMEOUT, conn.next_event()) => p,
+                };
+                match p {
+                    Err(_) => {
+                        return Err(ClientError::Disconnected(
+                            "sync: no event from the server in time".into(),
+                        ))
+                    }
+                    Ok(None) => {
+                        self.conn = None;
+                        return Err(ClientError::Disconnected("connection closed".into()));
+                    }
+                    Ok(Some(p)) => self.process_pushed(p)?,
+                }
+            }
+            // An error answer may sit right behind the last event.
+            if let Ok(server_frame::Body::Error(e)) = answer.try_recv() {
+                return Err(ClientError::from(e));
+            }
+            Ok(())
         }
-        while !self.caught_up {
-            let p = self.next_pushed(SYNC_IDLE_TIMEOUT).await?;
-            self.process_pushed(p)?;
+        .await;
+        if let Some(conn) = self.conn.as_ref() {
+            conn.forget(id);
         }
-        self.flush_acks()?;
-        self.run_actions().await
+        r?;
+        self.flush_acks()
     }
 
     async fn next_pushed(&mut self, timeout: Duration) -> Result<Pushed> {
@@ -783,36 +822,7 @@ impl Client {
 
     async fn sync_no_actions(&mut self) -> Result<()> {
         let saved = std::mem::take(&mut self.actions);
-        let r = async {
-            let cursors = self
-                .db
-                .groups()?
-                .into_iter()
-                .filter(|g| g.status == GroupStatus::Active)
-                .map(|g| v1::Cursor {
-                    group_id: g.group_id,
-                    after_seq: g.last_seq,
-                })
-                .collect();
-            let inbox_after = self.db.inbox_seq()?;
-            self.caught_up = false;
-            match self
-                .request(client_frame::Body::Sync(v1::Sync {
-                    cursors,
-                    inbox_after,
-                }))
-                .await?
-            {
-                server_frame::Body::SyncStarted(_) => {}
-                other => return Err(unexpected("SyncStarted", &other)),
-            }
-            while !self.caught_up {
-                let p = self.next_pushed(SYNC_IDLE_TIMEOUT).await?;
-                self.process_pushed(p)?;
-            }
-            self.flush_acks()
-        }
-        .await;
+        let r = self.sync_backlog().await;
         let queued = std::mem::replace(&mut self.actions, saved);
         self.actions.extend(queued);
         r

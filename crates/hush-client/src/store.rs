@@ -495,8 +495,10 @@ impl StateDb {
 
     /// Marks every log line of one group as reported (the chat UI showed it).
     pub fn mark_shown(&self, group_id: &[u8]) -> Result<()> {
-        self.conn
-            .execute("UPDATE hush_log SET shown = 1 WHERE group_id = ?1 AND shown = 0", [group_id])?;
+        self.conn.execute(
+            "UPDATE hush_log SET shown = 1 WHERE group_id = ?1 AND shown = 0",
+            [group_id],
+        )?;
         Ok(())
     }
 

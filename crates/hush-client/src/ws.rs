@@ -189,9 +189,12 @@ impl WsConn {
         self.closed.load(Ordering::SeqCst) || self.writer.is_finished()
     }
 
-    /// Sends a request and waits for its response. An `Error` response is
-    /// returned as [`ClientError::Server`].
-    pub async fn request(&self, body: client_frame::Body) -> Result<server_frame::Body> {
+    /// Sends a request without waiting: returns its id and the receiver of
+    /// its response. Call [`WsConn::forget`] if the answer may never come.
+    pub fn start_request(
+        &self,
+        body: client_frame::Body,
+    ) -> Result<(u64, oneshot::Receiver<server_frame::Body>)> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(id, tx);
@@ -211,6 +214,18 @@ impl WsConn {
             lock(&self.pending).remove(&id);
             return Err(ClientError::Disconnected("connection is closed".into()));
         }
+        Ok((id, rx))
+    }
+
+    /// Stops waiting for the response to request `id`.
+    pub fn forget(&self, id: u64) {
+        lock(&self.pending).remove(&id);
+    }
+
+    /// Sends a request and waits for its response. An `Error` response is
+    /// returned as [`ClientError::Server`].
+    pub async fn request(&self, body: client_frame::Body) -> Result<server_frame::Body> {
+        let (id, rx) = self.start_request(body)?;
         match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
             Err(_) => {
                 lock(&self.pending).remove(&id);
@@ -268,6 +283,9 @@ fn route(frame: ServerFrame, pending: &Pending, events: &mpsc::UnboundedSender<P
         server_frame::Body::GroupEvent(e) => Pushed::Group(e),
         server_frame::Body::InboxEvent(e) => Pushed::Inbox(e),
         server_frame::Body::SyncCaughtUp(_) => Pushed::CaughtUp,
+        // Some servers announce the start of a sync as a push rather than
+        // as the Sync's response; either way it carries nothing.
+        server_frame::Body::SyncStarted(_) | server_frame::Body::AuthOk(_) => return,
         server_frame::Body::Error(e) => {
             tracing::warn!(code = e.code, message = %e.message, "server error without request");
             return;
