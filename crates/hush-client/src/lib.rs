@@ -9,6 +9,20 @@
 //! - [`mls`]: sans-IO MLS operations over the state database;
 //! - [`store`]: the SQLite state database (openmls storage + Hush tables);
 //! - [`envelope`]: the end-to-end payload format inside MLS messages.
+//!
+//! State: `<home>/hush.db`, one SQLite file (WAL). openmls keeps its group
+//! and key state there through `openmls_sqlite_storage` (its migrations run
+//! on open); Hush's own `hush_*` tables hold the identity (user, device id,
+//! Ed25519 key pair, server URL, inbox cursor), the groups (name, joined
+//! seq, last processed seq, status), the seqs this device submitted (skipped
+//! when they come back), and a log of messages/events for display. Applying
+//! a timeline entry is one savepoint over both, so a crash never applies an
+//! entry twice or loses one.
+//!
+//! MLS choices: one ciphersuite (X25519/AES-128-GCM/SHA-256/Ed25519),
+//! PURE_PLAINTEXT handshake messages, `max_past_epochs` 5, and no ratchet
+//! tree extension in GroupInfo (the tree is sent and served separately).
+//! Group names never leave MLS: they travel as `{"t":"name"}` envelopes.
 
 pub mod cli;
 pub mod client;
