@@ -1,1 +1,170 @@
-//! placeholder
+//! hush-node: one Hush server node.
+//!
+//! [`start`] boots a node from a [`Config`] — store, actors, gateway — and
+//! returns once it accepts connections; the binary and the integration tests
+//! both use it. See ARCHITECTURE.md for the map.
+
+pub mod clock;
+pub mod config;
+pub mod ctx;
+pub mod directory;
+pub mod error;
+pub mod gateway;
+pub mod group;
+pub mod keys;
+pub mod session;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+
+use actix_web::{web, App, HttpServer};
+use hush_store::{SqliteConfig, SqliteStore, Store};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use ring::rand::SecureRandom as _;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::Config;
+use ctx::NodeCtx;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("cannot open the store at {path}: {source}")]
+    Store {
+        path: std::path::PathBuf,
+        source: hush_store::StoreError,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("startup failed: {0}")]
+    Other(String),
+}
+
+/// A running node.
+pub struct RunningNode {
+    /// The gateway's bound address (useful with port 0).
+    pub addr: SocketAddr,
+    ctx: Arc<NodeCtx>,
+    server: actix_web::dev::ServerHandle,
+    server_task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningNode {
+    /// The store the node uses (tests inspect it).
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.ctx.store.clone()
+    }
+
+    /// Graceful stop: refuse new work, close connections with 4004, release
+    /// group leases, stop the gateway.
+    pub async fn stop(self) {
+        self.ctx.shutting_down.store(true, Ordering::SeqCst);
+        for g in self.ctx.groups.all().await {
+            g.stop(Some("node shutting down".into()));
+        }
+        self.server.stop(true).await;
+        let _ = self.server_task.await;
+    }
+}
+
+fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5, 1.0, 2.5,
+                ])
+                .map(|b| b.build_recorder())
+                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+            let handle = recorder.handle();
+            // Another recorder may already be installed (several nodes in one
+            // test process): then this node's page shows that one's metrics.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Boots a node. Must be called on a multi-thread tokio runtime: actors run
+/// on it; the gateway runs on its own worker threads.
+pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningNode, StartError> {
+    config.validate()?;
+    std::fs::create_dir_all(&config.node.data).map_err(|source| StartError::DataDir {
+        path: config.node.data.clone(),
+        source,
+    })?;
+    let path = config.store_path();
+    let mut store_config = SqliteConfig::new(path.clone());
+    store_config.max_batch = config.store.max_batch;
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(store_config)
+            .await
+            .map_err(|source| StartError::Store { path, source })?,
+    );
+    let mut candidate = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut candidate)
+        .map_err(|_| StartError::Other("no randomness".into()))?;
+    let secret = store
+        .get_or_create_secret("token-hmac-v1", &candidate)
+        .await
+        .map_err(|e| StartError::Other(format!("token secret: {e}")))?;
+    let tokens = hush_ds::TokenKey::new(&secret);
+
+    let ctx = Arc::new(NodeCtx::new(
+        config.clone(),
+        store,
+        tokens,
+        clock,
+        tokio::runtime::Handle::current(),
+    ));
+    let metrics = metrics_handle();
+    let app_ctx = ctx.clone();
+    let max_body = config.limits.max_frame_bytes;
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(app_ctx.clone()))
+            .app_data(web::Data::new(metrics.clone()))
+            .app_data(web::PayloadConfig::new(max_body))
+            .configure(gateway::routes)
+    })
+    .disable_signals()
+    .shutdown_timeout(5);
+    if config.gateway.workers > 0 {
+        server = server.workers(config.gateway.workers);
+    }
+    let server = server
+        .bind(config.gateway.listen)
+        .map_err(|source| StartError::Bind {
+            addr: config.gateway.listen,
+            source,
+        })?;
+    let addr = server
+        .addrs()
+        .first()
+        .copied()
+        .ok_or_else(|| StartError::Other("gateway bound no address".into()))?;
+    let server = server.run();
+    let handle = server.handle();
+    let server_task = tokio::spawn(server);
+    tracing::info!(node = %config.node.id, %addr, "node started");
+    Ok(RunningNode {
+        addr,
+        ctx,
+        server: handle,
+        server_task,
+    })
+}

@@ -17,7 +17,13 @@ pub use v1::{client_frame, server_frame, ClientFrame, ErrorCode, ServerFrame};
 pub mod auth {
     /// Signed by a device registering a new user.
     pub fn register_payload(handle: &str, signature_key: &[u8]) -> Vec<u8> {
-        [b"hush-register-v1\0", handle.as_bytes(), b"\0", signature_key].concat()
+        [
+            b"hush-register-v1\0",
+            handle.as_bytes(),
+            b"\0",
+            signature_key,
+        ]
+        .concat()
     }
 
     /// Signed by a device logging in.
@@ -107,7 +113,11 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for bytes in [&[0xff, 0xff, 0xff][..], &[0x0a, 0x80][..], &[0xa2, 0x01, 0x7f][..]] {
+        for bytes in [
+            &[0xff, 0xff, 0xff][..],
+            &[0x0a, 0x80][..],
+            &[0xa2, 0x01, 0x7f][..],
+        ] {
             assert!(ClientFrame::decode(bytes).is_err());
         }
     }

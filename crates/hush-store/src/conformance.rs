@@ -38,8 +38,9 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 
 use crate::{
-    AppendOutcome, ClaimedKeyPackage, CommitWrite, Device, DeviceGroup, EntryKind, GroupRecord,
-    KeyPackageRecord, MemberDevice, NewEntry, NewGroup, Store, StoreError, WelcomeWrite,
+    AppendOutcome, ClaimedKeyPackage, CommitWrite, Departure, Device, DeviceGroup, EntryKind,
+    GroupRecord, KeyPackageRecord, MemberDevice, NewEntry, NewGroup, Store, StoreError,
+    WelcomeWrite,
 };
 
 /// A store under test plus what must outlive it.
@@ -96,6 +97,7 @@ macro_rules! store_conformance_suite {
             append_dense_seqs_under_concurrency,
             append_is_idempotent,
             append_concurrent_duplicates_get_one_seq,
+            proposal_updates_state_atomically,
             commit_applies_atomically,
             commit_epoch_conflict_writes_nothing,
             commit_race_has_one_winner_per_epoch,
@@ -957,6 +959,63 @@ pub async fn append_concurrent_duplicates_get_one_seq(store: Arc<dyn Store>) {
 // ----------------------------------------------------------------------------
 // commits
 
+pub async fn proposal_updates_state_atomically(store: Arc<dyn Store>) {
+    let fence = leased_group(&*store, b"g").await;
+    let mut proposal = message("p1", 1);
+    proposal.kind = EntryKind::Proposal;
+    assert_eq!(
+        store
+            .append_proposal(b"g", fence, &proposal, b"state-1-p1")
+            .await
+            .expect("append proposal"),
+        AppendOutcome::Appended { seq: 1 }
+    );
+    let group = store.group(b"g").await.expect("read").expect("group");
+    assert_eq!(
+        (group.state.as_slice(), group.head_seq),
+        (&b"state-1-p1"[..], 1)
+    );
+
+    // A retry is a duplicate and leaves the state alone.
+    assert_eq!(
+        store
+            .append_proposal(b"g", fence, &proposal, b"state-other")
+            .await
+            .expect("retry"),
+        AppendOutcome::Duplicate { seq: 1 }
+    );
+    // Wrong epoch: nothing written.
+    let mut late = message("p2", 0);
+    late.kind = EntryKind::Proposal;
+    match store
+        .append_proposal(b"g", fence, &late, b"state-late")
+        .await
+    {
+        Err(StoreError::EpochConflict {
+            current_epoch: 1,
+            head_seq: 1,
+        }) => {}
+        other => panic!("expected EpochConflict, got {other:?}"),
+    }
+    // Stale fence: nothing written.
+    let mut fenced = message("p3", 1);
+    fenced.kind = EntryKind::Proposal;
+    assert_fenced(
+        store
+            .append_proposal(b"g", fence + 1, &fenced, b"state-fenced")
+            .await,
+        "node-a",
+        fence,
+        "proposal with a wrong fence",
+    );
+    let group = store.group(b"g").await.expect("read").expect("group");
+    assert_eq!(
+        (group.state.as_slice(), group.head_seq),
+        (&b"state-1-p1"[..], 1)
+    );
+    assert_eq!(timeline_len(&*store, b"g").await, 1);
+}
+
 pub async fn commit_applies_atomically(store: Arc<dyn Store>) {
     let fence = leased_group(&*store, b"g").await;
     store
@@ -1321,7 +1380,7 @@ pub async fn groups_of_device_follow_membership(store: Arc<dyn Store>) {
     );
 
     // Alice leaves g1.
-    store
+    let left = store
         .append_commit(&commit(
             b"g1",
             f1,
@@ -1331,7 +1390,8 @@ pub async fn groups_of_device_follow_membership(store: Arc<dyn Store>) {
             "c2",
         ))
         .await
-        .expect("commit");
+        .expect("commit")
+        .seq();
     assert_eq!(
         store.groups_of_device("alice-1").await.expect("groups"),
         vec![DeviceGroup {
@@ -1339,6 +1399,42 @@ pub async fn groups_of_device_follow_membership(store: Arc<dyn Store>) {
             joined_seq: 0
         }]
     );
+    // She may still read g1 up to the commit that removed her...
+    assert_eq!(
+        store.departed_groups("alice-1").await.expect("departures"),
+        vec![Departure {
+            group_id: b"g1".to_vec(),
+            joined_seq: 0,
+            left_seq: left
+        }]
+    );
+    assert!(store
+        .departed_groups("bob-1")
+        .await
+        .expect("departures")
+        .is_empty());
+    // ...until her cursor reaches it.
+    store
+        .set_cursor("alice-1", b"g1", left - 1)
+        .await
+        .expect("cursor");
+    assert_eq!(
+        store
+            .departed_groups("alice-1")
+            .await
+            .expect("departures")
+            .len(),
+        1
+    );
+    store
+        .set_cursor("alice-1", b"g1", left)
+        .await
+        .expect("cursor");
+    assert!(store
+        .departed_groups("alice-1")
+        .await
+        .expect("departures")
+        .is_empty());
 }
 
 pub async fn cursors_never_move_backward(store: Arc<dyn Store>) {

@@ -25,6 +25,9 @@
 //! - **Single-use key packages.** A claimed package is never handed out again;
 //!   concurrent claims get distinct packages. A device's last-resort package
 //!   is handed out only when no other package is left, and is kept.
+//! - **Departures.** A device removed by a commit keeps read access up to and
+//!   including that commit (so it learns it was removed) until its cursor
+//!   passes it.
 //! - **Atomic commits.** A commit's state change, its timeline entry, the
 //!   membership change and its Welcome inbox items become visible together or
 //!   not at all.
@@ -276,6 +279,15 @@ pub struct DeviceGroup {
     pub joined_seq: u64,
 }
 
+/// A group a device was removed from (see [`Store::departed_groups`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Departure {
+    pub group_id: Vec<u8>,
+    pub joined_seq: u64,
+    /// Seq of the commit that removed the device: its last entry to read.
+    pub left_seq: u64,
+}
+
 /// An item in a device's inbox.
 #[derive(Clone, PartialEq, Eq)]
 pub struct InboxItem {
@@ -380,6 +392,17 @@ pub trait Store: Send + Sync + 'static {
         fence: u64,
         entry: &NewEntry,
     ) -> Result<AppendOutcome>;
+    /// Appends a proposal with the next seq and, in the same transaction,
+    /// replaces the group's DS state (which now queues the proposal). Fails
+    /// with `EpochConflict` unless the group is at `entry.epoch`; a duplicate
+    /// `client_msg_id` returns `Duplicate` and leaves the state untouched.
+    async fn append_proposal(
+        &self,
+        group_id: &[u8],
+        fence: u64,
+        entry: &NewEntry,
+        state: &[u8],
+    ) -> Result<AppendOutcome>;
     /// Applies an accepted commit (see [`CommitWrite`]) with the next seq.
     async fn append_commit(&self, write: &CommitWrite) -> Result<AppendOutcome>;
     /// Entries with seq > `after_seq`, ascending, at most `limit`.
@@ -391,6 +414,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Entry>>;
     /// The groups a device is currently a member of.
     async fn groups_of_device(&self, device_id: &str) -> Result<Vec<DeviceGroup>>;
+    /// Groups the device was removed from whose removing commit it has not
+    /// yet acknowledged: it may still read entries up to `left_seq`. A
+    /// departure disappears once the device's cursor reaches `left_seq`.
+    async fn departed_groups(&self, device_id: &str) -> Result<Vec<Departure>>;
 
     // ----- sync state -----
 

@@ -43,9 +43,9 @@ use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::{
-    AppendOutcome, ClaimedKeyPackage, CommitWrite, Device, DeviceGroup, Entry, EntryKind,
-    GroupRecord, InboxItem, KeyPackageRecord, Lease, MemberDevice, NewEntry, NewGroup, Result,
-    Store, StoreError,
+    AppendOutcome, ClaimedKeyPackage, CommitWrite, Departure, Device, DeviceGroup, Entry,
+    EntryKind, GroupRecord, InboxItem, KeyPackageRecord, Lease, MemberDevice, NewEntry, NewGroup,
+    Result, Store, StoreError,
 };
 
 /// The schema version this binary writes (`PRAGMA user_version`).
@@ -316,6 +316,15 @@ CREATE TABLE members (
     PRIMARY KEY (group_id, device_id)
 );
 CREATE INDEX members_by_device ON members(device_id, group_id);
+-- A removed device may still read its group up to the commit that removed
+-- it; the row goes when its cursor reaches left_seq.
+CREATE TABLE departures (
+    device_id  TEXT NOT NULL,
+    group_id   BLOB NOT NULL REFERENCES groups(group_id),
+    joined_seq INTEGER NOT NULL,
+    left_seq   INTEGER NOT NULL,
+    PRIMARY KEY (device_id, group_id)
+);
 CREATE TABLE cursors (
     device_id TEXT NOT NULL,
     group_id  BLOB NOT NULL,
@@ -1025,6 +1034,33 @@ fn op_append_message(
     Ok(AppendOutcome::Appended { seq })
 }
 
+fn op_append_proposal(
+    conn: &Connection,
+    group_id: &[u8],
+    fence: u64,
+    entry: &NewEntry,
+    state: &[u8],
+) -> Result<AppendOutcome> {
+    let head = check_fence(conn, group_id, fence)?;
+    if let Some(seq) = existing_seq(conn, group_id, &entry.client_msg_id)? {
+        return Ok(AppendOutcome::Duplicate { seq });
+    }
+    if head.epoch != entry.epoch {
+        return Err(StoreError::EpochConflict {
+            current_epoch: head.epoch,
+            head_seq: head.head_seq,
+        });
+    }
+    let seq = next(head.head_seq, "seq")?;
+    insert_entry(conn, group_id, seq, entry)?;
+    conn.execute(
+        "UPDATE groups SET head_seq = ?2, state = ?3 WHERE group_id = ?1",
+        params![group_id, seq, state],
+    )
+    .map_err(|e| map_err("advance head seq with proposal", e))?;
+    Ok(AppendOutcome::Appended { seq })
+}
+
 fn op_append_commit(conn: &Connection, w: &CommitWrite) -> Result<AppendOutcome> {
     let head = check_fence(conn, &w.group_id, w.fence)?;
     // A retried commit that already applied is a duplicate, not a conflict.
@@ -1068,6 +1104,15 @@ fn op_append_commit(conn: &Connection, w: &CommitWrite) -> Result<AppendOutcome>
         .iter()
         .filter(|d| !next_members.contains(d.as_str()))
     {
+        conn.execute(
+            "INSERT INTO departures (device_id, group_id, joined_seq, left_seq)
+             SELECT device_id, group_id, joined_seq, ?3 FROM members
+             WHERE group_id = ?1 AND device_id = ?2
+             ON CONFLICT (device_id, group_id)
+             DO UPDATE SET joined_seq = excluded.joined_seq, left_seq = excluded.left_seq",
+            params![w.group_id, gone, seq],
+        )
+        .map_err(|e| map_err("record departure", e))?;
         conn.execute(
             "DELETE FROM members WHERE group_id = ?1 AND device_id = ?2",
             params![w.group_id, gone],
@@ -1152,6 +1197,11 @@ fn op_set_cursor(conn: &Connection, device_id: &str, group_id: &[u8], seq: u64) 
         params![device_id, group_id, seq],
     )
     .map_err(|e| map_err("set cursor", e))?;
+    conn.execute(
+        "DELETE FROM departures WHERE device_id = ?1 AND group_id = ?2 AND left_seq <= ?3",
+        params![device_id, group_id, seq],
+    )
+    .map_err(|e| map_err("settle departure", e))?;
     Ok(())
 }
 
@@ -1347,6 +1397,22 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn append_proposal(
+        &self,
+        group_id: &[u8],
+        fence: u64,
+        entry: &NewEntry,
+        state: &[u8],
+    ) -> Result<AppendOutcome> {
+        let id = group_id.to_vec();
+        let entry = entry.clone();
+        let state = state.to_vec();
+        self.write("append_proposal", move |c| {
+            op_append_proposal(c, &id, fence, &entry, &state)
+        })
+        .await
+    }
+
     async fn append_commit(&self, write: &CommitWrite) -> Result<AppendOutcome> {
         let w = write.clone();
         self.write("append_commit", move |c| op_append_commit(c, &w))
@@ -1380,6 +1446,28 @@ impl Store for SqliteStore {
             })
             .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
             .map_err(|e| map_err("read device groups", e))
+        })
+        .await
+    }
+
+    async fn departed_groups(&self, device_id: &str) -> Result<Vec<Departure>> {
+        let id = device_id.to_string();
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT group_id, joined_seq, left_seq FROM departures
+                     WHERE device_id = ?1 ORDER BY group_id",
+                )
+                .map_err(|e| map_err("read departures", e))?;
+            stmt.query_map(params![id], |r| {
+                Ok(Departure {
+                    group_id: r.get(0)?,
+                    joined_seq: r.get(1)?,
+                    left_seq: r.get(2)?,
+                })
+            })
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(|e| map_err("read departures", e))
         })
         .await
     }

@@ -1,0 +1,340 @@
+//! Typed, validated node configuration.
+//!
+//! Defaults live in code ([`Config::default`]); a TOML file (the same format
+//! as `cluster.toml`) overrides them; command-line flags override the file.
+//! Unknown keys are errors that name the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Everything a node needs to start.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub node: NodeSection,
+    pub store: StoreSection,
+    pub gateway: GatewaySection,
+    pub limits: Limits,
+    pub auth: AuthSection,
+    pub actors: ActorSection,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeSection {
+    /// Stable node name (lease owner, logs).
+    pub id: String,
+    /// Data directory (SQLite file, generated secrets).
+    pub data: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    /// "embedded" (SQLite). "scylla" is reserved for the ScyllaDB backend.
+    pub kind: String,
+    /// SQLite file; defaults to `<data>/hush.sqlite`.
+    pub path: Option<PathBuf>,
+    /// Most operations written in one group-commit transaction.
+    pub max_batch: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewaySection {
+    /// Address the HTTP/WebSocket gateway listens on. Port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// Origins allowed to open WebSockets (browser requests carry Origin).
+    /// Requests without an Origin header (native clients) are allowed.
+    pub allowed_origins: Vec<String>,
+    /// actix-web worker threads (0 = one per core).
+    pub workers: usize,
+}
+
+/// Explicit limits; every one is enforced and tested.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest WebSocket frame (and HTTP body) accepted, bytes. Larger: close 1009.
+    pub max_frame_bytes: usize,
+    /// Largest MLS message inside a frame (application message, commit), bytes.
+    pub max_message_bytes: usize,
+    /// Sustained requests per second per connection.
+    pub rate_per_sec: f64,
+    /// Burst of requests per connection above the sustained rate.
+    pub rate_burst: f64,
+    /// Concurrent connections per user (all devices).
+    pub max_connections_per_user: usize,
+    /// A connection must authenticate within this many ms (first-frame auth).
+    pub auth_deadline_ms: u64,
+    /// Server pings every this many ms.
+    pub heartbeat_interval_ms: u64,
+    /// A connection silent for this many ms is closed (4002).
+    pub heartbeat_timeout_ms: u64,
+    /// Frames queued for one connection before it is cut off as a slow reader.
+    pub send_buffer_frames: usize,
+    /// A single write may block at most this long before the reader is cut off.
+    pub write_timeout_ms: u64,
+    /// Application messages may be this many epochs behind the current one.
+    pub epoch_window: u64,
+    /// Key packages per upload request.
+    pub max_key_packages_per_upload: usize,
+    /// Timeline entries per page when sending a backlog.
+    pub sync_page: u32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// Token lifetime.
+    pub token_ttl_ms: u64,
+    /// Login challenge lifetime.
+    pub challenge_ttl_ms: u64,
+    /// Device link code lifetime.
+    pub link_code_ttl_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActorSection {
+    /// A GroupActor with no traffic for this long passivates.
+    pub group_idle_ms: u64,
+    /// Group ownership lease length; renewed while the actor lives.
+    pub lease_ttl_ms: u64,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        Self {
+            id: "n1".into(),
+            data: PathBuf::from("./hush-data"),
+        }
+    }
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        Self {
+            kind: "embedded".into(),
+            path: None,
+            max_batch: 256,
+        }
+    }
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7300)),
+            allowed_origins: vec![
+                "http://127.0.0.1:7300".into(),
+                "http://localhost:7300".into(),
+            ],
+            workers: 0,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 1 << 20,
+            max_message_bytes: 256 << 10,
+            rate_per_sec: 200.0,
+            rate_burst: 400.0,
+            max_connections_per_user: 16,
+            auth_deadline_ms: 10_000,
+            heartbeat_interval_ms: 15_000,
+            heartbeat_timeout_ms: 45_000,
+            send_buffer_frames: 1024,
+            write_timeout_ms: 10_000,
+            epoch_window: 5,
+            max_key_packages_per_upload: 100,
+            sync_page: 256,
+        }
+    }
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        Self {
+            token_ttl_ms: 24 * 3600 * 1000,
+            challenge_ttl_ms: 60_000,
+            link_code_ttl_ms: 10 * 60_000,
+        }
+    }
+}
+
+impl Default for ActorSection {
+    fn default() -> Self {
+        Self {
+            group_idle_ms: 5 * 60_000,
+            lease_ttl_ms: 30_000,
+        }
+    }
+}
+
+/// A configuration error; the message names the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("bad config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("bad config value `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+impl Config {
+    /// Reads a TOML file over the defaults.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses TOML text over the defaults and validates.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The SQLite file of the embedded store.
+    pub fn store_path(&self) -> PathBuf {
+        self.store
+            .path
+            .clone()
+            .unwrap_or_else(|| self.node.data.join("hush.sqlite"))
+    }
+
+    /// Checks ranges and relations between values.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                key,
+                message: message.into(),
+            }
+        }
+        let l = &self.limits;
+        if self.node.id.is_empty() || self.node.id.len() > 64 {
+            return Err(invalid("node.id", "must be 1..=64 characters"));
+        }
+        if self.store.kind != "embedded" {
+            return Err(invalid(
+                "store.kind",
+                format!(
+                    "unknown store kind {:?} (this build supports \"embedded\")",
+                    self.store.kind
+                ),
+            ));
+        }
+        if self.store.max_batch == 0 {
+            return Err(invalid("store.max_batch", "must be at least 1"));
+        }
+        if l.max_frame_bytes < 1024 {
+            return Err(invalid("limits.max_frame_bytes", "must be at least 1024"));
+        }
+        if l.max_message_bytes == 0 || l.max_message_bytes > l.max_frame_bytes {
+            return Err(invalid(
+                "limits.max_message_bytes",
+                "must be in 1..=limits.max_frame_bytes",
+            ));
+        }
+        // Written so that NaN fails too.
+        let rate_ok = l.rate_per_sec.is_finite() && l.rate_per_sec > 0.0;
+        if !rate_ok {
+            return Err(invalid("limits.rate_per_sec", "must be a number > 0"));
+        }
+        let burst_ok = l.rate_burst.is_finite() && l.rate_burst >= 1.0;
+        if !burst_ok {
+            return Err(invalid("limits.rate_burst", "must be a number >= 1"));
+        }
+        if l.max_connections_per_user == 0 {
+            return Err(invalid(
+                "limits.max_connections_per_user",
+                "must be at least 1",
+            ));
+        }
+        if l.send_buffer_frames == 0 {
+            return Err(invalid("limits.send_buffer_frames", "must be at least 1"));
+        }
+        if l.heartbeat_interval_ms == 0 || l.heartbeat_timeout_ms <= l.heartbeat_interval_ms {
+            return Err(invalid(
+                "limits.heartbeat_timeout_ms",
+                "must be greater than limits.heartbeat_interval_ms (> 0)",
+            ));
+        }
+        if l.sync_page == 0 {
+            return Err(invalid("limits.sync_page", "must be at least 1"));
+        }
+        if self.auth.token_ttl_ms == 0 {
+            return Err(invalid("auth.token_ttl_ms", "must be > 0"));
+        }
+        if self.actors.lease_ttl_ms < 1000 {
+            return Err(invalid("actors.lease_ttl_ms", "must be at least 1000"));
+        }
+        Ok(())
+    }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.limits.heartbeat_interval_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn file_overrides_defaults() {
+        let c = Config::from_toml(
+            "[gateway]\nlisten = \"127.0.0.1:0\"\n[limits]\nmax_frame_bytes = 4096\nmax_message_bytes = 2048\n",
+        )
+        .unwrap();
+        assert_eq!(c.gateway.listen.port(), 0);
+        assert_eq!(c.limits.max_frame_bytes, 4096);
+        assert_eq!(c.limits.rate_per_sec, Limits::default().rate_per_sec);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml("[limits]\nmax_frame_byte = 1\n").unwrap_err();
+        assert!(err.to_string().contains("max_frame_byte"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let err = Config::from_toml("[limits]\nmax_message_bytes = 0\n").unwrap_err();
+        assert!(
+            err.to_string().contains("limits.max_message_bytes"),
+            "{err}"
+        );
+        let err = Config::from_toml("[gateway]\nlisten = \"nope\"\n").unwrap_err();
+        assert!(err.to_string().contains("listen"), "{err}");
+        let err = Config::from_toml("[store]\nkind = \"mongo\"\n").unwrap_err();
+        assert!(err.to_string().contains("store.kind"), "{err}");
+    }
+}

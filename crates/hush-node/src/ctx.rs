@@ -1,0 +1,136 @@
+//! What every part of a node shares: config, store, token key, clock, and the
+//! actor directories. Passed explicitly (an `Arc<NodeCtx>`), never global.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use actix_web::web::Bytes;
+use hush_ds::TokenKey;
+use hush_store::{MemberDevice, Store};
+use ractor::{Actor, ActorRef};
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::directory::Directory;
+use crate::error::{ApiError, ApiResult};
+use crate::group::{GroupActor, GroupMsg};
+use crate::session::{Outbound, SessionActor, SessionMsg};
+use hush_proto::ErrorCode;
+
+pub struct NodeCtx {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub tokens: TokenKey,
+    pub clock: Arc<dyn Clock>,
+    /// The multi-thread runtime actors run on.
+    pub runtime: tokio::runtime::Handle,
+    pub groups: Directory<Vec<u8>, GroupMsg>,
+    pub sessions: Directory<String, SessionMsg>,
+    pub shutting_down: AtomicBool,
+    next_conn_id: AtomicU64,
+}
+
+impl NodeCtx {
+    pub fn new(
+        config: Config,
+        store: Arc<dyn Store>,
+        tokens: TokenKey,
+        clock: Arc<dyn Clock>,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
+        Self {
+            config,
+            store,
+            tokens,
+            clock,
+            runtime,
+            groups: Directory::default(),
+            sessions: Directory::default(),
+            shutting_down: AtomicBool::new(false),
+            next_conn_id: AtomicU64::new(1),
+        }
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// The group's actor, activated on this node if needed.
+    pub async fn group(self: &Arc<Self>, group_id: &[u8]) -> ApiResult<ActorRef<GroupMsg>> {
+        if self.is_shutting_down() {
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "node is shutting down",
+            ));
+        }
+        let key = group_id.to_vec();
+        let ctx = self.clone();
+        let key2 = key.clone();
+        self.groups
+            .get_or_spawn(&key, || async move {
+                let spawned = ctx
+                    .runtime
+                    .spawn(Actor::spawn(None, GroupActor { ctx: ctx.clone() }, key2))
+                    .await;
+                match spawned {
+                    Ok(Ok((actor, _join))) => Ok(actor),
+                    Ok(Err(e)) => Err(ApiError::internal("group activation", e)),
+                    Err(e) => Err(ApiError::internal("group activation", e)),
+                }
+            })
+            .await
+    }
+
+    /// The user's session actor, activated on this node if needed.
+    pub async fn session(self: &Arc<Self>, user_id: &str) -> ApiResult<ActorRef<SessionMsg>> {
+        let key = user_id.to_owned();
+        let ctx = self.clone();
+        let key2 = key.clone();
+        self.sessions
+            .get_or_spawn(&key, || async move {
+                let spawned = ctx
+                    .runtime
+                    .spawn(Actor::spawn(None, SessionActor { ctx: ctx.clone() }, key2))
+                    .await;
+                match spawned {
+                    Ok(Ok((actor, _join))) => Ok(actor),
+                    Ok(Err(e)) => Err(ApiError::internal("session activation", e)),
+                    Err(e) => Err(ApiError::internal("session activation", e)),
+                }
+            })
+            .await
+    }
+
+    /// Hands an item to the online devices among `devices`, one message per
+    /// user session (the session forwards to that user's connections).
+    pub async fn deliver(&self, devices: &[MemberDevice], item: Outbound) {
+        let mut by_user: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+        for d in devices {
+            by_user
+                .entry(d.user_id.as_str())
+                .or_default()
+                .push(d.device_id.clone());
+        }
+        for (user, devices) in by_user {
+            if let Some(session) = self.sessions.get(&user.to_owned()).await {
+                // A session that just stopped has no connections: nothing to do.
+                let _ = session.send_message(SessionMsg::Deliver {
+                    devices,
+                    item: item.clone(),
+                });
+            }
+        }
+        metrics::counter!("hush_deliveries_total").increment(devices.len() as u64);
+    }
+}
+
+/// An encoded server frame, shared by every connection it goes to.
+pub type Frame = Bytes;

@@ -1,0 +1,71 @@
+//! Where a node finds its local actors by key: get-or-activate for virtual
+//! actors, and removal when an actor stops.
+//!
+//! Actors are spawned on the node's multi-thread runtime (never on an
+//! actix-web worker's single-threaded runtime), see [`Directory::get_or_spawn`].
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::Hash;
+
+use ractor::{ActorRef, Message};
+
+/// Local actors of one kind, by key.
+pub struct Directory<K, M: Message> {
+    actors: tokio::sync::Mutex<HashMap<K, ActorRef<M>>>,
+}
+
+impl<K: Eq + Hash + Clone + Send, M: Message> Default for Directory<K, M> {
+    fn default() -> Self {
+        Self {
+            actors: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<K: Eq + Hash + Clone + Send, M: Message> Directory<K, M> {
+    /// The live actor for `key`, if any.
+    pub async fn get(&self, key: &K) -> Option<ActorRef<M>> {
+        self.actors.lock().await.get(key).cloned()
+    }
+
+    /// The live actor for `key`, activating it with `spawn` if there is none.
+    /// Activation is serialized per directory, so a key never gets two actors.
+    pub async fn get_or_spawn<F, Fut, E>(&self, key: &K, spawn: F) -> Result<ActorRef<M>, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<ActorRef<M>, E>>,
+    {
+        let mut actors = self.actors.lock().await;
+        if let Some(actor) = actors.get(key) {
+            if actor.get_status() <= ractor::ActorStatus::Running {
+                return Ok(actor.clone());
+            }
+        }
+        let actor = spawn().await?;
+        actors.insert(key.clone(), actor.clone());
+        Ok(actor)
+    }
+
+    /// Forgets `key` if it still maps to the actor `id` (an actor that stops
+    /// must not evict its successor).
+    pub async fn remove(&self, key: &K, id: ractor::ActorId) {
+        let mut actors = self.actors.lock().await;
+        if actors.get(key).is_some_and(|a| a.get_id() == id) {
+            actors.remove(key);
+        }
+    }
+
+    pub async fn len(&self) -> usize {
+        self.actors.lock().await.len()
+    }
+
+    pub async fn is_empty(&self) -> bool {
+        self.len().await == 0
+    }
+
+    /// Every live actor (for shutdown).
+    pub async fn all(&self) -> Vec<ActorRef<M>> {
+        self.actors.lock().await.values().cloned().collect()
+    }
+}

@@ -1,0 +1,209 @@
+//! HTTP endpoints: registration, login (challenge-response with the device
+//! key), device linking, logout. Bodies are protobuf.
+
+use std::sync::Arc;
+
+use actix_web::web::Bytes;
+use actix_web::{web, HttpRequest, HttpResponse};
+use hush_ds::{verify_ed25519, TokenClaims};
+use hush_proto::{auth, v1, ErrorCode, Message};
+use hush_store::Device;
+use ring::rand::SecureRandom as _;
+
+use crate::ctx::NodeCtx;
+use crate::error::{ApiError, ApiResult};
+use crate::gateway::{bearer_claims, error_response};
+
+fn decode<T: Message + Default>(body: &Bytes) -> ApiResult<T> {
+    T::decode(body.as_ref())
+        .map_err(|_| ApiError::new(ErrorCode::Malformed, "body does not decode"))
+}
+
+fn respond<T: Message>(r: ApiResult<T>) -> HttpResponse {
+    match r {
+        Ok(m) => HttpResponse::Ok()
+            .content_type("application/x-protobuf")
+            .body(m.encode_to_vec()),
+        Err(e) => error_response(&e),
+    }
+}
+
+fn random_hex(bytes: usize) -> ApiResult<String> {
+    let mut buf = vec![0u8; bytes];
+    ring::rand::SystemRandom::new()
+        .fill(&mut buf)
+        .map_err(|_| ApiError::internal("randomness", "ring rng failed"))?;
+    Ok(hex::encode(buf))
+}
+
+fn check_key(key: &[u8]) -> ApiResult<()> {
+    if key.len() != 32 {
+        return Err(ApiError::new(
+            ErrorCode::InvalidArgument,
+            "device_signature_key must be a 32-byte Ed25519 key",
+        ));
+    }
+    Ok(())
+}
+
+fn new_device(ctx: &NodeCtx, user_id: &str, key: Vec<u8>) -> ApiResult<Device> {
+    Ok(Device {
+        user_id: user_id.to_owned(),
+        device_id: random_hex(8)?,
+        signature_key: key,
+        token_generation: 0,
+        created_at_ms: ctx.now_ms(),
+    })
+}
+
+pub async fn register(ctx: web::Data<Arc<NodeCtx>>, body: Bytes) -> HttpResponse {
+    respond(register_inner(&ctx, &body).await)
+}
+
+async fn register_inner(ctx: &NodeCtx, body: &Bytes) -> ApiResult<v1::RegisterResponse> {
+    let req: v1::RegisterRequest = decode(body)?;
+    hush_ds::validate_handle(&req.handle)?;
+    check_key(&req.device_signature_key)?;
+    let payload = auth::register_payload(&req.handle, &req.device_signature_key);
+    if !verify_ed25519(&req.device_signature_key, &payload, &req.signature) {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "bad registration signature",
+        ));
+    }
+    let device = new_device(ctx, &req.handle, req.device_signature_key)?;
+    ctx.store.create_user(&device).await.map_err(|e| match e {
+        hush_store::StoreError::AlreadyExists => {
+            ApiError::new(ErrorCode::AlreadyExists, "handle is taken")
+        }
+        other => other.into(),
+    })?;
+    tracing::info!(user = %device.user_id, device = %device.device_id, "registered");
+    Ok(v1::RegisterResponse {
+        user_id: device.user_id,
+        device_id: device.device_id,
+    })
+}
+
+pub async fn login_challenge(ctx: web::Data<Arc<NodeCtx>>, body: Bytes) -> HttpResponse {
+    respond((|| {
+        let req: v1::LoginChallengeRequest = decode(&body)?;
+        if req.device_id.is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::InvalidArgument,
+                "device_id is required",
+            ));
+        }
+        let challenge = ctx.tokens.issue_challenge(
+            &req.device_id,
+            ctx.now_ms(),
+            ctx.config.auth.challenge_ttl_ms,
+        );
+        Ok(v1::LoginChallengeResponse { challenge })
+    })())
+}
+
+pub async fn login(ctx: web::Data<Arc<NodeCtx>>, body: Bytes) -> HttpResponse {
+    respond(login_inner(&ctx, &body).await)
+}
+
+async fn login_inner(ctx: &NodeCtx, body: &Bytes) -> ApiResult<v1::LoginResponse> {
+    let req: v1::LoginRequest = decode(body)?;
+    let now = ctx.now_ms();
+    ctx.tokens
+        .verify_challenge(&req.device_id, &req.challenge, now)
+        .map_err(|_| ApiError::new(ErrorCode::Forbidden, "bad or expired challenge"))?;
+    let Some(device) = ctx.store.device(&req.device_id).await? else {
+        return Err(ApiError::new(ErrorCode::NotFound, "unknown device"));
+    };
+    if !verify_ed25519(
+        &device.signature_key,
+        &auth::login_payload(&req.challenge),
+        &req.signature,
+    ) {
+        return Err(ApiError::new(ErrorCode::Forbidden, "bad login signature"));
+    }
+    let expires_at_ms = now + ctx.config.auth.token_ttl_ms;
+    let token = ctx.tokens.issue(&TokenClaims {
+        user_id: device.user_id.clone(),
+        device_id: device.device_id.clone(),
+        generation: device.token_generation,
+        expires_at_ms,
+    });
+    Ok(v1::LoginResponse {
+        token,
+        expires_at_ms,
+        user_id: device.user_id,
+    })
+}
+
+pub async fn link_code(ctx: web::Data<Arc<NodeCtx>>, req: HttpRequest) -> HttpResponse {
+    respond(
+        async {
+            let claims = bearer_claims(&ctx, &req).await?;
+            let code = random_hex(16)?;
+            let expires_at_ms = ctx.now_ms() + ctx.config.auth.link_code_ttl_ms;
+            ctx.store
+                .put_link_code(&code_hash(&code), &claims.user_id, expires_at_ms)
+                .await?;
+            Ok(v1::LinkCodeResponse {
+                code,
+                expires_at_ms,
+            })
+        }
+        .await,
+    )
+}
+
+fn code_hash(code: &str) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, code.as_bytes())
+        .as_ref()
+        .to_vec()
+}
+
+pub async fn link_device(ctx: web::Data<Arc<NodeCtx>>, body: Bytes) -> HttpResponse {
+    respond(
+        async {
+            let req: v1::LinkDeviceRequest = decode(&body)?;
+            check_key(&req.device_signature_key)?;
+            let payload = auth::link_payload(&req.code, &req.device_signature_key);
+            if !verify_ed25519(&req.device_signature_key, &payload, &req.signature) {
+                return Err(ApiError::new(ErrorCode::Forbidden, "bad link signature"));
+            }
+            let Some(user_id) = ctx
+                .store
+                .take_link_code(&code_hash(&req.code), ctx.now_ms())
+                .await?
+            else {
+                return Err(ApiError::new(
+                    ErrorCode::Forbidden,
+                    "unknown or expired link code",
+                ));
+            };
+            let device = new_device(&ctx, &user_id, req.device_signature_key)?;
+            ctx.store.add_device(&device).await?;
+            tracing::info!(user = %device.user_id, device = %device.device_id, "linked device");
+            Ok(v1::LinkDeviceResponse {
+                user_id: device.user_id,
+                device_id: device.device_id,
+            })
+        }
+        .await,
+    )
+}
+
+pub async fn logout(ctx: web::Data<Arc<NodeCtx>>, req: HttpRequest) -> HttpResponse {
+    respond(
+        async {
+            let claims = bearer_claims(&ctx, &req).await?;
+            ctx.store.bump_token_generation(&claims.device_id).await?;
+            if let Some(s) = ctx.sessions.get(&claims.user_id).await {
+                let _ = s.send_message(crate::session::SessionMsg::KickDevice {
+                    device_id: claims.device_id.clone(),
+                });
+            }
+            Ok(v1::LogoutResponse {})
+        }
+        .await,
+    )
+}
