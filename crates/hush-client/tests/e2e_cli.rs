@@ -1,141 +1,23 @@
 //! End-to-end: the `hush` binary against a real hush-node, driven as a
 //! subprocess with `--json`.
-//!
-//! Runs only when `HUSH_NODE_BIN` names a hush-node binary (for example
-//! `HUSH_NODE_BIN=target/debug/hush-node cargo test -p hush-client --test e2e_cli`);
-//! otherwise it prints a note and passes, so the crate's tests do not depend
-//! on the server being built.
+//! The node binary comes from `common::node_bin` (built by cargo if needed).
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-use serde_json::Value;
-
-struct Node {
-    child: Child,
-    url: String,
-    _data: tempfile::TempDir,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_node() -> Option<Node> {
-    let bin = std::env::var_os("HUSH_NODE_BIN")?;
-    let data = tempfile::tempdir().expect("tempdir");
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let child = Command::new(bin)
-        .arg("--data")
-        .arg(data.path())
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn hush-node");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "hush-node did not start listening"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Some(Node {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-        _data: data,
-    })
-}
-
-struct Dev {
-    home: PathBuf,
-    server: String,
-}
+use common::{Dev, Node};
 
 impl Dev {
-    fn new(root: &Path, name: &str, server: &str) -> Self {
-        Self {
-            home: root.join(name),
-            server: server.to_string(),
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_hush"))
-            .arg("--server")
-            .arg(&self.server)
-            .arg("--home")
-            .arg(&self.home)
-            .arg("--json")
-            .args(args)
-            .output()
-            .expect("run hush")
-    }
-
-    /// Runs a command that must succeed; returns its JSON lines.
-    fn ok(&self, args: &[&str]) -> Vec<Value> {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "hush {args:?} failed: stdout={} stderr={}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        lines(&out)
-    }
-
-    /// Runs a command that must fail; returns its error code.
-    fn err(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            !out.status.success(),
-            "hush {args:?} unexpectedly succeeded"
-        );
-        let v = lines(&out);
-        v.last()
-            .and_then(|e| e["error"].as_str())
-            .unwrap_or_default()
-            .to_string()
-    }
-
     fn texts(&self) -> Vec<(String, String)> {
-        self.ok(&["sync"])
+        self.sync_texts()
             .into_iter()
-            .filter(|v| v.get("text").is_some())
-            .map(|v| {
-                (
-                    v["sender"].as_str().unwrap_or_default().to_string(),
-                    v["text"].as_str().unwrap_or_default().to_string(),
-                )
-            })
+            .map(|m| (m.sender, m.text))
             .collect()
     }
 }
 
-fn lines(out: &Output) -> Vec<Value> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
-        .collect()
-}
-
 #[test]
 fn chat_flow_through_a_real_node() {
-    let Some(node) = start_node() else {
-        eprintln!("HUSH_NODE_BIN not set: skipping the end-to-end CLI test");
-        return;
-    };
+    let node = Node::start();
     let root = tempfile::tempdir().unwrap();
     let alice = Dev::new(root.path(), "alice", &node.url);
     let bob = Dev::new(root.path(), "bob", &node.url);

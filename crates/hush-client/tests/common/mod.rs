@@ -1,0 +1,336 @@
+//! Harness for the end-to-end tests: real `hush-node` processes on loopback
+//! and real `hush` CLI processes, each device with its own home directory.
+//!
+//! The node binary is `HUSH_NODE_BIN` when set; otherwise it is built (or
+//! found fresh) by `cargo build -p hush-node`, so `cargo test --workspace`
+//! on a fresh checkout runs these tests for real.
+
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// Generous upper bound for anything a test waits for; tests wait on events
+/// (a line printed, a process exiting), this only stops a hung test.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The hush-node executable.
+pub fn node_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("HUSH_NODE_BIN") {
+            return PathBuf::from(p);
+        }
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let out = Command::new(cargo)
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "hush-node",
+                "--bin",
+                "hush-node",
+                "--message-format=json",
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run cargo build for hush-node");
+        assert!(out.status.success(), "building hush-node failed");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["reason"] == "compiler-artifact")
+            .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+            .expect("cargo reported no hush-node executable")
+    })
+    .clone()
+}
+
+/// One hush-node process with its own data directory and log file.
+pub struct Node {
+    child: Option<Child>,
+    /// `http://127.0.0.1:PORT` (stable across restarts).
+    pub url: String,
+    pub listen: String,
+    pub data: PathBuf,
+    pub log: PathBuf,
+    env: Vec<(String, String)>,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    pub fn start() -> Self {
+        Self::start_with_env(&[])
+    }
+
+    /// Starts a node on a free port; `env` is passed to the process (e.g.
+    /// `RUST_LOG`).
+    pub fn start_with_env(env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut node = Node {
+            child: None,
+            url: String::new(),
+            listen: "127.0.0.1:0".into(),
+            data: dir.path().join("data"),
+            log: dir.path().join("node.log"),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            _dir: dir,
+        };
+        node.spawn();
+        node
+    }
+
+    /// Starts the process and waits for its `listening on` line.
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open node log");
+        let mut child = Command::new(node_bin())
+            .arg("--data")
+            .arg(&self.data)
+            .arg("--listen")
+            .arg(&self.listen)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn hush-node");
+        let stdout = child.stdout.take().expect("node stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.split("listening on http://").nth(1) {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        });
+        let addr = rx.recv_timeout(PATIENCE).unwrap_or_else(|_| {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            panic!("hush-node did not start listening; log:\n{log}")
+        });
+        // Restarts reuse the port, so clients keep their server URL.
+        self.listen = addr.clone();
+        self.url = format!("http://{addr}");
+        self.child = Some(child);
+    }
+
+    /// `kill -9`: no shutdown path runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("SIGKILL hush-node");
+            c.wait().expect("reap hush-node");
+        }
+    }
+
+    /// Starts the node again on the same data directory and port.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "node still running");
+        self.spawn();
+    }
+
+    /// Everything the node process wrote to stderr (its logs).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The embedded store's SQLite file.
+    pub fn store_file(&self) -> PathBuf {
+        self.data.join("hush.sqlite")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// One device: a `hush` home directory.
+pub struct Dev {
+    pub home: PathBuf,
+    pub server: String,
+}
+
+impl Dev {
+    pub fn new(root: &Path, name: &str, server: &str) -> Self {
+        Self {
+            home: root.join(name),
+            server: server.to_string(),
+        }
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_hush"));
+        c.arg("--server")
+            .arg(&self.server)
+            .arg("--home")
+            .arg(&self.home)
+            .arg("--json")
+            .args(args);
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run hush")
+    }
+
+    /// Runs a command that must succeed; returns its JSON lines.
+    pub fn ok(&self, args: &[&str]) -> Vec<Value> {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "hush {args:?} failed: stdout={} stderr={}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        lines(&out)
+    }
+
+    /// Runs a command that must fail; returns its error code.
+    pub fn err(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            !out.status.success(),
+            "hush {args:?} unexpectedly succeeded"
+        );
+        let v = lines(&out);
+        v.last()
+            .and_then(|e| e["error"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// `send`, returning the acknowledged seq.
+    pub fn send(&self, group: &str, text: &str) -> u64 {
+        self.ok(&["send", group, text])[0]["seq"]
+            .as_u64()
+            .expect("send prints a seq")
+    }
+
+    /// `sync`, returning the text messages as (seq, sender, text).
+    pub fn sync_texts(&self) -> Vec<Msg> {
+        texts(&self.ok(&["sync"]))
+    }
+
+    /// Starts `hush listen`; its JSON lines arrive on the returned receiver.
+    pub fn listen(&self) -> Listener {
+        let mut child = self
+            .command(&["listen"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn hush listen");
+        let stdout = child.stdout.take().expect("listen stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if tx.send(v).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Listener { child, rx }
+    }
+}
+
+/// A running `hush listen`.
+pub struct Listener {
+    child: Child,
+    rx: mpsc::Receiver<Value>,
+}
+
+impl Listener {
+    /// Collects text messages until `done` says enough (or panics after
+    /// [`PATIENCE`]).
+    pub fn texts_until(&self, mut done: impl FnMut(&[Msg]) -> bool) -> Vec<Msg> {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        let mut got = Vec::new();
+        while !done(&got) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(v) => got.extend(texts(&[v])),
+                Err(_) => panic!("listener saw only {got:?}"),
+            }
+        }
+        got
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A decrypted text message as the CLI prints it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Msg {
+    pub seq: u64,
+    pub sender: String,
+    pub text: String,
+}
+
+pub fn texts(values: &[Value]) -> Vec<Msg> {
+    values
+        .iter()
+        .filter(|v| v.get("text").is_some())
+        .map(|v| Msg {
+            seq: v["seq"].as_u64().expect("seq"),
+            sender: v["sender"].as_str().unwrap_or_default().to_string(),
+            text: v["text"].as_str().unwrap_or_default().to_string(),
+        })
+        .collect()
+}
+
+pub fn lines(out: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+        .collect()
+}
+
+/// Timeline entries as stored by the node: (seq, kind, epoch, message).
+pub fn stored_entries(node: &Node, group_id: &[u8]) -> Vec<(u64, i64, u64, Vec<u8>)> {
+    let conn = rusqlite::Connection::open_with_flags(
+        node.store_file(),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open node store");
+    let mut stmt = conn
+        .prepare("SELECT seq, kind, epoch, message FROM entries WHERE group_id = ?1 ORDER BY seq")
+        .expect("prepare");
+    stmt.query_map([group_id], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+    })
+    .expect("query")
+    .collect::<Result<Vec<_>, _>>()
+    .expect("rows")
+}
+
+/// Copies a device's home (its whole MLS state) for offline experiments.
+pub fn snapshot_home(dev: &Dev, to: &Path) -> PathBuf {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(&dev.home).expect("read home") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy state");
+    }
+    to.to_path_buf()
+}
