@@ -102,6 +102,8 @@ fn metrics_handle() -> PrometheusHandle {
 /// on it; the gateway runs on its own worker threads.
 pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningNode, StartError> {
     config.validate()?;
+    // Installed first, so that start-up work (the store) is measured too.
+    let metrics = metrics_handle();
     std::fs::create_dir_all(&config.node.data).map_err(|source| StartError::DataDir {
         path: config.node.data.clone(),
         source,
@@ -131,7 +133,6 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningNode,
         clock,
         tokio::runtime::Handle::current(),
     ));
-    let metrics = metrics_handle();
     let app_ctx = ctx.clone();
     let max_body = config.limits.max_frame_bytes;
     let mut server = HttpServer::new(move || {
