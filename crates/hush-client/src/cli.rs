@@ -7,6 +7,7 @@
 //! group add        {"group":"<hex>","seq":3,"epoch":1,"added":["bob"],"devices":["bob/…"]}
 //! group remove     {"group":"<hex>","seq":4,"epoch":2,"removed":["bob"],"devices":["bob/…"]}
 //! group leave      {"group":"<hex>","seq":5}
+//! group update     {"group":"<hex>","seq":6,"epoch":3}
 //! group list       {"group":"<hex>","name":"friends","status":"active","epoch":2,"last_seq":5,"members":["alice","bob"]}
 //! send             {"group":"<hex>","seq":6}
 //! sync / listen    {"group":"<hex>","seq":6,"sender":"alice","text":"hi"}
@@ -104,6 +105,11 @@ pub enum GroupCommand {
     },
     /// Leave a group.
     Leave {
+        /// Group name, hex id, or unique hex-id prefix.
+        group: String,
+    },
+    /// Rotate this device's keys in the group (MLS self-update); prints the new epoch.
+    Update {
         /// Group name, hex id, or unique hex-id prefix.
         group: String,
     },
@@ -403,6 +409,20 @@ async fn dispatch(client: &mut Client, command: Command, out: Out) -> Result<()>
                 || format!("left {}", g.display_name()),
             );
         }
+        Command::Group(GroupCommand::Update { group }) => {
+            client.connect().await?;
+            let g = client.group(&group)?;
+            let done = client.self_update(&group).await?;
+            let gid = g.hex_id();
+            out.emit(&update_line(&gid, &done), || {
+                format!(
+                    "rotated keys in {}: epoch {} (seq {})",
+                    g.display_name(),
+                    done.epoch,
+                    done.seq
+                )
+            });
+        }
         Command::Group(GroupCommand::List) => {
             // Listing is local, but first apply what is pending.
             client.connect().await?;
@@ -463,6 +483,23 @@ async fn dispatch(client: &mut Client, command: Command, out: Out) -> Result<()>
         }
     }
     Ok(())
+}
+
+/// The `group update` line: `{"group":"<hex>","seq":N,"epoch":E}` (a struct,
+/// not `json!`, so the fields keep this order).
+#[derive(Debug, Serialize)]
+struct UpdateLine<'a> {
+    group: &'a str,
+    seq: u64,
+    epoch: u64,
+}
+
+fn update_line<'a>(gid: &'a str, done: &CommitDone) -> UpdateLine<'a> {
+    UpdateLine {
+        group: gid,
+        seq: done.seq,
+        epoch: done.epoch,
+    }
 }
 
 fn print_commit(out: Out, gid: &str, what: &str, done: Option<&CommitDone>) {
@@ -574,6 +611,20 @@ mod tests {
     }
 
     #[test]
+    fn update_line_has_exact_shape() {
+        let done = CommitDone {
+            seq: 6,
+            epoch: 3,
+            added: vec![],
+            removed: vec![],
+        };
+        assert_eq!(
+            serde_json::to_string(&update_line("abcd", &done)).unwrap(),
+            r#"{"group":"abcd","seq":6,"epoch":3}"#
+        );
+    }
+
+    #[test]
     fn cli_parses() {
         let cli = Cli::try_parse_from([
             "hush", "--json", "--home", "/tmp/x", "group", "add", "g", "bob", "carol",
@@ -588,6 +639,12 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert!(Cli::try_parse_from(["hush", "group", "add", "g"]).is_err());
+        let cli = Cli::try_parse_from(["hush", "group", "update", "friends"]).unwrap();
+        match cli.command {
+            Command::Group(GroupCommand::Update { group }) => assert_eq!(group, "friends"),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(Cli::try_parse_from(["hush", "group", "update"]).is_err());
         let cli =
             Cli::try_parse_from(["hush", "send", "g", "hello world", "--server", "http://h:1"])
                 .unwrap();

@@ -83,6 +83,8 @@ enum Intent {
     Add(Vec<String>),
     Remove(Vec<String>),
     Pending,
+    /// Rotate this device's leaf keys (an UpdatePath commit).
+    SelfUpdate,
 }
 
 /// The outcome of an accepted commit.
@@ -921,6 +923,18 @@ impl Client {
             .await
     }
 
+    /// Rotates this device's keys in a group (MLS self-update): commits an
+    /// UpdatePath that gives this device's leaf a fresh HPKE key and renews
+    /// the path secrets, so a past compromise of this device's group keys
+    /// stops exposing new epochs. Pending proposals (a member's leave) are
+    /// committed along with it. Returns the commit's seq and the new epoch.
+    pub async fn self_update(&mut self, group: &str) -> Result<CommitDone> {
+        let g = self.active_group(group)?;
+        self.commit_intent(&g.group_id, Intent::SelfUpdate)
+            .await?
+            .ok_or_else(|| ClientError::Mls("self-update produced no commit".into()))
+    }
+
     /// Leaves a group: sends this device's remove proposal (a remaining
     /// member commits it) and forgets the group's MLS state. Returns the
     /// proposal's seq.
@@ -1129,6 +1143,7 @@ impl Client {
                     }
                     Change::PendingProposals
                 }
+                Intent::SelfUpdate => Change::SelfUpdate,
             };
             let out = mls::commit(&self.db, &me, gid, change)?;
             let client_msg_id = self.random_id()?;

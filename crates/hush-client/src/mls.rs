@@ -282,6 +282,11 @@ pub enum Change {
     Remove(Vec<u32>),
     /// Commit whatever proposals are pending (e.g. a member's leave).
     PendingProposals,
+    /// Rotate this device's keys: a commit (with any pending proposals)
+    /// that always carries an UpdatePath, so this device's leaf gets a
+    /// fresh HPKE encryption key and the path secrets up to the root are
+    /// renewed (post-compromise security).
+    SelfUpdate,
 }
 
 /// Builds and stages a commit; the group is left with a pending commit that
@@ -304,6 +309,7 @@ pub fn commit(db: &StateDb, id: &Identity, group_id: &[u8], change: Change) -> R
                 builder.propose_removals(leaves.into_iter().map(LeafNodeIndex::new))
             }
             Change::PendingProposals => builder,
+            Change::SelfUpdate => builder.force_self_update(true),
         };
         let bundle = builder
             .consume_proposal_store(true)
@@ -822,6 +828,206 @@ mod tests {
         let m = text(&adb, &alice, &gid, "from my phone");
         assert!(matches!(
             process(&a2db, &gid, &m).unwrap(),
+            Processed::Application { .. }
+        ));
+    }
+
+    /// The HPKE encryption key of `identity`'s leaf as `db`'s device sees it.
+    fn leaf_key(db: &StateDb, g: &[u8], identity: &str) -> Vec<u8> {
+        load_group(db, g)
+            .unwrap()
+            .members()
+            .find(|m| credential_identity(&m.credential) == identity)
+            .expect("member present")
+            .encryption_key
+    }
+
+    /// bob rotates his keys; alice and carol process the commit, land on
+    /// bob's epoch, see his new leaf key, and everybody keeps talking.
+    #[test]
+    fn self_update_rotates_leaf_key_and_keeps_members_in_sync() {
+        let (adb, alice) = device("alice", "aaaaaaaaaaaaaaaa");
+        let (bdb, bob) = device("bob", "bbbbbbbbbbbbbbbb");
+        let (cdb, carol) = device("carol", "cccccccccccccccc");
+        let gid = create_group(&adb, &alice).unwrap().group_id;
+        let kps = vec![
+            claim(&adb, &bob, &bdb, false),
+            claim(&adb, &carol, &cdb, false),
+        ];
+        let c = commit(&adb, &alice, &gid, Change::Add(kps)).unwrap();
+        merge_pending(&adb, &gid).unwrap();
+        let w = c.welcome.unwrap();
+        join_from_welcome(&bdb, &w, &c.ratchet_tree).unwrap();
+        join_from_welcome(&cdb, &w, &c.ratchet_tree).unwrap();
+
+        let bob_id = bob.mls_identity();
+        let old_key = leaf_key(&bdb, &gid, &bob_id);
+        assert_eq!(leaf_key(&adb, &gid, &bob_id), old_key);
+        let alice_key = leaf_key(&adb, &gid, &alice.mls_identity());
+        let before = epoch(&bdb, &gid).unwrap();
+        // Sent in the old epoch, delivered after the update.
+        let late = text(&adb, &alice, &gid, "before the update");
+
+        let u = commit(&bdb, &bob, &gid, Change::SelfUpdate).unwrap();
+        assert_eq!(u.epoch, before);
+        assert!(u.welcome.is_none(), "a self-update adds nobody");
+        // What the server needs: a PublicMessage commit, a GroupInfo, a tree.
+        let wire = parse_message(&u.commit)
+            .unwrap()
+            .try_into_protocol_message()
+            .unwrap();
+        assert!(matches!(wire, ProtocolMessage::PublicMessage(_)));
+        assert_eq!(message_epoch(&u.commit).unwrap(), before);
+        assert!(matches!(
+            parse_message(&u.group_info).unwrap().extract(),
+            MlsMessageBodyIn::GroupInfo(_)
+        ));
+        assert!(!u.ratchet_tree.is_empty());
+        // Nothing changes before the server accepted it.
+        assert_eq!(epoch(&bdb, &gid).unwrap(), before);
+        merge_pending(&bdb, &gid).unwrap();
+
+        let e = epoch(&bdb, &gid).unwrap();
+        assert_eq!(e, before + 1);
+        let new_key = leaf_key(&bdb, &gid, &bob_id);
+        assert_ne!(new_key, old_key, "bob's leaf encryption key was rotated");
+        assert_eq!(leaf_key(&bdb, &gid, &alice.mls_identity()), alice_key);
+
+        for (db, who) in [(&adb, "alice"), (&cdb, "carol")] {
+            assert_eq!(
+                process(db, &gid, &u.commit).unwrap(),
+                Processed::Commit {
+                    sender: bob_id.clone(),
+                    added: vec![],
+                    removed: vec![],
+                    self_removed: false,
+                    external: false,
+                },
+                "{who} processes bob's self-update"
+            );
+            assert_eq!(epoch(db, &gid).unwrap(), e, "{who} is on bob's epoch");
+            assert_eq!(
+                leaf_key(db, &gid, &bob_id),
+                new_key,
+                "{who} sees the new key"
+            );
+            assert_eq!(members(db, &gid).unwrap(), members(&bdb, &gid).unwrap());
+        }
+
+        // The message from the old epoch still decrypts (max_past_epochs).
+        assert!(matches!(
+            process(&bdb, &gid, &late).unwrap(),
+            Processed::Application { .. }
+        ));
+        // Messages flow both ways in the new epoch.
+        let m = text(&bdb, &bob, &gid, "fresh keys");
+        for db in [&adb, &cdb] {
+            assert_eq!(
+                process(db, &gid, &m).unwrap(),
+                Processed::Application {
+                    sender: bob_id.clone(),
+                    plaintext: b"fresh keys".to_vec()
+                }
+            );
+        }
+        let m = text(&adb, &alice, &gid, "welcome back");
+        assert!(matches!(
+            process(&bdb, &gid, &m).unwrap(),
+            Processed::Application { .. }
+        ));
+        let m = text(&cdb, &carol, &gid, "me too");
+        assert!(matches!(
+            process(&bdb, &gid, &m).unwrap(),
+            Processed::Application { .. }
+        ));
+
+        // A second self-update rotates again, and the GroupInfo + tree it
+        // publishes are good enough for an external join.
+        let u2 = commit(&bdb, &bob, &gid, Change::SelfUpdate).unwrap();
+        merge_pending(&bdb, &gid).unwrap();
+        assert_ne!(leaf_key(&bdb, &gid, &bob_id), new_key);
+        process(&adb, &gid, &u2.commit).unwrap();
+        process(&cdb, &gid, &u2.commit).unwrap();
+        let (b2db, bob2) = device("bob", "b2b2b2b2b2b2b2b2");
+        let (_, ext) = external_join(&b2db, &bob2, &u2.group_info, &u2.ratchet_tree).unwrap();
+        for db in [&adb, &bdb, &cdb] {
+            assert!(matches!(
+                process(db, &gid, &ext.commit).unwrap(),
+                Processed::Commit { external: true, .. }
+            ));
+        }
+        let e = epoch(&b2db, &gid).unwrap();
+        for db in [&adb, &bdb, &cdb] {
+            assert_eq!(epoch(db, &gid).unwrap(), e);
+        }
+
+        // Losing the epoch race: the self-update is dropped and redone on
+        // top of the winner, and the others follow the redone one.
+        let lost = commit(&bdb, &bob, &gid, Change::SelfUpdate).unwrap();
+        let winner = commit(&adb, &alice, &gid, Change::SelfUpdate).unwrap();
+        merge_pending(&adb, &gid).unwrap();
+        clear_pending(&bdb, &gid).unwrap();
+        for db in [&bdb, &cdb, &b2db] {
+            process(db, &gid, &winner.commit).unwrap();
+        }
+        assert!(process(&cdb, &gid, &lost.commit).is_err());
+        let key = leaf_key(&bdb, &gid, &bob_id);
+        let redo = commit(&bdb, &bob, &gid, Change::SelfUpdate).unwrap();
+        merge_pending(&bdb, &gid).unwrap();
+        for db in [&adb, &cdb, &b2db] {
+            process(db, &gid, &redo.commit).unwrap();
+            assert_eq!(leaf_key(db, &gid, &bob_id), leaf_key(&bdb, &gid, &bob_id));
+        }
+        assert_ne!(leaf_key(&bdb, &gid, &bob_id), key);
+        let e = epoch(&bdb, &gid).unwrap();
+        for db in [&adb, &cdb, &b2db] {
+            assert_eq!(epoch(db, &gid).unwrap(), e);
+        }
+        let m = text(&b2db, &bob2, &gid, "from bob's laptop");
+        for db in [&adb, &bdb, &cdb] {
+            assert!(matches!(
+                process(db, &gid, &m).unwrap(),
+                Processed::Application { .. }
+            ));
+        }
+
+        // Pending proposals are committed along with the update, and the
+        // leaf is rotated even when they would not need a path themselves
+        // (an Add does not; an empty commit always has one).
+        let (ddb, dave) = device("dave", "dddddddddddddddd");
+        let dave_kp = claim(&adb, &dave, &ddb, false);
+        let proposal = {
+            let provider = adb.provider();
+            let mut g = load_group(&adb, &gid).unwrap();
+            let (msg, _) = g
+                .propose_add_member(&provider, &alice.keys, &dave_kp)
+                .unwrap();
+            ser("encode proposal", &msg).unwrap()
+        };
+        for db in [&bdb, &cdb, &b2db] {
+            assert!(matches!(
+                process(db, &gid, &proposal).unwrap(),
+                Processed::Proposal { .. }
+            ));
+        }
+        let key = leaf_key(&bdb, &gid, &bob_id);
+        let u = commit(&bdb, &bob, &gid, Change::SelfUpdate).unwrap();
+        merge_pending(&bdb, &gid).unwrap();
+        assert_ne!(leaf_key(&bdb, &gid, &bob_id), key, "rotated with an Add");
+        for db in [&adb, &cdb, &b2db] {
+            match process(db, &gid, &u.commit).unwrap() {
+                Processed::Commit { added, .. } => {
+                    assert_eq!(added, vec!["dave/dddddddddddddddd"])
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+            assert_eq!(leaf_key(db, &gid, &bob_id), leaf_key(&bdb, &gid, &bob_id));
+        }
+        join_from_welcome(&ddb, u.welcome.as_ref().unwrap(), &u.ratchet_tree).unwrap();
+        assert_eq!(epoch(&ddb, &gid).unwrap(), epoch(&adb, &gid).unwrap());
+        let m = text(&ddb, &dave, &gid, "hi");
+        assert!(matches!(
+            process(&bdb, &gid, &m).unwrap(),
             Processed::Application { .. }
         ));
     }
