@@ -319,7 +319,10 @@ impl GroupActor {
         let group_id = state.group_id.clone();
         let loaded = self.load(state, now).await?;
         Self::member_check(loaded, caller)?;
-        let epoch = loaded.tracker.check_application(&req.message, window)?;
+        let epoch = loaded
+            .tracker
+            .check_application(&req.message, window)
+            .map_err(|e| stale_with_head(e.into(), loaded.head_seq))?;
         let entry = NewEntry {
             kind: EntryKind::Application,
             epoch,

@@ -14,8 +14,20 @@ use crate::ctx::NodeCtx;
 use crate::error::{ApiError, ApiResult};
 use crate::gateway::{bearer_claims, error_response};
 
-fn decode<T: Message + Default>(body: &Bytes) -> ApiResult<T> {
-    T::decode(body.as_ref())
+/// A request body as the handlers take it: reading it can fail (above
+/// `limits.max_frame_bytes`), and that failure must still be an `Error` body
+/// with a code, not actix's plain-text response.
+type Body = Result<Bytes, actix_web::Error>;
+
+fn decode<T: Message + Default>(body: &Body) -> ApiResult<T> {
+    let bytes = body.as_ref().map_err(|e| {
+        if e.as_response_error().status_code() == actix_web::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(ErrorCode::TooLarge, "request body is above the size limit")
+        } else {
+            ApiError::new(ErrorCode::Malformed, "request body could not be read")
+        }
+    })?;
+    T::decode(bytes.as_ref())
         .map_err(|_| ApiError::new(ErrorCode::Malformed, "body does not decode"))
 }
 
@@ -56,11 +68,11 @@ fn new_device(ctx: &NodeCtx, user_id: &str, key: Vec<u8>) -> ApiResult<Device> {
     })
 }
 
-pub async fn register(ctx: web::Data<Arc<NodeCtx>>, body: Bytes) -> HttpResponse {
+pub async fn register(ctx: web::Data<Arc<NodeCtx>>, body: Body) -> HttpResponse {
     respond(register_inner(&ctx, &body).await)
 }
 
-async fn register_inner(ctx: &NodeCtx, body: &Bytes) -> ApiResult<v1::RegisterResponse> {
+async fn register_inner(ctx: &NodeCtx, body: &Body) -> ApiResult<v1::RegisterResponse> {
     let req: v1::RegisterRequest = decode(body)?;
     hush_ds::validate_handle(&req.handle)?;
     check_key(&req.device_signature_key)?;
@@ -85,7 +97,7 @@ async fn register_inner(ctx: &NodeCtx, body: &Bytes) -> ApiResult<v1::RegisterRe
     })
 }
 
-pub async fn login_challenge(ctx: web::Data<Arc<NodeCtx>>, body: Bytes) -> HttpResponse {
+pub async fn login_challenge(ctx: web::Data<Arc<NodeCtx>>, body: Body) -> HttpResponse {
     respond((|| {
         let req: v1::LoginChallengeRequest = decode(&body)?;
         if req.device_id.is_empty() {
@@ -103,11 +115,11 @@ pub async fn login_challenge(ctx: web::Data<Arc<NodeCtx>>, body: Bytes) -> HttpR
     })())
 }
 
-pub async fn login(ctx: web::Data<Arc<NodeCtx>>, body: Bytes) -> HttpResponse {
+pub async fn login(ctx: web::Data<Arc<NodeCtx>>, body: Body) -> HttpResponse {
     respond(login_inner(&ctx, &body).await)
 }
 
-async fn login_inner(ctx: &NodeCtx, body: &Bytes) -> ApiResult<v1::LoginResponse> {
+async fn login_inner(ctx: &NodeCtx, body: &Body) -> ApiResult<v1::LoginResponse> {
     let req: v1::LoginRequest = decode(body)?;
     let now = ctx.now_ms();
     ctx.tokens
@@ -161,7 +173,7 @@ fn code_hash(code: &str) -> Vec<u8> {
         .to_vec()
 }
 
-pub async fn link_device(ctx: web::Data<Arc<NodeCtx>>, body: Bytes) -> HttpResponse {
+pub async fn link_device(ctx: web::Data<Arc<NodeCtx>>, body: Body) -> HttpResponse {
     respond(
         async {
             let req: v1::LinkDeviceRequest = decode(&body)?;

@@ -208,13 +208,7 @@ impl Connection {
                     None => return None,
                     Some(Err(e)) => {
                         tracing::debug!(conn = self.id, error = %e, "websocket protocol error");
-                        let code = if matches!(e, actix_ws::ProtocolError::Overflow) {
-                            metrics::counter!("hush_errors_total", "code" => "TOO_LARGE").increment(1);
-                            CloseCode::Size
-                        } else {
-                            CloseCode::Protocol
-                        };
-                        return Some(CloseReason { code, description: Some(e.to_string()) });
+                        return Some(protocol_close(e));
                     }
                     Some(Ok(msg)) => {
                         self.last_seen = tokio::time::Instant::now();
@@ -256,7 +250,7 @@ impl Connection {
         loop {
             match stream.next().await {
                 None => return Err(close(1000, "closed before auth")),
-                Some(Err(_)) => return Err(Step::Close(CloseReason::from(CloseCode::Protocol))),
+                Some(Err(e)) => return Err(Step::Close(protocol_close(e))),
                 Some(Ok(actix_ws::AggregatedMessage::Binary(bytes))) => {
                     let frame = match ClientFrame::decode(bytes.as_ref()) {
                         Ok(f) => f,
@@ -389,6 +383,21 @@ impl Connection {
             Err(e) => return self.reply_error(rid, e).await,
         }
         Step::Continue
+    }
+}
+
+/// The close for a WebSocket protocol error: 1009 for a frame above
+/// `max_frame_bytes` (before or after auth), 1002 otherwise.
+fn protocol_close(e: actix_ws::ProtocolError) -> CloseReason {
+    let code = if matches!(e, actix_ws::ProtocolError::Overflow) {
+        metrics::counter!("hush_errors_total", "code" => "TOO_LARGE").increment(1);
+        CloseCode::Size
+    } else {
+        CloseCode::Protocol
+    };
+    CloseReason {
+        code,
+        description: Some(e.to_string()),
     }
 }
 
