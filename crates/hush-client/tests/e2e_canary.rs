@@ -88,10 +88,14 @@ fn canary_never_reaches_store_files_or_logs() {
     laptop.send(&gid, &format!("{canary} from the laptop"));
 
     // Membership changes: bob leaves (a proposal committed by another
-    // member), carol is removed; then more traffic in the new epoch.
+    // member), carol is removed, the laptop rotates its keys; then more
+    // traffic in the new epoch.
     bob.ok(&["group", "leave", &gid]);
     alice.ok(&["sync"]);
     alice.ok(&["group", "remove", &gid, "carol"]);
+    // A self-update (key rotation) by the laptop, then more traffic.
+    let updated = laptop.ok(&["group", "update", &gid]);
+    assert!(updated[0]["epoch"].as_u64().is_some(), "{updated:?}");
     alice.send(&gid, &format!("{canary} after the changes"));
     let seen = laptop.sync_texts();
     assert!(
