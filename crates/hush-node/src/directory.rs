@@ -13,12 +13,15 @@ use ractor::{ActorRef, Message};
 /// Local actors of one kind, by key.
 pub struct Directory<K, M: Message> {
     actors: tokio::sync::Mutex<HashMap<K, ActorRef<M>>>,
+    /// How many actors are live; observers wait on changes (tests, metrics).
+    count: tokio::sync::watch::Sender<usize>,
 }
 
 impl<K: Eq + Hash + Clone + Send, M: Message> Default for Directory<K, M> {
     fn default() -> Self {
         Self {
             actors: tokio::sync::Mutex::new(HashMap::new()),
+            count: tokio::sync::watch::Sender::new(0),
         }
     }
 }
@@ -44,6 +47,7 @@ impl<K: Eq + Hash + Clone + Send, M: Message> Directory<K, M> {
         }
         let actor = spawn().await?;
         actors.insert(key.clone(), actor.clone());
+        self.count.send_replace(actors.len());
         Ok(actor)
     }
 
@@ -53,7 +57,13 @@ impl<K: Eq + Hash + Clone + Send, M: Message> Directory<K, M> {
         let mut actors = self.actors.lock().await;
         if actors.get(key).is_some_and(|a| a.get_id() == id) {
             actors.remove(key);
+            self.count.send_replace(actors.len());
         }
+    }
+
+    /// Follows the number of live actors.
+    pub fn watch_count(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.count.subscribe()
     }
 
     pub async fn len(&self) -> usize {

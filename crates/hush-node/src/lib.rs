@@ -66,6 +66,16 @@ impl RunningNode {
         self.ctx.store.clone()
     }
 
+    /// Follows the number of live GroupActors on this node.
+    pub fn watch_group_actors(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.ctx.groups.watch_count()
+    }
+
+    /// Follows the number of live SessionActors on this node.
+    pub fn watch_session_actors(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.ctx.sessions.watch_count()
+    }
+
     /// Graceful stop: refuse new work, close connections with 4004, release
     /// group leases, stop the gateway.
     pub async fn stop(self) {
