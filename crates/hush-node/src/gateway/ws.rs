@@ -152,7 +152,10 @@ impl Connection {
             }
         }
         tracing::debug!(conn = self.id, reason = ?reason, "connection closed");
-        let _ = self.session.clone().close(reason).await;
+        // Closing queues a close frame; a peer that stopped reading would
+        // hold this task forever, so it is bounded like every other write.
+        let limit = Duration::from_millis(self.ctx.config.limits.write_timeout_ms);
+        let _ = tokio::time::timeout(limit, self.session.clone().close(reason)).await;
     }
 
     async fn serve(
@@ -228,12 +231,15 @@ impl Connection {
                 _ = heartbeat.tick() => {
                     if self.last_seen.elapsed() >= timeout {
                         close(CLOSE_HEARTBEAT, "heartbeat timeout")
-                    } else if self.session.ping(b"hb").await.is_err() {
-                        return None;
                     } else if self.ctx.is_shutting_down() {
                         close(CLOSE_GOING_AWAY, "node shutting down; reconnect elsewhere")
                     } else {
-                        Step::Continue
+                        let limit = Duration::from_millis(limits.write_timeout_ms);
+                        match tokio::time::timeout(limit, self.session.ping(b"hb")).await {
+                            Ok(Ok(())) => Step::Continue,
+                            Ok(Err(_closed)) => return None,
+                            Err(_) => close(CLOSE_SLOW_CONSUMER, "ping did not fit the send buffer"),
+                        }
                     }
                 }
             };
