@@ -6,7 +6,7 @@
 //! one line (the crate using it needs `tokio` with `macros` and
 //! `rt-multi-thread`):
 //!
-//! ```ignore
+//! ```text
 //! hush_store::store_conformance_suite!(hush_store::conformance::sqlite_harness());
 //! ```
 //!
