@@ -173,15 +173,19 @@ impl WsConn {
         })
     }
 
-    /// Closes the connection: lets the writer send what is queued (acks)
-    /// and a Close frame, waiting at most two seconds.
+    /// Closes the connection: the writer sends what is queued (acks) and a
+    /// Close frame; then we wait (at most two seconds) for the server's
+    /// Close in reply, so the server has read everything before the socket
+    /// goes away.
     pub async fn close(mut self) {
-        // The reader holds a sender clone (for pongs): stop it first so the
-        // writer sees the channel close once `out` is dropped.
+        let _ = self.out.send(WsMessage::Close(None));
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.reader).await;
+        // The reader holds a sender clone (for pongs): stop it so the writer
+        // sees the channel close once `out` is dropped.
         self.reader.abort();
         let (dummy, _) = mpsc::unbounded_channel();
         drop(std::mem::replace(&mut self.out, dummy));
-        let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.writer).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), &mut self.writer).await;
     }
 
     /// Whether the connection has ended.

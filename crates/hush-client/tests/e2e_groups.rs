@@ -139,7 +139,10 @@ fn offline_member_catches_up_exactly_once_in_order() {
     let alice = Dev::new(root.path(), "alice", &node.url);
     let bob = Dev::new(root.path(), "bob", &node.url);
     alice.ok(&["register", "alice"]);
-    bob.ok(&["register", "bob"]);
+    let bob_device = bob.ok(&["register", "bob"])[0]["device_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let gid = alice.ok(&["group", "create", "later"])[0]["group"]
         .as_str()
         .unwrap()
@@ -158,6 +161,20 @@ fn offline_member_catches_up_exactly_once_in_order() {
         "dense seqs"
     );
     assert_eq!(bob.sync_texts(), sent);
+    // bob's acknowledgements reached the node before his process exited.
+    let conn = rusqlite::Connection::open_with_flags(
+        node.store_file(),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let cursor: u64 = conn
+        .query_row(
+            "SELECT seq FROM cursors WHERE device_id = ?1 AND group_id = ?2",
+            rusqlite::params![bob_device, hex::decode(&gid).unwrap()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(cursor, sent.last().unwrap().seq, "server cursor lags");
     assert!(
         bob.sync_texts().is_empty(),
         "a second sync repeated messages"
