@@ -27,6 +27,9 @@ pub struct NodeCtx {
     pub groups: Directory<Vec<u8>, GroupMsg>,
     pub sessions: Directory<String, SessionMsg>,
     pub shutting_down: AtomicBool,
+    /// Flips to true once when the node starts shutting down; connections
+    /// wait on it to close with 4004 at once.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
     next_conn_id: AtomicU64,
 }
 
@@ -47,6 +50,7 @@ impl NodeCtx {
             groups: Directory::default(),
             sessions: Directory::default(),
             shutting_down: AtomicBool::new(false),
+            shutdown: tokio::sync::watch::Sender::new(false),
             next_conn_id: AtomicU64::new(1),
         }
     }

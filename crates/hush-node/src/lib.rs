@@ -80,6 +80,7 @@ impl RunningNode {
     /// group leases, stop the gateway.
     pub async fn stop(self) {
         self.ctx.shutting_down.store(true, Ordering::SeqCst);
+        self.ctx.shutdown.send_replace(true);
         for g in self.ctx.groups.all().await {
             g.stop(Some("node shutting down".into()));
         }

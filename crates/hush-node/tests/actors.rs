@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hush_client::client::Client;
+use hush_client::ws::Pushed;
 use hush_node::{Clock as _, Config, ManualClock, SystemClock};
 
 /// A safety net only: every wait below is on an event.
@@ -73,7 +74,20 @@ async fn idle_groups_passivate_and_come_back_from_the_store() {
     wait_for(&mut sessions, 2, "two users connected").await;
     alice.close().await;
     wait_for(&mut sessions, 1, "alice disconnected").await;
-    bob.close().await;
+
+    // A graceful stop tells bob's open connection to go elsewhere (4004)
+    // at once, not at the next heartbeat.
+    let stopping = tokio::spawn(node.stop());
+    loop {
+        match tokio::time::timeout(PATIENCE, bob.wait_event()).await {
+            Ok(Ok(Pushed::Closed(reason))) => {
+                assert!(reason.contains("4004"), "closed with {reason:?}");
+                break;
+            }
+            Ok(Ok(_other)) => continue,
+            other => panic!("expected a 4004 close, got {other:?}"),
+        }
+    }
+    stopping.await.unwrap();
     wait_for(&mut sessions, 0, "everyone disconnected").await;
-    node.stop().await;
 }
