@@ -205,8 +205,12 @@ impl Connection {
         let mut heartbeat = tokio::time::interval(self.ctx.config.heartbeat_interval());
         heartbeat.tick().await;
         let timeout = Duration::from_millis(limits.heartbeat_timeout_ms);
+        let mut shutdown = self.ctx.shutdown.subscribe();
         loop {
             let step = tokio::select! {
+                _ = shutdown.wait_for(|down| *down) => {
+                    close(CLOSE_GOING_AWAY, "node shutting down; reconnect elsewhere")
+                }
                 msg = stream.next() => match msg {
                     None => return None,
                     Some(Err(e)) => {
@@ -379,7 +383,12 @@ impl Connection {
             return self.reply_error(rid, e).await;
         };
         metrics::counter!("hush_frames_in_total").increment(1);
-        let result = self.dispatch(body, caller).await;
+        let result = match body {
+            // The Sync's answer is a stream: SyncStarted (carrying the
+            // request id), the backlog, then SyncCaughtUp.
+            C::Sync(req) => self.sync(rid, caller, req).await.map(|()| None),
+            other => self.dispatch(other, caller).await,
+        };
         match result {
             Ok(Some(body)) => match self.send_frame(rid, body).await {
                 Ok(()) => {}
@@ -405,6 +414,14 @@ fn protocol_close(e: actix_ws::ProtocolError) -> CloseReason {
         code,
         description: Some(e.to_string()),
     }
+}
+
+/// `on_frame` answers Sync itself (its reply is a stream, not one frame).
+fn unreachable_sync() -> ApiResult<Option<S>> {
+    Err(ApiError::new(
+        ErrorCode::Internal,
+        "sync reached the single-reply dispatcher",
+    ))
 }
 
 fn step_reason(step: Step) -> Option<CloseReason> {
@@ -525,10 +542,7 @@ impl Connection {
             C::ListGroups(req) => {
                 S::GroupList(self.list_groups(caller, req.all_devices_of_user).await?)
             }
-            C::Sync(req) => {
-                self.sync(caller, req).await?;
-                return Ok(None);
-            }
+            C::Sync(_) => return unreachable_sync(),
             C::Ack(a) => {
                 if a.group_id.is_empty() || a.group_id.len() > 256 {
                     return Err(ApiError::new(ErrorCode::InvalidArgument, "bad group id"));
@@ -606,9 +620,9 @@ impl Connection {
 
     /// Sends the backlog from the client's cursors, the inbox, then
     /// SyncCaughtUp; afterwards live events flow.
-    async fn sync(&mut self, caller: &Caller, req: v1::Sync) -> ApiResult<()> {
+    async fn sync(&mut self, request_id: u64, caller: &Caller, req: v1::Sync) -> ApiResult<()> {
         let store = self.ctx.store.clone();
-        self.send_frame(0, S::SyncStarted(v1::SyncStarted {}))
+        self.send_frame(request_id, S::SyncStarted(v1::SyncStarted {}))
             .await
             .map_err(|_| ApiError::new(ErrorCode::Unavailable, "connection closed"))?;
         let client: HashMap<Vec<u8>, u64> = req
