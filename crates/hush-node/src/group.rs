@@ -577,6 +577,24 @@ impl GroupActor {
                     "only devices of a member user may join externally",
                 ));
             }
+            // The joiner's leaf must carry its registered device key, as
+            // every added member's must.
+            let leaf_key = effect
+                .members_after
+                .iter()
+                .find(|m| m.identity == effect.committer)
+                .map(|m| m.signature_key.as_slice());
+            let registered = self.ctx.store.device(&caller.device_id).await?;
+            let key_ok = matches!(
+                (&registered, leaf_key),
+                (Some(r), Some(k)) if r.user_id == caller.user_id && r.signature_key == k
+            );
+            if !key_ok {
+                return Err(ApiError::new(
+                    ErrorCode::Forbidden,
+                    "the joining leaf does not carry the device's registered key",
+                ));
+            }
         }
         if effect.added.is_empty() != req.welcome.is_empty() {
             return Err(ApiError::new(
