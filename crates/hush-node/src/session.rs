@@ -155,9 +155,13 @@ impl Actor for SessionActor {
                     }
                 }
                 for id in cut {
-                    // Dropping the sender ends the connection's queue; it
-                    // closes itself with 4001 (slow consumer).
-                    if state.conns.remove(&id).is_some() {
+                    // Dropping the sender ends the connection's queue; a
+                    // slow one closes itself with 4001 (slow consumer), a
+                    // closed one is just forgotten.
+                    let Some(conn) = state.conns.remove(&id) else {
+                        continue;
+                    };
+                    if conn.overflowed.load(Ordering::SeqCst) {
                         metrics::counter!("hush_slow_consumers_cut_total").increment(1);
                         tracing::info!(conn_id = id, "cut off slow reader");
                     }
