@@ -34,20 +34,24 @@ pub fn normalize_server(server: &str) -> Result<String> {
     } else {
         format!("http://{s}")
     };
-    if !(s.starts_with("http://") || s.starts_with("https://")) {
+    if s.starts_with("https://") {
+        // Say so plainly instead of failing later with a transport error.
         return Err(ClientError::InvalidArgument(format!(
-            "server URL must be http(s)://...: {s}"
+            "this client has no TLS support yet; use http:// (on loopback or behind a TLS proxy): {s}"
+        )));
+    }
+    if !s.starts_with("http://") {
+        return Err(ClientError::InvalidArgument(format!(
+            "server URL must be http://...: {s}"
         )));
     }
     Ok(s)
 }
 
-/// The WebSocket URL for a server URL (http -> ws, https -> wss).
+/// The WebSocket URL for a server URL (http -> ws).
 pub fn ws_url(server: &str) -> Result<String> {
     let s = normalize_server(server)?;
-    let rest = if let Some(r) = s.strip_prefix("https://") {
-        format!("wss://{r}")
-    } else if let Some(r) = s.strip_prefix("http://") {
+    let rest = if let Some(r) = s.strip_prefix("http://") {
         format!("ws://{r}")
     } else {
         return Err(ClientError::InvalidArgument(format!("bad server URL {s}")));
@@ -208,7 +212,8 @@ mod tests {
             "http://127.0.0.1:7300"
         );
         assert_eq!(ws_url("http://h:1").unwrap(), "ws://h:1/v1/ws");
-        assert_eq!(ws_url("https://h").unwrap(), "wss://h/v1/ws");
+        let e = normalize_server("https://h").unwrap_err().to_string();
+        assert!(e.contains("no TLS support"), "{e}");
         assert!(normalize_server("ftp://x").is_err());
         assert!(normalize_server(" ").is_err());
         assert_eq!(format!("{:?}", Token("abc".into())), "Token(***)");
