@@ -4,7 +4,8 @@
 //! `payload = 0x01 || generation u64 || expires_at_ms u64 || u16 len || user_id || u16 len || device_id`
 //! (big endian) and `tag = HMAC-SHA256(key, "hush/token/v1\0" || payload)`.
 //! The base64url alphabet is a subset of the HTTP `token` characters, so a
-//! token travels as a header value or a query parameter unescaped.
+//! token travels unescaped as a header value (a bearer token, or inside
+//! `Sec-WebSocket-Protocol`). Never in a URL: URLs end up in logs.
 //!
 //! A login challenge is `0x01 || nonce[16] || expires_at_ms u64 || tag[32]`
 //! with `tag = HMAC-SHA256(key, "hush/challenge/v1\0" || u16 len || device_id || nonce || expires_at_ms)`:
