@@ -1,9 +1,11 @@
 //! Harness for the end-to-end tests: real `hush-node` processes on loopback
 //! and real `hush` CLI processes, each device with its own home directory.
 //!
-//! The node binary is `HUSH_NODE_BIN` when set; otherwise it is built (or
-//! found fresh) by `cargo build -p hush-node`, so `cargo test --workspace`
-//! on a fresh checkout runs these tests for real.
+//! The node binary is `HUSH_NODE_BIN` when set; else the one `cargo test
+//! --workspace` built next to this test if no node source is newer; else
+//! `cargo build -p hush-node` builds it. So `cargo test --workspace` on a
+//! fresh checkout runs these tests for real, and `cargo test -p hush-client`
+//! never runs a stale node.
 
 #![allow(dead_code)] // each test binary uses a different part
 
@@ -26,6 +28,12 @@ pub fn node_bin() -> PathBuf {
     BIN.get_or_init(|| {
         if let Some(p) = std::env::var_os("HUSH_NODE_BIN") {
             return PathBuf::from(p);
+        }
+        // `cargo test --workspace` has just built it (hush-node has
+        // integration tests, so its binary is part of the test build, with
+        // the same dependency features): use it if no source is newer.
+        if let Some(bin) = fresh_workspace_node_bin() {
+            return bin;
         }
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let out = Command::new(cargo)
@@ -51,6 +59,42 @@ pub fn node_bin() -> PathBuf {
             .expect("cargo reported no hush-node executable")
     })
     .clone()
+}
+
+/// `target/<profile>/hush-node` next to this test binary, if it is newer
+/// than every source file it is built from.
+fn fresh_workspace_node_bin() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    // target/<profile>/deps/<test> -> target/<profile>/hush-node
+    let bin = exe.parent()?.parent()?.join("hush-node");
+    let built = std::fs::metadata(&bin).ok()?.modified().ok()?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?.parent()?;
+    let sources = [
+        "crates/hush-node",
+        "crates/hush-store",
+        "crates/hush-ds",
+        "crates/hush-proto",
+        "proto",
+        "Cargo.lock",
+    ];
+    let newest = sources
+        .iter()
+        .filter_map(|s| newest_mtime(&root.join(s)))
+        .max()?;
+    (built >= newest).then_some(bin)
+}
+
+fn newest_mtime(path: &Path) -> Option<std::time::SystemTime> {
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_dir() {
+        return meta.modified().ok();
+    }
+    std::fs::read_dir(path)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name() != "target")
+        .filter_map(|e| newest_mtime(&e.path()))
+        .max()
 }
 
 /// One hush-node process with its own data directory and log file.
