@@ -253,3 +253,88 @@ async fn chat_loop(
         reload(client, gid, &mut v)?;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ratatui::backend::TestBackend;
+    use ratatui::Terminal;
+
+    fn row(seq: u64, sender: &str, kind: &str, body: &str) -> LogRow {
+        LogRow {
+            seq,
+            sender: sender.into(),
+            kind: kind.into(),
+            body: body.into(),
+            ts_ms: 3_600_000 + seq * 60_000,
+        }
+    }
+
+    fn screen(v: &View, width: u16, height: u16) -> Vec<String> {
+        let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
+        terminal.draw(|f| draw(f, v)).unwrap();
+        let buffer = terminal.backend().buffer().clone();
+        (0..height)
+            .map(|y| {
+                (0..width)
+                    .map(|x| buffer[(x, y)].symbol().to_string())
+                    .collect::<String>()
+            })
+            .collect()
+    }
+
+    fn view(lines: Vec<LogRow>, scroll: usize) -> View {
+        View {
+            title: "friends [abcd1234]".into(),
+            lines,
+            members: vec!["alice/d1".into(), "bob/d2".into(), "bob/d3".into()],
+            input: "typing here".into(),
+            status: "connected".into(),
+            scroll,
+        }
+    }
+
+    #[test]
+    fn draws_scrollback_members_input_and_status() {
+        let v = view(
+            vec![
+                row(1, "alice", "added", r#"["bob/d2"]"#),
+                row(2, "alice", "name", "friends"),
+                row(3, "bob", "text", "hello alice"),
+            ],
+            0,
+        );
+        let s = screen(&v, 80, 12).join("\n");
+        for want in [
+            "friends [abcd1234]",
+            "* alice added bob",
+            "* alice named the group \"friends\"",
+            "01:03 bob: hello alice",
+            "members",
+            "alice",
+            "typing here",
+            "connected",
+        ] {
+            assert!(s.contains(want), "{want:?} not on screen:\n{s}");
+        }
+        // bob's two devices are one member.
+        assert_eq!(s.matches("││bob").count(), 1, "{s}");
+    }
+
+    #[test]
+    fn scrollback_shows_the_latest_lines_and_scrolls_up() {
+        let lines: Vec<LogRow> = (1..=30)
+            .map(|i| row(i, "bob", "text", &format!("line {i:02}")))
+            .collect();
+        // 12 rows: 6 for text inside the scrollback box.
+        let bottom = screen(&view(lines.clone(), 0), 80, 12).join("\n");
+        assert!(
+            bottom.contains("line 30") && bottom.contains("line 25"),
+            "{bottom}"
+        );
+        assert!(!bottom.contains("line 24"), "{bottom}");
+        let up = screen(&view(lines, 10), 80, 12).join("\n");
+        assert!(up.contains("line 20") && up.contains("line 15"), "{up}");
+        assert!(!up.contains("line 21") && !up.contains("line 14"), "{up}");
+    }
+}
