@@ -1,0 +1,15 @@
+//! hush-cluster: what turns several hush-nodes into one cluster.
+//!
+//! - [`placement`]: key -> fixed shard -> node over a membership view
+//!   (rendezvous hashing), the same table on every node for one view.
+//! - [`tls`]: node identities (a dev CA generated on first start, or PEM
+//!   files) and the QUIC endpoint (quinn) with mutual TLS on ring.
+//!
+//! Membership/failure detection, the router and per-destination batching
+//! build on these (see ARCHITECTURE.md, "Cluster").
+
+pub mod placement;
+pub mod tls;
+
+pub use placement::{shard_of, Placement, View, SHARDS};
+pub use tls::{NodeIdentity, TlsError};
