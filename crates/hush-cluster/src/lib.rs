@@ -2,12 +2,15 @@
 //!
 //! - [`placement`]: key -> fixed shard -> node over a membership view
 //!   (rendezvous hashing), the same table on every node for one view.
+//! - [`membership`]: SWIM failure detection (foca), sans-IO, giving the
+//!   live view.
 //! - [`tls`]: node identities (a dev CA generated on first start, or PEM
 //!   files) and the QUIC endpoint (quinn) with mutual TLS on ring.
 //!
-//! Membership/failure detection, the router and per-destination batching
+//! The router and per-destination batching
 //! build on these (see ARCHITECTURE.md, "Cluster").
 
+pub mod membership;
 pub mod placement;
 pub mod tls;
 

@@ -42,6 +42,17 @@ impl View {
             members: members.into_iter().collect(),
         }
     }
+
+    /// Names the member set: equal digests, same placement table. Epochs
+    /// are local counters; the digest is what two nodes compare.
+    pub fn digest(&self) -> u64 {
+        let mut buf = Vec::new();
+        for m in &self.members {
+            buf.extend_from_slice(&(m.len() as u32).to_be_bytes());
+            buf.extend_from_slice(m.as_bytes());
+        }
+        xxh3_64_with_seed(&buf, KEY_SEED)
+    }
 }
 
 /// Shard -> owner for one view.
