@@ -4,6 +4,8 @@
 //!   (rendezvous hashing), the same table on every node for one view.
 //! - [`membership`]: SWIM failure detection (foca), sans-IO, giving the
 //!   live view.
+//! - [`mesh`]: membership over real QUIC datagrams between endpoints; the
+//!   live view and peers' RTT.
 //! - [`tls`]: node identities (a dev CA generated on first start, or PEM
 //!   files) and the QUIC endpoint (quinn) with mutual TLS on ring.
 //!
@@ -11,6 +13,7 @@
 //! build on these (see ARCHITECTURE.md, "Cluster").
 
 pub mod membership;
+pub mod mesh;
 pub mod placement;
 pub mod tls;
 

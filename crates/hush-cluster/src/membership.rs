@@ -119,7 +119,7 @@ impl Membership {
         config.suspect_to_down_after = probe_period * 3;
         // Keep packets well inside a QUIC datagram.
         config.max_packet_size =
-            std::num::NonZeroUsize::new(1100).unwrap_or(config.max_packet_size);
+            std::num::NonZeroUsize::new(1000).unwrap_or(config.max_packet_size);
         let foca = Foca::new(
             me.clone(),
             config,

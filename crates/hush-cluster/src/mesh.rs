@@ -1,0 +1,382 @@
+//! The mesh: membership running over QUIC between real endpoints.
+//!
+//! One task per node owns the [`Membership`] state machine and drives it:
+//! packets arrive as QUIC datagrams, timers from a local queue, and its
+//! outgoing packets leave as datagrams on the connection to each peer
+//! (dialed on first need with mutual TLS, or the one the peer opened). Each
+//! datagram is `[name length u8][sender name][foca packet]`: the name lets an
+//! accepted connection be reused for replies, so a pair of nodes normally
+//! shares one connection. The name is trusted because the peer's
+//! certificate chains to the cluster CA (see [`crate::tls`]).
+//!
+//! The live view is published on a watch channel; [`Mesh::peers`] reports
+//! each peer's address and QUIC RTT (for `/cluster`).
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use foca::Timer;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::membership::{Membership, NodeId};
+use crate::placement::View;
+use crate::tls::{node_dns_name, NodeIdentity, TlsError};
+
+/// How a node joins the mesh.
+#[derive(Clone, Debug)]
+pub struct MeshConfig {
+    /// This node's name (its certificate is for `<name>.hush-cluster`).
+    pub name: String,
+    /// Where the QUIC endpoint binds (port 0 picks one).
+    pub bind: SocketAddr,
+    /// Peers to announce to at start: (name, QUIC address).
+    pub seeds: Vec<(String, SocketAddr)>,
+    /// SWIM probe period; suspicion and failure detection scale with it.
+    pub probe_period: Duration,
+    /// Expected cluster size (tunes dissemination).
+    pub cluster_size: u32,
+    /// Distinguishes this run of the node from earlier ones (e.g. the start
+    /// time in ms): a restarted node replaces its old identity.
+    pub boot: u64,
+}
+
+/// A peer as `/cluster` shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeerStatus {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub live: bool,
+    /// QUIC's smoothed RTT, if there is a connection.
+    pub rtt: Option<Duration>,
+}
+
+type Conns = Arc<Mutex<HashMap<String, quinn::Connection>>>;
+
+/// A running mesh member.
+pub struct Mesh {
+    me: NodeId,
+    endpoint: quinn::Endpoint,
+    view: watch::Receiver<View>,
+    live: watch::Receiver<Vec<NodeId>>,
+    conns: Conns,
+    leave: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+enum Inbound {
+    Packet {
+        from: String,
+        conn: quinn::Connection,
+        packet: Vec<u8>,
+    },
+    Dialed {
+        name: String,
+        conn: quinn::Connection,
+    },
+    DialFailed {
+        name: String,
+    },
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Mesh {
+    /// Binds the endpoint, announces to the seeds and starts the driver.
+    pub async fn start(identity: &NodeIdentity, config: MeshConfig) -> Result<Self, TlsError> {
+        let endpoint = identity.endpoint(config.bind)?;
+        let addr = endpoint
+            .local_addr()
+            .map_err(|e| TlsError::Endpoint(e.to_string()))?;
+        let me = NodeId {
+            name: config.name.clone(),
+            addr,
+            boot: config.boot,
+        };
+        let mut membership = Membership::new(
+            me.clone(),
+            config.cluster_size,
+            config.probe_period,
+            config.boot,
+        );
+        let (view_tx, view_rx) = watch::channel(membership.view().clone());
+        let (live_tx, live_rx) = watch::channel(Vec::new());
+        let (in_tx, in_rx) = mpsc::channel(1024);
+        let conns: Conns = Arc::default();
+        let (leave_tx, leave_rx) = oneshot::channel();
+
+        // Accept loop: every accepted connection gets a datagram reader.
+        tokio::spawn({
+            let endpoint = endpoint.clone();
+            let in_tx = in_tx.clone();
+            async move {
+                while let Some(incoming) = endpoint.accept().await {
+                    let in_tx = in_tx.clone();
+                    tokio::spawn(async move {
+                        match incoming.await {
+                            Ok(conn) => read_datagrams(conn, in_tx).await,
+                            Err(e) => tracing::debug!(error = %e, "refused a cluster connection"),
+                        }
+                    });
+                }
+            }
+        });
+
+        for (name, addr) in &config.seeds {
+            if *name == me.name {
+                continue;
+            }
+            // The seed's boot is unknown: 0 loses to its real identity.
+            let seed = NodeId {
+                name: name.clone(),
+                addr: *addr,
+                boot: 0,
+            };
+            if let Err(e) = membership.announce(seed) {
+                tracing::warn!(error = %e, "announce to seed failed");
+            }
+        }
+
+        let driver = Driver {
+            me: me.clone(),
+            membership,
+            endpoint: endpoint.clone(),
+            conns: conns.clone(),
+            dialing: HashSet::new(),
+            in_tx,
+            timers: BinaryHeap::new(),
+            timer_slab: BTreeMap::new(),
+            next_timer: 0,
+            view_tx,
+            live_tx,
+        };
+        let task = tokio::spawn(driver.run(in_rx, leave_rx));
+        Ok(Self {
+            me,
+            endpoint,
+            view: view_rx,
+            live: live_rx,
+            conns,
+            leave: Some(leave_tx),
+            task,
+        })
+    }
+
+    pub fn me(&self) -> &NodeId {
+        &self.me
+    }
+
+    /// The QUIC address peers reach this node at.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.me.addr
+    }
+
+    /// Follows the live view.
+    pub fn view(&self) -> watch::Receiver<View> {
+        self.view.clone()
+    }
+
+    /// Every peer known live, with its RTT when connected.
+    pub fn peers(&self) -> Vec<PeerStatus> {
+        let conns = lock(&self.conns);
+        self.live
+            .borrow()
+            .iter()
+            .map(|p| PeerStatus {
+                name: p.name.clone(),
+                addr: p.addr,
+                live: true,
+                rtt: conns.get(&p.name).map(|c| c.rtt()),
+            })
+            .collect()
+    }
+
+    /// Leaves the cluster (peers learn it at once), then closes the endpoint.
+    pub async fn leave(mut self) {
+        if let Some(tx) = self.leave.take() {
+            let _ = tx.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.task).await;
+        self.endpoint.close(0u32.into(), b"leaving");
+    }
+}
+
+impl Drop for Mesh {
+    /// Without [`Mesh::leave`], this is a crash as peers see it: no goodbye,
+    /// the endpoint goes silent, SWIM must detect it.
+    fn drop(&mut self) {
+        self.task.abort();
+        self.endpoint.close(1u32.into(), b"gone");
+    }
+}
+
+async fn read_datagrams(conn: quinn::Connection, to: mpsc::Sender<Inbound>) {
+    while let Ok(d) = conn.read_datagram().await {
+        let Some((&len, rest)) = d.split_first() else {
+            continue;
+        };
+        let len = usize::from(len);
+        if rest.len() < len {
+            continue;
+        }
+        let Ok(from) = std::str::from_utf8(&rest[..len]) else {
+            continue;
+        };
+        let msg = Inbound::Packet {
+            from: from.to_string(),
+            conn: conn.clone(),
+            packet: rest[len..].to_vec(),
+        };
+        if to.send(msg).await.is_err() {
+            return;
+        }
+    }
+}
+
+struct Driver {
+    me: NodeId,
+    membership: Membership,
+    endpoint: quinn::Endpoint,
+    conns: Conns,
+    /// Peers being dialed: packets to them are dropped meanwhile (SWIM
+    /// tolerates loss) instead of opening more connections.
+    dialing: HashSet<String>,
+    in_tx: mpsc::Sender<Inbound>,
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    timer_slab: BTreeMap<u64, Timer<NodeId>>,
+    next_timer: u64,
+    view_tx: watch::Sender<View>,
+    live_tx: watch::Sender<Vec<NodeId>>,
+}
+
+impl Driver {
+    async fn run(mut self, mut inbound: mpsc::Receiver<Inbound>, mut leave: oneshot::Receiver<()>) {
+        self.flush();
+        loop {
+            let next = self.timers.peek().map(|Reverse((at, _))| *at);
+            tokio::select! {
+                msg = inbound.recv() => match msg {
+                    Some(Inbound::Packet { from, conn, packet }) => {
+                        lock(&self.conns).entry(from).or_insert(conn);
+                        if let Err(e) = self.membership.handle_data(&packet) {
+                            tracing::debug!(error = %e, "bad membership packet");
+                        }
+                    }
+                    Some(Inbound::Dialed { name, conn }) => {
+                        self.dialing.remove(&name);
+                        lock(&self.conns).insert(name, conn);
+                    }
+                    Some(Inbound::DialFailed { name }) => {
+                        self.dialing.remove(&name);
+                    }
+                    None => return,
+                },
+                _ = sleep_until(next) => {
+                    let now = Instant::now();
+                    while let Some(Reverse((at, id))) = self.timers.peek().copied() {
+                        if at > now {
+                            break;
+                        }
+                        self.timers.pop();
+                        if let Some(timer) = self.timer_slab.remove(&id) {
+                            if let Err(e) = self.membership.handle_timer(timer) {
+                                tracing::debug!(error = %e, "membership timer");
+                            }
+                        }
+                    }
+                }
+                _ = &mut leave => {
+                    let _ = self.membership.leave();
+                    self.flush();
+                    // Give the goodbye datagrams a moment on the wire.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    return;
+                }
+            }
+            self.flush();
+        }
+    }
+
+    /// Carries out what the state machine asked for and publishes the view.
+    fn flush(&mut self) {
+        let effects = self.membership.take_effects();
+        for (timer, after) in effects.timers {
+            let id = self.next_timer;
+            self.next_timer += 1;
+            self.timer_slab.insert(id, timer);
+            self.timers.push(Reverse((Instant::now() + after, id)));
+        }
+        for (to, packet) in effects.send {
+            self.send(to, packet);
+        }
+        let view = self.membership.view();
+        if *self.view_tx.borrow() != *view {
+            self.live_tx
+                .send_replace(self.membership.peers().cloned().collect());
+            self.view_tx.send_replace(view.clone());
+        }
+    }
+
+    fn send(&mut self, to: NodeId, packet: Vec<u8>) {
+        let Ok(name_len) = u8::try_from(self.me.name.len()) else {
+            return;
+        };
+        let mut datagram = Vec::with_capacity(1 + self.me.name.len() + packet.len());
+        datagram.push(name_len);
+        datagram.extend_from_slice(self.me.name.as_bytes());
+        datagram.extend_from_slice(&packet);
+        let existing = lock(&self.conns).get(&to.name).cloned();
+        if let Some(conn) = existing {
+            if conn.close_reason().is_none() {
+                if let Err(e) = conn.send_datagram(datagram.into()) {
+                    tracing::debug!(peer = %to.name, error = %e, "datagram not sent");
+                }
+                return;
+            }
+            lock(&self.conns).remove(&to.name);
+        }
+        if !self.dialing.insert(to.name.clone()) {
+            return;
+        }
+        // Dial; the packet goes once connected.
+        let endpoint = self.endpoint.clone();
+        let in_tx = self.in_tx.clone();
+        tokio::spawn(async move {
+            let connecting = endpoint
+                .connect(to.addr, &node_dns_name(&to.name))
+                .map_err(|e| e.to_string());
+            let connected = match connecting {
+                Ok(c) => c.await.map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            match connected {
+                Ok(conn) => {
+                    let _ = conn.send_datagram(datagram.into());
+                    let _ = in_tx
+                        .send(Inbound::Dialed {
+                            name: to.name.clone(),
+                            conn: conn.clone(),
+                        })
+                        .await;
+                    read_datagrams(conn, in_tx).await;
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %to.name, error = %e, "dial failed");
+                    let _ = in_tx.send(Inbound::DialFailed { name: to.name }).await;
+                }
+            }
+        });
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
