@@ -63,8 +63,8 @@ pub struct Mesh {
     view: watch::Receiver<View>,
     live: watch::Receiver<Vec<NodeId>>,
     conns: Conns,
-    leave: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
+    leave: Mutex<Option<oneshot::Sender<()>>>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 enum Inbound {
@@ -162,8 +162,8 @@ impl Mesh {
             view: view_rx,
             live: live_rx,
             conns,
-            leave: Some(leave_tx),
-            task,
+            leave: Mutex::new(Some(leave_tx)),
+            task: Mutex::new(Some(task)),
         })
     }
 
@@ -197,11 +197,19 @@ impl Mesh {
     }
 
     /// Leaves the cluster (peers learn it at once), then closes the endpoint.
-    pub async fn leave(mut self) {
-        if let Some(tx) = self.leave.take() {
+    pub async fn leave(&self) {
+        if let Some(tx) = lock(&self.leave).take() {
             let _ = tx.send(());
         }
-        let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.task).await;
+        let task = lock(&self.task).take();
+        if let Some(mut task) = task {
+            if tokio::time::timeout(Duration::from_secs(2), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
+        }
         self.endpoint.close(0u32.into(), b"leaving");
     }
 }
@@ -210,7 +218,9 @@ impl Drop for Mesh {
     /// Without [`Mesh::leave`], this is a crash as peers see it: no goodbye,
     /// the endpoint goes silent, SWIM must detect it.
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = lock(&self.task).take() {
+            task.abort();
+        }
         self.endpoint.close(1u32.into(), b"gone");
     }
 }

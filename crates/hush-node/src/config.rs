@@ -20,6 +20,7 @@ pub struct Config {
     pub limits: Limits,
     pub auth: AuthSection,
     pub actors: ActorSection,
+    pub cluster: ClusterSection,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -104,6 +105,55 @@ pub struct ActorSection {
     pub group_idle_ms: u64,
     /// Group ownership lease length; renewed while the actor lives.
     pub lease_ttl_ms: u64,
+}
+
+/// The cluster this node belongs to (see cluster.toml). No nodes listed:
+/// a single node, no mesh.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// Every node of the cluster, this one included (chosen by `node.id`).
+    pub nodes: Vec<ClusterNode>,
+    /// Where the development CA key lives when no `cluster.tls` is given:
+    /// shared by the local nodes, created by the first to start. Default:
+    /// `cluster-ca` next to the store file.
+    pub ca_dir: Option<PathBuf>,
+    /// Production certificates (PEM): the CA to trust, this node's chain
+    /// and key. `{node}` in a path is replaced by the node id.
+    pub tls: Option<ClusterTls>,
+    /// SWIM probe period; failure detection takes a few of them.
+    pub probe_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterNode {
+    pub id: String,
+    /// Its client gateway (HTTP/WebSocket).
+    pub gateway: SocketAddr,
+    /// Its node-to-node QUIC endpoint.
+    pub quic: SocketAddr,
+    /// Its data directory (default: `node.data`).
+    pub data: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        Self {
+            nodes: Vec::new(),
+            ca_dir: None,
+            tls: None,
+            probe_ms: 500,
+        }
+    }
 }
 
 impl Default for NodeSection {
@@ -217,6 +267,41 @@ impl Config {
         Ok(config)
     }
 
+    /// In a cluster, adopts this node's entry (`node.id` picks it): its
+    /// gateway address and data directory. Call before applying flags, so
+    /// flags still override. A no-op without `cluster.nodes`.
+    pub fn select_cluster_node(&mut self) -> Result<(), ConfigError> {
+        if self.cluster.nodes.is_empty() {
+            return Ok(());
+        }
+        let Some(entry) = self.cluster.nodes.iter().find(|n| n.id == self.node.id) else {
+            return Err(ConfigError::Invalid {
+                key: "cluster.nodes",
+                message: format!("no entry with id {:?} (set --node)", self.node.id),
+            });
+        };
+        self.gateway.listen = entry.gateway;
+        if let Some(d) = &entry.data {
+            self.node.data = d.clone();
+        }
+        Ok(())
+    }
+
+    /// This node's cluster entry, if it runs in a cluster.
+    pub fn cluster_node(&self) -> Option<&ClusterNode> {
+        self.cluster.nodes.iter().find(|n| n.id == self.node.id)
+    }
+
+    /// The directory of the development cluster CA.
+    pub fn cluster_ca_dir(&self) -> PathBuf {
+        self.cluster.ca_dir.clone().unwrap_or_else(|| {
+            self.store_path()
+                .parent()
+                .map(|p| p.join("cluster-ca"))
+                .unwrap_or_else(|| PathBuf::from("cluster-ca"))
+        })
+    }
+
     /// The SQLite file of the embedded store.
     pub fn store_path(&self) -> PathBuf {
         self.store
@@ -288,6 +373,28 @@ impl Config {
         if self.auth.token_ttl_ms == 0 {
             return Err(invalid("auth.token_ttl_ms", "must be > 0"));
         }
+        let c = &self.cluster;
+        if !c.nodes.is_empty() {
+            let ids: std::collections::BTreeSet<&str> =
+                c.nodes.iter().map(|n| n.id.as_str()).collect();
+            if ids.len() != c.nodes.len() {
+                return Err(invalid("cluster.nodes", "node ids must be unique"));
+            }
+            if ids.iter().any(|id| id.is_empty() || id.len() > 64) {
+                return Err(invalid(
+                    "cluster.nodes",
+                    "node ids must be 1..=64 characters",
+                ));
+            }
+            let quic: std::collections::BTreeSet<SocketAddr> =
+                c.nodes.iter().map(|n| n.quic).collect();
+            if quic.len() != c.nodes.len() {
+                return Err(invalid("cluster.nodes", "quic addresses must be unique"));
+            }
+            if c.probe_ms < 50 {
+                return Err(invalid("cluster.probe_ms", "must be at least 50"));
+            }
+        }
         if self.actors.lease_ttl_ms < 1000 {
             return Err(invalid("actors.lease_ttl_ms", "must be at least 1000"));
         }
@@ -336,5 +443,46 @@ mod tests {
         assert!(err.to_string().contains("listen"), "{err}");
         let err = Config::from_toml("[store]\nkind = \"mongo\"\n").unwrap_err();
         assert!(err.to_string().contains("store.kind"), "{err}");
+    }
+
+    #[test]
+    fn the_repository_cluster_toml_is_valid_and_selects_each_node() {
+        let text = include_str!("../../../cluster.toml");
+        for (n, port) in [("n1", 7301), ("n2", 7302), ("n3", 7303)] {
+            let mut c = Config::from_toml(text).unwrap();
+            c.node.id = n.into();
+            c.select_cluster_node().unwrap();
+            c.validate().unwrap();
+            assert_eq!(c.gateway.listen.port(), port);
+            assert_eq!(c.node.data, PathBuf::from(format!("./hush-cluster/{n}")));
+            assert_eq!(c.cluster_node().map(|e| e.quic.port()), Some(port + 100));
+            assert_eq!(
+                c.cluster_ca_dir(),
+                PathBuf::from("./hush-cluster/cluster-ca")
+            );
+        }
+    }
+
+    #[test]
+    fn cluster_mistakes_are_named() {
+        let node = |id: &str, quic: u16| {
+            format!("[[cluster.nodes]]\nid = \"{id}\"\ngateway = \"127.0.0.1:0\"\nquic = \"127.0.0.1:{quic}\"\n")
+        };
+        let mut c = Config::from_toml(&node("n1", 7401)).unwrap();
+        c.node.id = "n7".into();
+        let err = c.select_cluster_node().unwrap_err().to_string();
+        assert!(err.contains("cluster.nodes") && err.contains("n7"), "{err}");
+        let err = Config::from_toml(&(node("n1", 7401) + &node("n1", 7402)))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unique"), "{err}");
+        let err = Config::from_toml(&(node("n1", 7401) + &node("n2", 7401)))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("quic"), "{err}");
+        let err = Config::from_toml("[[cluster.nodes]]\nid = \"n1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("gateway"), "{err}");
     }
 }

@@ -30,6 +30,8 @@ pub struct NodeCtx {
     /// Flips to true once when the node starts shutting down; connections
     /// wait on it to close with 4004 at once.
     pub shutdown: tokio::sync::watch::Sender<bool>,
+    /// The cluster mesh, when the node runs in a cluster.
+    pub cluster: std::sync::OnceLock<Arc<hush_cluster::mesh::Mesh>>,
     next_conn_id: AtomicU64,
 }
 
@@ -51,6 +53,7 @@ impl NodeCtx {
             sessions: Directory::default(),
             shutting_down: AtomicBool::new(false),
             shutdown: tokio::sync::watch::Sender::new(false),
+            cluster: std::sync::OnceLock::new(),
             next_conn_id: AtomicU64::new(1),
         }
     }

@@ -81,12 +81,66 @@ impl RunningNode {
     pub async fn stop(self) {
         self.ctx.shutting_down.store(true, Ordering::SeqCst);
         self.ctx.shutdown.send_replace(true);
+        if let Some(mesh) = self.ctx.cluster.get() {
+            mesh.leave().await;
+        }
         for g in self.ctx.groups.all().await {
             g.stop(Some("node shutting down".into()));
         }
         self.server.stop(true).await;
         let _ = self.server_task.await;
     }
+}
+
+/// Starts this node's side of the cluster mesh: certificates (the dev CA or
+/// the configured PEM files), then membership over QUIC with every other
+/// listed node as a seed.
+async fn join_cluster(
+    config: &Config,
+    entry: &config::ClusterNode,
+) -> Result<hush_cluster::mesh::Mesh, StartError> {
+    let id = &config.node.id;
+    let identity = match &config.cluster.tls {
+        Some(t) => {
+            let path = |p: &std::path::Path| {
+                std::path::PathBuf::from(p.to_string_lossy().replace("{node}", id))
+            };
+            hush_cluster::NodeIdentity::from_pem_files(
+                id,
+                &path(&t.ca),
+                &path(&t.cert),
+                &path(&t.key),
+            )
+        }
+        None => hush_cluster::NodeIdentity::dev(&config.cluster_ca_dir(), id),
+    }
+    .map_err(|e| StartError::Other(format!("cluster certificates: {e}")))?;
+    let seeds = config
+        .cluster
+        .nodes
+        .iter()
+        .filter(|n| n.id != *id)
+        .map(|n| (n.id.clone(), n.quic))
+        .collect();
+    let boot = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(1);
+    let mesh = hush_cluster::mesh::Mesh::start(
+        &identity,
+        hush_cluster::mesh::MeshConfig {
+            name: id.clone(),
+            bind: entry.quic,
+            seeds,
+            probe_period: std::time::Duration::from_millis(config.cluster.probe_ms),
+            cluster_size: config.cluster.nodes.len() as u32,
+            boot,
+        },
+    )
+    .await
+    .map_err(|e| StartError::Other(format!("cluster endpoint on {}: {e}", entry.quic)))?;
+    tracing::info!(node = %id, quic = %mesh.local_addr(), "joined the cluster mesh");
+    Ok(mesh)
 }
 
 fn metrics_handle() -> PrometheusHandle {
@@ -144,6 +198,10 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningNode,
         clock,
         tokio::runtime::Handle::current(),
     ));
+    if let Some(entry) = config.cluster_node().cloned() {
+        let mesh = join_cluster(&config, &entry).await?;
+        let _ = ctx.cluster.set(Arc::new(mesh));
+    }
     let app_ctx = ctx.clone();
     let max_body = config.limits.max_frame_bytes;
     let mut server = HttpServer::new(move || {

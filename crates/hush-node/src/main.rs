@@ -21,7 +21,7 @@ struct Args {
     /// Gateway listen address. Default 127.0.0.1:7300.
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// Node id (lease owner name).
+    /// Node id (lease owner name; picks this node's entry in cluster.nodes).
     #[arg(long)]
     node: Option<String>,
     /// Log format: "text" or "json".
@@ -49,14 +49,16 @@ async fn main() -> anyhow::Result<()> {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
     };
+    if let Some(n) = args.node {
+        config.node.id = n;
+    }
+    // The node's cluster entry, then flags over it.
+    config.select_cluster_node()?;
     if let Some(d) = args.data {
         config.node.data = d;
     }
     if let Some(l) = args.listen {
         config.gateway.listen = l;
-    }
-    if let Some(n) = args.node {
-        config.node.id = n;
     }
     config.validate()?;
 

@@ -1,6 +1,7 @@
 //! The actix-web gateway: HTTP endpoints for accounts and login, the
 //! WebSocket transport, health and metrics. Only this module knows actix.
 
+pub mod cluster;
 pub mod http;
 pub mod ws;
 
@@ -19,6 +20,7 @@ use crate::error::{ApiError, ApiResult};
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
         .route("/metrics", web::get().to(metrics_page))
+        .route("/cluster", web::get().to(cluster::status))
         .route("/v1/ws", web::get().to(ws::upgrade))
         .route("/v1/register", web::post().to(http::register))
         .route("/v1/login/challenge", web::post().to(http::login_challenge))
