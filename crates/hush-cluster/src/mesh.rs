@@ -273,7 +273,9 @@ impl Driver {
                 msg = inbound.recv() => match msg {
                     Some(Inbound::Packet { from, conn, packet }) => {
                         lock(&self.conns).entry(from).or_insert(conn);
+                        metrics::counter!("hush_cluster_packets_in_total").increment(1);
                         if let Err(e) = self.membership.handle_data(&packet) {
+                            metrics::counter!("hush_cluster_bad_packets_total").increment(1);
                             tracing::debug!(error = %e, "bad membership packet");
                         }
                     }
@@ -326,6 +328,9 @@ impl Driver {
         }
         let view = self.membership.view();
         if *self.view_tx.borrow() != *view {
+            metrics::counter!("hush_cluster_view_changes_total").increment(1);
+            metrics::gauge!("hush_cluster_members").set(view.members.len() as f64);
+            tracing::info!(epoch = view.epoch, members = ?view.members, "cluster view changed");
             self.live_tx
                 .send_replace(self.membership.peers().cloned().collect());
             self.view_tx.send_replace(view.clone());
@@ -340,6 +345,7 @@ impl Driver {
         datagram.push(name_len);
         datagram.extend_from_slice(self.me.name.as_bytes());
         datagram.extend_from_slice(&packet);
+        metrics::counter!("hush_cluster_packets_out_total").increment(1);
         let existing = lock(&self.conns).get(&to.name).cloned();
         if let Some(conn) = existing {
             if conn.close_reason().is_none() {
