@@ -353,11 +353,14 @@ pub fn lines(out: &Output) -> Vec<Value> {
 
 /// Timeline entries as stored by the node: (seq, kind, epoch, message).
 pub fn stored_entries(node: &Node, group_id: &[u8]) -> Vec<(u64, i64, u64, Vec<u8>)> {
-    let conn = rusqlite::Connection::open_with_flags(
-        node.store_file(),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .expect("open node store");
+    stored_entries_at(&node.store_file(), group_id)
+}
+
+/// Timeline entries in the store file at `path`.
+pub fn stored_entries_at(path: &Path, group_id: &[u8]) -> Vec<(u64, i64, u64, Vec<u8>)> {
+    let conn =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open node store");
     let mut stmt = conn
         .prepare("SELECT seq, kind, epoch, message FROM entries WHERE group_id = ?1 ORDER BY seq")
         .expect("prepare");
