@@ -37,11 +37,13 @@
 
 use async_trait::async_trait;
 
+pub mod scylla;
 pub mod sqlite;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 
+pub use scylla::{ConsistencyLevel, ScyllaConfig, ScyllaStore};
 pub use sqlite::{SqliteConfig, SqliteStore};
 
 /// Errors of any backend.

@@ -1,0 +1,610 @@
+//! The ScyllaDB backend (scylla 1.x driver): configuration, connection,
+//! schema migration and the pure pieces (CQL text, bucket math, row
+//! mapping) the store is built from.
+//!
+//! **Status:** this module connects, creates the keyspace and applies the
+//! versioned schema (`cql/*.cql`). It does **not** implement [`crate::Store`]
+//! yet; the design below is what the implementation follows. None of it has
+//! ever run against a live ScyllaDB cluster: no server can run on the
+//! machines this was written on. The pure functions are unit-tested; the
+//! connection error path is tested against a closed loopback port.
+//!
+//! # Design
+//!
+//! ScyllaDB has no multi-partition transactions; lightweight transactions
+//! (LWT, Paxos, `IF` conditions at SERIAL / LOCAL_SERIAL) are linearizable
+//! per partition. So every guarantee of the [`crate::Store`] contract is
+//! decided by one LWT on one partition, and everything else is derived data
+//! written idempotently afterwards.
+//!
+//! - **Seq assignment and fencing.** The `groups` row of a group (its
+//!   *head*) holds `head_seq`, `epoch`, the lease (`lease_owner`,
+//!   `lease_token`, `lease_expires_ms`), the DS state and the member list.
+//!   An append reads the head at SERIAL, then runs
+//!   `UPDATE groups SET head_seq = n+1, pending_* = <the entry> ...
+//!   IF head_seq = n AND lease_token = fence`. Exactly one writer wins each
+//!   seq (dense, no duplicates, under any number of concurrent writers and
+//!   nodes); a stale owner's LWT fails on `lease_token` and writes nothing.
+//!   The losers re-read and retry (bounded, with backoff).
+//! - **No gap on a crash.** The entry travels *inside* the LWT that
+//!   reserves its seq (`pending_*` columns), so there is never a reserved
+//!   seq without its entry. After the LWT the writer copies the entry into
+//!   the bucketed `timeline` and its id into `client_msgs` (idempotent
+//!   upserts of the same values). If the writer dies in between, the entry
+//!   stays in the head: every appender materializes the head's pending entry
+//!   *before* it may replace it (its own LWT is conditioned on the same
+//!   `head_seq`), and readers of the timeline fill the last seq from the head
+//!   when the timeline lacks it. Hence the invariant: with head at `n`, all
+//!   seqs `< n` are in `timeline` and `client_msgs`, and seq `n` is in
+//!   `timeline` or pending in the head.
+//! - **Idempotent client_msg_id.** By that invariant, after materializing
+//!   the pending entry an appender looks its id up in `client_msgs` (QUORUM)
+//!   and answers `Duplicate { seq }` if found; the LWT on `head_seq = n`
+//!   guarantees nobody appended in between. Two concurrent duplicates: one
+//!   wins the LWT; the other fails it, re-reads, and finds the id (pending or
+//!   materialized).
+//! - **One commit per epoch.** A commit's LWT also carries
+//!   `epoch = new_epoch, state, group_info, ratchet_tree, members` and is
+//!   conditioned on the same `head_seq` (which implies the epoch it read), so
+//!   two commits for one epoch cannot both apply. Side effects outside the
+//!   head partition (device_groups, departures, Welcome inbox items) are
+//!   encoded in `pending_effects` and replayed idempotently by whoever
+//!   materializes the entry.
+//! - **KeyPackage claim.** `DELETE FROM key_packages ... IF EXISTS` on the
+//!   oldest row: exactly one concurrent claimer sees `[applied]`; the others
+//!   move to the next row. `key_package_refs` (inserted `IF NOT EXISTS`)
+//!   keeps every hash_ref ever stored, so a claimed package re-uploaded is
+//!   skipped.
+//! - **Cursors** move forward with `UPDATE ... IF seq < ?` (after an
+//!   `INSERT ... IF NOT EXISTS`); **inbox seqs** come from an LWT counter per
+//!   device that only grows.
+//! - **Durability.** A write returns after the coordinator got acks from the
+//!   configured consistency level (QUORUM by default; LWTs from a SERIAL
+//!   quorum), each replica having written its commitlog. (ScyllaDB's
+//!   commitlog syncs periodically by default; `commitlog_sync: batch` on the
+//!   servers is what makes "durable" mean fsynced, as for SQLite.)
+//! - **Bounded partitions.** `timeline` is partitioned by
+//!   `(group_id, bucket)` with `bucket = seq / bucket_size`
+//!   ([`bucket_of`]); reads walk the buckets from the cursor's
+//!   ([`bucket_range`]) with paged execution.
+//! - **Retention** is a TTL on timeline rows (`USING TTL`, [`ttl_seconds`];
+//!   0 days = kept forever).
+//! - **Driver settings.** Every statement is prepared once at open; the
+//!   driver's default load balancing in scylla 1.x is token-aware (and
+//!   shard-aware on ScyllaDB), so prepared statements go straight to a
+//!   replica. The default execution profile sets the consistency, the serial
+//!   consistency, an explicit request timeout and the default retry policy;
+//!   statements that are safe to repeat are marked idempotent, LWTs are not.
+//! - **Keyspace.** Created at open with the configured replication and
+//!   `tablets = {'enabled': false}` unless tablets are asked for: LWT on
+//!   tablets keyspaces needs ScyllaDB 2025.4+.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::policies::retry::DefaultRetryPolicy;
+use scylla::statement::{Consistency, SerialConsistency};
+
+use crate::{Entry, EntryKind, Result, StoreError};
+
+/// The versioned schema: (version, CQL), applied in order at open.
+pub const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../cql/0001_init.cql"))];
+
+/// The schema version this binary writes.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// The consistency level of ordinary reads and writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConsistencyLevel {
+    One,
+    Quorum,
+    LocalQuorum,
+}
+
+impl ConsistencyLevel {
+    /// The driver's consistency for ordinary statements.
+    pub fn consistency(self) -> Consistency {
+        match self {
+            Self::One => Consistency::One,
+            Self::Quorum => Consistency::Quorum,
+            Self::LocalQuorum => Consistency::LocalQuorum,
+        }
+    }
+
+    /// The Paxos consistency for LWTs: LOCAL_SERIAL when the configuration
+    /// stays in one datacenter, SERIAL otherwise.
+    pub fn serial(self) -> SerialConsistency {
+        match self {
+            Self::LocalQuorum => SerialConsistency::LocalSerial,
+            Self::One | Self::Quorum => SerialConsistency::Serial,
+        }
+    }
+}
+
+impl std::str::FromStr for ConsistencyLevel {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "one" => Ok(Self::One),
+            "quorum" => Ok(Self::Quorum),
+            "local_quorum" => Ok(Self::LocalQuorum),
+            other => Err(format!(
+                "unknown consistency {other:?} (expected \"quorum\", \"local_quorum\" or \"one\")"
+            )),
+        }
+    }
+}
+
+/// Configuration of the ScyllaDB backend.
+#[derive(Clone, Debug)]
+pub struct ScyllaConfig {
+    /// "host:port" of one or more nodes; the driver discovers the rest.
+    pub contact_points: Vec<String>,
+    pub keyspace: String,
+    /// SimpleStrategy replication factor used when creating the keyspace.
+    pub replication_factor: u32,
+    pub consistency: ConsistencyLevel,
+    /// Client-side timeout of every request (and of connecting).
+    pub request_timeout: Duration,
+    /// Timeline retention; 0 keeps entries forever.
+    pub retention_days: u32,
+    /// Seqs per timeline partition.
+    pub bucket_size: u64,
+    /// Rows per page when reading timelines and inboxes.
+    pub page_size: i32,
+    /// Create the keyspace with tablets (LWT needs ScyllaDB 2025.4+ then).
+    pub tablets: bool,
+}
+
+impl ScyllaConfig {
+    pub const DEFAULT_KEYSPACE: &'static str = "hush";
+    pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const DEFAULT_BUCKET_SIZE: u64 = 10_000;
+    pub const DEFAULT_PAGE_SIZE: i32 = 500;
+
+    /// Defaults for everything but the contact points.
+    pub fn new(contact_points: Vec<String>) -> Self {
+        Self {
+            contact_points,
+            keyspace: Self::DEFAULT_KEYSPACE.to_string(),
+            replication_factor: 3,
+            consistency: ConsistencyLevel::Quorum,
+            request_timeout: Self::DEFAULT_REQUEST_TIMEOUT,
+            retention_days: 0,
+            bucket_size: Self::DEFAULT_BUCKET_SIZE,
+            page_size: Self::DEFAULT_PAGE_SIZE,
+            tablets: false,
+        }
+    }
+}
+
+/// Checks a keyspace name: CQL unquoted identifier rules (letters, digits,
+/// underscores, not starting with a digit, at most 48 characters). It is
+/// spliced into DDL, so nothing else may pass.
+pub fn validate_keyspace(name: &str) -> std::result::Result<(), String> {
+    let valid = !name.is_empty()
+        && name.len() <= 48
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with(|c: char| c.is_ascii_digit());
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid keyspace name {name:?} (letters, digits and '_', not starting with a digit, at most 48)"
+        ))
+    }
+}
+
+/// The `CREATE KEYSPACE` statement for `config`.
+pub fn create_keyspace_cql(
+    keyspace: &str,
+    replication_factor: u32,
+    tablets: bool,
+) -> Result<String> {
+    validate_keyspace(keyspace).map_err(StoreError::Backend)?;
+    if replication_factor == 0 {
+        return Err(StoreError::Backend(
+            "replication_factor must be at least 1".into(),
+        ));
+    }
+    Ok(format!(
+        "CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = \
+         {{'class': 'SimpleStrategy', 'replication_factor': {replication_factor}}} \
+         AND tablets = {{'enabled': {tablets}}}"
+    ))
+}
+
+/// Splits a migration file into statements: they are separated by a line
+/// holding only `;`; `--` comment lines are dropped.
+pub fn split_statements(cql: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in cql.lines() {
+        let trimmed = line.trim();
+        if trimmed == ";" {
+            if !current.trim().is_empty() {
+                out.push(current.trim().to_string());
+            }
+            current.clear();
+        } else if !trimmed.starts_with("--") {
+            current.push_str(line);
+            current.push('\n');
+        }
+    }
+    if !current.trim().is_empty() {
+        out.push(current.trim().to_string());
+    }
+    out
+}
+
+/// The timeline partition (bucket) holding `seq`.
+pub fn bucket_of(seq: u64, bucket_size: u64) -> u64 {
+    seq / bucket_size.max(1)
+}
+
+/// The buckets to read, in order, for entries after `after_seq` up to
+/// `head_seq` (inclusive); empty when there is nothing after the cursor.
+pub fn bucket_range(
+    after_seq: u64,
+    head_seq: u64,
+    bucket_size: u64,
+) -> std::ops::RangeInclusive<u64> {
+    if head_seq <= after_seq {
+        #[allow(clippy::reversed_empty_ranges)]
+        return 1..=0;
+    }
+    bucket_of(after_seq.saturating_add(1), bucket_size)..=bucket_of(head_seq, bucket_size)
+}
+
+/// The TTL (seconds) of a timeline row; 0 = no TTL. Saturates at CQL's
+/// maximum TTL (20 years).
+pub fn ttl_seconds(retention_days: u32) -> i32 {
+    const MAX_TTL: i64 = 630_720_000;
+    (i64::from(retention_days) * 86_400).min(MAX_TTL) as i32
+}
+
+/// A u64 (seq, epoch, time) as CQL bigint. Values above i64::MAX are a
+/// bug upstream: refused, never wrapped.
+pub fn to_bigint(v: u64, what: &str) -> Result<i64> {
+    i64::try_from(v).map_err(|_| StoreError::Backend(format!("{what} {v} exceeds bigint")))
+}
+
+/// A CQL bigint as u64; a negative stored value is corruption.
+pub fn from_bigint(v: i64, what: &str) -> Result<u64> {
+    u64::try_from(v).map_err(|_| StoreError::Backend(format!("corrupt {what} {v}")))
+}
+
+/// A `timeline` row as read by `SELECT seq, kind, epoch, sender,
+/// client_msg_id, message, server_time_ms`.
+#[derive(Clone, Debug, PartialEq, Eq, scylla::DeserializeRow)]
+pub struct TimelineRow {
+    pub seq: i64,
+    pub kind: i32,
+    pub epoch: i64,
+    pub sender: String,
+    pub client_msg_id: Vec<u8>,
+    pub message: Vec<u8>,
+    pub server_time_ms: i64,
+}
+
+/// The columns [`TimelineRow`] reads, in order.
+pub const SELECT_TIMELINE: &str = "SELECT seq, kind, epoch, sender, client_msg_id, message, \
+     server_time_ms FROM timeline WHERE group_id = ? AND bucket = ? AND seq > ?";
+
+impl TryFrom<TimelineRow> for Entry {
+    type Error = StoreError;
+
+    fn try_from(r: TimelineRow) -> Result<Entry> {
+        let seq = from_bigint(r.seq, "seq")?;
+        let kind = EntryKind::from_i64(i64::from(r.kind)).ok_or_else(|| {
+            StoreError::Backend(format!("corrupt entry kind {} at seq {seq}", r.kind))
+        })?;
+        Ok(Entry {
+            seq,
+            kind,
+            epoch: from_bigint(r.epoch, "epoch")?,
+            sender: r.sender,
+            client_msg_id: r.client_msg_id,
+            message: r.message,
+            server_time_ms: from_bigint(r.server_time_ms, "server_time_ms")?,
+        })
+    }
+}
+
+/// A connected session with the schema in place. See the module docs: the
+/// [`crate::Store`] implementation is not written yet.
+pub struct ScyllaStore {
+    session: Arc<Session>,
+    config: ScyllaConfig,
+}
+
+impl std::fmt::Debug for ScyllaStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScyllaStore")
+            .field("contact_points", &self.config.contact_points)
+            .field("keyspace", &self.config.keyspace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ScyllaStore {
+    /// Connects to `config.contact_points`, creates the keyspace if missing
+    /// and applies the schema migrations. An unreachable cluster fails with
+    /// [`StoreError::Unavailable`] naming the contact points.
+    pub async fn connect(config: ScyllaConfig) -> Result<ScyllaStore> {
+        validate_keyspace(&config.keyspace).map_err(StoreError::Backend)?;
+        if config.contact_points.is_empty() {
+            return Err(StoreError::Backend(
+                "no ScyllaDB contact points configured".into(),
+            ));
+        }
+        let profile = ExecutionProfile::builder()
+            .consistency(config.consistency.consistency())
+            .serial_consistency(Some(config.consistency.serial()))
+            .request_timeout(Some(config.request_timeout))
+            .retry_policy(Arc::new(DefaultRetryPolicy::new()))
+            .build();
+        let session = SessionBuilder::new()
+            .known_nodes(&config.contact_points)
+            .connection_timeout(config.request_timeout)
+            .default_execution_profile_handle(profile.into_handle())
+            .build()
+            .await
+            .map_err(|e| {
+                StoreError::Unavailable(format!(
+                    "cannot reach ScyllaDB at {}: {e}",
+                    config.contact_points.join(", ")
+                ))
+            })?;
+        let session = Arc::new(session);
+        let ddl = create_keyspace_cql(&config.keyspace, config.replication_factor, config.tablets)?;
+        session
+            .query_unpaged(ddl, ())
+            .await
+            .map_err(|e| StoreError::Backend(format!("create keyspace: {e}")))?;
+        session
+            .use_keyspace(&config.keyspace, false)
+            .await
+            .map_err(|e| StoreError::Backend(format!("use keyspace: {e}")))?;
+        migrate(&session).await?;
+        tracing::info!(keyspace = %config.keyspace, "scylla store connected");
+        Ok(ScyllaStore { session, config })
+    }
+
+    /// The driver session (for the backend's statements and for tests).
+    pub fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+
+    pub fn config(&self) -> &ScyllaConfig {
+        &self.config
+    }
+}
+
+/// Applies every migration newer than the recorded schema version. Every
+/// statement is `IF NOT EXISTS`, so two nodes migrating at once, or a
+/// migration interrupted half-way, converge on re-run.
+async fn migrate(session: &Session) -> Result<()> {
+    for (version, cql) in MIGRATIONS {
+        for statement in split_statements(cql) {
+            session
+                .query_unpaged(statement, ())
+                .await
+                .map_err(|e| StoreError::Backend(format!("schema v{version}: {e}")))?;
+        }
+        session
+            .query_unpaged(
+                "INSERT INTO schema_version (version, applied_at_ms) VALUES (?, toUnixTimestamp(now()))",
+                (*version,),
+            )
+            .await
+            .map_err(|e| StoreError::Backend(format!("record schema v{version}: {e}")))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consistency_parses_the_three_levels_and_names_bad_input() {
+        assert_eq!("quorum".parse(), Ok(ConsistencyLevel::Quorum));
+        assert_eq!("local_quorum".parse(), Ok(ConsistencyLevel::LocalQuorum));
+        assert_eq!("one".parse(), Ok(ConsistencyLevel::One));
+        let err = "all".parse::<ConsistencyLevel>().unwrap_err();
+        assert!(err.contains("\"all\""), "{err}");
+        assert_eq!(ConsistencyLevel::Quorum.consistency(), Consistency::Quorum);
+        assert_eq!(ConsistencyLevel::One.consistency(), Consistency::One);
+        assert_eq!(
+            ConsistencyLevel::LocalQuorum.consistency(),
+            Consistency::LocalQuorum
+        );
+        assert_eq!(ConsistencyLevel::Quorum.serial(), SerialConsistency::Serial);
+        assert_eq!(ConsistencyLevel::One.serial(), SerialConsistency::Serial);
+        assert_eq!(
+            ConsistencyLevel::LocalQuorum.serial(),
+            SerialConsistency::LocalSerial
+        );
+    }
+
+    #[test]
+    fn keyspace_ddl_disables_tablets_unless_asked() {
+        assert_eq!(
+            create_keyspace_cql("hush", 3, false).unwrap(),
+            "CREATE KEYSPACE IF NOT EXISTS hush WITH replication = \
+             {'class': 'SimpleStrategy', 'replication_factor': 3} AND tablets = {'enabled': false}"
+        );
+        assert!(create_keyspace_cql("hush_test_1", 1, true)
+            .unwrap()
+            .ends_with("AND tablets = {'enabled': true}"));
+        assert!(create_keyspace_cql("hush", 0, false).is_err());
+    }
+
+    #[test]
+    fn keyspace_names_that_could_inject_cql_are_refused() {
+        for bad in ["", "1abc", "a b", "hush; DROP", "a\"b", &"x".repeat(49)] {
+            assert!(validate_keyspace(bad).is_err(), "{bad:?}");
+            assert!(create_keyspace_cql(bad, 1, false).is_err(), "{bad:?}");
+        }
+        for good in ["hush", "Hush_2", "_x", &"x".repeat(48)] {
+            assert!(validate_keyspace(good).is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn the_schema_splits_into_idempotent_statements() {
+        assert_eq!(MIGRATIONS.len(), SCHEMA_VERSION as usize);
+        for (i, (version, _)) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(*version, i as i32 + 1, "migrations are numbered densely");
+        }
+        let statements = split_statements(MIGRATIONS[0].1);
+        assert_eq!(statements.len(), 17);
+        for s in &statements {
+            assert!(
+                s.starts_with("CREATE TABLE IF NOT EXISTS "),
+                "not idempotent: {s}"
+            );
+            assert!(!s.contains("--"), "comment left in: {s}");
+            assert!(!s.contains(';'), "separator left in: {s}");
+        }
+        let tables: Vec<&str> = statements
+            .iter()
+            .map(|s| {
+                s["CREATE TABLE IF NOT EXISTS ".len()..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+            })
+            .collect();
+        for needed in [
+            "schema_version",
+            "groups",
+            "timeline",
+            "client_msgs",
+            "inbox",
+        ] {
+            assert!(tables.contains(&needed), "{needed} missing from {tables:?}");
+        }
+        assert!(statements
+            .iter()
+            .any(|s| s.contains("PRIMARY KEY ((group_id, bucket), seq)")));
+    }
+
+    #[test]
+    fn split_statements_keeps_a_trailing_statement_and_skips_empty_ones() {
+        assert_eq!(
+            split_statements("-- c\nCREATE A\n;\n;\n\nCREATE B\n"),
+            vec!["CREATE A".to_string(), "CREATE B".to_string()]
+        );
+    }
+
+    #[test]
+    fn buckets_bound_partitions() {
+        assert_eq!(bucket_of(0, 100), 0);
+        assert_eq!(bucket_of(99, 100), 0);
+        assert_eq!(bucket_of(100, 100), 1);
+        assert_eq!(bucket_of(12_345, 10_000), 1);
+        // A zero size is treated as 1, never a division by zero.
+        assert_eq!(bucket_of(7, 0), 7);
+        assert!(bucket_range(5, 5, 100).is_empty());
+        assert!(bucket_range(9, 3, 100).is_empty());
+        assert_eq!(bucket_range(0, 1, 100), 0..=0);
+        assert_eq!(bucket_range(99, 100, 100), 1..=1);
+        assert_eq!(bucket_range(98, 250, 100), 0..=2);
+    }
+
+    #[test]
+    fn ttl_is_days_in_seconds_capped_at_the_cql_maximum() {
+        assert_eq!(ttl_seconds(0), 0);
+        assert_eq!(ttl_seconds(1), 86_400);
+        assert_eq!(ttl_seconds(30), 2_592_000);
+        assert_eq!(ttl_seconds(u32::MAX), 630_720_000);
+    }
+
+    #[test]
+    fn bigint_conversions_refuse_what_does_not_fit() {
+        assert_eq!(to_bigint(5, "seq").unwrap(), 5);
+        assert!(to_bigint(u64::MAX, "seq").is_err());
+        assert_eq!(from_bigint(5, "seq").unwrap(), 5);
+        assert!(from_bigint(-1, "seq").is_err());
+    }
+
+    fn row() -> TimelineRow {
+        TimelineRow {
+            seq: 7,
+            kind: 3,
+            epoch: 2,
+            sender: "alice/alice-1".into(),
+            client_msg_id: b"m1".to_vec(),
+            message: b"ct".to_vec(),
+            server_time_ms: 99,
+        }
+    }
+
+    #[test]
+    fn a_timeline_row_maps_to_an_entry() {
+        let entry = Entry::try_from(row()).unwrap();
+        assert_eq!(
+            entry,
+            Entry {
+                seq: 7,
+                kind: EntryKind::Application,
+                epoch: 2,
+                sender: "alice/alice-1".into(),
+                client_msg_id: b"m1".to_vec(),
+                message: b"ct".to_vec(),
+                server_time_ms: 99,
+            }
+        );
+        assert!(SELECT_TIMELINE.starts_with(
+            "SELECT seq, kind, epoch, sender, client_msg_id, message, server_time_ms FROM timeline"
+        ));
+    }
+
+    #[test]
+    fn corrupt_timeline_rows_are_errors_not_panics() {
+        let mut r = row();
+        r.kind = 9;
+        assert!(matches!(Entry::try_from(r), Err(StoreError::Backend(m)) if m.contains("kind 9")));
+        let mut r = row();
+        r.seq = -1;
+        assert!(Entry::try_from(r).is_err());
+        let mut r = row();
+        r.server_time_ms = -5;
+        assert!(Entry::try_from(r).is_err());
+    }
+
+    #[test]
+    fn config_defaults() {
+        let c = ScyllaConfig::new(vec!["127.0.0.1:9042".into()]);
+        assert_eq!(c.keyspace, "hush");
+        assert_eq!(c.consistency, ConsistencyLevel::Quorum);
+        assert_eq!(c.retention_days, 0);
+        assert!(!c.tablets);
+    }
+
+    /// Real: a loopback port nobody listens on. No server needed.
+    #[tokio::test]
+    async fn an_unreachable_cluster_fails_with_the_contact_points_named() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let point = format!("127.0.0.1:{port}");
+        let mut config = ScyllaConfig::new(vec![point.clone()]);
+        config.request_timeout = Duration::from_secs(2);
+        let err = ScyllaStore::connect(config).await.unwrap_err();
+        match err {
+            StoreError::Unavailable(msg) => {
+                assert!(msg.contains(&point), "{msg}");
+                assert!(msg.contains("cannot reach ScyllaDB"), "{msg}");
+            }
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+    }
+}
