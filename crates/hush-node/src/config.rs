@@ -35,12 +35,24 @@ pub struct NodeSection {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSection {
-    /// "embedded" (SQLite). "scylla" is reserved for the ScyllaDB backend.
+    /// "embedded" (SQLite) or "scylla" (ScyllaDB).
     pub kind: String,
     /// SQLite file; defaults to `<data>/hush.sqlite`.
     pub path: Option<PathBuf>,
     /// Most operations written in one group-commit transaction.
     pub max_batch: usize,
+    /// ScyllaDB: "host:port" of one or more nodes.
+    pub contact_points: Vec<String>,
+    /// ScyllaDB keyspace (created at start if missing).
+    pub keyspace: String,
+    /// ScyllaDB: replication factor used when creating the keyspace.
+    pub replication_factor: u32,
+    /// ScyllaDB: "quorum", "local_quorum" or "one".
+    pub consistency: String,
+    /// ScyllaDB: client-side timeout of every request, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// ScyllaDB: timeline retention in days (0 = forever).
+    pub retention_days: u32,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -171,6 +183,12 @@ impl Default for StoreSection {
             kind: "embedded".into(),
             path: None,
             max_batch: 256,
+            contact_points: vec!["127.0.0.1:9042".into()],
+            keyspace: hush_store::ScyllaConfig::DEFAULT_KEYSPACE.into(),
+            replication_factor: 1,
+            consistency: "quorum".into(),
+            request_timeout_ms: 5_000,
+            retention_days: 0,
         }
     }
 }
@@ -310,6 +328,42 @@ impl Config {
             .unwrap_or_else(|| self.node.data.join("hush.sqlite"))
     }
 
+    /// The ScyllaDB backend's configuration from `[store]`, validated.
+    pub fn scylla_config(&self) -> Result<hush_store::ScyllaConfig, ConfigError> {
+        fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                key,
+                message: message.into(),
+            }
+        }
+        let s = &self.store;
+        if s.contact_points.is_empty() || s.contact_points.iter().any(|p| p.trim().is_empty()) {
+            return Err(invalid(
+                "store.contact_points",
+                "must list at least one \"host:port\"",
+            ));
+        }
+        hush_store::scylla::validate_keyspace(&s.keyspace)
+            .map_err(|m| invalid("store.keyspace", m))?;
+        if s.replication_factor == 0 {
+            return Err(invalid("store.replication_factor", "must be at least 1"));
+        }
+        let consistency = s
+            .consistency
+            .parse()
+            .map_err(|m| invalid("store.consistency", m))?;
+        if s.request_timeout_ms == 0 {
+            return Err(invalid("store.request_timeout_ms", "must be at least 1"));
+        }
+        let mut c = hush_store::ScyllaConfig::new(s.contact_points.clone());
+        c.keyspace = s.keyspace.clone();
+        c.replication_factor = s.replication_factor;
+        c.consistency = consistency;
+        c.request_timeout = Duration::from_millis(s.request_timeout_ms);
+        c.retention_days = s.retention_days;
+        Ok(c)
+    }
+
     /// Checks ranges and relations between values.
     pub fn validate(&self) -> Result<(), ConfigError> {
         fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
@@ -322,14 +376,17 @@ impl Config {
         if self.node.id.is_empty() || self.node.id.len() > 64 {
             return Err(invalid("node.id", "must be 1..=64 characters"));
         }
-        if self.store.kind != "embedded" {
-            return Err(invalid(
-                "store.kind",
-                format!(
-                    "unknown store kind {:?} (this build supports \"embedded\")",
-                    self.store.kind
-                ),
-            ));
+        match self.store.kind.as_str() {
+            "embedded" => {}
+            "scylla" => {
+                self.scylla_config()?;
+            }
+            other => {
+                return Err(invalid(
+                    "store.kind",
+                    format!("unknown store kind {other:?} (expected \"embedded\" or \"scylla\")"),
+                ))
+            }
         }
         if self.store.max_batch == 0 {
             return Err(invalid("store.max_batch", "must be at least 1"));
@@ -443,6 +500,34 @@ mod tests {
         assert!(err.to_string().contains("listen"), "{err}");
         let err = Config::from_toml("[store]\nkind = \"mongo\"\n").unwrap_err();
         assert!(err.to_string().contains("store.kind"), "{err}");
+    }
+
+    #[test]
+    fn scylla_store_section_is_typed_and_validated() {
+        let c = Config::from_toml(
+            "[store]\nkind = \"scylla\"\ncontact_points = [\"10.0.0.1:9042\", \"10.0.0.2:9042\"]\n\
+             keyspace = \"hush_prod\"\nreplication_factor = 3\nconsistency = \"local_quorum\"\n\
+             request_timeout_ms = 1500\nretention_days = 30\n",
+        )
+        .unwrap();
+        let s = c.scylla_config().unwrap();
+        assert_eq!(s.contact_points, ["10.0.0.1:9042", "10.0.0.2:9042"]);
+        assert_eq!(s.keyspace, "hush_prod");
+        assert_eq!(s.replication_factor, 3);
+        assert_eq!(s.consistency, hush_store::ConsistencyLevel::LocalQuorum);
+        assert_eq!(s.request_timeout, Duration::from_millis(1500));
+        assert_eq!(s.retention_days, 30);
+        for (toml, key) in [
+            ("consistency = \"all\"", "store.consistency"),
+            ("keyspace = \"a;b\"", "store.keyspace"),
+            ("contact_points = []", "store.contact_points"),
+            ("replication_factor = 0", "store.replication_factor"),
+            ("request_timeout_ms = 0", "store.request_timeout_ms"),
+        ] {
+            let err =
+                Config::from_toml(&format!("[store]\nkind = \"scylla\"\n{toml}\n")).unwrap_err();
+            assert!(err.to_string().contains(key), "{toml}: {err}");
+        }
     }
 
     #[test]

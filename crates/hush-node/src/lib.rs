@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
 use actix_web::{web, App, HttpServer};
-use hush_store::{SqliteConfig, SqliteStore, Store};
+use hush_store::{ScyllaStore, SqliteConfig, SqliteStore, Store};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use ring::rand::SecureRandom as _;
 
@@ -37,6 +37,10 @@ pub enum StartError {
         path: std::path::PathBuf,
         source: hush_store::StoreError,
     },
+    /// The ScyllaDB store could not be opened (the message names the
+    /// contact points when the cluster is unreachable).
+    #[error("cannot open the ScyllaDB store: {0}")]
+    ScyllaStore(hush_store::StoreError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -163,6 +167,29 @@ fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+/// Opens the store `[store] kind` selects.
+async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
+    if config.store.kind == "scylla" {
+        let store = ScyllaStore::connect(config.scylla_config()?)
+            .await
+            .map_err(StartError::ScyllaStore)?;
+        // Connected and migrated, but the Store implementation is not
+        // written yet (issue 4): refuse to run rather than half-work.
+        drop(store);
+        return Err(StartError::ScyllaStore(hush_store::StoreError::Backend(
+            "the ScyllaDB Store implementation is not finished yet; use kind = \"embedded\"".into(),
+        )));
+    }
+    let path = config.store_path();
+    let mut store_config = SqliteConfig::new(path.clone());
+    store_config.max_batch = config.store.max_batch;
+    Ok(Arc::new(
+        SqliteStore::open(store_config)
+            .await
+            .map_err(|source| StartError::Store { path, source })?,
+    ))
+}
+
 /// Boots a node. Must be called on a multi-thread tokio runtime: actors run
 /// on it; the gateway runs on its own worker threads.
 pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningNode, StartError> {
@@ -173,14 +200,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningNode,
         path: config.node.data.clone(),
         source,
     })?;
-    let path = config.store_path();
-    let mut store_config = SqliteConfig::new(path.clone());
-    store_config.max_batch = config.store.max_batch;
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(store_config)
-            .await
-            .map_err(|source| StartError::Store { path, source })?,
-    );
+    let store = open_store(&config).await?;
     let mut candidate = [0u8; 32];
     ring::rand::SystemRandom::new()
         .fill(&mut candidate)
@@ -237,4 +257,31 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningNode,
         server: handle,
         server_task,
     })
+}
+
+#[cfg(test)]
+mod store_selection_tests {
+    use super::*;
+
+    /// Real: `[store] kind = "scylla"` pointed at a loopback port nobody
+    /// listens on fails at start with the contact point in the message.
+    #[tokio::test]
+    async fn an_unreachable_scylla_is_a_clear_startup_error() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("probe a free port")
+            .port();
+        let point = format!("127.0.0.1:{port}");
+        let mut config = Config::default();
+        config.store.kind = "scylla".into();
+        config.store.contact_points = vec![point.clone()];
+        config.store.request_timeout_ms = 2_000;
+        config.validate().expect("valid config");
+        let err = match open_store(&config).await {
+            Ok(_) => panic!("a closed port cannot host ScyllaDB"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("ScyllaDB"), "{err}");
+        assert!(err.contains(&point), "{err}");
+    }
 }
