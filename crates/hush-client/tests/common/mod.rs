@@ -71,6 +71,7 @@ fn fresh_workspace_node_bin() -> Option<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?.parent()?;
     let sources = [
         "crates/hush-node",
+        "crates/hush-cluster",
         "crates/hush-store",
         "crates/hush-ds",
         "crates/hush-proto",
