@@ -1,0 +1,1284 @@
+//! [`Store`] for [`ScyllaStore`]: the design in the parent module's docs.
+//! Never exercised against a live cluster (see the parent module).
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use ::scylla::client::session::Session;
+use ::scylla::response::query_result::QueryResult;
+use ::scylla::serialize::row::SerializeRow;
+use ::scylla::serialize::value::SerializeValue;
+use ::scylla::statement::prepared::PreparedStatement;
+use ::scylla::statement::Consistency;
+use ::scylla::value::{CqlValue, Row};
+use async_trait::async_trait;
+use futures_util::TryStreamExt;
+
+use super::{
+    bucket_of, bucket_range, from_bigint, to_bigint, ttl_seconds, ScyllaStore, TimelineRow,
+};
+use crate::{
+    AppendOutcome, ClaimedKeyPackage, CommitWrite, Departure, Device, DeviceGroup, Entry,
+    GroupRecord, InboxItem, KeyPackageRecord, Lease, MemberDevice, NewEntry, NewGroup, Result,
+    Store, StoreError,
+};
+
+/// A group's members as stored: device_id -> (user_id, joined_seq).
+pub type MemberMap = HashMap<String, (String, i64)>;
+/// A commit's Welcomes: device_id -> (welcome, ratchet_tree).
+pub type Welcomes = HashMap<String, (Vec<u8>, Vec<u8>)>;
+/// Departed devices: device_id -> joined_seq.
+pub type Departed = HashMap<String, i64>;
+
+/// How often a contended LWT loop retries before giving up.
+const MAX_ATTEMPTS: u32 = 64;
+
+/// How a statement runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// A plain write or read that may be repeated safely.
+    Idempotent,
+    /// A lightweight transaction (never marked idempotent: a retried
+    /// Paxos round after a timeout could apply twice).
+    Lwt,
+    /// A read at SERIAL consistency: sees every applied LWT.
+    SerialRead,
+}
+
+/// Every statement the backend runs: (name, mode, CQL). Prepared once at
+/// open.
+pub const STATEMENTS: &[(&str, Mode, &str)] = &[
+    ("user_insert", Mode::Lwt, "INSERT INTO users (user_id, created_at_ms) VALUES (?, ?) IF NOT EXISTS"),
+    ("user_get", Mode::SerialRead, "SELECT user_id FROM users WHERE user_id = ?"),
+    ("device_insert", Mode::Lwt, "INSERT INTO devices (device_id, user_id, signature_key, token_generation, created_at_ms) VALUES (?, ?, ?, ?, ?) IF NOT EXISTS"),
+    ("device_delete", Mode::Idempotent, "DELETE FROM devices WHERE device_id = ?"),
+    ("device_get", Mode::SerialRead, "SELECT user_id, device_id, signature_key, token_generation, created_at_ms FROM devices WHERE device_id = ?"),
+    ("device_by_user_insert", Mode::Idempotent, "INSERT INTO devices_by_user (user_id, created_at_ms, device_id) VALUES (?, ?, ?)"),
+    ("devices_by_user", Mode::Idempotent, "SELECT device_id FROM devices_by_user WHERE user_id = ?"),
+    ("device_bump", Mode::Lwt, "UPDATE devices SET token_generation = ? WHERE device_id = ? IF token_generation = ?"),
+    ("secret_insert", Mode::Lwt, "INSERT INTO secrets (name, value) VALUES (?, ?) IF NOT EXISTS"),
+    ("secret_get", Mode::SerialRead, "SELECT value FROM secrets WHERE name = ?"),
+    ("link_insert", Mode::Idempotent, "INSERT INTO link_codes (code_hash, user_id, expires_at_ms) VALUES (?, ?, ?)"),
+    ("link_get", Mode::SerialRead, "SELECT user_id, expires_at_ms FROM link_codes WHERE code_hash = ?"),
+    ("link_delete", Mode::Lwt, "DELETE FROM link_codes WHERE code_hash = ? IF EXISTS"),
+    ("kp_ref_insert", Mode::Lwt, "INSERT INTO key_package_refs (hash_ref, device_id) VALUES (?, ?) IF NOT EXISTS"),
+    ("kp_insert", Mode::Idempotent, "INSERT INTO key_packages (device_id, id, hash_ref, data) VALUES (?, now(), ?, ?)"),
+    ("kp_oldest", Mode::SerialRead, "SELECT id, data FROM key_packages WHERE device_id = ? LIMIT 16"),
+    ("kp_claim", Mode::Lwt, "DELETE FROM key_packages WHERE device_id = ? AND id = ? IF EXISTS"),
+    ("kp_count", Mode::SerialRead, "SELECT COUNT(*) FROM key_packages WHERE device_id = ?"),
+    ("lr_upsert", Mode::Idempotent, "INSERT INTO last_resort_packages (device_id, hash_ref, data) VALUES (?, ?, ?)"),
+    ("lr_get", Mode::Idempotent, "SELECT data FROM last_resort_packages WHERE device_id = ?"),
+    ("group_insert", Mode::Lwt, "INSERT INTO groups (group_id, epoch, state, group_info, ratchet_tree, head_seq, lease_owner, lease_token, lease_expires_ms, members) VALUES (?, ?, ?, ?, ?, 0, '', 0, 0, ?) IF NOT EXISTS"),
+    ("group_get", Mode::SerialRead, "SELECT epoch, state, group_info, ratchet_tree, head_seq, members FROM groups WHERE group_id = ?"),
+    ("head_get", Mode::SerialRead, "SELECT epoch, head_seq, lease_owner, lease_token, lease_expires_ms, members, pending_seq, pending_kind, pending_epoch, pending_sender, pending_cmid, pending_message, pending_time_ms, pending_added, pending_departed, pending_welcomes FROM groups WHERE group_id = ?"),
+    ("lease_set", Mode::Lwt, "UPDATE groups SET lease_owner = ?, lease_token = ?, lease_expires_ms = ? WHERE group_id = ? IF lease_owner = ? AND lease_token = ?"),
+    ("lease_release", Mode::Lwt, "UPDATE groups SET lease_expires_ms = 0 WHERE group_id = ? IF lease_owner = ? AND lease_token = ?"),
+    ("append_message", Mode::Lwt, "UPDATE groups SET head_seq = ?, pending_seq = ?, pending_kind = ?, pending_epoch = ?, pending_sender = ?, pending_cmid = ?, pending_message = ?, pending_time_ms = ?, pending_added = null, pending_departed = null, pending_welcomes = null WHERE group_id = ? IF head_seq = ? AND lease_token = ?"),
+    ("append_proposal", Mode::Lwt, "UPDATE groups SET head_seq = ?, pending_seq = ?, pending_kind = ?, pending_epoch = ?, pending_sender = ?, pending_cmid = ?, pending_message = ?, pending_time_ms = ?, pending_added = null, pending_departed = null, pending_welcomes = null, state = ? WHERE group_id = ? IF head_seq = ? AND lease_token = ?"),
+    ("append_commit", Mode::Lwt, "UPDATE groups SET head_seq = ?, pending_seq = ?, pending_kind = ?, pending_epoch = ?, pending_sender = ?, pending_cmid = ?, pending_message = ?, pending_time_ms = ?, pending_added = ?, pending_departed = ?, pending_welcomes = ?, epoch = ?, state = ?, group_info = ?, ratchet_tree = ?, members = ? WHERE group_id = ? IF head_seq = ? AND lease_token = ?"),
+    ("timeline_insert", Mode::Idempotent, "INSERT INTO timeline (group_id, bucket, seq, kind, epoch, sender, client_msg_id, message, server_time_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?"),
+    ("timeline_read", Mode::Idempotent, super::SELECT_TIMELINE),
+    ("cmid_insert", Mode::Idempotent, "INSERT INTO client_msgs (group_id, client_msg_id, seq) VALUES (?, ?, ?) USING TTL ?"),
+    ("cmid_get", Mode::Idempotent, "SELECT seq FROM client_msgs WHERE group_id = ? AND client_msg_id = ?"),
+    ("dg_insert", Mode::Idempotent, "INSERT INTO device_groups (device_id, group_id, joined_seq) VALUES (?, ?, ?) USING TIMESTAMP ?"),
+    ("dg_delete", Mode::Idempotent, "DELETE FROM device_groups USING TIMESTAMP ? WHERE device_id = ? AND group_id = ?"),
+    ("dg_list", Mode::Idempotent, "SELECT group_id, joined_seq FROM device_groups WHERE device_id = ?"),
+    ("departure_insert", Mode::Idempotent, "INSERT INTO departures (device_id, group_id, joined_seq, left_seq) VALUES (?, ?, ?, ?)"),
+    ("departure_settle", Mode::Lwt, "DELETE FROM departures WHERE device_id = ? AND group_id = ? IF left_seq <= ?"),
+    ("departure_list", Mode::Idempotent, "SELECT group_id, joined_seq, left_seq FROM departures WHERE device_id = ?"),
+    ("cursor_insert", Mode::Lwt, "INSERT INTO cursors (device_id, group_id, seq) VALUES (?, ?, ?) IF NOT EXISTS"),
+    ("cursor_advance", Mode::Lwt, "UPDATE cursors SET seq = ? WHERE device_id = ? AND group_id = ? IF seq < ?"),
+    ("cursor_list", Mode::Idempotent, "SELECT group_id, seq FROM cursors WHERE device_id = ?"),
+    ("delivery_get", Mode::SerialRead, "SELECT inbox_seq FROM welcome_deliveries WHERE device_id = ? AND group_id = ? AND commit_seq = ?"),
+    ("delivery_insert", Mode::Lwt, "INSERT INTO welcome_deliveries (device_id, group_id, commit_seq, inbox_seq) VALUES (?, ?, ?, ?) IF NOT EXISTS"),
+    ("counter_get", Mode::SerialRead, "SELECT last_seq FROM inbox_counters WHERE device_id = ?"),
+    ("counter_init", Mode::Lwt, "INSERT INTO inbox_counters (device_id, last_seq) VALUES (?, 1) IF NOT EXISTS"),
+    ("counter_bump", Mode::Lwt, "UPDATE inbox_counters SET last_seq = ? WHERE device_id = ? IF last_seq = ?"),
+    ("inbox_insert", Mode::Idempotent, "INSERT INTO inbox (device_id, inbox_seq, group_id, commit_seq, welcome, ratchet_tree) VALUES (?, ?, ?, ?, ?, ?)"),
+    ("inbox_read", Mode::Idempotent, "SELECT inbox_seq, group_id, commit_seq, welcome, ratchet_tree FROM inbox WHERE device_id = ? AND inbox_seq > ?"),
+    ("inbox_ack", Mode::Idempotent, "DELETE FROM inbox WHERE device_id = ? AND inbox_seq <= ?"),
+];
+
+/// The prepared statements, by name.
+pub(super) struct Prepared(HashMap<&'static str, PreparedStatement>);
+
+impl Prepared {
+    pub(super) async fn prepare(
+        session: &Session,
+        serial_read: Consistency,
+        page_size: i32,
+    ) -> Result<Prepared> {
+        let mut map = HashMap::with_capacity(STATEMENTS.len());
+        for (name, mode, cql) in STATEMENTS {
+            let mut p = session
+                .prepare(*cql)
+                .await
+                .map_err(|e| StoreError::Backend(format!("prepare {name}: {e}")))?;
+            p.set_is_idempotent(*mode == Mode::Idempotent);
+            if *mode == Mode::SerialRead {
+                p.set_consistency(serial_read);
+            }
+            p.set_page_size(page_size.max(1));
+            map.insert(*name, p);
+        }
+        Ok(Prepared(map))
+    }
+
+    fn get(&self, name: &str) -> Result<&PreparedStatement> {
+        self.0
+            .get(name)
+            .ok_or_else(|| StoreError::Backend(format!("statement {name} not prepared (a bug)")))
+    }
+}
+
+fn backend(context: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(format!("{context}: {e}"))
+}
+
+/// The group head as read at SERIAL.
+#[derive(::scylla::DeserializeRow)]
+struct HeadRow {
+    epoch: i64,
+    head_seq: i64,
+    lease_owner: String,
+    lease_token: i64,
+    lease_expires_ms: i64,
+    members: Option<MemberMap>,
+    pending_seq: Option<i64>,
+    pending_kind: Option<i32>,
+    pending_epoch: Option<i64>,
+    pending_sender: Option<String>,
+    pending_cmid: Option<Vec<u8>>,
+    pending_message: Option<Vec<u8>>,
+    pending_time_ms: Option<i64>,
+    pending_added: Option<BTreeSet<String>>,
+    pending_departed: Option<HashMap<String, i64>>,
+    pending_welcomes: Option<Welcomes>,
+}
+
+/// The last appended entry as it sits in the head, with its side effects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pending {
+    pub row: TimelineRow,
+    pub added: BTreeSet<String>,
+    pub departed: HashMap<String, i64>,
+    pub welcomes: Welcomes,
+}
+
+impl HeadRow {
+    /// The pending entry, if the head holds one for its head seq.
+    fn pending(&self) -> Option<Pending> {
+        let seq = self.pending_seq?;
+        if seq <= 0 || seq != self.head_seq {
+            return None;
+        }
+        Some(Pending {
+            row: TimelineRow {
+                seq,
+                kind: self.pending_kind?,
+                epoch: self.pending_epoch?,
+                sender: self.pending_sender.clone()?,
+                client_msg_id: self.pending_cmid.clone()?,
+                message: self.pending_message.clone().unwrap_or_default(),
+                server_time_ms: self.pending_time_ms?,
+            },
+            added: self.pending_added.clone().unwrap_or_default(),
+            departed: self.pending_departed.clone().unwrap_or_default(),
+            welcomes: self.pending_welcomes.clone().unwrap_or_default(),
+        })
+    }
+}
+
+/// Whether an LWT applied (first column `[applied]`).
+fn applied(result: QueryResult) -> Result<bool> {
+    let rows = result
+        .into_rows_result()
+        .map_err(|e| backend("lwt result", e))?;
+    let row: Row = rows.first_row().map_err(|e| backend("lwt result", e))?;
+    Ok(matches!(
+        row.columns.first(),
+        Some(Some(CqlValue::Boolean(true)))
+    ))
+}
+
+/// The member map after a commit: devices already members keep their
+/// joined seq, new ones join at `seq`. Returns (members, added, departed).
+pub fn next_members(
+    current: &MemberMap,
+    members: &[MemberDevice],
+    seq: i64,
+) -> (MemberMap, BTreeSet<String>, Departed) {
+    let mut next = HashMap::with_capacity(members.len());
+    let mut added = BTreeSet::new();
+    for m in members {
+        let joined = match current.get(&m.device_id) {
+            Some((_, joined)) => *joined,
+            None => {
+                added.insert(m.device_id.clone());
+                seq
+            }
+        };
+        next.insert(m.device_id.clone(), (m.user_id.clone(), joined));
+    }
+    let departed = current
+        .iter()
+        .filter(|(d, _)| !next.contains_key(*d))
+        .map(|(d, (_, joined))| (d.clone(), *joined))
+        .collect();
+    (next, added, departed)
+}
+
+/// The member list of a group record, sorted.
+pub fn members_of(map: Option<MemberMap>) -> Vec<MemberDevice> {
+    let mut members: Vec<MemberDevice> = map
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(device_id, (user_id, _))| MemberDevice { user_id, device_id })
+        .collect();
+    members.sort();
+    members
+}
+
+fn entry_row(seq: i64, e: &NewEntry) -> Result<TimelineRow> {
+    Ok(TimelineRow {
+        seq,
+        kind: e.kind as i32,
+        epoch: to_bigint(e.epoch, "epoch")?,
+        sender: e.sender.clone(),
+        client_msg_id: e.client_msg_id.clone(),
+        message: e.message.clone(),
+        server_time_ms: to_bigint(e.server_time_ms, "server_time_ms")?,
+    })
+}
+
+enum Change<'a> {
+    Message,
+    Proposal(&'a [u8]),
+    Commit(&'a CommitWrite),
+}
+
+impl ScyllaStore {
+    async fn run(&self, name: &str, values: impl SerializeRow) -> Result<QueryResult> {
+        self.session
+            .execute_unpaged(self.prepared.get(name)?, values)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("{name}: {e}")))
+    }
+
+    async fn lwt(&self, name: &str, values: impl SerializeRow) -> Result<bool> {
+        applied(self.run(name, values).await?)
+    }
+
+    async fn one<R>(&self, name: &str, values: impl SerializeRow) -> Result<Option<R>>
+    where
+        R: for<'f, 'm> ::scylla::deserialize::row::DeserializeRow<'f, 'm>,
+    {
+        let rows = self
+            .run(name, values)
+            .await?
+            .into_rows_result()
+            .map_err(|e| backend(name, e))?;
+        rows.maybe_first_row::<R>().map_err(|e| backend(name, e))
+    }
+
+    async fn all<R>(&self, name: &str, values: impl SerializeRow, limit: usize) -> Result<Vec<R>>
+    where
+        R: for<'f, 'm> ::scylla::deserialize::row::DeserializeRow<'f, 'm> + Send + 'static,
+    {
+        let pager = self
+            .session
+            .execute_iter(self.prepared.get(name)?.clone(), values)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("{name}: {e}")))?;
+        let mut stream = pager.rows_stream::<R>().map_err(|e| backend(name, e))?;
+        let mut out = Vec::new();
+        while out.len() < limit {
+            match stream.try_next().await.map_err(|e| backend(name, e))? {
+                Some(r) => out.push(r),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    fn ttl(&self) -> i32 {
+        ttl_seconds(self.config.retention_days)
+    }
+
+    async fn head(&self, group_id: &[u8]) -> Result<Option<HeadRow>> {
+        self.one::<HeadRow>("head_get", (group_id,)).await
+    }
+
+    /// Writes a pending entry (and a commit's side effects) where readers
+    /// look for it. Every write is an idempotent upsert of fixed values, so
+    /// any number of materializers may race.
+    async fn materialize(&self, group_id: &[u8], p: &Pending) -> Result<()> {
+        let r = &p.row;
+        let seq = from_bigint(r.seq, "seq")?;
+        let bucket = to_bigint(bucket_of(seq, self.config.bucket_size), "bucket")?;
+        self.run(
+            "timeline_insert",
+            (
+                group_id,
+                bucket,
+                r.seq,
+                r.kind,
+                r.epoch,
+                &r.sender,
+                &r.client_msg_id,
+                &r.message,
+                r.server_time_ms,
+                self.ttl(),
+            ),
+        )
+        .await?;
+        self.run(
+            "cmid_insert",
+            (group_id, &r.client_msg_id, r.seq, self.ttl()),
+        )
+        .await?;
+        for device in &p.added {
+            self.run("dg_insert", (device, group_id, r.seq, r.seq + 1))
+                .await?;
+        }
+        for (device, joined) in &p.departed {
+            self.run("departure_insert", (device, group_id, *joined, r.seq))
+                .await?;
+            self.run("dg_delete", (r.seq + 1, device, group_id)).await?;
+        }
+        for (device, (welcome, tree)) in &p.welcomes {
+            self.deliver_welcome(device, group_id, r.seq, welcome, tree)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Puts a Welcome in a device's inbox exactly once per commit.
+    async fn deliver_welcome(
+        &self,
+        device: &str,
+        group_id: &[u8],
+        commit_seq: i64,
+        welcome: &[u8],
+        tree: &[u8],
+    ) -> Result<()> {
+        let key = (device, group_id, commit_seq);
+        let inbox_seq = match self.one::<(i64,)>("delivery_get", key).await? {
+            Some((n,)) => n,
+            None => {
+                let n = self.next_inbox_seq(device).await?;
+                if self
+                    .lwt("delivery_insert", (device, group_id, commit_seq, n))
+                    .await?
+                {
+                    n
+                } else {
+                    // Another materializer won; `n` stays unused (inbox
+                    // seqs only grow, gaps are allowed).
+                    self.one::<(i64,)>("delivery_get", key)
+                        .await?
+                        .map(|(n,)| n)
+                        .ok_or_else(|| backend("welcome delivery", "vanished"))?
+                }
+            }
+        };
+        self.run(
+            "inbox_insert",
+            (device, inbox_seq, group_id, commit_seq, welcome, tree),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn next_inbox_seq(&self, device: &str) -> Result<i64> {
+        for _ in 0..MAX_ATTEMPTS {
+            match self.one::<(i64,)>("counter_get", (device,)).await? {
+                None => {
+                    if self.lwt("counter_init", (device,)).await? {
+                        return Ok(1);
+                    }
+                }
+                Some((last,)) => {
+                    if self.lwt("counter_bump", (last + 1, device, last)).await? {
+                        return Ok(last + 1);
+                    }
+                }
+            }
+        }
+        Err(StoreError::Unavailable("inbox counter contended".into()))
+    }
+
+    async fn append(
+        &self,
+        group_id: &[u8],
+        fence: u64,
+        entry: &NewEntry,
+        change: Change<'_>,
+    ) -> Result<AppendOutcome> {
+        let fence_i = to_bigint(fence, "fence")?;
+        for attempt in 0..MAX_ATTEMPTS {
+            let head = self.head(group_id).await?.ok_or(StoreError::NotFound)?;
+            if head.lease_token == 0 || head.lease_token != fence_i {
+                return Err(StoreError::Fenced {
+                    owner: head.lease_owner,
+                    token: from_bigint(head.lease_token, "lease token")?,
+                });
+            }
+            if let Some(p) = head.pending() {
+                self.materialize(group_id, &p).await?;
+            }
+            if let Some((seq,)) = self
+                .one::<(i64,)>("cmid_get", (group_id, &entry.client_msg_id))
+                .await?
+            {
+                return Ok(AppendOutcome::Duplicate {
+                    seq: from_bigint(seq, "seq")?,
+                });
+            }
+            let current_epoch = from_bigint(head.epoch, "epoch")?;
+            let head_seq = from_bigint(head.head_seq, "head seq")?;
+            let expected = match &change {
+                Change::Message => None,
+                Change::Proposal(_) => Some(entry.epoch),
+                Change::Commit(w) => Some(w.expected_epoch),
+            };
+            if expected.is_some_and(|e| e != current_epoch) {
+                return Err(StoreError::EpochConflict {
+                    current_epoch,
+                    head_seq,
+                });
+            }
+            let seq = head.head_seq + 1;
+            let row = entry_row(seq, entry)?;
+            let p = (
+                seq,
+                seq,
+                row.kind,
+                row.epoch,
+                &row.sender,
+                &row.client_msg_id,
+                &row.message,
+                row.server_time_ms,
+            );
+            let mut pending = Pending {
+                row: row.clone(),
+                added: BTreeSet::new(),
+                departed: HashMap::new(),
+                welcomes: HashMap::new(),
+            };
+            let won = match &change {
+                Change::Message => {
+                    self.lwt(
+                        "append_message",
+                        (
+                            p.0,
+                            p.1,
+                            p.2,
+                            p.3,
+                            p.4,
+                            p.5,
+                            p.6,
+                            p.7,
+                            group_id,
+                            head.head_seq,
+                            fence_i,
+                        ),
+                    )
+                    .await?
+                }
+                Change::Proposal(state) => {
+                    self.lwt(
+                        "append_proposal",
+                        (
+                            p.0,
+                            p.1,
+                            p.2,
+                            p.3,
+                            p.4,
+                            p.5,
+                            p.6,
+                            p.7,
+                            *state,
+                            group_id,
+                            head.head_seq,
+                            fence_i,
+                        ),
+                    )
+                    .await?
+                }
+                Change::Commit(w) => {
+                    let current = head.members.clone().unwrap_or_default();
+                    let (members, added, departed) = next_members(&current, &w.members, seq);
+                    pending.added = added;
+                    pending.departed = departed;
+                    pending.welcomes = w
+                        .welcomes
+                        .iter()
+                        .map(|x| {
+                            (
+                                x.device_id.clone(),
+                                (x.welcome.clone(), x.ratchet_tree.clone()),
+                            )
+                        })
+                        .collect();
+                    let new_epoch = to_bigint(w.new_epoch, "epoch")?;
+                    // 19 values: more than the driver's tuples take.
+                    let values: Vec<&(dyn SerializeValue + Sync)> = vec![
+                        &seq,
+                        &seq,
+                        &row.kind,
+                        &row.epoch,
+                        &row.sender,
+                        &row.client_msg_id,
+                        &row.message,
+                        &row.server_time_ms,
+                        &pending.added,
+                        &pending.departed,
+                        &pending.welcomes,
+                        &new_epoch,
+                        &w.state,
+                        &w.group_info,
+                        &w.ratchet_tree,
+                        &members,
+                        &group_id,
+                        &head.head_seq,
+                        &fence_i,
+                    ];
+                    self.lwt("append_commit", values).await?
+                }
+            };
+            if won {
+                self.materialize(group_id, &pending).await?;
+                return Ok(AppendOutcome::Appended {
+                    seq: from_bigint(seq, "seq")?,
+                });
+            }
+            // Lost the race for this seq: re-read and decide again.
+            tokio::time::sleep(Duration::from_millis(u64::from(attempt.min(20)))).await;
+        }
+        Err(StoreError::Unavailable("group head contended".into()))
+    }
+}
+
+#[derive(::scylla::DeserializeRow)]
+struct DeviceRow {
+    user_id: String,
+    device_id: String,
+    signature_key: Vec<u8>,
+    token_generation: i64,
+    created_at_ms: i64,
+}
+
+impl TryFrom<DeviceRow> for Device {
+    type Error = StoreError;
+
+    fn try_from(r: DeviceRow) -> Result<Device> {
+        Ok(Device {
+            user_id: r.user_id,
+            device_id: r.device_id,
+            signature_key: r.signature_key,
+            token_generation: from_bigint(r.token_generation, "token generation")?,
+            created_at_ms: from_bigint(r.created_at_ms, "created_at_ms")?,
+        })
+    }
+}
+
+#[derive(::scylla::DeserializeRow)]
+struct InboxRow {
+    inbox_seq: i64,
+    group_id: Vec<u8>,
+    commit_seq: i64,
+    welcome: Vec<u8>,
+    ratchet_tree: Vec<u8>,
+}
+
+impl TryFrom<InboxRow> for InboxItem {
+    type Error = StoreError;
+
+    fn try_from(r: InboxRow) -> Result<InboxItem> {
+        Ok(InboxItem {
+            inbox_seq: from_bigint(r.inbox_seq, "inbox seq")?,
+            group_id: r.group_id,
+            commit_seq: from_bigint(r.commit_seq, "commit seq")?,
+            welcome: r.welcome,
+            ratchet_tree: r.ratchet_tree,
+        })
+    }
+}
+
+#[derive(::scylla::DeserializeRow)]
+struct GroupRow {
+    epoch: i64,
+    state: Vec<u8>,
+    group_info: Vec<u8>,
+    ratchet_tree: Vec<u8>,
+    head_seq: i64,
+    members: Option<MemberMap>,
+}
+
+/// A u32 count from a CQL bigint count (saturating).
+fn count(n: i64) -> u32 {
+    u32::try_from(n.max(0)).unwrap_or(u32::MAX)
+}
+
+#[async_trait]
+impl Store for ScyllaStore {
+    async fn create_user(&self, d: &Device) -> Result<()> {
+        let created = to_bigint(d.created_at_ms, "created_at_ms")?;
+        let generation = to_bigint(d.token_generation, "token generation")?;
+        // The device id is claimed first: if it is taken nothing is written.
+        if !self
+            .lwt(
+                "device_insert",
+                (
+                    &d.device_id,
+                    &d.user_id,
+                    &d.signature_key,
+                    generation,
+                    created,
+                ),
+            )
+            .await?
+        {
+            return Err(StoreError::AlreadyExists);
+        }
+        if !self.lwt("user_insert", (&d.user_id, created)).await? {
+            // Undo the device claim (a crash here leaves an orphan device
+            // row of a user that does not exist: unusable, harmless).
+            self.run("device_delete", (&d.device_id,)).await?;
+            return Err(StoreError::AlreadyExists);
+        }
+        self.run("device_by_user_insert", (&d.user_id, created, &d.device_id))
+            .await?;
+        Ok(())
+    }
+
+    async fn add_device(&self, d: &Device) -> Result<()> {
+        if self
+            .one::<(String,)>("user_get", (&d.user_id,))
+            .await?
+            .is_none()
+        {
+            return Err(StoreError::NotFound);
+        }
+        let created = to_bigint(d.created_at_ms, "created_at_ms")?;
+        let generation = to_bigint(d.token_generation, "token generation")?;
+        if !self
+            .lwt(
+                "device_insert",
+                (
+                    &d.device_id,
+                    &d.user_id,
+                    &d.signature_key,
+                    generation,
+                    created,
+                ),
+            )
+            .await?
+        {
+            return Err(StoreError::AlreadyExists);
+        }
+        self.run("device_by_user_insert", (&d.user_id, created, &d.device_id))
+            .await?;
+        Ok(())
+    }
+
+    async fn device(&self, device_id: &str) -> Result<Option<Device>> {
+        self.one::<DeviceRow>("device_get", (device_id,))
+            .await?
+            .map(Device::try_from)
+            .transpose()
+    }
+
+    async fn devices_of_user(&self, user_id: &str) -> Result<Vec<Device>> {
+        let ids = self
+            .all::<(String,)>("devices_by_user", (user_id,), usize::MAX)
+            .await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for (id,) in ids {
+            if let Some(d) = self.device(&id).await? {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn bump_token_generation(&self, device_id: &str) -> Result<u64> {
+        for _ in 0..MAX_ATTEMPTS {
+            let d = self.device(device_id).await?.ok_or(StoreError::NotFound)?;
+            let cur = to_bigint(d.token_generation, "token generation")?;
+            if self.lwt("device_bump", (cur + 1, device_id, cur)).await? {
+                return from_bigint(cur + 1, "token generation");
+            }
+        }
+        Err(StoreError::Unavailable("device row contended".into()))
+    }
+
+    async fn get_or_create_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>> {
+        self.lwt("secret_insert", (name, candidate)).await?;
+        self.one::<(Vec<u8>,)>("secret_get", (name,))
+            .await?
+            .map(|(v,)| v)
+            .ok_or_else(|| backend("secret", "missing after insert"))
+    }
+
+    async fn put_link_code(
+        &self,
+        code_hash: &[u8],
+        user_id: &str,
+        expires_at_ms: u64,
+    ) -> Result<()> {
+        let expires = i64::try_from(expires_at_ms).unwrap_or(i64::MAX);
+        self.run("link_insert", (code_hash, user_id, expires))
+            .await?;
+        Ok(())
+    }
+
+    async fn take_link_code(&self, code_hash: &[u8], now_ms: u64) -> Result<Option<String>> {
+        let Some((user, expires)) = self.one::<(String, i64)>("link_get", (code_hash,)).await?
+        else {
+            return Ok(None);
+        };
+        // Only the caller whose delete applied consumed the code.
+        if !self.lwt("link_delete", (code_hash,)).await? {
+            return Ok(None);
+        }
+        let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
+        Ok((now < expires).then_some(user))
+    }
+
+    async fn put_key_packages(
+        &self,
+        device_id: &str,
+        packages: &[KeyPackageRecord],
+        last_resort: Option<&KeyPackageRecord>,
+    ) -> Result<u32> {
+        for p in packages {
+            if self.lwt("kp_ref_insert", (&p.hash_ref, device_id)).await? {
+                self.run("kp_insert", (device_id, &p.hash_ref, &p.data))
+                    .await?;
+            }
+        }
+        if let Some(lr) = last_resort {
+            if self.lwt("kp_ref_insert", (&lr.hash_ref, device_id)).await? {
+                self.run("lr_upsert", (device_id, &lr.hash_ref, &lr.data))
+                    .await?;
+            }
+        }
+        Ok(self.key_package_count(device_id).await?.0)
+    }
+
+    async fn claim_key_package(&self, device_id: &str) -> Result<Option<ClaimedKeyPackage>> {
+        for _ in 0..MAX_ATTEMPTS {
+            let rows = self
+                .all::<(::scylla::value::CqlTimeuuid, Vec<u8>)>("kp_oldest", (device_id,), 16)
+                .await?;
+            if rows.is_empty() {
+                break;
+            }
+            for (id, data) in rows {
+                if self.lwt("kp_claim", (device_id, id)).await? {
+                    return Ok(Some(ClaimedKeyPackage {
+                        data,
+                        last_resort: false,
+                    }));
+                }
+            }
+        }
+        Ok(self
+            .one::<(Vec<u8>,)>("lr_get", (device_id,))
+            .await?
+            .map(|(data,)| ClaimedKeyPackage {
+                data,
+                last_resort: true,
+            }))
+    }
+
+    async fn key_package_count(&self, device_id: &str) -> Result<(u32, bool)> {
+        let n = self
+            .one::<(i64,)>("kp_count", (device_id,))
+            .await?
+            .map_or(0, |(n,)| count(n));
+        let lr = self
+            .one::<(Vec<u8>,)>("lr_get", (device_id,))
+            .await?
+            .is_some();
+        Ok((n, lr))
+    }
+
+    async fn create_group(&self, group: &NewGroup) -> Result<()> {
+        let g = &group.group;
+        let members: MemberMap = g
+            .members
+            .iter()
+            .map(|m| (m.device_id.clone(), (m.user_id.clone(), 0)))
+            .collect();
+        if !self
+            .lwt(
+                "group_insert",
+                (
+                    &g.group_id,
+                    to_bigint(g.epoch, "epoch")?,
+                    &g.state,
+                    &g.group_info,
+                    &g.ratchet_tree,
+                    &members,
+                ),
+            )
+            .await?
+        {
+            return Err(StoreError::AlreadyExists);
+        }
+        for m in &g.members {
+            self.run("dg_insert", (&m.device_id, &g.group_id, 0i64, 1i64))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn group(&self, group_id: &[u8]) -> Result<Option<GroupRecord>> {
+        let Some(r) = self.one::<GroupRow>("group_get", (group_id,)).await? else {
+            return Ok(None);
+        };
+        Ok(Some(GroupRecord {
+            group_id: group_id.to_vec(),
+            epoch: from_bigint(r.epoch, "epoch")?,
+            state: r.state,
+            group_info: r.group_info,
+            ratchet_tree: r.ratchet_tree,
+            head_seq: from_bigint(r.head_seq, "head seq")?,
+            members: members_of(r.members),
+        }))
+    }
+
+    async fn acquire_lease(
+        &self,
+        group_id: &[u8],
+        owner: &str,
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Result<Lease> {
+        let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
+        let wanted = i64::try_from(now_ms.saturating_add(ttl_ms)).unwrap_or(i64::MAX);
+        for _ in 0..MAX_ATTEMPTS {
+            let head = self.head(group_id).await?.ok_or(StoreError::NotFound)?;
+            let (token, expires) = lease_decision(
+                &head.lease_owner,
+                head.lease_token,
+                head.lease_expires_ms,
+                owner,
+                now,
+                wanted,
+            )?;
+            if self
+                .lwt(
+                    "lease_set",
+                    (
+                        owner,
+                        token,
+                        expires,
+                        group_id,
+                        &head.lease_owner,
+                        head.lease_token,
+                    ),
+                )
+                .await?
+            {
+                // A new owner finishes what a crashed predecessor left
+                // pending (its Welcomes, membership index).
+                if let Some(p) = head.pending() {
+                    self.materialize(group_id, &p).await?;
+                }
+                return Ok(Lease {
+                    owner: owner.to_string(),
+                    token: from_bigint(token, "lease token")?,
+                    expires_at_ms: from_bigint(expires, "lease expiry")?,
+                });
+            }
+        }
+        Err(StoreError::Unavailable("group lease contended".into()))
+    }
+
+    async fn release_lease(&self, group_id: &[u8], owner: &str, token: u64) -> Result<()> {
+        let token = to_bigint(token, "lease token")?;
+        self.lwt("lease_release", (group_id, owner, token)).await?;
+        Ok(())
+    }
+
+    async fn append_message(
+        &self,
+        group_id: &[u8],
+        fence: u64,
+        entry: &NewEntry,
+    ) -> Result<AppendOutcome> {
+        self.append(group_id, fence, entry, Change::Message).await
+    }
+
+    async fn append_proposal(
+        &self,
+        group_id: &[u8],
+        fence: u64,
+        entry: &NewEntry,
+        state: &[u8],
+    ) -> Result<AppendOutcome> {
+        self.append(group_id, fence, entry, Change::Proposal(state))
+            .await
+    }
+
+    async fn append_commit(&self, write: &CommitWrite) -> Result<AppendOutcome> {
+        self.append(
+            &write.group_id,
+            write.fence,
+            &write.entry,
+            Change::Commit(write),
+        )
+        .await
+    }
+
+    async fn read_timeline(
+        &self,
+        group_id: &[u8],
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<Entry>> {
+        let Some(head) = self.head(group_id).await? else {
+            return Ok(Vec::new());
+        };
+        let head_seq = from_bigint(head.head_seq, "head seq")?;
+        let limit = limit as usize;
+        let mut out: Vec<Entry> = Vec::new();
+        let after = to_bigint(after_seq, "seq")?;
+        for bucket in bucket_range(after_seq, head_seq, self.config.bucket_size) {
+            if out.len() >= limit {
+                break;
+            }
+            let from = out.last().map_or(after, |e| e.seq as i64);
+            let rows = self
+                .all::<TimelineRow>(
+                    "timeline_read",
+                    (group_id, to_bigint(bucket, "bucket")?, from),
+                    limit - out.len(),
+                )
+                .await?;
+            for r in rows {
+                out.push(Entry::try_from(r)?);
+            }
+        }
+        // The last seq may still be only in the head (its writer crashed
+        // before materializing it): fill it from there.
+        if out.len() < limit && out.last().map_or(after_seq, |e| e.seq) < head_seq {
+            if let Some(p) = head.pending() {
+                if p.row.seq > out.last().map_or(after, |e| e.seq as i64) {
+                    out.push(Entry::try_from(p.row)?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn groups_of_device(&self, device_id: &str) -> Result<Vec<DeviceGroup>> {
+        self.all::<(Vec<u8>, i64)>("dg_list", (device_id,), usize::MAX)
+            .await?
+            .into_iter()
+            .map(|(group_id, joined)| {
+                Ok(DeviceGroup {
+                    group_id,
+                    joined_seq: from_bigint(joined, "joined seq")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn departed_groups(&self, device_id: &str) -> Result<Vec<Departure>> {
+        // A late replay of a commit's effects can re-insert a departure the
+        // device already settled: the cursor decides, not the row.
+        let cursors: HashMap<Vec<u8>, u64> = self.cursors(device_id).await?.into_iter().collect();
+        let mut out = Vec::new();
+        for (group_id, joined, left) in self
+            .all::<(Vec<u8>, i64, i64)>("departure_list", (device_id,), usize::MAX)
+            .await?
+        {
+            let left_seq = from_bigint(left, "left seq")?;
+            if cursors.get(&group_id).is_some_and(|c| *c >= left_seq) {
+                continue;
+            }
+            out.push(Departure {
+                group_id,
+                joined_seq: from_bigint(joined, "joined seq")?,
+                left_seq,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn set_cursor(&self, device_id: &str, group_id: &[u8], seq: u64) -> Result<()> {
+        let seq = to_bigint(seq, "seq")?;
+        if !self
+            .lwt("cursor_insert", (device_id, group_id, seq))
+            .await?
+        {
+            // Applies only if it moves forward; otherwise nothing to do.
+            self.lwt("cursor_advance", (seq, device_id, group_id, seq))
+                .await?;
+        }
+        self.lwt("departure_settle", (device_id, group_id, seq))
+            .await?;
+        Ok(())
+    }
+
+    async fn cursors(&self, device_id: &str) -> Result<Vec<(Vec<u8>, u64)>> {
+        self.all::<(Vec<u8>, i64)>("cursor_list", (device_id,), usize::MAX)
+            .await?
+            .into_iter()
+            .map(|(g, s)| Ok((g, from_bigint(s, "cursor")?)))
+            .collect()
+    }
+
+    async fn read_inbox(&self, device_id: &str, after: u64, limit: u32) -> Result<Vec<InboxItem>> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        self.all::<InboxRow>("inbox_read", (device_id, after), limit as usize)
+            .await?
+            .into_iter()
+            .map(InboxItem::try_from)
+            .collect()
+    }
+
+    async fn ack_inbox(&self, device_id: &str, upto: u64) -> Result<()> {
+        let upto = i64::try_from(upto).unwrap_or(i64::MAX);
+        self.run("inbox_ack", (device_id, upto)).await?;
+        Ok(())
+    }
+}
+
+/// The lease rule of the contract, on stored values: (token, expires) to
+/// write, or `Fenced`.
+pub fn lease_decision(
+    cur_owner: &str,
+    cur_token: i64,
+    cur_expires: i64,
+    owner: &str,
+    now: i64,
+    wanted: i64,
+) -> Result<(i64, i64)> {
+    if cur_token != 0 && cur_owner == owner {
+        // Renewal, also after the owner's own lease lapsed. Never shorten.
+        Ok((cur_token, wanted.max(cur_expires)))
+    } else if cur_token != 0 && now < cur_expires {
+        Err(StoreError::Fenced {
+            owner: cur_owner.to_string(),
+            token: from_bigint(cur_token, "lease token")?,
+        })
+    } else {
+        let next = cur_token
+            .checked_add(1)
+            .ok_or_else(|| backend("lease token", "overflow"))?;
+        Ok((next, wanted))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::EntryKind;
+
+    #[test]
+    fn statements_are_unique_and_lwts_are_never_marked_idempotent() {
+        let mut names = BTreeSet::new();
+        for (name, mode, cql) in STATEMENTS {
+            assert!(names.insert(*name), "duplicate statement name {name}");
+            let conditional = cql.contains(" IF ");
+            match mode {
+                Mode::Lwt => assert!(conditional, "{name} is an LWT without IF: {cql}"),
+                Mode::Idempotent | Mode::SerialRead => {
+                    assert!(!conditional, "{name} has IF but is not an LWT: {cql}")
+                }
+            }
+            if *mode == Mode::SerialRead {
+                assert!(cql.starts_with("SELECT "), "{name}: serial reads are reads");
+            }
+            // Counter-style or non-deterministic writes cannot be repeated.
+            if *mode == Mode::Idempotent && cql.contains("now()") {
+                // kp_insert: a retry may store the package twice under two
+                // timeuuids; the hash_ref claim in key_package_refs happened
+                // once, and a double row is a second copy of the same
+                // package that one more claim consumes. Allowed, documented.
+                assert_eq!(*name, "kp_insert");
+            }
+        }
+    }
+
+    #[test]
+    fn every_statement_the_backend_runs_is_listed() {
+        let source = include_str!("store.rs");
+        let listed: BTreeSet<&str> = STATEMENTS.iter().map(|(n, _, _)| *n).collect();
+        for call in [".run(\"", ".lwt(\"", ".one::<", ".all::<"] {
+            for (i, _) in source.match_indices(call) {
+                let rest = &source[i..];
+                let Some(q) = rest.find('"') else { continue };
+                let name: String = rest[q + 1..].chars().take_while(|c| *c != '"').collect();
+                if name.is_empty() || name.contains(' ') {
+                    continue;
+                }
+                assert!(
+                    listed.contains(name.as_str()),
+                    "{name} is run but not prepared"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn appends_are_conditioned_on_head_seq_and_fence() {
+        for (name, _, cql) in STATEMENTS
+            .iter()
+            .filter(|(n, _, _)| n.starts_with("append_"))
+        {
+            assert!(
+                cql.ends_with("IF head_seq = ? AND lease_token = ?"),
+                "{name}: {cql}"
+            );
+            assert!(cql.contains("head_seq = ?, pending_seq = ?"), "{name}");
+        }
+        let commit = STATEMENTS
+            .iter()
+            .find(|(n, _, _)| *n == "append_commit")
+            .unwrap()
+            .2;
+        assert_eq!(commit.matches('?').count(), 19, "flat bind list in append");
+        for column in [
+            "epoch = ?",
+            "members = ?",
+            "pending_welcomes = ?",
+            "state = ?",
+        ] {
+            assert!(commit.contains(column), "{column}");
+        }
+    }
+
+    fn m(user: &str, device: &str) -> MemberDevice {
+        MemberDevice {
+            user_id: user.into(),
+            device_id: device.into(),
+        }
+    }
+
+    #[test]
+    fn next_members_keeps_joined_seqs_and_names_additions_and_departures() {
+        let current: MemberMap = [
+            ("a1".to_string(), ("alice".to_string(), 0)),
+            ("b1".to_string(), ("bob".to_string(), 4)),
+        ]
+        .into_iter()
+        .collect();
+        let (next, added, departed) =
+            next_members(&current, &[m("alice", "a1"), m("carol", "c1")], 9);
+        assert_eq!(next["a1"], ("alice".to_string(), 0));
+        assert_eq!(next["c1"], ("carol".to_string(), 9));
+        assert!(!next.contains_key("b1"));
+        assert_eq!(added, BTreeSet::from(["c1".to_string()]));
+        assert_eq!(departed, HashMap::from([("b1".to_string(), 4)]));
+        assert_eq!(
+            members_of(Some(next)),
+            vec![m("alice", "a1"), m("carol", "c1")]
+        );
+        assert!(members_of(None).is_empty());
+    }
+
+    #[test]
+    fn lease_decisions_follow_the_contract() {
+        // No lease yet: token 1.
+        assert_eq!(lease_decision("", 0, 0, "n1", 10, 110).unwrap(), (1, 110));
+        // Same owner renews, keeps its token, never shortens.
+        assert_eq!(
+            lease_decision("n1", 1, 500, "n1", 10, 110).unwrap(),
+            (1, 500)
+        );
+        assert_eq!(
+            lease_decision("n1", 1, 50, "n1", 100, 200).unwrap(),
+            (1, 200)
+        );
+        // Another owner's unexpired lease fences.
+        assert!(matches!(
+            lease_decision("n1", 3, 500, "n2", 499, 600),
+            Err(StoreError::Fenced { token: 3, .. })
+        ));
+        // Expired at now >= expires: handed over with a larger token.
+        assert_eq!(
+            lease_decision("n1", 3, 500, "n2", 500, 600).unwrap(),
+            (4, 600)
+        );
+        assert!(lease_decision("n1", i64::MAX, 0, "n2", 1, 2).is_err());
+    }
+
+    fn head(pending_seq: Option<i64>, head_seq: i64) -> HeadRow {
+        HeadRow {
+            epoch: 1,
+            head_seq,
+            lease_owner: "n1".into(),
+            lease_token: 1,
+            lease_expires_ms: 100,
+            members: None,
+            pending_seq,
+            pending_kind: Some(EntryKind::Commit as i32),
+            pending_epoch: Some(1),
+            pending_sender: Some("alice/a1".into()),
+            pending_cmid: Some(b"c".to_vec()),
+            pending_message: Some(b"m".to_vec()),
+            pending_time_ms: Some(5),
+            pending_added: Some(BTreeSet::from(["c1".to_string()])),
+            pending_departed: None,
+            pending_welcomes: None,
+        }
+    }
+
+    #[test]
+    fn the_head_holds_a_pending_entry_only_for_its_own_seq() {
+        let p = head(Some(4), 4).pending().unwrap();
+        assert_eq!(p.row.seq, 4);
+        assert_eq!(p.row.kind, EntryKind::Commit as i32);
+        assert_eq!(p.added, BTreeSet::from(["c1".to_string()]));
+        assert!(p.departed.is_empty() && p.welcomes.is_empty());
+        assert_eq!(Entry::try_from(p.row).unwrap().seq, 4);
+        assert!(head(None, 0).pending().is_none());
+        assert!(head(Some(0), 0).pending().is_none());
+        assert!(
+            head(Some(3), 4).pending().is_none(),
+            "stale pending is ignored"
+        );
+        let mut h = head(Some(4), 4);
+        h.pending_sender = None;
+        assert!(
+            h.pending().is_none(),
+            "an incomplete pending row is not an entry"
+        );
+    }
+
+    #[test]
+    fn entry_rows_carry_every_field_and_refuse_overflow() {
+        let e = NewEntry {
+            kind: EntryKind::Proposal,
+            epoch: 3,
+            sender: "bob/b1".into(),
+            client_msg_id: b"x".to_vec(),
+            message: b"y".to_vec(),
+            server_time_ms: 8,
+        };
+        let r = entry_row(12, &e).unwrap();
+        let back = Entry::try_from(r).unwrap();
+        assert_eq!(
+            (
+                back.seq,
+                back.kind,
+                back.epoch,
+                back.sender.as_str(),
+                back.server_time_ms
+            ),
+            (12, EntryKind::Proposal, 3, "bob/b1", 8)
+        );
+        let mut big = e;
+        big.epoch = u64::MAX;
+        assert!(entry_row(1, &big).is_err());
+        assert_eq!(count(-1), 0);
+        assert_eq!(count(i64::MAX), u32::MAX);
+    }
+}
