@@ -2,6 +2,8 @@
 //! WebSocket transport, health and metrics. Only this module knows actix.
 
 pub mod cluster;
+pub mod delivery;
+pub mod dispatch;
 pub mod http;
 pub mod ws;
 

@@ -1,0 +1,351 @@
+//! The transport-independent half of a client stream, shared by the
+//! WebSocket (`ws.rs`) and SSE (`sse.rs`) transports: attaching to the
+//! user's SessionActor, the Sync backlog from cursors, live delivery with
+//! gap fill, and exactly-once per stream by remembering the last seq sent
+//! per group. A transport supplies only a [`Sink`] that writes one encoded
+//! `ServerFrame` (bounded in time, so a reader that does not drain is cut
+//! off).
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::web::Bytes;
+use hush_proto::{server_frame::Body as S, v1, ErrorCode, Message as _, ServerFrame};
+use hush_store::InboxItem;
+use tokio::sync::mpsc;
+
+use crate::ctx::NodeCtx;
+use crate::error::{ApiError, ApiResult};
+use crate::group::Caller;
+use crate::session::{ConnHandle, Outbound, SessionMsg};
+
+/// Where a written frame puts the stream: the group entry it carries (if
+/// any) and the inbox position after it. The SSE transport turns this into
+/// the event id.
+#[derive(Clone, Copy, Debug)]
+pub struct Position<'a> {
+    pub group: Option<(&'a [u8], u64)>,
+    pub inbox_seq: u64,
+}
+
+/// Writes one encoded ServerFrame to the client.
+// Streams run as local tasks on the actix worker that accepted them, so the
+// futures need not be Send.
+#[allow(async_fn_in_trait)]
+pub trait Sink {
+    /// Why the stream must end (a transport close reason).
+    type Stop;
+    async fn write(&mut self, frame: Bytes, pos: Position<'_>) -> Result<(), Self::Stop>;
+}
+
+/// Why a delivery step failed: the sink stopped, or a request error to
+/// report to the client.
+pub enum Halt<T> {
+    Sink(T),
+    Api(ApiError),
+}
+
+impl<T> From<hush_store::StoreError> for Halt<T> {
+    fn from(e: hush_store::StoreError) -> Self {
+        Halt::Api(e.into())
+    }
+}
+
+impl<T> From<ApiError> for Halt<T> {
+    fn from(e: ApiError) -> Self {
+        Halt::Api(e)
+    }
+}
+
+/// Per-stream delivery state.
+pub struct Delivery<K: Sink> {
+    pub ctx: Arc<NodeCtx>,
+    pub sink: K,
+    pub caller: Option<Caller>,
+    /// Per group: the last seq sent on this stream.
+    pub sent: HashMap<Vec<u8>, u64>,
+    /// Last inbox_seq sent.
+    pub inbox_sent: u64,
+    pub synced: bool,
+}
+
+/// Attaches a stream to its user's session. A session that stops between
+/// lookup and attach is retried once.
+pub async fn attach(
+    ctx: &Arc<NodeCtx>,
+    conn_id: u64,
+    caller: &Caller,
+    tx: mpsc::Sender<Outbound>,
+    overflowed: Arc<AtomicBool>,
+) -> ApiResult<()> {
+    for _ in 0..2 {
+        let session = ctx.session(&caller.user_id).await?;
+        let conn = ConnHandle {
+            device_id: caller.device_id.clone(),
+            tx: tx.clone(),
+            overflowed: overflowed.clone(),
+        };
+        let r = session
+            .call(
+                |reply| SessionMsg::Attach {
+                    conn_id,
+                    conn,
+                    reply,
+                },
+                Some(Duration::from_secs(10)),
+            )
+            .await;
+        match r {
+            Ok(ractor::rpc::CallResult::Success(result)) => return result,
+            _ => {
+                ctx.sessions.remove(&caller.user_id, session.get_id()).await;
+            }
+        }
+    }
+    Err(ApiError::new(ErrorCode::Unavailable, "session unavailable"))
+}
+
+/// Detaches a stream from its user's session (if it still runs).
+pub async fn detach(ctx: &NodeCtx, conn_id: u64, caller: &Caller) {
+    if let Some(s) = ctx.sessions.get(&caller.user_id).await {
+        let _ = s.send_message(SessionMsg::Detach { conn_id });
+    }
+}
+
+/// Encodes a ServerFrame.
+pub fn encode(request_id: u64, body: S) -> Bytes {
+    ServerFrame {
+        request_id,
+        body: Some(body),
+    }
+    .encode_to_vec()
+    .into()
+}
+
+/// The frame for an inbox item (shared by sync and live delivery).
+pub fn inbox_frame(item: &InboxItem) -> Bytes {
+    encode(
+        0,
+        S::InboxEvent(v1::InboxEvent {
+            inbox_seq: item.inbox_seq,
+            welcome: item.welcome.clone(),
+            group_id: item.group_id.clone(),
+            commit_seq: item.commit_seq,
+            ratchet_tree: item.ratchet_tree.clone(),
+        }),
+    )
+}
+
+impl<K: Sink> Delivery<K> {
+    pub fn new(ctx: Arc<NodeCtx>, sink: K) -> Self {
+        Self {
+            ctx,
+            sink,
+            caller: None,
+            sent: HashMap::new(),
+            inbox_sent: 0,
+            synced: false,
+        }
+    }
+
+    /// Writes a frame that carries no timeline entry.
+    pub async fn send_frame(&mut self, request_id: u64, body: S) -> Result<(), K::Stop> {
+        let pos = Position {
+            group: None,
+            inbox_seq: self.inbox_sent,
+        };
+        self.sink.write(encode(request_id, body), pos).await
+    }
+
+    /// Sends the backlog from the cursors (the client's, else the stored
+    /// ones, never before the join), the inbox after `inbox_after`, then
+    /// SyncCaughtUp; afterwards live events flow. SyncStarted carries
+    /// `request_id`.
+    pub async fn sync(
+        &mut self,
+        request_id: u64,
+        client: HashMap<Vec<u8>, u64>,
+        inbox_after: u64,
+    ) -> Result<(), Halt<K::Stop>> {
+        let Some(caller) = self.caller.clone() else {
+            return Err(Halt::Api(ApiError::new(
+                ErrorCode::Unauthenticated,
+                "not authenticated",
+            )));
+        };
+        let store = self.ctx.store.clone();
+        self.send_frame(request_id, S::SyncStarted(v1::SyncStarted {}))
+            .await
+            .map_err(Halt::Sink)?;
+        let stored: HashMap<Vec<u8>, u64> = store
+            .cursors(&caller.device_id)
+            .await?
+            .into_iter()
+            .collect();
+        self.sent.clear();
+        let cursor = |group_id: &[u8], joined_seq: u64| {
+            client
+                .get(group_id)
+                .or_else(|| stored.get(group_id))
+                .copied()
+                .unwrap_or(0)
+                .max(joined_seq)
+        };
+        let current = store.groups_of_device(&caller.device_id).await?;
+        for g in &current {
+            self.sent
+                .insert(g.group_id.clone(), cursor(&g.group_id, g.joined_seq));
+            self.send_backlog(&g.group_id, None).await?;
+        }
+        // Groups the device was removed from: up to the removing commit, so
+        // the client learns it is out. Live traffic for them stops there.
+        for d in store.departed_groups(&caller.device_id).await? {
+            if current.iter().any(|g| g.group_id == d.group_id) {
+                continue;
+            }
+            self.sent
+                .insert(d.group_id.clone(), cursor(&d.group_id, d.joined_seq));
+            self.send_backlog(&d.group_id, Some(d.left_seq)).await?;
+        }
+        self.inbox_sent = inbox_after;
+        loop {
+            let items = store
+                .read_inbox(
+                    &caller.device_id,
+                    self.inbox_sent,
+                    self.ctx.config.limits.sync_page,
+                )
+                .await?;
+            if items.is_empty() {
+                break;
+            }
+            for item in items {
+                self.send_inbox(item.inbox_seq, inbox_frame(&item)).await?;
+            }
+        }
+        self.synced = true;
+        self.send_frame(0, S::SyncCaughtUp(v1::SyncCaughtUp {}))
+            .await
+            .map_err(Halt::Sink)?;
+        Ok(())
+    }
+
+    /// Sends stored entries of a group after what this stream sent, up to
+    /// `upto` (or the head).
+    async fn send_backlog(
+        &mut self,
+        group_id: &[u8],
+        upto: Option<u64>,
+    ) -> Result<(), Halt<K::Stop>> {
+        let page = self.ctx.config.limits.sync_page;
+        loop {
+            let after = self.sent.get(group_id).copied().unwrap_or(0);
+            if upto.is_some_and(|u| after >= u) {
+                return Ok(());
+            }
+            let entries = self.ctx.store.read_timeline(group_id, after, page).await?;
+            if entries.is_empty() {
+                return Ok(());
+            }
+            for e in entries {
+                if upto.is_some_and(|u| e.seq > u) {
+                    return Ok(());
+                }
+                let frame = crate::gateway::entry_frame(group_id, &e);
+                self.write_entry(group_id, e.seq, frame).await?;
+            }
+        }
+    }
+
+    async fn write_entry(
+        &mut self,
+        group_id: &[u8],
+        seq: u64,
+        frame: Bytes,
+    ) -> Result<(), Halt<K::Stop>> {
+        let pos = Position {
+            group: Some((group_id, seq)),
+            inbox_seq: self.inbox_sent,
+        };
+        self.sink.write(frame, pos).await.map_err(Halt::Sink)?;
+        self.sent.insert(group_id.to_vec(), seq);
+        Ok(())
+    }
+
+    async fn send_inbox(&mut self, inbox_seq: u64, frame: Bytes) -> Result<(), Halt<K::Stop>> {
+        if inbox_seq <= self.inbox_sent {
+            return Ok(());
+        }
+        let pos = Position {
+            group: None,
+            inbox_seq,
+        };
+        self.sink.write(frame, pos).await.map_err(Halt::Sink)?;
+        self.inbox_sent = inbox_seq;
+        Ok(())
+    }
+
+    /// A live item from the session: dropped if already sent, written if
+    /// next, or preceded by the gap read from the store.
+    pub async fn on_outbound(&mut self, item: Outbound) -> Result<(), Halt<K::Stop>> {
+        if !self.synced {
+            // Not syncing yet: the backlog read at Sync time will include it.
+            return Ok(());
+        }
+        match item {
+            Outbound::Group {
+                group_id,
+                seq,
+                frame,
+            } => {
+                let last = match self.sent.get(group_id.as_ref()).copied() {
+                    Some(l) => l,
+                    None => {
+                        // A group joined after Sync: start after the join.
+                        match self.joined_seq(&group_id).await? {
+                            Some(j) => {
+                                self.sent.insert(group_id.to_vec(), j);
+                                j
+                            }
+                            None => return Ok(()),
+                        }
+                    }
+                };
+                if seq <= last {
+                    Ok(())
+                } else if seq == last + 1 {
+                    self.write_entry(&group_id, seq, frame).await
+                } else {
+                    metrics::counter!("hush_gap_fills_total").increment(1);
+                    self.send_backlog(&group_id, Some(seq)).await
+                }
+            }
+            Outbound::Inbox {
+                inbox_seq,
+                group_id,
+                commit_seq,
+                frame,
+            } => {
+                // The device's timeline for this group starts after the commit.
+                self.sent.entry(group_id.to_vec()).or_insert(commit_seq);
+                self.send_inbox(inbox_seq, frame).await
+            }
+        }
+    }
+
+    async fn joined_seq(&self, group_id: &[u8]) -> ApiResult<Option<u64>> {
+        let Some(caller) = &self.caller else {
+            return Ok(None);
+        };
+        Ok(self
+            .ctx
+            .store
+            .groups_of_device(&caller.device_id)
+            .await?
+            .into_iter()
+            .find(|g| g.group_id == group_id)
+            .map(|g| g.joined_seq))
+    }
+}
