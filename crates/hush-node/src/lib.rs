@@ -220,9 +220,12 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningNode,
     }
     let app_ctx = ctx.clone();
     let max_body = config.limits.max_frame_bytes;
+    // Shared by every worker: RPC rate limits are per device, not per worker.
+    let rpc_rates = web::Data::new(gateway::rpc::RateTable::default());
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(web::Data::new(app_ctx.clone()))
+            .app_data(rpc_rates.clone())
             .app_data(web::Data::new(metrics.clone()))
             .app_data(web::PayloadConfig::new(max_body))
             .configure(gateway::routes)

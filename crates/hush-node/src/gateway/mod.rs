@@ -1,10 +1,13 @@
 //! The actix-web gateway: HTTP endpoints for accounts and login, the
-//! WebSocket transport, health and metrics. Only this module knows actix.
+//! WebSocket transport, the SSE stream and the HTTP RPC endpoint (the
+//! fallback for networks that block upgrades), health and metrics. Only this module knows actix.
 
 pub mod cluster;
 pub mod delivery;
 pub mod dispatch;
 pub mod http;
+pub mod rpc;
+pub mod sse;
 pub mod ws;
 
 use std::sync::Arc;
@@ -24,6 +27,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(metrics_page))
         .route("/cluster", web::get().to(cluster::status))
         .route("/v1/ws", web::get().to(ws::upgrade))
+        .route("/v1/events", web::get().to(sse::events))
+        .route("/v1/rpc", web::post().to(rpc::rpc))
         .route("/v1/register", web::post().to(http::register))
         .route("/v1/login/challenge", web::post().to(http::login_challenge))
         .route("/v1/login", web::post().to(http::login))

@@ -1,0 +1,104 @@
+//! `POST /v1/rpc`: every request a client sends over the WebSocket, over
+//! plain HTTP (the SSE fallback's request path).
+//!
+//! The body is one protobuf `ClientFrame`; the answer is one `ServerFrame`
+//! carrying the same `request_id`: the reply body with 200, or an `Error`
+//! body with the HTTP status of its code (see `error.rs`), or 204 with no
+//! body for requests that have no reply (acks). Auth is the bearer header;
+//! Origin is checked like the WebSocket's. `Auth` and `Sync` are refused
+//! (INVALID_ARGUMENT): the stream is `GET /v1/events`. Requests go through the
+//! same dispatcher as the WebSocket's, so codes and idempotent retries (by
+//! `client_msg_id`) are the same. The rate limit is the WebSocket's
+//! per-connection bucket, kept per device.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use hush_proto::{server_frame::Body as S, ClientFrame, ErrorCode, Message as _};
+
+use crate::ctx::NodeCtx;
+use crate::error::{ApiError, ApiResult};
+use crate::gateway::delivery::encode;
+use crate::gateway::{bearer_claims, check_origin};
+use crate::group::Caller;
+
+/// More devices than this forget their buckets (they restart full).
+const MAX_TRACKED_DEVICES: usize = 100_000;
+
+/// Per-device token buckets for RPC requests.
+#[derive(Default)]
+pub struct RateTable {
+    buckets: Mutex<HashMap<String, hush_ds::TokenBucket>>,
+}
+
+impl RateTable {
+    fn try_take(&self, ctx: &NodeCtx, device_id: &str) -> bool {
+        let now = ctx.now_ms();
+        let l = &ctx.config.limits;
+        // A poisoned lock only means another request panicked mid-update;
+        // the buckets are still usable.
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if buckets.len() >= MAX_TRACKED_DEVICES && !buckets.contains_key(device_id) {
+            buckets.clear();
+        }
+        buckets
+            .entry(device_id.to_owned())
+            .or_insert_with(|| hush_ds::TokenBucket::new(l.rate_per_sec, l.rate_burst, now))
+            .try_take(now)
+    }
+}
+
+/// POST /v1/rpc
+pub async fn rpc(
+    req: HttpRequest,
+    body: web::Bytes,
+    ctx: web::Data<Arc<NodeCtx>>,
+    rates: web::Data<RateTable>,
+) -> HttpResponse {
+    let ctx = ctx.get_ref().clone();
+    let mut request_id = 0;
+    match serve(&ctx, &rates, &req, &body, &mut request_id).await {
+        Ok(Some(reply)) => HttpResponse::Ok()
+            .content_type("application/x-protobuf")
+            .body(encode(request_id, reply)),
+        Ok(None) => HttpResponse::NoContent().finish(),
+        Err(e) => {
+            metrics::counter!("hush_errors_total", "code" => e.code_name()).increment(1);
+            let status = actix_web::http::StatusCode::from_u16(e.http_status())
+                .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
+            HttpResponse::build(status)
+                .content_type("application/x-protobuf")
+                .body(encode(request_id, S::Error(e.to_proto())))
+        }
+    }
+}
+
+async fn serve(
+    ctx: &Arc<NodeCtx>,
+    rates: &RateTable,
+    req: &HttpRequest,
+    body: &[u8],
+    request_id: &mut u64,
+) -> ApiResult<Option<S>> {
+    check_origin(ctx, req)?;
+    let claims = bearer_claims(ctx, req).await?;
+    let frame = ClientFrame::decode(body)
+        .map_err(|_| ApiError::new(ErrorCode::Malformed, "body does not decode as ClientFrame"))?;
+    *request_id = frame.request_id;
+    if !rates.try_take(ctx, &claims.device_id) {
+        return Err(ApiError::new(
+            ErrorCode::RateLimited,
+            "request rate limit exceeded",
+        ));
+    }
+    let body = frame
+        .body
+        .ok_or_else(|| ApiError::new(ErrorCode::Malformed, "frame has no body"))?;
+    metrics::counter!("hush_rpc_requests_total").increment(1);
+    let caller = Caller {
+        user_id: claims.user_id,
+        device_id: claims.device_id,
+    };
+    crate::gateway::dispatch::dispatch(ctx, &caller, body).await
+}
