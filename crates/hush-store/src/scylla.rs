@@ -98,6 +98,10 @@
 //!   crash in between loses that package (never hands it out twice). "Oldest
 //!   first" is by coordinator `now()` timeuuid, so it holds within one
 //!   coordinator's clock.
+//! - `consistency = "one"` applies to listings (devices, groups of a
+//!   device, cursors, inbox reads) only: whatever the seq invariant relies
+//!   on (materializing entries, the client_msg_id lookup, timeline reads)
+//!   runs at QUORUM regardless, and LWTs at SERIAL.
 //! - `read_timeline` and `group` read the head at SERIAL (a Paxos read per
 //!   call); `devices_of_user` is one read per device.
 
@@ -401,7 +405,12 @@ impl ScyllaStore {
             SerialConsistency::LocalSerial => Consistency::LocalSerial,
             SerialConsistency::Serial => Consistency::Serial,
         };
-        let prepared = store::Prepared::prepare(&session, serial_read, config.page_size).await?;
+        let strong = match config.consistency {
+            ConsistencyLevel::LocalQuorum => Consistency::LocalQuorum,
+            ConsistencyLevel::One | ConsistencyLevel::Quorum => Consistency::Quorum,
+        };
+        let prepared =
+            store::Prepared::prepare(&session, serial_read, strong, config.page_size).await?;
         tracing::info!(keyspace = %config.keyspace, "scylla store connected");
         Ok(ScyllaStore {
             session,

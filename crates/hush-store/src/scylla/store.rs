@@ -43,6 +43,10 @@ pub enum Mode {
     Lwt,
     /// A read at SERIAL consistency: sees every applied LWT.
     SerialRead,
+    /// An idempotent statement the seq invariant relies on (materializing
+    /// entries, the client_msg_id lookup): at QUORUM (LOCAL_QUORUM with
+    /// `local_quorum`) even when the configured consistency is ONE.
+    Quorum,
 }
 
 /// Every statement the backend runs: (name, mode, CQL). Prepared once at
@@ -76,14 +80,14 @@ pub const STATEMENTS: &[(&str, Mode, &str)] = &[
     ("append_message", Mode::Lwt, "UPDATE groups SET head_seq = ?, pending_seq = ?, pending_kind = ?, pending_epoch = ?, pending_sender = ?, pending_cmid = ?, pending_message = ?, pending_time_ms = ?, pending_added = null, pending_departed = null, pending_welcomes = null WHERE group_id = ? IF head_seq = ? AND lease_token = ?"),
     ("append_proposal", Mode::Lwt, "UPDATE groups SET head_seq = ?, pending_seq = ?, pending_kind = ?, pending_epoch = ?, pending_sender = ?, pending_cmid = ?, pending_message = ?, pending_time_ms = ?, pending_added = null, pending_departed = null, pending_welcomes = null, state = ? WHERE group_id = ? IF head_seq = ? AND lease_token = ?"),
     ("append_commit", Mode::Lwt, "UPDATE groups SET head_seq = ?, pending_seq = ?, pending_kind = ?, pending_epoch = ?, pending_sender = ?, pending_cmid = ?, pending_message = ?, pending_time_ms = ?, pending_added = ?, pending_departed = ?, pending_welcomes = ?, epoch = ?, state = ?, group_info = ?, ratchet_tree = ?, members = ? WHERE group_id = ? IF head_seq = ? AND lease_token = ?"),
-    ("timeline_insert", Mode::Idempotent, "INSERT INTO timeline (group_id, bucket, seq, kind, epoch, sender, client_msg_id, message, server_time_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?"),
-    ("timeline_read", Mode::Idempotent, super::SELECT_TIMELINE),
-    ("cmid_insert", Mode::Idempotent, "INSERT INTO client_msgs (group_id, client_msg_id, seq) VALUES (?, ?, ?) USING TTL ?"),
-    ("cmid_get", Mode::Idempotent, "SELECT seq FROM client_msgs WHERE group_id = ? AND client_msg_id = ?"),
-    ("dg_insert", Mode::Idempotent, "INSERT INTO device_groups (device_id, group_id, joined_seq) VALUES (?, ?, ?) USING TIMESTAMP ?"),
-    ("dg_delete", Mode::Idempotent, "DELETE FROM device_groups USING TIMESTAMP ? WHERE device_id = ? AND group_id = ?"),
+    ("timeline_insert", Mode::Quorum, "INSERT INTO timeline (group_id, bucket, seq, kind, epoch, sender, client_msg_id, message, server_time_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?"),
+    ("timeline_read", Mode::Quorum, super::SELECT_TIMELINE),
+    ("cmid_insert", Mode::Quorum, "INSERT INTO client_msgs (group_id, client_msg_id, seq) VALUES (?, ?, ?) USING TTL ?"),
+    ("cmid_get", Mode::Quorum, "SELECT seq FROM client_msgs WHERE group_id = ? AND client_msg_id = ?"),
+    ("dg_insert", Mode::Quorum, "INSERT INTO device_groups (device_id, group_id, joined_seq) VALUES (?, ?, ?) USING TIMESTAMP ?"),
+    ("dg_delete", Mode::Quorum, "DELETE FROM device_groups USING TIMESTAMP ? WHERE device_id = ? AND group_id = ?"),
     ("dg_list", Mode::Idempotent, "SELECT group_id, joined_seq FROM device_groups WHERE device_id = ?"),
-    ("departure_insert", Mode::Idempotent, "INSERT INTO departures (device_id, group_id, joined_seq, left_seq) VALUES (?, ?, ?, ?)"),
+    ("departure_insert", Mode::Quorum, "INSERT INTO departures (device_id, group_id, joined_seq, left_seq) VALUES (?, ?, ?, ?)"),
     ("departure_settle", Mode::Lwt, "DELETE FROM departures WHERE device_id = ? AND group_id = ? IF left_seq <= ?"),
     ("departure_list", Mode::Idempotent, "SELECT group_id, joined_seq, left_seq FROM departures WHERE device_id = ?"),
     ("cursor_insert", Mode::Lwt, "INSERT INTO cursors (device_id, group_id, seq) VALUES (?, ?, ?) IF NOT EXISTS"),
@@ -94,7 +98,7 @@ pub const STATEMENTS: &[(&str, Mode, &str)] = &[
     ("counter_get", Mode::SerialRead, "SELECT last_seq FROM inbox_counters WHERE device_id = ?"),
     ("counter_init", Mode::Lwt, "INSERT INTO inbox_counters (device_id, last_seq) VALUES (?, 1) IF NOT EXISTS"),
     ("counter_bump", Mode::Lwt, "UPDATE inbox_counters SET last_seq = ? WHERE device_id = ? IF last_seq = ?"),
-    ("inbox_insert", Mode::Idempotent, "INSERT INTO inbox (device_id, inbox_seq, group_id, commit_seq, welcome, ratchet_tree) VALUES (?, ?, ?, ?, ?, ?)"),
+    ("inbox_insert", Mode::Quorum, "INSERT INTO inbox (device_id, inbox_seq, group_id, commit_seq, welcome, ratchet_tree) VALUES (?, ?, ?, ?, ?, ?)"),
     ("inbox_read", Mode::Idempotent, "SELECT inbox_seq, group_id, commit_seq, welcome, ratchet_tree FROM inbox WHERE device_id = ? AND inbox_seq > ?"),
     ("inbox_ack", Mode::Idempotent, "DELETE FROM inbox WHERE device_id = ? AND inbox_seq <= ?"),
 ];
@@ -106,6 +110,7 @@ impl Prepared {
     pub(super) async fn prepare(
         session: &Session,
         serial_read: Consistency,
+        strong: Consistency,
         page_size: i32,
     ) -> Result<Prepared> {
         let mut map = HashMap::with_capacity(STATEMENTS.len());
@@ -114,9 +119,11 @@ impl Prepared {
                 .prepare(*cql)
                 .await
                 .map_err(|e| StoreError::Backend(format!("prepare {name}: {e}")))?;
-            p.set_is_idempotent(*mode == Mode::Idempotent);
-            if *mode == Mode::SerialRead {
-                p.set_consistency(serial_read);
+            p.set_is_idempotent(matches!(mode, Mode::Idempotent | Mode::Quorum));
+            match mode {
+                Mode::SerialRead => p.set_consistency(serial_read),
+                Mode::Quorum => p.set_consistency(strong),
+                Mode::Idempotent | Mode::Lwt => {}
             }
             p.set_page_size(page_size.max(1));
             map.insert(*name, p);
@@ -1089,7 +1096,7 @@ mod tests {
             let conditional = cql.contains(" IF ");
             match mode {
                 Mode::Lwt => assert!(conditional, "{name} is an LWT without IF: {cql}"),
-                Mode::Idempotent | Mode::SerialRead => {
+                Mode::Idempotent | Mode::SerialRead | Mode::Quorum => {
                     assert!(!conditional, "{name} has IF but is not an LWT: {cql}")
                 }
             }
@@ -1097,7 +1104,7 @@ mod tests {
                 assert!(cql.starts_with("SELECT "), "{name}: serial reads are reads");
             }
             // Counter-style or non-deterministic writes cannot be repeated.
-            if *mode == Mode::Idempotent && cql.contains("now()") {
+            if *mode != Mode::Lwt && cql.contains("now()") {
                 // kp_insert: a retry may store the package twice under two
                 // timeuuids; the hash_ref claim in key_package_refs happened
                 // once, and a double row is a second copy of the same
@@ -1124,6 +1131,20 @@ mod tests {
                     "{name} is run but not prepared"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn what_the_seq_invariant_reads_and_writes_runs_at_quorum() {
+        for name in [
+            "timeline_insert",
+            "timeline_read",
+            "cmid_insert",
+            "cmid_get",
+            "dg_insert",
+        ] {
+            let (_, mode, _) = STATEMENTS.iter().find(|(n, _, _)| *n == name).unwrap();
+            assert_eq!(*mode, Mode::Quorum, "{name}");
         }
     }
 
