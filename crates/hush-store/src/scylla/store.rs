@@ -43,6 +43,9 @@ pub enum Mode {
     Lwt,
     /// A read at SERIAL consistency: sees every applied LWT.
     SerialRead,
+    /// A plain write that must not be repeated: its values are not fixed
+    /// (`now()`), so a retry after a timeout could write a second row.
+    Once,
     /// An idempotent statement the seq invariant relies on (materializing
     /// entries, the client_msg_id lookup): at QUORUM (LOCAL_QUORUM with
     /// `local_quorum`) even when the configured consistency is ONE.
@@ -66,7 +69,7 @@ pub const STATEMENTS: &[(&str, Mode, &str)] = &[
     ("link_get", Mode::SerialRead, "SELECT user_id, expires_at_ms FROM link_codes WHERE code_hash = ?"),
     ("link_delete", Mode::Lwt, "DELETE FROM link_codes WHERE code_hash = ? IF EXISTS"),
     ("kp_ref_insert", Mode::Lwt, "INSERT INTO key_package_refs (hash_ref, device_id) VALUES (?, ?) IF NOT EXISTS"),
-    ("kp_insert", Mode::Idempotent, "INSERT INTO key_packages (device_id, id, hash_ref, data) VALUES (?, now(), ?, ?)"),
+    ("kp_insert", Mode::Once, "INSERT INTO key_packages (device_id, id, hash_ref, data) VALUES (?, now(), ?, ?)"),
     ("kp_oldest", Mode::SerialRead, "SELECT id, data FROM key_packages WHERE device_id = ? LIMIT 16"),
     ("kp_claim", Mode::Lwt, "DELETE FROM key_packages WHERE device_id = ? AND id = ? IF EXISTS"),
     ("kp_count", Mode::SerialRead, "SELECT COUNT(*) FROM key_packages WHERE device_id = ?"),
@@ -123,7 +126,7 @@ impl Prepared {
             match mode {
                 Mode::SerialRead => p.set_consistency(serial_read),
                 Mode::Quorum => p.set_consistency(strong),
-                Mode::Idempotent | Mode::Lwt => {}
+                Mode::Idempotent | Mode::Lwt | Mode::Once => {}
             }
             p.set_page_size(page_size.max(1));
             map.insert(*name, p);
@@ -1096,20 +1099,17 @@ mod tests {
             let conditional = cql.contains(" IF ");
             match mode {
                 Mode::Lwt => assert!(conditional, "{name} is an LWT without IF: {cql}"),
-                Mode::Idempotent | Mode::SerialRead | Mode::Quorum => {
+                Mode::Idempotent | Mode::SerialRead | Mode::Quorum | Mode::Once => {
                     assert!(!conditional, "{name} has IF but is not an LWT: {cql}")
                 }
             }
             if *mode == Mode::SerialRead {
                 assert!(cql.starts_with("SELECT "), "{name}: serial reads are reads");
             }
-            // Counter-style or non-deterministic writes cannot be repeated.
-            if *mode != Mode::Lwt && cql.contains("now()") {
-                // kp_insert: a retry may store the package twice under two
-                // timeuuids; the hash_ref claim in key_package_refs happened
-                // once, and a double row is a second copy of the same
-                // package that one more claim consumes. Allowed, documented.
-                assert_eq!(*name, "kp_insert");
+            // A write whose values are not fixed must never be retried:
+            // a second key_packages row would hand one package out twice.
+            if cql.contains("now()") {
+                assert_eq!(*mode, Mode::Once, "{name} must not be marked idempotent");
             }
         }
     }
