@@ -381,6 +381,80 @@ async fn resume_from_last_event_id_is_exactly_once() {
     node.stop().await;
 }
 
+/// Two groups with unacknowledged events: a stream dropped in the middle of
+/// the second group's backlog resumes without resending the first group
+/// (the id carries every group sent past its acknowledged cursor, not only
+/// the group of the last event), and acks shrink the id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_across_groups_doubles_nothing() {
+    let (node, _clock, dir) = start_node(|_| {}).await;
+    {
+        let url = url(&node);
+        let (mut alice, mut bob, g1) = pair(dir.path(), &url).await;
+        bob.connect().await.expect("bob reconnects");
+        let g2 = alice.create_group("second").await.expect("group").group_id;
+        alice
+            .add_members(&hex::encode(&g2), &["bob".to_string()])
+            .await
+            .expect("add bob")
+            .expect("bob added");
+        pump_until(&mut bob, "bob's second welcome", |c| is_member(c, &g2)).await;
+        bob.close().await;
+        for i in 0..4 {
+            for gid in [&g1, &g2] {
+                alice
+                    .send_text(&hex::encode(gid), &format!("m{i}"))
+                    .await
+                    .expect("send");
+            }
+        }
+        let token = login(&url, &bob.me().expect("bob")).await;
+        let mut full = Sse::open(&url, &token, None).await;
+        let all = full.until_caught_up().await;
+        drop(full);
+        let (all1, all2) = (group_seqs(&all, &g1), group_seqs(&all, &g2));
+        assert_eq!((all1.len(), all2.len()), (4, 4), "{all:?}");
+
+        // Drop right after the first event of whichever group comes second.
+        let mut first = Sse::open(&url, &token, None).await;
+        let mut events = Vec::new();
+        loop {
+            let e = first.next().await.expect("stream open");
+            let seen1 = !group_seqs(&events, &g1).is_empty();
+            let seen2 = !group_seqs(&events, &g2).is_empty();
+            let is1 = !group_seqs(std::slice::from_ref(&e), &g1).is_empty();
+            let is2 = !group_seqs(std::slice::from_ref(&e), &g2).is_empty();
+            events.push(e);
+            if (is2 && seen1) || (is1 && seen2) {
+                break;
+            }
+        }
+        drop(first);
+        let last_id = events.last().expect("events").id.clone();
+        let mut second = Sse::open(&url, &token, Some(&last_id)).await;
+        events.extend(second.until_caught_up().await);
+        assert_eq!(group_seqs(&events, &g1), all1);
+        assert_eq!(group_seqs(&events, &g2), all2);
+        drop(second);
+
+        // After bob acknowledges everything over RPC, the id carries no
+        // group and a resume from scratch sends nothing.
+        for (gid, seqs) in [(&g1, &all1), (&g2, &all2)] {
+            let ack = C::Ack(v1::Ack {
+                group_id: gid.to_vec(),
+                seq: *seqs.last().expect("seqs"),
+            });
+            assert_eq!(rpc(&url, &token, 0, ack).await.0, 204);
+        }
+        let mut third = Sse::open(&url, &token, Some(&last_id)).await;
+        let rest = third.until_caught_up().await;
+        assert!(group_seqs(&rest, &g1).is_empty() && group_seqs(&rest, &g2).is_empty());
+        let id = &rest.last().expect("caught up").id;
+        assert!(!id.contains(':'), "acknowledged groups left the id: {id}");
+    }
+    node.stop().await;
+}
+
 /// bob sends and receives over HTTP + SSE (his MLS state from the SDK),
 /// alice over the WebSocket SDK client: they converse normally.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
