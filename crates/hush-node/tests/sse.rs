@@ -598,6 +598,12 @@ async fn bad_auth_origin_and_bodies() {
             code_of(&resp.bytes().await.expect("body")),
             ErrorCode::Malformed
         );
+        let huge = vec![0u8; 2 * 1024 * 1024];
+        let (s, frame) = rpc_raw(&url, Some(&token), None, huge).await;
+        assert_eq!(
+            (s, error_code(&frame.expect("error"))),
+            (413, ErrorCode::TooLarge)
+        );
         let (s, frame) = rpc_raw(&url, Some(&token), None, vec![0xff, 0xff, 0xff]).await;
         assert_eq!(
             (s, error_code(&frame.expect("error"))),

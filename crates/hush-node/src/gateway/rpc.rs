@@ -9,7 +9,8 @@
 //! (INVALID_ARGUMENT): the stream is `GET /v1/events`. Requests go through the
 //! same dispatcher as the WebSocket's, so codes and idempotent retries (by
 //! `client_msg_id`) are the same. The rate limit is the WebSocket's
-//! per-connection bucket, kept per device.
+//! per-connection bucket, kept per device. A body above `max_frame_bytes`
+//! is TOO_LARGE (413).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -52,13 +53,13 @@ impl RateTable {
 /// POST /v1/rpc
 pub async fn rpc(
     req: HttpRequest,
-    body: web::Bytes,
+    body: web::Payload,
     ctx: web::Data<Arc<NodeCtx>>,
     rates: web::Data<RateTable>,
 ) -> HttpResponse {
     let ctx = ctx.get_ref().clone();
     let mut request_id = 0;
-    match serve(&ctx, &rates, &req, &body, &mut request_id).await {
+    match serve(&ctx, &rates, &req, body, &mut request_id).await {
         Ok(Some(reply)) => HttpResponse::Ok()
             .content_type("application/x-protobuf")
             .body(encode(request_id, reply)),
@@ -78,12 +79,31 @@ async fn serve(
     ctx: &Arc<NodeCtx>,
     rates: &RateTable,
     req: &HttpRequest,
-    body: &[u8],
+    body: web::Payload,
     request_id: &mut u64,
 ) -> ApiResult<Option<S>> {
     check_origin(ctx, req)?;
     let claims = bearer_claims(ctx, req).await?;
-    let frame = ClientFrame::decode(body)
+    // Read only after auth, and never more than a WebSocket frame.
+    let body = match body
+        .to_bytes_limited(ctx.config.limits.max_frame_bytes)
+        .await
+    {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => {
+            return Err(ApiError::new(
+                ErrorCode::Malformed,
+                "request body unreadable",
+            ))
+        }
+        Err(_) => {
+            return Err(ApiError::new(
+                ErrorCode::TooLarge,
+                "request body exceeds limits.max_frame_bytes",
+            ))
+        }
+    };
+    let frame = ClientFrame::decode(body.as_ref())
         .map_err(|_| ApiError::new(ErrorCode::Malformed, "body does not decode as ClientFrame"))?;
     *request_id = frame.request_id;
     if !rates.try_take(ctx, &claims.device_id) {
