@@ -23,8 +23,6 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use hush_client::client::Client;
@@ -32,48 +30,18 @@ use hush_client::http::Token;
 use hush_client::mls::{self, Change};
 use hush_client::store::{GroupStatus, Identity, StateDb};
 use hush_client::ws::WsConn;
-use hush_node::{Clock as _, Config, ManualClock, RunningNode, SystemClock};
 use hush_proto::client_frame::Body as C;
 use hush_proto::server_frame::Body as S;
 use hush_proto::{auth, v1, ClientFrame, ErrorCode, Message as _, ServerFrame};
 use ring::rand::SecureRandom as _;
-use tempfile::TempDir;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
-/// Safety net for every wait; never reached when the node behaves.
-const WAIT: Duration = Duration::from_secs(30);
-
-// ---------------------------------------------------------------------------
-// Harness
-// ---------------------------------------------------------------------------
-
-/// Starts a node on 127.0.0.1:0 with a manual clock, after `tweak` adjusted
-/// the config.
-async fn start_node(tweak: impl FnOnce(&mut Config)) -> (RunningNode, Arc<ManualClock>, TempDir) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = Config::default();
-    config.node.data = dir.path().join("node");
-    config.gateway.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    config.gateway.workers = 2;
-    // The manual clock moves only when a test moves it, so per-connection
-    // token buckets never refill by themselves: leave room unless a test is
-    // about the rate limit.
-    config.limits.rate_burst = 100_000.0;
-    tweak(&mut config);
-    let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
-    let node = hush_node::start(config, clock.clone())
-        .await
-        .expect("node starts");
-    (node, clock, dir)
-}
-
-fn url(node: &RunningNode) -> String {
-    format!("http://{}", node.addr)
-}
+mod common;
+use common::{start_node, url, WAIT};
 
 /// The error code of an `Error`, which must be one of the closed list.
 fn code_of(e: &v1::Error) -> ErrorCode {

@@ -8,43 +8,20 @@
 //! event, with a generous timeout as a safety net.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine as _;
 use hush_client::client::Client;
 use hush_client::envelope::Envelope;
 use hush_client::mls;
 use hush_client::store::{GroupStatus, Identity};
-use hush_node::{Clock as _, Config, ManualClock, RunningNode, SystemClock};
 use hush_proto::client_frame::Body as C;
 use hush_proto::server_frame::Body as S;
 use hush_proto::{auth, v1, ClientFrame, ErrorCode, Message as _, ServerFrame};
-use tempfile::TempDir;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-const WAIT: Duration = Duration::from_secs(30);
-
-async fn start_node(tweak: impl FnOnce(&mut Config)) -> (RunningNode, Arc<ManualClock>, TempDir) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = Config::default();
-    config.node.data = dir.path().join("node");
-    config.gateway.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    config.gateway.workers = 2;
-    config.limits.rate_burst = 100_000.0;
-    tweak(&mut config);
-    let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
-    let node = hush_node::start(config, clock.clone())
-        .await
-        .expect("node starts");
-    (node, clock, dir)
-}
-
-fn url(node: &RunningNode) -> String {
-    format!("http://{}", node.addr)
-}
+mod common;
+use common::{start_node, url, WAIT};
 
 async fn client(root: &Path, url: &str, handle: &str) -> Client {
     let mut c = Client::open(&root.join(handle), Some(url)).expect("open client");

@@ -1,0 +1,40 @@
+//! What the in-process node tests share: a node on 127.0.0.1:0 with a
+//! manual clock, and its URL.
+
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hush_node::{Clock as _, Config, ManualClock, RunningNode, SystemClock};
+use tempfile::TempDir;
+
+/// Safety net for every wait; never reached when the node behaves.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// Starts a node on 127.0.0.1:0 with a manual clock, after `tweak` adjusted
+/// the config.
+pub async fn start_node(
+    tweak: impl FnOnce(&mut Config),
+) -> (RunningNode, Arc<ManualClock>, TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = Config::default();
+    config.node.data = dir.path().join("node");
+    config.gateway.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.gateway.workers = 2;
+    // The manual clock moves only when a test moves it, so per-connection
+    // token buckets never refill by themselves: leave room unless a test is
+    // about the rate limit.
+    config.limits.rate_burst = 100_000.0;
+    tweak(&mut config);
+    let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
+    let node = hush_node::start(config, clock.clone())
+        .await
+        .expect("node starts");
+    (node, clock, dir)
+}
+
+pub fn url(node: &RunningNode) -> String {
+    format!("http://{}", node.addr)
+}
