@@ -11,6 +11,13 @@
 //!
 //! The live view is published on a watch channel; [`Mesh::peers`] reports
 //! each peer's address and QUIC RTT (for `/cluster`).
+//!
+//! Beside the datagrams, the same connections carry the node's own traffic
+//! as QUIC streams, opaque to the mesh: [`Mesh::call`] writes a request on a
+//! bidirectional stream and reads the whole answer; [`Mesh::push`] writes
+//! one message on a unidirectional stream. Each message is the whole
+//! stream (the sender finishes it), read with a size limit. Streams that
+//! arrive come out of [`Mesh::take_incoming`].
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
@@ -56,6 +63,44 @@ pub struct PeerStatus {
 
 type Conns = Arc<Mutex<HashMap<String, quinn::Connection>>>;
 
+/// The largest message a stream may carry.
+pub const MAX_STREAM_MESSAGE: usize = 16 << 20;
+
+/// A stream another node opened to this one.
+pub enum StreamMsg {
+    /// A request; answer it through `reply` (dropping it resets the stream).
+    Call { payload: Vec<u8>, reply: Responder },
+    /// A one-way message.
+    Push { payload: Vec<u8> },
+}
+
+/// The answering half of a [`StreamMsg::Call`].
+pub struct Responder(quinn::SendStream);
+
+impl Responder {
+    pub async fn send(mut self, answer: &[u8]) -> Result<(), MeshError> {
+        self.0
+            .write_all(answer)
+            .await
+            .map_err(|e| MeshError::Stream(e.to_string()))?;
+        self.0
+            .finish()
+            .map_err(|e| MeshError::Stream(e.to_string()))
+    }
+}
+
+/// Why a stream exchange with a peer failed. The request may or may not
+/// have been acted on: callers retry only idempotent requests.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    #[error("peer {0} is not in the live view")]
+    UnknownPeer(String),
+    #[error("cannot connect to peer: {0}")]
+    Connect(String),
+    #[error("stream failed: {0}")]
+    Stream(String),
+}
+
 /// A running mesh member.
 pub struct Mesh {
     me: NodeId,
@@ -65,6 +110,9 @@ pub struct Mesh {
     conns: Conns,
     leave: Mutex<Option<oneshot::Sender<()>>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    in_tx: mpsc::Sender<Inbound>,
+    streams_tx: mpsc::Sender<StreamMsg>,
+    streams_rx: Mutex<Option<mpsc::Receiver<StreamMsg>>>,
 }
 
 enum Inbound {
@@ -109,17 +157,20 @@ impl Mesh {
         let (in_tx, in_rx) = mpsc::channel(1024);
         let conns: Conns = Arc::default();
         let (leave_tx, leave_rx) = oneshot::channel();
+        let (streams_tx, streams_rx) = mpsc::channel(1024);
 
-        // Accept loop: every accepted connection gets a datagram reader.
+        // Accept loop: every accepted connection gets its readers.
         tokio::spawn({
             let endpoint = endpoint.clone();
             let in_tx = in_tx.clone();
+            let streams_tx = streams_tx.clone();
             async move {
                 while let Some(incoming) = endpoint.accept().await {
                     let in_tx = in_tx.clone();
+                    let streams_tx = streams_tx.clone();
                     tokio::spawn(async move {
                         match incoming.await {
-                            Ok(conn) => read_datagrams(conn, in_tx).await,
+                            Ok(conn) => serve_connection(conn, in_tx, streams_tx).await,
                             Err(e) => tracing::debug!(error = %e, "refused a cluster connection"),
                         }
                     });
@@ -148,7 +199,8 @@ impl Mesh {
             endpoint: endpoint.clone(),
             conns: conns.clone(),
             dialing: HashSet::new(),
-            in_tx,
+            in_tx: in_tx.clone(),
+            streams_tx: streams_tx.clone(),
             timers: BinaryHeap::new(),
             timer_slab: BTreeMap::new(),
             next_timer: 0,
@@ -164,7 +216,99 @@ impl Mesh {
             conns,
             leave: Mutex::new(Some(leave_tx)),
             task: Mutex::new(Some(task)),
+            in_tx,
+            streams_tx,
+            streams_rx: Mutex::new(Some(streams_rx)),
         })
+    }
+
+    /// The streams peers open to this node. The first call takes the
+    /// receiver; later calls get `None`.
+    pub fn take_incoming(&self) -> Option<mpsc::Receiver<StreamMsg>> {
+        lock(&self.streams_rx).take()
+    }
+
+    /// Sends `request` to `peer` on a new bidirectional stream and reads its
+    /// whole answer (at most [`MAX_STREAM_MESSAGE`] bytes).
+    pub async fn call(&self, peer: &str, request: &[u8]) -> Result<Vec<u8>, MeshError> {
+        let conn = self.connection(peer).await?;
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| self.drop_failed(peer, &conn, e))?;
+        send.write_all(request)
+            .await
+            .map_err(|e| MeshError::Stream(e.to_string()))?;
+        send.finish()
+            .map_err(|e| MeshError::Stream(e.to_string()))?;
+        recv.read_to_end(MAX_STREAM_MESSAGE)
+            .await
+            .map_err(|e| MeshError::Stream(e.to_string()))
+    }
+
+    /// Sends `message` to `peer` on a new unidirectional stream.
+    pub async fn push(&self, peer: &str, message: &[u8]) -> Result<(), MeshError> {
+        let conn = self.connection(peer).await?;
+        let mut send = conn
+            .open_uni()
+            .await
+            .map_err(|e| self.drop_failed(peer, &conn, e))?;
+        send.write_all(message)
+            .await
+            .map_err(|e| MeshError::Stream(e.to_string()))?;
+        send.finish()
+            .map_err(|e| MeshError::Stream(e.to_string()))?;
+        // Wait until the peer has the whole message, so that a batch counts
+        // as sent only when it arrived.
+        send.stopped()
+            .await
+            .map_err(|e| MeshError::Stream(e.to_string()))?;
+        Ok(())
+    }
+
+    fn drop_failed(
+        &self,
+        peer: &str,
+        conn: &quinn::Connection,
+        e: quinn::ConnectionError,
+    ) -> MeshError {
+        let mut conns = lock(&self.conns);
+        if conns
+            .get(peer)
+            .is_some_and(|c| c.stable_id() == conn.stable_id())
+        {
+            conns.remove(peer);
+        }
+        MeshError::Stream(e.to_string())
+    }
+
+    /// The connection to a live peer, dialed if there is none.
+    async fn connection(&self, peer: &str) -> Result<quinn::Connection, MeshError> {
+        if let Some(c) = lock(&self.conns).get(peer) {
+            if c.close_reason().is_none() {
+                return Ok(c.clone());
+            }
+        }
+        let addr = self
+            .live
+            .borrow()
+            .iter()
+            .find(|p| p.name == peer)
+            .map(|p| p.addr)
+            .ok_or_else(|| MeshError::UnknownPeer(peer.to_string()))?;
+        let conn = self
+            .endpoint
+            .connect(addr, &node_dns_name(peer))
+            .map_err(|e| MeshError::Connect(e.to_string()))?
+            .await
+            .map_err(|e| MeshError::Connect(e.to_string()))?;
+        lock(&self.conns).insert(peer.to_string(), conn.clone());
+        tokio::spawn(serve_connection(
+            conn.clone(),
+            self.in_tx.clone(),
+            self.streams_tx.clone(),
+        ));
+        Ok(conn)
     }
 
     pub fn me(&self) -> &NodeId {
@@ -225,6 +369,50 @@ impl Drop for Mesh {
     }
 }
 
+/// Everything that arrives on one connection: membership datagrams, and the
+/// node's own streams.
+async fn serve_connection(
+    conn: quinn::Connection,
+    to: mpsc::Sender<Inbound>,
+    streams: mpsc::Sender<StreamMsg>,
+) {
+    let bi = {
+        let conn = conn.clone();
+        let streams = streams.clone();
+        async move {
+            while let Ok((send, mut recv)) = conn.accept_bi().await {
+                let streams = streams.clone();
+                tokio::spawn(async move {
+                    match recv.read_to_end(MAX_STREAM_MESSAGE).await {
+                        Ok(payload) => {
+                            let reply = Responder(send);
+                            let _ = streams.send(StreamMsg::Call { payload, reply }).await;
+                        }
+                        Err(e) => tracing::debug!(error = %e, "bad cluster request stream"),
+                    }
+                });
+            }
+        }
+    };
+    let uni = {
+        let conn = conn.clone();
+        async move {
+            while let Ok(mut recv) = conn.accept_uni().await {
+                let streams = streams.clone();
+                tokio::spawn(async move {
+                    match recv.read_to_end(MAX_STREAM_MESSAGE).await {
+                        Ok(payload) => {
+                            let _ = streams.send(StreamMsg::Push { payload }).await;
+                        }
+                        Err(e) => tracing::debug!(error = %e, "bad cluster push stream"),
+                    }
+                });
+            }
+        }
+    };
+    tokio::join!(read_datagrams(conn, to), bi, uni);
+}
+
 async fn read_datagrams(conn: quinn::Connection, to: mpsc::Sender<Inbound>) {
     while let Ok(d) = conn.read_datagram().await {
         let Some((&len, rest)) = d.split_first() else {
@@ -257,6 +445,7 @@ struct Driver {
     /// tolerates loss) instead of opening more connections.
     dialing: HashSet<String>,
     in_tx: mpsc::Sender<Inbound>,
+    streams_tx: mpsc::Sender<StreamMsg>,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
     timer_slab: BTreeMap<u64, Timer<NodeId>>,
     next_timer: u64,
@@ -328,6 +517,18 @@ impl Driver {
         }
         let view = self.membership.view();
         if *self.view_tx.borrow() != *view {
+            // Peers that left the view: close their connections, so that
+            // streams still waiting on them fail now, not at the idle
+            // timeout.
+            {
+                let old = self.view_tx.borrow();
+                let mut conns = lock(&self.conns);
+                for gone in old.members.iter().filter(|m| !view.members.contains(*m)) {
+                    if let Some(conn) = conns.remove(gone) {
+                        conn.close(2u32.into(), b"left the view");
+                    }
+                }
+            }
             metrics::counter!("hush_cluster_view_changes_total").increment(1);
             metrics::gauge!("hush_cluster_members").set(view.members.len() as f64);
             tracing::info!(epoch = view.epoch, members = ?view.members, "cluster view changed");
@@ -362,6 +563,7 @@ impl Driver {
         // Dial; the packet goes once connected.
         let endpoint = self.endpoint.clone();
         let in_tx = self.in_tx.clone();
+        let streams_tx = self.streams_tx.clone();
         tokio::spawn(async move {
             let connecting = endpoint
                 .connect(to.addr, &node_dns_name(&to.name))
@@ -379,7 +581,7 @@ impl Driver {
                             conn: conn.clone(),
                         })
                         .await;
-                    read_datagrams(conn, in_tx).await;
+                    serve_connection(conn, in_tx, streams_tx).await;
                 }
                 Err(e) => {
                     tracing::debug!(peer = %to.name, error = %e, "dial failed");

@@ -91,13 +91,15 @@ fn dev_ca_key(dir: &Path) -> Result<KeyPair> {
     let path = dir.join(CA_KEY_FILE);
     if !path.exists() {
         let key = KeyPair::generate()?;
-        // Unique per process and per attempt within it.
-        static ATTEMPT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let attempt = ATTEMPT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = dir.join(format!(
-            "{CA_KEY_FILE}.{}.{attempt}.tmp",
-            std::process::id()
-        ));
+        // Unique per key: process ids collide across containers (every
+        // node is pid 1 there) sharing one volume.
+        let unique: String = key
+            .public_key_raw()
+            .iter()
+            .take(12)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let tmp = dir.join(format!("{CA_KEY_FILE}.{}.{unique}.tmp", std::process::id()));
         write_private(&tmp, key.serialize_pem().as_bytes())?;
         let linked = std::fs::hard_link(&tmp, &path);
         let _ = std::fs::remove_file(&tmp);
@@ -228,7 +230,13 @@ impl NodeIdentity {
                 .map_err(|e| TlsError::Endpoint(e.to_string()))?;
         let mut transport = quinn::TransportConfig::default();
         // quinn's keep-alive is off by default; the mesh wants live paths.
-        transport.keep_alive_interval(Some(std::time::Duration::from_secs(2)));
+        transport.keep_alive_interval(Some(std::time::Duration::from_secs(1)));
+        // A silent peer fails its pending streams after this (the view
+        // usually drops it sooner, which closes the connection at once).
+        transport.max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(std::time::Duration::from_secs(5))
+                .map_err(|e| TlsError::Endpoint(e.to_string()))?,
+        ));
         let transport = Arc::new(transport);
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
         server.transport_config(transport.clone());
