@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The baseline scenario: the fanout workload against Hush (one node, started
+# by hush-loadtest) and against Redis pub/sub (Debian's redis-server,
+# started here on loopback, no persistence), in one run, one report.
+#   loadtest/scripts/baseline.sh [extra hush-loadtest run args, e.g. --set fanout.rates=[2000.0]]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+if ! command -v redis-server >/dev/null; then
+  echo "baseline: installing redis-server (Debian package)" >&2
+  apt-get install -y redis-server >/dev/null 2>&1 || { apt-get update && apt-get install -y redis-server; }
+fi
+cargo build --release -p hush-node -p hush-loadtest
+dir=$(mktemp -d)
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+redis-server --bind 127.0.0.1 --port "$port" --save "" --appendonly no --dir "$dir" \
+  --maxclients 20000 --daemonize no >"$dir/redis.log" 2>&1 &
+rpid=$!
+trap 'kill "$rpid" 2>/dev/null || true; wait "$rpid" 2>/dev/null || true; rm -rf "$dir"' EXIT
+# redis-server has no "listening" line on stdout to wait for; ask it.
+for _ in $(seq 200); do
+  redis-cli -p "$port" ping >/dev/null 2>&1 && break
+  sleep 0.05
+done
+redis-cli -p "$port" ping >/dev/null
+target/release/hush-loadtest run loadtest/scenarios/baseline.toml \
+  --redis "127.0.0.1:$port" --redis-pid "$rpid" "$@"

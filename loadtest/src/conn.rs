@@ -1,0 +1,284 @@
+//! A light WebSocket connection to `/v1/ws`: one task per connection that
+//! reads and writes, token auth by subprotocol (as the SDK does), protobuf
+//! frames. Replies go to a waiting request or to the connection's
+//! [`Push`] handler; pushed frames always go to the handler, called inline
+//! on the connection task with the receive time, so nothing queues between
+//! the socket and the measurement.
+//!
+//! The client socket can be bound to a source address (127.0.0.x) before
+//! connecting, which spreads connections over address pairs.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use hush_client::http::Token;
+use hush_proto::{client_frame, server_frame, ClientFrame, Message as _, ServerFrame};
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use crate::payload::now_ns;
+
+/// How long a setup request waits for its reply.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A connection failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("connect {addr}: {detail}")]
+    Connect { addr: String, detail: String },
+    #[error("server error {code:?}: {message}")]
+    Server {
+        code: hush_proto::ErrorCode,
+        message: String,
+    },
+    #[error("connection closed")]
+    Closed,
+    #[error("request timed out")]
+    Timeout,
+    #[error("unexpected reply: {0}")]
+    Unexpected(String),
+}
+
+/// Receives what the server sends that no request waits for.
+pub trait Push: Send + Sync + 'static {
+    /// A pushed frame (request_id 0), received at `at_ns` (Unix ns).
+    fn on_push(&self, frame: server_frame::Body, at_ns: u64);
+    /// A reply to a frame sent with [`Conn::send_with_id`].
+    fn on_reply(&self, request_id: u64, frame: server_frame::Body, at_ns: u64) {
+        let _ = (request_id, frame, at_ns);
+    }
+    /// The connection ended.
+    fn on_closed(&self, reason: &str) {
+        let _ = reason;
+    }
+}
+
+type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<server_frame::Body>>>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned map only means a handler panicked; the map stays usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One authenticated WebSocket connection.
+pub struct Conn {
+    out: mpsc::UnboundedSender<WsMessage>,
+    waiters: Waiters,
+    next_id: AtomicU64,
+    closed: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("closed", &self.closed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The gateway address of a server URL (`http://host:port`).
+pub async fn resolve(server: &str) -> Result<SocketAddr, ConnError> {
+    let hostport = server
+        .trim_end_matches('/')
+        .strip_prefix("http://")
+        .unwrap_or(server);
+    tokio::net::lookup_host(hostport)
+        .await
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| ConnError::Connect {
+            addr: server.into(),
+            detail: "cannot resolve".into(),
+        })
+}
+
+impl Conn {
+    /// Opens `ws://{addr}/v1/ws` from `source` (if given) with the token as
+    /// subprotocol, and starts the connection task.
+    pub async fn connect(
+        addr: SocketAddr,
+        source: Option<IpAddr>,
+        token: &Token,
+        handler: Arc<dyn Push>,
+    ) -> Result<Conn, ConnError> {
+        let cerr = |detail: String| ConnError::Connect {
+            addr: addr.to_string(),
+            detail,
+        };
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        }
+        .map_err(|e| cerr(format!("socket: {e}")))?;
+        if let Some(ip) = source {
+            socket
+                .bind(SocketAddr::new(ip, 0))
+                .map_err(|e| cerr(format!("bind {ip}: {e}")))?;
+        }
+        let stream = socket
+            .connect(addr)
+            .await
+            .map_err(|e| cerr(format!("tcp: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        let mut request = format!("ws://{addr}/v1/ws")
+            .into_client_request()
+            .map_err(|e| cerr(e.to_string()))?;
+        let protocols = format!(
+            "{}, {}{}",
+            hush_proto::auth::WS_PROTOCOL,
+            hush_proto::auth::WS_TOKEN_PREFIX,
+            token.0
+        );
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_str(&protocols).map_err(|e| cerr(e.to_string()))?,
+        );
+        let (ws, _resp) = tokio_tungstenite::client_async(request, stream)
+            .await
+            .map_err(|e| cerr(format!("upgrade: {e}")))?;
+
+        let (out, mut out_rx) = mpsc::unbounded_channel::<WsMessage>();
+        let waiters: Waiters = Arc::default();
+        let closed = Arc::new(AtomicBool::new(false));
+        let task = {
+            let waiters = waiters.clone();
+            let closed = closed.clone();
+            tokio::spawn(async move {
+                let (mut sink, mut source) = ws.split();
+                let reason = loop {
+                    tokio::select! {
+                        m = source.next() => {
+                            let m = match m {
+                                None => break "closed".to_string(),
+                                Some(Err(e)) => break format!("read: {e}"),
+                                Some(Ok(m)) => m,
+                            };
+                            let at = now_ns();
+                            match m {
+                                WsMessage::Binary(b) => {
+                                    let Ok(frame) = ServerFrame::decode(b.as_ref()) else {
+                                        tracing::warn!("undecodable server frame");
+                                        continue;
+                                    };
+                                    let Some(body) = frame.body else { continue };
+                                    if frame.request_id == 0 {
+                                        handler.on_push(body, at);
+                                    } else {
+                                        let w = lock(&waiters).remove(&frame.request_id);
+                                        match w {
+                                            Some(tx) => { let _ = tx.send(body); }
+                                            None => handler.on_reply(frame.request_id, body, at),
+                                        }
+                                    }
+                                }
+                                WsMessage::Ping(p) => {
+                                    let sent = sink.send(WsMessage::Pong(p)).await;
+                                    if sent.is_err() {
+                                        break "write failed".to_string();
+                                    }
+                                }
+                                WsMessage::Close(f) => {
+                                    break match f {
+                                        Some(f) => format!("closed by server: {} {}", u16::from(f.code), f.reason),
+                                        None => "closed by server".to_string(),
+                                    };
+                                }
+                                _ => {}
+                            }
+                        }
+                        m = out_rx.recv() => {
+                            let Some(m) = m else {
+                                let _ = sink.send(WsMessage::Close(None)).await;
+                                break "closed by client".to_string();
+                            };
+                            if let Err(e) = sink.send(m).await {
+                                break format!("write: {e}");
+                            }
+                        }
+                    }
+                };
+                closed.store(true, Ordering::SeqCst);
+                lock(&waiters).clear();
+                handler.on_closed(&reason);
+            })
+        };
+        Ok(Conn {
+            out,
+            waiters,
+            next_id: AtomicU64::new(1),
+            closed,
+            task,
+        })
+    }
+
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// A fresh request id.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Sends a frame whose reply goes to the handler's `on_reply`.
+    pub fn send_with_id(&self, request_id: u64, body: client_frame::Body) -> Result<(), ConnError> {
+        let frame = ClientFrame {
+            request_id,
+            body: Some(body),
+        };
+        self.out
+            .send(WsMessage::Binary(frame.encode_to_vec().into()))
+            .map_err(|_| ConnError::Closed)
+    }
+
+    /// Sends a request and waits for its reply; an `Error` reply is `Err`.
+    pub async fn request(&self, body: client_frame::Body) -> Result<server_frame::Body, ConnError> {
+        let id = self.next_id();
+        let (tx, rx) = oneshot::channel();
+        lock(&self.waiters).insert(id, tx);
+        self.send_with_id(id, body)?;
+        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+            Err(_) => {
+                lock(&self.waiters).remove(&id);
+                Err(ConnError::Timeout)
+            }
+            Ok(Err(_)) => Err(ConnError::Closed),
+            Ok(Ok(server_frame::Body::Error(e))) => Err(ConnError::Server {
+                code: e.error_code(),
+                message: e.message,
+            }),
+            Ok(Ok(b)) => Ok(b),
+        }
+    }
+
+    /// Asks for delivery: every group's backlog after the stored cursors,
+    /// then live events (the handler sees `SyncCaughtUp`).
+    pub fn start_sync(&self) -> Result<(), ConnError> {
+        self.send_with_id(
+            0,
+            client_frame::Body::Sync(hush_proto::v1::Sync {
+                cursors: Vec::new(),
+                inbox_after: 0,
+            }),
+        )
+    }
+
+    /// Closes the connection (a Close frame after what is queued).
+    pub fn close(&self) {
+        let _ = self.out.send(WsMessage::Close(None));
+    }
+}

@@ -1,0 +1,187 @@
+//! CPU and RSS of processes, read from `/proc/<pid>/stat` (utime + stime)
+//! and `/proc/<pid>/status` (VmRSS), sampled on an interval.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// One sample of one process.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Sample {
+    /// Seconds since the monitor started.
+    pub t: f64,
+    /// CPU seconds used so far (user + system).
+    pub cpu_s: f64,
+    /// Resident set size in bytes.
+    pub rss: u64,
+}
+
+/// The samples of one watched process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Series {
+    pub name: String,
+    pub pid: u32,
+    pub samples: Vec<Sample>,
+}
+
+impl Series {
+    /// CPU seconds used between two times (nearest samples).
+    pub fn cpu_between(&self, t0: f64, t1: f64) -> f64 {
+        let at = |t: f64| {
+            self.samples
+                .iter()
+                .min_by(|a, b| (a.t - t).abs().total_cmp(&(b.t - t).abs()))
+                .map(|s| s.cpu_s)
+                .unwrap_or(0.0)
+        };
+        (at(t1) - at(t0)).max(0.0)
+    }
+
+    /// RSS at the sample nearest to `t`.
+    pub fn rss_at(&self, t: f64) -> u64 {
+        self.samples
+            .iter()
+            .min_by(|a, b| (a.t - t).abs().total_cmp(&(b.t - t).abs()))
+            .map(|s| s.rss)
+            .unwrap_or(0)
+    }
+
+    /// Largest RSS seen.
+    pub fn peak_rss(&self) -> u64 {
+        self.samples.iter().map(|s| s.rss).max().unwrap_or(0)
+    }
+}
+
+fn clock_ticks() -> f64 {
+    // sysconf(_SC_CLK_TCK) without libc: ask getconf once; 100 is what
+    // Linux uses on every common architecture.
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// Reads (cpu seconds, rss bytes) of a process, `None` once it is gone.
+pub fn read(pid: u32, ticks: f64) -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain spaces: fields
+    // after the last ')' start at field 3 (state).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Some(((utime + stime) / ticks, rss_kb * 1024))
+}
+
+/// Samples a set of processes until dropped.
+pub struct Monitor {
+    series: Arc<Mutex<Vec<Series>>>,
+    task: tokio::task::JoinHandle<()>,
+    start: std::time::Instant,
+}
+
+impl Monitor {
+    /// Starts sampling `procs` (name, pid) every `every`.
+    pub fn start(procs: Vec<(String, u32)>, every: Duration) -> Self {
+        let series = Arc::new(Mutex::new(
+            procs
+                .into_iter()
+                .map(|(name, pid)| Series {
+                    name,
+                    pid,
+                    samples: Vec::new(),
+                })
+                .collect::<Vec<_>>(),
+        ));
+        let start = std::time::Instant::now();
+        let task = {
+            let series = series.clone();
+            tokio::spawn(async move {
+                let ticks = clock_ticks();
+                let mut iv = tokio::time::interval(every);
+                loop {
+                    iv.tick().await;
+                    let t = start.elapsed().as_secs_f64();
+                    let mut s = series.lock().unwrap_or_else(|e| e.into_inner());
+                    for p in s.iter_mut() {
+                        if let Some((cpu_s, rss)) = read(p.pid, ticks) {
+                            p.samples.push(Sample { t, cpu_s, rss });
+                        }
+                    }
+                }
+            })
+        };
+        Self {
+            series,
+            task,
+            start,
+        }
+    }
+
+    /// Seconds since the monitor started.
+    pub fn now(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+
+    /// Adds a process to watch from now on.
+    pub fn watch(&self, name: String, pid: u32) {
+        self.series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Series {
+                name,
+                pid,
+                samples: Vec::new(),
+            });
+    }
+
+    /// Takes one sample of everything right now (so phase edges are exact).
+    pub fn sample_now(&self) {
+        let t = self.now();
+        let ticks = clock_ticks();
+        let mut s = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        for p in s.iter_mut() {
+            if let Some((cpu_s, rss)) = read(p.pid, ticks) {
+                p.samples.push(Sample { t, cpu_s, rss });
+            }
+        }
+    }
+
+    /// The samples so far.
+    pub fn series(&self) -> Vec<Series> {
+        self.series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_itself() {
+        let (cpu, rss) = super::read(std::process::id(), 100.0).unwrap();
+        assert!(cpu >= 0.0);
+        assert!(rss > 0);
+    }
+}

@@ -1,0 +1,341 @@
+//! Scenario files (`loadtest/scenarios/*.toml`): typed, validated, with
+//! defaults in code. Unknown keys are errors that name the key. Command-line
+//! `--set a.b=value` overrides are applied to the TOML tree before it is
+//! typed, so they are checked exactly like the file.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// What a scenario measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// G groups of k members, one sender per group, total rate R.
+    Fanout,
+    /// Ramp to N idle authenticated connections and hold them.
+    Connect,
+    /// Fan-out phases at increasing rates; the highest rate whose p99 stays
+    /// under `sustain_p99_ms` wins.
+    Sustain,
+    /// The fanout workload against Hush and against Redis pub/sub, in one run.
+    Baseline,
+}
+
+/// How message payloads are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MlsMode {
+    /// Every message encrypted by the sender and decrypted by every receiver
+    /// (openmls in the generator).
+    Live,
+    /// Ciphertexts sealed once by the real MLS group, replayed with fresh
+    /// client message ids; the timestamp rides in the PrivateMessage's
+    /// authenticated data (see the README). Receivers do not decrypt.
+    Presealed,
+}
+
+/// Where the system under test comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Spawn {
+    /// Start one `hush-node` on a fresh data directory, port 0.
+    Node,
+    /// Start the nodes of `cluster_config` (scripts/local-cluster.sh layout).
+    Cluster,
+    /// Use `--server` URLs (and `--node-pid` for /proc sampling).
+    None,
+}
+
+/// A scenario file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Used in output directory names and the report title.
+    pub name: String,
+    /// One line for the report.
+    #[serde(default)]
+    pub description: String,
+    pub kind: Kind,
+    #[serde(default = "default_mls")]
+    pub mls: MlsMode,
+    /// Worker processes; 0 runs the single worker inside this process.
+    #[serde(default)]
+    pub workers: usize,
+    /// Client sockets bind to 127.0.0.1 .. 127.0.0.N before connecting
+    /// (round-robin), to get past ~28k ports per address pair.
+    #[serde(default = "one")]
+    pub source_addrs: u8,
+    #[serde(default)]
+    pub target: Target,
+    #[serde(default)]
+    pub fanout: Fanout,
+    #[serde(default)]
+    pub connect: Connect,
+}
+
+/// The system under test.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    #[serde(default = "default_spawn")]
+    pub spawn: Spawn,
+    /// Extra hush-node config (TOML text) for spawned nodes; `limits` here
+    /// must allow the per-connection send rate of the scenario.
+    #[serde(default)]
+    pub node_config: String,
+    /// With `spawn = "cluster"`: the cluster config (relative to the
+    /// workspace root) and the node ids to start.
+    #[serde(default = "default_cluster_config")]
+    pub cluster_config: String,
+    #[serde(default)]
+    pub cluster_nodes: Vec<String>,
+    /// With `spawn = "cluster"`: kill -9 this node id this many seconds into
+    /// the first measured phase (the failover scenario). Empty: no kill.
+    #[serde(default)]
+    pub kill_node: String,
+    #[serde(default)]
+    pub kill_after_s: f64,
+}
+
+impl Default for Target {
+    fn default() -> Self {
+        Self {
+            spawn: default_spawn(),
+            node_config: String::new(),
+            cluster_config: default_cluster_config(),
+            cluster_nodes: Vec::new(),
+            kill_node: String::new(),
+            kill_after_s: 0.0,
+        }
+    }
+}
+
+/// The fan-out workload (kinds fanout, sustain, baseline).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Fanout {
+    pub groups: usize,
+    /// Members per group, the sender included (k >= 2).
+    pub group_size: usize,
+    /// Plaintext size of each message in bytes (>= 24: the header).
+    pub payload_bytes: usize,
+    /// Total messages per second over all groups, one entry per phase.
+    pub rates: Vec<f64>,
+    /// Length of each phase's sending window.
+    pub phase_s: f64,
+    /// After a phase stops sending: how long to wait for every ack and
+    /// every delivery before counting what is missing as lost.
+    pub drain_timeout_s: f64,
+    /// Receivers acknowledge their highest contiguous seq this often (as the
+    /// SDK does after processing); 0 = never.
+    pub ack_interval_ms: u64,
+    /// Sustain: a phase passes while its end-to-end p99 stays under this.
+    pub sustain_p99_ms: f64,
+    /// Distinct presealed ciphertexts per group (replayed round-robin).
+    pub presealed_per_group: usize,
+    /// Groups set up concurrently (registration, KeyPackages, commit).
+    pub setup_concurrency: usize,
+}
+
+impl Default for Fanout {
+    fn default() -> Self {
+        Self {
+            groups: 10,
+            group_size: 5,
+            payload_bytes: 64,
+            rates: vec![100.0],
+            phase_s: 10.0,
+            drain_timeout_s: 30.0,
+            ack_interval_ms: 200,
+            sustain_p99_ms: 50.0,
+            presealed_per_group: 16,
+            setup_concurrency: 16,
+        }
+    }
+}
+
+/// The connect workload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Connect {
+    /// Idle authenticated connections to open (over all workers).
+    pub connections: usize,
+    /// Connection attempts per second (open loop).
+    pub rate: f64,
+    /// How long to hold them all open after the ramp.
+    pub hold_s: f64,
+    /// Concurrent registrations during setup.
+    pub setup_concurrency: usize,
+}
+
+impl Default for Connect {
+    fn default() -> Self {
+        Self {
+            connections: 100,
+            rate: 100.0,
+            hold_s: 5.0,
+            setup_concurrency: 32,
+        }
+    }
+}
+
+/// Finite and > 0 (false for NaN).
+fn positive(v: f64) -> bool {
+    v.is_finite() && v > 0.0
+}
+
+fn default_mls() -> MlsMode {
+    MlsMode::Presealed
+}
+fn default_spawn() -> Spawn {
+    Spawn::Node
+}
+fn default_cluster_config() -> String {
+    "cluster.toml".into()
+}
+fn one() -> u8 {
+    1
+}
+
+/// A scenario that cannot be used, with the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Parse(String),
+    #[error("bad override `{0}`: expected key.path=value")]
+    Override(String),
+    #[error("bad scenario value `{key}`: {why}")]
+    Invalid { key: &'static str, why: String },
+}
+
+impl Scenario {
+    /// Reads a scenario file and applies `key.path=value` overrides.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, overrides)
+    }
+
+    /// Parses scenario text and applies overrides.
+    pub fn parse(text: &str, overrides: &[String]) -> Result<Self, ScenarioError> {
+        let mut tree: toml::Table =
+            toml::from_str(text).map_err(|e| ScenarioError::Parse(e.to_string()))?;
+        for o in overrides {
+            apply_override(&mut tree, o)?;
+        }
+        let s: Scenario = toml::Value::Table(tree)
+            .try_into()
+            .map_err(|e: toml::de::Error| ScenarioError::Parse(e.to_string()))?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    fn validate(&self) -> Result<(), ScenarioError> {
+        let bad = |key, why: &str| {
+            Err(ScenarioError::Invalid {
+                key,
+                why: why.into(),
+            })
+        };
+        if self.source_addrs == 0 {
+            return bad("source_addrs", "must be 1..=255");
+        }
+        if matches!(self.kind, Kind::Fanout | Kind::Sustain | Kind::Baseline) {
+            let f = &self.fanout;
+            if f.groups == 0 {
+                return bad("fanout.groups", "must be > 0");
+            }
+            if f.group_size < 2 {
+                return bad(
+                    "fanout.group_size",
+                    "must be >= 2 (a sender and a receiver)",
+                );
+            }
+            if f.payload_bytes < crate::payload::HEADER_LEN {
+                return bad("fanout.payload_bytes", "must be >= 24 (the header)");
+            }
+            if f.rates.is_empty() || f.rates.iter().any(|r| !positive(*r)) {
+                return bad("fanout.rates", "must be a non-empty list of rates > 0");
+            }
+            if !positive(f.phase_s) {
+                return bad("fanout.phase_s", "must be > 0");
+            }
+            if f.presealed_per_group == 0 {
+                return bad("fanout.presealed_per_group", "must be > 0");
+            }
+            if f.setup_concurrency == 0 {
+                return bad("fanout.setup_concurrency", "must be > 0");
+            }
+        }
+        if self.kind == Kind::Connect {
+            let c = &self.connect;
+            if c.connections == 0 || !positive(c.rate) || c.setup_concurrency == 0 {
+                return bad(
+                    "connect",
+                    "connections, rate and setup_concurrency must be > 0",
+                );
+            }
+        }
+        if self.target.spawn == Spawn::Cluster && self.target.cluster_nodes.is_empty() {
+            return bad("target.cluster_nodes", "list the node ids to start");
+        }
+        Ok(())
+    }
+}
+
+/// `fanout.groups=10`: the value is parsed as TOML, or taken as a string.
+fn apply_override(tree: &mut toml::Table, o: &str) -> Result<(), ScenarioError> {
+    let (key, value) = o
+        .split_once('=')
+        .ok_or_else(|| ScenarioError::Override(o.into()))?;
+    let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    let mut parts: Vec<&str> = key.trim().split('.').collect();
+    let last = parts
+        .pop()
+        .filter(|l| !l.is_empty())
+        .ok_or_else(|| ScenarioError::Override(o.into()))?;
+    let mut t = tree;
+    for p in parts {
+        t = t
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| ScenarioError::Override(o.into()))?;
+    }
+    t.insert(last.to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_and_unknown_keys() {
+        let s = Scenario::parse(
+            "name = \"x\"\nkind = \"fanout\"\n[fanout]\ngroups = 2\ngroup_size = 3\npayload_bytes = 64\nrates = [10.0]\nphase_s = 1.0\ndrain_timeout_s = 5.0\nack_interval_ms = 0\nsustain_p99_ms = 50.0\npresealed_per_group = 4\nsetup_concurrency = 2\n",
+            &["fanout.groups=7".into(), "mls=live".into()],
+        )
+        .unwrap();
+        assert_eq!(s.fanout.groups, 7);
+        assert_eq!(s.mls, MlsMode::Live);
+        let e = Scenario::parse("name = \"x\"\nkind = \"fanout\"\nbogus = 1\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+        let e = Scenario::parse(
+            "name = \"x\"\nkind = \"connect\"\n",
+            &["connect.rate=0".into()],
+        );
+        assert!(e.is_err());
+    }
+}

@@ -1,0 +1,87 @@
+//! CI smoke test: a real hush-node process, the smoke scenario for a couple
+//! of seconds, real registration, WebSockets and MLS. Asserts correctness
+//! counts only, never a timing.
+//!
+//! The node binary is `HUSH_NODE_BIN` when set, else whatever
+//! `cargo build -p hush-node` produces (the same rule as the hush-client
+//! end-to-end tests, so a stale node is never used).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use hush_loadtest::{run, Options};
+
+fn node_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("HUSH_NODE_BIN") {
+            return PathBuf::from(p);
+        }
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let out = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "hush-node", "--bin", "hush-node"])
+            .args(["--message-format=json"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run cargo build for hush-node");
+        assert!(out.status.success(), "building hush-node failed");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("\"compiler-artifact\"") && l.contains("\"executable\":\""))
+            .filter_map(|l| l.split("\"executable\":\"").nth(1))
+            .filter_map(|rest| rest.split('"').next())
+            .map(PathBuf::from)
+            .find(|p| p.file_name().is_some_and(|n| n == "hush-node"))
+            .expect("cargo reported no hush-node executable")
+    })
+    .clone()
+}
+
+async fn smoke(overrides: &[&str]) -> hush_loadtest::report::Summary {
+    let out = tempfile::tempdir().unwrap();
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/smoke.toml");
+    let o = run(Options {
+        scenario,
+        overrides: overrides.iter().map(|s| s.to_string()).collect(),
+        out: Some(out.path().to_path_buf()),
+        node_bin: Some(node_bin()),
+        worker_exe: Some(PathBuf::from(env!("CARGO_BIN_EXE_hush-loadtest"))),
+        progress: false,
+        ..Options::default()
+    })
+    .await
+    .expect("smoke run");
+    assert!(out.path().join("summary.json").exists());
+    assert!(out.path().join("report.html").exists());
+    o.summary
+}
+
+fn assert_every_message_delivered_once(s: &hush_loadtest::report::Summary) {
+    assert!(s.correctness.ok(), "{:?}", s.correctness);
+    assert!(s.ok);
+    let k = s.scenario.fanout.group_size as u64;
+    let p = &s.targets[0].phases[0];
+    assert!(p.sent > 0);
+    assert_eq!(p.acked, p.sent, "every send acknowledged");
+    assert_eq!(
+        p.delivered,
+        p.sent * (k - 1),
+        "every receiver got every message"
+    );
+    assert_eq!(p.latency_ms["e2e"].count, p.delivered);
+    assert_eq!(p.latency_ms["completion"].count, p.sent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smoke_presealed_in_process() {
+    let s = smoke(&[]).await;
+    assert_every_message_delivered_once(&s);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smoke_live_mls_in_two_worker_processes() {
+    let s = smoke(&["mls=live", "workers=2", "fanout.groups=4"]).await;
+    assert_every_message_delivered_once(&s);
+}
