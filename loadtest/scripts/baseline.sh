@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The baseline scenario: the fanout workload against Hush (one node, started
 # by hush-loadtest) and against Redis pub/sub (Debian's redis-server,
-# started here on loopback, no persistence), in one run, one report.
+# started here on loopback, no persistence; protected mode off because the
+# generator connects from 127.0.0.x source addresses, which Redis does not
+# count as loopback), in one run, one report.
 #   loadtest/scripts/baseline.sh [extra hush-loadtest run args, e.g. --set fanout.rates=[2000.0]]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -12,7 +14,7 @@ fi
 cargo build --release -p hush-node -p hush-loadtest
 dir=$(mktemp -d)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-redis-server --bind 127.0.0.1 --port "$port" --save "" --appendonly no --dir "$dir" \
+redis-server --bind 127.0.0.1 --port "$port" --save "" --appendonly no --dir "$dir" --protected-mode no \
   --maxclients 20000 --daemonize no >"$dir/redis.log" 2>&1 &
 rpid=$!
 trap 'kill "$rpid" 2>/dev/null || true; wait "$rpid" 2>/dev/null || true; rm -rf "$dir"' EXIT
@@ -22,5 +24,7 @@ for _ in $(seq 200); do
   sleep 0.05
 done
 redis-cli -p "$port" ping >/dev/null
+# The server's own pid (for /proc sampling), as it reports it.
+spid=$(redis-cli -p "$port" info server | tr -d '\r' | sed -n 's/^process_id://p')
 target/release/hush-loadtest run loadtest/scenarios/baseline.toml \
-  --redis "127.0.0.1:$port" --redis-pid "$rpid" "$@"
+  --redis "127.0.0.1:$port" --redis-pid "$spid" "$@"
