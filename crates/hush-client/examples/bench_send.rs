@@ -4,8 +4,13 @@
 //! gives one honest number per run, a lower bound of the node's capacity,
 //! since the clients share this machine's cores with the node.
 //!
-//! Usage: bench_send SERVER_URL [GROUPS] [MESSAGES_PER_GROUP]
+//! Usage: bench_send SERVER_URL[,URL...] [GROUPS] [MESSAGES_PER_GROUP]
 //!   cargo run --release -p hush-client --example bench_send -- http://127.0.0.1:7300 8 250
+//!
+//! With several node URLs (a cluster), group g's sender starts at node g and
+//! its receiver at node g + 1 (mod the count), so every message crosses
+//! nodes: forwarded to the group's owner unless the sender sits there, and
+//! fanned out to the receiver's node.
 
 use std::time::Instant;
 
@@ -21,13 +26,20 @@ async fn main() -> anyhow_like::Result<()> {
     let per_group: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(250);
     let root = tempfile::tempdir()?;
     let run = std::process::id();
+    let nodes: Vec<&str> = server.split(',').collect();
+    let from = |i: usize| {
+        (0..nodes.len())
+            .map(|k| nodes[(i + k) % nodes.len()])
+            .collect::<Vec<_>>()
+            .join(",")
+    };
 
     // Each group: one sender, one receiver, both their own users.
     let mut pairs = Vec::new();
     for g in 0..groups {
-        let mut sender = Client::open(&root.path().join(format!("s{g}")), Some(&server))?;
+        let mut sender = Client::open(&root.path().join(format!("s{g}")), Some(&from(g)))?;
         sender.register(&format!("s{run}x{g}")).await?;
-        let mut receiver = Client::open(&root.path().join(format!("r{g}")), Some(&server))?;
+        let mut receiver = Client::open(&root.path().join(format!("r{g}")), Some(&from(g + 1)))?;
         let rname = format!("r{run}x{g}");
         receiver.register(&rname).await?;
         let gid = hex::encode(sender.create_group(&format!("bench {g}")).await?.group_id);

@@ -25,6 +25,7 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 
 use crate::client::{Client, CommitDone};
+use crate::conn::Transport;
 use crate::error::{ClientError, Result};
 use crate::mls::user_of;
 use crate::store::{GroupStatus, LogRow};
@@ -42,6 +43,10 @@ pub struct Cli {
     /// Print JSON objects, one per line.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Transport: ws (WebSocket), sse (Server-Sent Events + HTTP requests),
+    /// or auto (WebSocket, falling back to SSE when the upgrade fails).
+    #[arg(long, env = "HUSH_TRANSPORT", global = true, default_value_t = Transport::Auto)]
+    pub transport: Transport,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -317,6 +322,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     let out = Out::new(cli.json);
     let home = cli.home_dir();
     let mut client = Client::open(&home, cli.server.as_deref())?;
+    client.set_transport(cli.transport);
     let r = dispatch(&mut client, cli.command, out).await;
     client.close().await;
     r
@@ -649,5 +655,9 @@ mod tests {
             Cli::try_parse_from(["hush", "send", "g", "hello world", "--server", "http://h:1"])
                 .unwrap();
         assert_eq!(cli.server.as_deref(), Some("http://h:1"));
+        assert_eq!(cli.transport, Transport::Auto);
+        let cli = Cli::try_parse_from(["hush", "--transport", "sse", "sync"]).unwrap();
+        assert_eq!(cli.transport, Transport::Sse);
+        assert!(Cli::try_parse_from(["hush", "--transport", "smoke", "sync"]).is_err());
     }
 }

@@ -1,5 +1,5 @@
 //! [`Client`]: the async driver. It owns the state database, logs in over
-//! HTTP, keeps one WebSocket connection, processes the group timelines in
+//! HTTP, keeps one connection ([`Conn`]: WebSocket or SSE), processes the group timelines in
 //! seq order, and performs commits with the stale-epoch retry loop.
 //!
 //! Processing rules (the invariants that keep every device on the same epoch
@@ -29,12 +29,14 @@ use hush_proto::v1::{self, GroupEvent, InboxEvent};
 use hush_proto::{auth, client_frame, server_frame, ErrorCode};
 use ring::rand::{SecureRandom, SystemRandom};
 
+use crate::conn::{Conn, Transport};
 use crate::envelope::Envelope;
 use crate::error::{ClientError, Result};
-use crate::http::{normalize_server, Http, Token};
+use crate::http::{parse_servers, Http, Token};
+use crate::live::LiveState;
 use crate::mls::{self, Change};
 use crate::store::{now_ms, GroupRow, GroupStatus, Identity, LogRow, StateDb};
-use crate::ws::{Pushed, WsConn};
+use crate::ws::Pushed;
 
 /// The default server URL.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7300";
@@ -44,6 +46,11 @@ pub const KEY_PACKAGE_BATCH: usize = 20;
 pub const KEY_PACKAGE_LOW: u32 = 10;
 /// How many times a commit is rebuilt after losing the epoch race.
 pub const MAX_COMMIT_ATTEMPTS: usize = 6;
+
+/// How often a send is retried after transient failures (with backoff from
+/// 100 ms to 2 s: about 15 s in all, enough for a group to re-home after a
+/// node crash).
+pub const MAX_TRANSIENT_RETRIES: usize = 10;
 /// How long to wait for the timeline to reach a seq the server announced.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a sync may go without any event before it is abandoned.
@@ -115,21 +122,26 @@ pub struct GroupView {
 pub struct Client {
     db: StateDb,
     http: Http,
-    server: String,
+    /// The cluster's node URLs; `current` is the one in use.
+    servers: Vec<String>,
+    current: usize,
+    transient_retries: usize,
     me: Option<Arc<Identity>>,
-    conn: Option<WsConn>,
+    conn: Option<Conn>,
+    transport: Transport,
     token: Option<Token>,
     buffered: HashMap<Vec<u8>, BTreeMap<u64, GroupEvent>>,
     acks: HashMap<Vec<u8>, u64>,
     actions: Vec<Action>,
     caught_up: bool,
+    live: LiveState,
     rng: SystemRandom,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("server", &self.server)
+            .field("server", &self.server())
             .field("me", &self.me.as_ref().map(|m| m.mls_identity()))
             .field("connected", &self.conn.is_some())
             .finish_non_exhaustive()
@@ -138,32 +150,40 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     /// Opens the state in `home`. The server is `server` if given, else the
-    /// one the identity registered with, else [`DEFAULT_SERVER`].
+    /// one the identity registered with, else [`DEFAULT_SERVER`]. A
+    /// comma-separated list names several nodes of one cluster: the client
+    /// uses the first that answers and moves on to the next when a node
+    /// fails or goes away.
     pub fn open(home: &Path, server: Option<&str>) -> Result<Self> {
         let db = StateDb::open(home)?;
         let me = db.identity()?.map(Arc::new);
         let server = server.filter(|s| !s.trim().is_empty());
-        let server = match (server, &me) {
-            (Some(s), _) => normalize_server(s)?,
-            (None, Some(id)) => id.server.clone(),
-            (None, None) => DEFAULT_SERVER.to_string(),
+        let servers = match (server, &me) {
+            (Some(s), _) => parse_servers(s)?,
+            (None, Some(id)) => parse_servers(&id.server)?,
+            (None, None) => vec![DEFAULT_SERVER.to_string()],
         };
+        let joined = servers.join(",");
         if let Some(id) = &me {
-            if id.server != server {
-                db.set_server(&server)?;
+            if id.server != joined {
+                db.set_server(&joined)?;
             }
         }
         Ok(Self {
-            http: Http::new(&server)?,
+            http: Http::new(&servers[0])?,
             db,
-            server,
+            servers,
+            current: 0,
+            transient_retries: MAX_TRANSIENT_RETRIES,
             me,
             conn: None,
+            transport: Transport::default(),
             token: None,
             buffered: HashMap::new(),
             acks: HashMap::new(),
             actions: Vec::new(),
             caught_up: false,
+            live: LiveState::default(),
             rng: SystemRandom::new(),
         })
     }
@@ -175,7 +195,18 @@ impl Client {
 
     /// The server URL in use.
     pub fn server(&self) -> &str {
-        &self.server
+        &self.servers[self.current]
+    }
+
+    /// How often a send is retried after a transient failure (default
+    /// [`MAX_TRANSIENT_RETRIES`]; 0 reports the first failure).
+    pub fn set_transient_retries(&mut self, retries: usize) {
+        self.transient_retries = retries;
+    }
+
+    /// Every node URL this client knows, comma-separated (as stored).
+    pub fn servers(&self) -> String {
+        self.servers.join(",")
     }
 
     /// This device's identity.
@@ -183,12 +214,23 @@ impl Client {
         self.me.clone().ok_or(ClientError::NotRegistered)
     }
 
-    /// Whether a WebSocket connection is up.
+    /// Whether a connection is up.
     pub fn is_connected(&self) -> bool {
         self.conn.as_ref().is_some_and(|c| !c.is_closed())
     }
 
-    fn conn(&self) -> Result<&WsConn> {
+    /// Chooses the transport of the next [`Client::connect`] (default
+    /// [`Transport::Auto`]).
+    pub fn set_transport(&mut self, transport: Transport) {
+        self.transport = transport;
+    }
+
+    /// The transport of the open connection (`Ws` or `Sse`), if any.
+    pub fn connected_transport(&self) -> Option<Transport> {
+        self.conn.as_ref().map(|c| c.transport())
+    }
+
+    fn conn(&self) -> Result<&Conn> {
         self.conn
             .as_ref()
             .ok_or_else(|| ClientError::Disconnected("not connected".into()))
@@ -239,7 +281,7 @@ impl Client {
             user_id,
             device_id,
             keys,
-            server: self.server.clone(),
+            server: self.servers(),
         };
         self.db.save_identity(&id)?;
         tracing::info!(identity = %id.mls_identity(), "device registered");
@@ -402,11 +444,50 @@ impl Client {
 
     // ---- connection and sync ------------------------------------------------
 
-    /// Logs in, opens the WebSocket, tops up KeyPackages, and syncs every
+    /// Logs in, opens the connection, tops up KeyPackages, and syncs every
     /// group until caught up.
+    ///
+    /// With several nodes, a node that cannot be reached (or fails while
+    /// connecting) is skipped for the next one, starting from the one used
+    /// last; the sync then resumes from the stored cursors, wherever it is.
     pub async fn connect(&mut self) -> Result<()> {
+        let n = self.servers.len();
+        let mut last = None;
+        for i in 0..n {
+            let idx = (self.current + i) % n;
+            if idx != self.current {
+                self.current = idx;
+                self.http = Http::new(&self.servers[idx])?;
+            }
+            match self.connect_here().await {
+                Ok(()) => return Ok(()),
+                Err(e) if n > 1 && e.is_transient() => {
+                    tracing::warn!(server = %self.servers[idx], error = %e, "node unavailable; trying the next");
+                    if let Some(conn) = self.conn.take() {
+                        conn.close().await;
+                    }
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::Disconnected("no server to connect to".into())))
+    }
+
+    /// Moves to the next node for the next [`Client::connect`] (after this
+    /// one said it is going away).
+    pub fn next_server(&mut self) -> Result<()> {
+        if self.servers.len() > 1 {
+            self.current = (self.current + 1) % self.servers.len();
+            self.http = Http::new(&self.servers[self.current])?;
+        }
+        Ok(())
+    }
+
+    async fn connect_here(&mut self) -> Result<()> {
         let token = self.login().await?;
-        self.conn = Some(WsConn::connect(&self.server, &token).await?);
+        let server = self.server().to_string();
+        self.conn = Some(Conn::open(&server, &token, self.transport).await?);
         self.buffered.clear();
         self.maintain_key_packages().await?;
         self.sync().await
@@ -580,10 +661,46 @@ impl Client {
                 self.caught_up = true;
                 Ok(())
             }
+            Pushed::Ephemeral(ev) => {
+                self.on_ephemeral(ev);
+                Ok(())
+            }
+            Pushed::Presence { user_id, online } => {
+                self.live.presence_changed(user_id, online);
+                Ok(())
+            }
             Pushed::Closed(reason) => {
                 let _ = self.flush_acks();
                 self.conn = None;
                 Err(ClientError::Disconnected(reason))
+            }
+        }
+    }
+
+    /// An ephemeral message (typing): decrypted in its own savepoint (it
+    /// moves the sender's MLS ratchet), never logged, never acknowledged.
+    /// One that does not process (a group not joined yet, an epoch not
+    /// reached yet) is dropped: it is only a hint.
+    fn on_ephemeral(&mut self, ev: v1::EphemeralEvent) {
+        let gid = ev.group_id;
+        let active = self
+            .db
+            .group(&gid)
+            .ok()
+            .flatten()
+            .is_some_and(|g| g.status == GroupStatus::Active);
+        if !active || !mls::has_group(&self.db, &gid).unwrap_or(false) {
+            return;
+        }
+        match self.db.atomically(|db| mls::process(db, &gid, &ev.message)) {
+            Ok(mls::Processed::Application { sender, plaintext }) => {
+                if let Ok(Envelope::Typing) = Envelope::decode(&plaintext) {
+                    self.live.typing_seen(&gid, mls::user_of(&sender), now_ms());
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(group = %hex::encode(&gid), error = %e, "dropping ephemeral message")
             }
         }
     }
@@ -603,6 +720,10 @@ impl Client {
 
     fn on_group_event(&mut self, ev: GroupEvent) -> Result<()> {
         let gid = ev.group_id.clone();
+        if ev.kind == v1::EntryKind::Application as i32 {
+            // A message from someone ends their typing notice.
+            self.live.typing_stopped(&gid, mls::user_of(&ev.sender));
+        }
         match self.db.group(&gid)? {
             Some(g) if g.status == GroupStatus::Active => {
                 if ev.seq <= g.last_seq {
@@ -1015,11 +1136,31 @@ impl Client {
         .await
     }
 
+    /// Sends an application message. A transient failure (the connection
+    /// dropped, the node went away, the group is moving between nodes) is
+    /// retried with the same `client_msg_id` after reconnecting, so a
+    /// message the server took but could not acknowledge is not sent twice:
+    /// the repeat is answered with the original seq.
     async fn send_envelope(&mut self, gid: &[u8], env: &Envelope) -> Result<u64> {
         let me = self.me()?;
         let client_msg_id = self.random_id()?;
         let plaintext = env.encode();
-        for _ in 0..MAX_COMMIT_ATTEMPTS {
+        let mut stale_attempts = 0;
+        let mut retries = 0;
+        let mut backoff = std::time::Duration::from_millis(100);
+        while stale_attempts < MAX_COMMIT_ATTEMPTS {
+            if !self.is_connected() {
+                // Boxed: connecting syncs, and a sync may send (a cycle).
+                if let Err(e) = Box::pin(self.connect()).await {
+                    if !e.is_transient() || retries >= self.transient_retries {
+                        return Err(e);
+                    }
+                    retries += 1;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
+                    continue;
+                }
+            }
             if mls::has_pending_proposals(&self.db, gid)? {
                 // openmls refuses to encrypt while proposals are pending.
                 self.commit_intent(gid, Intent::Pending).await?;
@@ -1037,7 +1178,7 @@ impl Client {
                     let (kind, body) = match env {
                         Envelope::Text { body, .. } => ("text", body.clone()),
                         Envelope::Name { name } => ("name", name.clone()),
-                        Envelope::Unknown => ("unknown", String::new()),
+                        Envelope::Typing | Envelope::Unknown => ("unknown", String::new()),
                     };
                     self.db.atomically(|db| {
                         db.record_own_seq(gid, acc.seq)?;
@@ -1061,6 +1202,7 @@ impl Client {
                     stale_epoch,
                     ..
                 }) => {
+                    stale_attempts += 1;
                     self.catch_up(gid, stale_epoch.map(|s| s.head_seq)).await?;
                     if self
                         .db
@@ -1073,6 +1215,15 @@ impl Client {
                             stale_epoch: None,
                         });
                     }
+                }
+                Err(e) if e.is_transient() && retries < self.transient_retries => {
+                    retries += 1;
+                    tracing::warn!(error = %e, "send interrupted; retrying with the same message id");
+                    if !self.is_connected() {
+                        self.close().await;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
                 }
                 Err(e) => return Err(e),
             }
@@ -1285,6 +1436,61 @@ impl Client {
             .collect())
     }
 
+    // ---- presence and typing (live only, never stored) ------------------------
+
+    /// Tells the group's members that are online now that this user is
+    /// typing: an ephemeral MLS application message the server does not
+    /// store. Skipped (Ok) while proposals are pending, because openmls
+    /// cannot encrypt then and a typing notice is not worth a commit.
+    pub async fn send_typing(&mut self, group: &str) -> Result<()> {
+        let me = self.me()?;
+        let g = self.active_group(group)?;
+        if mls::has_pending_proposals(&self.db, &g.group_id)? {
+            return Ok(());
+        }
+        let message = mls::encrypt(&self.db, &me, &g.group_id, &Envelope::Typing.encode())?;
+        match self
+            .request(client_frame::Body::SendEphemeral(v1::SendEphemeral {
+                group_id: g.group_id,
+                message,
+            }))
+            .await?
+        {
+            server_frame::Body::EphemeralAccepted(_) => Ok(()),
+            other => Err(unexpected("EphemeralAccepted", &other)),
+        }
+    }
+
+    /// Fetches the presence of a group's members (then pushed changes keep
+    /// it current). Returns (handle, online) per member user.
+    pub async fn refresh_presence(&mut self, group: &str) -> Result<Vec<(String, bool)>> {
+        let g = self.active_group(group)?;
+        match self
+            .request(client_frame::Body::GetPresence(v1::GetPresence {
+                group_id: g.group_id,
+            }))
+            .await?
+        {
+            server_frame::Body::PresenceList(l) => {
+                let users: Vec<(String, bool)> =
+                    l.users.into_iter().map(|u| (u.user_id, u.online)).collect();
+                self.live.presence_snapshot(users.clone());
+                Ok(users)
+            }
+            other => Err(unexpected("PresenceList", &other)),
+        }
+    }
+
+    /// Presence and typing as known now.
+    pub fn live(&self) -> &LiveState {
+        &self.live
+    }
+
+    /// Presence and typing, to consume changes or clear a typing notice.
+    pub fn live_mut(&mut self) -> &mut LiveState {
+        &mut self.live
+    }
+
     /// Log lines not yet reported (see [`StateDb::take_unshown`]).
     pub fn take_unshown(&self) -> Result<Vec<(Vec<u8>, LogRow)>> {
         self.db.take_unshown()
@@ -1328,7 +1534,7 @@ fn apply_entry(db: &StateDb, me: &Identity, g: &GroupRow, ev: &GroupEvent) -> Re
                     db.log(gid, &line("name", &sender, name), false)?;
                 }
             }
-            Ok(Envelope::Unknown) => {}
+            Ok(Envelope::Typing | Envelope::Unknown) => {}
             Err(e) => {
                 tracing::warn!(group = %hex::encode(gid), seq = ev.seq, error = %e, "undecodable payload")
             }
@@ -1400,6 +1606,10 @@ fn unexpected(expected: &str, got: &server_frame::Body) -> ClientError {
         server_frame::Body::GroupEvent(_) => "GroupEvent",
         server_frame::Body::InboxEvent(_) => "InboxEvent",
         server_frame::Body::SyncCaughtUp(_) => "SyncCaughtUp",
+        server_frame::Body::EphemeralAccepted(_) => "EphemeralAccepted",
+        server_frame::Body::PresenceList(_) => "PresenceList",
+        server_frame::Body::EphemeralEvent(_) => "EphemeralEvent",
+        server_frame::Body::PresenceEvent(_) => "PresenceEvent",
     };
     ClientError::Protocol(format!("expected {expected}, got {name}"))
 }

@@ -6,7 +6,11 @@
 //! ```text
 //! {"t":"text","body":"hello","ts":1700000000000}
 //! {"t":"name","name":"friends"}
+//! {"t":"typing"}
 //! ```
+//!
+//! `typing` travels only as an ephemeral message (`SendEphemeral`): the
+//! server never stores it and delivers it only to devices online now.
 //!
 //! Unknown tags decode to [`Envelope::Unknown`] so a newer client can add
 //! kinds without breaking older ones.
@@ -30,6 +34,9 @@ pub enum Envelope {
         /// The display name.
         name: String,
     },
+    /// The sender is typing (ephemeral: never stored; shown for a few
+    /// seconds by the receivers).
+    Typing,
     /// A kind this client does not know.
     #[serde(other)]
     Unknown,
@@ -48,6 +55,7 @@ impl std::fmt::Debug for Envelope {
                 .debug_struct("Name")
                 .field("name_len", &name.len())
                 .finish(),
+            Envelope::Typing => f.write_str("Typing"),
             Envelope::Unknown => f.write_str("Unknown"),
         }
     }
@@ -92,6 +100,15 @@ mod tests {
         };
         assert_eq!(e.encode(), br#"{"t":"name","name":"friends"}"#);
         assert_eq!(Envelope::decode(&e.encode()).unwrap(), e);
+    }
+
+    #[test]
+    fn typing_shape() {
+        assert_eq!(Envelope::Typing.encode(), br#"{"t":"typing"}"#);
+        assert_eq!(
+            Envelope::decode(br#"{"t":"typing"}"#).unwrap(),
+            Envelope::Typing
+        );
     }
 
     #[test]

@@ -48,6 +48,20 @@ pub fn normalize_server(server: &str) -> Result<String> {
     Ok(s)
 }
 
+/// Parses a comma-separated list of node URLs (the nodes of one cluster),
+/// each normalized as by [`normalize_server`].
+pub fn parse_servers(list: &str) -> Result<Vec<String>> {
+    let servers = list
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(normalize_server)
+        .collect::<Result<Vec<_>>>()?;
+    if servers.is_empty() {
+        return Err(ClientError::InvalidArgument("empty server URL".into()));
+    }
+    Ok(servers)
+}
+
 /// The WebSocket URL for a server URL (http -> ws).
 pub fn ws_url(server: &str) -> Result<String> {
     let s = normalize_server(server)?;

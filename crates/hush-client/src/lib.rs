@@ -1,11 +1,14 @@
 //! Hush client SDK: device identity, persistent openmls state, the
-//! WebSocket/HTTP protocol client, and the `hush` command-line client.
+//! protocol client (WebSocket, or SSE + HTTP), and the `hush` command-line client.
 //!
 //! Layers (top-down, each uses only those below it):
 //! - [`cli`]: the `hush` commands (argument types and output formatting);
 //! - [`client`]: [`client::Client`], the async driver: HTTP auth, one
-//!   WebSocket connection, timeline processing, commits with retry;
-//! - [`ws`] / [`http`]: transports (request/response correlation, events);
+//!   connection, timeline processing, commits with retry;
+//! - [`conn`]: [`conn::Conn`], the connection over either transport, and the
+//!   `ws|sse|auto` choice (auto falls back to SSE when the upgrade fails);
+//! - [`ws`] / [`sse`] / [`http`]: transports (request/response correlation,
+//!   pushed events; SSE resumes with `Last-Event-ID`);
 //! - [`mls`]: sans-IO MLS operations over the state database;
 //! - [`store`]: the SQLite state database (openmls storage + Hush tables);
 //! - [`envelope`]: the end-to-end payload format inside MLS messages.
@@ -26,10 +29,13 @@
 
 pub mod cli;
 pub mod client;
+pub mod conn;
 pub mod envelope;
 pub mod error;
 pub mod http;
+pub mod live;
 pub mod mls;
+pub mod sse;
 pub mod store;
 pub mod tui;
 pub mod ws;

@@ -1,6 +1,9 @@
 //! `hush chat GROUP`: a ratatui terminal UI. Scrollback on the left,
-//! members on the right, an input line at the bottom. Enter sends,
-//! PageUp/PageDown scroll, Esc or Ctrl-C quits.
+//! members on the right (● online, ○ offline), an input line at the bottom
+//! whose title says who is typing. Enter sends, PageUp/PageDown scroll, Esc
+//! or Ctrl-C quits. Typing sends an ephemeral typing notice at most every
+//! [`TYPING_RESEND_MS`]; presence is fetched on start and after a reconnect,
+//! then follows the server's pushes.
 //!
 //! Terminal input is read on a plain thread (crossterm's blocking `read`)
 //! and handed to the async loop over a channel; the loop selects between
@@ -19,7 +22,8 @@ use tokio::sync::mpsc;
 use crate::cli::handles_of;
 use crate::client::Client;
 use crate::error::{ClientError, Result};
-use crate::store::{GroupStatus, LogRow};
+use crate::live::TYPING_RESEND_MS;
+use crate::store::{now_ms, GroupStatus, LogRow};
 
 const SCROLLBACK: usize = 1000;
 
@@ -27,6 +31,10 @@ struct View {
     title: String,
     lines: Vec<LogRow>,
     members: Vec<String>,
+    /// Presence by handle, where known.
+    online: std::collections::BTreeMap<String, bool>,
+    /// Handles typing now.
+    typing: Vec<String>,
     input: String,
     status: String,
     scroll: usize,
@@ -106,16 +114,27 @@ fn draw(f: &mut Frame<'_>, v: &View) {
 
     let members: Vec<ListItem<'_>> = handles_of(&v.members)
         .into_iter()
-        .map(ListItem::new)
+        .map(|h| match v.online.get(&h) {
+            Some(true) => ListItem::new(format!("● {h}")).style(Style::default().fg(Color::Green)),
+            Some(false) => {
+                ListItem::new(format!("○ {h}")).style(Style::default().fg(Color::DarkGray))
+            }
+            None => ListItem::new(format!("  {h}")),
+        })
         .collect();
     f.render_widget(
         List::new(members).block(Block::default().borders(Borders::ALL).title("members")),
         cols[1],
     );
 
+    let input_title = match v.typing.as_slice() {
+        [] => "message".to_string(),
+        [one] => format!("message — {one} is typing…"),
+        many => format!("message — {} are typing…", many.join(", ")),
+    };
     f.render_widget(
         Paragraph::new(v.input.as_str())
-            .block(Block::default().borders(Borders::ALL).title("message")),
+            .block(Block::default().borders(Borders::ALL).title(input_title)),
         rows[1],
     );
     let x = rows[1].x + 1 + (v.input.chars().count() as u16).min(rows[1].width.saturating_sub(3));
@@ -129,6 +148,11 @@ fn draw(f: &mut Frame<'_>, v: &View) {
 fn reload(client: &Client, gid: &[u8], v: &mut View) -> Result<()> {
     v.lines = client.db().recent_log(gid, SCROLLBACK)?;
     v.members = client.members(gid)?;
+    v.online = handles_of(&v.members)
+        .into_iter()
+        .filter_map(|h| client.live().presence(&h).map(|o| (h, o)))
+        .collect();
+    v.typing = client.live().typing_in(gid, now_ms());
     if let Some(g) = client.db().group(gid)? {
         v.title = format!(
             "{} [{}]",
@@ -175,10 +199,17 @@ async fn chat_loop(
         title: String::new(),
         lines: Vec::new(),
         members: Vec::new(),
+        online: Default::default(),
+        typing: Vec::new(),
         input: String::new(),
         status: "Enter: send  PgUp/PgDn: scroll  Esc: quit".into(),
         scroll: 0,
     };
+    let hex = hex::encode(gid);
+    if let Err(e) = client.refresh_presence(&hex).await {
+        tracing::debug!(error = %e, "presence unavailable");
+    }
+    let mut typing_sent_ms = 0u64;
     reload(client, gid, &mut v)?;
     loop {
         terminal.draw(|f| draw(f, &v))?;
@@ -186,11 +217,14 @@ async fn chat_loop(
             Key(Option<Event>),
             Server(Result<crate::ws::Pushed>),
             Reconnect,
+            /// Redraw: typing notices expire with time.
+            Tick,
         }
         let next = if client.is_connected() {
             tokio::select! {
                 k = keys.recv() => Next::Key(k),
                 e = client.wait_event() => Next::Server(e),
+                _ = tokio::time::sleep(Duration::from_secs(1)) => Next::Tick,
             }
         } else {
             tokio::select! {
@@ -215,7 +249,7 @@ async fn chat_loop(
                 KeyCode::Enter => {
                     let text = std::mem::take(&mut v.input);
                     if !text.trim().is_empty() {
-                        let hex = hex::encode(gid);
+                        typing_sent_ms = 0;
                         match client.send_text(&hex, &text).await {
                             Ok(seq) => v.status = format!("sent (seq {seq})"),
                             Err(e) => {
@@ -231,10 +265,21 @@ async fn chat_loop(
                 }
                 KeyCode::PageUp => v.scroll = (v.scroll + 10).min(v.lines.len()),
                 KeyCode::PageDown => v.scroll = v.scroll.saturating_sub(10),
-                KeyCode::Char(c) => v.input.push(c),
+                KeyCode::Char(c) => {
+                    v.input.push(c);
+                    let now = now_ms();
+                    if client.is_connected()
+                        && now.saturating_sub(typing_sent_ms) >= TYPING_RESEND_MS
+                    {
+                        typing_sent_ms = now;
+                        if let Err(e) = client.send_typing(&hex).await {
+                            tracing::debug!(error = %e, "typing notice not sent");
+                        }
+                    }
+                }
                 _ => {}
             },
-            Next::Key(Some(_)) => {}
+            Next::Key(Some(_)) | Next::Tick => {}
             Next::Server(Ok(p)) => {
                 if let Err(e) = client.handle(p).await {
                     v.status = format!("{e}");
@@ -245,7 +290,10 @@ async fn chat_loop(
                 client.close().await;
             }
             Next::Reconnect => match client.connect().await {
-                Ok(()) => v.status = "reconnected".into(),
+                Ok(()) => {
+                    v.status = "reconnected".into();
+                    let _ = client.refresh_presence(&hex).await;
+                }
                 Err(e @ ClientError::Server { .. }) => return Err(e),
                 Err(e) => v.status = format!("reconnect failed: {e}"),
             },
@@ -288,6 +336,8 @@ mod tests {
             title: "friends [abcd1234]".into(),
             lines,
             members: vec!["alice/d1".into(), "bob/d2".into(), "bob/d3".into()],
+            online: Default::default(),
+            typing: Vec::new(),
             input: "typing here".into(),
             status: "connected".into(),
             scroll,
@@ -318,7 +368,22 @@ mod tests {
             assert!(s.contains(want), "{want:?} not on screen:\n{s}");
         }
         // bob's two devices are one member.
-        assert_eq!(s.matches("││bob").count(), 1, "{s}");
+        assert_eq!(s.matches("│  bob").count(), 1, "{s}");
+    }
+
+    #[test]
+    fn shows_presence_and_typing() {
+        let mut v = view(vec![row(1, "bob", "text", "hi")], 0);
+        v.online.insert("alice".into(), true);
+        v.online.insert("bob".into(), false);
+        v.typing = vec!["bob".into()];
+        let s = screen(&v, 80, 12).join("\n");
+        assert!(s.contains("● alice"), "{s}");
+        assert!(s.contains("○ bob"), "{s}");
+        assert!(s.contains("bob is typing…"), "{s}");
+        v.typing = vec!["alice".into(), "bob".into()];
+        let s = screen(&v, 80, 12).join("\n");
+        assert!(s.contains("alice, bob are typing…"), "{s}");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use hush_proto::v1::{GroupEvent, InboxEvent};
+use hush_proto::v1::{EphemeralEvent, GroupEvent, InboxEvent};
 use hush_proto::{client_frame, server_frame, ClientFrame, Message as _, ServerFrame};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -37,6 +37,15 @@ pub enum Pushed {
     Inbox(InboxEvent),
     /// The backlog of the last Sync has been sent.
     CaughtUp,
+    /// A live-only, never stored message of a group (typing).
+    Ephemeral(EphemeralEvent),
+    /// A co-member came online or went offline.
+    Presence {
+        /// The user (handle).
+        user_id: String,
+        /// Online (any device connected) or not.
+        online: bool,
+    },
     /// The connection ended (reason).
     Closed(String),
 }
@@ -283,23 +292,35 @@ fn route(frame: ServerFrame, pending: &Pending, events: &mpsc::UnboundedSender<P
         }
         return;
     }
-    let pushed = match body {
+    if let Some(pushed) = pushed_of(body) {
+        let _ = events.send(pushed);
+    }
+}
+
+/// The event a pushed frame (request_id 0) means for the client, if any.
+/// Shared with the SSE transport.
+pub(crate) fn pushed_of(body: server_frame::Body) -> Option<Pushed> {
+    Some(match body {
         server_frame::Body::GroupEvent(e) => Pushed::Group(e),
         server_frame::Body::InboxEvent(e) => Pushed::Inbox(e),
         server_frame::Body::SyncCaughtUp(_) => Pushed::CaughtUp,
+        server_frame::Body::EphemeralEvent(e) => Pushed::Ephemeral(e),
+        server_frame::Body::PresenceEvent(p) => Pushed::Presence {
+            user_id: p.user_id,
+            online: p.online,
+        },
         // Some servers announce the start of a sync as a push rather than
         // as the Sync's response; either way it carries nothing.
-        server_frame::Body::SyncStarted(_) | server_frame::Body::AuthOk(_) => return,
+        server_frame::Body::SyncStarted(_) | server_frame::Body::AuthOk(_) => return None,
         server_frame::Body::Error(e) => {
             tracing::warn!(code = e.code, message = %e.message, "server error without request");
-            return;
+            return None;
         }
         other => {
             tracing::debug!(?other, "ignoring unexpected pushed frame");
-            return;
+            return None;
         }
-    };
-    let _ = events.send(pushed);
+    })
 }
 
 fn connect_error(url: &str, e: &tokio_tungstenite::tungstenite::Error) -> ClientError {

@@ -97,6 +97,9 @@ async fn the_store_fence_lets_exactly_one_owner_sequence() {
     alice.register("alice").await.unwrap();
     let mut bob = Client::open(&dir.path().join("bob"), Some(&n2.url)).unwrap();
     bob.register("bob").await.unwrap();
+    // This test wants to see each refusal, not the SDK retrying past it.
+    alice.set_transient_retries(0);
+    bob.set_transient_retries(0);
     let gid = alice.create_group("fenced").await.unwrap().group_id;
     let g = hex::encode(&gid);
     alice.add_members(&g, &["bob".into()]).await.unwrap();

@@ -117,6 +117,9 @@ pub struct ActorSection {
     pub group_idle_ms: u64,
     /// Group ownership lease length; renewed while the actor lives.
     pub lease_ttl_ms: u64,
+    /// How long a user with no connection left still shows as online, so a
+    /// quick reconnect does not flap its presence (0: offline at once).
+    pub presence_grace_ms: u64,
 }
 
 /// The cluster this node belongs to (see cluster.toml). No nodes listed:
@@ -135,6 +138,12 @@ pub struct ClusterSection {
     pub tls: Option<ClusterTls>,
     /// SWIM probe period; failure detection takes a few of them.
     pub probe_ms: u64,
+    /// How long a node keeps routing a group request to the group's owner
+    /// (following view changes) before answering UNAVAILABLE.
+    pub forward_timeout_ms: u64,
+    /// Deliveries queued per peer node before new ones are dropped (and
+    /// counted); the store stays the truth.
+    pub peer_queue: usize,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -164,6 +173,8 @@ impl Default for ClusterSection {
             ca_dir: None,
             tls: None,
             probe_ms: 500,
+            forward_timeout_ms: 10_000,
+            peer_queue: 65_536,
         }
     }
 }
@@ -241,6 +252,7 @@ impl Default for ActorSection {
         Self {
             group_idle_ms: 5 * 60_000,
             lease_ttl_ms: 30_000,
+            presence_grace_ms: 5_000,
         }
     }
 }
@@ -450,6 +462,15 @@ impl Config {
             }
             if c.probe_ms < 50 {
                 return Err(invalid("cluster.probe_ms", "must be at least 50"));
+            }
+            if c.forward_timeout_ms < 100 {
+                return Err(invalid(
+                    "cluster.forward_timeout_ms",
+                    "must be at least 100",
+                ));
+            }
+            if c.peer_queue == 0 {
+                return Err(invalid("cluster.peer_queue", "must be at least 1"));
             }
         }
         if self.actors.lease_ttl_ms < 1000 {

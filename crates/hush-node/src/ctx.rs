@@ -30,8 +30,8 @@ pub struct NodeCtx {
     /// Flips to true once when the node starts shutting down; connections
     /// wait on it to close with 4004 at once.
     pub shutdown: tokio::sync::watch::Sender<bool>,
-    /// The cluster mesh, when the node runs in a cluster.
-    pub cluster: std::sync::OnceLock<Arc<hush_cluster::mesh::Mesh>>,
+    /// The cluster router (and its mesh), when the node runs in a cluster.
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster::Router>>,
     next_conn_id: AtomicU64,
 }
 
@@ -116,9 +116,20 @@ impl NodeCtx {
             .await
     }
 
-    /// Hands an item to the online devices among `devices`, one message per
-    /// user session (the session forwards to that user's connections).
+    /// Hands an item to the online devices among `devices`, here and (in a
+    /// cluster) on every other node, where their connections may be.
     pub async fn deliver(&self, devices: &[MemberDevice], item: Outbound) {
+        if let Some(router) = self.cluster.get() {
+            router.fan_out(devices, &item);
+        }
+        self.deliver_local(devices, item).await;
+        metrics::counter!("hush_deliveries_total").increment(devices.len() as u64);
+    }
+
+    /// Hands an item to this node's sessions of the users concerned, one
+    /// message per user session (the session forwards to that user's
+    /// connections).
+    pub async fn deliver_local(&self, devices: &[MemberDevice], item: Outbound) {
         let mut by_user: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
         for d in devices {
             by_user
@@ -135,7 +146,6 @@ impl NodeCtx {
                 });
             }
         }
-        metrics::counter!("hush_deliveries_total").increment(devices.len() as u64);
     }
 }
 

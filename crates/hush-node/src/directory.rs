@@ -74,6 +74,16 @@ impl<K: Eq + Hash + Clone + Send, M: Message> Directory<K, M> {
         self.len().await == 0
     }
 
+    /// Every live actor with its key.
+    pub async fn entries(&self) -> Vec<(K, ActorRef<M>)> {
+        self.actors
+            .lock()
+            .await
+            .iter()
+            .map(|(k, a)| (k.clone(), a.clone()))
+            .collect()
+    }
+
     /// Every live actor (for shutdown).
     pub async fn all(&self) -> Vec<ActorRef<M>> {
         self.actors.lock().await.values().cloned().collect()

@@ -41,6 +41,15 @@ impl ApiError {
         Self::new(ErrorCode::Internal, format!("{context} failed"))
     }
 
+    /// An error another node answered with, passed on unchanged.
+    pub fn from_proto(e: v1::Error) -> Self {
+        Self {
+            code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Internal),
+            message: e.message,
+            stale_epoch: e.stale_epoch,
+        }
+    }
+
     pub fn to_proto(&self) -> v1::Error {
         v1::Error {
             code: self.code as i32,

@@ -63,6 +63,13 @@ pub enum GroupMsg {
     },
     /// Periodic: renew the lease, passivate when idle.
     Tick,
+    /// A not-to-store application message (typing): validated like `Send`,
+    /// fanned out to online member devices, never written.
+    Ephemeral {
+        caller: Caller,
+        req: v1::SendEphemeral,
+        reply: RpcReplyPort<ApiResult<v1::EphemeralAccepted>>,
+    },
 }
 
 pub struct GroupActor {
@@ -170,6 +177,11 @@ impl Actor for GroupActor {
             }
             GroupMsg::Proposal { caller, req, reply } => {
                 let r = self.on_proposal(state, &caller, req).await;
+                self.after(&myself, state, &r);
+                let _ = reply.send(r);
+            }
+            GroupMsg::Ephemeral { caller, req, reply } => {
+                let r = self.on_ephemeral(state, &caller, req).await;
                 self.after(&myself, state, &r);
                 let _ = reply.send(r);
             }
@@ -304,6 +316,49 @@ impl GroupActor {
             ));
         }
         Ok(())
+    }
+
+    /// An ephemeral message: the checks of `on_send` (size, membership,
+    /// PrivateMessage header with content type application, this group,
+    /// epoch within the window), then one frame to every member device but
+    /// the sender's, through the sessions online now. No store write, no
+    /// seq, no client_msg_id: a retry is just another typing notice.
+    async fn on_ephemeral(
+        &self,
+        state: &mut GroupState,
+        caller: &Caller,
+        req: v1::SendEphemeral,
+    ) -> ApiResult<v1::EphemeralAccepted> {
+        self.check_size("message", req.message.len())?;
+        let now = self.ctx.now_ms();
+        let window = self.ctx.config.limits.epoch_window;
+        let group_id = state.group_id.clone();
+        let loaded = self.load(state, now).await?;
+        Self::member_check(loaded, caller)?;
+        let epoch = loaded
+            .tracker
+            .check_application(&req.message, window)
+            .map_err(|e| stale_with_head(e.into(), loaded.head_seq))?;
+        let to: Vec<MemberDevice> = loaded
+            .members
+            .iter()
+            .filter(|m| m.device_id != caller.device_id)
+            .cloned()
+            .collect();
+        let frame = ServerFrame {
+            request_id: 0,
+            body: Some(server_frame::Body::EphemeralEvent(v1::EphemeralEvent {
+                group_id,
+                epoch,
+                message: req.message,
+            })),
+        };
+        let item = Outbound::Ephemeral {
+            frame: frame.encode_to_vec().into(),
+        };
+        self.ctx.deliver(&to, item).await;
+        metrics::counter!("hush_ephemeral_messages_total").increment(1);
+        Ok(v1::EphemeralAccepted {})
     }
 
     async fn on_send(

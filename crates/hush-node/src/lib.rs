@@ -5,6 +5,7 @@
 //! both use it. See ARCHITECTURE.md for the map.
 
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod ctx;
 pub mod directory;
@@ -12,6 +13,7 @@ pub mod error;
 pub mod gateway;
 pub mod group;
 pub mod keys;
+pub mod presence;
 pub mod session;
 
 use std::net::SocketAddr;
@@ -80,17 +82,27 @@ impl RunningNode {
         self.ctx.sessions.watch_count()
     }
 
-    /// Graceful stop: refuse new work, close connections with 4004, release
-    /// group leases, stop the gateway.
+    /// Graceful stop, in the order that lets a cluster take over without a
+    /// gap: refuse new work (forwarded calls are refused as a stale view, so
+    /// their senders route again); leave the cluster view; stop every group
+    /// actor and wait for it, which releases its lease so the new owner
+    /// takes the group at once; then close every client connection with
+    /// 4004 (reconnect to another node) and stop the gateway.
     pub async fn stop(self) {
         self.ctx.shutting_down.store(true, Ordering::SeqCst);
+        if let Some(router) = self.ctx.cluster.get() {
+            router.mesh().leave().await;
+        }
+        let stops = self.ctx.groups.all().await.into_iter().map(|g| async move {
+            let _ = g
+                .stop_and_wait(
+                    Some("node shutting down".into()),
+                    Some(std::time::Duration::from_secs(5)),
+                )
+                .await;
+        });
+        futures_util::future::join_all(stops).await;
         self.ctx.shutdown.send_replace(true);
-        if let Some(mesh) = self.ctx.cluster.get() {
-            mesh.leave().await;
-        }
-        for g in self.ctx.groups.all().await {
-            g.stop(Some("node shutting down".into()));
-        }
         self.server.stop(true).await;
         let _ = self.server_task.await;
     }
@@ -216,7 +228,14 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningNode,
     ));
     if let Some(entry) = config.cluster_node().cloned() {
         let mesh = join_cluster(&config, &entry).await?;
-        let _ = ctx.cluster.set(Arc::new(mesh));
+        let router = Arc::new(cluster::Router::new(
+            Arc::new(mesh),
+            ctx.runtime.clone(),
+            std::time::Duration::from_millis(config.cluster.forward_timeout_ms),
+            config.cluster.peer_queue,
+        ));
+        router.start(&ctx);
+        let _ = ctx.cluster.set(router);
     }
     let app_ctx = ctx.clone();
     let max_body = config.limits.max_frame_bytes;

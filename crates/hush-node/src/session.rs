@@ -5,8 +5,14 @@
 //! Bounds: each connection has a bounded outbound queue
 //! (`limits.send_buffer_frames`). The session never waits on a connection: a
 //! full queue means a slow reader, and that connection is cut off (4001)
-//! while every other connection keeps going. The session passivates as soon
-//! as its last connection detaches.
+//! while every other connection keeps going.
+//!
+//! Presence: the session is the user's presence on this node. Its first
+//! connection makes the user online (pushed to co-members, see
+//! `presence.rs`). When its last connection goes, it waits
+//! `actors.presence_grace_ms` (on the node's clock, checked by a ticker)
+//! before it announces offline and passivates; a connection attaching in
+//! the meantime cancels that, so a quick reconnect shows no change.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,6 +41,10 @@ pub enum Outbound {
         commit_seq: u64,
         frame: Frame,
     },
+    /// A frame with no resume position, written only to connections that
+    /// are live now and never replayed: typing (`EphemeralEvent`) and
+    /// presence (`PresenceEvent`).
+    Ephemeral { frame: Frame },
 }
 
 /// A connection as the session sees it.
@@ -62,6 +72,14 @@ pub enum SessionMsg {
     KickDevice {
         device_id: String,
     },
+    /// Periodic while the last connection is gone: announce offline once the
+    /// grace period is over, then passivate.
+    Tick,
+    /// Whether online is announced (and offline not yet): the presence
+    /// co-members were last told.
+    IsOnline {
+        reply: RpcReplyPort<bool>,
+    },
 }
 
 pub struct SessionActor {
@@ -71,6 +89,11 @@ pub struct SessionActor {
 pub struct SessionState {
     user_id: String,
     conns: HashMap<u64, ConnHandle>,
+    /// Online was announced (and offline not yet).
+    online: bool,
+    /// No connection since: offline is announced at this time (node clock).
+    offline_at: Option<u64>,
+    ticker: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Actor for SessionActor {
@@ -87,6 +110,9 @@ impl Actor for SessionActor {
         Ok(SessionState {
             user_id,
             conns: HashMap::new(),
+            online: false,
+            offline_at: None,
+            ticker: None,
         })
     }
 
@@ -96,6 +122,9 @@ impl Actor for SessionActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         metrics::gauge!("hush_session_actors").decrement(1.0);
+        if let Some(t) = state.ticker.take() {
+            t.abort();
+        }
         self.ctx
             .sessions
             .remove(&state.user_id, myself.get_id())
@@ -128,15 +157,27 @@ impl Actor for SessionActor {
                     state.conns.insert(conn_id, conn);
                     Ok(())
                 };
+                let attached = result.is_ok();
                 let _ = reply.send(result);
-                if state.conns.is_empty() {
-                    myself.stop(None);
+                if attached {
+                    self.on_connected(state).await;
+                } else if state.conns.is_empty() {
+                    self.on_idle(&myself, state).await;
                 }
             }
             SessionMsg::Detach { conn_id } => {
                 state.conns.remove(&conn_id);
                 if state.conns.is_empty() {
-                    myself.stop(None);
+                    self.on_idle(&myself, state).await;
+                }
+            }
+            SessionMsg::IsOnline { reply } => {
+                let _ = reply.send(state.online);
+            }
+            SessionMsg::Tick => {
+                let due = state.offline_at.is_some_and(|at| self.ctx.now_ms() >= at);
+                if state.conns.is_empty() && due {
+                    self.go_offline(&myself, state).await;
                 }
             }
             SessionMsg::Deliver { devices, item } => {
@@ -167,16 +208,69 @@ impl Actor for SessionActor {
                     }
                 }
                 if state.conns.is_empty() {
-                    myself.stop(None);
+                    self.on_idle(&myself, state).await;
                 }
             }
             SessionMsg::KickDevice { device_id } => {
                 state.conns.retain(|_, c| c.device_id != device_id);
                 if state.conns.is_empty() {
-                    myself.stop(None);
+                    self.on_idle(&myself, state).await;
                 }
             }
         }
         Ok(())
+    }
+}
+
+impl SessionActor {
+    /// A connection attached: cancel a pending offline, or announce online.
+    async fn on_connected(&self, state: &mut SessionState) {
+        if state.offline_at.take().is_some() {
+            if let Some(t) = state.ticker.take() {
+                t.abort();
+            }
+        }
+        if !state.online {
+            state.online = true;
+            crate::presence::announce(&self.ctx, &state.user_id, true).await;
+        }
+    }
+
+    /// The last connection went: start the grace period (or, without one,
+    /// go offline now).
+    async fn on_idle(&self, myself: &ActorRef<SessionMsg>, state: &mut SessionState) {
+        if state.offline_at.is_some() {
+            return; // already waiting
+        }
+        let grace = self.ctx.config.actors.presence_grace_ms;
+        if !state.online || grace == 0 || self.ctx.is_shutting_down() {
+            self.go_offline(myself, state).await;
+            return;
+        }
+        state.offline_at = Some(self.ctx.now_ms().saturating_add(grace));
+        let period = std::time::Duration::from_millis((grace / 4).clamp(10, 250));
+        let me = myself.clone();
+        state.ticker = Some(tokio::spawn(async move {
+            let mut interval = tokio::time::interval(period);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                if me.send_message(SessionMsg::Tick).is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+
+    async fn go_offline(&self, myself: &ActorRef<SessionMsg>, state: &mut SessionState) {
+        if let Some(t) = state.ticker.take() {
+            t.abort();
+        }
+        state.offline_at = None;
+        if state.online {
+            state.online = false;
+            crate::presence::announce(&self.ctx, &state.user_id, false).await;
+        }
+        myself.stop(None);
     }
 }

@@ -1,7 +1,8 @@
 //! Virtual actors: a GroupActor passivates after `actors.group_idle_ms`
 //! without traffic (by the node's clock) and comes back from the store on
 //! the next message, with the timeline continuing where it was; a
-//! SessionActor lives exactly as long as its user has connections.
+//! SessionActor lives exactly as long as its user has connections (here
+//! with no presence grace period; `presence.rs` tests the grace).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,6 +37,9 @@ async fn idle_groups_passivate_and_come_back_from_the_store() {
     // Ticks every lease_ttl/3; idleness is judged by the manual clock.
     config.actors.lease_ttl_ms = 1_000;
     config.actors.group_idle_ms = 60_000;
+    // Sessions stop at their last connection, without waiting to announce
+    // offline.
+    config.actors.presence_grace_ms = 0;
     let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
     let node = hush_node::start(config, clock.clone()).await.unwrap();
     let url = format!("http://{}", node.addr);

@@ -643,6 +643,9 @@ async fn non_draining_stream_is_cut_off() {
         c.limits.max_message_bytes = 128 * 1024;
         c.limits.send_buffer_frames = 4;
         c.limits.write_timeout_ms = 300;
+        // bob's session ends with his only stream (the signal below), not
+        // after a presence grace period.
+        c.actors.presence_grace_ms = 0;
     })
     .await;
     {
@@ -683,4 +686,29 @@ async fn non_draining_stream_is_cut_off() {
         assert!(got.starts_with(b"HTTP/1.1 200"));
     }
     node.stop().await;
+}
+
+/// The SDK builds `Last-Event-ID` from its cursors to (re)open a stream as
+/// a Sync: the node parses it as the groups and inbox position meant.
+#[test]
+fn client_resume_ids_parse_on_the_node() {
+    use hush_node::gateway::sse::ResumeId;
+    let cursor = |g: &[u8], s| v1::Cursor {
+        group_id: g.to_vec(),
+        after_seq: s,
+    };
+    let id = hush_client::sse::resume_id(
+        3,
+        &[
+            cursor(b"g1", 5),
+            cursor(&[0xff, 0x2e, b':'], 9),
+            cursor(b"z", 0),
+        ],
+    );
+    let parsed = ResumeId::parse(&id).expect("the node parses the client's id");
+    assert_eq!(parsed.inbox_seq, 3);
+    assert_eq!(
+        parsed.groups.into_iter().collect::<Vec<_>>(),
+        vec![(b"g1".to_vec(), 5), (vec![0xff, 0x2e, b':'], 9)]
+    );
 }

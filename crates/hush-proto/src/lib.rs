@@ -10,6 +10,15 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/hush.v1.rs"));
 }
 
+/// Node-to-node messages (`proto/hush/cluster/v1/cluster.proto`).
+/// Nested as `cluster::v1` so prost's relative paths to `hush.v1` resolve.
+pub mod cluster {
+    pub mod v1 {
+        #![allow(clippy::all, missing_docs)]
+        include!(concat!(env!("OUT_DIR"), "/hush.cluster.v1.rs"));
+    }
+}
+
 pub use v1::{client_frame, server_frame, ClientFrame, ErrorCode, ServerFrame};
 
 /// The exact bytes a device signs (Ed25519) to prove possession of its key.

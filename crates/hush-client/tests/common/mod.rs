@@ -9,6 +9,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod proxy;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -207,6 +209,8 @@ impl Drop for Node {
 pub struct Dev {
     pub home: PathBuf,
     pub server: String,
+    /// Global options given to every command (e.g. `--transport sse`).
+    pub extra: Vec<String>,
 }
 
 impl Dev {
@@ -214,7 +218,14 @@ impl Dev {
         Self {
             home: root.join(name),
             server: server.to_string(),
+            extra: Vec::new(),
         }
+    }
+
+    /// The same device with global options added to every command.
+    pub fn with_args(mut self, args: &[&str]) -> Self {
+        self.extra.extend(args.iter().map(|a| a.to_string()));
+        self
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
@@ -224,6 +235,7 @@ impl Dev {
             .arg("--home")
             .arg(&self.home)
             .arg("--json")
+            .args(&self.extra)
             .args(args);
         c
     }
@@ -310,6 +322,21 @@ impl Listener {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.rx.recv_timeout(left) {
                 Ok(v) => got.extend(texts(&[v])),
+                Err(_) => panic!("listener saw only {got:?}"),
+            }
+        }
+        got
+    }
+
+    /// Collects every JSON line until `done` says enough (or panics after
+    /// [`PATIENCE`]).
+    pub fn values_until(&self, mut done: impl FnMut(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        let mut got = Vec::new();
+        while !done(&got) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(v) => got.push(v),
                 Err(_) => panic!("listener saw only {got:?}"),
             }
         }

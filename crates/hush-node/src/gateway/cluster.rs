@@ -1,6 +1,7 @@
 //! `GET /cluster`: this node's view of the cluster, as JSON — members, view
 //! epoch and digest, the shards it owns, and each peer's address and QUIC
-//! RTT. A node outside a cluster reports itself alone.
+//! RTT. A node outside a cluster reports itself alone. With `?group=<hex
+//! group id>` it also says which node owns that group in its view.
 
 use std::sync::Arc;
 
@@ -10,10 +11,16 @@ use serde_json::json;
 
 use crate::ctx::NodeCtx;
 
-pub async fn status(ctx: web::Data<Arc<NodeCtx>>) -> HttpResponse {
+#[derive(serde::Deserialize)]
+pub struct StatusQuery {
+    group: Option<String>,
+}
+
+pub async fn status(ctx: web::Data<Arc<NodeCtx>>, query: web::Query<StatusQuery>) -> HttpResponse {
     let me = ctx.config.node.id.clone();
     let (view, peers) = match ctx.cluster.get() {
-        Some(mesh) => {
+        Some(router) => {
+            let mesh = router.mesh();
             let view = mesh.view().borrow().clone();
             let peers: Vec<_> = mesh
                 .peers()
@@ -30,10 +37,21 @@ pub async fn status(ctx: web::Data<Arc<NodeCtx>>) -> HttpResponse {
         }
         None => (View::new(1, [me.clone()]), Vec::new()),
     };
-    let shards_owned = Placement::new(view.clone())
-        .map(|p| p.shards_owned(&me))
-        .unwrap_or(0);
+    let placement = Placement::new(view.clone());
+    let shards_owned = placement.as_ref().map(|p| p.shards_owned(&me)).unwrap_or(0);
+    let owner = match (&query.group, &placement) {
+        (Some(hex_id), Some(p)) => match hex::decode(hex_id) {
+            Ok(id) => Some(p.owner(&id).to_string()),
+            Err(_) => {
+                return HttpResponse::BadRequest().json(json!({
+                    "error": "group must be a hex group id"
+                }))
+            }
+        },
+        _ => None,
+    };
     HttpResponse::Ok().json(json!({
+        "group_owner": owner,
         "node": me,
         "clustered": ctx.cluster.get().is_some(),
         "view_epoch": view.epoch,

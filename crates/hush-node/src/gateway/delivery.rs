@@ -332,6 +332,14 @@ impl<K: Sink> Delivery<K> {
                 self.sent.entry(group_id.to_vec()).or_insert(commit_seq);
                 self.send_inbox(inbox_seq, frame).await
             }
+            Outbound::Ephemeral { frame } => {
+                // Live only: no position of its own, never replayed.
+                let pos = Position {
+                    group: None,
+                    inbox_seq: self.inbox_sent,
+                };
+                self.sink.write(frame, pos).await.map_err(Halt::Sink)
+            }
         }
     }
 

@@ -14,8 +14,21 @@ use crate::ctx::NodeCtx;
 use crate::error::{ApiError, ApiResult};
 use crate::group::{Caller, GroupMsg};
 
-/// Serves one request. `Ok(None)` means no response frame (acks).
+/// Serves one request. `Ok(None)` means no response frame (acks). In a
+/// cluster, a request for a group owned by another node goes there.
 pub async fn dispatch(ctx: &Arc<NodeCtx>, caller: &Caller, body: C) -> ApiResult<Option<S>> {
+    if let (Some(router), Some(group_id)) = (ctx.cluster.get(), crate::cluster::routed_group(&body))
+    {
+        if router.remote_owner(group_id).is_some() {
+            let group_id = group_id.to_vec();
+            return router.forward(ctx, caller, &group_id, body).await;
+        }
+    }
+    dispatch_here(ctx, caller, body).await
+}
+
+/// Serves one request on this node.
+pub async fn dispatch_here(ctx: &Arc<NodeCtx>, caller: &Caller, body: C) -> ApiResult<Option<S>> {
     let store = &ctx.store;
     Ok(Some(match body {
         C::Auth(_) => {
@@ -120,6 +133,12 @@ pub async fn dispatch(ctx: &Arc<NodeCtx>, caller: &Caller, body: C) -> ApiResult
                 .set_cursor(&caller.device_id, &a.group_id, a.seq)
                 .await?;
             return Ok(None);
+        }
+        C::SendEphemeral(req) => {
+            S::EphemeralAccepted(crate::presence::send_ephemeral(ctx, caller, req).await?)
+        }
+        C::GetPresence(req) => {
+            S::PresenceList(crate::presence::snapshot(ctx, caller, &req.group_id).await?)
         }
         C::AckInbox(a) => {
             store.ack_inbox(&caller.device_id, a.inbox_seq).await?;

@@ -1,0 +1,473 @@
+//! Three real hush-node processes in a cluster (QUIC with mutual TLS, one
+//! shared SQLite store), real openmls clients connected to different nodes.
+//!
+//! - Cross-node chat: members on three nodes, the group sequenced by its
+//!   owner; requests from the other nodes are forwarded to it, and its
+//!   fan-out reaches them live. Everyone ends with one order.
+//! - kill -9 of the owner of a busy group while members keep sending: the
+//!   group re-homes, the clients reconnect elsewhere; every acknowledged
+//!   message is stored once, at one seq, and seen once by every member.
+//! - Rolling restart (SIGTERM, start again) of every node in turn under
+//!   traffic: the same checks.
+//!
+//! Views are state in other processes: the harness reads `/cluster` until
+//! it shows what is expected (bounded), never sleeping blindly.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{node_bin, stored_entries_at};
+use hush_client::client::Client;
+use serde_json::Value;
+
+const PATIENCE: Duration = Duration::from_secs(40);
+const NODES: [&str; 3] = ["n1", "n2", "n3"];
+const APPLICATION: i64 = 3;
+
+struct Node {
+    id: String,
+    url: String,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn start(config: &Path, id: &str) -> Self {
+        let mut child = Command::new(node_bin())
+            .arg("--config")
+            .arg(config)
+            .arg("--node")
+            .arg(id)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn hush-node");
+        let stdout = child.stdout.take().expect("stdout");
+        let line = BufReader::new(stdout)
+            .lines()
+            .next()
+            .expect("a line")
+            .expect("utf-8");
+        let addr = line
+            .strip_prefix("listening on http://")
+            .unwrap_or_else(|| panic!("{id}: {line:?}"))
+            .to_string();
+        Self {
+            id: id.into(),
+            url: format!("http://{addr}"),
+            child: Some(child),
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for the process to exit (it hands off first).
+    fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let ok = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status()
+                .expect("kill")
+                .success();
+            assert!(ok);
+            let status = c.wait().expect("wait");
+            assert!(status.success(), "{} exited with {status}", self.id);
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    nodes: Vec<Node>,
+    urls: Vec<String>,
+}
+
+fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("free port")
+        .port()
+}
+
+impl Cluster {
+    /// Three nodes with fixed ports (so a restarted node is found again),
+    /// fast failure detection and a short lease.
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().display().to_string();
+        let mut toml = format!(
+            "[store]\npath = \"{root}/hush.sqlite\"\n[actors]\nlease_ttl_ms = 1000\n\
+             [cluster]\nprobe_ms = 200\n"
+        );
+        let mut urls = Vec::new();
+        for n in NODES {
+            let gateway = free_tcp_port();
+            urls.push(format!("http://127.0.0.1:{gateway}"));
+            toml.push_str(&format!(
+                "[[cluster.nodes]]\nid = \"{n}\"\ngateway = \"127.0.0.1:{gateway}\"\n\
+                 quic = \"127.0.0.1:{}\"\ndata = \"{root}/{n}\"\n",
+                free_udp_port()
+            ));
+        }
+        let config = dir.path().join("cluster.toml");
+        std::fs::write(&config, toml).unwrap();
+        let nodes = NODES.iter().map(|n| Node::start(&config, n)).collect();
+        let cluster = Self {
+            dir,
+            config,
+            nodes,
+            urls,
+        };
+        cluster.wait_view(&NODES).await;
+        cluster
+    }
+
+    fn store(&self) -> PathBuf {
+        self.dir.path().join("hush.sqlite")
+    }
+
+    fn node(&mut self, id: &str) -> &mut Node {
+        self.nodes.iter_mut().find(|n| n.id == id).expect("node")
+    }
+
+    fn restart(&mut self, id: &str) {
+        let config = self.config.clone();
+        let fresh = Node::start(&config, id);
+        *self.node(id) = fresh;
+    }
+
+    /// Every node URL, starting with node `i` (the client's home node).
+    fn urls_from(&self, i: usize) -> String {
+        (0..self.urls.len())
+            .map(|k| self.urls[(i + k) % self.urls.len()].clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    async fn get(url: &str) -> Option<Value> {
+        let body = reqwest::get(url).await.ok()?.text().await.ok()?;
+        serde_json::from_str(&body).ok()
+    }
+
+    /// Waits until every running node shows exactly `members`.
+    async fn wait_view(&self, members: &[&str]) {
+        let deadline = Instant::now() + PATIENCE;
+        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+            loop {
+                let v = Self::get(&format!("{}/cluster", node.url)).await;
+                let seen: Vec<String> = v
+                    .as_ref()
+                    .and_then(|v| v["members"].as_array().cloned())
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|m| m.as_str().map(String::from))
+                    .collect();
+                if seen == members {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{}: view {seen:?}", node.id);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    /// The group's owner as a running node sees it.
+    async fn owner_of(&self, gid: &[u8]) -> String {
+        let node = self.nodes.iter().find(|n| n.child.is_some()).unwrap();
+        let url = format!("{}/cluster?group={}", node.url, hex::encode(gid));
+        let v = Self::get(&url).await.expect("/cluster");
+        v["group_owner"].as_str().expect("owner").to_string()
+    }
+
+    /// A counter's total from a node's /metrics (0 when absent).
+    async fn metric(&self, id: &str, name: &str, label: &str) -> f64 {
+        let node = self.nodes.iter().find(|n| n.id == id).unwrap();
+        let text = reqwest::get(format!("{}/metrics", node.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(name) && l.contains(label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+async fn member(c: &Cluster, name: &str, home_node: usize) -> Client {
+    let home = c.dir.path().join(name);
+    let mut client = Client::open(&home, Some(&c.urls_from(home_node))).unwrap();
+    client.register(name).await.unwrap();
+    client
+}
+
+/// (seq, sender, text) of every text line a client has for a group.
+fn texts_of(client: &Client, gid: &[u8]) -> Vec<(u64, String, String)> {
+    let mut rows: Vec<_> = client
+        .db()
+        .recent_log(gid, 100_000)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.kind == "text")
+        .map(|r| (r.seq, r.sender, r.body))
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// The store holds every acknowledged message exactly once at its seq;
+/// the timeline is dense; each member saw every message once, in one order.
+fn check_one_history(store: &Path, gid: &[u8], acked: &BTreeMap<String, u64>, members: &[&Client]) {
+    let entries = stored_entries_at(store, gid);
+    let seqs: Vec<u64> = entries.iter().map(|e| e.0).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "dense");
+    let acked_seqs: BTreeSet<u64> = acked.values().copied().collect();
+    // From the first test message on (before it: the group's name).
+    let first = acked_seqs.first().copied().unwrap_or(0);
+    let app: BTreeSet<u64> = entries
+        .iter()
+        .filter(|e| e.1 == APPLICATION && e.0 >= first)
+        .map(|e| e.0)
+        .collect();
+    assert_eq!(
+        acked_seqs.len(),
+        acked.len(),
+        "a seq was acknowledged twice"
+    );
+    assert_eq!(
+        app, acked_seqs,
+        "stored application entries are exactly the acknowledged ones"
+    );
+    let want: Vec<(u64, String)> = {
+        let mut v: Vec<_> = acked.iter().map(|(t, s)| (*s, t.clone())).collect();
+        v.sort();
+        v
+    };
+    for m in members {
+        let got: Vec<(u64, String)> = texts_of(m, gid)
+            .into_iter()
+            .map(|(seq, _, text)| (seq, text))
+            .collect();
+        assert_eq!(got, want, "every member sees every message once, in order");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_on_three_nodes_converse_through_the_owner() {
+    let cluster = Cluster::start().await;
+    let mut alice = member(&cluster, "alice", 0).await;
+    let mut bob = member(&cluster, "bob", 1).await;
+    let mut carol = member(&cluster, "carol", 2).await;
+    assert_eq!(bob.server(), cluster.urls[1]);
+    let gid = alice.create_group("three nodes").await.unwrap().group_id;
+    let g = hex::encode(&gid);
+    alice
+        .add_members(&g, &["bob".into(), "carol".into()])
+        .await
+        .unwrap();
+    bob.sync().await.unwrap();
+    carol.sync().await.unwrap();
+    let owner = cluster.owner_of(&gid).await;
+
+    let mut acked = BTreeMap::new();
+    for round in 0..3 {
+        for (name, c) in [
+            ("alice", &mut alice),
+            ("bob", &mut bob),
+            ("carol", &mut carol),
+        ] {
+            let text = format!("{name} {round}");
+            acked.insert(text.clone(), c.send_text(&g, &text).await.unwrap());
+        }
+    }
+    // Live fan-out across nodes: carol (on n3) is caught up, so an entry
+    // reaching her now is a push from the owner, whichever node that is.
+    let seq = alice.send_text(&g, "live").await.unwrap();
+    acked.insert("live".into(), seq);
+    loop {
+        let ev = tokio::time::timeout(PATIENCE, carol.wait_event())
+            .await
+            .expect("a live event within the patience")
+            .unwrap();
+        carol.handle(ev).await.unwrap();
+        if texts_of(&carol, &gid).iter().any(|t| t.0 == seq) {
+            break;
+        }
+    }
+    for c in [&mut alice, &mut bob, &mut carol] {
+        c.sync().await.unwrap();
+    }
+    check_one_history(&cluster.store(), &gid, &acked, &[&alice, &bob, &carol]);
+
+    // The owner sequenced everything sent from the other two nodes: it
+    // answered forwarded calls, and they sent them.
+    let calls_in = cluster
+        .metric(&owner, "hush_cluster_messages_in_total", "group_call")
+        .await;
+    assert!(
+        calls_in >= 6.0,
+        "{owner} answered {calls_in} forwarded calls"
+    );
+    for other in NODES.iter().filter(|n| **n != owner) {
+        let pushes = cluster
+            .metric(other, "hush_cluster_messages_in_total", "deliver")
+            .await;
+        assert!(pushes >= 1.0, "{other} got {pushes} delivery batches");
+    }
+}
+
+async fn busy_group(cluster: &Cluster) -> (Client, Client, Client, Vec<u8>) {
+    let mut alice = member(cluster, "alice", 0).await;
+    let mut bob = member(cluster, "bob", 1).await;
+    let mut carol = member(cluster, "carol", 2).await;
+    let gid = alice.create_group("busy").await.unwrap().group_id;
+    alice
+        .add_members(&hex::encode(&gid), &["bob".into(), "carol".into()])
+        .await
+        .unwrap();
+    bob.sync().await.unwrap();
+    carol.sync().await.unwrap();
+    (alice, bob, carol, gid)
+}
+
+/// Waits until every sender has at least `n` more acknowledged messages.
+async fn traffic(progress: &[&tokio::sync::watch::Receiver<usize>], n: usize) {
+    for p in progress {
+        let start = *p.borrow();
+        let mut p = (*p).clone();
+        tokio::time::timeout(PATIENCE, p.wait_for(|v| *v >= start + n))
+            .await
+            .expect("traffic keeps flowing")
+            .unwrap();
+    }
+}
+
+/// A sender's result: its client and the acknowledged (text -> seq).
+type Sender = tokio::task::JoinHandle<(Client, BTreeMap<String, u64>)>;
+
+/// A member that keeps sending from its own task until told to stop,
+/// reporting how many messages were acknowledged so far; it returns its
+/// client and the acknowledged (text -> seq).
+fn spawn_counted(
+    client: Client,
+    g: &str,
+    name: &'static str,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> (Sender, tokio::sync::watch::Receiver<usize>) {
+    let (tx, rx) = tokio::sync::watch::channel(0usize);
+    let g = g.to_string();
+    let handle = tokio::spawn(async move {
+        let mut client = client;
+        let mut acked = BTreeMap::new();
+        let mut i = 0;
+        while !*stop.borrow() {
+            let text = format!("{name} {i}");
+            let seq = client
+                .send_text(&g, &text)
+                .await
+                .unwrap_or_else(|e| panic!("{text}: {e}"));
+            acked.insert(text, seq);
+            i += 1;
+            tx.send_replace(i);
+        }
+        (client, acked)
+    });
+    (handle, rx)
+}
+
+async fn finish(
+    cluster: &Cluster,
+    gid: &[u8],
+    stop: tokio::sync::watch::Sender<bool>,
+    senders: Vec<Sender>,
+    mut carol: Client,
+) {
+    stop.send_replace(true);
+    let mut acked = BTreeMap::new();
+    let mut clients = Vec::new();
+    for s in senders {
+        let (c, a) = s.await.expect("sender");
+        acked.extend(a);
+        clients.push(c);
+    }
+    for c in clients.iter_mut().chain(std::iter::once(&mut carol)) {
+        c.close().await;
+        c.connect().await.unwrap();
+    }
+    let all: Vec<&Client> = clients.iter().chain(std::iter::once(&carol)).collect();
+    check_one_history(&cluster.store(), gid, &acked, &all);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_owner_of_a_busy_group_loses_nothing() {
+    let mut cluster = Cluster::start().await;
+    let (alice, bob, carol, gid) = busy_group(&cluster).await;
+    let g = hex::encode(&gid);
+    let owner = cluster.owner_of(&gid).await;
+
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let (a, pa) = spawn_counted(alice, &g, "alice", stop.clone());
+    let (b, pb) = spawn_counted(bob, &g, "bob", stop.clone());
+    traffic(&[&pa, &pb], 5).await;
+
+    cluster.node(&owner).kill9();
+    let killed = Instant::now();
+    let survivors: Vec<&str> = NODES.iter().copied().filter(|n| *n != owner).collect();
+    cluster.wait_view(&survivors).await;
+    traffic(&[&pa, &pb], 5).await;
+    eprintln!(
+        "after kill -9 of {owner}: both senders acknowledged 5 more within {:?}",
+        killed.elapsed()
+    );
+    let new_owner = cluster.owner_of(&gid).await;
+    assert_ne!(new_owner, owner);
+    finish(&cluster, &gid, stop_tx, vec![a, b], carol).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_under_traffic_loses_nothing() {
+    let mut cluster = Cluster::start().await;
+    let (alice, bob, carol, gid) = busy_group(&cluster).await;
+    let g = hex::encode(&gid);
+
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let (a, pa) = spawn_counted(alice, &g, "alice", stop.clone());
+    let (b, pb) = spawn_counted(bob, &g, "bob", stop.clone());
+    traffic(&[&pa, &pb], 3).await;
+    for id in NODES {
+        cluster.node(id).terminate();
+        let rest: Vec<&str> = NODES.iter().copied().filter(|n| *n != id).collect();
+        cluster.wait_view(&rest).await;
+        traffic(&[&pa, &pb], 3).await;
+        cluster.restart(id);
+        cluster.wait_view(&NODES).await;
+        traffic(&[&pa, &pb], 3).await;
+    }
+    finish(&cluster, &gid, stop_tx, vec![a, b], carol).await;
+}
