@@ -106,7 +106,8 @@ impl WsConn {
         request
             .headers_mut()
             .insert("sec-websocket-protocol", value);
-        let (stream, _response) = tokio_tungstenite::connect_async(request)
+        // disable_nagle: small frames go out at once.
+        let (stream, _response) = tokio_tungstenite::connect_async_with_config(request, None, true)
             .await
             .map_err(|e| connect_error(&url, &e))?;
         let (mut sink, mut source) = stream.split();

@@ -65,6 +65,10 @@ pub struct GatewaySection {
     pub allowed_origins: Vec<String>,
     /// actix-web worker threads (0 = one per core).
     pub workers: usize,
+    /// TCP_NODELAY on client connections. Chat frames are small and
+    /// latency-bound; with Nagle's algorithm a small write can wait for
+    /// the peer's delayed ACK (about 40 ms on Linux).
+    pub tcp_nodelay: bool,
 }
 
 /// Explicit limits; every one is enforced and tested.
@@ -213,6 +217,7 @@ impl Default for GatewaySection {
                 "http://localhost:7300".into(),
             ],
             workers: 0,
+            tcp_nodelay: true,
         }
     }
 }

@@ -250,6 +250,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningNode,
             .configure(gateway::routes)
     })
     .disable_signals()
+    .tcp_nodelay(config.gateway.tcp_nodelay)
     .shutdown_timeout(5);
     if config.gateway.workers > 0 {
         server = server.workers(config.gateway.workers);
