@@ -2,42 +2,17 @@
 //! of seconds, real registration, WebSockets and MLS. Asserts correctness
 //! counts only, never a timing.
 //!
-//! The node binary is `HUSH_NODE_BIN` when set, else whatever
-//! `cargo build -p hush-node` produces (the same rule as the hush-client
-//! end-to-end tests, so a stale node is never used).
+//! The node binary is chosen as for the hush-client end-to-end tests
+//! (`node_bin.rs`): the workspace test build's own when fresh, so
+//! `cargo test --workspace` builds nothing twice, and never a stale one.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 
 use hush_loadtest::{run, Options};
 
-fn node_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("HUSH_NODE_BIN") {
-            return PathBuf::from(p);
-        }
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let out = Command::new(cargo)
-            .args(["build", "--quiet", "-p", "hush-node", "--bin", "hush-node"])
-            .args(["--message-format=json"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run cargo build for hush-node");
-        assert!(out.status.success(), "building hush-node failed");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.contains("\"compiler-artifact\"") && l.contains("\"executable\":\""))
-            .filter_map(|l| l.split("\"executable\":\"").nth(1))
-            .filter_map(|rest| rest.split('"').next())
-            .map(PathBuf::from)
-            .find(|p| p.file_name().is_some_and(|n| n == "hush-node"))
-            .expect("cargo reported no hush-node executable")
-    })
-    .clone()
-}
+#[path = "../../crates/hush-client/tests/common/node_bin.rs"]
+mod node_bin;
+use node_bin::node_bin;
 
 async fn smoke(overrides: &[&str]) -> hush_loadtest::report::Summary {
     let out = tempfile::tempdir().unwrap();
