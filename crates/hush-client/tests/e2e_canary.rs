@@ -1,6 +1,8 @@
 //! The server never sees plaintext: a unique canary string sent through
 //! every path a client uses never appears in the node's store files
-//! (database, WAL, shared memory) or in its logs, even at debug level.
+//! (database, WAL, shared memory) or in its logs, even at debug level. The
+//! paths: WebSocket and SSE + HTTP clients, live fan-out and stored backlog,
+//! group names, device linking, proposals, removals and self-updates.
 
 mod common;
 
@@ -48,7 +50,8 @@ fn canary_never_reaches_store_files_or_logs() {
     );
     let root = tempfile::tempdir().unwrap();
     let alice = Dev::new(root.path(), "alice", &node.url);
-    let bob = Dev::new(root.path(), "bob", &node.url);
+    // bob uses the HTTP fallback: SSE stream in, POST /v1/rpc out.
+    let bob = Dev::new(root.path(), "bob", &node.url).with_args(&["--transport", "sse"]);
     let carol = Dev::new(root.path(), "carol", &node.url);
     for (dev, name) in [(&alice, "alice"), (&bob, "bob"), (&carol, "carol")] {
         dev.ok(&["register", name]);
