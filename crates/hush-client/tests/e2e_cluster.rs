@@ -16,13 +16,12 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::{node_bin, stored_entries_at};
+use common::{spawn_from_config, stored_entries_at};
 use hush_client::client::Client;
 use serde_json::Value;
 
@@ -38,28 +37,10 @@ struct Node {
 
 impl Node {
     fn start(config: &Path, id: &str) -> Self {
-        let mut child = Command::new(node_bin())
-            .arg("--config")
-            .arg(config)
-            .arg("--node")
-            .arg(id)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn hush-node");
-        let stdout = child.stdout.take().expect("stdout");
-        let line = BufReader::new(stdout)
-            .lines()
-            .next()
-            .expect("a line")
-            .expect("utf-8");
-        let addr = line
-            .strip_prefix("listening on http://")
-            .unwrap_or_else(|| panic!("{id}: {line:?}"))
-            .to_string();
+        let (child, url) = spawn_from_config(config, id, &[]);
         Self {
             id: id.into(),
-            url: format!("http://{addr}"),
+            url,
             child: Some(child),
         }
     }

@@ -9,12 +9,11 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
-use common::{node_bin, stored_entries_at};
+use common::{spawn_from_config, stored_entries_at};
 use hush_client::client::Client;
 use hush_proto::ErrorCode;
 
@@ -37,33 +36,17 @@ impl Drop for Proc {
 }
 
 fn start(config: &Path, node: &str, data: &Path) -> Proc {
-    let mut child = Command::new(node_bin())
-        .arg("--config")
-        .arg(config)
-        .arg("--node")
-        .arg(node)
-        .arg("--data")
-        .arg(data)
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn hush-node");
-    let stdout = child.stdout.take().expect("stdout");
-    let line = BufReader::new(stdout)
-        .lines()
-        .next()
-        .expect("a line")
-        .expect("utf-8");
-    let addr = line
-        .strip_prefix("listening on http://")
-        .unwrap_or_else(|| panic!("{node}: {line:?}"))
-        .to_string();
-    Proc {
-        child,
-        url: format!("http://{addr}"),
-    }
+    let (child, url) = spawn_from_config(
+        config,
+        node,
+        &[
+            "--data".as_ref(),
+            data.as_os_str(),
+            "--listen".as_ref(),
+            "127.0.0.1:0".as_ref(),
+        ],
+    );
+    Proc { child, url }
 }
 
 fn signal(p: &Proc, sig: &str) {

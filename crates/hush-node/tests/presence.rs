@@ -11,13 +11,13 @@ use hush_client::client::Client;
 use hush_client::conn::Transport;
 use hush_client::envelope::Envelope;
 use hush_client::mls;
-use hush_client::store::{GroupStatus, Identity};
+use hush_client::store::GroupStatus;
 use hush_proto::client_frame::Body as C;
 use hush_proto::server_frame::Body as S;
-use hush_proto::{auth, v1, ClientFrame, ErrorCode, Message as _, ServerFrame};
+use hush_proto::{v1, ClientFrame, ErrorCode, Message as _, ServerFrame};
 
 mod common;
-use common::{start_node, url, WAIT};
+use common::{login, start_node, url, WAIT};
 
 const GRACE_MS: u64 = 5_000;
 
@@ -100,48 +100,6 @@ async fn group(owner: &mut Client, others: &mut [&mut Client], name: &str) -> Ve
         pump_until(c, "the welcome", |c| is_member(c, &gid)).await;
     }
     gid
-}
-
-/// Logs a device in over HTTP; returns a fresh token.
-async fn login(url: &str, id: &Identity) -> String {
-    let http = reqwest::Client::new();
-    let ch = http
-        .post(format!("{url}/v1/login/challenge"))
-        .body(
-            v1::LoginChallengeRequest {
-                device_id: id.device_id.clone(),
-            }
-            .encode_to_vec(),
-        )
-        .send()
-        .await
-        .expect("challenge")
-        .bytes()
-        .await
-        .expect("body");
-    let challenge = v1::LoginChallengeResponse::decode(ch.as_ref())
-        .expect("challenge decodes")
-        .challenge;
-    let signature = mls::sign_raw(&id.keys, &auth::login_payload(&challenge)).expect("sign");
-    let r = http
-        .post(format!("{url}/v1/login"))
-        .body(
-            v1::LoginRequest {
-                device_id: id.device_id.clone(),
-                challenge,
-                signature,
-            }
-            .encode_to_vec(),
-        )
-        .send()
-        .await
-        .expect("login")
-        .bytes()
-        .await
-        .expect("body");
-    v1::LoginResponse::decode(r.as_ref())
-        .expect("login decodes")
-        .token
 }
 
 /// One request over `POST /v1/rpc`; the answer's body.

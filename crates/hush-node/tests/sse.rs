@@ -14,14 +14,14 @@ use base64::Engine as _;
 use hush_client::client::Client;
 use hush_client::envelope::Envelope;
 use hush_client::mls;
-use hush_client::store::{GroupStatus, Identity};
+use hush_client::store::GroupStatus;
 use hush_proto::client_frame::Body as C;
 use hush_proto::server_frame::Body as S;
-use hush_proto::{auth, v1, ClientFrame, ErrorCode, Message as _, ServerFrame};
+use hush_proto::{v1, ClientFrame, ErrorCode, Message as _, ServerFrame};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 mod common;
-use common::{start_node, url, WAIT};
+use common::{login, start_node, url, WAIT};
 
 async fn client(root: &Path, url: &str, handle: &str) -> Client {
     let mut c = Client::open(&root.join(handle), Some(url)).expect("open client");
@@ -55,48 +55,6 @@ fn has_text(c: &Client, gid: &[u8], text: &str) -> bool {
         .expect("log")
         .iter()
         .any(|l| l.kind == "text" && l.body == text)
-}
-
-/// Logs a device in over HTTP; returns a fresh token.
-async fn login(url: &str, id: &Identity) -> String {
-    let http = reqwest::Client::new();
-    let ch = http
-        .post(format!("{url}/v1/login/challenge"))
-        .body(
-            v1::LoginChallengeRequest {
-                device_id: id.device_id.clone(),
-            }
-            .encode_to_vec(),
-        )
-        .send()
-        .await
-        .expect("challenge")
-        .bytes()
-        .await
-        .expect("body");
-    let challenge = v1::LoginChallengeResponse::decode(ch.as_ref())
-        .expect("challenge decodes")
-        .challenge;
-    let signature = mls::sign_raw(&id.keys, &auth::login_payload(&challenge)).expect("sign");
-    let r = http
-        .post(format!("{url}/v1/login"))
-        .body(
-            v1::LoginRequest {
-                device_id: id.device_id.clone(),
-                challenge,
-                signature,
-            }
-            .encode_to_vec(),
-        )
-        .send()
-        .await
-        .expect("login")
-        .bytes()
-        .await
-        .expect("body");
-    v1::LoginResponse::decode(r.as_ref())
-        .expect("login decodes")
-        .token
 }
 
 // ---------------------------------------------------------------------------

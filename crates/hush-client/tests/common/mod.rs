@@ -26,6 +26,33 @@ use serde_json::Value;
 /// (a line printed, a process exiting), this only stops a hung test.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
+/// Starts `hush-node --config <config> --node <id>` plus `extra` flags and
+/// waits for the line it prints once it listens. Returns the process and
+/// its URL (`http://addr`). Its stderr is discarded.
+pub fn spawn_from_config(config: &Path, id: &str, extra: &[&std::ffi::OsStr]) -> (Child, String) {
+    let mut child = Command::new(node_bin())
+        .arg("--config")
+        .arg(config)
+        .arg("--node")
+        .arg(id)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn hush-node");
+    let stdout = child.stdout.take().expect("stdout");
+    let line = BufReader::new(stdout)
+        .lines()
+        .next()
+        .expect("a line")
+        .expect("utf-8");
+    let addr = line
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("{id}: {line:?}"))
+        .to_string();
+    (child, format!("http://{addr}"))
+}
+
 /// One hush-node process with its own data directory and log file.
 pub struct Node {
     child: Option<Child>,

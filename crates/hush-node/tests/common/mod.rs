@@ -38,3 +38,19 @@ pub async fn start_node(
 pub fn url(node: &RunningNode) -> String {
     format!("http://{}", node.addr)
 }
+
+/// Logs a device in over HTTP with the SDK's client; returns a fresh token.
+pub async fn login(url: &str, id: &hush_client::store::Identity) -> String {
+    let http = hush_client::http::Http::new(url).expect("server url");
+    let challenge = http
+        .login_challenge(&id.device_id)
+        .await
+        .expect("challenge");
+    let payload = hush_proto::auth::login_payload(&challenge);
+    let signature = hush_client::mls::sign_raw(&id.keys, &payload).expect("sign");
+    let (token, _) = http
+        .login(&id.device_id, challenge, signature)
+        .await
+        .expect("login");
+    token.0
+}
