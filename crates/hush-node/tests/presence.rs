@@ -11,13 +11,12 @@ use hush_client::client::Client;
 use hush_client::conn::Transport;
 use hush_client::envelope::Envelope;
 use hush_client::mls;
-use hush_client::store::GroupStatus;
 use hush_proto::client_frame::Body as C;
 use hush_proto::server_frame::Body as S;
 use hush_proto::{v1, ClientFrame, ErrorCode, Message as _, ServerFrame};
 
 mod common;
-use common::{login, start_node, url, WAIT};
+use common::{has_text, is_member, login, start_node, url, WAIT};
 
 const GRACE_MS: u64 = 5_000;
 
@@ -68,21 +67,6 @@ async fn pump_advancing(
             }
         }
     }
-}
-
-fn is_member(c: &Client, gid: &[u8]) -> bool {
-    c.db()
-        .group(gid)
-        .expect("db")
-        .is_some_and(|g| g.status == GroupStatus::Active)
-}
-
-fn has_text(c: &Client, gid: &[u8], text: &str) -> bool {
-    c.db()
-        .recent_log(gid, 50)
-        .expect("log")
-        .iter()
-        .any(|l| l.kind == "text" && l.body == text)
 }
 
 /// A group of `owner` with `others` added, everyone caught up.

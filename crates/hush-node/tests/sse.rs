@@ -14,14 +14,13 @@ use base64::Engine as _;
 use hush_client::client::Client;
 use hush_client::envelope::Envelope;
 use hush_client::mls;
-use hush_client::store::GroupStatus;
 use hush_proto::client_frame::Body as C;
 use hush_proto::server_frame::Body as S;
 use hush_proto::{v1, ClientFrame, ErrorCode, Message as _, ServerFrame};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 mod common;
-use common::{login, start_node, url, WAIT};
+use common::{has_text, is_member, login, start_node, url, WAIT};
 
 async fn client(root: &Path, url: &str, handle: &str) -> Client {
     let mut c = Client::open(&root.join(handle), Some(url)).expect("open client");
@@ -40,21 +39,6 @@ async fn pump_until(c: &mut Client, what: &str, done: impl Fn(&Client) -> bool) 
             .await
             .unwrap_or_else(|e| panic!("waiting for {what}: {e}"));
     }
-}
-
-fn is_member(c: &Client, gid: &[u8]) -> bool {
-    c.db()
-        .group(gid)
-        .expect("db")
-        .is_some_and(|g| g.status == GroupStatus::Active)
-}
-
-fn has_text(c: &Client, gid: &[u8], text: &str) -> bool {
-    c.db()
-        .recent_log(gid, 50)
-        .expect("log")
-        .iter()
-        .any(|l| l.kind == "text" && l.body == text)
 }
 
 // ---------------------------------------------------------------------------

@@ -54,3 +54,20 @@ pub async fn login(url: &str, id: &hush_client::store::Identity) -> String {
         .expect("login");
     token.0
 }
+
+/// Whether the client is an active member of the group.
+pub fn is_member(c: &hush_client::client::Client, gid: &[u8]) -> bool {
+    c.db()
+        .group(gid)
+        .expect("db")
+        .is_some_and(|g| g.status == hush_client::store::GroupStatus::Active)
+}
+
+/// Whether the client's recent log of the group has this text.
+pub fn has_text(c: &hush_client::client::Client, gid: &[u8], text: &str) -> bool {
+    c.db()
+        .recent_log(gid, 50)
+        .expect("log")
+        .iter()
+        .any(|l| l.kind == "text" && l.body == text)
+}
