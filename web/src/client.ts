@@ -1,0 +1,800 @@
+// The driver: the browser's counterpart of crates/hush-client/src/client.rs.
+// It logs in, keeps one connection (WebSocket, else SSE), applies each
+// group's timeline strictly in seq order, and makes commits with the
+// stale-epoch retry loop. Everything that changes MLS state runs under one
+// lock, one step at a time, and is persisted before anything is sent.
+//
+// Rules (the same as the Rust SDK's):
+// - an entry is applied only when its seq is last_seq + 1; earlier ones are
+//   duplicates, later ones wait in a buffer; entries of a group not joined
+//   yet wait for the Welcome;
+// - applying an entry (MLS state, cursor, log line) is one IndexedDB
+//   transaction, then the seq is acknowledged;
+// - entries this device sent are skipped when they come back (their effect
+//   was applied when the server accepted them); a commit whose answer was
+//   lost is recognised by its bytes and adopted then;
+// - an entry that does not process is skipped (it cannot become valid later);
+// - on STALE_EPOCH a commit or message is rebuilt after catching up.
+import { create } from "@bufbuild/protobuf";
+import { connect, Disconnected, http, HushError, payloads, utf8, type ClientBody, type Conn, type ServerBody } from "./api.js";
+import { CursorSchema, ErrorCode, type GroupEvent, type InboxEvent, type ServerFrame } from "./gen/hush/v1/client_pb.js";
+import * as mls from "./mls.js";
+import { Store, type GroupRec, type Identity, type LogRow } from "./store.js";
+
+export const KEY_PACKAGE_BATCH = 10;
+export const KEY_PACKAGE_LOW = 5;
+const MAX_COMMIT_ATTEMPTS = 6;
+const CATCH_UP_MS = 15_000;
+const TYPING_TTL_MS = 6_000;
+const TYPING_EVERY_MS = 3_000;
+
+/** A payload inside MLS (crates/hush-client/src/envelope.rs, byte for byte). */
+type Envelope = { t: "text"; body: string; ts: number } | { t: "name"; name: string } | { t: "typing" } | { t: string };
+
+const userOf = (identity: string) => identity.split("/")[0];
+
+export function validHandle(h: string): boolean {
+  return /^[a-z0-9_]{3,32}$/.test(h);
+}
+
+class Mutex {
+  private tail: Promise<unknown> = Promise.resolve();
+  run<T>(f: () => Promise<T>): Promise<T> {
+    const r = this.tail.then(f, f);
+    this.tail = r.catch(() => {});
+    return r;
+  }
+}
+
+export type Status = "offline" | "connecting" | "syncing" | "online";
+
+export class HushClient extends EventTarget {
+  me?: Identity;
+  status: Status = "offline";
+  transport?: "ws" | "sse";
+  lastError?: string;
+  readonly groups = new Map<string, GroupRec>();
+  readonly presence = new Map<string, boolean>();
+  /** group hex -> user -> typing until (ms). */
+  readonly typing = new Map<string, Map<string, number>>();
+  /** The group shown now (its messages are not unread). */
+  openGroup?: string;
+  prefer: "auto" | "ws" | "sse" = "auto";
+
+  private conn?: Conn;
+  private lock = new Mutex();
+  private queue: ServerFrame[] = [];
+  private signal?: () => void;
+  private buffered = new Map<string, Map<bigint, GroupEvent>>();
+  private acks = new Map<string, { groupId: Uint8Array; seq: bigint }>();
+  private actions = new Set<string>();
+  private caughtUp = false;
+  private backoff = 500;
+  private reconnectTimer?: ReturnType<typeof setTimeout>;
+  private lastTyping = new Map<string, number>();
+  private failedSend?: { group: string; text: string; id: Uint8Array };
+
+  private constructor(readonly store: Store) {
+    super();
+  }
+
+  static async open(): Promise<HushClient> {
+    const c = new HushClient(await Store.open());
+    c.me = await c.store.identity();
+    for (const g of await c.store.groups()) c.groups.set(g.id, g);
+    return c;
+  }
+
+  private changed(what: string, detail?: unknown) {
+    this.dispatchEvent(new CustomEvent(what, { detail }));
+  }
+
+  private fail(e: unknown): never {
+    this.lastError = e instanceof HushError ? e.display : (e as Error).message;
+    this.changed("error", this.lastError);
+    throw e;
+  }
+
+  // ---- accounts and connection ---------------------------------------------
+
+  async register(handle: string): Promise<void> {
+    if (!validHandle(handle)) this.fail(new Error("A handle is 3-32 characters of a-z, 0-9 and _."));
+    if (this.me) this.fail(new Error(`This browser is already ${this.me.userId}.`));
+    const keys = await mls.newDeviceKeys();
+    const sig = await mls.sign(keys, payloads.register(handle, keys.publicKey));
+    let r;
+    try {
+      r = await http.register(handle, keys.publicKey, sig);
+    } catch (e) {
+      this.fail(e);
+    }
+    this.me = { userId: r.userId, deviceId: r.deviceId, keys };
+    await this.store.put({ identity: this.me });
+    this.changed("identity");
+    await this.connect();
+  }
+
+  private async login(): Promise<string> {
+    const me = this.me!;
+    const { challenge } = await http.challenge(me.deviceId);
+    const sig = await mls.sign(me.keys, payloads.login(challenge));
+    const r = await http.login(me.deviceId, challenge, sig);
+    if (r.userId && r.userId !== me.userId) throw new Error(`logged in as ${r.userId}, but this device belongs to ${me.userId}`);
+    return r.token;
+  }
+
+  /** Logs in and opens the connection; reconnects by itself after that. */
+  async connect(): Promise<void> {
+    if (!this.me || this.conn) return;
+    clearTimeout(this.reconnectTimer);
+    this.setStatus("connecting");
+    try {
+      const token = await this.login();
+      const conn = await connect(token, { onPush: (f) => this.push(conn, f), onClose: (r, e) => this.closed(conn, r, e) }, this.prefer);
+      this.conn = conn;
+      this.transport = conn.kind;
+      this.caughtUp = false;
+      this.setStatus("syncing");
+      await this.lock.run(async () => {
+        this.buffered.clear();
+        await this.maintainKeyPackages();
+        await this.startSync();
+      });
+    } catch (e) {
+      this.conn?.close();
+      this.conn = undefined;
+      this.setStatus("offline");
+      this.lastError = e instanceof HushError ? e.display : `Cannot connect: ${(e as Error).message}`;
+      this.changed("error", this.lastError);
+      if (!(e instanceof HushError && (e.code === ErrorCode.NOT_FOUND || e.code === ErrorCode.BAD_ORIGIN))) this.scheduleReconnect();
+    }
+  }
+
+  private setStatus(s: Status) {
+    this.status = s;
+    document.body.dataset.status = s;
+    document.body.dataset.transport = this.transport ?? "";
+    this.changed("status");
+  }
+
+  private scheduleReconnect() {
+    clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = setTimeout(() => void this.connect(), this.backoff);
+    this.backoff = Math.min(this.backoff * 2, 10_000);
+  }
+
+  private closed(conn: Conn, reason: string, err?: HushError) {
+    if (this.conn !== conn) return;
+    this.conn = undefined;
+    this.setStatus("offline");
+    if (err) {
+      this.lastError = err.display;
+      this.changed("error", this.lastError);
+    }
+    this.signal?.();
+    this.scheduleReconnect();
+    void reason;
+  }
+
+  /** Drops the connection (tests use it to check reconnect and resume). */
+  dropConnection() {
+    this.conn?.close();
+  }
+
+  private async request(body: ClientBody): Promise<ServerBody> {
+    if (!this.conn) throw new Disconnected("not connected");
+    return this.conn.request(body);
+  }
+
+  private async startSync() {
+    const cursors = [...this.groups.values()]
+      .filter((g) => g.status === "active")
+      .map((g) => create(CursorSchema, { groupId: g.groupId, afterSeq: g.lastSeq }));
+    this.caughtUp = false;
+    this.conn?.sync(cursors, await this.store.inboxSeq());
+  }
+
+  private async maintainKeyPackages() {
+    const me = this.me!;
+    const r = await this.request({ case: "keyPackageCount", value: { $typeName: "hush.v1.KeyPackageCount" } });
+    if (r.case !== "keyPackageCountResult") throw new Error(`expected a key package count, got ${r.case}`);
+    if (r.value.count >= KEY_PACKAGE_LOW && r.value.hasLastResort) return;
+    const identity = `${me.userId}/${me.deviceId}`;
+    const n = r.value.count >= KEY_PACKAGE_LOW ? 0 : KEY_PACKAGE_BATCH;
+    const kps: mls.StoredKeyPackage[] = [];
+    for (let i = 0; i < n; i++) kps.push(await mls.newKeyPackage(identity, me.keys, false));
+    const lr = r.value.hasLastResort ? undefined : await mls.newKeyPackage(identity, me.keys, true);
+    if (lr) kps.push(lr);
+    // Private parts first: a Welcome may arrive as soon as they are uploaded.
+    await this.store.put({ keyPackages: kps });
+    await this.request({
+      case: "uploadKeyPackages",
+      value: {
+        $typeName: "hush.v1.UploadKeyPackages",
+        keyPackages: kps.filter((k) => !k.lastResort).map((k) => k.publicPackage),
+        lastResort: lr?.publicPackage ?? new Uint8Array(),
+      },
+    });
+  }
+
+  // ---- pushed events ---------------------------------------------------------
+
+  private push(conn: Conn, f: ServerFrame) {
+    if (conn !== this.conn) return;
+    this.queue.push(f);
+    this.signal?.();
+    void this.lock.run(() => this.drain()).catch((e) => console.warn("processing failed", e));
+  }
+
+  /** Processes queued pushes, acks, then runs deferred work. Lock held. */
+  private async drain() {
+    while (this.queue.length) {
+      const f = this.queue.shift()!;
+      try {
+        await this.handle(f);
+      } catch (e) {
+        console.warn("event not processed", f.body.case, e);
+      }
+    }
+    this.flushAcks();
+    if (this.caughtUp) await this.runActions();
+  }
+
+  private async handle(f: ServerFrame) {
+    const b = f.body;
+    switch (b.case) {
+      case "groupEvent":
+        return this.onGroupEvent(b.value);
+      case "inboxEvent":
+        return this.onInbox(b.value);
+      case "syncCaughtUp":
+        this.caughtUp = true;
+        this.backoff = 500;
+        this.setStatus("online");
+        this.actions.add("presence");
+        return;
+      case "ephemeralEvent":
+        return this.onEphemeral(b.value.groupId, b.value.message);
+      case "presenceEvent":
+        this.presence.set(b.value.userId, b.value.online);
+        this.changed("presence");
+        return;
+      case "error":
+        this.lastError = new HushError(b.value.code, b.value.message).display;
+        this.changed("error", this.lastError);
+        return;
+      default:
+        return;
+    }
+  }
+
+  private flushAcks() {
+    for (const a of this.acks.values()) {
+      this.conn?.send({ case: "ack", value: { $typeName: "hush.v1.Ack", groupId: a.groupId, seq: a.seq } });
+    }
+    this.acks.clear();
+  }
+
+  private async onGroupEvent(ev: GroupEvent) {
+    const id = mls.hex(ev.groupId);
+    this.typing.get(id)?.delete(userOf(ev.sender));
+    const g = this.groups.get(id);
+    if (g?.status === "active") {
+      if (ev.seq <= g.lastSeq) return;
+      this.bufferEvent(id, ev);
+      await this.drainGroup(id);
+    } else if (g) {
+      if (ev.seq > g.lastSeq) {
+        g.lastSeq = ev.seq;
+        await this.store.put({ groups: [g] });
+        this.acks.set(id, { groupId: g.groupId, seq: ev.seq });
+      }
+    } else {
+      this.bufferEvent(id, ev);
+    }
+  }
+
+  private bufferEvent(id: string, ev: GroupEvent) {
+    let b = this.buffered.get(id);
+    if (!b) this.buffered.set(id, (b = new Map()));
+    if (b.size < 10_000) b.set(ev.seq, ev);
+  }
+
+  private async drainGroup(id: string) {
+    const buf = this.buffered.get(id);
+    if (!buf) return;
+    for (;;) {
+      const g = this.groups.get(id);
+      if (!g) return;
+      for (const s of buf.keys()) if (s <= g.lastSeq) buf.delete(s);
+      if (g.status !== "active") {
+        const last = [...buf.keys()].reduce((a, b) => (b > a ? b : a), g.lastSeq);
+        if (last > g.lastSeq) {
+          g.lastSeq = last;
+          await this.store.put({ groups: [g] });
+          this.acks.set(id, { groupId: g.groupId, seq: last });
+        }
+        this.buffered.delete(id);
+        return;
+      }
+      const ev = buf.get(g.lastSeq + 1n);
+      if (!ev) return;
+      buf.delete(ev.seq);
+      await this.apply(g, ev);
+      this.acks.set(id, { groupId: g.groupId, seq: ev.seq });
+    }
+  }
+
+  private row(g: GroupRec, seq: bigint, sender: string, kind: LogRow["kind"], body: string, own = false): LogRow {
+    return { group: g.id, seq: Number(seq), sender, kind, body, ts: Date.now(), own };
+  }
+
+  /** Applies one timeline entry: new state, cursor and log line in one transaction. */
+  private async apply(g: GroupRec, ev: GroupEvent) {
+    const next: GroupRec = { ...g, lastSeq: ev.seq };
+    const log: LogRow[] = [];
+    const ts = ev.serverTimeMs > 0n ? Number(ev.serverTimeMs) : Date.now();
+    const at = (kind: LogRow["kind"], sender: string, body: string) => ({ ...this.row(g, ev.seq, userOf(sender), kind, body), ts });
+    if (g.ownSeqs.includes(ev.seq)) {
+      next.ownSeqs = g.ownSeqs.filter((s) => s > ev.seq);
+    } else if (g.pending && equal(g.pending.commit, ev.message)) {
+      // Our own commit, accepted while we were not listening.
+      const before = mls.members(g.state!).map((m) => m.identity);
+      next.state = g.pending.state;
+      next.pending = undefined;
+      const after = mls.members(next.state).map((m) => m.identity);
+      this.logMembership(log, at, this.me!.userId, before, after);
+    } else {
+      try {
+        const p = await mls.process(g.state!, ev.message);
+        next.state = p.state;
+        if (g.pending && p.kind === "commit") next.pending = undefined; // ours lost the race
+        if (p.kind === "application") {
+          const env = decodeEnvelope(p.plaintext);
+          if (env?.t === "text" && "body" in env) {
+            log.push(at("text", p.sender, env.body));
+            if (this.openGroup !== g.id || document.hidden) next.unread = g.unread + 1;
+            next.lastActivity = ts;
+          } else if (env?.t === "name" && "name" in env) {
+            if (g.name !== env.name) log.push(at("name", p.sender, env.name));
+            next.name = env.name;
+          }
+        } else if (p.kind === "proposal") {
+          this.actions.add(`pending:${g.id}`);
+        } else {
+          for (const a of p.added) if (a !== p.sender || !p.external) log.push(at("added", p.sender, a));
+          if (p.external) log.push(at("added", p.sender, p.sender));
+          for (const r of p.removed) log.push(at("removed", p.sender, r));
+          if (!p.added.length && !p.removed.length) log.push(at("updated", p.sender, ""));
+          if (p.added.length) this.actions.add("presence");
+          if (p.selfRemoved) {
+            next.status = "removed";
+            next.state = undefined;
+            next.pending = undefined;
+          } else if (p.external && g.name) {
+            // The joiner cannot know the name: the first other member tells it.
+            const namer = mls.members(next.state).find((m) => m.identity !== p.sender);
+            if (namer?.identity === this.identity()) this.actions.add(`name:${g.id}`);
+          }
+        }
+      } catch (e) {
+        console.warn(`skipping entry ${ev.seq} of ${g.id} that does not process`, e);
+      }
+    }
+    await this.store.put({ groups: [next], log });
+    this.groups.set(g.id, next);
+    this.changed("group", g.id);
+    for (const l of log) this.changed("log", l);
+  }
+
+  private logMembership(log: LogRow[], at: (k: LogRow["kind"], s: string, b: string) => LogRow, by: string, before: string[], after: string[]) {
+    for (const a of after.filter((x) => !before.includes(x))) log.push(at("added", by, a));
+    for (const r of before.filter((x) => !after.includes(x))) log.push(at("removed", by, r));
+    if (before.length === after.length && before.every((x) => after.includes(x))) log.push(at("updated", by, ""));
+  }
+
+  private identity(): string {
+    return `${this.me!.userId}/${this.me!.deviceId}`;
+  }
+
+  private async onInbox(ev: InboxEvent) {
+    const seen = await this.store.inboxSeq();
+    if (ev.inboxSeq !== 0n && ev.inboxSeq <= seen) return;
+    const id = mls.hex(ev.groupId);
+    const g = this.groups.get(id);
+    if (g?.status === "active" && g.lastSeq >= ev.commitSeq) {
+      await this.store.put({ inboxSeq: ev.inboxSeq });
+    } else {
+      try {
+        let kp: mls.StoredKeyPackage | undefined;
+        for (const ref of mls.welcomeRefs(ev.welcome)) kp ??= await this.store.keyPackage(ref);
+        if (!kp) throw new Error("the Welcome is for none of this device's key packages");
+        const joined = await mls.joinFromWelcome(ev.welcome, ev.ratchetTree, kp);
+        if (mls.hex(joined.groupId) !== id) throw new Error("the Welcome is for another group than announced");
+        const rec: GroupRec = {
+          id,
+          groupId: ev.groupId,
+          name: g?.name,
+          status: "active",
+          lastSeq: ev.commitSeq,
+          state: joined.state,
+          ownSeqs: [],
+          unread: 0,
+          lastActivity: Date.now(),
+        };
+        const names = mls.members(joined.state).map((m) => userOf(m.identity));
+        const row = this.row(rec, ev.commitSeq, "", "joined", [...new Set(names)].join(", "));
+        await this.store.put({ groups: [rec], log: [row], inboxSeq: ev.inboxSeq, dropKeyPackages: kp.lastResort ? [] : [kp.ref] });
+        this.groups.set(id, rec);
+        this.actions.add("keyPackages");
+        this.actions.add("presence");
+        this.changed("group", id);
+        this.changed("log", row);
+      } catch (e) {
+        console.warn("dropping a Welcome that does not process", e);
+        await this.store.put({ inboxSeq: ev.inboxSeq });
+      }
+    }
+    this.conn?.send({ case: "ackInbox", value: { $typeName: "hush.v1.AckInbox", inboxSeq: ev.inboxSeq } });
+    await this.drainGroup(id);
+  }
+
+  private async onEphemeral(groupId: Uint8Array, message: Uint8Array) {
+    const g = this.groups.get(mls.hex(groupId));
+    if (!g || g.status !== "active" || !g.state) return;
+    try {
+      const p = await mls.process(g.state, message);
+      if (p.kind !== "application") return;
+      // Decrypting moved the sender's ratchet: keep it.
+      const next = { ...g, state: p.state };
+      await this.store.put({ groups: [next] });
+      this.groups.set(g.id, next);
+      if (decodeEnvelope(p.plaintext)?.t === "typing") {
+        let m = this.typing.get(g.id);
+        if (!m) this.typing.set(g.id, (m = new Map()));
+        m.set(userOf(p.sender), Date.now() + TYPING_TTL_MS);
+        this.changed("typing", g.id);
+      }
+    } catch (e) {
+      // Only a hint: one that does not process is dropped.
+      console.debug("dropping an ephemeral message", e);
+    }
+  }
+
+  private async runActions() {
+    for (let round = 0; round < 4 && this.actions.size; round++) {
+      const todo = [...this.actions];
+      this.actions.clear();
+      for (const a of todo) {
+        try {
+          if (a === "keyPackages") await this.maintainKeyPackages();
+          else if (a === "presence") await this.refreshPresence();
+          else if (a.startsWith("pending:")) {
+            const g = this.groups.get(a.slice(8));
+            if (g?.status === "active" && g.state && mls.hasPendingProposals(g.state)) await this.commitIntent(g.id, { kind: "pending" });
+          } else if (a.startsWith("name:")) {
+            const g = this.groups.get(a.slice(5));
+            if (g?.status === "active" && g.name) await this.sendEnvelope(g.id, { t: "name", name: g.name });
+          }
+        } catch (e) {
+          if (e instanceof Disconnected) return;
+          console.warn("deferred action failed", a, e);
+        }
+      }
+    }
+  }
+
+  private async refreshPresence() {
+    for (const g of this.groups.values()) {
+      if (g.status !== "active") continue;
+      const r = await this.request({ case: "getPresence", value: { $typeName: "hush.v1.GetPresence", groupId: g.groupId } });
+      if (r.case === "presenceList") for (const u of r.value.users) this.presence.set(u.userId, u.online);
+    }
+    this.changed("presence");
+  }
+
+  /** Waits (lock held) until `done()`, processing pushes as they come. */
+  private async waitFor(done: () => boolean, ms: number): Promise<boolean> {
+    const deadline = Date.now() + ms;
+    for (;;) {
+      while (this.queue.length) {
+        const f = this.queue.shift()!;
+        try {
+          await this.handle(f);
+        } catch (e) {
+          console.warn("event not processed", e);
+        }
+      }
+      this.flushAcks();
+      if (done()) return true;
+      const left = deadline - Date.now();
+      if (left <= 0 || !this.conn) return false;
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, left);
+        this.signal = () => {
+          clearTimeout(t);
+          this.signal = undefined;
+          resolve();
+        };
+      });
+    }
+  }
+
+  /** After STALE_EPOCH: process the timeline up to the server's head. */
+  private async catchUp(id: string, headSeq?: bigint) {
+    const reached = () => headSeq !== undefined && (this.groups.get(id)?.lastSeq ?? 0n) >= headSeq;
+    if (await this.waitFor(reached, CATCH_UP_MS)) return;
+    await this.startSync();
+    await this.waitFor(() => this.caughtUp, CATCH_UP_MS);
+  }
+
+  // ---- group operations (the UI calls these) --------------------------------
+
+  private op<T>(f: () => Promise<T>): Promise<T> {
+    return this.lock.run(async () => {
+      try {
+        const r = await f();
+        await this.drain();
+        return r;
+      } catch (e) {
+        this.fail(e);
+      }
+    });
+  }
+
+  private active(id: string): GroupRec & { state: Uint8Array } {
+    const g = this.groups.get(id);
+    if (!g) throw new Error("no such group");
+    if (g.status !== "active" || !g.state) throw new HushError(ErrorCode.NOT_MEMBER, "this device is no longer a member");
+    return g as GroupRec & { state: Uint8Array };
+  }
+
+  members(id: string): string[] {
+    const g = this.groups.get(id);
+    return g?.state ? mls.members(g.state).map((m) => m.identity) : [];
+  }
+
+  createGroup(name: string): Promise<string> {
+    return this.op(async () => {
+      name = name.trim();
+      if (!name) throw new Error("A group needs a name.");
+      const me = this.me!;
+      const n = await mls.createGroup(this.identity(), me.keys);
+      const r = await this.request({
+        case: "createGroup",
+        value: { $typeName: "hush.v1.CreateGroup", groupInfo: n.groupInfo, ratchetTree: n.ratchetTree },
+      });
+      if (r.case !== "groupCreated") throw new Error(`expected GroupCreated, got ${r.case}`);
+      const rec: GroupRec = {
+        id: mls.hex(n.groupId),
+        groupId: n.groupId,
+        name,
+        status: "active",
+        lastSeq: 0n,
+        state: n.state,
+        ownSeqs: [],
+        unread: 0,
+        lastActivity: Date.now(),
+      };
+      const row = this.row(rec, 0n, me.userId, "created", name, true);
+      await this.store.put({ groups: [rec], log: [row] });
+      this.groups.set(rec.id, rec);
+      this.changed("group", rec.id);
+      return rec.id;
+    });
+  }
+
+  addMembers(id: string, handles: string[]): Promise<void> {
+    return this.op(async () => {
+      for (const h of handles) if (!validHandle(h)) throw new Error(`"${h}" is not a handle (3-32 characters of a-z, 0-9, _).`);
+      const done = await this.commitIntent(id, { kind: "add", handles });
+      if (!done) throw new Error(`${handles.join(", ")}: every device is already in the group.`);
+      const g = this.groups.get(id);
+      if (g?.name) await this.sendEnvelope(id, { t: "name", name: g.name });
+    });
+  }
+
+  removeMembers(id: string, handles: string[]): Promise<void> {
+    return this.op(async () => {
+      const g = this.active(id);
+      for (const h of handles) {
+        if (!mls.members(g.state).some((m) => userOf(m.identity) === h)) throw new Error(`${h} is not a member of this group.`);
+      }
+      await this.commitIntent(id, { kind: "remove", handles });
+    });
+  }
+
+  selfUpdate(id: string): Promise<void> {
+    return this.op(async () => {
+      await this.commitIntent(id, { kind: "update" });
+    });
+  }
+
+  sendText(id: string, text: string): Promise<bigint> {
+    return this.op(async () => {
+      if (!text) throw new Error("Nothing to send.");
+      // A resend of a message whose answer was lost keeps its id: no double.
+      const retry = this.failedSend?.group === id && this.failedSend.text === text ? this.failedSend.id : undefined;
+      this.failedSend = undefined;
+      try {
+        const seq = await this.sendEnvelope(id, { t: "text", body: text, ts: Date.now() }, retry);
+        // The next keystroke starts a new message: announce it at once.
+        this.lastTyping.delete(id);
+        return seq;
+      } catch (e) {
+        if (e instanceof Disconnected) this.failedSend = { group: id, text, id: retry ?? this.lastMsgId! };
+        throw e;
+      }
+    });
+  }
+
+  /** Tells who is online now that this user types (ephemeral, never stored). */
+  async typingNotice(id: string): Promise<void> {
+    const now = Date.now();
+    if (now - (this.lastTyping.get(id) ?? 0) < TYPING_EVERY_MS || this.status !== "online") return;
+    this.lastTyping.set(id, now);
+    await this.lock.run(async () => {
+      const g = this.groups.get(id);
+      if (!g?.state || g.status !== "active" || mls.hasPendingProposals(g.state)) return;
+      const e = await mls.encrypt(g.state, utf8(JSON.stringify({ t: "typing" })));
+      const next = { ...g, state: e.state };
+      await this.store.put({ groups: [next] });
+      this.groups.set(id, next);
+      await this.request({ case: "sendEphemeral", value: { $typeName: "hush.v1.SendEphemeral", groupId: g.groupId, message: e.message } }).catch((err) => console.warn("typing notice not sent", err));
+    });
+  }
+
+  typingNow(id: string): string[] {
+    const m = this.typing.get(id);
+    if (!m) return [];
+    const now = Date.now();
+    return [...m].filter(([, until]) => until > now).map(([u]) => u);
+  }
+
+  markRead(id: string) {
+    const g = this.groups.get(id);
+    if (g && g.unread) {
+      const next = { ...g, unread: 0 };
+      this.groups.set(id, next);
+      void this.store.put({ groups: [next] });
+      this.changed("group", id);
+    }
+  }
+
+  private lastMsgId?: Uint8Array;
+
+  private async sendEnvelope(id: string, env: Envelope, msgId?: Uint8Array): Promise<bigint> {
+    const clientMsgId = msgId ?? crypto.getRandomValues(new Uint8Array(16));
+    this.lastMsgId = clientMsgId;
+    const plaintext = utf8(JSON.stringify(env));
+    for (let attempt = 0; attempt < MAX_COMMIT_ATTEMPTS; attempt++) {
+      let g = this.active(id);
+      if (mls.hasPendingProposals(g.state)) {
+        await this.commitIntent(id, { kind: "pending" });
+        g = this.active(id);
+      }
+      const e = await mls.encrypt(g.state, plaintext);
+      // Persist the advanced ratchet before sending: a generation is never reused.
+      g = { ...g, state: e.state };
+      await this.store.put({ groups: [g] });
+      this.groups.set(id, g);
+      try {
+        const r = await this.request({
+          case: "sendMessage",
+          value: { $typeName: "hush.v1.SendMessage", groupId: g.groupId, clientMsgId, message: e.message },
+        });
+        if (r.case !== "messageAccepted") throw new Error(`expected MessageAccepted, got ${r.case}`);
+        const cur = this.groups.get(id)!;
+        const next = { ...cur, ownSeqs: cur.lastSeq < r.value.seq ? [...cur.ownSeqs, r.value.seq] : cur.ownSeqs, lastActivity: Date.now() };
+        const log: LogRow[] = [];
+        if (env.t === "text" && "body" in env) log.push(this.row(cur, r.value.seq, this.me!.userId, "text", env.body, true));
+        await this.store.put({ groups: [next], log });
+        this.groups.set(id, next);
+        this.changed("group", id);
+        for (const l of log) this.changed("log", l);
+        return r.value.seq;
+      } catch (err) {
+        if (err instanceof HushError && err.code === ErrorCode.STALE_EPOCH) {
+          await this.catchUp(id, err.headSeq);
+          continue;
+        }
+        throw err;
+      }
+    }
+    throw new Error("The message kept hitting a changing group; try again.");
+  }
+
+  /** Builds, sends and applies a commit, rebuilding it after each lost epoch race. */
+  private async commitIntent(
+    id: string,
+    intent: { kind: "add"; handles: string[] } | { kind: "remove"; handles: string[] } | { kind: "pending" } | { kind: "update" },
+  ): Promise<boolean> {
+    for (let attempt = 0; attempt < MAX_COMMIT_ATTEMPTS; attempt++) {
+      const g = this.active(id);
+      const members = mls.members(g.state);
+      let change: mls.Change;
+      if (intent.kind === "add") {
+        const kps = [];
+        for (const h of intent.handles) {
+          const r = await this.request({ case: "claimKeyPackages", value: { $typeName: "hush.v1.ClaimKeyPackages", userId: h } });
+          if (r.case !== "claimedKeyPackages") throw new Error(`expected key packages, got ${r.case}`);
+          for (const c of r.value.keyPackages) {
+            try {
+              const { kp, identity } = await mls.parseKeyPackage(c.keyPackage);
+              if (userOf(identity) !== h || members.some((m) => m.identity === identity)) continue;
+              kps.push(kp);
+            } catch (e) {
+              console.warn(`skipping a bad key package of ${h}`, e);
+            }
+          }
+        }
+        if (!kps.length) return false;
+        change = { kind: "add", keyPackages: kps };
+      } else if (intent.kind === "remove") {
+        const leaves = members.filter((m) => intent.handles.includes(userOf(m.identity))).map((m) => m.leaf);
+        if (!leaves.length) return false;
+        change = { kind: "remove", leaves };
+      } else if (intent.kind === "pending") {
+        if (!mls.hasPendingProposals(g.state)) return false;
+        change = { kind: "pending" };
+      } else {
+        change = { kind: "update" };
+      }
+      const out = await mls.commit(g.state, change);
+      // Kept until the answer: if it is lost, the commit is recognised in the timeline.
+      const pend = { ...g, pending: { commit: out.commit, state: out.newState } };
+      await this.store.put({ groups: [pend] });
+      this.groups.set(id, pend);
+      let r: ServerBody;
+      try {
+        r = await this.request({
+          case: "sendCommit",
+          value: {
+            $typeName: "hush.v1.SendCommit",
+            groupId: g.groupId,
+            commit: out.commit,
+            welcome: out.welcome,
+            groupInfo: out.groupInfo,
+            ratchetTree: out.ratchetTree,
+            clientMsgId: crypto.getRandomValues(new Uint8Array(16)),
+          },
+        });
+      } catch (err) {
+        if (err instanceof Disconnected) throw err;
+        const cur = { ...this.groups.get(id)!, pending: undefined };
+        await this.store.put({ groups: [cur] });
+        this.groups.set(id, cur);
+        if (err instanceof HushError && err.code === ErrorCode.STALE_EPOCH) {
+          await this.catchUp(id, err.headSeq);
+          continue;
+        }
+        throw err;
+      }
+      if (r.case !== "commitAccepted") throw new Error(`expected CommitAccepted, got ${r.case}`);
+      const cur = this.groups.get(id)!;
+      const next: GroupRec = { ...cur, state: out.newState, pending: undefined, ownSeqs: [...cur.ownSeqs, r.value.seq] };
+      const log: LogRow[] = [];
+      const me = this.me!.userId;
+      this.logMembership(log, (k, s, b) => this.row(cur, r.value.seq, s, k, b, true), me, members.map((m) => m.identity), mls.members(out.newState).map((m) => m.identity));
+      await this.store.put({ groups: [next], log });
+      this.groups.set(id, next);
+      this.changed("group", id);
+      for (const l of log) this.changed("log", l);
+      return true;
+    }
+    throw new Error("The change kept losing the race with other members' changes; try again.");
+  }
+}
+
+function decodeEnvelope(b: Uint8Array): Envelope | undefined {
+  try {
+    const v = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(b));
+    return v && typeof v.t === "string" ? (v as Envelope) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function equal(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}

@@ -1,0 +1,289 @@
+// The page: plain DOM, text only through textContent (nothing a peer sends
+// is ever parsed as HTML). One file: the sign-up view, the group list and
+// the chat view, re-rendered from the client's state on its events.
+import { HushClient, validHandle } from "./client.js";
+import type { LogRow } from "./store.js";
+
+const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
+const el = <K extends keyof HTMLElementTagNameMap>(tag: K, cls?: string, text?: string) => {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined) e.textContent = text;
+  return e;
+};
+const userOf = (identity: string) => identity.split("/")[0];
+
+export function start(client: HushClient) {
+  let open: string | undefined;
+  let typingTimer: ReturnType<typeof setTimeout> | undefined;
+  let errorTimer: ReturnType<typeof setTimeout> | undefined;
+
+  const showError = (msg: string) => {
+    $("error-text").textContent = msg;
+    $("error").hidden = false;
+    clearTimeout(errorTimer);
+    errorTimer = setTimeout(() => ($("error").hidden = true), 12_000);
+  };
+  $("error-close").onclick = () => ($("error").hidden = true);
+  client.addEventListener("error", (e) => showError((e as CustomEvent<string>).detail));
+
+  const busy = async (form: HTMLFormElement, f: () => Promise<unknown>) => {
+    const buttons = form.querySelectorAll("button");
+    buttons.forEach((b) => (b.disabled = true));
+    try {
+      await f();
+      return true;
+    } catch {
+      return false; // already shown through the client's error event
+    } finally {
+      buttons.forEach((b) => (b.disabled = false));
+    }
+  };
+
+  // ---- views ------------------------------------------------------------------
+  const view = () => {
+    const registered = !!client.me;
+    $("welcome").hidden = registered;
+    $("app").hidden = !registered;
+    document.body.dataset.view = registered ? "app" : "welcome";
+    if (registered) $("me").textContent = client.me!.userId;
+  };
+
+  $<HTMLFormElement>("register-form").onsubmit = async (e) => {
+    e.preventDefault();
+    const handle = $<HTMLInputElement>("handle").value.trim();
+    if (!validHandle(handle)) return showError("A handle is 3-32 characters of a-z, 0-9 and _.");
+    await busy(e.target as HTMLFormElement, () => client.register(handle));
+    view();
+  };
+
+  // ---- status -------------------------------------------------------------------
+  const status = () => {
+    const s = $("status");
+    s.dataset.state = client.status;
+    const via = client.transport === "sse" ? " (SSE)" : "";
+    s.textContent = { offline: "offline", connecting: "connecting…", syncing: "syncing…", online: `online${via}` }[client.status];
+  };
+  client.addEventListener("status", status);
+
+  // ---- group list --------------------------------------------------------------
+  const renderGroups = () => {
+    const list = $("groups");
+    const groups = [...client.groups.values()].sort((a, b) => b.lastActivity - a.lastActivity);
+    list.replaceChildren(
+      ...groups.map((g) => {
+        const li = el("li", g.status === "active" ? "" : "removed");
+        li.dataset.id = g.id;
+        li.dataset.name = g.name ?? "";
+        if (g.id === open) li.setAttribute("aria-current", "true");
+        li.append(el("span", "name", g.name ?? `group ${g.id.slice(0, 8)}`));
+        if (g.unread > 0) {
+          const b = el("span", "badge", String(g.unread));
+          b.dataset.testid = "unread";
+          b.title = `${g.unread} unread`;
+          li.append(b);
+        }
+        li.onclick = () => openGroup(g.id);
+        return li;
+      }),
+    );
+    $("no-groups").hidden = groups.length > 0;
+  };
+
+  $<HTMLFormElement>("new-group").onsubmit = async (e) => {
+    e.preventDefault();
+    const input = $<HTMLInputElement>("new-group-name");
+    let id: string | undefined;
+    if (await busy(e.target as HTMLFormElement, async () => (id = await client.createGroup(input.value)))) {
+      input.value = "";
+      if (id) openGroup(id);
+    }
+  };
+
+  // ---- chat --------------------------------------------------------------------------
+  const describe = (r: LogRow): string => {
+    const who = r.own || r.sender === client.me?.userId ? "you" : r.sender || "someone";
+    switch (r.kind) {
+      case "created":
+        return `${who} created the group "${r.body}"`;
+      case "joined":
+        return `you joined (members: ${r.body})`;
+      case "name":
+        return `${who} named the group "${r.body}"`;
+      case "added":
+        return `${who} added ${userOf(r.body) === client.me?.userId ? "you" : userOf(r.body)}`;
+      case "removed":
+        return `${who} removed ${userOf(r.body) === client.me?.userId ? "you" : userOf(r.body)}`;
+      case "updated":
+        return `${who} rotated keys`;
+      default:
+        return r.body;
+    }
+  };
+
+  const messageItem = (r: LogRow) => {
+    if (r.kind !== "text") {
+      const li = el("li", "event", describe(r));
+      li.dataset.kind = r.kind;
+      return li;
+    }
+    const own = r.own || r.sender === client.me?.userId;
+    const li = el("li", own ? "msg own" : "msg");
+    li.dataset.kind = "text";
+    li.dataset.sender = r.sender;
+    li.append(el("span", "who", r.sender), el("span", "body", r.body));
+    const when = el("time", "when", new Date(r.ts).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }));
+    when.dateTime = new Date(r.ts).toISOString();
+    li.append(when);
+    return li;
+  };
+
+  const atBottom = () => {
+    const m = $("messages");
+    return m.scrollHeight - m.scrollTop - m.clientHeight < 40;
+  };
+
+  const renderMembers = () => {
+    if (!open) return;
+    const users = [...new Set(client.members(open).map(userOf))].sort();
+    $("members").replaceChildren(
+      ...users.map((u) => {
+        const li = el("li");
+        li.dataset.user = u;
+        const on = u === client.me?.userId ? client.status === "online" : client.presence.get(u) === true;
+        const dot = el("span", on ? "dot on" : "dot");
+        dot.title = on ? "online" : "offline";
+        li.dataset.online = String(on);
+        li.append(dot, el("span", "", u));
+        if (u !== client.me?.userId) {
+          const rm = el("button", "link", "×");
+          rm.type = "button";
+          rm.title = `Remove ${u} from the group`;
+          rm.setAttribute("aria-label", `Remove ${u}`);
+          rm.onclick = () => {
+            if (confirm(`Remove ${u} from the group?`)) void client.removeMembers(open!, [u]).catch(() => {});
+          };
+          li.append(rm);
+        }
+        return li;
+      }),
+    );
+  };
+
+  const renderTyping = () => {
+    clearTimeout(typingTimer);
+    if (!open) return;
+    const who = client.typingNow(open);
+    $("typing").textContent = who.length ? `${who.join(", ")} ${who.length > 1 ? "are" : "is"} typing…` : "";
+    if (who.length) typingTimer = setTimeout(renderTyping, 1000);
+  };
+
+  const renderHead = () => {
+    if (!open) return;
+    const g = client.groups.get(open);
+    if (!g) return;
+    $("group-name").textContent = g.name ?? `group ${g.id.slice(0, 8)}`;
+    const active = g.status === "active";
+    $("composer").hidden = !active;
+    $("add-member").hidden = !active;
+    $("rotate").hidden = !active;
+    $("removed").hidden = active;
+    renderMembers();
+  };
+
+  const openGroup = async (id: string) => {
+    open = id;
+    client.openGroup = id;
+    history.replaceState(null, "", `#${id}`);
+    document.body.classList.add("chat-open");
+    const unread = client.groups.get(id)?.unread ?? 0;
+    client.markRead(id);
+    renderHead();
+    renderGroups();
+    renderTyping();
+    const rows = await client.store.log(id);
+    if (open !== id) return;
+    const items = rows.map(messageItem);
+    if (unread > 0) {
+      // The mark goes above the unread text messages.
+      let n = 0;
+      let at = items.length;
+      for (let i = rows.length - 1; i >= 0 && n < unread; i--) {
+        if (rows[i].kind === "text" && !rows[i].own) {
+          n++;
+          at = i;
+        }
+      }
+      const mark = el("li", "unread-mark", `${unread} new`);
+      mark.dataset.testid = "unread-mark";
+      items.splice(at, 0, mark);
+    }
+    $("messages").replaceChildren(...items);
+    const m = $("messages");
+    m.scrollTop = m.scrollHeight;
+    $("text").focus();
+  };
+
+  $("back").onclick = () => {
+    open = undefined;
+    client.openGroup = undefined;
+    document.body.classList.remove("chat-open");
+    history.replaceState(null, "", "#");
+    renderGroups();
+  };
+
+  $<HTMLFormElement>("add-member").onsubmit = async (e) => {
+    e.preventDefault();
+    const input = $<HTMLInputElement>("add-handle");
+    const handles = input.value.split(/[\s,]+/).filter(Boolean);
+    if (open && (await busy(e.target as HTMLFormElement, () => client.addMembers(open!, handles)))) input.value = "";
+  };
+
+  $("rotate").onclick = () => {
+    if (open) void client.selfUpdate(open).catch(() => {});
+  };
+
+  $<HTMLFormElement>("composer").onsubmit = async (e) => {
+    e.preventDefault();
+    const input = $<HTMLInputElement>("text");
+    const text = input.value;
+    if (!open || !text.trim()) return;
+    if (await busy(e.target as HTMLFormElement, () => client.sendText(open!, text))) input.value = "";
+    input.focus();
+  };
+  $("text").oninput = () => {
+    if (open) void client.typingNotice(open).catch(() => {});
+  };
+
+  // ---- client events ---------------------------------------------------------------
+  client.addEventListener("log", (e) => {
+    const r = (e as CustomEvent<LogRow>).detail;
+    if (r.group !== open) return;
+    const stick = atBottom() || r.own;
+    $("messages").append(messageItem(r));
+    if (stick) $("messages").scrollTop = $("messages").scrollHeight;
+    renderTyping();
+  });
+  client.addEventListener("group", (e) => {
+    renderGroups();
+    if ((e as CustomEvent<string>).detail === open) {
+      if (!document.hidden) client.markRead(open);
+      renderHead();
+    }
+  });
+  client.addEventListener("presence", renderMembers);
+  client.addEventListener("status", renderMembers);
+  client.addEventListener("typing", (e) => {
+    if ((e as CustomEvent<string>).detail === open) renderTyping();
+  });
+  client.addEventListener("identity", view);
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden && open) client.markRead(open);
+  });
+
+  view();
+  status();
+  renderGroups();
+  const fromHash = location.hash.slice(1);
+  if (fromHash && client.groups.has(fromHash)) void openGroup(fromHash);
+}

@@ -1,0 +1,258 @@
+// End-to-end: two browser users (headless Chromium, MLS in the page with
+// ts-mls) and one `hush` CLI user (openmls) in one group on a real
+// hush-node. Run by crates/hush-client/tests/e2e_browser.rs:
+//
+//   node web/tests/e2e.mjs --url http://127.0.0.1:PORT --hush target/debug/hush \
+//     --work DIR --screenshots DIR --canary STRING [--chromium /usr/bin/chromium]
+//
+// Scenario: alice (browser) creates a group and adds carol (CLI); carol adds
+// bob (browser); messages go all ways (alice's carries the canary); bob and
+// carol rotate their keys (self-update); alice removes carol; bob reloads
+// the page and continues, then comes back over SSE. Along the way: unread
+// marks, presence, typing, an error message, phone-width screenshots.
+// Every wait is for a DOM state or a process exit, never a fixed sleep.
+import { execFile } from "node:child_process";
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { parseArgs } from "node:util";
+import { chromium } from "playwright-core";
+
+const run = promisify(execFile);
+const { values: args } = parseArgs({
+  options: {
+    url: { type: "string" },
+    hush: { type: "string" },
+    work: { type: "string" },
+    screenshots: { type: "string" },
+    canary: { type: "string" },
+    chromium: { type: "string", default: "/usr/bin/chromium" },
+  },
+});
+for (const k of ["url", "hush", "work", "screenshots", "canary"]) {
+  if (!args[k]) throw new Error(`--${k} is required`);
+}
+const URL0 = args.url.replace(/\/$/, "");
+const WAIT = 30_000;
+const started = Date.now();
+const step = (s) => console.log(`[e2e ${((Date.now() - started) / 1000).toFixed(1)}s] ${s}`);
+mkdirSync(args.screenshots, { recursive: true });
+
+// ---- the CLI user ------------------------------------------------------------
+const carolHome = join(args.work, "carol");
+async function hush(...argv) {
+  const { stdout } = await run(args.hush, ["--home", carolHome, "--server", URL0, "--json", ...argv], { timeout: WAIT });
+  return stdout
+    .split("\n")
+    .filter(Boolean)
+    .map((l) => JSON.parse(l));
+}
+
+// ---- browsers ------------------------------------------------------------------
+const browser = await chromium.launch({
+  executablePath: args.chromium,
+  headless: true,
+  args: [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+  ],
+  // No --user-data-dir: playwright refuses the flag and gives every launch
+  // a fresh profile directory of its own (deleted when the browser closes).
+});
+const pageErrors = [];
+
+async function newPage(name, viewport = { width: 1100, height: 720 }) {
+  const context = await browser.newContext({ viewport });
+  if (process.env.HUSH_E2E_DIST) {
+    // Development only: serve web/dist from disk to a node built without it.
+    const dist = process.env.HUSH_E2E_DIST;
+    const types = { html: "text/html", js: "text/javascript", css: "text/css" };
+    await context.route(/\/(assets\/.*)?(\?.*)?$/, (route) => {
+      const path = new globalThis.URL(route.request().url()).pathname;
+      const file = path === "/" ? "index.html" : path.replace("/assets/", "");
+      route.fulfill({ path: join(dist, file), contentType: types[file.split(".").pop()] });
+    });
+  }
+  const page = await context.newPage();
+  page.on("console", (m) => {
+    if (m.type() === "error" || m.type() === "warning") console.log(`[${name} console.${m.type()}] ${m.text()}`);
+  });
+  page.on("pageerror", (e) => {
+    pageErrors.push(`${name}: ${e.message}`);
+    console.log(`[${name} pageerror] ${e.message}`);
+  });
+  await page.goto(URL0 + "/");
+  return page;
+}
+
+async function register(page, handle) {
+  await page.locator("#handle").fill(handle);
+  await page.locator("#register").click();
+  await online(page);
+}
+
+const online = (page) => page.locator('body[data-status="online"]').waitFor({ timeout: WAIT });
+const shot = (page, name) => page.screenshot({ path: join(args.screenshots, `${name}.png`) });
+const message = (page, text) => page.locator("#messages li.msg .body", { hasText: text });
+const event = (page, text) => page.locator("#messages li.event", { hasText: text });
+const openGroup = (page, name) => page.locator(`#groups li[data-name="${name}"]`).click();
+async function send(page, text) {
+  await page.locator("#text").fill(text);
+  await page.locator("#send").click();
+  // Shown as our own once the server has acknowledged it (durable).
+  await page.locator("#messages li.msg.own .body", { hasText: text }).waitFor({ timeout: WAIT });
+}
+async function seen(page, text) {
+  await message(page, text).first().waitFor({ timeout: WAIT });
+}
+function expectLines(lines, pred, what) {
+  if (!lines.some(pred)) throw new Error(`carol's sync lacks ${what}: ${JSON.stringify(lines)}`);
+}
+
+try {
+  // 1. accounts: carol on the CLI, alice and bob in browsers.
+  await hush("register", "carol");
+  const alice = await newPage("alice");
+  await alice.locator("#welcome").waitFor();
+  await shot(alice, "01-welcome");
+  await register(alice, "alice");
+  const bob = await newPage("bob");
+  await register(bob, "bob");
+  step("registered alice and bob (browsers) and carol (CLI)");
+
+  // 2. alice creates the group and adds carol (browser adds a CLI user).
+  await alice.locator("#new-group-name").fill("friends");
+  await alice.locator("#new-group button").click();
+  await event(alice, 'created the group "friends"').waitFor({ timeout: WAIT });
+  await alice.locator("#add-handle").fill("carol");
+  await alice.locator("#add-member button").click();
+  await event(alice, "you added carol").waitFor({ timeout: WAIT });
+  let lines = await hush("sync");
+  expectLines(lines, (l) => l.event === "joined", "the join");
+  expectLines(lines, (l) => l.event === "name" && l.name === "friends", "the group name");
+  step("alice added carol; carol joined and learned the name");
+
+  // 3. carol adds bob (a CLI user adds a browser user).
+  await hush("group", "add", "friends", "bob");
+  await bob.locator('#groups li[data-name="friends"]').waitFor({ timeout: WAIT });
+  await openGroup(bob, "friends");
+  await event(bob, "you joined").waitFor({ timeout: WAIT });
+  await event(alice, "carol added bob").waitFor({ timeout: WAIT });
+  step("carol added bob; bob joined from the Welcome");
+
+  // 4. messages all ways. alice's carries the canary.
+  await send(alice, `hello from alice ${args.canary}`);
+  await seen(bob, args.canary);
+  await send(bob, "hi alice, bob here");
+  await seen(alice, "bob here");
+  await hush("send", "friends", "carol says hi");
+  await seen(alice, "carol says hi");
+  await seen(bob, "carol says hi");
+  lines = await hush("sync");
+  expectLines(lines, (l) => l.sender === "alice" && l.text?.includes(args.canary), "alice's message");
+  expectLines(lines, (l) => l.sender === "bob" && l.text === "hi alice, bob here", "bob's message");
+  step("messages: alice -> bob, carol; bob -> alice, carol; carol -> alice, bob");
+
+  // 5. presence and typing.
+  await alice.locator('#members li[data-user="bob"][data-online="true"]').waitFor({ timeout: WAIT });
+  await bob.locator("#text").pressSequentially("typing…");
+  await alice.locator("#typing", { hasText: "bob is typing" }).waitFor({ timeout: WAIT });
+  await shot(alice, "02-chat-desktop");
+  await bob.locator("#text").fill("");
+  step("presence and typing shown");
+
+  // 6. self-updates: bob in the browser, carol on the CLI.
+  await bob.locator("#rotate").click();
+  await event(bob, "you rotated keys").waitFor({ timeout: WAIT });
+  await event(alice, "bob rotated keys").waitFor({ timeout: WAIT });
+  lines = await hush("group", "update", "friends");
+  await event(alice, "carol rotated keys").waitFor({ timeout: WAIT });
+  await event(bob, "carol rotated keys").waitFor({ timeout: WAIT });
+  await send(alice, "after the key rotations");
+  await seen(bob, "after the key rotations");
+  await hush("send", "friends", "carol after rotating");
+  await seen(bob, "carol after rotating");
+  lines = await hush("sync");
+  expectLines(lines, (l) => l.text === "after the key rotations", "the message after the rotations");
+  step("self-updates by bob (browser) and carol (CLI); messages still flow");
+
+  // 7. an error the server reports, shown to the person.
+  await alice.locator("#add-handle").fill("nobody_here");
+  await alice.locator("#add-member button").click();
+  await alice.locator("#error", { hasText: "NOT_FOUND" }).waitFor({ timeout: WAIT });
+  await shot(alice, "03-error");
+  await alice.locator("#error-close").click();
+  step("a server error (NOT_FOUND) is shown");
+
+  // 8. alice removes carol.
+  alice.once("dialog", (d) => d.accept());
+  await alice.locator('#members li[data-user="carol"] button').click();
+  await event(alice, "you removed carol").waitFor({ timeout: WAIT });
+  await event(bob, "alice removed carol").waitFor({ timeout: WAIT });
+  lines = await hush("sync");
+  expectLines(lines, (l) => l.event === "removed", "her removal");
+  await send(alice, "just the browsers now");
+  await seen(bob, "just the browsers now");
+  lines = await hush("sync");
+  if (lines.some((l) => l.text === "just the browsers now")) throw new Error("carol read a message after her removal");
+  step("alice removed carol; carol reads nothing after it");
+
+  // 9. unread marks at phone width: bob leaves the chat, alice writes.
+  await bob.setViewportSize({ width: 390, height: 780 });
+  await bob.locator("#back").click();
+  await send(alice, "are you there, bob?");
+  await bob.locator('#groups li[data-name="friends"] .badge', { hasText: "1" }).waitFor({ timeout: WAIT });
+  await shot(bob, "04-groups-phone-unread");
+  await openGroup(bob, "friends");
+  await bob.locator('[data-testid="unread-mark"]').waitFor({ timeout: WAIT });
+  await seen(bob, "are you there");
+  await shot(bob, "05-chat-phone");
+  step("unread badge and mark at phone width");
+
+  // 10. bob reloads the page and continues from IndexedDB.
+  await bob.reload();
+  await online(bob);
+  // The open group is in the URL fragment: the reload shows it again.
+  await seen(bob, "are you there");
+  await send(bob, "bob after a reload");
+  await seen(alice, "bob after a reload");
+  await send(alice, "alice after bob's reload");
+  await seen(bob, "alice after bob's reload");
+  step("bob reloaded and continues");
+
+  // 11. the SSE fallback: bob comes back over Server-Sent Events.
+  await bob.goto(URL0 + "/?transport=sse");
+  await online(bob);
+  await bob.locator("#status", { hasText: "SSE" }).waitFor({ timeout: WAIT });
+  await send(alice, "to bob over SSE");
+  await openGroup(bob, "friends");
+  await seen(bob, "to bob over SSE");
+  await send(bob, "bob over SSE");
+  await seen(alice, "bob over SSE");
+  // Resume after a dropped stream: nothing lost, nothing doubled.
+  await bob.evaluate(() => globalThis.hush.dropConnection());
+  await send(alice, "sent while bob reconnects");
+  await online(bob);
+  await seen(bob, "sent while bob reconnects");
+  const n = await message(bob, "sent while bob reconnects").count();
+  if (n !== 1) throw new Error(`bob shows the message ${n} times`);
+  await shot(bob, "06-chat-phone-sse");
+  step("SSE transport, drop and resume");
+
+  if (pageErrors.length) throw new Error(`page errors: ${pageErrors.join("; ")}`);
+  step("all passed");
+} catch (e) {
+  for (const [i, p] of browser.contexts().flatMap((c) => c.pages()).entries()) {
+    await p.screenshot({ path: join(args.screenshots, `failure-${i}.png`) }).catch(() => {});
+  }
+  console.error(`[e2e] FAILED: ${e.stack ?? e}`);
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+}
