@@ -62,6 +62,7 @@ export class HushClient extends EventTarget {
   prefer: "auto" | "ws" | "sse" = "auto";
 
   private conn?: Conn;
+  private connecting = false;
   private lock = new Mutex();
   private queue: ServerFrame[] = [];
   private signal?: () => void;
@@ -125,8 +126,9 @@ export class HushClient extends EventTarget {
 
   /** Logs in and opens the connection; reconnects by itself after that. */
   async connect(): Promise<void> {
-    if (!this.me || this.conn) return;
+    if (!this.me || this.conn || this.connecting) return;
     clearTimeout(this.reconnectTimer);
+    this.connecting = true;
     this.setStatus("connecting");
     try {
       const token = await this.login();
@@ -147,6 +149,8 @@ export class HushClient extends EventTarget {
       this.lastError = e instanceof HushError ? e.display : `Cannot connect: ${(e as Error).message}`;
       this.changed("error", this.lastError);
       if (!(e instanceof HushError && (e.code === ErrorCode.NOT_FOUND || e.code === ErrorCode.BAD_ORIGIN))) this.scheduleReconnect();
+    } finally {
+      this.connecting = false;
     }
   }
 

@@ -138,6 +138,13 @@ export function start(client: HushClient) {
     return li;
   };
 
+  /** A message right after one of the same sender does not repeat the name. */
+  const markContinued = (prev: Element, li: HTMLElement) => {
+    if (li.dataset.kind === "text" && (prev as HTMLElement).dataset?.kind === "text" && (prev as HTMLElement).dataset.sender === li.dataset.sender) {
+      li.classList.add("cont");
+    }
+  };
+
   const atBottom = () => {
     const m = $("messages");
     return m.scrollHeight - m.scrollTop - m.clientHeight < 40;
@@ -218,6 +225,7 @@ export function start(client: HushClient) {
       mark.dataset.testid = "unread-mark";
       items.splice(at, 0, mark);
     }
+    items.forEach((li, i) => i > 0 && markContinued(items[i - 1], li));
     $("messages").replaceChildren(...items);
     const m = $("messages");
     m.scrollTop = m.scrollHeight;
@@ -260,7 +268,10 @@ export function start(client: HushClient) {
     const r = (e as CustomEvent<LogRow>).detail;
     if (r.group !== open) return;
     const stick = atBottom() || r.own;
-    $("messages").append(messageItem(r));
+    const li = messageItem(r);
+    const prev = $("messages").lastElementChild;
+    if (prev) markContinued(prev, li);
+    $("messages").append(li);
     if (stick) $("messages").scrollTop = $("messages").scrollHeight;
     renderTyping();
   });
