@@ -53,9 +53,16 @@ pub trait Push: Send + Sync + 'static {
     fn on_reply(&self, request_id: u64, frame: server_frame::Body, at_ns: u64) {
         let _ = (request_id, frame, at_ns);
     }
-    /// The connection ended.
-    fn on_closed(&self, reason: &str) {
-        let _ = reason;
+    /// The socket to gateway `server` (index in the failover list, else 0)
+    /// ended at `at_ns`. With failover, a reconnect follows.
+    fn on_closed(&self, reason: &str, server: usize, at_ns: u64) {
+        let _ = (reason, server, at_ns);
+    }
+    /// A failover connection is up again on gateway `server` after
+    /// `attempts` tries, at `at_ns`; nothing has been written on it yet.
+    /// Resume here: `Sync` from the cursors, resend unacknowledged sends.
+    fn on_reconnected(&self, link: &Link, server: usize, attempts: u32, at_ns: u64) {
+        let _ = (link, server, attempts, at_ns);
     }
 }
 
@@ -66,12 +73,41 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The write side of a connection, valid across reconnections: frames go
+/// to whichever socket is current.
+#[derive(Clone)]
+pub struct Link {
+    out: mpsc::UnboundedSender<WsMessage>,
+}
+
+impl Link {
+    /// Sends a frame whose reply goes to the handler's `on_reply`.
+    pub fn send_with_id(&self, request_id: u64, body: client_frame::Body) -> Result<(), ConnError> {
+        let frame = ClientFrame {
+            request_id,
+            body: Some(body),
+        };
+        self.out
+            .send(WsMessage::Binary(frame.encode_to_vec().into()))
+            .map_err(|_| ConnError::Closed)
+    }
+}
+
+/// Where a connection may go when its node goes away: every node's gateway
+/// (the cluster's nodes), tried in turn after the one that failed, as the
+/// SDK's `next_server()` does.
+#[derive(Debug, Clone)]
+pub struct Failover {
+    pub addrs: Arc<Vec<SocketAddr>>,
+}
+
 /// One authenticated WebSocket connection.
 pub struct Conn {
-    out: mpsc::UnboundedSender<WsMessage>,
+    link: Link,
     waiters: Waiters,
     next_id: AtomicU64,
     closed: Arc<AtomicBool>,
+    closing: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -105,123 +141,232 @@ pub async fn resolve(server: &str) -> Result<SocketAddr, ConnError> {
         })
 }
 
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// Opens `ws://{addr}/v1/ws` from `source` (if given) with the token as
+/// subprotocol.
+async fn open_ws(addr: SocketAddr, source: Option<IpAddr>, token: &Token) -> Result<Ws, ConnError> {
+    let cerr = |detail: String| ConnError::Connect {
+        addr: addr.to_string(),
+        detail,
+    };
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .map_err(|e| cerr(format!("socket: {e}")))?;
+    if let Some(ip) = source {
+        socket
+            .bind(SocketAddr::new(ip, 0))
+            .map_err(|e| cerr(format!("bind {ip}: {e}")))?;
+    }
+    let stream = socket
+        .connect(addr)
+        .await
+        .map_err(|e| cerr(format!("tcp: {e}")))?;
+    let _ = stream.set_nodelay(true);
+    let mut request = format!("ws://{addr}/v1/ws")
+        .into_client_request()
+        .map_err(|e| cerr(e.to_string()))?;
+    let protocols = format!(
+        "{}, {}{}",
+        hush_proto::auth::WS_PROTOCOL,
+        hush_proto::auth::WS_TOKEN_PREFIX,
+        token.0
+    );
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_str(&protocols).map_err(|e| cerr(e.to_string()))?,
+    );
+    let (ws, _resp) = tokio_tungstenite::client_async(request, stream)
+        .await
+        .map_err(|e| cerr(format!("upgrade: {e}")))?;
+    Ok(ws)
+}
+
+/// Why one socket's loop ended.
+enum End {
+    /// The client closed (or dropped) the connection: no reconnect.
+    Client(String),
+    /// The server closed it or it failed.
+    Lost(String),
+}
+
+/// Reads and writes one socket until it ends.
+async fn run_socket(
+    ws: Ws,
+    out_rx: &mut mpsc::UnboundedReceiver<WsMessage>,
+    waiters: &Waiters,
+    handler: &Arc<dyn Push>,
+    closing: &AtomicBool,
+) -> End {
+    let (mut sink, mut source) = ws.split();
+    let lost = |r: String| {
+        if closing.load(Ordering::SeqCst) {
+            End::Client(r)
+        } else {
+            End::Lost(r)
+        }
+    };
+    loop {
+        tokio::select! {
+            m = source.next() => {
+                let m = match m {
+                    None => return lost("closed".to_string()),
+                    Some(Err(e)) => return lost(format!("read: {e}")),
+                    Some(Ok(m)) => m,
+                };
+                let at = now_ns();
+                match m {
+                    WsMessage::Binary(b) => {
+                        let Ok(frame) = ServerFrame::decode(b.as_ref()) else {
+                            tracing::warn!("undecodable server frame");
+                            continue;
+                        };
+                        let Some(body) = frame.body else { continue };
+                        if frame.request_id == 0 {
+                            handler.on_push(body, at);
+                        } else {
+                            let w = lock(waiters).remove(&frame.request_id);
+                            match w {
+                                Some(tx) => { let _ = tx.send(body); }
+                                None => handler.on_reply(frame.request_id, body, at),
+                            }
+                        }
+                    }
+                    WsMessage::Ping(p) => {
+                        let sent = sink.send(WsMessage::Pong(p)).await;
+                        if sent.is_err() {
+                            return lost("write failed".to_string());
+                        }
+                    }
+                    WsMessage::Close(f) => {
+                        return lost(match f {
+                            Some(f) => format!("closed by server: {} {}", u16::from(f.code), f.reason),
+                            None => "closed by server".to_string(),
+                        });
+                    }
+                    _ => {}
+                }
+            }
+            m = out_rx.recv() => {
+                let Some(m) = m else {
+                    let _ = sink.send(WsMessage::Close(None)).await;
+                    return End::Client("closed by client".to_string());
+                };
+                if let Err(e) = sink.send(m).await {
+                    return lost(format!("write: {e}"));
+                }
+            }
+        }
+    }
+}
+
 impl Conn {
     /// Opens `ws://{addr}/v1/ws` from `source` (if given) with the token as
-    /// subprotocol, and starts the connection task.
+    /// subprotocol, and starts the connection task. The connection ends
+    /// when the socket does.
     pub async fn connect(
         addr: SocketAddr,
         source: Option<IpAddr>,
         token: &Token,
         handler: Arc<dyn Push>,
     ) -> Result<Conn, ConnError> {
-        let cerr = |detail: String| ConnError::Connect {
-            addr: addr.to_string(),
-            detail,
-        };
-        let socket = match addr {
-            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
-            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
-        }
-        .map_err(|e| cerr(format!("socket: {e}")))?;
-        if let Some(ip) = source {
-            socket
-                .bind(SocketAddr::new(ip, 0))
-                .map_err(|e| cerr(format!("bind {ip}: {e}")))?;
-        }
-        let stream = socket
-            .connect(addr)
-            .await
-            .map_err(|e| cerr(format!("tcp: {e}")))?;
-        let _ = stream.set_nodelay(true);
-        let mut request = format!("ws://{addr}/v1/ws")
-            .into_client_request()
-            .map_err(|e| cerr(e.to_string()))?;
-        let protocols = format!(
-            "{}, {}{}",
-            hush_proto::auth::WS_PROTOCOL,
-            hush_proto::auth::WS_TOKEN_PREFIX,
-            token.0
-        );
-        request.headers_mut().insert(
-            "sec-websocket-protocol",
-            HeaderValue::from_str(&protocols).map_err(|e| cerr(e.to_string()))?,
-        );
-        let (ws, _resp) = tokio_tungstenite::client_async(request, stream)
-            .await
-            .map_err(|e| cerr(format!("upgrade: {e}")))?;
+        Self::connect_with(addr, None, source, token, handler).await
+    }
 
+    /// Like [`Conn::connect`], but when the socket is lost (the node
+    /// closed it, went away with 4004, or died) the connection reconnects
+    /// to the next node of `failover` that answers (backoff 50 ms .. 1 s
+    /// after a round of refusals) with the same token, and tells the
+    /// handler ([`Push::on_reconnected`]) so it can resume by cursor and
+    /// resend what was in flight. Frames queued for the lost socket are
+    /// dropped; the handler resends what matters.
+    pub async fn connect_with(
+        addr: SocketAddr,
+        failover: Option<Failover>,
+        source: Option<IpAddr>,
+        token: &Token,
+        handler: Arc<dyn Push>,
+    ) -> Result<Conn, ConnError> {
+        let ws = open_ws(addr, source, token).await?;
         let (out, mut out_rx) = mpsc::unbounded_channel::<WsMessage>();
+        let link = Link { out };
         let waiters: Waiters = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
+        let closing = Arc::new(AtomicBool::new(false));
+        let mut server = failover
+            .as_ref()
+            .and_then(|f| f.addrs.iter().position(|a| *a == addr))
+            .unwrap_or(0);
         let task = {
             let waiters = waiters.clone();
             let closed = closed.clone();
+            let closing = closing.clone();
+            let link = link.clone();
+            let token = token.clone();
             tokio::spawn(async move {
-                let (mut sink, mut source) = ws.split();
-                let reason = loop {
-                    tokio::select! {
-                        m = source.next() => {
-                            let m = match m {
-                                None => break "closed".to_string(),
-                                Some(Err(e)) => break format!("read: {e}"),
-                                Some(Ok(m)) => m,
-                            };
-                            let at = now_ns();
-                            match m {
-                                WsMessage::Binary(b) => {
-                                    let Ok(frame) = ServerFrame::decode(b.as_ref()) else {
-                                        tracing::warn!("undecodable server frame");
-                                        continue;
-                                    };
-                                    let Some(body) = frame.body else { continue };
-                                    if frame.request_id == 0 {
-                                        handler.on_push(body, at);
-                                    } else {
-                                        let w = lock(&waiters).remove(&frame.request_id);
-                                        match w {
-                                            Some(tx) => { let _ = tx.send(body); }
-                                            None => handler.on_reply(frame.request_id, body, at),
-                                        }
-                                    }
+                let mut ws = ws;
+                loop {
+                    let end = run_socket(ws, &mut out_rx, &waiters, &handler, &closing).await;
+                    lock(&waiters).clear();
+                    let reason = match end {
+                        End::Client(r) => {
+                            closed.store(true, Ordering::SeqCst);
+                            handler.on_closed(&r, server, now_ns());
+                            return;
+                        }
+                        End::Lost(r) => r,
+                    };
+                    let Some(fo) = failover.as_ref().filter(|f| !f.addrs.is_empty()) else {
+                        closed.store(true, Ordering::SeqCst);
+                        handler.on_closed(&reason, server, now_ns());
+                        return;
+                    };
+                    handler.on_closed(&reason, server, now_ns());
+                    // Frames queued for the lost socket: the handler resends
+                    // what must survive (sends) once reconnected.
+                    while out_rx.try_recv().is_ok() {}
+                    let n = fo.addrs.len();
+                    let mut backoff = Duration::from_millis(50);
+                    let mut attempts = 0u32;
+                    let mut next = server;
+                    ws = loop {
+                        next = (next + 1) % n;
+                        attempts += 1;
+                        match open_ws(fo.addrs[next], source, &token).await {
+                            Ok(ws) => break ws,
+                            Err(e) => {
+                                tracing::debug!(error = %e, "reconnect attempt failed");
+                                if (attempts as usize).is_multiple_of(n) {
+                                    tokio::time::sleep(backoff).await;
+                                    backoff = (backoff * 2).min(Duration::from_secs(1));
                                 }
-                                WsMessage::Ping(p) => {
-                                    let sent = sink.send(WsMessage::Pong(p)).await;
-                                    if sent.is_err() {
-                                        break "write failed".to_string();
-                                    }
-                                }
-                                WsMessage::Close(f) => {
-                                    break match f {
-                                        Some(f) => format!("closed by server: {} {}", u16::from(f.code), f.reason),
-                                        None => "closed by server".to_string(),
-                                    };
-                                }
-                                _ => {}
                             }
                         }
-                        m = out_rx.recv() => {
-                            let Some(m) = m else {
-                                let _ = sink.send(WsMessage::Close(None)).await;
-                                break "closed by client".to_string();
-                            };
-                            if let Err(e) = sink.send(m).await {
-                                break format!("write: {e}");
-                            }
+                        if closing.load(Ordering::SeqCst) {
+                            closed.store(true, Ordering::SeqCst);
+                            return;
                         }
-                    }
-                };
-                closed.store(true, Ordering::SeqCst);
-                lock(&waiters).clear();
-                handler.on_closed(&reason);
+                    };
+                    server = next;
+                    handler.on_reconnected(&link, server, attempts, now_ns());
+                }
             })
         };
         Ok(Conn {
-            out,
+            link,
             waiters,
             next_id: AtomicU64::new(1),
             closed,
+            closing,
             task,
         })
+    }
+
+    /// The write side, for handlers and senders.
+    pub fn link(&self) -> &Link {
+        &self.link
     }
 
     /// Whether the connection has ended.
@@ -236,13 +381,7 @@ impl Conn {
 
     /// Sends a frame whose reply goes to the handler's `on_reply`.
     pub fn send_with_id(&self, request_id: u64, body: client_frame::Body) -> Result<(), ConnError> {
-        let frame = ClientFrame {
-            request_id,
-            body: Some(body),
-        };
-        self.out
-            .send(WsMessage::Binary(frame.encode_to_vec().into()))
-            .map_err(|_| ConnError::Closed)
+        self.link.send_with_id(request_id, body)
     }
 
     /// Sends a request and waits for its reply; an `Error` reply is `Err`.
@@ -279,6 +418,7 @@ impl Conn {
 
     /// Closes the connection (a Close frame after what is queued).
     pub fn close(&self) {
-        let _ = self.out.send(WsMessage::Close(None));
+        self.closing.store(true, Ordering::SeqCst);
+        let _ = self.link.out.send(WsMessage::Close(None));
     }
 }

@@ -41,7 +41,7 @@ impl Push for IdleSink {
         }
     }
 
-    fn on_closed(&self, reason: &str) {
+    fn on_closed(&self, reason: &str, _server: usize, _at_ns: u64) {
         if !self.counted.load(Ordering::SeqCst) {
             return;
         }
@@ -192,6 +192,7 @@ pub async fn run(
             .collect(),
             last_event_ns: shared.last_ns.load(Ordering::Relaxed),
             conns_open: after.conns_open,
+            failover: None,
         };
         let _ = events.send(FromWorker::PhaseDone(Box::new(r)));
     }

@@ -13,9 +13,20 @@
 //! Correctness: each member (the sender included, for its own echo) checks
 //! with a [`SeqTrack`] that every seq after the setup commit arrives exactly
 //! once and in order; after the drain, seqs up to the group's head that
-//! never arrived are lost.
+//! never arrived are lost. Each message's header (group, counter) is also
+//! checked against the seq it was first seen or acked under: the same
+//! message under a second seq was stored twice (a retry the server did not
+//! deduplicate).
+//!
+//! Failover: every member's connection knows all gateways. When its socket
+//! is lost (4004 from a node going away, or a dead node), it reconnects to
+//! the next node that answers and resumes with `Sync` from the member's
+//! contiguous seq; the sender resends every unacknowledged message with the
+//! same `client_msg_id` (the server answers a repeat with the original
+//! seq), and retries transient errors (UNAVAILABLE while a group re-homes,
+//! INTERNAL, RATE_LIMITED) with backoff, until the drain deadline.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -29,12 +40,15 @@ use hush_proto::v1::{self, EntryKind, InboxEvent};
 use tokio::sync::{mpsc, watch};
 
 use crate::account::{self, Device};
-use crate::conn::{Conn, Push};
+use crate::conn::{Conn, Failover, Link, Push};
 use crate::mls::{private_message_aad, Member, Presealed};
-use crate::payload::Header;
+use crate::payload::{now_ns, Header};
 use crate::scenario::MlsMode;
 use crate::stats::{Correctness, Counters, Hist, Seen, SeqTrack};
-use crate::worker::{FanoutJob, FromWorker, PhaseCmd, PhaseResult, Plan, ToWorker};
+use crate::worker::{
+    DropRec, FailoverRaw, FanoutJob, FromWorker, KillCmd, MsgRec, PhaseCmd, PhaseResult, Plan,
+    ToWorker,
+};
 use crate::Clock;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -50,6 +64,17 @@ struct Shared {
     hists: Mutex<Hists>,
     last_event_ns: AtomicU64,
     stopping: AtomicBool,
+    /// The node this phase kills (a socket to it lost after the kill is
+    /// expected; any other loss counts as `closed_unexpected`).
+    kill: Mutex<Option<KillCmd>>,
+    /// Lost sockets of this phase, completed when the resume caught up.
+    drops: Mutex<Vec<DropRec>>,
+    /// Messages stored under a second seq.
+    stored_twice: AtomicU64,
+    /// Sends resent (after a lost socket or a transient error).
+    retries: AtomicU64,
+    /// Acks that said the message was already stored (a resend).
+    deduplicated: AtomicU64,
 }
 
 #[derive(Default)]
@@ -63,9 +88,70 @@ struct GroupShared {
     index: u32,
     group_id: OnceLock<Vec<u8>>,
     receivers: u32,
-    /// Message counter -> receivers that have not got it yet.
-    completion: Mutex<HashMap<u64, u32>>,
+    /// Message counter -> what happened to it (this phase).
+    msgs: Mutex<HashMap<u64, Msg>>,
     acked_max: AtomicU64,
+}
+
+/// One message of the current phase.
+#[derive(Clone, Copy)]
+struct Msg {
+    intended: u64,
+    /// The seq it was acked or first delivered under (0: none yet).
+    seq: u64,
+    /// Receivers that have not got it yet.
+    left: u32,
+    acked_ns: u64,
+    completed_ns: u64,
+    attempts: u32,
+    dedup: bool,
+}
+
+impl Msg {
+    fn new(intended: u64, receivers: u32) -> Self {
+        Self {
+            intended,
+            seq: 0,
+            left: receivers,
+            acked_ns: 0,
+            completed_ns: 0,
+            attempts: 0,
+            dedup: false,
+        }
+    }
+}
+
+/// A send without its ack yet: kept to be resent with the same client
+/// message id.
+struct Outgoing {
+    body: v1::SendMessage,
+    /// `None`: in flight on the current socket. `Some(t)`: to be (re)sent
+    /// at Unix ns `t`, once connected.
+    due: Option<u64>,
+    backoff_ms: u64,
+    /// Written to some socket at least once (a later write is a resend).
+    sent_once: bool,
+}
+
+/// The sender's unacknowledged sends and the socket state they depend on.
+#[derive(Default)]
+struct Outbox {
+    link: Option<Link>,
+    up: bool,
+    /// Counter -> send.
+    pending: BTreeMap<u64, Outgoing>,
+    /// Request id (of the current socket) -> counter.
+    by_rid: HashMap<u64, u64>,
+}
+
+/// First request id the sender uses (below: the setup's `request`s).
+const SEND_RID_BASE: u64 = 1 << 40;
+/// Transient errors are retried after 50 ms, doubling up to this.
+const MAX_BACKOFF_MS: u64 = 1_000;
+
+fn transient(code: hush_proto::ErrorCode) -> bool {
+    use hush_proto::ErrorCode as E;
+    matches!(code, E::Unavailable | E::Internal | E::RateLimited)
 }
 
 struct MemberSink {
@@ -77,9 +163,15 @@ struct MemberSink {
     live: Mutex<Option<Member>>,
     inbox: Mutex<Option<mpsc::UnboundedSender<InboxEvent>>>,
     caught_up: watch::Sender<bool>,
-    /// Sender: request id -> (intended send ns, counter).
-    pending: Mutex<HashMap<u64, (u64, u64)>>,
+    /// Sender: unacknowledged sends.
+    outbox: Mutex<Outbox>,
+    next_rid: AtomicU64,
     acked_to_server: AtomicU64,
+    /// Highest inbox seq seen (the resume Sync's `inbox_after`).
+    inbox_max: AtomicU64,
+    member: u32,
+    /// A lost socket whose resume has not caught up yet.
+    resume: Mutex<Option<DropRec>>,
 }
 
 impl MemberSink {
@@ -115,11 +207,20 @@ impl MemberSink {
             return;
         };
         let done = {
-            let mut m = lock(&self.group.completion);
-            let left = m.entry(h.counter).or_insert(self.group.receivers);
-            *left = left.saturating_sub(1);
-            if *left == 0 {
-                m.remove(&h.counter);
+            let mut m = lock(&self.group.msgs);
+            let msg = m
+                .entry(h.counter)
+                .or_insert_with(|| Msg::new(h.sent_ns, self.group.receivers));
+            if msg.seq == 0 {
+                msg.seq = ev.seq;
+            } else if msg.seq != ev.seq {
+                // The same message under a second seq: stored twice.
+                Counters::add(&self.shared.stored_twice, 1);
+                return;
+            }
+            msg.left = msg.left.saturating_sub(1);
+            if msg.left == 0 && msg.completed_ns == 0 {
+                msg.completed_ns = at;
                 true
             } else {
                 false
@@ -133,17 +234,101 @@ impl MemberSink {
     }
 }
 
+impl MemberSink {
+    fn rid(&self) -> u64 {
+        self.next_rid.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Sends one message (first attempt): in flight at once when connected,
+    /// else queued for the reconnect.
+    fn send(&self, counter: u64, body: v1::SendMessage) {
+        let mut ob = lock(&self.outbox);
+        let mut out = Outgoing {
+            body,
+            due: Some(0),
+            backoff_ms: 50,
+            sent_once: false,
+        };
+        if ob.up {
+            if let Some(link) = ob.link.clone() {
+                let rid = self.rid();
+                if link
+                    .send_with_id(rid, C::SendMessage(out.body.clone()))
+                    .is_ok()
+                {
+                    ob.by_rid.insert(rid, counter);
+                    out.due = None;
+                    out.sent_once = true;
+                }
+            }
+        }
+        ob.pending.insert(counter, out);
+    }
+
+    /// Resends every queued send that is due (when connected).
+    fn resend_due(&self, now: u64) {
+        let mut ob = lock(&self.outbox);
+        if !ob.up {
+            return;
+        }
+        let Some(link) = ob.link.clone() else { return };
+        let mut sent = Vec::new();
+        for (counter, out) in ob.pending.iter_mut() {
+            if out.due.is_some_and(|t| t <= now) {
+                let rid = self.next_rid.fetch_add(1, Ordering::Relaxed);
+                if link
+                    .send_with_id(rid, C::SendMessage(out.body.clone()))
+                    .is_err()
+                {
+                    break;
+                }
+                out.due = None;
+                sent.push((rid, *counter, out.sent_once));
+                out.sent_once = true;
+            }
+        }
+        let mut msgs = lock(&self.group.msgs);
+        for (rid, counter, resend) in sent {
+            ob.by_rid.insert(rid, counter);
+            if resend {
+                Counters::add(&self.shared.retries, 1);
+                if let Some(m) = msgs.get_mut(&counter) {
+                    m.attempts += 1;
+                }
+            }
+        }
+    }
+
+    fn pending_len(&self) -> usize {
+        lock(&self.outbox).pending.len()
+    }
+}
+
 impl Push for MemberSink {
     fn on_push(&self, frame: S, at_ns: u64) {
         match frame {
             S::GroupEvent(ev) => self.on_group_event(ev, at_ns),
             S::InboxEvent(ev) => {
+                self.inbox_max.fetch_max(ev.inbox_seq, Ordering::Relaxed);
                 if let Some(tx) = lock(&self.inbox).as_ref() {
                     let _ = tx.send(ev);
                 }
             }
             S::SyncCaughtUp(_) => {
                 let _ = self.caught_up.send(true);
+                let done = {
+                    let mut r = lock(&self.resume);
+                    match r.as_ref() {
+                        Some(d) if d.reconnected_ns > 0 => r.take().map(|mut d| {
+                            d.resumed_ns = at_ns;
+                            d
+                        }),
+                        _ => None,
+                    }
+                };
+                if let Some(d) = done {
+                    lock(&self.shared.drops).push(d);
+                }
             }
             S::Error(e) => {
                 tracing::warn!(code = ?e.error_code(), message = %e.message, "pushed error");
@@ -153,34 +338,135 @@ impl Push for MemberSink {
     }
 
     fn on_reply(&self, request_id: u64, frame: S, at_ns: u64) {
-        let Some((intended, _counter)) = lock(&self.pending).remove(&request_id) else {
-            return;
-        };
         let c = &self.shared.counters;
+        let mut ob = lock(&self.outbox);
+        let Some(counter) = ob.by_rid.remove(&request_id) else {
+            return; // a reply for another socket's request
+        };
         match frame {
             S::MessageAccepted(a) => {
+                if ob.pending.remove(&counter).is_none() {
+                    return;
+                }
+                drop(ob);
                 Counters::add(&c.acked, 1);
+                if a.duplicate {
+                    Counters::add(&self.shared.deduplicated, 1);
+                }
                 self.group.acked_max.fetch_max(a.seq, Ordering::Relaxed);
-                lock(&self.shared.hists).ack.record_ns(intended, at_ns);
+                let intended = {
+                    let mut msgs = lock(&self.group.msgs);
+                    let m = msgs
+                        .entry(counter)
+                        .or_insert_with(|| Msg::new(0, self.group.receivers));
+                    m.acked_ns = at_ns;
+                    m.dedup = a.duplicate;
+                    if m.seq == 0 {
+                        m.seq = a.seq;
+                    } else if m.seq != a.seq {
+                        Counters::add(&self.shared.stored_twice, 1);
+                    }
+                    m.intended
+                };
+                // (0: acked after its phase ended, which already failed it)
+                if intended > 0 {
+                    lock(&self.shared.hists).ack.record_ns(intended, at_ns);
+                }
+            }
+            S::Error(e) if transient(e.error_code()) => {
+                // Retried with the same client_msg_id after a backoff.
+                if let Some(out) = ob.pending.get_mut(&counter) {
+                    out.due = Some(at_ns + out.backoff_ms * 1_000_000);
+                    out.backoff_ms = (out.backoff_ms * 2).min(MAX_BACKOFF_MS);
+                }
+                tracing::debug!(code = ?e.error_code(), message = %e.message, "send refused for now; retrying");
             }
             S::Error(e) => {
+                ob.pending.remove(&counter);
                 Counters::add(&c.send_errors, 1);
                 tracing::warn!(code = ?e.error_code(), message = %e.message, "send rejected");
             }
             other => {
+                ob.pending.remove(&counter);
                 Counters::add(&c.send_errors, 1);
                 tracing::warn!(reply = ?other, "unexpected reply to a send");
             }
         }
     }
 
-    fn on_closed(&self, reason: &str) {
+    fn on_closed(&self, reason: &str, server: usize, at_ns: u64) {
+        {
+            // What was in flight on the lost socket goes again, at once,
+            // on the next one.
+            let mut ob = lock(&self.outbox);
+            ob.up = false;
+            ob.by_rid.clear();
+            for out in ob.pending.values_mut() {
+                if out.due.is_none() {
+                    out.due = Some(0);
+                }
+            }
+        }
         let c = &self.shared.counters;
         c.conns_open.fetch_sub(1, Ordering::Relaxed);
-        if !self.shared.stopping.load(Ordering::Relaxed) {
-            Counters::add(&c.closed_unexpected, 1);
-            tracing::warn!(%reason, "connection closed during the run");
+        if self.shared.stopping.load(Ordering::Relaxed) {
+            return;
         }
+        // Sockets to the killed node die at the kill (a little slack for
+        // the signal's delivery against this clock).
+        let expected = lock(&self.shared.kill)
+            .as_ref()
+            .is_some_and(|k| k.server == server && at_ns + 100_000_000 >= k.at_ns);
+        if !expected {
+            Counters::add(&c.closed_unexpected, 1);
+            tracing::warn!(%reason, server, "connection closed during the run");
+        }
+        let mut r = lock(&self.resume);
+        if let Some(prev) = r.take() {
+            // Lost again before the resume caught up.
+            lock(&self.shared.drops).push(prev);
+        }
+        *r = Some(DropRec {
+            group: self.group.index,
+            member: self.member,
+            from: server,
+            to: server,
+            dropped_ns: at_ns,
+            reconnected_ns: 0,
+            resumed_ns: 0,
+            attempts: 0,
+            expected,
+        });
+    }
+
+    fn on_reconnected(&self, link: &Link, server: usize, attempts: u32, at_ns: u64) {
+        Counters::add(&self.shared.counters.conns_open, 1);
+        if let Some(d) = lock(&self.resume).as_mut() {
+            d.to = server;
+            d.reconnected_ns = at_ns;
+            d.attempts = attempts;
+        }
+        // Resume: everything after what this member has, contiguously.
+        let cursors = match (self.group.group_id.get(), lock(&self.track).cursor()) {
+            (Some(gid), Some(after)) => vec![v1::Cursor {
+                group_id: gid.clone(),
+                after_seq: after,
+            }],
+            _ => Vec::new(),
+        };
+        let _ = link.send_with_id(
+            0,
+            C::Sync(v1::Sync {
+                cursors,
+                inbox_after: self.inbox_max.load(Ordering::Relaxed),
+            }),
+        );
+        {
+            let mut ob = lock(&self.outbox);
+            ob.link = Some(link.clone());
+            ob.up = true;
+        }
+        self.resend_due(at_ns);
     }
 }
 
@@ -200,7 +486,7 @@ struct GroupRt {
 /// Gateway addresses, their HTTP clients, and source IPs handed out
 /// round-robin.
 pub struct Endpoints {
-    pub addrs: Vec<SocketAddr>,
+    pub addrs: Arc<Vec<SocketAddr>>,
     pub https: Vec<Http>,
     sources: Vec<IpAddr>,
     next_source: AtomicU64,
@@ -216,7 +502,7 @@ impl Endpoints {
         }
         anyhow::ensure!(!addrs.is_empty(), "no server");
         Ok(Self {
-            addrs,
+            addrs: Arc::new(addrs),
             https,
             sources: plan.sources.clone(),
             next_source: AtomicU64::new(0),
@@ -252,7 +538,7 @@ async fn setup_group(
         index: gidx as u32,
         group_id: OnceLock::new(),
         receivers: (k - 1) as u32,
-        completion: Mutex::default(),
+        msgs: Mutex::default(),
         acked_max: AtomicU64::new(0),
     });
     let mut devices: Vec<Device> = Vec::with_capacity(k);
@@ -276,10 +562,28 @@ async fn setup_group(
             live: Mutex::new(None),
             inbox: Mutex::new((j > 0 && job.mls == MlsMode::Live).then_some(itx)),
             caught_up,
-            pending: Mutex::default(),
+            outbox: Mutex::default(),
+            next_rid: AtomicU64::new(SEND_RID_BASE),
             acked_to_server: AtomicU64::new(0),
+            inbox_max: AtomicU64::new(0),
+            member: j as u32,
+            resume: Mutex::new(None),
         });
-        let conn = Conn::connect(ep.addrs[srv], ep.source(), &dev.token, sink.clone()).await?;
+        let conn = Conn::connect_with(
+            ep.addrs[srv],
+            Some(Failover {
+                addrs: ep.addrs.clone(),
+            }),
+            ep.source(),
+            &dev.token,
+            sink.clone(),
+        )
+        .await?;
+        {
+            let mut ob = lock(&sink.outbox);
+            ob.link = Some(conn.link().clone());
+            ob.up = true;
+        }
         Counters::add(&shared.counters.conns_open, 1);
         conn.start_sync()?;
         tokio::time::timeout(crate::conn::REQUEST_TIMEOUT, caught_rx.wait_for(|v| *v))
@@ -401,7 +705,6 @@ async fn setup_group(
 async fn send_phase(
     clock: Clock,
     g: Arc<GroupShared>,
-    conn: Arc<Conn>,
     sink: Arc<MemberSink>,
     sender: Arc<tokio::sync::Mutex<SenderState>>,
     mode: MlsMode,
@@ -441,31 +744,29 @@ async fn send_phase(
         id.extend_from_slice(&run_tag.to_le_bytes());
         id.extend_from_slice(&g.index.to_le_bytes());
         id.extend_from_slice(&counter.to_le_bytes());
-        let rid = conn.next_id();
-        lock(&sink.pending).insert(rid, (intended, counter));
-        Counters::add(&counters.sent, 1);
-        if conn
-            .send_with_id(
-                rid,
-                C::SendMessage(v1::SendMessage {
-                    group_id: gid.clone(),
-                    client_msg_id: id,
-                    message,
-                }),
-            )
-            .is_err()
         {
-            lock(&sink.pending).remove(&rid);
-            Counters::add(&counters.send_errors, 1);
+            let mut m = Msg::new(intended, g.receivers);
+            m.attempts = 1;
+            lock(&g.msgs).insert(counter, m);
         }
+        Counters::add(&counters.sent, 1);
+        // Resends (after a lost socket or a transient error) reuse this
+        // body, so the client_msg_id stays the same.
+        sink.send(
+            counter,
+            v1::SendMessage {
+                group_id: gid.clone(),
+                client_msg_id: id,
+                message,
+            },
+        );
     }
 }
 
 fn drained(groups: &[GroupRt]) -> bool {
     groups.iter().all(|g| {
         let head = g.shared.acked_max.load(Ordering::Relaxed);
-        lock(&g.sinks[0].pending).is_empty()
-            && g.sinks.iter().all(|s| lock(&s.track).contiguous() >= head)
+        g.sinks[0].pending_len() == 0 && g.sinks.iter().all(|s| lock(&s.track).contiguous() >= head)
     })
 }
 
@@ -532,6 +833,23 @@ pub async fn run(
         })
     });
 
+    // Senders resend what is due (transient errors back off; sends queued
+    // while a socket was down go at the reconnect).
+    let resender = {
+        let senders: Vec<Arc<MemberSink>> = groups.iter().map(|g| g.sinks[0].clone()).collect();
+        tokio::spawn(async move {
+            let mut iv = tokio::time::interval(Duration::from_millis(10));
+            iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                iv.tick().await;
+                let now = now_ns();
+                for s in &senders {
+                    s.resend_due(now);
+                }
+            }
+        })
+    };
+
     let run_tag = u32::from_str_radix(plan.run_id.get(..8).unwrap_or("0"), 16).unwrap_or(0);
     while let Some(cmd) = cmds.recv().await {
         let p = match cmd {
@@ -545,6 +863,7 @@ pub async fn run(
     if let Some(a) = acker {
         a.abort();
     }
+    resender.abort();
     for g in &groups {
         for c in &g.conns {
             c.close();
@@ -564,6 +883,8 @@ async fn run_phase(
     run_tag: u32,
 ) -> PhaseResult {
     *lock(&shared.hists) = Hists::default();
+    *lock(&shared.kill) = p.kill.clone();
+    lock(&shared.drops).clear();
     let before = shared.counters.tick();
     let period_ns = 1e9 / p.rate;
     let n = (p.duration_s * p.rate).floor() as u64;
@@ -573,7 +894,6 @@ async fn run_phase(
         tasks.push(tokio::spawn(send_phase(
             *clock,
             g.shared.clone(),
-            g.conns[0].clone(),
             g.sinks[0].clone(),
             g.sender.clone(),
             job.mls,
@@ -597,8 +917,10 @@ async fn run_phase(
         payload_errors: shared.counters.payload_errors.load(Ordering::Relaxed),
         closed_unexpected: after.closed_unexpected,
         conn_failures: after.conn_failures,
+        stored_twice: shared.stored_twice.load(Ordering::Relaxed),
         ..Correctness::default()
     };
+    let mut messages = Vec::new();
     for g in groups {
         let tracks: Vec<SeqTrack> = g.sinks.iter().map(|s| lock(&s.track).clone()).collect();
         let head = tracks
@@ -612,8 +934,36 @@ async fn run_phase(
             corr.duplicated += t.duplicates;
             corr.reordered += t.reordered;
         }
-        corr.unacked += lock(&g.sinks[0].pending).len() as u64;
+        corr.unacked += g.sinks[0].pending_len() as u64;
+        let msgs = std::mem::take(&mut *lock(&g.shared.msgs));
+        if p.kill.is_some() {
+            messages.extend(msgs.values().map(|m| MsgRec {
+                group: g.shared.index,
+                intended_ns: m.intended,
+                acked_ns: m.acked_ns,
+                completed_ns: m.completed_ns,
+                attempts: m.attempts,
+                dedup: m.dedup,
+            }));
+        }
     }
+    let failover = p.kill.as_ref().map(|_| {
+        let mut drops = std::mem::take(&mut *lock(&shared.drops));
+        // Sockets still down (or not caught up) at the end.
+        for g in groups {
+            for s in &g.sinks {
+                if let Some(d) = lock(&s.resume).clone() {
+                    drops.push(d);
+                }
+            }
+        }
+        FailoverRaw {
+            drops,
+            messages,
+            retries: shared.retries.load(Ordering::Relaxed),
+            deduplicated: shared.deduplicated.load(Ordering::Relaxed),
+        }
+    });
     let hists = std::mem::take(&mut *lock(&shared.hists));
     PhaseResult {
         index: p.index,
@@ -630,5 +980,6 @@ async fn run_phase(
         .collect(),
         last_event_ns: shared.last_event_ns.load(Ordering::Relaxed),
         conns_open: after.conns_open,
+        failover,
     }
 }

@@ -13,12 +13,14 @@
 pub mod account;
 pub mod conn;
 pub mod connect;
+pub mod failover;
 pub mod fanout;
 pub mod mls;
 pub mod node;
 pub mod payload;
 pub mod procmon;
 pub mod redis;
+pub mod repeat;
 pub mod report;
 pub mod scenario;
 pub mod stats;
@@ -31,12 +33,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::sync::mpsc;
 
+use crate::failover::FailoverReport;
 use crate::payload::now_ns;
 use crate::report::{PhaseReport, Point, Summary, TargetReport};
 use crate::scenario::{Kind, Scenario, Spawn};
 use crate::stats::Tick;
 use crate::worker::{
-    ConnectJob, FanoutJob, FromWorker, Job, PhaseCmd, PhaseResult, Plan, ToWorker, WorkerLink,
+    ConnectJob, FanoutJob, FromWorker, Job, KillCmd, PhaseCmd, PhaseResult, Plan, ToWorker,
+    WorkerLink,
 };
 
 /// Maps Unix nanoseconds to tokio instants (taken once per worker, so a
@@ -110,6 +114,8 @@ pub struct Options {
     pub progress: bool,
     /// The executable run as `worker` children (default: this one).
     pub worker_exe: Option<PathBuf>,
+    /// Set by [`run`]: /proc/loadavg when it started.
+    pub load_before: String,
 }
 
 /// How a run ended.
@@ -127,7 +133,8 @@ fn run_id() -> String {
 }
 
 /// Runs a scenario end to end and writes `summary.json` and `report.html`.
-pub async fn run(opts: Options) -> anyhow::Result<Outcome> {
+pub async fn run(mut opts: Options) -> anyhow::Result<Outcome> {
+    opts.load_before = report::loadavg();
     let sc = Scenario::load(&opts.scenario, &opts.overrides)?;
     let started_unix_s = now_ns() / 1_000_000_000;
     let out_dir = opts.out.clone().unwrap_or_else(|| {
@@ -153,6 +160,8 @@ pub async fn run(opts: Options) -> anyhow::Result<Outcome> {
                 &out_dir,
                 Path::new(&sc.target.cluster_config),
                 &sc.target.cluster_nodes,
+                &sc.target.node_config,
+                sc.target.free_ports,
             )
             .await?;
             let r = (
@@ -243,6 +252,41 @@ pub async fn run(opts: Options) -> anyhow::Result<Outcome> {
         out_dir,
         summary,
     })
+}
+
+/// Runs a scenario `n` times (`<out>/run-<i>`), prints each run's summary,
+/// and writes `<out>/repeat.json` with the median, min and max of the
+/// headline figures. `ok` is false if any run failed its correctness check.
+pub async fn run_repeat(
+    opts: Options,
+    n: usize,
+) -> anyhow::Result<(bool, repeat::Repeat, PathBuf)> {
+    let sc = Scenario::load(&opts.scenario, &opts.overrides)?;
+    let base = opts.out.clone().unwrap_or_else(|| {
+        PathBuf::from(format!(
+            "target/loadtest/{}-repeat-{}",
+            sc.name,
+            now_ns() / 1_000_000_000
+        ))
+    });
+    std::fs::create_dir_all(&base).with_context(|| format!("create {}", base.display()))?;
+    let base = base.canonicalize()?;
+    let mut summaries = Vec::new();
+    let mut ok = true;
+    for i in 1..=n {
+        let mut o = opts.clone();
+        o.out = Some(base.join(format!("run-{i}")));
+        let r = run(o).await.with_context(|| format!("run {i} of {n}"))?;
+        print!("run {i}/{n}: {}", r.summary.text());
+        ok &= r.ok;
+        summaries.push((r.out_dir.display().to_string(), r.summary));
+    }
+    let rep = repeat::Repeat::new(&summaries);
+    std::fs::write(
+        base.join("repeat.json"),
+        serde_json::to_string_pretty(&rep)?,
+    )?;
+    Ok((ok, rep, base))
 }
 
 /// One target (Hush or Redis) through all phases of the scenario.
@@ -396,6 +440,19 @@ async fn measure(
         let start_ns = now_ns() + 500_000_000;
         let t0 = monitor.now() + 0.5;
         monitor.sample_now();
+        // Failover: kill a node `kill_after_s` into the first phase.
+        let kill = if index == 0 && !sc.target.kill_node.is_empty() && !redis {
+            let node = format!("node {}", sc.target.kill_node);
+            let server = target_pids
+                .iter()
+                .position(|(n, _)| n == &node)
+                .with_context(|| format!("kill_node {node} is not one of the started nodes"))?;
+            let pid = target_pids[server].1;
+            let at_ns = start_ns + (sc.target.kill_after_s * 1e9) as u64;
+            Some((KillCmd { server, at_ns }, pid))
+        } else {
+            None
+        };
         for tx in &cmd_txs {
             let _ = tx.send(ToWorker::Phase(PhaseCmd {
                 index,
@@ -403,23 +460,22 @@ async fn measure(
                 duration_s,
                 rate,
                 drain_timeout_s: drain,
+                kill: kill.as_ref().map(|(k, _)| k.clone()),
             }));
         }
-        if index == 0 && !sc.target.kill_node.is_empty() {
-            if let Some((_, pid)) = target_pids
-                .iter()
-                .find(|(n, _)| n == &format!("node {}", sc.target.kill_node))
-            {
-                let pid = *pid;
-                let after = sc.target.kill_after_s;
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_secs_f64(0.5 + after)).await;
-                    let _ = std::process::Command::new("kill")
-                        .args(["-9", &pid.to_string()])
-                        .status();
-                });
-            }
-        }
+        let killed = kill.as_ref().map(|(k, pid)| {
+            let clock = Clock::now();
+            let (at_ns, pid) = (k.at_ns, *pid);
+            let signal = sc.target.kill_signal.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep_until(clock.instant_at(at_ns)).await;
+                let sent = now_ns();
+                let _ = std::process::Command::new("kill")
+                    .args([format!("-{signal}"), pid.to_string()])
+                    .status();
+                sent
+            })
+        });
         bar.set_length((duration_s * 1000.0) as u64);
         bar.set_position(0);
         let mut merged = PhaseResult {
@@ -454,7 +510,7 @@ async fn measure(
         }
         monitor.sample_now();
         let t1 = monitor.now();
-        reports.push(PhaseReport::new(
+        let mut report = PhaseReport::new(
             sc,
             index,
             rate,
@@ -465,7 +521,20 @@ async fn measure(
             &merged,
             &monitor.series(),
             target_pids,
-        ));
+        );
+        if let Some(k) = killed {
+            let kill_ns = k.await.unwrap_or(0);
+            let raw = merged.failover.take().unwrap_or_default();
+            report.failover = Some(FailoverReport::new(
+                &raw,
+                &sc.target.kill_node,
+                &sc.target.kill_signal,
+                kill_ns,
+                start_ns,
+                merged.correctness,
+            ));
+        }
+        reports.push(report);
     }
     bar.finish_and_clear();
     for tx in &cmd_txs {

@@ -53,6 +53,10 @@ struct RunArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Run the scenario N times (output in <out>/run-<i>) and report the
+    /// median, min and max of the headline figures (<out>/repeat.json).
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
 }
 
 #[tokio::main]
@@ -84,6 +88,7 @@ async fn main() -> ExitCode {
                 redis,
                 redis_pid,
                 quiet,
+                repeat,
             } = *args;
             if let Some(m) = mls {
                 overrides.push(format!("mls={m}"));
@@ -99,7 +104,25 @@ async fn main() -> ExitCode {
                 redis_pid,
                 progress: !quiet,
                 worker_exe: None,
+                load_before: String::new(),
             };
+            if repeat > 1 {
+                return match hush_loadtest::run_repeat(opts, repeat).await {
+                    Ok((ok, r, dir)) => {
+                        print!("{}", r.text());
+                        println!("repeat: {}", dir.join("repeat.json").display());
+                        if ok {
+                            ExitCode::SUCCESS
+                        } else {
+                            ExitCode::from(1)
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("hush-loadtest: {e:#}");
+                        ExitCode::from(2)
+                    }
+                };
+            }
             match hush_loadtest::run(opts).await {
                 Ok(o) => {
                     print!("{}", o.summary.text());

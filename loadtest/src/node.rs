@@ -134,15 +134,24 @@ pub async fn start_single(bin: &Path, dir: &Path, extra_config: &str) -> anyhow:
 }
 
 /// Starts the listed nodes of a cluster config, from a copy of it in `dir`
-/// (so its relative data paths land in the run's directory).
+/// (so its relative data paths land in the run's directory). `extra` (TOML
+/// text, may be empty) is merged over the copy, table by table. With
+/// `free_ports`, every node's gateway and QUIC address get free loopback
+/// ports instead of the file's, so a run never collects with a local
+/// cluster or another run on the machine.
 pub async fn start_cluster(
     bin: &Path,
     dir: &Path,
     config: &Path,
     nodes: &[String],
+    extra: &str,
+    free_ports: bool,
 ) -> anyhow::Result<Vec<NodeProc>> {
     let cfg = dir.join("cluster.toml");
-    std::fs::copy(config, &cfg).with_context(|| format!("copy {}", config.display()))?;
+    let text =
+        std::fs::read_to_string(config).with_context(|| format!("read {}", config.display()))?;
+    let text = cluster_config(&text, extra, free_ports)?;
+    std::fs::write(&cfg, text)?;
     let mut out = Vec::new();
     for n in nodes {
         let args = vec![
@@ -154,4 +163,75 @@ pub async fn start_cluster(
         out.push(NodeProc::start(n, bin, &args, dir, &dir.join(format!("{n}.log"))).await?);
     }
     Ok(out)
+}
+
+fn merge(into: &mut toml::Table, from: toml::Table) {
+    for (k, v) in from {
+        match (into.get_mut(&k), v) {
+            (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+            (_, v) => {
+                into.insert(k, v);
+            }
+        }
+    }
+}
+
+fn free_port(udp: bool) -> anyhow::Result<u16> {
+    Ok(if udp {
+        std::net::UdpSocket::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port()
+    } else {
+        std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port()
+    })
+}
+
+/// The cluster config text a run uses (see [`start_cluster`]).
+fn cluster_config(text: &str, extra: &str, free_ports: bool) -> anyhow::Result<String> {
+    if extra.trim().is_empty() && !free_ports {
+        return Ok(text.to_string());
+    }
+    let mut t: toml::Table = toml::from_str(text).context("cluster config")?;
+    if !extra.trim().is_empty() {
+        merge(&mut t, toml::from_str(extra).context("target.node_config")?);
+    }
+    if free_ports {
+        let nodes = t
+            .get_mut("cluster")
+            .and_then(|c| c.get_mut("nodes"))
+            .and_then(|n| n.as_array_mut())
+            .context("no [[cluster.nodes]] in the cluster config")?;
+        for n in nodes {
+            let n = n.as_table_mut().context("cluster.nodes entry")?;
+            n.insert(
+                "gateway".into(),
+                format!("127.0.0.1:{}", free_port(false)?).into(),
+            );
+            n.insert(
+                "quic".into(),
+                format!("127.0.0.1:{}", free_port(true)?).into(),
+            );
+        }
+    }
+    Ok(toml::to_string(&t)?)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cluster_config_merges_and_moves_ports() {
+        let text = "[actors]\nlease_ttl_ms = 3000\n[cluster]\nprobe_ms = 500\n\
+                    [[cluster.nodes]]\nid = \"n1\"\ngateway = \"127.0.0.1:7301\"\nquic = \"127.0.0.1:7401\"\n";
+        let out = super::cluster_config(text, "[actors]\nlease_ttl_ms = 1000\n", true).unwrap();
+        let t: toml::Table = toml::from_str(&out).unwrap();
+        assert_eq!(t["actors"]["lease_ttl_ms"].as_integer(), Some(1000));
+        assert_eq!(t["cluster"]["probe_ms"].as_integer(), Some(500));
+        let n = &t["cluster"]["nodes"][0];
+        assert_eq!(n["id"].as_str(), Some("n1"));
+        assert_ne!(n["gateway"].as_str(), Some("127.0.0.1:7301"));
+        assert!(n["quic"].as_str().unwrap().starts_with("127.0.0.1:"));
+        assert_eq!(super::cluster_config(text, "", false).unwrap(), text);
+    }
 }

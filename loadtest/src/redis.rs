@@ -381,6 +381,7 @@ async fn phase(
         .collect(),
         last_event_ns: shared.last_event_ns.load(Ordering::Relaxed),
         conns_open: after.conns_open,
+        failover: None,
     }
 }
 

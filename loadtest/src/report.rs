@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use crate::failover::FailoverReport;
 use crate::procmon::Series;
 use crate::scenario::{Kind, Scenario};
 use crate::stats::{Correctness, LatencySummary, Tick};
@@ -65,6 +66,9 @@ pub struct PhaseReport {
     /// Seconds since the run started.
     pub t_start: f64,
     pub t_end: f64,
+    /// Failover: the kill and the way back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<FailoverReport>,
 }
 
 impl PhaseReport {
@@ -151,6 +155,7 @@ impl PhaseReport {
                 .sum(),
             t_start: t0,
             t_end: t1,
+            failover: None,
         }
     }
 
@@ -186,6 +191,12 @@ pub struct Summary {
     pub started_unix_s: u64,
     pub started_utc: String,
     pub host: String,
+    /// /proc/loadavg when the run started and when it ended (the machine
+    /// is shared: say how busy it was).
+    #[serde(default)]
+    pub load_before: String,
+    #[serde(default)]
+    pub load_after: String,
     pub targets: Vec<TargetReport>,
     pub processes: Vec<Series>,
     /// Sustain: the highest rate whose e2e p99 stayed under the bound with
@@ -203,6 +214,16 @@ fn host() -> String {
         .unwrap_or(0);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     format!("{cpus} CPUs, Linux {}", kernel.trim())
+}
+
+/// The 1/5/15-minute load averages (the first three fields of /proc/loadavg).
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC` (civil-from-days).
@@ -243,6 +264,14 @@ impl Summary {
                 if sc.kind == Kind::Connect && p.conns_open < sc.connect.connections as u64 {
                     ok = false;
                 }
+            }
+            // A failover run fails if a connection never got back.
+            if t.phases.iter().any(|p| {
+                p.failover
+                    .as_ref()
+                    .is_some_and(|f| f.not_reconnected > 0 || f.drained_s.is_none())
+            }) {
+                ok = false;
             }
         }
         ok &= correctness.ok();
@@ -290,6 +319,8 @@ impl Summary {
             started_unix_s,
             started_utc: utc(started_unix_s),
             host: host(),
+            load_before: opts.load_before.clone(),
+            load_after: loadavg(),
             targets,
             processes,
             sustained_rate,
@@ -304,8 +335,14 @@ impl Summary {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "scenario {} ({:?}, mls {:?}) at {} on {}",
-            self.scenario.name, self.scenario.kind, self.scenario.mls, self.started_utc, self.host
+            "scenario {} ({:?}, mls {:?}) at {} on {}, load average {} before, {} after",
+            self.scenario.name,
+            self.scenario.kind,
+            self.scenario.mls,
+            self.started_utc,
+            self.host,
+            self.load_before,
+            self.load_after
         );
         for t in &self.targets {
             let _ = writeln!(
@@ -353,6 +390,9 @@ impl Summary {
                     p.target_rss_start as f64 / 1048576.0,
                     p.target_rss_end as f64 / 1048576.0
                 );
+                if let Some(f) = &p.failover {
+                    s.push_str(&failover_text(f));
+                }
             }
         }
         if let Some(r) = self.sustained_rate {
@@ -377,13 +417,97 @@ impl Summary {
         let c = &self.correctness;
         let _ = writeln!(
             s,
-            "correctness: lost {} duplicated {} reordered {} unacked {} send_errors {} payload_errors {} closed {} conn_failures {} -> {}",
-            c.lost, c.duplicated, c.reordered, c.unacked, c.send_errors, c.payload_errors,
+            "correctness: lost {} duplicated {} reordered {} stored_twice {} unacked {} send_errors {} payload_errors {} closed {} conn_failures {} -> {}",
+            c.lost, c.duplicated, c.reordered, c.stored_twice, c.unacked, c.send_errors, c.payload_errors,
             c.closed_unexpected, c.conn_failures,
             if self.ok { "OK" } else { "FAILED" }
         );
         s
     }
+}
+
+fn secs(v: Option<f64>) -> String {
+    v.map_or("never".into(), |v| format!("{v:.3} s"))
+}
+
+/// The failover lines of the terminal summary.
+pub fn failover_text(f: &FailoverReport) -> String {
+    format!(
+        "    failover: kill -{} {} at {:.2}s; {} connections affected ({} unexpected drops, {} not back, {} attempts)\n\
+         \x20     all reconnected+resumed {} (p50 {}), every group writable {}, back {}, backlog drained {}\n\
+         \x20     during the outage: {} sent, {} acked, {} failed; {} messages resent ({} writes), {} answered as already stored\n",
+        f.signal,
+        f.killed_node,
+        f.kill_at_s,
+        f.affected_connections,
+        f.unexpected_drops,
+        f.not_reconnected,
+        f.reconnect_attempts,
+        secs(f.reconnected_s),
+        secs(f.reconnected_p50_s),
+        secs(f.groups_writable_s),
+        secs(f.back_s),
+        secs(f.drained_s),
+        f.outage_sent,
+        f.outage_acked,
+        f.outage_failed,
+        f.resent_messages,
+        f.retries,
+        f.deduplicated,
+    )
+}
+
+fn failover_html(f: &FailoverReport) -> String {
+    let c = &f.correctness;
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<h3>Failover: kill -{} {} at {:.2} s into the phase</h3>\
+         <table><tr><th>affected connections</th><th>unexpected drops</th><th>not back</th><th>reconnect attempts</th>\
+         <th>all reconnected + resumed</th><th>p50</th><th>every group writable</th><th>back (end of outage)</th><th>backlog drained</th></tr>\
+         <tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr></table>\
+         <table><tr><th>sent during outage</th><th>acked</th><th>failed</th><th>messages resent</th><th>resend writes</th>\
+         <th>answered already stored</th><th>lost</th><th>duplicated</th><th>reordered</th><th>stored twice</th></tr>\
+         <tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr></table>\
+         <p>Times are seconds after the signal. Reconnected = the resume Sync caught up on a surviving node; \
+         writable = every group acknowledged a message scheduled after the kill; drained = every message \
+         scheduled before \"back\" acknowledged and delivered to every receiver.</p>",
+        esc(&f.signal),
+        esc(&f.killed_node),
+        f.kill_at_s,
+        f.affected_connections,
+        f.unexpected_drops,
+        f.not_reconnected,
+        f.reconnect_attempts,
+        secs(f.reconnected_s),
+        secs(f.reconnected_p50_s),
+        secs(f.groups_writable_s),
+        secs(f.back_s),
+        secs(f.drained_s),
+        f.outage_sent,
+        f.outage_acked,
+        f.outage_failed,
+        f.resent_messages,
+        f.retries,
+        f.deduplicated,
+        c.lost,
+        c.duplicated,
+        c.reordered,
+        c.stored_twice,
+    );
+    h.push_str("<p>");
+    h.push_str(&chart(
+        "slowest completion (intended send -> last receiver) by send time",
+        "scheduled send time, seconds after the kill",
+        "ms",
+        &[Line {
+            name: "max per 100 ms".into(),
+            points: f.latency_by_send_time.clone(),
+        }],
+        None,
+    ));
+    h.push_str("</p>");
+    h
 }
 
 // ---------------------------------------------------------------------------
@@ -566,12 +690,14 @@ pub fn html(s: &Summary) -> String {
     );
     let _ = write!(
         h,
-        "<h1>hush-loadtest: {}</h1><p>{}</p><p>Started {} on {}. Kind <b>{:?}</b>, MLS mode <b>{:?}</b>, \
+        "<h1>hush-loadtest: {}</h1><p>{}</p><p>Started {} on {} (load average {} before, {} after). Kind <b>{:?}</b>, MLS mode <b>{:?}</b>, \
          {} worker process(es), {} source address(es). Result: <span class='{}'>{}</span></p>",
         esc(&s.scenario.name),
         esc(&s.scenario.description),
         esc(&s.started_utc),
         esc(&s.host),
+        esc(&s.load_before),
+        esc(&s.load_after),
         s.scenario.kind,
         s.scenario.mls,
         s.scenario.workers,
@@ -583,10 +709,10 @@ pub fn html(s: &Summary) -> String {
     let _ = write!(
         h,
         "<h2>Correctness</h2><table><tr><th>lost</th><th>duplicated</th><th>reordered</th><th>unacked</th>\
-         <th>send errors</th><th>payload errors</th><th>closed</th><th>connect failures</th></tr>\
-         <tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr></table>",
+         <th>send errors</th><th>payload errors</th><th>closed</th><th>connect failures</th><th>stored twice</th></tr>\
+         <tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr></table>",
         c.lost, c.duplicated, c.reordered, c.unacked, c.send_errors, c.payload_errors, c.closed_unexpected,
-        c.conn_failures
+        c.conn_failures, c.stored_twice
     );
     if let Some(r) = s.sustained_rate {
         let _ = write!(
@@ -654,6 +780,11 @@ pub fn html(s: &Summary) -> String {
             }
         }
         h.push_str("</table>");
+        for p in &t.phases {
+            if let Some(f) = &p.failover {
+                h.push_str(&failover_html(f));
+            }
+        }
         // Latency percentiles: x is the percentile's position in the list.
         let labels: Vec<(f64, String)> = [
             "0", "50", "75", "90", "95", "99", "99.5", "99.9", "99.95", "99.99", "100",

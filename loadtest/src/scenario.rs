@@ -81,7 +81,8 @@ pub struct Target {
     #[serde(default = "default_spawn")]
     pub spawn: Spawn,
     /// Extra hush-node config (TOML text) for spawned nodes; `limits` here
-    /// must allow the per-connection send rate of the scenario.
+    /// must allow the per-connection send rate of the scenario. For a
+    /// cluster it is merged over the cluster config.
     #[serde(default)]
     pub node_config: String,
     /// With `spawn = "cluster"`: the cluster config (relative to the
@@ -90,12 +91,20 @@ pub struct Target {
     pub cluster_config: String,
     #[serde(default)]
     pub cluster_nodes: Vec<String>,
+    /// With `spawn = "cluster"`: give the nodes free loopback ports instead
+    /// of the config's (`node_config` is merged over the config too).
+    #[serde(default)]
+    pub free_ports: bool,
     /// With `spawn = "cluster"`: kill -9 this node id this many seconds into
     /// the first measured phase (the failover scenario). Empty: no kill.
     #[serde(default)]
     pub kill_node: String,
     #[serde(default)]
     pub kill_after_s: f64,
+    /// The signal for `kill_node`: "KILL" (crash, default) or "TERM"
+    /// (graceful: the node closes its clients with 4004 "going away").
+    #[serde(default = "default_signal")]
+    pub kill_signal: String,
 }
 
 impl Default for Target {
@@ -105,8 +114,10 @@ impl Default for Target {
             node_config: String::new(),
             cluster_config: default_cluster_config(),
             cluster_nodes: Vec::new(),
+            free_ports: false,
             kill_node: String::new(),
             kill_after_s: 0.0,
+            kill_signal: default_signal(),
         }
     }
 }
@@ -193,6 +204,9 @@ fn default_spawn() -> Spawn {
 }
 fn default_cluster_config() -> String {
     "cluster.toml".into()
+}
+fn default_signal() -> String {
+    "KILL".into()
 }
 fn one() -> u8 {
     1
@@ -283,6 +297,14 @@ impl Scenario {
                     "connections, rate and setup_concurrency must be > 0",
                 );
             }
+        }
+        if !matches!(self.target.kill_signal.as_str(), "KILL" | "TERM") {
+            return bad("target.kill_signal", "must be \"KILL\" or \"TERM\"");
+        }
+        if !self.target.kill_node.is_empty()
+            && !self.target.cluster_nodes.contains(&self.target.kill_node)
+        {
+            return bad("target.kill_node", "must be one of target.cluster_nodes");
         }
         if self.target.spawn == Spawn::Cluster && self.target.cluster_nodes.is_empty() {
             return bad("target.cluster_nodes", "list the node ids to start");

@@ -239,6 +239,12 @@ impl SeqTrack {
         }
     }
 
+    /// Where a resume starts (`Sync` cursor): the contiguous seq, once the
+    /// measured range has started.
+    pub fn cursor(&self) -> Option<u64> {
+        (self.base != u64::MAX).then(|| self.contiguous())
+    }
+
     /// The highest seq up to which everything arrived.
     pub fn contiguous(&self) -> u64 {
         self.next.saturating_sub(1)
@@ -280,6 +286,11 @@ pub struct Correctness {
     pub closed_unexpected: u64,
     /// Connections that could not be opened.
     pub conn_failures: u64,
+    /// Deliveries of a message (group, counter in its header) under a
+    /// second seq: one send stored twice (a resend the server did not
+    /// deduplicate by client_msg_id).
+    #[serde(default)]
+    pub stored_twice: u64,
 }
 
 impl Correctness {
@@ -293,6 +304,7 @@ impl Correctness {
             payload_errors: self.payload_errors + o.payload_errors,
             closed_unexpected: self.closed_unexpected + o.closed_unexpected,
             conn_failures: self.conn_failures + o.conn_failures,
+            stored_twice: self.stored_twice + o.stored_twice,
         }
     }
 

@@ -82,6 +82,71 @@ pub struct PhaseCmd {
     /// for this worker.
     pub rate: f64,
     pub drain_timeout_s: f64,
+    /// Failover: the node killed during this phase.
+    #[serde(default)]
+    pub kill: Option<KillCmd>,
+}
+
+/// The node a phase kills: its index in `Plan::servers` and when (Unix ns).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KillCmd {
+    pub server: usize,
+    pub at_ns: u64,
+}
+
+/// One lost socket of a member and its way back (Unix ns; 0 = never).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DropRec {
+    pub group: u32,
+    pub member: u32,
+    /// Gateway indexes: lost on `from`, reconnected to `to`.
+    pub from: usize,
+    pub to: usize,
+    pub dropped_ns: u64,
+    /// The new WebSocket was open.
+    pub reconnected_ns: u64,
+    /// The resume Sync caught up (`SyncCaughtUp` on the new node).
+    pub resumed_ns: u64,
+    /// Connection attempts until one succeeded.
+    pub attempts: u32,
+    /// The socket was to the killed node, at or after the kill.
+    pub expected: bool,
+}
+
+/// One message of a failover phase (Unix ns; 0 = never).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct MsgRec {
+    pub group: u32,
+    pub intended_ns: u64,
+    /// First MessageAccepted at the sender.
+    pub acked_ns: u64,
+    /// The last receiver of the group got it.
+    pub completed_ns: u64,
+    /// Times written to a socket (more than 1: resent with the same id).
+    pub attempts: u32,
+    /// The accepted answer said "already stored" (a resend of a stored message).
+    pub dedup: bool,
+}
+
+/// What a worker saw of a failover phase, raw: the coordinator turns it
+/// into the failover report.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FailoverRaw {
+    pub drops: Vec<DropRec>,
+    pub messages: Vec<MsgRec>,
+    /// Sends written again (after a lost socket or a transient error).
+    pub retries: u64,
+    /// Accepted answers that said "already stored".
+    pub deduplicated: u64,
+}
+
+impl FailoverRaw {
+    pub fn merge(&mut self, o: &FailoverRaw) {
+        self.drops.extend(o.drops.iter().cloned());
+        self.messages.extend(o.messages.iter().copied());
+        self.retries += o.retries;
+        self.deduplicated += o.deduplicated;
+    }
 }
 
 /// Worker -> coordinator.
@@ -112,6 +177,9 @@ pub struct PhaseResult {
     pub last_event_ns: u64,
     /// Connections open at the end of the phase.
     pub conns_open: u64,
+    /// Failover phases only.
+    #[serde(default)]
+    pub failover: Option<FailoverRaw>,
 }
 
 impl PhaseResult {
@@ -126,6 +194,11 @@ impl PhaseResult {
         }
         self.last_event_ns = self.last_event_ns.max(o.last_event_ns);
         self.conns_open += o.conns_open;
+        if let Some(f) = &o.failover {
+            self.failover
+                .get_or_insert_with(FailoverRaw::default)
+                .merge(f);
+        }
     }
 }
 

@@ -15,8 +15,12 @@ mod node_bin;
 use node_bin::node_bin;
 
 async fn smoke(overrides: &[&str]) -> hush_loadtest::report::Summary {
+    run_scenario("scenarios/smoke.toml", overrides).await
+}
+
+async fn run_scenario(file: &str, overrides: &[&str]) -> hush_loadtest::report::Summary {
     let out = tempfile::tempdir().unwrap();
-    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/smoke.toml");
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
     let o = run(Options {
         scenario,
         overrides: overrides.iter().map(|s| s.to_string()).collect(),
@@ -59,4 +63,40 @@ async fn smoke_presealed_in_process() {
 async fn smoke_live_mls_in_two_worker_processes() {
     let s = smoke(&["mls=live", "workers=2", "fanout.groups=4"]).await;
     assert_every_message_delivered_once(&s);
+}
+
+/// The failover scenario, CI-sized: three nodes on free ports (short
+/// leases and probes, as the SDK's cluster tests use), 6 groups of 4
+/// spread over them (senders on every node), n2 killed with SIGKILL one
+/// second into a four-second phase. Every connection to n2 must come back
+/// through another node and resume; every message must be acknowledged
+/// once and reach every receiver exactly once, in order. Counts only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_kill9_loses_nothing() {
+    let s = run_scenario(
+        "scenarios/failover.toml",
+        &[
+            "target.cluster_config=../cluster.toml",
+            "target.node_config=[actors]\nlease_ttl_ms = 1000\n[cluster]\nprobe_ms = 200\n",
+            "target.kill_after_s=1.0",
+            "fanout.groups=6",
+            "fanout.group_size=4",
+            "fanout.rates=[60.0]",
+            "fanout.phase_s=4.0",
+            "fanout.presealed_per_group=4",
+            "fanout.ack_interval_ms=100",
+        ],
+    )
+    .await;
+    assert_every_message_delivered_once(&s);
+    let f = s.targets[0].phases[0]
+        .failover
+        .as_ref()
+        .expect("a failover report");
+    assert!(f.affected_connections > 0, "{f:?}");
+    assert_eq!(f.unexpected_drops, 0, "{f:?}");
+    assert_eq!(f.not_reconnected, 0, "{f:?}");
+    assert_eq!(f.outage_failed, 0, "{f:?}");
+    assert!(f.drained_s.is_some(), "{f:?}");
+    assert_eq!(f.correctness.stored_twice, 0);
 }
