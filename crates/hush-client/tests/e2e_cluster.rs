@@ -103,6 +103,7 @@ impl Cluster {
         let root = dir.path().display().to_string();
         let mut toml = format!(
             "[store]\npath = \"{root}/hush.sqlite\"\n[actors]\nlease_ttl_ms = 1000\n\
+             presence_grace_ms = 300\n\
              [cluster]\nprobe_ms = 200\n"
         );
         let mut urls = Vec::new();
@@ -183,6 +184,15 @@ impl Cluster {
         let url = format!("{}/cluster?group={}", node.url, hex::encode(gid));
         let v = Self::get(&url).await.expect("/cluster");
         v["group_owner"].as_str().expect("owner").to_string()
+    }
+
+    /// The node that holds a user's session, as a running node sees it.
+    async fn session_owner(&self, user: &str) -> String {
+        let node = self.nodes.iter().find(|n| n.child.is_some()).unwrap();
+        let v = Self::get(&format!("{}/cluster?user={user}", node.url))
+            .await
+            .expect("/cluster");
+        v["session_owner"].as_str().expect("owner").to_string()
     }
 
     /// A counter's total from a node's /metrics (0 when absent).
@@ -451,4 +461,119 @@ async fn a_rolling_restart_under_traffic_loses_nothing() {
         traffic(&[&pa, &pb], 3).await;
     }
     finish(&cluster, &gid, stop_tx, vec![a, b], carol).await;
+}
+
+/// Waits until the client has a pushed presence for `user` equal to
+/// `online`, handling every event on the way (the connection must stay up).
+async fn wait_presence(client: &mut Client, user: &str, online: bool) {
+    while client.live().presence(user) != Some(online) {
+        let ev = tokio::time::timeout(PATIENCE, client.wait_event())
+            .await
+            .expect("a presence event within the patience")
+            .expect("the connection stays up");
+        client.handle(ev).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_live_on_their_owners_and_presence_spans_the_cluster() {
+    let mut cluster = Cluster::start().await;
+    // Every user connects to a node that does not hold its session, so
+    // everything it receives crosses from its session's node to its own.
+    let names = ["alice", "bob", "carol"];
+    let mut owners = BTreeMap::new();
+    let mut homes = BTreeMap::new();
+    for name in names {
+        let owner = cluster.session_owner(name).await;
+        let i = NODES.iter().position(|n| *n == owner).unwrap();
+        homes.insert(name, NODES[(i + 1) % NODES.len()]);
+        owners.insert(name, owner);
+    }
+    let home = |name: &str| NODES.iter().position(|n| *n == homes[name]).unwrap();
+    let mut alice = member(&cluster, "alice", home("alice")).await;
+    let mut bob = member(&cluster, "bob", home("bob")).await;
+    let mut carol = member(&cluster, "carol", home("carol")).await;
+    let gid = alice.create_group("spread").await.unwrap().group_id;
+    let g = hex::encode(&gid);
+    alice
+        .add_members(&g, &["bob".into(), "carol".into()])
+        .await
+        .unwrap();
+    bob.sync().await.unwrap();
+    carol.sync().await.unwrap();
+
+    // Each node holds the sessions placement gives it and the connections
+    // its clients opened (sessions of earlier, closed connections
+    // passivate after the grace).
+    let deadline = Instant::now() + PATIENCE;
+    for node in &cluster.nodes {
+        let want_sessions = owners.values().filter(|o| **o == node.id).count() as u64;
+        let want_conns = homes.values().filter(|h| **h == node.id).count() as u64;
+        loop {
+            let v = Cluster::get(&format!("{}/cluster", node.url))
+                .await
+                .expect("/cluster");
+            let got = (v["sessions"].as_u64(), v["connections"].as_u64());
+            if got == (Some(want_sessions), Some(want_conns)) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: (sessions, connections) {got:?}, want ({want_sessions}, {want_conns})",
+                node.id
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    // Presence is the session's, so every node answers the same.
+    let online: Vec<(String, bool)> = bob.refresh_presence(&g).await.unwrap();
+    assert!(online.iter().all(|(_, on)| *on), "{online:?}");
+    carol.close().await;
+    wait_presence(&mut bob, "carol", false).await;
+    let after: BTreeMap<String, bool> = alice
+        .refresh_presence(&g)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(after.get("carol"), Some(&false), "{after:?}");
+    assert_eq!(after.get("bob"), Some(&true), "{after:?}");
+
+    // Kill the node holding bob's session (bob is connected elsewhere): his
+    // connection stays up, re-attaches to the new owner and misses nothing.
+    let bob_owner = owners["bob"].clone();
+    cluster.node(&bob_owner).kill9();
+    let survivors: Vec<&str> = NODES.iter().copied().filter(|n| *n != bob_owner).collect();
+    cluster.wait_view(&survivors).await;
+    let mut acked = BTreeMap::new();
+    for i in 0..3 {
+        let text = format!("after the move {i}");
+        acked.insert(text.clone(), alice.send_text(&g, &text).await.unwrap());
+    }
+    let last = *acked.values().max().unwrap();
+    while !texts_of(&bob, &gid).iter().any(|t| t.0 == last) {
+        let ev = tokio::time::timeout(PATIENCE, bob.wait_event())
+            .await
+            .expect("a live event within the patience")
+            .expect("bob's connection stays up through the move");
+        bob.handle(ev).await.unwrap();
+    }
+    let got: Vec<String> = texts_of(&bob, &gid)
+        .into_iter()
+        .map(|(_, _, text)| text)
+        .collect();
+    assert_eq!(
+        got,
+        acked.keys().cloned().collect::<Vec<_>>(),
+        "bob got each message once, in order"
+    );
+    let seen: BTreeMap<String, bool> = bob
+        .refresh_presence(&g)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(seen.get("bob"), Some(&true), "{seen:?}");
+    assert_eq!(seen.get("alice"), Some(&true), "{seen:?}");
 }

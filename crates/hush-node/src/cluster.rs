@@ -23,16 +23,26 @@
 //! owns; stopping releases the group's lease, so the new owner can take it
 //! at once (after a crash, the new owner waits out the dead node's lease).
 //!
-//! Fan-out. SessionActors are node-local: a connection attaches to its
-//! user's session on the node it is connected to. An accepted entry goes to
-//! the local sessions, and to every other live node in one
-//! [`DeliverBatch`](c::DeliverBatch) per send: each peer has a queue and a
-//! sender task that takes everything queued at that moment into one QUIC
-//! stream, so batches grow with load. Deliveries are pushes: the receiver
-//! applies them even under a different view, because a delivery changes no
-//! state (each connection drops repeats and fills gaps from the store).
-//! A full peer queue (`cluster.peer_queue`) drops the delivery and counts
-//! it; the store remains the truth, read by the next gap fill or sync.
+//! Sessions. A user's SessionActor lives on the owner of the key
+//! `u/<user_id>`, placed like a group. A connection on any node attaches to
+//! it with a [`SessionCall`](c::SessionCall) (refused as stale like a group
+//! call, and routed again); the node keeps the connection's queue in its
+//! connection table (`conns.rs`). When the view changes, sessions move like
+//! groups, and every node re-attaches its connections whose session moved
+//! and has them read what they may have missed from the store.
+//!
+//! Fan-out, two hops, each batched per destination node. An accepted entry
+//! goes to the session of each member user: this node's directly, each
+//! other node's in one [`Delivery`](c::Delivery) (by device) per owner
+//! node. A session writes to its connections: this node's directly, each
+//! other node's in one delivery addressed to connection ids. Each peer has
+//! a queue and a sender task that takes everything queued at that moment
+//! into one [`DeliverBatch`](c::DeliverBatch) on one QUIC stream, so batches
+//! grow with load. Deliveries are pushes: the receiver applies them even
+//! under a different view, because a delivery changes no state (each
+//! connection drops repeats and fills gaps from the store). A full peer
+//! queue (`cluster.peer_queue`) drops the delivery and counts it; the store
+//! remains the truth, read by the next gap fill or sync.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -48,7 +58,7 @@ use tokio::sync::{mpsc, watch};
 use crate::ctx::NodeCtx;
 use crate::error::{ApiError, ApiResult};
 use crate::group::Caller;
-use crate::session::Outbound;
+use crate::session::{self, Outbound, SessionMsg};
 
 /// Most bytes of deliveries one batch takes from a peer queue.
 const MAX_BATCH_BYTES: usize = 1 << 20;
@@ -128,6 +138,19 @@ impl Router {
         self.view.borrow().digest()
     }
 
+    /// How long a routed call follows view changes before it gives up.
+    pub fn forward_timeout(&self) -> Duration {
+        self.forward_timeout
+    }
+
+    /// Waits (briefly) for this node's view to change: the pause bounds
+    /// the wait for when the other side is the one behind.
+    pub async fn wait_for_view_change(&self) {
+        let mut view = self.view.clone();
+        view.borrow_and_update();
+        let _ = tokio::time::timeout(Duration::from_millis(200), view.changed()).await;
+    }
+
     /// Serves `body` for `caller` on the group's owner, following view
     /// changes until the owner answers or `forward_timeout` passes.
     pub async fn forward(
@@ -137,40 +160,57 @@ impl Router {
         group_id: &[u8],
         body: C,
     ) -> ApiResult<Option<S>> {
+        let call = c::node_request::Body::GroupCall(c::GroupCall {
+            user_id: caller.user_id.clone(),
+            device_id: caller.device_id.clone(),
+            frame: Some(v1::ClientFrame {
+                request_id: 0,
+                body: Some(body.clone()),
+            }),
+        });
+        match self.call_owner(group_id, call).await? {
+            None => crate::gateway::dispatch::dispatch_here(ctx, caller, body).await,
+            Some((owner, reply)) => match reply.body {
+                Some(c::node_reply::Body::Frame(frame)) => match frame.body {
+                    Some(S::Error(e)) => Err(ApiError::from_proto(e)),
+                    other => Ok(other),
+                },
+                None => Ok(None),
+                Some(_) => Err(ApiError::internal(
+                    "cluster reply",
+                    format!("unexpected answer from {owner}"),
+                )),
+            },
+        }
+    }
+
+    /// Sends `body` to the node that owns `key`, following view changes:
+    /// a refusal (StaleView) or an unreachable owner waits for this node's
+    /// view to change and routes again, until `forward_timeout` (then
+    /// UNAVAILABLE). `None`: this node owns the key now, serve it here.
+    pub async fn call_owner(
+        &self,
+        key: &[u8],
+        body: c::node_request::Body,
+    ) -> ApiResult<Option<(String, c::NodeReply)>> {
+        let kind = body_kind(&body);
         let deadline = tokio::time::Instant::now() + self.forward_timeout;
         let mut view = self.view.clone();
         view.borrow_and_update();
         loop {
-            let Some(owner) = self.remote_owner(group_id) else {
-                return crate::gateway::dispatch::dispatch_here(ctx, caller, body).await;
+            let Some(owner) = self.remote_owner(key) else {
+                return Ok(None);
             };
             let request = c::NodeRequest {
                 from: self.me.clone(),
                 view_digest: self.digest(),
-                body: Some(c::node_request::Body::GroupCall(c::GroupCall {
-                    user_id: caller.user_id.clone(),
-                    device_id: caller.device_id.clone(),
-                    frame: Some(v1::ClientFrame {
-                        request_id: 0,
-                        body: Some(body.clone()),
-                    }),
-                })),
+                body: Some(body.clone()),
             };
-            metrics::counter!("hush_cluster_messages_out_total", "kind" => "group_call")
-                .increment(1);
+            metrics::counter!("hush_cluster_messages_out_total", "kind" => kind).increment(1);
             // A call to a node that drops out of the view fails at once (the
             // mesh closes its connection), not at the QUIC idle timeout.
-            let outcome = self.mesh.call(&owner, &request.encode_to_vec()).await;
-            match outcome {
+            match self.mesh.call(&owner, &request.encode_to_vec()).await {
                 Ok(bytes) => match c::NodeReply::decode(bytes.as_slice()) {
-                    Ok(c::NodeReply {
-                        body: Some(c::node_reply::Body::Frame(frame)),
-                    }) => {
-                        return match frame.body {
-                            Some(S::Error(e)) => Err(ApiError::from_proto(e)),
-                            other => Ok(other),
-                        }
-                    }
                     Ok(c::NodeReply {
                         body: Some(c::node_reply::Body::StaleView(_)),
                     }) => {
@@ -178,7 +218,8 @@ impl Router {
                             .increment(1);
                         tracing::debug!(peer = %owner, "owner refused a stale view; rerouting");
                     }
-                    _ => {
+                    Ok(reply) => return Ok(Some((owner, reply))),
+                    Err(_) => {
                         return Err(ApiError::internal(
                             "cluster reply",
                             format!("undecodable answer from {owner}"),
@@ -195,14 +236,63 @@ impl Router {
             if now >= deadline {
                 return Err(ApiError::new(
                     ErrorCode::Unavailable,
-                    "group owner unreachable; retry",
+                    "owner unreachable; retry",
                 ));
             }
-            // Wait for this node's view to change; the pause bounds the
-            // wait for when the other side is the one behind.
             let pause = (deadline - now).min(Duration::from_millis(200));
             let _ = tokio::time::timeout(pause, view.changed()).await;
         }
+    }
+
+    /// Asks `node` which of `users` are online (one call, no rerouting:
+    /// the answer names the users it does not own).
+    pub async fn presence_query(
+        &self,
+        node: &str,
+        users: Vec<String>,
+    ) -> ApiResult<c::PresenceAnswer> {
+        let request = c::NodeRequest {
+            from: self.me.clone(),
+            view_digest: self.digest(),
+            body: Some(c::node_request::Body::PresenceQuery(c::PresenceQuery {
+                user_ids: users,
+            })),
+        };
+        metrics::counter!("hush_cluster_messages_out_total", "kind" => "presence_query")
+            .increment(1);
+        let bytes = self
+            .mesh
+            .call(node, &request.encode_to_vec())
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::Unavailable, format!("{node}: {e}")))?;
+        match c::NodeReply::decode(bytes.as_slice()) {
+            Ok(c::NodeReply {
+                body: Some(c::node_reply::Body::Presence(answer)),
+            }) => Ok(answer),
+            _ => Err(ApiError::new(
+                ErrorCode::Unavailable,
+                format!("{node} did not answer the presence query"),
+            )),
+        }
+    }
+
+    /// Pushes a notice to the session of a user on `node` (detach, kick).
+    /// Best effort: a node that is gone took the session with it.
+    pub fn notify_session(&self, node: &str, call: c::SessionCall) {
+        let request = c::NodeRequest {
+            from: self.me.clone(),
+            view_digest: self.digest(),
+            body: Some(c::node_request::Body::SessionCall(call)),
+        };
+        let mesh = self.mesh.clone();
+        let node = node.to_owned();
+        metrics::counter!("hush_cluster_messages_out_total", "kind" => "session_notice")
+            .increment(1);
+        self.runtime.spawn(async move {
+            if let Err(e) = mesh.push(&node, &request.encode_to_vec()).await {
+                tracing::debug!(peer = %node, error = %e, "session notice not delivered");
+            }
+        });
     }
 
     /// Answers a call another node made.
@@ -225,100 +315,236 @@ impl Router {
         let Ok(request) = c::NodeRequest::decode(payload) else {
             return error(ErrorCode::Malformed, "undecodable cluster request");
         };
-        metrics::counter!("hush_cluster_messages_in_total", "kind" => "group_call").increment(1);
-        let Some(c::node_request::Body::GroupCall(call)) = request.body else {
-            return error(ErrorCode::InvalidArgument, "not a call");
+        let Some(body) = request.body else {
+            return error(ErrorCode::Malformed, "empty cluster request");
         };
-        let Some(body) = call.frame.and_then(|f| f.body) else {
-            return error(ErrorCode::Malformed, "empty frame");
-        };
-        let Some(group_id) = routed_group(&body) else {
-            return error(ErrorCode::InvalidArgument, "not a group request");
-        };
-        // A different view, a group this node does not own, or a node on
-        // its way out: refuse; the caller routes again.
-        if request.view_digest != self.digest()
-            || self.remote_owner(group_id).is_some()
-            || ctx.is_shutting_down()
-        {
+        metrics::counter!("hush_cluster_messages_in_total", "kind" => body_kind(&body))
+            .increment(1);
+        // A different view or a node on its way out: refuse; the caller
+        // routes again.
+        if request.view_digest != self.digest() || ctx.is_shutting_down() {
             return stale();
         }
-        let caller = Caller {
-            user_id: call.user_id,
-            device_id: call.device_id,
-        };
-        match crate::gateway::dispatch::dispatch_here(ctx, &caller, body).await {
-            Ok(Some(body)) => frame(body),
-            Ok(None) => c::NodeReply { body: None },
-            Err(e) => frame(S::Error(e.to_proto())),
+        match body {
+            c::node_request::Body::GroupCall(call) => {
+                let Some(body) = call.frame.and_then(|f| f.body) else {
+                    return error(ErrorCode::Malformed, "empty frame");
+                };
+                let Some(group_id) = routed_group(&body) else {
+                    return error(ErrorCode::InvalidArgument, "not a group request");
+                };
+                if self.remote_owner(group_id).is_some() {
+                    return stale();
+                }
+                let caller = Caller {
+                    user_id: call.user_id,
+                    device_id: call.device_id,
+                };
+                match crate::gateway::dispatch::dispatch_here(ctx, &caller, body).await {
+                    Ok(Some(body)) => frame(body),
+                    Ok(None) => c::NodeReply { body: None },
+                    Err(e) => frame(S::Error(e.to_proto())),
+                }
+            }
+            c::node_request::Body::SessionCall(c::SessionCall {
+                user_id,
+                op: Some(c::session_call::Op::Attach(a)),
+            }) => {
+                if self
+                    .remote_owner(&session::placement_key(&user_id))
+                    .is_some()
+                {
+                    return stale();
+                }
+                let conn = (request.from, a.conn_id);
+                match session::attach_here(ctx, conn, &user_id, &a.device_id).await {
+                    Ok(()) => c::NodeReply { body: None },
+                    Err(e) => frame(S::Error(e.to_proto())),
+                }
+            }
+            c::node_request::Body::PresenceQuery(q) => {
+                let mut answer = c::PresenceAnswer::default();
+                for user in q.user_ids {
+                    if self.remote_owner(&session::placement_key(&user)).is_some() {
+                        answer.not_owned.push(user);
+                    } else if session::is_online_here(ctx, &user).await {
+                        answer.online.push(user);
+                    }
+                }
+                c::NodeReply {
+                    body: Some(c::node_reply::Body::Presence(answer)),
+                }
+            }
+            _ => error(ErrorCode::InvalidArgument, "not a call"),
         }
     }
 
-    /// Hands a delivery batch from another node to the local sessions.
+    /// Applies a push from another node: a delivery batch, or a notice for
+    /// a session here.
     async fn accept_push(&self, ctx: &Arc<NodeCtx>, payload: &[u8]) {
         let Ok(request) = c::NodeRequest::decode(payload) else {
             metrics::counter!("hush_cluster_bad_messages_total").increment(1);
             return;
         };
         if request.view_digest != self.digest() {
-            // Applied anyway: a delivery changes no state (see module docs).
+            // Applied anyway: a delivery changes no timeline state, and a
+            // notice concerns a session wherever it is (see module docs).
             metrics::counter!("hush_cluster_stale_view_pushes_total").increment(1);
         }
-        let Some(c::node_request::Body::Deliver(batch)) = request.body else {
-            metrics::counter!("hush_cluster_bad_messages_total").increment(1);
-            return;
-        };
-        metrics::counter!("hush_cluster_messages_in_total", "kind" => "deliver").increment(1);
-        for d in batch.items {
-            let Some(item) = d.item.and_then(outbound_from_proto) else {
-                continue;
-            };
-            let devices: Vec<MemberDevice> = d
-                .devices
-                .into_iter()
-                .map(|r| MemberDevice {
-                    user_id: r.user_id,
-                    device_id: r.device_id,
-                })
-                .collect();
-            ctx.deliver_local(&devices, item).await;
+        let from = request.from;
+        match request.body {
+            Some(c::node_request::Body::Deliver(batch)) => {
+                metrics::counter!("hush_cluster_messages_in_total", "kind" => "deliver")
+                    .increment(1);
+                for d in batch.items {
+                    self.accept_delivery(ctx, &from, d).await;
+                }
+            }
+            Some(c::node_request::Body::SessionCall(call)) => {
+                metrics::counter!("hush_cluster_messages_in_total", "kind" => "session_notice")
+                    .increment(1);
+                match call.op {
+                    Some(c::session_call::Op::Detach(d)) => {
+                        session::detach_here(ctx, &call.user_id, (from, d.conn_id)).await
+                    }
+                    Some(c::session_call::Op::Kick(k)) => {
+                        session::kick_here(ctx, &call.user_id, &k.device_id).await
+                    }
+                    _ => metrics::counter!("hush_cluster_bad_messages_total").increment(1),
+                }
+            }
+            _ => metrics::counter!("hush_cluster_bad_messages_total").increment(1),
         }
     }
 
-    /// Queues `item` for every other live node.
-    pub fn fan_out(&self, devices: &[MemberDevice], item: &Outbound) {
-        let peers: Vec<String> = self
-            .view
-            .borrow()
-            .members
-            .iter()
-            .filter(|m| **m != self.me)
-            .cloned()
-            .collect();
-        let mut queues = lock(&self.peers);
-        queues.retain(|name, _| peers.contains(name));
-        if peers.is_empty() {
+    /// One delivery: for the sessions here (by device), or from a session
+    /// elsewhere for connections here (by connection id).
+    async fn accept_delivery(&self, ctx: &Arc<NodeCtx>, from: &str, d: c::Delivery) {
+        let Some(item) = d.item else {
+            return;
+        };
+        let Some(target) = d.conns else {
+            if let Some(item) = outbound_from_proto(item) {
+                let devices: Vec<MemberDevice> = d
+                    .devices
+                    .into_iter()
+                    .map(|r| MemberDevice {
+                        user_id: r.user_id,
+                        device_id: r.device_id,
+                    })
+                    .collect();
+                session::deliver_here(ctx, &devices, item).await;
+            }
+            return;
+        };
+        let item = match item {
+            c::delivery::Item::Close(_) => {
+                for id in target.conn_ids {
+                    ctx.conns.remove(id);
+                }
+                return;
+            }
+            other => match outbound_from_proto(other) {
+                Some(item) => item,
+                None => return,
+            },
+        };
+        for id in target.conn_ids {
+            if !ctx.conns.write(id, item.clone()) {
+                // Gone here: the session must stop counting it.
+                self.notify_session(
+                    from,
+                    c::SessionCall {
+                        user_id: target.user_id.clone(),
+                        op: Some(c::session_call::Op::Detach(c::SessionDetach {
+                            conn_id: id,
+                        })),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Queues an item for the sessions on `node` of the users of `devices`.
+    pub fn send_to_sessions(&self, node: &str, devices: &[MemberDevice], item: &Outbound) {
+        let Some(item) = outbound_to_proto(item) else {
+            return;
+        };
+        self.enqueue(
+            node,
+            c::Delivery {
+                devices: devices
+                    .iter()
+                    .map(|d| c::DeviceRef {
+                        user_id: d.user_id.clone(),
+                        device_id: d.device_id.clone(),
+                    })
+                    .collect(),
+                item: Some(item),
+                conns: None,
+            },
+        );
+    }
+
+    /// Queues an item for connections on `node` of `user_id`'s session here.
+    pub fn send_to_conns(&self, node: &str, user_id: &str, conn_ids: Vec<u64>, item: &Outbound) {
+        if let Some(item) = outbound_to_proto(item) {
+            self.enqueue_for_conns(node, user_id, conn_ids, item);
+        }
+    }
+
+    /// Closes connections on `node` (their device logged out).
+    pub fn close_conns(&self, node: &str, user_id: &str, conn_ids: Vec<u64>) {
+        self.enqueue_for_conns(
+            node,
+            user_id,
+            conn_ids,
+            c::delivery::Item::Close(c::CloseItem {}),
+        );
+    }
+
+    fn enqueue_for_conns(
+        &self,
+        node: &str,
+        user_id: &str,
+        conn_ids: Vec<u64>,
+        item: c::delivery::Item,
+    ) {
+        self.enqueue(
+            node,
+            c::Delivery {
+                devices: Vec::new(),
+                item: Some(item),
+                conns: Some(c::ConnTarget {
+                    user_id: user_id.to_owned(),
+                    conn_ids,
+                }),
+            },
+        );
+    }
+
+    /// Puts a delivery in `peer`'s queue; its sender task batches
+    /// everything queued into one stream. A full queue drops it.
+    fn enqueue(&self, peer: &str, delivery: c::Delivery) {
+        if !self.view.borrow().members.iter().any(|m| m == peer) {
+            metrics::counter!("hush_cluster_deliveries_dropped_total", "why" => "not_a_member")
+                .increment(1);
             return;
         }
-        let delivery = c::Delivery {
-            devices: devices
-                .iter()
-                .map(|d| c::DeviceRef {
-                    user_id: d.user_id.clone(),
-                    device_id: d.device_id.clone(),
-                })
-                .collect(),
-            item: Some(outbound_to_proto(item)),
-        };
-        for peer in peers {
-            let tx = queues
-                .entry(peer.clone())
-                .or_insert_with(|| self.spawn_peer_sender(peer.clone()));
-            if tx.try_send(delivery.clone()).is_err() {
-                metrics::counter!("hush_cluster_deliveries_dropped_total", "why" => "queue_full")
-                    .increment(1);
-                tracing::warn!(%peer, "peer delivery queue full; delivery dropped");
+        let mut queues = lock(&self.peers);
+        let tx = match queues.get(peer) {
+            Some(tx) if !tx.is_closed() => tx.clone(),
+            _ => {
+                let tx = self.spawn_peer_sender(peer.to_owned());
+                queues.insert(peer.to_owned(), tx.clone());
+                tx
             }
+        };
+        drop(queues);
+        if tx.try_send(delivery).is_err() {
+            metrics::counter!("hush_cluster_deliveries_dropped_total", "why" => "queue_full")
+                .increment(1);
+            tracing::warn!(%peer, "peer delivery queue full; delivery dropped");
         }
     }
 
@@ -391,21 +617,70 @@ impl Router {
         });
     }
 
-    /// Stops the local GroupActors of groups this node no longer owns; each
-    /// releases its lease as it stops, so the new owner can take over.
+    /// Follows a view change: stops the local GroupActors of groups this
+    /// node no longer owns (each releases its lease as it stops, so the new
+    /// owner can take over), moves sessions the same way, and re-attaches
+    /// this node's connections whose sessions moved.
     async fn hand_off(&self, ctx: &Arc<NodeCtx>) {
+        let Some(placement) = self.placement() else {
+            return;
+        };
+        lock(&self.peers).retain(|name, _| placement.view().members.contains(name));
         for (group_id, actor) in ctx.groups.entries().await {
-            if self.remote_owner(&group_id).is_some() {
-                metrics::counter!("hush_cluster_rehomes_total").increment(1);
+            if placement.owner(&group_id) != self.me {
+                metrics::counter!("hush_cluster_rehomes_total", "actor" => "group").increment(1);
                 tracing::info!(group = %hex::encode(&group_id), "group moved to another node");
                 actor.stop(Some("group moved to another node".into()));
             }
         }
+        let members = placement.view().members.iter().cloned().collect::<Vec<_>>();
+        for (user_id, actor) in ctx.sessions.entries().await {
+            if placement.owner(&session::placement_key(&user_id)) != self.me {
+                metrics::counter!("hush_cluster_rehomes_total", "actor" => "session").increment(1);
+                let _ = actor.send_message(SessionMsg::Moved);
+            } else {
+                let _ = actor.send_message(SessionMsg::ViewChanged {
+                    members: members.clone(),
+                });
+            }
+        }
+        let moved = ctx
+            .conns
+            .moved(|user| placement.owner(&session::placement_key(user)).to_owned());
+        for m in moved {
+            let ctx = ctx.clone();
+            self.runtime.spawn(async move {
+                match session::attach(&ctx, m.conn_id, &m.user_id, &m.device_id).await {
+                    Ok(node) => {
+                        ctx.conns.attached_to(m.conn_id, &node);
+                        // Whatever the old session got meanwhile is lost
+                        // for this connection: read it from the store.
+                        ctx.conns.write(m.conn_id, Outbound::Resync);
+                    }
+                    Err(e) => {
+                        // The connection ends; its client reconnects.
+                        tracing::info!(conn = m.conn_id, error = %e, "re-attach failed");
+                        ctx.conns.remove(m.conn_id);
+                    }
+                }
+            });
+        }
     }
 }
 
-fn outbound_to_proto(item: &Outbound) -> c::delivery::Item {
-    match item {
+/// The metrics label of a node request.
+fn body_kind(body: &c::node_request::Body) -> &'static str {
+    match body {
+        c::node_request::Body::GroupCall(_) => "group_call",
+        c::node_request::Body::Deliver(_) => "deliver",
+        c::node_request::Body::SessionCall(_) => "session_call",
+        c::node_request::Body::PresenceQuery(_) => "presence_query",
+    }
+}
+
+/// The wire form of a delivery item (`Resync` is local only: none).
+fn outbound_to_proto(item: &Outbound) -> Option<c::delivery::Item> {
+    Some(match item {
         Outbound::Group {
             group_id,
             seq,
@@ -429,7 +704,8 @@ fn outbound_to_proto(item: &Outbound) -> c::delivery::Item {
         Outbound::Ephemeral { frame } => c::delivery::Item::Ephemeral(c::EphemeralItem {
             frame: frame.to_vec(),
         }),
-    }
+        Outbound::Resync => return None,
+    })
 }
 
 fn outbound_from_proto(item: c::delivery::Item) -> Option<Outbound> {
@@ -448,6 +724,7 @@ fn outbound_from_proto(item: c::delivery::Item) -> Option<Outbound> {
         c::delivery::Item::Ephemeral(e) => Outbound::Ephemeral {
             frame: e.frame.into(),
         },
+        c::delivery::Item::Close(_) => return None,
     })
 }
 
@@ -473,7 +750,8 @@ mod tests {
         for item in items {
             let wire = c::Delivery {
                 devices: vec![],
-                item: Some(outbound_to_proto(&item)),
+                item: outbound_to_proto(&item),
+                conns: None,
             }
             .encode_to_vec();
             let back = c::Delivery::decode(wire.as_slice())

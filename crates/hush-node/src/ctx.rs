@@ -11,6 +11,7 @@ use ractor::{Actor, ActorRef};
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::conns::Connections;
 use crate::directory::Directory;
 use crate::error::{ApiError, ApiResult};
 use crate::group::{GroupActor, GroupMsg};
@@ -26,6 +27,8 @@ pub struct NodeCtx {
     pub runtime: tokio::runtime::Handle,
     pub groups: Directory<Vec<u8>, GroupMsg>,
     pub sessions: Directory<String, SessionMsg>,
+    /// The client connections of this node (their outbound queues).
+    pub conns: Connections,
     pub shutting_down: AtomicBool,
     /// Flips to true once when the node starts shutting down; connections
     /// wait on it to close with 4004 at once.
@@ -51,6 +54,7 @@ impl NodeCtx {
             runtime,
             groups: Directory::default(),
             sessions: Directory::default(),
+            conns: Connections::default(),
             shutting_down: AtomicBool::new(false),
             shutdown: tokio::sync::watch::Sender::new(false),
             cluster: std::sync::OnceLock::new(),
@@ -116,36 +120,15 @@ impl NodeCtx {
             .await
     }
 
-    /// Hands an item to the online devices among `devices`, here and (in a
-    /// cluster) on every other node, where their connections may be.
+    /// Hands an item to the online devices among `devices`, through the
+    /// sessions of their users wherever those live (`session::deliver`).
     pub async fn deliver(&self, devices: &[MemberDevice], item: Outbound) {
-        if let Some(router) = self.cluster.get() {
-            router.fan_out(devices, &item);
-        }
-        self.deliver_local(devices, item).await;
-        metrics::counter!("hush_deliveries_total").increment(devices.len() as u64);
+        crate::session::deliver(self, devices, item).await;
     }
 
-    /// Hands an item to this node's sessions of the users concerned, one
-    /// message per user session (the session forwards to that user's
-    /// connections).
-    pub async fn deliver_local(&self, devices: &[MemberDevice], item: Outbound) {
-        let mut by_user: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
-        for d in devices {
-            by_user
-                .entry(d.user_id.as_str())
-                .or_default()
-                .push(d.device_id.clone());
-        }
-        for (user, devices) in by_user {
-            if let Some(session) = self.sessions.get(&user.to_owned()).await {
-                // A session that just stopped has no connections: nothing to do.
-                let _ = session.send_message(SessionMsg::Deliver {
-                    devices,
-                    item: item.clone(),
-                });
-            }
-        }
+    /// This node's name (its lease owner name and cluster member name).
+    pub fn node_id(&self) -> &str {
+        &self.config.node.id
     }
 }
 

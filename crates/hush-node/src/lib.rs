@@ -7,6 +7,7 @@
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod conns;
 pub mod ctx;
 pub mod directory;
 pub mod error;

@@ -1,8 +1,9 @@
 //! Presence and typing: the two kinds of live-only traffic.
 //!
 //! *Presence.* A user is online while any of its devices has a connection
-//! (WebSocket or SSE stream) to this node, which is exactly while its
-//! SessionActor lives; the session announces the changes (with a grace
+//! (WebSocket or SSE stream) to any node, which is exactly while its
+//! SessionActor lives (one per user in the cluster, on the node that owns
+//! the user); the session announces the changes (with a grace
 //! period before offline, see `session.rs`). An announcement is one
 //! `PresenceEvent` frame to every device of every user that shares a group
 //! with the user, read from the store at the moment of the change.
@@ -26,7 +27,7 @@ use hush_store::MemberDevice;
 use crate::ctx::NodeCtx;
 use crate::error::{ApiError, ApiResult};
 use crate::group::{Caller, GroupMsg};
-use crate::session::{Outbound, SessionMsg};
+use crate::session::Outbound;
 
 /// Pushes `user_id`'s new presence to the devices of its co-members. Best
 /// effort: a store error is logged, and the next change says it again.
@@ -77,23 +78,6 @@ async fn co_member_devices(
     Ok(devices.into_iter().collect())
 }
 
-/// The presence co-members were last told: asked of the user's session on
-/// this node (none, or one that stopped, is offline).
-async fn is_online(ctx: &NodeCtx, user_id: &str) -> bool {
-    let Some(session) = ctx.sessions.get(&user_id.to_owned()).await else {
-        return false;
-    };
-    matches!(
-        session
-            .call(
-                |reply| SessionMsg::IsOnline { reply },
-                Some(std::time::Duration::from_secs(5)),
-            )
-            .await,
-        Ok(ractor::rpc::CallResult::Success(true))
-    )
-}
-
 /// `GetPresence`: the members of a group the caller belongs to, each with
 /// its current presence (the caller included).
 pub async fn snapshot(
@@ -114,11 +98,14 @@ pub async fn snapshot(
         ));
     }
     let users: BTreeSet<String> = g.members.into_iter().map(|m| m.user_id).collect();
-    let mut out = Vec::with_capacity(users.len());
-    for user_id in users {
-        let online = is_online(ctx, &user_id).await;
-        out.push(v1::UserPresence { user_id, online });
-    }
+    let online = crate::session::online_users(ctx, &users).await?;
+    let out = users
+        .into_iter()
+        .map(|user_id| v1::UserPresence {
+            online: online.contains(&user_id),
+            user_id,
+        })
+        .collect();
     Ok(v1::PresenceList {
         group_id: group_id.to_vec(),
         users: out,

@@ -1,26 +1,33 @@
-//! SessionActor: one per online user on this node. It knows the user's live
-//! connections (one per device connection) and forwards group events and
-//! inbox items to the connections of the devices they are for.
+//! SessionActor: one per online user, on the node that owns the user
+//! (placement by the key `u/<user_id>`, like groups by group id). It knows
+//! where each of the user's connections is — this node or another — and
+//! forwards group events, inbox items and live-only frames to the
+//! connections of the devices they are for. A client may connect to any
+//! node: its connection attaches to the session wherever it lives, and the
+//! session writes to it through that node's connection table
+//! (`conns.rs`), batched per node by the cluster router.
 //!
-//! Bounds: each connection has a bounded outbound queue
-//! (`limits.send_buffer_frames`). The session never waits on a connection: a
-//! full queue means a slow reader, and that connection is cut off (4001)
-//! while every other connection keeps going.
-//!
-//! Presence: the session is the user's presence on this node. Its first
-//! connection makes the user online (pushed to co-members, see
+//! Presence: the session is the user's presence in the whole cluster. Its
+//! first connection makes the user online (pushed to co-members, see
 //! `presence.rs`). When its last connection goes, it waits
 //! `actors.presence_grace_ms` (on the node's clock, checked by a ticker)
 //! before it announces offline and passivates; a connection attaching in
 //! the meantime cancels that, so a quick reconnect shows no change.
+//!
+//! Moves: when the view changes, a session whose user is now owned by
+//! another node stops, and every node re-attaches its connections of that
+//! user to the new owner, then has each of them read what it may have
+//! missed from the store ([`Outbound::Resync`]). A session also forgets the
+//! connections of nodes that left the view.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
-use hush_proto::ErrorCode;
+use hush_proto::cluster::v1 as c;
+use hush_proto::{server_frame::Body as S, ErrorCode};
+use hush_store::MemberDevice;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tokio::sync::mpsc;
 
 use crate::ctx::{Frame, NodeCtx};
 use crate::error::{ApiError, ApiResult};
@@ -45,24 +52,22 @@ pub enum Outbound {
     /// are live now and never replayed: typing (`EphemeralEvent`) and
     /// presence (`PresenceEvent`).
     Ephemeral { frame: Frame },
+    /// Local only, never sent between nodes: the connection's session
+    /// moved, so it reads what it may have missed from the store.
+    Resync,
 }
 
-/// A connection as the session sees it.
-pub struct ConnHandle {
-    pub device_id: String,
-    pub tx: mpsc::Sender<Outbound>,
-    /// Set when the session cut the connection off (slow reader).
-    pub overflowed: Arc<AtomicBool>,
-}
+/// Where a connection is: its node and its id there.
+pub type ConnRef = (String, u64);
 
 pub enum SessionMsg {
     Attach {
-        conn_id: u64,
-        conn: ConnHandle,
+        conn: ConnRef,
+        device_id: String,
         reply: RpcReplyPort<ApiResult<()>>,
     },
     Detach {
-        conn_id: u64,
+        conn: ConnRef,
     },
     Deliver {
         devices: Vec<String>,
@@ -80,6 +85,14 @@ pub enum SessionMsg {
     IsOnline {
         reply: RpcReplyPort<bool>,
     },
+    /// The view changed and still places the user here: forget the
+    /// connections of nodes that are no longer members.
+    ViewChanged {
+        members: Vec<String>,
+    },
+    /// The view places the user on another node now: stop. The
+    /// connections re-attach there.
+    Moved,
 }
 
 pub struct SessionActor {
@@ -88,7 +101,8 @@ pub struct SessionActor {
 
 pub struct SessionState {
     user_id: String,
-    conns: HashMap<u64, ConnHandle>,
+    /// Every connection of the user, wherever it is, and its device.
+    conns: HashMap<ConnRef, String>,
     /// Online was announced (and offline not yet).
     online: bool,
     /// No connection since: offline is announced at this time (node clock).
@@ -140,21 +154,18 @@ impl Actor for SessionActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SessionMsg::Attach {
-                conn_id,
                 conn,
+                device_id,
                 reply,
             } => {
-                let result = if state.conns.len() >= self.ctx.config.limits.max_connections_per_user
-                {
+                let limit = self.ctx.config.limits.max_connections_per_user;
+                let result = if state.conns.len() >= limit && !state.conns.contains_key(&conn) {
                     Err(ApiError::new(
                         ErrorCode::TooManyConnections,
-                        format!(
-                            "at most {} connections per user",
-                            self.ctx.config.limits.max_connections_per_user
-                        ),
+                        format!("at most {limit} connections per user"),
                     ))
                 } else {
-                    state.conns.insert(conn_id, conn);
+                    state.conns.insert(conn, device_id);
                     Ok(())
                 };
                 let attached = result.is_ok();
@@ -165,9 +176,8 @@ impl Actor for SessionActor {
                     self.on_idle(&myself, state).await;
                 }
             }
-            SessionMsg::Detach { conn_id } => {
-                state.conns.remove(&conn_id);
-                if state.conns.is_empty() {
+            SessionMsg::Detach { conn } => {
+                if state.conns.remove(&conn).is_some() && state.conns.is_empty() {
                     self.on_idle(&myself, state).await;
                 }
             }
@@ -181,40 +191,66 @@ impl Actor for SessionActor {
                 }
             }
             SessionMsg::Deliver { devices, item } => {
-                let mut cut = Vec::new();
-                for (id, conn) in &state.conns {
-                    if !devices.iter().any(|d| d == &conn.device_id) {
+                let me = self.ctx.node_id();
+                let mut remote: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+                let mut gone = Vec::new();
+                for (conn, device_id) in &state.conns {
+                    if !devices.iter().any(|d| d == device_id) {
                         continue;
                     }
-                    match conn.tx.try_send(item.clone()) {
-                        Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            conn.overflowed.store(true, Ordering::SeqCst);
-                            cut.push(*id);
+                    if conn.0 == me {
+                        if !self.ctx.conns.write(conn.1, item.clone()) {
+                            gone.push(conn.clone());
                         }
-                        Err(mpsc::error::TrySendError::Closed(_)) => cut.push(*id),
+                    } else {
+                        remote.entry(&conn.0).or_default().push(conn.1);
                     }
                 }
-                for id in cut {
-                    // Dropping the sender ends the connection's queue; a
-                    // slow one closes itself with 4001 (slow consumer), a
-                    // closed one is just forgotten.
-                    let Some(conn) = state.conns.remove(&id) else {
-                        continue;
-                    };
-                    if conn.overflowed.load(Ordering::SeqCst) {
-                        metrics::counter!("hush_slow_consumers_cut_total").increment(1);
-                        tracing::info!(conn_id = id, "cut off slow reader");
+                if let Some(router) = self.ctx.cluster.get() {
+                    for (node, conn_ids) in remote {
+                        router.send_to_conns(node, &state.user_id, conn_ids, &item);
                     }
+                }
+                for conn in gone {
+                    state.conns.remove(&conn);
                 }
                 if state.conns.is_empty() {
                     self.on_idle(&myself, state).await;
                 }
             }
             SessionMsg::KickDevice { device_id } => {
-                state.conns.retain(|_, c| c.device_id != device_id);
+                let me = self.ctx.node_id().to_owned();
+                let router = self.ctx.cluster.get();
+                state.conns.retain(|conn, device| {
+                    if *device != device_id {
+                        return true;
+                    }
+                    if conn.0 == me {
+                        self.ctx.conns.remove(conn.1);
+                    } else if let Some(router) = router {
+                        router.close_conns(&conn.0, &state.user_id, vec![conn.1]);
+                    }
+                    false
+                });
                 if state.conns.is_empty() {
                     self.on_idle(&myself, state).await;
+                }
+            }
+            SessionMsg::ViewChanged { members } => {
+                let me = self.ctx.node_id();
+                state
+                    .conns
+                    .retain(|(node, _), _| node == me || members.contains(node));
+                if state.conns.is_empty() {
+                    self.on_idle(&myself, state).await;
+                }
+            }
+            SessionMsg::Moved => {
+                if state.conns.is_empty() {
+                    // Nobody re-attaches: say offline now, not never.
+                    self.go_offline(&myself, state).await;
+                } else {
+                    myself.stop(Some("session moved to another node".into()));
                 }
             }
         }
@@ -273,4 +309,247 @@ impl SessionActor {
         }
         myself.stop(None);
     }
+}
+
+/// The placement key of a user's session.
+pub fn placement_key(user_id: &str) -> Vec<u8> {
+    format!("u/{user_id}").into_bytes()
+}
+
+/// Attaches a connection of this node to its user's session, wherever the
+/// session lives. Returns the node it attached to.
+pub async fn attach(
+    ctx: &Arc<NodeCtx>,
+    conn_id: u64,
+    user_id: &str,
+    device_id: &str,
+) -> ApiResult<String> {
+    if let Some(router) = ctx.cluster.get() {
+        let call = c::SessionCall {
+            user_id: user_id.to_owned(),
+            op: Some(c::session_call::Op::Attach(c::SessionAttach {
+                device_id: device_id.to_owned(),
+                conn_id,
+            })),
+        };
+        let body = c::node_request::Body::SessionCall(call);
+        if let Some((node, reply)) = router.call_owner(&placement_key(user_id), body).await? {
+            return match reply.body {
+                None => Ok(node),
+                Some(c::node_reply::Body::Frame(f)) => match f.body {
+                    Some(S::Error(e)) => Err(ApiError::from_proto(e)),
+                    _ => Ok(node),
+                },
+                Some(_) => Err(ApiError::internal(
+                    "cluster reply",
+                    format!("unexpected answer to attach from {node}"),
+                )),
+            };
+        }
+    }
+    let me = ctx.node_id().to_owned();
+    attach_here(ctx, (me.clone(), conn_id), user_id, device_id).await?;
+    Ok(me)
+}
+
+/// Attaches a connection (of any node) to the user's session on this
+/// node, activating it. A session that stops between lookup and attach is
+/// retried once.
+pub async fn attach_here(
+    ctx: &Arc<NodeCtx>,
+    conn: ConnRef,
+    user_id: &str,
+    device_id: &str,
+) -> ApiResult<()> {
+    for _ in 0..2 {
+        let session = ctx.session(user_id).await?;
+        let r = session
+            .call(
+                |reply| SessionMsg::Attach {
+                    conn: conn.clone(),
+                    device_id: device_id.to_owned(),
+                    reply,
+                },
+                Some(Duration::from_secs(10)),
+            )
+            .await;
+        match r {
+            Ok(ractor::rpc::CallResult::Success(result)) => return result,
+            _ => {
+                ctx.sessions
+                    .remove(&user_id.to_owned(), session.get_id())
+                    .await
+            }
+        }
+    }
+    Err(ApiError::new(ErrorCode::Unavailable, "session unavailable"))
+}
+
+/// A connection of this node ended: forget it, and tell its session.
+pub async fn detach(ctx: &NodeCtx, conn_id: u64) {
+    let Some(conn) = ctx.conns.remove(conn_id) else {
+        return;
+    };
+    let me = ctx.node_id();
+    if conn.session_node == me {
+        detach_here(ctx, &conn.user_id, (me.to_owned(), conn_id)).await;
+    } else if let Some(router) = ctx.cluster.get() {
+        router.notify_session(
+            &conn.session_node,
+            c::SessionCall {
+                user_id: conn.user_id,
+                op: Some(c::session_call::Op::Detach(c::SessionDetach { conn_id })),
+            },
+        );
+    }
+}
+
+/// Tells the user's session on this node (if any) that a connection ended.
+pub async fn detach_here(ctx: &NodeCtx, user_id: &str, conn: ConnRef) {
+    if let Some(s) = ctx.sessions.get(&user_id.to_owned()).await {
+        let _ = s.send_message(SessionMsg::Detach { conn });
+    }
+}
+
+/// Closes every connection of a device, wherever they are (logout).
+pub async fn kick_device(ctx: &NodeCtx, user_id: &str, device_id: &str) {
+    if let Some(router) = ctx.cluster.get() {
+        if let Some(owner) = router.remote_owner(&placement_key(user_id)) {
+            router.notify_session(
+                &owner,
+                c::SessionCall {
+                    user_id: user_id.to_owned(),
+                    op: Some(c::session_call::Op::Kick(c::KickDevice {
+                        device_id: device_id.to_owned(),
+                    })),
+                },
+            );
+            return;
+        }
+    }
+    kick_here(ctx, user_id, device_id).await;
+}
+
+pub async fn kick_here(ctx: &NodeCtx, user_id: &str, device_id: &str) {
+    if let Some(s) = ctx.sessions.get(&user_id.to_owned()).await {
+        let _ = s.send_message(SessionMsg::KickDevice {
+            device_id: device_id.to_owned(),
+        });
+    }
+}
+
+/// Hands an item to the sessions of the users of `devices`: this node's
+/// directly, each other owner's in one delivery (batched per node by the
+/// router). A user without a session has no connection anywhere.
+pub async fn deliver(ctx: &NodeCtx, devices: &[MemberDevice], item: Outbound) {
+    metrics::counter!("hush_deliveries_total").increment(devices.len() as u64);
+    let Some(router) = ctx.cluster.get() else {
+        return deliver_here(ctx, devices, item).await;
+    };
+    let mut by_owner: BTreeMap<Option<String>, Vec<MemberDevice>> = BTreeMap::new();
+    for d in devices {
+        by_owner
+            .entry(router.remote_owner(&placement_key(&d.user_id)))
+            .or_default()
+            .push(d.clone());
+    }
+    for (owner, devices) in by_owner {
+        match owner {
+            Some(node) => router.send_to_sessions(&node, &devices, &item),
+            None => deliver_here(ctx, &devices, item.clone()).await,
+        }
+    }
+}
+
+/// Hands an item to this node's sessions of the users concerned, one
+/// message per session (the session forwards to that user's connections).
+pub async fn deliver_here(ctx: &NodeCtx, devices: &[MemberDevice], item: Outbound) {
+    let mut by_user: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for d in devices {
+        by_user
+            .entry(d.user_id.as_str())
+            .or_default()
+            .push(d.device_id.clone());
+    }
+    for (user, devices) in by_user {
+        if let Some(session) = ctx.sessions.get(&user.to_owned()).await {
+            // A session that just stopped has no connections: nothing to do.
+            let _ = session.send_message(SessionMsg::Deliver {
+                devices,
+                item: item.clone(),
+            });
+        }
+    }
+}
+
+/// Which of `users` are online, asked of the nodes that own their
+/// sessions (following view changes until the router's forward timeout).
+pub async fn online_users(ctx: &NodeCtx, users: &BTreeSet<String>) -> ApiResult<BTreeSet<String>> {
+    let mut online = BTreeSet::new();
+    let Some(router) = ctx.cluster.get() else {
+        for u in users {
+            if is_online_here(ctx, u).await {
+                online.insert(u.clone());
+            }
+        }
+        return Ok(online);
+    };
+    let mut pending: BTreeSet<String> = users.clone();
+    let deadline = tokio::time::Instant::now() + router.forward_timeout();
+    loop {
+        let mut by_owner: BTreeMap<Option<String>, Vec<String>> = BTreeMap::new();
+        for u in &pending {
+            by_owner
+                .entry(router.remote_owner(&placement_key(u)))
+                .or_default()
+                .push(u.clone());
+        }
+        let mut retry = BTreeSet::new();
+        for (owner, users) in by_owner {
+            match owner {
+                None => {
+                    for u in users {
+                        if is_online_here(ctx, &u).await {
+                            online.insert(u);
+                        }
+                    }
+                }
+                Some(node) => match router.presence_query(&node, users.clone()).await {
+                    Ok(answer) => {
+                        online.extend(answer.online);
+                        retry.extend(answer.not_owned);
+                    }
+                    Err(_) => retry.extend(users),
+                },
+            }
+        }
+        if retry.is_empty() {
+            return Ok(online);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "presence owners unreachable; retry",
+            ));
+        }
+        router.wait_for_view_change().await;
+        pending = retry;
+    }
+}
+
+/// The presence co-members were last told, by the user's session on this
+/// node (none, or one that stopped, is offline).
+pub async fn is_online_here(ctx: &NodeCtx, user_id: &str) -> bool {
+    let Some(session) = ctx.sessions.get(&user_id.to_owned()).await else {
+        return false;
+    };
+    matches!(
+        session
+            .call(
+                |reply| SessionMsg::IsOnline { reply },
+                Some(Duration::from_secs(5)),
+            )
+            .await,
+        Ok(ractor::rpc::CallResult::Success(true))
+    )
 }

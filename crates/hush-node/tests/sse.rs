@@ -602,6 +602,12 @@ async fn non_draining_stream_is_cut_off() {
         let g = hex::encode(&gid);
         let token = login(&url, &bob.me().expect("bob")).await;
         let mut sessions = node.watch_session_actors();
+        // bob's WebSocket from `pair` is gone (only alice's session is
+        // left), so the stream below is bob's only connection.
+        tokio::time::timeout(WAIT, sessions.wait_for(|n| *n == 1))
+            .await
+            .expect("bob's websocket detached")
+            .expect("watch");
 
         // A raw reader with a small receive buffer that never reads.
         let socket = tokio::net::TcpSocket::new_v4().expect("socket");

@@ -1,7 +1,9 @@
 //! `GET /cluster`: this node's view of the cluster, as JSON — members, view
 //! epoch and digest, the shards it owns, and each peer's address and QUIC
 //! RTT. A node outside a cluster reports itself alone. With `?group=<hex
-//! group id>` it also says which node owns that group in its view.
+//! group id>` it also says which node owns that group in its view, and
+//! with `?user=<handle>` which node holds that user's session. It counts
+//! the sessions and client connections it holds.
 
 use std::sync::Arc;
 
@@ -14,6 +16,7 @@ use crate::ctx::NodeCtx;
 #[derive(serde::Deserialize)]
 pub struct StatusQuery {
     group: Option<String>,
+    user: Option<String>,
 }
 
 pub async fn status(ctx: web::Data<Arc<NodeCtx>>, query: web::Query<StatusQuery>) -> HttpResponse {
@@ -50,8 +53,15 @@ pub async fn status(ctx: web::Data<Arc<NodeCtx>>, query: web::Query<StatusQuery>
         },
         _ => None,
     };
+    let session_owner = match (&query.user, &placement) {
+        (Some(user), Some(p)) => Some(p.owner(&crate::session::placement_key(user)).to_string()),
+        _ => None,
+    };
     HttpResponse::Ok().json(json!({
         "group_owner": owner,
+        "session_owner": session_owner,
+        "sessions": ctx.sessions.len().await,
+        "connections": ctx.conns.len(),
         "node": me,
         "clustered": ctx.cluster.get().is_some(),
         "view_epoch": view.epoch,

@@ -9,17 +9,17 @@
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix_web::web::Bytes;
 use hush_proto::{server_frame::Body as S, v1, ErrorCode, Message as _, ServerFrame};
 use hush_store::InboxItem;
 use tokio::sync::mpsc;
 
+use crate::conns::LocalConn;
 use crate::ctx::NodeCtx;
 use crate::error::{ApiError, ApiResult};
 use crate::group::Caller;
-use crate::session::{ConnHandle, Outbound, SessionMsg};
+use crate::session::{self, Outbound};
 
 /// Where a written frame puts the stream: the group entry it carries (if
 /// any) and the inbox position after it. The SSE transport turns this into
@@ -71,8 +71,8 @@ pub struct Delivery<K: Sink> {
     pub synced: bool,
 }
 
-/// Attaches a stream to its user's session. A session that stops between
-/// lookup and attach is retried once.
+/// Registers a stream in this node's connection table and attaches it to
+/// its user's session, wherever that lives.
 pub async fn attach(
     ctx: &Arc<NodeCtx>,
     conn_id: u64,
@@ -80,38 +80,33 @@ pub async fn attach(
     tx: mpsc::Sender<Outbound>,
     overflowed: Arc<AtomicBool>,
 ) -> ApiResult<()> {
-    for _ in 0..2 {
-        let session = ctx.session(&caller.user_id).await?;
-        let conn = ConnHandle {
+    // In the table first, so nothing the session sends once attached is
+    // missed.
+    ctx.conns.insert(
+        conn_id,
+        LocalConn {
+            user_id: caller.user_id.clone(),
             device_id: caller.device_id.clone(),
-            tx: tx.clone(),
-            overflowed: overflowed.clone(),
-        };
-        let r = session
-            .call(
-                |reply| SessionMsg::Attach {
-                    conn_id,
-                    conn,
-                    reply,
-                },
-                Some(Duration::from_secs(10)),
-            )
-            .await;
-        match r {
-            Ok(ractor::rpc::CallResult::Success(result)) => return result,
-            _ => {
-                ctx.sessions.remove(&caller.user_id, session.get_id()).await;
-            }
+            tx,
+            overflowed,
+            session_node: ctx.node_id().to_owned(),
+        },
+    );
+    match session::attach(ctx, conn_id, &caller.user_id, &caller.device_id).await {
+        Ok(node) => {
+            ctx.conns.attached_to(conn_id, &node);
+            Ok(())
+        }
+        Err(e) => {
+            ctx.conns.remove(conn_id);
+            Err(e)
         }
     }
-    Err(ApiError::new(ErrorCode::Unavailable, "session unavailable"))
 }
 
-/// Detaches a stream from its user's session (if it still runs).
-pub async fn detach(ctx: &NodeCtx, conn_id: u64, caller: &Caller) {
-    if let Some(s) = ctx.sessions.get(&caller.user_id).await {
-        let _ = s.send_message(SessionMsg::Detach { conn_id });
-    }
+/// Detaches a stream from its user's session.
+pub async fn detach(ctx: &NodeCtx, conn_id: u64) {
+    session::detach(ctx, conn_id).await;
 }
 
 /// Encodes a ServerFrame.
@@ -210,21 +205,7 @@ impl<K: Sink> Delivery<K> {
             self.send_backlog(&d.group_id, Some(d.left_seq)).await?;
         }
         self.inbox_sent = inbox_after;
-        loop {
-            let items = store
-                .read_inbox(
-                    &caller.device_id,
-                    self.inbox_sent,
-                    self.ctx.config.limits.sync_page,
-                )
-                .await?;
-            if items.is_empty() {
-                break;
-            }
-            for item in items {
-                self.send_inbox(item.inbox_seq, inbox_frame(&item)).await?;
-            }
-        }
+        self.send_new_inbox().await?;
         self.synced = true;
         self.send_frame(0, S::SyncCaughtUp(v1::SyncCaughtUp {}))
             .await
@@ -272,6 +253,30 @@ impl<K: Sink> Delivery<K> {
         self.sink.write(frame, pos).await.map_err(Halt::Sink)?;
         self.sent.insert(group_id.to_vec(), seq);
         Ok(())
+    }
+
+    /// Sends the inbox items stored after what this stream sent.
+    async fn send_new_inbox(&mut self) -> Result<(), Halt<K::Stop>> {
+        let Some(caller) = self.caller.clone() else {
+            return Ok(());
+        };
+        loop {
+            let items = self
+                .ctx
+                .store
+                .read_inbox(
+                    &caller.device_id,
+                    self.inbox_sent,
+                    self.ctx.config.limits.sync_page,
+                )
+                .await?;
+            if items.is_empty() {
+                return Ok(());
+            }
+            for item in items {
+                self.send_inbox(item.inbox_seq, inbox_frame(&item)).await?;
+            }
+        }
     }
 
     async fn send_inbox(&mut self, inbox_seq: u64, frame: Bytes) -> Result<(), Halt<K::Stop>> {
@@ -331,6 +336,15 @@ impl<K: Sink> Delivery<K> {
                 // The device's timeline for this group starts after the commit.
                 self.sent.entry(group_id.to_vec()).or_insert(commit_seq);
                 self.send_inbox(inbox_seq, frame).await
+            }
+            Outbound::Resync => {
+                // The session moved: what it delivered meanwhile may be
+                // lost, the store has it.
+                let groups: Vec<Vec<u8>> = self.sent.keys().cloned().collect();
+                for g in groups {
+                    self.send_backlog(&g, None).await?;
+                }
+                self.send_new_inbox().await
             }
             Outbound::Ephemeral { frame } => {
                 // Live only: no position of its own, never replayed.

@@ -209,11 +209,7 @@ pub async fn logout(ctx: web::Data<Arc<NodeCtx>>, req: HttpRequest) -> HttpRespo
         async {
             let claims = bearer_claims(&ctx, &req).await?;
             ctx.store.bump_token_generation(&claims.device_id).await?;
-            if let Some(s) = ctx.sessions.get(&claims.user_id).await {
-                let _ = s.send_message(crate::session::SessionMsg::KickDevice {
-                    device_id: claims.device_id.clone(),
-                });
-            }
+            crate::session::kick_device(&ctx, &claims.user_id, &claims.device_id).await;
             Ok(v1::LogoutResponse {})
         }
         .await,

@@ -181,7 +181,7 @@ async fn open(ctx: &Arc<NodeCtx>, req: &HttpRequest) -> ApiResult<HttpResponse> 
     let stored: HashMap<Vec<u8>, u64> = match ctx.store.cursors(&caller.device_id).await {
         Ok(c) => c.into_iter().collect(),
         Err(e) => {
-            delivery::detach(ctx, conn_id, &caller).await;
+            delivery::detach(ctx, conn_id).await;
             return Err(e.into());
         }
     };
@@ -211,7 +211,7 @@ async fn open(ctx: &Arc<NodeCtx>, req: &HttpRequest) -> ApiResult<HttpResponse> 
     actix_web::rt::spawn(async move {
         metrics::gauge!("hush_sse_streams").increment(1.0);
         let stop = serve(&task_ctx, &mut out, out_rx, overflowed, cursors).await;
-        delivery::detach(&task_ctx, conn_id, &caller).await;
+        delivery::detach(&task_ctx, conn_id).await;
         tracing::debug!(conn = conn_id, reason = ?stop, "sse stream ended");
         metrics::gauge!("hush_sse_streams").decrement(1.0);
     });

@@ -177,9 +177,7 @@ impl Connection {
         pre_auth: Option<TokenClaims>,
     ) {
         let reason = self.serve(&mut stream, pre_auth).await;
-        if let Some(caller) = &self.out.caller {
-            delivery::detach(&self.ctx, self.id, caller).await;
-        }
+        delivery::detach(&self.ctx, self.id).await;
         tracing::debug!(conn = self.id, reason = ?reason, "connection closed");
         // Closing queues a close frame; a peer that stopped reading would
         // hold this task forever, so it is bounded like every other write.

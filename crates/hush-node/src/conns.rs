@@ -1,0 +1,118 @@
+//! The client connections of this node (WebSocket and SSE streams), by
+//! connection id: the only place that holds their outbound queues.
+//!
+//! A connection is served by its user's SessionActor, which lives on the
+//! node that owns the user (in a cluster, often another node). The session
+//! remembers *where* each connection is (node, id) and writes to it through
+//! this table: directly when the connection is here, through a
+//! [`Delivery`](hush_proto::cluster::v1::Delivery) addressed to connection
+//! ids when it is on another node.
+//!
+//! Bounds: each queue holds `limits.send_buffer_frames`. A write never
+//! waits: a full queue means a slow reader, and that connection is cut off
+//! (its queue ends, it closes itself with 4001) while every other
+//! connection keeps going.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+
+use crate::session::Outbound;
+
+/// A connection on this node.
+pub struct LocalConn {
+    pub user_id: String,
+    pub device_id: String,
+    pub tx: mpsc::Sender<Outbound>,
+    /// Set when the connection was cut off for reading too slowly.
+    pub overflowed: Arc<AtomicBool>,
+    /// The node whose SessionActor the connection is attached to.
+    pub session_node: String,
+}
+
+/// A connection whose user's session moved to another node.
+pub struct Moved {
+    pub conn_id: u64,
+    pub user_id: String,
+    pub device_id: String,
+}
+
+#[derive(Default)]
+pub struct Connections {
+    inner: Mutex<HashMap<u64, LocalConn>>,
+}
+
+impl Connections {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, LocalConn>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn insert(&self, conn_id: u64, conn: LocalConn) {
+        self.lock().insert(conn_id, conn);
+        metrics::gauge!("hush_connections_attached").increment(1.0);
+    }
+
+    /// Forgets a connection; dropping its queue's sender ends the
+    /// connection (with 4001 if it was cut off as slow).
+    pub fn remove(&self, conn_id: u64) -> Option<LocalConn> {
+        let conn = self.lock().remove(&conn_id);
+        if conn.is_some() {
+            metrics::gauge!("hush_connections_attached").decrement(1.0);
+        }
+        conn
+    }
+
+    /// Queues `item` for a connection. False when the connection is gone:
+    /// unknown, closed, or cut off now because its queue is full.
+    pub fn write(&self, conn_id: u64, item: Outbound) -> bool {
+        let cut = match self.lock().get(&conn_id) {
+            None => return false,
+            Some(conn) => match conn.tx.try_send(item) {
+                Ok(()) => return true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    conn.overflowed.store(true, Ordering::SeqCst);
+                    true
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            },
+        };
+        if cut {
+            metrics::counter!("hush_slow_consumers_cut_total").increment(1);
+            tracing::info!(conn_id, "cut off slow reader");
+        }
+        self.remove(conn_id);
+        false
+    }
+
+    /// How many connections this node has.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// Records which node's session a connection is attached to now.
+    pub fn attached_to(&self, conn_id: u64, node: &str) {
+        if let Some(conn) = self.lock().get_mut(&conn_id) {
+            node.clone_into(&mut conn.session_node);
+        }
+    }
+
+    /// The connections whose user's session `owner` places elsewhere than
+    /// where they are attached.
+    pub fn moved(&self, owner: impl Fn(&str) -> String) -> Vec<Moved> {
+        self.lock()
+            .iter()
+            .filter(|(_, c)| owner(&c.user_id) != c.session_node)
+            .map(|(id, c)| Moved {
+                conn_id: *id,
+                user_id: c.user_id.clone(),
+                device_id: c.device_id.clone(),
+            })
+            .collect()
+    }
+}
