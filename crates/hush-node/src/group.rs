@@ -229,7 +229,7 @@ impl GroupActor {
             let lease = store
                 .acquire_lease(
                     &state.group_id,
-                    &self.ctx.config.node.id,
+                    &self.ctx.lease_owner,
                     now,
                     self.ctx.config.actors.lease_ttl_ms,
                 )
@@ -268,7 +268,7 @@ impl GroupActor {
         let lease = self
             .ctx
             .store
-            .acquire_lease(&state.group_id, &self.ctx.config.node.id, now, ttl)
+            .acquire_lease(&state.group_id, &self.ctx.lease_owner, now, ttl)
             .await?;
         if lease.token != l.lease.token {
             // Someone else owned the group in between: our view is stale.
