@@ -33,10 +33,8 @@ pub struct NodeCtx {
     /// Flips to true once when the node starts shutting down; connections
     /// wait on it to close with 4004 at once.
     pub shutdown: tokio::sync::watch::Sender<bool>,
-    /// The name this process takes group leases under: the node id and a
-    /// random boot nonce, so a restarted node (or a second process started
-    /// with the same id while the first is only frozen) never renews the
-    /// previous process's lease and reuses its fence token.
+    /// The name this node takes group leases under: its id and a nonce
+    /// kept in its locked data directory (see `lib.rs`, `claim_data_dir`).
     pub lease_owner: String,
     /// The cluster router (and its mesh), when the node runs in a cluster.
     pub cluster: std::sync::OnceLock<Arc<crate::cluster::Router>>,
@@ -46,13 +44,14 @@ pub struct NodeCtx {
 impl NodeCtx {
     pub fn new(
         config: Config,
+        lease_owner: String,
         store: Arc<dyn Store>,
         tokens: TokenKey,
         clock: Arc<dyn Clock>,
         runtime: tokio::runtime::Handle,
     ) -> Self {
         Self {
-            lease_owner: format!("{}#{:016x}", config.node.id, boot_nonce()),
+            lease_owner,
             config,
             store,
             tokens,
@@ -136,22 +135,6 @@ impl NodeCtx {
     pub fn node_id(&self) -> &str {
         &self.config.node.id
     }
-}
-
-/// A random number that names this process's boot.
-fn boot_nonce() -> u64 {
-    use ring::rand::SecureRandom as _;
-    let mut b = [0u8; 8];
-    ring::rand::SystemRandom::new()
-        .fill(&mut b)
-        .map(|()| u64::from_le_bytes(b))
-        // No OS randomness: the clock still differs between boots.
-        .unwrap_or_else(|_| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0)
-        })
 }
 
 /// An encoded server frame, shared by every connection it goes to.

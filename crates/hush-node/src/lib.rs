@@ -65,6 +65,8 @@ pub struct RunningNode {
     ctx: Arc<NodeCtx>,
     server: actix_web::dev::ServerHandle,
     server_task: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// Held (locked) while the node runs: see [`claim_data_dir`].
+    _data_lock: std::fs::File,
 }
 
 impl RunningNode {
@@ -209,6 +211,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningNode,
         path: config.node.data.clone(),
         source,
     })?;
+    let (data_lock, lease_owner) = claim_data_dir(&config)?;
     let store = open_store(&config).await?;
     let mut candidate = [0u8; 32];
     ring::rand::SystemRandom::new()
@@ -222,6 +225,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningNode,
 
     let ctx = Arc::new(NodeCtx::new(
         config.clone(),
+        lease_owner,
         store,
         tokens,
         clock,
@@ -276,7 +280,63 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningNode,
         ctx,
         server: handle,
         server_task,
+        _data_lock: data_lock,
     })
+}
+
+/// Locks the node's data directory for this process and returns the name
+/// it takes group leases under.
+///
+/// The lease owner is the node id plus a nonce kept in the data directory
+/// (`lease-owner`), made on its first start. The exclusive lock
+/// (`node.lock`, released when the process ends, however it ends) proves
+/// that no other live process uses this directory, so a node restarted on
+/// its directory — after a crash too — is the same owner and renews its
+/// leases at once. A process started with the same id on *another*
+/// directory is a different owner: it waits for the leases to expire and
+/// can never reuse their fence tokens; and a second process on the same
+/// directory, even one whose first is only frozen, does not start.
+fn claim_data_dir(config: &Config) -> Result<(std::fs::File, String), StartError> {
+    let dir = &config.node.data;
+    let io = |source| StartError::DataDir {
+        path: dir.clone(),
+        source,
+    };
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("node.lock"))
+        .map_err(io)?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(StartError::Other(format!(
+                "data directory {} is in use by another hush-node process",
+                dir.display()
+            )))
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+    }
+    let path = dir.join("lease-owner");
+    let prefix = format!("{}#", config.node.id);
+    let kept = std::fs::read_to_string(&path).ok().and_then(|s| {
+        let s = s.trim();
+        let nonce = s.strip_prefix(&prefix)?;
+        (nonce.len() == 16 && nonce.bytes().all(|b| b.is_ascii_hexdigit())).then(|| s.to_owned())
+    });
+    if let Some(owner) = kept {
+        return Ok((lock, owner));
+    }
+    let mut nonce = [0u8; 8];
+    ring::rand::SystemRandom::new()
+        .fill(&mut nonce)
+        .map_err(|_| StartError::Other("no randomness".into()))?;
+    let owner = format!("{prefix}{}", hex::encode(nonce));
+    let tmp = dir.join("lease-owner.tmp");
+    std::fs::write(&tmp, format!("{owner}\n")).map_err(io)?;
+    std::fs::rename(&tmp, &path).map_err(io)?;
+    Ok((lock, owner))
 }
 
 #[cfg(test)]
