@@ -4,14 +4,20 @@
 # started here on loopback, no persistence; protected mode off because the
 # generator connects from 127.0.0.x source addresses, which Redis does not
 # count as loopback), in one run, one report.
-#   loadtest/scripts/baseline.sh [extra hush-loadtest run args, e.g. --set fanout.rates=[2000.0]]
+#   loadtest/scripts/baseline.sh [extra hush-loadtest run args, e.g. --set fanout.rates=[2000.0] --repeat 3]
+# HUSH_BENCH_BIN=DIR: use DIR/hush-loadtest (and DIR/hush-node), no build.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 if ! command -v redis-server >/dev/null; then
   echo "baseline: installing redis-server (Debian package)" >&2
   apt-get install -y redis-server >/dev/null 2>&1 || { apt-get update && apt-get install -y redis-server; }
 fi
-cargo build --release -p hush-node -p hush-loadtest
+if [ -n "${HUSH_BENCH_BIN:-}" ]; then
+  bin=$HUSH_BENCH_BIN
+else
+  cargo build --release -p hush-node -p hush-loadtest
+  bin=target/release
+fi
 dir=$(mktemp -d)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 redis-server --bind 127.0.0.1 --port "$port" --save "" --appendonly no --dir "$dir" --protected-mode no \
@@ -26,5 +32,8 @@ done
 redis-cli -p "$port" ping >/dev/null
 # The server's own pid (for /proc sampling), as it reports it.
 spid=$(redis-cli -p "$port" info server | tr -d '\r' | sed -n 's/^process_id://p')
-target/release/hush-loadtest run loadtest/scenarios/baseline.toml \
-  --redis "127.0.0.1:$port" --redis-pid "$spid" "$@"
+echo "uptime before: $(uptime)" >&2
+"$bin/hush-loadtest" run loadtest/scenarios/baseline.toml \
+  --redis "127.0.0.1:$port" --redis-pid "$spid" "$@" && rc=0 || rc=$?
+echo "uptime after: $(uptime)" >&2
+exit "$rc"

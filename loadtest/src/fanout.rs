@@ -546,8 +546,10 @@ async fn setup_group(
     let mut sinks = Vec::with_capacity(k);
     let mut inboxes = Vec::with_capacity(k);
     for j in 0..k {
-        let m = gidx * k + j;
-        let srv = m % ep.addrs.len();
+        // Members round-robin over the gateways, starting at the group's
+        // index: the senders (member 0) are spread over the nodes too, so
+        // a killed node takes senders with it, not only receivers.
+        let srv = (gidx + j) % ep.addrs.len();
         let dev = account::register(&ep.https[srv], &account::handle(&plan.run_id, 'g', gidx, j))
             .await
             .with_context(|| format!("register member {j} of group {gidx}"))?;
