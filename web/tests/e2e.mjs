@@ -27,6 +27,8 @@ const { values: args } = parseArgs({
     screenshots: { type: "string" },
     canary: { type: "string" },
     chromium: { type: "string", default: "/usr/bin/chromium" },
+    // The node behind a proxy that refuses WebSocket upgrades (optional).
+    "no-upgrade-url": { type: "string" },
   },
 });
 for (const k of ["url", "hush", "work", "screenshots", "canary"]) {
@@ -67,7 +69,7 @@ const browser = await chromium.launch({
 });
 const pageErrors = [];
 
-async function newPage(name, viewport = { width: 1100, height: 720 }) {
+async function newPage(name, viewport = { width: 1100, height: 720 }, base = URL0) {
   const context = await browser.newContext({ viewport });
   if (process.env.HUSH_E2E_DIST) {
     // Development only: serve web/dist from disk to a node built without it.
@@ -89,7 +91,7 @@ async function newPage(name, viewport = { width: 1100, height: 720 }) {
     pageErrors.push(`${name}: ${e.message}`);
     console.log(`[${name} pageerror] ${e.message}`);
   });
-  await page.goto(URL0 + "/");
+  await page.goto(base + "/");
   return page;
 }
 
@@ -271,6 +273,23 @@ try {
   await seen(alice, "sent while alice reconnects");
   if ((await message(alice, "sent while alice reconnects").count()) !== 1) throw new Error("alice shows a message twice");
   step("SSE transport; drop and resume on SSE and on the WebSocket");
+
+  // 12b. the automatic fallback: dave's network refuses WebSocket upgrades.
+  if (args["no-upgrade-url"]) {
+    const dave = await newPage("dave", { width: 1100, height: 720 }, args["no-upgrade-url"].replace(/\/$/, ""));
+    await register(dave, "dave");
+    await dave.locator("#status", { hasText: "online (SSE)" }).waitFor({ timeout: WAIT });
+    await alice.locator("#add-handle").fill("dave");
+    await alice.locator("#add-member button").click();
+    await event(alice, "you added dave").waitFor({ timeout: WAIT });
+    await openGroup(dave, "friends");
+    await send(alice, "welcome dave");
+    await seen(dave, "welcome dave");
+    await send(dave, "dave falls back to SSE");
+    await seen(alice, "dave falls back to SSE");
+    await seen(bob, "dave falls back to SSE");
+    step("dave, behind a proxy that refuses upgrades, fell back to SSE by himself");
+  }
 
   // 13. alice adds carol back; carol (CLI) removes bob (a browser user).
   await alice.locator("#add-handle").fill("carol");
