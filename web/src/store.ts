@@ -106,10 +106,10 @@ export class Store {
     return this.get("keyPackages", ref);
   }
 
-  /** The log of a group, oldest first (the last `limit` rows). */
-  async log(group: string, limit = 500): Promise<LogRow[]> {
+  /** The log of a group, oldest first: the last `limit` rows with seq <= `upTo`. */
+  async log(group: string, limit = 200, upTo = Infinity): Promise<LogRow[]> {
     const idx = this.db.transaction("log").objectStore("log").index("group");
-    const range = IDBKeyRange.bound([group, -1], [group, Infinity]);
+    const range = IDBKeyRange.bound([group, -1], [group, upTo]);
     const rows: LogRow[] = [];
     return new Promise((resolve, reject) => {
       const cur = idx.openCursor(range, "prev");

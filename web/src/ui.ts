@@ -12,9 +12,16 @@ const el = <K extends keyof HTMLElementTagNameMap>(tag: K, cls?: string, text?: 
   return e;
 };
 const userOf = (identity: string) => identity.split("/")[0];
+/** Log rows loaded at once (more as the list scrolls up). */
+const PAGE = 200;
 
 export function start(client: HushClient) {
   let open: string | undefined;
+  // Scrollback: the rows shown, and whether older ones may exist.
+  let shown = new Set<number>();
+  let oldest = Infinity;
+  let more = false;
+  let loading = false;
   let typingTimer: ReturnType<typeof setTimeout> | undefined;
   let errorTimer: ReturnType<typeof setTimeout> | undefined;
 
@@ -63,6 +70,10 @@ export function start(client: HushClient) {
     s.dataset.state = client.status;
     const via = client.transport === "sse" ? " (SSE)" : "";
     s.textContent = { offline: "offline", connecting: "connecting…", syncing: "syncing…", online: `online${via}` }[client.status];
+    // Visible at every width (the status pill is hidden with the list on phones).
+    const banner = $("banner");
+    banner.hidden = !client.me || client.status === "online" || client.status === "syncing";
+    banner.textContent = client.status === "offline" ? "Offline: reconnecting…" : "Connecting…";
   };
   client.addEventListener("status", status);
 
@@ -208,8 +219,11 @@ export function start(client: HushClient) {
     renderHead();
     renderGroups();
     renderTyping();
-    const rows = await client.store.log(id);
+    const rows = await client.store.log(id, PAGE);
     if (open !== id) return;
+    shown = new Set(rows.map((r) => r.id!));
+    oldest = rows.length ? rows[0].seq : Infinity;
+    more = rows.length >= PAGE;
     const items = rows.map(messageItem);
     if (unread > 0) {
       // The mark goes above the unread text messages.
@@ -231,6 +245,31 @@ export function start(client: HushClient) {
     m.scrollTop = m.scrollHeight;
     $("text").focus();
   };
+
+  // Older messages load when the list is scrolled to its top.
+  $("messages").addEventListener("scroll", async () => {
+    const m = $("messages");
+    if (!open || !more || loading || m.scrollTop > 80) return;
+    loading = true;
+    const id = open;
+    try {
+      const rows = (await client.store.log(id, PAGE, oldest)).filter((r) => !shown.has(r.id!));
+      if (open !== id) return;
+      more = rows.length > 0;
+      if (!rows.length) return;
+      rows.forEach((r) => shown.add(r.id!));
+      oldest = rows[0].seq;
+      const items = rows.map(messageItem);
+      items.forEach((li, i) => i > 0 && markContinued(items[i - 1], li));
+      const first = m.firstElementChild;
+      if (first) markContinued(items[items.length - 1], first as HTMLElement);
+      const before = m.scrollHeight;
+      m.prepend(...items);
+      m.scrollTop += m.scrollHeight - before;
+    } finally {
+      loading = false;
+    }
+  });
 
   $("back").onclick = () => {
     open = undefined;
@@ -268,6 +307,7 @@ export function start(client: HushClient) {
     const r = (e as CustomEvent<LogRow>).detail;
     if (r.group !== open) return;
     const stick = atBottom() || r.own;
+    if (r.id !== undefined) shown.add(r.id);
     const li = messageItem(r);
     const prev = $("messages").lastElementChild;
     if (prev) markContinued(prev, li);
