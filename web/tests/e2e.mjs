@@ -115,6 +115,11 @@ async function send(page, text) {
 async function seen(page, text) {
   await message(page, text).first().waitFor({ timeout: WAIT });
 }
+/** The node's count of STALE_EPOCH answers (its /metrics page). */
+async function staleEpochs() {
+  const text = await (await fetch(URL0 + "/metrics")).text();
+  return Number(text.match(/^hush_errors_total\{code="STALE_EPOCH"\} (\d+)/m)?.[1] ?? 0);
+}
 function expectLines(lines, pred, what) {
   if (!lines.some(pred)) throw new Error(`carol's sync lacks ${what}: ${JSON.stringify(lines)}`);
 }
@@ -191,6 +196,31 @@ try {
   lines = await hush("sync");
   expectLines(lines, (l) => l.text === "after the key rotations", "the message after the rotations");
   step("self-updates by bob (browser) and carol (CLI); messages still flow");
+
+  // 6b. a lost epoch race: alice's page commits at an epoch carol (CLI) has
+  // already left. The page holds its processing lock, queues a key rotation
+  // behind it, lets carol's commit arrive unprocessed, then lets go: the
+  // rotation is built on the old epoch, the server answers STALE_EPOCH, the
+  // page catches up to carol's commit and rotates again on top of it.
+  const staleBefore = await staleEpochs();
+  await alice.evaluate(() => {
+    const h = globalThis.hush;
+    h.lock.run(() => new Promise((r) => (globalThis.releaseHushLock = r)));
+    globalThis.raced = h.selfUpdate(h.openGroup).then(() => "ok", (e) => `failed: ${e.message}`);
+  });
+  await hush("group", "update", "friends");
+  await alice.waitForFunction(() => globalThis.hush.queue.some((f) => f.body.case === "groupEvent"), null, { timeout: WAIT });
+  await alice.evaluate(() => globalThis.releaseHushLock());
+  const raced = await alice.evaluate(() => globalThis.raced);
+  if (raced !== "ok") throw new Error(`alice's rotation after the lost race: ${raced}`);
+  if ((await staleEpochs()) <= staleBefore) throw new Error("the server answered no STALE_EPOCH: there was no race");
+  await event(alice, "you rotated keys").waitFor({ timeout: WAIT });
+  await event(bob, "alice rotated keys").waitFor({ timeout: WAIT });
+  await send(bob, "after the race");
+  await seen(alice, "after the race");
+  lines = await hush("sync");
+  expectLines(lines, (l) => l.text === "after the race", "the message after the race");
+  step("a commit that lost the epoch race (STALE_EPOCH) was rebuilt and applied everywhere");
 
   // 7. an error the server reports, shown to the person.
   await alice.locator("#add-handle").fill("nobody_here");
