@@ -366,9 +366,8 @@ export class HushClient extends EventTarget {
         } else if (p.kind === "proposal") {
           this.actions.add(`pending:${g.id}`);
         } else {
-          for (const a of p.added) if (a !== p.sender || !p.external) log.push(at("added", p.sender, a));
-          if (p.external) log.push(at("added", p.sender, p.sender));
-          for (const r of p.removed) log.push(at("removed", p.sender, r));
+          for (const a of byUser(p.added)) log.push(at("added", p.sender, a));
+          for (const r of byUser(p.removed)) log.push(at("removed", p.sender, r));
           if (!p.added.length && !p.removed.length) log.push(at("updated", p.sender, ""));
           if (p.added.length) this.actions.add("presence");
           if (p.selfRemoved) {
@@ -392,8 +391,8 @@ export class HushClient extends EventTarget {
   }
 
   private logMembership(log: LogRow[], at: (k: LogRow["kind"], s: string, b: string) => LogRow, by: string, before: string[], after: string[]) {
-    for (const a of after.filter((x) => !before.includes(x))) log.push(at("added", by, a));
-    for (const r of before.filter((x) => !after.includes(x))) log.push(at("removed", by, r));
+    for (const a of byUser(after.filter((x) => !before.includes(x)))) log.push(at("added", by, a));
+    for (const r of byUser(before.filter((x) => !after.includes(x)))) log.push(at("removed", by, r));
     if (before.length === after.length && before.every((x) => after.includes(x))) log.push(at("updated", by, ""));
   }
 
@@ -788,6 +787,12 @@ export class HushClient extends EventTarget {
     }
     throw new Error("The change kept losing the race with other members' changes; try again.");
   }
+}
+
+/** One identity per user: adding or removing a user covers all its devices. */
+function byUser(identities: string[]): string[] {
+  const seen = new Set<string>();
+  return identities.filter((i) => !seen.has(userOf(i)) && !!seen.add(userOf(i)));
 }
 
 function decodeEnvelope(b: Uint8Array): Envelope | undefined {

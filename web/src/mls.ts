@@ -340,13 +340,16 @@ export async function process(state: Uint8Array, bytes: Uint8Array): Promise<Pro
   const key = (x: Member) => `${x.leaf}/${x.identity}`;
   const beforeKeys = new Set(before.map(key));
   const afterKeys = new Set(after.map(key));
+  const added = after.filter((x) => !beforeKeys.has(key(x))).map((x) => x.identity);
+  const external = pub.content.sender.senderType === "new_member_commit";
   return {
     kind: "commit",
-    sender,
-    added: after.filter((x) => !beforeKeys.has(key(x))).map((x) => x.identity),
+    // An external joiner is the member it added.
+    sender: external ? (added[0] ?? sender) : sender,
+    added,
     removed: before.filter((x) => !afterKeys.has(key(x))).map((x) => x.identity),
     selfRemoved: r.newState.groupActiveState.kind === "removedFromGroup",
-    external: pub.content.sender.senderType === "new_member_commit",
+    external,
     state: encodeState(r.newState),
   };
 }

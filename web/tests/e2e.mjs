@@ -41,9 +41,9 @@ const step = (s) => console.log(`[e2e ${((Date.now() - started) / 1000).toFixed(
 mkdirSync(args.screenshots, { recursive: true });
 
 // ---- the CLI user ------------------------------------------------------------
-const carolHome = join(args.work, "carol");
-async function hush(...argv) {
-  const { stdout } = await run(args.hush, ["--home", carolHome, "--server", URL0, "--json", ...argv], { timeout: WAIT });
+const hush = (...argv) => hushAt("carol", ...argv);
+async function hushAt(home, ...argv) {
+  const { stdout } = await run(args.hush, ["--home", join(args.work, home), "--server", URL0, "--json", ...argv], { timeout: WAIT });
   return stdout
     .split("\n")
     .filter(Boolean)
@@ -221,6 +221,20 @@ try {
   lines = await hush("sync");
   expectLines(lines, (l) => l.text === "after the race", "the message after the race");
   step("a commit that lost the epoch race (STALE_EPOCH) was rebuilt and applied everywhere");
+
+  // 6c. carol links a second CLI device: it joins the browser-made group by
+  // external commit from the GroupInfo alice's page published.
+  const [{ code }] = await hush("device", "link-code");
+  await hushAt("carol-laptop", "device", "link", code);
+  await event(alice, "carol added carol").waitFor({ timeout: WAIT });
+  await event(bob, "carol added carol").waitFor({ timeout: WAIT });
+  lines = await hushAt("carol-laptop", "sync");
+  expectLines(lines, (l) => l.event === "name" && l.name === "friends", "the name, told by alice's page");
+  await hushAt("carol-laptop", "send", "friends", "from carol's laptop");
+  await seen(alice, "from carol's laptop");
+  await seen(bob, "from carol's laptop");
+  await hush("sync");
+  step("a CLI device joined by external commit; the browsers processed it and told it the name");
 
   // 7. an error the server reports, shown to the person.
   await alice.locator("#add-handle").fill("nobody_here");
