@@ -8,6 +8,7 @@ pub mod dispatch;
 pub mod http;
 pub mod rpc;
 pub mod sse;
+pub mod webapp;
 pub mod ws;
 
 use std::sync::Arc;
@@ -34,7 +35,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v1/login", web::post().to(http::login))
         .route("/v1/device/link-code", web::post().to(http::link_code))
         .route("/v1/device/link", web::post().to(http::link_device))
-        .route("/v1/logout", web::post().to(http::logout));
+        .route("/v1/logout", web::post().to(http::logout))
+        .configure(webapp::routes);
 }
 
 async fn healthz(ctx: web::Data<Arc<NodeCtx>>) -> HttpResponse {
@@ -64,6 +66,7 @@ pub fn check_origin(ctx: &NodeCtx, req: &HttpRequest) -> ApiResult<()> {
         .allowed_origins
         .iter()
         .any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
+        || webapp::same_origin(req, origin)
     {
         Ok(())
     } else {
