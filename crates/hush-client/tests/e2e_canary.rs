@@ -8,28 +8,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{Dev, Node};
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
-/// Every file under `dir` whose bytes contain `needle`.
-fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
-    let mut hits = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).expect("read dir") {
-            let path = entry.expect("entry").path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if contains(&std::fs::read(&path).expect("read file"), needle) {
-                hits.push(path.display().to_string());
-            }
-        }
-    }
-    hits
-}
+use common::{files_containing, Dev, Node};
 
 fn files_in(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)

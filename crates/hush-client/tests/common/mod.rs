@@ -362,3 +362,25 @@ pub fn snapshot_home(dev: &Dev, to: &Path) -> PathBuf {
     }
     to.to_path_buf()
 }
+
+/// Whether `needle` occurs in `hay`.
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Every file under `dir` whose bytes contain `needle` (the canary checks).
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if contains(&std::fs::read(&path).expect("read file"), needle) {
+                hits.push(path.display().to_string());
+            }
+        }
+    }
+    hits
+}

@@ -68,6 +68,7 @@ fn fresh_workspace_node_bin() -> Option<PathBuf> {
         "crates/hush-ds",
         "crates/hush-proto",
         "proto",
+        "web/dist",
         "Cargo.lock",
     ];
     let newest = sources
