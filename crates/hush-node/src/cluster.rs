@@ -652,10 +652,15 @@ impl Router {
             self.runtime.spawn(async move {
                 match session::attach(&ctx, m.conn_id, &m.user_id, &m.device_id).await {
                     Ok(node) => {
-                        ctx.conns.attached_to(m.conn_id, &node);
                         // Whatever the old session got meanwhile is lost
                         // for this connection: read it from the store.
-                        ctx.conns.write(m.conn_id, Outbound::Resync);
+                        if !ctx.conns.attached_to(m.conn_id, &node)
+                            || !ctx.conns.write(m.conn_id, Outbound::Resync)
+                        {
+                            // Gone meanwhile: the new session must not
+                            // count it.
+                            session::forget(&ctx, &node, &m.user_id, m.conn_id).await;
+                        }
                     }
                     Err(e) => {
                         // The connection ends; its client reconnects.

@@ -96,9 +96,15 @@ impl Connections {
     }
 
     /// Records which node's session a connection is attached to now.
-    pub fn attached_to(&self, conn_id: u64, node: &str) {
-        if let Some(conn) = self.lock().get_mut(&conn_id) {
-            node.clone_into(&mut conn.session_node);
+    /// False when the connection is gone meanwhile (its session must then
+    /// be told to forget it).
+    pub fn attached_to(&self, conn_id: u64, node: &str) -> bool {
+        match self.lock().get_mut(&conn_id) {
+            Some(conn) => {
+                node.clone_into(&mut conn.session_node);
+                true
+            }
+            None => false,
         }
     }
 

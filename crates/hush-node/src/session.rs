@@ -387,17 +387,22 @@ pub async fn attach_here(
 
 /// A connection of this node ended: forget it, and tell its session.
 pub async fn detach(ctx: &NodeCtx, conn_id: u64) {
-    let Some(conn) = ctx.conns.remove(conn_id) else {
-        return;
-    };
+    if let Some(conn) = ctx.conns.remove(conn_id) {
+        forget(ctx, &conn.session_node, &conn.user_id, conn_id).await;
+    }
+}
+
+/// Tells the session of `user_id` on `node` that this node's connection
+/// `conn_id` is gone.
+pub async fn forget(ctx: &NodeCtx, node: &str, user_id: &str, conn_id: u64) {
     let me = ctx.node_id();
-    if conn.session_node == me {
-        detach_here(ctx, &conn.user_id, (me.to_owned(), conn_id)).await;
+    if node == me {
+        detach_here(ctx, user_id, (me.to_owned(), conn_id)).await;
     } else if let Some(router) = ctx.cluster.get() {
         router.notify_session(
-            &conn.session_node,
+            node,
             c::SessionCall {
-                user_id: conn.user_id,
+                user_id: user_id.to_owned(),
                 op: Some(c::session_call::Op::Detach(c::SessionDetach { conn_id })),
             },
         );

@@ -94,7 +94,11 @@ pub async fn attach(
     );
     match session::attach(ctx, conn_id, &caller.user_id, &caller.device_id).await {
         Ok(node) => {
-            ctx.conns.attached_to(conn_id, &node);
+            if !ctx.conns.attached_to(conn_id, &node) {
+                // Cut off (slow) while attaching: the session must not
+                // count it.
+                session::forget(ctx, &node, &caller.user_id, conn_id).await;
+            }
             Ok(())
         }
         Err(e) => {
