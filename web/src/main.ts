@@ -6,17 +6,16 @@ async function main() {
   // One tab per browser profile drives the device: two would apply the same
   // timeline to one MLS state twice.
   if (navigator.locks) {
+    // Waits a moment: on a reload the previous document may still hold it.
     await new Promise<void>((resolve, reject) => {
       navigator.locks
-        .request("hush-device", { ifAvailable: true }, (lock) => {
-          if (!lock) {
-            reject(new Error("Hush is already open in another tab of this browser. Close this one, or that one and reload."));
-            return;
-          }
+        .request("hush-device", { signal: AbortSignal.timeout(3000) }, () => {
           resolve();
           return new Promise(() => {}); // held while the page lives
         })
-        .catch(reject);
+        .catch((e: Error) =>
+          reject(e.name === "TimeoutError" || e.name === "AbortError" ? new Error("Hush is already open in another tab of this browser. Close this one, or that one and reload.") : e),
+        );
     });
   }
   const client = await HushClient.open();
