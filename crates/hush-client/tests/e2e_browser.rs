@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use common::proxy::Proxy;
-use common::{files_containing, Node};
+use common::{canary, files_containing, Node};
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -117,13 +117,7 @@ fn two_browsers_and_the_cli_share_a_group() {
         "the node serves another app.js than web/dist (rebuild hush-node)"
     );
 
-    let canary = format!(
-        "CANARY-{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
+    let canary = canary();
     let work = tempfile::tempdir().unwrap();
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .parent()

@@ -8,7 +8,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{files_containing, Dev, Node};
+use common::{canary, files_containing, Dev, Node};
 
 fn files_in(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
@@ -20,13 +20,7 @@ fn files_in(dir: &Path) -> Vec<String> {
 #[test]
 fn canary_never_reaches_store_files_or_logs() {
     let mut node = Node::start_with_env(&[("RUST_LOG", "debug")]);
-    let canary = format!(
-        "CANARY-{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
+    let canary = canary();
     let root = tempfile::tempdir().unwrap();
     let alice = Dev::new(root.path(), "alice", &node.url);
     // bob uses the HTTP fallback: SSE stream in, POST /v1/rpc out.

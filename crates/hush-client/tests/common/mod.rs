@@ -363,6 +363,15 @@ pub fn snapshot_home(dev: &Dev, to: &Path) -> PathBuf {
     to.to_path_buf()
 }
 
+/// A unique string to send and then look for where it must not be.
+pub fn canary() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos();
+    format!("CANARY-{nanos}")
+}
+
 /// Whether `needle` occurs in `hay`.
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
