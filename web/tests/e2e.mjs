@@ -350,6 +350,15 @@ try {
   await shot(bob, "07-removed-phone");
   step("alice re-added carol; carol (CLI) removed bob (browser)");
 
+  // 14. carol's laptop leaves (a remove proposal); alice's page commits it.
+  await hushAt("carol-laptop", "sync");
+  await hushAt("carol-laptop", "group", "leave", "friends");
+  await event(alice, "you removed carol").nth(1).waitFor({ timeout: WAIT });
+  await send(alice, "the laptop is gone");
+  lines = await hush("sync");
+  expectLines(lines, (l) => l.text === "the laptop is gone", "the message after the laptop left");
+  step("a CLI device left by proposal; the browser committed it");
+
   if (pageErrors.length) throw new Error(`page errors: ${pageErrors.join("; ")}`);
   step("all passed");
 } catch (e) {
