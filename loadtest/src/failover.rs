@@ -5,8 +5,9 @@
 //! the signal). Definitions:
 //!
 //! - **affected connections**: sockets to the killed node lost at or after
-//!   the kill; `reconnected_s` is when the last of them had its resume
-//!   `Sync` caught up (`SyncCaughtUp`) on a surviving node;
+//!   the kill; `sockets_open_s` is when the last of them had a new
+//!   WebSocket open on a surviving node, `reconnected_s` when the last of
+//!   them had its resume `Sync` caught up (`SyncCaughtUp`) there;
 //! - **groups writable**: per group, the first acknowledgement of a message
 //!   scheduled at or after the kill; `groups_writable_s` is the latest over
 //!   all groups (the re-home of the killed node's groups, plus the senders'
@@ -42,6 +43,10 @@ pub struct FailoverReport {
     pub unexpected_drops: u64,
     /// Affected sockets that never got back (or never caught up).
     pub not_reconnected: u64,
+    /// Kill -> the last affected connection had a new WebSocket open (on a
+    /// surviving node; before its resume Sync caught up).
+    #[serde(default)]
+    pub sockets_open_s: Option<f64>,
     /// Kill -> the last affected connection resumed (caught up).
     pub reconnected_s: Option<f64>,
     /// Median of kill -> resumed over the affected connections.
@@ -131,6 +136,14 @@ impl FailoverReport {
             Some(resumed.last().copied().unwrap_or(0.0))
         };
         let reconnected_p50_s = resumed.get(resumed.len() / 2).copied();
+        let sockets_open_s = if affected.iter().any(|d| d.reconnected_ns == 0) {
+            None
+        } else {
+            affected
+                .iter()
+                .map(|d| s(d.reconnected_ns, kill_ns))
+                .fold(None, |a: Option<f64>, v| Some(a.map_or(v, |a| a.max(v))))
+        };
         let writable = groups_writable_at(&raw.messages, kill_ns);
         let groups_writable_s = writable.map(|w| s(w, kill_ns).max(0.0));
         let back_s = match (reconnected_s, groups_writable_s) {
@@ -171,6 +184,7 @@ impl FailoverReport {
             affected_connections: affected.len() as u64,
             unexpected_drops: raw.drops.iter().filter(|d| !d.expected).count() as u64,
             not_reconnected,
+            sockets_open_s,
             reconnected_s,
             reconnected_p50_s,
             reconnect_attempts: raw.drops.iter().map(|d| u64::from(d.attempts)).sum(),
@@ -267,6 +281,7 @@ mod tests {
         );
         assert_eq!(r.affected_connections, 1);
         assert!((r.reconnected_s.unwrap() - 0.008).abs() < 1e-9);
+        assert!((r.sockets_open_s.unwrap() - 0.005).abs() < 1e-9);
         assert!((r.groups_writable_s.unwrap() - 2.0).abs() < 1e-9);
         assert!((r.back_s.unwrap() - 2.0).abs() < 1e-9);
         assert!((r.drained_s.unwrap() - 2.001).abs() < 1e-9);

@@ -13,11 +13,17 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 /// `hush-node` next to this executable (both come out of one
 /// `cargo build --release -p hush-node -p hush-loadtest`).
 pub fn node_bin(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    // Nodes run in the run's directory: a relative path must not be
+    // resolved from there.
+    let absolute = |p: PathBuf| -> anyhow::Result<PathBuf> {
+        p.canonicalize()
+            .with_context(|| format!("hush-node binary {}", p.display()))
+    };
     if let Some(p) = explicit {
-        return Ok(p.to_path_buf());
+        return absolute(p.to_path_buf());
     }
     if let Some(p) = std::env::var_os("HUSH_NODE_BIN") {
-        return Ok(PathBuf::from(p));
+        return absolute(PathBuf::from(p));
     }
     let exe = std::env::current_exe()?;
     let bin = exe

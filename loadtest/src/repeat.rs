@@ -39,6 +39,7 @@ pub fn headline(s: &Summary) -> BTreeMap<String, f64> {
                         h.insert(k(&format!("failover.{name}")), v);
                     }
                 };
+                opt("sockets_open_s", f.sockets_open_s);
                 opt("reconnected_s", f.reconnected_s);
                 opt("groups_writable_s", f.groups_writable_s);
                 opt("back_s", f.back_s);

@@ -434,7 +434,7 @@ fn secs(v: Option<f64>) -> String {
 pub fn failover_text(f: &FailoverReport) -> String {
     format!(
         "    failover: kill -{} {} at {:.2}s; {} connections affected ({} unexpected drops, {} not back, {} attempts)\n\
-         \x20     all reconnected+resumed {} (p50 {}), every group writable {}, back {}, backlog drained {}\n\
+         \x20     all sockets open {}, all resumed (caught up) {} (p50 {}), every group writable {}, back {}, backlog drained {}\n\
          \x20     during the outage: {} sent, {} acked, {} failed; {} messages resent ({} writes), {} answered as already stored\n",
         f.signal,
         f.killed_node,
@@ -443,6 +443,7 @@ pub fn failover_text(f: &FailoverReport) -> String {
         f.unexpected_drops,
         f.not_reconnected,
         f.reconnect_attempts,
+        secs(f.sockets_open_s),
         secs(f.reconnected_s),
         secs(f.reconnected_p50_s),
         secs(f.groups_writable_s),
@@ -464,12 +465,12 @@ fn failover_html(f: &FailoverReport) -> String {
         h,
         "<h3>Failover: kill -{} {} at {:.2} s into the phase</h3>\
          <table><tr><th>affected connections</th><th>unexpected drops</th><th>not back</th><th>reconnect attempts</th>\
-         <th>all reconnected + resumed</th><th>p50</th><th>every group writable</th><th>back (end of outage)</th><th>backlog drained</th></tr>\
-         <tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr></table>\
+         <th>all sockets open</th><th>all resumed (caught up)</th><th>p50</th><th>every group writable</th><th>back (end of outage)</th><th>backlog drained</th></tr>\
+         <tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr></table>\
          <table><tr><th>sent during outage</th><th>acked</th><th>failed</th><th>messages resent</th><th>resend writes</th>\
          <th>answered already stored</th><th>lost</th><th>duplicated</th><th>reordered</th><th>stored twice</th></tr>\
          <tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr></table>\
-         <p>Times are seconds after the signal. Reconnected = the resume Sync caught up on a surviving node; \
+         <p>Times are seconds after the signal. Sockets open = a new WebSocket on a surviving node; resumed = its resume Sync caught up there; \
          writable = every group acknowledged a message scheduled after the kill; drained = every message \
          scheduled before \"back\" acknowledged and delivered to every receiver.</p>",
         esc(&f.signal),
@@ -479,6 +480,7 @@ fn failover_html(f: &FailoverReport) -> String {
         f.unexpected_drops,
         f.not_reconnected,
         f.reconnect_attempts,
+        secs(f.sockets_open_s),
         secs(f.reconnected_s),
         secs(f.reconnected_p50_s),
         secs(f.groups_writable_s),
