@@ -272,18 +272,10 @@ fn check_one_history(store: &Path, gid: &[u8], acked: &BTreeMap<String, u64>, me
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_on_three_nodes_converse_through_the_owner() {
     let cluster = Cluster::start().await;
-    let mut alice = member(&cluster, "alice", 0).await;
-    let mut bob = member(&cluster, "bob", 1).await;
-    let mut carol = member(&cluster, "carol", 2).await;
+    let (mut alice, mut bob, mut carol, gid) =
+        group_of_three(&cluster, "three nodes", [0, 1, 2]).await;
     assert_eq!(bob.server(), cluster.urls[1]);
-    let gid = alice.create_group("three nodes").await.unwrap().group_id;
     let g = hex::encode(&gid);
-    alice
-        .add_members(&g, &["bob".into(), "carol".into()])
-        .await
-        .unwrap();
-    bob.sync().await.unwrap();
-    carol.sync().await.unwrap();
     let owner = cluster.owner_of(&gid).await;
 
     let mut acked = BTreeMap::new();
@@ -333,11 +325,17 @@ async fn members_on_three_nodes_converse_through_the_owner() {
     }
 }
 
-async fn busy_group(cluster: &Cluster) -> (Client, Client, Client, Vec<u8>) {
-    let mut alice = member(cluster, "alice", 0).await;
-    let mut bob = member(cluster, "bob", 1).await;
-    let mut carol = member(cluster, "carol", 2).await;
-    let gid = alice.create_group("busy").await.unwrap().group_id;
+/// alice, bob and carol, starting on the nodes `homes` gives (indices), in
+/// a new group made by alice; everyone synced.
+async fn group_of_three(
+    cluster: &Cluster,
+    name: &str,
+    homes: [usize; 3],
+) -> (Client, Client, Client, Vec<u8>) {
+    let mut alice = member(cluster, "alice", homes[0]).await;
+    let mut bob = member(cluster, "bob", homes[1]).await;
+    let mut carol = member(cluster, "carol", homes[2]).await;
+    let gid = alice.create_group(name).await.unwrap().group_id;
     alice
         .add_members(&hex::encode(&gid), &["bob".into(), "carol".into()])
         .await
@@ -345,6 +343,10 @@ async fn busy_group(cluster: &Cluster) -> (Client, Client, Client, Vec<u8>) {
     bob.sync().await.unwrap();
     carol.sync().await.unwrap();
     (alice, bob, carol, gid)
+}
+
+async fn busy_group(cluster: &Cluster) -> (Client, Client, Client, Vec<u8>) {
+    group_of_three(cluster, "busy", [0, 1, 2]).await
 }
 
 /// Waits until every sender has at least `n` more acknowledged messages.
@@ -490,17 +492,13 @@ async fn sessions_live_on_their_owners_and_presence_spans_the_cluster() {
         owners.insert(name, owner);
     }
     let home = |name: &str| NODES.iter().position(|n| *n == homes[name]).unwrap();
-    let mut alice = member(&cluster, "alice", home("alice")).await;
-    let mut bob = member(&cluster, "bob", home("bob")).await;
-    let mut carol = member(&cluster, "carol", home("carol")).await;
-    let gid = alice.create_group("spread").await.unwrap().group_id;
+    let (mut alice, mut bob, mut carol, gid) = group_of_three(
+        &cluster,
+        "spread",
+        [home("alice"), home("bob"), home("carol")],
+    )
+    .await;
     let g = hex::encode(&gid);
-    alice
-        .add_members(&g, &["bob".into(), "carol".into()])
-        .await
-        .unwrap();
-    bob.sync().await.unwrap();
-    carol.sync().await.unwrap();
 
     // Each node holds the sessions placement gives it and the connections
     // its clients opened (sessions of earlier, closed connections
