@@ -22,13 +22,12 @@
 //! node's own conditions, not reactions to bad input.)
 
 use std::net::SocketAddr;
-use std::path::Path;
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use hush_client::client::Client;
 use hush_client::http::Token;
 use hush_client::mls::{self, Change};
-use hush_client::store::{GroupStatus, Identity, StateDb};
+use hush_client::store::{Identity, StateDb};
 use hush_client::ws::WsConn;
 use hush_proto::client_frame::Body as C;
 use hush_proto::server_frame::Body as S;
@@ -41,7 +40,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
 mod common;
-use common::{start_node, url, WAIT};
+use common::{client, has_text, is_member, pump_until, start_node, url, WAIT};
 
 /// The error code of an `Error`, which must be one of the closed list.
 fn code_of(e: &v1::Error) -> ErrorCode {
@@ -507,46 +506,11 @@ fn close_code_of(payload: &[u8]) -> Option<u16> {
 // hush-client SDK helpers (real MLS)
 // ---------------------------------------------------------------------------
 
-async fn client(root: &Path, url: &str, handle: &str) -> Client {
-    let mut c = Client::open(&root.join(handle), Some(url)).expect("open client");
-    c.register(handle).await.expect("register");
-    c
-}
-
-/// Processes pushed events until `done` holds.
-async fn pump_until(c: &mut Client, what: &str, done: impl Fn(&Client) -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !done(c) {
-        let ev = tokio::time::timeout_at(deadline, c.wait_event())
-            .await
-            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-            .unwrap_or_else(|e| panic!("waiting for {what}: {e}"));
-        c.handle(ev)
-            .await
-            .unwrap_or_else(|e| panic!("waiting for {what}: {e}"));
-    }
-}
-
-fn is_member(c: &Client, gid: &[u8]) -> bool {
-    c.db()
-        .group(gid)
-        .expect("db")
-        .is_some_and(|g| g.status == GroupStatus::Active)
-}
-
 fn processed_to(c: &Client, gid: &[u8], seq: u64) -> bool {
     c.db()
         .group(gid)
         .expect("db")
         .is_some_and(|g| g.last_seq >= seq)
-}
-
-fn has_text(c: &Client, gid: &[u8], text: &str) -> bool {
-    c.db()
-        .recent_log(gid, 20)
-        .expect("log")
-        .iter()
-        .any(|l| l.kind == "text" && l.body == text)
 }
 
 /// A text from `from` reaches `to`, decrypted.

@@ -16,29 +16,9 @@ use hush_proto::server_frame::Body as S;
 use hush_proto::{v1, ClientFrame, ErrorCode, Message as _, ServerFrame};
 
 mod common;
-use common::{has_text, is_member, login, start_node, url, WAIT};
+use common::{client_over, has_text, is_member, login, pump_until, start_node, url, WAIT};
 
 const GRACE_MS: u64 = 5_000;
-
-async fn client(root: &Path, url: &str, handle: &str, transport: Transport) -> Client {
-    let mut c = Client::open(&root.join(handle), Some(url)).expect("open client");
-    c.set_transport(transport);
-    c.register(handle).await.expect("register");
-    c
-}
-
-async fn pump_until(c: &mut Client, what: &str, done: impl Fn(&Client) -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !done(c) {
-        let ev = tokio::time::timeout_at(deadline, c.wait_event())
-            .await
-            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-            .unwrap_or_else(|e| panic!("waiting for {what}: {e}"));
-        c.handle(ev)
-            .await
-            .unwrap_or_else(|e| panic!("waiting for {what}: {e}"));
-    }
-}
 
 /// Like [`pump_until`], but moves the manual clock by `step` whenever no
 /// event came for a moment. For waits that start when the node notices a
@@ -125,10 +105,10 @@ async fn presence_flips_after_the_grace_period_and_a_quick_reconnect_does_not_fl
     .await;
     let url = url(&node);
     let root = tempfile::tempdir().unwrap();
-    let mut alice = client(root.path(), &url, "alice", Transport::Ws).await;
+    let mut alice = client_over(root.path(), &url, "alice", Transport::Ws).await;
     // bob on SSE: presence frames take the SSE stream too.
-    let mut bob = client(root.path(), &url, "bob", Transport::Sse).await;
-    let mut carol = client(root.path(), &url, "carol", Transport::Ws).await;
+    let mut bob = client_over(root.path(), &url, "bob", Transport::Sse).await;
+    let mut carol = client_over(root.path(), &url, "carol", Transport::Ws).await;
     let gid = group(&mut alice, &mut [&mut bob], "presence").await;
     // carol shares a group with alice only: bob's presence is not hers.
     let other = group(&mut alice, &mut [&mut carol], "no-bob").await;
@@ -208,10 +188,10 @@ async fn typing_reaches_online_members_and_never_the_store() {
     let (node, _clock, dir) = start_node(|_| {}).await;
     let url = url(&node);
     let root = tempfile::tempdir().unwrap();
-    let mut alice = client(root.path(), &url, "alice", Transport::Ws).await;
-    let mut bob = client(root.path(), &url, "bob", Transport::Sse).await;
-    let mut dave = client(root.path(), &url, "dave", Transport::Ws).await;
-    let mut mallory = client(root.path(), &url, "mallory", Transport::Ws).await;
+    let mut alice = client_over(root.path(), &url, "alice", Transport::Ws).await;
+    let mut bob = client_over(root.path(), &url, "bob", Transport::Sse).await;
+    let mut dave = client_over(root.path(), &url, "dave", Transport::Ws).await;
+    let mut mallory = client_over(root.path(), &url, "mallory", Transport::Ws).await;
     let gid = group(&mut alice, &mut [&mut bob, &mut dave], "typing").await;
     let gid_hex = hex::encode(&gid);
     dave.close().await; // offline: must never get it

@@ -20,26 +20,7 @@ use hush_proto::{v1, ClientFrame, ErrorCode, Message as _, ServerFrame};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 mod common;
-use common::{has_text, is_member, login, start_node, url, WAIT};
-
-async fn client(root: &Path, url: &str, handle: &str) -> Client {
-    let mut c = Client::open(&root.join(handle), Some(url)).expect("open client");
-    c.register(handle).await.expect("register");
-    c
-}
-
-async fn pump_until(c: &mut Client, what: &str, done: impl Fn(&Client) -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !done(c) {
-        let ev = tokio::time::timeout_at(deadline, c.wait_event())
-            .await
-            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-            .unwrap_or_else(|e| panic!("waiting for {what}: {e}"));
-        c.handle(ev)
-            .await
-            .unwrap_or_else(|e| panic!("waiting for {what}: {e}"));
-    }
-}
+use common::{client, has_text, is_member, login, pump_until, start_node, url, WAIT};
 
 // ---------------------------------------------------------------------------
 // SSE client

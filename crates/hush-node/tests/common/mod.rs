@@ -39,6 +39,48 @@ pub fn url(node: &RunningNode) -> String {
     format!("http://{}", node.addr)
 }
 
+/// A registered SDK client for `handle` (device state under `root`), on the
+/// default transport.
+pub async fn client(
+    root: &std::path::Path,
+    url: &str,
+    handle: &str,
+) -> hush_client::client::Client {
+    client_over(root, url, handle, hush_client::conn::Transport::default()).await
+}
+
+/// A registered SDK client for `handle` on the given transport.
+pub async fn client_over(
+    root: &std::path::Path,
+    url: &str,
+    handle: &str,
+    transport: hush_client::conn::Transport,
+) -> hush_client::client::Client {
+    let mut c =
+        hush_client::client::Client::open(&root.join(handle), Some(url)).expect("open client");
+    c.set_transport(transport);
+    c.register(handle).await.expect("register");
+    c
+}
+
+/// Processes pushed events until `done` holds (at most [`WAIT`]).
+pub async fn pump_until(
+    c: &mut hush_client::client::Client,
+    what: &str,
+    done: impl Fn(&hush_client::client::Client) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !done(c) {
+        let ev = tokio::time::timeout_at(deadline, c.wait_event())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+            .unwrap_or_else(|e| panic!("waiting for {what}: {e}"));
+        c.handle(ev)
+            .await
+            .unwrap_or_else(|e| panic!("waiting for {what}: {e}"));
+    }
+}
+
 /// Logs a device in over HTTP with the SDK's client; returns a fresh token.
 pub async fn login(url: &str, id: &hush_client::store::Identity) -> String {
     let http = hush_client::http::Http::new(url).expect("server url");
