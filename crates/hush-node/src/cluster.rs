@@ -116,12 +116,17 @@ impl Router {
 
     /// The placement for the current view (recomputed when it changed).
     pub fn placement(&self) -> Option<Arc<Placement>> {
-        let view = self.view.borrow().clone();
-        if let Some(p) = &*self.placement.read().unwrap_or_else(|p| p.into_inner()) {
-            if *p.view() == view {
-                return Some(p.clone());
+        {
+            // The common case, per routed request and per delivery: the
+            // view is unchanged, compared without copying it.
+            let view = self.view.borrow();
+            if let Some(p) = &*self.placement.read().unwrap_or_else(|p| p.into_inner()) {
+                if *p.view() == *view {
+                    return Some(p.clone());
+                }
             }
         }
+        let view = self.view.borrow().clone();
         let p = Placement::new(view).map(Arc::new);
         *self.placement.write().unwrap_or_else(|p| p.into_inner()) = p.clone();
         p

@@ -451,12 +451,21 @@ pub async fn deliver(ctx: &NodeCtx, devices: &[MemberDevice], item: Outbound) {
     let Some(router) = ctx.cluster.get() else {
         return deliver_here(ctx, devices, item).await;
     };
+    // One placement for the whole delivery, one lookup per user (a user
+    // usually has several devices).
+    let placement = router.placement();
+    let me = ctx.node_id();
+    let mut owner_of: BTreeMap<&str, Option<String>> = BTreeMap::new();
     let mut by_owner: BTreeMap<Option<String>, Vec<MemberDevice>> = BTreeMap::new();
     for d in devices {
-        by_owner
-            .entry(router.remote_owner(&placement_key(&d.user_id)))
-            .or_default()
-            .push(d.clone());
+        let owner = owner_of.entry(d.user_id.as_str()).or_insert_with(|| {
+            placement
+                .as_ref()
+                .map(|p| p.owner(&placement_key(&d.user_id)))
+                .filter(|o| *o != me)
+                .map(str::to_owned)
+        });
+        by_owner.entry(owner.clone()).or_default().push(d.clone());
     }
     for (owner, devices) in by_owner {
         match owner {
