@@ -240,7 +240,14 @@ pub async fn run(mut opts: Options) -> anyhow::Result<Outcome> {
     for n in nodes {
         n.stop().await;
     }
-    let summary = Summary::new(&sc, &opts, started_unix_s, targets, monitor.series());
+    let summary = Summary::new(
+        &sc,
+        &opts.overrides,
+        &opts.load_before,
+        started_unix_s,
+        targets,
+        monitor.series(),
+    );
     let ok = summary.ok;
     std::fs::write(
         out_dir.join("summary.json"),
