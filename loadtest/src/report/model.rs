@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::failover::FailoverReport;
 use crate::procmon::Series;
+use crate::protocol::PhaseResult;
 use crate::scenario::{Kind, Scenario};
 use crate::stats::{Correctness, LatencySummary, Tick};
-use crate::worker::PhaseResult;
 
 /// Cumulative counters at a time (seconds since the run started).
 #[derive(Debug, Clone, Serialize, Deserialize)]
