@@ -27,6 +27,7 @@
 //! tree extension in GroupInfo (the tree is sent and served separately).
 //! Group names never leave MLS: they travel as `{"t":"name"}` envelopes.
 
+pub mod backoff;
 pub mod cli;
 pub mod client;
 pub mod conn;
