@@ -25,7 +25,15 @@ use crate::error::{ClientError, Result};
 use crate::live::TYPING_RESEND_MS;
 use crate::store::{now_ms, GroupStatus, LogRow};
 
+/// Log lines loaded into the scrollback.
 const SCROLLBACK: usize = 1000;
+/// Lines one PageUp/PageDown scrolls.
+const PAGE_LINES: usize = 10;
+/// How often the screen is redrawn while nothing happens (typing notices
+/// expire with time).
+const REDRAW_INTERVAL: Duration = Duration::from_secs(1);
+/// How long the chat waits before reconnecting after the connection broke.
+const RECONNECT_DELAY: Duration = Duration::from_secs(2);
 
 struct View {
     title: String,
@@ -223,12 +231,12 @@ async fn chat_loop(
             tokio::select! {
                 k = keys.recv() => Next::Key(k),
                 e = client.wait_event() => Next::Server(e),
-                _ = tokio::time::sleep(Duration::from_secs(1)) => Next::Tick,
+                _ = tokio::time::sleep(REDRAW_INTERVAL) => Next::Tick,
             }
         } else {
             tokio::select! {
                 k = keys.recv() => Next::Key(k),
-                _ = tokio::time::sleep(Duration::from_secs(2)) => Next::Reconnect,
+                _ = tokio::time::sleep(RECONNECT_DELAY) => Next::Reconnect,
             }
         };
         match next {
@@ -304,8 +312,8 @@ async fn on_key(
         KeyCode::Backspace => {
             v.input.pop();
         }
-        KeyCode::PageUp => v.scroll = (v.scroll + 10).min(v.lines.len()),
-        KeyCode::PageDown => v.scroll = v.scroll.saturating_sub(10),
+        KeyCode::PageUp => v.scroll = (v.scroll + PAGE_LINES).min(v.lines.len()),
+        KeyCode::PageDown => v.scroll = v.scroll.saturating_sub(PAGE_LINES),
         KeyCode::Char(c) => {
             v.input.push(c);
             let now = now_ms();
