@@ -28,6 +28,20 @@ pub use keypackage::{validate_key_package, ValidKeyPackage};
 pub use limits::TokenBucket;
 pub use token::{verify_ed25519, TokenClaims, TokenError, TokenKey};
 
+/// The longest group id the service accepts (MLS allows more; nothing
+/// legitimate needs it, and every table and message keys on it).
+pub const MAX_GROUP_ID_BYTES: usize = 256;
+
+/// A group id is 1 to [`MAX_GROUP_ID_BYTES`] bytes.
+pub fn validate_group_id(group_id: &[u8]) -> Result<(), DsError> {
+    if group_id.is_empty() || group_id.len() > MAX_GROUP_ID_BYTES {
+        return Err(DsError::InvalidArgument(format!(
+            "group id must be 1..={MAX_GROUP_ID_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
 /// Shortest and longest handle.
 pub const HANDLE_MIN: usize = 3;
 pub const HANDLE_MAX: usize = 32;
@@ -80,6 +94,18 @@ mod tests {
                 matches!(validate_handle(bad), Err(DsError::InvalidArgument(_))),
                 "{bad:?}"
             );
+        }
+    }
+
+    #[test]
+    fn group_ids() {
+        assert!(validate_group_id(b"g").is_ok());
+        assert!(validate_group_id(&[7; MAX_GROUP_ID_BYTES]).is_ok());
+        for bad in [&[][..], &[7; MAX_GROUP_ID_BYTES + 1][..]] {
+            assert!(matches!(
+                validate_group_id(bad),
+                Err(DsError::InvalidArgument(_))
+            ));
         }
     }
 }
