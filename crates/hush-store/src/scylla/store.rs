@@ -32,6 +32,10 @@ pub type Departed = HashMap<String, i64>;
 
 /// How often a contended LWT loop retries before giving up.
 const MAX_ATTEMPTS: u32 = 64;
+/// After losing the race for a group's next seq, an appender waits
+/// `attempt` steps (at most [`CONTENTION_BACKOFF_STEPS`]) before re-reading.
+const CONTENTION_BACKOFF_STEP: Duration = Duration::from_millis(1);
+const CONTENTION_BACKOFF_STEPS: u32 = 20;
 
 /// How a statement runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -261,10 +265,110 @@ fn entry_row(seq: i64, e: &NewEntry) -> Result<TimelineRow> {
     })
 }
 
+/// What an append changes besides the timeline.
 enum Change<'a> {
     Message,
+    /// The group's new DS state.
     Proposal(&'a [u8]),
     Commit(&'a CommitWrite),
+}
+
+impl<'a> Change<'a> {
+    /// The epoch the group must be at, if the change depends on one.
+    fn expected_epoch(&self, entry: &NewEntry) -> Option<u64> {
+        match self {
+            Change::Message => None,
+            Change::Proposal(_) => Some(entry.epoch),
+            Change::Commit(w) => Some(w.expected_epoch),
+        }
+    }
+
+    /// What the append's LWT writes for `row`: the head's pending entry
+    /// and, for a commit, the side effects outside the head partition and
+    /// the head's new epoch and members, computed from the current ones.
+    fn reservation(&self, row: TimelineRow, head: &HeadRow) -> Result<Reservation<'a>> {
+        let mut pending = Pending {
+            row,
+            added: BTreeSet::new(),
+            departed: HashMap::new(),
+            welcomes: HashMap::new(),
+        };
+        let change = match *self {
+            Change::Message => HeadChange::Message,
+            Change::Proposal(state) => HeadChange::Proposal { state },
+            Change::Commit(write) => {
+                let current = head.members.clone().unwrap_or_default();
+                let (members, added, departed) =
+                    next_members(&current, &write.members, pending.row.seq);
+                pending.added = added;
+                pending.departed = departed;
+                pending.welcomes = write
+                    .welcomes
+                    .iter()
+                    .map(|x| {
+                        (
+                            x.device_id.clone(),
+                            (x.welcome.clone(), x.ratchet_tree.clone()),
+                        )
+                    })
+                    .collect();
+                HeadChange::Commit {
+                    write,
+                    new_epoch: to_bigint(write.new_epoch, "epoch")?,
+                    members,
+                }
+            }
+        };
+        Ok(Reservation { pending, change })
+    }
+}
+
+/// What one append's LWT writes into the head.
+struct Reservation<'a> {
+    pending: Pending,
+    change: HeadChange<'a>,
+}
+
+/// The head columns an append sets besides the pending entry.
+enum HeadChange<'a> {
+    Message,
+    Proposal {
+        state: &'a [u8],
+    },
+    Commit {
+        write: &'a CommitWrite,
+        new_epoch: i64,
+        members: MemberMap,
+    },
+}
+
+/// `Fenced` unless `fence` is the head's current lease token. Token 0
+/// means no lease was ever taken: nobody may append.
+fn check_fence(head: &HeadRow, fence: i64) -> Result<()> {
+    if head.lease_token == 0 || head.lease_token != fence {
+        return Err(StoreError::Fenced {
+            owner: head.lease_owner.clone(),
+            token: from_bigint(head.lease_token, "lease token")?,
+        });
+    }
+    Ok(())
+}
+
+/// `EpochConflict` unless the head is at `expected` (when one is given).
+fn check_epoch(head: &HeadRow, expected: Option<u64>) -> Result<()> {
+    let current_epoch = from_bigint(head.epoch, "epoch")?;
+    if expected.is_some_and(|e| e != current_epoch) {
+        return Err(StoreError::EpochConflict {
+            current_epoch,
+            head_seq: from_bigint(head.head_seq, "head seq")?,
+        });
+    }
+    Ok(())
+}
+
+/// The pause after losing an LWT race, growing with the attempt.
+fn contention_backoff(attempt: u32) -> Duration {
+    CONTENTION_BACKOFF_STEP * attempt.min(CONTENTION_BACKOFF_STEPS)
 }
 
 impl ScyllaStore {
@@ -418,6 +522,29 @@ impl ScyllaStore {
         Err(StoreError::Unavailable("inbox counter contended".into()))
     }
 
+    /// Inserts the device row if its id is free (an LWT): `AlreadyExists`
+    /// if another device, of any user, has it.
+    async fn claim_device(&self, d: &Device) -> Result<()> {
+        let created = to_bigint(d.created_at_ms, "created_at_ms")?;
+        let generation = to_bigint(d.token_generation, "token generation")?;
+        let values = (
+            &d.device_id,
+            &d.user_id,
+            &d.signature_key,
+            generation,
+            created,
+        );
+        if self.lwt("device_insert", values).await? {
+            Ok(())
+        } else {
+            Err(StoreError::AlreadyExists)
+        }
+    }
+
+    /// Appends `entry` with the next seq: reads the head, checks the fence,
+    /// finishes the previous entry, answers a duplicate id, checks the epoch,
+    /// then races for the seq with one LWT ([`Self::reserve`]). A lost race
+    /// re-reads the head and decides again.
     async fn append(
         &self,
         group_id: &[u8],
@@ -425,15 +552,10 @@ impl ScyllaStore {
         entry: &NewEntry,
         change: Change<'_>,
     ) -> Result<AppendOutcome> {
-        let fence_i = to_bigint(fence, "fence")?;
+        let fence = to_bigint(fence, "fence")?;
         for attempt in 0..MAX_ATTEMPTS {
             let head = self.head(group_id).await?.ok_or(StoreError::NotFound)?;
-            if head.lease_token == 0 || head.lease_token != fence_i {
-                return Err(StoreError::Fenced {
-                    owner: head.lease_owner,
-                    token: from_bigint(head.lease_token, "lease token")?,
-                });
-            }
+            check_fence(&head, fence)?;
             if let Some(p) = head.pending() {
                 self.materialize(group_id, &p).await?;
             }
@@ -445,128 +567,75 @@ impl ScyllaStore {
                     seq: from_bigint(seq, "seq")?,
                 });
             }
-            let current_epoch = from_bigint(head.epoch, "epoch")?;
-            let head_seq = from_bigint(head.head_seq, "head seq")?;
-            let expected = match &change {
-                Change::Message => None,
-                Change::Proposal(_) => Some(entry.epoch),
-                Change::Commit(w) => Some(w.expected_epoch),
-            };
-            if expected.is_some_and(|e| e != current_epoch) {
-                return Err(StoreError::EpochConflict {
-                    current_epoch,
-                    head_seq,
-                });
-            }
+            check_epoch(&head, change.expected_epoch(entry))?;
             let seq = head.head_seq + 1;
-            let row = entry_row(seq, entry)?;
-            let p = (
-                seq,
-                seq,
-                row.kind,
-                row.epoch,
-                &row.sender,
-                &row.client_msg_id,
-                &row.message,
-                row.server_time_ms,
-            );
-            let mut pending = Pending {
-                row: row.clone(),
-                added: BTreeSet::new(),
-                departed: HashMap::new(),
-                welcomes: HashMap::new(),
-            };
-            let won = match &change {
-                Change::Message => {
-                    self.lwt(
-                        "append_message",
-                        (
-                            p.0,
-                            p.1,
-                            p.2,
-                            p.3,
-                            p.4,
-                            p.5,
-                            p.6,
-                            p.7,
-                            group_id,
-                            head.head_seq,
-                            fence_i,
-                        ),
-                    )
-                    .await?
-                }
-                Change::Proposal(state) => {
-                    self.lwt(
-                        "append_proposal",
-                        (
-                            p.0,
-                            p.1,
-                            p.2,
-                            p.3,
-                            p.4,
-                            p.5,
-                            p.6,
-                            p.7,
-                            *state,
-                            group_id,
-                            head.head_seq,
-                            fence_i,
-                        ),
-                    )
-                    .await?
-                }
-                Change::Commit(w) => {
-                    let current = head.members.clone().unwrap_or_default();
-                    let (members, added, departed) = next_members(&current, &w.members, seq);
-                    pending.added = added;
-                    pending.departed = departed;
-                    pending.welcomes = w
-                        .welcomes
-                        .iter()
-                        .map(|x| {
-                            (
-                                x.device_id.clone(),
-                                (x.welcome.clone(), x.ratchet_tree.clone()),
-                            )
-                        })
-                        .collect();
-                    let new_epoch = to_bigint(w.new_epoch, "epoch")?;
-                    // 19 values: more than the driver's tuples take.
-                    let values: Vec<&(dyn SerializeValue + Sync)> = vec![
-                        &seq,
-                        &seq,
-                        &row.kind,
-                        &row.epoch,
-                        &row.sender,
-                        &row.client_msg_id,
-                        &row.message,
-                        &row.server_time_ms,
-                        &pending.added,
-                        &pending.departed,
-                        &pending.welcomes,
-                        &new_epoch,
-                        &w.state,
-                        &w.group_info,
-                        &w.ratchet_tree,
-                        &members,
-                        &group_id,
-                        &head.head_seq,
-                        &fence_i,
-                    ];
-                    self.lwt("append_commit", values).await?
-                }
-            };
-            if won {
-                self.materialize(group_id, &pending).await?;
+            let reservation = change.reservation(entry_row(seq, entry)?, &head)?;
+            if self.reserve(group_id, &head, fence, &reservation).await? {
+                self.materialize(group_id, &reservation.pending).await?;
                 return Ok(AppendOutcome::Appended {
                     seq: from_bigint(seq, "seq")?,
                 });
             }
-            // Lost the race for this seq: re-read and decide again.
-            tokio::time::sleep(Duration::from_millis(u64::from(attempt.min(20)))).await;
+            tokio::time::sleep(contention_backoff(attempt)).await;
         }
         Err(StoreError::Unavailable("group head contended".into()))
+    }
+
+    /// The LWT that takes the reservation's seq if the head is still at
+    /// `head.head_seq` under `fence`: the entry rides in the head's
+    /// `pending_*` columns, with the proposal's state or the commit's new
+    /// epoch, state and members. `true` if it applied.
+    async fn reserve(
+        &self,
+        group_id: &[u8],
+        head: &HeadRow,
+        fence: i64,
+        reservation: &Reservation<'_>,
+    ) -> Result<bool> {
+        let Reservation { pending, change } = reservation;
+        let r = &pending.row;
+        // The bind order of the three append statements: the head and the
+        // entry, then what the change sets, then the condition.
+        let mut values: Vec<&(dyn SerializeValue + Sync)> = vec![
+            &r.seq,
+            &r.seq,
+            &r.kind,
+            &r.epoch,
+            &r.sender,
+            &r.client_msg_id,
+            &r.message,
+            &r.server_time_ms,
+        ];
+        let statement = match change {
+            HeadChange::Message => "append_message",
+            HeadChange::Proposal { state } => {
+                values.push(state);
+                "append_proposal"
+            }
+            HeadChange::Commit {
+                write,
+                new_epoch,
+                members,
+            } => {
+                values.extend([
+                    &pending.added as &(dyn SerializeValue + Sync),
+                    &pending.departed,
+                    &pending.welcomes,
+                    new_epoch,
+                    &write.state,
+                    &write.group_info,
+                    &write.ratchet_tree,
+                    members,
+                ]);
+                "append_commit"
+            }
+        };
+        values.extend([
+            &group_id as &(dyn SerializeValue + Sync),
+            &head.head_seq,
+            &fence,
+        ]);
+        self.lwt(statement, values).await
     }
 }
 
@@ -635,23 +704,8 @@ fn count(n: i64) -> u32 {
 impl Store for ScyllaStore {
     async fn create_user(&self, d: &Device) -> Result<()> {
         let created = to_bigint(d.created_at_ms, "created_at_ms")?;
-        let generation = to_bigint(d.token_generation, "token generation")?;
         // The device id is claimed first: if it is taken nothing is written.
-        if !self
-            .lwt(
-                "device_insert",
-                (
-                    &d.device_id,
-                    &d.user_id,
-                    &d.signature_key,
-                    generation,
-                    created,
-                ),
-            )
-            .await?
-        {
-            return Err(StoreError::AlreadyExists);
-        }
+        self.claim_device(d).await?;
         if !self.lwt("user_insert", (&d.user_id, created)).await? {
             // Undo the device claim (a crash here leaves an orphan device
             // row of a user that does not exist: unusable, harmless).
@@ -672,22 +726,7 @@ impl Store for ScyllaStore {
             return Err(StoreError::NotFound);
         }
         let created = to_bigint(d.created_at_ms, "created_at_ms")?;
-        let generation = to_bigint(d.token_generation, "token generation")?;
-        if !self
-            .lwt(
-                "device_insert",
-                (
-                    &d.device_id,
-                    &d.user_id,
-                    &d.signature_key,
-                    generation,
-                    created,
-                ),
-            )
-            .await?
-        {
-            return Err(StoreError::AlreadyExists);
-        }
+        self.claim_device(d).await?;
         self.run("device_by_user_insert", (&d.user_id, created, &d.device_id))
             .await?;
         Ok(())
