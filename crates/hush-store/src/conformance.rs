@@ -77,6 +77,102 @@ pub async fn sqlite_harness() -> Harness {
     Harness::with_guard(Arc::new(store), dir)
 }
 
+/// Names the CQL cluster tests run against: `host:port[,host:port...]`, as
+/// printed by `scripts/cql.sh up`.
+pub const CQL_URI_VAR: &str = "HUSH_SCYLLA_URI";
+/// Set to `1` (CI does) to make a test that needs a CQL cluster fail, not
+/// skip, when [`CQL_URI_VAR`] is missing.
+pub const REQUIRE_CQL_VAR: &str = "HUSH_REQUIRE_CQL";
+
+/// The contact points of the test CQL cluster from [`CQL_URI_VAR`]. Without
+/// it: `None` after printing that `what` was SKIPPED and how to start a
+/// cluster, or a panic saying so when [`REQUIRE_CQL_VAR`] is `1`.
+pub fn cql_contact_points(what: &str) -> Option<Vec<String>> {
+    let uri = std::env::var(CQL_URI_VAR).unwrap_or_default();
+    let points: Vec<String> = uri
+        .split(',')
+        .map(|p| p.trim().trim_start_matches("scylla://").to_string())
+        .filter(|p| !p.is_empty())
+        .collect();
+    if !points.is_empty() {
+        return Some(points);
+    }
+    let how = format!(
+        "{CQL_URI_VAR} is not set. Start a local CQL cluster with `scripts/cql.sh up` \
+         (Cassandra, needs Java 17 and Maven) and export the `{CQL_URI_VAR}=...` line it prints"
+    );
+    if std::env::var(REQUIRE_CQL_VAR).is_ok_and(|v| v == "1") {
+        panic!("{what} needs a CQL cluster and {REQUIRE_CQL_VAR}=1: {how}");
+    }
+    eprintln!("SKIPPED {what}: {how} ({REQUIRE_CQL_VAR}=1 turns this skip into a failure)");
+    None
+}
+
+/// A [`crate::ScyllaStore`] on a fresh keyspace (`hush_test_<pid>_<n>`,
+/// replication factor 1) of the test cluster, or `None` when there is none
+/// (see [`cql_contact_points`]). The keyspace is dropped with the harness,
+/// unless the test failed (it stays for inspection then).
+pub async fn cql_harness() -> Option<Harness> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let points = cql_contact_points("this CQL store test")?;
+    let mut config = crate::ScyllaConfig::new(points);
+    config.keyspace = format!(
+        "hush_test_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    config.replication_factor = 1;
+    // Small buckets and pages so the suite's timelines cross partition and
+    // page boundaries.
+    config.bucket_size = 3;
+    config.page_size = 2;
+    let keyspace = config.keyspace.clone();
+    let store = crate::ScyllaStore::connect(config)
+        .await
+        .unwrap_or_else(|e| panic!("{CQL_URI_VAR} is set but the CQL cluster is not usable: {e}"));
+    let guard = DropKeyspace {
+        session: Arc::clone(store.session()),
+        keyspace,
+    };
+    Some(Harness::with_guard(Arc::new(store), guard))
+}
+
+/// Drops a test keyspace when the harness goes (on a multi-thread runtime,
+/// where the session's tasks keep running while this one blocks).
+struct DropKeyspace {
+    session: Arc<scylla::client::session::Session>,
+    keyspace: String,
+}
+
+impl Drop for DropKeyspace {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("keeping keyspace {} for inspection", self.keyspace);
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            return;
+        }
+        let ddl = format!("DROP KEYSPACE IF EXISTS {}", self.keyspace);
+        let dropped = tokio::task::block_in_place(|| {
+            handle.block_on(async {
+                self.session
+                    .query_unpaged(ddl, ())
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            })
+        });
+        if let Err(e) = dropped {
+            eprintln!("could not drop test keyspace {}: {e}", self.keyspace);
+        }
+    }
+}
+
 /// Expands to one `#[tokio::test]` per conformance check. The argument is an
 /// expression evaluated once per test to a future of a
 /// [`Harness`](crate::conformance::Harness).

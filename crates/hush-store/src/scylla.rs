@@ -125,6 +125,11 @@ pub const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../cql/0001_init.cql"
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: i32 = 1;
 
+/// How often the driver asks whether every node has a schema change, after
+/// each DDL statement of a migration (the driver's default is 200 ms, and a
+/// migration is about twenty statements).
+const SCHEMA_AGREEMENT_POLL: Duration = Duration::from_millis(20);
+
 /// The consistency level of ordinary reads and writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConsistencyLevel {
@@ -228,10 +233,43 @@ pub fn validate_keyspace(name: &str) -> std::result::Result<(), String> {
     }
 }
 
-/// The `CREATE KEYSPACE` statement for `config`.
+/// Which CQL server the store talks to, where that changes what it sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Server {
+    /// Apache Cassandra (the test clusters of `scripts/cql.sh`): no
+    /// `tablets` keyspace option.
+    Cassandra,
+    /// ScyllaDB; `tablets` when the cluster has the TABLETS feature (6.0+),
+    /// which is when the keyspace option exists.
+    Scylla { tablets: bool },
+}
+
+/// Tells the server apart from what every node answers: ScyllaDB lists its
+/// own `scylla_*` tables in `system_schema`; Cassandra has none. `features`
+/// is ScyllaDB's `system.local.supported_features` (comma-separated).
+pub fn server_from(system_schema_tables: &[String], features: Option<&str>) -> Server {
+    if system_schema_tables
+        .iter()
+        .any(|t| t.starts_with("scylla_"))
+    {
+        let tablets = features
+            .unwrap_or_default()
+            .split(',')
+            .any(|f| f.trim() == "TABLETS");
+        Server::Scylla { tablets }
+    } else {
+        Server::Cassandra
+    }
+}
+
+/// The `CREATE KEYSPACE` statement for this server. ScyllaDB with tablets
+/// gets them disabled unless asked for (LWT on tablets keyspaces needs
+/// ScyllaDB 2025.4+); a server without tablets gets no such option, and
+/// asking for tablets there is an error.
 pub fn create_keyspace_cql(
     keyspace: &str,
     replication_factor: u32,
+    server: Server,
     tablets: bool,
 ) -> Result<String> {
     validate_keyspace(keyspace).map_err(StoreError::Backend)?;
@@ -240,10 +278,18 @@ pub fn create_keyspace_cql(
             "replication_factor must be at least 1".into(),
         ));
     }
+    let options = match server {
+        Server::Scylla { tablets: true } => format!(" AND tablets = {{'enabled': {tablets}}}"),
+        Server::Cassandra | Server::Scylla { tablets: false } if tablets => {
+            return Err(StoreError::Backend(format!(
+                "tablets are configured but the server ({server:?}) has none"
+            )));
+        }
+        Server::Cassandra | Server::Scylla { tablets: false } => String::new(),
+    };
     Ok(format!(
         "CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = \
-         {{'class': 'SimpleStrategy', 'replication_factor': {replication_factor}}} \
-         AND tablets = {{'enabled': {tablets}}}"
+         {{'class': 'SimpleStrategy', 'replication_factor': {replication_factor}}}{options}"
     ))
 }
 
@@ -349,6 +395,7 @@ impl TryFrom<TimelineRow> for Entry {
 pub struct ScyllaStore {
     session: Arc<Session>,
     config: ScyllaConfig,
+    server: Server,
     prepared: store::Prepared,
 }
 
@@ -381,6 +428,12 @@ impl ScyllaStore {
         let session = SessionBuilder::new()
             .known_nodes(&config.contact_points)
             .connection_timeout(config.request_timeout)
+            // Only this keyspace's replication (for token-aware routing):
+            // neither other keyspaces nor table and column metadata, which
+            // the driver would otherwise re-read after every schema change.
+            .keyspaces_to_fetch([config.keyspace.clone()])
+            .fetch_full_schema_metadata(false)
+            .schema_agreement_interval(SCHEMA_AGREEMENT_POLL)
             .default_execution_profile_handle(profile.into_handle())
             .build()
             .await
@@ -391,7 +444,13 @@ impl ScyllaStore {
                 ))
             })?;
         let session = Arc::new(session);
-        let ddl = create_keyspace_cql(&config.keyspace, config.replication_factor, config.tablets)?;
+        let server = detect_server(&session).await?;
+        let ddl = create_keyspace_cql(
+            &config.keyspace,
+            config.replication_factor,
+            server,
+            config.tablets,
+        )?;
         session
             .query_unpaged(ddl, ())
             .await
@@ -411,10 +470,11 @@ impl ScyllaStore {
         };
         let prepared =
             store::Prepared::prepare(&session, serial_read, strong, config.page_size).await?;
-        tracing::info!(keyspace = %config.keyspace, "scylla store connected");
+        tracing::info!(keyspace = %config.keyspace, ?server, "scylla store connected");
         Ok(ScyllaStore {
             session,
             config,
+            server,
             prepared,
         })
     }
@@ -427,6 +487,42 @@ impl ScyllaStore {
     pub fn config(&self) -> &ScyllaConfig {
         &self.config
     }
+
+    /// The server kind found at connect.
+    pub fn server(&self) -> Server {
+        self.server
+    }
+}
+
+/// Asks the cluster which server it runs (see [`server_from`]).
+async fn detect_server(session: &Session) -> Result<Server> {
+    let tables: Vec<String> = session
+        .query_unpaged(
+            "SELECT table_name FROM system_schema.tables WHERE keyspace_name = 'system_schema'",
+            (),
+        )
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("detect server: {e}")))?
+        .into_rows_result()
+        .map_err(|e| StoreError::Backend(format!("detect server: {e}")))?
+        .rows::<(String,)>()
+        .map_err(|e| StoreError::Backend(format!("detect server: {e}")))?
+        .map(|r| r.map(|(t,)| t))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| StoreError::Backend(format!("detect server: {e}")))?;
+    if server_from(&tables, None) == Server::Cassandra {
+        return Ok(Server::Cassandra);
+    }
+    let features = session
+        .query_unpaged("SELECT supported_features FROM system.local", ())
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("detect server features: {e}")))?
+        .into_rows_result()
+        .map_err(|e| StoreError::Backend(format!("detect server features: {e}")))?
+        .maybe_first_row::<(Option<String>,)>()
+        .map_err(|e| StoreError::Backend(format!("detect server features: {e}")))?
+        .and_then(|(f,)| f);
+    Ok(server_from(&tables, features.as_deref()))
 }
 
 /// Applies every migration newer than the recorded schema version. Every
@@ -478,22 +574,64 @@ mod tests {
 
     #[test]
     fn keyspace_ddl_disables_tablets_unless_asked() {
+        let scylla = Server::Scylla { tablets: true };
         assert_eq!(
-            create_keyspace_cql("hush", 3, false).unwrap(),
+            create_keyspace_cql("hush", 3, scylla, false).unwrap(),
             "CREATE KEYSPACE IF NOT EXISTS hush WITH replication = \
              {'class': 'SimpleStrategy', 'replication_factor': 3} AND tablets = {'enabled': false}"
         );
-        assert!(create_keyspace_cql("hush_test_1", 1, true)
+        assert!(create_keyspace_cql("hush_test_1", 1, scylla, true)
             .unwrap()
             .ends_with("AND tablets = {'enabled': true}"));
-        assert!(create_keyspace_cql("hush", 0, false).is_err());
+        assert!(create_keyspace_cql("hush", 0, scylla, false).is_err());
+    }
+
+    /// Cassandra (and ScyllaDB before tablets) refuse the `tablets` option
+    /// as a syntax error ("Unknown property 'tablets'", seen on Cassandra
+    /// 5.0.9): it is never sent there.
+    #[test]
+    fn servers_without_tablets_get_no_tablets_option() {
+        for server in [Server::Cassandra, Server::Scylla { tablets: false }] {
+            assert_eq!(
+                create_keyspace_cql("hush", 3, server, false).unwrap(),
+                "CREATE KEYSPACE IF NOT EXISTS hush WITH replication = \
+                 {'class': 'SimpleStrategy', 'replication_factor': 3}"
+            );
+            let err = create_keyspace_cql("hush", 3, server, true).unwrap_err();
+            assert!(err.to_string().contains("tablets"), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_server_is_told_apart_by_its_schema_tables_and_features() {
+        let cassandra: Vec<String> = ["keyspaces", "tables", "columns", "views"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(server_from(&cassandra, None), Server::Cassandra);
+        let mut scylla = cassandra.clone();
+        scylla.push("scylla_tables".into());
+        assert_eq!(
+            server_from(&scylla, Some("CDC,LWT,TABLETS,UDA")),
+            Server::Scylla { tablets: true }
+        );
+        assert_eq!(
+            server_from(&scylla, Some("CDC,LWT")),
+            Server::Scylla { tablets: false }
+        );
+        assert_eq!(
+            server_from(&scylla, None),
+            Server::Scylla { tablets: false }
+        );
     }
 
     #[test]
     fn keyspace_names_that_could_inject_cql_are_refused() {
         for bad in ["", "1abc", "a b", "hush; DROP", "a\"b", &"x".repeat(49)] {
             assert!(validate_keyspace(bad).is_err(), "{bad:?}");
-            assert!(create_keyspace_cql(bad, 1, false).is_err(), "{bad:?}");
+            assert!(
+                create_keyspace_cql(bad, 1, Server::Cassandra, false).is_err(),
+                "{bad:?}"
+            );
         }
         for good in ["hush", "Hush_2", "_x", &"x".repeat(48)] {
             assert!(validate_keyspace(good).is_ok(), "{good:?}");
