@@ -225,7 +225,6 @@ start_node() {
     -Dcassandra.skip_wait_for_gossip_to_settle=0 \
     -Dcassandra.ring_delay_ms=1000 \
     -Dcassandra.superuser_setup_delay_ms=0 \
-    -Dcassandra.test.flush_local_schema_changes=false \
     -Dchronicle.analytics.disable=true \
     -cp "$node/conf:$lib/*" \
     org.apache.cassandra.service.CassandraDaemon \

@@ -132,10 +132,112 @@ pub async fn cql_harness() -> Option<Harness> {
         .await
         .unwrap_or_else(|e| panic!("{CQL_URI_VAR} is set but the CQL cluster is not usable: {e}"));
     let guard = DropKeyspace {
-        session: Arc::clone(store.session()),
+        session: Arc::clone(store.session().expect("connect returns connected")),
         keyspace,
     };
     Some(Harness::with_guard(Arc::new(store), guard))
+}
+
+/// The local CQL cluster of `scripts/cql.sh` (its folder: `HUSH_CQL_DIR`,
+/// default `target/cql` of the workspace), for tests that stop and start its
+/// nodes. Such tests run in their own test binary (cargo runs binaries one
+/// at a time) and leave every node running when they end.
+pub struct LocalCqlCluster {
+    dir: std::path::PathBuf,
+    script: std::path::PathBuf,
+    /// The node count of the folder (`scripts/cql.sh up N`).
+    pub size: usize,
+    /// Its contact points, as in `HUSH_SCYLLA_URI`.
+    pub contact_points: Vec<String>,
+}
+
+impl LocalCqlCluster {
+    /// The cluster `HUSH_SCYLLA_URI` names, if it is the `scripts/cql.sh`
+    /// cluster of this workspace with at least `nodes` nodes. Otherwise
+    /// `None` after printing that `what` was SKIPPED and why (a panic with
+    /// `HUSH_REQUIRE_CQL=1`).
+    pub fn find(what: &str, nodes: usize) -> Option<Self> {
+        let contact_points = cql_contact_points(what)?;
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let dir = std::env::var_os("HUSH_CQL_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| root.join("target/cql"));
+        let size: usize = std::fs::read_to_string(dir.join("size"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let ours = (1..=size)
+            .map(|k| format!("127.0.0.{k}:9042"))
+            .collect::<Vec<_>>();
+        if size < nodes || ours != contact_points {
+            let why = format!(
+                "it stops and starts nodes of the scripts/cql.sh cluster in {} and needs \
+                 {nodes} of them named by {CQL_URI_VAR} (found {size} there, and {CQL_URI_VAR}={}): \
+                 run `scripts/cql.sh up {nodes}`",
+                dir.display(),
+                contact_points.join(",")
+            );
+            if std::env::var(REQUIRE_CQL_VAR).is_ok_and(|v| v == "1") {
+                panic!("{what}: {why}");
+            }
+            eprintln!("SKIPPED {what}: {why}");
+            return None;
+        }
+        Some(Self {
+            dir,
+            script: root.join("scripts/cql.sh"),
+            size,
+            contact_points,
+        })
+    }
+
+    /// The pid of node `k` (1-based) as its pid file says.
+    pub fn pid(&self, k: usize) -> Option<u32> {
+        std::fs::read_to_string(self.dir.join(format!("node{k}/pid")))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    }
+
+    /// Kills node `k` with SIGKILL, as a crash would.
+    pub fn kill(&self, k: usize) {
+        let pid = self
+            .pid(k)
+            .unwrap_or_else(|| panic!("node {k} has no pid file"));
+        let status = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -KILL {pid} (node {k})");
+        // Wait until it is gone: its sockets close with it.
+        let proc_dir = std::path::PathBuf::from(format!("/proc/{pid}"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while proc_dir.join("cmdline").exists()
+            && std::fs::read(proc_dir.join("cmdline")).is_ok_and(|c| !c.is_empty())
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node {k} (pid {pid}) survived SIGKILL"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Starts every node that is not running (`scripts/cql.sh up N`) and
+    /// waits until the whole cluster takes writes at consistency ALL again.
+    /// Blocking: call it from `spawn_blocking`.
+    pub fn up(&self) {
+        let out = std::process::Command::new(&self.script)
+            .args(["up", &self.size.to_string()])
+            .env("HUSH_CQL_DIR", &self.dir)
+            .output()
+            .expect("run scripts/cql.sh up");
+        assert!(
+            out.status.success(),
+            "scripts/cql.sh up {} failed:\n{}",
+            self.size,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// Drops a test keyspace when the harness goes (on a multi-thread runtime,
@@ -161,7 +263,7 @@ impl Drop for DropKeyspace {
         let dropped = tokio::task::block_in_place(|| {
             handle.block_on(async {
                 self.session
-                    .query_unpaged(ddl, ())
+                    .query_unpaged(crate::scylla::schema_change(ddl), ())
                     .await
                     .map(drop)
                     .map_err(|e| e.to_string())
@@ -189,6 +291,7 @@ macro_rules! store_conformance_suite {
     };
     (@list $mode:ident ($factory:expr)) => {
         $crate::store_conformance_suite!(@tests $mode ($factory)
+            ready_once_open,
             users_and_devices,
             secrets_get_or_create_concurrently,
             link_codes_single_use_and_expiry,
@@ -384,6 +487,13 @@ fn assert_fenced<T: std::fmt::Debug>(
 
 // ----------------------------------------------------------------------------
 // accounts
+
+pub async fn ready_once_open(store: Arc<dyn Store>) {
+    store.ready().await.expect("an open store answers");
+    // Asking does not change anything.
+    store.ready().await.expect("and keeps answering");
+    assert!(store.device("d").await.expect("read").is_none());
+}
 
 pub async fn users_and_devices(store: Arc<dyn Store>) {
     let alice1 = device("alice", "alice-1", 10);

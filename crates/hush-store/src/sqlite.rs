@@ -215,6 +215,12 @@ impl SqliteStore {
 
 #[async_trait]
 impl Store for SqliteStore {
+    async fn ready(&self) -> Result<()> {
+        // Through the writer like any write: its thread is alive and can
+        // take the file's write lock (another process may hold it).
+        self.write("ready", |_| Ok(())).await
+    }
+
     async fn create_user(&self, device: &Device) -> Result<()> {
         let d = device.clone();
         self.write("create_user", move |c| accounts::op_create_user(c, &d))
@@ -461,6 +467,10 @@ mod tests {
             };
             assert!(matches!(
                 dead.get_or_create_secret("k", b"v").await,
+                Err(StoreError::Unavailable(_))
+            ));
+            assert!(matches!(
+                dead.ready().await,
                 Err(StoreError::Unavailable(_))
             ));
             // Reads do not need the writer.

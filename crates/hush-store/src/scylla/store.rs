@@ -1,5 +1,9 @@
-//! [`Store`] for [`ScyllaStore`]: the design in the parent module's docs.
-//! Never exercised against a live cluster (see the parent module).
+//! The statements (each prepared once at connect, with how it runs: see
+//! [`Mode`]) and [`Store`] for [`ScyllaStore`], following the design in the
+//! parent module's docs. Invariants: every decision is one LWT on one
+//! partition taken after a read of that partition at SERIAL; LWTs and
+//! writes with non-fixed values are never marked idempotent; a transient
+//! error is retried only where a repetition is harmless.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -14,6 +18,7 @@ use ::scylla::value::{CqlValue, Row};
 use async_trait::async_trait;
 use futures_util::TryStreamExt;
 
+use super::error::{exec_error, next_row_error, pager_error, prepare_error, Transient};
 use super::{
     bucket_of, bucket_range, from_bigint, to_bigint, ttl_seconds, ScyllaStore, TimelineRow,
 };
@@ -54,6 +59,14 @@ pub enum Mode {
     /// entries, the client_msg_id lookup): at QUORUM (LOCAL_QUORUM with
     /// `local_quorum`) even when the configured consistency is ONE.
     Quorum,
+}
+
+impl Mode {
+    /// Whether running the statement again after an error with an unknown
+    /// outcome is harmless.
+    pub fn repeatable(self) -> bool {
+        matches!(self, Mode::Idempotent | Mode::Quorum | Mode::SerialRead)
+    }
 }
 
 /// Every statement the backend runs: (name, mode, CQL). Prepared once at
@@ -108,10 +121,11 @@ pub const STATEMENTS: &[(&str, Mode, &str)] = &[
     ("inbox_insert", Mode::Quorum, "INSERT INTO inbox (device_id, inbox_seq, group_id, commit_seq, welcome, ratchet_tree) VALUES (?, ?, ?, ?, ?, ?)"),
     ("inbox_read", Mode::Idempotent, "SELECT inbox_seq, group_id, commit_seq, welcome, ratchet_tree FROM inbox WHERE device_id = ? AND inbox_seq > ?"),
     ("inbox_ack", Mode::Idempotent, "DELETE FROM inbox WHERE device_id = ? AND inbox_seq <= ?"),
+    ("ready_probe", Mode::Quorum, "SELECT version FROM schema_version WHERE version = ?"),
 ];
 
-/// The prepared statements, by name.
-pub(super) struct Prepared(HashMap<&'static str, PreparedStatement>);
+/// The prepared statements, by name, with how each runs.
+pub(super) struct Prepared(HashMap<&'static str, (PreparedStatement, Mode)>);
 
 impl Prepared {
     pub(super) async fn prepare(
@@ -125,7 +139,7 @@ impl Prepared {
             let mut p = session
                 .prepare(*cql)
                 .await
-                .map_err(|e| StoreError::Backend(format!("prepare {name}: {e}")))?;
+                .map_err(|e| prepare_error(name, e))?;
             p.set_is_idempotent(matches!(mode, Mode::Idempotent | Mode::Quorum));
             match mode {
                 Mode::SerialRead => p.set_consistency(serial_read),
@@ -133,12 +147,12 @@ impl Prepared {
                 Mode::Idempotent | Mode::Lwt | Mode::Once => {}
             }
             p.set_page_size(page_size.max(1));
-            map.insert(*name, p);
+            map.insert(*name, (p, *mode));
         }
         Ok(Prepared(map))
     }
 
-    fn get(&self, name: &str) -> Result<&PreparedStatement> {
+    fn get(&self, name: &str) -> Result<&(PreparedStatement, Mode)> {
         self.0
             .get(name)
             .ok_or_else(|| StoreError::Backend(format!("statement {name} not prepared (a bug)")))
@@ -372,15 +386,45 @@ fn contention_backoff(attempt: u32) -> Duration {
 }
 
 impl ScyllaStore {
+    /// Runs a statement once connected. Statements that are safe to repeat
+    /// (every mode but LWTs and `Once` writes) are retried after transient
+    /// errors, up to [`super::error::TRANSIENT_RETRIES`] times; the driver
+    /// itself never retries SERIAL reads, and a node that just died takes
+    /// its in-flight requests with it.
     async fn run(&self, name: &str, values: impl SerializeRow) -> Result<QueryResult> {
-        self.session
-            .execute_unpaged(self.prepared.get(name)?, values)
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("{name}: {e}")))
+        let connected = self.link.require(&self.config)?;
+        let (statement, mode) = connected.prepared.get(name)?;
+        let mut transient = Transient::new();
+        loop {
+            let e = match connected.session.execute_unpaged(statement, &values).await {
+                Ok(result) => return Ok(result),
+                Err(e) => exec_error(name, e),
+            };
+            if !mode.repeatable() {
+                return Err(e);
+            }
+            transient.retry_after(e).await?;
+        }
     }
 
-    async fn lwt(&self, name: &str, values: impl SerializeRow) -> Result<bool> {
+    /// Runs an LWT once: whether it applied. After an error its outcome is
+    /// unknown (it may have applied): the caller re-reads before deciding.
+    async fn lwt_once(&self, name: &str, values: impl SerializeRow) -> Result<bool> {
         applied(self.run(name, values).await?)
+    }
+
+    /// Runs an LWT, again after transient errors: for conditions that a
+    /// repetition cannot break (a repeated LWT that had applied the first
+    /// time reports "not applied", which its callers read as losing a race
+    /// and decide again from a fresh read).
+    async fn lwt(&self, name: &str, values: impl SerializeRow) -> Result<bool> {
+        let mut transient = Transient::new();
+        loop {
+            match self.lwt_once(name, &values).await {
+                Ok(applied) => return Ok(applied),
+                Err(e) => transient.retry_after(e).await?,
+            }
+        }
     }
 
     async fn one<R>(&self, name: &str, values: impl SerializeRow) -> Result<Option<R>>
@@ -395,19 +439,45 @@ impl ScyllaStore {
         rows.maybe_first_row::<R>().map_err(|e| backend(name, e))
     }
 
+    /// Reads up to `limit` rows, page by page; starts over after a
+    /// transient error (reads are safe to repeat).
     async fn all<R>(&self, name: &str, values: impl SerializeRow, limit: usize) -> Result<Vec<R>>
     where
         R: for<'f, 'm> ::scylla::deserialize::row::DeserializeRow<'f, 'm> + Send + 'static,
     {
-        let pager = self
+        let mut transient = Transient::new();
+        loop {
+            match self.all_once(name, &values, limit).await {
+                Ok(rows) => return Ok(rows),
+                Err(e) => transient.retry_after(e).await?,
+            }
+        }
+    }
+
+    async fn all_once<R>(
+        &self,
+        name: &str,
+        values: impl SerializeRow,
+        limit: usize,
+    ) -> Result<Vec<R>>
+    where
+        R: for<'f, 'm> ::scylla::deserialize::row::DeserializeRow<'f, 'm> + Send + 'static,
+    {
+        let connected = self.link.require(&self.config)?;
+        let (statement, _) = connected.prepared.get(name)?;
+        let pager = connected
             .session
-            .execute_iter(self.prepared.get(name)?.clone(), values)
+            .execute_iter(statement.clone(), values)
             .await
-            .map_err(|e| StoreError::Unavailable(format!("{name}: {e}")))?;
+            .map_err(|e| pager_error(name, e))?;
         let mut stream = pager.rows_stream::<R>().map_err(|e| backend(name, e))?;
         let mut out = Vec::new();
         while out.len() < limit {
-            match stream.try_next().await.map_err(|e| backend(name, e))? {
+            match stream
+                .try_next()
+                .await
+                .map_err(|e| next_row_error(name, e))?
+            {
                 Some(r) => out.push(r),
                 None => break,
             }
@@ -544,7 +614,8 @@ impl ScyllaStore {
     /// Appends `entry` with the next seq: reads the head, checks the fence,
     /// finishes the previous entry, answers a duplicate id, checks the epoch,
     /// then races for the seq with one LWT ([`Self::reserve`]). A lost race
-    /// re-reads the head and decides again.
+    /// re-reads the head and decides again; so does a transient error (a
+    /// bounded number of times).
     async fn append(
         &self,
         group_id: &[u8],
@@ -553,32 +624,71 @@ impl ScyllaStore {
         change: Change<'_>,
     ) -> Result<AppendOutcome> {
         let fence = to_bigint(fence, "fence")?;
-        for attempt in 0..MAX_ATTEMPTS {
-            let head = self.head(group_id).await?.ok_or(StoreError::NotFound)?;
-            check_fence(&head, fence)?;
-            if let Some(p) = head.pending() {
-                self.materialize(group_id, &p).await?;
-            }
-            if let Some((seq,)) = self
-                .one::<(i64,)>("cmid_get", (group_id, &entry.client_msg_id))
-                .await?
+        let mut transient = Transient::new();
+        // Set once this call's own LWT may have written the entry (it
+        // applied, or failed with an unknown outcome): finding the id
+        // afterwards is this call's append, not somebody else's.
+        let mut ours = false;
+        let mut attempt = 0;
+        while attempt < MAX_ATTEMPTS {
+            match self
+                .append_attempt(group_id, fence, entry, &change, &mut ours)
+                .await
             {
-                return Ok(AppendOutcome::Duplicate {
-                    seq: from_bigint(seq, "seq")?,
-                });
+                Ok(Some(outcome)) => return Ok(outcome),
+                Ok(None) => {
+                    tokio::time::sleep(contention_backoff(attempt)).await;
+                    attempt += 1;
+                }
+                Err(e) => transient.retry_after(e).await?,
             }
-            check_epoch(&head, change.expected_epoch(entry))?;
-            let seq = head.head_seq + 1;
-            let reservation = change.reservation(entry_row(seq, entry)?, &head)?;
-            if self.reserve(group_id, &head, fence, &reservation).await? {
-                self.materialize(group_id, &reservation.pending).await?;
-                return Ok(AppendOutcome::Appended {
-                    seq: from_bigint(seq, "seq")?,
-                });
-            }
-            tokio::time::sleep(contention_backoff(attempt)).await;
         }
         Err(StoreError::Unavailable("group head contended".into()))
+    }
+
+    /// One round of [`Self::append`]: the outcome, or `None` after losing
+    /// the race for the seq.
+    async fn append_attempt(
+        &self,
+        group_id: &[u8],
+        fence: i64,
+        entry: &NewEntry,
+        change: &Change<'_>,
+        ours: &mut bool,
+    ) -> Result<Option<AppendOutcome>> {
+        let head = self.head(group_id).await?.ok_or(StoreError::NotFound)?;
+        check_fence(&head, fence)?;
+        if let Some(p) = head.pending() {
+            self.materialize(group_id, &p).await?;
+        }
+        if let Some((seq,)) = self
+            .one::<(i64,)>("cmid_get", (group_id, &entry.client_msg_id))
+            .await?
+        {
+            let seq = from_bigint(seq, "seq")?;
+            return Ok(Some(if *ours {
+                AppendOutcome::Appended { seq }
+            } else {
+                AppendOutcome::Duplicate { seq }
+            }));
+        }
+        check_epoch(&head, change.expected_epoch(entry))?;
+        let seq = head.head_seq + 1;
+        let reservation = change.reservation(entry_row(seq, entry)?, &head)?;
+        match self.reserve(group_id, &head, fence, &reservation).await {
+            Ok(true) => {
+                *ours = true;
+                self.materialize(group_id, &reservation.pending).await?;
+                Ok(Some(AppendOutcome::Appended {
+                    seq: from_bigint(seq, "seq")?,
+                }))
+            }
+            Ok(false) => Ok(None),
+            Err(e) => {
+                *ours = true;
+                Err(e)
+            }
+        }
     }
 
     /// The LWT that takes the reservation's seq if the head is still at
@@ -635,7 +745,7 @@ impl ScyllaStore {
             &head.head_seq,
             &fence,
         ]);
-        self.lwt(statement, values).await
+        self.lwt_once(statement, values).await
     }
 }
 
@@ -702,6 +812,27 @@ fn count(n: i64) -> u32 {
 
 #[async_trait]
 impl Store for ScyllaStore {
+    async fn ready(&self) -> Result<()> {
+        let connected = self.link.require(&self.config)?;
+        let (probe, _) = connected.prepared.get("ready_probe")?;
+        // At the strong consistency level: it answers only when enough
+        // replicas of the keyspace do for a write to be acknowledged.
+        let rows = connected
+            .session
+            .execute_unpaged(probe, (super::SCHEMA_VERSION,))
+            .await
+            .map_err(|e| exec_error("ready", e))?
+            .into_rows_result()
+            .map_err(|e| backend("ready", e))?;
+        match rows.maybe_first_row::<(i32,)>() {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(StoreError::Unavailable(
+                "schema version not recorded yet".into(),
+            )),
+            Err(e) => Err(backend("ready", e)),
+        }
+    }
+
     async fn create_user(&self, d: &Device) -> Result<()> {
         let created = to_bigint(d.created_at_ms, "created_at_ms")?;
         // The device id is claimed first: if it is taken nothing is written.
@@ -1157,7 +1288,14 @@ mod tests {
     fn every_statement_the_backend_runs_is_listed() {
         let source = include_str!("store.rs");
         let listed: BTreeSet<&str> = STATEMENTS.iter().map(|(n, _, _)| *n).collect();
-        for call in [".run(\"", ".lwt(\"", ".one::<", ".all::<"] {
+        for call in [
+            ".run(\"",
+            ".lwt(\"",
+            ".lwt_once(\"",
+            ".one::<",
+            ".all::<",
+            "prepared.get(\"",
+        ] {
             for (i, _) in source.match_indices(call) {
                 let rest = &source[i..];
                 let Some(q) = rest.find('"') else { continue };
