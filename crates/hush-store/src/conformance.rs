@@ -108,34 +108,199 @@ pub fn cql_contact_points(what: &str) -> Option<Vec<String>> {
     None
 }
 
-/// A [`crate::ScyllaStore`] on a fresh keyspace (`hush_test_<pid>_<n>`,
-/// replication factor 1) of the test cluster, or `None` when there is none
-/// (see [`cql_contact_points`]). The keyspace is dropped with the harness,
-/// unless the test failed (it stays for inspection then).
+/// A [`crate::ScyllaStore`] on an empty test keyspace (replication
+/// factor 1) of the test cluster, or `None` when there is none (see
+/// [`cql_contact_points`]). The keyspace comes from a pool (see
+/// [`TestKeyspace`]) and goes back to it when the harness drops.
 pub async fn cql_harness() -> Option<Harness> {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
     let points = cql_contact_points("this CQL store test")?;
+    let keyspace = TestKeyspace::claim(&points).await;
     let mut config = crate::ScyllaConfig::new(points);
-    config.keyspace = format!(
-        "hush_test_{}_{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    );
+    config.keyspace = keyspace.name.clone();
     config.replication_factor = 1;
     // Small buckets and pages so the suite's timelines cross partition and
     // page boundaries.
     config.bucket_size = 3;
     config.page_size = 2;
-    let keyspace = config.keyspace.clone();
     let store = crate::ScyllaStore::connect(config)
         .await
         .unwrap_or_else(|e| panic!("{CQL_URI_VAR} is set but the CQL cluster is not usable: {e}"));
-    let guard = DropKeyspace {
-        session: Arc::clone(store.session().expect("connect returns connected")),
-        keyspace,
+    let session = Arc::clone(store.session().expect("connect returns connected"));
+    keyspace.empty(&session).await;
+    Some(Harness::with_guard(Arc::new(store), keyspace))
+}
+
+/// A test keyspace claimed from the pool `hush_test_0`, `hush_test_1`, ...
+///
+/// Creating a keyspace takes seconds on Cassandra and dropping one as
+/// long (measured on the 3-node test cluster at load average about 16:
+/// creating the store's keyspace 25-33 s, dropping it 12-14 s, truncating
+/// its 17 tables 2.6-3.3 s, opening a store on it once it exists 0.2-0.3
+/// s). So tests reuse keyspaces: one process at a time holds each (an LWT
+/// on `hush_test_claims.claims`, owner `<boot id>/<pid>`; a claim whose
+/// process is gone is taken over), empties the tables that have rows when
+/// it claims it, and releases it when it drops. A new keyspace is created
+/// only when every one is in use, so a cluster keeps about as many as tests
+/// ever ran at once.
+pub struct TestKeyspace {
+    pub name: String,
+    owner: String,
+    session: Arc<scylla::client::session::Session>,
+}
+
+impl TestKeyspace {
+    /// Claims a keyspace name (the keyspace itself may not exist yet: the
+    /// store creates it).
+    pub async fn claim(points: &[String]) -> TestKeyspace {
+        let session = scylla::client::session_builder::SessionBuilder::new()
+            .known_nodes(points)
+            .keyspaces_to_fetch(["hush_test_claims"])
+            .fetch_full_schema_metadata(false)
+            .build()
+            .await
+            .unwrap_or_else(|e| {
+                panic!("{CQL_URI_VAR} is set but the CQL cluster is not usable: {e}")
+            });
+        let session = Arc::new(session);
+        for ddl in [
+            "CREATE KEYSPACE IF NOT EXISTS hush_test_claims WITH replication = \
+             {'class': 'SimpleStrategy', 'replication_factor': 1}",
+            "CREATE TABLE IF NOT EXISTS hush_test_claims.claims (name text PRIMARY KEY, owner text)",
+        ] {
+            session
+                .query_unpaged(crate::scylla::schema_change(ddl), ())
+                .await
+                .unwrap_or_else(|e| panic!("create the test keyspace claims: {e}"));
+        }
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+        let owner = format!("{}/{}", boot.trim(), std::process::id());
+        for k in 0.. {
+            let name = format!("hush_test_{k}");
+            let taken = session
+                .query_unpaged(
+                    "INSERT INTO hush_test_claims.claims (name, owner) VALUES (?, ?) IF NOT EXISTS",
+                    (&name, &owner),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("claim {name}: {e}"));
+            let (applied, holder) = claim_result(taken);
+            if applied {
+                return TestKeyspace {
+                    name,
+                    owner,
+                    session,
+                };
+            }
+            let Some(holder) = holder.filter(|h| !owner_alive(h, boot.trim())) else {
+                continue;
+            };
+            let took_over = session
+                .query_unpaged(
+                    "UPDATE hush_test_claims.claims SET owner = ? WHERE name = ? IF owner = ?",
+                    (&owner, &name, &holder),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("take over {name}: {e}"));
+            if claim_result(took_over).0 {
+                return TestKeyspace {
+                    name,
+                    owner,
+                    session,
+                };
+            }
+        }
+        unreachable!("the pool has no end")
+    }
+
+    /// Truncates every table of the store's schema that has a row (not
+    /// `schema_version`), so the store starts empty.
+    pub async fn empty(&self, session: &scylla::client::session::Session) {
+        for table in crate::scylla::schema_tables() {
+            if table == "schema_version" {
+                continue;
+            }
+            let rows = session
+                .query_unpaged(format!("SELECT * FROM {}.{table} LIMIT 1", self.name), ())
+                .await
+                .unwrap_or_else(|e| panic!("look into {}.{table}: {e}", self.name))
+                .into_rows_result()
+                .map(|r| r.rows_num())
+                .unwrap_or(0);
+            if rows > 0 {
+                session
+                    .query_unpaged(
+                        crate::scylla::schema_change(format!("TRUNCATE {}.{table}", self.name)),
+                        (),
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("truncate {}.{table}: {e}", self.name));
+            }
+        }
+    }
+}
+
+/// `([applied], owner)` of a claim LWT (a condition that failed returns
+/// the row's current values).
+fn claim_result(result: scylla::response::query_result::QueryResult) -> (bool, Option<String>) {
+    let Ok(rows) = result.into_rows_result() else {
+        return (false, None);
     };
-    Some(Harness::with_guard(Arc::new(store), guard))
+    let owner_at = rows.column_specs().iter().position(|c| c.name() == "owner");
+    let Ok(row) = rows.first_row::<scylla::value::Row>() else {
+        return (false, None);
+    };
+    let applied = matches!(
+        row.columns.first(),
+        Some(Some(scylla::value::CqlValue::Boolean(true)))
+    );
+    let owner = owner_at
+        .and_then(|i| row.columns.get(i).cloned().flatten())
+        .and_then(|v| match v {
+            scylla::value::CqlValue::Text(t) => Some(t),
+            _ => None,
+        });
+    (applied, owner)
+}
+
+/// Whether the claim owner `<boot id>/<pid>` still runs on this machine.
+fn owner_alive(owner: &str, boot: &str) -> bool {
+    let Some((owner_boot, pid)) = owner.rsplit_once('/') else {
+        return false;
+    };
+    owner_boot == boot && std::path::Path::new("/proc").join(pid).exists()
+}
+
+impl Drop for TestKeyspace {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "the failed test's data stays in keyspace {} until the next test claims it",
+                self.name
+            );
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            // A claim whose process ends is taken over by the next one.
+            return;
+        }
+        let released = tokio::task::block_in_place(|| {
+            handle.block_on(async {
+                self.session
+                    .query_unpaged(
+                        "DELETE FROM hush_test_claims.claims WHERE name = ? IF owner = ?",
+                        (&self.name, &self.owner),
+                    )
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            })
+        });
+        if let Err(e) = released {
+            eprintln!("could not release test keyspace {}: {e}", self.name);
+        }
+    }
 }
 
 /// The local CQL cluster of `scripts/cql.sh` (its folder: `HUSH_CQL_DIR`,
@@ -237,41 +402,6 @@ impl LocalCqlCluster {
             self.size,
             String::from_utf8_lossy(&out.stderr)
         );
-    }
-}
-
-/// Drops a test keyspace when the harness goes (on a multi-thread runtime,
-/// where the session's tasks keep running while this one blocks).
-struct DropKeyspace {
-    session: Arc<scylla::client::session::Session>,
-    keyspace: String,
-}
-
-impl Drop for DropKeyspace {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("keeping keyspace {} for inspection", self.keyspace);
-            return;
-        }
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
-            return;
-        }
-        let ddl = format!("DROP KEYSPACE IF EXISTS {}", self.keyspace);
-        let dropped = tokio::task::block_in_place(|| {
-            handle.block_on(async {
-                self.session
-                    .query_unpaged(crate::scylla::schema_change(ddl), ())
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            })
-        });
-        if let Err(e) = dropped {
-            eprintln!("could not drop test keyspace {}: {e}", self.keyspace);
-        }
     }
 }
 
