@@ -19,7 +19,9 @@ import com.datastax.driver.core.policies.RoundRobinPolicy;
 import com.datastax.driver.core.policies.WhiteListPolicy;
 import java.net.InetSocketAddress;
 import java.util.ArrayList;
+import java.util.HashMap;
 import java.util.List;
+import java.util.Map;
 
 public final class CqlProbe {
     private static final long RETRY_PAUSE_MS = 500;
@@ -58,10 +60,48 @@ public final class CqlProbe {
             });
             System.err.println("cql: " + hostPort(node) + " writes to all " + nodes.size() + " replicas");
         }
+        for (InetSocketAddress node : new ArrayList<>(SESSIONS.keySet())) {
+            forget(node);
+        }
     }
 
     interface Check {
         String run(Session session) throws Exception;
+    }
+
+    /** One open session per node, reused by the checks while it works. */
+    private static final Map<InetSocketAddress, Cluster> CLUSTERS = new HashMap<>();
+    private static final Map<InetSocketAddress, Session> SESSIONS = new HashMap<>();
+
+    private static Session session(InetSocketAddress node) {
+        Session open = SESSIONS.get(node);
+        if (open != null) {
+            return open;
+        }
+        Cluster cluster = Cluster.builder()
+            .addContactPointsWithPorts(node)
+            .withLoadBalancingPolicy(new WhiteListPolicy(new RoundRobinPolicy(), List.of(node)))
+            .withSocketOptions(new SocketOptions().setConnectTimeoutMillis(2000).setReadTimeoutMillis(10000))
+            .withoutJMXReporting()
+            .withoutMetrics()
+            .build();
+        try {
+            Session session = cluster.connect();
+            CLUSTERS.put(node, cluster);
+            SESSIONS.put(node, session);
+            return session;
+        } catch (RuntimeException e) {
+            cluster.close();
+            throw e;
+        }
+    }
+
+    private static void forget(InetSocketAddress node) {
+        SESSIONS.remove(node);
+        Cluster cluster = CLUSTERS.remove(node);
+        if (cluster != null) {
+            cluster.close();
+        }
     }
 
     /** Runs `check` through `node` only, retrying until it passes or the deadline. */
@@ -69,17 +109,11 @@ public final class CqlProbe {
             throws InterruptedException {
         Exception last = null;
         while (System.nanoTime() < deadline) {
-            try (Cluster cluster = Cluster.builder()
-                    .addContactPointsWithPorts(node)
-                    .withLoadBalancingPolicy(new WhiteListPolicy(new RoundRobinPolicy(), List.of(node)))
-                    .withSocketOptions(new SocketOptions().setConnectTimeoutMillis(2000).setReadTimeoutMillis(10000))
-                    .withoutJMXReporting()
-                    .withoutMetrics()
-                    .build();
-                 Session session = cluster.connect()) {
-                return check.run(session);
+            try {
+                return check.run(session(node));
             } catch (Exception e) {
                 last = e;
+                forget(node);
             }
             Thread.sleep(RETRY_PAUSE_MS);
         }
