@@ -35,12 +35,14 @@ pub type Welcomes = HashMap<String, (Vec<u8>, Vec<u8>)>;
 /// Departed devices: device_id -> joined_seq.
 pub type Departed = HashMap<String, i64>;
 
-/// How often a contended LWT loop retries before giving up.
-const MAX_ATTEMPTS: u32 = 64;
-/// After losing the race for a group's next seq, an appender waits
-/// `attempt` steps (at most [`CONTENTION_BACKOFF_STEPS`]) before re-reading.
-const CONTENTION_BACKOFF_STEP: Duration = Duration::from_millis(1);
-const CONTENTION_BACKOFF_STEPS: u32 = 20;
+/// How long an LWT loop that keeps losing races (to other writers of the
+/// same row) tries before it answers `Unavailable`.
+const CONTENTION_GIVE_UP: Duration = Duration::from_secs(30);
+/// After losing round `n` of such a race, a writer pauses a random time up
+/// to `CONTENTION_FIRST_PAUSE × 2^n`, at most [`CONTENTION_MAX_PAUSE`]
+/// ("full jitter": contenders that pause alike keep colliding).
+const CONTENTION_FIRST_PAUSE: Duration = Duration::from_millis(1);
+const CONTENTION_MAX_PAUSE: Duration = Duration::from_millis(50);
 
 /// How a statement runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -380,9 +382,54 @@ fn check_epoch(head: &HeadRow, expected: Option<u64>) -> Result<()> {
     Ok(())
 }
 
-/// The pause after losing an LWT race, growing with the attempt.
-fn contention_backoff(attempt: u32) -> Duration {
-    CONTENTION_BACKOFF_STEP * attempt.min(CONTENTION_BACKOFF_STEPS)
+/// The races one LWT loop lost, and for how long it has been trying.
+struct Contention {
+    what: &'static str,
+    started: std::time::Instant,
+    rounds: u32,
+}
+
+impl Contention {
+    fn new(what: &'static str) -> Self {
+        Self {
+            what,
+            started: std::time::Instant::now(),
+            rounds: 0,
+        }
+    }
+
+    /// After a lost race: pauses (see [`CONTENTION_FIRST_PAUSE`]), or
+    /// `Unavailable` once [`CONTENTION_GIVE_UP`] has passed.
+    async fn lost(&mut self) -> Result<()> {
+        if self.started.elapsed() >= CONTENTION_GIVE_UP {
+            return Err(StoreError::Unavailable(format!(
+                "{} contended: {} lost races in {:?}",
+                self.what,
+                self.rounds,
+                self.started.elapsed()
+            )));
+        }
+        let ceiling = contention_ceiling(self.rounds);
+        self.rounds = self.rounds.saturating_add(1);
+        tokio::time::sleep(ceiling.mul_f64(random_fraction())).await;
+        Ok(())
+    }
+}
+
+/// The longest pause after `rounds` lost races.
+fn contention_ceiling(rounds: u32) -> Duration {
+    CONTENTION_FIRST_PAUSE
+        .saturating_mul(2u32.saturating_pow(rounds.min(16)))
+        .min(CONTENTION_MAX_PAUSE)
+}
+
+/// A number in [0, 1) from std's randomly keyed hasher (jitter needs no
+/// more than that).
+fn random_fraction() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0);
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 impl ScyllaStore {
@@ -575,7 +622,8 @@ impl ScyllaStore {
     }
 
     async fn next_inbox_seq(&self, device: &str) -> Result<i64> {
-        for _ in 0..MAX_ATTEMPTS {
+        let mut contention = Contention::new("inbox counter");
+        loop {
             match self.one::<(i64,)>("counter_get", (device,)).await? {
                 None => {
                     if self.lwt("counter_init", (device,)).await? {
@@ -588,8 +636,8 @@ impl ScyllaStore {
                     }
                 }
             }
+            contention.lost().await?;
         }
-        Err(StoreError::Unavailable("inbox counter contended".into()))
     }
 
     /// Inserts the device row if its id is free (an LWT): `AlreadyExists`
@@ -629,21 +677,17 @@ impl ScyllaStore {
         // applied, or failed with an unknown outcome): finding the id
         // afterwards is this call's append, not somebody else's.
         let mut ours = false;
-        let mut attempt = 0;
-        while attempt < MAX_ATTEMPTS {
+        let mut contention = Contention::new("group head");
+        loop {
             match self
                 .append_attempt(group_id, fence, entry, &change, &mut ours)
                 .await
             {
                 Ok(Some(outcome)) => return Ok(outcome),
-                Ok(None) => {
-                    tokio::time::sleep(contention_backoff(attempt)).await;
-                    attempt += 1;
-                }
+                Ok(None) => contention.lost().await?,
                 Err(e) => transient.retry_after(e).await?,
             }
         }
-        Err(StoreError::Unavailable("group head contended".into()))
     }
 
     /// One round of [`Self::append`]: the outcome, or `None` after losing
@@ -884,14 +928,15 @@ impl Store for ScyllaStore {
     }
 
     async fn bump_token_generation(&self, device_id: &str) -> Result<u64> {
-        for _ in 0..MAX_ATTEMPTS {
+        let mut contention = Contention::new("device row");
+        loop {
             let d = self.device(device_id).await?.ok_or(StoreError::NotFound)?;
             let cur = to_bigint(d.token_generation, "token generation")?;
             if self.lwt("device_bump", (cur + 1, device_id, cur)).await? {
                 return from_bigint(cur + 1, "token generation");
             }
+            contention.lost().await?;
         }
-        Err(StoreError::Unavailable("device row contended".into()))
     }
 
     async fn get_or_create_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>> {
@@ -949,7 +994,10 @@ impl Store for ScyllaStore {
     }
 
     async fn claim_key_package(&self, device_id: &str) -> Result<Option<ClaimedKeyPackage>> {
-        for _ in 0..MAX_ATTEMPTS {
+        let mut contention = Contention::new("key packages");
+        // Until no ordinary package is left: the last-resort one is handed
+        // out only then, however long the claimers race.
+        loop {
             let rows = self
                 .all::<(::scylla::value::CqlTimeuuid, Vec<u8>)>("kp_oldest", (device_id,), 16)
                 .await?;
@@ -964,6 +1012,7 @@ impl Store for ScyllaStore {
                     }));
                 }
             }
+            contention.lost().await?;
         }
         Ok(self
             .one::<(Vec<u8>,)>("lr_get", (device_id,))
@@ -1040,7 +1089,8 @@ impl Store for ScyllaStore {
     ) -> Result<Lease> {
         let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
         let wanted = i64::try_from(now_ms.saturating_add(ttl_ms)).unwrap_or(i64::MAX);
-        for _ in 0..MAX_ATTEMPTS {
+        let mut contention = Contention::new("group lease");
+        loop {
             let head = self.head(group_id).await?.ok_or(StoreError::NotFound)?;
             let (token, expires) = lease_decision(
                 &head.lease_owner,
@@ -1075,8 +1125,8 @@ impl Store for ScyllaStore {
                     expires_at_ms: from_bigint(expires, "lease expiry")?,
                 });
             }
+            contention.lost().await?;
         }
-        Err(StoreError::Unavailable("group lease contended".into()))
     }
 
     async fn release_lease(&self, group_id: &[u8], owner: &str, token: u64) -> Result<()> {
@@ -1358,6 +1408,22 @@ mod tests {
             user_id: user.into(),
             device_id: device.into(),
         }
+    }
+
+    #[test]
+    fn contention_pauses_grow_to_a_ceiling_and_are_random_below_it() {
+        assert_eq!(contention_ceiling(0), Duration::from_millis(1));
+        assert_eq!(contention_ceiling(3), Duration::from_millis(8));
+        assert_eq!(contention_ceiling(6), CONTENTION_MAX_PAUSE);
+        assert_eq!(contention_ceiling(u32::MAX), CONTENTION_MAX_PAUSE);
+        let draws: BTreeSet<u64> = (0..64)
+            .map(|_| {
+                let f = random_fraction();
+                assert!((0.0..1.0).contains(&f), "{f}");
+                (f * 1e9) as u64
+            })
+            .collect();
+        assert!(draws.len() > 32, "jitter is not random: {draws:?}");
     }
 
     #[test]
