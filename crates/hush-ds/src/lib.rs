@@ -14,6 +14,7 @@
 //!   returns a typed [`DsError`] / [`TokenError`].
 //! - Secrets (the token key) have redacted `Debug`.
 
+mod codec;
 pub mod error;
 pub mod group;
 pub mod keypackage;
@@ -26,6 +27,20 @@ pub use group::{AddedMember, CommitEffect, GroupTracker, Member, ProposalEffect}
 pub use keypackage::{validate_key_package, ValidKeyPackage};
 pub use limits::TokenBucket;
 pub use token::{verify_ed25519, TokenClaims, TokenError, TokenKey};
+
+/// The longest group id the service accepts (MLS allows more; nothing
+/// legitimate needs it, and every table and message keys on it).
+pub const MAX_GROUP_ID_BYTES: usize = 256;
+
+/// A group id is 1 to [`MAX_GROUP_ID_BYTES`] bytes.
+pub fn validate_group_id(group_id: &[u8]) -> Result<(), DsError> {
+    if group_id.is_empty() || group_id.len() > MAX_GROUP_ID_BYTES {
+        return Err(DsError::InvalidArgument(format!(
+            "group id must be 1..={MAX_GROUP_ID_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
 
 /// Shortest and longest handle.
 pub const HANDLE_MIN: usize = 3;
@@ -79,6 +94,18 @@ mod tests {
                 matches!(validate_handle(bad), Err(DsError::InvalidArgument(_))),
                 "{bad:?}"
             );
+        }
+    }
+
+    #[test]
+    fn group_ids() {
+        assert!(validate_group_id(b"g").is_ok());
+        assert!(validate_group_id(&[7; MAX_GROUP_ID_BYTES]).is_ok());
+        for bad in [&[][..], &[7; MAX_GROUP_ID_BYTES + 1][..]] {
+            assert!(matches!(
+                validate_group_id(bad),
+                Err(DsError::InvalidArgument(_))
+            ));
         }
     }
 }

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
-use crate::session::Outbound;
+use crate::wire::Outbound;
 
 /// A connection on this node.
 pub struct LocalConn {

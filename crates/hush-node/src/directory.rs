@@ -8,7 +8,9 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
 
-use ractor::{ActorRef, Message};
+use ractor::{Actor, ActorRef, Message};
+
+use crate::error::{ApiError, ApiResult};
 
 /// Local actors of one kind, by key.
 pub struct Directory<K, M: Message> {
@@ -49,6 +51,30 @@ impl<K: Eq + Hash + Clone + Send, M: Message> Directory<K, M> {
         actors.insert(key.clone(), actor.clone());
         self.count.send_replace(actors.len());
         Ok(actor)
+    }
+
+    /// The live actor for `key`, or a new `actor` spawned on `runtime` (the
+    /// node's multi-thread runtime: never an actix worker's). `what` names
+    /// the kind of actor in the error.
+    pub async fn get_or_activate<A>(
+        &self,
+        key: &K,
+        runtime: &tokio::runtime::Handle,
+        what: &'static str,
+        actor: impl FnOnce() -> (A, A::Arguments),
+    ) -> ApiResult<ActorRef<M>>
+    where
+        A: Actor<Msg = M>,
+    {
+        self.get_or_spawn(key, || async move {
+            let (actor, args) = actor();
+            match runtime.spawn(Actor::spawn(None, actor, args)).await {
+                Ok(Ok((actor, _join))) => Ok(actor),
+                Ok(Err(e)) => Err(ApiError::internal(what, e)),
+                Err(e) => Err(ApiError::internal(what, e)),
+            }
+        })
+        .await
     }
 
     /// Forgets `key` if it still maps to the actor `id` (an actor that stops

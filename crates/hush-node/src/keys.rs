@@ -1,30 +1,31 @@
-//! Key package directory and group registration (requests that need no
-//! group actor).
+//! Key package directory and group registration: the requests that need
+//! no group actor, served on whichever node the client is connected to
+//! (the store orders them).
 
 use hush_ds::{validate_key_package, GroupTracker};
 use hush_proto::auth::parse_identity;
 use hush_proto::{v1, ErrorCode};
-use hush_store::{GroupRecord, KeyPackageRecord, MemberDevice, NewGroup};
+use hush_store::{GroupRecord, KeyPackageRecord, MemberDevice, NewGroup, Store};
 
-use crate::ctx::NodeCtx;
 use crate::error::{ApiError, ApiResult};
-use crate::group::Caller;
+use crate::wire::{check_group_id, Caller};
 
 /// Validates every package (openmls) and that it belongs to the caller:
 /// its credential is the caller's identity and its leaf key the device key.
+/// At most `max` packages per upload.
 pub async fn upload(
-    ctx: &NodeCtx,
+    store: &dyn Store,
+    max: usize,
     caller: &Caller,
     req: v1::UploadKeyPackages,
 ) -> ApiResult<v1::KeyPackagesUploaded> {
-    let max = ctx.config.limits.max_key_packages_per_upload;
     if req.key_packages.len() > max {
         return Err(ApiError::new(
             ErrorCode::TooLarge,
             format!("at most {max} key packages per upload"),
         ));
     }
-    let Some(device) = ctx.store.device(&caller.device_id).await? else {
+    let Some(device) = store.device(&caller.device_id).await? else {
         return Err(ApiError::new(ErrorCode::NotFound, "unknown device"));
     };
     let identity = caller.identity();
@@ -51,22 +52,21 @@ pub async fn upload(
     } else {
         Some(check(&req.last_resort)?)
     };
-    let count = ctx
-        .store
+    let count = store
         .put_key_packages(&caller.device_id, &packages, last_resort.as_ref())
         .await?;
     Ok(v1::KeyPackagesUploaded { count })
 }
 
 /// One package per device of the user; devices with none left are skipped.
-pub async fn claim(ctx: &NodeCtx, user_id: &str) -> ApiResult<v1::ClaimedKeyPackages> {
-    let devices = ctx.store.devices_of_user(user_id).await?;
+pub async fn claim(store: &dyn Store, user_id: &str) -> ApiResult<v1::ClaimedKeyPackages> {
+    let devices = store.devices_of_user(user_id).await?;
     if devices.is_empty() {
         return Err(ApiError::new(ErrorCode::NotFound, "no such user"));
     }
     let mut out = Vec::new();
     for d in devices {
-        if let Some(kp) = ctx.store.claim_key_package(&d.device_id).await? {
+        if let Some(kp) = store.claim_key_package(&d.device_id).await? {
             out.push(v1::ClaimedKeyPackage {
                 device_id: d.device_id,
                 key_package: kp.data,
@@ -83,13 +83,14 @@ pub async fn claim(ctx: &NodeCtx, user_id: &str) -> ApiResult<v1::ClaimedKeyPack
     Ok(v1::ClaimedKeyPackages { key_packages: out })
 }
 
-/// Registers a new group whose only member is the caller.
+/// Registers a new group whose only member is the caller. Its GroupInfo
+/// and tree are at most `max` bytes each.
 pub async fn create_group(
-    ctx: &NodeCtx,
+    store: &dyn Store,
+    max: usize,
     caller: &Caller,
     req: v1::CreateGroup,
 ) -> ApiResult<v1::GroupCreated> {
-    let max = ctx.config.limits.max_message_bytes;
     if req.group_info.len() > max || req.ratchet_tree.len() > max {
         return Err(ApiError::new(
             ErrorCode::TooLarge,
@@ -105,7 +106,7 @@ pub async fn create_group(
             "a new group must have the creating device as its only member",
         ));
     }
-    let Some(device) = ctx.store.device(&caller.device_id).await? else {
+    let Some(device) = store.device(&caller.device_id).await? else {
         return Err(ApiError::new(ErrorCode::NotFound, "unknown device"));
     };
     if members[0].signature_key != device.signature_key {
@@ -117,12 +118,7 @@ pub async fn create_group(
     let (user_id, device_id) = parse_identity(identity.as_bytes())
         .ok_or_else(|| ApiError::internal("identity", "caller identity does not parse"))?;
     let group_id = tracker.group_id().to_vec();
-    if group_id.is_empty() || group_id.len() > 256 {
-        return Err(ApiError::new(
-            ErrorCode::InvalidArgument,
-            "group id must be 1..=256 bytes",
-        ));
-    }
+    check_group_id(&group_id)?;
     let epoch = tracker.epoch();
     let record = GroupRecord {
         group_id: group_id.clone(),
@@ -140,7 +136,7 @@ pub async fn create_group(
             device_id: device_id.to_owned(),
         }],
     };
-    ctx.store.create_group(&NewGroup { group: record }).await?;
+    store.create_group(&NewGroup { group: record }).await?;
     tracing::info!(group = %hex::encode(&group_id), "group created");
     Ok(v1::GroupCreated { group_id, epoch })
 }

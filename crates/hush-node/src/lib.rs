@@ -1,34 +1,58 @@
 //! hush-node: one Hush server node.
 //!
-//! [`start`] boots a node from a [`Config`] — store, actors, gateway — and
-//! returns once it accepts connections; the binary and the integration tests
-//! both use it. See ARCHITECTURE.md for the map.
+//! [`start`] boots a node from a [`Config`] — store, route, sessions,
+//! groups, API, peer side of the mesh, gateway — and returns once it
+//! accepts connections; the binary and the integration tests both use it.
+//!
+//! Modules, top-down (each uses only those below it; ARCHITECTURE.md has
+//! the map):
+//! - `gateway/` (actix: HTTP, WebSocket, SSE, RPC) and `peer` (other nodes'
+//!   messages, view changes): the two ways in.
+//! - `api`: a client request, routed to its group's owner or served here.
+//! - `presence` (GetPresence), `keys` (KeyPackages, group creation),
+//!   `group/` (GroupActors), `session/` (SessionActors, fan-out).
+//! - `route`: the owner of a key, and messages to other nodes.
+//! - `conns` (this node's connection queues), `wire` (what travels between
+//!   the parts: Caller, Outbound, encoded frames).
+//! - leaves: `directory`, `shutdown`, `config`, `clock`, `error`.
 
+pub mod api;
 pub mod clock;
-pub mod cluster;
 pub mod config;
 pub mod conns;
-pub mod ctx;
 pub mod directory;
 pub mod error;
 pub mod gateway;
 pub mod group;
 pub mod keys;
+pub mod peer;
 pub mod presence;
+pub mod route;
 pub mod session;
+pub mod shutdown;
+pub mod wire;
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
-use actix_web::{web, App, HttpServer};
 use hush_store::{ScyllaStore, SqliteConfig, SqliteStore, Store};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use ring::rand::SecureRandom as _;
 
+use api::{Api, ApiLimits};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::Config;
-use ctx::NodeCtx;
+use conns::Connections;
+use gateway::AppState;
+use group::{GroupLimits, Groups};
+use route::Route;
+use session::{SessionLimits, Sessions};
+use shutdown::Shutdown;
+
+/// How long a graceful stop waits for each GroupActor to stop (and release
+/// its lease).
+const GROUP_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -62,9 +86,12 @@ pub enum StartError {
 pub struct RunningNode {
     /// The gateway's bound address (useful with port 0).
     pub addr: SocketAddr,
-    ctx: Arc<NodeCtx>,
-    server: actix_web::dev::ServerHandle,
-    server_task: tokio::task::JoinHandle<std::io::Result<()>>,
+    store: Arc<dyn Store>,
+    route: Arc<Route>,
+    groups: Arc<Groups>,
+    sessions: Arc<Sessions>,
+    shutdown: Shutdown,
+    gateway: gateway::Running,
     /// Held (locked) while the node runs: see [`claim_data_dir`].
     _data_lock: std::fs::File,
 }
@@ -72,17 +99,17 @@ pub struct RunningNode {
 impl RunningNode {
     /// The store the node uses (tests inspect it).
     pub fn store(&self) -> Arc<dyn Store> {
-        self.ctx.store.clone()
+        self.store.clone()
     }
 
     /// Follows the number of live GroupActors on this node.
     pub fn watch_group_actors(&self) -> tokio::sync::watch::Receiver<usize> {
-        self.ctx.groups.watch_count()
+        self.groups.watch_count()
     }
 
     /// Follows the number of live SessionActors on this node.
     pub fn watch_session_actors(&self) -> tokio::sync::watch::Receiver<usize> {
-        self.ctx.sessions.watch_count()
+        self.sessions.watch_count()
     }
 
     /// Graceful stop, in the order that lets a cluster take over without a
@@ -92,22 +119,13 @@ impl RunningNode {
     /// takes the group at once; then close every client connection with
     /// 4004 (reconnect to another node) and stop the gateway.
     pub async fn stop(self) {
-        self.ctx.shutting_down.store(true, Ordering::SeqCst);
-        if let Some(router) = self.ctx.cluster.get() {
-            router.mesh().leave().await;
+        self.shutdown.begin();
+        if let Some(mesh) = self.route.mesh() {
+            mesh.leave().await;
         }
-        let stops = self.ctx.groups.all().await.into_iter().map(|g| async move {
-            let _ = g
-                .stop_and_wait(
-                    Some("node shutting down".into()),
-                    Some(std::time::Duration::from_secs(5)),
-                )
-                .await;
-        });
-        futures_util::future::join_all(stops).await;
-        self.ctx.shutdown.send_replace(true);
-        self.server.stop(true).await;
-        let _ = self.server_task.await;
+        self.groups.stop_all(GROUP_STOP_TIMEOUT).await;
+        self.shutdown.close_connections();
+        self.gateway.stop().await;
     }
 }
 
@@ -223,63 +241,84 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningNode,
         .map_err(|e| StartError::Other(format!("token secret: {e}")))?;
     let tokens = hush_ds::TokenKey::new(&secret);
 
-    let ctx = Arc::new(NodeCtx::new(
-        config.clone(),
+    let runtime = tokio::runtime::Handle::current();
+    let route = Arc::new(match config.cluster_node().cloned() {
+        Some(entry) => Route::clustered(
+            Arc::new(join_cluster(&config, &entry).await?),
+            runtime.clone(),
+            Duration::from_millis(config.cluster.forward_timeout_ms),
+            config.cluster.peer_queue,
+        ),
+        None => Route::lone(&config.node.id, runtime.clone()),
+    });
+    let shutdown = Shutdown::default();
+    let sessions = Arc::new(Sessions::new(
+        Arc::new(Connections::default()),
+        route.clone(),
+        store.clone(),
+        clock.clone(),
+        runtime.clone(),
+        shutdown.clone(),
+        SessionLimits {
+            max_connections_per_user: config.limits.max_connections_per_user,
+            presence_grace_ms: config.actors.presence_grace_ms,
+        },
+    ));
+    let groups = Arc::new(Groups::new(
+        store.clone(),
+        sessions.clone(),
+        clock.clone(),
+        runtime.clone(),
+        shutdown.clone(),
         lease_owner,
-        store,
+        GroupLimits {
+            max_message_bytes: config.limits.max_message_bytes,
+            epoch_window: config.limits.epoch_window,
+            lease_ttl_ms: config.actors.lease_ttl_ms,
+            group_idle_ms: config.actors.group_idle_ms,
+        },
+    ));
+    let api = Arc::new(Api::new(
+        store.clone(),
+        groups.clone(),
+        sessions.clone(),
+        route.clone(),
+        ApiLimits {
+            max_message_bytes: config.limits.max_message_bytes,
+            max_key_packages_per_upload: config.limits.max_key_packages_per_upload,
+        },
+    ));
+    Arc::new(peer::Peer::new(
+        route.clone(),
+        api.clone(),
+        sessions.clone(),
+        groups.clone(),
+        shutdown.clone(),
+    ))
+    .start(&runtime);
+
+    let app = Arc::new(AppState::new(
+        config.clone(),
+        store.clone(),
         tokens,
         clock,
-        tokio::runtime::Handle::current(),
+        api,
+        sessions.clone(),
+        route.clone(),
+        shutdown.clone(),
     ));
-    if let Some(entry) = config.cluster_node().cloned() {
-        let mesh = join_cluster(&config, &entry).await?;
-        let router = Arc::new(cluster::Router::new(
-            Arc::new(mesh),
-            ctx.runtime.clone(),
-            std::time::Duration::from_millis(config.cluster.forward_timeout_ms),
-            config.cluster.peer_queue,
-        ));
-        router.start(&ctx);
-        let _ = ctx.cluster.set(router);
-    }
-    let app_ctx = ctx.clone();
-    let max_body = config.limits.max_frame_bytes;
-    // Shared by every worker: RPC rate limits are per device, not per worker.
-    let rpc_rates = web::Data::new(gateway::rpc::RateTable::default());
-    let mut server = HttpServer::new(move || {
-        App::new()
-            .app_data(web::Data::new(app_ctx.clone()))
-            .app_data(rpc_rates.clone())
-            .app_data(web::Data::new(metrics.clone()))
-            .app_data(web::PayloadConfig::new(max_body))
-            .configure(gateway::routes)
-    })
-    .disable_signals()
-    .tcp_nodelay(config.gateway.tcp_nodelay)
-    .shutdown_timeout(5);
-    if config.gateway.workers > 0 {
-        server = server.workers(config.gateway.workers);
-    }
-    let server = server
-        .bind(config.gateway.listen)
-        .map_err(|source| StartError::Bind {
-            addr: config.gateway.listen,
-            source,
-        })?;
-    let addr = server
-        .addrs()
-        .first()
-        .copied()
-        .ok_or_else(|| StartError::Other("gateway bound no address".into()))?;
-    let server = server.run();
-    let handle = server.handle();
-    let server_task = tokio::spawn(server);
+    let gateway =
+        gateway::serve(app, metrics).map_err(|(addr, source)| StartError::Bind { addr, source })?;
+    let addr = gateway.addr;
     tracing::info!(node = %config.node.id, %addr, "node started");
     Ok(RunningNode {
         addr,
-        ctx,
-        server: handle,
-        server_task,
+        store,
+        route,
+        groups,
+        sessions,
+        shutdown,
+        gateway,
         _data_lock: data_lock,
     })
 }

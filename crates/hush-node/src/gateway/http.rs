@@ -10,9 +10,8 @@ use hush_proto::{auth, v1, ErrorCode, Message};
 use hush_store::Device;
 use ring::rand::SecureRandom as _;
 
-use crate::ctx::NodeCtx;
+use super::{bearer_claims, error_response, AppState};
 use crate::error::{ApiError, ApiResult};
-use crate::gateway::{bearer_claims, error_response};
 
 /// A request body as the handlers take it: reading it can fail (above
 /// `limits.max_frame_bytes`), and that failure must still be an `Error` body
@@ -58,21 +57,21 @@ fn check_key(key: &[u8]) -> ApiResult<()> {
     Ok(())
 }
 
-fn new_device(ctx: &NodeCtx, user_id: &str, key: Vec<u8>) -> ApiResult<Device> {
+fn new_device(app: &AppState, user_id: &str, key: Vec<u8>) -> ApiResult<Device> {
     Ok(Device {
         user_id: user_id.to_owned(),
         device_id: random_hex(8)?,
         signature_key: key,
         token_generation: 0,
-        created_at_ms: ctx.now_ms(),
+        created_at_ms: app.now_ms(),
     })
 }
 
-pub async fn register(ctx: web::Data<Arc<NodeCtx>>, body: Body) -> HttpResponse {
-    respond(register_inner(&ctx, &body).await)
+pub async fn register(app: web::Data<Arc<AppState>>, body: Body) -> HttpResponse {
+    respond(register_inner(&app, &body).await)
 }
 
-async fn register_inner(ctx: &NodeCtx, body: &Body) -> ApiResult<v1::RegisterResponse> {
+async fn register_inner(app: &AppState, body: &Body) -> ApiResult<v1::RegisterResponse> {
     let req: v1::RegisterRequest = decode(body)?;
     hush_ds::validate_handle(&req.handle)?;
     check_key(&req.device_signature_key)?;
@@ -83,8 +82,8 @@ async fn register_inner(ctx: &NodeCtx, body: &Body) -> ApiResult<v1::RegisterRes
             "bad registration signature",
         ));
     }
-    let device = new_device(ctx, &req.handle, req.device_signature_key)?;
-    ctx.store.create_user(&device).await.map_err(|e| match e {
+    let device = new_device(app, &req.handle, req.device_signature_key)?;
+    app.store.create_user(&device).await.map_err(|e| match e {
         hush_store::StoreError::AlreadyExists => {
             ApiError::new(ErrorCode::AlreadyExists, "handle is taken")
         }
@@ -97,7 +96,7 @@ async fn register_inner(ctx: &NodeCtx, body: &Body) -> ApiResult<v1::RegisterRes
     })
 }
 
-pub async fn login_challenge(ctx: web::Data<Arc<NodeCtx>>, body: Body) -> HttpResponse {
+pub async fn login_challenge(app: web::Data<Arc<AppState>>, body: Body) -> HttpResponse {
     respond((|| {
         let req: v1::LoginChallengeRequest = decode(&body)?;
         if req.device_id.is_empty() {
@@ -106,26 +105,26 @@ pub async fn login_challenge(ctx: web::Data<Arc<NodeCtx>>, body: Body) -> HttpRe
                 "device_id is required",
             ));
         }
-        let challenge = ctx.tokens.issue_challenge(
+        let challenge = app.tokens.issue_challenge(
             &req.device_id,
-            ctx.now_ms(),
-            ctx.config.auth.challenge_ttl_ms,
+            app.now_ms(),
+            app.config.auth.challenge_ttl_ms,
         );
         Ok(v1::LoginChallengeResponse { challenge })
     })())
 }
 
-pub async fn login(ctx: web::Data<Arc<NodeCtx>>, body: Body) -> HttpResponse {
-    respond(login_inner(&ctx, &body).await)
+pub async fn login(app: web::Data<Arc<AppState>>, body: Body) -> HttpResponse {
+    respond(login_inner(&app, &body).await)
 }
 
-async fn login_inner(ctx: &NodeCtx, body: &Body) -> ApiResult<v1::LoginResponse> {
+async fn login_inner(app: &AppState, body: &Body) -> ApiResult<v1::LoginResponse> {
     let req: v1::LoginRequest = decode(body)?;
-    let now = ctx.now_ms();
-    ctx.tokens
+    let now = app.now_ms();
+    app.tokens
         .verify_challenge(&req.device_id, &req.challenge, now)
         .map_err(|_| ApiError::new(ErrorCode::Forbidden, "bad or expired challenge"))?;
-    let Some(device) = ctx.store.device(&req.device_id).await? else {
+    let Some(device) = app.store.device(&req.device_id).await? else {
         return Err(ApiError::new(ErrorCode::NotFound, "unknown device"));
     };
     if !verify_ed25519(
@@ -135,8 +134,8 @@ async fn login_inner(ctx: &NodeCtx, body: &Body) -> ApiResult<v1::LoginResponse>
     ) {
         return Err(ApiError::new(ErrorCode::Forbidden, "bad login signature"));
     }
-    let expires_at_ms = now + ctx.config.auth.token_ttl_ms;
-    let token = ctx.tokens.issue(&TokenClaims {
+    let expires_at_ms = now + app.config.auth.token_ttl_ms;
+    let token = app.tokens.issue(&TokenClaims {
         user_id: device.user_id.clone(),
         device_id: device.device_id.clone(),
         generation: device.token_generation,
@@ -149,13 +148,13 @@ async fn login_inner(ctx: &NodeCtx, body: &Body) -> ApiResult<v1::LoginResponse>
     })
 }
 
-pub async fn link_code(ctx: web::Data<Arc<NodeCtx>>, req: HttpRequest) -> HttpResponse {
+pub async fn link_code(app: web::Data<Arc<AppState>>, req: HttpRequest) -> HttpResponse {
     respond(
         async {
-            let claims = bearer_claims(&ctx, &req).await?;
+            let claims = bearer_claims(&app, &req).await?;
             let code = random_hex(16)?;
-            let expires_at_ms = ctx.now_ms() + ctx.config.auth.link_code_ttl_ms;
-            ctx.store
+            let expires_at_ms = app.now_ms() + app.config.auth.link_code_ttl_ms;
+            app.store
                 .put_link_code(&code_hash(&code), &claims.user_id, expires_at_ms)
                 .await?;
             Ok(v1::LinkCodeResponse {
@@ -173,7 +172,7 @@ fn code_hash(code: &str) -> Vec<u8> {
         .to_vec()
 }
 
-pub async fn link_device(ctx: web::Data<Arc<NodeCtx>>, body: Body) -> HttpResponse {
+pub async fn link_device(app: web::Data<Arc<AppState>>, body: Body) -> HttpResponse {
     respond(
         async {
             let req: v1::LinkDeviceRequest = decode(&body)?;
@@ -182,9 +181,9 @@ pub async fn link_device(ctx: web::Data<Arc<NodeCtx>>, body: Body) -> HttpRespon
             if !verify_ed25519(&req.device_signature_key, &payload, &req.signature) {
                 return Err(ApiError::new(ErrorCode::Forbidden, "bad link signature"));
             }
-            let Some(user_id) = ctx
+            let Some(user_id) = app
                 .store
-                .take_link_code(&code_hash(&req.code), ctx.now_ms())
+                .take_link_code(&code_hash(&req.code), app.now_ms())
                 .await?
             else {
                 return Err(ApiError::new(
@@ -192,8 +191,8 @@ pub async fn link_device(ctx: web::Data<Arc<NodeCtx>>, body: Body) -> HttpRespon
                     "unknown or expired link code",
                 ));
             };
-            let device = new_device(&ctx, &user_id, req.device_signature_key)?;
-            ctx.store.add_device(&device).await?;
+            let device = new_device(&app, &user_id, req.device_signature_key)?;
+            app.store.add_device(&device).await?;
             tracing::info!(user = %device.user_id, device = %device.device_id, "linked device");
             Ok(v1::LinkDeviceResponse {
                 user_id: device.user_id,
@@ -204,12 +203,14 @@ pub async fn link_device(ctx: web::Data<Arc<NodeCtx>>, body: Body) -> HttpRespon
     )
 }
 
-pub async fn logout(ctx: web::Data<Arc<NodeCtx>>, req: HttpRequest) -> HttpResponse {
+pub async fn logout(app: web::Data<Arc<AppState>>, req: HttpRequest) -> HttpResponse {
     respond(
         async {
-            let claims = bearer_claims(&ctx, &req).await?;
-            ctx.store.bump_token_generation(&claims.device_id).await?;
-            crate::session::kick_device(&ctx, &claims.user_id, &claims.device_id).await;
+            let claims = bearer_claims(&app, &req).await?;
+            app.store.bump_token_generation(&claims.device_id).await?;
+            app.sessions
+                .kick_device(&claims.user_id, &claims.device_id)
+                .await;
             Ok(v1::LogoutResponse {})
         }
         .await,

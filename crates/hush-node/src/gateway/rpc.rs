@@ -18,11 +18,9 @@ use std::sync::{Arc, Mutex};
 use actix_web::{web, HttpRequest, HttpResponse};
 use hush_proto::{server_frame::Body as S, ClientFrame, ErrorCode, Message as _};
 
-use crate::ctx::NodeCtx;
+use super::{bearer_claims, check_origin, AppState};
 use crate::error::{ApiError, ApiResult};
-use crate::gateway::delivery::encode;
-use crate::gateway::{bearer_claims, check_origin};
-use crate::group::Caller;
+use crate::wire::{encode, Caller};
 
 /// More devices than this forget their buckets (they restart full).
 const MAX_TRACKED_DEVICES: usize = 100_000;
@@ -34,9 +32,9 @@ pub struct RateTable {
 }
 
 impl RateTable {
-    fn try_take(&self, ctx: &NodeCtx, device_id: &str) -> bool {
-        let now = ctx.now_ms();
-        let l = &ctx.config.limits;
+    fn try_take(&self, app: &AppState, device_id: &str) -> bool {
+        let now = app.now_ms();
+        let l = &app.config.limits;
         // A poisoned lock only means another request panicked mid-update;
         // the buckets are still usable.
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
@@ -54,12 +52,12 @@ impl RateTable {
 pub async fn rpc(
     req: HttpRequest,
     body: web::Payload,
-    ctx: web::Data<Arc<NodeCtx>>,
+    app: web::Data<Arc<AppState>>,
     rates: web::Data<RateTable>,
 ) -> HttpResponse {
-    let ctx = ctx.get_ref().clone();
+    let app = app.get_ref().clone();
     let mut request_id = 0;
-    match serve(&ctx, &rates, &req, body, &mut request_id).await {
+    match serve(&app, &rates, &req, body, &mut request_id).await {
         Ok(Some(reply)) => HttpResponse::Ok()
             .content_type("application/x-protobuf")
             .body(encode(request_id, reply)),
@@ -76,17 +74,17 @@ pub async fn rpc(
 }
 
 async fn serve(
-    ctx: &Arc<NodeCtx>,
+    app: &Arc<AppState>,
     rates: &RateTable,
     req: &HttpRequest,
     body: web::Payload,
     request_id: &mut u64,
 ) -> ApiResult<Option<S>> {
-    check_origin(ctx, req)?;
-    let claims = bearer_claims(ctx, req).await?;
+    check_origin(app, req)?;
+    let claims = bearer_claims(app, req).await?;
     // Read only after auth, and never more than a WebSocket frame.
     let body = match body
-        .to_bytes_limited(ctx.config.limits.max_frame_bytes)
+        .to_bytes_limited(app.config.limits.max_frame_bytes)
         .await
     {
         Ok(Ok(b)) => b,
@@ -106,7 +104,7 @@ async fn serve(
     let frame = ClientFrame::decode(body.as_ref())
         .map_err(|_| ApiError::new(ErrorCode::Malformed, "body does not decode as ClientFrame"))?;
     *request_id = frame.request_id;
-    if !rates.try_take(ctx, &claims.device_id) {
+    if !rates.try_take(app, &claims.device_id) {
         return Err(ApiError::new(
             ErrorCode::RateLimited,
             "request rate limit exceeded",
@@ -120,5 +118,5 @@ async fn serve(
         user_id: claims.user_id,
         device_id: claims.device_id,
     };
-    crate::gateway::dispatch::dispatch(ctx, &caller, body).await
+    app.api.dispatch(&caller, body).await
 }

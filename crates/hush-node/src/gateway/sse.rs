@@ -41,11 +41,10 @@ use base64::Engine as _;
 use hush_proto::{server_frame::Body as S, v1, ErrorCode};
 use tokio::sync::mpsc;
 
-use crate::ctx::NodeCtx;
+use super::stream::{self, Halt, Position, Sink, Stream};
+use super::{bearer_claims, check_origin, error_response, AppState};
 use crate::error::{ApiError, ApiResult};
-use crate::gateway::delivery::{self, Delivery, Halt, Position, Sink};
-use crate::gateway::{bearer_claims, check_origin, error_response};
-use crate::group::Caller;
+use crate::wire::{check_group_id, Caller, Frame, Outbound};
 
 /// The reconnection delay suggested to EventSource clients.
 pub const RETRY_MS: u64 = 2_000;
@@ -87,9 +86,7 @@ impl ResumeId {
         for p in parts {
             let (g, seq) = p.split_once(':')?;
             let g = B64.decode(g).ok()?;
-            if g.is_empty() || g.len() > 256 {
-                return None;
-            }
+            check_group_id(&g).ok()?;
             groups.insert(g, seq.parse().ok()?);
         }
         Some(Self { inbox_seq, groups })
@@ -126,7 +123,7 @@ impl SseSink {
 impl Sink for SseSink {
     type Stop = Stop;
 
-    async fn write(&mut self, frame: Bytes, pos: Position<'_>) -> Result<(), Stop> {
+    async fn write(&mut self, frame: Frame, pos: Position<'_>) -> Result<(), Stop> {
         let mut next = self.pos.clone();
         next.inbox_seq = next.inbox_seq.max(pos.inbox_seq);
         if let Some((g, seq)) = pos.group {
@@ -146,17 +143,17 @@ impl Sink for SseSink {
 }
 
 /// GET /v1/events
-pub async fn events(req: HttpRequest, ctx: web::Data<Arc<NodeCtx>>) -> HttpResponse {
-    let ctx = ctx.get_ref().clone();
-    match open(&ctx, &req).await {
+pub async fn events(req: HttpRequest, app: web::Data<Arc<AppState>>) -> HttpResponse {
+    let app = app.get_ref().clone();
+    match open(&app, &req).await {
         Ok(resp) => resp,
         Err(e) => error_response(&e),
     }
 }
 
-async fn open(ctx: &Arc<NodeCtx>, req: &HttpRequest) -> ApiResult<HttpResponse> {
-    check_origin(ctx, req)?;
-    let claims = bearer_claims(ctx, req).await?;
+async fn open(app: &Arc<AppState>, req: &HttpRequest) -> ApiResult<HttpResponse> {
+    check_origin(app, req)?;
+    let claims = bearer_claims(app, req).await?;
     let resume = match req.headers().get("last-event-id") {
         None => None,
         Some(v) => Some(
@@ -170,18 +167,18 @@ async fn open(ctx: &Arc<NodeCtx>, req: &HttpRequest) -> ApiResult<HttpResponse> 
         user_id: claims.user_id,
         device_id: claims.device_id,
     };
-    let limits = &ctx.config.limits;
-    let conn_id = ctx.next_conn_id();
+    let limits = &app.config.limits;
+    let conn_id = app.next_conn_id();
     let (out_tx, out_rx) = mpsc::channel(limits.send_buffer_frames);
     let overflowed = Arc::new(AtomicBool::new(false));
-    delivery::attach(ctx, conn_id, &caller, out_tx, overflowed.clone()).await?;
+    stream::attach(app, conn_id, &caller, out_tx, overflowed.clone()).await?;
 
     // Resume point: max(stored cursor, id) for listed groups; listed groups
     // the client has since acknowledged drop out of the id.
-    let stored: HashMap<Vec<u8>, u64> = match ctx.store.cursors(&caller.device_id).await {
+    let stored: HashMap<Vec<u8>, u64> = match app.store.cursors(&caller.device_id).await {
         Ok(c) => c.into_iter().collect(),
         Err(e) => {
-            delivery::detach(ctx, conn_id).await;
+            stream::close(app, conn_id).await;
             return Err(e.into());
         }
     };
@@ -205,13 +202,13 @@ async fn open(ctx: &Arc<NodeCtx>, req: &HttpRequest) -> ApiResult<HttpResponse> 
         write_timeout: Duration::from_millis(limits.write_timeout_ms),
         pos,
     };
-    let mut out = Delivery::new(ctx.clone(), sink);
+    let mut out = Stream::new(app.clone(), sink);
     out.caller = Some(caller.clone());
-    let task_ctx = ctx.clone();
+    let task_app = app.clone();
     actix_web::rt::spawn(async move {
         metrics::gauge!("hush_sse_streams").increment(1.0);
-        let stop = serve(&task_ctx, &mut out, out_rx, overflowed, cursors).await;
-        delivery::detach(&task_ctx, conn_id).await;
+        let stop = serve(&task_app, &mut out, out_rx, overflowed, cursors).await;
+        stream::close(&task_app, conn_id).await;
         tracing::debug!(conn = conn_id, reason = ?stop, "sse stream ended");
         metrics::gauge!("hush_sse_streams").decrement(1.0);
     });
@@ -227,9 +224,9 @@ async fn open(ctx: &Arc<NodeCtx>, req: &HttpRequest) -> ApiResult<HttpResponse> 
 }
 
 async fn serve(
-    ctx: &NodeCtx,
-    out: &mut Delivery<SseSink>,
-    mut rx: mpsc::Receiver<crate::session::Outbound>,
+    app: &AppState,
+    out: &mut Stream<SseSink>,
+    mut rx: mpsc::Receiver<Outbound>,
     overflowed: Arc<AtomicBool>,
     cursors: HashMap<Vec<u8>, u64>,
 ) -> Result<(), Stop> {
@@ -254,9 +251,9 @@ async fn serve(
         }
     }
     let closed = out.sink.tx.clone();
-    let mut keepalive = tokio::time::interval(ctx.config.heartbeat_interval());
+    let mut keepalive = tokio::time::interval(app.config.heartbeat_interval());
     keepalive.tick().await;
-    let mut shutdown = ctx.shutdown.subscribe();
+    let mut shutdown = app.shutdown.subscribe();
     loop {
         tokio::select! {
             _ = shutdown.wait_for(|down| *down) => return Ok(()),

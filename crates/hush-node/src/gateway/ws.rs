@@ -9,8 +9,9 @@
 //! Exactly-once per connection: the task remembers, per group, the last seq
 //! it sent. A live event at or below it is dropped; one past a gap first has
 //! the gap read from the store. So live delivery and backlog can race freely.
-//! That logic is transport-independent and lives in `delivery.rs` (shared
-//! with SSE); requests go through `dispatch.rs` (shared with POST /v1/rpc).
+//! That logic is transport-independent and lives in `stream.rs` (shared
+//! with SSE); requests go through the node's [`Api`](crate::api::Api)
+//! (shared with POST /v1/rpc).
 //!
 //! Bounds: frames larger than `max_frame_bytes` close with 1009; requests over
 //! the rate limit get RATE_LIMITED; the outbound queue is bounded and a full
@@ -30,14 +31,10 @@ use hush_proto::{client_frame::Body as C, server_frame::Body as S, v1, ErrorCode
 use hush_proto::{ClientFrame, Message as _};
 use tokio::sync::mpsc;
 
-use crate::ctx::NodeCtx;
-use crate::error::{ApiError, ApiResult};
-use crate::gateway::delivery::{self, Delivery, Halt, Position, Sink};
-use crate::gateway::{check_origin, error_response};
-use crate::group::Caller;
-
-/// Kept here for the group actor, which builds inbox frames for live pushes.
-pub use crate::gateway::delivery::inbox_frame;
+use super::stream::{self, Halt, Position, Sink, Stream};
+use super::{authenticate, check_origin, error_response, AppState};
+use crate::error::ApiError;
+use crate::wire::Caller;
 
 pub const CLOSE_AUTH_DEADLINE: u16 = 4000;
 pub const CLOSE_SLOW_CONSUMER: u16 = 4001;
@@ -48,10 +45,10 @@ pub const CLOSE_GOING_AWAY: u16 = 4004;
 pub async fn upgrade(
     req: HttpRequest,
     body: web::Payload,
-    ctx: web::Data<Arc<NodeCtx>>,
+    app: web::Data<Arc<AppState>>,
 ) -> HttpResponse {
-    let ctx = ctx.get_ref().clone();
-    if let Err(e) = check_origin(&ctx, &req) {
+    let app = app.get_ref().clone();
+    if let Err(e) = check_origin(&app, &req) {
         return error_response(&e);
     }
     // A token offered as a subprotocol is checked before upgrading.
@@ -65,7 +62,7 @@ pub async fn upgrade(
         .iter()
         .find_map(|p| p.strip_prefix(hush_proto::auth::WS_TOKEN_PREFIX));
     let pre_auth = match header_token {
-        Some(token) => match authenticate(&ctx, token).await {
+        Some(token) => match authenticate(&app, token).await {
             Ok(claims) => Some(claims),
             Err(e) => return error_response(&e),
         },
@@ -77,30 +74,19 @@ pub async fn upgrade(
             Err(e) => return e.error_response(),
         };
     let stream = stream
-        .max_frame_size(ctx.config.limits.max_frame_bytes)
+        .max_frame_size(app.config.limits.max_frame_bytes)
         .aggregate_continuations()
-        .max_continuation_size(ctx.config.limits.max_frame_bytes);
+        .max_continuation_size(app.config.limits.max_frame_bytes);
     actix_web::rt::spawn(async move {
         metrics::gauge!("hush_connections").increment(1.0);
-        let conn = Connection::new(ctx, session);
+        let conn = Connection::new(app, session);
         conn.run(stream, pre_auth).await;
         metrics::gauge!("hush_connections").decrement(1.0);
     });
     response
 }
 
-/// Verifies a token against the key and the device's token generation.
-pub async fn authenticate(ctx: &NodeCtx, token: &str) -> ApiResult<TokenClaims> {
-    let claims = ctx.tokens.verify(token, ctx.now_ms())?;
-    match ctx.store.device(&claims.device_id).await? {
-        Some(d) if d.user_id == claims.user_id && d.token_generation == claims.generation => {
-            Ok(claims)
-        }
-        _ => Err(ApiError::new(ErrorCode::BadToken, "token revoked")),
-    }
-}
-
-/// The WebSocket side of a [`Delivery`]: one binary message per frame, each
+/// The WebSocket side of a [`Stream`]: one binary message per frame, each
 /// write bounded by `write_timeout_ms`.
 struct WsSink {
     session: Session,
@@ -127,10 +113,10 @@ impl Sink for WsSink {
 }
 
 struct Connection {
-    ctx: Arc<NodeCtx>,
+    app: Arc<AppState>,
     id: u64,
     rate: hush_ds::TokenBucket,
-    out: Delivery<WsSink>,
+    out: Stream<WsSink>,
     last_seen: tokio::time::Instant,
 }
 
@@ -147,17 +133,17 @@ fn close(code: u16, why: &str) -> Step {
 }
 
 impl Connection {
-    fn new(ctx: Arc<NodeCtx>, session: Session) -> Self {
-        let l = &ctx.config.limits;
-        let rate = hush_ds::TokenBucket::new(l.rate_per_sec, l.rate_burst, ctx.now_ms());
+    fn new(app: Arc<AppState>, session: Session) -> Self {
+        let l = &app.config.limits;
+        let rate = hush_ds::TokenBucket::new(l.rate_per_sec, l.rate_burst, app.now_ms());
         let sink = WsSink {
             session,
             write_timeout: Duration::from_millis(l.write_timeout_ms),
         };
         Self {
-            id: ctx.next_conn_id(),
-            out: Delivery::new(ctx.clone(), sink),
-            ctx,
+            id: app.next_conn_id(),
+            out: Stream::new(app.clone(), sink),
+            app,
             rate,
             last_seen: tokio::time::Instant::now(),
         }
@@ -177,11 +163,11 @@ impl Connection {
         pre_auth: Option<TokenClaims>,
     ) {
         let reason = self.serve(&mut stream, pre_auth).await;
-        delivery::detach(&self.ctx, self.id).await;
+        stream::close(&self.app, self.id).await;
         tracing::debug!(conn = self.id, reason = ?reason, "connection closed");
         // Closing queues a close frame; a peer that stopped reading would
         // hold this task forever, so it is bounded like every other write.
-        let limit = Duration::from_millis(self.ctx.config.limits.write_timeout_ms);
+        let limit = Duration::from_millis(self.app.config.limits.write_timeout_ms);
         let _ = tokio::time::timeout(limit, self.session().close(reason)).await;
     }
 
@@ -190,7 +176,7 @@ impl Connection {
         stream: &mut actix_ws::AggregatedMessageStream,
         pre_auth: Option<TokenClaims>,
     ) -> Option<CloseReason> {
-        let limits = self.ctx.config.limits.clone();
+        let limits = self.app.config.limits.clone();
         // --- authentication ---
         let claims = match pre_auth {
             Some(c) => c,
@@ -212,8 +198,7 @@ impl Connection {
         // --- attach to the user's session ---
         let (tx, mut rx) = mpsc::channel(limits.send_buffer_frames);
         let overflowed = Arc::new(AtomicBool::new(false));
-        if let Err(e) = delivery::attach(&self.ctx, self.id, &caller, tx, overflowed.clone()).await
-        {
+        if let Err(e) = stream::attach(&self.app, self.id, &caller, tx, overflowed.clone()).await {
             let _ = self.send_frame(0, S::Error(e.to_proto())).await;
             return Some(CloseReason {
                 code: CloseCode::Policy,
@@ -230,10 +215,10 @@ impl Connection {
         }
 
         // --- serve ---
-        let mut heartbeat = tokio::time::interval(self.ctx.config.heartbeat_interval());
+        let mut heartbeat = tokio::time::interval(self.app.config.heartbeat_interval());
         heartbeat.tick().await;
         let timeout = Duration::from_millis(limits.heartbeat_timeout_ms);
-        let mut shutdown = self.ctx.shutdown.subscribe();
+        let mut shutdown = self.app.shutdown.subscribe();
         loop {
             let step = tokio::select! {
                 _ = shutdown.wait_for(|down| *down) => {
@@ -267,7 +252,7 @@ impl Connection {
                 _ = heartbeat.tick() => {
                     if self.last_seen.elapsed() >= timeout {
                         close(CLOSE_HEARTBEAT, "heartbeat timeout")
-                    } else if self.ctx.is_shutting_down() {
+                    } else if self.app.shutdown.is_shutting_down() {
                         close(CLOSE_GOING_AWAY, "node shutting down; reconnect elsewhere")
                     } else {
                         let limit = Duration::from_millis(limits.write_timeout_ms);
@@ -302,7 +287,7 @@ impl Connection {
                         }
                     };
                     let result = match frame.body {
-                        Some(C::Auth(a)) => authenticate(&self.ctx, &a.token).await,
+                        Some(C::Auth(a)) => authenticate(&self.app, &a.token).await,
                         _ => Err(ApiError::new(
                             ErrorCode::Unauthenticated,
                             "authenticate first (Auth frame or token subprotocol)",
@@ -368,7 +353,7 @@ impl Connection {
             }
         };
         let rid = frame.request_id;
-        if !self.rate.try_take(self.ctx.now_ms()) {
+        if !self.rate.try_take(self.app.now_ms()) {
             let e = ApiError::new(ErrorCode::RateLimited, "request rate limit exceeded");
             return self.reply_error(rid, e).await;
         }
@@ -392,7 +377,7 @@ impl Connection {
                     Err(Halt::Api(e)) => Err(e),
                 }
             }
-            other => crate::gateway::dispatch::dispatch(&self.ctx, caller, other).await,
+            other => self.app.api.dispatch(caller, other).await,
         };
         match result {
             Ok(Some(body)) => match self.send_frame(rid, body).await {

@@ -8,10 +8,11 @@
 use std::sync::Arc;
 
 use actix_web::{web, HttpResponse};
-use hush_cluster::{Placement, View, SHARDS};
+use hush_cluster::SHARDS;
 use serde_json::json;
 
-use crate::ctx::NodeCtx;
+use super::AppState;
+use crate::route::session_key;
 
 #[derive(serde::Deserialize)]
 pub struct StatusQuery {
@@ -19,28 +20,24 @@ pub struct StatusQuery {
     user: Option<String>,
 }
 
-pub async fn status(ctx: web::Data<Arc<NodeCtx>>, query: web::Query<StatusQuery>) -> HttpResponse {
-    let me = ctx.config.node.id.clone();
-    let (view, peers) = match ctx.cluster.get() {
-        Some(router) => {
-            let mesh = router.mesh();
-            let view = mesh.view().borrow().clone();
-            let peers: Vec<_> = mesh
-                .peers()
-                .into_iter()
-                .map(|p| {
-                    json!({
-                        "name": p.name,
-                        "addr": p.addr.to_string(),
-                        "rtt_ms": p.rtt.map(|d| d.as_secs_f64() * 1000.0),
-                    })
-                })
-                .collect();
-            (view, peers)
-        }
-        None => (View::new(1, [me.clone()]), Vec::new()),
-    };
-    let placement = Placement::new(view.clone());
+pub async fn status(app: web::Data<Arc<AppState>>, query: web::Query<StatusQuery>) -> HttpResponse {
+    let me = app.route.me().to_owned();
+    let view = app.route.view().borrow().clone();
+    let peers: Vec<_> = app
+        .route
+        .mesh()
+        .map(|mesh| mesh.peers())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| {
+            json!({
+                "name": p.name,
+                "addr": p.addr.to_string(),
+                "rtt_ms": p.rtt.map(|d| d.as_secs_f64() * 1000.0),
+            })
+        })
+        .collect();
+    let placement = app.route.placement();
     let shards_owned = placement.as_ref().map(|p| p.shards_owned(&me)).unwrap_or(0);
     let owner = match (&query.group, &placement) {
         (Some(hex_id), Some(p)) => match hex::decode(hex_id) {
@@ -54,16 +51,16 @@ pub async fn status(ctx: web::Data<Arc<NodeCtx>>, query: web::Query<StatusQuery>
         _ => None,
     };
     let session_owner = match (&query.user, &placement) {
-        (Some(user), Some(p)) => Some(p.owner(&crate::session::placement_key(user)).to_string()),
+        (Some(user), Some(p)) => Some(p.owner(&session_key(user)).to_string()),
         _ => None,
     };
     HttpResponse::Ok().json(json!({
         "group_owner": owner,
         "session_owner": session_owner,
-        "sessions": ctx.sessions.len().await,
-        "connections": ctx.conns.len(),
+        "sessions": app.sessions.count().await,
+        "connections": app.sessions.conns().len(),
         "node": me,
-        "clustered": ctx.cluster.get().is_some(),
+        "clustered": app.route.mesh().is_some(),
         "view_epoch": view.epoch,
         "view_digest": format!("{:016x}", view.digest()),
         "members": view.members,

@@ -10,16 +10,13 @@ use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use actix_web::web::Bytes;
-use hush_proto::{server_frame::Body as S, v1, ErrorCode, Message as _, ServerFrame};
-use hush_store::InboxItem;
+use hush_proto::{server_frame::Body as S, v1, ErrorCode};
 use tokio::sync::mpsc;
 
+use super::AppState;
 use crate::conns::LocalConn;
-use crate::ctx::NodeCtx;
 use crate::error::{ApiError, ApiResult};
-use crate::group::Caller;
-use crate::session::{self, Outbound};
+use crate::wire::{encode, inbox_frame, Caller, EntryRef, Frame, Outbound};
 
 /// Where a written frame puts the stream: the group entry it carries (if
 /// any) and the inbox position after it. The SSE transport turns this into
@@ -37,7 +34,7 @@ pub struct Position<'a> {
 pub trait Sink {
     /// Why the stream must end (a transport close reason).
     type Stop;
-    async fn write(&mut self, frame: Bytes, pos: Position<'_>) -> Result<(), Self::Stop>;
+    async fn write(&mut self, frame: Frame, pos: Position<'_>) -> Result<(), Self::Stop>;
 }
 
 /// Why a delivery step failed: the sink stopped, or a request error to
@@ -60,8 +57,8 @@ impl<T> From<ApiError> for Halt<T> {
 }
 
 /// Per-stream delivery state.
-pub struct Delivery<K: Sink> {
-    pub ctx: Arc<NodeCtx>,
+pub struct Stream<K: Sink> {
+    pub app: Arc<AppState>,
     pub sink: K,
     pub caller: Option<Caller>,
     /// Per group: the last seq sent on this stream.
@@ -74,73 +71,56 @@ pub struct Delivery<K: Sink> {
 /// Registers a stream in this node's connection table and attaches it to
 /// its user's session, wherever that lives.
 pub async fn attach(
-    ctx: &Arc<NodeCtx>,
+    app: &AppState,
     conn_id: u64,
     caller: &Caller,
     tx: mpsc::Sender<Outbound>,
     overflowed: Arc<AtomicBool>,
 ) -> ApiResult<()> {
+    let sessions = &app.sessions;
+    let conns = sessions.conns();
     // In the table first, so nothing the session sends once attached is
     // missed.
-    ctx.conns.insert(
+    conns.insert(
         conn_id,
         LocalConn {
             user_id: caller.user_id.clone(),
             device_id: caller.device_id.clone(),
             tx,
             overflowed,
-            session_node: ctx.node_id().to_owned(),
+            session_node: app.route.me().to_owned(),
         },
     );
-    match session::attach(ctx, conn_id, &caller.user_id, &caller.device_id).await {
+    match sessions
+        .attach(conn_id, &caller.user_id, &caller.device_id)
+        .await
+    {
         Ok(node) => {
-            if !ctx.conns.attached_to(conn_id, &node) {
+            if !conns.attached_to(conn_id, &node) {
                 // Cut off (slow) while attaching: the session must not
                 // count it.
-                session::forget(ctx, &node, &caller.user_id, conn_id).await;
+                sessions
+                    .tell_conn_gone(&node, &caller.user_id, conn_id)
+                    .await;
             }
             Ok(())
         }
         Err(e) => {
-            ctx.conns.remove(conn_id);
+            conns.remove(conn_id);
             Err(e)
         }
     }
 }
 
-/// Detaches a stream from its user's session.
-pub async fn detach(ctx: &NodeCtx, conn_id: u64) {
-    session::detach(ctx, conn_id).await;
+/// The stream ended: its session forgets it.
+pub async fn close(app: &AppState, conn_id: u64) {
+    app.sessions.close_conn(conn_id).await;
 }
 
-/// Encodes a ServerFrame.
-pub fn encode(request_id: u64, body: S) -> Bytes {
-    ServerFrame {
-        request_id,
-        body: Some(body),
-    }
-    .encode_to_vec()
-    .into()
-}
-
-/// The frame for an inbox item (shared by sync and live delivery).
-pub fn inbox_frame(item: &InboxItem) -> Bytes {
-    encode(
-        0,
-        S::InboxEvent(v1::InboxEvent {
-            inbox_seq: item.inbox_seq,
-            welcome: item.welcome.clone(),
-            group_id: item.group_id.clone(),
-            commit_seq: item.commit_seq,
-            ratchet_tree: item.ratchet_tree.clone(),
-        }),
-    )
-}
-
-impl<K: Sink> Delivery<K> {
-    pub fn new(ctx: Arc<NodeCtx>, sink: K) -> Self {
+impl<K: Sink> Stream<K> {
+    pub fn new(app: Arc<AppState>, sink: K) -> Self {
         Self {
-            ctx,
+            app,
             sink,
             caller: None,
             sent: HashMap::new(),
@@ -174,7 +154,7 @@ impl<K: Sink> Delivery<K> {
                 "not authenticated",
             )));
         };
-        let store = self.ctx.store.clone();
+        let store = self.app.store.clone();
         self.send_frame(request_id, S::SyncStarted(v1::SyncStarted {}))
             .await
             .map_err(Halt::Sink)?;
@@ -224,13 +204,13 @@ impl<K: Sink> Delivery<K> {
         group_id: &[u8],
         upto: Option<u64>,
     ) -> Result<(), Halt<K::Stop>> {
-        let page = self.ctx.config.limits.sync_page;
+        let page = self.app.config.limits.sync_page;
         loop {
             let after = self.sent.get(group_id).copied().unwrap_or(0);
             if upto.is_some_and(|u| after >= u) {
                 return Ok(());
             }
-            let entries = self.ctx.store.read_timeline(group_id, after, page).await?;
+            let entries = self.app.store.read_timeline(group_id, after, page).await?;
             if entries.is_empty() {
                 return Ok(());
             }
@@ -238,7 +218,7 @@ impl<K: Sink> Delivery<K> {
                 if upto.is_some_and(|u| e.seq > u) {
                     return Ok(());
                 }
-                let frame = crate::gateway::entry_frame(group_id, &e);
+                let frame = EntryRef::stored(group_id, &e).frame();
                 self.write_entry(group_id, e.seq, frame).await?;
             }
         }
@@ -248,7 +228,7 @@ impl<K: Sink> Delivery<K> {
         &mut self,
         group_id: &[u8],
         seq: u64,
-        frame: Bytes,
+        frame: Frame,
     ) -> Result<(), Halt<K::Stop>> {
         let pos = Position {
             group: Some((group_id, seq)),
@@ -266,12 +246,12 @@ impl<K: Sink> Delivery<K> {
         };
         loop {
             let items = self
-                .ctx
+                .app
                 .store
                 .read_inbox(
                     &caller.device_id,
                     self.inbox_sent,
-                    self.ctx.config.limits.sync_page,
+                    self.app.config.limits.sync_page,
                 )
                 .await?;
             if items.is_empty() {
@@ -283,7 +263,7 @@ impl<K: Sink> Delivery<K> {
         }
     }
 
-    async fn send_inbox(&mut self, inbox_seq: u64, frame: Bytes) -> Result<(), Halt<K::Stop>> {
+    async fn send_inbox(&mut self, inbox_seq: u64, frame: Frame) -> Result<(), Halt<K::Stop>> {
         if inbox_seq <= self.inbox_sent {
             return Ok(());
         }
@@ -366,7 +346,7 @@ impl<K: Sink> Delivery<K> {
             return Ok(None);
         };
         Ok(self
-            .ctx
+            .app
             .store
             .groups_of_device(&caller.device_id)
             .await?

@@ -1,0 +1,296 @@
+//! The client API, for every transport: a `ClientFrame` body from an
+//! authenticated caller becomes at most one `ServerFrame` body.
+//!
+//! [`Api::dispatch`] routes: a request that must be sequenced by a group's
+//! actor ([`routed_group`]) goes to the node that owns the group (as a
+//! `GroupCall` through [`Route::call_owner`], following view changes);
+//! everything else — accounts, KeyPackages, reads, acks — is served by the
+//! node the client is connected to, because the store orders it.
+//! [`Api::serve_here`] serves a request on this node; the inbound side of
+//! the mesh (`peer.rs`) calls it for the calls other nodes forward.
+//!
+//! Retries are idempotent where the request says how: group sends carry a
+//! `client_msg_id` that the group actor and the store deduplicate. The
+//! stream requests (`Auth`, `Sync`) are the transports' own business
+//! (`gateway/`).
+
+use std::sync::Arc;
+
+use hush_proto::cluster::v1 as cluster;
+use hush_proto::{client_frame::Body as Request, server_frame::Body as Reply, v1, ErrorCode};
+use hush_store::Store;
+
+use crate::error::{ApiError, ApiResult};
+use crate::group::{GroupMsg, Groups};
+use crate::route::Route;
+use crate::session::Sessions;
+use crate::wire::{check_group_id, Caller};
+
+/// The group a request must be sequenced by, for the requests that go to a
+/// GroupActor.
+pub fn routed_group(body: &Request) -> Option<&[u8]> {
+    match body {
+        Request::SendMessage(r) => Some(&r.group_id),
+        Request::SendCommit(r) => Some(&r.group_id),
+        Request::SendProposal(r) => Some(&r.group_id),
+        Request::SendEphemeral(r) => Some(&r.group_id),
+        _ => None,
+    }
+}
+
+/// What requests are bound by (from `[limits]`).
+#[derive(Clone, Debug)]
+pub struct ApiLimits {
+    pub max_message_bytes: usize,
+    pub max_key_packages_per_upload: usize,
+}
+
+/// Serves client requests on this node, or routes them to their owner.
+pub struct Api {
+    store: Arc<dyn Store>,
+    groups: Arc<Groups>,
+    sessions: Arc<Sessions>,
+    route: Arc<Route>,
+    limits: ApiLimits,
+}
+
+impl Api {
+    pub fn new(
+        store: Arc<dyn Store>,
+        groups: Arc<Groups>,
+        sessions: Arc<Sessions>,
+        route: Arc<Route>,
+        limits: ApiLimits,
+    ) -> Self {
+        Self {
+            store,
+            groups,
+            sessions,
+            route,
+            limits,
+        }
+    }
+
+    /// Serves one request. `Ok(None)` means no response frame (acks). A
+    /// request for a group owned by another node is served there.
+    pub async fn dispatch(&self, caller: &Caller, body: Request) -> ApiResult<Option<Reply>> {
+        if let Some(group_id) = routed_group(&body) {
+            if self.route.remote_owner(group_id).is_some() {
+                let group_id = group_id.to_vec();
+                return self.forward(caller, &group_id, body).await;
+            }
+        }
+        self.serve_here(caller, body).await
+    }
+
+    /// Serves `body` on the group's owner, following view changes until
+    /// the owner answers or the route's forward timeout passes.
+    async fn forward(
+        &self,
+        caller: &Caller,
+        group_id: &[u8],
+        body: Request,
+    ) -> ApiResult<Option<Reply>> {
+        let call = cluster::node_request::Body::GroupCall(cluster::GroupCall {
+            user_id: caller.user_id.clone(),
+            device_id: caller.device_id.clone(),
+            frame: Some(v1::ClientFrame {
+                request_id: 0,
+                body: Some(body.clone()),
+            }),
+        });
+        match self.route.call_owner(group_id, call).await? {
+            None => self.serve_here(caller, body).await,
+            Some((owner, reply)) => match reply.body {
+                Some(cluster::node_reply::Body::Frame(frame)) => match frame.body {
+                    Some(Reply::Error(e)) => Err(ApiError::from_proto(e)),
+                    other => Ok(other),
+                },
+                None => Ok(None),
+                Some(_) => Err(ApiError::internal(
+                    "cluster reply",
+                    format!("unexpected answer from {owner}"),
+                )),
+            },
+        }
+    }
+
+    /// Serves one request on this node.
+    pub async fn serve_here(&self, caller: &Caller, body: Request) -> ApiResult<Option<Reply>> {
+        let store = self.store.as_ref();
+        Ok(Some(match body {
+            Request::Auth(_) => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidArgument,
+                    "already authenticated",
+                ))
+            }
+            Request::Sync(_) => {
+                // Sync's answer is a stream: the WebSocket answers it
+                // itself, over HTTP it is GET /v1/events.
+                return Err(ApiError::new(
+                    ErrorCode::InvalidArgument,
+                    "sync is answered by the event stream (WebSocket or GET /v1/events)",
+                ));
+            }
+            Request::Ping(p) => Reply::Pong(v1::Pong { nonce: p.nonce }),
+            Request::UploadKeyPackages(req) => Reply::KeyPackagesUploaded(
+                crate::keys::upload(store, self.limits.max_key_packages_per_upload, caller, req)
+                    .await?,
+            ),
+            Request::ClaimKeyPackages(req) => {
+                Reply::ClaimedKeyPackages(crate::keys::claim(store, &req.user_id).await?)
+            }
+            Request::KeyPackageCount(_) => {
+                let (count, has_last_resort) = store.key_package_count(&caller.device_id).await?;
+                Reply::KeyPackageCountResult(v1::KeyPackageCountResult {
+                    count,
+                    has_last_resort,
+                })
+            }
+            Request::LookupUser(req) => Reply::UserInfo(self.lookup_user(req.handle).await?),
+            Request::CreateGroup(req) => Reply::GroupCreated(
+                crate::keys::create_group(store, self.limits.max_message_bytes, caller, req)
+                    .await?,
+            ),
+            Request::SendMessage(req) => Reply::MessageAccepted(
+                self.groups
+                    .call(&req.group_id.clone(), |reply| GroupMsg::Send {
+                        caller: caller.clone(),
+                        req,
+                        reply,
+                    })
+                    .await?,
+            ),
+            Request::SendCommit(req) => Reply::CommitAccepted(
+                self.groups
+                    .call(&req.group_id.clone(), |reply| GroupMsg::Commit {
+                        caller: caller.clone(),
+                        req,
+                        reply,
+                    })
+                    .await?,
+            ),
+            Request::SendProposal(req) => Reply::ProposalAccepted(
+                self.groups
+                    .call(&req.group_id.clone(), |reply| GroupMsg::Proposal {
+                        caller: caller.clone(),
+                        req,
+                        reply,
+                    })
+                    .await?,
+            ),
+            Request::SendEphemeral(req) => Reply::EphemeralAccepted(
+                self.groups
+                    .call(&req.group_id.clone(), |reply| GroupMsg::Ephemeral {
+                        caller: caller.clone(),
+                        req,
+                        reply,
+                    })
+                    .await?,
+            ),
+            Request::GetGroupInfo(req) => {
+                Reply::GroupInfoResult(self.group_info(caller, &req.group_id).await?)
+            }
+            Request::ListGroups(req) => {
+                Reply::GroupList(self.list_groups(caller, req.all_devices_of_user).await?)
+            }
+            Request::GetPresence(req) => Reply::PresenceList(
+                crate::presence::snapshot(store, &self.sessions, caller, &req.group_id).await?,
+            ),
+            Request::Ack(a) => {
+                check_group_id(&a.group_id)?;
+                store
+                    .set_cursor(&caller.device_id, &a.group_id, a.seq)
+                    .await?;
+                return Ok(None);
+            }
+            Request::AckInbox(a) => {
+                store.ack_inbox(&caller.device_id, a.inbox_seq).await?;
+                return Ok(None);
+            }
+        }))
+    }
+
+    async fn lookup_user(&self, handle: String) -> ApiResult<v1::UserInfo> {
+        let devices = self.store.devices_of_user(&handle).await?;
+        if devices.is_empty() {
+            return Err(ApiError::new(ErrorCode::NotFound, "no such user"));
+        }
+        Ok(v1::UserInfo {
+            user_id: handle,
+            device_ids: devices.into_iter().map(|d| d.device_id).collect(),
+        })
+    }
+
+    /// The public state is for members and their users' new devices.
+    async fn group_info(&self, caller: &Caller, group_id: &[u8]) -> ApiResult<v1::GroupInfoResult> {
+        let Some(g) = self.store.group(group_id).await? else {
+            return Err(ApiError::new(ErrorCode::UnknownGroup, "unknown group"));
+        };
+        if !g.members.iter().any(|m| m.user_id == caller.user_id) {
+            return Err(ApiError::new(
+                ErrorCode::NotMember,
+                "not a member of this group",
+            ));
+        }
+        Ok(v1::GroupInfoResult {
+            group_id: g.group_id,
+            epoch: g.epoch,
+            group_info: g.group_info,
+            ratchet_tree: g.ratchet_tree,
+            head_seq: g.head_seq,
+        })
+    }
+
+    async fn list_groups(&self, caller: &Caller, all_devices: bool) -> ApiResult<v1::GroupList> {
+        let store = &self.store;
+        let devices = if all_devices {
+            store
+                .devices_of_user(&caller.user_id)
+                .await?
+                .into_iter()
+                .map(|d| d.device_id)
+                .collect()
+        } else {
+            vec![caller.device_id.clone()]
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        let mut groups = Vec::new();
+        for d in devices {
+            for g in store.groups_of_device(&d).await? {
+                if !seen.insert(g.group_id.clone()) {
+                    continue;
+                }
+                if let Some(r) = store.group(&g.group_id).await? {
+                    groups.push(v1::GroupSummary {
+                        group_id: r.group_id,
+                        epoch: r.epoch,
+                        member_devices: r.members.len() as u32,
+                        head_seq: r.head_seq,
+                    });
+                }
+            }
+        }
+        Ok(v1::GroupList { groups })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_sequenced_requests_are_routed() {
+        let send = Request::SendMessage(v1::SendMessage {
+            group_id: b"g".to_vec(),
+            ..Default::default()
+        });
+        assert_eq!(routed_group(&send), Some(&b"g"[..]));
+        assert_eq!(routed_group(&Request::Ping(v1::Ping { nonce: 1 })), None);
+        let info = Request::GetGroupInfo(v1::GetGroupInfo {
+            group_id: b"g".to_vec(),
+        });
+        assert_eq!(routed_group(&info), None);
+    }
+}

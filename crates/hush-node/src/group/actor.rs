@@ -1,0 +1,342 @@
+//! The GroupActor's lifecycle and the checks every request shares.
+//!
+//! Activation does no I/O (it only starts the ticker); the first request
+//! loads the group: read it, take the lease, read it again (the previous
+//! owner may have written until its lease ran out), restore the tracker.
+//! The ticker (every `lease_ttl_ms / 3`, at least 100 ms) renews the lease
+//! when less than half of it is left and passivates the actor after
+//! `group_idle_ms` without requests. A lease that comes back with another
+//! token means someone else owned the group in between: the actor drops
+//! its state and stops. Stopping releases the lease.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hush_ds::GroupTracker;
+use hush_proto::{v1, ErrorCode};
+use hush_store::{Lease, MemberDevice};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use super::Groups;
+use crate::error::{ApiError, ApiResult};
+use crate::wire::Caller;
+
+pub enum GroupMsg {
+    Send {
+        caller: Caller,
+        req: v1::SendMessage,
+        reply: RpcReplyPort<ApiResult<v1::MessageAccepted>>,
+    },
+    Commit {
+        caller: Caller,
+        req: v1::SendCommit,
+        reply: RpcReplyPort<ApiResult<v1::CommitAccepted>>,
+    },
+    Proposal {
+        caller: Caller,
+        req: v1::SendProposal,
+        reply: RpcReplyPort<ApiResult<v1::ProposalAccepted>>,
+    },
+    /// Periodic: renew the lease, passivate when idle.
+    Tick,
+    /// A not-to-store application message (typing): validated like `Send`,
+    /// fanned out to online member devices, never written.
+    Ephemeral {
+        caller: Caller,
+        req: v1::SendEphemeral,
+        reply: RpcReplyPort<ApiResult<v1::EphemeralAccepted>>,
+    },
+}
+
+pub struct GroupActor {
+    pub(super) groups: Arc<Groups>,
+}
+
+pub struct GroupState {
+    pub(super) group_id: Vec<u8>,
+    pub(super) loaded: Option<Loaded>,
+    last_activity_ms: u64,
+    ticker: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The group as this actor holds it while it owns the lease.
+pub(super) struct Loaded {
+    pub(super) tracker: GroupTracker,
+    pub(super) lease: Lease,
+    pub(super) members: Vec<MemberDevice>,
+    pub(super) head_seq: u64,
+    /// Recently accepted commits: client_msg_id -> (seq, epoch), so a retried
+    /// commit whose ack was lost gets its original answer.
+    pub(super) recent_commits: VecDeque<(Vec<u8>, u64, u64)>,
+}
+
+/// The ticker runs this many times per lease period (renewing at half),
+/// and never more often than every [`MIN_TICK_MS`].
+const TICKS_PER_LEASE: u64 = 3;
+const MIN_TICK_MS: u64 = 100;
+
+/// How many accepted commits a group remembers for retries.
+pub(super) const RECENT_COMMITS: usize = 64;
+
+impl Actor for GroupActor {
+    type Msg = GroupMsg;
+    type State = GroupState;
+    type Arguments = Vec<u8>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        group_id: Vec<u8>,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        metrics::gauge!("hush_group_actors").increment(1.0);
+        let period = Duration::from_millis(
+            (self.groups.limits.lease_ttl_ms / TICKS_PER_LEASE).max(MIN_TICK_MS),
+        );
+        let ticker = tokio::spawn({
+            let myself = myself.clone();
+            async move {
+                let mut interval = tokio::time::interval(period);
+                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                interval.tick().await;
+                loop {
+                    interval.tick().await;
+                    if myself.send_message(GroupMsg::Tick).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(GroupState {
+            group_id,
+            loaded: None,
+            last_activity_ms: self.now_ms(),
+            ticker: Some(ticker),
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        metrics::gauge!("hush_group_actors").decrement(1.0);
+        if let Some(t) = state.ticker.take() {
+            t.abort();
+        }
+        if let Some(l) = &state.loaded {
+            let _ = self
+                .groups
+                .store
+                .release_lease(&state.group_id, &l.lease.owner, l.lease.token)
+                .await;
+        }
+        self.groups
+            .dir
+            .remove(&state.group_id, myself.get_id())
+            .await;
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let now = self.now_ms();
+        if let GroupMsg::Tick = msg {
+            self.tick(&myself, state, now).await;
+            return Ok(());
+        }
+        state.last_activity_ms = now;
+        match msg {
+            GroupMsg::Send { caller, req, reply } => {
+                let r = self.on_send(state, &caller, req).await;
+                self.settle(&myself, state, &r);
+                let _ = reply.send(r);
+            }
+            GroupMsg::Commit { caller, req, reply } => {
+                let r = self.on_commit(state, &caller, req).await;
+                self.settle(&myself, state, &r);
+                let _ = reply.send(r);
+            }
+            GroupMsg::Proposal { caller, req, reply } => {
+                let r = self.on_proposal(state, &caller, req).await;
+                self.settle(&myself, state, &r);
+                let _ = reply.send(r);
+            }
+            GroupMsg::Ephemeral { caller, req, reply } => {
+                let r = self.on_ephemeral(state, &caller, req).await;
+                self.settle(&myself, state, &r);
+                let _ = reply.send(r);
+            }
+            GroupMsg::Tick => {}
+        }
+        Ok(())
+    }
+}
+
+impl GroupActor {
+    pub(super) fn now_ms(&self) -> u64 {
+        self.groups.clock.now_ms()
+    }
+
+    /// After a request: count its error, and stop the actor when it lost
+    /// its fence (another node owns the group).
+    fn settle<T>(&self, myself: &ActorRef<GroupMsg>, state: &mut GroupState, r: &ApiResult<T>) {
+        if let Err(e) = r {
+            metrics::counter!("hush_errors_total", "code" => e.code_name()).increment(1);
+            if e.code == ErrorCode::Unavailable {
+                state.loaded = None;
+                myself.stop(Some("lost group lease".into()));
+            }
+        }
+    }
+
+    async fn tick(&self, myself: &ActorRef<GroupMsg>, state: &mut GroupState, now: u64) {
+        let idle = now.saturating_sub(state.last_activity_ms);
+        if idle >= self.groups.limits.group_idle_ms || self.groups.shutdown.is_shutting_down() {
+            tracing::debug!(group = %hex::encode(&state.group_id), "passivating idle group");
+            myself.stop(Some("idle".into()));
+            return;
+        }
+        if state.loaded.is_some() {
+            if let Err(e) = self.ensure_lease(state, now).await {
+                tracing::warn!(error = %e, "lease renewal failed");
+                state.loaded = None;
+                myself.stop(Some("lost group lease".into()));
+            }
+        }
+    }
+
+    /// Loads the group on first use (and after a failed write).
+    pub(super) async fn load<'s>(
+        &self,
+        state: &'s mut GroupState,
+        now: u64,
+    ) -> ApiResult<&'s mut Loaded> {
+        if state.loaded.is_none() {
+            let store = &self.groups.store;
+            let Some(record) = store.group(&state.group_id).await? else {
+                return Err(ApiError::new(ErrorCode::UnknownGroup, "unknown group"));
+            };
+            let lease = store
+                .acquire_lease(
+                    &state.group_id,
+                    &self.groups.lease_owner,
+                    now,
+                    self.groups.limits.lease_ttl_ms,
+                )
+                .await?;
+            // Re-read after taking the lease: the previous owner may have
+            // written until the moment its lease ran out.
+            let record = match store.group(&state.group_id).await? {
+                Some(r) => r,
+                None => record,
+            };
+            let tracker = GroupTracker::load(&record.state)
+                .map_err(|e| ApiError::internal("loading group state", e))?;
+            metrics::counter!("hush_group_activations_total").increment(1);
+            state.loaded = Some(Loaded {
+                tracker,
+                lease,
+                members: record.members,
+                head_seq: record.head_seq,
+                recent_commits: VecDeque::new(),
+            });
+        } else {
+            self.ensure_lease(state, now).await?;
+        }
+        // Invariant: set just above or already present.
+        Ok(state.loaded.as_mut().expect("group loaded"))
+    }
+
+    async fn ensure_lease(&self, state: &mut GroupState, now: u64) -> ApiResult<()> {
+        let ttl = self.groups.limits.lease_ttl_ms;
+        let Some(l) = state.loaded.as_mut() else {
+            return Ok(());
+        };
+        if l.lease.expires_at_ms.saturating_sub(now) > ttl / 2 {
+            return Ok(());
+        }
+        let lease = self
+            .groups
+            .store
+            .acquire_lease(&state.group_id, &self.groups.lease_owner, now, ttl)
+            .await?;
+        if lease.token != l.lease.token {
+            // Someone else owned the group in between: our view is stale.
+            state.loaded = None;
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "group ownership moved; retry",
+            ));
+        }
+        l.lease = lease;
+        Ok(())
+    }
+
+    pub(super) fn member_check(loaded: &Loaded, caller: &Caller) -> ApiResult<()> {
+        let identity = caller.identity();
+        if loaded
+            .tracker
+            .member_by_identity(identity.as_bytes())
+            .is_none()
+        {
+            return Err(ApiError::new(
+                ErrorCode::NotMember,
+                "not a member of this group",
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) fn check_size(&self, what: &str, len: usize) -> ApiResult<()> {
+        let max = self.groups.limits.max_message_bytes;
+        if len > max {
+            return Err(ApiError::new(
+                ErrorCode::TooLarge,
+                format!("{what} is {len} bytes; the limit is {max}"),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) fn check_msg_id(id: &[u8]) -> ApiResult<()> {
+        if id.is_empty() || id.len() > 64 {
+            return Err(ApiError::new(
+                ErrorCode::InvalidArgument,
+                "client_msg_id must be 1..=64 bytes",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Restores the tracker from `snapshot` (a validation that changed it
+    /// in memory was refused later).
+    pub(super) fn restore(loaded: &mut Loaded, snapshot: &[u8]) -> ApiResult<()> {
+        loaded.tracker = GroupTracker::load(snapshot)
+            .map_err(|e| ApiError::internal("restoring group state", e))?;
+        Ok(())
+    }
+
+    pub(super) fn snapshot(loaded: &Loaded) -> ApiResult<Vec<u8>> {
+        loaded
+            .tracker
+            .snapshot()
+            .map_err(|e| ApiError::internal("snapshot", e))
+    }
+}
+
+/// A STALE_EPOCH from MLS validation gets the head seq to sync to.
+pub(super) fn stale_with_head(mut e: ApiError, head_seq: u64) -> ApiError {
+    if let Some(s) = e.stale_epoch.as_mut() {
+        s.head_seq = head_seq;
+        e.message = format!(
+            "group is at epoch {}; sync to seq {head_seq} and retry",
+            s.current_epoch
+        );
+    }
+    e
+}

@@ -1,0 +1,287 @@
+//! SessionActor: one user's connections across the cluster, and the user's
+//! presence.
+//!
+//! It knows where each of the user's connections is — this node or another
+//! — and forwards group events, inbox items and live-only frames to the
+//! connections of the devices they are for. Messages are handled one at a
+//! time, in mailbox order (ractor mailboxes are unbounded; the bound is at
+//! the edge, in each connection's queue).
+//!
+//! Presence: the session is the user's presence in the whole cluster. Its
+//! first connection makes the user online (pushed to co-members, see
+//! `presence.rs`). When its last connection goes, it waits
+//! `actors.presence_grace_ms` (on the node's clock, checked by a ticker)
+//! before it announces offline and passivates; a connection attaching in
+//! the meantime cancels that, so a quick reconnect shows no change.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use hush_proto::ErrorCode;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use super::Sessions;
+use crate::error::{ApiError, ApiResult};
+use crate::wire::{ConnRef, Outbound};
+
+pub enum SessionMsg {
+    Attach {
+        conn: ConnRef,
+        device_id: String,
+        reply: RpcReplyPort<ApiResult<()>>,
+    },
+    /// A connection ended: forget it.
+    Detach { conn: ConnRef },
+    Deliver {
+        devices: Vec<String>,
+        item: Outbound,
+    },
+    /// Disconnect every connection of a device (logout, revoked token).
+    KickDevice { device_id: String },
+    /// Periodic while the last connection is gone: announce offline once the
+    /// grace period is over, then passivate.
+    Tick,
+    /// Whether online is announced (and offline not yet): the presence
+    /// co-members were last told.
+    IsOnline { reply: RpcReplyPort<bool> },
+    /// The view changed and still places the user here: forget the
+    /// connections of nodes that are no longer members.
+    ViewChanged { members: Vec<String> },
+    /// The view places the user on another node now: stop. The
+    /// connections re-attach there.
+    Moved,
+}
+
+/// While waiting out the presence grace, the ticker checks this many times
+/// per grace period, within these bounds (ms).
+const TICKS_PER_GRACE: u64 = 4;
+const TICK_MS_BOUNDS: (u64, u64) = (10, 250);
+
+pub struct SessionActor {
+    pub(super) sessions: Arc<Sessions>,
+}
+
+pub struct SessionState {
+    user_id: String,
+    /// Every connection of the user, wherever it is, and its device.
+    conns: HashMap<ConnRef, String>,
+    /// Online was announced (and offline not yet).
+    online: bool,
+    /// No connection since: offline is announced at this time (node clock).
+    offline_at: Option<u64>,
+    ticker: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Actor for SessionActor {
+    type Msg = SessionMsg;
+    type State = SessionState;
+    type Arguments = String;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        user_id: String,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        metrics::gauge!("hush_session_actors").increment(1.0);
+        Ok(SessionState {
+            user_id,
+            conns: HashMap::new(),
+            online: false,
+            offline_at: None,
+            ticker: None,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        metrics::gauge!("hush_session_actors").decrement(1.0);
+        if let Some(t) = state.ticker.take() {
+            t.abort();
+        }
+        self.sessions
+            .dir
+            .remove(&state.user_id, myself.get_id())
+            .await;
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SessionMsg::Attach {
+                conn,
+                device_id,
+                reply,
+            } => {
+                let limit = self.sessions.limits.max_connections_per_user;
+                let result = if state.conns.len() >= limit && !state.conns.contains_key(&conn) {
+                    Err(ApiError::new(
+                        ErrorCode::TooManyConnections,
+                        format!("at most {limit} connections per user"),
+                    ))
+                } else {
+                    state.conns.insert(conn, device_id);
+                    Ok(())
+                };
+                let attached = result.is_ok();
+                let _ = reply.send(result);
+                if attached {
+                    self.on_connected(state).await;
+                } else if state.conns.is_empty() {
+                    self.on_idle(&myself, state).await;
+                }
+            }
+            SessionMsg::Detach { conn } => {
+                if state.conns.remove(&conn).is_some() && state.conns.is_empty() {
+                    self.on_idle(&myself, state).await;
+                }
+            }
+            SessionMsg::IsOnline { reply } => {
+                let _ = reply.send(state.online);
+            }
+            SessionMsg::Tick => {
+                let now = self.sessions.clock.now_ms();
+                let due = state.offline_at.is_some_and(|at| now >= at);
+                if state.conns.is_empty() && due {
+                    self.go_offline(&myself, state).await;
+                }
+            }
+            SessionMsg::Deliver { devices, item } => {
+                self.deliver(state, &devices, &item);
+                if state.conns.is_empty() {
+                    self.on_idle(&myself, state).await;
+                }
+            }
+            SessionMsg::KickDevice { device_id } => {
+                let sessions = &self.sessions;
+                let me = sessions.route.me();
+                state.conns.retain(|conn, device| {
+                    if *device != device_id {
+                        return true;
+                    }
+                    if conn.0 == me {
+                        sessions.conns.remove(conn.1);
+                    } else {
+                        sessions
+                            .route
+                            .close_conns(&conn.0, &state.user_id, vec![conn.1]);
+                    }
+                    false
+                });
+                if state.conns.is_empty() {
+                    self.on_idle(&myself, state).await;
+                }
+            }
+            SessionMsg::ViewChanged { members } => {
+                let me = self.sessions.route.me();
+                state
+                    .conns
+                    .retain(|(node, _), _| node == me || members.contains(node));
+                if state.conns.is_empty() {
+                    self.on_idle(&myself, state).await;
+                }
+            }
+            SessionMsg::Moved => {
+                if state.conns.is_empty() {
+                    // Nobody re-attaches: say offline now, not never.
+                    self.go_offline(&myself, state).await;
+                } else {
+                    myself.stop(Some("session moved to another node".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SessionActor {
+    /// Writes `item` to the connections of `devices`: this node's into
+    /// their queues, each other node's in one delivery by connection ids.
+    /// Connections found gone here are forgotten.
+    fn deliver(&self, state: &mut SessionState, devices: &[String], item: &Outbound) {
+        let sessions = &self.sessions;
+        let me = sessions.route.me();
+        let mut remote: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+        let mut gone = Vec::new();
+        for (conn, device_id) in &state.conns {
+            if !devices.iter().any(|d| d == device_id) {
+                continue;
+            }
+            if conn.0 == me {
+                if !sessions.conns.write(conn.1, item.clone()) {
+                    gone.push(conn.clone());
+                }
+            } else {
+                remote.entry(&conn.0).or_default().push(conn.1);
+            }
+        }
+        for (node, conn_ids) in remote {
+            sessions
+                .route
+                .send_to_conns(node, &state.user_id, conn_ids, item);
+        }
+        for conn in gone {
+            state.conns.remove(&conn);
+        }
+    }
+
+    /// A connection attached: cancel a pending offline, or announce online.
+    async fn on_connected(&self, state: &mut SessionState) {
+        if state.offline_at.take().is_some() {
+            if let Some(t) = state.ticker.take() {
+                t.abort();
+            }
+        }
+        if !state.online {
+            state.online = true;
+            self.sessions.announce(&state.user_id, true).await;
+        }
+    }
+
+    /// The last connection went: start the grace period (or, without one,
+    /// go offline now).
+    async fn on_idle(&self, myself: &ActorRef<SessionMsg>, state: &mut SessionState) {
+        if state.offline_at.is_some() {
+            return; // already waiting
+        }
+        let grace = self.sessions.limits.presence_grace_ms;
+        if !state.online || grace == 0 || self.sessions.shutdown.is_shutting_down() {
+            self.go_offline(myself, state).await;
+            return;
+        }
+        state.offline_at = Some(self.sessions.clock.now_ms().saturating_add(grace));
+        let period = std::time::Duration::from_millis(
+            (grace / TICKS_PER_GRACE).clamp(TICK_MS_BOUNDS.0, TICK_MS_BOUNDS.1),
+        );
+        let me = myself.clone();
+        state.ticker = Some(tokio::spawn(async move {
+            let mut interval = tokio::time::interval(period);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                if me.send_message(SessionMsg::Tick).is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+
+    async fn go_offline(&self, myself: &ActorRef<SessionMsg>, state: &mut SessionState) {
+        if let Some(t) = state.ticker.take() {
+            t.abort();
+        }
+        state.offline_at = None;
+        if state.online {
+            state.online = false;
+            self.sessions.announce(&state.user_id, false).await;
+        }
+        myself.stop(None);
+    }
+}

@@ -1,0 +1,406 @@
+//! Sessions: one [`SessionActor`] per online user, on the node that owns
+//! the user (placement key [`session_key`], like groups by group id), and
+//! [`Sessions`], the handle through which everything else reaches them.
+//!
+//! A client may connect to any node. Its connection's queue stays in that
+//! node's connection table (`conns.rs`) and *attaches* to the user's session
+//! wherever the session lives; the session remembers where each connection
+//! is (node, id) and writes to it directly or through a delivery addressed
+//! to connection ids (batched per node by [`Route`]).
+//!
+//! Fan-out, the first hop: [`Sessions::deliver`] hands an item for a set of
+//! member devices to the sessions of their users — this node's directly,
+//! each other owner node's in one delivery.
+//!
+//! Moves: when the view changes ([`Sessions::follow_view`]), a session whose
+//! user is now owned by another node stops, sessions forget connections of
+//! nodes that left, and every node re-attaches its connections whose
+//! session moved, then has each read what it may have missed from the
+//! store ([`Outbound::Resync`]).
+//!
+//! Naming: a connection is *attached* to a session; when it ends, its node
+//! *closes* it here ([`Sessions::close_conn`]) and tells its session, which
+//! *forgets* it.
+
+mod actor;
+mod presence;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hush_cluster::Placement;
+use hush_proto::cluster::v1 as cluster;
+use hush_proto::{server_frame::Body as Reply, ErrorCode};
+use hush_store::{MemberDevice, Store};
+
+use crate::clock::Clock;
+use crate::conns::Connections;
+use crate::directory::Directory;
+use crate::error::{ApiError, ApiResult};
+use crate::route::{session_key, Route};
+use crate::shutdown::Shutdown;
+use crate::wire::{ConnRef, Outbound};
+
+pub use actor::{SessionActor, SessionMsg};
+
+/// The longest a call to a SessionActor (attach, is-online) may take.
+pub const SESSION_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What sessions are bound by (from `[limits]` and `[actors]`).
+#[derive(Clone, Debug)]
+pub struct SessionLimits {
+    pub max_connections_per_user: usize,
+    pub presence_grace_ms: u64,
+}
+
+/// The sessions of this node, and the way to any user's session.
+pub struct Sessions {
+    dir: Directory<String, SessionMsg>,
+    conns: Arc<Connections>,
+    route: Arc<Route>,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    runtime: tokio::runtime::Handle,
+    shutdown: Shutdown,
+    limits: SessionLimits,
+}
+
+impl Sessions {
+    pub fn new(
+        conns: Arc<Connections>,
+        route: Arc<Route>,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        runtime: tokio::runtime::Handle,
+        shutdown: Shutdown,
+        limits: SessionLimits,
+    ) -> Self {
+        Self {
+            dir: Directory::default(),
+            conns,
+            route,
+            store,
+            clock,
+            runtime,
+            shutdown,
+            limits,
+        }
+    }
+
+    /// This node's connection table.
+    pub fn conns(&self) -> &Arc<Connections> {
+        &self.conns
+    }
+
+    /// How many sessions live on this node.
+    pub async fn count(&self) -> usize {
+        self.dir.len().await
+    }
+
+    /// Follows the number of live SessionActors on this node.
+    pub fn watch_count(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.dir.watch_count()
+    }
+
+    /// The user's session actor, activated on this node if needed.
+    async fn activate(self: &Arc<Self>, user_id: &str) -> ApiResult<ractor::ActorRef<SessionMsg>> {
+        let sessions = self.clone();
+        let user = user_id.to_owned();
+        self.dir
+            .get_or_activate(
+                &user_id.to_owned(),
+                &self.runtime,
+                "session activation",
+                || (SessionActor { sessions }, user),
+            )
+            .await
+    }
+
+    /// Attaches a connection of this node to its user's session, wherever
+    /// the session lives. Returns the node it attached to.
+    pub async fn attach(
+        self: &Arc<Self>,
+        conn_id: u64,
+        user_id: &str,
+        device_id: &str,
+    ) -> ApiResult<String> {
+        let call = cluster::SessionCall {
+            user_id: user_id.to_owned(),
+            op: Some(cluster::session_call::Op::Attach(cluster::SessionAttach {
+                device_id: device_id.to_owned(),
+                conn_id,
+            })),
+        };
+        let body = cluster::node_request::Body::SessionCall(call);
+        if let Some((node, reply)) = self.route.call_owner(&session_key(user_id), body).await? {
+            return match reply.body {
+                None => Ok(node),
+                Some(cluster::node_reply::Body::Frame(f)) => match f.body {
+                    Some(Reply::Error(e)) => Err(ApiError::from_proto(e)),
+                    _ => Ok(node),
+                },
+                Some(_) => Err(ApiError::internal(
+                    "cluster reply",
+                    format!("unexpected answer to attach from {node}"),
+                )),
+            };
+        }
+        let me = self.route.me().to_owned();
+        self.accept_attach((me.clone(), conn_id), user_id, device_id)
+            .await?;
+        Ok(me)
+    }
+
+    /// Attaches a connection (of any node) to the user's session on this
+    /// node, activating it. A session that stops between lookup and attach
+    /// is retried once.
+    pub async fn accept_attach(
+        self: &Arc<Self>,
+        conn: ConnRef,
+        user_id: &str,
+        device_id: &str,
+    ) -> ApiResult<()> {
+        for _ in 0..2 {
+            let session = self.activate(user_id).await?;
+            let r = session
+                .call(
+                    |reply| SessionMsg::Attach {
+                        conn: conn.clone(),
+                        device_id: device_id.to_owned(),
+                        reply,
+                    },
+                    Some(SESSION_CALL_TIMEOUT),
+                )
+                .await;
+            match r {
+                Ok(ractor::rpc::CallResult::Success(result)) => return result,
+                _ => self.dir.remove(&user_id.to_owned(), session.get_id()).await,
+            }
+        }
+        Err(ApiError::new(ErrorCode::Unavailable, "session unavailable"))
+    }
+
+    /// A connection of this node ended: take it out of the table and tell
+    /// its session to forget it.
+    pub async fn close_conn(&self, conn_id: u64) {
+        if let Some(conn) = self.conns.remove(conn_id) {
+            self.tell_conn_gone(&conn.session_node, &conn.user_id, conn_id)
+                .await;
+        }
+    }
+
+    /// Tells the session of `user_id` on `node` that this node's
+    /// connection `conn_id` is gone.
+    pub async fn tell_conn_gone(&self, node: &str, user_id: &str, conn_id: u64) {
+        let me = self.route.me();
+        if node == me {
+            self.forget_conn_here(user_id, (me.to_owned(), conn_id))
+                .await;
+        } else {
+            self.route.notify_session(
+                node,
+                cluster::SessionCall {
+                    user_id: user_id.to_owned(),
+                    op: Some(cluster::session_call::Op::Detach(cluster::SessionDetach {
+                        conn_id,
+                    })),
+                },
+            );
+        }
+    }
+
+    /// The user's session on this node (if any) forgets a connection.
+    pub async fn forget_conn_here(&self, user_id: &str, conn: ConnRef) {
+        if let Some(s) = self.dir.get(&user_id.to_owned()).await {
+            let _ = s.send_message(SessionMsg::Detach { conn });
+        }
+    }
+
+    /// Closes every connection of a device, wherever they are (logout).
+    pub async fn kick_device(&self, user_id: &str, device_id: &str) {
+        if let Some(owner) = self.route.remote_owner(&session_key(user_id)) {
+            self.route.notify_session(
+                &owner,
+                cluster::SessionCall {
+                    user_id: user_id.to_owned(),
+                    op: Some(cluster::session_call::Op::Kick(cluster::KickDevice {
+                        device_id: device_id.to_owned(),
+                    })),
+                },
+            );
+            return;
+        }
+        self.kick_here(user_id, device_id).await;
+    }
+
+    /// The user's session on this node (if any) closes a device's
+    /// connections.
+    pub async fn kick_here(&self, user_id: &str, device_id: &str) {
+        if let Some(s) = self.dir.get(&user_id.to_owned()).await {
+            let _ = s.send_message(SessionMsg::KickDevice {
+                device_id: device_id.to_owned(),
+            });
+        }
+    }
+
+    /// Hands an item to the sessions of the users of `devices`: this node's
+    /// directly, each other owner's in one delivery (batched per node by
+    /// the route). A user without a session has no connection anywhere.
+    pub async fn deliver(&self, devices: &[MemberDevice], item: Outbound) {
+        metrics::counter!("hush_deliveries_total").increment(devices.len() as u64);
+        // One placement for the whole delivery, one lookup per user (a user
+        // usually has several devices).
+        let placement = self.route.placement();
+        let me = self.route.me();
+        let mut owner_of: BTreeMap<&str, Option<String>> = BTreeMap::new();
+        let mut by_owner: BTreeMap<Option<String>, Vec<MemberDevice>> = BTreeMap::new();
+        for d in devices {
+            let owner = owner_of.entry(d.user_id.as_str()).or_insert_with(|| {
+                placement
+                    .as_ref()
+                    .map(|p| p.owner(&session_key(&d.user_id)))
+                    .filter(|o| *o != me)
+                    .map(str::to_owned)
+            });
+            by_owner.entry(owner.clone()).or_default().push(d.clone());
+        }
+        for (owner, devices) in by_owner {
+            match owner {
+                Some(node) => self.route.send_to_sessions(&node, &devices, &item),
+                None => self.deliver_here(&devices, item.clone()).await,
+            }
+        }
+    }
+
+    /// Hands an item to this node's sessions of the users concerned, one
+    /// message per session (the session forwards to that user's
+    /// connections).
+    pub async fn deliver_here(&self, devices: &[MemberDevice], item: Outbound) {
+        let mut by_user: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for d in devices {
+            by_user
+                .entry(d.user_id.as_str())
+                .or_default()
+                .push(d.device_id.clone());
+        }
+        for (user, devices) in by_user {
+            if let Some(session) = self.dir.get(&user.to_owned()).await {
+                // A session that just stopped has no connections: nothing to do.
+                let _ = session.send_message(SessionMsg::Deliver {
+                    devices,
+                    item: item.clone(),
+                });
+            }
+        }
+    }
+
+    /// Which of `users` are online, asked of the nodes that own their
+    /// sessions (following view changes until the route's forward timeout).
+    pub async fn online_users(&self, users: &BTreeSet<String>) -> ApiResult<BTreeSet<String>> {
+        let mut online = BTreeSet::new();
+        let mut pending: BTreeSet<String> = users.clone();
+        let deadline = tokio::time::Instant::now() + self.route.forward_timeout();
+        loop {
+            let mut by_owner: BTreeMap<Option<String>, Vec<String>> = BTreeMap::new();
+            for u in &pending {
+                by_owner
+                    .entry(self.route.remote_owner(&session_key(u)))
+                    .or_default()
+                    .push(u.clone());
+            }
+            let mut retry = BTreeSet::new();
+            for (owner, users) in by_owner {
+                match owner {
+                    None => {
+                        for u in users {
+                            if self.is_online_here(&u).await {
+                                online.insert(u);
+                            }
+                        }
+                    }
+                    Some(node) => match self.route.presence_query(&node, users.clone()).await {
+                        Ok(answer) => {
+                            online.extend(answer.online);
+                            retry.extend(answer.not_owned);
+                        }
+                        Err(_) => retry.extend(users),
+                    },
+                }
+            }
+            if retry.is_empty() {
+                return Ok(online);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::new(
+                    ErrorCode::Unavailable,
+                    "presence owners unreachable; retry",
+                ));
+            }
+            self.route.wait_for_view_change().await;
+            pending = retry;
+        }
+    }
+
+    /// The presence co-members were last told, by the user's session on
+    /// this node (none, or one that stopped, is offline).
+    pub async fn is_online_here(&self, user_id: &str) -> bool {
+        let Some(session) = self.dir.get(&user_id.to_owned()).await else {
+            return false;
+        };
+        matches!(
+            session
+                .call(
+                    |reply| SessionMsg::IsOnline { reply },
+                    Some(SESSION_CALL_TIMEOUT),
+                )
+                .await,
+            Ok(ractor::rpc::CallResult::Success(true))
+        )
+    }
+
+    /// Follows a view change: sessions no longer owned here stop, kept
+    /// ones forget connections of departed nodes, and this node's
+    /// connections whose session moved re-attach to the new owner and
+    /// read what they may have missed from the store.
+    pub async fn follow_view(self: &Arc<Self>, placement: &Placement) {
+        let me = self.route.me();
+        let members = placement.view().members.iter().cloned().collect::<Vec<_>>();
+        for (user_id, actor) in self.dir.entries().await {
+            if placement.owner(&session_key(&user_id)) != me {
+                metrics::counter!("hush_cluster_rehomes_total", "actor" => "session").increment(1);
+                let _ = actor.send_message(SessionMsg::Moved);
+            } else {
+                let _ = actor.send_message(SessionMsg::ViewChanged {
+                    members: members.clone(),
+                });
+            }
+        }
+        let moved = self
+            .conns
+            .moved(|user| placement.owner(&session_key(user)).to_owned());
+        for m in moved {
+            let sessions = self.clone();
+            self.runtime.spawn(async move {
+                match sessions.attach(m.conn_id, &m.user_id, &m.device_id).await {
+                    Ok(node) => {
+                        // Whatever the old session got meanwhile is lost
+                        // for this connection: read it from the store.
+                        if !sessions.conns.attached_to(m.conn_id, &node)
+                            || !sessions.conns.write(m.conn_id, Outbound::Resync)
+                        {
+                            // Gone meanwhile: the new session must not
+                            // count it.
+                            sessions.tell_conn_gone(&node, &m.user_id, m.conn_id).await;
+                        }
+                    }
+                    Err(e) => {
+                        // The connection ends; its client reconnects.
+                        tracing::info!(conn = m.conn_id, error = %e, "re-attach failed");
+                        sessions.conns.remove(m.conn_id);
+                    }
+                }
+            });
+        }
+    }
+}
