@@ -44,6 +44,8 @@ pub struct Peer {
     sessions: Arc<Sessions>,
     groups: Arc<Groups>,
     shutdown: Shutdown,
+    /// The members of the last view followed (to see who is back).
+    last_members: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Peer {
@@ -60,6 +62,7 @@ impl Peer {
             sessions,
             groups,
             shutdown,
+            last_members: Default::default(),
         }
     }
 
@@ -212,6 +215,12 @@ impl Peer {
                     _ => metrics::counter!("hush_cluster_bad_messages_total").increment(1),
                 }
             }
+            Some(cluster::node_request::Body::Readmitted(_)) => {
+                metrics::counter!("hush_cluster_messages_in_total", "kind" => "readmitted")
+                    .increment(1);
+                tracing::info!(peer = %from, "readmitted by a peer: every connection resyncs");
+                self.sessions.resync_here();
+            }
             _ => metrics::counter!("hush_cluster_bad_messages_total").increment(1),
         }
     }
@@ -272,6 +281,18 @@ impl Peer {
             return;
         };
         self.route.forget_departed_peers(placement.view());
+        // Peers that are members again: whatever was sent to their users
+        // while this node did not count them went to sessions here.
+        let members = placement.view().members.clone();
+        let added: Vec<String> = {
+            let mut last = self.last_members.lock().unwrap_or_else(|p| p.into_inner());
+            let added = members.difference(&last).cloned().collect();
+            *last = members;
+            added
+        };
+        for peer in added.iter().filter(|p| p.as_str() != self.route.me()) {
+            self.route.tell_readmitted(peer);
+        }
         self.groups.follow_view(&placement, self.route.me()).await;
         self.sessions.follow_view(&placement).await;
     }

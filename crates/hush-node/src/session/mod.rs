@@ -422,6 +422,14 @@ impl Sessions {
         }
     }
 
+    /// Every connection of this node reads what it may have missed from
+    /// the store (a peer counts this node as a member again).
+    pub fn resync_here(&self) {
+        for conn_id in self.conns.ids() {
+            self.conns.write(conn_id, Outbound::Resync);
+        }
+    }
+
     /// Attaches a connection of this node (already in its table) to its
     /// user's session without making anyone wait for it: the connection can
     /// be served meanwhile (its Sync reads the store), and once attached it
