@@ -120,10 +120,13 @@ mod store;
 pub use store::{lease_decision, members_of, next_members, Mode, Pending, STATEMENTS};
 
 /// The versioned schema: (version, CQL), applied in order at open.
-pub const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../cql/0001_init.cql"))];
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../cql/0001_init.cql")),
+    (2, include_str!("../cql/0002_last_resort_claims.cql")),
+];
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// The consistency level of ordinary reads and writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -49,7 +49,7 @@ use crate::{
 };
 
 /// The schema version this binary writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Configuration of a [`SqliteStore`].
 #[derive(Clone, Debug)]
@@ -346,6 +346,14 @@ CREATE TABLE inbox_counters (
 );
 "#;
 
+/// Version 2: devices whose last-resort package was handed out since they
+/// last uploaded (see `Store::set_last_resort_claimed`).
+const SCHEMA_V2: &str = r#"
+CREATE TABLE last_resort_claims (
+    device_id TEXT PRIMARY KEY NOT NULL
+);
+"#;
+
 /// Creates or upgrades the schema. Idempotent, and safe against another
 /// process doing the same at the same time (the check and the DDL share one
 /// `BEGIN IMMEDIATE` transaction).
@@ -364,6 +372,10 @@ fn migrate(conn: &Connection) -> Result<()> {
         if version < 1 {
             conn.execute_batch(SCHEMA_V1)
                 .map_err(|e| map_err("create schema v1", e))?;
+        }
+        if version < 2 {
+            conn.execute_batch(SCHEMA_V2)
+                .map_err(|e| map_err("create schema v2", e))?;
         }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(|e| map_err("write schema version", e))?;
@@ -1348,6 +1360,27 @@ impl Store for SqliteStore {
         self.read(move |c| read_key_package_count(c, &id)).await
     }
 
+    async fn set_last_resort_claimed(&self, device_id: &str, claimed: bool) -> Result<bool> {
+        let id = device_id.to_string();
+        self.write("set_last_resort_claimed", move |c| {
+            let changed = if claimed {
+                c.execute(
+                    "INSERT INTO last_resort_claims (device_id) VALUES (?1) ON CONFLICT DO NOTHING",
+                    params![id],
+                )
+            } else {
+                c.execute(
+                    "DELETE FROM last_resort_claims WHERE device_id = ?1",
+                    params![id],
+                )
+            }
+            .map_err(|e| map_err("mark last-resort claim", e))?;
+            // Inserted: it was not marked; deleted: it was.
+            Ok((changed == 1) != claimed)
+        })
+        .await
+    }
+
     async fn create_group(&self, group: &NewGroup) -> Result<()> {
         let g = group.group.clone();
         self.write("create_group", move |c| op_create_group(c, &g))
@@ -1499,6 +1532,21 @@ impl Store for SqliteStore {
     async fn read_inbox(&self, device_id: &str, after: u64, limit: u32) -> Result<Vec<InboxItem>> {
         let id = device_id.to_string();
         self.read(move |c| read_inbox(c, &id, after, limit)).await
+    }
+
+    async fn inbox_head(&self, device_id: &str) -> Result<u64> {
+        let id = device_id.to_string();
+        self.read(move |c| {
+            c.query_row(
+                "SELECT last_seq FROM inbox_counters WHERE device_id = ?1",
+                params![id],
+                |r| r.get::<_, u64>(0),
+            )
+            .optional()
+            .map(Option::unwrap_or_default)
+            .map_err(|e| map_err("read inbox head", e))
+        })
+        .await
     }
 
     async fn ack_inbox(&self, device_id: &str, upto: u64) -> Result<()> {
