@@ -14,6 +14,15 @@
 //! Rebuilding from a GroupInfo instead would fail once any member's
 //! KeyPackage lifetime has expired.
 //!
+//! Identity: openmls lets an update path, an Update proposal or an external
+//! commit carry any credential and leaves it to the application to decide
+//! what is acceptable. Every [`CommitEffect`] therefore lists the leaves the
+//! commit created or whose (identity, signature key) changed, and the
+//! leaves it removed; [`CommitEffect::check_leaf_identities`] applies the
+//! part of Hush's rule that needs no directory (a leaf never changes
+//! identity; an external commit removes only the joiner's own old leaf),
+//! and the node compares every listed leaf's key with the directory.
+//!
 //! Limits of what the server can check: it cannot verify membership tags or
 //! confirmation tags (it has no epoch secrets), so a malicious member can
 //! make it accept a commit the other members reject. Clients compare the
