@@ -12,7 +12,8 @@ use std::collections::BTreeSet;
 
 use openmls::prelude::MlsMessageBodyIn;
 
-use crate::group::{body_kind, decode_message, AddedMember};
+use crate::codec::{body_kind, decode_message};
+use crate::group::AddedMember;
 use crate::keypackage::HUSH_CIPHERSUITE;
 use crate::DsError;
 
