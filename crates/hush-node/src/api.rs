@@ -60,6 +60,7 @@ impl ApiLimits {
                 claims_per_claimer_burst: l.claims_per_claimer_burst,
                 claims_per_target_per_min: l.claims_per_target_per_min,
                 claims_per_target_burst: l.claims_per_target_burst,
+                tracked_users: l.claims_tracked_users,
             },
         }
     }

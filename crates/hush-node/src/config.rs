@@ -111,6 +111,11 @@ pub struct Limits {
     pub claims_per_target_per_min: f64,
     /// ...and burst above that.
     pub claims_per_target_burst: f64,
+    /// Users whose claim buckets this node holds at most, per set (claimers,
+    /// targets): memory stays bounded. Buckets that refilled are forgotten
+    /// first; when every held one is in use, a user new to the set is
+    /// refused (RATE_LIMITED, fail closed) until one refills.
+    pub claims_tracked_users: usize,
     /// Timeline entries per page when sending a backlog.
     pub sync_page: u32,
 }
@@ -254,6 +259,7 @@ impl Default for Limits {
             claims_per_claimer_burst: 100.0,
             claims_per_target_per_min: 2.0,
             claims_per_target_burst: 10.0,
+            claims_tracked_users: 65_536,
             sync_page: 256,
         }
     }
@@ -470,6 +476,9 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if l.claims_tracked_users == 0 {
+            return Err(invalid("limits.claims_tracked_users", "must be at least 1"));
+        }
         for (key, rate, burst) in [
             (
                 (
@@ -588,7 +597,7 @@ mod tests {
         let c = Config::from_toml(
             "[limits]\nmax_key_packages_per_device = 50\nclaims_per_claimer_per_min = 6.0\n\
              claims_per_claimer_burst = 20.0\nclaims_per_target_per_min = 1.0\n\
-             claims_per_target_burst = 3.0\n",
+             claims_per_target_burst = 3.0\nclaims_tracked_users = 7\n",
         )
         .unwrap();
         assert_eq!(c.limits.max_key_packages_per_device, 50);
@@ -596,6 +605,7 @@ mod tests {
         assert_eq!(c.limits.claims_per_claimer_burst, 20.0);
         assert_eq!(c.limits.claims_per_target_per_min, 1.0);
         assert_eq!(c.limits.claims_per_target_burst, 3.0);
+        assert_eq!(c.limits.claims_tracked_users, 7);
         for (toml, key) in [
             (
                 "max_key_packages_per_device = 0",
@@ -629,6 +639,7 @@ mod tests {
                 "claims_per_target_burst = 0.0",
                 "limits.claims_per_target_burst",
             ),
+            ("claims_tracked_users = 0", "limits.claims_tracked_users"),
         ] {
             let err = Config::from_toml(&format!("[limits]\n{toml}\n")).unwrap_err();
             assert!(err.to_string().contains(key), "{toml}: {err}");

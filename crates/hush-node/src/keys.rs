@@ -16,9 +16,9 @@
 //!
 //! The claim buckets are this node's (like the per-connection request
 //! buckets): a claimer spreading requests over n nodes gets up to n times
-//! the rate. Each bucket set holds at most [`MAX_TRACKED_USERS`] users; full
-//! buckets are forgotten first, and a new user is refused (fail closed)
-//! while every held bucket is in use.
+//! the rate. Each bucket set holds at most `limits.claims_tracked_users`
+//! users; full buckets are forgotten first, and a new user is refused (fail
+//! closed) while every held bucket is in use.
 
 use std::sync::{Arc, Mutex};
 
@@ -32,10 +32,6 @@ use crate::error::{ApiError, ApiResult};
 use crate::session::Sessions;
 use crate::wire::{check_group_id, encode, Caller, Outbound};
 
-/// Users whose claim buckets one node holds at most, per set (claimers,
-/// targets).
-pub const MAX_TRACKED_USERS: usize = 65_536;
-
 /// What the directory is bound by (from `[limits]`).
 #[derive(Clone, Debug)]
 pub struct KeyLimits {
@@ -45,6 +41,8 @@ pub struct KeyLimits {
     pub claims_per_claimer_burst: f64,
     pub claims_per_target_per_min: f64,
     pub claims_per_target_burst: f64,
+    /// Users per bucket set (`limits.claims_tracked_users`).
+    pub tracked_users: usize,
 }
 
 /// The KeyPackage directory of this node.
@@ -67,12 +65,12 @@ impl Keys {
         let per_claimer = KeyedBuckets::new(
             limits.claims_per_claimer_per_min / 60.0,
             limits.claims_per_claimer_burst,
-            MAX_TRACKED_USERS,
+            limits.tracked_users,
         );
         let per_target = KeyedBuckets::new(
             limits.claims_per_target_per_min / 60.0,
             limits.claims_per_target_burst,
-            MAX_TRACKED_USERS,
+            limits.tracked_users,
         );
         Self {
             store,

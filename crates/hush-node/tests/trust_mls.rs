@@ -590,6 +590,37 @@ async fn rapid_claims_are_refused_and_the_victims_packages_survive() {
     node.stop().await;
 }
 
+/// The claim buckets stay bounded (`limits.claims_tracked_users`): on a
+/// node that tracks one claimer, a second claimer is refused while the
+/// first one's bucket is in use, with the time until it refills as the
+/// hint; once it refilled, the second claimer gets its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_buckets_are_bounded_and_fail_closed() {
+    let (node, clock, _dir) = start_node(|c| c.limits.claims_tracked_users = 1).await;
+    let url = url(&node);
+    let root = tempfile::tempdir().unwrap();
+    let _target = client(root.path(), &url, "target").await;
+    let first = client(root.path(), &url, "first").await;
+    let second = client(root.path(), &url, "second").await;
+    let first_token = login(&url, &first.me().unwrap()).await;
+    let second_token = login(&url, &second.me().unwrap()).await;
+
+    assert!(matches!(
+        rpc(&url, &first_token, claim("target")).await,
+        Some(S::ClaimedKeyPackages(_))
+    ));
+    let err = error_of(rpc(&url, &second_token, claim("target")).await);
+    assert_eq!(err.error_code(), ErrorCode::RateLimited, "{err:?}");
+    assert!(err.retry_after_ms > 0, "{err:?}");
+    // The hint is when the first claimer's (and the target's) bucket is full.
+    clock.advance(err.retry_after_ms);
+    assert!(matches!(
+        rpc(&url, &second_token, claim("target")).await,
+        Some(S::ClaimedKeyPackages(_))
+    ));
+    node.stop().await;
+}
+
 /// A device's last-resort package is handed out once; the next claim finds
 /// nothing for that device until it uploaded again. An online device is
 /// told at once (a KeyPackagesLow push its SDK answers by uploading); an
