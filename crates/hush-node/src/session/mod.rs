@@ -16,7 +16,11 @@
 //! user is now owned by another node stops, sessions forget connections of
 //! nodes that left, and every node re-attaches its connections whose
 //! session moved, then has each read what it may have missed from the
-//! store ([`Outbound::Resync`]).
+//! store ([`Outbound::Resync`]). A node that comes back after the others
+//! declared it down (a pause or a partition longer than the failure
+//! detector's patience: its view's `incarnation` grows) re-attaches every
+//! connection it has: the others forgot them and dropped what they were
+//! sending here meanwhile, and nothing else would tell the clients.
 //!
 //! Naming: a connection is *attached* to a session; when it ends, its node
 //! *closes* it here ([`Sessions::close_conn`]) and tells its session, which
@@ -26,6 +30,7 @@ mod actor;
 mod presence;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,6 +70,8 @@ pub struct Sessions {
     runtime: tokio::runtime::Handle,
     shutdown: Shutdown,
     limits: SessionLimits,
+    /// The newest view incarnation followed (see the module doc).
+    incarnation: AtomicU64,
 }
 
 impl Sessions {
@@ -86,6 +93,7 @@ impl Sessions {
             runtime,
             shutdown,
             limits,
+            incarnation: AtomicU64::new(0),
         }
     }
 
@@ -385,9 +393,18 @@ impl Sessions {
                 });
             }
         }
-        let moved = self
-            .conns
-            .moved(|user| placement.owner(&session_key(user)).to_owned());
+        let incarnation = placement.view().incarnation;
+        let rejoined = incarnation > self.incarnation.fetch_max(incarnation, Ordering::SeqCst);
+        let moved = if rejoined {
+            tracing::warn!(
+                conns = self.conns.len(),
+                "declared down by the cluster meanwhile: every connection attaches again and resyncs"
+            );
+            self.conns.all()
+        } else {
+            self.conns
+                .moved(|user| placement.owner(&session_key(user)).to_owned())
+        };
         for m in moved {
             let sessions = self.clone();
             self.runtime.spawn(async move {
