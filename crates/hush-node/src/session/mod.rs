@@ -16,7 +16,9 @@
 //! user is now owned by another node stops, sessions forget connections of
 //! nodes that left, and every node re-attaches its connections whose
 //! session moved, then has each read what it may have missed from the
-//! store ([`Outbound::Resync`]). A node that comes back after the others
+//! store ([`Outbound::Resync`]); the connections that stay put resync as
+//! well (deliveries to this node may have been dropped around the change).
+//! A node that comes back after the others
 //! declared it down (a pause or a partition longer than the failure
 //! detector's patience: its view's `incarnation` grows) re-attaches every
 //! connection it has: the others forgot them and dropped what they were
@@ -405,6 +407,17 @@ impl Sessions {
             self.conns
                 .moved(|user| placement.owner(&session_key(user)).to_owned())
         };
+        // Every other connection resyncs too: across a view change,
+        // deliveries to this node were dropped (a peer that died mid
+        // fan-out, a partition's other side sending to a node it did not
+        // see), and nothing else would bring those entries before the
+        // group's next one.
+        let reattach: std::collections::HashSet<u64> = moved.iter().map(|m| m.conn_id).collect();
+        for conn_id in self.conns.ids() {
+            if !reattach.contains(&conn_id) {
+                self.conns.write(conn_id, Outbound::Resync);
+            }
+        }
         for m in moved {
             let sessions = self.clone();
             self.runtime.spawn(async move {
