@@ -419,27 +419,47 @@ impl Sessions {
             }
         }
         for m in moved {
-            let sessions = self.clone();
-            self.runtime.spawn(async move {
-                match sessions.attach(m.conn_id, &m.user_id, &m.device_id).await {
-                    Ok(node) => {
-                        // Whatever the old session got meanwhile is lost
-                        // for this connection: read it from the store.
-                        if !sessions.conns.attached_to(m.conn_id, &node)
-                            || !sessions.conns.write(m.conn_id, Outbound::Resync)
-                        {
-                            // Gone meanwhile: the new session must not
-                            // count it.
-                            sessions.tell_conn_gone(&node, &m.user_id, m.conn_id).await;
-                        }
-                    }
-                    Err(e) => {
-                        // The connection ends; its client reconnects.
-                        tracing::info!(conn = m.conn_id, error = %e, "re-attach failed");
-                        sessions.conns.remove(m.conn_id);
-                    }
-                }
-            });
+            drop(self.attach_in_background(m.conn_id, m.user_id, m.device_id));
         }
+    }
+
+    /// Attaches a connection of this node (already in its table) to its
+    /// user's session without making anyone wait for it: the connection can
+    /// be served meanwhile (its Sync reads the store), and once attached it
+    /// reads what it may have missed from the store ([`Outbound::Resync`]).
+    /// Attaching can take until failure detection when the session's node
+    /// just died. If it is refused (e.g. `TOO_MANY_CONNECTIONS`), the
+    /// connection gets [`Outbound::Refused`] and leaves the table (its queue
+    /// closes, its client reconnects). The receiver tells the outcome to
+    /// whoever wants to wait for it.
+    pub fn attach_in_background(
+        self: &Arc<Self>,
+        conn_id: u64,
+        user_id: String,
+        device_id: String,
+    ) -> tokio::sync::oneshot::Receiver<ApiResult<()>> {
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        let sessions = self.clone();
+        self.runtime.spawn(async move {
+            let r = match sessions.attach(conn_id, &user_id, &device_id).await {
+                Ok(node) => {
+                    if !sessions.conns.attached_to(conn_id, &node)
+                        || !sessions.conns.write(conn_id, Outbound::Resync)
+                    {
+                        // Gone meanwhile: the session must not count it.
+                        sessions.tell_conn_gone(&node, &user_id, conn_id).await;
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    tracing::info!(conn = conn_id, error = %e, "attach failed; the connection ends");
+                    sessions.conns.write(conn_id, Outbound::Refused(e.clone()));
+                    sessions.conns.remove(conn_id);
+                    Err(e)
+                }
+            };
+            let _ = done.send(r);
+        });
+        outcome
     }
 }
