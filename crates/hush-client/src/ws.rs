@@ -50,6 +50,9 @@ pub enum Pushed {
         /// Online (any device connected) or not.
         online: bool,
     },
+    /// This device's KeyPackages run out (its last-resort package was
+    /// handed out): upload more.
+    KeyPackagesLow,
     /// The connection ended (reason).
     Closed(String),
 }
@@ -314,6 +317,7 @@ pub(crate) fn pushed_of(body: server_frame::Body) -> Option<Pushed> {
             user_id: p.user_id,
             online: p.online,
         },
+        server_frame::Body::KeyPackagesLow(_) => Pushed::KeyPackagesLow,
         // Some servers announce the start of a sync as a push rather than
         // as the Sync's response; either way it carries nothing.
         server_frame::Body::SyncStarted(_) | server_frame::Body::AuthOk(_) => return None,

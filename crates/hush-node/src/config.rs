@@ -99,6 +99,23 @@ pub struct Limits {
     pub epoch_window: u64,
     /// Key packages per upload request.
     pub max_key_packages_per_upload: usize,
+    /// Unclaimed key packages one device may store; an upload that would go
+    /// past it is refused (TOO_LARGE) and stores nothing.
+    pub max_key_packages_per_device: u32,
+    /// KeyPackage claims one user may make: sustained per minute...
+    pub claims_per_claimer_per_min: f64,
+    /// ...and burst above that.
+    pub claims_per_claimer_burst: f64,
+    /// Claims of one user's KeyPackages, by anyone: sustained per minute...
+    /// (RFC 9750's guidance against draining a user's packages.)
+    pub claims_per_target_per_min: f64,
+    /// ...and burst above that.
+    pub claims_per_target_burst: f64,
+    /// Users whose claim buckets this node holds at most, per set (claimers,
+    /// targets): memory stays bounded. Buckets that refilled are forgotten
+    /// first; when every held one is in use, a user new to the set is
+    /// refused (RATE_LIMITED, fail closed) until one refills.
+    pub claims_tracked_users: usize,
     /// Timeline entries per page when sending a backlog.
     pub sync_page: u32,
 }
@@ -237,6 +254,12 @@ impl Default for Limits {
             write_timeout_ms: 10_000,
             epoch_window: 5,
             max_key_packages_per_upload: 100,
+            max_key_packages_per_device: 200,
+            claims_per_claimer_per_min: 30.0,
+            claims_per_claimer_burst: 100.0,
+            claims_per_target_per_min: 2.0,
+            claims_per_target_burst: 10.0,
+            claims_tracked_users: 65_536,
             sync_page: 256,
         }
     }
@@ -441,6 +464,47 @@ impl Config {
                 "must be greater than limits.heartbeat_interval_ms (> 0)",
             ));
         }
+        if l.max_key_packages_per_upload == 0 {
+            return Err(invalid(
+                "limits.max_key_packages_per_upload",
+                "must be at least 1",
+            ));
+        }
+        if l.max_key_packages_per_device == 0 {
+            return Err(invalid(
+                "limits.max_key_packages_per_device",
+                "must be at least 1",
+            ));
+        }
+        if l.claims_tracked_users == 0 {
+            return Err(invalid("limits.claims_tracked_users", "must be at least 1"));
+        }
+        for (key, rate, burst) in [
+            (
+                (
+                    "limits.claims_per_claimer_per_min",
+                    "limits.claims_per_claimer_burst",
+                ),
+                l.claims_per_claimer_per_min,
+                l.claims_per_claimer_burst,
+            ),
+            (
+                (
+                    "limits.claims_per_target_per_min",
+                    "limits.claims_per_target_burst",
+                ),
+                l.claims_per_target_per_min,
+                l.claims_per_target_burst,
+            ),
+        ] {
+            // Written so that NaN fails too.
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(invalid(key.0, "must be a number > 0"));
+            }
+            if !(burst.is_finite() && burst >= 1.0) {
+                return Err(invalid(key.1, "must be a number >= 1"));
+            }
+        }
         if l.sync_page == 0 {
             return Err(invalid("limits.sync_page", "must be at least 1"));
         }
@@ -526,6 +590,60 @@ mod tests {
         assert!(err.to_string().contains("listen"), "{err}");
         let err = Config::from_toml("[store]\nkind = \"mongo\"\n").unwrap_err();
         assert!(err.to_string().contains("store.kind"), "{err}");
+    }
+
+    #[test]
+    fn key_package_limits_are_validated_by_name() {
+        let c = Config::from_toml(
+            "[limits]\nmax_key_packages_per_device = 50\nclaims_per_claimer_per_min = 6.0\n\
+             claims_per_claimer_burst = 20.0\nclaims_per_target_per_min = 1.0\n\
+             claims_per_target_burst = 3.0\nclaims_tracked_users = 7\n",
+        )
+        .unwrap();
+        assert_eq!(c.limits.max_key_packages_per_device, 50);
+        assert_eq!(c.limits.claims_per_claimer_per_min, 6.0);
+        assert_eq!(c.limits.claims_per_claimer_burst, 20.0);
+        assert_eq!(c.limits.claims_per_target_per_min, 1.0);
+        assert_eq!(c.limits.claims_per_target_burst, 3.0);
+        assert_eq!(c.limits.claims_tracked_users, 7);
+        for (toml, key) in [
+            (
+                "max_key_packages_per_device = 0",
+                "limits.max_key_packages_per_device",
+            ),
+            (
+                "max_key_packages_per_upload = 0",
+                "limits.max_key_packages_per_upload",
+            ),
+            (
+                "claims_per_claimer_per_min = 0.0",
+                "limits.claims_per_claimer_per_min",
+            ),
+            (
+                "claims_per_claimer_per_min = nan",
+                "limits.claims_per_claimer_per_min",
+            ),
+            (
+                "claims_per_claimer_burst = 0.5",
+                "limits.claims_per_claimer_burst",
+            ),
+            (
+                "claims_per_target_per_min = -1.0",
+                "limits.claims_per_target_per_min",
+            ),
+            (
+                "claims_per_target_per_min = inf",
+                "limits.claims_per_target_per_min",
+            ),
+            (
+                "claims_per_target_burst = 0.0",
+                "limits.claims_per_target_burst",
+            ),
+            ("claims_tracked_users = 0", "limits.claims_tracked_users"),
+        ] {
+            let err = Config::from_toml(&format!("[limits]\n{toml}\n")).unwrap_err();
+            assert!(err.to_string().contains(key), "{toml}: {err}");
+        }
     }
 
     #[test]

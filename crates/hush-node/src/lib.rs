@@ -295,10 +295,8 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningNode,
         groups.clone(),
         sessions.clone(),
         route.clone(),
-        ApiLimits {
-            max_message_bytes: config.limits.max_message_bytes,
-            max_key_packages_per_upload: config.limits.max_key_packages_per_upload,
-        },
+        clock.clone(),
+        ApiLimits::from_config(&config),
     ));
     Arc::new(peer::Peer::new(
         route.clone(),

@@ -427,6 +427,7 @@ macro_rules! store_conformance_suite {
             link_codes_single_use_and_expiry,
             key_packages_claim_order_and_last_resort,
             key_packages_concurrent_claims_are_distinct,
+            last_resort_claim_mark_is_a_one_winner_flag,
             groups_create_and_read,
             lease_lifecycle,
             lease_tokens_grow_with_every_handoff,
@@ -443,6 +444,7 @@ macro_rules! store_conformance_suite {
             groups_of_device_follow_membership,
             cursors_never_move_backward,
             inbox_seqs_increase_and_are_never_reused,
+            inbox_head_is_the_last_seq_given,
         );
     };
     (@tests required ($factory:expr) $($name:ident),+ $(,)?) => {
@@ -882,6 +884,49 @@ pub async fn key_packages_claim_order_and_last_resort(store: Arc<dyn Store>) {
         store.key_package_count("nobody").await.expect("count"),
         (0, false)
     );
+}
+
+pub async fn last_resort_claim_mark_is_a_one_winner_flag(store: Arc<dyn Store>) {
+    // Each call returns the mark as it was.
+    assert!(!store
+        .set_last_resort_claimed("dev-1", true)
+        .await
+        .expect("set"));
+    assert!(store
+        .set_last_resort_claimed("dev-1", true)
+        .await
+        .expect("set"));
+    assert!(store
+        .set_last_resort_claimed("dev-1", false)
+        .await
+        .expect("clear"));
+    assert!(!store
+        .set_last_resort_claimed("dev-1", false)
+        .await
+        .expect("clear"));
+    // Devices are independent, and need not exist.
+    assert!(!store
+        .set_last_resort_claimed("dev-2", true)
+        .await
+        .expect("set"));
+    assert!(!store
+        .set_last_resort_claimed("dev-1", true)
+        .await
+        .expect("set"));
+
+    // Of concurrent markers exactly one sees it unset.
+    let mut tasks = JoinSet::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        tasks.spawn(async move { store.set_last_resort_claimed("dev-3", true).await });
+    }
+    let mut first = 0;
+    while let Some(joined) = tasks.join_next().await {
+        if !joined.expect("task").expect("set") {
+            first += 1;
+        }
+    }
+    assert_eq!(first, 1);
 }
 
 pub async fn key_packages_concurrent_claims_are_distinct(store: Arc<dyn Store>) {
@@ -1837,6 +1882,38 @@ pub async fn cursors_never_move_backward(store: Arc<dyn Store>) {
         store.cursors("dev-3").await.expect("cursors"),
         vec![(b"g1".to_vec(), 39)]
     );
+}
+
+pub async fn inbox_head_is_the_last_seq_given(store: Arc<dyn Store>) {
+    assert_eq!(store.inbox_head("bob-1").await.expect("head"), 0);
+    let fence = leased_group(&*store, b"g").await;
+    let alice = member("alice", "alice-1");
+    let bob = member("bob", "bob-1");
+    let add = commit(
+        b"g",
+        fence,
+        1,
+        vec![alice.clone(), bob.clone()],
+        &["bob-1"],
+        "add",
+    );
+    store.append_commit(&add).await.expect("add");
+    let items = store.read_inbox("bob-1", 0, 10).await.expect("inbox");
+    assert_eq!(items.len(), 1);
+    assert_eq!(
+        store.inbox_head("bob-1").await.expect("head"),
+        items[0].inbox_seq
+    );
+    // Acknowledged items still count: the head never moves back.
+    store
+        .ack_inbox("bob-1", items[0].inbox_seq)
+        .await
+        .expect("ack");
+    assert_eq!(
+        store.inbox_head("bob-1").await.expect("head"),
+        items[0].inbox_seq
+    );
+    assert_eq!(store.inbox_head("alice-1").await.expect("head"), 0);
 }
 
 pub async fn inbox_seqs_increase_and_are_never_reused(store: Arc<dyn Store>) {

@@ -386,6 +386,13 @@ pub trait Store: Send + Sync + 'static {
     async fn claim_key_package(&self, device_id: &str) -> Result<Option<ClaimedKeyPackage>>;
     /// (unclaimed ordinary packages, has a last-resort package)
     async fn key_package_count(&self, device_id: &str) -> Result<(u32, bool)>;
+    /// Sets the device's "last-resort package handed out" mark and returns
+    /// the mark as it was (atomic: of concurrent callers setting `true`,
+    /// exactly one sees `false`). The node sets it when it hands the
+    /// package out and clears it when the device uploads again, so the
+    /// package is not handed out twice in a row before its owner was told.
+    /// A mark is a flag only: the device need not exist.
+    async fn set_last_resort_claimed(&self, device_id: &str, claimed: bool) -> Result<bool>;
 
     // ----- groups and timelines -----
 
@@ -449,6 +456,9 @@ pub trait Store: Send + Sync + 'static {
     async fn read_inbox(&self, device_id: &str, after: u64, limit: u32) -> Result<Vec<InboxItem>>;
     /// Deletes inbox items with inbox_seq <= `upto`.
     async fn ack_inbox(&self, device_id: &str, upto: u64) -> Result<()>;
+    /// The last inbox seq ever given to the device (0 if none), acknowledged
+    /// or not.
+    async fn inbox_head(&self, device_id: &str) -> Result<u64>;
 }
 
 fn hex_prefix(bytes: &[u8]) -> String {

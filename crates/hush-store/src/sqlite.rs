@@ -312,6 +312,14 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn set_last_resort_claimed(&self, device_id: &str, claimed: bool) -> Result<bool> {
+        let id = device_id.to_string();
+        self.write("set_last_resort_claimed", move |c| {
+            key_packages::op_set_last_resort_claimed(c, &id, claimed)
+        })
+        .await
+    }
+
     async fn create_group(&self, group: &NewGroup) -> Result<()> {
         let g = group.group.clone();
         self.write("create_group", move |c| groups::op_create_group(c, &g))
@@ -424,6 +432,11 @@ impl Store for SqliteStore {
         let id = device_id.to_string();
         self.read(move |c| sync::read_inbox(c, &id, after, limit))
             .await
+    }
+
+    async fn inbox_head(&self, device_id: &str) -> Result<u64> {
+        let id = device_id.to_string();
+        self.read(move |c| sync::read_inbox_head(c, &id)).await
     }
 
     async fn ack_inbox(&self, device_id: &str, upto: u64) -> Result<()> {

@@ -215,6 +215,7 @@ fn unexpected(expected: &str, got: &server_frame::Body) -> ClientError {
         server_frame::Body::PresenceList(_) => "PresenceList",
         server_frame::Body::EphemeralEvent(_) => "EphemeralEvent",
         server_frame::Body::PresenceEvent(_) => "PresenceEvent",
+        server_frame::Body::KeyPackagesLow(_) => "KeyPackagesLow",
     };
     ClientError::Protocol(format!("expected {expected}, got {name}"))
 }

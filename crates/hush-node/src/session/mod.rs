@@ -50,6 +50,7 @@ use crate::shutdown::Shutdown;
 use crate::wire::{ConnRef, Outbound};
 
 pub use actor::{SessionActor, SessionMsg};
+pub use presence::joined_groups;
 
 /// The longest a call to a SessionActor (attach, is-online) may take.
 pub const SESSION_CALL_TIMEOUT: Duration = Duration::from_secs(10);

@@ -94,6 +94,8 @@ pub const STATEMENTS: &[(&str, Mode, &str)] = &[
     ("kp_count", Mode::SerialRead, "SELECT COUNT(*) FROM key_packages WHERE device_id = ?"),
     ("lr_upsert", Mode::Idempotent, "INSERT INTO last_resort_packages (device_id, hash_ref, data) VALUES (?, ?, ?)"),
     ("lr_get", Mode::Idempotent, "SELECT data FROM last_resort_packages WHERE device_id = ?"),
+    ("lr_claim_mark", Mode::Lwt, "INSERT INTO last_resort_claims (device_id) VALUES (?) IF NOT EXISTS"),
+    ("lr_claim_clear", Mode::Lwt, "DELETE FROM last_resort_claims WHERE device_id = ? IF EXISTS"),
     ("group_insert", Mode::Lwt, "INSERT INTO groups (group_id, epoch, state, group_info, ratchet_tree, head_seq, lease_owner, lease_token, lease_expires_ms, members) VALUES (?, ?, ?, ?, ?, 0, '', 0, 0, ?) IF NOT EXISTS"),
     ("group_get", Mode::SerialRead, "SELECT epoch, state, group_info, ratchet_tree, head_seq, members FROM groups WHERE group_id = ?"),
     ("head_get", Mode::SerialRead, "SELECT epoch, head_seq, lease_owner, lease_token, lease_expires_ms, members, pending_seq, pending_kind, pending_epoch, pending_sender, pending_cmid, pending_message, pending_time_ms, pending_added, pending_departed, pending_welcomes FROM groups WHERE group_id = ?"),
@@ -1035,6 +1037,16 @@ impl Store for ScyllaStore {
         Ok((n, lr))
     }
 
+    async fn set_last_resort_claimed(&self, device_id: &str, claimed: bool) -> Result<bool> {
+        // The LWT applies exactly when the mark changes: an insert applied
+        // means it was not set, a delete applied means it was.
+        Ok(if claimed {
+            !self.lwt("lr_claim_mark", (device_id,)).await?
+        } else {
+            self.lwt("lr_claim_clear", (device_id,)).await?
+        })
+    }
+
     async fn create_group(&self, group: &NewGroup) -> Result<()> {
         let g = &group.group;
         let members: MemberMap = g
@@ -1277,6 +1289,13 @@ impl Store for ScyllaStore {
         let upto = i64::try_from(upto).unwrap_or(i64::MAX);
         self.run("inbox_ack", (device_id, upto)).await?;
         Ok(())
+    }
+
+    async fn inbox_head(&self, device_id: &str) -> Result<u64> {
+        Ok(self
+            .one::<(i64,)>("counter_get", (device_id,))
+            .await?
+            .map_or(0, |(n,)| u64::try_from(n).unwrap_or(0)))
     }
 }
 
