@@ -15,6 +15,7 @@
 //!   [`procmon`], [`scenario`], [`node`], [`clock`], [`sync`].
 
 pub mod account;
+pub mod chaos;
 pub mod checker;
 pub mod clock;
 pub mod conn;

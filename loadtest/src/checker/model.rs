@@ -209,7 +209,7 @@ pub struct Totals {
 }
 
 /// The checker's result.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Verdict {
     /// No anomaly of any kind.
     pub ok: bool,

@@ -210,6 +210,9 @@ pub struct Summary {
     pub ratio_to_redis: Vec<Ratio>,
     pub correctness: Correctness,
     pub ok: bool,
+    /// Chaos runs: the schedule, the checker's verdict, the timeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chaos: Option<super::ChaosReport>,
 }
 
 fn host() -> String {
@@ -334,6 +337,7 @@ impl Summary {
             ratio_to_redis,
             correctness,
             ok,
+            chaos: None,
         }
     }
 }
