@@ -228,3 +228,21 @@ impl PhaseResult {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_add_up_across_workers() {
+        let mut a = PhaseResult::default();
+        a.refusals.insert("RATE_LIMITED".into(), 3);
+        let mut b = PhaseResult::default();
+        b.refusals.insert("RATE_LIMITED".into(), 2);
+        b.refusals.insert("UNAVAILABLE".into(), 1);
+        a.merge(&b);
+        let want: BTreeMap<String, u64> =
+            [("RATE_LIMITED".into(), 5), ("UNAVAILABLE".into(), 1)].into();
+        assert_eq!(a.refusals, want);
+    }
+}

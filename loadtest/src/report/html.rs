@@ -151,6 +151,14 @@ fn phase_table(h: &mut String, t: &TargetReport) {
         );
     }
     h.push_str("</table>");
+    for p in t.phases.iter().filter(|p| !p.refusals.is_empty()) {
+        let _ = write!(
+            h,
+            "<p>Phase {}: sends refused {} (each retried with backoff, same client_msg_id).</p>",
+            p.index,
+            esc(&super::text::refusals(p))
+        );
+    }
 }
 
 fn latency_table(h: &mut String, t: &TargetReport) {

@@ -17,6 +17,15 @@ fn figures_line(figures: &[Figure]) -> String {
         .join(", ")
 }
 
+/// Refusals by code: "RATE_LIMITED 12, UNAVAILABLE 3".
+pub fn refusals(p: &PhaseReport) -> String {
+    p.refusals
+        .iter()
+        .map(|(code, n)| format!("{code} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// One phase: counts and rates, a line per histogram, resources, and the
 /// failover figures if a node was killed in it.
 fn phase_text(s: &mut String, kind: Kind, p: &PhaseReport) {
@@ -32,6 +41,9 @@ fn phase_text(s: &mut String, kind: Kind, p: &PhaseReport) {
         }
     }
     let _ = writeln!(s);
+    if !p.refusals.is_empty() {
+        let _ = writeln!(s, "    refused {} (each retried with backoff)", refusals(p));
+    }
     for (k, l) in &p.latency_ms {
         let _ = writeln!(
             s,
