@@ -16,7 +16,13 @@
 //! user is now owned by another node stops, sessions forget connections of
 //! nodes that left, and every node re-attaches its connections whose
 //! session moved, then has each read what it may have missed from the
-//! store ([`Outbound::Resync`]).
+//! store ([`Outbound::Resync`]); the connections that stay put resync as
+//! well (deliveries to this node may have been dropped around the change).
+//! A node that comes back after the others
+//! declared it down (a pause or a partition longer than the failure
+//! detector's patience: its view's `incarnation` grows) re-attaches every
+//! connection it has: the others forgot them and dropped what they were
+//! sending here meanwhile, and nothing else would tell the clients.
 //!
 //! Naming: a connection is *attached* to a session; when it ends, its node
 //! *closes* it here ([`Sessions::close_conn`]) and tells its session, which
@@ -26,6 +32,7 @@ mod actor;
 mod presence;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,6 +71,8 @@ pub struct Sessions {
     runtime: tokio::runtime::Handle,
     shutdown: Shutdown,
     limits: SessionLimits,
+    /// The newest view incarnation followed (see the module doc).
+    incarnation: AtomicU64,
 }
 
 impl Sessions {
@@ -85,6 +94,7 @@ impl Sessions {
             runtime,
             shutdown,
             limits,
+            incarnation: AtomicU64::new(0),
         }
     }
 
@@ -384,9 +394,29 @@ impl Sessions {
                 });
             }
         }
-        let moved = self
-            .conns
-            .moved(|user| placement.owner(&session_key(user)).to_owned());
+        let incarnation = placement.view().incarnation;
+        let rejoined = incarnation > self.incarnation.fetch_max(incarnation, Ordering::SeqCst);
+        let moved = if rejoined {
+            tracing::warn!(
+                conns = self.conns.len(),
+                "declared down by the cluster meanwhile: every connection attaches again and resyncs"
+            );
+            self.conns.all()
+        } else {
+            self.conns
+                .moved(|user| placement.owner(&session_key(user)).to_owned())
+        };
+        // Every other connection resyncs too: across a view change,
+        // deliveries to this node were dropped (a peer that died mid
+        // fan-out, a partition's other side sending to a node it did not
+        // see), and nothing else would bring those entries before the
+        // group's next one.
+        let reattach: std::collections::HashSet<u64> = moved.iter().map(|m| m.conn_id).collect();
+        for conn_id in self.conns.ids() {
+            if !reattach.contains(&conn_id) {
+                self.conns.write(conn_id, Outbound::Resync);
+            }
+        }
         for m in moved {
             let sessions = self.clone();
             self.runtime.spawn(async move {
