@@ -112,9 +112,13 @@ impl From<StoreError> for ApiError {
                 current_epoch,
                 head_seq,
             } => ApiError::stale(current_epoch, head_seq),
-            StoreError::Fenced { .. } | StoreError::Unavailable(_) => {
+            StoreError::Fenced { .. } => {
                 tracing::warn!(error = %e, "store refused write");
                 ApiError::new(ErrorCode::Unavailable, "group owner changed; retry")
+            }
+            StoreError::Unavailable(_) => {
+                tracing::warn!(error = %e, "store unavailable");
+                ApiError::new(ErrorCode::Unavailable, "the store is unavailable; retry")
             }
             StoreError::Backend(_) => ApiError::internal("store", e),
         }

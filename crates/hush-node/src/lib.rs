@@ -212,13 +212,16 @@ fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-/// Opens the store `[store] kind` selects.
+/// Opens the store `[store] kind` selects. The CQL store returns at once
+/// and connects in the background with backoff, logging each failure with
+/// the contact points: the node starts and serves `/readyz` = 503 until the
+/// cluster answers, so a cluster that is down never blocks the start.
 async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
     if config.store.kind == "scylla" {
-        // Never exercised against a live cluster (see hush_store::scylla).
-        let store = ScyllaStore::connect(config.scylla_config()?)
-            .await
-            .map_err(StartError::ScyllaStore)?;
+        let scylla = config.scylla_config()?;
+        let points = scylla.contact_points.join(", ");
+        let store = ScyllaStore::start(scylla).map_err(StartError::ScyllaStore)?;
+        tracing::info!(contact_points = %points, "cql store connecting in the background");
         return Ok(Arc::new(store));
     }
     let path = config.store_path();
@@ -229,6 +232,61 @@ async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
             .await
             .map_err(|source| StartError::Store { path, source })?,
     ))
+}
+
+/// The token HMAC key's name in the store.
+const TOKEN_SECRET: &str = "token-hmac-v1";
+/// The pause before the first background attempt to load the token key,
+/// doubled after each failure up to the longest.
+const TOKEN_KEY_FIRST_PAUSE: Duration = Duration::from_millis(250);
+const TOKEN_KEY_MAX_PAUSE: Duration = Duration::from_secs(2);
+
+/// The token HMAC key, from the store (the first node to ask creates it).
+/// A store that does not answer yet (a CQL cluster that is down) does not
+/// stop the start: the key is loaded in the background, with backoff, and
+/// until then `/readyz` answers 503 and whatever needs it UNAVAILABLE.
+async fn token_key(store: Arc<dyn Store>) -> Result<gateway::TokenKeySlot, StartError> {
+    let mut candidate = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut candidate)
+        .map_err(|_| StartError::Other("no randomness".into()))?;
+    let slot = gateway::TokenKeySlot::default();
+    match store.get_or_create_secret(TOKEN_SECRET, &candidate).await {
+        Ok(secret) => {
+            let _ = slot.set(hush_ds::TokenKey::new(&secret));
+        }
+        Err(hush_store::StoreError::Unavailable(why)) => {
+            tracing::warn!(error = %why, "the store does not answer yet: serving /readyz = 503 until it does");
+            tokio::spawn(load_token_key(store, candidate, Arc::downgrade(&slot)));
+        }
+        Err(e) => return Err(StartError::Other(format!("token secret: {e}"))),
+    }
+    Ok(slot)
+}
+
+/// Retries loading the token key until it is loaded or the node is gone.
+async fn load_token_key(
+    store: Arc<dyn Store>,
+    candidate: [u8; 32],
+    slot: std::sync::Weak<OnceLock<hush_ds::TokenKey>>,
+) {
+    let mut pause = TOKEN_KEY_FIRST_PAUSE;
+    loop {
+        tokio::time::sleep(pause).await;
+        let Some(slot) = slot.upgrade() else {
+            return;
+        };
+        match store.get_or_create_secret(TOKEN_SECRET, &candidate).await {
+            Ok(secret) => {
+                let _ = slot.set(hush_ds::TokenKey::new(&secret));
+                tracing::info!("token key loaded from the store");
+                return;
+            }
+            // The store logs why it cannot connect; this only waits for it.
+            Err(e) => tracing::debug!(error = %e, "token key not loaded yet"),
+        }
+        pause = (pause * 2).min(TOKEN_KEY_MAX_PAUSE);
+    }
 }
 
 /// Boots a node. Must be called on a multi-thread tokio runtime: actors run
@@ -243,15 +301,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningNode,
     })?;
     let (data_lock, lease_owner) = claim_data_dir(&config)?;
     let store = open_store(&config).await?;
-    let mut candidate = [0u8; 32];
-    ring::rand::SystemRandom::new()
-        .fill(&mut candidate)
-        .map_err(|_| StartError::Other("no randomness".into()))?;
-    let secret = store
-        .get_or_create_secret("token-hmac-v1", &candidate)
-        .await
-        .map_err(|e| StartError::Other(format!("token secret: {e}")))?;
-    let tokens = hush_ds::TokenKey::new(&secret);
+    let tokens = token_key(store.clone()).await?;
 
     let runtime = tokio::runtime::Handle::current();
     let route = Arc::new(match config.cluster_node().cloned() {
@@ -393,9 +443,11 @@ mod store_selection_tests {
     use super::*;
 
     /// Real: `[store] kind = "scylla"` pointed at a loopback port nobody
-    /// listens on fails at start with the contact point in the message.
+    /// listens on does not block the start: the store opens at once and
+    /// says it is unavailable, naming the contact point, and once the first
+    /// background attempt failed, that ScyllaDB could not be reached there.
     #[tokio::test]
-    async fn an_unreachable_scylla_is_a_clear_startup_error() {
+    async fn an_unreachable_scylla_is_a_clear_error_and_never_blocks_the_start() {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("probe a free port")
@@ -406,11 +458,26 @@ mod store_selection_tests {
         config.store.contact_points = vec![point.clone()];
         config.store.request_timeout_ms = 2_000;
         config.validate().expect("valid config");
-        let err = match open_store(&config).await {
-            Ok(_) => panic!("a closed port cannot host ScyllaDB"),
-            Err(e) => e.to_string(),
-        };
-        assert!(err.contains("ScyllaDB"), "{err}");
-        assert!(err.contains(&point), "{err}");
+        let store = tokio::time::timeout(Duration::from_secs(5), open_store(&config))
+            .await
+            .expect("opening a CQL store does not wait for the cluster")
+            .expect("a CQL store opens while its cluster is down");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let err = match store.ready().await {
+                Ok(()) => panic!("a closed port cannot host ScyllaDB"),
+                Err(hush_store::StoreError::Unavailable(e)) => e,
+                Err(other) => panic!("expected Unavailable, got {other:?}"),
+            };
+            assert!(err.contains(&point), "{err}");
+            if err.contains("ScyllaDB") {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no failed attempt reported: {err}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }

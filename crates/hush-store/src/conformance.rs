@@ -130,7 +130,31 @@ pub async fn cql_harness() -> Option<Harness> {
     Some(Harness::with_guard(Arc::new(store), keyspace))
 }
 
-/// A test keyspace claimed from the pool `hush_test_0`, `hush_test_1`, ...
+/// A connected [`crate::ScyllaStore`] with default settings on an emptied
+/// test keyspace of the pool for `replication_factor` (see
+/// [`TestKeyspace::claim_rf`]), for tests that run hush-node processes on
+/// the same keyspace (the store here creates it and its schema first) and
+/// read what they wrote. Keep the [`TestKeyspace`] until the end of the test.
+pub async fn cql_test_store(
+    points: &[String],
+    replication_factor: u32,
+) -> (crate::ScyllaStore, TestKeyspace) {
+    let keyspace = TestKeyspace::claim_rf(points, replication_factor).await;
+    let mut config = crate::ScyllaConfig::new(points.to_vec());
+    config.keyspace = keyspace.name.clone();
+    config.replication_factor = replication_factor;
+    let store = crate::ScyllaStore::connect(config)
+        .await
+        .unwrap_or_else(|e| panic!("{CQL_URI_VAR} is set but the CQL cluster is not usable: {e}"));
+    let session = Arc::clone(store.session().expect("connect returns connected"));
+    keyspace.empty(&session).await;
+    (store, keyspace)
+}
+
+/// A test keyspace claimed from a pool: `hush_test_0`, `hush_test_1`, ...
+/// for replication factor 1 ([`TestKeyspace::claim`]), `hush_rf3_0`, ...
+/// for 3 ([`TestKeyspace::claim_rf`]): a keyspace keeps the replication it
+/// was created with.
 ///
 /// Creating a keyspace takes seconds on Cassandra and dropping one as
 /// long (measured on the 3-node test cluster at load average about 16:
@@ -149,9 +173,18 @@ pub struct TestKeyspace {
 }
 
 impl TestKeyspace {
-    /// Claims a keyspace name (the keyspace itself may not exist yet: the
-    /// store creates it).
+    /// Claims a keyspace name of the replication factor 1 pool (the
+    /// keyspace itself may not exist yet: the store creates it).
     pub async fn claim(points: &[String]) -> TestKeyspace {
+        Self::claim_rf(points, 1).await
+    }
+
+    /// Claims a keyspace name of the pool for `replication_factor`.
+    pub async fn claim_rf(points: &[String], replication_factor: u32) -> TestKeyspace {
+        let prefix = match replication_factor {
+            1 => "hush_test".to_string(),
+            rf => format!("hush_rf{rf}"),
+        };
         let session = scylla::client::session_builder::SessionBuilder::new()
             .known_nodes(points)
             .keyspaces_to_fetch(["hush_test_claims"])
@@ -175,7 +208,7 @@ impl TestKeyspace {
         let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
         let owner = format!("{}/{}", boot.trim(), std::process::id());
         for k in 0.. {
-            let name = format!("hush_test_{k}");
+            let name = format!("{prefix}_{k}");
             let taken = session
                 .query_unpaged(
                     "INSERT INTO hush_test_claims.claims (name, owner) VALUES (?, ?) IF NOT EXISTS",
@@ -354,6 +387,11 @@ impl LocalCqlCluster {
             size,
             contact_points,
         })
+    }
+
+    /// The cluster's folder: every node's data, commitlog and logs.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
     }
 
     /// The pid of node `k` (1-based) as its pid file says.

@@ -23,7 +23,7 @@ pub mod ws;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use actix_web::{web, HttpRequest, HttpResponse, HttpServer};
 use hush_ds::{TokenClaims, TokenKey};
@@ -39,17 +39,25 @@ use crate::route::Route;
 use crate::session::Sessions;
 use crate::shutdown::Shutdown;
 
+/// The token key, set once it is loaded from the store. A node whose store
+/// does not answer at start serves without it: `/readyz` answers 503 and
+/// whatever needs the key answers UNAVAILABLE until it is set.
+pub type TokenKeySlot = Arc<OnceLock<TokenKey>>;
+
 /// What the gateway's handlers share (actix app data).
 pub struct AppState {
     pub config: Config,
     pub store: Arc<dyn Store>,
-    pub tokens: TokenKey,
+    /// See [`AppState::tokens`].
+    pub token_key: TokenKeySlot,
     pub clock: Arc<dyn Clock>,
     pub api: Arc<Api>,
     pub sessions: Arc<Sessions>,
     pub route: Arc<Route>,
     pub shutdown: Shutdown,
     next_conn_id: AtomicU64,
+    /// When the gateway state was built (node clock), for `/readyz`.
+    started_ms: u64,
 }
 
 impl AppState {
@@ -57,7 +65,7 @@ impl AppState {
     pub fn new(
         config: Config,
         store: Arc<dyn Store>,
-        tokens: TokenKey,
+        token_key: TokenKeySlot,
         clock: Arc<dyn Clock>,
         api: Arc<Api>,
         sessions: Arc<Sessions>,
@@ -67,7 +75,8 @@ impl AppState {
         Self {
             config,
             store,
-            tokens,
+            token_key,
+            started_ms: clock.now_ms(),
             clock,
             api,
             sessions,
@@ -75,6 +84,13 @@ impl AppState {
             shutdown,
             next_conn_id: AtomicU64::new(1),
         }
+    }
+
+    /// The token key, or UNAVAILABLE while it is not loaded from the store.
+    pub fn tokens(&self) -> ApiResult<&TokenKey> {
+        self.token_key.get().ok_or_else(|| {
+            ApiError::new(ErrorCode::Unavailable, "the store is not ready yet; retry")
+        })
     }
 
     pub fn now_ms(&self) -> u64 {
@@ -151,6 +167,7 @@ pub fn serve(
 /// Registers every route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics_page))
         .route("/cluster", web::get().to(status::status))
         .route("/v1/ws", web::get().to(ws::upgrade))
@@ -171,6 +188,67 @@ async fn healthz(app: web::Data<Arc<AppState>>) -> HttpResponse {
     } else {
         HttpResponse::Ok().body("ok\n")
     }
+}
+
+/// How long `/readyz` waits, in SWIM probe periods from the node's start,
+/// for configured peers missing from its view: a peer it can reach joins
+/// within a few, so one still missing after that is taken to be down.
+const VIEW_SETTLE_PROBES: u64 = 5;
+
+/// Readiness: 200 when this node should get client traffic, else 503 with
+/// the first reason it should not. `/healthz` is liveness only (the process
+/// runs and is not shutting down). Ready means all of:
+/// - not shutting down;
+/// - the store answers now ([`Store::ready`]: a write issued now could be
+///   durable; a CQL cluster that is down, at start or later, fails this,
+///   and it passes again by itself when the cluster is back);
+/// - the token key is loaded from the store;
+/// - in a cluster, the view has settled: it holds this node and every
+///   configured node, or every configured node but those still missing
+///   [`VIEW_SETTLE_PROBES`] probe periods after the start (peers it cannot
+///   reach).
+async fn readyz(app: web::Data<Arc<AppState>>) -> HttpResponse {
+    match readiness(&app).await {
+        Ok(()) => HttpResponse::Ok().body("ready\n"),
+        Err(why) => HttpResponse::ServiceUnavailable().body(format!("not ready: {why}\n")),
+    }
+}
+
+async fn readiness(app: &AppState) -> Result<(), String> {
+    if app.shutdown.is_shutting_down() {
+        return Err("shutting down".into());
+    }
+    app.store.ready().await.map_err(|e| format!("store: {e}"))?;
+    if app.token_key.get().is_none() {
+        return Err("token key not loaded from the store yet".into());
+    }
+    if app.route.mesh().is_some() {
+        let members = app.route.view().borrow().members.clone();
+        let me = app.route.me();
+        if !members.contains(me) {
+            return Err("this node is not in its own view yet".into());
+        }
+        let missing: Vec<&str> = app
+            .config
+            .cluster
+            .nodes
+            .iter()
+            .map(|n| n.id.as_str())
+            .filter(|id| !members.contains(*id))
+            .collect();
+        let settle_ms = app
+            .config
+            .cluster
+            .probe_ms
+            .saturating_mul(VIEW_SETTLE_PROBES);
+        if !missing.is_empty() && app.now_ms().saturating_sub(app.started_ms) < settle_ms {
+            return Err(format!(
+                "view settling, not in it yet: {}",
+                missing.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 async fn metrics_page(handle: web::Data<PrometheusHandle>) -> HttpResponse {
@@ -212,7 +290,7 @@ pub fn error_response(e: &ApiError) -> HttpResponse {
 
 /// Verifies a token against the key and the device's token generation.
 pub async fn authenticate(app: &AppState, token: &str) -> ApiResult<TokenClaims> {
-    let claims = app.tokens.verify(token, app.now_ms())?;
+    let claims = app.tokens()?.verify(token, app.now_ms())?;
     match app.store.device(&claims.device_id).await? {
         Some(d) if d.user_id == claims.user_id && d.token_generation == claims.generation => {
             Ok(claims)
