@@ -124,6 +124,12 @@ pub struct ActorSection {
     /// How long a user with no connection left still shows as online, so a
     /// quick reconnect does not flap its presence (0: offline at once).
     pub presence_grace_ms: u64,
+    /// The most GroupActors this node runs at once; activating one more is
+    /// refused (UNAVAILABLE, retry later).
+    pub max_group_actors: usize,
+    /// The most SessionActors (online users whose session lives here) this
+    /// node runs at once; one more is refused (UNAVAILABLE).
+    pub max_session_actors: usize,
 }
 
 /// The cluster this node belongs to (see cluster.toml). No nodes listed:
@@ -258,6 +264,8 @@ impl Default for ActorSection {
             group_idle_ms: 5 * 60_000,
             lease_ttl_ms: 30_000,
             presence_grace_ms: 5_000,
+            max_group_actors: 20_000,
+            max_session_actors: 100_000,
         }
     }
 }
@@ -480,6 +488,12 @@ impl Config {
         }
         if self.actors.lease_ttl_ms < 1000 {
             return Err(invalid("actors.lease_ttl_ms", "must be at least 1000"));
+        }
+        if self.actors.max_group_actors == 0 {
+            return Err(invalid("actors.max_group_actors", "must be at least 1"));
+        }
+        if self.actors.max_session_actors == 0 {
+            return Err(invalid("actors.max_session_actors", "must be at least 1"));
         }
         Ok(())
     }

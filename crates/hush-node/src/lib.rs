@@ -262,6 +262,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningNode,
         SessionLimits {
             max_connections_per_user: config.limits.max_connections_per_user,
             presence_grace_ms: config.actors.presence_grace_ms,
+            max_session_actors: config.actors.max_session_actors,
         },
     ));
     let groups = Arc::new(Groups::new(
@@ -276,6 +277,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningNode,
             epoch_window: config.limits.epoch_window,
             lease_ttl_ms: config.actors.lease_ttl_ms,
             group_idle_ms: config.actors.group_idle_ms,
+            max_group_actors: config.actors.max_group_actors,
         },
     ));
     let api = Arc::new(Api::new(
