@@ -87,7 +87,12 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
 /// into place, which fails if another node won; then everyone reads the
 /// winner's key.
 fn dev_ca_key(dir: &Path) -> Result<KeyPair> {
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    // Owner-only: it holds the key every node certificate is signed with.
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(io(dir))?;
     let path = dir.join(CA_KEY_FILE);
     if !path.exists() {
         let key = KeyPair::generate()?;

@@ -25,7 +25,9 @@ pub use error::DsError;
 pub use group::{AddedMember, CommitEffect, GroupTracker, Member, ProposalEffect};
 pub use keypackage::{validate_key_package, ValidKeyPackage};
 pub use limits::TokenBucket;
-pub use token::{verify_ed25519, TokenClaims, TokenError, TokenKey};
+pub use token::{
+    verify_ed25519, KeyFileError, TokenClaims, TokenError, TokenKey, TokenKeys, TokenSecret,
+};
 
 /// The longest group id the service accepts (MLS allows more; nothing
 /// legitimate needs it, and every table and message keys on it).

@@ -14,6 +14,13 @@
 //!
 //! The two domain labels keep a token from ever verifying as a challenge and
 //! the other way round.
+//!
+//! [`TokenKeys`] is the node's set of token keys: the current one signs, the
+//! previous one (after a rotation) still verifies until a deadline, and a
+//! token whose expiry lies further ahead than the node's configured lifetime
+//! is refused even with a good tag ([`TokenError::ExpiryTooFar`]). It also
+//! reads and writes the key file's text ([`TokenKeys::parse`],
+//! [`TokenKeys::encode`]); the file itself is the node's business.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -51,6 +58,10 @@ pub enum TokenError {
     BadSignature,
     #[error("token expired")]
     Expired,
+    /// The token's expiry is further ahead than any token this node issues
+    /// (its tag verified: only a holder of the key could have made it).
+    #[error("token expiry exceeds the configured lifetime")]
+    ExpiryTooFar,
 }
 
 /// The server's HMAC key for tokens and challenges.
@@ -182,6 +193,179 @@ impl TokenKey {
             return Err(TokenError::Expired);
         }
         Ok(())
+    }
+}
+
+/// The shortest token key accepted (bytes).
+pub const MIN_TOKEN_KEY_LEN: usize = 32;
+
+/// A token key's raw bytes; `Debug` is redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenSecret(Vec<u8>);
+
+impl TokenSecret {
+    /// Wraps raw key bytes (at least [`MIN_TOKEN_KEY_LEN`]).
+    pub fn new(bytes: Vec<u8>) -> Result<Self, KeyFileError> {
+        if bytes.len() < MIN_TOKEN_KEY_LEN {
+            return Err(KeyFileError(format!(
+                "a token key must be at least {MIN_TOKEN_KEY_LEN} bytes"
+            )));
+        }
+        Ok(Self(bytes))
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for TokenSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenSecret(***)")
+    }
+}
+
+/// A token key file that does not parse; the message says why (never the
+/// key).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("token key file: {0}")]
+pub struct KeyFileError(String);
+
+/// The node's token keys: `current` signs and verifies; `previous`, the
+/// key before the last rotation, only verifies, and only while
+/// `now_ms < accept_until_ms` (one token lifetime after the rotation, so
+/// every token it signed has expired by then).
+#[derive(Debug)]
+pub struct TokenKeys {
+    current: (TokenSecret, TokenKey),
+    previous: Option<(TokenSecret, TokenKey, u64)>,
+}
+
+const KEY_FILE_HEADER: &str = "\
+# Hush token keys. SECRET: whoever reads this file can sign tokens for any
+# user; keep it mode 0600. `current` signs new tokens; `previous` (the key
+# before the last rotation) still verifies tokens until the time given, in
+# ms since the Unix epoch. Rotate with `hush-node rotate-token-key`.
+";
+
+impl TokenKeys {
+    /// One key, no previous one.
+    pub fn new(current: TokenSecret) -> Self {
+        let key = TokenKey::new(current.as_bytes());
+        Self {
+            current: (current, key),
+            previous: None,
+        }
+    }
+
+    /// The keys after a rotation at `now_ms`: `next` signs from now on and
+    /// the current key still verifies for `lifetime_ms` (the longest a
+    /// token it signed can still be valid).
+    pub fn rotated(&self, next: TokenSecret, now_ms: u64, lifetime_ms: u64) -> Self {
+        let old = self.current.0.clone();
+        let key = TokenKey::new(next.as_bytes());
+        let old_key = TokenKey::new(old.as_bytes());
+        Self {
+            current: (next, key),
+            previous: Some((old, old_key, now_ms.saturating_add(lifetime_ms))),
+        }
+    }
+
+    /// The signing key.
+    pub fn current(&self) -> &TokenKey {
+        &self.current.1
+    }
+
+    /// Until when the previous key verifies, if there is one.
+    pub fn previous_until_ms(&self) -> Option<u64> {
+        self.previous.as_ref().map(|p| p.2)
+    }
+
+    /// Issues a token with the current key.
+    pub fn issue(&self, claims: &TokenClaims) -> String {
+        self.current.1.issue(claims)
+    }
+
+    /// Verifies with the current key, then (until its deadline) the
+    /// previous one, and refuses an expiry more than `max_lifetime_ms`
+    /// ahead of `now_ms`: this node never issues one, so such a token was
+    /// made with a stolen key or by a node configured differently.
+    pub fn verify(
+        &self,
+        token: &str,
+        now_ms: u64,
+        max_lifetime_ms: u64,
+    ) -> Result<TokenClaims, TokenError> {
+        let claims = match self.current.1.verify(token, now_ms) {
+            Err(TokenError::BadSignature) => match &self.previous {
+                Some((_, key, until)) if now_ms < *until => key.verify(token, now_ms)?,
+                _ => return Err(TokenError::BadSignature),
+            },
+            other => other?,
+        };
+        if claims.expires_at_ms > now_ms.saturating_add(max_lifetime_ms) {
+            return Err(TokenError::ExpiryTooFar);
+        }
+        Ok(claims)
+    }
+
+    /// The key file's text: a comment header, `current <key>` and, after a
+    /// rotation, `previous <key> <accept_until_ms>` (keys in base64url).
+    pub fn encode(&self) -> String {
+        let mut s = String::from(KEY_FILE_HEADER);
+        s.push_str(&format!(
+            "current {}\n",
+            URL_SAFE_NO_PAD.encode(self.current.0.as_bytes())
+        ));
+        if let Some((secret, _, until)) = &self.previous {
+            s.push_str(&format!(
+                "previous {} {until}\n",
+                URL_SAFE_NO_PAD.encode(secret.as_bytes())
+            ));
+        }
+        s
+    }
+
+    /// Parses a key file's text (see [`TokenKeys::encode`]). Blank lines and
+    /// `#` comments are ignored; exactly one `current` line is required.
+    pub fn parse(text: &str) -> Result<Self, KeyFileError> {
+        let bad = |n: usize, why: &str| KeyFileError(format!("line {n}: {why}"));
+        let key = |n: usize, b64: &str| {
+            let bytes = URL_SAFE_NO_PAD
+                .decode(b64)
+                .map_err(|_| bad(n, "the key is not base64url"))?;
+            TokenSecret::new(bytes).map_err(|e| bad(n, &e.0))
+        };
+        let mut current = None;
+        let mut previous = None;
+        for (i, line) in text.lines().enumerate() {
+            let n = i + 1;
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let parts: Vec<&str> = line.split_whitespace().collect();
+            match parts.as_slice() {
+                ["current", k] if current.is_none() => current = Some(key(n, k)?),
+                ["previous", k, until] if previous.is_none() => {
+                    let until = until
+                        .parse::<u64>()
+                        .map_err(|_| bad(n, "the deadline is not a number of ms"))?;
+                    previous = Some((key(n, k)?, until));
+                }
+                ["current", ..] | ["previous", ..] => {
+                    return Err(bad(n, "repeated or malformed key line"))
+                }
+                _ => return Err(bad(n, "expected `current KEY` or `previous KEY UNTIL_MS`")),
+            }
+        }
+        let current = current.ok_or_else(|| KeyFileError("no `current` key".into()))?;
+        let mut keys = Self::new(current);
+        keys.previous = previous.map(|(secret, until)| {
+            let key = TokenKey::new(secret.as_bytes());
+            (secret, key, until)
+        });
+        Ok(keys)
     }
 }
 
@@ -399,6 +583,90 @@ mod tests {
         assert!(!verify_ed25519(&pk[..31], b"challenge", &sig));
         assert!(!verify_ed25519(&pk, b"challenge", &sig[..63]));
         assert!(!verify_ed25519(&[], b"", &[]));
+    }
+
+    fn secret(byte: u8) -> TokenSecret {
+        TokenSecret::new(vec![byte; 32]).unwrap()
+    }
+
+    #[test]
+    fn keys_refuse_an_expiry_beyond_the_lifetime() {
+        let keys = TokenKeys::new(secret(1));
+        let mut c = claims();
+        c.expires_at_ms = 1_000 + 500;
+        let t = keys.issue(&c);
+        assert_eq!(keys.verify(&t, 1_000, 500), Ok(c.clone()));
+        assert_eq!(keys.verify(&t, 1_000, 499), Err(TokenError::ExpiryTooFar));
+        // Validly signed, but for (almost) ever: refused whatever the key.
+        c.expires_at_ms = u64::MAX;
+        let forever = keys.issue(&c);
+        assert_eq!(
+            keys.verify(&forever, 1_000, 86_400_000),
+            Err(TokenError::ExpiryTooFar)
+        );
+    }
+
+    #[test]
+    fn rotation_keeps_the_previous_key_for_one_lifetime() {
+        let old = TokenKeys::new(secret(1));
+        let mut c = claims();
+        c.expires_at_ms = 10_000;
+        let old_token = old.issue(&c);
+        let keys = old.rotated(secret(2), 5_000, 5_000);
+        assert_eq!(keys.previous_until_ms(), Some(10_000));
+        // New tokens are signed with the new key only.
+        let new_token = keys.issue(&c);
+        assert_ne!(new_token, old_token);
+        assert_eq!(
+            old.verify(&new_token, 5_000, 5_000),
+            Err(TokenError::BadSignature)
+        );
+        // Both verify until the deadline; the old one not after it.
+        assert_eq!(keys.verify(&old_token, 9_999, 5_000), Ok(c.clone()));
+        assert_eq!(keys.verify(&new_token, 9_999, 5_000), Ok(c.clone()));
+        c.expires_at_ms = 20_000;
+        let late = old.issue(&c);
+        assert_eq!(
+            keys.verify(&late, 10_000, 15_000),
+            Err(TokenError::BadSignature)
+        );
+        // A second rotation forgets the first key.
+        let again = keys.rotated(secret(3), 10_000, 5_000);
+        assert_eq!(
+            again.verify(&old_token, 9_999, 5_000),
+            Err(TokenError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn key_file_round_trips_and_rejects_junk() {
+        let keys = TokenKeys::new(secret(7)).rotated(secret(8), 1_000, 2_000);
+        let text = keys.encode();
+        assert!(text.starts_with('#'));
+        let back = TokenKeys::parse(&text).unwrap();
+        assert_eq!(back.encode(), text);
+        assert_eq!(back.previous_until_ms(), Some(3_000));
+        let t = back.issue(&claims());
+        assert_eq!(keys.verify(&t, 0, u64::MAX), Ok(claims()));
+        for junk in [
+            "",
+            "# only a comment\n",
+            "current !!!\n",
+            "current AAAA\n",
+            "previous AAAA 1\n",
+            &format!("{}current x\n", text),
+            "current a b c\n",
+            "hello\n",
+        ] {
+            assert!(TokenKeys::parse(junk).is_err(), "{junk:?}");
+        }
+        // The error never echoes the key.
+        let err = TokenKeys::parse("current c2VjcmV0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("c2VjcmV0"), "{err}");
+        assert_eq!(format!("{:?}", secret(1)), "TokenSecret(***)");
+        assert!(!format!("{keys:?}").contains(&URL_SAFE_NO_PAD.encode([8u8; 32])));
     }
 
     fn next(seed: &mut u64) -> u64 {

@@ -28,8 +28,12 @@ pub struct Config {
 pub struct NodeSection {
     /// Stable node name (lease owner, logs).
     pub id: String,
-    /// Data directory (SQLite file, generated secrets).
+    /// Data directory (SQLite file, generated secrets). Kept 0700, its
+    /// files 0600 (fixed at start if wider).
     pub data: PathBuf,
+    /// How often the node checks its token key file (and TLS certificate)
+    /// for changes and reloads them, in ms; 0 = only on SIGHUP.
+    pub watch_ms: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -112,6 +116,15 @@ pub struct AuthSection {
     pub challenge_ttl_ms: u64,
     /// Device link code lifetime.
     pub link_code_ttl_ms: u64,
+    /// The token key file (secret, 0600). Default: `token.key` next to the
+    /// embedded store's file (shared by the nodes of a local cluster), or in
+    /// the data directory with ScyllaDB. Every node of a cluster must read
+    /// the same keys.
+    pub token_key_file: Option<PathBuf>,
+    /// Clock difference allowed between nodes: a token whose expiry is
+    /// more than `token_ttl_ms + max_clock_skew_ms` ahead is refused, and a
+    /// rotated-out key verifies that long after the rotation.
+    pub max_clock_skew_ms: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -194,6 +207,7 @@ impl Default for NodeSection {
         Self {
             id: "n1".into(),
             data: PathBuf::from("./hush-data"),
+            watch_ms: 5_000,
         }
     }
 }
@@ -254,6 +268,8 @@ impl Default for AuthSection {
             token_ttl_ms: 24 * 3600 * 1000,
             challenge_ttl_ms: 60_000,
             link_code_ttl_ms: 10 * 60_000,
+            token_key_file: None,
+            max_clock_skew_ms: 60_000,
         }
     }
 }
@@ -343,6 +359,22 @@ impl Config {
                 .map(|p| p.join("cluster-ca"))
                 .unwrap_or_else(|| PathBuf::from("cluster-ca"))
         })
+    }
+
+    /// The token key file (`auth.token_key_file`, see there for the default).
+    pub fn token_key_file(&self) -> PathBuf {
+        if let Some(p) = &self.auth.token_key_file {
+            return p.clone();
+        }
+        let dir = if self.store.kind == "embedded" {
+            self.store_path()
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| self.node.data.clone())
+        } else {
+            self.node.data.clone()
+        };
+        dir.join("token.key")
     }
 
     /// The SQLite file of the embedded store.
@@ -454,6 +486,20 @@ impl Config {
         }
         if self.auth.token_ttl_ms == 0 {
             return Err(invalid("auth.token_ttl_ms", "must be > 0"));
+        }
+        if self
+            .auth
+            .token_key_file
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(invalid("auth.token_key_file", "must be a file path"));
+        }
+        if self.auth.max_clock_skew_ms > self.auth.token_ttl_ms {
+            return Err(invalid(
+                "auth.max_clock_skew_ms",
+                "must not exceed auth.token_ttl_ms",
+            ));
         }
         let c = &self.cluster;
         if !c.nodes.is_empty() {

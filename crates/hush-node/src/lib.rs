@@ -14,7 +14,8 @@
 //! - `route`: the owner of a key, and messages to other nodes.
 //! - `conns` (this node's connection queues), `wire` (what travels between
 //!   the parts: Caller, Outbound, encoded frames).
-//! - leaves: `directory`, `shutdown`, `config`, `clock`, `error`.
+//! - leaves: `directory`, `shutdown`, `config`, `clock`, `error`, `secrets`
+//!   (owner-only data directory and files, the token key file).
 
 pub mod api;
 pub mod clock;
@@ -28,6 +29,7 @@ pub mod keys;
 pub mod peer;
 pub mod presence;
 pub mod route;
+pub mod secrets;
 pub mod session;
 pub mod shutdown;
 pub mod wire;
@@ -39,6 +41,7 @@ use std::time::Duration;
 use hush_store::{ScyllaStore, SqliteConfig, SqliteStore, Store};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use ring::rand::SecureRandom as _;
+use secrets::TokenKeyHandle;
 
 use api::{Api, ApiLimits};
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -78,6 +81,8 @@ pub enum StartError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("secrets: {0}")]
+    Secrets(#[from] secrets::SecretsError),
     #[error("startup failed: {0}")]
     Other(String),
 }
@@ -92,6 +97,9 @@ pub struct RunningNode {
     sessions: Arc<Sessions>,
     shutdown: Shutdown,
     gateway: gateway::Running,
+    reloader: Arc<Reloader>,
+    /// Checks the files the node reloads (see [`RunningNode::reload`]).
+    watcher: Option<tokio::task::JoinHandle<()>>,
     /// Held (locked) while the node runs: see [`claim_data_dir`].
     _data_lock: std::fs::File,
 }
@@ -112,6 +120,20 @@ impl RunningNode {
         self.sessions.watch_count()
     }
 
+    /// Re-reads the files an operator may change while the node runs (the
+    /// token key file; SIGHUP does this, and so does a change the node
+    /// notices every `node.watch_ms`). A file that does not load leaves the
+    /// keys in use unchanged and is an error.
+    pub fn reload(&self) -> Result<(), StartError> {
+        self.reloader.reload()
+    }
+
+    /// Counts the successful reloads (SIGHUP, the file watcher, or
+    /// [`RunningNode::reload`]).
+    pub fn watch_reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reloader.count.subscribe()
+    }
+
     /// Graceful stop, in the order that lets a cluster take over without a
     /// gap: refuse new work (forwarded calls are refused as a stale view, so
     /// their senders route again); leave the cluster view; stop every group
@@ -119,6 +141,9 @@ impl RunningNode {
     /// takes the group at once; then close every client connection with
     /// 4004 (reconnect to another node) and stop the gateway.
     pub async fn stop(self) {
+        if let Some(w) = &self.watcher {
+            w.abort();
+        }
         self.shutdown.begin();
         if let Some(mesh) = self.route.mesh() {
             mesh.leave().await;
@@ -210,13 +235,63 @@ async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
         return Ok(Arc::new(store));
     }
     let path = config.store_path();
+    // Owner-only before SQLite ever opens it; its WAL and SHM follow its mode.
+    secrets::prepare_sqlite_file(&path)?;
     let mut store_config = SqliteConfig::new(path.clone());
     store_config.max_batch = config.store.max_batch;
-    Ok(Arc::new(
-        SqliteStore::open(store_config)
-            .await
-            .map_err(|source| StartError::Store { path, source })?,
-    ))
+    let store = SqliteStore::open(store_config)
+        .await
+        .map_err(|source| StartError::Store {
+            path: path.clone(),
+            source,
+        })?;
+    secrets::sqlite_files_private(&path)?;
+    Ok(Arc::new(store))
+}
+
+/// What the node reloads while it runs: the token key file.
+struct Reloader {
+    config: Config,
+    tokens: TokenKeyHandle,
+    /// Successful reloads so far.
+    count: tokio::sync::watch::Sender<u64>,
+}
+
+impl Reloader {
+    fn reload(&self) -> Result<(), StartError> {
+        let keys = secrets::read_token_keys(&self.config.token_key_file())?;
+        let until = keys.previous_until_ms();
+        self.tokens.set(keys);
+        self.count.send_modify(|n| *n += 1);
+        tracing::info!(previous_key_until_ms = ?until, "token keys loaded");
+        Ok(())
+    }
+
+    /// Reloads whenever a watched file's length or modification time
+    /// changes (checked every `node.watch_ms`; 0: never).
+    fn watch(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        let period = self.config.node.watch_ms;
+        if period == 0 {
+            return None;
+        }
+        let me = self.clone();
+        Some(tokio::spawn(async move {
+            let path = me.config.token_key_file();
+            let mut seen = secrets::file_stamp(&path);
+            let mut tick = tokio::time::interval(Duration::from_millis(period));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let now = secrets::file_stamp(&path);
+                if now != seen {
+                    seen = now;
+                    if let Err(e) = me.reload() {
+                        tracing::error!(error = %e, "a watched file changed but does not load; keeping what is loaded");
+                    }
+                }
+            }
+        }))
+    }
 }
 
 /// Boots a node. Must be called on a multi-thread tokio runtime: actors run
@@ -225,21 +300,11 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningNode,
     config.validate()?;
     // Installed first, so that start-up work (the store) is measured too.
     let metrics = metrics_handle();
-    std::fs::create_dir_all(&config.node.data).map_err(|source| StartError::DataDir {
-        path: config.node.data.clone(),
-        source,
-    })?;
+    // Owner-only (0700), fixed if an earlier run or an operator left it wider.
+    secrets::private_dir(&config.node.data)?;
     let (data_lock, lease_owner) = claim_data_dir(&config)?;
     let store = open_store(&config).await?;
-    let mut candidate = [0u8; 32];
-    ring::rand::SystemRandom::new()
-        .fill(&mut candidate)
-        .map_err(|_| StartError::Other("no randomness".into()))?;
-    let secret = store
-        .get_or_create_secret("token-hmac-v1", &candidate)
-        .await
-        .map_err(|e| StartError::Other(format!("token secret: {e}")))?;
-    let tokens = hush_ds::TokenKey::new(&secret);
+    let tokens = TokenKeyHandle::new(secrets::token_keys_at_start(&config, store.as_ref()).await?);
 
     let runtime = tokio::runtime::Handle::current();
     let route = Arc::new(match config.cluster_node().cloned() {
@@ -302,7 +367,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningNode,
     let app = Arc::new(AppState::new(
         config.clone(),
         store.clone(),
-        tokens,
+        tokens.clone(),
         clock,
         api,
         sessions.clone(),
@@ -313,6 +378,12 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningNode,
         gateway::serve(app, metrics).map_err(|(addr, source)| StartError::Bind { addr, source })?;
     let addr = gateway.addr;
     tracing::info!(node = %config.node.id, %addr, "node started");
+    let reloader = Arc::new(Reloader {
+        config,
+        tokens,
+        count: tokio::sync::watch::Sender::new(0),
+    });
+    let watcher = reloader.watch();
     Ok(RunningNode {
         addr,
         store,
@@ -321,6 +392,8 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningNode,
         sessions,
         shutdown,
         gateway,
+        reloader,
+        watcher,
         _data_lock: data_lock,
     })
 }
@@ -343,7 +416,7 @@ fn claim_data_dir(config: &Config) -> Result<(std::fs::File, String), StartError
         path: dir.clone(),
         source,
     };
-    let lock = std::fs::OpenOptions::new()
+    let lock = secrets::private_options()
         .create(true)
         .truncate(false)
         .write(true)
@@ -359,7 +432,9 @@ fn claim_data_dir(config: &Config) -> Result<(std::fs::File, String), StartError
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
     }
+    secrets::private_file(&dir.join("node.lock"))?;
     let path = dir.join("lease-owner");
+    secrets::private_file(&path)?;
     let prefix = format!("{}#", config.node.id);
     let kept = std::fs::read_to_string(&path).ok().and_then(|s| {
         let s = s.trim();
@@ -375,7 +450,13 @@ fn claim_data_dir(config: &Config) -> Result<(std::fs::File, String), StartError
         .map_err(|_| StartError::Other("no randomness".into()))?;
     let owner = format!("{prefix}{}", hex::encode(nonce));
     let tmp = dir.join("lease-owner.tmp");
-    std::fs::write(&tmp, format!("{owner}\n")).map_err(io)?;
+    let _ = std::fs::remove_file(&tmp);
+    secrets::private_options()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{owner}\n").as_bytes()))
+        .map_err(io)?;
     std::fs::rename(&tmp, &path).map_err(io)?;
     Ok((lock, owner))
 }

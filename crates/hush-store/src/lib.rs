@@ -341,6 +341,10 @@ pub trait Store: Send + Sync + 'static {
     /// Returns the secret stored under `name`, storing `candidate` first if
     /// there is none (atomic: concurrent callers all get the same secret).
     async fn get_or_create_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>>;
+    /// Removes the secret stored under `name` and returns it, once: of
+    /// concurrent callers at most one gets it. `None` if there is none.
+    /// (A node moves its token key out of the store with this.)
+    async fn take_secret(&self, name: &str) -> Result<Option<Vec<u8>>>;
     /// Stores a one-time device link code (by its hash).
     async fn put_link_code(
         &self,

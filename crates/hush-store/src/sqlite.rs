@@ -1295,6 +1295,20 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn take_secret(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let name = name.to_string();
+        self.write("take_secret", move |c| {
+            c.query_row(
+                "DELETE FROM secrets WHERE name = ?1 RETURNING value",
+                params![name],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| map_err("take secret", e))
+        })
+        .await
+    }
+
     async fn put_link_code(
         &self,
         code_hash: &[u8],

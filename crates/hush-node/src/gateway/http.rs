@@ -105,7 +105,7 @@ pub async fn login_challenge(app: web::Data<Arc<AppState>>, body: Body) -> HttpR
                 "device_id is required",
             ));
         }
-        let challenge = app.tokens.issue_challenge(
+        let challenge = app.tokens.get().current().issue_challenge(
             &req.device_id,
             app.now_ms(),
             app.config.auth.challenge_ttl_ms,
@@ -122,6 +122,8 @@ async fn login_inner(app: &AppState, body: &Body) -> ApiResult<v1::LoginResponse
     let req: v1::LoginRequest = decode(body)?;
     let now = app.now_ms();
     app.tokens
+        .get()
+        .current()
         .verify_challenge(&req.device_id, &req.challenge, now)
         .map_err(|_| ApiError::new(ErrorCode::Forbidden, "bad or expired challenge"))?;
     let Some(device) = app.store.device(&req.device_id).await? else {
@@ -135,7 +137,7 @@ async fn login_inner(app: &AppState, body: &Body) -> ApiResult<v1::LoginResponse
         return Err(ApiError::new(ErrorCode::Forbidden, "bad login signature"));
     }
     let expires_at_ms = now + app.config.auth.token_ttl_ms;
-    let token = app.tokens.issue(&TokenClaims {
+    let token = app.tokens.get().issue(&TokenClaims {
         user_id: device.user_id.clone(),
         device_id: device.device_id.clone(),
         generation: device.token_generation,

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use actix_web::{web, HttpRequest, HttpResponse, HttpServer};
-use hush_ds::{TokenClaims, TokenKey};
+use hush_ds::TokenClaims;
 use hush_proto::{ErrorCode, Message as _};
 use hush_store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -36,6 +36,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
 use crate::route::Route;
+use crate::secrets::TokenKeyHandle;
 use crate::session::Sessions;
 use crate::shutdown::Shutdown;
 
@@ -43,7 +44,8 @@ use crate::shutdown::Shutdown;
 pub struct AppState {
     pub config: Config,
     pub store: Arc<dyn Store>,
-    pub tokens: TokenKey,
+    /// The token keys in use (swapped whole when the key file is reloaded).
+    pub tokens: TokenKeyHandle,
     pub clock: Arc<dyn Clock>,
     pub api: Arc<Api>,
     pub sessions: Arc<Sessions>,
@@ -57,7 +59,7 @@ impl AppState {
     pub fn new(
         config: Config,
         store: Arc<dyn Store>,
-        tokens: TokenKey,
+        tokens: TokenKeyHandle,
         clock: Arc<dyn Clock>,
         api: Arc<Api>,
         sessions: Arc<Sessions>,
@@ -210,9 +212,12 @@ pub fn error_response(e: &ApiError) -> HttpResponse {
         .body(e.to_proto().encode_to_vec())
 }
 
-/// Verifies a token against the key and the device's token generation.
+/// Verifies a token against the keys (current, or previous within its
+/// deadline), the node's token lifetime (an expiry further ahead is
+/// refused) and the device's token generation.
 pub async fn authenticate(app: &AppState, token: &str) -> ApiResult<TokenClaims> {
-    let claims = app.tokens.verify(token, app.now_ms())?;
+    let lifetime = crate::secrets::token_lifetime_ms(&app.config);
+    let claims = app.tokens.get().verify(token, app.now_ms(), lifetime)?;
     match app.store.device(&claims.device_id).await? {
         Some(d) if d.user_id == claims.user_id && d.token_generation == claims.generation => {
             Ok(claims)

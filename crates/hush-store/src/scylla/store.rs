@@ -65,6 +65,7 @@ pub const STATEMENTS: &[(&str, Mode, &str)] = &[
     ("device_bump", Mode::Lwt, "UPDATE devices SET token_generation = ? WHERE device_id = ? IF token_generation = ?"),
     ("secret_insert", Mode::Lwt, "INSERT INTO secrets (name, value) VALUES (?, ?) IF NOT EXISTS"),
     ("secret_get", Mode::SerialRead, "SELECT value FROM secrets WHERE name = ?"),
+    ("secret_delete", Mode::Lwt, "DELETE FROM secrets WHERE name = ? IF EXISTS"),
     ("link_insert", Mode::Idempotent, "INSERT INTO link_codes (code_hash, user_id, expires_at_ms) VALUES (?, ?, ?)"),
     ("link_get", Mode::SerialRead, "SELECT user_id, expires_at_ms FROM link_codes WHERE code_hash = ?"),
     ("link_delete", Mode::Lwt, "DELETE FROM link_codes WHERE code_hash = ? IF EXISTS"),
@@ -730,6 +731,17 @@ impl Store for ScyllaStore {
             .await?
             .map(|(v,)| v)
             .ok_or_else(|| backend("secret", "missing after insert"))
+    }
+
+    async fn take_secret(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let Some((value,)) = self.one::<(Vec<u8>,)>("secret_get", (name,)).await? else {
+            return Ok(None);
+        };
+        // Only the caller whose delete applied took it.
+        if !self.lwt("secret_delete", (name,)).await? {
+            return Ok(None);
+        }
+        Ok(Some(value))
     }
 
     async fn put_link_code(
