@@ -26,7 +26,8 @@ pub use group::{AddedMember, CommitEffect, GroupTracker, Member, ProposalEffect}
 pub use keypackage::{validate_key_package, ValidKeyPackage};
 pub use limits::TokenBucket;
 pub use token::{
-    verify_ed25519, KeyFileError, TokenClaims, TokenError, TokenKey, TokenKeys, TokenSecret,
+    verify_ed25519, ChallengeId, ChallengeLedger, KeyFileError, SpendError, TokenClaims,
+    TokenError, TokenKey, TokenKeys, TokenSecret,
 };
 
 /// The longest group id the service accepts (MLS allows more; nothing

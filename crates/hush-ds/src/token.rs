@@ -9,8 +9,10 @@
 //!
 //! A login challenge is `0x01 || nonce[16] || expires_at_ms u64 || tag[32]`
 //! with `tag = HMAC-SHA256(key, "hush/challenge/v1\0" || u16 len || device_id || nonce || expires_at_ms)`:
-//! stateless, bound to one device and an expiry. Replay protection within the
-//! ttl is the caller's business (keep the ttl short).
+//! stateless, bound to one device and an expiry. [`TokenKey::verify_challenge`]
+//! returns its [`ChallengeId`]; a [`ChallengeLedger`] remembers the ones
+//! already used until they expire, so a captured challenge and signature
+//! log in once, not for the whole ttl.
 //!
 //! The two domain labels keep a token from ever verifying as a challenge and
 //! the other way round.
@@ -170,13 +172,14 @@ impl TokenKey {
     }
 
     /// Checks that `challenge` was issued by this key for `device_id` and
-    /// has not expired at `now_ms`.
+    /// has not expired at `now_ms`; returns what identifies it (to spend it
+    /// once in a [`ChallengeLedger`]).
     pub fn verify_challenge(
         &self,
         device_id: &str,
         challenge: &[u8],
         now_ms: u64,
-    ) -> Result<(), TokenError> {
+    ) -> Result<ChallengeId, TokenError> {
         if challenge.len() != CHALLENGE_LEN || challenge[0] != FORMAT_V1 {
             return Err(TokenError::Malformed);
         }
@@ -192,7 +195,78 @@ impl TokenKey {
         if now_ms >= expires {
             return Err(TokenError::Expired);
         }
+        let mut id = [0u8; NONCE_LEN];
+        id.copy_from_slice(nonce);
+        Ok(ChallengeId {
+            nonce: id,
+            expires_at_ms: expires,
+        })
+    }
+}
+
+/// A verified login challenge: its nonce and expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChallengeId {
+    pub nonce: [u8; NONCE_LEN],
+    pub expires_at_ms: u64,
+}
+
+/// Why a challenge could not be spent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SpendError {
+    /// It was used before: a replay.
+    #[error("challenge already used")]
+    Replayed,
+    /// The ledger holds its maximum of unexpired challenges.
+    #[error("too many challenges in flight")]
+    Full,
+}
+
+/// The challenges already used, each until it expires (then it could not
+/// verify anyway, so it is forgotten). Bounded: at most `max` entries; a
+/// full ledger refuses new spends rather than forgetting a live one.
+#[derive(Debug)]
+pub struct ChallengeLedger {
+    used: std::collections::HashMap<[u8; NONCE_LEN], u64>,
+    max: usize,
+}
+
+impl ChallengeLedger {
+    pub fn new(max: usize) -> Self {
+        Self {
+            used: std::collections::HashMap::new(),
+            max,
+        }
+    }
+
+    /// Spends `id` at `now_ms`: once per challenge.
+    pub fn spend(&mut self, id: &ChallengeId, now_ms: u64) -> Result<(), SpendError> {
+        if self.used.contains_key(&id.nonce) {
+            return Err(SpendError::Replayed);
+        }
+        if self.used.len() >= self.max {
+            self.sweep(now_ms);
+            if self.used.len() >= self.max {
+                return Err(SpendError::Full);
+            }
+        }
+        self.used.insert(id.nonce, id.expires_at_ms);
         Ok(())
+    }
+
+    /// Forgets the challenges expired at `now_ms`; returns how many.
+    pub fn sweep(&mut self, now_ms: u64) -> usize {
+        let before = self.used.len();
+        self.used.retain(|_, expires| now_ms < *expires);
+        before - self.used.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.used.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.used.is_empty()
     }
 }
 
@@ -535,8 +609,9 @@ mod tests {
         let key = TokenKey::new(b"k");
         let c = key.issue_challenge("dev-a", 1_000, 500);
         assert_eq!(c.len(), CHALLENGE_LEN);
-        assert_eq!(key.verify_challenge("dev-a", &c, 1_000), Ok(()));
-        assert_eq!(key.verify_challenge("dev-a", &c, 1_499), Ok(()));
+        let id = key.verify_challenge("dev-a", &c, 1_000).unwrap();
+        assert_eq!(id.expires_at_ms, 1_500);
+        assert_eq!(key.verify_challenge("dev-a", &c, 1_499), Ok(id));
         assert_eq!(
             key.verify_challenge("dev-a", &c, 1_500),
             Err(TokenError::Expired)
@@ -583,6 +658,31 @@ mod tests {
         assert!(!verify_ed25519(&pk[..31], b"challenge", &sig));
         assert!(!verify_ed25519(&pk, b"challenge", &sig[..63]));
         assert!(!verify_ed25519(&[], b"", &[]));
+    }
+
+    #[test]
+    fn a_challenge_is_spent_once_and_the_ledger_is_bounded() {
+        let key = TokenKey::new(b"k");
+        let mut ledger = ChallengeLedger::new(2);
+        let c1 = key.issue_challenge("d", 0, 100);
+        let id1 = key.verify_challenge("d", &c1, 10).unwrap();
+        assert_eq!(ledger.spend(&id1, 10), Ok(()));
+        // The same challenge (a captured login) again: refused.
+        assert_eq!(ledger.spend(&id1, 20), Err(SpendError::Replayed));
+        let id2 = key
+            .verify_challenge("d", &key.issue_challenge("d", 50, 100), 50)
+            .unwrap();
+        assert_eq!(ledger.spend(&id2, 50), Ok(()));
+        let id3 = key
+            .verify_challenge("d", &key.issue_challenge("d", 60, 100), 60)
+            .unwrap();
+        // Two live entries: full, and nothing has expired.
+        assert_eq!(ledger.spend(&id3, 60), Err(SpendError::Full));
+        // At 100 the first has expired: room again.
+        assert_eq!(ledger.spend(&id3, 100), Ok(()));
+        assert_eq!(ledger.len(), 2);
+        assert_eq!(ledger.sweep(1_000), 2);
+        assert!(ledger.is_empty());
     }
 
     fn secret(byte: u8) -> TokenSecret {

@@ -21,6 +21,7 @@ pub struct Config {
     pub auth: AuthSection,
     pub actors: ActorSection,
     pub cluster: ClusterSection,
+    pub rate_limits: RateLimitSection,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -73,6 +74,59 @@ pub struct GatewaySection {
     /// latency-bound; with Nagle's algorithm a small write can wait for
     /// the peer's delayed ACK (about 40 ms on Linux).
     pub tcp_nodelay: bool,
+    /// Live connections one source address (IPv6: one /64) may hold; the
+    /// requests of one more get TOO_MANY_CONNECTIONS and it is closed.
+    pub max_connections_per_ip: usize,
+    /// A request's head (request line and headers) must arrive within this
+    /// long of the connection or the previous request (else 408 and close).
+    pub header_timeout_ms: u64,
+    /// A request's body must arrive whole within this long of its head
+    /// (a trickled body is cut: MALFORMED and close). Not for WebSockets.
+    pub body_timeout_ms: u64,
+    /// An idle kept-alive connection is closed after this long.
+    pub keep_alive_ms: u64,
+    /// After the node closes a connection, the peer gets this long to
+    /// acknowledge before the socket is dropped.
+    pub disconnect_timeout_ms: u64,
+}
+
+/// Rate limits on the account endpoints: register, login challenge,
+/// login, link code, link. Per source address (IPv6: per /64) on all five;
+/// per account on what only the account can do (a login whose signature
+/// verified: per device; a link code: per user), so a stranger can never
+/// spend someone else's budget. Refusals are RATE_LIMITED with a
+/// `Retry-After` header.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitSection {
+    /// Sustained requests per second from one source address.
+    pub ip_per_sec: f64,
+    /// Burst from one source address.
+    pub ip_burst: f64,
+    /// Sustained logins per second of one device, link codes of one user.
+    pub account_per_sec: f64,
+    /// Burst per account.
+    pub account_burst: f64,
+    /// Most source addresses, accounts and used login challenges kept in
+    /// memory, each; past it new ones are refused (RATE_LIMITED) until
+    /// entries expire.
+    pub tracked_keys: usize,
+    /// How often expired link codes, used challenges and idle rate-limit
+    /// entries are deleted (judged by the node clock).
+    pub sweep_interval_ms: u64,
+}
+
+impl Default for RateLimitSection {
+    fn default() -> Self {
+        Self {
+            ip_per_sec: 10.0,
+            ip_burst: 100.0,
+            account_per_sec: 1.0,
+            account_burst: 20.0,
+            tracked_keys: 100_000,
+            sweep_interval_ms: 60_000,
+        }
+    }
 }
 
 /// Explicit limits; every one is enforced and tested.
@@ -238,6 +292,11 @@ impl Default for GatewaySection {
             ],
             workers: 0,
             tcp_nodelay: true,
+            max_connections_per_ip: 1_000,
+            header_timeout_ms: 5_000,
+            body_timeout_ms: 30_000,
+            keep_alive_ms: 5_000,
+            disconnect_timeout_ms: 2_000,
         }
     }
 }
@@ -535,6 +594,52 @@ impl Config {
         if self.actors.lease_ttl_ms < 1000 {
             return Err(invalid("actors.lease_ttl_ms", "must be at least 1000"));
         }
+        let g = &self.gateway;
+        if g.max_connections_per_ip == 0 {
+            return Err(invalid(
+                "gateway.max_connections_per_ip",
+                "must be at least 1",
+            ));
+        }
+        for (key, v) in [
+            ("gateway.header_timeout_ms", g.header_timeout_ms),
+            ("gateway.body_timeout_ms", g.body_timeout_ms),
+            ("gateway.keep_alive_ms", g.keep_alive_ms),
+            ("gateway.disconnect_timeout_ms", g.disconnect_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        let r = &self.rate_limits;
+        // Written so that NaN fails too.
+        for (key, v) in [
+            ("rate_limits.ip_per_sec", r.ip_per_sec),
+            ("rate_limits.account_per_sec", r.account_per_sec),
+        ] {
+            let ok = v.is_finite() && v > 0.0;
+            if !ok {
+                return Err(invalid(key, "must be a number > 0"));
+            }
+        }
+        for (key, v) in [
+            ("rate_limits.ip_burst", r.ip_burst),
+            ("rate_limits.account_burst", r.account_burst),
+        ] {
+            let ok = v.is_finite() && v >= 1.0;
+            if !ok {
+                return Err(invalid(key, "must be a number >= 1"));
+            }
+        }
+        if r.tracked_keys == 0 {
+            return Err(invalid("rate_limits.tracked_keys", "must be at least 1"));
+        }
+        if r.sweep_interval_ms < 100 {
+            return Err(invalid(
+                "rate_limits.sweep_interval_ms",
+                "must be at least 100",
+            ));
+        }
         if self.actors.max_group_actors == 0 {
             return Err(invalid("actors.max_group_actors", "must be at least 1"));
         }
@@ -586,6 +691,43 @@ mod tests {
         assert!(err.to_string().contains("listen"), "{err}");
         let err = Config::from_toml("[store]\nkind = \"mongo\"\n").unwrap_err();
         assert!(err.to_string().contains("store.kind"), "{err}");
+    }
+
+    #[test]
+    fn abuse_limits_are_validated_by_key() {
+        for (toml, key) in [
+            (
+                "[gateway]\nmax_connections_per_ip = 0",
+                "gateway.max_connections_per_ip",
+            ),
+            ("[gateway]\nbody_timeout_ms = 0", "gateway.body_timeout_ms"),
+            (
+                "[gateway]\nheader_timeout_ms = 0",
+                "gateway.header_timeout_ms",
+            ),
+            ("[rate_limits]\nip_per_sec = 0.0", "rate_limits.ip_per_sec"),
+            ("[rate_limits]\nip_per_sec = nan", "rate_limits.ip_per_sec"),
+            (
+                "[rate_limits]\naccount_burst = 0.5",
+                "rate_limits.account_burst",
+            ),
+            (
+                "[rate_limits]\ntracked_keys = 0",
+                "rate_limits.tracked_keys",
+            ),
+            (
+                "[rate_limits]\nsweep_interval_ms = 5",
+                "rate_limits.sweep_interval_ms",
+            ),
+            ("[actors]\nmax_group_actors = 0", "actors.max_group_actors"),
+            (
+                "[auth]\nmax_clock_skew_ms = 999999999999",
+                "auth.max_clock_skew_ms",
+            ),
+        ] {
+            let err = Config::from_toml(toml).unwrap_err().to_string();
+            assert!(err.contains(key), "{toml}: {err}");
+        }
     }
 
     #[test]

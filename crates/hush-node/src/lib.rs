@@ -100,6 +100,9 @@ pub struct RunningNode {
     reloader: Arc<Reloader>,
     /// Checks the files the node reloads (see [`RunningNode::reload`]).
     watcher: Option<tokio::task::JoinHandle<()>>,
+    app: Arc<AppState>,
+    /// Deletes what expired, every `rate_limits.sweep_interval_ms`.
+    sweeper: tokio::task::JoinHandle<()>,
     /// Held (locked) while the node runs: see [`claim_data_dir`].
     _data_lock: std::fs::File,
 }
@@ -128,6 +131,13 @@ impl RunningNode {
         self.reloader.reload()
     }
 
+    /// Deletes what has expired by the node's clock (link codes, used
+    /// login challenges, idle rate-limit entries) now, as the sweeper does
+    /// every `rate_limits.sweep_interval_ms`.
+    pub async fn sweep(&self) -> gateway::SweepReport {
+        self.app.sweep().await
+    }
+
     /// Counts the successful reloads (SIGHUP, the file watcher, or
     /// [`RunningNode::reload`]).
     pub fn watch_reloads(&self) -> tokio::sync::watch::Receiver<u64> {
@@ -144,6 +154,7 @@ impl RunningNode {
         if let Some(w) = &self.watcher {
             w.abort();
         }
+        self.sweeper.abort();
         self.shutdown.begin();
         if let Some(mesh) = self.route.mesh() {
             mesh.leave().await;
@@ -247,6 +258,22 @@ async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
         })?;
     secrets::sqlite_files_private(&path)?;
     Ok(Arc::new(store))
+}
+
+/// Runs [`AppState::sweep`] every `rate_limits.sweep_interval_ms`.
+fn spawn_sweeper(app: &Arc<AppState>) -> tokio::task::JoinHandle<()> {
+    let app = app.clone();
+    tokio::spawn(async move {
+        let period = Duration::from_millis(app.config.rate_limits.sweep_interval_ms);
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let swept = app.sweep().await;
+            tracing::debug!(?swept, "swept expired state");
+        }
+    })
 }
 
 /// What the node reloads while it runs: the token key file.
@@ -364,6 +391,10 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningNode,
     ))
     .start(&runtime);
 
+    let mut challenge_secret = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut challenge_secret)
+        .map_err(|_| StartError::Other("no randomness".into()))?;
     let app = Arc::new(AppState::new(
         config.clone(),
         store.clone(),
@@ -373,9 +404,11 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningNode,
         sessions.clone(),
         route.clone(),
         shutdown.clone(),
+        &challenge_secret,
     ));
-    let gateway =
-        gateway::serve(app, metrics).map_err(|(addr, source)| StartError::Bind { addr, source })?;
+    let gateway = gateway::serve(app.clone(), metrics)
+        .map_err(|(addr, source)| StartError::Bind { addr, source })?;
+    let sweeper = spawn_sweeper(&app);
     let addr = gateway.addr;
     tracing::info!(node = %config.node.id, %addr, "node started");
     let reloader = Arc::new(Reloader {
@@ -394,6 +427,8 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningNode,
         gateway,
         reloader,
         watcher,
+        app,
+        sweeper,
         _data_lock: data_lock,
     })
 }

@@ -31,6 +31,8 @@ fn config_in(data: &Path) -> Config {
     config.gateway.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.gateway.workers = 2;
     config.limits.rate_burst = 100_000.0;
+    config.rate_limits.ip_burst = 100_000.0;
+    config.rate_limits.account_burst = 100_000.0;
     config
 }
 

@@ -97,6 +97,7 @@ macro_rules! store_conformance_suite {
             secrets_get_or_create_concurrently,
             secrets_are_taken_once,
             link_codes_single_use_and_expiry,
+            link_codes_expired_are_swept,
             key_packages_claim_order_and_last_resort,
             key_packages_concurrent_claims_are_distinct,
             groups_create_and_read,
@@ -423,6 +424,34 @@ pub async fn secrets_are_taken_once(store: Arc<dyn Store>) {
         .await
         .expect("create again");
     assert_eq!(fresh, b"fresh".to_vec());
+}
+
+pub async fn link_codes_expired_are_swept(store: Arc<dyn Store>) {
+    store
+        .put_link_code(b"sweep-old", "alice", 1_000)
+        .await
+        .expect("put");
+    store
+        .put_link_code(b"sweep-new", "alice", 5_000)
+        .await
+        .expect("put");
+    let swept = store.sweep_link_codes(2_000).await.expect("sweep");
+    assert!(swept <= 1, "only the expired code may go (swept {swept})");
+    if swept == 1 {
+        // Deleted, not merely expired: even an earlier clock finds nothing.
+        assert_eq!(
+            store.take_link_code(b"sweep-old", 0).await.expect("take"),
+            None
+        );
+    }
+    assert_eq!(
+        store
+            .take_link_code(b"sweep-new", 2_000)
+            .await
+            .expect("take"),
+        Some("alice".to_string()),
+        "an unexpired code survives the sweep"
+    );
 }
 
 pub async fn link_codes_single_use_and_expiry(store: Arc<dyn Store>) {

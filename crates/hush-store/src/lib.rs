@@ -355,6 +355,10 @@ pub trait Store: Send + Sync + 'static {
     /// Consumes a link code: returns its user id once, if it exists and has
     /// not expired at `now_ms`; deletes it either way.
     async fn take_link_code(&self, code_hash: &[u8], now_ms: u64) -> Result<Option<String>>;
+    /// Deletes every link code expired at `now_ms` (a node's sweeper calls
+    /// it); returns how many it deleted. A backend that expires rows by
+    /// itself (ScyllaDB, with a TTL) may delete them later and return 0.
+    async fn sweep_link_codes(&self, now_ms: u64) -> Result<u64>;
 
     // ----- key packages -----
 

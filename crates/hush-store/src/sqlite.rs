@@ -1336,6 +1336,19 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn sweep_link_codes(&self, now_ms: u64) -> Result<u64> {
+        self.write("sweep_link_codes", move |c| {
+            let n = c
+                .execute(
+                    "DELETE FROM link_codes WHERE expires_at_ms <= ?1",
+                    params![deadline(now_ms)],
+                )
+                .map_err(|e| map_err("sweep link codes", e))?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
     async fn put_key_packages(
         &self,
         device_id: &str,

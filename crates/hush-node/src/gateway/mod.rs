@@ -11,9 +11,19 @@
 //! Files: `ws.rs` (WebSocket), `sse.rs` (`GET /v1/events`), `rpc.rs`
 //! (`POST /v1/rpc`), `stream.rs` (what WebSocket and SSE share: attach,
 //! Sync backlog, exactly-once live delivery), `http.rs` (register, login,
-//! link, logout), `status.rs` (`/cluster`), `webapp.rs` (the web client).
+//! link, logout), `limits.rs` (rate limits per address and account,
+//! connections per address), `status.rs` (`/cluster`), `webapp.rs` (the
+//! web client).
+//!
+//! Deadlines on every connection: the request head within
+//! `gateway.header_timeout_ms` (actix's client request timeout, 408), the
+//! body within `gateway.body_timeout_ms` of the head ([`edge`] wraps the
+//! payload; a trickled body ends in MALFORMED and the connection closes),
+//! `gateway.keep_alive_ms` between requests. WebSockets and SSE streams
+//! have their own (auth deadline, heartbeat, write timeout).
 
 pub mod http;
+pub mod limits;
 pub mod rpc;
 pub mod sse;
 pub mod status;
@@ -24,6 +34,7 @@ pub mod ws;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse, HttpServer};
 use hush_ds::TokenClaims;
@@ -31,6 +42,9 @@ use hush_proto::{ErrorCode, Message as _};
 use hush_store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use hush_ds::{ChallengeLedger, SpendError, TokenKey};
+
+use self::limits::{ConnGuard, ConnTable, KeyedLimiter, RetryAfter, SourceKey};
 use crate::api::Api;
 use crate::clock::Clock;
 use crate::config::Config;
@@ -52,6 +66,25 @@ pub struct AppState {
     pub route: Arc<Route>,
     pub shutdown: Shutdown,
     next_conn_id: AtomicU64,
+    /// Signs login challenges: this process's own random key, so a
+    /// challenge is good only on the node that issued it, until it restarts.
+    pub challenge_key: TokenKey,
+    /// Challenges already used (each logs in once).
+    used_challenges: std::sync::Mutex<ChallengeLedger>,
+    /// Account endpoints, per source address.
+    pub ip_limits: KeyedLimiter<SourceKey>,
+    /// Logins per device, link codes per user.
+    pub account_limits: KeyedLimiter<String>,
+    /// Live connections per source address.
+    pub conns_per_ip: Arc<ConnTable>,
+}
+
+/// What one sweep deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    pub link_codes: u64,
+    pub challenges: usize,
+    pub rate_entries: usize,
 }
 
 impl AppState {
@@ -65,7 +98,12 @@ impl AppState {
         sessions: Arc<Sessions>,
         route: Arc<Route>,
         shutdown: Shutdown,
+        challenge_secret: &[u8],
     ) -> Self {
+        let r = &config.rate_limits;
+        let ip_limits = KeyedLimiter::new(r.ip_per_sec, r.ip_burst, r.tracked_keys);
+        let account_limits = KeyedLimiter::new(r.account_per_sec, r.account_burst, r.tracked_keys);
+        let used_challenges = std::sync::Mutex::new(ChallengeLedger::new(r.tracked_keys));
         Self {
             config,
             store,
@@ -76,6 +114,51 @@ impl AppState {
             route,
             shutdown,
             next_conn_id: AtomicU64::new(1),
+            challenge_key: TokenKey::new(challenge_secret),
+            used_challenges,
+            ip_limits,
+            account_limits,
+            conns_per_ip: Arc::new(ConnTable::default()),
+        }
+    }
+
+    /// Spends a verified login challenge: once each.
+    pub fn spend_challenge(&self, id: &hush_ds::ChallengeId) -> ApiResult<()> {
+        let now = self.now_ms();
+        let mut ledger = self
+            .used_challenges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        ledger.spend(id, now).map_err(|e| match e {
+            SpendError::Replayed => ApiError::new(ErrorCode::Forbidden, "challenge already used"),
+            SpendError::Full => ApiError::new(
+                ErrorCode::RateLimited,
+                "too many logins in flight; retry shortly",
+            ),
+        })
+    }
+
+    /// Deletes what has expired by the node clock: link codes in the
+    /// store, used challenges, rate-limit entries that have refilled.
+    pub async fn sweep(&self) -> SweepReport {
+        let now = self.now_ms();
+        let link_codes = match self.store.sweep_link_codes(now).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "sweeping link codes failed");
+                0
+            }
+        };
+        let challenges = self
+            .used_challenges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sweep(now);
+        let rate_entries = self.ip_limits.sweep(now) + self.account_limits.sweep(now);
+        SweepReport {
+            link_codes,
+            challenges,
+            rate_entries,
         }
     }
 
@@ -119,14 +202,26 @@ pub fn serve(
     let max_body = config.limits.max_frame_bytes;
     // Shared by every worker: RPC rate limits are per device, not per worker.
     let rpc_rates = web::Data::new(rpc::RateTable::default());
+    let conns = app.conns_per_ip.clone();
+    let max_per_ip = config.gateway.max_connections_per_ip;
+    let g = &config.gateway;
     let mut server = HttpServer::new(move || {
         actix_web::App::new()
             .app_data(web::Data::new(app.clone()))
             .app_data(rpc_rates.clone())
             .app_data(web::Data::new(metrics.clone()))
             .app_data(web::PayloadConfig::new(max_body))
+            .wrap(actix_web::middleware::from_fn(edge))
             .configure(routes)
     })
+    .on_connect(move |conn, data| {
+        if let Some(ip) = peer_ip(conn) {
+            data.insert(conns.open(ip, max_per_ip));
+        }
+    })
+    .client_request_timeout(Duration::from_millis(g.header_timeout_ms))
+    .client_disconnect_timeout(Duration::from_millis(g.disconnect_timeout_ms))
+    .keep_alive(Duration::from_millis(g.keep_alive_ms))
     .disable_signals()
     .tcp_nodelay(config.gateway.tcp_nodelay)
     .shutdown_timeout(SERVER_SHUTDOWN_TIMEOUT_SECS);
@@ -148,6 +243,94 @@ pub fn serve(
         handle,
         task: tokio::spawn(server),
     })
+}
+
+/// The peer address of an accepted connection.
+fn peer_ip(conn: &dyn std::any::Any) -> Option<std::net::IpAddr> {
+    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        return tcp.peer_addr().ok().map(|a| a.ip());
+    }
+    None
+}
+
+/// Every request passes here first: a connection over the per-address cap
+/// is answered TOO_MANY_CONNECTIONS and closed; a request body gets the
+/// body deadline.
+async fn edge(
+    mut req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    if req.conn_data::<ConnGuard>().is_some_and(|g| g.over_limit) {
+        metrics::counter!("hush_connections_refused_total", "why" => "per_ip").increment(1);
+        let e = ApiError::new(
+            ErrorCode::TooManyConnections,
+            "too many connections from this address (gateway.max_connections_per_ip)",
+        );
+        let mut resp = error_response(&e);
+        resp.head_mut()
+            .set_connection_type(actix_web::http::ConnectionType::Close);
+        return Ok(req.into_response(resp).map_into_right_body());
+    }
+    // Only a request that has a body gets the body deadline (a WebSocket
+    // upgrade's "payload" is the socket itself).
+    let headers = req.headers();
+    let upgrade = headers.contains_key(actix_web::http::header::UPGRADE);
+    let has_body = headers.contains_key(actix_web::http::header::TRANSFER_ENCODING)
+        || headers
+            .get(actix_web::http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    if has_body && !upgrade {
+        if let Some(app) = req.app_data::<web::Data<Arc<AppState>>>() {
+            let limit = Duration::from_millis(app.config.gateway.body_timeout_ms);
+            let payload = actix_web::HttpMessage::take_payload(&mut req);
+            req.set_payload(deadline_payload(payload, limit));
+        }
+    }
+    next.call(req).await.map(|r| r.map_into_left_body())
+}
+
+/// The request body, ending in an error once `limit` has passed.
+fn deadline_payload(payload: actix_web::dev::Payload, limit: Duration) -> actix_web::dev::Payload {
+    use futures_util::StreamExt as _;
+    let deadline = tokio::time::Instant::now() + limit;
+    let stream =
+        futures_util::stream::unfold((payload, false), move |(mut payload, done)| async move {
+            if done {
+                return None;
+            }
+            match tokio::time::timeout_at(deadline, payload.next()).await {
+                Ok(Some(item)) => Some((item, (payload, false))),
+                Ok(None) => None,
+                Err(_) => {
+                    metrics::counter!("hush_body_timeouts_total").increment(1);
+                    let e = std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "request body not received in time (gateway.body_timeout_ms)",
+                    );
+                    Some((Err(actix_web::error::PayloadError::Io(e)), (payload, true)))
+                }
+            }
+        });
+    let boxed: std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = Result<web::Bytes, actix_web::error::PayloadError>>>,
+    > = Box::pin(stream);
+    actix_web::dev::Payload::from(boxed)
+}
+
+/// A RATE_LIMITED answer with `Retry-After` (whole seconds, rounded up).
+pub fn rate_limited(what: &str, retry: RetryAfter) -> HttpResponse {
+    metrics::counter!("hush_rate_limited_total", "what" => what.to_owned()).increment(1);
+    let e = ApiError::new(
+        ErrorCode::RateLimited,
+        format!("too many requests ({what}); retry after {} ms", retry.0),
+    );
+    let mut resp = error_response(&e);
+    let secs = retry.0.div_ceil(1000).max(1);
+    if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&secs.to_string()) {
+        resp.headers_mut()
+            .insert(actix_web::http::header::RETRY_AFTER, v);
+    }
+    resp
 }
 
 /// Registers every route.
