@@ -4,8 +4,8 @@
 //! ```text
 //! register         {"user_id":"alice","device_id":"0123456789abcdef"}
 //! group create     {"group":"<hex>","name":"friends"}
-//! group add        {"group":"<hex>","seq":3,"epoch":1,"added":["bob"],"devices":["bob/…"]}
-//! group remove     {"group":"<hex>","seq":4,"epoch":2,"removed":["bob"],"devices":["bob/…"]}
+//! group add        {"added":["bob"],"devices":["bob/…"],"epoch":1,"group":"<hex>","seq":3}
+//! group remove     {"devices":["bob/…"],"epoch":2,"group":"<hex>","removed":["bob"],"seq":4}
 //! group leave      {"group":"<hex>","seq":5}
 //! group update     {"group":"<hex>","seq":6,"epoch":3}
 //! group list       {"group":"<hex>","name":"friends","status":"active","epoch":2,"last_seq":5,"members":["alice","bob"]}
@@ -17,18 +17,30 @@
 //! device link      {"user_id":"alice","device_id":"…","joined":["<hex>",…]}
 //! errors (stdout)  {"error":"NOT_FOUND","message":"…"}   plus one line on stderr, exit code 1
 //! ```
+//!
+//! Lines built with `serde_json::json!` list their keys in alphabetical
+//! order (serde_json's map is sorted); where an order is promised, a struct
+//! keeps it (`group update`, `group list`, the `sync`/`listen` lines).
 
 use std::io::Write as _;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
+use crate::backoff::Backoff;
 use crate::client::{Client, CommitDone};
 use crate::conn::Transport;
+use crate::display::{handles_of, render_log_line};
 use crate::error::{ClientError, Result};
-use crate::mls::user_of;
-use crate::store::{GroupStatus, LogRow};
+use crate::store::GroupStatus;
+
+/// `hush listen`: the wait before reconnecting after a failed connect.
+const LISTEN_BACKOFF_FIRST: Duration = Duration::from_millis(250);
+/// `hush listen`: the longest wait between two connect attempts (the wait
+/// doubles from [`LISTEN_BACKOFF_FIRST`] up to this).
+const LISTEN_BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// Hush end-to-end encrypted group chat client.
 #[derive(Debug, Parser)]
@@ -196,114 +208,6 @@ impl Out {
     }
 }
 
-/// A text line of `sync`/`listen`. Field order and names are a contract.
-#[derive(Debug, Serialize)]
-pub struct TextLine<'a> {
-    /// Hex group id.
-    pub group: String,
-    /// Timeline seq.
-    pub seq: u64,
-    /// Sender handle.
-    pub sender: &'a str,
-    /// The text.
-    pub text: &'a str,
-}
-
-/// A membership event line of `sync`/`listen`.
-#[derive(Debug, Serialize)]
-pub struct EventLine<'a> {
-    /// Hex group id.
-    pub group: String,
-    /// Timeline seq.
-    pub seq: u64,
-    /// "added", "removed", "joined", "left".
-    pub event: &'a str,
-    /// Handles concerned (deduplicated).
-    pub members: Vec<String>,
-}
-
-/// A name event line of `sync`/`listen`.
-#[derive(Debug, Serialize)]
-pub struct NameLine<'a> {
-    /// Hex group id.
-    pub group: String,
-    /// Timeline seq.
-    pub seq: u64,
-    /// Always "name".
-    pub event: &'a str,
-    /// The group's new name.
-    pub name: &'a str,
-}
-
-/// Handles of identities, deduplicated in order.
-pub fn handles_of<'a>(ids: impl IntoIterator<Item = &'a String>) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for id in ids {
-        let h = user_of(id).to_string();
-        if !out.contains(&h) {
-            out.push(h);
-        }
-    }
-    out
-}
-
-/// Renders one log line as the `sync`/`listen` output (JSON or human).
-pub fn render_log_line(json: bool, group_id: &[u8], group_label: &str, row: &LogRow) -> String {
-    let group = hex::encode(group_id);
-    match row.kind.as_str() {
-        "text" => {
-            if json {
-                serde_json::to_string(&TextLine {
-                    group,
-                    seq: row.seq,
-                    sender: &row.sender,
-                    text: &row.body,
-                })
-                .unwrap_or_default()
-            } else {
-                format!("[{group_label}] {}: {}", row.sender, row.body)
-            }
-        }
-        "name" => {
-            if json {
-                serde_json::to_string(&NameLine {
-                    group,
-                    seq: row.seq,
-                    event: "name",
-                    name: &row.body,
-                })
-                .unwrap_or_default()
-            } else {
-                format!(
-                    "[{group_label}] * {} named the group {:?}",
-                    row.sender, row.body
-                )
-            }
-        }
-        kind => {
-            let ids: Vec<String> = serde_json::from_str(&row.body).unwrap_or_default();
-            let members = handles_of(&ids);
-            if json {
-                serde_json::to_string(&EventLine {
-                    group,
-                    seq: row.seq,
-                    event: kind,
-                    members,
-                })
-                .unwrap_or_default()
-            } else {
-                let who = members.join(", ");
-                match kind {
-                    "joined" => format!("[{group_label}] * you joined (members: {who})"),
-                    "left" => format!("[{group_label}] * you left"),
-                    _ if row.sender.is_empty() => format!("[{group_label}] * {kind}: {who}"),
-                    _ => format!("[{group_label}] * {} {kind} {who}", row.sender),
-                }
-            }
-        }
-    }
-}
-
 fn print_unshown(client: &Client, out: Out) -> Result<()> {
     let lines = client.take_unshown()?;
     for (gid, row) in lines {
@@ -328,24 +232,60 @@ pub async fn run(cli: Cli) -> Result<()> {
     r
 }
 
+/// Runs one command; every command but `register`, `device link` and
+/// `listen` (which connects itself, again and again) connects first.
 async fn dispatch(client: &mut Client, command: Command, out: Out) -> Result<()> {
     match command {
-        Command::Register { handle } => {
-            let me = client.register(&handle).await?;
-            #[derive(Serialize)]
-            struct R<'a> {
-                user_id: &'a str,
-                device_id: &'a str,
-            }
-            out.emit(
-                &R {
-                    user_id: &me.user_id,
-                    device_id: &me.device_id,
-                },
-                || format!("registered {} (device {})", me.user_id, me.device_id),
-            );
+        Command::Register { handle } => register(client, &handle, out).await,
+        Command::Device(command) => device(client, command, out).await,
+        Command::Group(command) => {
+            client.connect().await?;
+            group(client, command, out).await
         }
-        Command::Device(DeviceCommand::Link { code }) => {
+        Command::Send { group, text } => {
+            client.connect().await?;
+            let g = client.group(&group)?;
+            let seq = client.send_text(&group, &text).await?;
+            out.emit(
+                &serde_json::json!({"group": g.hex_id(), "seq": seq}),
+                || seq.to_string(),
+            );
+            Ok(())
+        }
+        Command::Sync => {
+            client.connect().await?;
+            print_unshown(client, out)
+        }
+        Command::Listen => listen(client, out).await,
+        Command::Chat { group } => {
+            client.connect().await?;
+            crate::tui::chat(client, &group).await
+        }
+    }
+}
+
+/// `hush register HANDLE`.
+async fn register(client: &mut Client, handle: &str, out: Out) -> Result<()> {
+    let me = client.register(handle).await?;
+    #[derive(Serialize)]
+    struct R<'a> {
+        user_id: &'a str,
+        device_id: &'a str,
+    }
+    out.emit(
+        &R {
+            user_id: &me.user_id,
+            device_id: &me.device_id,
+        },
+        || format!("registered {} (device {})", me.user_id, me.device_id),
+    );
+    Ok(())
+}
+
+/// `hush device ...`.
+async fn device(client: &mut Client, command: DeviceCommand, out: Out) -> Result<()> {
+    match command {
+        DeviceCommand::Link { code } => {
             let joined = client.link_device(&code).await?;
             let me = client.me()?;
             #[derive(Serialize)]
@@ -370,7 +310,7 @@ async fn dispatch(client: &mut Client, command: Command, out: Out) -> Result<()>
                 },
             );
         }
-        Command::Device(DeviceCommand::LinkCode) => {
+        DeviceCommand::LinkCode => {
             client.connect().await?;
             let code = client.link_code().await?;
             out.emit(
@@ -378,8 +318,14 @@ async fn dispatch(client: &mut Client, command: Command, out: Out) -> Result<()>
                 || code.code.clone(),
             );
         }
-        Command::Group(GroupCommand::Create { name }) => {
-            client.connect().await?;
+    }
+    Ok(())
+}
+
+/// `hush group ...`, on a connected client.
+async fn group(client: &mut Client, command: GroupCommand, out: Out) -> Result<()> {
+    match command {
+        GroupCommand::Create { name } => {
             let g = client.create_group(&name).await?;
             #[derive(Serialize)]
             struct R<'a> {
@@ -394,20 +340,17 @@ async fn dispatch(client: &mut Client, command: Command, out: Out) -> Result<()>
                 || g.hex_id(),
             );
         }
-        Command::Group(GroupCommand::Add { group, handles }) => {
-            client.connect().await?;
+        GroupCommand::Add { group, handles } => {
             let gid = client.group(&group)?.hex_id();
             let done = client.add_members(&group, &handles).await?;
             print_commit(out, &gid, "added", done.as_ref());
         }
-        Command::Group(GroupCommand::Remove { group, handles }) => {
-            client.connect().await?;
+        GroupCommand::Remove { group, handles } => {
             let gid = client.group(&group)?.hex_id();
             let done = client.remove_members(&group, &handles).await?;
             print_commit(out, &gid, "removed", done.as_ref());
         }
-        Command::Group(GroupCommand::Leave { group }) => {
-            client.connect().await?;
+        GroupCommand::Leave { group } => {
             let g = client.group(&group)?;
             let seq = client.leave(&group).await?;
             out.emit(
@@ -415,8 +358,7 @@ async fn dispatch(client: &mut Client, command: Command, out: Out) -> Result<()>
                 || format!("left {}", g.display_name()),
             );
         }
-        Command::Group(GroupCommand::Update { group }) => {
-            client.connect().await?;
+        GroupCommand::Update { group } => {
             let g = client.group(&group)?;
             let done = client.self_update(&group).await?;
             let gid = g.hex_id();
@@ -429,64 +371,49 @@ async fn dispatch(client: &mut Client, command: Command, out: Out) -> Result<()>
                 )
             });
         }
-        Command::Group(GroupCommand::List) => {
-            // Listing is local, but first apply what is pending.
-            client.connect().await?;
-            for v in client.groups()? {
-                let status = match v.row.status {
-                    GroupStatus::Active => "active",
-                    GroupStatus::Left => "left",
-                    GroupStatus::Removed => "removed",
-                };
-                #[derive(Serialize)]
-                struct R<'a> {
-                    group: String,
-                    name: Option<&'a str>,
-                    status: &'a str,
-                    epoch: Option<u64>,
-                    last_seq: u64,
-                    members: Vec<String>,
-                }
-                let members = handles_of(&v.members);
-                out.emit(
-                    &R {
-                        group: v.row.hex_id(),
-                        name: v.row.name.as_deref(),
-                        status,
-                        epoch: v.epoch,
-                        last_seq: v.row.last_seq,
-                        members: members.clone(),
-                    },
-                    || {
-                        format!(
-                            "{}  {:<20} {:<8} {}",
-                            v.row.hex_id(),
-                            v.row.name.as_deref().unwrap_or("-"),
-                            status,
-                            members.join(",")
-                        )
-                    },
-                );
-            }
-        }
-        Command::Send { group, text } => {
-            client.connect().await?;
-            let g = client.group(&group)?;
-            let seq = client.send_text(&group, &text).await?;
-            out.emit(
-                &serde_json::json!({"group": g.hex_id(), "seq": seq}),
-                || seq.to_string(),
-            );
-        }
-        Command::Sync => {
-            client.connect().await?;
-            print_unshown(client, out)?;
-        }
-        Command::Listen => listen(client, out).await?,
-        Command::Chat { group } => {
-            client.connect().await?;
-            crate::tui::chat(client, &group).await?;
-        }
+        // Listing is local; connecting first applied what was pending.
+        GroupCommand::List => list_groups(client, out)?,
+    }
+    Ok(())
+}
+
+/// `hush group list`: one line per local group.
+fn list_groups(client: &Client, out: Out) -> Result<()> {
+    #[derive(Serialize)]
+    struct R<'a> {
+        group: String,
+        name: Option<&'a str>,
+        status: &'a str,
+        epoch: Option<u64>,
+        last_seq: u64,
+        members: Vec<String>,
+    }
+    for v in client.groups()? {
+        let status = match v.row.status {
+            GroupStatus::Active => "active",
+            GroupStatus::Left => "left",
+            GroupStatus::Removed => "removed",
+        };
+        let members = handles_of(&v.members);
+        out.emit(
+            &R {
+                group: v.row.hex_id(),
+                name: v.row.name.as_deref(),
+                status,
+                epoch: v.epoch,
+                last_seq: v.row.last_seq,
+                members: members.clone(),
+            },
+            || {
+                format!(
+                    "{}  {:<20} {:<8} {}",
+                    v.row.hex_id(),
+                    v.row.name.as_deref().unwrap_or("-"),
+                    status,
+                    members.join(",")
+                )
+            },
+        );
     }
     Ok(())
 }
@@ -533,18 +460,17 @@ fn print_commit(out: Out, gid: &str, what: &str, done: Option<&CommitDone>) {
 /// `hush listen`: sync, then print as events arrive; reconnects with
 /// backoff; exits on Ctrl-C.
 async fn listen(client: &mut Client, out: Out) -> Result<()> {
-    let mut backoff = std::time::Duration::from_millis(250);
+    let mut backoff = Backoff::new(LISTEN_BACKOFF_FIRST, LISTEN_BACKOFF_MAX);
     loop {
         if !client.is_connected() {
             match client.connect().await {
-                Ok(()) => backoff = std::time::Duration::from_millis(250),
+                Ok(()) => backoff.reset(),
                 Err(e) if e.is_transient() => {
                     tracing::warn!(error = %e, "connect failed; retrying");
                     tokio::select! {
                         _ = tokio::signal::ctrl_c() => return Ok(()),
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
                     }
-                    backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -573,48 +499,6 @@ async fn listen(client: &mut Client, out: Out) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn row(kind: &str, body: &str) -> LogRow {
-        LogRow {
-            seq: 7,
-            sender: "alice".into(),
-            kind: kind.into(),
-            body: body.into(),
-            ts_ms: 0,
-        }
-    }
-
-    #[test]
-    fn text_line_has_exact_shape() {
-        let s = render_log_line(true, &[0xab, 0xcd], "friends", &row("text", "hi \"you\""));
-        assert_eq!(
-            s,
-            r#"{"group":"abcd","seq":7,"sender":"alice","text":"hi \"you\""}"#
-        );
-        assert_eq!(
-            render_log_line(false, &[0xab], "friends", &row("text", "hi")),
-            "[friends] alice: hi"
-        );
-    }
-
-    #[test]
-    fn event_lines() {
-        let s = render_log_line(
-            true,
-            &[1],
-            "g",
-            &row("added", r#"["bob/aaaa","bob/bbbb","carol/cccc"]"#),
-        );
-        assert_eq!(
-            s,
-            r#"{"group":"01","seq":7,"event":"added","members":["bob","carol"]}"#
-        );
-        let s = render_log_line(true, &[1], "g", &row("name", "friends"));
-        assert_eq!(
-            s,
-            r#"{"group":"01","seq":7,"event":"name","name":"friends"}"#
-        );
-    }
 
     #[test]
     fn update_line_has_exact_shape() {

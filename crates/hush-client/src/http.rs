@@ -6,6 +6,9 @@ use hush_proto::Message;
 
 use crate::error::{ClientError, Result};
 
+/// How long one HTTP exchange (register, login, link) may take in all.
+const HTTP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A bearer token. Secret: redacted in Debug, never logged.
 #[derive(Clone)]
 pub struct Token(pub String);
@@ -77,7 +80,7 @@ impl Http {
     /// A client for `server` (e.g. `http://127.0.0.1:7300`).
     pub fn new(server: &str) -> Result<Self> {
         let client = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
+            .timeout(HTTP_TIMEOUT)
             .build()
             .map_err(|e| ClientError::Http(e.to_string()))?;
         Ok(Self {

@@ -1,17 +1,24 @@
 //! Hush client SDK: device identity, persistent openmls state, the
 //! protocol client (WebSocket, or SSE + HTTP), and the `hush` command-line client.
 //!
-//! Layers (top-down, each uses only those below it):
-//! - [`cli`]: the `hush` commands (argument types and output formatting);
-//! - [`client`]: [`client::Client`], the async driver: HTTP auth, one
-//!   connection, timeline processing, commits with retry;
+//! Layers (top-down, each uses only those below it; no module imports one
+//! that imports it back):
+//! - [`cli`]: the `hush` commands (argument types, one function per command
+//!   group, human or `--json` output);
+//! - [`tui`]: `hush chat`, the ratatui chat screen;
+//! - [`display`]: how log lines and identities read, shared by `cli` and `tui`;
+//! - [`client`]: [`client::Client`], the async driver, one file per concern
+//!   (accounts, connection, timeline, sync, commit with the stale-epoch
+//!   catch-up, groups, sending, presence);
 //! - [`conn`]: [`conn::Conn`], the connection over either transport, and the
 //!   `ws|sse|auto` choice (auto falls back to SSE when the upgrade fails);
 //! - [`ws`] / [`sse`] / [`http`]: transports (request/response correlation,
 //!   pushed events; SSE resumes with `Last-Event-ID`);
 //! - [`mls`]: sans-IO MLS operations over the state database;
 //! - [`store`]: the SQLite state database (openmls storage + Hush tables);
-//! - [`envelope`]: the end-to-end payload format inside MLS messages.
+//! - leaves: [`envelope`] (the end-to-end payload format inside MLS
+//!   messages), [`live`] (presence and typing, in memory), [`backoff`]
+//!   (retry delays), [`error`].
 //!
 //! State: `<home>/hush.db`, one SQLite file (WAL). openmls keeps its group
 //! and key state there through `openmls_sqlite_storage` (its migrations run
@@ -27,9 +34,11 @@
 //! tree extension in GroupInfo (the tree is sent and served separately).
 //! Group names never leave MLS: they travel as `{"t":"name"}` envelopes.
 
+pub mod backoff;
 pub mod cli;
 pub mod client;
 pub mod conn;
+pub mod display;
 pub mod envelope;
 pub mod error;
 pub mod http;

@@ -58,6 +58,10 @@ const MAX_RETRY: Duration = Duration::from_secs(30);
 /// A stream silent for this long is considered dead (the server sends a
 /// keep-alive comment every `heartbeat_interval_ms`, 15 s by default).
 const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long opening the event stream may take to reach the node.
+const STREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `close` waits for the queued one-way frames (acks) to be posted.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest `Last-Event-ID` the server accepts.
 pub const MAX_RESUME_ID_BYTES: usize = 8 * 1024;
 
@@ -267,7 +271,7 @@ impl SseConn {
             .map_err(|e| ClientError::Http(e.to_string()))?;
         // No overall timeout: the stream lives as long as the connection.
         let stream = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
+            .connect_timeout(STREAM_CONNECT_TIMEOUT)
             .read_timeout(STREAM_IDLE_TIMEOUT)
             .build()
             .map_err(|e| ClientError::Http(e.to_string()))?;
@@ -317,15 +321,16 @@ impl SseConn {
         self.stream.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Closes the connection: stops the stream and waits (at most two
-    /// seconds) until the queued one-way frames (acks) were posted.
+    /// Closes the connection: stops the stream and waits (at most
+    /// `CLOSE_FLUSH_TIMEOUT`) until the queued one-way frames (acks) were
+    /// posted.
     pub async fn close(mut self) {
         if let Some(t) = self.stream_slot().take() {
             t.abort();
         }
         self.shared.closed.store(true, Ordering::SeqCst);
         self.oneway = None;
-        let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.oneway_task).await;
+        let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, &mut self.oneway_task).await;
     }
 
     /// Whether the connection has ended.

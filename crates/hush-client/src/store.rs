@@ -216,6 +216,9 @@ impl std::fmt::Debug for StateDb {
 
 /// The file name of the state database inside the home directory.
 pub const DB_FILE: &str = "hush.db";
+/// How long a write waits for another process holding the database (a
+/// second `hush` on the same home) before it fails as busy.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl StateDb {
     /// Opens (creating if needed) `<home>/hush.db` and migrates it.
@@ -224,7 +227,7 @@ impl StateDb {
         let conn = Connection::open(home.join(DB_FILE))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
         Self::init(conn)
     }
 

@@ -19,13 +19,21 @@ use ratatui::widgets::{Block, Borders, List, ListItem, Paragraph};
 use ratatui::{DefaultTerminal, Frame};
 use tokio::sync::mpsc;
 
-use crate::cli::handles_of;
 use crate::client::Client;
+use crate::display::{handles_of, member_handles};
 use crate::error::{ClientError, Result};
 use crate::live::TYPING_RESEND_MS;
 use crate::store::{now_ms, GroupStatus, LogRow};
 
+/// Log lines loaded into the scrollback.
 const SCROLLBACK: usize = 1000;
+/// Lines one PageUp/PageDown scrolls.
+const PAGE_LINES: usize = 10;
+/// How often the screen is redrawn while nothing happens (typing notices
+/// expire with time).
+const REDRAW_INTERVAL: Duration = Duration::from_secs(1);
+/// How long the chat waits before reconnecting after the connection broke.
+const RECONNECT_DELAY: Duration = Duration::from_secs(2);
 
 struct View {
     title: String,
@@ -69,8 +77,7 @@ fn render_row(row: &LogRow) -> Line<'static> {
             ),
         ]),
         kind => {
-            let ids: Vec<String> = serde_json::from_str(&row.body).unwrap_or_default();
-            let who = handles_of(&ids).join(", ");
+            let who = member_handles(row).join(", ");
             let text = match kind {
                 "joined" => format!("* you joined ({who})"),
                 "left" => "* you left".to_string(),
@@ -224,61 +231,21 @@ async fn chat_loop(
             tokio::select! {
                 k = keys.recv() => Next::Key(k),
                 e = client.wait_event() => Next::Server(e),
-                _ = tokio::time::sleep(Duration::from_secs(1)) => Next::Tick,
+                _ = tokio::time::sleep(REDRAW_INTERVAL) => Next::Tick,
             }
         } else {
             tokio::select! {
                 k = keys.recv() => Next::Key(k),
-                _ = tokio::time::sleep(Duration::from_secs(2)) => Next::Reconnect,
+                _ = tokio::time::sleep(RECONNECT_DELAY) => Next::Reconnect,
             }
         };
         match next {
             Next::Key(None) => return Ok(()),
-            Next::Key(Some(Event::Key(KeyEvent {
-                code,
-                modifiers,
-                kind,
-                ..
-            }))) if kind != KeyEventKind::Release => match code {
-                KeyCode::Esc => return Ok(()),
-                KeyCode::Char('c') | KeyCode::Char('d')
-                    if modifiers.contains(KeyModifiers::CONTROL) =>
-                {
-                    return Ok(())
+            Next::Key(Some(Event::Key(key))) if key.kind != KeyEventKind::Release => {
+                if on_key(client, &hex, &mut v, &mut typing_sent_ms, key).await == Typed::Quit {
+                    return Ok(());
                 }
-                KeyCode::Enter => {
-                    let text = std::mem::take(&mut v.input);
-                    if !text.trim().is_empty() {
-                        typing_sent_ms = 0;
-                        match client.send_text(&hex, &text).await {
-                            Ok(seq) => v.status = format!("sent (seq {seq})"),
-                            Err(e) => {
-                                v.status = format!("send failed: {e}");
-                                v.input = text;
-                            }
-                        }
-                        v.scroll = 0;
-                    }
-                }
-                KeyCode::Backspace => {
-                    v.input.pop();
-                }
-                KeyCode::PageUp => v.scroll = (v.scroll + 10).min(v.lines.len()),
-                KeyCode::PageDown => v.scroll = v.scroll.saturating_sub(10),
-                KeyCode::Char(c) => {
-                    v.input.push(c);
-                    let now = now_ms();
-                    if client.is_connected()
-                        && now.saturating_sub(typing_sent_ms) >= TYPING_RESEND_MS
-                    {
-                        typing_sent_ms = now;
-                        if let Err(e) = client.send_typing(&hex).await {
-                            tracing::debug!(error = %e, "typing notice not sent");
-                        }
-                    }
-                }
-                _ => {}
-            },
+            }
             Next::Key(Some(_)) | Next::Tick => {}
             Next::Server(Ok(p)) => {
                 if let Err(e) = client.handle(p).await {
@@ -300,6 +267,66 @@ async fn chat_loop(
         }
         reload(client, gid, &mut v)?;
     }
+}
+
+/// What a key press asks of the chat loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Typed {
+    /// Keep going.
+    Stay,
+    /// Leave the chat (Esc, Ctrl-C, Ctrl-D).
+    Quit,
+}
+
+/// Handles one key press: edit the input line, send it (Enter), scroll, or
+/// quit. Typing sends a typing notice at most every [`TYPING_RESEND_MS`]
+/// (`typing_sent_ms` is when the last one went out; 0 after a send).
+async fn on_key(
+    client: &mut Client,
+    hex: &str,
+    v: &mut View,
+    typing_sent_ms: &mut u64,
+    key: KeyEvent,
+) -> Typed {
+    match key.code {
+        KeyCode::Esc => return Typed::Quit,
+        KeyCode::Char('c') | KeyCode::Char('d')
+            if key.modifiers.contains(KeyModifiers::CONTROL) =>
+        {
+            return Typed::Quit
+        }
+        KeyCode::Enter => {
+            let text = std::mem::take(&mut v.input);
+            if !text.trim().is_empty() {
+                *typing_sent_ms = 0;
+                match client.send_text(hex, &text).await {
+                    Ok(seq) => v.status = format!("sent (seq {seq})"),
+                    Err(e) => {
+                        v.status = format!("send failed: {e}");
+                        v.input = text;
+                    }
+                }
+                v.scroll = 0;
+            }
+        }
+        KeyCode::Backspace => {
+            v.input.pop();
+        }
+        KeyCode::PageUp => v.scroll = (v.scroll + PAGE_LINES).min(v.lines.len()),
+        KeyCode::PageDown => v.scroll = v.scroll.saturating_sub(PAGE_LINES),
+        KeyCode::Char(c) => {
+            v.input.push(c);
+            let now = now_ms();
+            if client.is_connected() && now.saturating_sub(*typing_sent_ms) >= TYPING_RESEND_MS {
+                *typing_sent_ms = now;
+                if let Err(e) = client.send_typing(hex).await {
+                    tracing::debug!(error = %e, "typing notice not sent");
+                }
+            }
+        }
+        _ => {}
+    }
+    Typed::Stay
 }
 
 #[cfg(test)]

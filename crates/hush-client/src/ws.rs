@@ -27,6 +27,10 @@ use crate::http::{ws_url, Token};
 
 /// How long a request waits for its response.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `close` waits for the server's Close frame in reply to ours.
+const CLOSE_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `close` then waits for the writer to send what is queued.
+const CLOSE_WRITER_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A frame the server pushed (request_id 0), or the end of the connection.
 #[derive(Debug)]
@@ -184,18 +188,18 @@ impl WsConn {
     }
 
     /// Closes the connection: the writer sends what is queued (acks) and a
-    /// Close frame; then we wait (at most two seconds) for the server's
-    /// Close in reply, so the server has read everything before the socket
-    /// goes away.
+    /// Close frame; then we wait (at most `CLOSE_REPLY_TIMEOUT`) for the
+    /// server's Close in reply, so the server has read everything before the
+    /// socket goes away.
     pub async fn close(mut self) {
         let _ = self.out.send(WsMessage::Close(None));
-        let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.reader).await;
+        let _ = tokio::time::timeout(CLOSE_REPLY_TIMEOUT, &mut self.reader).await;
         // The reader holds a sender clone (for pongs): stop it so the writer
         // sees the channel close once `out` is dropped.
         self.reader.abort();
         let (dummy, _) = mpsc::unbounded_channel();
         drop(std::mem::replace(&mut self.out, dummy));
-        let _ = tokio::time::timeout(Duration::from_secs(1), &mut self.writer).await;
+        let _ = tokio::time::timeout(CLOSE_WRITER_TIMEOUT, &mut self.writer).await;
     }
 
     /// Whether the connection has ended.

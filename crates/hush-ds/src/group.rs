@@ -20,19 +20,19 @@
 //! server's view (the GroupInfo it serves) with their own and resync by
 //! external commit.
 
-use openmls::prelude::tls_codec::{self, DeserializeBytes as _, Serialize as _, Size as _};
+use openmls::prelude::tls_codec::{DeserializeBytes as _, Serialize as _, Size as _};
 use openmls::prelude::{
     BasicCredential, ContentType, Credential, CredentialType, GroupId, LeafNodeIndex,
-    MlsMessageBodyIn, MlsMessageIn, OpenMlsSignaturePublicKey, ProcessedMessageContent, Proposal,
-    ProposalStore, ProtocolMessage, PublicGroup, PublicMessageIn, PublicProcessMessageError,
-    RatchetTreeIn, Sender, StagedCommit, Verifiable as _,
+    MlsMessageBodyIn, OpenMlsSignaturePublicKey, ProcessedMessageContent, Proposal, ProposalStore,
+    ProtocolMessage, PublicGroup, PublicMessageIn, PublicProcessMessageError, RatchetTreeIn,
+    Sender, StagedCommit, Verifiable as _,
 };
 use openmls_memory_storage::MemoryStorage;
 use openmls_rust_crypto::RustCrypto;
 
-use crate::keypackage::HUSH_CIPHERSUITE;
+use crate::codec::{body_kind, decode_group_info, decode_message, tls_decode, HUSH_CIPHERSUITE};
+use crate::error::DsError;
 use crate::snapshot::{self, Values};
-use crate::DsError;
 
 /// Most proposals queued in one epoch; more are refused until a commit
 /// empties the queue (bounds what one member can make the server hold).
@@ -106,15 +106,7 @@ impl GroupTracker {
     /// epoch works. Checks the GroupInfo signature, the tree hash and every
     /// leaf (including lifetimes, against the system clock, inside openmls).
     pub fn create(group_info: &[u8], ratchet_tree: &[u8]) -> Result<Self, DsError> {
-        let vgi = match decode_message(group_info)? {
-            MlsMessageBodyIn::GroupInfo(gi) => gi,
-            other => {
-                return Err(DsError::WrongWireFormat(format!(
-                    "expected a GroupInfo, got {}",
-                    body_kind(&other)
-                )))
-            }
-        };
+        let vgi = decode_group_info(group_info)?;
         if vgi.ciphersuite() != HUSH_CIPHERSUITE {
             return Err(DsError::InvalidArgument(format!(
                 "unsupported ciphersuite {:?}; only \
@@ -325,15 +317,7 @@ impl GroupTracker {
     /// context and confirmation tag, and be signed by the leaf it names as
     /// signer.
     pub fn check_group_info(&self, group_info: &[u8]) -> Result<(), DsError> {
-        let vgi = match decode_message(group_info)? {
-            MlsMessageBodyIn::GroupInfo(gi) => gi,
-            other => {
-                return Err(DsError::WrongWireFormat(format!(
-                    "expected a GroupInfo, got {}",
-                    body_kind(&other)
-                )))
-            }
-        };
+        let vgi = decode_group_info(group_info)?;
         if vgi.group_id() != self.group.group_id() {
             return Err(DsError::WrongGroup);
         }
@@ -494,45 +478,6 @@ pub(crate) fn identity_of(credential: &Credential) -> Vec<u8> {
         }
     }
     credential.serialized_content().to_vec()
-}
-
-/// Decodes MLSMessage bytes; the whole input must be consumed.
-pub(crate) fn decode_message(bytes: &[u8]) -> Result<MlsMessageBodyIn, DsError> {
-    tls_decode("MLSMessage", || {
-        MlsMessageIn::tls_deserialize_exact_bytes(bytes)
-    })
-    .map(MlsMessageIn::extract)
-}
-
-/// Runs a tls_codec decoder on untrusted bytes.
-///
-/// tls_codec 0.5 has a `debug_assert_eq!` in `VLBytes` decoding that fires
-/// on truncated input (release builds return `Err`). So that a debug or
-/// test build of the node cannot be crashed by a short frame either, a
-/// panic inside the decoder is turned into `Malformed`. (The default panic
-/// hook still prints it; setting `debug-assertions = false` for tls_codec in
-/// the workspace dev profile silences that.)
-pub(crate) fn tls_decode<T>(
-    what: &str,
-    decode: impl FnOnce() -> Result<T, tls_codec::Error> + std::panic::UnwindSafe,
-) -> Result<T, DsError> {
-    match std::panic::catch_unwind(decode) {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(DsError::malformed(what, e)),
-        Err(_) => Err(DsError::Malformed(format!("{what}: truncated input"))),
-    }
-}
-
-pub(crate) fn body_kind(body: &MlsMessageBodyIn) -> &'static str {
-    match body {
-        MlsMessageBodyIn::PublicMessage(_) => "PublicMessage",
-        MlsMessageBodyIn::PrivateMessage(_) => "PrivateMessage",
-        MlsMessageBodyIn::Welcome(_) => "Welcome",
-        MlsMessageBodyIn::GroupInfo(_) => "GroupInfo",
-        MlsMessageBodyIn::KeyPackage(_) => "KeyPackage",
-        #[allow(unreachable_patterns)]
-        _ => "another MLSMessage type",
-    }
 }
 
 fn process_error(e: PublicProcessMessageError) -> DsError {

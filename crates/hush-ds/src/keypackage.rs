@@ -3,14 +3,17 @@
 use openmls::prelude::tls_codec::DeserializeBytes as _;
 use openmls::prelude::tls_codec::Serialize as _;
 use openmls::prelude::{
-    BasicCredential, Ciphersuite, CredentialType, KeyPackageIn, MlsMessageBodyIn, ProtocolVersion,
+    BasicCredential, CredentialType, KeyPackageIn, MlsMessageBodyIn, ProtocolVersion,
 };
 use openmls_rust_crypto::RustCrypto;
 
-use crate::DsError;
+use crate::codec::{body_kind, decode_message, tls_decode};
+use crate::error::DsError;
 
-/// The only ciphersuite Hush accepts, for key packages and groups.
-pub const HUSH_CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+/// The only ciphersuite Hush accepts (defined with the decoders in `codec.rs`,
+/// which `group.rs` shares; named here too because this is where the crate
+/// has always exported it).
+pub use crate::codec::HUSH_CIPHERSUITE;
 
 /// What the directory needs to know about an accepted KeyPackage.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,16 +79,16 @@ pub fn validate_key_package(bytes: &[u8]) -> Result<ValidKeyPackage, DsError> {
 }
 
 fn decode(bytes: &[u8]) -> Result<KeyPackageIn, DsError> {
-    match crate::group::decode_message(bytes) {
+    match decode_message(bytes) {
         Ok(body) => match body {
             MlsMessageBodyIn::KeyPackage(kp) => Ok(kp),
             other => Err(DsError::WrongWireFormat(format!(
                 "expected a KeyPackage, got {}",
-                crate::group::body_kind(&other)
+                body_kind(&other)
             ))),
         },
         // Not an MLSMessage: try a bare KeyPackage.
-        Err(_) => crate::group::tls_decode("KeyPackage (bare or in an MLSMessage)", || {
+        Err(_) => tls_decode("KeyPackage (bare or in an MLSMessage)", || {
             KeyPackageIn::tls_deserialize_exact_bytes(bytes)
         }),
     }

@@ -14,6 +14,7 @@
 //!   returns a typed [`DsError`] / [`TokenError`].
 //! - Secrets (the token key) have redacted `Debug`.
 
+mod codec;
 pub mod error;
 pub mod group;
 pub mod keypackage;
