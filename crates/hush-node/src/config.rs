@@ -88,6 +88,21 @@ pub struct GatewaySection {
     /// After the node closes a connection, the peer gets this long to
     /// acknowledge before the socket is dropped.
     pub disconnect_timeout_ms: u64,
+    /// HTTPS and WSS with this certificate and key (PEM); absent: plain
+    /// HTTP (loopback, or behind a TLS-terminating proxy).
+    pub tls: Option<GatewayTls>,
+    /// With TLS: `Strict-Transport-Security: max-age=<this>` on every
+    /// answer (0: no header).
+    pub hsts_max_age_secs: u64,
+}
+
+/// `[gateway.tls]`: the gateway's certificate chain (leaf first) and its
+/// private key, PEM. Reloaded on SIGHUP and when the files change.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// Rate limits on the account endpoints: register, login challenge,
@@ -297,6 +312,8 @@ impl Default for GatewaySection {
             body_timeout_ms: 30_000,
             keep_alive_ms: 5_000,
             disconnect_timeout_ms: 2_000,
+            tls: None,
+            hsts_max_age_secs: 31_536_000,
         }
     }
 }
@@ -611,6 +628,14 @@ impl Config {
                 return Err(invalid(key, "must be at least 1"));
             }
         }
+        if let Some(t) = &g.tls {
+            if t.cert.as_os_str().is_empty() {
+                return Err(invalid("gateway.tls.cert", "must be a file path"));
+            }
+            if t.key.as_os_str().is_empty() {
+                return Err(invalid("gateway.tls.key", "must be a file path"));
+            }
+        }
         let r = &self.rate_limits;
         // Written so that NaN fails too.
         for (key, v) in [
@@ -701,6 +726,14 @@ mod tests {
                 "gateway.max_connections_per_ip",
             ),
             ("[gateway]\nbody_timeout_ms = 0", "gateway.body_timeout_ms"),
+            (
+                "[gateway.tls]\ncert = \"\"\nkey = \"k.pem\"",
+                "gateway.tls.cert",
+            ),
+            (
+                "[gateway.tls]\ncert = \"c.pem\"\nkey = \"\"",
+                "gateway.tls.key",
+            ),
             (
                 "[gateway]\nheader_timeout_ms = 0",
                 "gateway.header_timeout_ms",

@@ -83,6 +83,8 @@ pub enum StartError {
     },
     #[error("secrets: {0}")]
     Secrets(#[from] secrets::SecretsError),
+    #[error("gateway TLS: {0}")]
+    Tls(#[from] gateway::tls::TlsError),
     #[error("startup failed: {0}")]
     Other(String),
 }
@@ -91,6 +93,8 @@ pub enum StartError {
 pub struct RunningNode {
     /// The gateway's bound address (useful with port 0).
     pub addr: SocketAddr,
+    /// Whether the gateway serves HTTPS/WSS (`[gateway.tls]`).
+    pub tls: bool,
     store: Arc<dyn Store>,
     route: Arc<Route>,
     groups: Arc<Groups>,
@@ -108,6 +112,12 @@ pub struct RunningNode {
 }
 
 impl RunningNode {
+    /// The gateway's URL: `http://` or `https://` and the bound address.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
     /// The store the node uses (tests inspect it).
     pub fn store(&self) -> Arc<dyn Store> {
         self.store.clone()
@@ -124,9 +134,10 @@ impl RunningNode {
     }
 
     /// Re-reads the files an operator may change while the node runs (the
-    /// token key file; SIGHUP does this, and so does a change the node
-    /// notices every `node.watch_ms`). A file that does not load leaves the
-    /// keys in use unchanged and is an error.
+    /// token key file, the gateway's TLS certificate and key; SIGHUP does
+    /// this, and so does a change the node notices every `node.watch_ms`).
+    /// A file that does not load leaves what is in use unchanged and is an
+    /// error.
     pub fn reload(&self) -> Result<(), StartError> {
         self.reloader.reload()
     }
@@ -280,6 +291,8 @@ fn spawn_sweeper(app: &Arc<AppState>) -> tokio::task::JoinHandle<()> {
 struct Reloader {
     config: Config,
     tokens: TokenKeyHandle,
+    /// The gateway's certificate, with TLS.
+    cert: Option<Arc<gateway::tls::GatewayCert>>,
     /// Successful reloads so far.
     count: tokio::sync::watch::Sender<u64>,
 }
@@ -289,6 +302,10 @@ impl Reloader {
         let keys = secrets::read_token_keys(&self.config.token_key_file())?;
         let until = keys.previous_until_ms();
         self.tokens.set(keys);
+        if let Some(cert) = &self.cert {
+            cert.reload()?;
+            tracing::info!("gateway certificate loaded");
+        }
         self.count.send_modify(|n| *n += 1);
         tracing::info!(previous_key_until_ms = ?until, "token keys loaded");
         Ok(())
@@ -303,13 +320,22 @@ impl Reloader {
         }
         let me = self.clone();
         Some(tokio::spawn(async move {
-            let path = me.config.token_key_file();
-            let mut seen = secrets::file_stamp(&path);
+            let mut paths = vec![me.config.token_key_file()];
+            if let Some(cert) = &me.cert {
+                paths.extend(cert.paths().iter().map(|p| p.to_path_buf()));
+            }
+            let stamps = |paths: &[std::path::PathBuf]| {
+                paths
+                    .iter()
+                    .map(|p| secrets::file_stamp(p))
+                    .collect::<Vec<_>>()
+            };
+            let mut seen = stamps(&paths);
             let mut tick = tokio::time::interval(Duration::from_millis(period));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let now = secrets::file_stamp(&path);
+                let now = stamps(&paths);
                 if now != seen {
                     seen = now;
                     if let Err(e) = me.reload() {
@@ -325,6 +351,13 @@ impl Reloader {
 /// on it; the gateway runs on its own worker threads.
 pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningNode, StartError> {
     config.validate()?;
+    // Every rustls configuration of the node names ring explicitly; this
+    // makes ring the process default too, for code that asks for the
+    // default (reqwest, built without a provider of its own). Keeps one
+    // installed earlier.
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
     // Installed first, so that start-up work (the store) is measured too.
     let metrics = metrics_handle();
     // Owner-only (0700), fixed if an earlier run or an operator left it wider.
@@ -406,19 +439,26 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningNode,
         shutdown.clone(),
         &challenge_secret,
     ));
-    let gateway = gateway::serve(app.clone(), metrics)
+    let cert = match &config.gateway.tls {
+        Some(t) => Some(Arc::new(gateway::tls::GatewayCert::load(&t.cert, &t.key)?)),
+        None => None,
+    };
+    let gateway = gateway::serve(app.clone(), metrics, cert.clone())
         .map_err(|(addr, source)| StartError::Bind { addr, source })?;
     let sweeper = spawn_sweeper(&app);
     let addr = gateway.addr;
     tracing::info!(node = %config.node.id, %addr, "node started");
+    let tls = cert.is_some();
     let reloader = Arc::new(Reloader {
         config,
         tokens,
+        cert,
         count: tokio::sync::watch::Sender::new(0),
     });
     let watcher = reloader.watch();
     Ok(RunningNode {
         addr,
+        tls,
         store,
         route,
         groups,

@@ -1,5 +1,5 @@
 //! The hush-node binary: parse arguments, set up logging, run the node (or
-//! an operator command: `rotate-token-key`).
+//! an operator command: `rotate-token-key`, `gen-cert`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,7 +10,8 @@ use clap::{Parser, Subcommand};
 use hush_node::{Clock as _, Config, SystemClock};
 
 /// A Hush node: MLS delivery service, group sequencer and chat gateway.
-/// SIGHUP reloads the token key file; SIGTERM or Ctrl-C stops gracefully.
+/// SIGHUP reloads the token key file and the gateway's TLS certificate;
+/// SIGTERM or Ctrl-C stops gracefully.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
@@ -25,6 +26,13 @@ struct Args {
     /// Gateway listen address. Default 127.0.0.1:7300.
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Serve HTTPS/WSS with this certificate chain (PEM; with --tls-key;
+    /// overrides `[gateway.tls]`).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Node id (lease owner name; picks this node's entry in cluster.nodes).
     #[arg(long, global = true)]
     node: Option<String>,
@@ -40,6 +48,17 @@ enum Command {
     /// for one token lifetime. Running nodes pick it up on SIGHUP or within
     /// `node.watch_ms`.
     RotateTokenKey,
+    /// Make a development CA and a gateway certificate signed by it (for
+    /// `[gateway.tls]`; clients trust the CA with `hush --ca DIR/ca.pem`).
+    /// An existing CA in DIR is reused.
+    GenCert {
+        /// Output directory: ca.pem, ca.key, cert.pem, key.pem.
+        #[arg(long, default_value = "./hush-tls")]
+        out: PathBuf,
+        /// Names the certificate is valid for (DNS names or IP addresses).
+        #[arg(long = "name", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+        names: Vec<String>,
+    },
 }
 
 #[tokio::main]
@@ -58,6 +77,22 @@ async fn main() -> anyhow::Result<()> {
         subscriber.init();
     }
 
+    if let Some(Command::GenCert { out, names }) = &args.command {
+        let certs = hush_node::gateway::tls::gen_dev_certs(out, names)
+            .context("generating certificates")?;
+        println!(
+            "wrote {} and {} (signed by the CA in {}; its key: {})\n\
+             [gateway.tls]\ncert = {:?}\nkey = {:?}",
+            certs.cert.display(),
+            certs.key.display(),
+            certs.ca_cert.display(),
+            certs.ca_key.display(),
+            certs.cert,
+            certs.key,
+        );
+        return Ok(());
+    }
+
     let mut config = match &args.config {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
@@ -73,10 +108,14 @@ async fn main() -> anyhow::Result<()> {
     if let Some(l) = args.listen {
         config.gateway.listen = l;
     }
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        config.gateway.tls = Some(hush_node::config::GatewayTls { cert, key });
+    }
     config.validate()?;
 
     match args.command {
         None => run(config).await,
+        Some(Command::GenCert { .. }) => Ok(()),
         Some(Command::RotateTokenKey) => {
             let keys = hush_node::secrets::rotate_token_key(&config, SystemClock.now_ms())
                 .context("rotating the token key")?;
@@ -96,7 +135,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("starting node")?;
     // Tests and scripts wait for this exact line.
-    println!("listening on http://{}", node.addr);
+    println!("listening on {}", node.url());
 
     let stop = shutdown_signal();
     tokio::pin!(stop);

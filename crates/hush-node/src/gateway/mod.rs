@@ -20,7 +20,9 @@
 //! body within `gateway.body_timeout_ms` of the head ([`edge`] wraps the
 //! payload; a trickled body ends in MALFORMED and the connection closes),
 //! `gateway.keep_alive_ms` between requests. WebSockets and SSE streams
-//! have their own (auth deadline, heartbeat, write timeout).
+//! have their own (auth deadline, heartbeat, write timeout). With
+//! `[gateway.tls]` the same routes are served over HTTPS/WSS (`tls.rs`); the
+//! TLS handshake gets the head deadline too, and every answer carries HSTS.
 
 pub mod http;
 pub mod limits;
@@ -28,6 +30,7 @@ pub mod rpc;
 pub mod sse;
 pub mod status;
 pub mod stream;
+pub mod tls;
 pub mod webapp;
 pub mod ws;
 
@@ -193,12 +196,21 @@ impl Running {
 const SERVER_SHUTDOWN_TIMEOUT_SECS: u64 = 5;
 
 /// Binds the gateway on `gateway.listen` with every route and runs it on
-/// its own worker threads (spawned from the current runtime).
+/// its own worker threads (spawned from the current runtime); over TLS when
+/// `cert` is given.
 pub fn serve(
     app: Arc<AppState>,
     metrics: PrometheusHandle,
+    cert: Option<Arc<tls::GatewayCert>>,
 ) -> Result<Running, (SocketAddr, std::io::Error)> {
     let config = app.config.clone();
+    let listen = config.gateway.listen;
+    let tls_config = match cert {
+        Some(c) => Some(tls::server_config(c).map_err(|e| (listen, std::io::Error::other(e)))?),
+        None => None,
+    };
+    let hsts = (tls_config.is_some() && config.gateway.hsts_max_age_secs > 0)
+        .then(|| format!("max-age={}", config.gateway.hsts_max_age_secs));
     let max_body = config.limits.max_frame_bytes;
     // Shared by every worker: RPC rate limits are per device, not per worker.
     let rpc_rates = web::Data::new(rpc::RateTable::default());
@@ -211,6 +223,13 @@ pub fn serve(
             .app_data(rpc_rates.clone())
             .app_data(web::Data::new(metrics.clone()))
             .app_data(web::PayloadConfig::new(max_body))
+            .wrap(actix_web::middleware::Condition::new(
+                hsts.is_some(),
+                actix_web::middleware::DefaultHeaders::new().add((
+                    actix_web::http::header::STRICT_TRANSPORT_SECURITY,
+                    hsts.clone().unwrap_or_default(),
+                )),
+            ))
             .wrap(actix_web::middleware::from_fn(edge))
             .configure(routes)
     })
@@ -222,14 +241,18 @@ pub fn serve(
     .client_request_timeout(Duration::from_millis(g.header_timeout_ms))
     .client_disconnect_timeout(Duration::from_millis(g.disconnect_timeout_ms))
     .keep_alive(Duration::from_millis(g.keep_alive_ms))
+    .tls_handshake_timeout(Duration::from_millis(g.header_timeout_ms))
     .disable_signals()
     .tcp_nodelay(config.gateway.tcp_nodelay)
     .shutdown_timeout(SERVER_SHUTDOWN_TIMEOUT_SECS);
     if config.gateway.workers > 0 {
         server = server.workers(config.gateway.workers);
     }
-    let listen = config.gateway.listen;
-    let server = server.bind(listen).map_err(|e| (listen, e))?;
+    let server = match tls_config {
+        Some(c) => server.bind_rustls_0_23(listen, c),
+        None => server.bind(listen),
+    }
+    .map_err(|e| (listen, e))?;
     let addr = server.addrs().first().copied().ok_or_else(|| {
         (
             listen,
@@ -247,8 +270,13 @@ pub fn serve(
 
 /// The peer address of an accepted connection.
 fn peer_ip(conn: &dyn std::any::Any) -> Option<std::net::IpAddr> {
-    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+    use actix_tls::accept::rustls_0_23::TlsStream;
+    use actix_web::rt::net::TcpStream;
+    if let Some(tcp) = conn.downcast_ref::<TcpStream>() {
         return tcp.peer_addr().ok().map(|a| a.ip());
+    }
+    if let Some(tls) = conn.downcast_ref::<TlsStream<TcpStream>>() {
+        return tls.get_ref().0.peer_addr().ok().map(|a| a.ip());
     }
     None
 }
