@@ -94,6 +94,13 @@ pub struct GatewaySection {
     /// With TLS: `Strict-Transport-Security: max-age=<this>` on every
     /// answer (0: no header).
     pub hsts_max_age_secs: u64,
+    /// The admin pages (`/metrics`, `/cluster`) are answered to loopback
+    /// peers. Off: only with the admin token (behind a proxy on the same
+    /// host every peer is loopback: turn this off there).
+    pub admin_loopback: bool,
+    /// A bearer token that opens the admin pages from anywhere (at least
+    /// 16 characters); absent: loopback only.
+    pub admin_token: Option<String>,
 }
 
 /// `[gateway.tls]`: the gateway's certificate chain (leaf first) and its
@@ -314,6 +321,8 @@ impl Default for GatewaySection {
             disconnect_timeout_ms: 2_000,
             tls: None,
             hsts_max_age_secs: 31_536_000,
+            admin_loopback: true,
+            admin_token: None,
         }
     }
 }
@@ -628,6 +637,12 @@ impl Config {
                 return Err(invalid(key, "must be at least 1"));
             }
         }
+        if g.admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err(invalid(
+                "gateway.admin_token",
+                "must be at least 16 characters",
+            ));
+        }
         if let Some(t) = &g.tls {
             if t.cert.as_os_str().is_empty() {
                 return Err(invalid("gateway.tls.cert", "must be a file path"));
@@ -726,6 +741,7 @@ mod tests {
                 "gateway.max_connections_per_ip",
             ),
             ("[gateway]\nbody_timeout_ms = 0", "gateway.body_timeout_ms"),
+            ("[gateway]\nadmin_token = \"short\"", "gateway.admin_token"),
             (
                 "[gateway.tls]\ncert = \"\"\nkey = \"k.pem\"",
                 "gateway.tls.cert",

@@ -386,10 +386,49 @@ async fn healthz(app: web::Data<Arc<AppState>>) -> HttpResponse {
     }
 }
 
-async fn metrics_page(handle: web::Data<PrometheusHandle>) -> HttpResponse {
+async fn metrics_page(
+    app: web::Data<Arc<AppState>>,
+    req: HttpRequest,
+    handle: web::Data<PrometheusHandle>,
+) -> HttpResponse {
+    if let Err(e) = admin_check(&app, &req) {
+        return error_response(&e);
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(handle.render())
+}
+
+/// The admin pages (`/metrics`, `/cluster`) say who is online where, how
+/// the cluster is laid out and how busy it is: they are answered to a
+/// loopback peer (unless `gateway.admin_loopback = false`) and to a request
+/// with `Authorization: Bearer <gateway.admin_token>`; anyone else gets
+/// FORBIDDEN.
+pub fn admin_check(app: &AppState, req: &HttpRequest) -> ApiResult<()> {
+    let g = &app.config.gateway;
+    if g.admin_loopback && req.peer_addr().is_some_and(|a| a.ip().is_loopback()) {
+        return Ok(());
+    }
+    if let Some(want) = g.admin_token.as_deref() {
+        let given = req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given.is_some_and(|t| constant_time_eq(t.as_bytes(), want.as_bytes())) {
+            return Ok(());
+        }
+    }
+    metrics::counter!("hush_admin_refused_total").increment(1);
+    Err(ApiError::new(
+        ErrorCode::Forbidden,
+        "an admin page: loopback only, or gateway.admin_token",
+    ))
+}
+
+/// Equality that takes as long whatever the first differing byte.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Browsers send Origin on WebSocket upgrades; a cross-site page must not be
