@@ -24,6 +24,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::error::{ClientError, Result};
 use crate::http::{ws_url, Token};
+use crate::tls::Trust;
 
 /// How long a request waits for its response.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -95,8 +96,14 @@ fn lock(
 }
 
 impl WsConn {
-    /// Opens `GET {server}/v1/ws` authenticated by the token subprotocol.
+    /// Opens `GET {server}/v1/ws` authenticated by the token subprotocol
+    /// (`wss://` for an `https://` server, trusting the system's roots).
     pub async fn connect(server: &str, token: &Token) -> Result<Self> {
+        Self::connect_with(server, token, &Trust::System).await
+    }
+
+    /// [`WsConn::connect`], trusting `trust` over `wss://`.
+    pub async fn connect_with(server: &str, token: &Token, trust: &Trust) -> Result<Self> {
         let url = ws_url(server)?;
         let mut request = url
             .as_str()
@@ -113,10 +120,16 @@ impl WsConn {
         request
             .headers_mut()
             .insert("sec-websocket-protocol", value);
+        let connector = if url.starts_with("wss://") {
+            Some(tokio_tungstenite::Connector::Rustls(trust.client_config()?))
+        } else {
+            None
+        };
         // disable_nagle: small frames go out at once.
-        let (stream, _response) = tokio_tungstenite::connect_async_with_config(request, None, true)
-            .await
-            .map_err(|e| connect_error(&url, &e))?;
+        let (stream, _response) =
+            tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector)
+                .await
+                .map_err(|e| connect_error(&url, &e))?;
         let (mut sink, mut source) = stream.split();
 
         let (out_tx, mut out_rx) = mpsc::unbounded_channel::<WsMessage>();

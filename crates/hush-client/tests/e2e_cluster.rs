@@ -181,6 +181,7 @@ impl Cluster {
     }
 
     async fn get(url: &str) -> Option<Value> {
+        hush_client::tls::use_ring(); // reqwest has no rustls provider of its own
         let body = reqwest::get(url).await.ok()?.text().await.ok()?;
         serde_json::from_str(&body).ok()
     }
@@ -243,6 +244,7 @@ impl Cluster {
     /// A counter's total from a node's /metrics (0 when absent).
     async fn metric(&self, id: &str, name: &str, label: &str) -> f64 {
         let node = self.nodes.iter().find(|n| n.id == id).unwrap();
+        hush_client::tls::use_ring(); // reqwest has no rustls provider of its own
         let text = reqwest::get(format!("{}/metrics", node.url))
             .await
             .unwrap()

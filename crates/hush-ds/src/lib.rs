@@ -31,7 +31,10 @@ pub use group::{
 };
 pub use keypackage::{validate_key_package, ValidKeyPackage};
 pub use limits::{KeyedBuckets, TokenBucket};
-pub use token::{verify_ed25519, TokenClaims, TokenError, TokenKey};
+pub use token::{
+    verify_ed25519, ChallengeId, ChallengeLedger, KeyFileError, SpendError, TokenClaims,
+    TokenError, TokenKey, TokenKeys, TokenSecret,
+};
 pub use welcome::check_welcome;
 
 /// The longest group id the service accepts (MLS allows more; nothing

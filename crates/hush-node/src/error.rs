@@ -154,7 +154,7 @@ impl From<TokenError> for ApiError {
     fn from(e: TokenError) -> Self {
         match e {
             TokenError::Expired => ApiError::new(ErrorCode::TokenExpired, "token expired"),
-            TokenError::Malformed | TokenError::BadSignature => {
+            TokenError::Malformed | TokenError::BadSignature | TokenError::ExpiryTooFar => {
                 ApiError::new(ErrorCode::BadToken, "bad token")
             }
         }

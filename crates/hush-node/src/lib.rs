@@ -14,7 +14,8 @@
 //! - `route`: the owner of a key, and messages to other nodes.
 //! - `conns` (this node's connection queues), `wire` (what travels between
 //!   the parts: Caller, Outbound, encoded frames).
-//! - leaves: `directory`, `shutdown`, `config`, `clock`, `error`.
+//! - leaves: `directory`, `shutdown`, `config`, `clock`, `error`, `secrets`
+//!   (owner-only data directory and files, the token key file).
 
 pub mod api;
 pub mod clock;
@@ -28,6 +29,7 @@ pub mod keys;
 pub mod peer;
 pub mod presence;
 pub mod route;
+pub mod secrets;
 pub mod session;
 pub mod shutdown;
 pub mod wire;
@@ -39,6 +41,7 @@ use std::time::Duration;
 use hush_store::{ScyllaStore, SqliteConfig, SqliteStore, Store};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use ring::rand::SecureRandom as _;
+use secrets::TokenKeyHandle;
 
 use api::{Api, ApiLimits};
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -78,6 +81,10 @@ pub enum StartError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("secrets: {0}")]
+    Secrets(#[from] secrets::SecretsError),
+    #[error("gateway TLS: {0}")]
+    Tls(#[from] gateway::tls::TlsError),
     #[error("startup failed: {0}")]
     Other(String),
 }
@@ -86,17 +93,31 @@ pub enum StartError {
 pub struct RunningNode {
     /// The gateway's bound address (useful with port 0).
     pub addr: SocketAddr,
+    /// Whether the gateway serves HTTPS/WSS (`[gateway.tls]`).
+    pub tls: bool,
     store: Arc<dyn Store>,
     route: Arc<Route>,
     groups: Arc<Groups>,
     sessions: Arc<Sessions>,
     shutdown: Shutdown,
     gateway: gateway::Running,
+    reloader: Arc<Reloader>,
+    /// Checks the files the node reloads (see [`RunningNode::reload`]).
+    watcher: Option<tokio::task::JoinHandle<()>>,
+    app: Arc<AppState>,
+    /// Deletes what expired, every `rate_limits.sweep_interval_ms`.
+    sweeper: tokio::task::JoinHandle<()>,
     /// Held (locked) while the node runs: see [`claim_data_dir`].
     _data_lock: std::fs::File,
 }
 
 impl RunningNode {
+    /// The gateway's URL: `http://` or `https://` and the bound address.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
     /// The store the node uses (tests inspect it).
     pub fn store(&self) -> Arc<dyn Store> {
         self.store.clone()
@@ -112,6 +133,28 @@ impl RunningNode {
         self.sessions.watch_count()
     }
 
+    /// Re-reads the files an operator may change while the node runs (the
+    /// token key file, the gateway's TLS certificate and key; SIGHUP does
+    /// this, and so does a change the node notices every `node.watch_ms`).
+    /// A file that does not load leaves what is in use unchanged and is an
+    /// error.
+    pub fn reload(&self) -> Result<(), StartError> {
+        self.reloader.reload()
+    }
+
+    /// Deletes what has expired by the node's clock (link codes, used
+    /// login challenges, idle rate-limit entries) now, as the sweeper does
+    /// every `rate_limits.sweep_interval_ms`.
+    pub async fn sweep(&self) -> gateway::SweepReport {
+        self.app.sweep().await
+    }
+
+    /// Counts the successful reloads (SIGHUP, the file watcher, or
+    /// [`RunningNode::reload`]).
+    pub fn watch_reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reloader.count.subscribe()
+    }
+
     /// Graceful stop: refuse new work (forwarded calls are refused as a
     /// stale view, so their senders route again); leave the cluster view
     /// (peers learn it at once, so a client that reconnects elsewhere is not
@@ -123,6 +166,10 @@ impl RunningNode {
     /// stop the gateway.
     pub async fn stop(self) {
         let started = std::time::Instant::now();
+        if let Some(w) = &self.watcher {
+            w.abort();
+        }
+        self.sweeper.abort();
         self.shutdown.begin();
         if let Some(mesh) = self.route.mesh() {
             mesh.leave().await;
@@ -225,67 +272,93 @@ async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
         return Ok(Arc::new(store));
     }
     let path = config.store_path();
+    // Owner-only before SQLite ever opens it; its WAL and SHM follow its mode.
+    secrets::prepare_sqlite_file(&path)?;
     let mut store_config = SqliteConfig::new(path.clone());
     store_config.max_batch = config.store.max_batch;
-    Ok(Arc::new(
-        SqliteStore::open(store_config)
-            .await
-            .map_err(|source| StartError::Store { path, source })?,
-    ))
+    let store = SqliteStore::open(store_config)
+        .await
+        .map_err(|source| StartError::Store {
+            path: path.clone(),
+            source,
+        })?;
+    secrets::sqlite_files_private(&path)?;
+    Ok(Arc::new(store))
 }
 
-/// The token HMAC key's name in the store.
-const TOKEN_SECRET: &str = "token-hmac-v1";
-/// The pause before the first background attempt to load the token key,
-/// doubled after each failure up to the longest.
-const TOKEN_KEY_FIRST_PAUSE: Duration = Duration::from_millis(250);
-const TOKEN_KEY_MAX_PAUSE: Duration = Duration::from_secs(2);
+/// Runs [`AppState::sweep`] every `rate_limits.sweep_interval_ms`.
+fn spawn_sweeper(app: &Arc<AppState>) -> tokio::task::JoinHandle<()> {
+    let app = app.clone();
+    tokio::spawn(async move {
+        let period = Duration::from_millis(app.config.rate_limits.sweep_interval_ms);
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let swept = app.sweep().await;
+            tracing::debug!(?swept, "swept expired state");
+        }
+    })
+}
 
-/// The token HMAC key, from the store (the first node to ask creates it).
-/// A store that does not answer yet (a CQL cluster that is down) does not
-/// stop the start: the key is loaded in the background, with backoff, and
-/// until then `/readyz` answers 503 and whatever needs it UNAVAILABLE.
-async fn token_key(store: Arc<dyn Store>) -> Result<gateway::TokenKeySlot, StartError> {
-    let mut candidate = [0u8; 32];
-    ring::rand::SystemRandom::new()
-        .fill(&mut candidate)
-        .map_err(|_| StartError::Other("no randomness".into()))?;
-    let slot = gateway::TokenKeySlot::default();
-    match store.get_or_create_secret(TOKEN_SECRET, &candidate).await {
-        Ok(secret) => {
-            let _ = slot.set(hush_ds::TokenKey::new(&secret));
+/// What the node reloads while it runs: the token key file.
+struct Reloader {
+    config: Config,
+    tokens: TokenKeyHandle,
+    /// The gateway's certificate, with TLS.
+    cert: Option<Arc<gateway::tls::GatewayCert>>,
+    /// Successful reloads so far.
+    count: tokio::sync::watch::Sender<u64>,
+}
+
+impl Reloader {
+    fn reload(&self) -> Result<(), StartError> {
+        let keys = secrets::read_token_keys(&self.config.token_key_file())?;
+        let until = keys.previous_until_ms();
+        self.tokens.set(keys);
+        if let Some(cert) = &self.cert {
+            cert.reload()?;
+            tracing::info!("gateway certificate loaded");
         }
-        Err(hush_store::StoreError::Unavailable(why)) => {
-            tracing::warn!(error = %why, "the store does not answer yet: serving /readyz = 503 until it does");
-            tokio::spawn(load_token_key(store, candidate, Arc::downgrade(&slot)));
-        }
-        Err(e) => return Err(StartError::Other(format!("token secret: {e}"))),
+        self.count.send_modify(|n| *n += 1);
+        tracing::info!(previous_key_until_ms = ?until, "token keys loaded");
+        Ok(())
     }
-    Ok(slot)
-}
 
-/// Retries loading the token key until it is loaded or the node is gone.
-async fn load_token_key(
-    store: Arc<dyn Store>,
-    candidate: [u8; 32],
-    slot: std::sync::Weak<OnceLock<hush_ds::TokenKey>>,
-) {
-    let mut pause = TOKEN_KEY_FIRST_PAUSE;
-    loop {
-        tokio::time::sleep(pause).await;
-        let Some(slot) = slot.upgrade() else {
-            return;
-        };
-        match store.get_or_create_secret(TOKEN_SECRET, &candidate).await {
-            Ok(secret) => {
-                let _ = slot.set(hush_ds::TokenKey::new(&secret));
-                tracing::info!("token key loaded from the store");
-                return;
-            }
-            // The store logs why it cannot connect; this only waits for it.
-            Err(e) => tracing::debug!(error = %e, "token key not loaded yet"),
+    /// Reloads whenever a watched file's length or modification time
+    /// changes (checked every `node.watch_ms`; 0: never).
+    fn watch(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        let period = self.config.node.watch_ms;
+        if period == 0 {
+            return None;
         }
-        pause = (pause * 2).min(TOKEN_KEY_MAX_PAUSE);
+        let me = self.clone();
+        Some(tokio::spawn(async move {
+            let mut paths = vec![me.config.token_key_file()];
+            if let Some(cert) = &me.cert {
+                paths.extend(cert.paths().iter().map(|p| p.to_path_buf()));
+            }
+            let stamps = |paths: &[std::path::PathBuf]| {
+                paths
+                    .iter()
+                    .map(|p| secrets::file_stamp(p))
+                    .collect::<Vec<_>>()
+            };
+            let mut seen = stamps(&paths);
+            let mut tick = tokio::time::interval(Duration::from_millis(period));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let now = stamps(&paths);
+                if now != seen {
+                    seen = now;
+                    if let Err(e) = me.reload() {
+                        tracing::error!(error = %e, "a watched file changed but does not load; keeping what is loaded");
+                    }
+                }
+            }
+        }))
     }
 }
 
@@ -293,15 +366,20 @@ async fn load_token_key(
 /// on it; the gateway runs on its own worker threads.
 pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningNode, StartError> {
     config.validate()?;
+    // Every rustls configuration of the node names ring explicitly; this
+    // makes ring the process default too, for code that asks for the
+    // default (reqwest, built without a provider of its own). Keeps one
+    // installed earlier.
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
     // Installed first, so that start-up work (the store) is measured too.
     let metrics = metrics_handle();
-    std::fs::create_dir_all(&config.node.data).map_err(|source| StartError::DataDir {
-        path: config.node.data.clone(),
-        source,
-    })?;
+    // Owner-only (0700), fixed if an earlier run or an operator left it wider.
+    secrets::private_dir(&config.node.data)?;
     let (data_lock, lease_owner) = claim_data_dir(&config)?;
     let store = open_store(&config).await?;
-    let tokens = token_key(store.clone()).await?;
+    let tokens = TokenKeyHandle::new(secrets::token_keys_at_start(&config, store.as_ref()).await?);
 
     let runtime = tokio::runtime::Handle::current();
     let route = Arc::new(match config.cluster_node().cloned() {
@@ -324,6 +402,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningNode,
         SessionLimits {
             max_connections_per_user: config.limits.max_connections_per_user,
             presence_grace_ms: config.actors.presence_grace_ms,
+            max_session_actors: config.actors.max_session_actors,
         },
     ));
     let groups = Arc::new(Groups::new(
@@ -338,6 +417,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningNode,
             epoch_window: config.limits.epoch_window,
             lease_ttl_ms: config.actors.lease_ttl_ms,
             group_idle_ms: config.actors.group_idle_ms,
+            max_group_actors: config.actors.max_group_actors,
         },
     ));
     let api = Arc::new(Api::new(
@@ -357,28 +437,51 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningNode,
     ))
     .start(&runtime);
 
+    let mut challenge_secret = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut challenge_secret)
+        .map_err(|_| StartError::Other("no randomness".into()))?;
     let app = Arc::new(AppState::new(
         config.clone(),
         store.clone(),
-        tokens,
+        tokens.clone(),
         clock,
         api,
         sessions.clone(),
         route.clone(),
         shutdown.clone(),
+        &challenge_secret,
     ));
-    let gateway =
-        gateway::serve(app, metrics).map_err(|(addr, source)| StartError::Bind { addr, source })?;
+    let cert = match &config.gateway.tls {
+        Some(t) => Some(Arc::new(gateway::tls::GatewayCert::load(&t.cert, &t.key)?)),
+        None => None,
+    };
+    let gateway = gateway::serve(app.clone(), metrics, cert.clone())
+        .map_err(|(addr, source)| StartError::Bind { addr, source })?;
+    let sweeper = spawn_sweeper(&app);
     let addr = gateway.addr;
     tracing::info!(node = %config.node.id, %addr, "node started");
+    let tls = cert.is_some();
+    let reloader = Arc::new(Reloader {
+        config,
+        tokens,
+        cert,
+        count: tokio::sync::watch::Sender::new(0),
+    });
+    let watcher = reloader.watch();
     Ok(RunningNode {
         addr,
+        tls,
         store,
         route,
         groups,
         sessions,
         shutdown,
         gateway,
+        reloader,
+        watcher,
+        app,
+        sweeper,
         _data_lock: data_lock,
     })
 }
@@ -401,7 +504,7 @@ fn claim_data_dir(config: &Config) -> Result<(std::fs::File, String), StartError
         path: dir.clone(),
         source,
     };
-    let lock = std::fs::OpenOptions::new()
+    let lock = secrets::private_options()
         .create(true)
         .truncate(false)
         .write(true)
@@ -417,7 +520,9 @@ fn claim_data_dir(config: &Config) -> Result<(std::fs::File, String), StartError
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
     }
+    secrets::private_file(&dir.join("node.lock"))?;
     let path = dir.join("lease-owner");
+    secrets::private_file(&path)?;
     let prefix = format!("{}#", config.node.id);
     let kept = std::fs::read_to_string(&path).ok().and_then(|s| {
         let s = s.trim();
@@ -433,7 +538,13 @@ fn claim_data_dir(config: &Config) -> Result<(std::fs::File, String), StartError
         .map_err(|_| StartError::Other("no randomness".into()))?;
     let owner = format!("{prefix}{}", hex::encode(nonce));
     let tmp = dir.join("lease-owner.tmp");
-    std::fs::write(&tmp, format!("{owner}\n")).map_err(io)?;
+    let _ = std::fs::remove_file(&tmp);
+    secrets::private_options()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{owner}\n").as_bytes()))
+        .map_err(io)?;
     std::fs::rename(&tmp, &path).map_err(io)?;
     Ok((lock, owner))
 }

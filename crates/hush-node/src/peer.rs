@@ -77,14 +77,21 @@ impl Peer {
             runtime.spawn(async move {
                 while let Some(msg) = incoming.recv().await {
                     match msg {
-                        StreamMsg::Call { payload, reply } => {
+                        StreamMsg::Call {
+                            peer: from,
+                            payload,
+                            reply,
+                        } => {
                             let peer = peer.clone();
                             tokio::spawn(async move {
-                                let answer = peer.answer(&payload).await;
+                                let answer = peer.answer(&from, &payload).await;
                                 let _ = reply.send(&answer.encode_to_vec()).await;
                             });
                         }
-                        StreamMsg::Push { payload } => peer.accept_push(&payload).await,
+                        StreamMsg::Push {
+                            peer: from,
+                            payload,
+                        } => peer.accept_push(&from, &payload).await,
                     }
                 }
             });
@@ -99,10 +106,15 @@ impl Peer {
     }
 
     /// Answers a call another node made.
-    async fn answer(&self, payload: &[u8]) -> cluster::NodeReply {
+    /// `peer` is the node the connection's certificate names; a request
+    /// that claims to come from another is refused.
+    async fn answer(&self, peer: &str, payload: &[u8]) -> cluster::NodeReply {
         let Ok(request) = cluster::NodeRequest::decode(payload) else {
             return error(ErrorCode::Malformed, "undecodable cluster request");
         };
+        if request.from != peer {
+            return impostor(peer, &request.from);
+        }
         let Some(body) = request.body else {
             return error(ErrorCode::Malformed, "empty cluster request");
         };
@@ -182,11 +194,15 @@ impl Peer {
 
     /// Applies a push from another node: a delivery batch, or a notice for
     /// a session here.
-    async fn accept_push(&self, payload: &[u8]) {
+    async fn accept_push(&self, peer: &str, payload: &[u8]) {
         let Ok(request) = cluster::NodeRequest::decode(payload) else {
             metrics::counter!("hush_cluster_bad_messages_total").increment(1);
             return;
         };
+        if request.from != peer {
+            impostor(peer, &request.from);
+            return;
+        }
         if request.view_digest != self.route.digest() {
             // Applied anyway (see the module docs).
             metrics::counter!("hush_cluster_stale_view_pushes_total").increment(1);
@@ -309,4 +325,15 @@ fn frame(body: Reply) -> cluster::NodeReply {
 
 fn error(code: ErrorCode, msg: &str) -> cluster::NodeReply {
     frame(Reply::Error(ApiError::new(code, msg).to_proto()))
+}
+
+/// A request whose `from` is not the node its certificate names: counted,
+/// logged and refused (FORBIDDEN).
+fn impostor(peer: &str, claimed: &str) -> cluster::NodeReply {
+    metrics::counter!("hush_cluster_impostor_requests_total").increment(1);
+    tracing::warn!(%peer, %claimed, "a cluster request claims another sender; refused");
+    error(
+        ErrorCode::Forbidden,
+        "the request's sender is not the certificate's node",
+    )
 }

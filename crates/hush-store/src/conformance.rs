@@ -462,7 +462,9 @@ macro_rules! store_conformance_suite {
             ready_once_open,
             users_and_devices,
             secrets_get_or_create_concurrently,
+            secrets_are_taken_once,
             link_codes_single_use_and_expiry,
+            link_codes_expired_are_swept,
             key_packages_claim_order_and_last_resort,
             key_packages_concurrent_claims_are_distinct,
             last_resort_claim_mark_is_a_one_winner_flag,
@@ -771,6 +773,61 @@ pub async fn secrets_get_or_create_concurrently(store: Arc<dyn Store>) {
         .await
         .expect("create other secret");
     assert_eq!(other, b"other".to_vec());
+}
+
+pub async fn secrets_are_taken_once(store: Arc<dyn Store>) {
+    assert_eq!(store.take_secret("nothing").await.expect("take"), None);
+    store
+        .get_or_create_secret("moving", &[9; 32])
+        .await
+        .expect("create");
+    let mut tasks = JoinSet::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        tasks.spawn(async move { store.take_secret("moving").await });
+    }
+    let mut taken = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        if let Some(v) = joined.expect("task").expect("take_secret") {
+            taken.push(v);
+        }
+    }
+    assert_eq!(taken, vec![vec![9u8; 32]], "exactly one caller takes it");
+    assert_eq!(store.take_secret("moving").await.expect("take"), None);
+    // Gone: a new value can be stored under the name.
+    let fresh = store
+        .get_or_create_secret("moving", b"fresh")
+        .await
+        .expect("create again");
+    assert_eq!(fresh, b"fresh".to_vec());
+}
+
+pub async fn link_codes_expired_are_swept(store: Arc<dyn Store>) {
+    store
+        .put_link_code(b"sweep-old", "alice", 1_000)
+        .await
+        .expect("put");
+    store
+        .put_link_code(b"sweep-new", "alice", 5_000)
+        .await
+        .expect("put");
+    let swept = store.sweep_link_codes(2_000).await.expect("sweep");
+    assert!(swept <= 1, "only the expired code may go (swept {swept})");
+    if swept == 1 {
+        // Deleted, not merely expired: even an earlier clock finds nothing.
+        assert_eq!(
+            store.take_link_code(b"sweep-old", 0).await.expect("take"),
+            None
+        );
+    }
+    assert_eq!(
+        store
+            .take_link_code(b"sweep-new", 2_000)
+            .await
+            .expect("take"),
+        Some("alice".to_string()),
+        "an unexpired code survives the sweep"
+    );
 }
 
 pub async fn link_codes_single_use_and_expiry(store: Arc<dyn Store>) {

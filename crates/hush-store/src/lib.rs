@@ -359,6 +359,10 @@ pub trait Store: Send + Sync + 'static {
     /// Returns the secret stored under `name`, storing `candidate` first if
     /// there is none (atomic: concurrent callers all get the same secret).
     async fn get_or_create_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>>;
+    /// Removes the secret stored under `name` and returns it, once: of
+    /// concurrent callers at most one gets it. `None` if there is none.
+    /// (A node moves its token key out of the store with this.)
+    async fn take_secret(&self, name: &str) -> Result<Option<Vec<u8>>>;
     /// Stores a one-time device link code (by its hash).
     async fn put_link_code(
         &self,
@@ -369,6 +373,10 @@ pub trait Store: Send + Sync + 'static {
     /// Consumes a link code: returns its user id once, if it exists and has
     /// not expired at `now_ms`; deletes it either way.
     async fn take_link_code(&self, code_hash: &[u8], now_ms: u64) -> Result<Option<String>>;
+    /// Deletes every link code expired at `now_ms` (a node's sweeper calls
+    /// it); returns how many it deleted. A backend that expires rows by
+    /// itself (ScyllaDB, with a TTL) may delete them later and return 0.
+    async fn sweep_link_codes(&self, now_ms: u64) -> Result<u64>;
 
     // ----- key packages -----
 

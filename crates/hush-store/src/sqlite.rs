@@ -261,6 +261,12 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn take_secret(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let name = name.to_string();
+        self.write("take_secret", move |c| accounts::op_take_secret(c, &name))
+            .await
+    }
+
     async fn put_link_code(
         &self,
         code_hash: &[u8],
@@ -279,6 +285,13 @@ impl Store for SqliteStore {
         let hash = code_hash.to_vec();
         self.write("take_link_code", move |c| {
             accounts::op_take_link_code(c, &hash, now_ms)
+        })
+        .await
+    }
+
+    async fn sweep_link_codes(&self, now_ms: u64) -> Result<u64> {
+        self.write("sweep_link_codes", move |c| {
+            accounts::op_sweep_link_codes(c, now_ms)
         })
         .await
     }

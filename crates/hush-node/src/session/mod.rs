@@ -60,6 +60,8 @@ pub const SESSION_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct SessionLimits {
     pub max_connections_per_user: usize,
     pub presence_grace_ms: u64,
+    /// The most SessionActors this node runs at once.
+    pub max_session_actors: usize,
 }
 
 /// The sessions of this node, and the way to any user's session.
@@ -87,7 +89,7 @@ impl Sessions {
         limits: SessionLimits,
     ) -> Self {
         Self {
-            dir: Directory::default(),
+            dir: Directory::bounded(limits.max_session_actors),
             conns,
             route,
             store,
@@ -122,7 +124,8 @@ impl Sessions {
             .get_or_activate(
                 &user_id.to_owned(),
                 &self.runtime,
-                "session activation",
+                "session actor",
+                "actors.max_session_actors",
                 || (SessionActor { sessions }, user),
             )
             .await

@@ -71,6 +71,19 @@ impl Mode {
     }
 }
 
+/// The TTL a link code row gets: until its expiry by the wall clock, plus a
+/// minute, so that the row outlives its logical expiry (which `take`
+/// checks against the caller's clock) and is then collected by ScyllaDB
+/// itself: expired codes never pile up and need no sweep.
+fn link_code_ttl_s(expires_at_ms: u64) -> i32 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let secs = expires_at_ms.saturating_sub(now) / 1000 + 60;
+    i32::try_from(secs).unwrap_or(i32::MAX)
+}
+
 /// Every statement the backend runs: (name, mode, CQL). Prepared once at
 /// open.
 pub const STATEMENTS: &[(&str, Mode, &str)] = &[
@@ -84,7 +97,8 @@ pub const STATEMENTS: &[(&str, Mode, &str)] = &[
     ("device_bump", Mode::Lwt, "UPDATE devices SET token_generation = ? WHERE device_id = ? IF token_generation = ?"),
     ("secret_insert", Mode::Lwt, "INSERT INTO secrets (name, value) VALUES (?, ?) IF NOT EXISTS"),
     ("secret_get", Mode::SerialRead, "SELECT value FROM secrets WHERE name = ?"),
-    ("link_insert", Mode::Idempotent, "INSERT INTO link_codes (code_hash, user_id, expires_at_ms) VALUES (?, ?, ?)"),
+    ("secret_delete", Mode::Lwt, "DELETE FROM secrets WHERE name = ? IF EXISTS"),
+    ("link_insert", Mode::Idempotent, "INSERT INTO link_codes (code_hash, user_id, expires_at_ms) VALUES (?, ?, ?) USING TTL ?"),
     ("link_get", Mode::SerialRead, "SELECT user_id, expires_at_ms FROM link_codes WHERE code_hash = ?"),
     ("link_delete", Mode::Lwt, "DELETE FROM link_codes WHERE code_hash = ? IF EXISTS"),
     ("kp_ref_insert", Mode::Lwt, "INSERT INTO key_package_refs (hash_ref, device_id) VALUES (?, ?) IF NOT EXISTS"),
@@ -949,6 +963,17 @@ impl Store for ScyllaStore {
             .ok_or_else(|| backend("secret", "missing after insert"))
     }
 
+    async fn take_secret(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let Some((value,)) = self.one::<(Vec<u8>,)>("secret_get", (name,)).await? else {
+            return Ok(None);
+        };
+        // Only the caller whose delete applied took it.
+        if !self.lwt("secret_delete", (name,)).await? {
+            return Ok(None);
+        }
+        Ok(Some(value))
+    }
+
     async fn put_link_code(
         &self,
         code_hash: &[u8],
@@ -956,9 +981,17 @@ impl Store for ScyllaStore {
         expires_at_ms: u64,
     ) -> Result<()> {
         let expires = i64::try_from(expires_at_ms).unwrap_or(i64::MAX);
-        self.run("link_insert", (code_hash, user_id, expires))
-            .await?;
+        self.run(
+            "link_insert",
+            (code_hash, user_id, expires, link_code_ttl_s(expires_at_ms)),
+        )
+        .await?;
         Ok(())
+    }
+
+    async fn sweep_link_codes(&self, _now_ms: u64) -> Result<u64> {
+        // Rows expire by their TTL (see `link_code_ttl_s`); nothing to scan.
+        Ok(0)
     }
 
     async fn take_link_code(&self, code_hash: &[u8], now_ms: u64) -> Result<Option<String>> {
