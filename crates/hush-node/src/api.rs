@@ -219,7 +219,14 @@ impl Api {
         }
         Ok(v1::UserInfo {
             user_id: handle,
-            device_ids: devices.into_iter().map(|d| d.device_id).collect(),
+            device_ids: devices.iter().map(|d| d.device_id.clone()).collect(),
+            devices: devices
+                .into_iter()
+                .map(|d| v1::DeviceKey {
+                    device_id: d.device_id,
+                    signature_key: d.signature_key,
+                })
+                .collect(),
         })
     }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use hush_proto::{client_frame, server_frame, v1};
 
-use super::Client;
+use super::{Action, Client};
 use crate::conn::{Conn, Transport};
 use crate::error::{ClientError, Result};
 use crate::http::Http;
@@ -82,6 +82,11 @@ impl Client {
         self.conn = Some(Conn::open(&server, &token, self.transport).await?);
         self.buffered.clear();
         self.maintain_key_packages().await?;
+        // A device that appeared on this account meanwhile (a ghost device)
+        // is noticed before anything else.
+        let me = self.me()?;
+        self.refresh_user(&me.user_id).await?;
+        self.actions.push(Action::RefreshContacts);
         self.sync().await
     }
 
@@ -178,6 +183,7 @@ macro_rules! answers {
 }
 
 answers!(
+    UserInfo,
     KeyPackageCountResult,
     KeyPackagesUploaded,
     ClaimedKeyPackages,
