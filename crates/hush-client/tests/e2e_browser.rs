@@ -71,10 +71,10 @@ fn get(url: &str, path: &str) -> (String, Vec<u8>) {
     (head, raw[split + 4..].to_vec())
 }
 
-#[test]
-fn two_browsers_and_the_cli_share_a_group() {
-    let root = repo_root();
-    let web = root.join("web");
+/// The web directory and Chromium, or `None` (after printing SKIPPED) when
+/// a tool is missing and `HUSH_REQUIRE_BROWSER` is not 1.
+fn browser_tools(test: &str) -> Option<(PathBuf, PathBuf)> {
+    let web = repo_root().join("web");
     let chromium = std::env::var_os("HUSH_CHROMIUM")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
@@ -85,10 +85,40 @@ fn two_browsers_and_the_cli_share_a_group() {
         // Straight to stderr: the test harness captures eprintln! of passing tests.
         let _ = writeln!(
             std::io::stderr(),
-            "\n=== SKIPPED e2e_browser: {why} (set HUSH_REQUIRE_BROWSER=1 to make this a failure) ===\n"
+            "\n=== SKIPPED {test}: {why} (set HUSH_REQUIRE_BROWSER=1 to make this a failure) ===\n"
         );
-        return;
+        return None;
     }
+    Some((web, chromium))
+}
+
+/// The page's trust code in Chromium (`web/tests/unit.mjs`): the safety
+/// number vectors of `trust.rs`, pinning, and the client refusing crafted
+/// entries (a forged self-update, a misattributed message, a revoked
+/// device's message) as a malicious server would deliver them.
+#[test]
+fn the_page_refuses_forged_entries_and_agrees_on_safety_numbers() {
+    let Some((web, chromium)) = browser_tools("e2e_browser unit checks") else {
+        return;
+    };
+    let status = Command::new("node")
+        .arg(web.join("tests/unit.mjs"))
+        .arg("--chromium")
+        .arg(&chromium)
+        .current_dir(&web)
+        .status()
+        .expect("run node web/tests/unit.mjs");
+    assert!(
+        status.success(),
+        "the page's unit checks failed (see above)"
+    );
+}
+
+#[test]
+fn two_browsers_and_the_cli_share_a_group() {
+    let Some((web, chromium)) = browser_tools("e2e_browser") else {
+        return;
+    };
 
     let mut node = Node::start_with_env(&[("RUST_LOG", "debug")]);
 
