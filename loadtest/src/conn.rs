@@ -22,10 +22,17 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use crate::payload::now_ns;
+use crate::clock::now_ns;
+use crate::sync::lock;
 
-/// How long a setup request waits for its reply.
+/// How long a request waits for its reply (and a setup step for its push:
+/// `SyncCaughtUp`, a Welcome).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// A failover connection that found no node answering in a whole round
+/// waits this long before the next round, doubling up to
+/// [`MAX_RECONNECT_BACKOFF`].
+const FIRST_RECONNECT_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// A connection failure.
 #[derive(Debug, thiserror::Error)]
@@ -67,11 +74,6 @@ pub trait Push: Send + Sync + 'static {
 }
 
 type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<server_frame::Body>>>>;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A poisoned map only means a handler panicked; the map stays usable.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// The write side of a connection, valid across reconnections: frames go
 /// to whichever socket is current.
@@ -328,7 +330,7 @@ impl Conn {
                     // what must survive (sends) once reconnected.
                     while out_rx.try_recv().is_ok() {}
                     let n = fo.addrs.len();
-                    let mut backoff = Duration::from_millis(50);
+                    let mut backoff = FIRST_RECONNECT_BACKOFF;
                     let mut attempts = 0u32;
                     let mut next = server;
                     ws = loop {
@@ -340,7 +342,7 @@ impl Conn {
                                 tracing::debug!(error = %e, "reconnect attempt failed");
                                 if (attempts as usize).is_multiple_of(n) {
                                     tokio::time::sleep(backoff).await;
-                                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                                    backoff = (backoff * 2).min(MAX_RECONNECT_BACKOFF);
                                 }
                             }
                         }

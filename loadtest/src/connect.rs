@@ -11,14 +11,16 @@ use std::sync::{Arc, Mutex};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use hush_client::http::Token;
 use hush_proto::server_frame::Body as S;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
-use crate::conn::{Conn, Push};
-use crate::fanout::Endpoints;
-use crate::payload::now_ns;
-use crate::stats::{Correctness, Counters, Hist};
-use crate::worker::{ConnectJob, FromWorker, PhaseCmd, PhaseResult, Plan, ToWorker};
-use crate::{account, Clock};
+use crate::account;
+use crate::clock::now_ns;
+use crate::conn::{Conn, ConnError, Push, REQUEST_TIMEOUT};
+use crate::endpoints::Endpoints;
+use crate::protocol::{ConnectJob, PhaseResult, Plan};
+use crate::stats::{Counters, Hist};
+use crate::sync::lock;
+use crate::workload::{Channels, Schedule, WorkerRun};
 
 #[derive(Default)]
 struct Shared {
@@ -54,10 +56,6 @@ impl Push for IdleSink {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 async fn open(
     ep: Arc<Endpoints>,
     shared: Arc<Shared>,
@@ -74,13 +72,13 @@ async fn open(
     });
     let addr = ep.addrs[i % ep.addrs.len()];
     let r = async {
-        let conn = Conn::connect(addr, ep.source(), &token, sink.clone()).await?;
+        let conn = Conn::connect(addr, ep.sources.next(), &token, sink.clone()).await?;
         conn.start_sync()?;
-        tokio::time::timeout(crate::conn::REQUEST_TIMEOUT, rx.wait_for(|v| *v))
+        tokio::time::timeout(REQUEST_TIMEOUT, rx.wait_for(|v| *v))
             .await
-            .map_err(|_| crate::conn::ConnError::Timeout)?
-            .map_err(|_| crate::conn::ConnError::Closed)?;
-        Ok::<_, crate::conn::ConnError>(conn)
+            .map_err(|_| ConnError::Timeout)?
+            .map_err(|_| ConnError::Closed)?;
+        Ok::<_, ConnError>(conn)
     }
     .await;
     let at = now_ns();
@@ -111,20 +109,9 @@ async fn open(
 }
 
 /// Runs the connect worker until `Stop`.
-pub async fn run(
-    plan: Plan,
-    job: ConnectJob,
-    mut cmds: mpsc::UnboundedReceiver<ToWorker>,
-    events: mpsc::UnboundedSender<FromWorker>,
-) -> anyhow::Result<()> {
-    let clock = Clock::now();
-    let shared = Arc::new(Shared::default());
+pub async fn run(plan: Plan, job: ConnectJob, ch: Channels) -> anyhow::Result<()> {
     let ep = Arc::new(Endpoints::new(&plan).await?);
-    let ticker = {
-        let shared = shared.clone();
-        crate::spawn_ticker(events.clone(), move || shared.counters.tick())
-    };
-    let setup = std::time::Instant::now();
+    let mut run = WorkerRun::start(ch, |s: &Shared| (&s.counters, &s.stopping));
     let tokens: Vec<Token> = stream::iter(job.first..job.first + job.count)
         .map(|i| {
             let ep = ep.clone();
@@ -139,23 +126,17 @@ pub async fn run(
         .buffered(job.setup_concurrency)
         .try_collect()
         .await?;
-    let _ = events.send(FromWorker::Ready {
-        setup_s: setup.elapsed().as_secs_f64(),
-        registered: tokens.len() as u64,
-    });
+    run.ready(tokens.len() as u64);
+    let shared = run.shared.clone();
     let mut conns: Vec<Conn> = Vec::new();
     let mut tokens = Some(tokens);
-    while let Some(cmd) = cmds.recv().await {
-        let p: PhaseCmd = match cmd {
-            ToWorker::Stop => break,
-            ToWorker::Phase(p) => p,
-        };
+    while let Some(p) = run.next_phase().await {
         let before = shared.counters.tick();
-        let period = 1e9 / p.rate;
+        let schedule = Schedule::new(p.start_ns, p.rate);
         let mut tasks = Vec::new();
         for (n, token) in tokens.take().unwrap_or_default().into_iter().enumerate() {
-            let intended = p.start_ns + (n as f64 * period) as u64;
-            tokio::time::sleep_until(clock.instant_at(intended)).await;
+            let intended = schedule.at(n as u64);
+            tokio::time::sleep_until(run.clock.instant_at(intended)).await;
             Counters::add(&shared.counters.sent, 1);
             tasks.push(tokio::spawn(open(
                 ep.clone(),
@@ -171,19 +152,11 @@ pub async fn run(
             }
         }
         let end = p.start_ns + (p.duration_s * 1e9) as u64;
-        tokio::time::sleep_until(clock.instant_at(end)).await;
+        tokio::time::sleep_until(run.clock.instant_at(end)).await;
         let after = shared.counters.tick();
         let (hs, conn_h) = std::mem::take(&mut *lock(&shared.hists));
-        let r = PhaseResult {
-            index: p.index,
-            sent: after.sent - before.sent,
-            acked: after.acked - before.acked,
-            delivered: 0,
-            correctness: Correctness {
-                conn_failures: after.conn_failures,
-                closed_unexpected: after.closed_unexpected,
-                ..Correctness::default()
-            },
+        run.phase_done(PhaseResult {
+            correctness: shared.counters.correctness(),
             hists: [
                 ("handshake".to_string(), hs),
                 ("connect".to_string(), conn_h),
@@ -191,15 +164,13 @@ pub async fn run(
             .into_iter()
             .collect(),
             last_event_ns: shared.last_ns.load(Ordering::Relaxed),
-            conns_open: after.conns_open,
-            failover: None,
-        };
-        let _ = events.send(FromWorker::PhaseDone(Box::new(r)));
+            ..PhaseResult::between(p.index, before, after)
+        });
     }
-    shared.stopping.store(true, Ordering::SeqCst);
-    for c in &conns {
-        c.close();
-    }
-    ticker.abort();
+    run.finish(|| {
+        for c in &conns {
+            c.close();
+        }
+    });
     Ok(())
 }

@@ -27,8 +27,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::protocol::{FailoverRaw, MsgRec};
 use crate::stats::Correctness;
-use crate::worker::{FailoverRaw, MsgRec};
 
 /// The failover figures of one phase.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -75,6 +75,10 @@ pub struct FailoverReport {
     /// it never completed).
     pub latency_by_send_time: Vec<(f64, f64)>,
 }
+
+/// `latency_by_send_time` buckets messages by scheduled send time, this
+/// wide.
+const BUCKET_NS: u64 = 100_000_000;
 
 fn s(ns: u64, kill: u64) -> f64 {
     (ns as f64 - kill as f64) / 1e9
@@ -172,7 +176,7 @@ impl FailoverReport {
             if done == 0 {
                 continue;
             }
-            let b = ((m.intended_ns as f64 - kill_ns as f64) / 1e8).floor() as i64;
+            let b = ((m.intended_ns as f64 - kill_ns as f64) / BUCKET_NS as f64).floor() as i64;
             let ms = (done.saturating_sub(m.intended_ns)) as f64 / 1e6;
             let e = buckets.entry(b).or_insert(0.0);
             *e = e.max(ms);
@@ -200,7 +204,7 @@ impl FailoverReport {
             correctness,
             latency_by_send_time: buckets
                 .into_iter()
-                .map(|(b, ms)| (b as f64 / 10.0, ms))
+                .map(|(b, ms)| (b as f64 * BUCKET_NS as f64 / 1e9, ms))
                 .collect(),
         }
     }
@@ -244,7 +248,7 @@ mod tests {
 
     #[test]
     fn report_counts_the_outage_window() {
-        use crate::worker::DropRec;
+        use crate::protocol::DropRec;
         let kill = 10_000_000_000u64;
         let ms = 1_000_000u64;
         let raw = FailoverRaw {

@@ -77,62 +77,44 @@ async fn main() -> ExitCode {
             }
         },
         Cmd::Run(args) => {
-            let RunArgs {
-                scenario,
-                mut overrides,
-                mls,
-                out,
-                servers,
-                node_pids,
-                node_bin,
-                redis,
-                redis_pid,
-                quiet,
-                repeat,
-            } = *args;
-            if let Some(m) = mls {
+            let a = *args;
+            let mut overrides = a.overrides;
+            if let Some(m) = a.mls {
                 overrides.push(format!("mls={m}"));
             }
+            let repeat = a.repeat;
             let opts = hush_loadtest::Options {
-                scenario,
+                scenario: a.scenario,
                 overrides,
-                out,
-                servers,
-                node_pids,
-                node_bin,
-                redis,
-                redis_pid,
-                progress: !quiet,
+                out: a.out,
+                servers: a.servers,
+                node_pids: a.node_pids,
+                node_bin: a.node_bin,
+                redis: a.redis,
+                redis_pid: a.redis_pid,
+                progress: !a.quiet,
                 worker_exe: None,
                 load_before: String::new(),
             };
-            if repeat > 1 {
-                return match hush_loadtest::run_repeat(opts, repeat).await {
-                    Ok((ok, r, dir)) => {
+            let passed = if repeat > 1 {
+                hush_loadtest::run_repeat(opts, repeat)
+                    .await
+                    .map(|(ok, r, dir)| {
                         print!("{}", r.text());
                         println!("repeat: {}", dir.join("repeat.json").display());
-                        if ok {
-                            ExitCode::SUCCESS
-                        } else {
-                            ExitCode::from(1)
-                        }
-                    }
-                    Err(e) => {
-                        eprintln!("hush-loadtest: {e:#}");
-                        ExitCode::from(2)
-                    }
-                };
-            }
-            match hush_loadtest::run(opts).await {
-                Ok(o) => {
+                        ok
+                    })
+            } else {
+                hush_loadtest::run(opts).await.map(|o| {
                     print!("{}", o.summary.text());
                     println!("report: {}", o.out_dir.join("report.html").display());
-                    if o.ok {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::from(1)
-                    }
-                }
+                    o.ok
+                })
+            };
+            match passed {
+                Ok(true) => ExitCode::SUCCESS,
+                // Ran, but the correctness checks failed.
+                Ok(false) => ExitCode::from(1),
                 Err(e) => {
                     eprintln!("hush-loadtest: {e:#}");
                     ExitCode::from(2)

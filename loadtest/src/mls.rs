@@ -130,8 +130,14 @@ impl Member {
         Ok(out)
     }
 
-    fn group(&mut self) -> Result<&mut MlsGroup> {
-        self.group.as_mut().ok_or_else(|| err("group", "no group"))
+    /// The provider, the signature key and the group, borrowed apart (the
+    /// openmls calls want them together).
+    fn parts(&mut self) -> Result<(&OpenMlsRustCrypto, &SignatureKeyPair, &mut MlsGroup)> {
+        let group = self
+            .group
+            .as_mut()
+            .ok_or_else(|| err("group", "no group"))?;
+        Ok((&self.provider, &self.keys, group))
     }
 
     /// Stages a commit adding these KeyPackages (as the server handed them
@@ -153,12 +159,7 @@ impl Member {
                     .map_err(|e| err("validate key package", e))?,
             );
         }
-        let provider = &self.provider;
-        let keys = &self.keys;
-        let group = self
-            .group
-            .as_mut()
-            .ok_or_else(|| err("group", "no group"))?;
+        let (provider, keys, group) = self.parts()?;
         let bundle = group
             .commit_builder()
             .propose_adds(kps)
@@ -190,11 +191,7 @@ impl Member {
 
     /// Applies the staged commit (the server accepted it).
     pub fn merge(&mut self) -> Result<()> {
-        let provider = &self.provider;
-        let group = self
-            .group
-            .as_mut()
-            .ok_or_else(|| err("group", "no group"))?;
+        let (provider, _, group) = self.parts()?;
         group
             .merge_pending_commit(provider)
             .map_err(|e| err("merge commit", e))
@@ -227,12 +224,7 @@ impl Member {
 
     /// Encrypts an application message (a PrivateMessage).
     pub fn encrypt(&mut self, plaintext: &[u8]) -> Result<Vec<u8>> {
-        let provider = &self.provider;
-        let keys = &self.keys;
-        let group = self
-            .group
-            .as_mut()
-            .ok_or_else(|| err("group", "no group"))?;
+        let (provider, keys, group) = self.parts()?;
         let m = group
             .create_message(provider, keys, plaintext)
             .map_err(|e| err("encrypt", e))?;
@@ -245,7 +237,7 @@ impl Member {
         let mut marker = [0u8; HEADER_LEN];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut marker)
             .map_err(|e| err("random", e))?;
-        self.group()?.set_aad(marker.to_vec());
+        self.parts()?.2.set_aad(marker.to_vec());
         let plaintext = vec![b'.'; payload_bytes];
         let bytes = self.encrypt(&plaintext)?;
         let header_at = bytes
@@ -258,11 +250,7 @@ impl Member {
     /// Decrypts a timeline message; returns the plaintext of an application
     /// message, `None` for anything else (a commit is merged).
     pub fn process(&mut self, message: &[u8]) -> Result<Option<Vec<u8>>> {
-        let provider = &self.provider;
-        let group = self
-            .group
-            .as_mut()
-            .ok_or_else(|| err("group", "no group"))?;
+        let (provider, _, group) = self.parts()?;
         let protocol = MlsMessageIn::tls_deserialize_exact(message)
             .map_err(|e| err("decode message", e))?
             .try_into_protocol_message()

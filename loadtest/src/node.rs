@@ -9,6 +9,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+/// How long a starting node may take to print `listening on`.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a node may take to exit after SIGTERM before it gets SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The hush-node executable: `--node-bin`, else `HUSH_NODE_BIN`, else the
 /// `hush-node` next to this executable (both come out of one
 /// `cargo build --release -p hush-node -p hush-loadtest`).
@@ -48,7 +53,7 @@ pub struct NodeProc {
 
 impl NodeProc {
     /// Starts `bin` with `args` in `cwd`, stderr to `log`, and waits (up to
-    /// 60 s) for `listening on <url>` on stdout.
+    /// [`START_TIMEOUT`]) for `listening on <url>` on stdout.
     pub async fn start(
         id: &str,
         bin: &Path,
@@ -74,7 +79,7 @@ impl NodeProc {
         let pid = child.id().context("node exited at once")?;
         let stdout = child.stdout.take().context("no stdout")?;
         let mut lines = BufReader::new(stdout).lines();
-        let url = tokio::time::timeout(Duration::from_secs(60), async {
+        let url = tokio::time::timeout(START_TIMEOUT, async {
             while let Ok(Some(l)) = lines.next_line().await {
                 if let Some(u) = l.strip_prefix("listening on ") {
                     return Some(u.trim().to_string());
@@ -106,12 +111,12 @@ impl NodeProc {
         let _ = self.child.kill().await;
     }
 
-    /// SIGTERM, then wait (SIGKILL after 10 s).
+    /// SIGTERM, then wait (SIGKILL after [`STOP_TIMEOUT`]).
     pub async fn stop(mut self) {
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &self.pid.to_string()])
             .status();
-        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+        if tokio::time::timeout(STOP_TIMEOUT, self.child.wait())
             .await
             .is_err()
         {

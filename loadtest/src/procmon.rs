@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::sync::lock;
+
 /// One sample of one process.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Sample {
@@ -87,6 +89,15 @@ pub fn read(pid: u32, ticks: f64) -> Option<(f64, u64)> {
     Some(((utime + stime) / ticks, rss_kb * 1024))
 }
 
+/// One sample of every process in `series` at `t` (those gone are skipped).
+fn sample_all(series: &Mutex<Vec<Series>>, t: f64, ticks: f64) {
+    for p in lock(series).iter_mut() {
+        if let Some((cpu_s, rss)) = read(p.pid, ticks) {
+            p.samples.push(Sample { t, cpu_s, rss });
+        }
+    }
+}
+
 /// Samples a set of processes until dropped.
 pub struct Monitor {
     series: Arc<Mutex<Vec<Series>>>,
@@ -115,13 +126,7 @@ impl Monitor {
                 let mut iv = tokio::time::interval(every);
                 loop {
                     iv.tick().await;
-                    let t = start.elapsed().as_secs_f64();
-                    let mut s = series.lock().unwrap_or_else(|e| e.into_inner());
-                    for p in s.iter_mut() {
-                        if let Some((cpu_s, rss)) = read(p.pid, ticks) {
-                            p.samples.push(Sample { t, cpu_s, rss });
-                        }
-                    }
+                    sample_all(&series, start.elapsed().as_secs_f64(), ticks);
                 }
             })
         };
@@ -139,34 +144,21 @@ impl Monitor {
 
     /// Adds a process to watch from now on.
     pub fn watch(&self, name: String, pid: u32) {
-        self.series
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Series {
-                name,
-                pid,
-                samples: Vec::new(),
-            });
+        lock(&self.series).push(Series {
+            name,
+            pid,
+            samples: Vec::new(),
+        });
     }
 
     /// Takes one sample of everything right now (so phase edges are exact).
     pub fn sample_now(&self) {
-        let t = self.now();
-        let ticks = clock_ticks();
-        let mut s = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        for p in s.iter_mut() {
-            if let Some((cpu_s, rss)) = read(p.pid, ticks) {
-                p.samples.push(Sample { t, cpu_s, rss });
-            }
-        }
+        sample_all(&self.series, self.now(), clock_ticks());
     }
 
     /// The samples so far.
     pub fn series(&self) -> Vec<Series> {
-        self.series
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.series).clone()
     }
 }
 

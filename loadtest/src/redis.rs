@@ -12,21 +12,18 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::mpsc;
 
-use crate::payload::{now_ns, Header};
-use crate::stats::{Correctness, Counters, Hist, Seen, SeqTrack};
-use crate::worker::{FanoutJob, FromWorker, PhaseCmd, PhaseResult, Plan, ToWorker};
-use crate::Clock;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+use crate::clock::{now_ns, Clock};
+use crate::endpoints::Sources;
+use crate::payload::Header;
+use crate::protocol::{FanoutJob, PhaseCmd, PhaseResult, Plan};
+use crate::stats::{Counters, MessageHists, Seen, SeqTrack};
+use crate::sync::lock;
+use crate::workload::{wait_drained, Channels, Schedule, WorkerRun};
 
 /// One RESP value (only what pub/sub answers with).
 #[derive(Debug, PartialEq)]
@@ -83,7 +80,7 @@ fn command(args: &[&[u8]]) -> Vec<u8> {
 #[derive(Default)]
 struct Shared {
     counters: Counters,
-    hists: Mutex<(Hist, Hist, Hist)>, // ack, e2e, completion
+    hists: Mutex<MessageHists>,
     last_event_ns: AtomicU64,
     stopping: AtomicBool,
 }
@@ -161,9 +158,9 @@ async fn subscriber(
             }
         };
         let mut hs = lock(&shared.hists);
-        hs.1.record_ns(h.sent_ns, at);
+        hs.e2e.record_ns(h.sent_ns, at);
         if done {
-            hs.2.record_ns(h.sent_ns, at);
+            hs.completion.record_ns(h.sent_ns, at);
         }
     }
 }
@@ -189,7 +186,7 @@ async fn publisher_replies(
                 acked += 1;
                 Counters::add(&c.acked, 1);
                 group.acked_max.fetch_max(acked, Ordering::Relaxed);
-                lock(&shared.hists).0.record_ns(intended, at);
+                lock(&shared.hists).ack.record_ns(intended, at);
             }
             other => {
                 tracing::warn!(reply = ?other, "PUBLISH failed");
@@ -200,95 +197,85 @@ async fn publisher_replies(
 }
 
 /// Runs the Redis worker until `Stop`.
-pub async fn run(
-    plan: Plan,
-    job: FanoutJob,
-    mut cmds: mpsc::UnboundedReceiver<ToWorker>,
-    events: mpsc::UnboundedSender<FromWorker>,
-) -> anyhow::Result<()> {
-    let clock = Clock::now();
+pub async fn run(plan: Plan, job: FanoutJob, ch: Channels) -> anyhow::Result<()> {
     let addr: SocketAddr =
         tokio::net::lookup_host(plan.servers.first().context("no redis address")?.as_str())
             .await?
             .next()
             .context("cannot resolve redis address")?;
-    let shared = Arc::new(Shared::default());
-    let ticker = {
-        let shared = shared.clone();
-        crate::spawn_ticker(events.clone(), move || shared.counters.tick())
-    };
-    let setup = std::time::Instant::now();
-    let mut src = 0usize;
-    let mut next_source = || {
-        src += 1;
-        (!plan.sources.is_empty()).then(|| plan.sources[src % plan.sources.len()])
-    };
+    let mut run = WorkerRun::start(ch, |s: &Shared| (&s.counters, &s.stopping));
+    let sources = Sources::new(plan.sources.clone());
     let mut groups = Vec::new();
     for g in job.first_group..job.first_group + job.groups {
         let channel = format!("lt{}:{g}", plan.run_id).into_bytes();
-        let mut readers = Vec::new();
-        let mut tracks = Vec::new();
-        for _ in 1..job.group_size {
-            let s = connect(addr, next_source())
-                .await
-                .context("connect to redis")?;
-            let (r, mut w) = s.into_split();
-            let mut r = BufReader::new(r);
-            w.write_all(&command(&[b"SUBSCRIBE", &channel])).await?;
-            match read_resp(&mut r).await? {
-                Resp::Array(a) if a.first() == Some(&Resp::Bulk(b"subscribe".to_vec())) => {}
-                other => anyhow::bail!("unexpected SUBSCRIBE reply {other:?}"),
-            }
-            Counters::add(&shared.counters.conns_open, 1);
-            let mut t = SeqTrack::default();
-            t.start_after(0);
-            let t = Arc::new(Mutex::new(t));
-            tracks.push(t.clone());
-            // The write half must outlive the subscription.
-            readers.push((r, t, w));
-        }
-        let s = connect(addr, next_source()).await?;
-        Counters::add(&shared.counters.conns_open, 1);
-        let (pr, pw) = s.into_split();
-        let group = Arc::new(Group {
-            index: g as u32,
-            channel,
-            receivers: (job.group_size - 1) as u32,
-            completion: Mutex::default(),
-            acked_max: AtomicU64::new(0),
-            tracks,
-            inflight: Arc::default(),
-            publisher: tokio::sync::Mutex::new((pw, 0)),
-        });
-        tokio::spawn(publisher_replies(
-            shared.clone(),
-            group.clone(),
-            BufReader::new(pr),
-        ));
-        for (r, t, w) in readers {
-            let (shared, group) = (shared.clone(), group.clone());
-            tokio::spawn(async move {
-                let _keep = w;
-                subscriber(shared, group, t, r).await;
-            });
-        }
-        groups.push(group);
+        groups.push(setup_group(&run.shared, &job, addr, &sources, g, channel).await?);
     }
-    let _ = events.send(FromWorker::Ready {
-        setup_s: setup.elapsed().as_secs_f64(),
-        registered: 0,
-    });
-    while let Some(cmd) = cmds.recv().await {
-        let p: PhaseCmd = match cmd {
-            ToWorker::Stop => break,
-            ToWorker::Phase(p) => p,
-        };
-        let r = phase(&clock, &shared, &job, &groups, &p).await;
-        let _ = events.send(FromWorker::PhaseDone(Box::new(r)));
+    run.ready(0);
+    while let Some(p) = run.next_phase().await {
+        let r = phase(&run.clock, &run.shared, &job, &groups, &p).await;
+        run.phase_done(r);
     }
-    shared.stopping.store(true, Ordering::SeqCst);
-    ticker.abort();
+    run.finish(|| {});
     Ok(())
+}
+
+/// Channel `channel` with its k-1 subscribers and its publisher, each on
+/// its own connection.
+async fn setup_group(
+    shared: &Arc<Shared>,
+    job: &FanoutJob,
+    addr: SocketAddr,
+    sources: &Sources,
+    g: usize,
+    channel: Vec<u8>,
+) -> anyhow::Result<Arc<Group>> {
+    let mut readers = Vec::new();
+    let mut tracks = Vec::new();
+    for _ in 1..job.group_size {
+        let s = connect(addr, sources.next())
+            .await
+            .context("connect to redis")?;
+        let (r, mut w) = s.into_split();
+        let mut r = BufReader::new(r);
+        w.write_all(&command(&[b"SUBSCRIBE", &channel])).await?;
+        match read_resp(&mut r).await? {
+            Resp::Array(a) if a.first() == Some(&Resp::Bulk(b"subscribe".to_vec())) => {}
+            other => anyhow::bail!("unexpected SUBSCRIBE reply {other:?}"),
+        }
+        Counters::add(&shared.counters.conns_open, 1);
+        let mut t = SeqTrack::default();
+        t.start_after(0);
+        let t = Arc::new(Mutex::new(t));
+        tracks.push(t.clone());
+        // The write half must outlive the subscription.
+        readers.push((r, t, w));
+    }
+    let s = connect(addr, sources.next()).await?;
+    Counters::add(&shared.counters.conns_open, 1);
+    let (pr, pw) = s.into_split();
+    let group = Arc::new(Group {
+        index: g as u32,
+        channel,
+        receivers: (job.group_size - 1) as u32,
+        completion: Mutex::default(),
+        acked_max: AtomicU64::new(0),
+        tracks,
+        inflight: Arc::default(),
+        publisher: tokio::sync::Mutex::new((pw, 0)),
+    });
+    tokio::spawn(publisher_replies(
+        shared.clone(),
+        group.clone(),
+        BufReader::new(pr),
+    ));
+    for (r, t, w) in readers {
+        let (shared, group) = (shared.clone(), group.clone());
+        tokio::spawn(async move {
+            let _keep = w;
+            subscriber(shared, group, t, r).await;
+        });
+    }
+    Ok(group)
 }
 
 async fn phase(
@@ -298,20 +285,18 @@ async fn phase(
     groups: &[Arc<Group>],
     p: &PhaseCmd,
 ) -> PhaseResult {
-    *lock(&shared.hists) = Default::default();
+    *lock(&shared.hists) = MessageHists::default();
     let before = shared.counters.tick();
-    let period = 1e9 / p.rate;
-    let n = (p.duration_s * p.rate).floor() as u64;
+    let n = Schedule::count(p.duration_s, p.rate);
     let mut tasks = Vec::new();
     for g in groups {
-        let offset = (g.index as f64 / job.total_groups as f64) * period;
-        let start = p.start_ns + offset as u64;
+        let schedule = Schedule::for_group(p.start_ns, p.rate, g.index, job.total_groups);
         let (g, shared, clock) = (g.clone(), shared.clone(), *clock);
         let payload_bytes = job.payload_bytes;
         tasks.push(tokio::spawn(async move {
             let mut pubr = g.publisher.lock().await;
             for i in 0..n {
-                let intended = start + (i as f64 * period) as u64;
+                let intended = schedule.at(i);
                 tokio::time::sleep_until(clock.instant_at(intended)).await;
                 let counter = pubr.1;
                 pubr.1 += 1;
@@ -333,55 +318,25 @@ async fn phase(
     for t in tasks {
         let _ = t.await;
     }
-    let drained = || {
+    wait_drained(p.drain_timeout_s, || {
         groups.iter().all(|g| {
             let head = g.acked_max.load(Ordering::Relaxed);
             lock(&g.inflight).is_empty() && g.tracks.iter().all(|t| lock(t).contiguous() >= head)
         })
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(p.drain_timeout_s);
-    while !drained() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     let after = shared.counters.tick();
-    let mut corr = Correctness {
-        send_errors: after.send_errors,
-        payload_errors: shared.counters.payload_errors.load(Ordering::Relaxed),
-        closed_unexpected: after.closed_unexpected,
-        ..Correctness::default()
-    };
+    let mut corr = shared.counters.correctness();
     for g in groups {
         let tracks: Vec<SeqTrack> = g.tracks.iter().map(|t| lock(t).clone()).collect();
-        let head = tracks
-            .iter()
-            .map(|t| t.max_seen())
-            .max()
-            .unwrap_or(0)
-            .max(g.acked_max.load(Ordering::Relaxed));
-        for t in &tracks {
-            corr.lost += t.lost(head);
-            corr.duplicated += t.duplicates;
-            corr.reordered += t.reordered;
-        }
+        corr.add_timeline(&tracks, g.acked_max.load(Ordering::Relaxed));
         corr.unacked += lock(&g.inflight).len() as u64;
     }
-    let (ack, e2e, completion) = std::mem::take(&mut *lock(&shared.hists));
     PhaseResult {
-        index: p.index,
-        sent: after.sent - before.sent,
-        acked: after.acked - before.acked,
-        delivered: after.delivered - before.delivered,
         correctness: corr,
-        hists: [
-            ("ack".to_string(), ack),
-            ("e2e".to_string(), e2e),
-            ("completion".to_string(), completion),
-        ]
-        .into_iter()
-        .collect(),
+        hists: std::mem::take(&mut *lock(&shared.hists)).into_named(),
         last_event_ns: shared.last_event_ns.load(Ordering::Relaxed),
-        conns_open: after.conns_open,
-        failover: None,
+        ..PhaseResult::between(p.index, before, after)
     }
 }
 

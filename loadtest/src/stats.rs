@@ -1,7 +1,7 @@
 //! Measurements: HDR latency histograms (microseconds), the counters every
 //! worker keeps, and the correctness tracker each receiver runs.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine as _;
@@ -100,6 +100,31 @@ impl<'de> Deserialize<'de> for Hist {
     }
 }
 
+/// The histograms of a message workload (Hush fan-out, Redis pub/sub), all
+/// from the intended send time.
+#[derive(Debug, Default)]
+pub struct MessageHists {
+    /// -> the sender got the acknowledgement.
+    pub ack: Hist,
+    /// -> a receiver got the message (one per delivery).
+    pub e2e: Hist,
+    /// -> the last receiver of the group got it (one per message).
+    pub completion: Hist,
+}
+
+impl MessageHists {
+    /// By name, as a phase result carries them.
+    pub fn into_named(self) -> BTreeMap<String, Hist> {
+        [
+            ("ack".to_string(), self.ack),
+            ("e2e".to_string(), self.e2e),
+            ("completion".to_string(), self.completion),
+        ]
+        .into_iter()
+        .collect()
+    }
+}
+
 /// Percentiles of one histogram, in milliseconds.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LatencySummary {
@@ -142,6 +167,20 @@ impl Counters {
     pub fn add(c: &AtomicU64, n: u64) {
         c.fetch_add(n, Ordering::Relaxed);
     }
+
+    /// The correctness counts kept as counters (the workload's own
+    /// bookkeeping adds lost, duplicated, reordered, unacked, stored twice).
+    pub fn correctness(&self) -> Correctness {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Correctness {
+            send_errors: g(&self.send_errors),
+            payload_errors: g(&self.payload_errors),
+            closed_unexpected: g(&self.closed_unexpected),
+            conn_failures: g(&self.conn_failures),
+            ..Correctness::default()
+        }
+    }
+
     pub fn tick(&self) -> Tick {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Tick {
@@ -308,6 +347,23 @@ impl Correctness {
         }
     }
 
+    /// Adds one group's timeline checks: each member's track against the
+    /// group's head, the highest seq any member saw or the sender had
+    /// acknowledged (`acked_max`).
+    pub fn add_timeline(&mut self, tracks: &[SeqTrack], acked_max: u64) {
+        let head = tracks
+            .iter()
+            .map(SeqTrack::max_seen)
+            .max()
+            .unwrap_or(0)
+            .max(acked_max);
+        for t in tracks {
+            self.lost += t.lost(head);
+            self.duplicated += t.duplicates;
+            self.reordered += t.reordered;
+        }
+    }
+
     /// True when nothing went wrong.
     pub fn ok(&self) -> bool {
         *self == Correctness::default()
@@ -336,6 +392,27 @@ mod tests {
         assert_eq!(t.lost(8), 3);
         assert_eq!(t.max_seen(), 7);
         assert_eq!((t.duplicates, t.reordered), (2, 2));
+    }
+
+    #[test]
+    fn a_timeline_counts_against_the_groups_head() {
+        let member = |seqs: &[u64]| {
+            let mut t = SeqTrack::default();
+            t.start_after(10);
+            for s in seqs {
+                t.observe(*s);
+            }
+            t
+        };
+        // One member got 11..=13, the other 11 and 13 (12 late, then again).
+        let tracks = [member(&[11, 12, 13]), member(&[11, 13, 12, 12])];
+        let mut c = Correctness::default();
+        c.add_timeline(&tracks, 0);
+        assert_eq!((c.lost, c.duplicated, c.reordered), (0, 1, 1));
+        // The sender had 14 acknowledged: nobody got it.
+        let mut c = Correctness::default();
+        c.add_timeline(&tracks, 14);
+        assert_eq!(c.lost, 2);
     }
 
     #[test]

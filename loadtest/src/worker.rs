@@ -1,204 +1,38 @@
-//! Workers: the coordinator splits a scenario into [`Plan`]s, one per
-//! worker; each worker owns whole groups (or a slice of the connections),
-//! so senders, receivers and their correctness bookkeeping share one
-//! process. A worker runs inside the coordinator (`workers = 0`) or as a
-//! child process (`hush-loadtest worker`) speaking JSON lines over
-//! stdin/stdout: the [`Plan`] first, then [`ToWorker`] commands; it answers
-//! with [`FromWorker`] lines. Histograms travel HDR-V2-encoded and are
-//! merged by the coordinator.
+//! Running a worker: in the coordinator's process (`workers = 0`) or as a
+//! child process (`hush-loadtest worker`) speaking the worker protocol
+//! ([`crate::protocol`]) as JSON lines over stdin/stdout: the [`Plan`]
+//! first, then [`ToWorker`] commands; it answers with [`FromWorker`] lines.
+//! [`run_worker`] starts the plan's workload ([`crate::fanout`],
+//! [`crate::connect`] or [`crate::redis`]) either way.
 
-use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::process::Stdio;
+use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
-use crate::scenario::MlsMode;
-use crate::stats::{Correctness, Hist, Tick};
+use crate::protocol::{FromWorker, Job, Plan, ToWorker};
+use crate::workload::Channels;
+use crate::{connect, fanout, redis};
 
-/// What one worker does.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Plan {
-    pub worker: usize,
-    /// Unique per run: user handles and message ids carry it.
-    pub run_id: String,
-    /// Gateway URLs; member or connection `i` uses `servers[i % len]`.
-    pub servers: Vec<String>,
-    /// Source addresses, round-robin per connection (empty: the OS picks).
-    pub sources: Vec<IpAddr>,
-    pub job: Job,
-}
+/// How long a stopped child worker may take to exit before it is killed.
+const CHILD_EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The workload of a worker.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum Job {
-    /// Hush groups `first_group .. first_group + groups`.
-    Fanout(FanoutJob),
-    /// Redis pub/sub channels, same shape.
-    Redis(FanoutJob),
-    /// Idle connections `first .. first + count`.
-    Connect(ConnectJob),
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct FanoutJob {
-    pub first_group: usize,
-    pub groups: usize,
-    /// Groups over all workers (spreads the send schedule).
-    pub total_groups: usize,
-    pub group_size: usize,
-    pub payload_bytes: usize,
-    pub mls: MlsMode,
-    pub presealed_per_group: usize,
-    pub setup_concurrency: usize,
-    pub ack_interval_ms: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ConnectJob {
-    pub first: usize,
-    pub count: usize,
-    pub setup_concurrency: usize,
-}
-
-/// Coordinator -> worker.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum ToWorker {
-    /// Run one measured phase, then drain and report.
-    Phase(PhaseCmd),
-    /// Close everything and exit.
-    Stop,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PhaseCmd {
-    pub index: usize,
-    /// Unix ns at which the phase's schedule starts (same for all workers).
-    pub start_ns: u64,
-    pub duration_s: f64,
-    /// Fanout: messages per second per group. Connect: attempts per second
-    /// for this worker.
-    pub rate: f64,
-    pub drain_timeout_s: f64,
-    /// Failover: the node killed during this phase.
-    #[serde(default)]
-    pub kill: Option<KillCmd>,
-}
-
-/// The node a phase kills: its index in `Plan::servers` and when (Unix ns).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct KillCmd {
-    pub server: usize,
-    pub at_ns: u64,
-}
-
-/// One lost socket of a member and its way back (Unix ns; 0 = never).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DropRec {
-    pub group: u32,
-    pub member: u32,
-    /// Gateway indexes: lost on `from`, reconnected to `to`.
-    pub from: usize,
-    pub to: usize,
-    pub dropped_ns: u64,
-    /// The new WebSocket was open.
-    pub reconnected_ns: u64,
-    /// The resume Sync caught up (`SyncCaughtUp` on the new node).
-    pub resumed_ns: u64,
-    /// Connection attempts until one succeeded.
-    pub attempts: u32,
-    /// The socket was to the killed node, at or after the kill.
-    pub expected: bool,
-}
-
-/// One message of a failover phase (Unix ns; 0 = never).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub struct MsgRec {
-    pub group: u32,
-    pub intended_ns: u64,
-    /// First MessageAccepted at the sender.
-    pub acked_ns: u64,
-    /// The last receiver of the group got it.
-    pub completed_ns: u64,
-    /// Times written to a socket (more than 1: resent with the same id).
-    pub attempts: u32,
-    /// The accepted answer said "already stored" (a resend of a stored message).
-    pub dedup: bool,
-}
-
-/// What a worker saw of a failover phase, raw: the coordinator turns it
-/// into the failover report.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct FailoverRaw {
-    pub drops: Vec<DropRec>,
-    pub messages: Vec<MsgRec>,
-    /// Sends written again (after a lost socket or a transient error).
-    pub retries: u64,
-    /// Accepted answers that said "already stored".
-    pub deduplicated: u64,
-}
-
-impl FailoverRaw {
-    pub fn merge(&mut self, o: &FailoverRaw) {
-        self.drops.extend(o.drops.iter().cloned());
-        self.messages.extend(o.messages.iter().copied());
-        self.retries += o.retries;
-        self.deduplicated += o.deduplicated;
-    }
-}
-
-/// Worker -> coordinator.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum FromWorker {
-    /// Setup finished; its wall time and how many users it registered.
-    Ready { setup_s: f64, registered: u64 },
-    /// Cumulative counters, about once a second.
-    Tick(Tick),
-    /// A phase ended (sending and draining).
-    PhaseDone(Box<PhaseResult>),
-    /// The worker cannot go on.
-    Failed(String),
-}
-
-/// What one worker measured in one phase.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct PhaseResult {
-    pub index: usize,
-    pub sent: u64,
-    pub acked: u64,
-    /// Deliveries to receivers (the sender's own echo not counted).
-    pub delivered: u64,
-    pub correctness: Correctness,
-    /// Named latency histograms ("ack", "e2e", "completion", "handshake").
-    pub hists: BTreeMap<String, Hist>,
-    /// Unix ns of the last delivery (or last connect) of the phase.
-    pub last_event_ns: u64,
-    /// Connections open at the end of the phase.
-    pub conns_open: u64,
-    /// Failover phases only.
-    #[serde(default)]
-    pub failover: Option<FailoverRaw>,
-}
-
-impl PhaseResult {
-    /// Adds another worker's result of the same phase.
-    pub fn merge(&mut self, o: &PhaseResult) {
-        self.sent += o.sent;
-        self.acked += o.acked;
-        self.delivered += o.delivered;
-        self.correctness = self.correctness.plus(o.correctness);
-        for (k, h) in &o.hists {
-            self.hists.entry(k.clone()).or_default().merge(h);
-        }
-        self.last_event_ns = self.last_event_ns.max(o.last_event_ns);
-        self.conns_open += o.conns_open;
-        if let Some(f) = &o.failover {
-            self.failover
-                .get_or_insert_with(FailoverRaw::default)
-                .merge(f);
-        }
+/// Runs one worker's plan (in this process or in a `worker` child).
+pub async fn run_worker(
+    plan: Plan,
+    cmds: mpsc::UnboundedReceiver<ToWorker>,
+    events: mpsc::UnboundedSender<FromWorker>,
+) {
+    let failed = events.clone();
+    let ch = Channels { cmds, events };
+    let r = match plan.job.clone() {
+        Job::Fanout(j) => fanout::run(plan, j, ch).await,
+        Job::Redis(j) => redis::run(plan, j, ch).await,
+        Job::Connect(j) => connect::run(plan, j, ch).await,
+    };
+    if let Err(e) = r {
+        let _ = failed.send(FromWorker::Failed(format!("{e:#}")));
     }
 }
 
@@ -215,7 +49,7 @@ impl WorkerLink {
     pub fn in_process(plan: Plan) -> Self {
         let (tx, cmd_rx) = mpsc::unbounded_channel();
         let (ev_tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(crate::run_worker(plan, cmd_rx, ev_tx));
+        tokio::spawn(run_worker(plan, cmd_rx, ev_tx));
         Self {
             tx,
             rx,
@@ -292,7 +126,7 @@ impl WorkerLink {
     pub async fn stop(mut self) {
         let _ = self.tx.send(ToWorker::Stop);
         if let Some(mut c) = self.child.take() {
-            let waited = tokio::time::timeout(std::time::Duration::from_secs(10), c.wait()).await;
+            let waited = tokio::time::timeout(CHILD_EXIT_TIMEOUT, c.wait()).await;
             if waited.is_err() {
                 let _ = c.kill().await;
             }
@@ -326,7 +160,7 @@ pub async fn serve_stdio() -> anyhow::Result<()> {
         }
         let _ = cmd_tx.send(ToWorker::Stop);
     });
-    let worker = tokio::spawn(crate::run_worker(plan, cmd_rx, ev_tx));
+    let worker = tokio::spawn(run_worker(plan, cmd_rx, ev_tx));
     let mut out = tokio::io::stdout();
     while let Some(ev) = ev_rx.recv().await {
         let line = serde_json::to_string(&ev)? + "\n";

@@ -77,6 +77,334 @@ pub async fn sqlite_harness() -> Harness {
     Harness::with_guard(Arc::new(store), dir)
 }
 
+/// Names the CQL cluster tests run against: `host:port[,host:port...]`, as
+/// printed by `scripts/cql.sh up`.
+pub const CQL_URI_VAR: &str = "HUSH_SCYLLA_URI";
+/// Set to `1` (CI does) to make a test that needs a CQL cluster fail, not
+/// skip, when [`CQL_URI_VAR`] is missing.
+pub const REQUIRE_CQL_VAR: &str = "HUSH_REQUIRE_CQL";
+
+/// The contact points of the test CQL cluster from [`CQL_URI_VAR`]. Without
+/// it: `None` after printing that `what` was SKIPPED and how to start a
+/// cluster, or a panic saying so when [`REQUIRE_CQL_VAR`] is `1`.
+pub fn cql_contact_points(what: &str) -> Option<Vec<String>> {
+    let uri = std::env::var(CQL_URI_VAR).unwrap_or_default();
+    let points: Vec<String> = uri
+        .split(',')
+        .map(|p| p.trim().trim_start_matches("scylla://").to_string())
+        .filter(|p| !p.is_empty())
+        .collect();
+    if !points.is_empty() {
+        return Some(points);
+    }
+    let how = format!(
+        "{CQL_URI_VAR} is not set. Start a local CQL cluster with `scripts/cql.sh up` \
+         (Cassandra, needs Java 17 and Maven) and export the `{CQL_URI_VAR}=...` line it prints"
+    );
+    if std::env::var(REQUIRE_CQL_VAR).is_ok_and(|v| v == "1") {
+        panic!("{what} needs a CQL cluster and {REQUIRE_CQL_VAR}=1: {how}");
+    }
+    eprintln!("SKIPPED {what}: {how} ({REQUIRE_CQL_VAR}=1 turns this skip into a failure)");
+    None
+}
+
+/// A [`crate::ScyllaStore`] on an empty test keyspace (replication
+/// factor 1) of the test cluster, or `None` when there is none (see
+/// [`cql_contact_points`]). The keyspace comes from a pool (see
+/// [`TestKeyspace`]) and goes back to it when the harness drops.
+pub async fn cql_harness() -> Option<Harness> {
+    let points = cql_contact_points("this CQL store test")?;
+    let keyspace = TestKeyspace::claim(&points).await;
+    let mut config = crate::ScyllaConfig::new(points);
+    config.keyspace = keyspace.name.clone();
+    config.replication_factor = 1;
+    // Small buckets and pages so the suite's timelines cross partition and
+    // page boundaries.
+    config.bucket_size = 3;
+    config.page_size = 2;
+    let store = crate::ScyllaStore::connect(config)
+        .await
+        .unwrap_or_else(|e| panic!("{CQL_URI_VAR} is set but the CQL cluster is not usable: {e}"));
+    let session = Arc::clone(store.session().expect("connect returns connected"));
+    keyspace.empty(&session).await;
+    Some(Harness::with_guard(Arc::new(store), keyspace))
+}
+
+/// A test keyspace claimed from the pool `hush_test_0`, `hush_test_1`, ...
+///
+/// Creating a keyspace takes seconds on Cassandra and dropping one as
+/// long (measured on the 3-node test cluster at load average about 16:
+/// creating the store's keyspace 25-33 s, dropping it 12-14 s, truncating
+/// its 17 tables 2.6-3.3 s, opening a store on it once it exists 0.2-0.3
+/// s). So tests reuse keyspaces: one process at a time holds each (an LWT
+/// on `hush_test_claims.claims`, owner `<boot id>/<pid>`; a claim whose
+/// process is gone is taken over), empties the tables that have rows when
+/// it claims it, and releases it when it drops. A new keyspace is created
+/// only when every one is in use, so a cluster keeps about as many as tests
+/// ever ran at once.
+pub struct TestKeyspace {
+    pub name: String,
+    owner: String,
+    session: Arc<scylla::client::session::Session>,
+}
+
+impl TestKeyspace {
+    /// Claims a keyspace name (the keyspace itself may not exist yet: the
+    /// store creates it).
+    pub async fn claim(points: &[String]) -> TestKeyspace {
+        let session = scylla::client::session_builder::SessionBuilder::new()
+            .known_nodes(points)
+            .keyspaces_to_fetch(["hush_test_claims"])
+            .fetch_full_schema_metadata(false)
+            .build()
+            .await
+            .unwrap_or_else(|e| {
+                panic!("{CQL_URI_VAR} is set but the CQL cluster is not usable: {e}")
+            });
+        let session = Arc::new(session);
+        for ddl in [
+            "CREATE KEYSPACE IF NOT EXISTS hush_test_claims WITH replication = \
+             {'class': 'SimpleStrategy', 'replication_factor': 1}",
+            "CREATE TABLE IF NOT EXISTS hush_test_claims.claims (name text PRIMARY KEY, owner text)",
+        ] {
+            session
+                .query_unpaged(crate::scylla::schema_change(ddl), ())
+                .await
+                .unwrap_or_else(|e| panic!("create the test keyspace claims: {e}"));
+        }
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+        let owner = format!("{}/{}", boot.trim(), std::process::id());
+        for k in 0.. {
+            let name = format!("hush_test_{k}");
+            let taken = session
+                .query_unpaged(
+                    "INSERT INTO hush_test_claims.claims (name, owner) VALUES (?, ?) IF NOT EXISTS",
+                    (&name, &owner),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("claim {name}: {e}"));
+            let (applied, holder) = claim_result(taken);
+            if applied {
+                return TestKeyspace {
+                    name,
+                    owner,
+                    session,
+                };
+            }
+            let Some(holder) = holder.filter(|h| !owner_alive(h, boot.trim())) else {
+                continue;
+            };
+            let took_over = session
+                .query_unpaged(
+                    "UPDATE hush_test_claims.claims SET owner = ? WHERE name = ? IF owner = ?",
+                    (&owner, &name, &holder),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("take over {name}: {e}"));
+            if claim_result(took_over).0 {
+                return TestKeyspace {
+                    name,
+                    owner,
+                    session,
+                };
+            }
+        }
+        unreachable!("the pool has no end")
+    }
+
+    /// Truncates every table of the store's schema that has a row (not
+    /// `schema_version`), so the store starts empty.
+    pub async fn empty(&self, session: &scylla::client::session::Session) {
+        for table in crate::scylla::schema_tables() {
+            if table == "schema_version" {
+                continue;
+            }
+            let rows = session
+                .query_unpaged(format!("SELECT * FROM {}.{table} LIMIT 1", self.name), ())
+                .await
+                .unwrap_or_else(|e| panic!("look into {}.{table}: {e}", self.name))
+                .into_rows_result()
+                .map(|r| r.rows_num())
+                .unwrap_or(0);
+            if rows > 0 {
+                session
+                    .query_unpaged(
+                        crate::scylla::schema_change(format!("TRUNCATE {}.{table}", self.name)),
+                        (),
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("truncate {}.{table}: {e}", self.name));
+            }
+        }
+    }
+}
+
+/// `([applied], owner)` of a claim LWT (a condition that failed returns
+/// the row's current values).
+fn claim_result(result: scylla::response::query_result::QueryResult) -> (bool, Option<String>) {
+    let Ok(rows) = result.into_rows_result() else {
+        return (false, None);
+    };
+    let owner_at = rows.column_specs().iter().position(|c| c.name() == "owner");
+    let Ok(row) = rows.first_row::<scylla::value::Row>() else {
+        return (false, None);
+    };
+    let applied = matches!(
+        row.columns.first(),
+        Some(Some(scylla::value::CqlValue::Boolean(true)))
+    );
+    let owner = owner_at
+        .and_then(|i| row.columns.get(i).cloned().flatten())
+        .and_then(|v| match v {
+            scylla::value::CqlValue::Text(t) => Some(t),
+            _ => None,
+        });
+    (applied, owner)
+}
+
+/// Whether the claim owner `<boot id>/<pid>` still runs on this machine.
+fn owner_alive(owner: &str, boot: &str) -> bool {
+    let Some((owner_boot, pid)) = owner.rsplit_once('/') else {
+        return false;
+    };
+    owner_boot == boot && std::path::Path::new("/proc").join(pid).exists()
+}
+
+impl Drop for TestKeyspace {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "the failed test's data stays in keyspace {} until the next test claims it",
+                self.name
+            );
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            // A claim whose process ends is taken over by the next one.
+            return;
+        }
+        let released = tokio::task::block_in_place(|| {
+            handle.block_on(async {
+                self.session
+                    .query_unpaged(
+                        "DELETE FROM hush_test_claims.claims WHERE name = ? IF owner = ?",
+                        (&self.name, &self.owner),
+                    )
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            })
+        });
+        if let Err(e) = released {
+            eprintln!("could not release test keyspace {}: {e}", self.name);
+        }
+    }
+}
+
+/// The local CQL cluster of `scripts/cql.sh` (its folder: `HUSH_CQL_DIR`,
+/// default `target/cql` of the workspace), for tests that stop and start its
+/// nodes. Such tests run in their own test binary (cargo runs binaries one
+/// at a time) and leave every node running when they end.
+pub struct LocalCqlCluster {
+    dir: std::path::PathBuf,
+    script: std::path::PathBuf,
+    /// The node count of the folder (`scripts/cql.sh up N`).
+    pub size: usize,
+    /// Its contact points, as in `HUSH_SCYLLA_URI`.
+    pub contact_points: Vec<String>,
+}
+
+impl LocalCqlCluster {
+    /// The cluster `HUSH_SCYLLA_URI` names, if it is the `scripts/cql.sh`
+    /// cluster of this workspace with at least `nodes` nodes. Otherwise
+    /// `None` after printing that `what` was SKIPPED and why (a panic with
+    /// `HUSH_REQUIRE_CQL=1`).
+    pub fn find(what: &str, nodes: usize) -> Option<Self> {
+        let contact_points = cql_contact_points(what)?;
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let dir = std::env::var_os("HUSH_CQL_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| root.join("target/cql"));
+        let size: usize = std::fs::read_to_string(dir.join("size"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let ours = (1..=size)
+            .map(|k| format!("127.0.0.{k}:9042"))
+            .collect::<Vec<_>>();
+        if size < nodes || ours != contact_points {
+            let why = format!(
+                "it stops and starts nodes of the scripts/cql.sh cluster in {} and needs \
+                 {nodes} of them named by {CQL_URI_VAR} (found {size} there, and {CQL_URI_VAR}={}): \
+                 run `scripts/cql.sh up {nodes}`",
+                dir.display(),
+                contact_points.join(",")
+            );
+            if std::env::var(REQUIRE_CQL_VAR).is_ok_and(|v| v == "1") {
+                panic!("{what}: {why}");
+            }
+            eprintln!("SKIPPED {what}: {why}");
+            return None;
+        }
+        Some(Self {
+            dir,
+            script: root.join("scripts/cql.sh"),
+            size,
+            contact_points,
+        })
+    }
+
+    /// The pid of node `k` (1-based) as its pid file says.
+    pub fn pid(&self, k: usize) -> Option<u32> {
+        std::fs::read_to_string(self.dir.join(format!("node{k}/pid")))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    }
+
+    /// Kills node `k` with SIGKILL, as a crash would.
+    pub fn kill(&self, k: usize) {
+        let pid = self
+            .pid(k)
+            .unwrap_or_else(|| panic!("node {k} has no pid file"));
+        let status = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -KILL {pid} (node {k})");
+        // Wait until it is gone: its sockets close with it.
+        let proc_dir = std::path::PathBuf::from(format!("/proc/{pid}"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while proc_dir.join("cmdline").exists()
+            && std::fs::read(proc_dir.join("cmdline")).is_ok_and(|c| !c.is_empty())
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node {k} (pid {pid}) survived SIGKILL"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Starts every node that is not running (`scripts/cql.sh up N`) and
+    /// waits until the whole cluster takes writes at consistency ALL again.
+    /// Blocking: call it from `spawn_blocking`.
+    pub fn up(&self) {
+        let out = std::process::Command::new(&self.script)
+            .args(["up", &self.size.to_string()])
+            .env("HUSH_CQL_DIR", &self.dir)
+            .output()
+            .expect("run scripts/cql.sh up");
+        assert!(
+            out.status.success(),
+            "scripts/cql.sh up {} failed:\n{}",
+            self.size,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 /// Expands to one `#[tokio::test]` per conformance check. The argument is an
 /// expression evaluated once per test to a future of a
 /// [`Harness`](crate::conformance::Harness).
@@ -93,6 +421,7 @@ macro_rules! store_conformance_suite {
     };
     (@list $mode:ident ($factory:expr)) => {
         $crate::store_conformance_suite!(@tests $mode ($factory)
+            ready_once_open,
             users_and_devices,
             secrets_get_or_create_concurrently,
             link_codes_single_use_and_expiry,
@@ -288,6 +617,13 @@ fn assert_fenced<T: std::fmt::Debug>(
 
 // ----------------------------------------------------------------------------
 // accounts
+
+pub async fn ready_once_open(store: Arc<dyn Store>) {
+    store.ready().await.expect("an open store answers");
+    // Asking does not change anything.
+    store.ready().await.expect("and keeps answering");
+    assert!(store.device("d").await.expect("read").is_none());
+}
 
 pub async fn users_and_devices(store: Arc<dyn Store>) {
     let alice1 = device("alice", "alice-1", 10);

@@ -34,6 +34,11 @@
 //!
 //! Methods return `Result<Option<T>>` where absence is a normal answer
 //! (`None` = not there) and `Err` only for failures.
+//! [`StoreError::Unavailable`] means the store did not answer (not
+//! connected yet, nodes down, locked, timed out): retrying later may
+//! succeed, and a write that failed with it may or may not have been made
+//! durable, which the idempotent ids and conditions above make safe to
+//! retry. [`Store::ready`] tells whether the store answers at all.
 
 use async_trait::async_trait;
 
@@ -324,6 +329,19 @@ pub struct Lease {
 /// implementation keeps.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    // ----- health -----
+
+    /// Whether the store answers now: `Ok` when a write issued now could
+    /// become durable (SQLite: the writer thread takes and commits an empty
+    /// write transaction; CQL: connected, schema in place, and a read of the
+    /// store's keyspace at the write consistency level succeeds), otherwise
+    /// [`StoreError::Unavailable`] saying why. It says nothing about the
+    /// next call, tries once (no retries) and is cheap enough for a
+    /// readiness probe. Every other method keeps its contract either way: a
+    /// store that does not answer fails writes with `Unavailable` and never
+    /// acknowledges one that is not durable.
+    async fn ready(&self) -> Result<()>;
+
     // ----- accounts -----
 
     /// Creates a user with its first device. `AlreadyExists` if the user id

@@ -1,14 +1,18 @@
-//! The ScyllaDB backend (scylla 1.x driver): configuration, connection,
-//! schema migration and the pure pieces (CQL text, bucket math, row
-//! mapping) the store is built from.
+//! The CQL backend (scylla 1.x driver) for ScyllaDB, tested on Apache
+//! Cassandra: configuration, connection, schema migration and the pure
+//! pieces (CQL text, bucket math, row mapping) the store is built from.
 //!
 //! **Status:** implements [`crate::Store`] (in `scylla/store.rs`) with the
-//! design below. **It has never run against a live ScyllaDB cluster**: no
-//! server can run on the machines it was written on. What is tested: every
-//! pure piece (CQL text and statement modes, bucket math, row mapping,
-//! membership and lease rules), and the connection error against a closed
-//! loopback port. `tests/scylla.rs` runs the shared conformance suite when
-//! `HUSH_SCYLLA_URI` is set and prints SKIPPED otherwise.
+//! design below. It passes the shared conformance suite against live
+//! Cassandra 5.0 (`scripts/cql.sh`, one or three nodes; CI runs it on
+//! three) and the fault test `tests/cql_faults.rs` (a node killed while
+//! appends run at replication factor 3, then every node killed and started
+//! again). ScyllaDB itself, the production target, has not run here (no
+//! registry these machines reach ships it): where the two differ, the
+//! store asks which one it talks to (see "Cassandra and ScyllaDB" below).
+//! Files: `connection.rs` (connecting, in the background too; server kind;
+//! migrations), `error.rs` (driver errors, transient retries), `store.rs`
+//! (the statements and the [`crate::Store`] impl).
 //!
 //! # Design
 //!
@@ -77,9 +81,43 @@
 //!   replica. The default execution profile sets the consistency, the serial
 //!   consistency, an explicit request timeout and the default retry policy;
 //!   statements that are safe to repeat are marked idempotent, LWTs are not.
-//! - **Keyspace.** Created at open with the configured replication and
-//!   `tablets = {'enabled': false}` unless tablets are asked for: LWT on
-//!   tablets keyspaces needs ScyllaDB 2025.4+.
+//! - **Keyspace.** Created at open with the configured replication (and,
+//!   on a ScyllaDB with tablets, `tablets = {'enabled': false}` unless
+//!   tablets are asked for: LWT on tablets keyspaces needs ScyllaDB
+//!   2025.4+).
+//! - **Down or gone.** [`ScyllaStore::start`] connects in the background
+//!   with backoff (each failure logged naming the contact points); until
+//!   then, and while the cluster cannot answer, operations fail with
+//!   [`StoreError::Unavailable`] and [`crate::Store::ready`] says why. Once
+//!   connected the driver reconnects to nodes that come back by itself.
+//!   Statements that are safe to repeat, and LWTs whose repetition a fresh
+//!   read settles, are retried after transient errors (4 times, pauses of
+//!   0.1 to 0.8 s), because the driver never retries SERIAL reads or LWTs
+//!   and a node that dies takes its in-flight requests with it. An append
+//!   whose LWT failed with an unknown outcome finds its own entry on the
+//!   retry and reports it `Appended`, not `Duplicate`.
+//!
+//! # Cassandra and ScyllaDB
+//!
+//! Found by `connection::detect_server` at connect (ScyllaDB lists
+//! `scylla_*` tables in `system_schema`; tablets support is its
+//! `TABLETS` feature), and kept in [`Server`]:
+//!
+//! - **`tablets` keyspace option:** ScyllaDB 6.0+ only. Cassandra 5.0.9
+//!   refuses it ("Unknown property 'tablets'"), so it is sent only to a
+//!   ScyllaDB that has tablets.
+//! - Everything else the store sends is the same CQL on both: LWTs with
+//!   `IF` conditions and their `[applied]` first column, SERIAL /
+//!   LOCAL_SERIAL reads, `USING TTL` / `USING TIMESTAMP`, range deletes
+//!   on a clustering column, paging, and timeuuid `now()`. Cassandra's
+//!   Paxos (v1 by default in 5.0) and ScyllaDB's differ in speed, not in
+//!   what the store relies on.
+//! - **Durability settings are the server's:** Cassandra's test nodes
+//!   (`scripts/cql.sh`) sync their commitlog every 10 s (`periodic`): a
+//!   killed process loses nothing, a power cut of every replica at once
+//!   could lose the last seconds. ScyllaDB's commitlog is also periodic by
+//!   default; `commitlog_sync: batch` makes "durable" mean fsynced on every
+//!   replica, as SQLite's is.
 //!
 //! # Known limits (deviations from the SQLite backend)
 //!
@@ -104,18 +142,24 @@
 //!   runs at QUORUM regardless, and LWTs at SERIAL.
 //! - `read_timeline` and `group` read the head at SERIAL (a Paxos read per
 //!   call); `devices_of_user` is one read per device.
+//! - An LWT whose outcome is unknown (its coordinator died, or it timed
+//!   out) is retried; an `INSERT ... IF NOT EXISTS` that had in fact
+//!   applied then reports "not applied". For appends, leases, cursors,
+//!   counters and claims a fresh read settles it (above); `create_user`,
+//!   `add_device` and `create_group` answer `AlreadyExists` then, for a row
+//!   they wrote themselves (the client retries with new ids).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
-use scylla::client::session_builder::SessionBuilder;
-use scylla::policies::retry::DefaultRetryPolicy;
 use scylla::statement::{Consistency, SerialConsistency};
 
 use crate::{Entry, EntryKind, Result, StoreError};
 
+mod connection;
+mod error;
+pub use connection::{schema_change, SCHEMA_CHANGE_TIMEOUT};
 mod store;
 pub use store::{lease_decision, members_of, next_members, Mode, Pending, STATEMENTS};
 
@@ -228,10 +272,43 @@ pub fn validate_keyspace(name: &str) -> std::result::Result<(), String> {
     }
 }
 
-/// The `CREATE KEYSPACE` statement for `config`.
+/// Which CQL server the store talks to, where that changes what it sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Server {
+    /// Apache Cassandra (the test clusters of `scripts/cql.sh`): no
+    /// `tablets` keyspace option.
+    Cassandra,
+    /// ScyllaDB; `tablets` when the cluster has the TABLETS feature (6.0+),
+    /// which is when the keyspace option exists.
+    Scylla { tablets: bool },
+}
+
+/// Tells the server apart from what every node answers: ScyllaDB lists its
+/// own `scylla_*` tables in `system_schema`; Cassandra has none. `features`
+/// is ScyllaDB's `system.local.supported_features` (comma-separated).
+pub fn server_from(system_schema_tables: &[String], features: Option<&str>) -> Server {
+    if system_schema_tables
+        .iter()
+        .any(|t| t.starts_with("scylla_"))
+    {
+        let tablets = features
+            .unwrap_or_default()
+            .split(',')
+            .any(|f| f.trim() == "TABLETS");
+        Server::Scylla { tablets }
+    } else {
+        Server::Cassandra
+    }
+}
+
+/// The `CREATE KEYSPACE` statement for this server. ScyllaDB with tablets
+/// gets them disabled unless asked for (LWT on tablets keyspaces needs
+/// ScyllaDB 2025.4+); a server without tablets gets no such option, and
+/// asking for tablets there is an error.
 pub fn create_keyspace_cql(
     keyspace: &str,
     replication_factor: u32,
+    server: Server,
     tablets: bool,
 ) -> Result<String> {
     validate_keyspace(keyspace).map_err(StoreError::Backend)?;
@@ -240,10 +317,18 @@ pub fn create_keyspace_cql(
             "replication_factor must be at least 1".into(),
         ));
     }
+    let options = match server {
+        Server::Scylla { tablets: true } => format!(" AND tablets = {{'enabled': {tablets}}}"),
+        Server::Cassandra | Server::Scylla { tablets: false } if tablets => {
+            return Err(StoreError::Backend(format!(
+                "tablets are configured but the server ({server:?}) has none"
+            )));
+        }
+        Server::Cassandra | Server::Scylla { tablets: false } => String::new(),
+    };
     Ok(format!(
         "CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = \
-         {{'class': 'SimpleStrategy', 'replication_factor': {replication_factor}}} \
-         AND tablets = {{'enabled': {tablets}}}"
+         {{'class': 'SimpleStrategy', 'replication_factor': {replication_factor}}}{options}"
     ))
 }
 
@@ -268,6 +353,19 @@ pub fn split_statements(cql: &str) -> Vec<String> {
         out.push(current.trim().to_string());
     }
     out
+}
+
+/// The tables the migrations create, in order.
+pub fn schema_tables() -> Vec<String> {
+    MIGRATIONS
+        .iter()
+        .flat_map(|(_, cql)| split_statements(cql))
+        .filter_map(|s| {
+            s.strip_prefix("CREATE TABLE IF NOT EXISTS ")
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(str::to_string)
+        })
+        .collect()
 }
 
 /// The timeline partition (bucket) holding `seq`.
@@ -344,12 +442,12 @@ impl TryFrom<TimelineRow> for Entry {
     }
 }
 
-/// The ScyllaDB [`crate::Store`]: a connected session, the schema in place
-/// and every statement prepared. See the module docs.
+/// The CQL [`crate::Store`] (ScyllaDB in production, Cassandra in tests).
+/// See the module docs. Built by [`ScyllaStore::connect`] (connected on
+/// return) or [`ScyllaStore::start`] (connects in the background).
 pub struct ScyllaStore {
-    session: Arc<Session>,
     config: ScyllaConfig,
-    prepared: store::Prepared,
+    link: Arc<connection::Link>,
 }
 
 impl std::fmt::Debug for ScyllaStore {
@@ -357,96 +455,66 @@ impl std::fmt::Debug for ScyllaStore {
         f.debug_struct("ScyllaStore")
             .field("contact_points", &self.config.contact_points)
             .field("keyspace", &self.config.keyspace)
+            .field("connected", &self.link.get().is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl ScyllaStore {
-    /// Connects to `config.contact_points`, creates the keyspace if missing
-    /// and applies the schema migrations. An unreachable cluster fails with
-    /// [`StoreError::Unavailable`] naming the contact points.
+    /// Connects to `config.contact_points`, creates the keyspace if missing,
+    /// applies the schema migrations and prepares every statement, once. An
+    /// unreachable cluster fails with [`StoreError::Unavailable`] naming the
+    /// contact points.
     pub async fn connect(config: ScyllaConfig) -> Result<ScyllaStore> {
-        validate_keyspace(&config.keyspace).map_err(StoreError::Backend)?;
-        if config.contact_points.is_empty() {
-            return Err(StoreError::Backend(
-                "no ScyllaDB contact points configured".into(),
-            ));
-        }
-        let profile = ExecutionProfile::builder()
-            .consistency(config.consistency.consistency())
-            .serial_consistency(Some(config.consistency.serial()))
-            .request_timeout(Some(config.request_timeout))
-            .retry_policy(Arc::new(DefaultRetryPolicy::new()))
-            .build();
-        let session = SessionBuilder::new()
-            .known_nodes(&config.contact_points)
-            .connection_timeout(config.request_timeout)
-            .default_execution_profile_handle(profile.into_handle())
-            .build()
-            .await
-            .map_err(|e| {
-                StoreError::Unavailable(format!(
-                    "cannot reach ScyllaDB at {}: {e}",
-                    config.contact_points.join(", ")
-                ))
-            })?;
-        let session = Arc::new(session);
-        let ddl = create_keyspace_cql(&config.keyspace, config.replication_factor, config.tablets)?;
-        session
-            .query_unpaged(ddl, ())
-            .await
-            .map_err(|e| StoreError::Backend(format!("create keyspace: {e}")))?;
-        session
-            .use_keyspace(&config.keyspace, false)
-            .await
-            .map_err(|e| StoreError::Backend(format!("use keyspace: {e}")))?;
-        migrate(&session).await?;
-        let serial_read = match config.consistency.serial() {
-            SerialConsistency::LocalSerial => Consistency::LocalSerial,
-            SerialConsistency::Serial => Consistency::Serial,
-        };
-        let strong = match config.consistency {
-            ConsistencyLevel::LocalQuorum => Consistency::LocalQuorum,
-            ConsistencyLevel::One | ConsistencyLevel::Quorum => Consistency::Quorum,
-        };
-        let prepared =
-            store::Prepared::prepare(&session, serial_read, strong, config.page_size).await?;
-        tracing::info!(keyspace = %config.keyspace, "scylla store connected");
+        check_config(&config)?;
+        let connected = connection::establish(&config).await?;
         Ok(ScyllaStore {
-            session,
             config,
-            prepared,
+            link: Arc::new(connection::Link::connected(connected)),
         })
     }
 
-    /// The driver session (for the backend's statements and for tests).
-    pub fn session(&self) -> &Arc<Session> {
-        &self.session
+    /// Returns at once and connects in the background (on the current tokio
+    /// runtime), retrying with backoff until it succeeds; each failure is
+    /// logged naming the contact points. Until then every operation fails
+    /// with [`StoreError::Unavailable`] and [`crate::Store::ready`] says why.
+    /// Only a configuration that can never work fails here.
+    pub fn start(config: ScyllaConfig) -> Result<ScyllaStore> {
+        check_config(&config)?;
+        let link = Arc::new(connection::Link::default());
+        tokio::spawn(connection::connect_in_background(
+            config.clone(),
+            Arc::downgrade(&link),
+        ));
+        Ok(ScyllaStore { config, link })
+    }
+
+    /// The driver session once connected (for tests and tools).
+    pub fn session(&self) -> Option<&Arc<Session>> {
+        self.link.get().map(|c| &c.session)
     }
 
     pub fn config(&self) -> &ScyllaConfig {
         &self.config
     }
+
+    /// The server kind found when connecting.
+    pub fn server(&self) -> Option<Server> {
+        self.link.get().map(|c| c.server)
+    }
 }
 
-/// Applies every migration newer than the recorded schema version. Every
-/// statement is `IF NOT EXISTS`, so two nodes migrating at once, or a
-/// migration interrupted half-way, converge on re-run.
-async fn migrate(session: &Session) -> Result<()> {
-    for (version, cql) in MIGRATIONS {
-        for statement in split_statements(cql) {
-            session
-                .query_unpaged(statement, ())
-                .await
-                .map_err(|e| StoreError::Backend(format!("schema v{version}: {e}")))?;
-        }
-        session
-            .query_unpaged(
-                "INSERT INTO schema_version (version, applied_at_ms) VALUES (?, toUnixTimestamp(now()))",
-                (*version,),
-            )
-            .await
-            .map_err(|e| StoreError::Backend(format!("record schema v{version}: {e}")))?;
+fn check_config(config: &ScyllaConfig) -> Result<()> {
+    validate_keyspace(&config.keyspace).map_err(StoreError::Backend)?;
+    if config.contact_points.is_empty() {
+        return Err(StoreError::Backend(
+            "no ScyllaDB contact points configured".into(),
+        ));
+    }
+    if config.replication_factor == 0 {
+        return Err(StoreError::Backend(
+            "replication_factor must be at least 1".into(),
+        ));
     }
     Ok(())
 }
@@ -478,22 +546,64 @@ mod tests {
 
     #[test]
     fn keyspace_ddl_disables_tablets_unless_asked() {
+        let scylla = Server::Scylla { tablets: true };
         assert_eq!(
-            create_keyspace_cql("hush", 3, false).unwrap(),
+            create_keyspace_cql("hush", 3, scylla, false).unwrap(),
             "CREATE KEYSPACE IF NOT EXISTS hush WITH replication = \
              {'class': 'SimpleStrategy', 'replication_factor': 3} AND tablets = {'enabled': false}"
         );
-        assert!(create_keyspace_cql("hush_test_1", 1, true)
+        assert!(create_keyspace_cql("hush_test_1", 1, scylla, true)
             .unwrap()
             .ends_with("AND tablets = {'enabled': true}"));
-        assert!(create_keyspace_cql("hush", 0, false).is_err());
+        assert!(create_keyspace_cql("hush", 0, scylla, false).is_err());
+    }
+
+    /// Cassandra (and ScyllaDB before tablets) refuse the `tablets` option
+    /// as a syntax error ("Unknown property 'tablets'", seen on Cassandra
+    /// 5.0.9): it is never sent there.
+    #[test]
+    fn servers_without_tablets_get_no_tablets_option() {
+        for server in [Server::Cassandra, Server::Scylla { tablets: false }] {
+            assert_eq!(
+                create_keyspace_cql("hush", 3, server, false).unwrap(),
+                "CREATE KEYSPACE IF NOT EXISTS hush WITH replication = \
+                 {'class': 'SimpleStrategy', 'replication_factor': 3}"
+            );
+            let err = create_keyspace_cql("hush", 3, server, true).unwrap_err();
+            assert!(err.to_string().contains("tablets"), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_server_is_told_apart_by_its_schema_tables_and_features() {
+        let cassandra: Vec<String> = ["keyspaces", "tables", "columns", "views"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(server_from(&cassandra, None), Server::Cassandra);
+        let mut scylla = cassandra.clone();
+        scylla.push("scylla_tables".into());
+        assert_eq!(
+            server_from(&scylla, Some("CDC,LWT,TABLETS,UDA")),
+            Server::Scylla { tablets: true }
+        );
+        assert_eq!(
+            server_from(&scylla, Some("CDC,LWT")),
+            Server::Scylla { tablets: false }
+        );
+        assert_eq!(
+            server_from(&scylla, None),
+            Server::Scylla { tablets: false }
+        );
     }
 
     #[test]
     fn keyspace_names_that_could_inject_cql_are_refused() {
         for bad in ["", "1abc", "a b", "hush; DROP", "a\"b", &"x".repeat(49)] {
             assert!(validate_keyspace(bad).is_err(), "{bad:?}");
-            assert!(create_keyspace_cql(bad, 1, false).is_err(), "{bad:?}");
+            assert!(
+                create_keyspace_cql(bad, 1, Server::Cassandra, false).is_err(),
+                "{bad:?}"
+            );
         }
         for good in ["hush", "Hush_2", "_x", &"x".repeat(48)] {
             assert!(validate_keyspace(good).is_ok(), "{good:?}");
@@ -516,15 +626,8 @@ mod tests {
             assert!(!s.contains("--"), "comment left in: {s}");
             assert!(!s.contains(';'), "separator left in: {s}");
         }
-        let tables: Vec<&str> = statements
-            .iter()
-            .map(|s| {
-                s["CREATE TABLE IF NOT EXISTS ".len()..]
-                    .split_whitespace()
-                    .next()
-                    .unwrap()
-            })
-            .collect();
+        let tables = schema_tables();
+        assert_eq!(tables.len(), statements.len());
         for needed in [
             "schema_version",
             "groups",
@@ -532,7 +635,10 @@ mod tests {
             "client_msgs",
             "inbox",
         ] {
-            assert!(tables.contains(&needed), "{needed} missing from {tables:?}");
+            assert!(
+                tables.iter().any(|t| t == needed),
+                "{needed} missing from {tables:?}"
+            );
         }
         assert!(statements
             .iter()
@@ -642,7 +748,7 @@ mod tests {
         let point = format!("127.0.0.1:{port}");
         let mut config = ScyllaConfig::new(vec![point.clone()]);
         config.request_timeout = Duration::from_secs(2);
-        let err = ScyllaStore::connect(config).await.unwrap_err();
+        let err = ScyllaStore::connect(config.clone()).await.unwrap_err();
         match err {
             StoreError::Unavailable(msg) => {
                 assert!(msg.contains(&point), "{msg}");
@@ -650,5 +756,68 @@ mod tests {
             }
             other => panic!("expected Unavailable, got {other:?}"),
         }
+    }
+
+    /// Real: nothing listens there. `start` returns at once; until a
+    /// connection attempt succeeds every operation and `ready` answer
+    /// `Unavailable` naming the contact points and the last failure.
+    #[tokio::test]
+    async fn a_store_started_without_a_cluster_is_unavailable_and_says_why() {
+        use crate::Store;
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let point = format!("127.0.0.1:{port}");
+        let mut config = ScyllaConfig::new(vec![point.clone()]);
+        config.request_timeout = Duration::from_secs(1);
+        let store = ScyllaStore::start(config).expect("a valid configuration starts");
+        assert!(store.session().is_none());
+        let entry = crate::NewEntry {
+            kind: EntryKind::Application,
+            epoch: 1,
+            sender: "a/b".into(),
+            client_msg_id: b"m".to_vec(),
+            message: b"x".to_vec(),
+            server_time_ms: 0,
+        };
+        // The first attempt fails fast on a closed port; from then on the
+        // reason given is its error. No event marks an attempt's end, so
+        // this polls, bounded.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            assert!(matches!(
+                store.append_message(b"g", 1, &entry).await,
+                Err(StoreError::Unavailable(_))
+            ));
+            let msg = match store.ready().await {
+                Err(StoreError::Unavailable(msg)) => msg,
+                other => panic!("expected Unavailable, got {other:?}"),
+            };
+            assert!(msg.contains(&point), "{msg}");
+            assert!(msg.contains("not connected"), "{msg}");
+            if msg.contains("cannot reach ScyllaDB") {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{msg}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[test]
+    fn configurations_that_can_never_work_fail_at_start() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            assert!(ScyllaStore::start(ScyllaConfig::new(vec![])).is_err());
+            let mut c = ScyllaConfig::new(vec!["127.0.0.1:9".into()]);
+            c.keyspace = "no; DROP".into();
+            assert!(ScyllaStore::start(c).is_err());
+            let mut c = ScyllaConfig::new(vec!["127.0.0.1:9".into()]);
+            c.replication_factor = 0;
+            assert!(ScyllaStore::start(c).is_err());
+        });
     }
 }

@@ -1,5 +1,9 @@
-//! [`Store`] for [`ScyllaStore`]: the design in the parent module's docs.
-//! Never exercised against a live cluster (see the parent module).
+//! The statements (each prepared once at connect, with how it runs: see
+//! [`Mode`]) and [`Store`] for [`ScyllaStore`], following the design in the
+//! parent module's docs. Invariants: every decision is one LWT on one
+//! partition taken after a read of that partition at SERIAL; LWTs and
+//! writes with non-fixed values are never marked idempotent; a transient
+//! error is retried only where a repetition is harmless.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -14,6 +18,7 @@ use ::scylla::value::{CqlValue, Row};
 use async_trait::async_trait;
 use futures_util::TryStreamExt;
 
+use super::error::{exec_error, next_row_error, pager_error, prepare_error, Transient};
 use super::{
     bucket_of, bucket_range, from_bigint, to_bigint, ttl_seconds, ScyllaStore, TimelineRow,
 };
@@ -30,8 +35,14 @@ pub type Welcomes = HashMap<String, (Vec<u8>, Vec<u8>)>;
 /// Departed devices: device_id -> joined_seq.
 pub type Departed = HashMap<String, i64>;
 
-/// How often a contended LWT loop retries before giving up.
-const MAX_ATTEMPTS: u32 = 64;
+/// How long an LWT loop that keeps losing races (to other writers of the
+/// same row) tries before it answers `Unavailable`.
+const CONTENTION_GIVE_UP: Duration = Duration::from_secs(30);
+/// After losing round `n` of such a race, a writer pauses a random time up
+/// to `CONTENTION_FIRST_PAUSE × 2^n`, at most [`CONTENTION_MAX_PAUSE`]
+/// ("full jitter": contenders that pause alike keep colliding).
+const CONTENTION_FIRST_PAUSE: Duration = Duration::from_millis(1);
+const CONTENTION_MAX_PAUSE: Duration = Duration::from_millis(50);
 
 /// How a statement runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +61,14 @@ pub enum Mode {
     /// entries, the client_msg_id lookup): at QUORUM (LOCAL_QUORUM with
     /// `local_quorum`) even when the configured consistency is ONE.
     Quorum,
+}
+
+impl Mode {
+    /// Whether running the statement again after an error with an unknown
+    /// outcome is harmless.
+    pub fn repeatable(self) -> bool {
+        matches!(self, Mode::Idempotent | Mode::Quorum | Mode::SerialRead)
+    }
 }
 
 /// Every statement the backend runs: (name, mode, CQL). Prepared once at
@@ -104,10 +123,11 @@ pub const STATEMENTS: &[(&str, Mode, &str)] = &[
     ("inbox_insert", Mode::Quorum, "INSERT INTO inbox (device_id, inbox_seq, group_id, commit_seq, welcome, ratchet_tree) VALUES (?, ?, ?, ?, ?, ?)"),
     ("inbox_read", Mode::Idempotent, "SELECT inbox_seq, group_id, commit_seq, welcome, ratchet_tree FROM inbox WHERE device_id = ? AND inbox_seq > ?"),
     ("inbox_ack", Mode::Idempotent, "DELETE FROM inbox WHERE device_id = ? AND inbox_seq <= ?"),
+    ("ready_probe", Mode::Quorum, "SELECT version FROM schema_version WHERE version = ?"),
 ];
 
-/// The prepared statements, by name.
-pub(super) struct Prepared(HashMap<&'static str, PreparedStatement>);
+/// The prepared statements, by name, with how each runs.
+pub(super) struct Prepared(HashMap<&'static str, (PreparedStatement, Mode)>);
 
 impl Prepared {
     pub(super) async fn prepare(
@@ -121,7 +141,7 @@ impl Prepared {
             let mut p = session
                 .prepare(*cql)
                 .await
-                .map_err(|e| StoreError::Backend(format!("prepare {name}: {e}")))?;
+                .map_err(|e| prepare_error(name, e))?;
             p.set_is_idempotent(matches!(mode, Mode::Idempotent | Mode::Quorum));
             match mode {
                 Mode::SerialRead => p.set_consistency(serial_read),
@@ -129,12 +149,12 @@ impl Prepared {
                 Mode::Idempotent | Mode::Lwt | Mode::Once => {}
             }
             p.set_page_size(page_size.max(1));
-            map.insert(*name, p);
+            map.insert(*name, (p, *mode));
         }
         Ok(Prepared(map))
     }
 
-    fn get(&self, name: &str) -> Result<&PreparedStatement> {
+    fn get(&self, name: &str) -> Result<&(PreparedStatement, Mode)> {
         self.0
             .get(name)
             .ok_or_else(|| StoreError::Backend(format!("statement {name} not prepared (a bug)")))
@@ -261,22 +281,197 @@ fn entry_row(seq: i64, e: &NewEntry) -> Result<TimelineRow> {
     })
 }
 
+/// What an append changes besides the timeline.
 enum Change<'a> {
     Message,
+    /// The group's new DS state.
     Proposal(&'a [u8]),
     Commit(&'a CommitWrite),
 }
 
-impl ScyllaStore {
-    async fn run(&self, name: &str, values: impl SerializeRow) -> Result<QueryResult> {
-        self.session
-            .execute_unpaged(self.prepared.get(name)?, values)
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("{name}: {e}")))
+impl<'a> Change<'a> {
+    /// The epoch the group must be at, if the change depends on one.
+    fn expected_epoch(&self, entry: &NewEntry) -> Option<u64> {
+        match self {
+            Change::Message => None,
+            Change::Proposal(_) => Some(entry.epoch),
+            Change::Commit(w) => Some(w.expected_epoch),
+        }
     }
 
-    async fn lwt(&self, name: &str, values: impl SerializeRow) -> Result<bool> {
+    /// What the append's LWT writes for `row`: the head's pending entry
+    /// and, for a commit, the side effects outside the head partition and
+    /// the head's new epoch and members, computed from the current ones.
+    fn reservation(&self, row: TimelineRow, head: &HeadRow) -> Result<Reservation<'a>> {
+        let mut pending = Pending {
+            row,
+            added: BTreeSet::new(),
+            departed: HashMap::new(),
+            welcomes: HashMap::new(),
+        };
+        let change = match *self {
+            Change::Message => HeadChange::Message,
+            Change::Proposal(state) => HeadChange::Proposal { state },
+            Change::Commit(write) => {
+                let current = head.members.clone().unwrap_or_default();
+                let (members, added, departed) =
+                    next_members(&current, &write.members, pending.row.seq);
+                pending.added = added;
+                pending.departed = departed;
+                pending.welcomes = write
+                    .welcomes
+                    .iter()
+                    .map(|x| {
+                        (
+                            x.device_id.clone(),
+                            (x.welcome.clone(), x.ratchet_tree.clone()),
+                        )
+                    })
+                    .collect();
+                HeadChange::Commit {
+                    write,
+                    new_epoch: to_bigint(write.new_epoch, "epoch")?,
+                    members,
+                }
+            }
+        };
+        Ok(Reservation { pending, change })
+    }
+}
+
+/// What one append's LWT writes into the head.
+struct Reservation<'a> {
+    pending: Pending,
+    change: HeadChange<'a>,
+}
+
+/// The head columns an append sets besides the pending entry.
+enum HeadChange<'a> {
+    Message,
+    Proposal {
+        state: &'a [u8],
+    },
+    Commit {
+        write: &'a CommitWrite,
+        new_epoch: i64,
+        members: MemberMap,
+    },
+}
+
+/// `Fenced` unless `fence` is the head's current lease token. Token 0
+/// means no lease was ever taken: nobody may append.
+fn check_fence(head: &HeadRow, fence: i64) -> Result<()> {
+    if head.lease_token == 0 || head.lease_token != fence {
+        return Err(StoreError::Fenced {
+            owner: head.lease_owner.clone(),
+            token: from_bigint(head.lease_token, "lease token")?,
+        });
+    }
+    Ok(())
+}
+
+/// `EpochConflict` unless the head is at `expected` (when one is given).
+fn check_epoch(head: &HeadRow, expected: Option<u64>) -> Result<()> {
+    let current_epoch = from_bigint(head.epoch, "epoch")?;
+    if expected.is_some_and(|e| e != current_epoch) {
+        return Err(StoreError::EpochConflict {
+            current_epoch,
+            head_seq: from_bigint(head.head_seq, "head seq")?,
+        });
+    }
+    Ok(())
+}
+
+/// The races one LWT loop lost, and for how long it has been trying.
+struct Contention {
+    what: &'static str,
+    started: std::time::Instant,
+    rounds: u32,
+}
+
+impl Contention {
+    fn new(what: &'static str) -> Self {
+        Self {
+            what,
+            started: std::time::Instant::now(),
+            rounds: 0,
+        }
+    }
+
+    /// After a lost race: pauses (see [`CONTENTION_FIRST_PAUSE`]), or
+    /// `Unavailable` once [`CONTENTION_GIVE_UP`] has passed.
+    async fn lost(&mut self) -> Result<()> {
+        if self.started.elapsed() >= CONTENTION_GIVE_UP {
+            return Err(StoreError::Unavailable(format!(
+                "{} contended: {} lost races in {:?}",
+                self.what,
+                self.rounds,
+                self.started.elapsed()
+            )));
+        }
+        let ceiling = contention_ceiling(self.rounds);
+        self.rounds = self.rounds.saturating_add(1);
+        tokio::time::sleep(ceiling.mul_f64(random_fraction())).await;
+        Ok(())
+    }
+}
+
+/// The longest pause after `rounds` lost races.
+fn contention_ceiling(rounds: u32) -> Duration {
+    CONTENTION_FIRST_PAUSE
+        .saturating_mul(2u32.saturating_pow(rounds.min(16)))
+        .min(CONTENTION_MAX_PAUSE)
+}
+
+/// A number in [0, 1) from std's randomly keyed hasher (jitter needs no
+/// more than that).
+fn random_fraction() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0);
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+impl ScyllaStore {
+    /// Runs a statement once connected. Statements that are safe to repeat
+    /// (every mode but LWTs and `Once` writes) are retried after transient
+    /// errors, up to [`super::error::TRANSIENT_RETRIES`] times; the driver
+    /// itself never retries SERIAL reads, and a node that just died takes
+    /// its in-flight requests with it.
+    async fn run(&self, name: &str, values: impl SerializeRow) -> Result<QueryResult> {
+        let connected = self.link.require(&self.config)?;
+        let (statement, mode) = connected.prepared.get(name)?;
+        let mut transient = Transient::new();
+        loop {
+            let e = match connected.session.execute_unpaged(statement, &values).await {
+                Ok(result) => return Ok(result),
+                Err(e) => exec_error(name, e),
+            };
+            if !mode.repeatable() {
+                return Err(e);
+            }
+            transient.retry_after(e).await?;
+        }
+    }
+
+    /// Runs an LWT once: whether it applied. After an error its outcome is
+    /// unknown (it may have applied): the caller re-reads before deciding.
+    async fn lwt_once(&self, name: &str, values: impl SerializeRow) -> Result<bool> {
         applied(self.run(name, values).await?)
+    }
+
+    /// Runs an LWT, again after transient errors: for conditions that a
+    /// repetition cannot break (a repeated LWT that had applied the first
+    /// time reports "not applied", which its callers read as losing a race
+    /// and decide again from a fresh read).
+    async fn lwt(&self, name: &str, values: impl SerializeRow) -> Result<bool> {
+        let mut transient = Transient::new();
+        loop {
+            match self.lwt_once(name, &values).await {
+                Ok(applied) => return Ok(applied),
+                Err(e) => transient.retry_after(e).await?,
+            }
+        }
     }
 
     async fn one<R>(&self, name: &str, values: impl SerializeRow) -> Result<Option<R>>
@@ -291,19 +486,45 @@ impl ScyllaStore {
         rows.maybe_first_row::<R>().map_err(|e| backend(name, e))
     }
 
+    /// Reads up to `limit` rows, page by page; starts over after a
+    /// transient error (reads are safe to repeat).
     async fn all<R>(&self, name: &str, values: impl SerializeRow, limit: usize) -> Result<Vec<R>>
     where
         R: for<'f, 'm> ::scylla::deserialize::row::DeserializeRow<'f, 'm> + Send + 'static,
     {
-        let pager = self
+        let mut transient = Transient::new();
+        loop {
+            match self.all_once(name, &values, limit).await {
+                Ok(rows) => return Ok(rows),
+                Err(e) => transient.retry_after(e).await?,
+            }
+        }
+    }
+
+    async fn all_once<R>(
+        &self,
+        name: &str,
+        values: impl SerializeRow,
+        limit: usize,
+    ) -> Result<Vec<R>>
+    where
+        R: for<'f, 'm> ::scylla::deserialize::row::DeserializeRow<'f, 'm> + Send + 'static,
+    {
+        let connected = self.link.require(&self.config)?;
+        let (statement, _) = connected.prepared.get(name)?;
+        let pager = connected
             .session
-            .execute_iter(self.prepared.get(name)?.clone(), values)
+            .execute_iter(statement.clone(), values)
             .await
-            .map_err(|e| StoreError::Unavailable(format!("{name}: {e}")))?;
+            .map_err(|e| pager_error(name, e))?;
         let mut stream = pager.rows_stream::<R>().map_err(|e| backend(name, e))?;
         let mut out = Vec::new();
         while out.len() < limit {
-            match stream.try_next().await.map_err(|e| backend(name, e))? {
+            match stream
+                .try_next()
+                .await
+                .map_err(|e| next_row_error(name, e))?
+            {
                 Some(r) => out.push(r),
                 None => break,
             }
@@ -401,7 +622,8 @@ impl ScyllaStore {
     }
 
     async fn next_inbox_seq(&self, device: &str) -> Result<i64> {
-        for _ in 0..MAX_ATTEMPTS {
+        let mut contention = Contention::new("inbox counter");
+        loop {
             match self.one::<(i64,)>("counter_get", (device,)).await? {
                 None => {
                     if self.lwt("counter_init", (device,)).await? {
@@ -414,10 +636,34 @@ impl ScyllaStore {
                     }
                 }
             }
+            contention.lost().await?;
         }
-        Err(StoreError::Unavailable("inbox counter contended".into()))
     }
 
+    /// Inserts the device row if its id is free (an LWT): `AlreadyExists`
+    /// if another device, of any user, has it.
+    async fn claim_device(&self, d: &Device) -> Result<()> {
+        let created = to_bigint(d.created_at_ms, "created_at_ms")?;
+        let generation = to_bigint(d.token_generation, "token generation")?;
+        let values = (
+            &d.device_id,
+            &d.user_id,
+            &d.signature_key,
+            generation,
+            created,
+        );
+        if self.lwt("device_insert", values).await? {
+            Ok(())
+        } else {
+            Err(StoreError::AlreadyExists)
+        }
+    }
+
+    /// Appends `entry` with the next seq: reads the head, checks the fence,
+    /// finishes the previous entry, answers a duplicate id, checks the epoch,
+    /// then races for the seq with one LWT ([`Self::reserve`]). A lost race
+    /// re-reads the head and decides again; so does a transient error (a
+    /// bounded number of times).
     async fn append(
         &self,
         group_id: &[u8],
@@ -425,148 +671,125 @@ impl ScyllaStore {
         entry: &NewEntry,
         change: Change<'_>,
     ) -> Result<AppendOutcome> {
-        let fence_i = to_bigint(fence, "fence")?;
-        for attempt in 0..MAX_ATTEMPTS {
-            let head = self.head(group_id).await?.ok_or(StoreError::NotFound)?;
-            if head.lease_token == 0 || head.lease_token != fence_i {
-                return Err(StoreError::Fenced {
-                    owner: head.lease_owner,
-                    token: from_bigint(head.lease_token, "lease token")?,
-                });
-            }
-            if let Some(p) = head.pending() {
-                self.materialize(group_id, &p).await?;
-            }
-            if let Some((seq,)) = self
-                .one::<(i64,)>("cmid_get", (group_id, &entry.client_msg_id))
-                .await?
+        let fence = to_bigint(fence, "fence")?;
+        let mut transient = Transient::new();
+        // Set once this call's own LWT may have written the entry (it
+        // applied, or failed with an unknown outcome): finding the id
+        // afterwards is this call's append, not somebody else's.
+        let mut ours = false;
+        let mut contention = Contention::new("group head");
+        loop {
+            match self
+                .append_attempt(group_id, fence, entry, &change, &mut ours)
+                .await
             {
-                return Ok(AppendOutcome::Duplicate {
-                    seq: from_bigint(seq, "seq")?,
-                });
+                Ok(Some(outcome)) => return Ok(outcome),
+                Ok(None) => contention.lost().await?,
+                Err(e) => transient.retry_after(e).await?,
             }
-            let current_epoch = from_bigint(head.epoch, "epoch")?;
-            let head_seq = from_bigint(head.head_seq, "head seq")?;
-            let expected = match &change {
-                Change::Message => None,
-                Change::Proposal(_) => Some(entry.epoch),
-                Change::Commit(w) => Some(w.expected_epoch),
-            };
-            if expected.is_some_and(|e| e != current_epoch) {
-                return Err(StoreError::EpochConflict {
-                    current_epoch,
-                    head_seq,
-                });
-            }
-            let seq = head.head_seq + 1;
-            let row = entry_row(seq, entry)?;
-            let p = (
-                seq,
-                seq,
-                row.kind,
-                row.epoch,
-                &row.sender,
-                &row.client_msg_id,
-                &row.message,
-                row.server_time_ms,
-            );
-            let mut pending = Pending {
-                row: row.clone(),
-                added: BTreeSet::new(),
-                departed: HashMap::new(),
-                welcomes: HashMap::new(),
-            };
-            let won = match &change {
-                Change::Message => {
-                    self.lwt(
-                        "append_message",
-                        (
-                            p.0,
-                            p.1,
-                            p.2,
-                            p.3,
-                            p.4,
-                            p.5,
-                            p.6,
-                            p.7,
-                            group_id,
-                            head.head_seq,
-                            fence_i,
-                        ),
-                    )
-                    .await?
-                }
-                Change::Proposal(state) => {
-                    self.lwt(
-                        "append_proposal",
-                        (
-                            p.0,
-                            p.1,
-                            p.2,
-                            p.3,
-                            p.4,
-                            p.5,
-                            p.6,
-                            p.7,
-                            *state,
-                            group_id,
-                            head.head_seq,
-                            fence_i,
-                        ),
-                    )
-                    .await?
-                }
-                Change::Commit(w) => {
-                    let current = head.members.clone().unwrap_or_default();
-                    let (members, added, departed) = next_members(&current, &w.members, seq);
-                    pending.added = added;
-                    pending.departed = departed;
-                    pending.welcomes = w
-                        .welcomes
-                        .iter()
-                        .map(|x| {
-                            (
-                                x.device_id.clone(),
-                                (x.welcome.clone(), x.ratchet_tree.clone()),
-                            )
-                        })
-                        .collect();
-                    let new_epoch = to_bigint(w.new_epoch, "epoch")?;
-                    // 19 values: more than the driver's tuples take.
-                    let values: Vec<&(dyn SerializeValue + Sync)> = vec![
-                        &seq,
-                        &seq,
-                        &row.kind,
-                        &row.epoch,
-                        &row.sender,
-                        &row.client_msg_id,
-                        &row.message,
-                        &row.server_time_ms,
-                        &pending.added,
-                        &pending.departed,
-                        &pending.welcomes,
-                        &new_epoch,
-                        &w.state,
-                        &w.group_info,
-                        &w.ratchet_tree,
-                        &members,
-                        &group_id,
-                        &head.head_seq,
-                        &fence_i,
-                    ];
-                    self.lwt("append_commit", values).await?
-                }
-            };
-            if won {
-                self.materialize(group_id, &pending).await?;
-                return Ok(AppendOutcome::Appended {
-                    seq: from_bigint(seq, "seq")?,
-                });
-            }
-            // Lost the race for this seq: re-read and decide again.
-            tokio::time::sleep(Duration::from_millis(u64::from(attempt.min(20)))).await;
         }
-        Err(StoreError::Unavailable("group head contended".into()))
+    }
+
+    /// One round of [`Self::append`]: the outcome, or `None` after losing
+    /// the race for the seq.
+    async fn append_attempt(
+        &self,
+        group_id: &[u8],
+        fence: i64,
+        entry: &NewEntry,
+        change: &Change<'_>,
+        ours: &mut bool,
+    ) -> Result<Option<AppendOutcome>> {
+        let head = self.head(group_id).await?.ok_or(StoreError::NotFound)?;
+        check_fence(&head, fence)?;
+        if let Some(p) = head.pending() {
+            self.materialize(group_id, &p).await?;
+        }
+        if let Some((seq,)) = self
+            .one::<(i64,)>("cmid_get", (group_id, &entry.client_msg_id))
+            .await?
+        {
+            let seq = from_bigint(seq, "seq")?;
+            return Ok(Some(if *ours {
+                AppendOutcome::Appended { seq }
+            } else {
+                AppendOutcome::Duplicate { seq }
+            }));
+        }
+        check_epoch(&head, change.expected_epoch(entry))?;
+        let seq = head.head_seq + 1;
+        let reservation = change.reservation(entry_row(seq, entry)?, &head)?;
+        match self.reserve(group_id, &head, fence, &reservation).await {
+            Ok(true) => {
+                *ours = true;
+                self.materialize(group_id, &reservation.pending).await?;
+                Ok(Some(AppendOutcome::Appended {
+                    seq: from_bigint(seq, "seq")?,
+                }))
+            }
+            Ok(false) => Ok(None),
+            Err(e) => {
+                *ours = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// The LWT that takes the reservation's seq if the head is still at
+    /// `head.head_seq` under `fence`: the entry rides in the head's
+    /// `pending_*` columns, with the proposal's state or the commit's new
+    /// epoch, state and members. `true` if it applied.
+    async fn reserve(
+        &self,
+        group_id: &[u8],
+        head: &HeadRow,
+        fence: i64,
+        reservation: &Reservation<'_>,
+    ) -> Result<bool> {
+        let Reservation { pending, change } = reservation;
+        let r = &pending.row;
+        // The bind order of the three append statements: the head and the
+        // entry, then what the change sets, then the condition.
+        let mut values: Vec<&(dyn SerializeValue + Sync)> = vec![
+            &r.seq,
+            &r.seq,
+            &r.kind,
+            &r.epoch,
+            &r.sender,
+            &r.client_msg_id,
+            &r.message,
+            &r.server_time_ms,
+        ];
+        let statement = match change {
+            HeadChange::Message => "append_message",
+            HeadChange::Proposal { state } => {
+                values.push(state);
+                "append_proposal"
+            }
+            HeadChange::Commit {
+                write,
+                new_epoch,
+                members,
+            } => {
+                values.extend([
+                    &pending.added as &(dyn SerializeValue + Sync),
+                    &pending.departed,
+                    &pending.welcomes,
+                    new_epoch,
+                    &write.state,
+                    &write.group_info,
+                    &write.ratchet_tree,
+                    members,
+                ]);
+                "append_commit"
+            }
+        };
+        values.extend([
+            &group_id as &(dyn SerializeValue + Sync),
+            &head.head_seq,
+            &fence,
+        ]);
+        self.lwt_once(statement, values).await
     }
 }
 
@@ -633,25 +856,31 @@ fn count(n: i64) -> u32 {
 
 #[async_trait]
 impl Store for ScyllaStore {
+    async fn ready(&self) -> Result<()> {
+        let connected = self.link.require(&self.config)?;
+        let (probe, _) = connected.prepared.get("ready_probe")?;
+        // At the strong consistency level: it answers only when enough
+        // replicas of the keyspace do for a write to be acknowledged.
+        let rows = connected
+            .session
+            .execute_unpaged(probe, (super::SCHEMA_VERSION,))
+            .await
+            .map_err(|e| exec_error("ready", e))?
+            .into_rows_result()
+            .map_err(|e| backend("ready", e))?;
+        match rows.maybe_first_row::<(i32,)>() {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(StoreError::Unavailable(
+                "schema version not recorded yet".into(),
+            )),
+            Err(e) => Err(backend("ready", e)),
+        }
+    }
+
     async fn create_user(&self, d: &Device) -> Result<()> {
         let created = to_bigint(d.created_at_ms, "created_at_ms")?;
-        let generation = to_bigint(d.token_generation, "token generation")?;
         // The device id is claimed first: if it is taken nothing is written.
-        if !self
-            .lwt(
-                "device_insert",
-                (
-                    &d.device_id,
-                    &d.user_id,
-                    &d.signature_key,
-                    generation,
-                    created,
-                ),
-            )
-            .await?
-        {
-            return Err(StoreError::AlreadyExists);
-        }
+        self.claim_device(d).await?;
         if !self.lwt("user_insert", (&d.user_id, created)).await? {
             // Undo the device claim (a crash here leaves an orphan device
             // row of a user that does not exist: unusable, harmless).
@@ -672,22 +901,7 @@ impl Store for ScyllaStore {
             return Err(StoreError::NotFound);
         }
         let created = to_bigint(d.created_at_ms, "created_at_ms")?;
-        let generation = to_bigint(d.token_generation, "token generation")?;
-        if !self
-            .lwt(
-                "device_insert",
-                (
-                    &d.device_id,
-                    &d.user_id,
-                    &d.signature_key,
-                    generation,
-                    created,
-                ),
-            )
-            .await?
-        {
-            return Err(StoreError::AlreadyExists);
-        }
+        self.claim_device(d).await?;
         self.run("device_by_user_insert", (&d.user_id, created, &d.device_id))
             .await?;
         Ok(())
@@ -714,14 +928,15 @@ impl Store for ScyllaStore {
     }
 
     async fn bump_token_generation(&self, device_id: &str) -> Result<u64> {
-        for _ in 0..MAX_ATTEMPTS {
+        let mut contention = Contention::new("device row");
+        loop {
             let d = self.device(device_id).await?.ok_or(StoreError::NotFound)?;
             let cur = to_bigint(d.token_generation, "token generation")?;
             if self.lwt("device_bump", (cur + 1, device_id, cur)).await? {
                 return from_bigint(cur + 1, "token generation");
             }
+            contention.lost().await?;
         }
-        Err(StoreError::Unavailable("device row contended".into()))
     }
 
     async fn get_or_create_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>> {
@@ -779,7 +994,10 @@ impl Store for ScyllaStore {
     }
 
     async fn claim_key_package(&self, device_id: &str) -> Result<Option<ClaimedKeyPackage>> {
-        for _ in 0..MAX_ATTEMPTS {
+        let mut contention = Contention::new("key packages");
+        // Until no ordinary package is left: the last-resort one is handed
+        // out only then, however long the claimers race.
+        loop {
             let rows = self
                 .all::<(::scylla::value::CqlTimeuuid, Vec<u8>)>("kp_oldest", (device_id,), 16)
                 .await?;
@@ -794,6 +1012,7 @@ impl Store for ScyllaStore {
                     }));
                 }
             }
+            contention.lost().await?;
         }
         Ok(self
             .one::<(Vec<u8>,)>("lr_get", (device_id,))
@@ -870,7 +1089,8 @@ impl Store for ScyllaStore {
     ) -> Result<Lease> {
         let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
         let wanted = i64::try_from(now_ms.saturating_add(ttl_ms)).unwrap_or(i64::MAX);
-        for _ in 0..MAX_ATTEMPTS {
+        let mut contention = Contention::new("group lease");
+        loop {
             let head = self.head(group_id).await?.ok_or(StoreError::NotFound)?;
             let (token, expires) = lease_decision(
                 &head.lease_owner,
@@ -905,8 +1125,8 @@ impl Store for ScyllaStore {
                     expires_at_ms: from_bigint(expires, "lease expiry")?,
                 });
             }
+            contention.lost().await?;
         }
-        Err(StoreError::Unavailable("group lease contended".into()))
     }
 
     async fn release_lease(&self, group_id: &[u8], owner: &str, token: u64) -> Result<()> {
@@ -1118,7 +1338,14 @@ mod tests {
     fn every_statement_the_backend_runs_is_listed() {
         let source = include_str!("store.rs");
         let listed: BTreeSet<&str> = STATEMENTS.iter().map(|(n, _, _)| *n).collect();
-        for call in [".run(\"", ".lwt(\"", ".one::<", ".all::<"] {
+        for call in [
+            ".run(\"",
+            ".lwt(\"",
+            ".lwt_once(\"",
+            ".one::<",
+            ".all::<",
+            "prepared.get(\"",
+        ] {
             for (i, _) in source.match_indices(call) {
                 let rest = &source[i..];
                 let Some(q) = rest.find('"') else { continue };
@@ -1181,6 +1408,22 @@ mod tests {
             user_id: user.into(),
             device_id: device.into(),
         }
+    }
+
+    #[test]
+    fn contention_pauses_grow_to_a_ceiling_and_are_random_below_it() {
+        assert_eq!(contention_ceiling(0), Duration::from_millis(1));
+        assert_eq!(contention_ceiling(3), Duration::from_millis(8));
+        assert_eq!(contention_ceiling(6), CONTENTION_MAX_PAUSE);
+        assert_eq!(contention_ceiling(u32::MAX), CONTENTION_MAX_PAUSE);
+        let draws: BTreeSet<u64> = (0..64)
+            .map(|_| {
+                let f = random_fraction();
+                assert!((0.0..1.0).contains(&f), "{f}");
+                (f * 1e9) as u64
+            })
+            .collect();
+        assert!(draws.len() > 32, "jitter is not random: {draws:?}");
     }
 
     #[test]

@@ -1,0 +1,122 @@
+//! Connections: how every connection to the database file is opened (WAL,
+//! `synchronous=FULL`, `foreign_keys=ON`, the busy timeout; readers also
+//! `query_only`) and the pool of idle reader connections. Invariants: a
+//! connection that is not in WAL mode is refused, never used; a reader that
+//! leaves a transaction open is dropped rather than put back (it would pin an
+//! old snapshot).
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, ErrorCode, OpenFlags};
+
+use super::error::map_err;
+use crate::{Result, StoreError};
+
+/// The first and the longest pause between two attempts to switch a fresh
+/// file to WAL.
+const WAL_RETRY_FIRST_BACKOFF: Duration = Duration::from_millis(1);
+const WAL_RETRY_MAX_BACKOFF: Duration = Duration::from_millis(50);
+
+pub(super) fn open_connection(
+    path: &Path,
+    busy_timeout: Duration,
+    reader: bool,
+) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| map_err(&format!("open {}", path.display()), e))?;
+    conn.busy_timeout(busy_timeout)
+        .map_err(|e| map_err("set busy_timeout", e))?;
+    let mode = set_wal(&conn, busy_timeout)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Backend(format!(
+            "journal_mode is {mode}, WAL is required"
+        )));
+    }
+    conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
+        .map_err(|e| map_err("set pragmas", e))?;
+    if reader {
+        conn.execute_batch("PRAGMA query_only=ON;")
+            .map_err(|e| map_err("set query_only", e))?;
+    }
+    Ok(conn)
+}
+
+/// Switches the file to WAL (persistent in the file; a no-op once done).
+///
+/// When several processes open a fresh file at once, the switch can fail
+/// with "database is locked" without SQLite calling the busy handler, so it
+/// is retried here until the busy timeout is spent.
+fn set_wal(conn: &Connection, busy_timeout: Duration) -> Result<String> {
+    let started = Instant::now();
+    let mut backoff = WAL_RETRY_FIRST_BACKOFF;
+    loop {
+        match conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0)) {
+            Ok(mode) => return Ok(mode),
+            Err(e)
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+                ) && started.elapsed() < busy_timeout =>
+            {
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(WAL_RETRY_MAX_BACKOFF);
+            }
+            Err(e) => return Err(map_err("set journal_mode=WAL", e)),
+        }
+    }
+}
+
+/// Idle reader connections; a read takes one (or opens a new one) and puts
+/// it back afterwards. How many run at once is the caller's to bound.
+pub(super) struct ReaderPool {
+    pub(super) path: PathBuf,
+    busy_timeout: Duration,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReaderPool {
+    pub(super) fn new(path: PathBuf, busy_timeout: Duration, capacity: usize) -> Self {
+        Self {
+            path,
+            busy_timeout,
+            idle: Mutex::new(Vec::with_capacity(capacity)),
+        }
+    }
+
+    fn take(&self) -> Result<Connection> {
+        let pooled = self
+            .idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop();
+        match pooled {
+            Some(conn) => Ok(conn),
+            None => open_connection(&self.path, self.busy_timeout, true),
+        }
+    }
+
+    pub(super) fn put_back(&self, conn: Connection) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(conn);
+    }
+
+    /// Runs `f` on a pooled reader connection.
+    pub(super) fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = self.take()?;
+        let result = f(&conn);
+        // A read that left a transaction open would pin an old snapshot:
+        // drop that connection rather than reuse it.
+        if conn.is_autocommit() {
+            self.put_back(conn);
+        }
+        result
+    }
+}

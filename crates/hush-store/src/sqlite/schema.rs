@@ -1,0 +1,164 @@
+//! The schema: the SQLite tables (version [`SCHEMA_VERSION`], kept in
+//! `PRAGMA user_version`) and the migration that creates or upgrades them at
+//! open. Invariants: a database written by a newer binary is refused, never
+//! downgraded; the version check and the DDL run in one `BEGIN IMMEDIATE`
+//! transaction, so several processes opening a fresh file at once migrate it
+//! exactly once.
+
+use rusqlite::Connection;
+
+use super::error::map_err;
+use crate::{Result, StoreError};
+
+/// The schema version this binary writes (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA_V1: &str = r#"
+CREATE TABLE users (
+    user_id       TEXT PRIMARY KEY NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE TABLE devices (
+    id               INTEGER PRIMARY KEY,
+    device_id        TEXT NOT NULL UNIQUE,
+    user_id          TEXT NOT NULL REFERENCES users(user_id),
+    signature_key    BLOB NOT NULL,
+    token_generation INTEGER NOT NULL,
+    created_at_ms    INTEGER NOT NULL
+);
+CREATE INDEX devices_by_user ON devices(user_id, id);
+CREATE TABLE secrets (
+    name  TEXT PRIMARY KEY NOT NULL,
+    value BLOB NOT NULL
+);
+CREATE TABLE link_codes (
+    code_hash     BLOB PRIMARY KEY NOT NULL,
+    user_id       TEXT NOT NULL,
+    expires_at_ms INTEGER NOT NULL
+);
+CREATE TABLE key_packages (
+    id          INTEGER PRIMARY KEY,
+    device_id   TEXT NOT NULL,
+    hash_ref    BLOB NOT NULL UNIQUE,
+    data        BLOB NOT NULL,
+    last_resort INTEGER NOT NULL
+);
+CREATE INDEX key_packages_by_device ON key_packages(device_id, last_resort, id);
+CREATE UNIQUE INDEX key_packages_one_last_resort ON key_packages(device_id) WHERE last_resort = 1;
+CREATE TABLE key_package_tombstones (
+    hash_ref BLOB PRIMARY KEY NOT NULL
+);
+CREATE TABLE groups (
+    group_id         BLOB PRIMARY KEY NOT NULL,
+    epoch            INTEGER NOT NULL,
+    state            BLOB NOT NULL,
+    group_info       BLOB NOT NULL,
+    ratchet_tree     BLOB NOT NULL,
+    head_seq         INTEGER NOT NULL,
+    lease_owner      TEXT NOT NULL,
+    lease_token      INTEGER NOT NULL,
+    lease_expires_ms INTEGER NOT NULL
+);
+CREATE TABLE entries (
+    group_id       BLOB NOT NULL REFERENCES groups(group_id),
+    seq            INTEGER NOT NULL,
+    kind           INTEGER NOT NULL,
+    epoch          INTEGER NOT NULL,
+    sender         TEXT NOT NULL,
+    client_msg_id  BLOB NOT NULL,
+    message        BLOB NOT NULL,
+    server_time_ms INTEGER NOT NULL,
+    PRIMARY KEY (group_id, seq),
+    UNIQUE (group_id, client_msg_id)
+);
+CREATE TABLE members (
+    group_id   BLOB NOT NULL REFERENCES groups(group_id),
+    device_id  TEXT NOT NULL,
+    user_id    TEXT NOT NULL,
+    joined_seq INTEGER NOT NULL,
+    PRIMARY KEY (group_id, device_id)
+);
+CREATE INDEX members_by_device ON members(device_id, group_id);
+-- A removed device may still read its group up to the commit that removed
+-- it; the row goes when its cursor reaches left_seq.
+CREATE TABLE departures (
+    device_id  TEXT NOT NULL,
+    group_id   BLOB NOT NULL REFERENCES groups(group_id),
+    joined_seq INTEGER NOT NULL,
+    left_seq   INTEGER NOT NULL,
+    PRIMARY KEY (device_id, group_id)
+);
+CREATE TABLE cursors (
+    device_id TEXT NOT NULL,
+    group_id  BLOB NOT NULL,
+    seq       INTEGER NOT NULL,
+    PRIMARY KEY (device_id, group_id)
+);
+CREATE TABLE inbox (
+    device_id    TEXT NOT NULL,
+    inbox_seq    INTEGER NOT NULL,
+    group_id     BLOB NOT NULL,
+    commit_seq   INTEGER NOT NULL,
+    welcome      BLOB NOT NULL,
+    ratchet_tree BLOB NOT NULL,
+    PRIMARY KEY (device_id, inbox_seq)
+);
+CREATE TABLE inbox_counters (
+    device_id TEXT PRIMARY KEY NOT NULL,
+    last_seq  INTEGER NOT NULL
+);
+"#;
+
+/// Creates or upgrades the schema. Idempotent, and safe against another
+/// process doing the same at the same time (the check and the DDL share one
+/// `BEGIN IMMEDIATE` transaction).
+pub(super) fn migrate(conn: &Connection) -> Result<()> {
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .map_err(|e| map_err("begin migration", e))?;
+    let result = (|| {
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| map_err("read schema version", e))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Backend(format!(
+                "database schema version {version} is newer than this binary's {SCHEMA_VERSION}"
+            )));
+        }
+        if version < 1 {
+            conn.execute_batch(SCHEMA_V1)
+                .map_err(|e| map_err("create schema v1", e))?;
+        }
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(|e| map_err("write schema version", e))?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => conn
+            .execute_batch("COMMIT")
+            .map_err(|e| map_err("commit migration", e)),
+        Err(e) => {
+            // Best effort: the error above is the one worth reporting.
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::connection::open_connection;
+    use super::*;
+
+    #[test]
+    fn migration_is_idempotent_and_refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = open_connection(&dir.path().join("t.db"), Duration::ZERO, false).expect("open");
+        migrate(&conn).expect("first migration");
+        migrate(&conn).expect("second migration is a no-op");
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .expect("bump version");
+        assert!(matches!(migrate(&conn), Err(StoreError::Backend(_))));
+    }
+}

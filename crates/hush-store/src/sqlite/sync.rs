@@ -1,0 +1,73 @@
+//! Sync state: per-device cursors and inboxes. Invariants: a cursor only
+//! moves forward, and moving it to or past a departure's `left_seq` settles
+//! that departure (the device has read the commit that removed it); inbox
+//! items are deleted by ack but their seqs are never reused.
+
+use rusqlite::{params, Connection};
+
+use super::error::{deadline, map_err};
+use crate::{InboxItem, Result};
+
+pub(super) fn op_set_cursor(
+    conn: &Connection,
+    device_id: &str,
+    group_id: &[u8],
+    seq: u64,
+) -> Result<()> {
+    conn.execute(
+        "INSERT INTO cursors (device_id, group_id, seq) VALUES (?1, ?2, ?3)
+         ON CONFLICT (device_id, group_id) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+        params![device_id, group_id, seq],
+    )
+    .map_err(|e| map_err("set cursor", e))?;
+    conn.execute(
+        "DELETE FROM departures WHERE device_id = ?1 AND group_id = ?2 AND left_seq <= ?3",
+        params![device_id, group_id, seq],
+    )
+    .map_err(|e| map_err("settle departure", e))?;
+    Ok(())
+}
+
+pub(super) fn read_inbox(
+    conn: &Connection,
+    device_id: &str,
+    after: u64,
+    limit: u32,
+) -> Result<Vec<InboxItem>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT inbox_seq, group_id, commit_seq, welcome, ratchet_tree FROM inbox
+             WHERE device_id = ?1 AND inbox_seq > ?2 ORDER BY inbox_seq LIMIT ?3",
+        )
+        .map_err(|e| map_err("read inbox", e))?;
+    stmt.query_map(params![device_id, deadline(after), limit], |r| {
+        Ok(InboxItem {
+            inbox_seq: r.get(0)?,
+            group_id: r.get(1)?,
+            commit_seq: r.get(2)?,
+            welcome: r.get(3)?,
+            ratchet_tree: r.get(4)?,
+        })
+    })
+    .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+    .map_err(|e| map_err("read inbox", e))
+}
+
+/// A device's cursors: (group_id, seq).
+pub(super) fn read_cursors(conn: &Connection, device_id: &str) -> Result<Vec<(Vec<u8>, u64)>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT group_id, seq FROM cursors WHERE device_id = ?1 ORDER BY group_id")
+        .map_err(|e| map_err("read cursors", e))?;
+    stmt.query_map(params![device_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .map_err(|e| map_err("read cursors", e))
+}
+
+pub(super) fn op_ack_inbox(conn: &Connection, device_id: &str, upto: u64) -> Result<()> {
+    conn.execute(
+        "DELETE FROM inbox WHERE device_id = ?1 AND inbox_seq <= ?2",
+        params![device_id, deadline(upto)],
+    )
+    .map_err(|e| map_err("ack inbox", e))?;
+    Ok(())
+}

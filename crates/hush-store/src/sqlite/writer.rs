@@ -1,0 +1,341 @@
+//! The writer: one `std::thread` per store owns the only write connection
+//! and commits queued operations in batches (group commit). It takes
+//! everything already queued (up to `max_batch`), runs it in one
+//! `BEGIN IMMEDIATE` transaction with a `SAVEPOINT` per operation (a failing
+//! or panicking operation rolls back alone), commits once, and only then
+//! replies to every caller. Invariants: nobody hears "ok" before the batch's
+//! `COMMIT` returned; if the batch fails, every operation that succeeded
+//! inside it gets the batch's error instead (operations that failed on their
+//! own keep their own error: they wrote nothing either way); the writer never
+//! leaves a transaction open between batches.
+
+use std::time::Instant;
+
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot};
+
+use super::error::{map_err, replicate};
+use crate::{Result, StoreError};
+
+/// A queued write: runs once inside the batch, replies once after it.
+pub(super) trait PendingOp: Send {
+    fn name(&self) -> &'static str;
+    /// Runs the operation; `true` if it succeeded (its savepoint is kept).
+    fn run(&mut self, conn: &Connection) -> bool;
+    /// Replies to the caller. `batch_error` is set when the batch did not
+    /// commit.
+    fn finish(self: Box<Self>, batch_error: Option<&StoreError>);
+}
+
+/// Wraps `f` as a queued write; the receiver gets its reply after the batch.
+pub(super) fn op<T, F>(
+    name: &'static str,
+    f: F,
+) -> (Box<dyn PendingOp>, oneshot::Receiver<Result<T>>)
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+{
+    let (reply, rx) = oneshot::channel();
+    let op = Op {
+        name,
+        f: Some(f),
+        result: None,
+        reply,
+    };
+    (Box::new(op), rx)
+}
+
+struct Op<T, F> {
+    name: &'static str,
+    f: Option<F>,
+    result: Option<Result<T>>,
+    reply: oneshot::Sender<Result<T>>,
+}
+
+impl<T, F> PendingOp for Op<T, F>
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+{
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn run(&mut self, conn: &Connection) -> bool {
+        let result = match self.f.take() {
+            Some(f) => f(conn),
+            None => Err(StoreError::Backend("write operation ran twice".into())),
+        };
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn finish(self: Box<Self>, batch_error: Option<&StoreError>) {
+        let reply = match (self.result, batch_error) {
+            // An operation that failed on its own wrote nothing either way.
+            (Some(Err(e)), _) => Err(e),
+            (Some(Ok(value)), None) => Ok(value),
+            (_, Some(batch)) => Err(replicate(batch)),
+            (None, None) => Err(StoreError::Backend(
+                "write operation panicked or never ran".into(),
+            )),
+        };
+        // The caller may have gone away (its future was dropped); the write
+        // is committed regardless, like any request whose ack was lost.
+        let _ = self.reply.send(reply);
+    }
+}
+
+pub(super) fn writer_loop(
+    conn: Connection,
+    mut rx: mpsc::Receiver<Box<dyn PendingOp>>,
+    max_batch: usize,
+) {
+    while let Some(batch) = next_batch(&mut rx, max_batch) {
+        run_batch(&conn, batch);
+    }
+    tracing::debug!("sqlite writer stopped");
+}
+
+/// Waits for one operation, then takes whatever else is already queued, up
+/// to `max_batch` in all. `None` once the queue is closed and empty.
+pub(super) fn next_batch(
+    rx: &mut mpsc::Receiver<Box<dyn PendingOp>>,
+    max_batch: usize,
+) -> Option<Vec<Box<dyn PendingOp>>> {
+    let first = rx.blocking_recv()?;
+    let mut batch = Vec::with_capacity(max_batch.min(64));
+    batch.push(first);
+    while batch.len() < max_batch {
+        match rx.try_recv() {
+            Ok(op) => batch.push(op),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
+/// Runs `ops` in one transaction, one savepoint each, commits, then replies.
+pub(super) fn run_batch(conn: &Connection, mut ops: Vec<Box<dyn PendingOp>>) {
+    let started = Instant::now();
+    let size = ops.len();
+    let batch_error = run_ops(conn, &mut ops);
+    if let Some(e) = &batch_error {
+        tracing::warn!(error = %e, size, "sqlite write batch failed");
+    }
+    metrics::histogram!("hush_store_batch_size").record(size as f64);
+    metrics::histogram!("hush_store_batch_seconds").record(started.elapsed().as_secs_f64());
+    for op in ops {
+        metrics::counter!("hush_store_ops_total", "op" => op.name()).increment(1);
+        op.finish(batch_error.as_ref());
+    }
+}
+
+/// The transaction part of [`run_batch`]: `None` when the batch committed.
+fn run_ops(conn: &Connection, ops: &mut [Box<dyn PendingOp>]) -> Option<StoreError> {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        return Some(map_err("begin write batch", e));
+    }
+    let mut failure = None;
+    for op in ops.iter_mut() {
+        if let Err(e) = conn.execute_batch("SAVEPOINT op") {
+            failure = Some(map_err("savepoint", e));
+            break;
+        }
+        // A panicking operation is a bug; it fails alone instead of taking
+        // the writer thread (and every later write) down with it.
+        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op.run(conn)))
+            .unwrap_or(false);
+        let end = if ok {
+            conn.execute_batch("RELEASE op")
+        } else {
+            conn.execute_batch("ROLLBACK TO op; RELEASE op")
+        };
+        if let Err(e) = end {
+            failure = Some(map_err(&format!("end savepoint of {}", op.name()), e));
+            break;
+        }
+    }
+    if failure.is_none() {
+        match conn.execute_batch("COMMIT") {
+            Ok(()) => return None,
+            Err(e) => failure = Some(map_err("commit write batch", e)),
+        }
+    }
+    if !conn.is_autocommit() {
+        if let Err(e) = conn.execute_batch("ROLLBACK") {
+            tracing::error!(error = %e, "sqlite rollback failed");
+        }
+    }
+    failure
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rusqlite::OptionalExtension;
+
+    use super::super::accounts::op_get_or_create_secret;
+    use super::super::connection::open_connection;
+    use super::super::groups::{op_acquire_lease, op_create_group};
+    use super::super::schema::migrate;
+    use super::super::timeline::{op_append_commit, op_append_message, read_timeline};
+    use super::*;
+    use crate::{AppendOutcome, CommitWrite, EntryKind, GroupRecord, NewEntry};
+
+    fn reply<T>(mut rx: oneshot::Receiver<Result<T>>) -> Result<T> {
+        rx.try_recv().expect("replied after the batch")
+    }
+
+    fn entry(id: &str) -> NewEntry {
+        NewEntry {
+            kind: EntryKind::Application,
+            epoch: 1,
+            sender: "a/a-1".into(),
+            client_msg_id: id.as_bytes().to_vec(),
+            message: id.as_bytes().to_vec(),
+            server_time_ms: 0,
+        }
+    }
+
+    /// A migrated database with group `g` leased to `node-a` (token 1).
+    fn setup(dir: &tempfile::TempDir) -> Connection {
+        let conn = open_connection(&dir.path().join("t.db"), Duration::ZERO, false).expect("open");
+        migrate(&conn).expect("migrate");
+        let group = GroupRecord {
+            group_id: b"g".to_vec(),
+            epoch: 1,
+            state: vec![],
+            group_info: vec![],
+            ratchet_tree: vec![],
+            head_seq: 0,
+            members: vec![],
+        };
+        op_create_group(&conn, &group).expect("create group");
+        let lease = op_acquire_lease(&conn, b"g", "node-a", 0, 1_000).expect("lease");
+        assert_eq!(lease.token, 1);
+        conn
+    }
+
+    #[test]
+    fn a_failing_op_rolls_back_alone_and_the_rest_of_its_batch_commits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = setup(&dir);
+        let (a1, r1) = op("append", |c| op_append_message(c, b"g", 1, &entry("m1")));
+        let (a2, r2) = op("append", |c| op_append_message(c, b"g", 7, &entry("x")));
+        let stale = CommitWrite {
+            group_id: b"g".to_vec(),
+            fence: 1,
+            expected_epoch: 5,
+            new_epoch: 6,
+            state: vec![],
+            group_info: vec![],
+            ratchet_tree: vec![],
+            members: vec![],
+            entry: entry("c"),
+            welcomes: vec![],
+        };
+        let (a3, r3) = op("commit", move |c| op_append_commit(c, &stale));
+        // The same id again within the same batch: sees the first insert.
+        let (a4, r4) = op("append", |c| op_append_message(c, b"g", 1, &entry("m1")));
+        // Writes, then fails: its write must not survive.
+        let (a5, r5) = op("partial", |c| {
+            op_get_or_create_secret(c, "half-done", b"x")?;
+            op_append_message(c, b"g", 1, &entry("half"))?;
+            Err::<(), _>(StoreError::Backend("injected".into()))
+        });
+        let (a6, r6) = op("append", |c| op_append_message(c, b"g", 1, &entry("m2")));
+
+        run_batch(&conn, vec![a1, a2, a3, a4, a5, a6]);
+
+        assert_eq!(reply(r1).expect("m1"), AppendOutcome::Appended { seq: 1 });
+        assert!(matches!(
+            reply(r2),
+            Err(StoreError::Fenced { token: 1, .. })
+        ));
+        assert!(matches!(
+            reply(r3),
+            Err(StoreError::EpochConflict {
+                current_epoch: 1,
+                head_seq: 1
+            })
+        ));
+        assert_eq!(reply(r4).expect("dup"), AppendOutcome::Duplicate { seq: 1 });
+        assert!(matches!(reply(r5), Err(StoreError::Backend(_))));
+        assert_eq!(reply(r6).expect("m2"), AppendOutcome::Appended { seq: 2 });
+
+        let ids: Vec<Vec<u8>> = read_timeline(&conn, b"g", 0, 100)
+            .expect("read")
+            .into_iter()
+            .map(|e| e.client_msg_id)
+            .collect();
+        assert_eq!(ids, vec![b"m1".to_vec(), b"m2".to_vec()]);
+        let secret: Option<Vec<u8>> = conn
+            .query_row(
+                "SELECT value FROM secrets WHERE name = 'half-done'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .expect("query");
+        assert_eq!(secret, None);
+        assert!(conn.is_autocommit(), "batch left a transaction open");
+    }
+
+    #[test]
+    fn a_batch_that_cannot_begin_fails_every_op_and_writes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = setup(&dir);
+        // Another "process" holds the write lock; busy_timeout is zero.
+        let other = open_connection(&dir.path().join("t.db"), Duration::ZERO, false).expect("open");
+        other.execute_batch("BEGIN IMMEDIATE").expect("lock");
+
+        let (a1, r1) = op("append", |c| op_append_message(c, b"g", 1, &entry("m1")));
+        let (a2, r2) = op("secret", |c| op_get_or_create_secret(c, "k", b"v"));
+        run_batch(&conn, vec![a1, a2]);
+        assert!(matches!(reply(r1), Err(StoreError::Unavailable(_))));
+        assert!(matches!(reply(r2), Err(StoreError::Unavailable(_))));
+
+        other.execute_batch("ROLLBACK").expect("unlock");
+        assert!(read_timeline(&conn, b"g", 0, 10).expect("read").is_empty());
+        assert!(conn.is_autocommit());
+    }
+
+    #[test]
+    fn the_writer_takes_everything_queued_up_to_max_batch() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut replies = Vec::new();
+        for _ in 0..5 {
+            let (queued, reply) = op("noop", |_| Ok(()));
+            assert!(tx.try_send(queued).is_ok());
+            replies.push(reply);
+        }
+        drop(tx);
+        let sizes: Vec<usize> = std::iter::from_fn(|| next_batch(&mut rx, 3))
+            .map(|b| b.len())
+            .collect();
+        assert_eq!(sizes, vec![3, 2]);
+    }
+
+    #[test]
+    fn a_panicking_op_fails_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = setup(&dir);
+        let (a1, r1) = op("append", |c| op_append_message(c, b"g", 1, &entry("m1")));
+        let (a2, r2) = op("bug", |c| {
+            op_append_message(c, b"g", 1, &entry("m2"))?;
+            if c.is_autocommit() {
+                return Ok(());
+            }
+            panic!("injected bug")
+        });
+        let (a3, r3) = op("append", |c| op_append_message(c, b"g", 1, &entry("m3")));
+        run_batch(&conn, vec![a1, a2, a3]);
+        assert_eq!(reply(r1).expect("m1"), AppendOutcome::Appended { seq: 1 });
+        assert!(matches!(reply(r2), Err(StoreError::Backend(_))));
+        assert_eq!(reply(r3).expect("m3"), AppendOutcome::Appended { seq: 2 });
+    }
+}

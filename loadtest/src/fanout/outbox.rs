@@ -1,0 +1,162 @@
+//! The sender's unacknowledged sends and the socket they depend on. A send
+//! stays here, with its body (and so its `client_msg_id`), until it is
+//! accepted or rejected for good: what was in flight on a lost socket, what
+//! was scheduled while the socket was down, and what got a transient error
+//! (UNAVAILABLE while a group re-homes, INTERNAL, RATE_LIMITED) is written
+//! again, the last after a backoff.
+
+use std::collections::{BTreeMap, HashMap};
+
+use hush_proto::client_frame::Body as C;
+use hush_proto::v1;
+
+use crate::conn::Link;
+
+/// First request id the sender uses (below: the setup's `request`s).
+const SEND_RID_BASE: u64 = 1 << 40;
+/// A transient error is retried after this long first, doubling up to
+/// [`MAX_BACKOFF_MS`].
+const FIRST_BACKOFF_MS: u64 = 50;
+const MAX_BACKOFF_MS: u64 = 1_000;
+
+/// Whether an error answer to a send is worth a retry.
+pub fn transient(code: hush_proto::ErrorCode) -> bool {
+    use hush_proto::ErrorCode as E;
+    matches!(code, E::Unavailable | E::Internal | E::RateLimited)
+}
+
+/// A send without its ack yet: kept to be resent with the same client
+/// message id.
+struct Outgoing {
+    body: v1::SendMessage,
+    /// `None`: in flight on the current socket. `Some(t)`: to be (re)sent
+    /// at Unix ns `t`, once connected.
+    due: Option<u64>,
+    backoff_ms: u64,
+    /// Written to some socket at least once (a later write is a resend).
+    sent_once: bool,
+}
+
+pub struct Outbox {
+    /// The current socket, while it is up.
+    link: Option<Link>,
+    up: bool,
+    /// Counter -> send.
+    pending: BTreeMap<u64, Outgoing>,
+    /// Request id (of the current socket) -> counter.
+    by_rid: HashMap<u64, u64>,
+    next_rid: u64,
+}
+
+impl Default for Outbox {
+    fn default() -> Self {
+        Self {
+            link: None,
+            up: false,
+            pending: BTreeMap::new(),
+            by_rid: HashMap::new(),
+            next_rid: SEND_RID_BASE,
+        }
+    }
+}
+
+impl Outbox {
+    /// A socket is up: sends go out on it.
+    pub fn connected(&mut self, link: Link) {
+        self.link = Some(link);
+        self.up = true;
+    }
+
+    /// The socket is lost: what was in flight on it goes again, at once,
+    /// on the next one.
+    pub fn lost(&mut self) {
+        self.up = false;
+        self.by_rid.clear();
+        for out in self.pending.values_mut() {
+            if out.due.is_none() {
+                out.due = Some(0);
+            }
+        }
+    }
+
+    /// Writes request `body` on the current socket under a fresh request
+    /// id; `None` if there is no socket or it is gone.
+    fn write(&mut self, counter: u64, body: &v1::SendMessage) -> Option<()> {
+        let link = self.link.as_ref().filter(|_| self.up)?;
+        let rid = self.next_rid;
+        self.next_rid += 1;
+        link.send_with_id(rid, C::SendMessage(body.clone())).ok()?;
+        self.by_rid.insert(rid, counter);
+        Some(())
+    }
+
+    /// Sends message `counter` (first attempt): in flight at once when
+    /// connected, else queued for the reconnect.
+    pub fn send(&mut self, counter: u64, body: v1::SendMessage) {
+        let mut out = Outgoing {
+            body,
+            due: Some(0),
+            backoff_ms: FIRST_BACKOFF_MS,
+            sent_once: false,
+        };
+        if self.write(counter, &out.body).is_some() {
+            out.due = None;
+            out.sent_once = true;
+        }
+        self.pending.insert(counter, out);
+    }
+
+    /// Writes every queued send that is due at `now` (when connected);
+    /// returns the counters of those that had been written before.
+    pub fn resend_due(&mut self, now: u64) -> Vec<u64> {
+        let due: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, out)| out.due.is_some_and(|t| t <= now))
+            .map(|(c, _)| *c)
+            .collect();
+        let mut resent = Vec::new();
+        for counter in due {
+            let Some(body) = self.pending.get(&counter).map(|o| o.body.clone()) else {
+                continue;
+            };
+            if self.write(counter, &body).is_none() {
+                break;
+            }
+            if let Some(out) = self.pending.get_mut(&counter) {
+                out.due = None;
+                if out.sent_once {
+                    resent.push(counter);
+                }
+                out.sent_once = true;
+            }
+        }
+        resent
+    }
+
+    /// The message a reply on the current socket answers; `None` for a
+    /// reply to another socket's request.
+    pub fn answered(&mut self, request_id: u64) -> Option<u64> {
+        self.by_rid.remove(&request_id)
+    }
+
+    /// Message `counter` is done with (accepted, or rejected for good);
+    /// false if it was not pending (an answer to a resend came first).
+    pub fn done(&mut self, counter: u64) -> bool {
+        self.pending.remove(&counter).is_some()
+    }
+
+    /// Message `counter` got a transient error at `at_ns`: written again
+    /// after the backoff, which doubles.
+    pub fn retry_later(&mut self, counter: u64, at_ns: u64) {
+        if let Some(out) = self.pending.get_mut(&counter) {
+            out.due = Some(at_ns + out.backoff_ms * 1_000_000);
+            out.backoff_ms = (out.backoff_ms * 2).min(MAX_BACKOFF_MS);
+        }
+    }
+
+    /// Sends not acknowledged yet.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+}
