@@ -23,8 +23,9 @@
 //   checked the same way over its whole tree;
 // - on STALE_EPOCH a commit or message is rebuilt after catching up.
 import { create } from "@bufbuild/protobuf";
-import { connect, Disconnected, http, HushError, payloads, utf8, type ClientBody, type Conn, type ServerBody } from "./api.js";
+import { connect, Disconnected, http, HushError, payloads, type ClientBody, type Conn, type ServerBody } from "./api.js";
 import { CursorSchema, ErrorCode, type GroupEvent, type InboxEvent, type ServerFrame } from "./gen/hush/v1/client_pb.js";
+import { decodeEnvelope, encodeEnvelope, type Envelope } from "./envelope.js";
 import * as mls from "./mls.js";
 import { Store, type Alert, type GroupRec, type Identity, type LogRow } from "./store.js";
 import * as trust from "./trust.js";
@@ -47,9 +48,6 @@ export interface SafetyNumber {
   devices: string[];
   ownDevices: string[];
 }
-
-/** A payload inside MLS (crates/hush-client/src/envelope.rs, byte for byte). */
-type Envelope = { t: "text"; body: string; ts: number } | { t: "name"; name: string } | { t: "typing" } | { t: string };
 
 const userOf = (identity: string) => identity.split("/")[0];
 
@@ -836,7 +834,7 @@ export class HushClient extends EventTarget {
     await this.lock.run(async () => {
       const g = this.groups.get(id);
       if (!g?.state || g.status !== "active" || mls.hasPendingProposals(g.state)) return;
-      const e = await mls.encrypt(g.state, utf8(JSON.stringify({ t: "typing" })));
+      const e = await mls.encrypt(g.state, encodeEnvelope({ t: "typing" }));
       const next = { ...g, state: e.state };
       await this.store.put({ groups: [next] });
       this.groups.set(id, next);
@@ -866,7 +864,7 @@ export class HushClient extends EventTarget {
   private async sendEnvelope(id: string, env: Envelope, msgId?: Uint8Array): Promise<bigint> {
     const clientMsgId = msgId ?? crypto.getRandomValues(new Uint8Array(16));
     this.lastMsgId = clientMsgId;
-    const plaintext = utf8(JSON.stringify(env));
+    const plaintext = encodeEnvelope(env);
     for (let attempt = 0; attempt < MAX_COMMIT_ATTEMPTS; attempt++) {
       let g = this.active(id);
       if (mls.hasPendingProposals(g.state)) {
@@ -997,15 +995,6 @@ export class HushClient extends EventTarget {
 function byUser(identities: string[]): string[] {
   const seen = new Set<string>();
   return identities.filter((i) => !seen.has(userOf(i)) && !!seen.add(userOf(i)));
-}
-
-function decodeEnvelope(b: Uint8Array): Envelope | undefined {
-  try {
-    const v = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(b));
-    return v && typeof v.t === "string" ? (v as Envelope) : undefined;
-  } catch {
-    return undefined;
-  }
 }
 
 function equal(a: Uint8Array, b: Uint8Array): boolean {

@@ -40,6 +40,9 @@ const LAST_RESORT_EXT = 0x000a;
 
 const config: ClientConfig = {
   ...defaultClientConfig,
+  // No MLS-level padding: envelopes are padded before encryption
+  // (envelope.ts), as the CLI pads them, so sizes do not tell clients apart.
+  paddingConfig: { kind: "alwaysPad", paddingLength: 0 },
   keyRetentionConfig: {
     retainKeysForGenerations: 10,
     retainKeysForEpochs: MAX_PAST_EPOCHS,

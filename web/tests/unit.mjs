@@ -20,6 +20,7 @@ const { values: args } = parseArgs({ options: { chromium: { type: "string", defa
 
 const driver = `
 import * as trust from "./src/trust.ts";
+import * as envelopes from "./src/envelope.ts";
 import * as mls from "./src/mls.ts";
 import { HushClient } from "./src/client.ts";
 import { decodeGroupState, encodeGroupState } from "ts-mls/clientState.js";
@@ -42,6 +43,21 @@ globalThis.run = async () => {
   const n = trust.safetyNumber(["alice", [key(1), key(2)]], ["bob", [key(3)]]);
   check(n === trust.safetyNumber(["bob", [key(3)]], ["alice", [key(1), key(2)]]), "the same number on both sides");
   check(trust.formatNumber(n) === "02898 16403 75223 61538 24814 79101 67372 52259 75756 95162 49519 16358", "the safety number vector", n);
+
+  // ---- padding: the vectors of crates/hush-client/src/envelope.rs ----
+  for (const [len, want] of [[0, 0], [1, 1], [2, 2], [9, 10], [127, 128], [128, 128], [129, 144], [200, 208], [1000, 1024], [5000, 5120], [65537, 67584]]) {
+    check(envelopes.padme(len) === want, \`padme(\${len}) = \${want}\`, envelopes.padme(len));
+  }
+  for (const [len, want] of [[0, 128], [100, 128], [128, 128], [129, 144], [300, 304]]) {
+    check(envelopes.paddedLength(len) === want, \`paddedLength(\${len}) = \${want}\`, envelopes.paddedLength(len));
+  }
+  const padded = envelopes.encodeEnvelope({ t: "text", body: "hi", ts: 1 });
+  check(padded.length === 128 && padded[127] === 0x20, "a short envelope is padded with spaces to 128 bytes", padded.length);
+  check(envelopes.decodeEnvelope(padded)?.body === "hi", "and decodes");
+  // What the CLI sends (serde_json, then spaces).
+  const cli = new Uint8Array(128).fill(0x20);
+  cli.set(enc.encode('{"t":"text","body":"from the CLI","ts":1700000000000}'));
+  check(envelopes.decodeEnvelope(cli)?.body === "from the CLI", "a CLI envelope decodes");
 
   // ---- pinning ----
   let { contact, outcome } = trust.pin(undefined, "bob", [{ deviceId: "b1", key: key(1) }], 1);

@@ -8,8 +8,9 @@
 //! writes screenshots to `target/browser-screenshots/`.
 //!
 //! This side checks what the page is served with (CSP, the embedded bundle
-//! is the committed one) and the canary: a string typed in the browser
-//! never reaches the node's store files or its debug log.
+//! is the committed one), the canary: a string typed in the browser never
+//! reaches the node's store files or its debug log, and the padding: every
+//! short message, from the page or the CLI, is stored with the same size.
 //!
 //! Needs Node.js, Chromium (`/usr/bin/chromium` or `HUSH_CHROMIUM`) and
 //! `web/node_modules` (`cd web && npm ci`). Without them the test prints
@@ -50,6 +51,20 @@ fn missing_tools(web: &Path, chromium: &Path) -> Option<String> {
         return Some("web/node_modules is missing (cd web && npm ci)".into());
     }
     None
+}
+
+/// The stored size of every application message, in seq order per group.
+fn application_sizes(store: &Path) -> Vec<usize> {
+    let conn =
+        rusqlite::Connection::open_with_flags(store, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open node store");
+    let mut st = conn
+        .prepare("SELECT length(message) FROM entries WHERE kind = 3 ORDER BY group_id, seq")
+        .expect("prepare");
+    st.query_map([], |r| r.get::<_, i64>(0))
+        .expect("query")
+        .map(|n| n.expect("row") as usize)
+        .collect()
 }
 
 /// A plain HTTP/1.1 GET: (head, body).
@@ -189,6 +204,17 @@ fn two_browsers_and_the_cli_share_a_group() {
 
     // The canary was typed in a browser; the node must never have seen it.
     node.kill9();
+    // Padding: every message of the scenario is short, from the page or the
+    // CLI, so every stored application message has the same size (the
+    // envelopes are padded the same way before encryption on both sides).
+    let sizes = application_sizes(&node.store_file());
+    assert!(sizes.len() >= 20, "too few messages stored: {sizes:?}");
+    let distinct: std::collections::BTreeSet<usize> = sizes.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        1,
+        "short messages are told apart by their size: {sizes:?}"
+    );
     let hits = files_containing(&node.data, canary.as_bytes());
     assert!(hits.is_empty(), "canary found in store files: {hits:?}");
     let log = node.log_text();

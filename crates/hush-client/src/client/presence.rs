@@ -30,7 +30,12 @@ impl Client {
         if mls::has_pending_proposals(&self.db, &g.group_id)? {
             return Ok(());
         }
-        let message = mls::encrypt(&self.db, &me, &g.group_id, &Envelope::Typing.encode())?;
+        let message = mls::encrypt(
+            &self.db,
+            &me,
+            &g.group_id,
+            &Envelope::Typing.encode_padded(),
+        )?;
         let _: v1::EphemeralAccepted = self
             .ask(client_frame::Body::SendEphemeral(v1::SendEphemeral {
                 group_id: g.group_id,
