@@ -252,7 +252,10 @@ impl Sessions {
         // One placement for the whole delivery, one lookup per user (a user
         // usually has several devices).
         let placement = self.route.placement();
-        if placement.as_ref().is_none_or(|p| p.view().members.len() <= 1) {
+        if placement
+            .as_ref()
+            .is_none_or(|p| p.view().members.len() <= 1)
+        {
             // A view of one (a lone node, or the last node of a cluster):
             // every session is here.
             return self.deliver_here(devices, item).await;
