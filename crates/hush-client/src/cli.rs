@@ -15,6 +15,8 @@
 //!                  (events: added, removed, joined, left, name — "name" has "name" instead of "members")
 //! device link-code {"code":"…","expires_at_ms":…}
 //! device link      {"user_id":"alice","device_id":"…","joined":["<hex>",…]}
+//! device list      {"created_at_ms":…,"device_id":"…","signature_key":"<hex>","this_device":true}   (one line per device)
+//! device revoke    {"device_id":"…","removed_from":[{"group":"<hex>","seq":7},…]}
 //! verify           {"user":"bob","safety_number":"<60 digits>","verified":false,"changed":false,"devices":["…"],"own_devices":["…"]}
 //! warnings         {"warning":"devices_changed","user":"bob","added":["…"],"rekeyed":[],"removed":[],"was_verified":true}
 //!                  (sync/listen print them among their lines; other commands on stderr, in words;
@@ -97,7 +99,7 @@ pub enum Command {
         /// Group name, hex id, or unique hex-id prefix.
         group: String,
     },
-    /// Device linking.
+    /// Device linking, listing and revocation.
     #[command(subcommand)]
     Device(DeviceCommand),
     /// Show the safety number with a user: compare it with theirs (in
@@ -160,6 +162,14 @@ pub enum DeviceCommand {
     Link {
         /// The code printed by `hush device link-code`.
         code: String,
+    },
+    /// List this user's devices.
+    List,
+    /// Revoke another device of this user (lost, stolen, or not yours): it
+    /// can no longer connect, and this device removes it from every group.
+    Revoke {
+        /// The device id (or a unique prefix), from `hush device list`.
+        device: String,
     },
 }
 
@@ -402,6 +412,43 @@ async fn device(client: &mut Client, command: DeviceCommand, out: Out) -> Result
             out.emit(
                 &serde_json::json!({"code": code.code, "expires_at_ms": code.expires_at_ms}),
                 || code.code.clone(),
+            );
+        }
+        DeviceCommand::List => {
+            client.connect().await?;
+            for d in client.devices().await? {
+                let key = hex::encode(&d.signature_key);
+                out.emit(
+                    &serde_json::json!({
+                        "device_id": &d.device_id,
+                        "created_at_ms": d.created_at_ms,
+                        "signature_key": &key,
+                        "this_device": d.this_device,
+                    }),
+                    || {
+                        let mark = if d.this_device { "  (this device)" } else { "" };
+                        format!("{}  key {}…{mark}", d.device_id, &key[..16.min(key.len())])
+                    },
+                );
+            }
+        }
+        DeviceCommand::Revoke { device } => {
+            client.connect().await?;
+            let r = client.revoke_device(&device).await?;
+            let groups: Vec<serde_json::Value> = r
+                .removed_from
+                .iter()
+                .map(|(g, seq)| serde_json::json!({"group": g, "seq": seq}))
+                .collect();
+            out.emit(
+                &serde_json::json!({"device_id": &r.device_id, "removed_from": groups}),
+                || {
+                    format!(
+                        "revoked {}; removed it from {} group(s)",
+                        r.device_id,
+                        r.removed_from.len()
+                    )
+                },
             );
         }
     }

@@ -97,3 +97,106 @@ fn safety_numbers_agree_and_a_new_device_is_warned_about() {
         ("bob", "from bob's laptop")
     );
 }
+
+#[test]
+fn a_revoked_device_is_cut_off_and_removed_from_its_groups() {
+    let node = Node::start();
+    let root = tempfile::tempdir().unwrap();
+    let alice = Dev::new(root.path(), "alice", &node.url);
+    let bob = Dev::new(root.path(), "bob", &node.url);
+    alice.ok(&["register", "alice"]);
+    bob.ok(&["register", "bob"]);
+    alice.ok(&["group", "create", "friends"]);
+    alice.ok(&["group", "add", "friends", "bob"]);
+    bob.ok(&["sync"]);
+
+    // alice links a laptop; it joins the group by external commit.
+    let code = alice.ok(&["device", "link-code"])[0]["code"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let laptop = Dev::new(root.path(), "alice-laptop", &node.url);
+    let linked = laptop.ok(&["device", "link", &code]);
+    let laptop_id = linked[0]["device_id"].as_str().unwrap().to_string();
+    assert_eq!(linked[0]["joined"].as_array().unwrap().len(), 1);
+    bob.ok(&["sync"]);
+
+    let list = alice.ok(&["device", "list"]);
+    assert_eq!(list.len(), 2, "{list:?}");
+    let this: Vec<bool> = list
+        .iter()
+        .map(|d| d["this_device"].as_bool().unwrap())
+        .collect();
+    assert_eq!(this, [true, false], "{list:?}");
+    assert_eq!(list[1]["device_id"], laptop_id.as_str());
+    assert_eq!(list[1]["signature_key"].as_str().unwrap().len(), 64);
+
+    // The laptop is online when it is revoked.
+    let listener = laptop.listen();
+    bob.send("friends", "before the revocation");
+    listener.texts_until(|t| t.iter().any(|m| m.text == "before the revocation"));
+
+    assert_eq!(alice.err(&["device", "revoke", "nope"]), "INVALID_ARGUMENT");
+    let mine = list[0]["device_id"].as_str().unwrap();
+    assert_eq!(alice.err(&["device", "revoke", mine]), "INVALID_ARGUMENT");
+    assert_eq!(
+        laptop.err(&["device", "revoke", "zz_not_a_device"]),
+        "INVALID_ARGUMENT"
+    );
+
+    let revoked = alice.ok(&["device", "revoke", &laptop_id[..8]]);
+    assert_eq!(revoked[0]["device_id"], laptop_id.as_str());
+    let removed_from = revoked[0]["removed_from"].as_array().unwrap();
+    assert_eq!(removed_from.len(), 1, "{revoked:?}");
+
+    // Its live connection was closed, and it cannot log in again.
+    let seen = listener.values_until(|v| v.iter().any(|l| l.get("error").is_some()));
+    let err = seen.iter().find_map(|l| l.get("error")).unwrap();
+    assert_eq!(err, "NOT_FOUND", "{seen:?}");
+    assert_eq!(laptop.err(&["sync"]), "NOT_FOUND");
+    assert_eq!(laptop.err(&["device", "link-code"]), "NOT_FOUND");
+
+    // The directory no longer lists it: one device left, and no warning
+    // for alice's own revocation.
+    let list = alice.ok(&["device", "list"]);
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(
+        alice.ok(&["verify", "bob"])[0]["own_devices"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let lines = alice.ok(&["sync"]);
+    assert!(
+        warnings(&lines).is_empty(),
+        "alice is not warned about her own revocation: {lines:?}"
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l["text"] == "before the revocation")
+            .count(),
+        1
+    );
+
+    // bob's client processes the remove; the group goes on without the leaf.
+    let lines = bob.ok(&["sync"]);
+    assert!(
+        lines.iter().any(|l| l["event"] == "removed"),
+        "bob saw no remove: {lines:?}"
+    );
+    assert_eq!(
+        bob.ok(&["verify", "alice"])[0]["devices"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    bob.send("friends", "after the revocation");
+    let texts = alice.sync_texts();
+    assert_eq!(
+        texts.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(),
+        ["after the revocation"]
+    );
+}

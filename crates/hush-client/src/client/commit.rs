@@ -36,6 +36,8 @@ pub(super) enum Intent {
     Add(Vec<String>),
     /// Remove every device of these users.
     Remove(Vec<String>),
+    /// Remove these devices (`<user>/<device>` identities).
+    RemoveDevices(Vec<String>),
     /// Commit the proposals pending in the group (a member's leave).
     PendingProposals,
     /// Rotate this device's leaf keys (an UpdatePath commit).
@@ -148,6 +150,14 @@ impl Client {
                 let leaves: Vec<u32> = members
                     .iter()
                     .filter(|m| handles.iter().any(|h| mls::user_of(&m.identity) == h))
+                    .map(|m| m.leaf)
+                    .collect();
+                (!leaves.is_empty()).then_some(Change::Remove(leaves))
+            }
+            Intent::RemoveDevices(identities) => {
+                let leaves: Vec<u32> = members
+                    .iter()
+                    .filter(|m| identities.contains(&m.identity))
                     .map(|m| m.leaf)
                     .collect();
                 (!leaves.is_empty()).then_some(Change::Remove(leaves))

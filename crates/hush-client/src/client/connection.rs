@@ -195,6 +195,8 @@ answers!(
     GroupList,
     EphemeralAccepted,
     PresenceList,
+    DeviceList,
+    DeviceRevoked,
 );
 
 /// The error for an answer of the wrong kind.
@@ -219,6 +221,8 @@ fn unexpected(expected: &str, got: &server_frame::Body) -> ClientError {
         server_frame::Body::SyncCaughtUp(_) => "SyncCaughtUp",
         server_frame::Body::EphemeralAccepted(_) => "EphemeralAccepted",
         server_frame::Body::PresenceList(_) => "PresenceList",
+        server_frame::Body::DeviceList(_) => "DeviceList",
+        server_frame::Body::DeviceRevoked(_) => "DeviceRevoked",
         server_frame::Body::EphemeralEvent(_) => "EphemeralEvent",
         server_frame::Body::PresenceEvent(_) => "PresenceEvent",
     };

@@ -29,6 +29,7 @@
 mod accounts;
 mod commit;
 mod connection;
+mod devices;
 mod directory;
 mod groups;
 mod presence;
@@ -50,6 +51,7 @@ use crate::http::{parse_servers, Http, Token};
 use crate::live::LiveState;
 use crate::store::{now_ms, GroupRow, Identity, LogRow, StateDb};
 
+pub use devices::{DeviceView, Revoked};
 pub use directory::{SafetyNumber, CONTACT_REFRESH};
 
 /// The default server URL.
