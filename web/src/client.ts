@@ -49,6 +49,14 @@ export interface SafetyNumber {
   ownDevices: string[];
 }
 
+/** One of this user's devices, as the directory lists it. */
+export interface DeviceView {
+  deviceId: string;
+  key: Uint8Array;
+  createdAtMs: number;
+  thisDevice: boolean;
+}
+
 const userOf = (identity: string) => identity.split("/")[0];
 
 export function validHandle(h: string): boolean {
@@ -802,6 +810,40 @@ export class HushClient extends EventTarget {
     });
   }
 
+  /** This user's current devices (revoked ones are not listed). */
+  devices(): Promise<DeviceView[]> {
+    return this.op(async () => {
+      const r = await this.request({ case: "listDevices", value: { $typeName: "hush.v1.ListDevices" } });
+      if (r.case !== "deviceList") throw new Error(`expected DeviceList, got ${r.case}`);
+      return r.value.devices.map((d) => ({ deviceId: d.deviceId, key: d.signatureKey, createdAtMs: Number(d.createdAtMs), thisDevice: d.thisDevice }));
+    });
+  }
+
+  /**
+   * Revokes another device of this user (crates/hush-client/src/client/devices.rs):
+   * the server cuts it off at once; this device then removes its leaf from
+   * every group they share. Returns the ids of those groups.
+   */
+  revokeDevice(deviceId: string): Promise<string[]> {
+    return this.op(async () => {
+      const me = this.me!;
+      if (deviceId === me.deviceId) throw new Error("This is the device you are on; revoke it from another device.");
+      const r = await this.request({ case: "revokeDevice", value: { $typeName: "hush.v1.RevokeDevice", deviceId } });
+      if (r.case !== "deviceRevoked") throw new Error(`expected DeviceRevoked, got ${r.case}`);
+      // Expected here: no "your devices changed" alert for it.
+      const own = this.contacts.get(me.userId);
+      if (own) await this.putContact({ ...own, devices: own.devices.map((d) => (d.deviceId === deviceId ? { ...d, current: false } : d)) });
+      await this.refreshUser(me.userId);
+      const identity = `${me.userId}/${deviceId}`;
+      const removed: string[] = [];
+      for (const g of [...this.groups.values()]) {
+        if (g.status !== "active" || !g.state || !mls.members(g.state).some((m) => m.identity === identity)) continue;
+        if (await this.commitIntent(g.id, { kind: "removeDevices", identities: [identity] })) removed.push(g.id);
+      }
+      return removed;
+    });
+  }
+
   selfUpdate(id: string): Promise<void> {
     return this.op(async () => {
       await this.commitIntent(id, { kind: "update" });
@@ -905,7 +947,7 @@ export class HushClient extends EventTarget {
   /** Builds, sends and applies a commit, rebuilding it after each lost epoch race. */
   private async commitIntent(
     id: string,
-    intent: { kind: "add"; handles: string[] } | { kind: "remove"; handles: string[] } | { kind: "pending" } | { kind: "update" },
+    intent: { kind: "add"; handles: string[] } | { kind: "remove"; handles: string[] } | { kind: "removeDevices"; identities: string[] } | { kind: "pending" } | { kind: "update" },
   ): Promise<boolean> {
     for (let attempt = 0; attempt < MAX_COMMIT_ATTEMPTS; attempt++) {
       const g = this.active(id);
@@ -937,6 +979,10 @@ export class HushClient extends EventTarget {
         change = { kind: "add", keyPackages: kps };
       } else if (intent.kind === "remove") {
         const leaves = members.filter((m) => intent.handles.includes(userOf(m.identity))).map((m) => m.leaf);
+        if (!leaves.length) return false;
+        change = { kind: "remove", leaves };
+      } else if (intent.kind === "removeDevices") {
+        const leaves = members.filter((m) => intent.identities.includes(m.identity)).map((m) => m.leaf);
         if (!leaves.length) return false;
         change = { kind: "remove", leaves };
       } else if (intent.kind === "pending") {

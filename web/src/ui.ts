@@ -275,6 +275,51 @@ export function start(client: HushClient) {
       if (verifying) void openVerify(verifying);
     }
   };
+  // ---- devices: list and revoke ------------------------------------------------------
+  const renderDevices = async () => {
+    const list = $("devices-list");
+    list.replaceChildren(el("li", "", "Asking the server…"));
+    let devices;
+    try {
+      devices = await client.devices();
+    } catch {
+      list.replaceChildren(el("li", "", "Could not list the devices."));
+      return;
+    }
+    list.replaceChildren(
+      ...devices.map((d) => {
+        const li = el("li");
+        li.dataset.device = d.deviceId;
+        const key = [...d.key.slice(0, 8)].map((b) => b.toString(16).padStart(2, "0")).join("");
+        li.append(el("code", "", `${d.deviceId}  key ${key}…`));
+        if (d.thisDevice) {
+          li.append(el("span", "fine", "this device"));
+        } else {
+          const b = el("button", "danger", "Revoke");
+          b.type = "button";
+          b.onclick = async () => {
+            if (!confirm(`Revoke device ${d.deviceId}? It is cut off at once and removed from your groups.`)) return;
+            b.disabled = true;
+            try {
+              await client.revokeDevice(d.deviceId);
+            } catch {
+              // Shown through the client's error event.
+            }
+            void renderDevices();
+          };
+          li.append(b);
+        }
+        return li;
+      }),
+    );
+  };
+  $("devices-open").onclick = () => {
+    $("devices").hidden = false;
+    void renderDevices();
+  };
+  $("devices-close").onclick = () => {
+    $("devices").hidden = true;
+  };
   $("verify-close").onclick = () => {
     verifying = undefined;
     $("verify").hidden = true;

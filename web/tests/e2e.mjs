@@ -281,6 +281,17 @@ try {
   await alice.locator("#trust").waitFor({ state: "hidden", timeout: WAIT });
   step("a CLI device joined by external commit; the browsers processed it, told it the name, and warned that carol's devices changed");
 
+  // 6d. alice's devices: the page lists this browser, without a revoke
+  // button for itself.
+  await alice.locator("#devices-open").click();
+  await alice.locator("#devices-list li[data-device]").first().waitFor({ timeout: WAIT });
+  const deviceRows = await alice.locator("#devices-list li[data-device]").count();
+  if (deviceRows !== 1) throw new Error(`alice's page lists ${deviceRows} devices`);
+  if ((await alice.locator("#devices-list li button").count()) !== 0) throw new Error("the page offers to revoke itself");
+  await shot(alice, "10-devices");
+  await alice.locator("#devices-close").click();
+  step("the page lists its user's devices");
+
   // 7. an error the server reports, shown to the person.
   await alice.locator("#add-handle").fill("nobody_here");
   await alice.locator("#add-member button").click();
