@@ -69,6 +69,8 @@ struct Outbox {
     effects: Effects,
     up: Vec<NodeId>,
     down: Vec<NodeId>,
+    /// This node was declared down and foca renewed its identity.
+    rejoined: Option<NodeId>,
 }
 
 impl Runtime<NodeId> for Outbox {
@@ -80,6 +82,7 @@ impl Runtime<NodeId> for Outbox {
                 self.down.push(old.clone());
                 self.up.push(new.clone());
             }
+            Notification::Rejoin(id) => self.rejoined = Some(id.clone()),
             _ => {}
         }
     }
@@ -181,6 +184,16 @@ impl Membership {
 
     fn settle(&mut self, r: Result<(), foca::Error>) -> Result<(), MembershipError> {
         let mut changed = false;
+        let mut incarnation = self.view.incarnation;
+        if let Some(renewed) = self.outbox.rejoined.take() {
+            tracing::warn!(
+                boot = renewed.boot,
+                "this node was declared down by its peers and rejoins"
+            );
+            self.me = renewed;
+            incarnation += 1;
+            changed = true;
+        }
         for down in std::mem::take(&mut self.outbox.down) {
             changed |= self.peers.remove(&down);
         }
@@ -197,7 +210,10 @@ impl Membership {
         if changed {
             let members = std::iter::once(self.me.name.clone())
                 .chain(self.peers.iter().map(|p| p.name.clone()));
-            self.view = View::new(self.view.epoch + 1, members);
+            self.view = View {
+                incarnation,
+                ..View::new(self.view.epoch + 1, members)
+            };
         }
         r.map_err(|e| MembershipError(e.to_string()))
     }

@@ -33,6 +33,13 @@ pub fn shard_of(key: &[u8]) -> u32 {
 pub struct View {
     pub epoch: u64,
     pub members: BTreeSet<String>,
+    /// How many times this node came back after the others declared it
+    /// down (a pause or a partition longer than the failure detector's
+    /// patience). The others forgot everything this node had attached to
+    /// them meanwhile (its connections in their sessions) and dropped what
+    /// they were sending it, so a change here means: re-attach and resync.
+    /// Local to this node, not part of the digest.
+    pub incarnation: u64,
 }
 
 impl View {
@@ -40,6 +47,7 @@ impl View {
         Self {
             epoch,
             members: members.into_iter().collect(),
+            incarnation: 0,
         }
     }
 

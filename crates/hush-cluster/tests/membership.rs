@@ -17,8 +17,9 @@ enum Ev {
         packet: Vec<u8>,
     },
     Timer {
-        node: String,
-        boot: u64,
+        /// The node's slot in `Sim::nodes` (a restart takes a new slot;
+        /// a rejoin after a pause keeps its slot but renews its boot).
+        slot: usize,
         timer: Timer<NodeId>,
     },
 }
@@ -28,6 +29,9 @@ struct Sim {
     seq: u64,
     queue: Vec<(u64, u64, Ev)>,
     nodes: Vec<(Membership, bool)>,
+    /// Paused (SIGSTOP) until this virtual time: packets to it are lost,
+    /// its timers fire late.
+    paused_until: Vec<u64>,
 }
 
 impl Sim {
@@ -37,6 +41,7 @@ impl Sim {
             seq: 0,
             queue: Vec::new(),
             nodes: Vec::new(),
+            paused_until: Vec::new(),
         }
     }
 
@@ -52,6 +57,7 @@ impl Sim {
     fn add(&mut self, name: &str, boot: u64) -> usize {
         let m = Membership::new(Self::id(name, boot), 3, PROBE, 7 + boot);
         self.nodes.push((m, true));
+        self.paused_until.push(0);
         self.nodes.len() - 1
     }
 
@@ -68,7 +74,6 @@ impl Sim {
 
     fn flush(&mut self, i: usize) {
         let (m, _) = &mut self.nodes[i];
-        let me = m.me().clone();
         let effects = m.take_effects();
         for (to, packet) in effects.send {
             self.push(
@@ -82,11 +87,7 @@ impl Sim {
         for (timer, after) in effects.timers {
             self.push(
                 self.now_ms + after.as_millis() as u64,
-                Ev::Timer {
-                    node: me.name.clone(),
-                    boot: me.boot,
-                    timer,
-                },
+                Ev::Timer { slot: i, timer },
             );
         }
     }
@@ -115,18 +116,19 @@ impl Sim {
             self.now_ms = at;
             match ev {
                 Ev::Deliver { to, packet } => {
-                    if let Some(i) = self.idx(&to) {
+                    if let Some(i) = self.idx(&to).filter(|&i| self.paused_until[i] <= at) {
                         // Bad packets are the peer's problem, not a crash.
                         let _ = self.nodes[i].0.handle_data(&packet);
                         self.flush(i);
                     }
                 }
-                Ev::Timer { node, boot, timer } => {
-                    if let Some(i) = self.idx(&node) {
-                        if self.nodes[i].0.me().boot == boot {
-                            self.nodes[i].0.handle_timer(timer).unwrap();
-                            self.flush(i);
-                        }
+                Ev::Timer { slot, timer } => {
+                    if self.paused_until[slot] > at {
+                        let resume = self.paused_until[slot];
+                        self.push(resume, Ev::Timer { slot, timer });
+                    } else if self.nodes[slot].1 {
+                        self.nodes[slot].0.handle_timer(timer).unwrap();
+                        self.flush(slot);
                     }
                 }
             }
@@ -137,6 +139,15 @@ impl Sim {
     fn view_of(&self, name: &str) -> Vec<String> {
         let i = self.idx(name).unwrap();
         self.nodes[i].0.view().members.iter().cloned().collect()
+    }
+
+    fn pause(&mut self, name: &str, for_ms: u64) {
+        let i = self.idx(name).unwrap();
+        self.paused_until[i] = self.now_ms + for_ms;
+    }
+
+    fn node(&self, name: &str) -> &Membership {
+        &self.nodes[self.idx(name).unwrap()].0
     }
 
     fn kill(&mut self, name: &str) {
@@ -202,6 +213,50 @@ fn converge_detect_a_dead_node_and_take_it_back_after_restart() {
         .map(|p| p.boot)
         .collect();
     assert_eq!(n2_seen, [1], "n1 tracks the new boot of n2 only");
+}
+
+/// SIGSTOP longer than the failure detector's patience: the others declare
+/// the node down and forget what it had attached to them; when it resumes it
+/// must learn that (its view's incarnation grows) and come back under a new
+/// boot, not carry on as if nothing happened.
+#[test]
+fn a_paused_node_declared_down_learns_it_and_rejoins() {
+    let mut sim = Sim::new();
+    for n in ["n1", "n2", "n3"] {
+        sim.add(n, 0);
+    }
+    sim.announce("n2", Sim::id("n1", 0));
+    sim.announce("n3", Sim::id("n1", 0));
+    let all = names(&["n1", "n2", "n3"]);
+    sim.run_until(30_000, |s| {
+        ["n1", "n2", "n3"].iter().all(|n| s.view_of(n) == all)
+    })
+    .expect("views converge");
+    assert_eq!(sim.node("n2").view().incarnation, 0);
+
+    sim.pause("n2", 20 * PROBE.as_millis() as u64);
+    let survivors = names(&["n1", "n3"]);
+    sim.run_until(30_000, |s| {
+        s.view_of("n1") == survivors && s.view_of("n3") == survivors
+    })
+    .expect("the others declare the paused node down");
+    // Still paused: it has not noticed anything.
+    assert_eq!(sim.node("n2").view().incarnation, 0);
+
+    sim.run_until(60_000, |s| {
+        s.node("n2").view().incarnation == 1
+            && ["n1", "n2", "n3"].iter().all(|n| s.view_of(n) == all)
+    })
+    .expect("the resumed node learns it was declared down and everyone takes it back");
+    assert_eq!(sim.node("n2").me().boot, 1, "it rejoined under a new boot");
+    let n2_seen: Vec<u64> = sim
+        .node("n1")
+        .peers()
+        .filter(|p| p.name == "n2")
+        .map(|p| p.boot)
+        .collect();
+    assert_eq!(n2_seen, [1]);
+    assert_eq!(sim.node("n1").view().incarnation, 0, "n1 was never down");
 }
 
 #[test]

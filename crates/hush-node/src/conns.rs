@@ -32,7 +32,8 @@ pub struct LocalConn {
     pub session_node: String,
 }
 
-/// A connection whose user's session moved to another node.
+/// A connection that must attach again: its user's session moved to
+/// another node, or the session's node may have forgotten it.
 pub struct Moved {
     pub conn_id: u64,
     pub user_id: String,
@@ -120,5 +121,16 @@ impl Connections {
                 device_id: c.device_id.clone(),
             })
             .collect()
+    }
+
+    /// The ids of every connection on this node.
+    pub fn ids(&self) -> Vec<u64> {
+        self.lock().keys().copied().collect()
+    }
+
+    /// Every connection on this node, to attach again (see
+    /// `Sessions::follow_view`: this node was declared down meanwhile).
+    pub fn all(&self) -> Vec<Moved> {
+        self.moved(|_| String::new())
     }
 }

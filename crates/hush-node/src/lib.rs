@@ -112,20 +112,32 @@ impl RunningNode {
         self.sessions.watch_count()
     }
 
-    /// Graceful stop, in the order that lets a cluster take over without a
-    /// gap: refuse new work (forwarded calls are refused as a stale view, so
-    /// their senders route again); leave the cluster view; stop every group
-    /// actor and wait for it, which releases its lease so the new owner
-    /// takes the group at once; then close every client connection with
-    /// 4004 (reconnect to another node) and stop the gateway.
+    /// Graceful stop: refuse new work (forwarded calls are refused as a
+    /// stale view, so their senders route again); leave the cluster view
+    /// (peers learn it at once, so a client that reconnects elsewhere is not
+    /// routed back here); tell every client with 4004 (reconnect to another
+    /// node: reads resume there from the store, a send in flight is resent
+    /// by id and answered once) without waiting for the groups; stop every
+    /// group actor and wait for it, which releases its lease so the new
+    /// owner takes the group without waiting for the lease to expire; then
+    /// stop the gateway.
     pub async fn stop(self) {
+        let started = std::time::Instant::now();
         self.shutdown.begin();
         if let Some(mesh) = self.route.mesh() {
             mesh.leave().await;
         }
-        self.groups.stop_all(GROUP_STOP_TIMEOUT).await;
         self.shutdown.close_connections();
+        let left = started.elapsed();
+        self.groups.stop_all(GROUP_STOP_TIMEOUT).await;
+        let released = started.elapsed();
         self.gateway.stop().await;
+        tracing::info!(
+            left_ms = left.as_millis() as u64,
+            groups_released_ms = released.as_millis() as u64,
+            stopped_ms = started.elapsed().as_millis() as u64,
+            "graceful stop"
+        );
     }
 }
 
