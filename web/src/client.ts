@@ -14,12 +14,21 @@
 //   was applied when the server accepted them); a commit whose answer was
 //   lost is recognised by its bytes and adopted then;
 // - an entry that does not process is skipped (it cannot become valid later);
+// - every entry is authenticated before its new state is kept (trust.ts):
+//   the MLS sender is the device the server names, and every leaf it uses,
+//   adds or changes carries the key pinned from the directory for that
+//   device, with its identity unchanged; an unknown device is looked up
+//   first. One that does not authenticate is refused loudly (a "forged" log
+//   line, its content never shown, its commit never applied); a Welcome is
+//   checked the same way over its whole tree;
 // - on STALE_EPOCH a commit or message is rebuilt after catching up.
 import { create } from "@bufbuild/protobuf";
-import { connect, Disconnected, http, HushError, payloads, utf8, type ClientBody, type Conn, type ServerBody } from "./api.js";
+import { connect, Disconnected, http, HushError, payloads, type ClientBody, type Conn, type ServerBody } from "./api.js";
 import { CursorSchema, ErrorCode, type GroupEvent, type InboxEvent, type ServerFrame } from "./gen/hush/v1/client_pb.js";
+import { decodeEnvelope, encodeEnvelope, type Envelope } from "./envelope.js";
 import * as mls from "./mls.js";
-import { Store, type GroupRec, type Identity, type LogRow } from "./store.js";
+import { Store, type Alert, type GroupRec, type Identity, type LogRow } from "./store.js";
+import * as trust from "./trust.js";
 
 export const KEY_PACKAGE_BATCH = 10;
 export const KEY_PACKAGE_LOW = 5;
@@ -27,9 +36,26 @@ const MAX_COMMIT_ATTEMPTS = 6;
 const CATCH_UP_MS = 15_000;
 const TYPING_TTL_MS = 6_000;
 const TYPING_EVERY_MS = 3_000;
+/** Contacts of this device's groups are asked about again after this long. */
+const CONTACT_REFRESH_MS = 3_600_000;
 
-/** A payload inside MLS (crates/hush-client/src/envelope.rs, byte for byte). */
-type Envelope = { t: "text"; body: string; ts: number } | { t: "name"; name: string } | { t: "typing" } | { t: string };
+/** A safety number with a contact (crates/hush-client's SafetyNumber). */
+export interface SafetyNumber {
+  userId: string;
+  number: string;
+  verified: boolean;
+  changed: boolean;
+  devices: string[];
+  ownDevices: string[];
+}
+
+/** One of this user's devices, as the directory lists it. */
+export interface DeviceView {
+  deviceId: string;
+  key: Uint8Array;
+  createdAtMs: number;
+  thisDevice: boolean;
+}
 
 const userOf = (identity: string) => identity.split("/")[0];
 
@@ -54,6 +80,10 @@ export class HushClient extends EventTarget {
   transport?: "ws" | "sse";
   lastError?: string;
   readonly groups = new Map<string, GroupRec>();
+  /** Pinned directory answers by user id (this user included). */
+  readonly contacts = new Map<string, trust.Contact>();
+  /** Alerts, oldest first (the UI shows those not seen). */
+  alerts: Alert[] = [];
   readonly presence = new Map<string, boolean>();
   /** group hex -> user -> typing until (ms). */
   readonly typing = new Map<string, Map<string, number>>();
@@ -83,6 +113,8 @@ export class HushClient extends EventTarget {
     const c = new HushClient(await Store.open());
     c.me = await c.store.identity();
     for (const g of await c.store.groups()) c.groups.set(g.id, g);
+    for (const k of await c.store.contacts()) c.contacts.set(k.userId, k);
+    c.alerts = await c.store.alerts();
     return c;
   }
 
@@ -140,6 +172,9 @@ export class HushClient extends EventTarget {
       await this.lock.run(async () => {
         this.buffered.clear();
         await this.maintainKeyPackages();
+        // A device that appeared on this account (a ghost device) is noticed first.
+        await this.refreshUser(this.me!.userId);
+        this.actions.add("contacts");
         await this.startSync();
       });
     } catch (e) {
@@ -351,6 +386,8 @@ export class HushClient extends EventTarget {
     } else {
       try {
         const p = await mls.process(g.state!, ev.message);
+        const why = await this.authenticate(ev.sender, p);
+        if (why) throw new mls.Forged(why);
         next.state = p.state;
         if (g.pending && p.kind === "commit") next.pending = undefined; // ours lost the race
         if (p.kind === "application") {
@@ -381,13 +418,164 @@ export class HushClient extends EventTarget {
           }
         }
       } catch (e) {
-        console.warn(`skipping entry ${ev.seq} of ${g.id} that does not process`, e);
+        if (e instanceof mls.Forged) {
+          console.warn(`refusing entry ${ev.seq} of ${g.id}: ${e.message}`);
+          log.push(at("forged", ev.sender, e.message));
+        } else {
+          console.warn(`skipping entry ${ev.seq} of ${g.id} that does not process`, e);
+        }
       }
     }
     await this.store.put({ groups: [next], log });
     this.groups.set(g.id, next);
     this.changed("group", g.id);
     for (const l of log) this.changed("log", l);
+  }
+
+  // ---- the directory, pins and safety numbers --------------------------------
+
+  /** Asks the directory about `user` and pins the answer (alerting on a change). */
+  private async refreshUser(user: string): Promise<trust.PinOutcome> {
+    let devices: trust.DirectoryDevice[] = [];
+    try {
+      const r = await this.request({ case: "lookupUser", value: { $typeName: "hush.v1.LookupUser", handle: user } });
+      if (r.case !== "userInfo") throw new Error(`expected UserInfo, got ${r.case}`);
+      if (r.value.userId && r.value.userId !== user) throw new Error(`asked the directory about ${user}, it answered about ${r.value.userId}`);
+      devices = r.value.devices.map((d) => ({ deviceId: d.deviceId, key: d.signatureKey }));
+    } catch (e) {
+      if (!(e instanceof HushError && e.code === ErrorCode.NOT_FOUND)) throw e;
+    }
+    const { contact, outcome } = trust.pin(this.contacts.get(user), user, devices, Date.now());
+    const alerts: Alert[] = [];
+    if (outcome.kind === "changed") {
+      const kind = user === this.me!.userId ? "own_devices_changed" : "devices_changed";
+      alerts.push({ userId: user, kind, change: outcome.change, ts: Date.now(), seen: false });
+      console.warn(`${user}'s devices changed`, outcome.change);
+    }
+    await this.store.put({ contacts: [contact], alerts });
+    this.contacts.set(user, contact);
+    if (alerts.length) this.alerts = await this.store.alerts();
+    this.changed("contacts", user);
+    return outcome;
+  }
+
+  /** Checks a leaf, asking the directory once per user in `asked`. */
+  private async checkLeafFresh(identity: string, key: Uint8Array | undefined, asked: Set<string>): Promise<string | undefined> {
+    for (;;) {
+      const user = trust.parseIdentity(identity)?.[0];
+      const v = trust.checkLeaf(user ? this.contacts.get(user) : undefined, identity, key);
+      if (v.kind === "trusted") return undefined;
+      if (v.kind === "forged") return v.why;
+      if (asked.has(v.user)) return `a device of ${v.user} that the directory does not list`;
+      await this.refreshUser(v.user);
+      asked.add(v.user);
+    }
+  }
+
+  /** Why a processed entry must be refused, if it must (see the file's rules). */
+  private async authenticate(serverSender: string, p: mls.Processed): Promise<string | undefined> {
+    const why = trust.checkSender(serverSender, p.sender);
+    if (why) return why;
+    const asked = new Set<string>();
+    if (p.kind === "commit") {
+      const changed = trust.identityChange(p.changed);
+      if (changed) return changed;
+      for (const l of p.changed) {
+        const w = await this.checkLeafFresh(l.identity, l.key, asked);
+        if (w) return w;
+      }
+    }
+    return this.checkLeafFresh(p.sender, p.senderKey, asked);
+  }
+
+  /** Why a joined tree must be refused, if it must. */
+  private async authenticateTree(members: mls.Member[]): Promise<string | undefined> {
+    const asked = new Set<string>();
+    for (const m of members) {
+      const w = await this.checkLeafFresh(m.identity, m.key, asked);
+      if (w) return w;
+    }
+    return undefined;
+  }
+
+  /** Asks again about the contacts of this device's groups whose answer is old. */
+  private async refreshStaleContacts() {
+    const users = new Set<string>();
+    for (const g of this.groups.values()) {
+      if (g.status === "active" && g.state) for (const m of mls.members(g.state)) users.add(userOf(m.identity));
+    }
+    for (const u of users) {
+      const c = this.contacts.get(u);
+      if (!c || Date.now() - c.refreshed > CONTACT_REFRESH_MS) await this.refreshUser(u);
+    }
+  }
+
+  private async freshSafetyNumber(user: string): Promise<{ n: SafetyNumber; changedNow: boolean }> {
+    if (!validHandle(user)) throw new Error(`"${user}" is not a handle.`);
+    const me = this.me!.userId;
+    if (user === me) throw new Error("A safety number is between you and someone else.");
+    const mine = await this.refreshUser(me);
+    const theirs = await this.refreshUser(user);
+    const own = this.contacts.get(me)!;
+    const c = this.contacts.get(user)!;
+    const keys = (x: trust.Contact) => x.devices.filter((d) => d.current).map((d) => d.key);
+    if (!keys(c).length) throw new HushError(ErrorCode.NOT_FOUND, `${user} has no devices`);
+    const ids = (x: trust.Contact) => x.devices.filter((d) => d.current).map((d) => d.deviceId);
+    return {
+      n: {
+        userId: user,
+        number: trust.safetyNumber([me, keys(own)], [user, keys(c)]),
+        verified: c.verified,
+        changed: c.changed,
+        devices: ids(c),
+        ownDevices: ids(own),
+      },
+      changedNow: mine.kind === "changed" || theirs.kind === "changed",
+    };
+  }
+
+  /** The safety number with `user` (fresh directory answers); looking clears its warning. */
+  safetyNumber(user: string): Promise<SafetyNumber> {
+    return this.op(async () => {
+      const { n } = await this.freshSafetyNumber(user);
+      const c = this.contacts.get(user)!;
+      if (c.changed) await this.putContact({ ...c, changed: false });
+      return n;
+    });
+  }
+
+  /** Marks `user` verified; refused when the number changed since it was last shown. */
+  markVerified(user: string): Promise<SafetyNumber> {
+    return this.op(async () => {
+      const { n, changedNow } = await this.freshSafetyNumber(user);
+      if (changedNow || n.changed) throw new Error(`${user}'s safety number changed since you last looked at it: compare the new one before marking it verified.`);
+      await this.putContact({ ...this.contacts.get(user)!, verified: true, changed: false });
+      return { ...n, verified: true };
+    });
+  }
+
+  private async putContact(c: trust.Contact) {
+    await this.store.put({ contacts: [c] });
+    this.contacts.set(c.userId, c);
+    this.changed("contacts", c.userId);
+  }
+
+  /** The person saw that this account's devices changed. */
+  acknowledgeOwnDevices(): Promise<void> {
+    return this.op(async () => {
+      const own = this.contacts.get(this.me!.userId);
+      if (own?.changed) await this.putContact({ ...own, changed: false });
+      await this.dismissAlerts();
+    });
+  }
+
+  /** The person saw these alerts. */
+  async dismissAlerts() {
+    const unseen = this.alerts.filter((a) => !a.seen).map((a) => ({ ...a, seen: true }));
+    if (!unseen.length) return;
+    await this.store.put({ alerts: unseen });
+    this.alerts = await this.store.alerts();
+    this.changed("contacts");
   }
 
   private logMembership(log: LogRow[], at: (k: LogRow["kind"], s: string, b: string) => LogRow, by: string, before: string[], after: string[]) {
@@ -414,6 +602,10 @@ export class HushClient extends EventTarget {
         if (!kp) throw new Error("the Welcome is for none of this device's key packages");
         const joined = await mls.joinFromWelcome(ev.welcome, ev.ratchetTree, kp);
         if (mls.hex(joined.groupId) !== id) throw new Error("the Welcome is for another group than announced");
+        // The whole tree must authenticate: a forged leaf would speak under
+        // someone else's name from the start.
+        const why = await this.authenticateTree(mls.members(joined.state));
+        if (why) throw new mls.Forged(why);
         const rec: GroupRec = {
           id,
           groupId: ev.groupId,
@@ -434,8 +626,15 @@ export class HushClient extends EventTarget {
         this.changed("group", id);
         this.changed("log", row);
       } catch (e) {
-        console.warn("dropping a Welcome that does not process", e);
-        await this.store.put({ inboxSeq: ev.inboxSeq });
+        if (e instanceof mls.Forged && g) {
+          console.warn(`refusing a forged Welcome: ${e.message}`);
+          const row = this.row(g, ev.commitSeq, "", "forged", e.message);
+          await this.store.put({ log: [row], inboxSeq: ev.inboxSeq });
+          this.changed("log", row);
+        } else {
+          console.warn("dropping a Welcome that does not process", e);
+          await this.store.put({ inboxSeq: ev.inboxSeq });
+        }
       }
     }
     this.conn?.send({ case: "ackInbox", value: { $typeName: "hush.v1.AckInbox", inboxSeq: ev.inboxSeq } });
@@ -448,6 +647,9 @@ export class HushClient extends EventTarget {
     try {
       const p = await mls.process(g.state, message);
       if (p.kind !== "application") return;
+      // Only a device pinned as current may show as typing (no lookup for a hint).
+      const user = trust.parseIdentity(p.sender)?.[0];
+      if (trust.checkLeaf(user ? this.contacts.get(user) : undefined, p.sender, p.senderKey).kind !== "trusted") return;
       // Decrypting moved the sender's ratchet: keep it.
       const next = { ...g, state: p.state };
       await this.store.put({ groups: [next] });
@@ -472,6 +674,7 @@ export class HushClient extends EventTarget {
         try {
           if (a === "keyPackages") await this.maintainKeyPackages();
           else if (a === "presence") await this.refreshPresence();
+          else if (a === "contacts") await this.refreshStaleContacts();
           else if (a.startsWith("pending:")) {
             const g = this.groups.get(a.slice(8));
             if (g?.status === "active" && g.state && mls.hasPendingProposals(g.state)) await this.commitIntent(g.id, { kind: "pending" });
@@ -607,6 +810,40 @@ export class HushClient extends EventTarget {
     });
   }
 
+  /** This user's current devices (revoked ones are not listed). */
+  devices(): Promise<DeviceView[]> {
+    return this.op(async () => {
+      const r = await this.request({ case: "listDevices", value: { $typeName: "hush.v1.ListDevices" } });
+      if (r.case !== "deviceList") throw new Error(`expected DeviceList, got ${r.case}`);
+      return r.value.devices.map((d) => ({ deviceId: d.deviceId, key: d.signatureKey, createdAtMs: Number(d.createdAtMs), thisDevice: d.thisDevice }));
+    });
+  }
+
+  /**
+   * Revokes another device of this user (crates/hush-client/src/client/devices.rs):
+   * the server cuts it off at once; this device then removes its leaf from
+   * every group they share. Returns the ids of those groups.
+   */
+  revokeDevice(deviceId: string): Promise<string[]> {
+    return this.op(async () => {
+      const me = this.me!;
+      if (deviceId === me.deviceId) throw new Error("This is the device you are on; revoke it from another device.");
+      const r = await this.request({ case: "revokeDevice", value: { $typeName: "hush.v1.RevokeDevice", deviceId } });
+      if (r.case !== "deviceRevoked") throw new Error(`expected DeviceRevoked, got ${r.case}`);
+      // Expected here: no "your devices changed" alert for it.
+      const own = this.contacts.get(me.userId);
+      if (own) await this.putContact({ ...own, devices: own.devices.map((d) => (d.deviceId === deviceId ? { ...d, current: false } : d)) });
+      await this.refreshUser(me.userId);
+      const identity = `${me.userId}/${deviceId}`;
+      const removed: string[] = [];
+      for (const g of [...this.groups.values()]) {
+        if (g.status !== "active" || !g.state || !mls.members(g.state).some((m) => m.identity === identity)) continue;
+        if (await this.commitIntent(g.id, { kind: "removeDevices", identities: [identity] })) removed.push(g.id);
+      }
+      return removed;
+    });
+  }
+
   selfUpdate(id: string): Promise<void> {
     return this.op(async () => {
       await this.commitIntent(id, { kind: "update" });
@@ -639,7 +876,7 @@ export class HushClient extends EventTarget {
     await this.lock.run(async () => {
       const g = this.groups.get(id);
       if (!g?.state || g.status !== "active" || mls.hasPendingProposals(g.state)) return;
-      const e = await mls.encrypt(g.state, utf8(JSON.stringify({ t: "typing" })));
+      const e = await mls.encrypt(g.state, encodeEnvelope({ t: "typing" }));
       const next = { ...g, state: e.state };
       await this.store.put({ groups: [next] });
       this.groups.set(id, next);
@@ -669,7 +906,7 @@ export class HushClient extends EventTarget {
   private async sendEnvelope(id: string, env: Envelope, msgId?: Uint8Array): Promise<bigint> {
     const clientMsgId = msgId ?? crypto.getRandomValues(new Uint8Array(16));
     this.lastMsgId = clientMsgId;
-    const plaintext = utf8(JSON.stringify(env));
+    const plaintext = encodeEnvelope(env);
     for (let attempt = 0; attempt < MAX_COMMIT_ATTEMPTS; attempt++) {
       let g = this.active(id);
       if (mls.hasPendingProposals(g.state)) {
@@ -710,7 +947,7 @@ export class HushClient extends EventTarget {
   /** Builds, sends and applies a commit, rebuilding it after each lost epoch race. */
   private async commitIntent(
     id: string,
-    intent: { kind: "add"; handles: string[] } | { kind: "remove"; handles: string[] } | { kind: "pending" } | { kind: "update" },
+    intent: { kind: "add"; handles: string[] } | { kind: "remove"; handles: string[] } | { kind: "removeDevices"; identities: string[] } | { kind: "pending" } | { kind: "update" },
   ): Promise<boolean> {
     for (let attempt = 0; attempt < MAX_COMMIT_ATTEMPTS; attempt++) {
       const g = this.active(id);
@@ -719,12 +956,19 @@ export class HushClient extends EventTarget {
       if (intent.kind === "add") {
         const kps = [];
         for (const h of intent.handles) {
+          // Asked first: a device that appeared raises its alert before it is added.
+          await this.refreshUser(h);
           const r = await this.request({ case: "claimKeyPackages", value: { $typeName: "hush.v1.ClaimKeyPackages", userId: h } });
           if (r.case !== "claimedKeyPackages") throw new Error(`expected key packages, got ${r.case}`);
           for (const c of r.value.keyPackages) {
             try {
               const { kp, identity } = await mls.parseKeyPackage(c.keyPackage);
               if (userOf(identity) !== h || members.some((m) => m.identity === identity)) continue;
+              const v = trust.checkLeaf(this.contacts.get(h), identity, kp.leafNode.signaturePublicKey);
+              if (v.kind !== "trusted") {
+                console.warn(`skipping a key package of ${h} that does not match the directory`, v);
+                continue;
+              }
               kps.push(kp);
             } catch (e) {
               console.warn(`skipping a bad key package of ${h}`, e);
@@ -735,6 +979,10 @@ export class HushClient extends EventTarget {
         change = { kind: "add", keyPackages: kps };
       } else if (intent.kind === "remove") {
         const leaves = members.filter((m) => intent.handles.includes(userOf(m.identity))).map((m) => m.leaf);
+        if (!leaves.length) return false;
+        change = { kind: "remove", leaves };
+      } else if (intent.kind === "removeDevices") {
+        const leaves = members.filter((m) => intent.identities.includes(m.identity)).map((m) => m.leaf);
         if (!leaves.length) return false;
         change = { kind: "remove", leaves };
       } else if (intent.kind === "pending") {
@@ -793,15 +1041,6 @@ export class HushClient extends EventTarget {
 function byUser(identities: string[]): string[] {
   const seen = new Set<string>();
   return identities.filter((i) => !seen.has(userOf(i)) && !!seen.add(userOf(i)));
-}
-
-function decodeEnvelope(b: Uint8Array): Envelope | undefined {
-  try {
-    const v = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(b));
-    return v && typeof v.t === "string" ? (v as Envelope) : undefined;
-  } catch {
-    return undefined;
-  }
 }
 
 function equal(a: Uint8Array, b: Uint8Array): boolean {

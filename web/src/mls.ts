@@ -20,13 +20,17 @@ import { createCommit, createGroupInfo } from "ts-mls/createCommit.js";
 import { createApplicationMessage } from "ts-mls/createMessage.js";
 import { getCiphersuiteFromName } from "ts-mls/crypto/ciphersuite.js";
 import { getCiphersuiteImpl } from "ts-mls/crypto/getCiphersuiteImpl.js";
-import { acceptAll } from "ts-mls/incomingMessageAction.js";
+import type { IncomingMessageCallback } from "ts-mls/incomingMessageAction.js";
 import { decodeKeyPackage, generateKeyPackageWithKey, makeKeyPackageRef } from "ts-mls/keyPackage.js";
 import { decodeMlsMessage, encodeMlsMessage } from "ts-mls/message.js";
 import { processMessage } from "ts-mls/processMessages.js";
 import { emptyPskIndex } from "ts-mls/pskIndex.js";
 import { decodeRatchetTree, encodeRatchetTree } from "ts-mls/ratchetTree.js";
 import { decryptSenderData } from "ts-mls/privateMessage.js";
+import type { ChangedLeaf } from "./trust.js";
+
+/** A message that does not authenticate (its reason is for people). */
+export class Forged extends Error {}
 
 export const CIPHERSUITE = "MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519" as const;
 /** Epochs whose receive keys are kept (the server's epoch_window). */
@@ -36,6 +40,9 @@ const LAST_RESORT_EXT = 0x000a;
 
 const config: ClientConfig = {
   ...defaultClientConfig,
+  // No MLS-level padding: envelopes are padded before encryption
+  // (envelope.ts), as the CLI pads them, so sizes do not tell clients apart.
+  paddingConfig: { kind: "alwaysPad", paddingLength: 0 },
   keyRetentionConfig: {
     retainKeysForGenerations: 10,
     retainKeysForEpochs: MAX_PAST_EPOCHS,
@@ -186,6 +193,8 @@ export async function createGroup(identity: string, keys: DeviceKeys): Promise<N
 export interface Member {
   leaf: number;
   identity: string;
+  /** The leaf's signature key (the device key it must carry). */
+  key: Uint8Array;
 }
 
 function membersOf(tree: RatchetTree): Member[] {
@@ -194,10 +203,52 @@ function membersOf(tree: RatchetTree): Member[] {
     if (i % 2 === 0 && n?.nodeType === "leaf") {
       const c = n.leaf.credential;
       const identity = c.credentialType === "basic" ? dec.decode(c.identity) : "<unknown>";
-      out.push({ leaf: i / 2, identity });
+      out.push({ leaf: i / 2, identity, key: n.leaf.signaturePublicKey });
     }
   });
   return out;
+}
+
+/**
+ * Replaces ts-mls' acceptAll: records which leaves a commit removes (a
+ * leaf index a Remove freed may be reused by an Add), and rejects an
+ * Update proposal whose new leaf claims another identity than its sender's.
+ * Everything else is judged after processing, against the directory.
+ */
+function hushPolicy(tree: RatchetTree, freed: Set<number>, refused: { why?: string }): IncomingMessageCallback {
+  const before = membersOf(tree);
+  const updateOk = (p: { proposal: Proposal; senderLeafIndex: number | undefined }) => {
+    if (p.proposal.proposalType !== "update") return true;
+    const c = p.proposal.update.leafNode.credential;
+    const claimed = c.credentialType === "basic" ? dec.decode(c.identity) : "<unknown>";
+    const was = before.find((m) => m.leaf === p.senderLeafIndex)?.identity;
+    if (claimed === was) return true;
+    refused.why = `an update of leaf ${p.senderLeafIndex} claims ${claimed} instead of ${was}`;
+    return false;
+  };
+  return (incoming) => {
+    if (incoming.kind === "proposal") return updateOk(incoming.proposal) ? "accept" : "reject";
+    for (const p of incoming.proposals) {
+      if (p.proposal.proposalType === "remove") freed.add(p.proposal.remove.removed);
+      if (!updateOk(p)) return "reject";
+    }
+    return "accept";
+  };
+}
+
+/** The leaves of `after` that are new or differ from `before`. */
+function changedLeaves(before: Member[], after: Member[], freed: Set<number>): ChangedLeaf[] {
+  const out: ChangedLeaf[] = [];
+  for (const a of after) {
+    const kept = freed.has(a.leaf) ? undefined : before.find((b) => b.leaf === a.leaf);
+    if (kept && kept.identity === a.identity && equal(kept.key, a.key)) continue;
+    out.push({ leaf: a.leaf, identity: a.identity, key: a.key, previousIdentity: kept?.identity });
+  }
+  return out;
+}
+
+function equal(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
 }
 
 export function members(state: Uint8Array): Member[] {
@@ -294,17 +345,22 @@ export async function joinFromWelcome(welcome: Uint8Array, tree: Uint8Array, kp:
   return { groupId: s.groupContext.groupId, state: encodeState(s) };
 }
 
+// `sender` is the MLS sender; `senderKey` its leaf's signature key when the
+// leaf is known; a commit's `changed` lists the leaves it adds or changes.
+// The caller authenticates these before it keeps `state`.
 export type Processed =
-  | { kind: "application"; sender: string; plaintext: Uint8Array; state: Uint8Array }
-  | { kind: "proposal"; sender: string; state: Uint8Array }
+  | { kind: "application"; sender: string; senderKey?: Uint8Array; plaintext: Uint8Array; state: Uint8Array }
+  | { kind: "proposal"; sender: string; senderKey?: Uint8Array; state: Uint8Array }
   | {
       kind: "commit";
       sender: string;
+      senderKey?: Uint8Array;
       added: string[];
       removed: string[];
       selfRemoved: boolean;
       /** An external join: the sender added itself. */
       external: boolean;
+      changed: ChangedLeaf[];
       state: Uint8Array;
     };
 
@@ -321,20 +377,24 @@ export async function process(state: Uint8Array, bytes: Uint8Array): Promise<Pro
     const secret = past ? past.senderDataSecret : s.keySchedule.senderDataSecret;
     const tree = past ? past.ratchetTree : s.ratchetTree;
     const sd = await decryptSenderData(pm, secret, impl);
-    const sender = membersOf(tree).find((x) => x.leaf === sd?.leafIndex)?.identity ?? "<unknown>";
-    const r = await processMessage(m, s, emptyPskIndex, acceptAll, impl);
+    const leaf = membersOf(tree).find((x) => x.leaf === sd?.leafIndex);
+    const r = await processMessage(m, s, emptyPskIndex, hushPolicy(s.ratchetTree, new Set(), {}), impl);
     if (r.kind !== "applicationMessage") throw new Error("a PrivateMessage that is not application data");
-    return { kind: "application", sender, plaintext: r.message, state: encodeState(r.newState) };
+    return { kind: "application", sender: leaf?.identity ?? "<unknown>", senderKey: leaf?.key, plaintext: r.message, state: encodeState(r.newState) };
   }
   if (m.wireformat !== "mls_public_message") throw new Error(`unexpected ${m.wireformat} in a timeline`);
   const pub = m.publicMessage;
   const senderLeaf = pub.content.sender.senderType === "member" ? pub.content.sender.leafIndex : undefined;
   const before = membersOf(s.ratchetTree);
-  const sender = before.find((x) => x.leaf === senderLeaf)?.identity ?? "<new member>";
-  const r = await processMessage(m, s, emptyPskIndex, acceptAll, impl);
+  const senderMember = before.find((x) => x.leaf === senderLeaf);
+  const sender = senderMember?.identity ?? "<new member>";
+  const freed = new Set<number>();
+  const refused: { why?: string } = {};
+  const r = await processMessage(m, s, emptyPskIndex, hushPolicy(s.ratchetTree, freed, refused), impl);
   if (r.kind !== "newState") throw new Error("a PublicMessage with application data");
+  if (r.actionTaken === "reject") throw new Forged(refused.why ?? "refused by the group policy");
   if (pub.content.contentType === "proposal") {
-    return { kind: "proposal", sender, state: encodeState(r.newState) };
+    return { kind: "proposal", sender, senderKey: senderMember?.key, state: encodeState(r.newState) };
   }
   const after = membersOf(r.newState.ratchetTree);
   const key = (x: Member) => `${x.leaf}/${x.identity}`;
@@ -342,14 +402,17 @@ export async function process(state: Uint8Array, bytes: Uint8Array): Promise<Pro
   const afterKeys = new Set(after.map(key));
   const added = after.filter((x) => !beforeKeys.has(key(x))).map((x) => x.identity);
   const external = pub.content.sender.senderType === "new_member_commit";
+  const selfRemoved = r.newState.groupActiveState.kind === "removedFromGroup";
   return {
     kind: "commit",
     // An external joiner is the member it added.
     sender: external ? (added[0] ?? sender) : sender,
+    senderKey: senderMember?.key,
     added,
     removed: before.filter((x) => !afterKeys.has(key(x))).map((x) => x.identity),
-    selfRemoved: r.newState.groupActiveState.kind === "removedFromGroup",
+    selfRemoved,
     external,
+    changed: selfRemoved ? [] : changedLeaves(before, after, freed),
     state: encodeState(r.newState),
   };
 }

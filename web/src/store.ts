@@ -1,9 +1,12 @@
 // The device's state in IndexedDB: its identity and keys, its KeyPackages'
-// private parts, each group's MLS state and cursor, and the decrypted log.
+// private parts, each group's MLS state and cursor, the decrypted log, the
+// contacts' pinned device keys (trust on first use) and the alerts raised
+// when they change.
 // Applying a timeline entry writes the group record and its log line in one
 // transaction, so a reload continues exactly where the page stopped.
 // Like the CLI's hush.db, this is not encrypted at rest.
 import type { DeviceKeys, StoredKeyPackage } from "./mls.js";
+import type { Contact } from "./trust.js";
 
 export interface Identity {
   userId: string;
@@ -34,13 +37,28 @@ export interface LogRow {
   group: string; // hex group id
   seq: number; // a number: IndexedDB keys cannot be bigints
   sender: string; // user id
-  kind: "text" | "name" | "joined" | "added" | "removed" | "updated" | "created";
+  /** `forged`: an entry refused because it does not authenticate (body: why). */
+  kind: "text" | "name" | "joined" | "added" | "removed" | "updated" | "created" | "forged";
   body: string;
   ts: number;
   own: boolean;
 }
 
+/** Something the person must see: a contact's (or this account's) devices changed. */
+export interface Alert {
+  id?: number;
+  userId: string;
+  /** `devices_changed` or `own_devices_changed` (the CLI's warning kinds). */
+  kind: string;
+  change: import("./trust.js").DeviceChange;
+  ts: number;
+  /** Dismissed by the person. */
+  seen: boolean;
+}
+
 const DB_NAME = "hush";
+/** 2 added `contacts` and `alerts`. */
+const DB_VERSION = 2;
 
 function req<T>(r: IDBRequest<T>): Promise<T> {
   return new Promise((resolve, reject) => {
@@ -61,14 +79,20 @@ export class Store {
   private constructor(private db: IDBDatabase) {}
 
   static async open(): Promise<Store> {
-    const r = indexedDB.open(DB_NAME, 1);
-    r.onupgradeneeded = () => {
+    const r = indexedDB.open(DB_NAME, DB_VERSION);
+    r.onupgradeneeded = (ev) => {
       const db = r.result;
-      db.createObjectStore("kv");
-      db.createObjectStore("groups", { keyPath: "id" });
-      db.createObjectStore("keyPackages", { keyPath: "ref" });
-      const log = db.createObjectStore("log", { keyPath: "id", autoIncrement: true });
-      log.createIndex("group", ["group", "seq"]);
+      if (ev.oldVersion < 1) {
+        db.createObjectStore("kv");
+        db.createObjectStore("groups", { keyPath: "id" });
+        db.createObjectStore("keyPackages", { keyPath: "ref" });
+        const log = db.createObjectStore("log", { keyPath: "id", autoIncrement: true });
+        log.createIndex("group", ["group", "seq"]);
+      }
+      if (ev.oldVersion < 2) {
+        db.createObjectStore("contacts", { keyPath: "userId" });
+        db.createObjectStore("alerts", { keyPath: "id", autoIncrement: true });
+      }
     };
     return new Store(await req(r));
   }
@@ -86,9 +110,20 @@ export class Store {
   }
 
   async put(
-    ops: { identity?: Identity; inboxSeq?: bigint; groups?: GroupRec[]; log?: LogRow[]; keyPackages?: StoredKeyPackage[]; dropKeyPackages?: string[] },
+    ops: {
+      identity?: Identity;
+      inboxSeq?: bigint;
+      groups?: GroupRec[];
+      log?: LogRow[];
+      keyPackages?: StoredKeyPackage[];
+      dropKeyPackages?: string[];
+      contacts?: Contact[];
+      alerts?: Alert[];
+    },
   ): Promise<void> {
-    const tx = this.db.transaction(["kv", "groups", "log", "keyPackages"], "readwrite");
+    const tx = this.db.transaction(["kv", "groups", "log", "keyPackages", "contacts", "alerts"], "readwrite");
+    for (const c of ops.contacts ?? []) tx.objectStore("contacts").put(c);
+    for (const a of ops.alerts ?? []) tx.objectStore("alerts").put(a);
     if (ops.identity) tx.objectStore("kv").put(ops.identity, "identity");
     if (ops.inboxSeq !== undefined) tx.objectStore("kv").put(ops.inboxSeq, "inboxSeq");
     for (const g of ops.groups ?? []) tx.objectStore("groups").put(g);
@@ -100,6 +135,14 @@ export class Store {
 
   groups(): Promise<GroupRec[]> {
     return req(this.db.transaction("groups").objectStore("groups").getAll()) as Promise<GroupRec[]>;
+  }
+
+  contacts(): Promise<Contact[]> {
+    return req(this.db.transaction("contacts").objectStore("contacts").getAll()) as Promise<Contact[]>;
+  }
+
+  alerts(): Promise<Alert[]> {
+    return req(this.db.transaction("alerts").objectStore("alerts").getAll()) as Promise<Alert[]>;
   }
 
   keyPackage(ref: string): Promise<StoredKeyPackage | undefined> {

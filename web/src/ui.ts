@@ -3,6 +3,7 @@
 // the chat view, re-rendered from the client's state on its events.
 import { HushClient, validHandle } from "./client.js";
 import type { LogRow } from "./store.js";
+import { formatNumber } from "./trust.js";
 
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
 const el = <K extends keyof HTMLElementTagNameMap>(tag: K, cls?: string, text?: string) => {
@@ -127,6 +128,10 @@ export function start(client: HushClient) {
         return `${who} removed ${userOf(r.body) === client.me?.userId ? "you" : userOf(r.body)}`;
       case "updated":
         return `${who} rotated keys`;
+      case "forged":
+        return r.sender
+          ? `REFUSED a message the server attributes to ${r.sender}: ${r.body}`
+          : `REFUSED an invitation that does not authenticate: ${r.body}`;
       default:
         return r.body;
     }
@@ -134,7 +139,7 @@ export function start(client: HushClient) {
 
   const messageItem = (r: LogRow) => {
     if (r.kind !== "text") {
-      const li = el("li", "event", describe(r));
+      const li = el("li", r.kind === "forged" ? "event forged" : "event", describe(r));
       li.dataset.kind = r.kind;
       return li;
     }
@@ -172,7 +177,20 @@ export function start(client: HushClient) {
         const dot = el("span", on ? "dot on" : "dot");
         dot.title = on ? "online" : "offline";
         li.dataset.online = String(on);
-        li.append(dot, el("span", "", u));
+        const contact = client.contacts.get(u);
+        li.dataset.verified = String(!!contact?.verified);
+        li.dataset.changed = String(!!contact?.changed);
+        if (u === client.me?.userId) {
+          li.append(dot, el("span", "", u));
+        } else {
+          const who = el("button", "who", u);
+          who.type = "button";
+          who.title = `Safety number with ${u}`;
+          who.onclick = () => void openVerify(u);
+          li.append(dot, who);
+          if (contact?.verified) li.append(Object.assign(el("span", "mark verified", "✓"), { title: "verified" }));
+          if (contact?.changed) li.append(Object.assign(el("span", "mark changed", "!"), { title: "devices changed" }));
+        }
         if (u !== client.me?.userId) {
           const rm = el("button", "link", "×");
           rm.type = "button";
@@ -187,6 +205,129 @@ export function start(client: HushClient) {
       }),
     );
   };
+
+  // ---- trust: device warnings and safety numbers ---------------------------------
+  /** Members of the open group (and this user) whose devices changed since last checked. */
+  const renderTrust = () => {
+    const box = $("trust");
+    const me = client.me?.userId;
+    const lines: HTMLElement[] = [];
+    const own = me ? client.contacts.get(me) : undefined;
+    if (own?.changed) {
+      const p = el("p", "", "Your account's devices changed. If you did not link a new device, someone else may read your messages: check your devices and revoke what you do not know.");
+      p.dataset.user = me!;
+      const ok = el("button", "", "I know");
+      ok.type = "button";
+      ok.onclick = () => void client.acknowledgeOwnDevices();
+      p.append(ok);
+      lines.push(p);
+    }
+    if (open) {
+      for (const u of [...new Set(client.members(open).map(userOf))].sort()) {
+        if (u === me || !client.contacts.get(u)?.changed) continue;
+        const p = el("p", "", `${u}'s devices changed since you last checked.`);
+        p.dataset.user = u;
+        const b = el("button", "", "Compare safety numbers");
+        b.type = "button";
+        b.onclick = () => void openVerify(u);
+        p.append(b);
+        lines.push(p);
+      }
+    }
+    box.replaceChildren(...lines);
+    box.hidden = !lines.length;
+  };
+
+  let verifying: string | undefined;
+  const showNumber = (n: { userId: string; number: string; verified: boolean; devices: string[] }) => {
+    if (verifying !== n.userId) return;
+    // Three rows of four groups, as Signal shows them.
+    const groups = formatNumber(n.number).split(" ");
+    const rows = [0, 4, 8].flatMap((i) => [el("span", "", groups.slice(i, i + 4).join(" ")), el("br")]);
+    $("verify-number").replaceChildren(...rows.slice(0, -1));
+    $("verify-number").dataset.digits = n.number;
+    const devices = n.devices.length === 1 ? "1 device" : `${n.devices.length} devices`;
+    const state = $("verify-state");
+    state.textContent = n.verified ? `${n.userId} (${devices}) is verified.` : `${n.userId} (${devices}) is not verified.`;
+    state.dataset.verified = String(n.verified);
+    $("verify-mark").hidden = n.verified;
+  };
+  const openVerify = async (user: string) => {
+    verifying = user;
+    $("verify-title").textContent = `Safety number with ${user}`;
+    $("verify-number").replaceChildren();
+    $("verify-number").dataset.digits = "";
+    $("verify-state").textContent = "Asking the directory…";
+    $("verify-mark").hidden = true;
+    $("verify").hidden = false;
+    try {
+      showNumber(await client.safetyNumber(user));
+    } catch {
+      $("verify-state").textContent = "Could not get the safety number.";
+    }
+  };
+  $("verify-mark").onclick = async () => {
+    if (!verifying) return;
+    try {
+      showNumber(await client.markVerified(verifying));
+    } catch {
+      // Shown through the client's error event; the number on screen is stale.
+      if (verifying) void openVerify(verifying);
+    }
+  };
+  // ---- devices: list and revoke ------------------------------------------------------
+  const renderDevices = async () => {
+    const list = $("devices-list");
+    list.replaceChildren(el("li", "", "Asking the server…"));
+    let devices;
+    try {
+      devices = await client.devices();
+    } catch {
+      list.replaceChildren(el("li", "", "Could not list the devices."));
+      return;
+    }
+    list.replaceChildren(
+      ...devices.map((d) => {
+        const li = el("li");
+        li.dataset.device = d.deviceId;
+        const key = [...d.key.slice(0, 8)].map((b) => b.toString(16).padStart(2, "0")).join("");
+        li.append(el("code", "", `${d.deviceId}  key ${key}…`));
+        if (d.thisDevice) {
+          li.append(el("span", "fine", "this device"));
+        } else {
+          const b = el("button", "danger", "Revoke");
+          b.type = "button";
+          b.onclick = async () => {
+            if (!confirm(`Revoke device ${d.deviceId}? It is cut off at once and removed from your groups.`)) return;
+            b.disabled = true;
+            try {
+              await client.revokeDevice(d.deviceId);
+            } catch {
+              // Shown through the client's error event.
+            }
+            void renderDevices();
+          };
+          li.append(b);
+        }
+        return li;
+      }),
+    );
+  };
+  $("devices-open").onclick = () => {
+    $("devices").hidden = false;
+    void renderDevices();
+  };
+  $("devices-close").onclick = () => {
+    $("devices").hidden = true;
+  };
+  $("verify-close").onclick = () => {
+    verifying = undefined;
+    $("verify").hidden = true;
+  };
+  client.addEventListener("contacts", () => {
+    renderTrust();
+    renderMembers();
+  });
 
   const renderTyping = () => {
     clearTimeout(typingTimer);
@@ -207,6 +348,7 @@ export function start(client: HushClient) {
     $("rotate").hidden = !active;
     $("removed").hidden = active;
     renderMembers();
+    renderTrust();
   };
 
   const openGroup = async (id: string) => {
@@ -335,6 +477,7 @@ export function start(client: HushClient) {
   view();
   status();
   renderGroups();
+  renderTrust();
   const fromHash = location.hash.slice(1);
   if (fromHash && client.groups.has(fromHash)) void openGroup(fromHash);
 }

@@ -15,6 +15,13 @@
 //!                  (events: added, removed, joined, left, name — "name" has "name" instead of "members")
 //! device link-code {"code":"…","expires_at_ms":…}
 //! device link      {"user_id":"alice","device_id":"…","joined":["<hex>",…]}
+//! device list      {"created_at_ms":…,"device_id":"…","signature_key":"<hex>","this_device":true}   (one line per device)
+//! device revoke    {"device_id":"…","removed_from":[{"group":"<hex>","seq":7},…]}
+//! verify           {"user":"bob","safety_number":"<60 digits>","verified":false,"changed":false,"devices":["…"],"own_devices":["…"]}
+//! warnings         {"warning":"devices_changed","user":"bob","added":["…"],"rekeyed":[],"removed":[],"was_verified":true}
+//!                  (sync/listen print them among their lines; other commands on stderr, in words;
+//!                  kinds: devices_changed, own_devices_changed)
+//! refused entries  {"group":"<hex>","seq":7,"event":"forged","sender":"mallory","reason":"…"}
 //! errors (stdout)  {"error":"NOT_FOUND","message":"…"}   plus one line on stderr, exit code 1
 //! ```
 //!
@@ -32,9 +39,10 @@ use serde::Serialize;
 use crate::backoff::Backoff;
 use crate::client::{Client, CommitDone};
 use crate::conn::Transport;
-use crate::display::{handles_of, render_log_line};
+use crate::display::{handles_of, render_alert, render_log_line};
 use crate::error::{ClientError, Result};
 use crate::store::GroupStatus;
+use crate::trust::format_number;
 
 /// `hush listen`: the wait before reconnecting after a failed connect.
 const LISTEN_BACKOFF_FIRST: Duration = Duration::from_millis(250);
@@ -95,9 +103,20 @@ pub enum Command {
         /// Group name, hex id, or unique hex-id prefix.
         group: String,
     },
-    /// Device linking.
+    /// Device linking, listing and revocation.
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// Show the safety number with a user: compare it with theirs (in
+    /// person, on a call). The same digits on both sides mean the server
+    /// told you both the truth about each other's devices.
+    Verify {
+        /// The other user's handle.
+        handle: String,
+        /// Mark the user verified (after comparing the numbers). A change of
+        /// their devices later removes the mark, with a warning.
+        #[arg(long)]
+        mark: bool,
+    },
 }
 
 /// `hush group ...`
@@ -147,6 +166,14 @@ pub enum DeviceCommand {
     Link {
         /// The code printed by `hush device link-code`.
         code: String,
+    },
+    /// List this user's devices.
+    List,
+    /// Revoke another device of this user (lost, stolen, or not yours): it
+    /// can no longer connect, and this device removes it from every group.
+    Revoke {
+        /// The device id (or a unique prefix), from `hush device list`.
+        device: String,
     },
 }
 
@@ -213,6 +240,9 @@ impl Out {
 }
 
 fn print_unshown(client: &Client, out: Out) -> Result<()> {
+    for alert in client.db().take_alerts()? {
+        out.line(&render_alert(out.json, &alert));
+    }
     let lines = client.take_unshown()?;
     for (gid, row) in lines {
         let label = client
@@ -236,6 +266,12 @@ pub async fn run(cli: Cli) -> Result<()> {
     }
     let r = dispatch(&mut client, cli.command, out).await;
     client.close().await;
+    // Warnings that no `sync`/`listen` printed go to stderr, once.
+    if let Ok(alerts) = client.db().take_alerts() {
+        for alert in alerts {
+            eprintln!("hush: {}", render_alert(false, &alert));
+        }
+    }
     r
 }
 
@@ -268,7 +304,67 @@ async fn dispatch(client: &mut Client, command: Command, out: Out) -> Result<()>
             client.connect().await?;
             crate::tui::chat(client, &group).await
         }
+        Command::Verify { handle, mark } => {
+            client.connect().await?;
+            verify(client, &handle, mark, out).await
+        }
     }
+}
+
+/// `hush verify HANDLE [--mark]`.
+async fn verify(client: &mut Client, handle: &str, mark: bool, out: Out) -> Result<()> {
+    let n = if mark {
+        client.mark_verified(handle).await?
+    } else {
+        client.safety_number(handle).await?
+    };
+    #[derive(Serialize)]
+    struct R<'a> {
+        user: &'a str,
+        safety_number: &'a str,
+        verified: bool,
+        changed: bool,
+        devices: &'a [String],
+        own_devices: &'a [String],
+    }
+    out.emit(
+        &R {
+            user: &n.user_id,
+            safety_number: &n.number,
+            verified: n.verified,
+            changed: n.changed,
+            devices: &n.devices,
+            own_devices: &n.own_devices,
+        },
+        || {
+            let digits = format_number(&n.number);
+            let (first, second) = digits.split_at(digits.len().min(35));
+            let devices = match n.devices.len() {
+                1 => "1 device".to_string(),
+                k => format!("{k} devices"),
+            };
+            let state = if n.verified {
+                format!("{} ({devices}) is verified.", n.user_id)
+            } else {
+                format!(
+                    "{} ({devices}) is not verified. If both of you see these digits: hush verify {} --mark",
+                    n.user_id, n.user_id
+                )
+            };
+            let changed = if n.changed {
+                format!("\n!! {}'s devices changed since you last looked.", n.user_id)
+            } else {
+                String::new()
+            };
+            format!(
+                "Safety number with {} (the same on both sides; compare it in person or on a call):\n    {}\n    {}{changed}\n{state}",
+                n.user_id,
+                first.trim(),
+                second.trim()
+            )
+        },
+    );
+    Ok(())
 }
 
 /// `hush register HANDLE`.
@@ -323,6 +419,43 @@ async fn device(client: &mut Client, command: DeviceCommand, out: Out) -> Result
             out.emit(
                 &serde_json::json!({"code": code.code, "expires_at_ms": code.expires_at_ms}),
                 || code.code.clone(),
+            );
+        }
+        DeviceCommand::List => {
+            client.connect().await?;
+            for d in client.devices().await? {
+                let key = hex::encode(&d.signature_key);
+                out.emit(
+                    &serde_json::json!({
+                        "device_id": &d.device_id,
+                        "created_at_ms": d.created_at_ms,
+                        "signature_key": &key,
+                        "this_device": d.this_device,
+                    }),
+                    || {
+                        let mark = if d.this_device { "  (this device)" } else { "" };
+                        format!("{}  key {}…{mark}", d.device_id, &key[..16.min(key.len())])
+                    },
+                );
+            }
+        }
+        DeviceCommand::Revoke { device } => {
+            client.connect().await?;
+            let r = client.revoke_device(&device).await?;
+            let groups: Vec<serde_json::Value> = r
+                .removed_from
+                .iter()
+                .map(|(g, seq)| serde_json::json!({"group": g, "seq": seq}))
+                .collect();
+            out.emit(
+                &serde_json::json!({"device_id": &r.device_id, "removed_from": groups}),
+                || {
+                    format!(
+                        "revoked {}; removed it from {} group(s)",
+                        r.device_id,
+                        r.removed_from.len()
+                    )
+                },
             );
         }
     }
@@ -547,6 +680,11 @@ mod tests {
                 .unwrap();
         assert_eq!(cli.server.as_deref(), Some("http://h:1"));
         assert_eq!(cli.transport, Transport::Auto);
+        let cli = Cli::try_parse_from(["hush", "verify", "bob", "--mark"]).unwrap();
+        match cli.command {
+            Command::Verify { handle, mark } => assert_eq!((handle.as_str(), mark), ("bob", true)),
+            other => panic!("unexpected {other:?}"),
+        }
         let cli = Cli::try_parse_from(["hush", "--transport", "sse", "sync"]).unwrap();
         assert_eq!(cli.transport, Transport::Sse);
         assert!(Cli::try_parse_from(["hush", "--transport", "smoke", "sync"]).is_err());

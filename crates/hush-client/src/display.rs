@@ -9,7 +9,8 @@
 use serde::Serialize;
 
 use crate::mls::user_of;
-use crate::store::LogRow;
+use crate::store::{Alert, LogRow};
+use crate::trust::ALERT_OWN_DEVICES_CHANGED;
 
 /// A `sync`/`listen` JSON line: the group and the seq, then what the entry
 /// was. Field order and names are a contract:
@@ -18,6 +19,7 @@ use crate::store::LogRow;
 /// {"group":"<hex>","seq":6,"sender":"alice","text":"hi"}
 /// {"group":"<hex>","seq":3,"event":"added","members":["bob"]}
 /// {"group":"<hex>","seq":4,"event":"name","name":"friends"}
+/// {"group":"<hex>","seq":5,"event":"forged","sender":"mallory","reason":"…"}
 /// ```
 #[derive(Debug, Serialize)]
 pub struct JsonLine<'a> {
@@ -44,6 +46,14 @@ pub enum JsonEntry<'a> {
     },
     /// The group's new name (`event` is always "name").
     Name { event: &'a str, name: &'a str },
+    /// An entry (or a Welcome, with an empty `sender`) refused because it
+    /// does not authenticate (`event` is always "forged"); `sender` is the
+    /// handle the server attributed it to. Its content is never shown.
+    Forged {
+        event: &'a str,
+        sender: &'a str,
+        reason: &'a str,
+    },
 }
 
 /// Handles of identities, deduplicated in order.
@@ -77,6 +87,11 @@ pub fn render_log_line(json: bool, group_id: &[u8], group_label: &str, row: &Log
                 event: "name",
                 name: &row.body,
             },
+            "forged" => JsonEntry::Forged {
+                event: "forged",
+                sender: &row.sender,
+                reason: &row.body,
+            },
             kind => JsonEntry::Members {
                 event: kind,
                 members: member_handles(row),
@@ -95,6 +110,7 @@ pub fn render_log_line(json: bool, group_id: &[u8], group_label: &str, row: &Log
             "[{group_label}] * {} named the group {:?}",
             row.sender, row.body
         ),
+        "forged" => format!("[{group_label}] {}", forged_text(row)),
         kind => {
             let who = member_handles(row).join(", ");
             match kind {
@@ -103,6 +119,87 @@ pub fn render_log_line(json: bool, group_id: &[u8], group_label: &str, row: &Log
                 _ if row.sender.is_empty() => format!("[{group_label}] * {kind}: {who}"),
                 _ => format!("[{group_label}] * {} {kind} {who}", row.sender),
             }
+        }
+    }
+}
+
+/// The human words for a refused entry (without the group label).
+pub fn forged_text(row: &LogRow) -> String {
+    if row.sender.is_empty() {
+        format!(
+            "!! REFUSED an invitation that does not authenticate: {}",
+            row.body
+        )
+    } else {
+        format!(
+            "!! REFUSED a message the server attributes to {}: {}",
+            row.sender, row.body
+        )
+    }
+}
+
+/// Renders an alert (see [`crate::store::Alert`]) as a line: JSON
+/// `{"warning":"<kind>","user":"bob",...}` with the alert's details, or
+/// words for people.
+pub fn render_alert(json: bool, alert: &Alert) -> String {
+    let details: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&alert.body).unwrap_or_default();
+    if json {
+        /// `warning` and `user` first, then the details (sorted).
+        #[derive(Serialize)]
+        struct AlertLine<'a> {
+            warning: &'a str,
+            user: &'a str,
+            #[serde(flatten)]
+            details: &'a serde_json::Map<String, serde_json::Value>,
+        }
+        let line = AlertLine {
+            warning: &alert.kind,
+            user: &alert.user_id,
+            details: &details,
+        };
+        return serde_json::to_string(&line).unwrap_or_default();
+    }
+    let list = |k: &str| -> Vec<String> {
+        details
+            .get(k)
+            .and_then(|v| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (added, removed, rekeyed) = (list("added"), list("removed"), list("rekeyed"));
+    let mut what = Vec::new();
+    if !added.is_empty() {
+        what.push(format!("new: {}", added.join(", ")));
+    }
+    if !removed.is_empty() {
+        what.push(format!("removed: {}", removed.join(", ")));
+    }
+    if !rekeyed.is_empty() {
+        what.push(format!("KEY CHANGED: {}", rekeyed.join(", ")));
+    }
+    let what = what.join("; ");
+    let user = &alert.user_id;
+    match alert.kind.as_str() {
+        ALERT_OWN_DEVICES_CHANGED => format!(
+            "!! WARNING: the devices of your account changed ({what}). \
+             If you did not do this, someone else can read your messages: \
+             check `hush device list` and revoke what you do not know"
+        ),
+        _ => {
+            let was = if details.get("was_verified").and_then(|v| v.as_bool()) == Some(true) {
+                format!(" {user} was verified and is not any more.")
+            } else {
+                String::new()
+            };
+            format!(
+                "!! WARNING: {user}'s devices changed ({what}).{was} \
+                 Compare safety numbers again: hush verify {user}"
+            )
         }
     }
 }
@@ -151,5 +248,37 @@ mod tests {
             s,
             r#"{"group":"01","seq":7,"event":"name","name":"friends"}"#
         );
+    }
+
+    #[test]
+    fn forged_lines_and_alerts() {
+        let s = render_log_line(true, &[1], "g", &row("forged", "signed as bob/b1"));
+        assert_eq!(
+            s,
+            r#"{"group":"01","seq":7,"event":"forged","sender":"alice","reason":"signed as bob/b1"}"#
+        );
+        let s = render_log_line(false, &[1], "g", &row("forged", "signed as bob/b1"));
+        assert_eq!(
+            s,
+            "[g] !! REFUSED a message the server attributes to alice: signed as bob/b1"
+        );
+        let alert = Alert {
+            id: 1,
+            user_id: "bob".into(),
+            kind: "devices_changed".into(),
+            body: r#"{"added":["b2"],"removed":[],"rekeyed":[],"was_verified":true}"#.into(),
+            ts_ms: 0,
+        };
+        assert_eq!(
+            render_alert(true, &alert),
+            r#"{"warning":"devices_changed","user":"bob","added":["b2"],"rekeyed":[],"removed":[],"was_verified":true}"#
+        );
+        let human = render_alert(false, &alert);
+        assert!(human.contains("bob's devices changed (new: b2)"), "{human}");
+        assert!(
+            human.contains("bob was verified and is not any more"),
+            "{human}"
+        );
+        assert!(human.contains("hush verify bob"), "{human}");
     }
 }

@@ -14,6 +14,18 @@
 //!
 //! Unknown tags decode to [`Envelope::Unknown`] so a newer client can add
 //! kinds without breaking older ones.
+//!
+//! **Padding.** Senders pad the JSON with ASCII spaces (JSON allows trailing
+//! whitespace, so every decoder, old ones included, reads it unchanged) to
+//! [`padded_len`]: at least [`PAD_MIN`] bytes, then PADME (Nikitin et al.,
+//! "Reducing metadata leakage from encrypted files and communication with
+//! PURBs", 2019): a length `L` with `E = floor(log2 L)` keeps its top
+//! `floor(log2 E) + 1` bits and rounds the rest up, at most 12% overhead.
+//! Every message up to 128 bytes of JSON (a text of about 90 bytes) looks the
+//! same to the server; above that it learns about `log2 log2 L` bits of the
+//! length. The web client pads the same way (`web/src/envelope.ts`) and turns
+//! off ts-mls' own MLS-level padding, so the same text gives the same
+//! ciphertext size from either client.
 
 use serde::{Deserialize, Serialize};
 
@@ -61,11 +73,39 @@ impl std::fmt::Debug for Envelope {
     }
 }
 
+/// The smallest padded envelope, in bytes.
+pub const PAD_MIN: usize = 128;
+
+/// PADME: `len` rounded up so that only its top `floor(log2 E) + 1` bits
+/// vary, where `E = floor(log2 len)`.
+pub fn padme(len: usize) -> usize {
+    if len < 2 {
+        return len;
+    }
+    let e = usize::BITS - 1 - len.leading_zeros(); // floor(log2 len)
+    let s = u32::BITS - e.leading_zeros(); // floor(log2 e) + 1
+    let mask = (1usize << (e - s)) - 1;
+    (len + mask) & !mask
+}
+
+/// The length an envelope of `len` JSON bytes is padded to.
+pub fn padded_len(len: usize) -> usize {
+    padme(len.max(PAD_MIN))
+}
+
 impl Envelope {
-    /// Encodes to the wire bytes (compact JSON).
+    /// Encodes to canonical JSON (compact, unpadded).
     pub fn encode(&self) -> Vec<u8> {
         // Serializing a plain enum of strings and integers cannot fail.
         serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Encodes to the bytes a sender encrypts: the JSON padded with spaces
+    /// to [`padded_len`].
+    pub fn encode_padded(&self) -> Vec<u8> {
+        let mut bytes = self.encode();
+        bytes.resize(padded_len(bytes.len()), b' ');
+        bytes
     }
 
     /// Decodes wire bytes. Malformed bytes are an error; unknown kinds are
@@ -119,6 +159,71 @@ mod tests {
         );
         assert!(Envelope::decode(b"\xff\x00").is_err());
         assert!(Envelope::decode(br#"{"body":"no tag"}"#).is_err());
+    }
+
+    /// The vectors `web/tests/unit.mjs` checks too (computed first by an
+    /// independent Python implementation).
+    #[test]
+    fn padme_vectors() {
+        let cases = [
+            (0, 0),
+            (1, 1),
+            (2, 2),
+            (9, 10),
+            (127, 128),
+            (128, 128),
+            (129, 144),
+            (200, 208),
+            (1000, 1024),
+            (5000, 5120),
+            (65_537, 65_536 + 2048),
+        ];
+        for (len, want) in cases {
+            assert_eq!(padme(len), want, "padme({len})");
+            assert!(padme(len) >= len);
+            assert!(
+                padme(len) as f64 <= len as f64 * 1.125 + 1.0,
+                "overhead of {len}"
+            );
+        }
+        for (len, want) in [(0, 128), (100, 128), (128, 128), (129, 144), (300, 304)] {
+            assert_eq!(padded_len(len), want, "padded_len({len})");
+        }
+    }
+
+    #[test]
+    fn padded_envelopes_decode_and_hide_short_lengths() {
+        let short = Envelope::Text {
+            body: "hi".into(),
+            ts: 1,
+        };
+        let longer = Envelope::Text {
+            body: "a somewhat longer message, still short".into(),
+            ts: 1_700_000_000_000,
+        };
+        let (a, b) = (short.encode_padded(), longer.encode_padded());
+        assert_eq!((a.len(), b.len()), (PAD_MIN, PAD_MIN));
+        assert!(
+            a.starts_with(b"{") && a.ends_with(b"     "),
+            "spaces after the JSON"
+        );
+        assert_eq!(Envelope::decode(&a).unwrap(), short);
+        assert_eq!(Envelope::decode(&b).unwrap(), longer);
+        assert_eq!(
+            Envelope::decode(&Envelope::Typing.encode_padded()).unwrap(),
+            Envelope::Typing
+        );
+        // What the web client sends (JSON.stringify, then spaces) decodes too.
+        let mut web = br#"{"t":"text","body":"from the page","ts":5}"#.to_vec();
+        web.resize(128, b' ');
+        assert!(
+            matches!(Envelope::decode(&web).unwrap(), Envelope::Text { body, .. } if body == "from the page")
+        );
+        let big = Envelope::Text {
+            body: "x".repeat(1000),
+            ts: 1,
+        };
+        assert_eq!(big.encode_padded().len(), padme(big.encode().len()));
     }
 
     #[test]

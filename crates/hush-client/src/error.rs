@@ -65,6 +65,16 @@ pub enum ClientError {
     /// epoch race).
     #[error("gave up: {0}")]
     GaveUp(String),
+    /// Something signed as one device does not authenticate against the
+    /// device keys pinned from the directory, or the server attributes it to
+    /// another device: refused.
+    #[error("refused as forged: {0}")]
+    Forged(String),
+    /// A device of this user is not pinned yet: ask the directory, then try
+    /// again. The client handles it; it reaches callers only if the
+    /// connection broke meanwhile.
+    #[error("the directory has not been asked about {0} yet")]
+    NeedDirectory(String),
 }
 
 /// Result alias of the SDK.
@@ -75,7 +85,8 @@ impl ClientError {
     /// server errors (`STALE_EPOCH`, `NOT_FOUND`, ...), otherwise one of
     /// `HTTP`, `WEBSOCKET`, `DISCONNECTED`, `PROTOCOL`, `DB`, `MLS`,
     /// `NOT_REGISTERED`, `ALREADY_REGISTERED`, `GROUP_NOT_FOUND`,
-    /// `AMBIGUOUS_GROUP`, `INVALID_ARGUMENT`, `IO`, `GAVE_UP`.
+    /// `AMBIGUOUS_GROUP`, `INVALID_ARGUMENT`, `IO`, `GAVE_UP`, `FORGED`,
+    /// `NEED_DIRECTORY`.
     pub fn code(&self) -> &'static str {
         match self {
             ClientError::Server { code, .. } => code.as_str_name(),
@@ -92,6 +103,8 @@ impl ClientError {
             ClientError::InvalidArgument(_) => "INVALID_ARGUMENT",
             ClientError::Io(_) => "IO",
             ClientError::GaveUp(_) => "GAVE_UP",
+            ClientError::Forged(_) => "FORGED",
+            ClientError::NeedDirectory(_) => "NEED_DIRECTORY",
         }
     }
 

@@ -15,7 +15,10 @@
 //! - [`ws`] / [`sse`] / [`http`]: transports (request/response correlation,
 //!   pushed events; SSE resumes with `Last-Event-ID`); [`tls`]: whom they
 //!   trust over `https://` / `wss://` (system roots or `--ca FILE`);
-//! - [`mls`]: sans-IO MLS operations over the state database;
+//! - [`trust`]: sans-IO checks of who said what against the device keys
+//!   pinned from the directory, and safety numbers;
+//! - [`mls`]: sans-IO MLS operations over the state database (it reports
+//!   what a message asks to authenticate; [`trust`] judges it);
 //! - [`store`]: the SQLite state database (openmls storage + Hush tables);
 //! - leaves: [`envelope`] (the end-to-end payload format inside MLS
 //!   messages), [`live`] (presence and typing, in memory), [`backoff`]
@@ -48,6 +51,7 @@ pub mod mls;
 pub mod sse;
 pub mod store;
 pub mod tls;
+pub mod trust;
 pub mod tui;
 pub mod ws;
 

@@ -496,6 +496,85 @@ pub fn external_join(
     })
 }
 
+/// A leaf that a commit adds or changes, as seen after the commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangedLeaf {
+    /// Its index in the tree.
+    pub leaf: u32,
+    /// Its identity after the commit.
+    pub identity: String,
+    /// Its signature key after the commit.
+    pub signature_key: Vec<u8>,
+    /// The identity the leaf had before, when the commit kept the leaf (did
+    /// not remove it): the application requires it to be the same.
+    pub previous_identity: Option<String>,
+}
+
+/// What a received message asks the application to authenticate before
+/// it is applied (openmls leaves credential checks to the application).
+#[derive(Debug)]
+pub struct Authenticate<'a> {
+    /// The MLS sender: the member that signed it, or for an external
+    /// commit the joiner.
+    pub sender: &'a str,
+    /// The sender's leaf signature key, when its leaf is in the tree.
+    pub sender_key: Option<&'a [u8]>,
+    /// The leaves a commit adds or changes (empty for other messages).
+    pub changed_leaves: &'a [ChangedLeaf],
+}
+
+/// A leaf as a snapshot: (index, identity, signature key).
+type LeafRow = (u32, String, Vec<u8>);
+
+fn leaf_rows(group: &MlsGroup) -> Vec<LeafRow> {
+    group
+        .members()
+        .map(|m| {
+            (
+                m.index.u32(),
+                credential_identity(&m.credential),
+                m.signature_key,
+            )
+        })
+        .collect()
+}
+
+/// The leaves of `after` that are new or differ from `before` (ignoring
+/// leaves whose index a Remove freed in between).
+fn changed_leaves(
+    before: &[LeafRow],
+    after: &[LeafRow],
+    removed: &std::collections::BTreeSet<u32>,
+) -> Vec<ChangedLeaf> {
+    after
+        .iter()
+        .filter_map(|(leaf, identity, key)| {
+            let kept = before
+                .iter()
+                .find(|(l, _, _)| l == leaf && !removed.contains(l));
+            if kept.is_some_and(|(_, i, k)| i == identity && k == key) {
+                return None;
+            }
+            Some(ChangedLeaf {
+                leaf: *leaf,
+                identity: identity.clone(),
+                signature_key: key.clone(),
+                previous_identity: kept.map(|(_, i, _)| i.clone()),
+            })
+        })
+        .collect()
+}
+
+/// The members of a group with their leaf signature keys (to check a tree
+/// this device joined).
+pub fn leaves(db: &StateDb, group_id: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
+    let g = load_group(db, group_id)?;
+    Ok(leaf_rows(&g)
+        .into_iter()
+        .map(|(_, identity, key)| (identity, key))
+        .collect())
+}
+
 /// What processing one timeline message did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Processed {
@@ -533,8 +612,16 @@ pub enum Processed {
 }
 
 /// Processes one timeline message (a commit, proposal or application
-/// message) and applies it to the group state. Runs atomically.
-pub fn process(db: &StateDb, group_id: &[u8], message: &[u8]) -> Result<Processed> {
+/// message) and applies it to the group state. Runs atomically: once the
+/// message is decrypted and verified (and a commit merged), `authenticate`
+/// is asked about its sender and the leaves it changes, and an error from it
+/// rolls everything back, as if the message had never been processed.
+pub fn process(
+    db: &StateDb,
+    group_id: &[u8],
+    message: &[u8],
+    authenticate: impl FnOnce(&Authenticate<'_>) -> Result<()>,
+) -> Result<Processed> {
     let msg = parse_message(message)?;
     let protocol = msg
         .try_into_protocol_message()
@@ -552,11 +639,25 @@ pub fn process(db: &StateDb, group_id: &[u8], message: &[u8]) -> Result<Processe
             .map_err(|e| ClientError::mls("process message", e))?;
         let sender = credential_identity(processed.credential());
         let external = matches!(processed.sender(), Sender::NewMemberCommit);
-        match processed.into_content() {
-            ProcessedMessageContent::ApplicationMessage(app) => Ok(Processed::Application {
+        let sender_key = match processed.sender() {
+            Sender::Member(idx) => group.member_at(*idx).map(|m| m.signature_key),
+            _ => None,
+        };
+        fn plain<'a>(sender: &'a str, sender_key: Option<&'a [u8]>) -> Authenticate<'a> {
+            Authenticate {
                 sender,
-                plaintext: app.into_bytes(),
-            }),
+                sender_key,
+                changed_leaves: &[],
+            }
+        }
+        match processed.into_content() {
+            ProcessedMessageContent::ApplicationMessage(app) => {
+                authenticate(&plain(&sender, sender_key.as_deref()))?;
+                Ok(Processed::Application {
+                    sender,
+                    plaintext: app.into_bytes(),
+                })
+            }
             ProcessedMessageContent::ProposalMessage(queued)
             | ProcessedMessageContent::ExternalJoinProposalMessage(queued) => {
                 let removes = match queued.proposal() {
@@ -568,6 +669,7 @@ pub fn process(db: &StateDb, group_id: &[u8], message: &[u8]) -> Result<Processe
                     Proposal::SelfRemove => vec![sender.clone()],
                     _ => vec![],
                 };
+                authenticate(&plain(&sender, sender_key.as_deref()))?;
                 group
                     .store_pending_proposal(provider.storage(), *queued)
                     .map_err(|e| ClientError::mls("queue proposal", e))?;
@@ -590,9 +692,25 @@ pub fn process(db: &StateDb, group_id: &[u8], message: &[u8]) -> Result<Processe
                     })
                     .collect();
                 let self_removed = staged.self_removed();
+                let freed: std::collections::BTreeSet<u32> = staged
+                    .remove_proposals()
+                    .map(|p| p.remove_proposal().removed().u32())
+                    .collect();
+                let before = leaf_rows(&group);
                 group
                     .merge_staged_commit(&provider, *staged)
                     .map_err(|e| ClientError::mls("merge commit", e))?;
+                let changed = if self_removed {
+                    // The tree is gone; nothing here will be shown any more.
+                    Vec::new()
+                } else {
+                    changed_leaves(&before, &leaf_rows(&group), &freed)
+                };
+                authenticate(&Authenticate {
+                    sender: &sender,
+                    sender_key: sender_key.as_deref(),
+                    changed_leaves: &changed,
+                })?;
                 Ok(Processed::Commit {
                     sender,
                     added,
@@ -650,6 +768,11 @@ mod tests {
 
     fn text(db: &StateDb, id: &Identity, g: &[u8], s: &str) -> Vec<u8> {
         encrypt(db, id, g, s.as_bytes()).unwrap()
+    }
+
+    /// Processing that authenticates nothing (these tests are about MLS).
+    fn process(db: &StateDb, g: &[u8], m: &[u8]) -> Result<Processed> {
+        super::process(db, g, m, |_| Ok(()))
     }
 
     /// Two (then three) devices doing MLS through the client's own code

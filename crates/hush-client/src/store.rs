@@ -23,7 +23,10 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::error::{ClientError, Result};
 
 /// The schema version of Hush's own tables (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+/// Version 2 added the pinned directory (`hush_contacts`,
+/// `hush_contact_devices`) and `hush_alerts`; every table is created with
+/// `IF NOT EXISTS`, so opening a version 1 file adds them.
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS hush_identity (
@@ -56,6 +59,28 @@ CREATE TABLE IF NOT EXISTS hush_log (
     ts_ms    INTEGER NOT NULL,
     shown    INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (group_id, seq, kind)
+);
+CREATE TABLE IF NOT EXISTS hush_contacts (
+    user_id      TEXT PRIMARY KEY,
+    verified     INTEGER NOT NULL DEFAULT 0,
+    changed      INTEGER NOT NULL DEFAULT 0,
+    refreshed_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS hush_contact_devices (
+    user_id       TEXT NOT NULL,
+    device_id     TEXT NOT NULL,
+    signature_key BLOB NOT NULL,
+    current       INTEGER NOT NULL DEFAULT 1,
+    first_seen_ms INTEGER NOT NULL,
+    PRIMARY KEY (user_id, device_id)
+);
+CREATE TABLE IF NOT EXISTS hush_alerts (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id TEXT NOT NULL,
+    kind    TEXT NOT NULL,
+    body    TEXT NOT NULL,
+    ts_ms   INTEGER NOT NULL,
+    shown   INTEGER NOT NULL DEFAULT 0
 );
 ";
 
@@ -199,6 +224,65 @@ pub struct LogRow {
     /// For "text": the text; for events a JSON value (e.g. member list).
     pub body: String,
     /// Timestamp, Unix milliseconds.
+    pub ts_ms: u64,
+}
+
+/// A device of a contact as this device pinned it from the directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnedDevice {
+    /// The server-assigned device id.
+    pub device_id: String,
+    /// Its Ed25519 public key: the key its MLS leaf must carry.
+    pub signature_key: Vec<u8>,
+    /// False once the directory stopped listing it (revoked): its leaf is
+    /// no longer trusted.
+    pub current: bool,
+    /// When this device first saw it, Unix milliseconds.
+    pub first_seen_ms: u64,
+}
+
+/// A user whose devices this device pins (trust on first use), including
+/// this device's own user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contact {
+    /// The user id (handle).
+    pub user_id: String,
+    /// The person marked the safety number verified, and the devices have
+    /// not changed since.
+    pub verified: bool,
+    /// The devices changed since the person last looked at the safety
+    /// number (`hush verify`): warn until they do.
+    pub changed: bool,
+    /// When the directory was last asked, Unix milliseconds.
+    pub refreshed_ms: u64,
+    /// Every device ever pinned, current or not, by device id.
+    pub devices: Vec<PinnedDevice>,
+}
+
+impl Contact {
+    /// The current devices' keys.
+    pub fn current_keys(&self) -> Vec<Vec<u8>> {
+        self.devices
+            .iter()
+            .filter(|d| d.current)
+            .map(|d| d.signature_key.clone())
+            .collect()
+    }
+}
+
+/// Something the person must see once: a contact's devices changed, a
+/// message or invitation was refused as forged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alert {
+    /// Insertion order.
+    pub id: i64,
+    /// The user concerned.
+    pub user_id: String,
+    /// `devices_changed`, `own_devices_changed`, ...
+    pub kind: String,
+    /// A JSON object with the details.
+    pub body: String,
+    /// When it was raised, Unix milliseconds.
     pub ts_ms: u64,
 }
 
@@ -529,6 +613,144 @@ impl StateDb {
         };
         self.conn
             .execute("UPDATE hush_log SET shown = 1 WHERE shown = 0", [])?;
+        Ok(rows)
+    }
+
+    // ---- pinned directory, alerts -------------------------------------------
+
+    /// A contact with every device ever pinned for it, if it was ever looked up.
+    pub fn contact(&self, user_id: &str) -> Result<Option<Contact>> {
+        let head = self
+            .conn
+            .query_row(
+                "SELECT verified, changed, refreshed_ms FROM hush_contacts WHERE user_id = ?1",
+                [user_id],
+                |r| {
+                    Ok((
+                        r.get::<_, bool>(0)?,
+                        r.get::<_, bool>(1)?,
+                        r.get::<_, i64>(2)? as u64,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((verified, changed, refreshed_ms)) = head else {
+            return Ok(None);
+        };
+        let mut st = self.conn.prepare(
+            "SELECT device_id, signature_key, current, first_seen_ms FROM hush_contact_devices
+             WHERE user_id = ?1 ORDER BY device_id",
+        )?;
+        let devices = st
+            .query_map([user_id], |r| {
+                Ok(PinnedDevice {
+                    device_id: r.get(0)?,
+                    signature_key: r.get(1)?,
+                    current: r.get(2)?,
+                    first_seen_ms: r.get::<_, i64>(3)? as u64,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(Some(Contact {
+            user_id: user_id.to_string(),
+            verified,
+            changed,
+            refreshed_ms,
+            devices,
+        }))
+    }
+
+    /// Every contact ever looked up, by user id.
+    pub fn contacts(&self) -> Result<Vec<Contact>> {
+        let users = {
+            let mut st = self
+                .conn
+                .prepare("SELECT user_id FROM hush_contacts ORDER BY user_id")?;
+            let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()?
+        };
+        let mut out = Vec::new();
+        for u in users {
+            out.extend(self.contact(&u)?);
+        }
+        Ok(out)
+    }
+
+    /// Creates or updates a contact's flags.
+    pub fn put_contact(
+        &self,
+        user_id: &str,
+        verified: bool,
+        changed: bool,
+        refreshed_ms: u64,
+    ) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO hush_contacts (user_id, verified, changed, refreshed_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (user_id) DO UPDATE SET verified = ?2, changed = ?3, refreshed_ms = ?4",
+            params![user_id, verified, changed, refreshed_ms as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Pins a device of a contact as current with this key (a new device, or
+    /// a known one whose key the directory changed).
+    pub fn pin_device(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        key: &[u8],
+        now_ms: u64,
+    ) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO hush_contact_devices (user_id, device_id, signature_key, current, first_seen_ms)
+             VALUES (?1, ?2, ?3, 1, ?4)
+             ON CONFLICT (user_id, device_id) DO UPDATE SET signature_key = ?3, current = 1",
+            params![user_id, device_id, key, now_ms as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Marks a pinned device as no longer current (revoked).
+    pub fn unpin_device(&self, user_id: &str, device_id: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE hush_contact_devices SET current = 0 WHERE user_id = ?1 AND device_id = ?2",
+            params![user_id, device_id],
+        )?;
+        Ok(())
+    }
+
+    /// Raises an alert (shown once by [`StateDb::take_alerts`]).
+    pub fn add_alert(&self, user_id: &str, kind: &str, body: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO hush_alerts (user_id, kind, body, ts_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![user_id, kind, body, now_ms() as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Every alert not shown yet, oldest first, and marks them shown.
+    pub fn take_alerts(&self) -> Result<Vec<Alert>> {
+        let rows = {
+            let mut st = self.conn.prepare(
+                "SELECT id, user_id, kind, body, ts_ms FROM hush_alerts WHERE shown = 0 ORDER BY id",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok(Alert {
+                    id: r.get(0)?,
+                    user_id: r.get(1)?,
+                    kind: r.get(2)?,
+                    body: r.get(3)?,
+                    ts_ms: r.get::<_, i64>(4)? as u64,
+                })
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()?
+        };
+        if let Some(last) = rows.last() {
+            self.conn.execute(
+                "UPDATE hush_alerts SET shown = 1 WHERE shown = 0 AND id <= ?1",
+                [last.id],
+            )?;
+        }
         Ok(rows)
     }
 

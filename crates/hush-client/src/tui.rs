@@ -5,6 +5,10 @@
 //! [`TYPING_RESEND_MS`]; presence is fetched on start and after a reconnect,
 //! then follows the server's pushes.
 //!
+//! A red banner on top names every member (and this user itself) whose
+//! devices changed since the person last looked at the safety number
+//! (`hush verify`), and refused (forged) entries show in red.
+//!
 //! Terminal input is read on a plain thread (crossterm's blocking `read`)
 //! and handed to the async loop over a channel; the loop selects between
 //! keys and server events, so the client is only ever used from one task.
@@ -20,7 +24,7 @@ use ratatui::{DefaultTerminal, Frame};
 use tokio::sync::mpsc;
 
 use crate::client::Client;
-use crate::display::{handles_of, member_handles};
+use crate::display::{forged_text, handles_of, member_handles};
 use crate::error::{ClientError, Result};
 use crate::live::TYPING_RESEND_MS;
 use crate::store::{now_ms, GroupStatus, LogRow};
@@ -46,6 +50,8 @@ struct View {
     input: String,
     status: String,
     scroll: usize,
+    /// Warnings for the banner (empty: no banner).
+    warnings: Vec<String>,
 }
 
 fn hhmm(ts_ms: u64) -> String {
@@ -76,6 +82,13 @@ fn render_row(row: &LogRow) -> Line<'static> {
                 Style::default().fg(Color::Yellow),
             ),
         ]),
+        "forged" => Line::from(vec![
+            time,
+            Span::styled(
+                forged_text(row),
+                Style::default().fg(Color::Red).add_modifier(Modifier::BOLD),
+            ),
+        ]),
         kind => {
             let who = member_handles(row).join(", ");
             let text = match kind {
@@ -93,6 +106,26 @@ fn render_row(row: &LogRow) -> Line<'static> {
 }
 
 fn draw(f: &mut Frame<'_>, v: &View) {
+    let (banner, area) = if v.warnings.is_empty() {
+        (None, f.area())
+    } else {
+        let split = Layout::default()
+            .direction(Direction::Vertical)
+            .constraints([Constraint::Length(1), Constraint::Min(5)])
+            .split(f.area());
+        (Some(split[0]), split[1])
+    };
+    if let Some(b) = banner {
+        f.render_widget(
+            Paragraph::new(v.warnings.join("  ")).style(
+                Style::default()
+                    .fg(Color::White)
+                    .bg(Color::Red)
+                    .add_modifier(Modifier::BOLD),
+            ),
+            b,
+        );
+    }
     let rows = Layout::default()
         .direction(Direction::Vertical)
         .constraints([
@@ -100,7 +133,7 @@ fn draw(f: &mut Frame<'_>, v: &View) {
             Constraint::Length(3),
             Constraint::Length(1),
         ])
-        .split(f.area());
+        .split(area);
     let cols = Layout::default()
         .direction(Direction::Horizontal)
         .constraints([Constraint::Min(20), Constraint::Length(24)])
@@ -160,6 +193,7 @@ fn reload(client: &Client, gid: &[u8], v: &mut View) -> Result<()> {
         .filter_map(|h| client.live().presence(&h).map(|o| (h, o)))
         .collect();
     v.typing = client.live().typing_in(gid, now_ms());
+    v.warnings = banner_warnings(client, &v.members)?;
     if let Some(g) = client.db().group(gid)? {
         v.title = format!(
             "{} [{}]",
@@ -171,6 +205,27 @@ fn reload(client: &Client, gid: &[u8], v: &mut View) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The banner's warnings: members (and this user) whose devices changed
+/// since the person last looked at the safety number.
+fn banner_warnings(client: &Client, members: &[String]) -> Result<Vec<String>> {
+    let me = client.me()?.user_id.clone();
+    let mut users = handles_of(members);
+    if !users.contains(&me) {
+        users.push(me.clone());
+    }
+    let mut out = Vec::new();
+    for u in users {
+        if client.db().contact(&u)?.is_some_and(|c| c.changed) {
+            out.push(if u == me {
+                "!! your account's devices changed: hush device list".to_string()
+            } else {
+                format!("!! {u}'s devices changed: hush verify {u}")
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Runs the chat UI until Esc/Ctrl-C. The client must be connected.
@@ -211,6 +266,7 @@ async fn chat_loop(
         input: String::new(),
         status: "Enter: send  PgUp/PgDn: scroll  Esc: quit".into(),
         scroll: 0,
+        warnings: Vec::new(),
     };
     let hex = hex::encode(gid);
     if let Err(e) = client.refresh_presence(&hex).await {
@@ -368,6 +424,7 @@ mod tests {
             input: "typing here".into(),
             status: "connected".into(),
             scroll,
+            warnings: Vec::new(),
         }
     }
 
@@ -411,6 +468,31 @@ mod tests {
         v.typing = vec!["alice".into(), "bob".into()];
         let s = screen(&v, 80, 12).join("\n");
         assert!(s.contains("alice, bob are typing…"), "{s}");
+    }
+
+    #[test]
+    fn shows_the_device_banner_and_refused_entries() {
+        let mut v = view(
+            vec![
+                row(1, "bob", "text", "hi"),
+                row(2, "mallory", "forged", "signed as bob/d2"),
+            ],
+            0,
+        );
+        let s = screen(&v, 130, 12).join("\n");
+        assert!(!s.contains("devices changed"), "{s}");
+        assert!(
+            s.contains("!! REFUSED a message the server attributes to mallory: signed as bob/d2"),
+            "{s}"
+        );
+        assert!(!s.contains("bob: signed"), "{s}");
+        v.warnings = vec!["!! bob's devices changed: hush verify bob".into()];
+        let s = screen(&v, 100, 12);
+        assert!(
+            s[0].starts_with("!! bob's devices changed: hush verify bob"),
+            "{s:?}"
+        );
+        assert!(s.join("\n").contains("friends [abcd1234]"), "{s:?}");
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //! writes screenshots to `target/browser-screenshots/`.
 //!
 //! This side checks what the page is served with (CSP, the embedded bundle
-//! is the committed one) and the canary: a string typed in the browser
-//! never reaches the node's store files or its debug log.
+//! is the committed one), the canary: a string typed in the browser never
+//! reaches the node's store files or its debug log, and the padding: every
+//! short message, from the page or the CLI, is stored with the same size.
 //!
 //! Needs Node.js, Chromium (`/usr/bin/chromium` or `HUSH_CHROMIUM`) and
 //! `web/node_modules` (`cd web && npm ci`). Without them the test prints
@@ -52,6 +53,20 @@ fn missing_tools(web: &Path, chromium: &Path) -> Option<String> {
     None
 }
 
+/// The stored size of every application message, in seq order per group.
+fn application_sizes(store: &Path) -> Vec<usize> {
+    let conn =
+        rusqlite::Connection::open_with_flags(store, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open node store");
+    let mut st = conn
+        .prepare("SELECT length(message) FROM entries WHERE kind = 3 ORDER BY group_id, seq")
+        .expect("prepare");
+    st.query_map([], |r| r.get::<_, i64>(0))
+        .expect("query")
+        .map(|n| n.expect("row") as usize)
+        .collect()
+}
+
 /// A plain HTTP/1.1 GET: (head, body).
 fn get(url: &str, path: &str) -> (String, Vec<u8>) {
     let addr = url.strip_prefix("http://").expect("http url");
@@ -71,10 +86,10 @@ fn get(url: &str, path: &str) -> (String, Vec<u8>) {
     (head, raw[split + 4..].to_vec())
 }
 
-#[test]
-fn two_browsers_and_the_cli_share_a_group() {
-    let root = repo_root();
-    let web = root.join("web");
+/// The web directory and Chromium, or `None` (after printing SKIPPED) when
+/// a tool is missing and `HUSH_REQUIRE_BROWSER` is not 1.
+fn browser_tools(test: &str) -> Option<(PathBuf, PathBuf)> {
+    let web = repo_root().join("web");
     let chromium = std::env::var_os("HUSH_CHROMIUM")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
@@ -85,10 +100,40 @@ fn two_browsers_and_the_cli_share_a_group() {
         // Straight to stderr: the test harness captures eprintln! of passing tests.
         let _ = writeln!(
             std::io::stderr(),
-            "\n=== SKIPPED e2e_browser: {why} (set HUSH_REQUIRE_BROWSER=1 to make this a failure) ===\n"
+            "\n=== SKIPPED {test}: {why} (set HUSH_REQUIRE_BROWSER=1 to make this a failure) ===\n"
         );
-        return;
+        return None;
     }
+    Some((web, chromium))
+}
+
+/// The page's trust code in Chromium (`web/tests/unit.mjs`): the safety
+/// number vectors of `trust.rs`, pinning, and the client refusing crafted
+/// entries (a forged self-update, a misattributed message, a revoked
+/// device's message) as a malicious server would deliver them.
+#[test]
+fn the_page_refuses_forged_entries_and_agrees_on_safety_numbers() {
+    let Some((web, chromium)) = browser_tools("e2e_browser unit checks") else {
+        return;
+    };
+    let status = Command::new("node")
+        .arg(web.join("tests/unit.mjs"))
+        .arg("--chromium")
+        .arg(&chromium)
+        .current_dir(&web)
+        .status()
+        .expect("run node web/tests/unit.mjs");
+    assert!(
+        status.success(),
+        "the page's unit checks failed (see above)"
+    );
+}
+
+#[test]
+fn two_browsers_and_the_cli_share_a_group() {
+    let Some((web, chromium)) = browser_tools("e2e_browser") else {
+        return;
+    };
 
     let mut node = Node::start_with_env(&[("RUST_LOG", "debug")]);
 
@@ -159,6 +204,17 @@ fn two_browsers_and_the_cli_share_a_group() {
 
     // The canary was typed in a browser; the node must never have seen it.
     node.kill9();
+    // Padding: every message of the scenario is short, from the page or the
+    // CLI, so every stored application message has the same size (the
+    // envelopes are padded the same way before encryption on both sides).
+    let sizes = application_sizes(&node.store_file());
+    assert!(sizes.len() >= 20, "too few messages stored: {sizes:?}");
+    let distinct: std::collections::BTreeSet<usize> = sizes.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        1,
+        "short messages are told apart by their size: {sizes:?}"
+    );
     let hits = files_containing(&node.data, canary.as_bytes());
     assert!(hits.is_empty(), "canary found in store files: {hits:?}");
     let log = node.log_text();

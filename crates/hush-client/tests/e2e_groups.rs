@@ -64,7 +64,7 @@ fn three_users_agree_on_order_and_membership_bounds_what_they_read() {
     let carol_db = StateDb::open(&carol.home).unwrap();
     for ct in &early_ciphertexts {
         assert!(
-            mls::process(&carol_db, &gid_bytes, ct).is_err(),
+            mls::process(&carol_db, &gid_bytes, ct, |_| Ok(())).is_err(),
             "carol decrypted a pre-join message"
         );
     }
@@ -117,7 +117,7 @@ fn three_users_agree_on_order_and_membership_bounds_what_they_read() {
         if seq <= last_seen {
             continue;
         }
-        match mls::process(&copy_db, &gid_bytes, &message) {
+        match mls::process(&copy_db, &gid_bytes, &message, |_| Ok(())) {
             Ok(mls::Processed::Commit { self_removed, .. }) => saw_own_removal |= self_removed,
             Ok(mls::Processed::Application { .. }) => decrypted_after |= seq >= after.seq,
             _ => {}

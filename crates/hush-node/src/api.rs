@@ -173,6 +173,10 @@ impl Api {
                 })
             }
             Request::LookupUser(req) => Reply::UserInfo(self.lookup_user(req.handle).await?),
+            Request::ListDevices(_) => Reply::DeviceList(self.list_devices(caller).await?),
+            Request::RevokeDevice(req) => {
+                Reply::DeviceRevoked(self.revoke_device(caller, req.device_id).await?)
+            }
             Request::CreateGroup(req) => Reply::GroupCreated(
                 crate::keys::create_group(store, self.max_message_bytes, caller, req).await?,
             ),
@@ -320,8 +324,61 @@ impl Api {
         }
         Ok(v1::UserInfo {
             user_id: handle,
-            device_ids: devices.into_iter().map(|d| d.device_id).collect(),
+            device_ids: devices.iter().map(|d| d.device_id.clone()).collect(),
+            devices: devices
+                .into_iter()
+                .map(|d| v1::DeviceKey {
+                    device_id: d.device_id,
+                    signature_key: d.signature_key,
+                })
+                .collect(),
         })
+    }
+
+    /// The caller's own current devices.
+    async fn list_devices(&self, caller: &Caller) -> ApiResult<v1::DeviceList> {
+        let devices = self.store.devices_of_user(&caller.user_id).await?;
+        Ok(v1::DeviceList {
+            devices: devices
+                .into_iter()
+                .map(|d| v1::DeviceInfo {
+                    this_device: d.device_id == caller.device_id,
+                    device_id: d.device_id,
+                    signature_key: d.signature_key,
+                    created_at_ms: d.created_at_ms,
+                })
+                .collect(),
+        })
+    }
+
+    /// Revokes another device of the caller's user: the store forgets it
+    /// (so its tokens, logins, links and joins are refused) and its
+    /// connections are closed. Removing it from groups is the caller's
+    /// commit to make.
+    async fn revoke_device(
+        &self,
+        caller: &Caller,
+        device_id: String,
+    ) -> ApiResult<v1::DeviceRevoked> {
+        if device_id == caller.device_id {
+            return Err(ApiError::new(
+                ErrorCode::InvalidArgument,
+                "a device cannot revoke itself (log out instead)",
+            ));
+        }
+        match self.store.device(&device_id).await? {
+            Some(d) if d.user_id == caller.user_id => {}
+            _ => {
+                return Err(ApiError::new(
+                    ErrorCode::NotFound,
+                    "no such device of yours",
+                ))
+            }
+        }
+        self.store.revoke_device(&device_id).await?;
+        self.sessions.kick_device(&caller.user_id, &device_id).await;
+        tracing::info!(user = %caller.user_id, device = %device_id, by = %caller.device_id, "revoked device");
+        Ok(v1::DeviceRevoked { device_id })
     }
 
     /// The public state is for members and their users' new devices.

@@ -386,7 +386,7 @@ async fn mixed_group_converses() {
                 }
             };
             assert_eq!(ev.seq, seq);
-            match mls::process(bob.db(), &gid, &ev.message).expect("bob decrypts") {
+            match mls::process(bob.db(), &gid, &ev.message, |_| Ok(())).expect("bob decrypts") {
                 mls::Processed::Application { plaintext, .. } => {
                     match Envelope::decode(&plaintext).expect("envelope") {
                         Envelope::Text { body, .. } => assert_eq!(body, text),
@@ -439,7 +439,7 @@ async fn mixed_group_converses() {
                 let e = sse.next().await.expect("stream open");
                 if let Some(S::GroupEvent(ev)) = e.frame.body {
                     assert_eq!(ev.seq, first.seq);
-                    mls::process(bob.db(), &gid, &ev.message).expect("own message");
+                    mls::process(bob.db(), &gid, &ev.message, |_| Ok(())).expect("own message");
                     break;
                 }
             }

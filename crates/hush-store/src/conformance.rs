@@ -461,6 +461,7 @@ macro_rules! store_conformance_suite {
         $crate::store_conformance_suite!(@tests $mode ($factory)
             ready_once_open,
             users_and_devices,
+            revoked_devices_are_gone_for_good,
             secrets_get_or_create_concurrently,
             secrets_are_taken_once,
             link_codes_single_use_and_expiry,
@@ -745,6 +746,49 @@ pub async fn users_and_devices(store: Arc<dyn Store>) {
     );
     assert!(matches!(
         store.bump_token_generation("nobody-1").await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+pub async fn revoked_devices_are_gone_for_good(store: Arc<dyn Store>) {
+    let alice1 = device("alice", "alice-1", 10);
+    let alice2 = device("alice", "alice-2", 20);
+    store.create_user(&alice1).await.expect("create alice");
+    store.add_device(&alice2).await.expect("add alice-2");
+    assert_eq!(
+        store.bump_token_generation("alice-2").await.expect("bump"),
+        1
+    );
+
+    store.revoke_device("alice-2").await.expect("revoke");
+    // Every lookup now misses it, so nothing can authenticate as it.
+    assert_eq!(store.device("alice-2").await.expect("device"), None);
+    assert_eq!(
+        store.devices_of_user("alice").await.expect("devices"),
+        vec![alice1.clone()]
+    );
+    assert!(matches!(
+        store.bump_token_generation("alice-2").await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.revoke_device("alice-2").await,
+        Err(StoreError::NotFound)
+    ));
+    // Its id stays taken: it cannot be linked again, by anyone.
+    assert!(matches!(
+        store.add_device(&device("alice", "alice-2", 30)).await,
+        Err(StoreError::AlreadyExists)
+    ));
+    assert!(matches!(
+        store.create_user(&device("mallory", "alice-2", 30)).await,
+        Err(StoreError::AlreadyExists)
+    ));
+    assert_eq!(store.device("alice-2").await.expect("device"), None);
+    // The other device is untouched; unknown devices are NotFound.
+    assert_eq!(store.device("alice-1").await.expect("device"), Some(alice1));
+    assert!(matches!(
+        store.revoke_device("nobody-1").await,
         Err(StoreError::NotFound)
     ));
 }

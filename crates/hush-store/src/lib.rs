@@ -77,6 +77,11 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// The token generation of a revoked device (the largest a signed 64-bit
+/// column holds): no token carries it, and the store reads such a device
+/// as absent.
+pub const REVOKED_GENERATION: u64 = i64::MAX as u64;
+
 /// A registered device of a user.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Device {
@@ -354,8 +359,15 @@ pub trait Store: Send + Sync + 'static {
     /// All devices of a user, in creation order (empty if unknown user).
     async fn devices_of_user(&self, user_id: &str) -> Result<Vec<Device>>;
     /// Revokes every token of a device; returns the new generation.
-    /// `NotFound` if the device is missing.
+    /// `NotFound` if the device is missing (or revoked).
     async fn bump_token_generation(&self, device_id: &str) -> Result<u64>;
+    /// Revokes a device for good: its token generation becomes
+    /// [`REVOKED_GENERATION`], after which [`Store::device`] answers `None`
+    /// and [`Store::devices_of_user`] leaves it out, so every path that looks
+    /// a device up (token checks, login, linking, adds, external joins)
+    /// refuses it. The row stays, so the device id can never be registered
+    /// again. `NotFound` if the device is missing or already revoked.
+    async fn revoke_device(&self, device_id: &str) -> Result<()>;
     /// Returns the secret stored under `name`, storing `candidate` first if
     /// there is none (atomic: concurrent callers all get the same secret).
     async fn get_or_create_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>>;

@@ -252,6 +252,12 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn revoke_device(&self, device_id: &str) -> Result<()> {
+        let id = device_id.to_string();
+        self.write("revoke_device", move |c| accounts::op_revoke_device(c, &id))
+            .await
+    }
+
     async fn get_or_create_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>> {
         let name = name.to_string();
         let candidate = candidate.to_vec();

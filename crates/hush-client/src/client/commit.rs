@@ -24,6 +24,7 @@ use super::{identities_json, log_row, Client, CommitDone, MAX_COMMIT_ATTEMPTS};
 use crate::error::{ClientError, Result};
 use crate::mls::{self, Change, CommitOut, MemberInfo};
 use crate::store::{GroupStatus, Identity, StateDb};
+use crate::trust::{self, Verdict};
 
 /// How long to wait for the timeline to reach a seq the server announced.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -35,6 +36,8 @@ pub(super) enum Intent {
     Add(Vec<String>),
     /// Remove every device of these users.
     Remove(Vec<String>),
+    /// Remove these devices (`<user>/<device>` identities).
+    RemoveDevices(Vec<String>),
     /// Commit the proposals pending in the group (a member's leave).
     PendingProposals,
     /// Rotate this device's leaf keys (an UpdatePath commit).
@@ -151,6 +154,14 @@ impl Client {
                     .collect();
                 (!leaves.is_empty()).then_some(Change::Remove(leaves))
             }
+            Intent::RemoveDevices(identities) => {
+                let leaves: Vec<u32> = members
+                    .iter()
+                    .filter(|m| identities.contains(&m.identity))
+                    .map(|m| m.leaf)
+                    .collect();
+                (!leaves.is_empty()).then_some(Change::Remove(leaves))
+            }
             Intent::PendingProposals => {
                 mls::has_pending_proposals(&self.db, gid)?.then_some(Change::PendingProposals)
             }
@@ -160,12 +171,16 @@ impl Client {
     }
 
     /// Claims one KeyPackage per device of user `handle` and keeps the valid
-    /// ones of that user's devices that are not members yet.
+    /// ones of that user's devices that are not members yet. The directory
+    /// is asked first (a device that appeared raises its alert before it is
+    /// added), and a package whose leaf is not the pinned device key is
+    /// skipped.
     async fn claim_new_devices(
         &mut self,
         handle: &str,
         members: &[MemberInfo],
     ) -> Result<Vec<KeyPackage>> {
+        self.refresh_user(handle).await?;
         let claimed: v1::ClaimedKeyPackages = self
             .ask(client_frame::Body::ClaimKeyPackages(v1::ClaimKeyPackages {
                 user_id: handle.to_string(),
@@ -188,7 +203,16 @@ impl Client {
             if members.iter().any(|m| m.identity == ident) {
                 continue; // that device is already in
             }
-            kps.push(kp);
+            let key = kp.leaf_node().signature_key().as_slice();
+            match trust::check_leaf(&self.db, &ident, Some(key))? {
+                Verdict::Trusted => kps.push(kp),
+                Verdict::Forged(why) => {
+                    tracing::warn!(user = %handle, reason = %why, "key package does not match the directory; skipped")
+                }
+                Verdict::Unknown { .. } => {
+                    tracing::warn!(user = %handle, device = %c.device_id, "key package of a device the directory does not list; skipped")
+                }
+            }
         }
         Ok(kps)
     }
@@ -243,7 +267,7 @@ impl Client {
                 break;
             }
             match self.wait_event_within(left).await? {
-                Some(p) => self.process_pushed(p)?,
+                Some(p) => self.process_pushed(p).await?,
                 None => {
                     tracing::debug!("catch-up wait timed out");
                     break;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use hush_proto::{client_frame, server_frame, v1};
 
-use super::Client;
+use super::{Action, Client};
 use crate::conn::{Conn, Transport};
 use crate::error::{ClientError, Result};
 use crate::http::Http;
@@ -90,6 +90,11 @@ impl Client {
         self.conn = Some(Conn::open_with(&server, &token, self.transport, &self.trust).await?);
         self.buffered.clear();
         self.maintain_key_packages().await?;
+        // A device that appeared on this account meanwhile (a ghost device)
+        // is noticed before anything else.
+        let me = self.me()?;
+        self.refresh_user(&me.user_id).await?;
+        self.actions.push(Action::RefreshContacts);
         self.sync().await
     }
 
@@ -186,6 +191,7 @@ macro_rules! answers {
 }
 
 answers!(
+    UserInfo,
     KeyPackageCountResult,
     KeyPackagesUploaded,
     ClaimedKeyPackages,
@@ -197,6 +203,8 @@ answers!(
     GroupList,
     EphemeralAccepted,
     PresenceList,
+    DeviceList,
+    DeviceRevoked,
 );
 
 /// The error for an answer of the wrong kind.
@@ -221,6 +229,8 @@ fn unexpected(expected: &str, got: &server_frame::Body) -> ClientError {
         server_frame::Body::SyncCaughtUp(_) => "SyncCaughtUp",
         server_frame::Body::EphemeralAccepted(_) => "EphemeralAccepted",
         server_frame::Body::PresenceList(_) => "PresenceList",
+        server_frame::Body::DeviceList(_) => "DeviceList",
+        server_frame::Body::DeviceRevoked(_) => "DeviceRevoked",
         server_frame::Body::EphemeralEvent(_) => "EphemeralEvent",
         server_frame::Body::PresenceEvent(_) => "PresenceEvent",
         server_frame::Body::KeyPackagesLow(_) => "KeyPackagesLow",

@@ -225,6 +225,12 @@ impl Client {
                     "GroupInfo is for another group".into(),
                 ));
             }
+            // The tree comes from the server: every leaf must authenticate
+            // before this device joins it.
+            if let Err(e) = self.verify_tree(&gid).await {
+                mls::delete_group(&self.db, &gid)?;
+                return Err(e);
+            }
             match self.send_commit(&gid, out).await {
                 Ok(acc) => {
                     let members = mls::members(&self.db, &gid)?;

@@ -7,6 +7,8 @@
 //! log-line helpers. Each operation lives in the file of its concern:
 //!
 //! - `accounts`: register, log in, link a device, top up KeyPackages;
+//! - `directory`: the directory's answers pinned (trust on first use) and
+//!   the safety numbers;
 //! - `connection`: connect, fail over between nodes, requests and their
 //!   typed answers, waiting for events, close;
 //! - `timeline`: pushed events, applied in order, with cursors and acks;
@@ -27,6 +29,8 @@
 mod accounts;
 mod commit;
 mod connection;
+mod devices;
+mod directory;
 mod groups;
 mod presence;
 mod sending;
@@ -47,6 +51,9 @@ use crate::http::{parse_servers, Http, Token};
 use crate::live::LiveState;
 use crate::store::{now_ms, GroupRow, Identity, LogRow, StateDb};
 use crate::tls::Trust;
+
+pub use devices::{DeviceView, Revoked};
+pub use directory::{SafetyNumber, CONTACT_REFRESH};
 
 /// The default server URL.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7300";
@@ -91,6 +98,8 @@ enum Action {
     SendName(Vec<u8>),
     /// Check and replenish this device's KeyPackages.
     CheckKeyPackages,
+    /// Ask the directory again about contacts whose answer is old.
+    RefreshContacts,
 }
 
 /// The outcome of an accepted commit.

@@ -5,17 +5,19 @@
 //!
 //! Invariants: an ephemeral message is decrypted in its own savepoint (it
 //! moves the sender's MLS ratchet) and is never logged nor acknowledged; one
-//! that does not process is dropped, since it is only a hint. A typing
-//! notice is skipped rather than forcing a commit of pending proposals.
+//! that does not process, or whose sender's device is not pinned as
+//! current, is dropped, since it is only a hint. A typing notice is skipped
+//! rather than forcing a commit of pending proposals.
 
 use hush_proto::{client_frame, v1};
 
 use super::Client;
 use crate::envelope::Envelope;
-use crate::error::Result;
+use crate::error::{ClientError, Result};
 use crate::live::LiveState;
 use crate::mls;
 use crate::store::{now_ms, GroupStatus};
+use crate::trust::{self, Verdict};
 
 impl Client {
     /// Tells the group's members that are online now that this user is
@@ -28,7 +30,12 @@ impl Client {
         if mls::has_pending_proposals(&self.db, &g.group_id)? {
             return Ok(());
         }
-        let message = mls::encrypt(&self.db, &me, &g.group_id, &Envelope::Typing.encode())?;
+        let message = mls::encrypt(
+            &self.db,
+            &me,
+            &g.group_id,
+            &Envelope::Typing.encode_padded(),
+        )?;
         let _: v1::EphemeralAccepted = self
             .ask(client_frame::Body::SendEphemeral(v1::SendEphemeral {
                 group_id: g.group_id,
@@ -81,7 +88,23 @@ impl Client {
         if !active || !mls::has_group(&self.db, &gid).unwrap_or(false) {
             return;
         }
-        match self.db.atomically(|db| mls::process(db, &gid, &ev.message)) {
+        // Only a device pinned as current may show as typing; an unknown one
+        // is not worth a directory request for a hint.
+        let authenticate = |a: &mls::Authenticate<'_>| match trust::check_leaf(
+            &self.db,
+            a.sender,
+            a.sender_key,
+        )? {
+            Verdict::Trusted => Ok(()),
+            Verdict::Forged(why) => Err(ClientError::Forged(why)),
+            Verdict::Unknown { user } => Err(ClientError::Forged(format!(
+                "typing notice from a device of {user} that is not pinned"
+            ))),
+        };
+        match self
+            .db
+            .atomically(|db| mls::process(db, &gid, &ev.message, authenticate))
+        {
             Ok(mls::Processed::Application { sender, plaintext }) => {
                 if let Ok(Envelope::Typing) = Envelope::decode(&plaintext) {
                     self.live.typing_seen(&gid, mls::user_of(&sender), now_ms());

@@ -62,7 +62,7 @@ impl Client {
     async fn send_envelope(&mut self, gid: &[u8], env: &Envelope) -> Result<u64> {
         let me = self.me()?;
         let client_msg_id = self.random_id()?;
-        let plaintext = env.encode();
+        let plaintext = env.encode_padded();
         let mut stale_attempts = 0;
         let mut retries = 0;
         let mut backoff = Backoff::new(SEND_BACKOFF_FIRST, SEND_BACKOFF_MAX);

@@ -81,7 +81,7 @@ impl Client {
                             "sync: no event from the server in time".into(),
                         ))
                     }
-                    Some(p) => self.process_pushed(p)?,
+                    Some(p) => self.process_pushed(p).await?,
                 }
             }
             // An error answer may sit right behind the last event.
@@ -110,6 +110,7 @@ impl Client {
                     Action::CommitPending(gid) => self.commit_pending_if_any(gid).await,
                     Action::SendName(gid) => self.send_name(gid).await.map(|_| ()),
                     Action::CheckKeyPackages => self.maintain_key_packages().await,
+                    Action::RefreshContacts => self.refresh_stale_contacts().await,
                 };
                 if let Err(e) = r {
                     if matches!(e, ClientError::Disconnected(_)) {

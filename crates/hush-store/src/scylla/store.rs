@@ -924,10 +924,12 @@ impl Store for ScyllaStore {
     }
 
     async fn device(&self, device_id: &str) -> Result<Option<Device>> {
-        self.one::<DeviceRow>("device_get", (device_id,))
+        Ok(self
+            .one::<DeviceRow>("device_get", (device_id,))
             .await?
             .map(Device::try_from)
-            .transpose()
+            .transpose()?
+            .filter(|d| d.token_generation < crate::REVOKED_GENERATION))
     }
 
     async fn devices_of_user(&self, user_id: &str) -> Result<Vec<Device>> {
@@ -948,8 +950,24 @@ impl Store for ScyllaStore {
         loop {
             let d = self.device(device_id).await?.ok_or(StoreError::NotFound)?;
             let cur = to_bigint(d.token_generation, "token generation")?;
+            if cur + 1 >= to_bigint(crate::REVOKED_GENERATION, "token generation")? {
+                return Err(StoreError::NotFound);
+            }
             if self.lwt("device_bump", (cur + 1, device_id, cur)).await? {
                 return from_bigint(cur + 1, "token generation");
+            }
+            contention.lost().await?;
+        }
+    }
+
+    async fn revoke_device(&self, device_id: &str) -> Result<()> {
+        let revoked = to_bigint(crate::REVOKED_GENERATION, "token generation")?;
+        let mut contention = Contention::new("device row");
+        loop {
+            let d = self.device(device_id).await?.ok_or(StoreError::NotFound)?;
+            let cur = to_bigint(d.token_generation, "token generation")?;
+            if self.lwt("device_bump", (revoked, device_id, cur)).await? {
+                return Ok(());
             }
             contention.lost().await?;
         }

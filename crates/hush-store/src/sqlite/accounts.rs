@@ -10,7 +10,7 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::error::{deadline, map_err, map_insert_err};
-use crate::{Device, Result, StoreError};
+use crate::{Device, Result, StoreError, REVOKED_GENERATION};
 
 fn insert_device(conn: &Connection, d: &Device) -> Result<()> {
     conn.execute(
@@ -64,14 +64,28 @@ fn row_to_device(r: &rusqlite::Row<'_>) -> rusqlite::Result<Device> {
 
 pub(super) fn op_bump_token_generation(conn: &Connection, device_id: &str) -> Result<u64> {
     conn.query_row(
-        "UPDATE devices SET token_generation = token_generation + 1 WHERE device_id = ?1
+        "UPDATE devices SET token_generation = token_generation + 1
+         WHERE device_id = ?1 AND token_generation < ?2 - 1
          RETURNING token_generation",
-        params![device_id],
+        params![device_id, REVOKED_GENERATION as i64],
         |r| r.get(0),
     )
     .optional()
     .map_err(|e| map_err("bump token generation", e))?
     .ok_or(StoreError::NotFound)
+}
+
+pub(super) fn op_revoke_device(conn: &Connection, device_id: &str) -> Result<()> {
+    let changed = conn
+        .execute(
+            "UPDATE devices SET token_generation = ?2 WHERE device_id = ?1 AND token_generation < ?2",
+            params![device_id, REVOKED_GENERATION as i64],
+        )
+        .map_err(|e| map_err("revoke device", e))?;
+    if changed == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
 }
 
 pub(super) fn op_get_or_create_secret(
@@ -133,8 +147,8 @@ pub(super) fn op_take_link_code(
 pub(super) fn read_device(conn: &Connection, device_id: &str) -> Result<Option<Device>> {
     conn.query_row(
         "SELECT user_id, device_id, signature_key, token_generation, created_at_ms
-         FROM devices WHERE device_id = ?1",
-        params![device_id],
+         FROM devices WHERE device_id = ?1 AND token_generation < ?2",
+        params![device_id, REVOKED_GENERATION as i64],
         row_to_device,
     )
     .optional()
@@ -146,10 +160,10 @@ pub(super) fn read_devices_of_user(conn: &Connection, user_id: &str) -> Result<V
     let mut stmt = conn
         .prepare_cached(
             "SELECT user_id, device_id, signature_key, token_generation, created_at_ms
-             FROM devices WHERE user_id = ?1 ORDER BY id",
+             FROM devices WHERE user_id = ?1 AND token_generation < ?2 ORDER BY id",
         )
         .map_err(|e| map_err("read devices", e))?;
-    stmt.query_map(params![user_id], row_to_device)
+    stmt.query_map(params![user_id, REVOKED_GENERATION as i64], row_to_device)
         .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
         .map_err(|e| map_err("read devices", e))
 }

@@ -48,7 +48,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file hush/v1/client.proto.
  */
 export const file_hush_v1_client: GenFile = /*@__PURE__*/
-  fileDesc("ChRodXNoL3YxL2NsaWVudC5wcm90bxIHaHVzaC52MSI1CgpTdGFsZUVwb2NoEhUKDWN1cnJlbnRfZXBvY2gYASABKAQSEAoIaGVhZF9zZXEYAiABKAQiZAoFRXJyb3ISIAoEY29kZRgBIAEoDjISLmh1c2gudjEuRXJyb3JDb2RlEg8KB21lc3NhZ2UYAiABKAkSKAoLc3RhbGVfZXBvY2gYAyABKAsyEy5odXNoLnYxLlN0YWxlRXBvY2giUgoPUmVnaXN0ZXJSZXF1ZXN0Eg4KBmhhbmRsZRgBIAEoCRIcChRkZXZpY2Vfc2lnbmF0dXJlX2tleRgCIAEoDBIRCglzaWduYXR1cmUYAyABKAwiNgoQUmVnaXN0ZXJSZXNwb25zZRIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCSIqChVMb2dpbkNoYWxsZW5nZVJlcXVlc3QSEQoJZGV2aWNlX2lkGAEgASgJIisKFkxvZ2luQ2hhbGxlbmdlUmVzcG9uc2USEQoJY2hhbGxlbmdlGAEgASgMIkcKDExvZ2luUmVxdWVzdBIRCglkZXZpY2VfaWQYASABKAkSEQoJY2hhbGxlbmdlGAIgASgMEhEKCXNpZ25hdHVyZRgDIAEoDCJGCg1Mb2dpblJlc3BvbnNlEg0KBXRva2VuGAEgASgJEhUKDWV4cGlyZXNfYXRfbXMYAiABKAQSDwoHdXNlcl9pZBgDIAEoCSIRCg9MaW5rQ29kZVJlcXVlc3QiNwoQTGlua0NvZGVSZXNwb25zZRIMCgRjb2RlGAEgASgJEhUKDWV4cGlyZXNfYXRfbXMYAiABKAQiUgoRTGlua0RldmljZVJlcXVlc3QSDAoEY29kZRgBIAEoCRIcChRkZXZpY2Vfc2lnbmF0dXJlX2tleRgCIAEoDBIRCglzaWduYXR1cmUYAyABKAwiOAoSTGlua0RldmljZVJlc3BvbnNlEg8KB3VzZXJfaWQYASABKAkSEQoJZGV2aWNlX2lkGAIgASgJIg8KDUxvZ291dFJlcXVlc3QiEAoOTG9nb3V0UmVzcG9uc2UilwYKC0NsaWVudEZyYW1lEhIKCnJlcXVlc3RfaWQYASABKAQSHQoEYXV0aBgKIAEoCzINLmh1c2gudjEuQXV0aEgAEh0KBHBpbmcYCyABKAsyDS5odXNoLnYxLlBpbmdIABI5ChN1cGxvYWRfa2V5X3BhY2thZ2VzGAwgASgLMhouaHVzaC52MS5VcGxvYWRLZXlQYWNrYWdlc0gAEjcKEmNsYWltX2tleV9wYWNrYWdlcxgNIAEoCzIZLmh1c2gudjEuQ2xhaW1LZXlQYWNrYWdlc0gAEjUKEWtleV9wYWNrYWdlX2NvdW50GA4gASgLMhguaHVzaC52MS5LZXlQYWNrYWdlQ291bnRIABIsCgxjcmVhdGVfZ3JvdXAYDyABKAsyFC5odXNoLnYxLkNyZWF0ZUdyb3VwSAASKgoLc2VuZF9jb21taXQYECABKAsyEy5odXNoLnYxLlNlbmRDb21taXRIABIuCg1zZW5kX3Byb3Bvc2FsGBEgASgLMhUuaHVzaC52MS5TZW5kUHJvcG9zYWxIABIsCgxzZW5kX21lc3NhZ2UYEiABKAsyFC5odXNoLnYxLlNlbmRNZXNzYWdlSAASHQoEc3luYxgTIAEoCzINLmh1c2gudjEuU3luY0gAEhsKA2FjaxgUIAEoCzIMLmh1c2gudjEuQWNrSAASJgoJYWNrX2luYm94GBUgASgLMhEuaHVzaC52MS5BY2tJbmJveEgAEi8KDmdldF9ncm91cF9pbmZvGBYgASgLMhUuaHVzaC52MS5HZXRHcm91cEluZm9IABIqCgtsaXN0X2dyb3VwcxgXIAEoCzITLmh1c2gudjEuTGlzdEdyb3Vwc0gAEioKC2xvb2t1cF91c2VyGBggASgLMhMuaHVzaC52MS5Mb29rdXBVc2VySAASMAoOc2VuZF9lcGhlbWVyYWwYGSABKAsyFi5odXNoLnYxLlNlbmRFcGhlbWVyYWxIABIsCgxnZXRfcHJlc2VuY2UYGiABKAsyFC5odXNoLnYxLkdldFByZXNlbmNlSABCBgoEYm9keSKvCAoLU2VydmVyRnJhbWUSEgoKcmVxdWVzdF9pZBgBIAEoBBIfCgVlcnJvchgKIAEoCzIOLmh1c2gudjEuRXJyb3JIABIdCgRwb25nGAsgASgLMg0uaHVzaC52MS5Qb25nSAASIgoHYXV0aF9vaxgMIAEoCzIPLmh1c2gudjEuQXV0aE9rSAASPQoVa2V5X3BhY2thZ2VzX3VwbG9hZGVkGA0gASgLMhwuaHVzaC52MS5LZXlQYWNrYWdlc1VwbG9hZGVkSAASOwoUY2xhaW1lZF9rZXlfcGFja2FnZXMYDiABKAsyGy5odXNoLnYxLkNsYWltZWRLZXlQYWNrYWdlc0gAEkIKGGtleV9wYWNrYWdlX2NvdW50X3Jlc3VsdBgPIAEoCzIeLmh1c2gudjEuS2V5UGFja2FnZUNvdW50UmVzdWx0SAASLgoNZ3JvdXBfY3JlYXRlZBgQIAEoCzIVLmh1c2gudjEuR3JvdXBDcmVhdGVkSAASMgoPY29tbWl0X2FjY2VwdGVkGBEgASgLMhcuaHVzaC52MS5Db21taXRBY2NlcHRlZEgAEjYKEXByb3Bvc2FsX2FjY2VwdGVkGBIgASgLMhkuaHVzaC52MS5Qcm9wb3NhbEFjY2VwdGVkSAASNAoQbWVzc2FnZV9hY2NlcHRlZBgTIAEoCzIYLmh1c2gudjEuTWVzc2FnZUFjY2VwdGVkSAASLAoMc3luY19zdGFydGVkGBQgASgLMhQuaHVzaC52MS5TeW5jU3RhcnRlZEgAEjUKEWdyb3VwX2luZm9fcmVzdWx0GBUgASgLMhguaHVzaC52MS5Hcm91cEluZm9SZXN1bHRIABIoCgpncm91cF9saXN0GBYgASgLMhIuaHVzaC52MS5Hcm91cExpc3RIABImCgl1c2VyX2luZm8YFyABKAsyES5odXNoLnYxLlVzZXJJbmZvSAASOAoSZXBoZW1lcmFsX2FjY2VwdGVkGBggASgLMhouaHVzaC52MS5FcGhlbWVyYWxBY2NlcHRlZEgAEi4KDXByZXNlbmNlX2xpc3QYGSABKAsyFS5odXNoLnYxLlByZXNlbmNlTGlzdEgAEioKC2dyb3VwX2V2ZW50GB4gASgLMhMuaHVzaC52MS5Hcm91cEV2ZW50SAASKgoLaW5ib3hfZXZlbnQYHyABKAsyEy5odXNoLnYxLkluYm94RXZlbnRIABIvCg5zeW5jX2NhdWdodF91cBggIAEoCzIVLmh1c2gudjEuU3luY0NhdWdodFVwSAASMgoPZXBoZW1lcmFsX2V2ZW50GCEgASgLMhcuaHVzaC52MS5FcGhlbWVyYWxFdmVudEgAEjAKDnByZXNlbmNlX2V2ZW50GCIgASgLMhYuaHVzaC52MS5QcmVzZW5jZUV2ZW50SABCBgoEYm9keSIVCgRBdXRoEg0KBXRva2VuGAEgASgJIiwKBkF1dGhPaxIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCSIVCgRQaW5nEg0KBW5vbmNlGAEgASgEIhUKBFBvbmcSDQoFbm9uY2UYASABKAQiPgoRVXBsb2FkS2V5UGFja2FnZXMSFAoMa2V5X3BhY2thZ2VzGAEgAygMEhMKC2xhc3RfcmVzb3J0GAIgASgMIiQKE0tleVBhY2thZ2VzVXBsb2FkZWQSDQoFY291bnQYASABKA0iIwoQQ2xhaW1LZXlQYWNrYWdlcxIPCgd1c2VyX2lkGAEgASgJIlAKEUNsYWltZWRLZXlQYWNrYWdlEhEKCWRldmljZV9pZBgBIAEoCRITCgtrZXlfcGFja2FnZRgCIAEoDBITCgtsYXN0X3Jlc29ydBgDIAEoCCJGChJDbGFpbWVkS2V5UGFja2FnZXMSMAoMa2V5X3BhY2thZ2VzGAEgAygLMhouaHVzaC52MS5DbGFpbWVkS2V5UGFja2FnZSIRCg9LZXlQYWNrYWdlQ291bnQiPwoVS2V5UGFja2FnZUNvdW50UmVzdWx0Eg0KBWNvdW50GAEgASgNEhcKD2hhc19sYXN0X3Jlc29ydBgCIAEoCCI3CgtDcmVhdGVHcm91cBISCgpncm91cF9pbmZvGAEgASgMEhQKDHJhdGNoZXRfdHJlZRgCIAEoDCIvCgxHcm91cENyZWF0ZWQSEAoIZ3JvdXBfaWQYASABKAwSDQoFZXBvY2gYAiABKAQigAEKClNlbmRDb21taXQSEAoIZ3JvdXBfaWQYASABKAwSDgoGY29tbWl0GAIgASgMEg8KB3dlbGNvbWUYAyABKAwSEgoKZ3JvdXBfaW5mbxgEIAEoDBIUCgxyYXRjaGV0X3RyZWUYBSABKAwSFQoNY2xpZW50X21zZ19pZBgGIAEoDCI+Cg5Db21taXRBY2NlcHRlZBIQCghncm91cF9pZBgBIAEoDBILCgNzZXEYAiABKAQSDQoFZXBvY2gYAyABKAQiSQoMU2VuZFByb3Bvc2FsEhAKCGdyb3VwX2lkGAEgASgMEhAKCHByb3Bvc2FsGAIgASgMEhUKDWNsaWVudF9tc2dfaWQYAyABKAwiMQoQUHJvcG9zYWxBY2NlcHRlZBIQCghncm91cF9pZBgBIAEoDBILCgNzZXEYAiABKAQiRwoLU2VuZE1lc3NhZ2USEAoIZ3JvdXBfaWQYASABKAwSFQoNY2xpZW50X21zZ19pZBgCIAEoDBIPCgdtZXNzYWdlGAMgASgMIkMKD01lc3NhZ2VBY2NlcHRlZBIQCghncm91cF9pZBgBIAEoDBILCgNzZXEYAiABKAQSEQoJZHVwbGljYXRlGAMgASgIIjIKDVNlbmRFcGhlbWVyYWwSEAoIZ3JvdXBfaWQYASABKAwSDwoHbWVzc2FnZRgCIAEoDCITChFFcGhlbWVyYWxBY2NlcHRlZCJCCg5FcGhlbWVyYWxFdmVudBIQCghncm91cF9pZBgBIAEoDBINCgVlcG9jaBgCIAEoBBIPCgdtZXNzYWdlGAMgASgMIh8KC0dldFByZXNlbmNlEhAKCGdyb3VwX2lkGAEgASgMIi8KDFVzZXJQcmVzZW5jZRIPCgd1c2VyX2lkGAEgASgJEg4KBm9ubGluZRgCIAEoCCJGCgxQcmVzZW5jZUxpc3QSEAoIZ3JvdXBfaWQYASABKAwSJAoFdXNlcnMYAiADKAsyFS5odXNoLnYxLlVzZXJQcmVzZW5jZSIwCg1QcmVzZW5jZUV2ZW50Eg8KB3VzZXJfaWQYASABKAkSDgoGb25saW5lGAIgASgIIi0KBkN1cnNvchIQCghncm91cF9pZBgBIAEoDBIRCglhZnRlcl9zZXEYAiABKAQiPQoEU3luYxIgCgdjdXJzb3JzGAEgAygLMg8uaHVzaC52MS5DdXJzb3ISEwoLaW5ib3hfYWZ0ZXIYAiABKAQiDQoLU3luY1N0YXJ0ZWQiDgoMU3luY0NhdWdodFVwIiQKA0FjaxIQCghncm91cF9pZBgBIAEoDBILCgNzZXEYAiABKAQiHQoIQWNrSW5ib3gSEQoJaW5ib3hfc2VxGAEgASgEIiAKDEdldEdyb3VwSW5mbxIQCghncm91cF9pZBgBIAEoDCJuCg9Hcm91cEluZm9SZXN1bHQSEAoIZ3JvdXBfaWQYASABKAwSDQoFZXBvY2gYAiABKAQSEgoKZ3JvdXBfaW5mbxgDIAEoDBIUCgxyYXRjaGV0X3RyZWUYBCABKAwSEAoIaGVhZF9zZXEYBSABKAQiKQoKTGlzdEdyb3VwcxIbChNhbGxfZGV2aWNlc19vZl91c2VyGAEgASgIIlkKDEdyb3VwU3VtbWFyeRIQCghncm91cF9pZBgBIAEoDBINCgVlcG9jaBgCIAEoBBIWCg5tZW1iZXJfZGV2aWNlcxgDIAEoDRIQCghoZWFkX3NlcRgEIAEoBCIyCglHcm91cExpc3QSJQoGZ3JvdXBzGAEgAygLMhUuaHVzaC52MS5Hcm91cFN1bW1hcnkiHAoKTG9va3VwVXNlchIOCgZoYW5kbGUYASABKAkiLwoIVXNlckluZm8SDwoHdXNlcl9pZBgBIAEoCRISCgpkZXZpY2VfaWRzGAIgAygJIpUBCgpHcm91cEV2ZW50EhAKCGdyb3VwX2lkGAEgASgMEgsKA3NlcRgCIAEoBBIgCgRraW5kGAMgASgOMhIuaHVzaC52MS5FbnRyeUtpbmQSDQoFZXBvY2gYBCABKAQSDgoGc2VuZGVyGAUgASgJEg8KB21lc3NhZ2UYBiABKAwSFgoOc2VydmVyX3RpbWVfbXMYByABKAQibAoKSW5ib3hFdmVudBIRCglpbmJveF9zZXEYASABKAQSDwoHd2VsY29tZRgCIAEoDBIQCghncm91cF9pZBgDIAEoDBISCgpjb21taXRfc2VxGAQgASgEEhQKDHJhdGNoZXRfdHJlZRgFIAEoDCqPAwoJRXJyb3JDb2RlEhoKFkVSUk9SX0NPREVfVU5TUEVDSUZJRUQQABINCglNQUxGT1JNRUQQARINCglUT09fTEFSR0UQAhIQCgxSQVRFX0xJTUlURUQQAxINCglCQURfVE9LRU4QBBIRCg1UT0tFTl9FWFBJUkVEEAUSDgoKQkFEX09SSUdJThAGEhEKDVVOS05PV05fR1JPVVAQBxIOCgpOT1RfTUVNQkVSEAgSDwoLU1RBTEVfRVBPQ0gQCRIVChFXUk9OR19XSVJFX0ZPUk1BVBAKEg8KC0lOVkFMSURfTUxTEAsSEgoOQUxSRUFEWV9FWElTVFMQDBINCglOT1RfRk9VTkQQDRISCg5OT19LRVlfUEFDS0FHRRAOEg0KCUZPUkJJRERFThAPEhMKD1VOQVVUSEVOVElDQVRFRBAQEhgKFFRPT19NQU5ZX0NPTk5FQ1RJT05TEBESFAoQSU5WQUxJRF9BUkdVTUVOVBASEg8KC1VOQVZBSUxBQkxFEBMSDAoISU5URVJOQUwQFCpSCglFbnRyeUtpbmQSGgoWRU5UUllfS0lORF9VTlNQRUNJRklFRBAAEgoKBkNPTU1JVBABEgwKCFBST1BPU0FMEAISDwoLQVBQTElDQVRJT04QA2IGcHJvdG8z");
+  fileDesc("ChRodXNoL3YxL2NsaWVudC5wcm90bxIHaHVzaC52MSI1CgpTdGFsZUVwb2NoEhUKDWN1cnJlbnRfZXBvY2gYASABKAQSEAoIaGVhZF9zZXEYAiABKAQiZAoFRXJyb3ISIAoEY29kZRgBIAEoDjISLmh1c2gudjEuRXJyb3JDb2RlEg8KB21lc3NhZ2UYAiABKAkSKAoLc3RhbGVfZXBvY2gYAyABKAsyEy5odXNoLnYxLlN0YWxlRXBvY2giUgoPUmVnaXN0ZXJSZXF1ZXN0Eg4KBmhhbmRsZRgBIAEoCRIcChRkZXZpY2Vfc2lnbmF0dXJlX2tleRgCIAEoDBIRCglzaWduYXR1cmUYAyABKAwiNgoQUmVnaXN0ZXJSZXNwb25zZRIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCSIqChVMb2dpbkNoYWxsZW5nZVJlcXVlc3QSEQoJZGV2aWNlX2lkGAEgASgJIisKFkxvZ2luQ2hhbGxlbmdlUmVzcG9uc2USEQoJY2hhbGxlbmdlGAEgASgMIkcKDExvZ2luUmVxdWVzdBIRCglkZXZpY2VfaWQYASABKAkSEQoJY2hhbGxlbmdlGAIgASgMEhEKCXNpZ25hdHVyZRgDIAEoDCJGCg1Mb2dpblJlc3BvbnNlEg0KBXRva2VuGAEgASgJEhUKDWV4cGlyZXNfYXRfbXMYAiABKAQSDwoHdXNlcl9pZBgDIAEoCSIRCg9MaW5rQ29kZVJlcXVlc3QiNwoQTGlua0NvZGVSZXNwb25zZRIMCgRjb2RlGAEgASgJEhUKDWV4cGlyZXNfYXRfbXMYAiABKAQiUgoRTGlua0RldmljZVJlcXVlc3QSDAoEY29kZRgBIAEoCRIcChRkZXZpY2Vfc2lnbmF0dXJlX2tleRgCIAEoDBIRCglzaWduYXR1cmUYAyABKAwiOAoSTGlua0RldmljZVJlc3BvbnNlEg8KB3VzZXJfaWQYASABKAkSEQoJZGV2aWNlX2lkGAIgASgJIg8KDUxvZ291dFJlcXVlc3QiEAoOTG9nb3V0UmVzcG9uc2Ui9QYKC0NsaWVudEZyYW1lEhIKCnJlcXVlc3RfaWQYASABKAQSHQoEYXV0aBgKIAEoCzINLmh1c2gudjEuQXV0aEgAEh0KBHBpbmcYCyABKAsyDS5odXNoLnYxLlBpbmdIABI5ChN1cGxvYWRfa2V5X3BhY2thZ2VzGAwgASgLMhouaHVzaC52MS5VcGxvYWRLZXlQYWNrYWdlc0gAEjcKEmNsYWltX2tleV9wYWNrYWdlcxgNIAEoCzIZLmh1c2gudjEuQ2xhaW1LZXlQYWNrYWdlc0gAEjUKEWtleV9wYWNrYWdlX2NvdW50GA4gASgLMhguaHVzaC52MS5LZXlQYWNrYWdlQ291bnRIABIsCgxjcmVhdGVfZ3JvdXAYDyABKAsyFC5odXNoLnYxLkNyZWF0ZUdyb3VwSAASKgoLc2VuZF9jb21taXQYECABKAsyEy5odXNoLnYxLlNlbmRDb21taXRIABIuCg1zZW5kX3Byb3Bvc2FsGBEgASgLMhUuaHVzaC52MS5TZW5kUHJvcG9zYWxIABIsCgxzZW5kX21lc3NhZ2UYEiABKAsyFC5odXNoLnYxLlNlbmRNZXNzYWdlSAASHQoEc3luYxgTIAEoCzINLmh1c2gudjEuU3luY0gAEhsKA2FjaxgUIAEoCzIMLmh1c2gudjEuQWNrSAASJgoJYWNrX2luYm94GBUgASgLMhEuaHVzaC52MS5BY2tJbmJveEgAEi8KDmdldF9ncm91cF9pbmZvGBYgASgLMhUuaHVzaC52MS5HZXRHcm91cEluZm9IABIqCgtsaXN0X2dyb3VwcxgXIAEoCzITLmh1c2gudjEuTGlzdEdyb3Vwc0gAEioKC2xvb2t1cF91c2VyGBggASgLMhMuaHVzaC52MS5Mb29rdXBVc2VySAASMAoOc2VuZF9lcGhlbWVyYWwYGSABKAsyFi5odXNoLnYxLlNlbmRFcGhlbWVyYWxIABIsCgxnZXRfcHJlc2VuY2UYGiABKAsyFC5odXNoLnYxLkdldFByZXNlbmNlSAASLAoMbGlzdF9kZXZpY2VzGBsgASgLMhQuaHVzaC52MS5MaXN0RGV2aWNlc0gAEi4KDXJldm9rZV9kZXZpY2UYHCABKAsyFS5odXNoLnYxLlJldm9rZURldmljZUgAQgYKBGJvZHkijQkKC1NlcnZlckZyYW1lEhIKCnJlcXVlc3RfaWQYASABKAQSHwoFZXJyb3IYCiABKAsyDi5odXNoLnYxLkVycm9ySAASHQoEcG9uZxgLIAEoCzINLmh1c2gudjEuUG9uZ0gAEiIKB2F1dGhfb2sYDCABKAsyDy5odXNoLnYxLkF1dGhPa0gAEj0KFWtleV9wYWNrYWdlc191cGxvYWRlZBgNIAEoCzIcLmh1c2gudjEuS2V5UGFja2FnZXNVcGxvYWRlZEgAEjsKFGNsYWltZWRfa2V5X3BhY2thZ2VzGA4gASgLMhsuaHVzaC52MS5DbGFpbWVkS2V5UGFja2FnZXNIABJCChhrZXlfcGFja2FnZV9jb3VudF9yZXN1bHQYDyABKAsyHi5odXNoLnYxLktleVBhY2thZ2VDb3VudFJlc3VsdEgAEi4KDWdyb3VwX2NyZWF0ZWQYECABKAsyFS5odXNoLnYxLkdyb3VwQ3JlYXRlZEgAEjIKD2NvbW1pdF9hY2NlcHRlZBgRIAEoCzIXLmh1c2gudjEuQ29tbWl0QWNjZXB0ZWRIABI2ChFwcm9wb3NhbF9hY2NlcHRlZBgSIAEoCzIZLmh1c2gudjEuUHJvcG9zYWxBY2NlcHRlZEgAEjQKEG1lc3NhZ2VfYWNjZXB0ZWQYEyABKAsyGC5odXNoLnYxLk1lc3NhZ2VBY2NlcHRlZEgAEiwKDHN5bmNfc3RhcnRlZBgUIAEoCzIULmh1c2gudjEuU3luY1N0YXJ0ZWRIABI1ChFncm91cF9pbmZvX3Jlc3VsdBgVIAEoCzIYLmh1c2gudjEuR3JvdXBJbmZvUmVzdWx0SAASKAoKZ3JvdXBfbGlzdBgWIAEoCzISLmh1c2gudjEuR3JvdXBMaXN0SAASJgoJdXNlcl9pbmZvGBcgASgLMhEuaHVzaC52MS5Vc2VySW5mb0gAEjgKEmVwaGVtZXJhbF9hY2NlcHRlZBgYIAEoCzIaLmh1c2gudjEuRXBoZW1lcmFsQWNjZXB0ZWRIABIuCg1wcmVzZW5jZV9saXN0GBkgASgLMhUuaHVzaC52MS5QcmVzZW5jZUxpc3RIABIqCgtkZXZpY2VfbGlzdBgaIAEoCzITLmh1c2gudjEuRGV2aWNlTGlzdEgAEjAKDmRldmljZV9yZXZva2VkGBsgASgLMhYuaHVzaC52MS5EZXZpY2VSZXZva2VkSAASKgoLZ3JvdXBfZXZlbnQYHiABKAsyEy5odXNoLnYxLkdyb3VwRXZlbnRIABIqCgtpbmJveF9ldmVudBgfIAEoCzITLmh1c2gudjEuSW5ib3hFdmVudEgAEi8KDnN5bmNfY2F1Z2h0X3VwGCAgASgLMhUuaHVzaC52MS5TeW5jQ2F1Z2h0VXBIABIyCg9lcGhlbWVyYWxfZXZlbnQYISABKAsyFy5odXNoLnYxLkVwaGVtZXJhbEV2ZW50SAASMAoOcHJlc2VuY2VfZXZlbnQYIiABKAsyFi5odXNoLnYxLlByZXNlbmNlRXZlbnRIAEIGCgRib2R5IhUKBEF1dGgSDQoFdG9rZW4YASABKAkiLAoGQXV0aE9rEg8KB3VzZXJfaWQYASABKAkSEQoJZGV2aWNlX2lkGAIgASgJIhUKBFBpbmcSDQoFbm9uY2UYASABKAQiFQoEUG9uZxINCgVub25jZRgBIAEoBCI+ChFVcGxvYWRLZXlQYWNrYWdlcxIUCgxrZXlfcGFja2FnZXMYASADKAwSEwoLbGFzdF9yZXNvcnQYAiABKAwiJAoTS2V5UGFja2FnZXNVcGxvYWRlZBINCgVjb3VudBgBIAEoDSIjChBDbGFpbUtleVBhY2thZ2VzEg8KB3VzZXJfaWQYASABKAkiUAoRQ2xhaW1lZEtleVBhY2thZ2USEQoJZGV2aWNlX2lkGAEgASgJEhMKC2tleV9wYWNrYWdlGAIgASgMEhMKC2xhc3RfcmVzb3J0GAMgASgIIkYKEkNsYWltZWRLZXlQYWNrYWdlcxIwCgxrZXlfcGFja2FnZXMYASADKAsyGi5odXNoLnYxLkNsYWltZWRLZXlQYWNrYWdlIhEKD0tleVBhY2thZ2VDb3VudCI/ChVLZXlQYWNrYWdlQ291bnRSZXN1bHQSDQoFY291bnQYASABKA0SFwoPaGFzX2xhc3RfcmVzb3J0GAIgASgIIjcKC0NyZWF0ZUdyb3VwEhIKCmdyb3VwX2luZm8YASABKAwSFAoMcmF0Y2hldF90cmVlGAIgASgMIi8KDEdyb3VwQ3JlYXRlZBIQCghncm91cF9pZBgBIAEoDBINCgVlcG9jaBgCIAEoBCKAAQoKU2VuZENvbW1pdBIQCghncm91cF9pZBgBIAEoDBIOCgZjb21taXQYAiABKAwSDwoHd2VsY29tZRgDIAEoDBISCgpncm91cF9pbmZvGAQgASgMEhQKDHJhdGNoZXRfdHJlZRgFIAEoDBIVCg1jbGllbnRfbXNnX2lkGAYgASgMIj4KDkNvbW1pdEFjY2VwdGVkEhAKCGdyb3VwX2lkGAEgASgMEgsKA3NlcRgCIAEoBBINCgVlcG9jaBgDIAEoBCJJCgxTZW5kUHJvcG9zYWwSEAoIZ3JvdXBfaWQYASABKAwSEAoIcHJvcG9zYWwYAiABKAwSFQoNY2xpZW50X21zZ19pZBgDIAEoDCIxChBQcm9wb3NhbEFjY2VwdGVkEhAKCGdyb3VwX2lkGAEgASgMEgsKA3NlcRgCIAEoBCJHCgtTZW5kTWVzc2FnZRIQCghncm91cF9pZBgBIAEoDBIVCg1jbGllbnRfbXNnX2lkGAIgASgMEg8KB21lc3NhZ2UYAyABKAwiQwoPTWVzc2FnZUFjY2VwdGVkEhAKCGdyb3VwX2lkGAEgASgMEgsKA3NlcRgCIAEoBBIRCglkdXBsaWNhdGUYAyABKAgiMgoNU2VuZEVwaGVtZXJhbBIQCghncm91cF9pZBgBIAEoDBIPCgdtZXNzYWdlGAIgASgMIhMKEUVwaGVtZXJhbEFjY2VwdGVkIkIKDkVwaGVtZXJhbEV2ZW50EhAKCGdyb3VwX2lkGAEgASgMEg0KBWVwb2NoGAIgASgEEg8KB21lc3NhZ2UYAyABKAwiHwoLR2V0UHJlc2VuY2USEAoIZ3JvdXBfaWQYASABKAwiLwoMVXNlclByZXNlbmNlEg8KB3VzZXJfaWQYASABKAkSDgoGb25saW5lGAIgASgIIkYKDFByZXNlbmNlTGlzdBIQCghncm91cF9pZBgBIAEoDBIkCgV1c2VycxgCIAMoCzIVLmh1c2gudjEuVXNlclByZXNlbmNlIjAKDVByZXNlbmNlRXZlbnQSDwoHdXNlcl9pZBgBIAEoCRIOCgZvbmxpbmUYAiABKAgiLQoGQ3Vyc29yEhAKCGdyb3VwX2lkGAEgASgMEhEKCWFmdGVyX3NlcRgCIAEoBCI9CgRTeW5jEiAKB2N1cnNvcnMYASADKAsyDy5odXNoLnYxLkN1cnNvchITCgtpbmJveF9hZnRlchgCIAEoBCINCgtTeW5jU3RhcnRlZCIOCgxTeW5jQ2F1Z2h0VXAiJAoDQWNrEhAKCGdyb3VwX2lkGAEgASgMEgsKA3NlcRgCIAEoBCIdCghBY2tJbmJveBIRCglpbmJveF9zZXEYASABKAQiIAoMR2V0R3JvdXBJbmZvEhAKCGdyb3VwX2lkGAEgASgMIm4KD0dyb3VwSW5mb1Jlc3VsdBIQCghncm91cF9pZBgBIAEoDBINCgVlcG9jaBgCIAEoBBISCgpncm91cF9pbmZvGAMgASgMEhQKDHJhdGNoZXRfdHJlZRgEIAEoDBIQCghoZWFkX3NlcRgFIAEoBCIpCgpMaXN0R3JvdXBzEhsKE2FsbF9kZXZpY2VzX29mX3VzZXIYASABKAgiWQoMR3JvdXBTdW1tYXJ5EhAKCGdyb3VwX2lkGAEgASgMEg0KBWVwb2NoGAIgASgEEhYKDm1lbWJlcl9kZXZpY2VzGAMgASgNEhAKCGhlYWRfc2VxGAQgASgEIjIKCUdyb3VwTGlzdBIlCgZncm91cHMYASADKAsyFS5odXNoLnYxLkdyb3VwU3VtbWFyeSIcCgpMb29rdXBVc2VyEg4KBmhhbmRsZRgBIAEoCSI1CglEZXZpY2VLZXkSEQoJZGV2aWNlX2lkGAEgASgJEhUKDXNpZ25hdHVyZV9rZXkYAiABKAwiVAoIVXNlckluZm8SDwoHdXNlcl9pZBgBIAEoCRISCgpkZXZpY2VfaWRzGAIgAygJEiMKB2RldmljZXMYAyADKAsyEi5odXNoLnYxLkRldmljZUtleSINCgtMaXN0RGV2aWNlcyJiCgpEZXZpY2VJbmZvEhEKCWRldmljZV9pZBgBIAEoCRIVCg1zaWduYXR1cmVfa2V5GAIgASgMEhUKDWNyZWF0ZWRfYXRfbXMYAyABKAQSEwoLdGhpc19kZXZpY2UYBCABKAgiMgoKRGV2aWNlTGlzdBIkCgdkZXZpY2VzGAEgAygLMhMuaHVzaC52MS5EZXZpY2VJbmZvIiEKDFJldm9rZURldmljZRIRCglkZXZpY2VfaWQYASABKAkiIgoNRGV2aWNlUmV2b2tlZBIRCglkZXZpY2VfaWQYASABKAkilQEKCkdyb3VwRXZlbnQSEAoIZ3JvdXBfaWQYASABKAwSCwoDc2VxGAIgASgEEiAKBGtpbmQYAyABKA4yEi5odXNoLnYxLkVudHJ5S2luZBINCgVlcG9jaBgEIAEoBBIOCgZzZW5kZXIYBSABKAkSDwoHbWVzc2FnZRgGIAEoDBIWCg5zZXJ2ZXJfdGltZV9tcxgHIAEoBCJsCgpJbmJveEV2ZW50EhEKCWluYm94X3NlcRgBIAEoBBIPCgd3ZWxjb21lGAIgASgMEhAKCGdyb3VwX2lkGAMgASgMEhIKCmNvbW1pdF9zZXEYBCABKAQSFAoMcmF0Y2hldF90cmVlGAUgASgMKo8DCglFcnJvckNvZGUSGgoWRVJST1JfQ09ERV9VTlNQRUNJRklFRBAAEg0KCU1BTEZPUk1FRBABEg0KCVRPT19MQVJHRRACEhAKDFJBVEVfTElNSVRFRBADEg0KCUJBRF9UT0tFThAEEhEKDVRPS0VOX0VYUElSRUQQBRIOCgpCQURfT1JJR0lOEAYSEQoNVU5LTk9XTl9HUk9VUBAHEg4KCk5PVF9NRU1CRVIQCBIPCgtTVEFMRV9FUE9DSBAJEhUKEVdST05HX1dJUkVfRk9STUFUEAoSDwoLSU5WQUxJRF9NTFMQCxISCg5BTFJFQURZX0VYSVNUUxAMEg0KCU5PVF9GT1VORBANEhIKDk5PX0tFWV9QQUNLQUdFEA4SDQoJRk9SQklEREVOEA8SEwoPVU5BVVRIRU5USUNBVEVEEBASGAoUVE9PX01BTllfQ09OTkVDVElPTlMQERIUChBJTlZBTElEX0FSR1VNRU5UEBISDwoLVU5BVkFJTEFCTEUQExIMCghJTlRFUk5BTBAUKlIKCUVudHJ5S2luZBIaChZFTlRSWV9LSU5EX1VOU1BFQ0lGSUVEEAASCgoGQ09NTUlUEAESDAoIUFJPUE9TQUwQAhIPCgtBUFBMSUNBVElPThADYgZwcm90bzM");
 
 /**
  * @generated from message hush.v1.StaleEpoch
@@ -504,6 +504,18 @@ export type ClientFrame = Message<"hush.v1.ClientFrame"> & {
      */
     value: GetPresence;
     case: "getPresence";
+  } | {
+    /**
+     * @generated from field: hush.v1.ListDevices list_devices = 27;
+     */
+    value: ListDevices;
+    case: "listDevices";
+  } | {
+    /**
+     * @generated from field: hush.v1.RevokeDevice revoke_device = 28;
+     */
+    value: RevokeDevice;
+    case: "revokeDevice";
   } | { case: undefined; value?: undefined };
 };
 
@@ -624,6 +636,18 @@ export type ServerFrame = Message<"hush.v1.ServerFrame"> & {
      */
     value: PresenceList;
     case: "presenceList";
+  } | {
+    /**
+     * @generated from field: hush.v1.DeviceList device_list = 26;
+     */
+    value: DeviceList;
+    case: "deviceList";
+  } | {
+    /**
+     * @generated from field: hush.v1.DeviceRevoked device_revoked = 27;
+     */
+    value: DeviceRevoked;
+    case: "deviceRevoked";
   } | {
     /**
      * Pushed: a timeline entry of a group this device belongs to.
@@ -1542,6 +1566,8 @@ export const GroupListSchema: GenMessage<GroupList> = /*@__PURE__*/
   messageDesc(file_hush_v1_client, 52);
 
 /**
+ * The directory: a user's current devices (revoked devices are not listed).
+ *
  * @generated from message hush.v1.LookupUser
  */
 export type LookupUser = Message<"hush.v1.LookupUser"> & {
@@ -1559,6 +1585,34 @@ export const LookupUserSchema: GenMessage<LookupUser> = /*@__PURE__*/
   messageDesc(file_hush_v1_client, 53);
 
 /**
+ * A device as the directory holds it.
+ *
+ * @generated from message hush.v1.DeviceKey
+ */
+export type DeviceKey = Message<"hush.v1.DeviceKey"> & {
+  /**
+   * @generated from field: string device_id = 1;
+   */
+  deviceId: string;
+
+  /**
+   * The device's Ed25519 public key (32 bytes): the key its MLS leaf must
+   * carry. Clients pin these keys (trust on first use), compute safety
+   * numbers from them, and check every sender's leaf against them.
+   *
+   * @generated from field: bytes signature_key = 2;
+   */
+  signatureKey: Uint8Array;
+};
+
+/**
+ * Describes the message hush.v1.DeviceKey.
+ * Use `create(DeviceKeySchema)` to create a new message.
+ */
+export const DeviceKeySchema: GenMessage<DeviceKey> = /*@__PURE__*/
+  messageDesc(file_hush_v1_client, 54);
+
+/**
  * @generated from message hush.v1.UserInfo
  */
 export type UserInfo = Message<"hush.v1.UserInfo"> & {
@@ -1571,6 +1625,13 @@ export type UserInfo = Message<"hush.v1.UserInfo"> & {
    * @generated from field: repeated string device_ids = 2;
    */
   deviceIds: string[];
+
+  /**
+   * The same devices, in the same order, with their signature keys.
+   *
+   * @generated from field: repeated hush.v1.DeviceKey devices = 3;
+   */
+  devices: DeviceKey[];
 };
 
 /**
@@ -1578,7 +1639,115 @@ export type UserInfo = Message<"hush.v1.UserInfo"> & {
  * Use `create(UserInfoSchema)` to create a new message.
  */
 export const UserInfoSchema: GenMessage<UserInfo> = /*@__PURE__*/
-  messageDesc(file_hush_v1_client, 54);
+  messageDesc(file_hush_v1_client, 55);
+
+/**
+ * The caller's own current devices (revoked devices are not listed).
+ *
+ * @generated from message hush.v1.ListDevices
+ */
+export type ListDevices = Message<"hush.v1.ListDevices"> & {
+};
+
+/**
+ * Describes the message hush.v1.ListDevices.
+ * Use `create(ListDevicesSchema)` to create a new message.
+ */
+export const ListDevicesSchema: GenMessage<ListDevices> = /*@__PURE__*/
+  messageDesc(file_hush_v1_client, 56);
+
+/**
+ * @generated from message hush.v1.DeviceInfo
+ */
+export type DeviceInfo = Message<"hush.v1.DeviceInfo"> & {
+  /**
+   * @generated from field: string device_id = 1;
+   */
+  deviceId: string;
+
+  /**
+   * @generated from field: bytes signature_key = 2;
+   */
+  signatureKey: Uint8Array;
+
+  /**
+   * @generated from field: uint64 created_at_ms = 3;
+   */
+  createdAtMs: bigint;
+
+  /**
+   * The device that asked.
+   *
+   * @generated from field: bool this_device = 4;
+   */
+  thisDevice: boolean;
+};
+
+/**
+ * Describes the message hush.v1.DeviceInfo.
+ * Use `create(DeviceInfoSchema)` to create a new message.
+ */
+export const DeviceInfoSchema: GenMessage<DeviceInfo> = /*@__PURE__*/
+  messageDesc(file_hush_v1_client, 57);
+
+/**
+ * @generated from message hush.v1.DeviceList
+ */
+export type DeviceList = Message<"hush.v1.DeviceList"> & {
+  /**
+   * @generated from field: repeated hush.v1.DeviceInfo devices = 1;
+   */
+  devices: DeviceInfo[];
+};
+
+/**
+ * Describes the message hush.v1.DeviceList.
+ * Use `create(DeviceListSchema)` to create a new message.
+ */
+export const DeviceListSchema: GenMessage<DeviceList> = /*@__PURE__*/
+  messageDesc(file_hush_v1_client, 58);
+
+/**
+ * Revokes another device of the caller's user, at once: its tokens stop
+ * verifying, its live connections are closed, it cannot log in, link, be
+ * added or join a group by external commit again, and the directory stops
+ * listing it. It stays in the groups it is in until a commit removes it:
+ * the revoking client commits those removes itself (the server cannot).
+ * NOT_FOUND for a device that is not the caller's (or already revoked),
+ * INVALID_ARGUMENT for the calling device itself (log out instead).
+ *
+ * @generated from message hush.v1.RevokeDevice
+ */
+export type RevokeDevice = Message<"hush.v1.RevokeDevice"> & {
+  /**
+   * @generated from field: string device_id = 1;
+   */
+  deviceId: string;
+};
+
+/**
+ * Describes the message hush.v1.RevokeDevice.
+ * Use `create(RevokeDeviceSchema)` to create a new message.
+ */
+export const RevokeDeviceSchema: GenMessage<RevokeDevice> = /*@__PURE__*/
+  messageDesc(file_hush_v1_client, 59);
+
+/**
+ * @generated from message hush.v1.DeviceRevoked
+ */
+export type DeviceRevoked = Message<"hush.v1.DeviceRevoked"> & {
+  /**
+   * @generated from field: string device_id = 1;
+   */
+  deviceId: string;
+};
+
+/**
+ * Describes the message hush.v1.DeviceRevoked.
+ * Use `create(DeviceRevokedSchema)` to create a new message.
+ */
+export const DeviceRevokedSchema: GenMessage<DeviceRevoked> = /*@__PURE__*/
+  messageDesc(file_hush_v1_client, 60);
 
 /**
  * @generated from message hush.v1.GroupEvent
@@ -1633,7 +1802,7 @@ export type GroupEvent = Message<"hush.v1.GroupEvent"> & {
  * Use `create(GroupEventSchema)` to create a new message.
  */
 export const GroupEventSchema: GenMessage<GroupEvent> = /*@__PURE__*/
-  messageDesc(file_hush_v1_client, 55);
+  messageDesc(file_hush_v1_client, 61);
 
 /**
  * @generated from message hush.v1.InboxEvent
@@ -1676,7 +1845,7 @@ export type InboxEvent = Message<"hush.v1.InboxEvent"> & {
  * Use `create(InboxEventSchema)` to create a new message.
  */
 export const InboxEventSchema: GenMessage<InboxEvent> = /*@__PURE__*/
-  messageDesc(file_hush_v1_client, 56);
+  messageDesc(file_hush_v1_client, 62);
 
 /**
  * ---------------------------------------------------------------------------
