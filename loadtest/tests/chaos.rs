@@ -21,8 +21,17 @@ use node_bin::node_bin;
 /// in order, nothing stored twice, every member on one epoch and connected
 /// at the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs root and the ip (iproute2) and nft (nftables) commands for network namespaces, which CI does not install yet; passed 2 of 2 on main after 8d946f3, but the paused-node loss is not fully fixed (CHAOS-FINDINGS.md 1b): run with --ignored as root"]
 async fn chaos_pause_partition_kill_lose_nothing() {
+    if let Some(missing) = missing_prerequisite() {
+        // CI installs them and runs as root (`HUSH_REQUIRE_CHAOS=1`): there
+        // a missing piece fails the test instead of skipping it.
+        assert!(
+            std::env::var_os("HUSH_REQUIRE_CHAOS").is_none(),
+            "HUSH_REQUIRE_CHAOS is set but {missing}"
+        );
+        eprintln!("skipped: {missing} (set HUSH_REQUIRE_CHAOS=1 to fail instead)");
+        return;
+    }
     let out = tempfile::tempdir().unwrap();
     let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/chaos-ci.toml");
     let o = run(Options {
@@ -67,4 +76,27 @@ fn anomalies_of(
     kind: AnomalyKind,
 ) -> Vec<&hush_loadtest::checker::Anomaly> {
     v.anomalies.iter().filter(|a| a.kind == kind).collect()
+}
+
+/// Why this machine cannot run the chaos test, if it cannot: network
+/// namespaces need root, `ip` (iproute2) and `nft` (nftables).
+fn missing_prerequisite() -> Option<String> {
+    let uid = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    if uid.as_deref() != Some("0") {
+        return Some("not running as root".into());
+    }
+    for tool in ["ip", "nft"] {
+        let found = std::process::Command::new(tool)
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            return Some(format!("`{tool}` is not installed"));
+        }
+    }
+    None
 }
