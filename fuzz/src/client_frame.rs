@@ -53,6 +53,9 @@ pub fn seeds(h: &mut NodeHarness) -> Vec<(String, Vec<u8>)> {
     let id = h.client.me().expect("identity");
     let app = hush_client::mls::encrypt(h.client.db(), &id, &h.group_id, b"seed").expect("encrypt");
     let app = h.to_placeholder(&app);
+    let (kps, last_resort) =
+        hush_client::mls::new_key_packages(h.client.db(), &id, 2, true).expect("key packages");
+    let new_group = hush_client::mls::create_group(h.client.db(), &id).expect("group");
     let bodies: Vec<(&str, C)> = vec![
         ("ping", C::Ping(v1::Ping { nonce: 7 })),
         ("auth", C::Auth(v1::Auth { token: "x".into() })),
@@ -68,6 +71,21 @@ pub fn seeds(h: &mut NodeHarness) -> Vec<(String, Vec<u8>)> {
             "upload",
             C::UploadKeyPackages(v1::UploadKeyPackages {
                 key_packages: vec![vec![0, 1, 2]],
+                ..Default::default()
+            }),
+        ),
+        (
+            "upload_valid",
+            C::UploadKeyPackages(v1::UploadKeyPackages {
+                key_packages: kps,
+                last_resort: last_resort.unwrap_or_default(),
+            }),
+        ),
+        (
+            "create_valid",
+            C::CreateGroup(v1::CreateGroup {
+                group_info: new_group.group_info,
+                ratchet_tree: new_group.ratchet_tree,
             }),
         ),
         (

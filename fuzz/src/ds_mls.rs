@@ -43,9 +43,7 @@ impl Ds {
         };
         match op % 7 {
             0 => {
-                if let Ok(kp) = validate_key_package(bytes) {
-                    let _ = kp;
-                }
+                let _ = validate_key_package(bytes);
             }
             1 => {
                 let (gi, tree) = split(bytes);

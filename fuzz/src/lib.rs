@@ -6,14 +6,20 @@
 //! it every committed corpus input, so CI guards the corpora without a
 //! fuzzer.
 
+#[cfg(feature = "node")]
 pub mod client_events;
+#[cfg(feature = "node")]
 pub mod client_frame;
+#[cfg(feature = "node")]
 pub mod cluster_msg;
+#[cfg(feature = "node")]
 pub mod config;
 pub mod ds_fixtures;
 pub mod ds_mls;
 pub mod membership;
+#[cfg(feature = "node")]
 pub mod node;
+#[cfg(feature = "node")]
 pub mod sse_last_event_id;
 
 /// Panics that the code under test catches on purpose must not abort the
