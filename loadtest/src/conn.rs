@@ -33,6 +33,12 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// [`MAX_RECONNECT_BACKOFF`].
 const FIRST_RECONNECT_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
+/// A first connection (TCP and the WebSocket upgrade) fails after this.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// A reconnection attempt gives up on a node after this and tries the
+/// next: a paused node accepts TCP (the kernel does) but never upgrades,
+/// and a partitioned one never answers the SYN.
+const RECONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A connection failure.
 #[derive(Debug, thiserror::Error)]
@@ -146,8 +152,26 @@ pub async fn resolve(server: &str) -> Result<SocketAddr, ConnError> {
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
 /// Opens `ws://{addr}/v1/ws` from `source` (if given) with the token as
-/// subprotocol.
-async fn open_ws(addr: SocketAddr, source: Option<IpAddr>, token: &Token) -> Result<Ws, ConnError> {
+/// subprotocol, within `timeout`.
+async fn open_ws(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    token: &Token,
+    timeout: Duration,
+) -> Result<Ws, ConnError> {
+    tokio::time::timeout(timeout, open_ws_now(addr, source, token))
+        .await
+        .map_err(|_| ConnError::Connect {
+            addr: addr.to_string(),
+            detail: format!("no upgrade within {timeout:?}"),
+        })?
+}
+
+async fn open_ws_now(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    token: &Token,
+) -> Result<Ws, ConnError> {
     let cerr = |detail: String| ConnError::Connect {
         addr: addr.to_string(),
         detail,
@@ -291,7 +315,7 @@ impl Conn {
         token: &Token,
         handler: Arc<dyn Push>,
     ) -> Result<Conn, ConnError> {
-        let ws = open_ws(addr, source, token).await?;
+        let ws = open_ws(addr, source, token, CONNECT_TIMEOUT).await?;
         let (out, mut out_rx) = mpsc::unbounded_channel::<WsMessage>();
         let link = Link { out };
         let waiters: Waiters = Arc::default();
@@ -336,7 +360,7 @@ impl Conn {
                     ws = loop {
                         next = (next + 1) % n;
                         attempts += 1;
-                        match open_ws(fo.addrs[next], source, &token).await {
+                        match open_ws(fo.addrs[next], source, &token, RECONNECT_TIMEOUT).await {
                             Ok(ws) => break ws,
                             Err(e) => {
                                 tracing::debug!(error = %e, "reconnect attempt failed");

@@ -15,6 +15,8 @@
 //!   [`procmon`], [`scenario`], [`node`], [`clock`], [`sync`].
 
 pub mod account;
+pub mod chaos;
+pub mod checker;
 pub mod clock;
 pub mod conn;
 pub mod connect;
@@ -22,6 +24,7 @@ pub mod coordinator;
 pub mod endpoints;
 pub mod failover;
 pub mod fanout;
+pub mod history;
 pub mod mls;
 pub mod node;
 pub mod payload;

@@ -93,6 +93,11 @@ impl Member {
         }
     }
 
+    /// The epoch of its group (0 before it has one).
+    pub fn epoch(&self) -> u64 {
+        self.group.as_ref().map_or(0, |g| g.epoch().as_u64())
+    }
+
     /// A fresh KeyPackage as an MLSMessage (what `UploadKeyPackages` takes).
     pub fn key_package(&self) -> Result<Vec<u8>> {
         let bundle = KeyPackage::builder()

@@ -43,6 +43,27 @@ pub fn node_bin(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// How to start (and start again) one node.
+#[derive(Debug, Clone)]
+pub struct NodeCmd {
+    pub id: String,
+    /// `hush-node`, or a wrapper that execs it (`ip netns exec ...`).
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub cwd: PathBuf,
+    /// Its stderr, appended to (a restarted node continues the file).
+    pub log: PathBuf,
+    /// Its `RUST_LOG`.
+    pub rust_log: String,
+}
+
+impl NodeCmd {
+    /// `RUST_LOG` for nodes: `HUSH_NODE_LOG`, else `default`.
+    pub fn log_level(default: &str) -> String {
+        std::env::var("HUSH_NODE_LOG").unwrap_or_else(|_| default.into())
+    }
+}
+
 /// A running node we started.
 pub struct NodeProc {
     pub id: String,
@@ -61,21 +82,36 @@ impl NodeProc {
         cwd: &Path,
         log: &Path,
     ) -> anyhow::Result<Self> {
-        let log_file =
-            std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
-        let mut child = tokio::process::Command::new(bin)
-            .args(args)
-            .current_dir(cwd)
-            .env(
-                "RUST_LOG",
-                std::env::var("HUSH_NODE_LOG").unwrap_or_else(|_| "warn".into()),
-            )
+        Self::spawn(&NodeCmd {
+            id: id.to_string(),
+            program: bin.to_path_buf(),
+            args: args.to_vec(),
+            cwd: cwd.to_path_buf(),
+            log: log.to_path_buf(),
+            rust_log: NodeCmd::log_level("warn"),
+        })
+        .await
+    }
+
+    /// Starts `cmd` and waits (up to [`START_TIMEOUT`]) for `listening on
+    /// <url>` on stdout.
+    pub async fn spawn(cmd: &NodeCmd) -> anyhow::Result<Self> {
+        let (id, log) = (&cmd.id, &cmd.log);
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("open {}", log.display()))?;
+        let mut child = tokio::process::Command::new(&cmd.program)
+            .args(&cmd.args)
+            .current_dir(&cmd.cwd)
+            .env("RUST_LOG", &cmd.rust_log)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file))
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("start {}", bin.display()))?;
+            .with_context(|| format!("start {}", cmd.program.display()))?;
         let pid = child.id().context("node exited at once")?;
         let stdout = child.stdout.take().context("no stdout")?;
         let mut lines = BufReader::new(stdout).lines();
@@ -106,22 +142,38 @@ impl NodeProc {
         })
     }
 
-    /// SIGKILL (the failover fault).
+    /// SIGKILL (the failover fault), and wait for the process.
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;
     }
 
-    /// SIGTERM, then wait (SIGKILL after [`STOP_TIMEOUT`]).
-    pub async fn stop(mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status();
+    /// Sends `signal` ("STOP", "CONT", ...) to the process.
+    pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let ok = std::process::Command::new("kill")
+            .args([format!("-{signal}"), self.pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        anyhow::ensure!(ok, "kill -{signal} {} failed", self.pid);
+        Ok(())
+    }
+
+    /// SIGTERM, then wait (SIGKILL after [`STOP_TIMEOUT`]); false if it
+    /// had to be killed.
+    pub async fn terminate(&mut self) -> bool {
+        let _ = self.signal("TERM");
         if tokio::time::timeout(STOP_TIMEOUT, self.child.wait())
             .await
             .is_err()
         {
             let _ = self.child.kill().await;
+            return false;
         }
+        true
+    }
+
+    /// SIGTERM, then wait (SIGKILL after [`STOP_TIMEOUT`]).
+    pub async fn stop(mut self) {
+        self.terminate().await;
     }
 }
 
@@ -229,6 +281,49 @@ fn cluster_config(text: &str, extra: &str, free_ports: bool) -> anyhow::Result<S
     Ok(toml::to_string(&t)?)
 }
 
+/// Where the chaos cluster's store is, relative to the run's directory.
+pub const CHAOS_STORE: &str = "hush-cluster/hush.sqlite";
+
+/// A cluster config for nodes `(id, gateway, quic)` (the chaos run's, in
+/// their namespaces): `text` (the base config: actors, cluster timings)
+/// with `extra` merged over it, its nodes replaced by these (data in
+/// `./hush-cluster/<id>`), on the embedded store at [`CHAOS_STORE`].
+pub fn cluster_config_for(
+    text: &str,
+    extra: &str,
+    nodes: &[(String, std::net::SocketAddr, std::net::SocketAddr)],
+) -> anyhow::Result<String> {
+    let mut t: toml::Table = toml::from_str(text).context("cluster config")?;
+    if !extra.trim().is_empty() {
+        merge(&mut t, toml::from_str(extra).context("target.node_config")?);
+    }
+    let mut store = toml::Table::new();
+    store.insert("kind".into(), "embedded".into());
+    store.insert("path".into(), format!("./{CHAOS_STORE}").into());
+    merge(
+        &mut t,
+        [("store".to_string(), store.into())].into_iter().collect(),
+    );
+    let entries: Vec<toml::Value> = nodes
+        .iter()
+        .map(|(id, gw, quic)| {
+            let mut n = toml::Table::new();
+            n.insert("id".into(), id.clone().into());
+            n.insert("gateway".into(), gw.to_string().into());
+            n.insert("quic".into(), quic.to_string().into());
+            n.insert("data".into(), format!("./hush-cluster/{id}").into());
+            n.into()
+        })
+        .collect();
+    let cluster = t
+        .entry("cluster")
+        .or_insert_with(|| toml::Table::new().into())
+        .as_table_mut()
+        .context("[cluster] is not a table")?;
+    cluster.insert("nodes".into(), entries.into());
+    Ok(toml::to_string(&t)?)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -244,5 +339,33 @@ mod tests {
         assert_ne!(n["gateway"].as_str(), Some("127.0.0.1:7301"));
         assert!(n["quic"].as_str().unwrap().starts_with("127.0.0.1:"));
         assert_eq!(super::cluster_config(text, "", false).unwrap(), text);
+    }
+
+    #[test]
+    fn chaos_config_replaces_the_nodes_and_the_store() {
+        let text = "[store]\nkind = \"embedded\"\npath = \"./x.sqlite\"\n[actors]\nlease_ttl_ms = 3000\n\
+                    [[cluster.nodes]]\nid = \"n1\"\ngateway = \"127.0.0.1:7301\"\nquic = \"127.0.0.1:7401\"\n";
+        let a = |s: &str| s.parse().unwrap();
+        let nodes: Vec<(String, std::net::SocketAddr, std::net::SocketAddr)> = (1..=5)
+            .map(|i| {
+                (
+                    format!("n{i}"),
+                    a(&format!("10.77.0.{i}:7300")),
+                    a(&format!("10.77.0.{i}:7400")),
+                )
+            })
+            .collect();
+        let out = super::cluster_config_for(text, "[cluster]\nprobe_ms = 200\n", &nodes).unwrap();
+        let t: toml::Table = toml::from_str(&out).unwrap();
+        assert_eq!(
+            t["store"]["path"].as_str(),
+            Some("./hush-cluster/hush.sqlite")
+        );
+        assert_eq!(t["actors"]["lease_ttl_ms"].as_integer(), Some(3000));
+        assert_eq!(t["cluster"]["probe_ms"].as_integer(), Some(200));
+        let n = t["cluster"]["nodes"].as_array().unwrap();
+        assert_eq!(n.len(), 5);
+        assert_eq!(n[4]["gateway"].as_str(), Some("10.77.0.5:7300"));
+        assert_eq!(n[4]["data"].as_str(), Some("./hush-cluster/n5"));
     }
 }

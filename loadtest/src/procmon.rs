@@ -151,6 +151,13 @@ impl Monitor {
         });
     }
 
+    /// A handle that adds processes to watch (a node started again).
+    pub fn watcher(&self) -> Watcher {
+        Watcher {
+            series: self.series.clone(),
+        }
+    }
+
     /// Takes one sample of everything right now (so phase edges are exact).
     pub fn sample_now(&self) {
         sample_all(&self.series, self.now(), clock_ticks());
@@ -159,6 +166,23 @@ impl Monitor {
     /// The samples so far.
     pub fn series(&self) -> Vec<Series> {
         lock(&self.series).clone()
+    }
+}
+
+/// Adds processes to a [`Monitor`] from elsewhere.
+#[derive(Clone)]
+pub struct Watcher {
+    series: Arc<Mutex<Vec<Series>>>,
+}
+
+impl Watcher {
+    /// Adds a process to watch from now on.
+    pub fn watch(&self, name: String, pid: u32) {
+        lock(&self.series).push(Series {
+            name,
+            pid,
+            samples: Vec::new(),
+        });
     }
 }
 

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -53,6 +54,9 @@ pub struct FanoutJob {
     pub presealed_per_group: usize,
     pub setup_concurrency: usize,
     pub ack_interval_ms: u64,
+    /// Chaos: this worker's part of the history (`crate::history`).
+    #[serde(default)]
+    pub history: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -84,6 +88,10 @@ pub struct PhaseCmd {
     /// Failover: the node killed during this phase.
     #[serde(default)]
     pub kill: Option<KillCmd>,
+    /// Chaos: faults are expected, so a lost socket is not a failure (the
+    /// checker judges what follows from the history).
+    #[serde(default)]
+    pub chaos: bool,
 }
 
 /// The node a phase kills: its index in `Plan::servers` and when (Unix ns).
@@ -180,6 +188,9 @@ pub struct PhaseResult {
     /// Failover phases only.
     #[serde(default)]
     pub failover: Option<FailoverRaw>,
+    /// Error answers to sends, by error code (retried when transient).
+    #[serde(default)]
+    pub refusals: BTreeMap<String, u64>,
 }
 
 impl PhaseResult {
@@ -207,10 +218,31 @@ impl PhaseResult {
         }
         self.last_event_ns = self.last_event_ns.max(o.last_event_ns);
         self.conns_open += o.conns_open;
+        for (code, n) in &o.refusals {
+            *self.refusals.entry(code.clone()).or_default() += n;
+        }
         if let Some(f) = &o.failover {
             self.failover
                 .get_or_insert_with(FailoverRaw::default)
                 .merge(f);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_add_up_across_workers() {
+        let mut a = PhaseResult::default();
+        a.refusals.insert("RATE_LIMITED".into(), 3);
+        let mut b = PhaseResult::default();
+        b.refusals.insert("RATE_LIMITED".into(), 2);
+        b.refusals.insert("UNAVAILABLE".into(), 1);
+        a.merge(&b);
+        let want: BTreeMap<String, u64> =
+            [("RATE_LIMITED".into(), 5), ("UNAVAILABLE".into(), 1)].into();
+        assert_eq!(a.refusals, want);
     }
 }

@@ -7,6 +7,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::history::FaultKind;
+
 /// What a scenario measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -20,6 +22,13 @@ pub enum Kind {
     Sustain,
     /// The fanout workload against Hush and against Redis pub/sub, in one run.
     Baseline,
+    /// The fanout workload (one phase of `chaos.duration_s` at the first
+    /// rate) over a cluster in network namespaces, under a schedule of
+    /// faults; the checker judges the recorded history and the store.
+    Chaos,
+    /// Fan-out phases at rates past one node's peak: refusals by code,
+    /// accepted messages' latency and the node's RSS over time.
+    Overload,
 }
 
 /// How message payloads are made.
@@ -72,6 +81,8 @@ pub struct Scenario {
     pub fanout: Fanout,
     #[serde(default)]
     pub connect: Connect,
+    #[serde(default)]
+    pub chaos: Chaos,
 }
 
 /// The system under test.
@@ -191,6 +202,170 @@ impl Default for Connect {
     }
 }
 
+/// A fault in a written-out schedule (`[[chaos.schedule]]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlannedFault {
+    /// Seconds into the measured window.
+    pub at_s: f64,
+    pub fault: FaultKind,
+    /// Node ids ("n2"); a rolling restart takes all of them in order when
+    /// empty.
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    /// Pause and partition: how long. Kill and restart: down time.
+    /// Rolling restart: the wait between nodes.
+    #[serde(default)]
+    pub duration_s: f64,
+}
+
+/// The chaos run (kind `chaos`). The load is the `[fanout]` section's
+/// (groups, group_size, the first of `rates`, drain); the nodes come from
+/// `target.cluster_config` (timings, store) with their entries replaced by
+/// `nodes` nodes in network namespaces.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Chaos {
+    /// Cluster size (ids n1..nN): 3 or 5 usually.
+    pub nodes: usize,
+    /// The measured window with faults, seconds (the drain follows).
+    pub duration_s: f64,
+    /// Seed of the generated schedule; 0 takes one from the clock (the
+    /// history's meta and the report say which).
+    pub seed: u64,
+    /// Kinds the generator picks from.
+    pub faults: Vec<FaultKind>,
+    /// A written-out schedule; when not empty, used instead of generating.
+    pub schedule: Vec<PlannedFault>,
+    /// No fault before this many seconds, none in the last `settle_s`.
+    pub first_fault_s: f64,
+    pub settle_s: f64,
+    /// Seconds from a fault's end to the next fault's start (uniform).
+    pub gap_s: [f64; 2],
+    /// Probability that the next fault starts while this one is active.
+    pub overlap: f64,
+    /// Most faults active at once.
+    pub max_concurrent: usize,
+    /// Pauses shorter than the lease and the failure detector, and longer
+    /// than the lease (ms, uniform); they alternate.
+    pub pause_short_ms: [u64; 2],
+    pub pause_long_ms: [u64; 2],
+    /// How long a killed or stopped node stays down (ms, uniform).
+    pub down_ms: [u64; 2],
+    /// How long a partition lasts (ms, uniform).
+    pub partition_ms: [u64; 2],
+    /// What a stop and start again is assumed to take, for planning (ms).
+    pub restart_ms: u64,
+    /// Each node in its own network namespace (root, `ip`, `nft`);
+    /// required by the partition faults.
+    pub netns: bool,
+    /// The namespaces' /24 as "A.B.C"; empty: the first free 10.77.Y.
+    pub subnet: String,
+    /// A fault is an anomaly's context when active from `context_before_s`
+    /// before it to `context_after_s` after it.
+    pub context_before_s: f64,
+    pub context_after_s: f64,
+}
+
+impl Default for Chaos {
+    fn default() -> Self {
+        Self {
+            nodes: 3,
+            duration_s: 120.0,
+            seed: 0,
+            faults: FaultKind::ALL.to_vec(),
+            schedule: Vec::new(),
+            first_fault_s: 5.0,
+            settle_s: 10.0,
+            gap_s: [3.0, 15.0],
+            overlap: 0.25,
+            max_concurrent: 2,
+            pause_short_ms: [200, 1_000],
+            pause_long_ms: [5_000, 9_000],
+            down_ms: [1_000, 5_000],
+            partition_ms: [5_000, 15_000],
+            restart_ms: 4_000,
+            netns: true,
+            subnet: String::new(),
+            context_before_s: 10.0,
+            context_after_s: 1.0,
+        }
+    }
+}
+
+impl Chaos {
+    /// Node ids n1..nN.
+    pub fn node_ids(&self) -> Vec<String> {
+        (1..=self.nodes).map(|i| format!("n{i}")).collect()
+    }
+
+    fn validate(&self) -> Result<(), ScenarioError> {
+        let bad = |key, why: String| Err(ScenarioError::Invalid { key, why });
+        if !(2..=9).contains(&self.nodes) {
+            return bad("chaos.nodes", "must be 2..=9".into());
+        }
+        if !positive(self.duration_s) {
+            return bad("chaos.duration_s", "must be > 0".into());
+        }
+        let ranges = [
+            ("chaos.pause_short_ms", self.pause_short_ms),
+            ("chaos.pause_long_ms", self.pause_long_ms),
+            ("chaos.down_ms", self.down_ms),
+            ("chaos.partition_ms", self.partition_ms),
+        ];
+        for (key, [lo, hi]) in ranges {
+            if lo > hi {
+                return bad(key, format!("[{lo}, {hi}] is not a range"));
+            }
+        }
+        if self.gap_s[0] > self.gap_s[1] || self.gap_s[0] < 0.0 {
+            return bad("chaos.gap_s", "must be [min, max] seconds".into());
+        }
+        if !(0.0..=1.0).contains(&self.overlap) {
+            return bad("chaos.overlap", "must be in 0..=1".into());
+        }
+        if self.max_concurrent == 0 {
+            return bad("chaos.max_concurrent", "must be > 0".into());
+        }
+        let ids = self.node_ids();
+        let network = |k: &FaultKind| k.is_network();
+        if !self.netns
+            && (self.faults.iter().any(network) && self.schedule.is_empty()
+                || self.schedule.iter().any(|f| network(&f.fault)))
+        {
+            return bad(
+                "chaos.netns",
+                "partition faults (isolate-peers, isolate-clients, split) need network namespaces"
+                    .into(),
+            );
+        }
+        for f in &self.schedule {
+            if !(f.at_s >= 0.0 && f.at_s < self.duration_s) {
+                return bad(
+                    "chaos.schedule.at_s",
+                    format!("{} is outside the window", f.at_s),
+                );
+            }
+            if f.nodes.is_empty() && f.fault != FaultKind::RollingRestart {
+                return bad(
+                    "chaos.schedule.nodes",
+                    format!("{} needs a node", f.fault.name()),
+                );
+            }
+            if let Some(n) = f.nodes.iter().find(|n| !ids.contains(n)) {
+                return bad(
+                    "chaos.schedule.nodes",
+                    format!("no node {n} (nodes are n1..n{})", self.nodes),
+                );
+            }
+            if !(f.duration_s >= 0.0 && f.duration_s.is_finite()) {
+                return bad("chaos.schedule.duration_s", "must be >= 0".into());
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Finite and > 0 (false for NaN).
 fn positive(v: f64) -> bool {
     v.is_finite() && v > 0.0
@@ -262,7 +437,10 @@ impl Scenario {
         if self.source_addrs == 0 {
             return bad("source_addrs", "must be 1..=255");
         }
-        if matches!(self.kind, Kind::Fanout | Kind::Sustain | Kind::Baseline) {
+        if matches!(
+            self.kind,
+            Kind::Fanout | Kind::Sustain | Kind::Baseline | Kind::Chaos | Kind::Overload
+        ) {
             let f = &self.fanout;
             if f.groups == 0 {
                 return bad("fanout.groups", "must be > 0");
@@ -305,6 +483,9 @@ impl Scenario {
             && !self.target.cluster_nodes.contains(&self.target.kill_node)
         {
             return bad("target.kill_node", "must be one of target.cluster_nodes");
+        }
+        if self.kind == Kind::Chaos {
+            self.chaos.validate()?;
         }
         if self.target.spawn == Spawn::Cluster && self.target.cluster_nodes.is_empty() {
             return bad("target.cluster_nodes", "list the node ids to start");

@@ -59,6 +59,10 @@ pub struct Cli {
     /// or auto (WebSocket, falling back to SSE when the upgrade fails).
     #[arg(long, env = "HUSH_TRANSPORT", global = true, default_value_t = Transport::Auto)]
     pub transport: Transport,
+    /// For https:// servers: trust only the CA certificate(s) in this PEM
+    /// file (a private or development CA) instead of the system's roots.
+    #[arg(long, env = "HUSH_CA", global = true)]
+    pub ca: Option<PathBuf>,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -227,6 +231,9 @@ pub async fn run(cli: Cli) -> Result<()> {
     let home = cli.home_dir();
     let mut client = Client::open(&home, cli.server.as_deref())?;
     client.set_transport(cli.transport);
+    if let Some(ca) = &cli.ca {
+        client.set_trust(crate::tls::Trust::ca_file(ca)?)?;
+    }
     let r = dispatch(&mut client, cli.command, out).await;
     client.close().await;
     r

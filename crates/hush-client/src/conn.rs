@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 use crate::error::{ClientError, Result};
 use crate::http::Token;
 use crate::sse::SseConn;
+use crate::tls::Trust;
 use crate::ws::{Pushed, WsConn};
 
 /// Which transport to use.
@@ -66,17 +67,30 @@ pub enum Conn {
 }
 
 impl Conn {
-    /// Connects to `server` with `transport`.
+    /// Connects to `server` with `transport` (over TLS, trusting the
+    /// system's roots).
     pub async fn open(server: &str, token: &Token, transport: Transport) -> Result<Self> {
+        Self::open_with(server, token, transport, &Trust::System).await
+    }
+
+    /// [`Conn::open`], trusting `trust` over TLS.
+    pub async fn open_with(
+        server: &str,
+        token: &Token,
+        transport: Transport,
+        trust: &Trust,
+    ) -> Result<Self> {
         match transport {
-            Transport::Ws => Ok(Conn::Ws(WsConn::connect(server, token).await?)),
-            Transport::Sse => Ok(Conn::Sse(SseConn::connect(server, token).await?)),
-            Transport::Auto => match WsConn::connect(server, token).await {
+            Transport::Ws => Ok(Conn::Ws(WsConn::connect_with(server, token, trust).await?)),
+            Transport::Sse => Ok(Conn::Sse(
+                SseConn::connect_with(server, token, trust).await?,
+            )),
+            Transport::Auto => match WsConn::connect_with(server, token, trust).await {
                 Ok(c) => Ok(Conn::Ws(c)),
                 Err(e @ ClientError::Server { .. }) => Err(e),
                 Err(ws_err) => {
                     tracing::info!(error = %ws_err, "websocket unavailable; falling back to sse");
-                    match SseConn::connect(server, token).await {
+                    match SseConn::connect_with(server, token, trust).await {
                         Ok(c) => Ok(Conn::Sse(c)),
                         Err(e @ ClientError::Server { .. }) => Err(e),
                         Err(sse_err) => Err(ClientError::Http(format!(

@@ -166,7 +166,7 @@ mod tests {
         let wire = v1::Error {
             code: 999,
             message: "x".into(),
-            stale_epoch: None,
+            ..Default::default()
         };
         assert_eq!(ClientError::from(wire).code(), "ERROR_CODE_UNSPECIFIED");
     }

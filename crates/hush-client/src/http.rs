@@ -5,6 +5,7 @@ use hush_proto::v1;
 use hush_proto::Message;
 
 use crate::error::{ClientError, Result};
+use crate::tls::Trust;
 
 /// How long one HTTP exchange (register, login, link) may take in all.
 const HTTP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -26,7 +27,8 @@ pub struct Http {
     client: reqwest::Client,
 }
 
-/// Normalizes a server URL ("host:port" gets "http://", no trailing slash).
+/// Normalizes a server URL ("host:port" gets "http://", no trailing slash;
+/// `https://` is kept).
 pub fn normalize_server(server: &str) -> Result<String> {
     let s = server.trim().trim_end_matches('/');
     if s.is_empty() {
@@ -37,15 +39,9 @@ pub fn normalize_server(server: &str) -> Result<String> {
     } else {
         format!("http://{s}")
     };
-    if s.starts_with("https://") {
-        // Say so plainly instead of failing later with a transport error.
+    if !s.starts_with("http://") && !s.starts_with("https://") {
         return Err(ClientError::InvalidArgument(format!(
-            "this client has no TLS support yet; use http:// (on loopback or behind a TLS proxy): {s}"
-        )));
-    }
-    if !s.starts_with("http://") {
-        return Err(ClientError::InvalidArgument(format!(
-            "server URL must be http://...: {s}"
+            "server URL must be http://... or https://...: {s}"
         )));
     }
     Ok(s)
@@ -65,11 +61,13 @@ pub fn parse_servers(list: &str) -> Result<Vec<String>> {
     Ok(servers)
 }
 
-/// The WebSocket URL for a server URL (http -> ws).
+/// The WebSocket URL for a server URL (http -> ws, https -> wss).
 pub fn ws_url(server: &str) -> Result<String> {
     let s = normalize_server(server)?;
     let rest = if let Some(r) = s.strip_prefix("http://") {
         format!("ws://{r}")
+    } else if let Some(r) = s.strip_prefix("https://") {
+        format!("wss://{r}")
     } else {
         return Err(ClientError::InvalidArgument(format!("bad server URL {s}")));
     };
@@ -77,16 +75,21 @@ pub fn ws_url(server: &str) -> Result<String> {
 }
 
 impl Http {
-    /// A client for `server` (e.g. `http://127.0.0.1:7300`).
+    /// A client for `server` (e.g. `http://127.0.0.1:7300`); `https://`
+    /// trusts the system's roots.
     pub fn new(server: &str) -> Result<Self> {
-        let client = reqwest::Client::builder()
+        Self::with_trust(server, &Trust::System)
+    }
+
+    /// A client for `server` that trusts `trust` over `https://`.
+    pub fn with_trust(server: &str, trust: &Trust) -> Result<Self> {
+        let base = normalize_server(server)?;
+        let client = trust
+            .reqwest_builder(&base)?
             .timeout(HTTP_TIMEOUT)
             .build()
             .map_err(|e| ClientError::Http(e.to_string()))?;
-        Ok(Self {
-            base: normalize_server(server)?,
-            client,
-        })
+        Ok(Self { base, client })
     }
 
     /// The normalized server URL.
@@ -229,8 +232,8 @@ mod tests {
             "http://127.0.0.1:7300"
         );
         assert_eq!(ws_url("http://h:1").unwrap(), "ws://h:1/v1/ws");
-        let e = normalize_server("https://h").unwrap_err().to_string();
-        assert!(e.contains("no TLS support"), "{e}");
+        assert_eq!(normalize_server("https://h/").unwrap(), "https://h");
+        assert_eq!(ws_url("https://h:1").unwrap(), "wss://h:1/v1/ws");
         assert!(normalize_server("ftp://x").is_err());
         assert!(normalize_server(" ").is_err());
         assert_eq!(format!("{:?}", Token("abc".into())), "Token(***)");

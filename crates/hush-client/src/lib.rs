@@ -13,7 +13,8 @@
 //! - [`conn`]: [`conn::Conn`], the connection over either transport, and the
 //!   `ws|sse|auto` choice (auto falls back to SSE when the upgrade fails);
 //! - [`ws`] / [`sse`] / [`http`]: transports (request/response correlation,
-//!   pushed events; SSE resumes with `Last-Event-ID`);
+//!   pushed events; SSE resumes with `Last-Event-ID`); [`tls`]: whom they
+//!   trust over `https://` / `wss://` (system roots or `--ca FILE`);
 //! - [`mls`]: sans-IO MLS operations over the state database;
 //! - [`store`]: the SQLite state database (openmls storage + Hush tables);
 //! - leaves: [`envelope`] (the end-to-end payload format inside MLS
@@ -46,6 +47,7 @@ pub mod live;
 pub mod mls;
 pub mod sse;
 pub mod store;
+pub mod tls;
 pub mod tui;
 pub mod ws;
 

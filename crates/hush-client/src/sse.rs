@@ -44,6 +44,7 @@ use tokio::task::JoinHandle;
 
 use crate::error::{ClientError, Result};
 use crate::http::{normalize_server, Token};
+use crate::tls::Trust;
 use crate::ws::{pushed_of, Pushed, REQUEST_TIMEOUT};
 
 /// Reopens tried after a stream ends before the connection reports closed.
@@ -264,13 +265,20 @@ impl SseConn {
     /// `POST /v1/rpc`, that the node is reachable and takes the token. The
     /// stream itself opens with the first Sync.
     pub async fn connect(server: &str, token: &Token) -> Result<Self> {
+        Self::connect_with(server, token, &Trust::System).await
+    }
+
+    /// [`SseConn::connect`], trusting `trust` over `https://`.
+    pub async fn connect_with(server: &str, token: &Token, trust: &Trust) -> Result<Self> {
         let base = normalize_server(server)?;
-        let rpc = reqwest::Client::builder()
+        let rpc = trust
+            .reqwest_builder(&base)?
             .timeout(REQUEST_TIMEOUT)
             .build()
             .map_err(|e| ClientError::Http(e.to_string()))?;
         // No overall timeout: the stream lives as long as the connection.
-        let stream = reqwest::Client::builder()
+        let stream = trust
+            .reqwest_builder(&base)?
             .connect_timeout(STREAM_CONNECT_TIMEOUT)
             .read_timeout(STREAM_IDLE_TIMEOUT)
             .build()

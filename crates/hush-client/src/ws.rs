@@ -24,6 +24,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::error::{ClientError, Result};
 use crate::http::{ws_url, Token};
+use crate::tls::Trust;
 
 /// How long a request waits for its response.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -50,6 +51,9 @@ pub enum Pushed {
         /// Online (any device connected) or not.
         online: bool,
     },
+    /// This device's KeyPackages run out (its last-resort package was
+    /// handed out): upload more.
+    KeyPackagesLow,
     /// The connection ended (reason).
     Closed(String),
 }
@@ -92,8 +96,14 @@ fn lock(
 }
 
 impl WsConn {
-    /// Opens `GET {server}/v1/ws` authenticated by the token subprotocol.
+    /// Opens `GET {server}/v1/ws` authenticated by the token subprotocol
+    /// (`wss://` for an `https://` server, trusting the system's roots).
     pub async fn connect(server: &str, token: &Token) -> Result<Self> {
+        Self::connect_with(server, token, &Trust::System).await
+    }
+
+    /// [`WsConn::connect`], trusting `trust` over `wss://`.
+    pub async fn connect_with(server: &str, token: &Token, trust: &Trust) -> Result<Self> {
         let url = ws_url(server)?;
         let mut request = url
             .as_str()
@@ -110,10 +120,16 @@ impl WsConn {
         request
             .headers_mut()
             .insert("sec-websocket-protocol", value);
+        let connector = if url.starts_with("wss://") {
+            Some(tokio_tungstenite::Connector::Rustls(trust.client_config()?))
+        } else {
+            None
+        };
         // disable_nagle: small frames go out at once.
-        let (stream, _response) = tokio_tungstenite::connect_async_with_config(request, None, true)
-            .await
-            .map_err(|e| connect_error(&url, &e))?;
+        let (stream, _response) =
+            tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector)
+                .await
+                .map_err(|e| connect_error(&url, &e))?;
         let (mut sink, mut source) = stream.split();
 
         let (out_tx, mut out_rx) = mpsc::unbounded_channel::<WsMessage>();
@@ -314,6 +330,7 @@ pub fn pushed_of(body: server_frame::Body) -> Option<Pushed> {
             user_id: p.user_id,
             online: p.online,
         },
+        server_frame::Body::KeyPackagesLow(_) => Pushed::KeyPackagesLow,
         // Some servers announce the start of a sync as a push rather than
         // as the Sync's response; either way it carries nothing.
         server_frame::Body::SyncStarted(_) | server_frame::Body::AuthOk(_) => return None,

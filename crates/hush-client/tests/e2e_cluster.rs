@@ -123,12 +123,17 @@ impl Cluster {
     /// Three nodes with fixed ports (so a restarted node is found again),
     /// fast failure detection and a short lease.
     async fn start() -> Self {
+        Self::start_probing_every(200).await
+    }
+
+    /// A cluster whose failure detector probes every `probe_ms`.
+    async fn start_probing_every(probe_ms: u64) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().display().to_string();
         let mut toml = format!(
             "[store]\npath = \"{root}/hush.sqlite\"\n[actors]\nlease_ttl_ms = 1000\n\
              presence_grace_ms = 300\n\
-             [cluster]\nprobe_ms = 200\n"
+             [cluster]\nprobe_ms = {probe_ms}\n"
         );
         let mut urls = Vec::new();
         for n in NODES {
@@ -176,8 +181,21 @@ impl Cluster {
     }
 
     async fn get(url: &str) -> Option<Value> {
+        hush_client::tls::use_ring(); // reqwest has no rustls provider of its own
         let body = reqwest::get(url).await.ok()?.text().await.ok()?;
         serde_json::from_str(&body).ok()
+    }
+
+    /// The members a running node sees now.
+    async fn view_of(&self, id: &str) -> Vec<String> {
+        let node = self.nodes.iter().find(|n| n.id == id).unwrap();
+        let v = Self::get(&format!("{}/cluster", node.url)).await;
+        v.as_ref()
+            .and_then(|v| v["members"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|m| m.as_str().map(String::from))
+            .collect()
     }
 
     /// Waits until every running node (not paused) shows exactly `members`.
@@ -226,6 +244,7 @@ impl Cluster {
     /// A counter's total from a node's /metrics (0 when absent).
     async fn metric(&self, id: &str, name: &str, label: &str) -> f64 {
         let node = self.nodes.iter().find(|n| n.id == id).unwrap();
+        hush_client::tls::use_ring(); // reqwest has no rustls provider of its own
         let text = reqwest::get(format!("{}/metrics", node.url))
             .await
             .unwrap()
@@ -606,18 +625,33 @@ async fn sessions_live_on_their_owners_and_presence_spans_the_cluster() {
 
 /// A node paused (SIGSTOP) for longer than the failure detector's patience
 /// and the lease is declared down: the others forget the connections it had
-/// attached to their sessions. When it resumes, a client connected to it
-/// whose session lives elsewhere must not stay connected and deaf: it gets
-/// what was acknowledged during the pause and after, without a reconnect
-/// of its own making.
+/// attached to their sessions, and place its users' sessions elsewhere
+/// meanwhile. When it resumes, a client connected to it must not stay
+/// connected and deaf: it gets what was acknowledged during the pause
+/// without anything sent after it (no later entry to trigger a gap fill)
+/// and without a reconnect of its own making. Both cases: carol's session
+/// lives on another node, or on the paused node itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_on_a_paused_node_misses_nothing_after_it_resumes() {
+    paused_node_case(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_of_a_session_on_a_paused_node_misses_nothing_after_it_resumes() {
+    paused_node_case(true).await;
+}
+
+async fn paused_node_case(session_on_paused_node: bool) {
     let mut cluster = Cluster::start().await;
-    // carol connects to a node that does not hold her session; alice and
-    // bob to the other two.
+    // carol connects to the node to be paused; alice and bob to the other
+    // two.
     let carol_owner = cluster.session_owner("carol").await;
     let i = NODES.iter().position(|n| *n == carol_owner).unwrap();
-    let paused = (i + 1) % NODES.len();
+    let paused = if session_on_paused_node {
+        i
+    } else {
+        (i + 1) % NODES.len()
+    };
     let others: Vec<usize> = (0..NODES.len()).filter(|k| *k != paused).collect();
     let (mut alice, _bob, mut carol, gid) =
         group_of_three(&cluster, "paused", [others[0], others[1], paused]).await;
@@ -634,21 +668,20 @@ async fn a_client_on_a_paused_node_misses_nothing_after_it_resumes() {
     }
     cluster.node(paused_id).pause(false);
     cluster.wait_view(&NODES).await;
-    for i in 0..3 {
-        let text = format!("after the pause {i}");
-        acked.insert(text.clone(), alice.send_text(&g, &text).await.unwrap());
-    }
 
     let last = *acked.values().max().unwrap();
     while !texts_of(&carol, &gid).iter().any(|t| t.0 == last) {
         let ev = tokio::time::timeout(PATIENCE, carol.wait_event())
             .await
             .expect("carol gets a live event within the patience (not a deaf connection)");
-        match ev {
-            Ok(ev) => carol.handle(ev).await.unwrap(),
+        let handled = match ev {
+            Ok(ev) => carol.handle(ev).await,
+            Err(e) => Err(e),
+        };
+        if handled.is_err() {
             // The node may close her connection instead: the client
             // reconnects and resumes, as it would after any cut.
-            Err(_) => carol.connect().await.unwrap(),
+            carol.connect().await.unwrap();
         }
     }
     let got: Vec<(u64, String)> = texts_of(&carol, &gid)
@@ -662,4 +695,69 @@ async fn a_client_on_a_paused_node_misses_nothing_after_it_resumes() {
         got, want,
         "carol has every acknowledged message once, in order"
     );
+}
+
+/// A client whose node died reconnects to a survivor and reads its backlog
+/// at once: the Sync is served from the store while the connection's attach
+/// to its session still waits for the failure detector to drop the dead
+/// node that held the session (slow here on purpose: 5 s probes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_does_not_wait_for_failure_detection() {
+    let mut cluster = Cluster::start_probing_every(5_000).await;
+    let carol_owner = cluster.session_owner("carol").await;
+    let dead = NODES.iter().position(|n| *n == carol_owner).unwrap();
+    let others: Vec<usize> = (0..NODES.len()).filter(|k| *k != dead).collect();
+    let (mut alice, _bob, mut carol, gid) =
+        group_of_three(&cluster, "resume", [others[0], others[1], dead]).await;
+    let g = hex::encode(&gid);
+    let mut acked = BTreeMap::new();
+    for i in 0..3 {
+        let text = format!("before the crash {i}");
+        acked.insert(text.clone(), alice.send_text(&g, &text).await.unwrap());
+    }
+
+    cluster.node(&carol_owner).kill9();
+    carol.close().await;
+    carol.connect().await.unwrap();
+    assert_ne!(carol.server(), cluster.urls[dead]);
+    carol.sync().await.unwrap();
+    // Resumed while the survivors still count the dead node in (its session
+    // is not re-homed yet).
+    let survivor = NODES[others[0]];
+    assert!(
+        cluster.view_of(survivor).await.contains(&carol_owner),
+        "the failure detector was faster than this test assumes"
+    );
+    let got: Vec<(u64, String)> = texts_of(&carol, &gid)
+        .into_iter()
+        .filter(|(_, _, t)| t.contains("before the crash"))
+        .map(|(s, _, t)| (s, t))
+        .collect();
+    let mut want: Vec<(u64, String)> = acked.iter().map(|(t, s)| (*s, t.clone())).collect();
+    want.sort();
+    assert_eq!(got, want, "carol read her backlog before the view changed");
+
+    // Once the detector drops the dead node, carol's connection (or a new
+    // one, if its attach timed out meanwhile) gets new messages live.
+    let survivors: Vec<&str> = NODES
+        .iter()
+        .copied()
+        .filter(|n| *n != carol_owner)
+        .collect();
+    cluster.wait_view(&survivors).await;
+    let seq = alice.send_text(&g, "after the crash").await.unwrap();
+    while !texts_of(&carol, &gid).iter().any(|t| t.0 == seq) {
+        let ev = tokio::time::timeout(PATIENCE, carol.wait_event())
+            .await
+            .expect("carol gets a live event within the patience");
+        let handled = match ev {
+            Ok(ev) => carol.handle(ev).await,
+            Err(e) => Err(e),
+        };
+        if handled.is_err() {
+            // Its attach was refused (UNAVAILABLE after the forward
+            // timeout) and the connection ended: the client reconnects.
+            carol.connect().await.unwrap();
+        }
+    }
 }

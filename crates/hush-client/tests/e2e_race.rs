@@ -11,6 +11,7 @@ use hush_client::mls;
 const COMMIT: i64 = 1;
 
 async fn stale_epoch_errors(node: &Node) -> u64 {
+    hush_client::tls::use_ring(); // reqwest has no rustls provider of its own
     let text = reqwest::get(format!("{}/metrics", node.url))
         .await
         .expect("GET /metrics")

@@ -120,6 +120,18 @@ impl Membership {
         config.probe_period = probe_period;
         config.probe_rtt = probe_period / 2;
         config.suspect_to_down_after = probe_period * 3;
+        // Members declared down (a partition's far side, a node paused past
+        // the detector's patience) are asked back every few probe periods,
+        // not every 65 s: the two sides of a healed partition merge, and a
+        // rejoining node is taken back, within seconds.
+        config.periodic_announce_to_down_members = Some(foca::PeriodicParams {
+            frequency: probe_period * 4,
+            num_members: std::num::NonZeroUsize::new(2).unwrap_or(std::num::NonZeroUsize::MIN),
+        });
+        config.periodic_announce = Some(foca::PeriodicParams {
+            frequency: probe_period * 10,
+            num_members: std::num::NonZeroUsize::MIN,
+        });
         // Keep packets well inside a QUIC datagram.
         config.max_packet_size =
             std::num::NonZeroUsize::new(1000).unwrap_or(config.max_packet_size);
@@ -193,6 +205,13 @@ impl Membership {
             self.me = renewed;
             incarnation += 1;
             changed = true;
+            // Introduce the new identity to every peer at once rather than
+            // waiting for gossip to carry it.
+            for peer in self.peers.iter().cloned().collect::<Vec<_>>() {
+                if let Err(e) = self.foca.announce(peer, &mut self.outbox) {
+                    tracing::debug!(error = %e, "announce after rejoin");
+                }
+            }
         }
         for down in std::mem::take(&mut self.outbox.down) {
             changed |= self.peers.remove(&down);

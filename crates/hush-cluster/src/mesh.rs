@@ -67,11 +67,17 @@ type Conns = Arc<Mutex<HashMap<String, quinn::Connection>>>;
 pub const MAX_STREAM_MESSAGE: usize = 16 << 20;
 
 /// A stream another node opened to this one.
+/// `peer` is the node id the peer's certificate names (authenticated by
+/// the handshake), not anything the payload claims.
 pub enum StreamMsg {
     /// A request; answer it through `reply` (dropping it resets the stream).
-    Call { payload: Vec<u8>, reply: Responder },
+    Call {
+        peer: String,
+        payload: Vec<u8>,
+        reply: Responder,
+    },
     /// A one-way message.
-    Push { payload: Vec<u8> },
+    Push { peer: String, payload: Vec<u8> },
 }
 
 /// The answering half of a [`StreamMsg::Call`].
@@ -376,17 +382,37 @@ async fn serve_connection(
     to: mpsc::Sender<Inbound>,
     streams: mpsc::Sender<StreamMsg>,
 ) {
+    // Who the certificate says the peer is; streams carry it to the node.
+    let peer = conn
+        .peer_identity()
+        .and_then(|id| {
+            id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .and_then(|chain| crate::tls::node_id_of(&chain));
+    let Some(peer) = peer else {
+        tracing::warn!("a cluster peer's certificate names no node; closing");
+        conn.close(0u32.into(), b"no node name in the certificate");
+        return;
+    };
     let bi = {
         let conn = conn.clone();
         let streams = streams.clone();
+        let peer = peer.clone();
         async move {
             while let Ok((send, mut recv)) = conn.accept_bi().await {
                 let streams = streams.clone();
+                let peer = peer.clone();
                 tokio::spawn(async move {
                     match recv.read_to_end(MAX_STREAM_MESSAGE).await {
                         Ok(payload) => {
                             let reply = Responder(send);
-                            let _ = streams.send(StreamMsg::Call { payload, reply }).await;
+                            let msg = StreamMsg::Call {
+                                peer,
+                                payload,
+                                reply,
+                            };
+                            let _ = streams.send(msg).await;
                         }
                         Err(e) => tracing::debug!(error = %e, "bad cluster request stream"),
                     }
@@ -399,10 +425,11 @@ async fn serve_connection(
         async move {
             while let Ok(mut recv) = conn.accept_uni().await {
                 let streams = streams.clone();
+                let peer = peer.clone();
                 tokio::spawn(async move {
                     match recv.read_to_end(MAX_STREAM_MESSAGE).await {
                         Ok(payload) => {
-                            let _ = streams.send(StreamMsg::Push { payload }).await;
+                            let _ = streams.send(StreamMsg::Push { peer, payload }).await;
                         }
                         Err(e) => tracing::debug!(error = %e, "bad cluster push stream"),
                     }

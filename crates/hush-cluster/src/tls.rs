@@ -65,6 +65,22 @@ pub fn node_dns_name(node_id: &str) -> String {
     format!("{node_id}.hush-cluster")
 }
 
+/// The node id an authenticated peer certificate names: the first DNS
+/// name `<id>.hush-cluster` of the leaf (the chain to the cluster CA was
+/// verified by the handshake). None if it names none.
+pub fn node_id_of(chain: &[CertificateDer<'_>]) -> Option<String> {
+    let leaf = chain.first()?;
+    let cert = webpki::EndEntityCert::try_from(leaf).ok()?;
+    let suffix = format!(".{}", node_dns_name(""));
+    let suffix = suffix.trim_start_matches('.');
+    cert.valid_dns_names().find_map(|name| {
+        name.strip_suffix(suffix)
+            .and_then(|id| id.strip_suffix('.'))
+            .filter(|id| !id.is_empty())
+            .map(str::to_owned)
+    })
+}
+
 fn ca_params() -> Result<CertificateParams> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     let mut dn = DistinguishedName::new();
@@ -87,7 +103,12 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
 /// into place, which fails if another node won; then everyone reads the
 /// winner's key.
 fn dev_ca_key(dir: &Path) -> Result<KeyPair> {
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    // Owner-only: it holds the key every node certificate is signed with.
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(io(dir))?;
     let path = dir.join(CA_KEY_FILE);
     if !path.exists() {
         let key = KeyPair::generate()?;

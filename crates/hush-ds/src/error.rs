@@ -31,6 +31,10 @@ pub enum DsError {
     /// openmls rejected the message (bad signature, invalid commit, ...).
     #[error("invalid mls: {0}")]
     InvalidMls(String),
+    /// A valid MLS message that does something its sender may not: a leaf
+    /// taking another identity, an external commit removing someone else.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     /// A well-formed input that Hush's rules do not allow (ciphersuite,
     /// credential type, handle syntax, ...).
     #[error("invalid argument: {0}")]

@@ -14,6 +14,15 @@
 //! Rebuilding from a GroupInfo instead would fail once any member's
 //! KeyPackage lifetime has expired.
 //!
+//! Identity: openmls lets an update path, an Update proposal or an external
+//! commit carry any credential and leaves it to the application to decide
+//! what is acceptable. Every [`CommitEffect`] therefore lists the leaves the
+//! commit created or whose (identity, signature key) changed, and the
+//! leaves it removed; [`CommitEffect::check_leaf_identities`] applies the
+//! part of Hush's rule that needs no directory (a leaf never changes
+//! identity; an external commit removes only the joiner's own old leaf),
+//! and the node compares every listed leaf's key with the directory.
+//!
 //! Limits of what the server can check: it cannot verify membership tags or
 //! confirmation tags (it has no epoch secrets), so a malicious member can
 //! make it accept a commit the other members reject. Clients compare the
@@ -57,6 +66,39 @@ pub struct AddedMember {
     pub key_package_ref: Vec<u8>,
 }
 
+/// A leaf a commit (or a proposal) creates, or whose identity or signature
+/// key it changes. Leaves whose (identity, signature key) stay the same —
+/// an honest self-update only renews HPKE keys — are not listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeafChange {
+    /// The leaf before, when its index held a member that the commit did
+    /// not remove. `None` for a new leaf: an Add, an external joiner, or a
+    /// blank (or just removed) leaf filled again.
+    pub before: Option<Member>,
+    /// The leaf after.
+    pub after: Member,
+}
+
+impl LeafChange {
+    /// The leaf stays but names another identity: the one change Hush never
+    /// allows (a leaf is one device of one user for as long as it exists).
+    pub fn changes_identity(&self) -> bool {
+        self.before
+            .as_ref()
+            .is_some_and(|b| b.identity != self.after.identity)
+    }
+}
+
+/// A leaf an accepted commit removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemovedLeaf {
+    /// The leaf as it was before the commit.
+    pub member: Member,
+    /// Removed by its own SelfRemove proposal rather than by a Remove
+    /// proposal (whose sender may be anyone the commit covers).
+    pub self_removed: bool,
+}
+
 /// What an accepted commit changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommitEffect {
@@ -72,7 +114,47 @@ pub struct CommitEffect {
     /// rejoin that replaces the joiner's old leaf lists that identity here
     /// and as `committer`.
     pub removed: Vec<Vec<u8>>,
+    /// The removed leaves with their index and key, and how they left.
+    pub removed_leaves: Vec<RemovedLeaf>,
+    /// Every leaf the commit created or whose (identity, signature key) it
+    /// changed: added members, an external joiner, the committer's update
+    /// path, Update proposals. Each must be a registered device carrying
+    /// its registered key (the directory is the node's; see
+    /// [`CommitEffect::check_leaf_identities`] for the part that needs none).
+    pub changed_leaves: Vec<LeafChange>,
     pub members_after: Vec<Member>,
+}
+
+impl CommitEffect {
+    /// Hush's leaf rules that need no directory:
+    /// - no leaf the commit keeps changes its identity (a member cannot
+    ///   become someone else by its update path or an Update proposal);
+    /// - an external commit removes, by Remove proposal, only leaves of the
+    ///   joiner's own identity (its old leaf, when it rejoins). RFC 9420
+    ///   (section 12.4.3.2) leaves this check to the application, and
+    ///   openmls asks for it. SelfRemove proposals are the leaving
+    ///   member's own and may be committed by anyone.
+    pub fn check_leaf_identities(&self) -> Result<(), DsError> {
+        if let Some(c) = self.changed_leaves.iter().find(|c| c.changes_identity()) {
+            return Err(DsError::Forbidden(format!(
+                "leaf {} may not change its identity",
+                c.after.leaf_index
+            )));
+        }
+        if self.external {
+            if let Some(r) = self
+                .removed_leaves
+                .iter()
+                .find(|r| !r.self_removed && r.member.identity != self.committer)
+            {
+                return Err(DsError::Forbidden(format!(
+                    "an external commit may remove only the joiner's own old leaf, not leaf {}",
+                    r.member.leaf_index
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What an accepted standalone proposal was.
@@ -81,6 +163,24 @@ pub struct ProposalEffect {
     /// Identity of the proposing member.
     pub sender: Vec<u8>,
     pub epoch: u64,
+    /// An Update proposal that changes the proposer's (identity, signature
+    /// key): its leaf as it is and as it would be.
+    pub update: Option<LeafChange>,
+    /// An Add proposal: the member it would add.
+    pub add: Option<AddedMember>,
+}
+
+impl ProposalEffect {
+    /// The directory-free leaf rule for a proposal: an Update keeps the
+    /// proposer's identity (see [`CommitEffect::check_leaf_identities`]).
+    pub fn check_leaf_identities(&self) -> Result<(), DsError> {
+        match &self.update {
+            Some(u) if u.changes_identity() => Err(DsError::Forbidden(
+                "an update may not change the proposer's identity".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The public state of one group. See the module docs.
@@ -205,6 +305,7 @@ impl GroupTracker {
     pub fn apply_commit(&mut self, commit: &[u8]) -> Result<CommitEffect, DsError> {
         let message = self.decode_handshake(commit, ContentType::Commit)?;
         let epoch_before = self.epoch();
+        let before = self.members();
         let processed = self
             .group
             .process_message(&self.crypto, message)
@@ -216,8 +317,12 @@ impl GroupTracker {
             _ => return Err(DsError::WrongWireFormat("expected a commit".into())),
         };
         let added = self.added_members(&staged)?;
-        // Read removed identities before the merge blanks their leaves.
-        let removed = self.removed_members(&staged);
+        // Read removed leaves before the merge blanks them.
+        let removed_leaves = removed_leaves(&staged, &before);
+        let removed = removed_leaves
+            .iter()
+            .map(|r| r.member.identity.clone())
+            .collect();
 
         // Merging mutates the in-memory group before writing storage; keep
         // the stored map so a failed write can be rolled back.
@@ -226,6 +331,8 @@ impl GroupTracker {
             self.restore(backup)?;
             return Err(DsError::Internal(format!("merging commit: {e}")));
         }
+        let members_after = self.members();
+        let changed_leaves = changed_leaves(&before, &removed_leaves, &members_after);
         Ok(CommitEffect {
             epoch_before,
             new_epoch: self.epoch(),
@@ -233,7 +340,9 @@ impl GroupTracker {
             external,
             added,
             removed,
-            members_after: self.members(),
+            removed_leaves,
+            changed_leaves,
+            members_after,
         })
     }
 
@@ -247,6 +356,10 @@ impl GroupTracker {
             .process_message(&self.crypto, message)
             .map_err(process_error)?;
         let sender = identity_of(processed.credential());
+        let sender_leaf = match processed.sender() {
+            Sender::Member(leaf) => Some(leaf.u32()),
+            _ => None,
+        };
         let queued = match processed.into_content() {
             ProcessedMessageContent::ProposalMessage(q) => *q,
             ProcessedMessageContent::ExternalJoinProposalMessage(_) => {
@@ -256,6 +369,7 @@ impl GroupTracker {
             }
             _ => return Err(DsError::WrongWireFormat("expected a proposal".into())),
         };
+        let (update, add) = self.proposal_leaves(queued.proposal(), sender_leaf)?;
         let already = self
             .group
             .queued_proposals(&self.storage)
@@ -276,6 +390,8 @@ impl GroupTracker {
         Ok(ProposalEffect {
             sender,
             epoch: self.epoch(),
+            update,
+            add,
         })
     }
 
@@ -431,17 +547,52 @@ impl GroupTracker {
             .collect()
     }
 
-    fn removed_members(&self, staged: &StagedCommit) -> Vec<Vec<u8>> {
-        staged
-            .queued_proposals()
-            .filter_map(|q| match (q.proposal(), q.sender()) {
-                (Proposal::Remove(r), _) => Some(r.removed()),
-                (Proposal::SelfRemove, Sender::Member(leaf)) => Some(*leaf),
-                _ => None,
-            })
-            .filter_map(|leaf| self.group.leaf(leaf))
-            .map(|leaf| identity_of(leaf.credential()))
-            .collect()
+    /// The leaves a standalone proposal would change: an Update that
+    /// changes the proposer's (identity, key), or an Add.
+    fn proposal_leaves(
+        &self,
+        proposal: &Proposal,
+        sender_leaf: Option<u32>,
+    ) -> Result<(Option<LeafChange>, Option<AddedMember>), DsError> {
+        match proposal {
+            Proposal::Update(update) => {
+                let leaf = update.leaf_node();
+                let before = sender_leaf
+                    .and_then(|i| self.members().into_iter().find(|m| m.leaf_index == i));
+                let Some(before) = before else {
+                    return Err(DsError::InvalidMls("update from an unknown leaf".into()));
+                };
+                let after = Member {
+                    leaf_index: before.leaf_index,
+                    identity: identity_of(leaf.credential()),
+                    signature_key: leaf.signature_key().as_slice().to_vec(),
+                };
+                let same = after.identity == before.identity
+                    && after.signature_key == before.signature_key;
+                Ok((
+                    (!same).then_some(LeafChange {
+                        before: Some(before),
+                        after,
+                    }),
+                    None,
+                ))
+            }
+            Proposal::Add(add) => {
+                let kp = add.key_package();
+                let kp_ref = kp
+                    .hash_ref(&self.crypto)
+                    .map_err(|e| DsError::Internal(format!("key package ref: {e}")))?;
+                Ok((
+                    None,
+                    Some(AddedMember {
+                        identity: identity_of(kp.leaf_node().credential()),
+                        signature_key: kp.leaf_node().signature_key().as_slice().to_vec(),
+                        key_package_ref: kp_ref.as_slice().to_vec(),
+                    }),
+                ))
+            }
+            _ => Ok((None, None)),
+        }
     }
 
     fn restore(&mut self, values: Values) -> Result<(), DsError> {
@@ -467,6 +618,47 @@ fn write_values(
         .values
         .write()
         .map_err(|_| DsError::Internal("storage lock poisoned".into()))
+}
+
+/// The leaves a staged commit removes, as they were (`before`, in leaf
+/// order).
+fn removed_leaves(staged: &StagedCommit, before: &[Member]) -> Vec<RemovedLeaf> {
+    staged
+        .queued_proposals()
+        .filter_map(|q| match (q.proposal(), q.sender()) {
+            (Proposal::Remove(r), _) => Some((r.removed().u32(), false)),
+            (Proposal::SelfRemove, Sender::Member(leaf)) => Some((leaf.u32(), true)),
+            _ => None,
+        })
+        .filter_map(|(index, self_removed)| {
+            let member = before.iter().find(|m| m.leaf_index == index)?.clone();
+            Some(RemovedLeaf {
+                member,
+                self_removed,
+            })
+        })
+        .collect()
+}
+
+/// Every leaf of `after` that is new or whose (identity, signature key)
+/// differs from the same index in `before`. A leaf removed by the commit
+/// and filled again counts as new.
+fn changed_leaves(before: &[Member], removed: &[RemovedLeaf], after: &[Member]) -> Vec<LeafChange> {
+    let kept: std::collections::BTreeMap<u32, &Member> = before
+        .iter()
+        .filter(|m| !removed.iter().any(|r| r.member.leaf_index == m.leaf_index))
+        .map(|m| (m.leaf_index, m))
+        .collect();
+    after
+        .iter()
+        .filter_map(|m| match kept.get(&m.leaf_index) {
+            Some(b) if b.identity == m.identity && b.signature_key == m.signature_key => None,
+            b => Some(LeafChange {
+                before: b.map(|b| (*b).clone()),
+                after: m.clone(),
+            }),
+        })
+        .collect()
 }
 
 /// The identity bytes of a credential: BasicCredential identity, or the raw

@@ -1,9 +1,11 @@
 //! Hush delivery-service core, sans-IO.
 //!
 //! Pure state machines the node drives: MLS group tracking from public
-//! commits ([`GroupTracker`]), KeyPackage upload rules
-//! ([`validate_key_package`]), session tokens and login challenges
-//! ([`TokenKey`]), rate limits ([`TokenBucket`]) and handle syntax
+//! commits ([`GroupTracker`]) with Hush's leaf identity rules
+//! ([`CommitEffect::check_leaf_identities`]), Welcome addressing
+//! ([`check_welcome`]), KeyPackage upload rules ([`validate_key_package`]),
+//! session tokens and login challenges ([`TokenKey`]), rate limits
+//! ([`TokenBucket`], [`KeyedBuckets`]) and handle syntax
 //! ([`validate_handle`]).
 //!
 //! Architecture invariants:
@@ -21,12 +23,19 @@ pub mod keypackage;
 pub mod limits;
 mod snapshot;
 pub mod token;
+pub mod welcome;
 
 pub use error::DsError;
-pub use group::{AddedMember, CommitEffect, GroupTracker, Member, ProposalEffect};
+pub use group::{
+    AddedMember, CommitEffect, GroupTracker, LeafChange, Member, ProposalEffect, RemovedLeaf,
+};
 pub use keypackage::{validate_key_package, ValidKeyPackage};
-pub use limits::TokenBucket;
-pub use token::{verify_ed25519, TokenClaims, TokenError, TokenKey};
+pub use limits::{KeyedBuckets, TokenBucket};
+pub use token::{
+    verify_ed25519, ChallengeId, ChallengeLedger, KeyFileError, SpendError, TokenClaims,
+    TokenError, TokenKey, TokenKeys, TokenSecret,
+};
+pub use welcome::check_welcome;
 
 /// The longest group id the service accepts (MLS allows more; nothing
 /// legitimate needs it, and every table and message keys on it).

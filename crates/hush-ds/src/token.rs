@@ -9,11 +9,20 @@
 //!
 //! A login challenge is `0x01 || nonce[16] || expires_at_ms u64 || tag[32]`
 //! with `tag = HMAC-SHA256(key, "hush/challenge/v1\0" || u16 len || device_id || nonce || expires_at_ms)`:
-//! stateless, bound to one device and an expiry. Replay protection within the
-//! ttl is the caller's business (keep the ttl short).
+//! stateless, bound to one device and an expiry. [`TokenKey::verify_challenge`]
+//! returns its [`ChallengeId`]; a [`ChallengeLedger`] remembers the ones
+//! already used until they expire, so a captured challenge and signature
+//! log in once, not for the whole ttl.
 //!
 //! The two domain labels keep a token from ever verifying as a challenge and
 //! the other way round.
+//!
+//! [`TokenKeys`] is the node's set of token keys: the current one signs, the
+//! previous one (after a rotation) still verifies until a deadline, and a
+//! token whose expiry lies further ahead than the node's configured lifetime
+//! is refused even with a good tag ([`TokenError::ExpiryTooFar`]). It also
+//! reads and writes the key file's text ([`TokenKeys::parse`],
+//! [`TokenKeys::encode`]); the file itself is the node's business.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -51,6 +60,10 @@ pub enum TokenError {
     BadSignature,
     #[error("token expired")]
     Expired,
+    /// The token's expiry is further ahead than any token this node issues
+    /// (its tag verified: only a holder of the key could have made it).
+    #[error("token expiry exceeds the configured lifetime")]
+    ExpiryTooFar,
 }
 
 /// The server's HMAC key for tokens and challenges.
@@ -159,13 +172,14 @@ impl TokenKey {
     }
 
     /// Checks that `challenge` was issued by this key for `device_id` and
-    /// has not expired at `now_ms`.
+    /// has not expired at `now_ms`; returns what identifies it (to spend it
+    /// once in a [`ChallengeLedger`]).
     pub fn verify_challenge(
         &self,
         device_id: &str,
         challenge: &[u8],
         now_ms: u64,
-    ) -> Result<(), TokenError> {
+    ) -> Result<ChallengeId, TokenError> {
         if challenge.len() != CHALLENGE_LEN || challenge[0] != FORMAT_V1 {
             return Err(TokenError::Malformed);
         }
@@ -181,7 +195,251 @@ impl TokenKey {
         if now_ms >= expires {
             return Err(TokenError::Expired);
         }
+        let mut id = [0u8; NONCE_LEN];
+        id.copy_from_slice(nonce);
+        Ok(ChallengeId {
+            nonce: id,
+            expires_at_ms: expires,
+        })
+    }
+}
+
+/// A verified login challenge: its nonce and expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChallengeId {
+    pub nonce: [u8; NONCE_LEN],
+    pub expires_at_ms: u64,
+}
+
+/// Why a challenge could not be spent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SpendError {
+    /// It was used before: a replay.
+    #[error("challenge already used")]
+    Replayed,
+    /// The ledger holds its maximum of unexpired challenges.
+    #[error("too many challenges in flight")]
+    Full,
+}
+
+/// The challenges already used, each until it expires (then it could not
+/// verify anyway, so it is forgotten). Bounded: at most `max` entries; a
+/// full ledger refuses new spends rather than forgetting a live one.
+#[derive(Debug)]
+pub struct ChallengeLedger {
+    used: std::collections::HashMap<[u8; NONCE_LEN], u64>,
+    max: usize,
+}
+
+impl ChallengeLedger {
+    pub fn new(max: usize) -> Self {
+        Self {
+            used: std::collections::HashMap::new(),
+            max,
+        }
+    }
+
+    /// Spends `id` at `now_ms`: once per challenge.
+    pub fn spend(&mut self, id: &ChallengeId, now_ms: u64) -> Result<(), SpendError> {
+        if self.used.contains_key(&id.nonce) {
+            return Err(SpendError::Replayed);
+        }
+        if self.used.len() >= self.max {
+            self.sweep(now_ms);
+            if self.used.len() >= self.max {
+                return Err(SpendError::Full);
+            }
+        }
+        self.used.insert(id.nonce, id.expires_at_ms);
         Ok(())
+    }
+
+    /// Forgets the challenges expired at `now_ms`; returns how many.
+    pub fn sweep(&mut self, now_ms: u64) -> usize {
+        let before = self.used.len();
+        self.used.retain(|_, expires| now_ms < *expires);
+        before - self.used.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.used.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.used.is_empty()
+    }
+}
+
+/// The shortest token key accepted (bytes).
+pub const MIN_TOKEN_KEY_LEN: usize = 32;
+
+/// A token key's raw bytes; `Debug` is redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenSecret(Vec<u8>);
+
+impl TokenSecret {
+    /// Wraps raw key bytes (at least [`MIN_TOKEN_KEY_LEN`]).
+    pub fn new(bytes: Vec<u8>) -> Result<Self, KeyFileError> {
+        if bytes.len() < MIN_TOKEN_KEY_LEN {
+            return Err(KeyFileError(format!(
+                "a token key must be at least {MIN_TOKEN_KEY_LEN} bytes"
+            )));
+        }
+        Ok(Self(bytes))
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for TokenSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenSecret(***)")
+    }
+}
+
+/// A token key file that does not parse; the message says why (never the
+/// key).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("token key file: {0}")]
+pub struct KeyFileError(String);
+
+/// The node's token keys: `current` signs and verifies; `previous`, the
+/// key before the last rotation, only verifies, and only while
+/// `now_ms < accept_until_ms` (one token lifetime after the rotation, so
+/// every token it signed has expired by then).
+#[derive(Debug)]
+pub struct TokenKeys {
+    current: (TokenSecret, TokenKey),
+    previous: Option<(TokenSecret, TokenKey, u64)>,
+}
+
+const KEY_FILE_HEADER: &str = "\
+# Hush token keys. SECRET: whoever reads this file can sign tokens for any
+# user; keep it mode 0600. `current` signs new tokens; `previous` (the key
+# before the last rotation) still verifies tokens until the time given, in
+# ms since the Unix epoch. Rotate with `hush-node rotate-token-key`.
+";
+
+impl TokenKeys {
+    /// One key, no previous one.
+    pub fn new(current: TokenSecret) -> Self {
+        let key = TokenKey::new(current.as_bytes());
+        Self {
+            current: (current, key),
+            previous: None,
+        }
+    }
+
+    /// The keys after a rotation at `now_ms`: `next` signs from now on and
+    /// the current key still verifies for `lifetime_ms` (the longest a
+    /// token it signed can still be valid).
+    pub fn rotated(&self, next: TokenSecret, now_ms: u64, lifetime_ms: u64) -> Self {
+        let old = self.current.0.clone();
+        let key = TokenKey::new(next.as_bytes());
+        let old_key = TokenKey::new(old.as_bytes());
+        Self {
+            current: (next, key),
+            previous: Some((old, old_key, now_ms.saturating_add(lifetime_ms))),
+        }
+    }
+
+    /// The signing key.
+    pub fn current(&self) -> &TokenKey {
+        &self.current.1
+    }
+
+    /// Until when the previous key verifies, if there is one.
+    pub fn previous_until_ms(&self) -> Option<u64> {
+        self.previous.as_ref().map(|p| p.2)
+    }
+
+    /// Issues a token with the current key.
+    pub fn issue(&self, claims: &TokenClaims) -> String {
+        self.current.1.issue(claims)
+    }
+
+    /// Verifies with the current key, then (until its deadline) the
+    /// previous one, and refuses an expiry more than `max_lifetime_ms`
+    /// ahead of `now_ms`: this node never issues one, so such a token was
+    /// made with a stolen key or by a node configured differently.
+    pub fn verify(
+        &self,
+        token: &str,
+        now_ms: u64,
+        max_lifetime_ms: u64,
+    ) -> Result<TokenClaims, TokenError> {
+        let claims = match self.current.1.verify(token, now_ms) {
+            Err(TokenError::BadSignature) => match &self.previous {
+                Some((_, key, until)) if now_ms < *until => key.verify(token, now_ms)?,
+                _ => return Err(TokenError::BadSignature),
+            },
+            other => other?,
+        };
+        if claims.expires_at_ms > now_ms.saturating_add(max_lifetime_ms) {
+            return Err(TokenError::ExpiryTooFar);
+        }
+        Ok(claims)
+    }
+
+    /// The key file's text: a comment header, `current <key>` and, after a
+    /// rotation, `previous <key> <accept_until_ms>` (keys in base64url).
+    pub fn encode(&self) -> String {
+        let mut s = String::from(KEY_FILE_HEADER);
+        s.push_str(&format!(
+            "current {}\n",
+            URL_SAFE_NO_PAD.encode(self.current.0.as_bytes())
+        ));
+        if let Some((secret, _, until)) = &self.previous {
+            s.push_str(&format!(
+                "previous {} {until}\n",
+                URL_SAFE_NO_PAD.encode(secret.as_bytes())
+            ));
+        }
+        s
+    }
+
+    /// Parses a key file's text (see [`TokenKeys::encode`]). Blank lines and
+    /// `#` comments are ignored; exactly one `current` line is required.
+    pub fn parse(text: &str) -> Result<Self, KeyFileError> {
+        let bad = |n: usize, why: &str| KeyFileError(format!("line {n}: {why}"));
+        let key = |n: usize, b64: &str| {
+            let bytes = URL_SAFE_NO_PAD
+                .decode(b64)
+                .map_err(|_| bad(n, "the key is not base64url"))?;
+            TokenSecret::new(bytes).map_err(|e| bad(n, &e.0))
+        };
+        let mut current = None;
+        let mut previous = None;
+        for (i, line) in text.lines().enumerate() {
+            let n = i + 1;
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let parts: Vec<&str> = line.split_whitespace().collect();
+            match parts.as_slice() {
+                ["current", k] if current.is_none() => current = Some(key(n, k)?),
+                ["previous", k, until] if previous.is_none() => {
+                    let until = until
+                        .parse::<u64>()
+                        .map_err(|_| bad(n, "the deadline is not a number of ms"))?;
+                    previous = Some((key(n, k)?, until));
+                }
+                ["current", ..] | ["previous", ..] => {
+                    return Err(bad(n, "repeated or malformed key line"))
+                }
+                _ => return Err(bad(n, "expected `current KEY` or `previous KEY UNTIL_MS`")),
+            }
+        }
+        let current = current.ok_or_else(|| KeyFileError("no `current` key".into()))?;
+        let mut keys = Self::new(current);
+        keys.previous = previous.map(|(secret, until)| {
+            let key = TokenKey::new(secret.as_bytes());
+            (secret, key, until)
+        });
+        Ok(keys)
     }
 }
 
@@ -351,8 +609,9 @@ mod tests {
         let key = TokenKey::new(b"k");
         let c = key.issue_challenge("dev-a", 1_000, 500);
         assert_eq!(c.len(), CHALLENGE_LEN);
-        assert_eq!(key.verify_challenge("dev-a", &c, 1_000), Ok(()));
-        assert_eq!(key.verify_challenge("dev-a", &c, 1_499), Ok(()));
+        let id = key.verify_challenge("dev-a", &c, 1_000).unwrap();
+        assert_eq!(id.expires_at_ms, 1_500);
+        assert_eq!(key.verify_challenge("dev-a", &c, 1_499), Ok(id));
         assert_eq!(
             key.verify_challenge("dev-a", &c, 1_500),
             Err(TokenError::Expired)
@@ -399,6 +658,115 @@ mod tests {
         assert!(!verify_ed25519(&pk[..31], b"challenge", &sig));
         assert!(!verify_ed25519(&pk, b"challenge", &sig[..63]));
         assert!(!verify_ed25519(&[], b"", &[]));
+    }
+
+    #[test]
+    fn a_challenge_is_spent_once_and_the_ledger_is_bounded() {
+        let key = TokenKey::new(b"k");
+        let mut ledger = ChallengeLedger::new(2);
+        let c1 = key.issue_challenge("d", 0, 100);
+        let id1 = key.verify_challenge("d", &c1, 10).unwrap();
+        assert_eq!(ledger.spend(&id1, 10), Ok(()));
+        // The same challenge (a captured login) again: refused.
+        assert_eq!(ledger.spend(&id1, 20), Err(SpendError::Replayed));
+        let id2 = key
+            .verify_challenge("d", &key.issue_challenge("d", 50, 100), 50)
+            .unwrap();
+        assert_eq!(ledger.spend(&id2, 50), Ok(()));
+        let id3 = key
+            .verify_challenge("d", &key.issue_challenge("d", 60, 100), 60)
+            .unwrap();
+        // Two live entries: full, and nothing has expired.
+        assert_eq!(ledger.spend(&id3, 60), Err(SpendError::Full));
+        // At 100 the first has expired: room again.
+        assert_eq!(ledger.spend(&id3, 100), Ok(()));
+        assert_eq!(ledger.len(), 2);
+        assert_eq!(ledger.sweep(1_000), 2);
+        assert!(ledger.is_empty());
+    }
+
+    fn secret(byte: u8) -> TokenSecret {
+        TokenSecret::new(vec![byte; 32]).unwrap()
+    }
+
+    #[test]
+    fn keys_refuse_an_expiry_beyond_the_lifetime() {
+        let keys = TokenKeys::new(secret(1));
+        let mut c = claims();
+        c.expires_at_ms = 1_000 + 500;
+        let t = keys.issue(&c);
+        assert_eq!(keys.verify(&t, 1_000, 500), Ok(c.clone()));
+        assert_eq!(keys.verify(&t, 1_000, 499), Err(TokenError::ExpiryTooFar));
+        // Validly signed, but for (almost) ever: refused whatever the key.
+        c.expires_at_ms = u64::MAX;
+        let forever = keys.issue(&c);
+        assert_eq!(
+            keys.verify(&forever, 1_000, 86_400_000),
+            Err(TokenError::ExpiryTooFar)
+        );
+    }
+
+    #[test]
+    fn rotation_keeps_the_previous_key_for_one_lifetime() {
+        let old = TokenKeys::new(secret(1));
+        let mut c = claims();
+        c.expires_at_ms = 10_000;
+        let old_token = old.issue(&c);
+        let keys = old.rotated(secret(2), 5_000, 5_000);
+        assert_eq!(keys.previous_until_ms(), Some(10_000));
+        // New tokens are signed with the new key only.
+        let new_token = keys.issue(&c);
+        assert_ne!(new_token, old_token);
+        assert_eq!(
+            old.verify(&new_token, 5_000, 5_000),
+            Err(TokenError::BadSignature)
+        );
+        // Both verify until the deadline; the old one not after it.
+        assert_eq!(keys.verify(&old_token, 9_999, 5_000), Ok(c.clone()));
+        assert_eq!(keys.verify(&new_token, 9_999, 5_000), Ok(c.clone()));
+        c.expires_at_ms = 20_000;
+        let late = old.issue(&c);
+        assert_eq!(
+            keys.verify(&late, 10_000, 15_000),
+            Err(TokenError::BadSignature)
+        );
+        // A second rotation forgets the first key.
+        let again = keys.rotated(secret(3), 10_000, 5_000);
+        assert_eq!(
+            again.verify(&old_token, 9_999, 5_000),
+            Err(TokenError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn key_file_round_trips_and_rejects_junk() {
+        let keys = TokenKeys::new(secret(7)).rotated(secret(8), 1_000, 2_000);
+        let text = keys.encode();
+        assert!(text.starts_with('#'));
+        let back = TokenKeys::parse(&text).unwrap();
+        assert_eq!(back.encode(), text);
+        assert_eq!(back.previous_until_ms(), Some(3_000));
+        let t = back.issue(&claims());
+        assert_eq!(keys.verify(&t, 0, u64::MAX), Ok(claims()));
+        for junk in [
+            "",
+            "# only a comment\n",
+            "current !!!\n",
+            "current AAAA\n",
+            "previous AAAA 1\n",
+            &format!("{}current x\n", text),
+            "current a b c\n",
+            "hello\n",
+        ] {
+            assert!(TokenKeys::parse(junk).is_err(), "{junk:?}");
+        }
+        // The error never echoes the key.
+        let err = TokenKeys::parse("current c2VjcmV0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("c2VjcmV0"), "{err}");
+        assert_eq!(format!("{:?}", secret(1)), "TokenSecret(***)");
+        assert!(!format!("{keys:?}").contains(&URL_SAFE_NO_PAD.encode([8u8; 32])));
     }
 
     fn next(seed: &mut u64) -> u64 {

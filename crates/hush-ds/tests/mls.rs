@@ -4,7 +4,7 @@
 //! PURE_PLAINTEXT handshake policy Hush clients use; the tracker sees only
 //! the bytes a client would upload.
 
-use hush_ds::{validate_key_package, DsError, GroupTracker};
+use hush_ds::{check_welcome, validate_key_package, DsError, GroupTracker, LeafChange};
 use openmls::messages::group_info::VerifiableGroupInfo;
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::*;
@@ -534,6 +534,284 @@ fn external_join_and_rejoin() {
     assert_eq!(tracker.ratchet_tree().unwrap(), alice.tree());
 }
 
+/// A commit by `client` whose update path carries `cwk` (signed by
+/// `new_signer` when it brings a new key); not merged locally.
+fn update_with(
+    client: &mut Client,
+    cwk: CredentialWithKey,
+    new_signer: Option<&SignatureKeyPair>,
+) -> Vec<u8> {
+    let (provider, signer) = (&client.provider, &client.signer);
+    let g = client.group.as_mut().unwrap();
+    let bundle = match new_signer {
+        Some(new) => g.self_update_with_new_signer(
+            provider,
+            signer,
+            NewSignerBundle {
+                signer: new,
+                credential_with_key: cwk,
+            },
+            LeafNodeParameters::default(),
+        ),
+        None => g.self_update(
+            provider,
+            signer,
+            LeafNodeParameters::builder()
+                .with_credential_with_key(cwk)
+                .build(),
+        ),
+    }
+    .unwrap();
+    bundle.into_commit().to_bytes().unwrap()
+}
+
+fn credential(identity: &str, key: &[u8]) -> CredentialWithKey {
+    CredentialWithKey {
+        credential: BasicCredential::new(identity.as_bytes().to_vec()).into(),
+        signature_key: key.into(),
+    }
+}
+
+#[test]
+fn honest_self_update_changes_no_leaf() {
+    let (_alice, mut bob, mut tracker) = setup_with_bob();
+    let commit = bob.self_update();
+    let effect = tracker.apply_commit(&commit).unwrap();
+    assert!(
+        effect.changed_leaves.is_empty(),
+        "{:?}",
+        effect.changed_leaves
+    );
+    assert!(effect.removed_leaves.is_empty());
+    effect.check_leaf_identities().unwrap();
+}
+
+#[test]
+fn added_members_are_new_leaves() {
+    let (mut alice, mut tracker) = setup();
+    let bob = Client::new("bob/laptop");
+    let (commit, _) = alice.add(&[bob.key_package()]);
+    let effect = tracker.apply_commit(&commit).unwrap();
+    assert_eq!(effect.changed_leaves.len(), 1);
+    let c = &effect.changed_leaves[0];
+    assert_eq!(c.before, None);
+    assert_eq!(c.after.identity, b"bob/laptop");
+    assert_eq!(c.after.signature_key, bob.signer.public());
+    assert!(!c.changes_identity());
+    effect.check_leaf_identities().unwrap();
+}
+
+/// The attack at the tracker: bob's update path claims alice's
+/// identity (with his own key, or a new one). openmls accepts it; the
+/// tracker reports the change and the rule refuses it.
+#[test]
+fn an_update_path_that_takes_another_identity_is_forbidden() {
+    for new_key in [false, true] {
+        let (_alice, mut bob, mut tracker) = setup_with_bob();
+        let held = SignatureKeyPair::new(CS.signature_algorithm()).unwrap();
+        let key = if new_key {
+            held.public().to_vec()
+        } else {
+            bob.signer.public().to_vec()
+        };
+        let commit = update_with(
+            &mut bob,
+            credential("alice/phone", &key),
+            new_key.then_some(&held),
+        );
+        let bob_leaf = bob.leaf();
+        let effect = tracker.apply_commit(&commit).unwrap();
+        assert_eq!(effect.committer, b"bob/laptop");
+        assert_eq!(effect.changed_leaves.len(), 1);
+        let c = &effect.changed_leaves[0];
+        assert_eq!(c.after.leaf_index, bob_leaf);
+        assert_eq!(c.before.as_ref().unwrap().identity, b"bob/laptop");
+        assert_eq!(c.after.identity, b"alice/phone");
+        assert_eq!(c.after.signature_key, key);
+        assert!(c.changes_identity());
+        assert!(matches!(
+            effect.check_leaf_identities(),
+            Err(DsError::Forbidden(_))
+        ));
+    }
+}
+
+/// A new signature key under the same identity is reported (the node
+/// compares it with the directory), but is not an identity change.
+#[test]
+fn a_new_signature_key_is_reported() {
+    let (_alice, mut bob, mut tracker) = setup_with_bob();
+    let held = SignatureKeyPair::new(CS.signature_algorithm()).unwrap();
+    let commit = update_with(
+        &mut bob,
+        credential("bob/laptop", held.public()),
+        Some(&held),
+    );
+    let effect = tracker.apply_commit(&commit).unwrap();
+    assert_eq!(
+        effect.changed_leaves,
+        vec![LeafChange {
+            before: Some(hush_ds::Member {
+                leaf_index: 1,
+                identity: b"bob/laptop".to_vec(),
+                signature_key: bob.signer.public().to_vec(),
+            }),
+            after: hush_ds::Member {
+                leaf_index: 1,
+                identity: b"bob/laptop".to_vec(),
+                signature_key: held.public().to_vec(),
+            },
+        }]
+    );
+    effect.check_leaf_identities().unwrap();
+}
+
+/// A standalone Update proposal is reported when it changes the
+/// proposer's identity or key; committed by reference, the commit reports
+/// the same change.
+#[test]
+fn update_proposals_report_the_leaf_they_would_change() {
+    let (mut alice, mut bob, mut tracker) = setup_with_bob();
+    let params = LeafNodeParameters::builder()
+        .with_credential_with_key(credential("alice/phone", bob.signer.public()))
+        .build();
+    let (provider, signer) = (&bob.provider, &bob.signer);
+    let (proposal, _) = bob
+        .group
+        .as_mut()
+        .unwrap()
+        .propose_self_update(provider, signer, params)
+        .unwrap();
+    let proposal = proposal.to_bytes().unwrap();
+    let effect = tracker.apply_proposal(&proposal).unwrap();
+    let update = effect.update.clone().expect("an update");
+    assert!(update.changes_identity());
+    assert!(matches!(
+        effect.check_leaf_identities(),
+        Err(DsError::Forbidden(_))
+    ));
+    // If the node let it through, the commit that covers it reports it too.
+    alice.process(&proposal);
+    let (provider, signer) = (&alice.provider, &alice.signer);
+    let g = alice.group.as_mut().unwrap();
+    let bundle = g.commit_to_pending_proposals(provider, signer).unwrap();
+    let commit = bundle.0.to_bytes().unwrap();
+    let effect = tracker.apply_commit(&commit).unwrap();
+    assert!(effect
+        .changed_leaves
+        .iter()
+        .any(|c| c.changes_identity() && c.after.identity == b"alice/phone"));
+    assert!(matches!(
+        effect.check_leaf_identities(),
+        Err(DsError::Forbidden(_))
+    ));
+
+    // An honest Update proposal (same identity and key) changes nothing.
+    let (_alice, mut bob, mut tracker) = setup_with_bob();
+    let (provider, signer) = (&bob.provider, &bob.signer);
+    let (proposal, _) = bob
+        .group
+        .as_mut()
+        .unwrap()
+        .propose_self_update(provider, signer, LeafNodeParameters::default())
+        .unwrap();
+    let effect = tracker
+        .apply_proposal(&proposal.to_bytes().unwrap())
+        .unwrap();
+    assert_eq!((effect.update, effect.add), (None, None));
+}
+
+/// An external commit may carry Remove proposals; only the joiner's own
+/// old leaf may be removed. A joiner whose key is bob's (so openmls'
+/// builder removes bob's leaf, as a hand-made commit could) but whose
+/// identity is dave's is refused; bob rejoining himself is fine.
+#[test]
+fn external_commits_remove_only_the_joiners_own_leaf() {
+    let (mut alice, bob, mut tracker) = setup_with_bob();
+    let gi = alice.group_info();
+    let tree = tracker.ratchet_tree().unwrap();
+    let mut dave = Client::new("dave/desktop");
+    dave.signer = SignatureKeyPair::read(
+        bob.provider.storage(),
+        bob.signer.public(),
+        bob.signer.signature_scheme(),
+    )
+    .unwrap();
+    dave.signer.store(dave.provider.storage()).unwrap();
+    dave.cwk = credential("dave/desktop", bob.signer.public());
+    let commit = external_join(&mut dave, &gi, &tree);
+    let effect = tracker.apply_commit(&commit).unwrap();
+    assert!(effect.external);
+    assert_eq!(effect.committer, b"dave/desktop");
+    assert_eq!(effect.removed_leaves.len(), 1);
+    assert_eq!(effect.removed_leaves[0].member.identity, b"bob/laptop");
+    assert!(!effect.removed_leaves[0].self_removed);
+    assert!(matches!(
+        effect.check_leaf_identities(),
+        Err(DsError::Forbidden(_))
+    ));
+}
+
+/// A rejoin that removes the joiner's own old leaf passes the rule, and the
+/// new leaf is reported as new (the node checks its key).
+#[test]
+fn external_rejoin_removes_own_leaf() {
+    let (mut alice, bob, mut tracker) = setup_with_bob();
+    let gi = alice.group_info();
+    let tree = tracker.ratchet_tree().unwrap();
+    let mut bob2 = Client::new("bob/laptop");
+    bob2.signer = SignatureKeyPair::read(
+        bob.provider.storage(),
+        bob.signer.public(),
+        bob.signer.signature_scheme(),
+    )
+    .unwrap();
+    bob2.signer.store(bob2.provider.storage()).unwrap();
+    bob2.cwk = bob.cwk.clone();
+    let commit = external_join(&mut bob2, &gi, &tree);
+    let effect = tracker.apply_commit(&commit).unwrap();
+    effect.check_leaf_identities().unwrap();
+    assert_eq!(effect.removed_leaves.len(), 1);
+    assert!(effect
+        .changed_leaves
+        .iter()
+        .any(|c| c.before.is_none() && c.after.identity == b"bob/laptop"));
+}
+
+#[test]
+fn welcomes_must_be_addressed_to_exactly_the_added_members() {
+    let (mut alice, mut tracker) = setup();
+    let bob = Client::new("bob/laptop");
+    let carol = Client::new("carol/tab");
+    let (commit, welcome) = alice.add(&[bob.key_package(), carol.key_package()]);
+    let welcome = welcome.to_bytes().unwrap();
+    let effect = tracker.apply_commit(&commit).unwrap();
+    check_welcome(&welcome, &effect.added).unwrap();
+    // Fewer or other members than the Welcome names.
+    assert!(matches!(
+        check_welcome(&welcome, &effect.added[..1]),
+        Err(DsError::InvalidArgument(_))
+    ));
+    let (mut other, _) = setup();
+    let dave = Client::new("dave/desktop");
+    let (_, for_dave) = other.add(&[dave.key_package()]);
+    assert!(matches!(
+        check_welcome(&for_dave.to_bytes().unwrap(), &effect.added),
+        Err(DsError::InvalidArgument(_))
+    ));
+    // Not a Welcome, or not MLS at all.
+    assert!(matches!(
+        check_welcome(&alice.group_info(), &effect.added),
+        Err(DsError::WrongWireFormat(_))
+    ));
+    for junk in [&b""[..], b"junk", &welcome[..welcome.len() - 1]] {
+        assert!(matches!(
+            check_welcome(junk, &effect.added),
+            Err(DsError::Malformed(_))
+        ));
+    }
+}
+
 fn verifiable_group_info(gi: &[u8]) -> VerifiableGroupInfo {
     match MlsMessageIn::tls_deserialize_exact(gi).unwrap().extract() {
         MlsMessageBodyIn::GroupInfo(vgi) => vgi,
@@ -903,6 +1181,7 @@ fn garbage_never_panics_in_any_parser() {
         let _ = tracker.check_application(input, 3);
         let _ = tracker.check_group_info(input);
         let _ = validate_key_package(input);
+        let _ = check_welcome(input, &[]);
         if tracker.apply_commit(input).is_ok() || tracker.apply_proposal(input).is_ok() {
             tracker = GroupTracker::load(&before).unwrap();
         }

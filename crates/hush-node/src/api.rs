@@ -20,8 +20,11 @@ use hush_proto::cluster::v1 as cluster;
 use hush_proto::{client_frame::Body as Request, server_frame::Body as Reply, v1, ErrorCode};
 use hush_store::Store;
 
+use crate::clock::Clock;
+use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
 use crate::group::{GroupMsg, Groups};
+use crate::keys::{KeyLimits, Keys};
 use crate::route::Route;
 use crate::session::Sessions;
 use crate::wire::{check_group_id, Caller};
@@ -42,7 +45,25 @@ pub fn routed_group(body: &Request) -> Option<&[u8]> {
 #[derive(Clone, Debug)]
 pub struct ApiLimits {
     pub max_message_bytes: usize,
-    pub max_key_packages_per_upload: usize,
+    pub keys: KeyLimits,
+}
+
+impl ApiLimits {
+    pub fn from_config(config: &Config) -> Self {
+        let l = &config.limits;
+        Self {
+            max_message_bytes: l.max_message_bytes,
+            keys: KeyLimits {
+                max_per_upload: l.max_key_packages_per_upload,
+                max_per_device: l.max_key_packages_per_device,
+                claims_per_claimer_per_min: l.claims_per_claimer_per_min,
+                claims_per_claimer_burst: l.claims_per_claimer_burst,
+                claims_per_target_per_min: l.claims_per_target_per_min,
+                claims_per_target_burst: l.claims_per_target_burst,
+                tracked_users: l.claims_tracked_users,
+            },
+        }
+    }
 }
 
 /// Serves client requests on this node, or routes them to their owner.
@@ -51,7 +72,8 @@ pub struct Api {
     groups: Arc<Groups>,
     sessions: Arc<Sessions>,
     route: Arc<Route>,
-    limits: ApiLimits,
+    keys: Keys,
+    max_message_bytes: usize,
 }
 
 impl Api {
@@ -60,14 +82,17 @@ impl Api {
         groups: Arc<Groups>,
         sessions: Arc<Sessions>,
         route: Arc<Route>,
+        clock: Arc<dyn Clock>,
         limits: ApiLimits,
     ) -> Self {
+        let keys = Keys::new(store.clone(), sessions.clone(), clock, limits.keys);
         Self {
             store,
             groups,
             sessions,
             route,
-            limits,
+            keys,
+            max_message_bytes: limits.max_message_bytes,
         }
     }
 
@@ -134,12 +159,11 @@ impl Api {
                 ));
             }
             Request::Ping(p) => Reply::Pong(v1::Pong { nonce: p.nonce }),
-            Request::UploadKeyPackages(req) => Reply::KeyPackagesUploaded(
-                crate::keys::upload(store, self.limits.max_key_packages_per_upload, caller, req)
-                    .await?,
-            ),
+            Request::UploadKeyPackages(req) => {
+                Reply::KeyPackagesUploaded(self.keys.upload(caller, req).await?)
+            }
             Request::ClaimKeyPackages(req) => {
-                Reply::ClaimedKeyPackages(crate::keys::claim(store, &req.user_id).await?)
+                Reply::ClaimedKeyPackages(self.keys.claim(caller, &req.user_id).await?)
             }
             Request::KeyPackageCount(_) => {
                 let (count, has_last_resort) = store.key_package_count(&caller.device_id).await?;
@@ -150,8 +174,7 @@ impl Api {
             }
             Request::LookupUser(req) => Reply::UserInfo(self.lookup_user(req.handle).await?),
             Request::CreateGroup(req) => Reply::GroupCreated(
-                crate::keys::create_group(store, self.limits.max_message_bytes, caller, req)
-                    .await?,
+                crate::keys::create_group(store, self.max_message_bytes, caller, req).await?,
             ),
             Request::SendMessage(req) => Reply::MessageAccepted(
                 self.groups
@@ -199,17 +222,95 @@ impl Api {
                 crate::presence::snapshot(store, &self.sessions, caller, &req.group_id).await?,
             ),
             Request::Ack(a) => {
-                check_group_id(&a.group_id)?;
-                store
-                    .set_cursor(&caller.device_id, &a.group_id, a.seq)
-                    .await?;
+                self.ack(caller, &a.group_id, a.seq).await?;
                 return Ok(None);
             }
             Request::AckInbox(a) => {
+                let head = store.inbox_head(&caller.device_id).await?;
+                if a.inbox_seq > head {
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidArgument,
+                        format!(
+                            "inbox seq {} was never given (the inbox is at {head})",
+                            a.inbox_seq
+                        ),
+                    ));
+                }
                 store.ack_inbox(&caller.device_id, a.inbox_seq).await?;
                 return Ok(None);
             }
         }))
+    }
+
+    /// Stores a device's cursor in a group. The group must be one the
+    /// device is in (or was removed from and may read up to its removal),
+    /// and the seq one the group has (or, after a removal, at most the
+    /// removing commit); a seq at or below the stored cursor is a harmless
+    /// repeat. The device's first ack at or past the commit that added it
+    /// is its join: its user's presence becomes visible to the group.
+    async fn ack(&self, caller: &Caller, group_id: &[u8], seq: u64) -> ApiResult<()> {
+        check_group_id(group_id)?;
+        let store = self.store.as_ref();
+        let device = &caller.device_id;
+        let cursor = store
+            .cursors(device)
+            .await?
+            .into_iter()
+            .find_map(|(g, c)| (g == group_id).then_some(c));
+        if cursor.is_some_and(|c| seq <= c) {
+            return Ok(());
+        }
+        let membership = store
+            .groups_of_device(device)
+            .await?
+            .into_iter()
+            .find(|g| g.group_id == group_id);
+        let beyond = |bound: &str| {
+            ApiError::new(
+                ErrorCode::InvalidArgument,
+                format!("seq {seq} is past the {bound}"),
+            )
+        };
+        match &membership {
+            Some(_) if seq == 0 => return Ok(()),
+            // No store holds seqs past i64::MAX.
+            Some(_) if i64::try_from(seq).is_err() => return Err(beyond("group's last seq")),
+            Some(_) => {
+                // Seqs are dense: seq exists iff the first entry after
+                // seq - 1 is seq itself.
+                let next = store.read_timeline(group_id, seq - 1, 1).await?;
+                if next.first().map(|e| e.seq) != Some(seq) {
+                    return Err(beyond("group's last seq"));
+                }
+            }
+            None => {
+                let departure = store
+                    .departed_groups(device)
+                    .await?
+                    .into_iter()
+                    .find(|d| d.group_id == group_id);
+                match departure {
+                    Some(d) if seq <= d.left_seq => {}
+                    Some(_) => return Err(beyond("commit that removed this device")),
+                    None => {
+                        return Err(ApiError::new(
+                            ErrorCode::NotMember,
+                            "not a member of this group",
+                        ))
+                    }
+                }
+            }
+        }
+        store.set_cursor(device, group_id, seq).await?;
+        if let Some(m) = membership {
+            let joins = m.joined_seq > 0 && seq >= m.joined_seq;
+            if joins && cursor.is_none_or(|c| c < m.joined_seq) {
+                self.sessions
+                    .announce_joined(&caller.user_id, group_id)
+                    .await;
+            }
+        }
+        Ok(())
     }
 
     async fn lookup_user(&self, handle: String) -> ApiResult<v1::UserInfo> {

@@ -21,6 +21,7 @@ pub struct Config {
     pub auth: AuthSection,
     pub actors: ActorSection,
     pub cluster: ClusterSection,
+    pub rate_limits: RateLimitSection,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -28,8 +29,12 @@ pub struct Config {
 pub struct NodeSection {
     /// Stable node name (lease owner, logs).
     pub id: String,
-    /// Data directory (SQLite file, generated secrets).
+    /// Data directory (SQLite file, generated secrets). Kept 0700, its
+    /// files 0600 (fixed at start if wider).
     pub data: PathBuf,
+    /// How often the node checks its token key file (and TLS certificate)
+    /// for changes and reloads them, in ms; 0 = only on SIGHUP.
+    pub watch_ms: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -69,6 +74,81 @@ pub struct GatewaySection {
     /// latency-bound; with Nagle's algorithm a small write can wait for
     /// the peer's delayed ACK (about 40 ms on Linux).
     pub tcp_nodelay: bool,
+    /// Live connections one source address (IPv6: one /64) may hold; the
+    /// requests of one more get TOO_MANY_CONNECTIONS and it is closed.
+    pub max_connections_per_ip: usize,
+    /// A request's head (request line and headers) must arrive within this
+    /// long of the connection or the previous request (else 408 and close).
+    pub header_timeout_ms: u64,
+    /// A request's body must arrive whole within this long of its head
+    /// (a trickled body is cut: MALFORMED and close). Not for WebSockets.
+    pub body_timeout_ms: u64,
+    /// An idle kept-alive connection is closed after this long.
+    pub keep_alive_ms: u64,
+    /// After the node closes a connection, the peer gets this long to
+    /// acknowledge before the socket is dropped.
+    pub disconnect_timeout_ms: u64,
+    /// HTTPS and WSS with this certificate and key (PEM); absent: plain
+    /// HTTP (loopback, or behind a TLS-terminating proxy).
+    pub tls: Option<GatewayTls>,
+    /// With TLS: `Strict-Transport-Security: max-age=<this>` on every
+    /// answer (0: no header).
+    pub hsts_max_age_secs: u64,
+    /// The admin pages (`/metrics`, `/cluster`) are answered to loopback
+    /// peers. Off: only with the admin token (behind a proxy on the same
+    /// host every peer is loopback: turn this off there).
+    pub admin_loopback: bool,
+    /// A bearer token that opens the admin pages from anywhere (at least
+    /// 16 characters); absent: loopback only.
+    pub admin_token: Option<String>,
+}
+
+/// `[gateway.tls]`: the gateway's certificate chain (leaf first) and its
+/// private key, PEM. Reloaded on SIGHUP and when the files change.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Rate limits on the account endpoints: register, login challenge,
+/// login, link code, link. Per source address (IPv6: per /64) on all five;
+/// per account on what only the account can do (a login whose signature
+/// verified: per device; a link code: per user), so a stranger can never
+/// spend someone else's budget. Refusals are RATE_LIMITED with a
+/// `Retry-After` header.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitSection {
+    /// Sustained requests per second from one source address.
+    pub ip_per_sec: f64,
+    /// Burst from one source address.
+    pub ip_burst: f64,
+    /// Sustained logins per second of one device, link codes of one user.
+    pub account_per_sec: f64,
+    /// Burst per account.
+    pub account_burst: f64,
+    /// Most source addresses, accounts and used login challenges kept in
+    /// memory, each; past it new ones are refused (RATE_LIMITED) until
+    /// entries expire.
+    pub tracked_keys: usize,
+    /// How often expired link codes, used challenges and idle rate-limit
+    /// entries are deleted (judged by the node clock).
+    pub sweep_interval_ms: u64,
+}
+
+impl Default for RateLimitSection {
+    fn default() -> Self {
+        Self {
+            ip_per_sec: 10.0,
+            ip_burst: 100.0,
+            account_per_sec: 1.0,
+            account_burst: 20.0,
+            tracked_keys: 100_000,
+            sweep_interval_ms: 60_000,
+        }
+    }
 }
 
 /// Explicit limits; every one is enforced and tested.
@@ -99,6 +179,23 @@ pub struct Limits {
     pub epoch_window: u64,
     /// Key packages per upload request.
     pub max_key_packages_per_upload: usize,
+    /// Unclaimed key packages one device may store; an upload that would go
+    /// past it is refused (TOO_LARGE) and stores nothing.
+    pub max_key_packages_per_device: u32,
+    /// KeyPackage claims one user may make: sustained per minute...
+    pub claims_per_claimer_per_min: f64,
+    /// ...and burst above that.
+    pub claims_per_claimer_burst: f64,
+    /// Claims of one user's KeyPackages, by anyone: sustained per minute...
+    /// (RFC 9750's guidance against draining a user's packages.)
+    pub claims_per_target_per_min: f64,
+    /// ...and burst above that.
+    pub claims_per_target_burst: f64,
+    /// Users whose claim buckets this node holds at most, per set (claimers,
+    /// targets): memory stays bounded. Buckets that refilled are forgotten
+    /// first; when every held one is in use, a user new to the set is
+    /// refused (RATE_LIMITED, fail closed) until one refills.
+    pub claims_tracked_users: usize,
     /// Timeline entries per page when sending a backlog.
     pub sync_page: u32,
 }
@@ -112,6 +209,15 @@ pub struct AuthSection {
     pub challenge_ttl_ms: u64,
     /// Device link code lifetime.
     pub link_code_ttl_ms: u64,
+    /// The token key file (secret, 0600). Default: `token.key` next to the
+    /// embedded store's file (shared by the nodes of a local cluster), or in
+    /// the data directory with ScyllaDB. Every node of a cluster must read
+    /// the same keys.
+    pub token_key_file: Option<PathBuf>,
+    /// Clock difference allowed between nodes: a token whose expiry is
+    /// more than `token_ttl_ms + max_clock_skew_ms` ahead is refused, and a
+    /// rotated-out key verifies that long after the rotation.
+    pub max_clock_skew_ms: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -124,6 +230,12 @@ pub struct ActorSection {
     /// How long a user with no connection left still shows as online, so a
     /// quick reconnect does not flap its presence (0: offline at once).
     pub presence_grace_ms: u64,
+    /// The most GroupActors this node runs at once; activating one more is
+    /// refused (UNAVAILABLE, retry later).
+    pub max_group_actors: usize,
+    /// The most SessionActors (online users whose session lives here) this
+    /// node runs at once; one more is refused (UNAVAILABLE).
+    pub max_session_actors: usize,
 }
 
 /// The cluster this node belongs to (see cluster.toml). No nodes listed:
@@ -188,6 +300,7 @@ impl Default for NodeSection {
         Self {
             id: "n1".into(),
             data: PathBuf::from("./hush-data"),
+            watch_ms: 5_000,
         }
     }
 }
@@ -218,6 +331,15 @@ impl Default for GatewaySection {
             ],
             workers: 0,
             tcp_nodelay: true,
+            max_connections_per_ip: 1_000,
+            header_timeout_ms: 5_000,
+            body_timeout_ms: 30_000,
+            keep_alive_ms: 5_000,
+            disconnect_timeout_ms: 2_000,
+            tls: None,
+            hsts_max_age_secs: 31_536_000,
+            admin_loopback: true,
+            admin_token: None,
         }
     }
 }
@@ -237,6 +359,12 @@ impl Default for Limits {
             write_timeout_ms: 10_000,
             epoch_window: 5,
             max_key_packages_per_upload: 100,
+            max_key_packages_per_device: 200,
+            claims_per_claimer_per_min: 30.0,
+            claims_per_claimer_burst: 100.0,
+            claims_per_target_per_min: 2.0,
+            claims_per_target_burst: 10.0,
+            claims_tracked_users: 65_536,
             sync_page: 256,
         }
     }
@@ -248,6 +376,8 @@ impl Default for AuthSection {
             token_ttl_ms: 24 * 3600 * 1000,
             challenge_ttl_ms: 60_000,
             link_code_ttl_ms: 10 * 60_000,
+            token_key_file: None,
+            max_clock_skew_ms: 60_000,
         }
     }
 }
@@ -258,6 +388,8 @@ impl Default for ActorSection {
             group_idle_ms: 5 * 60_000,
             lease_ttl_ms: 30_000,
             presence_grace_ms: 5_000,
+            max_group_actors: 20_000,
+            max_session_actors: 100_000,
         }
     }
 }
@@ -335,6 +467,22 @@ impl Config {
                 .map(|p| p.join("cluster-ca"))
                 .unwrap_or_else(|| PathBuf::from("cluster-ca"))
         })
+    }
+
+    /// The token key file (`auth.token_key_file`, see there for the default).
+    pub fn token_key_file(&self) -> PathBuf {
+        if let Some(p) = &self.auth.token_key_file {
+            return p.clone();
+        }
+        let dir = if self.store.kind == "embedded" {
+            self.store_path()
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| self.node.data.clone())
+        } else {
+            self.node.data.clone()
+        };
+        dir.join("token.key")
     }
 
     /// The SQLite file of the embedded store.
@@ -441,11 +589,66 @@ impl Config {
                 "must be greater than limits.heartbeat_interval_ms (> 0)",
             ));
         }
+        if l.max_key_packages_per_upload == 0 {
+            return Err(invalid(
+                "limits.max_key_packages_per_upload",
+                "must be at least 1",
+            ));
+        }
+        if l.max_key_packages_per_device == 0 {
+            return Err(invalid(
+                "limits.max_key_packages_per_device",
+                "must be at least 1",
+            ));
+        }
+        if l.claims_tracked_users == 0 {
+            return Err(invalid("limits.claims_tracked_users", "must be at least 1"));
+        }
+        for (key, rate, burst) in [
+            (
+                (
+                    "limits.claims_per_claimer_per_min",
+                    "limits.claims_per_claimer_burst",
+                ),
+                l.claims_per_claimer_per_min,
+                l.claims_per_claimer_burst,
+            ),
+            (
+                (
+                    "limits.claims_per_target_per_min",
+                    "limits.claims_per_target_burst",
+                ),
+                l.claims_per_target_per_min,
+                l.claims_per_target_burst,
+            ),
+        ] {
+            // Written so that NaN fails too.
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(invalid(key.0, "must be a number > 0"));
+            }
+            if !(burst.is_finite() && burst >= 1.0) {
+                return Err(invalid(key.1, "must be a number >= 1"));
+            }
+        }
         if l.sync_page == 0 {
             return Err(invalid("limits.sync_page", "must be at least 1"));
         }
         if self.auth.token_ttl_ms == 0 {
             return Err(invalid("auth.token_ttl_ms", "must be > 0"));
+        }
+        if self
+            .auth
+            .token_key_file
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(invalid("auth.token_key_file", "must be a file path"));
+        }
+        if self.auth.max_clock_skew_ms > self.auth.token_ttl_ms {
+            return Err(invalid(
+                "auth.max_clock_skew_ms",
+                "must not exceed auth.token_ttl_ms",
+            ));
         }
         let c = &self.cluster;
         if !c.nodes.is_empty() {
@@ -480,6 +683,72 @@ impl Config {
         }
         if self.actors.lease_ttl_ms < 1000 {
             return Err(invalid("actors.lease_ttl_ms", "must be at least 1000"));
+        }
+        let g = &self.gateway;
+        if g.max_connections_per_ip == 0 {
+            return Err(invalid(
+                "gateway.max_connections_per_ip",
+                "must be at least 1",
+            ));
+        }
+        for (key, v) in [
+            ("gateway.header_timeout_ms", g.header_timeout_ms),
+            ("gateway.body_timeout_ms", g.body_timeout_ms),
+            ("gateway.keep_alive_ms", g.keep_alive_ms),
+            ("gateway.disconnect_timeout_ms", g.disconnect_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if g.admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err(invalid(
+                "gateway.admin_token",
+                "must be at least 16 characters",
+            ));
+        }
+        if let Some(t) = &g.tls {
+            if t.cert.as_os_str().is_empty() {
+                return Err(invalid("gateway.tls.cert", "must be a file path"));
+            }
+            if t.key.as_os_str().is_empty() {
+                return Err(invalid("gateway.tls.key", "must be a file path"));
+            }
+        }
+        let r = &self.rate_limits;
+        // Written so that NaN fails too.
+        for (key, v) in [
+            ("rate_limits.ip_per_sec", r.ip_per_sec),
+            ("rate_limits.account_per_sec", r.account_per_sec),
+        ] {
+            let ok = v.is_finite() && v > 0.0;
+            if !ok {
+                return Err(invalid(key, "must be a number > 0"));
+            }
+        }
+        for (key, v) in [
+            ("rate_limits.ip_burst", r.ip_burst),
+            ("rate_limits.account_burst", r.account_burst),
+        ] {
+            let ok = v.is_finite() && v >= 1.0;
+            if !ok {
+                return Err(invalid(key, "must be a number >= 1"));
+            }
+        }
+        if r.tracked_keys == 0 {
+            return Err(invalid("rate_limits.tracked_keys", "must be at least 1"));
+        }
+        if r.sweep_interval_ms < 100 {
+            return Err(invalid(
+                "rate_limits.sweep_interval_ms",
+                "must be at least 100",
+            ));
+        }
+        if self.actors.max_group_actors == 0 {
+            return Err(invalid("actors.max_group_actors", "must be at least 1"));
+        }
+        if self.actors.max_session_actors == 0 {
+            return Err(invalid("actors.max_session_actors", "must be at least 1"));
         }
         Ok(())
     }
@@ -526,6 +795,106 @@ mod tests {
         assert!(err.to_string().contains("listen"), "{err}");
         let err = Config::from_toml("[store]\nkind = \"mongo\"\n").unwrap_err();
         assert!(err.to_string().contains("store.kind"), "{err}");
+    }
+
+    #[test]
+    fn key_package_limits_are_validated_by_name() {
+        let c = Config::from_toml(
+            "[limits]\nmax_key_packages_per_device = 50\nclaims_per_claimer_per_min = 6.0\n\
+             claims_per_claimer_burst = 20.0\nclaims_per_target_per_min = 1.0\n\
+             claims_per_target_burst = 3.0\nclaims_tracked_users = 7\n",
+        )
+        .unwrap();
+        assert_eq!(c.limits.max_key_packages_per_device, 50);
+        assert_eq!(c.limits.claims_per_claimer_per_min, 6.0);
+        assert_eq!(c.limits.claims_per_claimer_burst, 20.0);
+        assert_eq!(c.limits.claims_per_target_per_min, 1.0);
+        assert_eq!(c.limits.claims_per_target_burst, 3.0);
+        assert_eq!(c.limits.claims_tracked_users, 7);
+        for (toml, key) in [
+            (
+                "max_key_packages_per_device = 0",
+                "limits.max_key_packages_per_device",
+            ),
+            (
+                "max_key_packages_per_upload = 0",
+                "limits.max_key_packages_per_upload",
+            ),
+            (
+                "claims_per_claimer_per_min = 0.0",
+                "limits.claims_per_claimer_per_min",
+            ),
+            (
+                "claims_per_claimer_per_min = nan",
+                "limits.claims_per_claimer_per_min",
+            ),
+            (
+                "claims_per_claimer_burst = 0.5",
+                "limits.claims_per_claimer_burst",
+            ),
+            (
+                "claims_per_target_per_min = -1.0",
+                "limits.claims_per_target_per_min",
+            ),
+            (
+                "claims_per_target_per_min = inf",
+                "limits.claims_per_target_per_min",
+            ),
+            (
+                "claims_per_target_burst = 0.0",
+                "limits.claims_per_target_burst",
+            ),
+            ("claims_tracked_users = 0", "limits.claims_tracked_users"),
+        ] {
+            let err = Config::from_toml(&format!("[limits]\n{toml}\n")).unwrap_err();
+            assert!(err.to_string().contains(key), "{toml}: {err}");
+        }
+    }
+
+    #[test]
+    fn abuse_limits_are_validated_by_key() {
+        for (toml, key) in [
+            (
+                "[gateway]\nmax_connections_per_ip = 0",
+                "gateway.max_connections_per_ip",
+            ),
+            ("[gateway]\nbody_timeout_ms = 0", "gateway.body_timeout_ms"),
+            ("[gateway]\nadmin_token = \"short\"", "gateway.admin_token"),
+            (
+                "[gateway.tls]\ncert = \"\"\nkey = \"k.pem\"",
+                "gateway.tls.cert",
+            ),
+            (
+                "[gateway.tls]\ncert = \"c.pem\"\nkey = \"\"",
+                "gateway.tls.key",
+            ),
+            (
+                "[gateway]\nheader_timeout_ms = 0",
+                "gateway.header_timeout_ms",
+            ),
+            ("[rate_limits]\nip_per_sec = 0.0", "rate_limits.ip_per_sec"),
+            ("[rate_limits]\nip_per_sec = nan", "rate_limits.ip_per_sec"),
+            (
+                "[rate_limits]\naccount_burst = 0.5",
+                "rate_limits.account_burst",
+            ),
+            (
+                "[rate_limits]\ntracked_keys = 0",
+                "rate_limits.tracked_keys",
+            ),
+            (
+                "[rate_limits]\nsweep_interval_ms = 5",
+                "rate_limits.sweep_interval_ms",
+            ),
+            ("[actors]\nmax_group_actors = 0", "actors.max_group_actors"),
+            (
+                "[auth]\nmax_clock_skew_ms = 999999999999",
+                "auth.max_clock_skew_ms",
+            ),
+        ] {
+            let err = Config::from_toml(toml).unwrap_err().to_string();
+            assert!(err.contains(key), "{toml}: {err}");
+        }
     }
 
     #[test]

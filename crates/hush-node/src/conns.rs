@@ -123,6 +123,11 @@ impl Connections {
             .collect()
     }
 
+    /// The ids of every connection on this node.
+    pub fn ids(&self) -> Vec<u64> {
+        self.lock().keys().copied().collect()
+    }
+
     /// Every connection on this node, to attach again (see
     /// `Sessions::follow_view`: this node was declared down meanwhile).
     pub fn all(&self) -> Vec<Moved> {

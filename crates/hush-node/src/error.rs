@@ -12,6 +12,8 @@ pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
     pub stale_epoch: Option<v1::StaleEpoch>,
+    /// For RATE_LIMITED: when a retry can succeed (0: unknown).
+    pub retry_after_ms: u64,
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -22,6 +24,18 @@ impl ApiError {
             code,
             message: message.into(),
             stale_epoch: None,
+            retry_after_ms: 0,
+        }
+    }
+
+    /// RATE_LIMITED with a retry-after hint (also in the message).
+    pub fn rate_limited(what: &str, retry_after_ms: u64) -> Self {
+        Self {
+            retry_after_ms,
+            ..Self::new(
+                ErrorCode::RateLimited,
+                format!("{what}; retry after {retry_after_ms} ms"),
+            )
         }
     }
 
@@ -33,6 +47,7 @@ impl ApiError {
                 current_epoch,
                 head_seq,
             }),
+            retry_after_ms: 0,
         }
     }
 
@@ -47,6 +62,7 @@ impl ApiError {
             code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Internal),
             message: e.message,
             stale_epoch: e.stale_epoch,
+            retry_after_ms: e.retry_after_ms,
         }
     }
 
@@ -55,6 +71,7 @@ impl ApiError {
             code: self.code as i32,
             message: self.message.clone(),
             stale_epoch: self.stale_epoch,
+            retry_after_ms: self.retry_after_ms,
         }
     }
 
@@ -95,9 +112,13 @@ impl From<StoreError> for ApiError {
                 current_epoch,
                 head_seq,
             } => ApiError::stale(current_epoch, head_seq),
-            StoreError::Fenced { .. } | StoreError::Unavailable(_) => {
+            StoreError::Fenced { .. } => {
                 tracing::warn!(error = %e, "store refused write");
                 ApiError::new(ErrorCode::Unavailable, "group owner changed; retry")
+            }
+            StoreError::Unavailable(_) => {
+                tracing::warn!(error = %e, "store unavailable");
+                ApiError::new(ErrorCode::Unavailable, "the store is unavailable; retry")
             }
             StoreError::Backend(_) => ApiError::internal("store", e),
         }
@@ -119,8 +140,10 @@ impl From<DsError> for ApiError {
                     current_epoch: current,
                     head_seq: 0,
                 }),
+                retry_after_ms: 0,
             },
             DsError::InvalidMls(m) => ApiError::new(ErrorCode::InvalidMls, m),
+            DsError::Forbidden(m) => ApiError::new(ErrorCode::Forbidden, m),
             DsError::InvalidArgument(m) => ApiError::new(ErrorCode::InvalidArgument, m),
             DsError::Internal(m) => ApiError::internal("mls", m),
         }
@@ -131,7 +154,7 @@ impl From<TokenError> for ApiError {
     fn from(e: TokenError) -> Self {
         match e {
             TokenError::Expired => ApiError::new(ErrorCode::TokenExpired, "token expired"),
-            TokenError::Malformed | TokenError::BadSignature => {
+            TokenError::Malformed | TokenError::BadSignature | TokenError::ExpiryTooFar => {
                 ApiError::new(ErrorCode::BadToken, "bad token")
             }
         }

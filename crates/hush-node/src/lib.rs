@@ -14,7 +14,8 @@
 //! - `route`: the owner of a key, and messages to other nodes.
 //! - `conns` (this node's connection queues), `wire` (what travels between
 //!   the parts: Caller, Outbound, encoded frames).
-//! - leaves: `directory`, `shutdown`, `config`, `clock`, `error`.
+//! - leaves: `directory`, `shutdown`, `config`, `clock`, `error`, `secrets`
+//!   (owner-only data directory and files, the token key file).
 
 pub mod api;
 pub mod clock;
@@ -28,6 +29,7 @@ pub mod keys;
 pub mod peer;
 pub mod presence;
 pub mod route;
+pub mod secrets;
 pub mod session;
 pub mod shutdown;
 pub mod wire;
@@ -39,6 +41,7 @@ use std::time::Duration;
 use hush_store::{ScyllaStore, SqliteConfig, SqliteStore, Store};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use ring::rand::SecureRandom as _;
+use secrets::TokenKeyHandle;
 
 use api::{Api, ApiLimits};
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -78,6 +81,10 @@ pub enum StartError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("secrets: {0}")]
+    Secrets(#[from] secrets::SecretsError),
+    #[error("gateway TLS: {0}")]
+    Tls(#[from] gateway::tls::TlsError),
     #[error("startup failed: {0}")]
     Other(String),
 }
@@ -86,17 +93,31 @@ pub enum StartError {
 pub struct RunningNode {
     /// The gateway's bound address (useful with port 0).
     pub addr: SocketAddr,
+    /// Whether the gateway serves HTTPS/WSS (`[gateway.tls]`).
+    pub tls: bool,
     store: Arc<dyn Store>,
     route: Arc<Route>,
     groups: Arc<Groups>,
     sessions: Arc<Sessions>,
     shutdown: Shutdown,
     gateway: gateway::Running,
+    reloader: Arc<Reloader>,
+    /// Checks the files the node reloads (see [`RunningNode::reload`]).
+    watcher: Option<tokio::task::JoinHandle<()>>,
+    app: Arc<AppState>,
+    /// Deletes what expired, every `rate_limits.sweep_interval_ms`.
+    sweeper: tokio::task::JoinHandle<()>,
     /// Held (locked) while the node runs: see [`claim_data_dir`].
     _data_lock: std::fs::File,
 }
 
 impl RunningNode {
+    /// The gateway's URL: `http://` or `https://` and the bound address.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
     /// The store the node uses (tests inspect it).
     pub fn store(&self) -> Arc<dyn Store> {
         self.store.clone()
@@ -112,20 +133,58 @@ impl RunningNode {
         self.sessions.watch_count()
     }
 
-    /// Graceful stop, in the order that lets a cluster take over without a
-    /// gap: refuse new work (forwarded calls are refused as a stale view, so
-    /// their senders route again); leave the cluster view; stop every group
-    /// actor and wait for it, which releases its lease so the new owner
-    /// takes the group at once; then close every client connection with
-    /// 4004 (reconnect to another node) and stop the gateway.
+    /// Re-reads the files an operator may change while the node runs (the
+    /// token key file, the gateway's TLS certificate and key; SIGHUP does
+    /// this, and so does a change the node notices every `node.watch_ms`).
+    /// A file that does not load leaves what is in use unchanged and is an
+    /// error.
+    pub fn reload(&self) -> Result<(), StartError> {
+        self.reloader.reload()
+    }
+
+    /// Deletes what has expired by the node's clock (link codes, used
+    /// login challenges, idle rate-limit entries) now, as the sweeper does
+    /// every `rate_limits.sweep_interval_ms`.
+    pub async fn sweep(&self) -> gateway::SweepReport {
+        self.app.sweep().await
+    }
+
+    /// Counts the successful reloads (SIGHUP, the file watcher, or
+    /// [`RunningNode::reload`]).
+    pub fn watch_reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reloader.count.subscribe()
+    }
+
+    /// Graceful stop: refuse new work (forwarded calls are refused as a
+    /// stale view, so their senders route again); leave the cluster view
+    /// (peers learn it at once, so a client that reconnects elsewhere is not
+    /// routed back here); tell every client with 4004 (reconnect to another
+    /// node: reads resume there from the store, a send in flight is resent
+    /// by id and answered once) without waiting for the groups; stop every
+    /// group actor and wait for it, which releases its lease so the new
+    /// owner takes the group without waiting for the lease to expire; then
+    /// stop the gateway.
     pub async fn stop(self) {
+        let started = std::time::Instant::now();
+        if let Some(w) = &self.watcher {
+            w.abort();
+        }
+        self.sweeper.abort();
         self.shutdown.begin();
         if let Some(mesh) = self.route.mesh() {
             mesh.leave().await;
         }
-        self.groups.stop_all(GROUP_STOP_TIMEOUT).await;
         self.shutdown.close_connections();
+        let left = started.elapsed();
+        self.groups.stop_all(GROUP_STOP_TIMEOUT).await;
+        let released = started.elapsed();
         self.gateway.stop().await;
+        tracing::info!(
+            left_ms = left.as_millis() as u64,
+            groups_released_ms = released.as_millis() as u64,
+            stopped_ms = started.elapsed().as_millis() as u64,
+            "graceful stop"
+        );
     }
 }
 
@@ -200,46 +259,127 @@ fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-/// Opens the store `[store] kind` selects.
+/// Opens the store `[store] kind` selects. The CQL store returns at once
+/// and connects in the background with backoff, logging each failure with
+/// the contact points: the node starts and serves `/readyz` = 503 until the
+/// cluster answers, so a cluster that is down never blocks the start.
 async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
     if config.store.kind == "scylla" {
-        // Never exercised against a live cluster (see hush_store::scylla).
-        let store = ScyllaStore::connect(config.scylla_config()?)
-            .await
-            .map_err(StartError::ScyllaStore)?;
+        let scylla = config.scylla_config()?;
+        let points = scylla.contact_points.join(", ");
+        let store = ScyllaStore::start(scylla).map_err(StartError::ScyllaStore)?;
+        tracing::info!(contact_points = %points, "cql store connecting in the background");
         return Ok(Arc::new(store));
     }
     let path = config.store_path();
+    // Owner-only before SQLite ever opens it; its WAL and SHM follow its mode.
+    secrets::prepare_sqlite_file(&path)?;
     let mut store_config = SqliteConfig::new(path.clone());
     store_config.max_batch = config.store.max_batch;
-    Ok(Arc::new(
-        SqliteStore::open(store_config)
-            .await
-            .map_err(|source| StartError::Store { path, source })?,
-    ))
+    let store = SqliteStore::open(store_config)
+        .await
+        .map_err(|source| StartError::Store {
+            path: path.clone(),
+            source,
+        })?;
+    secrets::sqlite_files_private(&path)?;
+    Ok(Arc::new(store))
+}
+
+/// Runs [`AppState::sweep`] every `rate_limits.sweep_interval_ms`.
+fn spawn_sweeper(app: &Arc<AppState>) -> tokio::task::JoinHandle<()> {
+    let app = app.clone();
+    tokio::spawn(async move {
+        let period = Duration::from_millis(app.config.rate_limits.sweep_interval_ms);
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let swept = app.sweep().await;
+            tracing::debug!(?swept, "swept expired state");
+        }
+    })
+}
+
+/// What the node reloads while it runs: the token key file.
+struct Reloader {
+    config: Config,
+    tokens: TokenKeyHandle,
+    /// The gateway's certificate, with TLS.
+    cert: Option<Arc<gateway::tls::GatewayCert>>,
+    /// Successful reloads so far.
+    count: tokio::sync::watch::Sender<u64>,
+}
+
+impl Reloader {
+    fn reload(&self) -> Result<(), StartError> {
+        let keys = secrets::read_token_keys(&self.config.token_key_file())?;
+        let until = keys.previous_until_ms();
+        self.tokens.set(keys);
+        if let Some(cert) = &self.cert {
+            cert.reload()?;
+            tracing::info!("gateway certificate loaded");
+        }
+        self.count.send_modify(|n| *n += 1);
+        tracing::info!(previous_key_until_ms = ?until, "token keys loaded");
+        Ok(())
+    }
+
+    /// Reloads whenever a watched file's length or modification time
+    /// changes (checked every `node.watch_ms`; 0: never).
+    fn watch(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        let period = self.config.node.watch_ms;
+        if period == 0 {
+            return None;
+        }
+        let me = self.clone();
+        Some(tokio::spawn(async move {
+            let mut paths = vec![me.config.token_key_file()];
+            if let Some(cert) = &me.cert {
+                paths.extend(cert.paths().iter().map(|p| p.to_path_buf()));
+            }
+            let stamps = |paths: &[std::path::PathBuf]| {
+                paths
+                    .iter()
+                    .map(|p| secrets::file_stamp(p))
+                    .collect::<Vec<_>>()
+            };
+            let mut seen = stamps(&paths);
+            let mut tick = tokio::time::interval(Duration::from_millis(period));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let now = stamps(&paths);
+                if now != seen {
+                    seen = now;
+                    if let Err(e) = me.reload() {
+                        tracing::error!(error = %e, "a watched file changed but does not load; keeping what is loaded");
+                    }
+                }
+            }
+        }))
+    }
 }
 
 /// Boots a node. Must be called on a multi-thread tokio runtime: actors run
 /// on it; the gateway runs on its own worker threads.
 pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningNode, StartError> {
     config.validate()?;
+    // Every rustls configuration of the node names ring explicitly; this
+    // makes ring the process default too, for code that asks for the
+    // default (reqwest, built without a provider of its own). Keeps one
+    // installed earlier.
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
     // Installed first, so that start-up work (the store) is measured too.
     let metrics = metrics_handle();
-    std::fs::create_dir_all(&config.node.data).map_err(|source| StartError::DataDir {
-        path: config.node.data.clone(),
-        source,
-    })?;
+    // Owner-only (0700), fixed if an earlier run or an operator left it wider.
+    secrets::private_dir(&config.node.data)?;
     let (data_lock, lease_owner) = claim_data_dir(&config)?;
     let store = open_store(&config).await?;
-    let mut candidate = [0u8; 32];
-    ring::rand::SystemRandom::new()
-        .fill(&mut candidate)
-        .map_err(|_| StartError::Other("no randomness".into()))?;
-    let secret = store
-        .get_or_create_secret("token-hmac-v1", &candidate)
-        .await
-        .map_err(|e| StartError::Other(format!("token secret: {e}")))?;
-    let tokens = hush_ds::TokenKey::new(&secret);
+    let tokens = TokenKeyHandle::new(secrets::token_keys_at_start(&config, store.as_ref()).await?);
 
     let runtime = tokio::runtime::Handle::current();
     let route = Arc::new(match config.cluster_node().cloned() {
@@ -262,6 +402,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningNode,
         SessionLimits {
             max_connections_per_user: config.limits.max_connections_per_user,
             presence_grace_ms: config.actors.presence_grace_ms,
+            max_session_actors: config.actors.max_session_actors,
         },
     ));
     let groups = Arc::new(Groups::new(
@@ -276,6 +417,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningNode,
             epoch_window: config.limits.epoch_window,
             lease_ttl_ms: config.actors.lease_ttl_ms,
             group_idle_ms: config.actors.group_idle_ms,
+            max_group_actors: config.actors.max_group_actors,
         },
     ));
     let api = Arc::new(Api::new(
@@ -283,10 +425,8 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningNode,
         groups.clone(),
         sessions.clone(),
         route.clone(),
-        ApiLimits {
-            max_message_bytes: config.limits.max_message_bytes,
-            max_key_packages_per_upload: config.limits.max_key_packages_per_upload,
-        },
+        clock.clone(),
+        ApiLimits::from_config(&config),
     ));
     Arc::new(peer::Peer::new(
         route.clone(),
@@ -297,28 +437,51 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningNode,
     ))
     .start(&runtime);
 
+    let mut challenge_secret = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut challenge_secret)
+        .map_err(|_| StartError::Other("no randomness".into()))?;
     let app = Arc::new(AppState::new(
         config.clone(),
         store.clone(),
-        tokens,
+        tokens.clone(),
         clock,
         api,
         sessions.clone(),
         route.clone(),
         shutdown.clone(),
+        &challenge_secret,
     ));
-    let gateway =
-        gateway::serve(app, metrics).map_err(|(addr, source)| StartError::Bind { addr, source })?;
+    let cert = match &config.gateway.tls {
+        Some(t) => Some(Arc::new(gateway::tls::GatewayCert::load(&t.cert, &t.key)?)),
+        None => None,
+    };
+    let gateway = gateway::serve(app.clone(), metrics, cert.clone())
+        .map_err(|(addr, source)| StartError::Bind { addr, source })?;
+    let sweeper = spawn_sweeper(&app);
     let addr = gateway.addr;
     tracing::info!(node = %config.node.id, %addr, "node started");
+    let tls = cert.is_some();
+    let reloader = Arc::new(Reloader {
+        config,
+        tokens,
+        cert,
+        count: tokio::sync::watch::Sender::new(0),
+    });
+    let watcher = reloader.watch();
     Ok(RunningNode {
         addr,
+        tls,
         store,
         route,
         groups,
         sessions,
         shutdown,
         gateway,
+        reloader,
+        watcher,
+        app,
+        sweeper,
         _data_lock: data_lock,
     })
 }
@@ -341,7 +504,7 @@ fn claim_data_dir(config: &Config) -> Result<(std::fs::File, String), StartError
         path: dir.clone(),
         source,
     };
-    let lock = std::fs::OpenOptions::new()
+    let lock = secrets::private_options()
         .create(true)
         .truncate(false)
         .write(true)
@@ -357,7 +520,9 @@ fn claim_data_dir(config: &Config) -> Result<(std::fs::File, String), StartError
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
     }
+    secrets::private_file(&dir.join("node.lock"))?;
     let path = dir.join("lease-owner");
+    secrets::private_file(&path)?;
     let prefix = format!("{}#", config.node.id);
     let kept = std::fs::read_to_string(&path).ok().and_then(|s| {
         let s = s.trim();
@@ -373,7 +538,13 @@ fn claim_data_dir(config: &Config) -> Result<(std::fs::File, String), StartError
         .map_err(|_| StartError::Other("no randomness".into()))?;
     let owner = format!("{prefix}{}", hex::encode(nonce));
     let tmp = dir.join("lease-owner.tmp");
-    std::fs::write(&tmp, format!("{owner}\n")).map_err(io)?;
+    let _ = std::fs::remove_file(&tmp);
+    secrets::private_options()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{owner}\n").as_bytes()))
+        .map_err(io)?;
     std::fs::rename(&tmp, &path).map_err(io)?;
     Ok((lock, owner))
 }
@@ -383,9 +554,11 @@ mod store_selection_tests {
     use super::*;
 
     /// Real: `[store] kind = "scylla"` pointed at a loopback port nobody
-    /// listens on fails at start with the contact point in the message.
+    /// listens on does not block the start: the store opens at once and
+    /// says it is unavailable, naming the contact point, and once the first
+    /// background attempt failed, that ScyllaDB could not be reached there.
     #[tokio::test]
-    async fn an_unreachable_scylla_is_a_clear_startup_error() {
+    async fn an_unreachable_scylla_is_a_clear_error_and_never_blocks_the_start() {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("probe a free port")
@@ -396,11 +569,26 @@ mod store_selection_tests {
         config.store.contact_points = vec![point.clone()];
         config.store.request_timeout_ms = 2_000;
         config.validate().expect("valid config");
-        let err = match open_store(&config).await {
-            Ok(_) => panic!("a closed port cannot host ScyllaDB"),
-            Err(e) => e.to_string(),
-        };
-        assert!(err.contains("ScyllaDB"), "{err}");
-        assert!(err.contains(&point), "{err}");
+        let store = tokio::time::timeout(Duration::from_secs(5), open_store(&config))
+            .await
+            .expect("opening a CQL store does not wait for the cluster")
+            .expect("a CQL store opens while its cluster is down");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let err = match store.ready().await {
+                Ok(()) => panic!("a closed port cannot host ScyllaDB"),
+                Err(hush_store::StoreError::Unavailable(e)) => e,
+                Err(other) => panic!("expected Unavailable, got {other:?}"),
+            };
+            assert!(err.contains(&point), "{err}");
+            if err.contains("ScyllaDB") {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no failed attempt reported: {err}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }

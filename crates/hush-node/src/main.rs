@@ -1,32 +1,64 @@
-//! The hush-node binary: parse arguments, set up logging, run the node.
+//! The hush-node binary: parse arguments, set up logging, run the node (or
+//! an operator command: `rotate-token-key`, `gen-cert`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use clap::Parser;
-use hush_node::{Config, SystemClock};
+use clap::{Parser, Subcommand};
+use hush_node::{Clock as _, Config, SystemClock};
 
 /// A Hush node: MLS delivery service, group sequencer and chat gateway.
+/// SIGHUP reloads the token key file and the gateway's TLS certificate;
+/// SIGTERM or Ctrl-C stops gracefully.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// TOML config file (same format as cluster.toml). Flags override it.
-    #[arg(long)]
+    #[arg(long, global = true)]
     config: Option<PathBuf>,
     /// Data directory (embedded store, secrets). Default ./hush-data.
-    #[arg(long)]
+    #[arg(long, global = true)]
     data: Option<PathBuf>,
     /// Gateway listen address. Default 127.0.0.1:7300.
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Serve HTTPS/WSS with this certificate chain (PEM; with --tls-key;
+    /// overrides `[gateway.tls]`).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Node id (lease owner name; picks this node's entry in cluster.nodes).
-    #[arg(long)]
+    #[arg(long, global = true)]
     node: Option<String>,
     /// Log format: "text" or "json".
-    #[arg(long, default_value = "text")]
+    #[arg(long, default_value = "text", global = true)]
     log_format: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Replace the token signing key (in the file `auth.token_key_file`
+    /// names): the new key signs from now on, the old one still verifies
+    /// for one token lifetime. Running nodes pick it up on SIGHUP or within
+    /// `node.watch_ms`.
+    RotateTokenKey,
+    /// Make a development CA and a gateway certificate signed by it (for
+    /// `[gateway.tls]`; clients trust the CA with `hush --ca DIR/ca.pem`).
+    /// An existing CA in DIR is reused.
+    GenCert {
+        /// Output directory: ca.pem, ca.key, cert.pem, key.pem.
+        #[arg(long, default_value = "./hush-tls")]
+        out: PathBuf,
+        /// Names the certificate is valid for (DNS names or IP addresses).
+        #[arg(long = "name", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+        names: Vec<String>,
+    },
 }
 
 #[tokio::main]
@@ -45,6 +77,22 @@ async fn main() -> anyhow::Result<()> {
         subscriber.init();
     }
 
+    if let Some(Command::GenCert { out, names }) = &args.command {
+        let certs = hush_node::gateway::tls::gen_dev_certs(out, names)
+            .context("generating certificates")?;
+        println!(
+            "wrote {} and {} (signed by the CA in {}; its key: {})\n\
+             [gateway.tls]\ncert = {:?}\nkey = {:?}",
+            certs.cert.display(),
+            certs.key.display(),
+            certs.ca_cert.display(),
+            certs.ca_key.display(),
+            certs.cert,
+            certs.key,
+        );
+        return Ok(());
+    }
+
     let mut config = match &args.config {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
@@ -60,18 +108,78 @@ async fn main() -> anyhow::Result<()> {
     if let Some(l) = args.listen {
         config.gateway.listen = l;
     }
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        config.gateway.tls = Some(hush_node::config::GatewayTls { cert, key });
+    }
     config.validate()?;
 
+    match args.command {
+        None => run(config).await,
+        Some(Command::GenCert { .. }) => Ok(()),
+        Some(Command::RotateTokenKey) => {
+            let keys = hush_node::secrets::rotate_token_key(&config, SystemClock.now_ms())
+                .context("rotating the token key")?;
+            println!(
+                "rotated the token key in {}; the previous key verifies until {} ms \
+                 (send SIGHUP to running nodes, or wait node.watch_ms)",
+                config.token_key_file().display(),
+                keys.previous_until_ms().unwrap_or(0)
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
     let node = hush_node::start(config, Arc::new(SystemClock))
         .await
         .context("starting node")?;
     // Tests and scripts wait for this exact line.
-    println!("listening on http://{}", node.addr);
+    println!("listening on {}", node.url());
 
-    shutdown_signal().await;
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    let mut hup = reload_signal();
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = next_hup(&mut hup) => match node.reload() {
+                Ok(()) => tracing::info!("reloaded on SIGHUP"),
+                Err(e) => tracing::error!(error = %e, "reload on SIGHUP failed; keeping what was loaded"),
+            },
+        }
+    }
     tracing::info!("shutting down");
     node.stop().await;
     Ok(())
+}
+
+/// The SIGHUP stream (none where there are no such signals).
+#[cfg(unix)]
+type Hup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hup = Option<()>;
+
+fn reload_signal() -> Hup {
+    #[cfg(unix)]
+    {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+/// The next SIGHUP; never, if there is no stream.
+async fn next_hup(hup: &mut Hup) {
+    #[cfg(unix)]
+    if let Some(s) = hup {
+        s.recv().await;
+        return;
+    }
+    let _ = hup;
+    std::future::pending::<()>().await
 }
 
 async fn shutdown_signal() {

@@ -44,6 +44,8 @@ pub struct Peer {
     sessions: Arc<Sessions>,
     groups: Arc<Groups>,
     shutdown: Shutdown,
+    /// The members of the last view followed (to see who is back).
+    last_members: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Peer {
@@ -60,6 +62,7 @@ impl Peer {
             sessions,
             groups,
             shutdown,
+            last_members: Default::default(),
         }
     }
 
@@ -74,14 +77,21 @@ impl Peer {
             runtime.spawn(async move {
                 while let Some(msg) = incoming.recv().await {
                     match msg {
-                        StreamMsg::Call { payload, reply } => {
+                        StreamMsg::Call {
+                            peer: from,
+                            payload,
+                            reply,
+                        } => {
                             let peer = peer.clone();
                             tokio::spawn(async move {
-                                let answer = peer.answer(&payload).await;
+                                let answer = peer.answer(&from, &payload).await;
                                 let _ = reply.send(&answer.encode_to_vec()).await;
                             });
                         }
-                        StreamMsg::Push { payload } => peer.accept_push(&payload).await,
+                        StreamMsg::Push {
+                            peer: from,
+                            payload,
+                        } => peer.accept_push(&from, &payload).await,
                     }
                 }
             });
@@ -96,10 +106,15 @@ impl Peer {
     }
 
     /// Answers a call another node made.
-    async fn answer(&self, payload: &[u8]) -> cluster::NodeReply {
+    /// `peer` is the node the connection's certificate names; a request
+    /// that claims to come from another is refused.
+    async fn answer(&self, peer: &str, payload: &[u8]) -> cluster::NodeReply {
         let Ok(request) = cluster::NodeRequest::decode(payload) else {
             return error(ErrorCode::Malformed, "undecodable cluster request");
         };
+        if request.from != peer {
+            return impostor(peer, &request.from);
+        }
         let Some(body) = request.body else {
             return error(ErrorCode::Malformed, "empty cluster request");
         };
@@ -179,11 +194,15 @@ impl Peer {
 
     /// Applies a push from another node: a delivery batch, or a notice for
     /// a session here.
-    async fn accept_push(&self, payload: &[u8]) {
+    async fn accept_push(&self, peer: &str, payload: &[u8]) {
         let Ok(request) = cluster::NodeRequest::decode(payload) else {
             metrics::counter!("hush_cluster_bad_messages_total").increment(1);
             return;
         };
+        if request.from != peer {
+            impostor(peer, &request.from);
+            return;
+        }
         if request.view_digest != self.route.digest() {
             // Applied anyway (see the module docs).
             metrics::counter!("hush_cluster_stale_view_pushes_total").increment(1);
@@ -211,6 +230,12 @@ impl Peer {
                     }
                     _ => metrics::counter!("hush_cluster_bad_messages_total").increment(1),
                 }
+            }
+            Some(cluster::node_request::Body::Readmitted(_)) => {
+                metrics::counter!("hush_cluster_messages_in_total", "kind" => "readmitted")
+                    .increment(1);
+                tracing::info!(peer = %from, "readmitted by a peer: every connection resyncs");
+                self.sessions.resync_here();
             }
             _ => metrics::counter!("hush_cluster_bad_messages_total").increment(1),
         }
@@ -272,6 +297,18 @@ impl Peer {
             return;
         };
         self.route.forget_departed_peers(placement.view());
+        // Peers that are members again: whatever was sent to their users
+        // while this node did not count them went to sessions here.
+        let members = placement.view().members.clone();
+        let added: Vec<String> = {
+            let mut last = self.last_members.lock().unwrap_or_else(|p| p.into_inner());
+            let added = members.difference(&last).cloned().collect();
+            *last = members;
+            added
+        };
+        for peer in added.iter().filter(|p| p.as_str() != self.route.me()) {
+            self.route.tell_readmitted(peer);
+        }
         self.groups.follow_view(&placement, self.route.me()).await;
         self.sessions.follow_view(&placement).await;
     }
@@ -288,4 +325,15 @@ fn frame(body: Reply) -> cluster::NodeReply {
 
 fn error(code: ErrorCode, msg: &str) -> cluster::NodeReply {
     frame(Reply::Error(ApiError::new(code, msg).to_proto()))
+}
+
+/// A request whose `from` is not the node its certificate names: counted,
+/// logged and refused (FORBIDDEN).
+fn impostor(peer: &str, claimed: &str) -> cluster::NodeReply {
+    metrics::counter!("hush_cluster_impostor_requests_total").increment(1);
+    tracing::warn!(%peer, %claimed, "a cluster request claims another sender; refused");
+    error(
+        ErrorCode::Forbidden,
+        "the request's sender is not the certificate's node",
+    )
 }

@@ -1,5 +1,9 @@
 //! `GetPresence`: the members of a group the caller belongs to, each with
-//! its current presence, as the users' sessions last announced it.
+//! its current presence, as the users' sessions last announced it — for
+//! the users who joined the group. A user who was added but none of whose
+//! devices joined yet (processed the Welcome) shows as offline: adding
+//! someone does not reveal when they are online (`session/presence.rs` has
+//! the rule).
 //!
 //! The rest of presence lives with the sessions (`session/`: a session is
 //! its user's presence in the whole cluster, and announces the changes);
@@ -13,7 +17,7 @@ use hush_proto::{v1, ErrorCode};
 use hush_store::Store;
 
 use crate::error::{ApiError, ApiResult};
-use crate::session::Sessions;
+use crate::session::{joined_groups, Sessions};
 use crate::wire::{check_group_id, Caller};
 
 /// The presence of every member user of the group (the caller's too).
@@ -33,12 +37,26 @@ pub async fn snapshot(
             "not a member of this group",
         ));
     }
-    let users: BTreeSet<String> = g.members.into_iter().map(|m| m.user_id).collect();
+    let users: BTreeSet<String> = g.members.iter().map(|m| m.user_id.clone()).collect();
     let online = sessions.online_users(&users).await?;
+    // Only the online ones need the (per device) join check.
+    let mut visible = BTreeSet::new();
+    for user in &online {
+        if *user == caller.user_id {
+            visible.insert(user.clone());
+            continue;
+        }
+        for m in g.members.iter().filter(|m| m.user_id == *user) {
+            if joined_groups(store, &m.device_id).await?.contains(group_id) {
+                visible.insert(user.clone());
+                break;
+            }
+        }
+    }
     let out = users
         .into_iter()
         .map(|user_id| v1::UserPresence {
-            online: online.contains(&user_id),
+            online: visible.contains(&user_id),
             user_id,
         })
         .collect();

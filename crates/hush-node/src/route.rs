@@ -40,6 +40,11 @@ use crate::error::{ApiError, ApiResult};
 use crate::wire::Outbound;
 
 /// Most bytes of deliveries one batch takes from a peer queue.
+/// A `Readmitted` notice is pushed up to this many times, waiting twice as
+/// long after each failure, from this.
+const READMITTED_ATTEMPTS: u32 = 5;
+const READMITTED_RETRY_FIRST: Duration = Duration::from_millis(100);
+
 pub const MAX_BATCH_BYTES: usize = 1 << 20;
 
 /// The longest a routed call waits for this node's view to change before
@@ -297,6 +302,34 @@ impl Route {
         });
     }
 
+    /// Tells `node` that this node counts it as a member again (see
+    /// `Readmitted` in cluster.proto). Retried a few times: the peer's
+    /// connection may be new.
+    pub fn tell_readmitted(&self, node: &str) {
+        let Some(mesh) = self.mesh.clone() else {
+            return;
+        };
+        let request = self
+            .request(cluster::node_request::Body::Readmitted(
+                cluster::Readmitted {},
+            ))
+            .encode_to_vec();
+        let node = node.to_owned();
+        self.runtime.spawn(async move {
+            let mut wait = READMITTED_RETRY_FIRST;
+            for _ in 0..READMITTED_ATTEMPTS {
+                match mesh.push(&node, &request).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::debug!(peer = %node, error = %e, "readmitted notice not delivered")
+                    }
+                }
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+        });
+    }
+
     /// Queues an item for the sessions on `node` of the users of `devices`.
     pub fn send_to_sessions(&self, node: &str, devices: &[MemberDevice], item: &Outbound) {
         let Some(item) = outbound_to_proto(item) else {
@@ -435,6 +468,7 @@ pub fn body_kind(body: &cluster::node_request::Body) -> &'static str {
         cluster::node_request::Body::Deliver(_) => "deliver",
         cluster::node_request::Body::SessionCall(_) => "session_call",
         cluster::node_request::Body::PresenceQuery(_) => "presence_query",
+        cluster::node_request::Body::Readmitted(_) => "readmitted",
     }
 }
 
@@ -466,7 +500,7 @@ fn outbound_to_proto(item: &Outbound) -> Option<cluster::delivery::Item> {
                 frame: frame.to_vec(),
             })
         }
-        Outbound::Resync => return None,
+        Outbound::Resync | Outbound::Refused(_) => return None,
     })
 }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use hush_proto::{server_frame::Body as Reply, v1, Message as _, ServerFrame};
 use hush_store::{EntryKind, InboxItem};
 
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 
 /// An encoded `ServerFrame`, shared by every connection it goes to.
 pub type Frame = bytes::Bytes;
@@ -54,6 +54,9 @@ pub enum Outbound {
     /// Local only, never sent between nodes: the connection's session
     /// moved, so it reads what it may have missed from the store.
     Resync,
+    /// Local only: attaching the connection to its session was refused;
+    /// the client gets the error, then the connection ends.
+    Refused(ApiError),
 }
 
 /// Where a connection is: its node and its id there.

@@ -77,6 +77,7 @@ async fn flags_override_the_file_and_the_node_serves_health_and_metrics() {
     assert!(addr.starts_with("127.0.0.1:") && addr != "127.0.0.1:1");
     assert!(dir.path().join("data/hush.sqlite").exists());
 
+    hush_client::tls::use_ring(); // reqwest has no rustls provider of its own
     let health = reqwest::get(format!("http://{addr}/healthz"))
         .await
         .unwrap();

@@ -62,6 +62,7 @@ fn start(config: &std::path::Path, node: &str) -> Proc {
 }
 
 async fn cluster_of(p: &Proc) -> Value {
+    hush_client::tls::use_ring(); // reqwest has no rustls provider of its own
     let body = reqwest::get(format!("{}/cluster", p.url))
         .await
         .expect("GET /cluster")

@@ -49,7 +49,9 @@ async fn pump_advancing(
     }
 }
 
-/// A group of `owner` with `others` added, everyone caught up.
+/// A group of `owner` with `others` added, everyone caught up and joined:
+/// a member's presence is visible to the group only once it joined, and
+/// its join tells `owner` it is online.
 async fn group(owner: &mut Client, others: &mut [&mut Client], name: &str) -> Vec<u8> {
     let gid = owner.create_group(name).await.expect("create").group_id;
     let handles: Vec<String> = others
@@ -60,8 +62,12 @@ async fn group(owner: &mut Client, others: &mut [&mut Client], name: &str) -> Ve
         .add_members(&hex::encode(&gid), &handles)
         .await
         .expect("add");
-    for c in others.iter_mut() {
+    for (c, handle) in others.iter_mut().zip(&handles) {
         pump_until(c, "the welcome", |c| is_member(c, &gid)).await;
+        pump_until(owner, "the join", |o| {
+            o.live().presence(handle) == Some(true)
+        })
+        .await;
     }
     gid
 }

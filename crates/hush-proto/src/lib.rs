@@ -69,7 +69,7 @@ impl v1::Error {
         Self {
             code: code as i32,
             message: message.into(),
-            stale_epoch: None,
+            ..Default::default()
         }
     }
 

@@ -130,7 +130,31 @@ pub async fn cql_harness() -> Option<Harness> {
     Some(Harness::with_guard(Arc::new(store), keyspace))
 }
 
-/// A test keyspace claimed from the pool `hush_test_0`, `hush_test_1`, ...
+/// A connected [`crate::ScyllaStore`] with default settings on an emptied
+/// test keyspace of the pool for `replication_factor` (see
+/// [`TestKeyspace::claim_rf`]), for tests that run hush-node processes on
+/// the same keyspace (the store here creates it and its schema first) and
+/// read what they wrote. Keep the [`TestKeyspace`] until the end of the test.
+pub async fn cql_test_store(
+    points: &[String],
+    replication_factor: u32,
+) -> (crate::ScyllaStore, TestKeyspace) {
+    let keyspace = TestKeyspace::claim_rf(points, replication_factor).await;
+    let mut config = crate::ScyllaConfig::new(points.to_vec());
+    config.keyspace = keyspace.name.clone();
+    config.replication_factor = replication_factor;
+    let store = crate::ScyllaStore::connect(config)
+        .await
+        .unwrap_or_else(|e| panic!("{CQL_URI_VAR} is set but the CQL cluster is not usable: {e}"));
+    let session = Arc::clone(store.session().expect("connect returns connected"));
+    keyspace.empty(&session).await;
+    (store, keyspace)
+}
+
+/// A test keyspace claimed from a pool: `hush_test_0`, `hush_test_1`, ...
+/// for replication factor 1 ([`TestKeyspace::claim`]), `hush_rf3_0`, ...
+/// for 3 ([`TestKeyspace::claim_rf`]): a keyspace keeps the replication it
+/// was created with.
 ///
 /// Creating a keyspace takes seconds on Cassandra and dropping one as
 /// long (measured on the 3-node test cluster at load average about 16:
@@ -149,9 +173,18 @@ pub struct TestKeyspace {
 }
 
 impl TestKeyspace {
-    /// Claims a keyspace name (the keyspace itself may not exist yet: the
-    /// store creates it).
+    /// Claims a keyspace name of the replication factor 1 pool (the
+    /// keyspace itself may not exist yet: the store creates it).
     pub async fn claim(points: &[String]) -> TestKeyspace {
+        Self::claim_rf(points, 1).await
+    }
+
+    /// Claims a keyspace name of the pool for `replication_factor`.
+    pub async fn claim_rf(points: &[String], replication_factor: u32) -> TestKeyspace {
+        let prefix = match replication_factor {
+            1 => "hush_test".to_string(),
+            rf => format!("hush_rf{rf}"),
+        };
         let session = scylla::client::session_builder::SessionBuilder::new()
             .known_nodes(points)
             .keyspaces_to_fetch(["hush_test_claims"])
@@ -175,7 +208,7 @@ impl TestKeyspace {
         let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
         let owner = format!("{}/{}", boot.trim(), std::process::id());
         for k in 0.. {
-            let name = format!("hush_test_{k}");
+            let name = format!("{prefix}_{k}");
             let taken = session
                 .query_unpaged(
                     "INSERT INTO hush_test_claims.claims (name, owner) VALUES (?, ?) IF NOT EXISTS",
@@ -356,6 +389,11 @@ impl LocalCqlCluster {
         })
     }
 
+    /// The cluster's folder: every node's data, commitlog and logs.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     /// The pid of node `k` (1-based) as its pid file says.
     pub fn pid(&self, k: usize) -> Option<u32> {
         std::fs::read_to_string(self.dir.join(format!("node{k}/pid")))
@@ -424,9 +462,12 @@ macro_rules! store_conformance_suite {
             ready_once_open,
             users_and_devices,
             secrets_get_or_create_concurrently,
+            secrets_are_taken_once,
             link_codes_single_use_and_expiry,
+            link_codes_expired_are_swept,
             key_packages_claim_order_and_last_resort,
             key_packages_concurrent_claims_are_distinct,
+            last_resort_claim_mark_is_a_one_winner_flag,
             groups_create_and_read,
             lease_lifecycle,
             lease_tokens_grow_with_every_handoff,
@@ -443,6 +484,7 @@ macro_rules! store_conformance_suite {
             groups_of_device_follow_membership,
             cursors_never_move_backward,
             inbox_seqs_increase_and_are_never_reused,
+            inbox_head_is_the_last_seq_given,
         );
     };
     (@tests required ($factory:expr) $($name:ident),+ $(,)?) => {
@@ -733,6 +775,61 @@ pub async fn secrets_get_or_create_concurrently(store: Arc<dyn Store>) {
     assert_eq!(other, b"other".to_vec());
 }
 
+pub async fn secrets_are_taken_once(store: Arc<dyn Store>) {
+    assert_eq!(store.take_secret("nothing").await.expect("take"), None);
+    store
+        .get_or_create_secret("moving", &[9; 32])
+        .await
+        .expect("create");
+    let mut tasks = JoinSet::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        tasks.spawn(async move { store.take_secret("moving").await });
+    }
+    let mut taken = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        if let Some(v) = joined.expect("task").expect("take_secret") {
+            taken.push(v);
+        }
+    }
+    assert_eq!(taken, vec![vec![9u8; 32]], "exactly one caller takes it");
+    assert_eq!(store.take_secret("moving").await.expect("take"), None);
+    // Gone: a new value can be stored under the name.
+    let fresh = store
+        .get_or_create_secret("moving", b"fresh")
+        .await
+        .expect("create again");
+    assert_eq!(fresh, b"fresh".to_vec());
+}
+
+pub async fn link_codes_expired_are_swept(store: Arc<dyn Store>) {
+    store
+        .put_link_code(b"sweep-old", "alice", 1_000)
+        .await
+        .expect("put");
+    store
+        .put_link_code(b"sweep-new", "alice", 5_000)
+        .await
+        .expect("put");
+    let swept = store.sweep_link_codes(2_000).await.expect("sweep");
+    assert!(swept <= 1, "only the expired code may go (swept {swept})");
+    if swept == 1 {
+        // Deleted, not merely expired: even an earlier clock finds nothing.
+        assert_eq!(
+            store.take_link_code(b"sweep-old", 0).await.expect("take"),
+            None
+        );
+    }
+    assert_eq!(
+        store
+            .take_link_code(b"sweep-new", 2_000)
+            .await
+            .expect("take"),
+        Some("alice".to_string()),
+        "an unexpired code survives the sweep"
+    );
+}
+
 pub async fn link_codes_single_use_and_expiry(store: Arc<dyn Store>) {
     store
         .put_link_code(b"code-1", "alice", 1_000)
@@ -882,6 +979,49 @@ pub async fn key_packages_claim_order_and_last_resort(store: Arc<dyn Store>) {
         store.key_package_count("nobody").await.expect("count"),
         (0, false)
     );
+}
+
+pub async fn last_resort_claim_mark_is_a_one_winner_flag(store: Arc<dyn Store>) {
+    // Each call returns the mark as it was.
+    assert!(!store
+        .set_last_resort_claimed("dev-1", true)
+        .await
+        .expect("set"));
+    assert!(store
+        .set_last_resort_claimed("dev-1", true)
+        .await
+        .expect("set"));
+    assert!(store
+        .set_last_resort_claimed("dev-1", false)
+        .await
+        .expect("clear"));
+    assert!(!store
+        .set_last_resort_claimed("dev-1", false)
+        .await
+        .expect("clear"));
+    // Devices are independent, and need not exist.
+    assert!(!store
+        .set_last_resort_claimed("dev-2", true)
+        .await
+        .expect("set"));
+    assert!(!store
+        .set_last_resort_claimed("dev-1", true)
+        .await
+        .expect("set"));
+
+    // Of concurrent markers exactly one sees it unset.
+    let mut tasks = JoinSet::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        tasks.spawn(async move { store.set_last_resort_claimed("dev-3", true).await });
+    }
+    let mut first = 0;
+    while let Some(joined) = tasks.join_next().await {
+        if !joined.expect("task").expect("set") {
+            first += 1;
+        }
+    }
+    assert_eq!(first, 1);
 }
 
 pub async fn key_packages_concurrent_claims_are_distinct(store: Arc<dyn Store>) {
@@ -1837,6 +1977,38 @@ pub async fn cursors_never_move_backward(store: Arc<dyn Store>) {
         store.cursors("dev-3").await.expect("cursors"),
         vec![(b"g1".to_vec(), 39)]
     );
+}
+
+pub async fn inbox_head_is_the_last_seq_given(store: Arc<dyn Store>) {
+    assert_eq!(store.inbox_head("bob-1").await.expect("head"), 0);
+    let fence = leased_group(&*store, b"g").await;
+    let alice = member("alice", "alice-1");
+    let bob = member("bob", "bob-1");
+    let add = commit(
+        b"g",
+        fence,
+        1,
+        vec![alice.clone(), bob.clone()],
+        &["bob-1"],
+        "add",
+    );
+    store.append_commit(&add).await.expect("add");
+    let items = store.read_inbox("bob-1", 0, 10).await.expect("inbox");
+    assert_eq!(items.len(), 1);
+    assert_eq!(
+        store.inbox_head("bob-1").await.expect("head"),
+        items[0].inbox_seq
+    );
+    // Acknowledged items still count: the head never moves back.
+    store
+        .ack_inbox("bob-1", items[0].inbox_seq)
+        .await
+        .expect("ack");
+    assert_eq!(
+        store.inbox_head("bob-1").await.expect("head"),
+        items[0].inbox_seq
+    );
+    assert_eq!(store.inbox_head("alice-1").await.expect("head"), 0);
 }
 
 pub async fn inbox_seqs_increase_and_are_never_reused(store: Arc<dyn Store>) {

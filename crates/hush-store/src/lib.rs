@@ -359,6 +359,10 @@ pub trait Store: Send + Sync + 'static {
     /// Returns the secret stored under `name`, storing `candidate` first if
     /// there is none (atomic: concurrent callers all get the same secret).
     async fn get_or_create_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>>;
+    /// Removes the secret stored under `name` and returns it, once: of
+    /// concurrent callers at most one gets it. `None` if there is none.
+    /// (A node moves its token key out of the store with this.)
+    async fn take_secret(&self, name: &str) -> Result<Option<Vec<u8>>>;
     /// Stores a one-time device link code (by its hash).
     async fn put_link_code(
         &self,
@@ -369,6 +373,10 @@ pub trait Store: Send + Sync + 'static {
     /// Consumes a link code: returns its user id once, if it exists and has
     /// not expired at `now_ms`; deletes it either way.
     async fn take_link_code(&self, code_hash: &[u8], now_ms: u64) -> Result<Option<String>>;
+    /// Deletes every link code expired at `now_ms` (a node's sweeper calls
+    /// it); returns how many it deleted. A backend that expires rows by
+    /// itself (ScyllaDB, with a TTL) may delete them later and return 0.
+    async fn sweep_link_codes(&self, now_ms: u64) -> Result<u64>;
 
     // ----- key packages -----
 
@@ -386,6 +394,13 @@ pub trait Store: Send + Sync + 'static {
     async fn claim_key_package(&self, device_id: &str) -> Result<Option<ClaimedKeyPackage>>;
     /// (unclaimed ordinary packages, has a last-resort package)
     async fn key_package_count(&self, device_id: &str) -> Result<(u32, bool)>;
+    /// Sets the device's "last-resort package handed out" mark and returns
+    /// the mark as it was (atomic: of concurrent callers setting `true`,
+    /// exactly one sees `false`). The node sets it when it hands the
+    /// package out and clears it when the device uploads again, so the
+    /// package is not handed out twice in a row before its owner was told.
+    /// A mark is a flag only: the device need not exist.
+    async fn set_last_resort_claimed(&self, device_id: &str, claimed: bool) -> Result<bool>;
 
     // ----- groups and timelines -----
 
@@ -449,6 +464,9 @@ pub trait Store: Send + Sync + 'static {
     async fn read_inbox(&self, device_id: &str, after: u64, limit: u32) -> Result<Vec<InboxItem>>;
     /// Deletes inbox items with inbox_seq <= `upto`.
     async fn ack_inbox(&self, device_id: &str, upto: u64) -> Result<()>;
+    /// The last inbox seq ever given to the device (0 if none), acknowledged
+    /// or not.
+    async fn inbox_head(&self, device_id: &str) -> Result<u64>;
 }
 
 fn hex_prefix(bytes: &[u8]) -> String {

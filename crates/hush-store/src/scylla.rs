@@ -164,10 +164,13 @@ mod store;
 pub use store::{lease_decision, members_of, next_members, Mode, Pending, STATEMENTS};
 
 /// The versioned schema: (version, CQL), applied in order at open.
-pub const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../cql/0001_init.cql"))];
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../cql/0001_init.cql")),
+    (2, include_str!("../cql/0002_last_resort_claims.cql")),
+];
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// The consistency level of ordinary reads and writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -616,8 +619,12 @@ mod tests {
         for (i, (version, _)) in MIGRATIONS.iter().enumerate() {
             assert_eq!(*version, i as i32 + 1, "migrations are numbered densely");
         }
-        let statements = split_statements(MIGRATIONS[0].1);
-        assert_eq!(statements.len(), 18);
+        assert_eq!(split_statements(MIGRATIONS[0].1).len(), 18);
+        assert_eq!(split_statements(MIGRATIONS[1].1).len(), 1);
+        let statements: Vec<String> = MIGRATIONS
+            .iter()
+            .flat_map(|(_, cql)| split_statements(cql))
+            .collect();
         for s in &statements {
             assert!(
                 s.starts_with("CREATE TABLE IF NOT EXISTS "),
@@ -634,6 +641,7 @@ mod tests {
             "timeline",
             "client_msgs",
             "inbox",
+            "last_resort_claims",
         ] {
             assert!(
                 tables.iter().any(|t| t == needed),

@@ -261,6 +261,12 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn take_secret(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let name = name.to_string();
+        self.write("take_secret", move |c| accounts::op_take_secret(c, &name))
+            .await
+    }
+
     async fn put_link_code(
         &self,
         code_hash: &[u8],
@@ -279,6 +285,13 @@ impl Store for SqliteStore {
         let hash = code_hash.to_vec();
         self.write("take_link_code", move |c| {
             accounts::op_take_link_code(c, &hash, now_ms)
+        })
+        .await
+    }
+
+    async fn sweep_link_codes(&self, now_ms: u64) -> Result<u64> {
+        self.write("sweep_link_codes", move |c| {
+            accounts::op_sweep_link_codes(c, now_ms)
         })
         .await
     }
@@ -310,6 +323,14 @@ impl Store for SqliteStore {
         let id = device_id.to_string();
         self.read(move |c| key_packages::read_key_package_count(c, &id))
             .await
+    }
+
+    async fn set_last_resort_claimed(&self, device_id: &str, claimed: bool) -> Result<bool> {
+        let id = device_id.to_string();
+        self.write("set_last_resort_claimed", move |c| {
+            key_packages::op_set_last_resort_claimed(c, &id, claimed)
+        })
+        .await
     }
 
     async fn create_group(&self, group: &NewGroup) -> Result<()> {
@@ -424,6 +445,11 @@ impl Store for SqliteStore {
         let id = device_id.to_string();
         self.read(move |c| sync::read_inbox(c, &id, after, limit))
             .await
+    }
+
+    async fn inbox_head(&self, device_id: &str) -> Result<u64> {
+        let id = device_id.to_string();
+        self.read(move |c| sync::read_inbox_head(c, &id)).await
     }
 
     async fn ack_inbox(&self, device_id: &str, upto: u64) -> Result<()> {

@@ -20,10 +20,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hush_store::conformance::LocalCqlCluster;
+use hush_store::conformance::{cql_test_store, LocalCqlCluster};
 use hush_store::{
-    AppendOutcome, EntryKind, GroupRecord, MemberDevice, NewEntry, NewGroup, ScyllaConfig,
-    ScyllaStore, Store, StoreError,
+    AppendOutcome, EntryKind, GroupRecord, MemberDevice, NewEntry, NewGroup, ScyllaStore, Store,
+    StoreError,
 };
 
 const WRITERS: usize = 4;
@@ -61,10 +61,10 @@ async fn losing_one_node_fails_no_write_and_losing_all_is_unavailable_then_recov
         return;
     };
     let cluster = Arc::new(cluster);
-    let mut config = ScyllaConfig::new(cluster.contact_points.clone());
-    config.keyspace = format!("hush_faults_{}", std::process::id());
-    config.replication_factor = 3;
-    let store = Arc::new(ScyllaStore::connect(config).await.expect("connect"));
+    // A keyspace with replication factor 3 from the pool (emptied), not a
+    // new one: creating and dropping one takes tens of seconds here.
+    let (store, _keyspace) = cql_test_store(&cluster.contact_points, 3).await;
+    let store = Arc::new(store);
     store.ready().await.expect("ready");
     store
         .create_group(&NewGroup {
@@ -192,18 +192,6 @@ async fn losing_one_node_fails_no_write_and_losing_all_is_unavailable_then_recov
         append(&store, fence, "after-recovery", true).await,
     );
     check_timeline(&store, &acked).await;
-
-    let session = store.session().expect("connected").clone();
-    let keyspace = store.config().keyspace.clone();
-    if let Err(e) = session
-        .query_unpaged(
-            hush_store::scylla::schema_change(format!("DROP KEYSPACE IF EXISTS {keyspace}")),
-            (),
-        )
-        .await
-    {
-        eprintln!("could not drop the test keyspace {keyspace}: {e}");
-    }
 }
 
 /// Every acknowledged id is in the timeline once, at its acknowledged seq,

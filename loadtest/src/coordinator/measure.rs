@@ -2,8 +2,9 @@
 //! scenario's phases: split the work into one plan per worker, start the
 //! workers, wait for their setup, then per phase send one command with one
 //! start time to all of them (and, for the failover scenario, kill the node
-//! on time), follow their counters on the progress bar, and merge their
-//! results into the phase's report.
+//! on time; for a chaos run, start the fault schedule), follow their
+//! counters on the progress bar, and merge their results into the phase's
+//! report.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -42,6 +43,11 @@ pub struct System<'a> {
     pub pids: &'a [(String, u32)],
     /// The baseline's Redis: the workers speak RESP to it.
     pub redis: bool,
+    /// Chaos: where the workers write their parts of the history.
+    pub history_dir: Option<&'a Path>,
+    /// Chaos: started with the first phase's start time (Unix ns); awaited
+    /// once the phase's results are in.
+    pub faults: Option<&'a (dyn Fn(u64) -> JoinHandle<()> + Sync)>,
 }
 
 /// One system through all phases of the scenario; `worker_exe` runs the
@@ -97,7 +103,7 @@ fn plans(sc: &Scenario, sys: &System<'_>, sources: &[IpAddr], nworkers: usize) -
                         setup_concurrency: c.setup_concurrency,
                     })
                 }
-                Kind::Fanout | Kind::Sustain | Kind::Baseline => {
+                Kind::Fanout | Kind::Sustain | Kind::Baseline | Kind::Chaos | Kind::Overload => {
                     let f = &sc.fanout;
                     let (first_group, groups) = split(f.groups, nworkers, w);
                     let j = FanoutJob {
@@ -110,6 +116,7 @@ fn plans(sc: &Scenario, sys: &System<'_>, sources: &[IpAddr], nworkers: usize) -
                         presealed_per_group: f.presealed_per_group,
                         setup_concurrency: f.setup_concurrency,
                         ack_interval_ms: f.ack_interval_ms,
+                        history: sys.history_dir.map(|d| crate::history::part_path(d, w)),
                     };
                     if sys.redis {
                         Job::Redis(j)
@@ -160,6 +167,14 @@ fn phases(sc: &Scenario, nworkers: usize) -> Vec<Phase> {
                 rate: c.rate / nworkers as f64,
                 duration_s: c.connections as f64 / c.rate + c.hold_s,
                 drain_timeout_s: 0.0,
+            }]
+        }
+        Kind::Chaos => {
+            let f = &sc.fanout;
+            vec![Phase {
+                rate: f.rates[0] / f.groups as f64,
+                duration_s: sc.chaos.duration_s,
+                drain_timeout_s: f.drain_timeout_s,
             }]
         }
         _ => {
@@ -378,9 +393,17 @@ impl Measurement<'_> {
             rate: phase.rate,
             drain_timeout_s: phase.drain_timeout_s,
             kill: kill.as_ref().map(|k| k.cmd.clone()),
+            chaos: self.sc.kind == Kind::Chaos,
         }));
         let killed = kill.map(|k| k.spawn(self.sc.target.kill_signal.clone()));
+        let faults = match self.sys.faults {
+            Some(start) if index == 0 => Some(start(start_ns)),
+            _ => None,
+        };
         let mut merged = self.results(index, start_ns, phase.duration_s).await?;
+        if let Some(f) = faults {
+            let _ = f.await;
+        }
         self.monitor.sample_now();
         let t1 = self.monitor.now();
         let mut report = PhaseReport::new(

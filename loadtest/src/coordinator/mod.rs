@@ -2,8 +2,11 @@
 //! test (one `hush-node`, the nodes of a cluster, or gateways handed in),
 //! the /proc sampler, then measures Hush (and Redis, for the baseline)
 //! through all phases (`measure`), and writes `summary.json` and
-//! `report.html`. [`run_repeat`] runs a scenario several times.
+//! `report.html`. A chaos scenario runs its own way (`chaos`: a cluster in
+//! network namespaces under faults, judged by the checker). [`run_repeat`]
+//! runs a scenario several times.
 
+mod chaos;
 mod measure;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -122,6 +125,9 @@ pub async fn run(mut opts: Options) -> anyhow::Result<Outcome> {
     });
     std::fs::create_dir_all(&out_dir).with_context(|| format!("create {}", out_dir.display()))?;
     let out_dir = out_dir.canonicalize()?;
+    if sc.kind == Kind::Chaos {
+        return chaos::run(&sc, &opts, &out_dir, started_unix_s).await;
+    }
 
     let system = start_system(&sc, &opts, &out_dir).await?;
     let mut watched = system.pids.clone();
@@ -141,6 +147,8 @@ pub async fn run(mut opts: Options) -> anyhow::Result<Outcome> {
         servers: &system.servers,
         pids: &system.pids,
         redis: false,
+        history_dir: None,
+        faults: None,
     };
     match measure(&sc, &hush, &sources, &monitor, exe, opts.progress).await {
         Ok(t) => targets.push(t),
@@ -163,6 +171,8 @@ pub async fn run(mut opts: Options) -> anyhow::Result<Outcome> {
             servers: &[addr],
             pids: &redis_pid,
             redis: true,
+            history_dir: None,
+            faults: None,
         };
         targets.push(measure(&sc, &redis, &sources, &monitor, exe, opts.progress).await?);
     }

@@ -4,7 +4,10 @@
 //! answers to the sender's sends (through its [`Outbox`]), and its socket's
 //! loss and return: a lost socket is recorded ([`DropRec`]) and, once the
 //! connection is back on another gateway, resumed with `Sync` from the
-//! member's contiguous seq before the outbox writes again.
+//! member's contiguous seq before the outbox writes again. In a chaos run
+//! it records what it sees in the history: every delivery (repeats
+//! included) with its seq, epoch and message counter, the epochs it
+//! learns, its sockets, its resumes, and every answer to a send.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,6 +21,7 @@ use super::group::{Delivery, GroupShared};
 use super::outbox::{transient, Outbox};
 use super::shared::Shared;
 use crate::conn::{Link, Push};
+use crate::history::Event;
 use crate::mls::{private_message_aad, Member};
 use crate::payload::Header;
 use crate::protocol::DropRec;
@@ -59,6 +63,10 @@ impl MemberSink {
         inbox: Option<mpsc::UnboundedSender<InboxEvent>>,
         caught_up: watch::Sender<bool>,
     ) -> Self {
+        let mut outbox = Outbox::default();
+        if let Some(h) = shared.history.get() {
+            outbox.record_into(h.clone(), group.index, member);
+        }
         Self {
             shared,
             group,
@@ -69,16 +77,32 @@ impl MemberSink {
             live: Mutex::new(None),
             inbox: Mutex::new(inbox),
             caught_up,
-            outbox: Mutex::default(),
+            outbox: Mutex::new(outbox),
             acked_to_server: AtomicU64::new(0),
             inbox_max: AtomicU64::new(0),
             resume: Mutex::new(None),
         }
     }
 
-    /// Sends message `counter` (first attempt; see [`Outbox::send`]).
-    pub fn send(&self, counter: u64, body: v1::SendMessage) {
-        lock(&self.outbox).send(counter, body);
+    /// Sends message `counter`, due at `due_ns` (first attempt; see
+    /// [`Outbox::send`]).
+    pub fn send(&self, counter: u64, due_ns: u64, body: v1::SendMessage) {
+        lock(&self.outbox).send(counter, due_ns, body);
+    }
+
+    /// Records an event about this member in the history (chaos runs).
+    fn record(&self, ev: impl FnOnce(u32, u32) -> Event) {
+        self.shared.record(|| ev(self.group.index, self.member));
+    }
+
+    /// Records that a socket to gateway `node` opened at `at_ns`.
+    pub fn record_connect(&self, node: usize, at_ns: u64) {
+        self.record(|g, m| Event::Connect {
+            t: at_ns,
+            g,
+            m,
+            node,
+        });
     }
 
     /// Resends every queued send that is due at `now` (when connected).
@@ -114,9 +138,34 @@ impl MemberSink {
         if Some(&ev.group_id) != self.group.group_id.get() {
             return;
         }
-        match lock(&self.track).observe(ev.seq) {
-            Seen::Setup | Seen::Duplicate => return,
-            Seen::InOrder | Seen::Reordered => {}
+        let seen = lock(&self.track).observe(ev.seq);
+        // Live MLS decrypts each message once, and a sender cannot decrypt
+        // its own: only a receiver's first copy has a header then.
+        let first = matches!(seen, Seen::InOrder | Seen::Reordered);
+        let header = match self.mode {
+            MlsMode::Presealed => self.header(&ev),
+            MlsMode::Live if first && !self.is_sender => self.header(&ev),
+            MlsMode::Live => None,
+        }
+        .filter(|h| h.group == self.group.index);
+        self.record(|g, m| Event::Deliver {
+            t: at,
+            g,
+            m,
+            s: ev.seq,
+            e: ev.epoch,
+            c: header.map(|h| h.counter),
+        });
+        if ev.kind == EntryKind::Commit as i32 {
+            self.record(|g, m| Event::Epoch {
+                t: at,
+                g,
+                m,
+                e: ev.epoch + 1,
+            });
+        }
+        if !first {
+            return; // setup traffic, or a repeat (counted by the track)
         }
         let c = &self.shared.counters;
         if self.is_sender {
@@ -124,7 +173,7 @@ impl MemberSink {
         }
         Counters::add(&c.delivered, 1);
         self.shared.last_event_ns.fetch_max(at, Ordering::Relaxed);
-        let Some(h) = self.header(&ev).filter(|h| h.group == self.group.index) else {
+        let Some(h) = header else {
             Counters::add(&c.payload_errors, 1);
             return;
         };
@@ -146,6 +195,7 @@ impl MemberSink {
     /// complete.
     fn on_caught_up(&self, at_ns: u64) {
         let _ = self.caught_up.send(true);
+        self.record(|g, m| Event::CaughtUp { t: at_ns, g, m });
         let done = {
             let mut r = lock(&self.resume);
             match r.as_ref() {
@@ -186,6 +236,28 @@ impl Push for MemberSink {
         let Some(counter) = ob.answered(request_id) else {
             return; // a reply for another socket's request
         };
+        match &frame {
+            S::MessageAccepted(a) => self.record(|g, m| Event::Ack {
+                t: at_ns,
+                g,
+                m,
+                c: counter,
+                s: a.seq,
+                dup: a.duplicate,
+            }),
+            S::Error(e) => {
+                let code = e.error_code().as_str_name();
+                self.shared.refused(code);
+                self.record(|g, m| Event::Refused {
+                    t: at_ns,
+                    g,
+                    m,
+                    c: counter,
+                    code: code.to_string(),
+                });
+            }
+            _ => {}
+        }
         match frame {
             S::MessageAccepted(a) => {
                 if !ob.done(counter) {
@@ -230,6 +302,13 @@ impl Push for MemberSink {
         if self.shared.stopping.load(Ordering::Relaxed) {
             return;
         }
+        self.record(|g, m| Event::Disconnect {
+            t: at_ns,
+            g,
+            m,
+            node: server,
+            why: reason.to_string(),
+        });
         let expected = self.shared.lost_to_kill(server, at_ns);
         if !expected {
             Counters::add(&c.closed_unexpected, 1);
@@ -255,6 +334,7 @@ impl Push for MemberSink {
 
     fn on_reconnected(&self, link: &Link, server: usize, attempts: u32, at_ns: u64) {
         Counters::add(&self.shared.counters.conns_open, 1);
+        self.record_connect(server, at_ns);
         if let Some(d) = lock(&self.resume).as_mut() {
             d.to = server;
             d.reconnected_ns = at_ns;

@@ -45,6 +45,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use hush_proto::client_frame::Body as C;
 use hush_proto::v1;
@@ -57,6 +58,7 @@ use self::shared::Shared;
 use crate::clock::now_ns;
 use crate::conn::Conn;
 use crate::endpoints::Endpoints;
+use crate::history::Recorder;
 use crate::protocol::{FanoutJob, Plan};
 use crate::sync::lock;
 use crate::workload::{Channels, WorkerRun};
@@ -69,6 +71,11 @@ const RESEND_INTERVAL: Duration = Duration::from_millis(10);
 pub async fn run(plan: Plan, job: FanoutJob, ch: Channels) -> anyhow::Result<()> {
     let ep = Endpoints::new(&plan).await?;
     let mut run = WorkerRun::start(ch, |s: &Shared| (&s.counters, &s.stopping));
+    if let Some(path) = &job.history {
+        let rec = Recorder::create(path)
+            .with_context(|| format!("create the history part {}", path.display()))?;
+        let _ = run.shared.history.set(rec);
+    }
     let groups: Vec<GroupRt> = {
         let (plan, job, ep, shared) = (&plan, &job, &ep, &run.shared);
         stream::iter(job.first_group..job.first_group + job.groups)
@@ -84,6 +91,10 @@ pub async fn run(plan: Plan, job: FanoutJob, ch: Channels) -> anyhow::Result<()>
     let run_tag = u32::from_str_radix(plan.run_id.get(..8).unwrap_or("0"), 16).unwrap_or(0);
     while let Some(p) = run.next_phase().await {
         let r = run_phase(&run.clock, &run.shared, &job, &groups, &p, run_tag).await;
+        // The coordinator reads the history once every phase is done.
+        if let Some(h) = run.shared.history.get() {
+            h.flush().await;
+        }
         run.phase_done(r);
     }
     run.finish(|| {

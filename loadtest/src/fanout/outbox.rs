@@ -3,14 +3,17 @@
 //! accepted or rejected for good: what was in flight on a lost socket, what
 //! was scheduled while the socket was down, and what got a transient error
 //! (UNAVAILABLE while a group re-homes, INTERNAL, RATE_LIMITED) is written
-//! again, the last after a backoff.
+//! again, the last after a backoff. In a chaos run every write is
+//! recorded in the history (with its `client_msg_id` and due time).
 
 use std::collections::{BTreeMap, HashMap};
 
 use hush_proto::client_frame::Body as C;
 use hush_proto::v1;
 
+use crate::clock::now_ns;
 use crate::conn::Link;
+use crate::history::{Event, Recorder};
 
 /// First request id the sender uses (below: the setup's `request`s).
 const SEND_RID_BASE: u64 = 1 << 40;
@@ -29,6 +32,8 @@ pub fn transient(code: hush_proto::ErrorCode) -> bool {
 /// message id.
 struct Outgoing {
     body: v1::SendMessage,
+    /// When it was due (the schedule's intended time, Unix ns).
+    due_ns: u64,
     /// `None`: in flight on the current socket. `Some(t)`: to be (re)sent
     /// at Unix ns `t`, once connected.
     due: Option<u64>,
@@ -46,6 +51,8 @@ pub struct Outbox {
     /// Request id (of the current socket) -> counter.
     by_rid: HashMap<u64, u64>,
     next_rid: u64,
+    /// Chaos: the history, and the (group, member) writes are recorded as.
+    history: Option<(Recorder, u32, u32)>,
 }
 
 impl Default for Outbox {
@@ -56,11 +63,17 @@ impl Default for Outbox {
             pending: BTreeMap::new(),
             by_rid: HashMap::new(),
             next_rid: SEND_RID_BASE,
+            history: None,
         }
     }
 }
 
 impl Outbox {
+    /// Records every write in `history` as member `m` of group `g`.
+    pub fn record_into(&mut self, history: Recorder, g: u32, m: u32) {
+        self.history = Some((history, g, m));
+    }
+
     /// A socket is up: sends go out on it.
     pub fn connected(&mut self, link: Link) {
         self.link = Some(link);
@@ -81,25 +94,36 @@ impl Outbox {
 
     /// Writes request `body` on the current socket under a fresh request
     /// id; `None` if there is no socket or it is gone.
-    fn write(&mut self, counter: u64, body: &v1::SendMessage) -> Option<()> {
+    fn write(&mut self, counter: u64, body: &v1::SendMessage, due_ns: u64) -> Option<()> {
         let link = self.link.as_ref().filter(|_| self.up)?;
         let rid = self.next_rid;
         self.next_rid += 1;
         link.send_with_id(rid, C::SendMessage(body.clone())).ok()?;
         self.by_rid.insert(rid, counter);
+        if let Some((h, g, m)) = &self.history {
+            h.record(Event::Send {
+                t: now_ns(),
+                g: *g,
+                m: *m,
+                c: counter,
+                id: hex::encode(&body.client_msg_id),
+                due: due_ns,
+            });
+        }
         Some(())
     }
 
-    /// Sends message `counter` (first attempt): in flight at once when
-    /// connected, else queued for the reconnect.
-    pub fn send(&mut self, counter: u64, body: v1::SendMessage) {
+    /// Sends message `counter`, due at `due_ns` (first attempt): in flight
+    /// at once when connected, else queued for the reconnect.
+    pub fn send(&mut self, counter: u64, due_ns: u64, body: v1::SendMessage) {
         let mut out = Outgoing {
             body,
+            due_ns,
             due: Some(0),
             backoff_ms: FIRST_BACKOFF_MS,
             sent_once: false,
         };
-        if self.write(counter, &out.body).is_some() {
+        if self.write(counter, &out.body, due_ns).is_some() {
             out.due = None;
             out.sent_once = true;
         }
@@ -117,10 +141,14 @@ impl Outbox {
             .collect();
         let mut resent = Vec::new();
         for counter in due {
-            let Some(body) = self.pending.get(&counter).map(|o| o.body.clone()) else {
+            let Some((body, due_ns)) = self
+                .pending
+                .get(&counter)
+                .map(|o| (o.body.clone(), o.due_ns))
+            else {
                 continue;
             };
-            if self.write(counter, &body).is_none() {
+            if self.write(counter, &body, due_ns).is_none() {
                 break;
             }
             if let Some(out) = self.pending.get_mut(&counter) {

@@ -37,7 +37,9 @@ pub async fn run_phase(
 ) -> PhaseResult {
     *lock(&shared.hists) = MessageHists::default();
     *lock(&shared.kill) = p.kill.clone();
+    shared.chaos.store(p.chaos, Ordering::Relaxed);
     lock(&shared.drops).clear();
+    lock(&shared.refusals).clear();
     let before = shared.counters.tick();
     let n = Schedule::count(p.duration_s, p.rate);
     let mut tasks = Vec::new();
@@ -85,6 +87,7 @@ pub async fn run_phase(
         hists: std::mem::take(&mut *lock(&shared.hists)).into_named(),
         last_event_ns: shared.last_event_ns.load(Ordering::Relaxed),
         failover,
+        refusals: std::mem::take(&mut *lock(&shared.refusals)),
         ..PhaseResult::between(p.index, before, after)
     }
 }

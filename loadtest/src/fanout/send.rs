@@ -85,6 +85,7 @@ pub async fn send_phase(
         // body, so the client_msg_id stays the same.
         sink.send(
             counter,
+            intended,
             v1::SendMessage {
                 group_id: gid.clone(),
                 client_msg_id: client_msg_id(plan.run_tag, g.index, counter),

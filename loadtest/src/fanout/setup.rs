@@ -19,8 +19,10 @@ use super::member::MemberSink;
 use super::send::SenderState;
 use super::shared::Shared;
 use crate::account::{self, Device};
+use crate::clock::now_ns;
 use crate::conn::{Conn, Failover, REQUEST_TIMEOUT};
 use crate::endpoints::Endpoints;
+use crate::history::Event;
 use crate::mls::Member;
 use crate::protocol::{FanoutJob, Plan};
 use crate::scenario::MlsMode;
@@ -76,6 +78,7 @@ pub async fn setup_group(
     for s in &sinks {
         lock(&s.track).start_after(base);
     }
+    record_group(shared, gidx as u32, &gid, base, creator.epoch(), k as u32);
     if job.mls == MlsMode::Live {
         join_from_welcomes(joiners, &mut inboxes[1..], &sinks[1..], &gid).await?;
     }
@@ -137,6 +140,7 @@ async fn connect_member(
     .await?;
     lock(&sink.outbox).connected(conn.link().clone());
     Counters::add(&shared.counters.conns_open, 1);
+    sink.record_connect(srv, now_ns());
     conn.start_sync()?;
     tokio::time::timeout(REQUEST_TIMEOUT, caught_rx.wait_for(|v| *v))
         .await
@@ -147,6 +151,26 @@ async fn connect_member(
         sink,
         inbox,
     })
+}
+
+/// Chaos: group `g` exists (`gid`); its `members` must each receive
+/// every seq after `base` (the add commit) and are at `epoch` now.
+fn record_group(shared: &Shared, g: u32, gid: &[u8], base: u64, epoch: u64, members: u32) {
+    let t = now_ns();
+    shared.record(|| Event::Group {
+        t,
+        g,
+        gid: hex::encode(gid),
+    });
+    for m in 0..members {
+        shared.record(|| Event::Join {
+            t,
+            g,
+            m,
+            after: base,
+        });
+        shared.record(|| Event::Epoch { t, g, m, e: epoch });
+    }
 }
 
 /// Every receiver uploads a KeyPackage of its own over its connection;

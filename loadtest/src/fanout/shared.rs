@@ -1,10 +1,13 @@
 //! What every member of a fan-out worker shares: the counters, the phase's
-//! histograms, and the failover bookkeeping of the phase (which node dies,
-//! the sockets lost to it, sends retried or answered "already stored").
+//! histograms, the failover bookkeeping of the phase (which node dies,
+//! the sockets lost to it, sends retried or answered "already stored"),
+//! refusals by code, and the history recorder of a chaos run.
 
-use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::Mutex;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
+use crate::history::{Event, Recorder};
 use crate::protocol::{DropRec, KillCmd};
 use crate::stats::{Counters, MessageHists};
 use crate::sync::lock;
@@ -31,14 +34,36 @@ pub struct Shared {
     pub retries: AtomicU64,
     /// Acks that said the message was already stored (a resend).
     pub deduplicated: AtomicU64,
+    /// Chaos: every lost socket is expected.
+    pub chaos: AtomicBool,
+    /// Error answers to sends this phase, by code.
+    pub refusals: Mutex<BTreeMap<String, u64>>,
+    /// Chaos: where events go.
+    pub history: OnceLock<Recorder>,
 }
 
 impl Shared {
-    /// Whether losing the socket to gateway `server` at `at_ns` is the
-    /// phase's kill (rather than a failure).
+    /// Whether losing the socket to gateway `server` at `at_ns` is
+    /// expected: the phase's kill, or anything in a chaos phase (rather
+    /// than a failure).
     pub fn lost_to_kill(&self, server: usize, at_ns: u64) -> bool {
+        if self.chaos.load(Ordering::Relaxed) {
+            return true;
+        }
         lock(&self.kill)
             .as_ref()
             .is_some_and(|k| k.server == server && at_ns + KILL_SLACK_NS >= k.at_ns)
+    }
+
+    /// Records `ev` in the history, if this run keeps one.
+    pub fn record(&self, ev: impl FnOnce() -> Event) {
+        if let Some(h) = self.history.get() {
+            h.record(ev());
+        }
+    }
+
+    /// Counts an error answer to a send.
+    pub fn refused(&self, code: &str) {
+        *lock(&self.refusals).entry(code.to_string()).or_default() += 1;
     }
 }

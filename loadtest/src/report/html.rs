@@ -5,6 +5,7 @@
 
 use std::fmt::Write as _;
 
+use super::chaos::ChaosReport;
 use super::model::{
     correctness_figures, FailoverFigures, Figure, Point, Ratio, Summary, TargetReport,
 };
@@ -18,6 +19,9 @@ pub fn html(s: &Summary) -> String {
     head(&mut h, s);
     h.push_str("<h2>Correctness</h2>");
     h.push_str(&figures_table(&correctness_figures(&s.correctness)));
+    if let Some(c) = &s.chaos {
+        chaos_section(&mut h, c);
+    }
     if let Some(r) = s.sustained_rate {
         let _ = write!(
             h,
@@ -147,6 +151,14 @@ fn phase_table(h: &mut String, t: &TargetReport) {
         );
     }
     h.push_str("</table>");
+    for p in t.phases.iter().filter(|p| !p.refusals.is_empty()) {
+        let _ = write!(
+            h,
+            "<p>Phase {}: sends refused {} (each retried with backoff, same client_msg_id).</p>",
+            p.index,
+            esc(&super::text::refusals(p))
+        );
+    }
 }
 
 fn latency_table(h: &mut String, t: &TargetReport) {
@@ -313,4 +325,102 @@ fn process_charts(h: &mut String, processes: &[Series]) {
         None,
     ));
     h.push_str("</p>");
+}
+
+/// The chaos run: the checker's verdict by kind, the timeline, the faults
+/// as they happened, and the anomaly records with their context.
+fn chaos_section(h: &mut String, c: &ChaosReport) {
+    let v = &c.verdict;
+    let _ = write!(
+        h,
+        "<h2>Chaos: checker <span class='{}'>{}</span></h2><p>{} nodes{}; seed {} ({}); lease {} ms, SWIM probe {} ms; \
+         {} faults; {} events in history.jsonl; store {}.</p>",
+        if v.ok { "ok" } else { "bad" },
+        if v.ok { "OK" } else { "FAILED" },
+        c.nodes.len(),
+        if c.netns { " in network namespaces" } else { "" },
+        c.seed,
+        if c.generated { "generated" } else { "written-out schedule" },
+        c.lease_ttl_ms,
+        c.probe_ms,
+        v.faults.len(),
+        c.history_events,
+        match &c.store_error {
+            Some(e) => format!("not checked ({})", esc(e)),
+            None if v.store_checked => "checked".into(),
+            None => "not checked".into(),
+        }
+    );
+    h.push_str("<table><tr><th>anomaly</th><th>count</th><th>of</th><th>records</th></tr>");
+    for (k, n) in &v.counts {
+        let records = v.anomalies.iter().filter(|a| a.kind == *k).count() as u64
+            + v.omitted.get(k).copied().unwrap_or(0);
+        let _ = write!(
+            h,
+            "<tr><td style='text-align:left' class='{}'>{}</td><td>{n}</td><td>{}</td><td>{records}</td></tr>",
+            if *n > 0 { "bad" } else { "" },
+            k.name(),
+            k.unit()
+        );
+    }
+    let t = &v.totals;
+    let _ = write!(
+        h,
+        "</table><p>History: {} groups, {} members, {} messages ({} writes, {} acknowledged, {} refusals), \
+         {} deliveries, {} sockets opened, {} lost; {} entries of these groups in the store.</p><p>{}</p>",
+        t.groups,
+        t.members,
+        t.messages,
+        t.send_attempts,
+        t.acked,
+        t.refusals,
+        t.deliveries,
+        t.connects,
+        t.disconnects,
+        t.stored,
+        super::timeline::svg(c)
+    );
+    h.push_str("<h3>Faults</h3><table><tr><th>#</th><th>kind</th><th>nodes</th><th>start s</th><th>end s</th><th>notes</th></tr>");
+    let rel = |t: u64| (t as f64 - v.start_t as f64) / 1e9;
+    for f in &v.faults {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td style='color:{}'>{}</td><td>{}</td><td>{:.2}</td><td>{}</td><td style='text-align:left'>{}</td></tr>",
+            f.id,
+            super::timeline::fault_color(f.kind),
+            f.kind.name(),
+            esc(&f.nodes.join(", ")),
+            rel(f.start),
+            f.end.map_or("never".into(), |e| format!("{:.2}", rel(e))),
+            esc(&f.notes.join("; "))
+        );
+    }
+    h.push_str("</table>");
+    if v.anomalies.is_empty() {
+        return;
+    }
+    h.push_str(
+        "<h3>Anomalies</h3><p>Each record: a member (group g, member m; m0 sends) and the seqs it \
+         concerns, the node it was connected to then, when (seconds after the phase start; for a \
+         seq, when it was first acknowledged), and the faults active from 10 s before to 1 s after.</p>\
+         <table><tr><th>kind</th><th>at s</th><th>group</th><th>member</th><th>node</th><th>seqs</th>\
+         <th>count</th><th>faults</th><th>detail</th></tr>",
+    );
+    for a in &v.anomalies {
+        let faults: Vec<String> = a.faults.iter().map(|f| format!("#{f}")).collect();
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td style='text-align:left'>{}</td></tr>",
+            a.kind.name(),
+            rel(a.t),
+            a.g,
+            a.m.map_or("-".into(), |m| m.to_string()),
+            esc(a.node.as_deref().unwrap_or("-")),
+            a.seqs.map_or("-".into(), |(x, y)| if x == y { x.to_string() } else { format!("{x}..={y}") }),
+            a.count,
+            faults.join(" "),
+            esc(&a.detail)
+        );
+    }
+    h.push_str("</table>");
 }

@@ -73,6 +73,10 @@ pub struct PhaseReport {
     /// Failover: the kill and the way back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover: Option<FailoverReport>,
+    /// Error answers to sends, by error code (RATE_LIMITED, UNAVAILABLE:
+    /// retried with backoff under the same `client_msg_id`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub refusals: BTreeMap<String, u64>,
 }
 
 impl PhaseReport {
@@ -160,6 +164,7 @@ impl PhaseReport {
             t_start: t0,
             t_end: t1,
             failover: None,
+            refusals: r.refusals.clone(),
         }
     }
 
@@ -210,6 +215,9 @@ pub struct Summary {
     pub ratio_to_redis: Vec<Ratio>,
     pub correctness: Correctness,
     pub ok: bool,
+    /// Chaos runs: the schedule, the checker's verdict, the timeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chaos: Option<super::ChaosReport>,
 }
 
 fn host() -> String {
@@ -334,6 +342,7 @@ impl Summary {
             ratio_to_redis,
             correctness,
             ok,
+            chaos: None,
         }
     }
 }

@@ -3,7 +3,9 @@
 
 use std::fmt::Write as _;
 
+use super::chaos::ChaosReport;
 use super::model::{correctness_figures, FailoverFigures, Figure, PhaseReport, Summary};
+use crate::checker::{Anomaly, FaultSpan};
 use crate::scenario::Kind;
 
 /// `label value, label value, ...`
@@ -11,6 +13,15 @@ fn figures_line(figures: &[Figure]) -> String {
     figures
         .iter()
         .map(|(l, v)| format!("{l} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Refusals by code: "RATE_LIMITED 12, UNAVAILABLE 3".
+pub fn refusals(p: &PhaseReport) -> String {
+    p.refusals
+        .iter()
+        .map(|(code, n)| format!("{code} {n}"))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -30,6 +41,9 @@ fn phase_text(s: &mut String, kind: Kind, p: &PhaseReport) {
         }
     }
     let _ = writeln!(s);
+    if !p.refusals.is_empty() {
+        let _ = writeln!(s, "    refused {} (each retried with backoff)", refusals(p));
+    }
     for (k, l) in &p.latency_ms {
         let _ = writeln!(
             s,
@@ -104,6 +118,9 @@ impl Summary {
                 r.e2e_p99.map_or("-".into(), |v| format!("{v:.2}")),
             );
         }
+        if let Some(c) = &self.chaos {
+            chaos_text(&mut s, c);
+        }
         let _ = writeln!(
             s,
             "correctness: {} -> {}",
@@ -111,5 +128,103 @@ impl Summary {
             if self.ok { "OK" } else { "FAILED" }
         );
         s
+    }
+}
+
+/// Anomaly records the terminal shows (all are in `summary.json`).
+const ANOMALY_LINES: usize = 25;
+
+/// Seconds of `t` (Unix ns) after `start`, signed.
+fn rel(t: u64, start: u64) -> f64 {
+    (t as f64 - start as f64) / 1e9
+}
+
+/// A fault as it happened, on one line.
+pub fn fault_line(f: &FaultSpan, start: u64) -> String {
+    let end = f
+        .end
+        .map_or("never healed".into(), |e| format!("{:.2} s", rel(e, start)));
+    let mut line = format!(
+        "#{} {} {} at {:.2} s, ended {end}",
+        f.id,
+        f.kind.name(),
+        f.nodes.join(","),
+        rel(f.start, start)
+    );
+    if !f.notes.is_empty() {
+        line += &format!(" ({})", f.notes.join("; "));
+    }
+    line
+}
+
+/// An anomaly record on one line.
+pub fn anomaly_line(a: &Anomaly, start: u64) -> String {
+    let who = match a.m {
+        Some(m) => format!("g{} m{}", a.g, m),
+        None => format!("g{}", a.g),
+    };
+    let on = a
+        .node
+        .as_deref()
+        .map_or(String::new(), |n| format!(" on {n}"));
+    let faults = if a.faults.is_empty() {
+        "no fault around".into()
+    } else {
+        let ids: Vec<String> = a.faults.iter().map(|f| format!("#{f}")).collect();
+        format!("faults {}", ids.join(" "))
+    };
+    format!(
+        "{} {who}{on} at {:.2} s: {} [{faults}]",
+        a.kind.name(),
+        rel(a.t, start),
+        a.detail
+    )
+}
+
+/// The chaos run: schedule, faults as they happened, verdict, anomalies.
+fn chaos_text(s: &mut String, c: &ChaosReport) {
+    let v = &c.verdict;
+    let _ =
+        writeln!(
+        s,
+        "chaos: {} nodes{}, seed {} ({}), lease {} ms, probe {} ms, {} faults, {} history events",
+        c.nodes.len(),
+        if c.netns { " in network namespaces" } else { "" },
+        c.seed,
+        if c.generated { "generated" } else { "written-out schedule" },
+        c.lease_ttl_ms,
+        c.probe_ms,
+        v.faults.len(),
+        c.history_events
+    );
+    for f in &v.faults {
+        let _ = writeln!(s, "  {}", fault_line(f, v.start_t));
+    }
+    if let Some(e) = &c.store_error {
+        let _ = writeln!(s, "  store not checked: {e}");
+    }
+    let counts: Vec<String> = v
+        .counts
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| format!("{} {n} {}", k.name(), k.unit()))
+        .collect();
+    let _ = writeln!(
+        s,
+        "checker: {} -> {}",
+        if counts.is_empty() {
+            "no anomaly".to_string()
+        } else {
+            counts.join(", ")
+        },
+        if v.ok { "OK" } else { "FAILED" }
+    );
+    for a in v.anomalies.iter().take(ANOMALY_LINES) {
+        let _ = writeln!(s, "  {}", anomaly_line(a, v.start_t));
+    }
+    let more =
+        v.anomalies.len().saturating_sub(ANOMALY_LINES) as u64 + v.omitted.values().sum::<u64>();
+    if more > 0 {
+        let _ = writeln!(s, "  ... {more} more records in summary.json / report.html");
     }
 }

@@ -17,6 +17,7 @@ use super::Client;
 use crate::conn::{Conn, Transport};
 use crate::error::{ClientError, Result};
 use crate::http::Http;
+use crate::tls::Trust;
 use crate::ws::Pushed;
 
 impl Client {
@@ -29,6 +30,13 @@ impl Client {
     /// [`Transport::Auto`]).
     pub fn set_transport(&mut self, transport: Transport) {
         self.transport = transport;
+    }
+
+    /// Trusts `trust` (instead of the system's roots) over TLS.
+    pub fn set_trust(&mut self, trust: Trust) -> Result<()> {
+        self.http = Http::with_trust(self.server(), &trust)?;
+        self.trust = trust;
+        Ok(())
     }
 
     /// The transport of the open connection (`Ws` or `Sse`), if any.
@@ -49,7 +57,7 @@ impl Client {
             let idx = (self.current + i) % n;
             if idx != self.current {
                 self.current = idx;
-                self.http = Http::new(&self.servers[idx])?;
+                self.http = Http::with_trust(&self.servers[idx], &self.trust)?;
             }
             match self.connect_here().await {
                 Ok(()) => return Ok(()),
@@ -71,7 +79,7 @@ impl Client {
     pub fn next_server(&mut self) -> Result<()> {
         if self.servers.len() > 1 {
             self.current = (self.current + 1) % self.servers.len();
-            self.http = Http::new(&self.servers[self.current])?;
+            self.http = Http::with_trust(&self.servers[self.current], &self.trust)?;
         }
         Ok(())
     }
@@ -79,7 +87,7 @@ impl Client {
     async fn connect_here(&mut self) -> Result<()> {
         let token = self.login().await?;
         let server = self.server().to_string();
-        self.conn = Some(Conn::open(&server, &token, self.transport).await?);
+        self.conn = Some(Conn::open_with(&server, &token, self.transport, &self.trust).await?);
         self.buffered.clear();
         self.maintain_key_packages().await?;
         self.sync().await
@@ -215,6 +223,7 @@ fn unexpected(expected: &str, got: &server_frame::Body) -> ClientError {
         server_frame::Body::PresenceList(_) => "PresenceList",
         server_frame::Body::EphemeralEvent(_) => "EphemeralEvent",
         server_frame::Body::PresenceEvent(_) => "PresenceEvent",
+        server_frame::Body::KeyPackagesLow(_) => "KeyPackagesLow",
     };
     ClientError::Protocol(format!("expected {expected}, got {name}"))
 }

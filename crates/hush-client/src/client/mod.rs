@@ -46,6 +46,7 @@ use crate::error::{ClientError, Result};
 use crate::http::{parse_servers, Http, Token};
 use crate::live::LiveState;
 use crate::store::{now_ms, GroupRow, Identity, LogRow, StateDb};
+use crate::tls::Trust;
 
 /// The default server URL.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7300";
@@ -127,6 +128,8 @@ pub struct Client {
     me: Option<Arc<Identity>>,
     conn: Option<Conn>,
     transport: Transport,
+    /// Whom `https://` / `wss://` servers must chain to.
+    trust: Trust,
     token: Option<Token>,
     /// Timeline entries received ahead of their group's cursor, by group.
     buffered: HashMap<Vec<u8>, BTreeMap<u64, GroupEvent>>,
@@ -178,6 +181,7 @@ impl Client {
             me,
             conn: None,
             transport: Transport::default(),
+            trust: Trust::System,
             token: None,
             buffered: HashMap::new(),
             acks: HashMap::new(),

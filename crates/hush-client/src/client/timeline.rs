@@ -64,6 +64,12 @@ impl Client {
                 self.live.presence_changed(user_id, online);
                 Ok(())
             }
+            Pushed::KeyPackagesLow => {
+                if !self.actions.contains(&Action::CheckKeyPackages) {
+                    self.actions.push(Action::CheckKeyPackages);
+                }
+                Ok(())
+            }
             Pushed::Closed(reason) => {
                 let _ = self.flush_acks();
                 self.conn = None;
@@ -202,6 +208,9 @@ impl Client {
             match r {
                 Ok(()) => {
                     tracing::info!(group = %hex::encode(&gid), seq = ev.commit_seq, "joined from welcome");
+                    // Acknowledging the adding commit is the join the server
+                    // waits for before it shows our presence to the group.
+                    self.acks.insert(gid.clone(), ev.commit_seq);
                     self.actions.push(Action::CheckKeyPackages);
                 }
                 Err(e) => {

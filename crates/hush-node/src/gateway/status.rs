@@ -3,7 +3,8 @@
 //! RTT. A node outside a cluster reports itself alone. With `?group=<hex
 //! group id>` it also says which node owns that group in its view, and
 //! with `?user=<handle>` which node holds that user's session. It counts
-//! the sessions and client connections it holds.
+//! the sessions and client connections it holds. An admin page: see
+//! [`super::admin_check`].
 
 use std::sync::Arc;
 
@@ -20,7 +21,14 @@ pub struct StatusQuery {
     user: Option<String>,
 }
 
-pub async fn status(app: web::Data<Arc<AppState>>, query: web::Query<StatusQuery>) -> HttpResponse {
+pub async fn status(
+    app: web::Data<Arc<AppState>>,
+    req: actix_web::HttpRequest,
+    query: web::Query<StatusQuery>,
+) -> HttpResponse {
+    if let Err(e) = super::admin_check(&app, &req) {
+        return super::error_response(&e);
+    }
     let me = app.route.me().to_owned();
     let view = app.route.view().borrow().clone();
     let peers: Vec<_> = app

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hush_proto::{server_frame::Body as S, v1, ErrorCode};
 use tokio::sync::mpsc;
@@ -68,8 +69,17 @@ pub struct Stream<K: Sink> {
     pub synced: bool,
 }
 
+/// How long a new stream waits for its attach before it is served anyway.
+/// An attach normally completes in a few ms, and a refusal (e.g.
+/// `TOO_MANY_CONNECTIONS`) then comes before `AuthOk`; one that takes
+/// longer (the session's node just died: until failure detection) goes on
+/// in the background, so a resume's Sync is served from the store at once.
+const ATTACH_INLINE_WAIT: Duration = Duration::from_millis(250);
+
 /// Registers a stream in this node's connection table and attaches it to
-/// its user's session, wherever that lives.
+/// its user's session, wherever that lives (see `ATTACH_INLINE_WAIT`). Once
+/// attached, the stream reads what it may have missed from the store; a
+/// refusal that comes later reaches it as `Outbound::Refused`.
 pub async fn attach(
     app: &AppState,
     conn_id: u64,
@@ -78,10 +88,9 @@ pub async fn attach(
     overflowed: Arc<AtomicBool>,
 ) -> ApiResult<()> {
     let sessions = &app.sessions;
-    let conns = sessions.conns();
     // In the table first, so nothing the session sends once attached is
     // missed.
-    conns.insert(
+    sessions.conns().insert(
         conn_id,
         LocalConn {
             user_id: caller.user_id.clone(),
@@ -91,23 +100,14 @@ pub async fn attach(
             session_node: app.route.me().to_owned(),
         },
     );
-    match sessions
-        .attach(conn_id, &caller.user_id, &caller.device_id)
-        .await
-    {
-        Ok(node) => {
-            if !conns.attached_to(conn_id, &node) {
-                // Cut off (slow) while attaching: the session must not
-                // count it.
-                sessions
-                    .tell_conn_gone(&node, &caller.user_id, conn_id)
-                    .await;
-            }
+    let outcome =
+        sessions.attach_in_background(conn_id, caller.user_id.clone(), caller.device_id.clone());
+    match tokio::time::timeout(ATTACH_INLINE_WAIT, outcome).await {
+        Ok(Ok(Err(e))) => Err(e),
+        Ok(_) => Ok(()),
+        Err(_) => {
+            metrics::counter!("hush_attach_deferred_total").increment(1);
             Ok(())
-        }
-        Err(e) => {
-            conns.remove(conn_id);
-            Err(e)
         }
     }
 }
@@ -321,6 +321,7 @@ impl<K: Sink> Stream<K> {
                 self.sent.entry(group_id.to_vec()).or_insert(commit_seq);
                 self.send_inbox(inbox_seq, frame).await
             }
+            Outbound::Refused(e) => Err(Halt::Api(e)),
             Outbound::Resync => {
                 // The session moved: what it delivered meanwhile may be
                 // lost, the store has it.

@@ -5,7 +5,8 @@
 //! fresh checkout builds and serves it with cargo alone. Every response
 //! carries a strict Content-Security-Policy: scripts and styles only from
 //! this origin (no inline code, no eval, no WebAssembly), connections only
-//! back to this host (HTTP, plus the WebSocket on the same host and port),
+//! back to this host (HTTP, plus the WebSocket on the same host and port;
+//! over https only `wss://`),
 //! no plugins, no framing, no `<base>`.
 //!
 //! Same origin: a page served here opens `/v1/ws` and `/v1/events` with an
@@ -44,7 +45,10 @@ async fn app_css(req: HttpRequest) -> HttpResponse {
 fn asset(req: &HttpRequest, content_type: &str, body: &'static [u8], cache: &str) -> HttpResponse {
     HttpResponse::Ok()
         .content_type(content_type)
-        .insert_header((header::CONTENT_SECURITY_POLICY, csp(host(req))))
+        .insert_header((
+            header::CONTENT_SECURITY_POLICY,
+            csp(host(req), req.app_config().secure()),
+        ))
         .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
         .insert_header((header::REFERRER_POLICY, "no-referrer"))
         .insert_header((header::X_FRAME_OPTIONS, "DENY"))
@@ -65,11 +69,14 @@ fn host(req: &HttpRequest) -> Option<&str> {
 
 /// The policy for this host. `connect-src 'self'` already covers the
 /// same-host WebSocket in current browsers (CSP3); the explicit `ws://` /
-/// `wss://` source is for those that do not.
-pub fn csp(host: Option<&str>) -> String {
-    let ws = host
-        .map(|h| format!(" ws://{h} wss://{h}"))
-        .unwrap_or_default();
+/// `wss://` source is for those that do not. Served over TLS (`secure`),
+/// the page may connect only over TLS: `wss://` to itself, no `ws://`.
+pub fn csp(host: Option<&str>, secure: bool) -> String {
+    let ws = match host {
+        Some(h) if secure => format!(" wss://{h}"),
+        Some(h) => format!(" ws://{h} wss://{h}"),
+        None => String::new(),
+    };
     format!(
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
          connect-src 'self'{ws}; manifest-src 'self'; object-src 'none'; \
@@ -115,7 +122,7 @@ mod tests {
 
     #[test]
     fn policy_is_strict() {
-        let p = csp(Some("localhost:7300"));
+        let p = csp(Some("localhost:7300"), false);
         for part in [
             "default-src 'none'",
             "script-src 'self'",
@@ -128,8 +135,17 @@ mod tests {
             assert!(p.contains(part), "{part} missing from {p}");
         }
         assert!(!p.contains("unsafe"));
+        let tls = csp(Some("localhost:7300"), true);
+        assert!(
+            tls.contains("connect-src 'self' wss://localhost:7300;"),
+            "{tls}"
+        );
+        assert!(
+            !tls.contains("ws://"),
+            "no plain WebSocket over https: {tls}"
+        );
         assert_eq!(
-            csp(None).matches("connect-src 'self';").count(),
+            csp(None, false).matches("connect-src 'self';").count(),
             1,
             "no ws source without a usable host"
         );

@@ -18,7 +18,7 @@ use std::collections::BTreeSet;
 use hush_ds::CommitEffect;
 use hush_proto::auth::parse_identity;
 use hush_proto::{v1, ErrorCode};
-use hush_store::{CommitWrite, EntryKind, MemberDevice, NewEntry, StoreError, WelcomeWrite};
+use hush_store::{CommitWrite, EntryKind, MemberDevice, NewEntry, Store, StoreError, WelcomeWrite};
 
 use super::actor::{stale_with_head, GroupActor, GroupState, Loaded, RECENT_COMMITS};
 use crate::error::{ApiError, ApiResult};
@@ -122,7 +122,18 @@ impl GroupActor {
         Ok(effect)
     }
 
-    /// Who may make this commit, and whom it may add.
+    /// Who may make this commit, and what it may change.
+    ///
+    /// - The committer is the authenticated device.
+    /// - Leaves keep their identity, and an external commit removes only
+    ///   the joiner's own old leaf (`CommitEffect::check_leaf_identities`).
+    /// - An external join is for devices of a member user only.
+    /// - A Welcome comes exactly with Adds, parses as a Welcome and is
+    ///   addressed to exactly the added KeyPackages.
+    /// - Every leaf the commit creates or whose (identity, signature key) it
+    ///   changes — added members, an external joiner, the committer's update
+    ///   path, Update proposals — is a registered device carrying the key the
+    ///   directory holds for it.
     async fn authorize_commit(
         &self,
         loaded: &Loaded,
@@ -136,6 +147,7 @@ impl GroupActor {
                 "commit sender is not the authenticated device",
             ));
         }
+        effect.check_leaf_identities()?;
         if effect.external {
             // An external join is how a user's new device (or a desynced
             // device) enters: the user must already be in the group.
@@ -146,24 +158,6 @@ impl GroupActor {
                     "only devices of a member user may join externally",
                 ));
             }
-            // The joiner's leaf must carry its registered device key, as
-            // every added member's must.
-            let leaf_key = effect
-                .members_after
-                .iter()
-                .find(|m| m.identity == effect.committer)
-                .map(|m| m.signature_key.as_slice());
-            let registered = self.groups.store.device(&caller.device_id).await?;
-            let key_ok = matches!(
-                (&registered, leaf_key),
-                (Some(r), Some(k)) if r.user_id == caller.user_id && r.signature_key == k
-            );
-            if !key_ok {
-                return Err(ApiError::new(
-                    ErrorCode::Forbidden,
-                    "the joining leaf does not carry the device's registered key",
-                ));
-            }
         }
         if effect.added.is_empty() != req.welcome.is_empty() {
             return Err(ApiError::new(
@@ -171,25 +165,41 @@ impl GroupActor {
                 "a welcome is required exactly when the commit adds members",
             ));
         }
-        for a in &effect.added {
-            let Some(d) = device_of(&a.identity) else {
-                return Err(ApiError::new(
-                    ErrorCode::InvalidMls,
-                    "added member's credential is not a hush device identity",
-                ));
-            };
-            let registered = self.groups.store.device(&d.device_id).await?;
-            match registered {
-                Some(r) if r.user_id == d.user_id && r.signature_key == a.signature_key => {}
-                _ => {
-                    return Err(ApiError::new(
-                        ErrorCode::Forbidden,
-                        "added member is not a registered device with that key",
-                    ))
-                }
-            }
+        if !effect.added.is_empty() {
+            hush_ds::check_welcome(&req.welcome, &effect.added)?;
+        }
+        for change in &effect.changed_leaves {
+            let leaf = &change.after;
+            check_registered(
+                self.groups.store.as_ref(),
+                &leaf.identity,
+                &leaf.signature_key,
+            )
+            .await?;
         }
         Ok(())
+    }
+}
+
+/// A leaf's identity names a registered device of that user, and the leaf
+/// carries the signature key the directory holds for that device.
+pub(super) async fn check_registered(
+    store: &dyn Store,
+    identity: &[u8],
+    signature_key: &[u8],
+) -> ApiResult<()> {
+    let Some(d) = device_of(identity) else {
+        return Err(ApiError::new(
+            ErrorCode::InvalidMls,
+            "a leaf's credential is not a hush device identity",
+        ));
+    };
+    match store.device(&d.device_id).await? {
+        Some(r) if r.user_id == d.user_id && r.signature_key == signature_key => Ok(()),
+        _ => Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "a leaf is not a registered device carrying its registered key",
+        )),
     }
 }
 

@@ -19,6 +19,9 @@
 //! - The actor is virtual: activated by the first request, loaded from the
 //!   store, passivated after `actors.group_idle_ms` without traffic (the
 //!   lease is released). Nothing lives only in its memory.
+//! - Only groups that exist get an actor (an unknown id is answered from
+//!   the store), and at most `actors.max_group_actors` live on a node at
+//!   once; one more is refused with UNAVAILABLE and a hint.
 //! - A store failure on a commit reloads the tracker from the store, so
 //!   memory never runs ahead of what is durable.
 //! - The mailbox is unbounded (ractor); the bound is at the edge: each
@@ -48,6 +51,29 @@ use crate::wire::check_group_id;
 
 pub use actor::{GroupActor, GroupMsg};
 
+/// The size limits the actor applies first (`GroupActor::check_size`), so
+/// that an oversized request is TOO_LARGE whether or not its group exists.
+fn too_large(msg: &GroupMsg, max: usize) -> ApiResult<()> {
+    let parts: &[(&str, usize)] = match msg {
+        GroupMsg::Send { req, .. } => &[("message", req.message.len())],
+        GroupMsg::Ephemeral { req, .. } => &[("message", req.message.len())],
+        GroupMsg::Proposal { req, .. } => &[("proposal", req.proposal.len())],
+        GroupMsg::Commit { req, .. } => &[
+            ("commit", req.commit.len()),
+            ("welcome", req.welcome.len()),
+            ("group_info", req.group_info.len()),
+        ],
+        GroupMsg::Tick => &[],
+    };
+    match parts.iter().find(|(_, len)| *len > max) {
+        Some((what, len)) => Err(ApiError::new(
+            ErrorCode::TooLarge,
+            format!("{what} is {len} bytes; the limit is {max}"),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// The longest a client request waits for its GroupActor's answer.
 pub const GROUP_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -58,6 +84,8 @@ pub struct GroupLimits {
     pub epoch_window: u64,
     pub lease_ttl_ms: u64,
     pub group_idle_ms: u64,
+    /// The most GroupActors this node runs at once.
+    pub max_group_actors: usize,
 }
 
 /// The group actors of this node.
@@ -85,7 +113,7 @@ impl Groups {
         limits: GroupLimits,
     ) -> Self {
         Self {
-            dir: Directory::default(),
+            dir: Directory::bounded(limits.max_group_actors),
             store,
             sessions,
             clock,
@@ -102,6 +130,11 @@ impl Groups {
     }
 
     /// The group's actor, activated on this node if needed.
+    ///
+    /// Nothing for nothing: a group that is not in the store is answered
+    /// UNKNOWN_GROUP from the store, without an actor (which would live for
+    /// `group_idle_ms`). Only a group without a live actor here pays the
+    /// read; the actor gives the same answer for a group that vanished.
     async fn activate(self: &Arc<Self>, group_id: &[u8]) -> ApiResult<ractor::ActorRef<GroupMsg>> {
         if self.shutdown.is_shutting_down() {
             return Err(ApiError::new(
@@ -109,36 +142,60 @@ impl Groups {
                 "node is shutting down",
             ));
         }
-        let groups = self.clone();
         let key = group_id.to_vec();
+        if let Some(actor) = self.dir.get(&key).await {
+            if actor.get_status() <= ractor::ActorStatus::Running {
+                return Ok(actor);
+            }
+        }
+        if self.store.group(group_id).await?.is_none() {
+            metrics::counter!("hush_unknown_group_requests_total").increment(1);
+            return Err(ApiError::new(ErrorCode::UnknownGroup, "unknown group"));
+        }
+        let groups = self.clone();
         self.dir
-            .get_or_activate(&key, &self.runtime, "group activation", || {
-                (GroupActor { groups }, key.clone())
-            })
+            .get_or_activate(
+                &key,
+                &self.runtime,
+                "group actor",
+                "actors.max_group_actors",
+                || (GroupActor { groups }, key.clone()),
+            )
             .await
     }
 
     /// Asks the group's actor on this node (activating it) and waits for
     /// its answer, at most [`GROUP_CALL_TIMEOUT`].
+    ///
+    /// The checks that need nothing but the request come first (the group
+    /// id, the sizes the actor would refuse), then the group's existence
+    /// (only when no actor is live), then the actor.
     pub async fn call<T, F>(self: &Arc<Self>, group_id: &[u8], make: F) -> ApiResult<T>
     where
         F: FnOnce(ractor::RpcReplyPort<ApiResult<T>>) -> GroupMsg,
         T: Send + 'static,
     {
         check_group_id(group_id)?;
+        let (tx, rx) = ractor::concurrency::oneshot();
+        let msg = make((tx, GROUP_CALL_TIMEOUT).into());
+        too_large(&msg, self.limits.max_message_bytes)?;
         let group = self.activate(group_id).await?;
-        match group.call(make, Some(GROUP_CALL_TIMEOUT)).await {
-            Ok(ractor::rpc::CallResult::Success(r)) => r,
-            Ok(ractor::rpc::CallResult::Timeout) => Err(ApiError::new(
+        let moved = || async {
+            // The actor stopped (passivated or lost its lease): it is
+            // reactivated on the next request; the client retries.
+            self.dir.remove(&group_id.to_vec(), group.get_id()).await;
+            Err(ApiError::new(ErrorCode::Unavailable, "group moved; retry"))
+        };
+        if group.send_message(msg).is_err() {
+            return moved().await;
+        }
+        match tokio::time::timeout(GROUP_CALL_TIMEOUT, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_dropped)) => moved().await,
+            Err(_) => Err(ApiError::new(
                 ErrorCode::Unavailable,
                 "group did not answer in time",
             )),
-            Ok(ractor::rpc::CallResult::SenderError) | Err(_) => {
-                // The actor stopped (passivated or lost its lease): it is
-                // reactivated on the next request; the client retries.
-                self.dir.remove(&group_id.to_vec(), group.get_id()).await;
-                Err(ApiError::new(ErrorCode::Unavailable, "group moved; retry"))
-            }
         }
     }
 

@@ -1,11 +1,15 @@
-//! Standalone proposals (`SendProposal`): queued in the tracked group state
-//! (so the commit that references them validates) and appended to the
-//! timeline together with that state, then fanned out.
+//! Standalone proposals (`SendProposal`): authorized like the commits that
+//! could carry them (an Update keeps the proposer's identity and registered
+//! key, an Add names a registered device), queued in the tracked group
+//! state (so the commit that references them validates) and appended to
+//! the timeline together with that state, then fanned out.
 
+use hush_ds::ProposalEffect;
 use hush_proto::{v1, ErrorCode};
 use hush_store::{AppendOutcome, EntryKind, NewEntry};
 
 use super::actor::{stale_with_head, GroupActor, GroupState};
+use super::commit::check_registered;
 use crate::error::{ApiError, ApiResult};
 use crate::wire::Caller;
 
@@ -27,12 +31,9 @@ impl GroupActor {
             .tracker
             .apply_proposal(&req.proposal)
             .map_err(|e| stale_with_head(e.into(), loaded.head_seq))?;
-        if effect.sender != caller.identity().as_bytes() {
+        if let Err(e) = self.authorize_proposal(caller, &effect).await {
             Self::restore(loaded, &before)?;
-            return Err(ApiError::new(
-                ErrorCode::Forbidden,
-                "proposal sender is not the authenticated device",
-            ));
+            return Err(e);
         }
         let entry = NewEntry {
             kind: EntryKind::Proposal,
@@ -69,5 +70,28 @@ impl GroupActor {
             AppendOutcome::Duplicate { .. } => state.loaded = None,
         }
         Ok(v1::ProposalAccepted { group_id, seq })
+    }
+
+    /// The proposer is the authenticated device; an Update keeps its
+    /// identity and carries its registered key; an Add names a registered
+    /// device with its key (the rules commits follow, checked as early as
+    /// the proposal so that no member queues what no commit could carry).
+    async fn authorize_proposal(&self, caller: &Caller, effect: &ProposalEffect) -> ApiResult<()> {
+        if effect.sender != caller.identity().as_bytes() {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "proposal sender is not the authenticated device",
+            ));
+        }
+        effect.check_leaf_identities()?;
+        let store = self.groups.store.as_ref();
+        if let Some(update) = &effect.update {
+            let leaf = &update.after;
+            check_registered(store, &leaf.identity, &leaf.signature_key).await?;
+        }
+        if let Some(add) = &effect.add {
+            check_registered(store, &add.identity, &add.signature_key).await?;
+        }
+        Ok(())
     }
 }

@@ -16,7 +16,9 @@
 //! user is now owned by another node stops, sessions forget connections of
 //! nodes that left, and every node re-attaches its connections whose
 //! session moved, then has each read what it may have missed from the
-//! store ([`Outbound::Resync`]). A node that comes back after the others
+//! store ([`Outbound::Resync`]); the connections that stay put resync as
+//! well (deliveries to this node may have been dropped around the change).
+//! A node that comes back after the others
 //! declared it down (a pause or a partition longer than the failure
 //! detector's patience: its view's `incarnation` grows) re-attaches every
 //! connection it has: the others forgot them and dropped what they were
@@ -48,6 +50,7 @@ use crate::shutdown::Shutdown;
 use crate::wire::{ConnRef, Outbound};
 
 pub use actor::{SessionActor, SessionMsg};
+pub use presence::joined_groups;
 
 /// The longest a call to a SessionActor (attach, is-online) may take.
 pub const SESSION_CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -57,6 +60,8 @@ pub const SESSION_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct SessionLimits {
     pub max_connections_per_user: usize,
     pub presence_grace_ms: u64,
+    /// The most SessionActors this node runs at once.
+    pub max_session_actors: usize,
 }
 
 /// The sessions of this node, and the way to any user's session.
@@ -84,7 +89,7 @@ impl Sessions {
         limits: SessionLimits,
     ) -> Self {
         Self {
-            dir: Directory::default(),
+            dir: Directory::bounded(limits.max_session_actors),
             conns,
             route,
             store,
@@ -119,7 +124,8 @@ impl Sessions {
             .get_or_activate(
                 &user_id.to_owned(),
                 &self.runtime,
-                "session activation",
+                "session actor",
+                "actors.max_session_actors",
                 || (SessionActor { sessions }, user),
             )
             .await
@@ -404,28 +410,67 @@ impl Sessions {
             self.conns
                 .moved(|user| placement.owner(&session_key(user)).to_owned())
         };
-        for m in moved {
-            let sessions = self.clone();
-            self.runtime.spawn(async move {
-                match sessions.attach(m.conn_id, &m.user_id, &m.device_id).await {
-                    Ok(node) => {
-                        // Whatever the old session got meanwhile is lost
-                        // for this connection: read it from the store.
-                        if !sessions.conns.attached_to(m.conn_id, &node)
-                            || !sessions.conns.write(m.conn_id, Outbound::Resync)
-                        {
-                            // Gone meanwhile: the new session must not
-                            // count it.
-                            sessions.tell_conn_gone(&node, &m.user_id, m.conn_id).await;
-                        }
-                    }
-                    Err(e) => {
-                        // The connection ends; its client reconnects.
-                        tracing::info!(conn = m.conn_id, error = %e, "re-attach failed");
-                        sessions.conns.remove(m.conn_id);
-                    }
-                }
-            });
+        // Every other connection resyncs too: across a view change,
+        // deliveries to this node were dropped (a peer that died mid
+        // fan-out, a partition's other side sending to a node it did not
+        // see), and nothing else would bring those entries before the
+        // group's next one.
+        let reattach: std::collections::HashSet<u64> = moved.iter().map(|m| m.conn_id).collect();
+        for conn_id in self.conns.ids() {
+            if !reattach.contains(&conn_id) {
+                self.conns.write(conn_id, Outbound::Resync);
+            }
         }
+        for m in moved {
+            drop(self.attach_in_background(m.conn_id, m.user_id, m.device_id));
+        }
+    }
+
+    /// Every connection of this node reads what it may have missed from
+    /// the store (a peer counts this node as a member again).
+    pub fn resync_here(&self) {
+        for conn_id in self.conns.ids() {
+            self.conns.write(conn_id, Outbound::Resync);
+        }
+    }
+
+    /// Attaches a connection of this node (already in its table) to its
+    /// user's session without making anyone wait for it: the connection can
+    /// be served meanwhile (its Sync reads the store), and once attached it
+    /// reads what it may have missed from the store ([`Outbound::Resync`]).
+    /// Attaching can take until failure detection when the session's node
+    /// just died. If it is refused (e.g. `TOO_MANY_CONNECTIONS`), the
+    /// connection gets [`Outbound::Refused`] and leaves the table (its queue
+    /// closes, its client reconnects). The receiver tells the outcome to
+    /// whoever wants to wait for it.
+    pub fn attach_in_background(
+        self: &Arc<Self>,
+        conn_id: u64,
+        user_id: String,
+        device_id: String,
+    ) -> tokio::sync::oneshot::Receiver<ApiResult<()>> {
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        let sessions = self.clone();
+        self.runtime.spawn(async move {
+            let r = match sessions.attach(conn_id, &user_id, &device_id).await {
+                Ok(node) => {
+                    if !sessions.conns.attached_to(conn_id, &node)
+                        || !sessions.conns.write(conn_id, Outbound::Resync)
+                    {
+                        // Gone meanwhile: the session must not count it.
+                        sessions.tell_conn_gone(&node, &user_id, conn_id).await;
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    tracing::info!(conn = conn_id, error = %e, "attach failed; the connection ends");
+                    sessions.conns.write(conn_id, Outbound::Refused(e.clone()));
+                    sessions.conns.remove(conn_id);
+                    Err(e)
+                }
+            };
+            let _ = done.send(r);
+        });
+        outcome
     }
 }

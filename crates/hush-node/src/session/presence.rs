@@ -1,20 +1,46 @@
 //! Presence announcements: a user's online/offline change, pushed by its
-//! session to the devices of everyone who shares a group with it.
+//! session to the devices of everyone who shares a group with it — a group
+//! the user *joined*.
+//!
+//! Consent: being added to a group is not joining it. A user's presence is
+//! visible to a group only once one of its devices joined: it created the
+//! group (joined at seq 0), or acknowledged a seq at or past the commit that
+//! added it (its client processed the Welcome; see [`joined_groups`]). Until
+//! then the group's members are told nothing of it, and `GetPresence` shows
+//! it offline. Its join pushes its current presence to the group
+//! ([`Sessions::announce_joined`]).
 //!
 //! An announcement is one `PresenceEvent` frame to every device of every
-//! other user that shares a group with the user, read from the store at the
-//! moment of the change, delivered as [`Outbound::Ephemeral`] (written only
-//! to connections that are live and synced, never replayed). Best effort: a
-//! store error is logged, and the next change says it again. Presence is
-//! metadata the server sees (ARCHITECTURE.md, "What the server can see").
+//! other user that shares a joined group with the user, read from the store
+//! at the moment of the change, delivered as [`Outbound::Ephemeral`]
+//! (written only to connections that are live and synced, never replayed).
+//! Best effort: a store error is logged, and the next change says it
+//! again. Presence is metadata the server sees (ARCHITECTURE.md, "What the
+//! server can see").
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use hush_proto::{server_frame::Body as Reply, v1};
-use hush_store::{MemberDevice, StoreError};
+use hush_store::{MemberDevice, Store, StoreError};
 
 use super::Sessions;
 use crate::wire::{encode, Outbound};
+
+/// The groups `device_id` has joined: those it created (joined at seq 0)
+/// and those where its stored cursor reached the commit that added it.
+pub async fn joined_groups(
+    store: &dyn Store,
+    device_id: &str,
+) -> Result<BTreeSet<Vec<u8>>, StoreError> {
+    let cursors: BTreeMap<Vec<u8>, u64> = store.cursors(device_id).await?.into_iter().collect();
+    Ok(store
+        .groups_of_device(device_id)
+        .await?
+        .into_iter()
+        .filter(|g| g.joined_seq == 0 || cursors.get(&g.group_id) >= Some(&g.joined_seq))
+        .map(|g| g.group_id)
+        .collect())
+}
 
 impl Sessions {
     /// Pushes `user_id`'s new presence to the devices of its co-members.
@@ -28,6 +54,38 @@ impl Sessions {
         };
         metrics::counter!("hush_presence_changes_total", "online" => if online { "true" } else { "false" })
             .increment(1);
+        self.push_presence(user_id, online, &devices).await;
+    }
+
+    /// A device of `user_id` just joined `group_id`: its user's presence
+    /// becomes visible there, so the group's other members learn it now
+    /// (if it is online; offline is what they assumed).
+    pub async fn announce_joined(&self, user_id: &str, group_id: &[u8]) {
+        let user = BTreeSet::from([user_id.to_owned()]);
+        match self.online_users(&user).await {
+            Ok(online) if online.contains(user_id) => {}
+            Ok(_) => return,
+            Err(e) => {
+                tracing::info!(user = %user_id, error = %e, "presence: join announcement skipped");
+                return;
+            }
+        }
+        let devices: Vec<MemberDevice> = match self.store.group(group_id).await {
+            Ok(Some(g)) => g
+                .members
+                .into_iter()
+                .filter(|m| m.user_id != user_id)
+                .collect(),
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(user = %user_id, error = %e, "presence: reading the group failed");
+                return;
+            }
+        };
+        self.push_presence(user_id, true, &devices).await;
+    }
+
+    async fn push_presence(&self, user_id: &str, online: bool, devices: &[MemberDevice]) {
         if devices.is_empty() {
             return;
         }
@@ -38,17 +96,16 @@ impl Sessions {
                 online,
             }),
         );
-        self.deliver(&devices, Outbound::Ephemeral { frame }).await;
+        self.deliver(devices, Outbound::Ephemeral { frame }).await;
     }
 
-    /// Every device of every other user that shares a group with `user_id`.
+    /// Every device of every other user that shares with `user_id` a group
+    /// the user joined.
     async fn co_member_devices(&self, user_id: &str) -> Result<Vec<MemberDevice>, StoreError> {
-        let store = &self.store;
+        let store = self.store.as_ref();
         let mut groups = BTreeSet::new();
         for d in store.devices_of_user(user_id).await? {
-            for g in store.groups_of_device(&d.device_id).await? {
-                groups.insert(g.group_id);
-            }
+            groups.extend(joined_groups(store, &d.device_id).await?);
         }
         let mut devices = BTreeSet::new();
         for g in groups {

@@ -27,6 +27,10 @@ pub async fn start_node(
     // token buckets never refill by themselves: leave room unless a test is
     // about the rate limit.
     config.limits.rate_burst = 100_000.0;
+    // The same for the account endpoints' buckets (tests/abuse.rs is about
+    // those and sets its own).
+    config.rate_limits.ip_burst = 100_000.0;
+    config.rate_limits.account_burst = 100_000.0;
     tweak(&mut config);
     let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
     let node = hush_node::start(config, clock.clone())

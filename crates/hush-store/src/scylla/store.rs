@@ -71,6 +71,19 @@ impl Mode {
     }
 }
 
+/// The TTL a link code row gets: until its expiry by the wall clock, plus a
+/// minute, so that the row outlives its logical expiry (which `take`
+/// checks against the caller's clock) and is then collected by ScyllaDB
+/// itself: expired codes never pile up and need no sweep.
+fn link_code_ttl_s(expires_at_ms: u64) -> i32 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let secs = expires_at_ms.saturating_sub(now) / 1000 + 60;
+    i32::try_from(secs).unwrap_or(i32::MAX)
+}
+
 /// Every statement the backend runs: (name, mode, CQL). Prepared once at
 /// open.
 pub const STATEMENTS: &[(&str, Mode, &str)] = &[
@@ -84,7 +97,8 @@ pub const STATEMENTS: &[(&str, Mode, &str)] = &[
     ("device_bump", Mode::Lwt, "UPDATE devices SET token_generation = ? WHERE device_id = ? IF token_generation = ?"),
     ("secret_insert", Mode::Lwt, "INSERT INTO secrets (name, value) VALUES (?, ?) IF NOT EXISTS"),
     ("secret_get", Mode::SerialRead, "SELECT value FROM secrets WHERE name = ?"),
-    ("link_insert", Mode::Idempotent, "INSERT INTO link_codes (code_hash, user_id, expires_at_ms) VALUES (?, ?, ?)"),
+    ("secret_delete", Mode::Lwt, "DELETE FROM secrets WHERE name = ? IF EXISTS"),
+    ("link_insert", Mode::Idempotent, "INSERT INTO link_codes (code_hash, user_id, expires_at_ms) VALUES (?, ?, ?) USING TTL ?"),
     ("link_get", Mode::SerialRead, "SELECT user_id, expires_at_ms FROM link_codes WHERE code_hash = ?"),
     ("link_delete", Mode::Lwt, "DELETE FROM link_codes WHERE code_hash = ? IF EXISTS"),
     ("kp_ref_insert", Mode::Lwt, "INSERT INTO key_package_refs (hash_ref, device_id) VALUES (?, ?) IF NOT EXISTS"),
@@ -94,6 +108,8 @@ pub const STATEMENTS: &[(&str, Mode, &str)] = &[
     ("kp_count", Mode::SerialRead, "SELECT COUNT(*) FROM key_packages WHERE device_id = ?"),
     ("lr_upsert", Mode::Idempotent, "INSERT INTO last_resort_packages (device_id, hash_ref, data) VALUES (?, ?, ?)"),
     ("lr_get", Mode::Idempotent, "SELECT data FROM last_resort_packages WHERE device_id = ?"),
+    ("lr_claim_mark", Mode::Lwt, "INSERT INTO last_resort_claims (device_id) VALUES (?) IF NOT EXISTS"),
+    ("lr_claim_clear", Mode::Lwt, "DELETE FROM last_resort_claims WHERE device_id = ? IF EXISTS"),
     ("group_insert", Mode::Lwt, "INSERT INTO groups (group_id, epoch, state, group_info, ratchet_tree, head_seq, lease_owner, lease_token, lease_expires_ms, members) VALUES (?, ?, ?, ?, ?, 0, '', 0, 0, ?) IF NOT EXISTS"),
     ("group_get", Mode::SerialRead, "SELECT epoch, state, group_info, ratchet_tree, head_seq, members FROM groups WHERE group_id = ?"),
     ("head_get", Mode::SerialRead, "SELECT epoch, head_seq, lease_owner, lease_token, lease_expires_ms, members, pending_seq, pending_kind, pending_epoch, pending_sender, pending_cmid, pending_message, pending_time_ms, pending_added, pending_departed, pending_welcomes FROM groups WHERE group_id = ?"),
@@ -947,6 +963,17 @@ impl Store for ScyllaStore {
             .ok_or_else(|| backend("secret", "missing after insert"))
     }
 
+    async fn take_secret(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let Some((value,)) = self.one::<(Vec<u8>,)>("secret_get", (name,)).await? else {
+            return Ok(None);
+        };
+        // Only the caller whose delete applied took it.
+        if !self.lwt("secret_delete", (name,)).await? {
+            return Ok(None);
+        }
+        Ok(Some(value))
+    }
+
     async fn put_link_code(
         &self,
         code_hash: &[u8],
@@ -954,9 +981,17 @@ impl Store for ScyllaStore {
         expires_at_ms: u64,
     ) -> Result<()> {
         let expires = i64::try_from(expires_at_ms).unwrap_or(i64::MAX);
-        self.run("link_insert", (code_hash, user_id, expires))
-            .await?;
+        self.run(
+            "link_insert",
+            (code_hash, user_id, expires, link_code_ttl_s(expires_at_ms)),
+        )
+        .await?;
         Ok(())
+    }
+
+    async fn sweep_link_codes(&self, _now_ms: u64) -> Result<u64> {
+        // Rows expire by their TTL (see `link_code_ttl_s`); nothing to scan.
+        Ok(0)
     }
 
     async fn take_link_code(&self, code_hash: &[u8], now_ms: u64) -> Result<Option<String>> {
@@ -1033,6 +1068,16 @@ impl Store for ScyllaStore {
             .await?
             .is_some();
         Ok((n, lr))
+    }
+
+    async fn set_last_resort_claimed(&self, device_id: &str, claimed: bool) -> Result<bool> {
+        // The LWT applies exactly when the mark changes: an insert applied
+        // means it was not set, a delete applied means it was.
+        Ok(if claimed {
+            !self.lwt("lr_claim_mark", (device_id,)).await?
+        } else {
+            self.lwt("lr_claim_clear", (device_id,)).await?
+        })
     }
 
     async fn create_group(&self, group: &NewGroup) -> Result<()> {
@@ -1277,6 +1322,13 @@ impl Store for ScyllaStore {
         let upto = i64::try_from(upto).unwrap_or(i64::MAX);
         self.run("inbox_ack", (device_id, upto)).await?;
         Ok(())
+    }
+
+    async fn inbox_head(&self, device_id: &str) -> Result<u64> {
+        Ok(self
+            .one::<(i64,)>("counter_get", (device_id,))
+            .await?
+            .map_or(0, |(n,)| u64::try_from(n).unwrap_or(0)))
     }
 }
 

@@ -4,7 +4,8 @@
 //! no user exists without a device; a device id is unique across users; a
 //! secret, once stored, is what every caller gets back (concurrent first
 //! callers included); a link code is returned at most once and deleted by the
-//! first attempt to take it, expired or not.
+//! first attempt to take it, expired or not, and an expired one by the next
+//! sweep; a secret taken is returned to one caller and gone.
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -89,6 +90,28 @@ pub(super) fn op_get_or_create_secret(
         |r| r.get(0),
     )
     .map_err(|e| map_err("read secret", e))
+}
+
+/// Deletes the secret `name` and returns it (at most one caller gets it).
+pub(super) fn op_take_secret(conn: &Connection, name: &str) -> Result<Option<Vec<u8>>> {
+    conn.query_row(
+        "DELETE FROM secrets WHERE name = ?1 RETURNING value",
+        params![name],
+        |r| r.get(0),
+    )
+    .optional()
+    .map_err(|e| map_err("take secret", e))
+}
+
+/// Deletes every link code expired at `now_ms`; returns how many.
+pub(super) fn op_sweep_link_codes(conn: &Connection, now_ms: u64) -> Result<u64> {
+    let n = conn
+        .execute(
+            "DELETE FROM link_codes WHERE expires_at_ms <= ?1",
+            params![deadline(now_ms)],
+        )
+        .map_err(|e| map_err("sweep link codes", e))?;
+    Ok(n as u64)
 }
 
 pub(super) fn op_take_link_code(

@@ -122,3 +122,25 @@ pub(super) fn read_key_package_count(conn: &Connection, device_id: &str) -> Resu
         .map_err(|e| map_err("find last-resort key package", e))?;
     Ok((n, lr.is_some()))
 }
+
+/// Sets or clears the device's last-resort claim mark; returns the mark as
+/// it was (inserted: it was not marked; deleted: it was).
+pub(super) fn op_set_last_resort_claimed(
+    conn: &Connection,
+    device_id: &str,
+    claimed: bool,
+) -> Result<bool> {
+    let changed = if claimed {
+        conn.execute(
+            "INSERT INTO last_resort_claims (device_id) VALUES (?1) ON CONFLICT DO NOTHING",
+            params![device_id],
+        )
+    } else {
+        conn.execute(
+            "DELETE FROM last_resort_claims WHERE device_id = ?1",
+            params![device_id],
+        )
+    }
+    .map_err(|e| map_err("mark last-resort claim", e))?;
+    Ok((changed == 1) != claimed)
+}

@@ -11,7 +11,7 @@ use super::error::map_err;
 use crate::{Result, StoreError};
 
 /// The schema version this binary writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE users (
@@ -109,6 +109,14 @@ CREATE TABLE inbox_counters (
 );
 "#;
 
+/// Version 2: devices whose last-resort package was handed out since they
+/// last uploaded (see `Store::set_last_resort_claimed`).
+const SCHEMA_V2: &str = r#"
+CREATE TABLE last_resort_claims (
+    device_id TEXT PRIMARY KEY NOT NULL
+);
+"#;
+
 /// Creates or upgrades the schema. Idempotent, and safe against another
 /// process doing the same at the same time (the check and the DDL share one
 /// `BEGIN IMMEDIATE` transaction).
@@ -127,6 +135,10 @@ pub(super) fn migrate(conn: &Connection) -> Result<()> {
         if version < 1 {
             conn.execute_batch(SCHEMA_V1)
                 .map_err(|e| map_err("create schema v1", e))?;
+        }
+        if version < 2 {
+            conn.execute_batch(SCHEMA_V2)
+                .map_err(|e| map_err("create schema v2", e))?;
         }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(|e| map_err("write schema version", e))?;

@@ -3,7 +3,7 @@
 //! that departure (the device has read the commit that removed it); inbox
 //! items are deleted by ack but their seqs are never reused.
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::error::{deadline, map_err};
 use crate::{InboxItem, Result};
@@ -70,4 +70,16 @@ pub(super) fn op_ack_inbox(conn: &Connection, device_id: &str, upto: u64) -> Res
     )
     .map_err(|e| map_err("ack inbox", e))?;
     Ok(())
+}
+
+/// The last inbox seq ever given to the device (0 if none).
+pub(super) fn read_inbox_head(conn: &Connection, device_id: &str) -> Result<u64> {
+    conn.query_row(
+        "SELECT last_seq FROM inbox_counters WHERE device_id = ?1",
+        params![device_id],
+        |r| r.get::<_, u64>(0),
+    )
+    .optional()
+    .map(Option::unwrap_or_default)
+    .map_err(|e| map_err("read inbox head", e))
 }

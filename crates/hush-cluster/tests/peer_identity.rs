@@ -1,0 +1,56 @@
+//! Streams carry the node id the sender's certificate names, whatever the
+//! payload says: the receiving node knows who is talking.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hush_cluster::mesh::{Mesh, MeshConfig, StreamMsg};
+use hush_cluster::tls::{node_id_of, NodeIdentity};
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn config(name: &str, seeds: &[(&str, SocketAddr)]) -> MeshConfig {
+    MeshConfig {
+        name: name.into(),
+        bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+        seeds: seeds.iter().map(|(n, a)| (n.to_string(), *a)).collect(),
+        probe_period: Duration::from_millis(200),
+        cluster_size: 2,
+        boot: 1,
+    }
+}
+
+#[test]
+fn a_node_certificate_names_its_id() {
+    let ca = tempfile::tempdir().unwrap();
+    let id = NodeIdentity::dev(ca.path(), "n2").unwrap();
+    assert_eq!(node_id_of(&id.chain).as_deref(), Some("n2"));
+    assert_eq!(node_id_of(&[]), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_carry_the_certificates_node_id() {
+    let ca = tempfile::tempdir().unwrap();
+    let id = |n: &str| NodeIdentity::dev(ca.path(), n).unwrap();
+    let n1 = Mesh::start(&id("n1"), config("n1", &[])).await.unwrap();
+    let mut incoming = n1.take_incoming().expect("incoming");
+    let seed = [("n1", n1.local_addr())];
+    let n2 = Mesh::start(&id("n2"), config("n2", &seed)).await.unwrap();
+    let mut view = n2.view();
+    tokio::time::timeout(PATIENCE, view.wait_for(|v| v.members.len() == 2))
+        .await
+        .expect("in time")
+        .expect("view");
+    n2.push("n1", b"I am n3, honest").await.expect("push");
+    let msg = tokio::time::timeout(PATIENCE, incoming.recv())
+        .await
+        .expect("in time")
+        .expect("a stream");
+    match msg {
+        StreamMsg::Push { peer, payload } => {
+            assert_eq!(peer, "n2");
+            assert_eq!(payload, b"I am n3, honest");
+        }
+        StreamMsg::Call { .. } => panic!("a push was sent"),
+    }
+}
