@@ -171,6 +171,7 @@ pub fn generate(fixtures: &Path, corpus: &Path) {
     seed("create", 1, &create);
     seed("commit", 2, &commit);
     seed("welcome_as_commit", 2, &welcome_bytes);
+    seed("welcome_check", 7, &welcome_bytes);
     seed("proposal", 3, &proposal);
     seed("application", 4, &app);
     seed("group_info_after_commit", 5, &gi_after);

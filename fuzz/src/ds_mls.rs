@@ -1,16 +1,16 @@
 //! hush-ds on arbitrary MLS bytes: every function the node calls on what a
 //! client uploads — KeyPackage validation, group creation from GroupInfo +
 //! ratchet tree, commits, standalone proposals, the application-message
-//! screen, the GroupInfo that travels with a commit — plus the tracker
-//! snapshot decoder (store bytes). Calls go to a real tracker, restored for
-//! every input from a committed snapshot of a real group
+//! screen, the GroupInfo and the Welcome that travel with a commit — plus
+//! the tracker snapshot decoder (store bytes). Calls go to a real tracker,
+//! restored for every input from a committed snapshot of a real group
 //! (`fuzz/fixtures/ds/`), so each input sees the same state.
 //!
 //! Input: the first byte picks the call, the rest are its bytes.
 
 use std::path::Path;
 
-use hush_ds::{validate_key_package, GroupTracker};
+use hush_ds::{check_welcome, validate_key_package, AddedMember, GroupTracker};
 
 /// The epoch window the node's default config uses.
 const EPOCH_WINDOW: u64 = 5;
@@ -41,7 +41,7 @@ impl Ds {
         let Some((&op, bytes)) = data.split_first() else {
             return;
         };
-        match op % 7 {
+        match op % 8 {
             0 => {
                 let _ = validate_key_package(bytes);
             }
@@ -89,10 +89,22 @@ impl Ds {
                     .expect("fixture commit applies");
                 let _ = t.check_group_info(bytes);
             }
-            _ => {
+            6 => {
                 if let Ok(t) = GroupTracker::load(bytes) {
                     let _ = (t.members(), t.pending_proposals(), t.ratchet_tree());
                 }
+            }
+            _ => {
+                // The Welcome of a commit bundle, against the members the
+                // commit added (a fixed one: a Welcome naming its
+                // KeyPackageRef passes).
+                let added = [AddedMember {
+                    identity: b"bob/laptop".to_vec(),
+                    signature_key: vec![7; 32],
+                    key_package_ref: vec![0x42; 32],
+                }];
+                let _ = check_welcome(bytes, &added);
+                let _ = check_welcome(bytes, &[]);
             }
         }
     }
