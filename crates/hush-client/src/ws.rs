@@ -320,7 +320,7 @@ fn route(frame: ServerFrame, pending: &Pending, events: &mpsc::UnboundedSender<P
 
 /// The event a pushed frame (request_id 0) means for the client, if any.
 /// Shared with the SSE transport.
-pub(crate) fn pushed_of(body: server_frame::Body) -> Option<Pushed> {
+pub fn pushed_of(body: server_frame::Body) -> Option<Pushed> {
     Some(match body {
         server_frame::Body::GroupEvent(e) => Pushed::Group(e),
         server_frame::Body::InboxEvent(e) => Pushed::Inbox(e),
