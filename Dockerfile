@@ -22,7 +22,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 hush \
  && useradd --system --uid 10001 --gid hush --home-dir /var/lib/hush --shell /usr/sbin/nologin hush \
- && mkdir -p /var/lib/hush/data /var/lib/hush/ca /etc/hush \
+ && mkdir -p /var/lib/hush/data /var/lib/hush/ca /var/lib/hush/secrets /var/lib/hush/certs/n1 /var/lib/hush/certs/n2 /var/lib/hush/certs/n3 /etc/hush \
  && chown -R hush:hush /var/lib/hush
 COPY --from=builder /usr/local/bin/hush-node /usr/local/bin/hush /usr/local/bin/
 # An empty named volume mounted on one of these directories takes its

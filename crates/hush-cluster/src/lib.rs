@@ -18,4 +18,4 @@ pub mod placement;
 pub mod tls;
 
 pub use placement::{shard_of, Placement, View, SHARDS};
-pub use tls::{NodeIdentity, TlsError};
+pub use tls::{write_node_cert_files, NodeCertFiles, NodeIdentity, TlsError};

@@ -148,33 +148,87 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     f.sync_all().map_err(io(path))
 }
 
+/// A node certificate issued by the dev CA, in memory.
+struct Issued {
+    ca_cert: rcgen::Certificate,
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+/// Issues a certificate for `node_id` (`<id>.hush-cluster`, server and
+/// client auth) from the dev CA in `ca_dir`, creating the CA on first use.
+fn issue(ca_dir: &Path, node_id: &str) -> Result<Issued> {
+    let ca_key = dev_ca_key(ca_dir)?;
+    let ca_params = ca_params()?;
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec![node_dns_name(node_id)])?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, node_id.to_string());
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok(Issued { ca_cert, cert, key })
+}
+
+/// The files [`write_node_cert_files`] wrote for one node.
+#[derive(Debug, Clone)]
+pub struct NodeCertFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Issues `node_id` a certificate from the CA whose key is in `ca_dir`
+/// (created on first use) and writes what that node needs, and nothing
+/// more, to `out` (0700): `ca.pem` (the CA certificate to trust),
+/// `node.pem` and `node.key` (0600), for `[cluster.tls]`. The CA key stays
+/// in `ca_dir`: a node given only `out` can prove who it is but cannot
+/// issue certificates for others (the compose setup's init service does
+/// this). Files already in `out` are replaced.
+pub fn write_node_cert_files(ca_dir: &Path, node_id: &str, out: &Path) -> Result<NodeCertFiles> {
+    let issued = issue(ca_dir, node_id)?;
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(out).map_err(io(out))?;
+    let files = NodeCertFiles {
+        ca: out.join("ca.pem"),
+        cert: out.join("node.pem"),
+        key: out.join("node.key"),
+    };
+    for (path, pem) in [
+        (&files.ca, issued.ca_cert.pem()),
+        (&files.cert, issued.cert.pem()),
+        (&files.key, issued.key.serialize_pem()),
+    ] {
+        // Written aside and renamed: a node never reads half a file.
+        let tmp = path.with_extension("tmp");
+        let _ = std::fs::remove_file(&tmp);
+        write_private(&tmp, pem.as_bytes())?;
+        std::fs::rename(&tmp, path).map_err(io(path))?;
+    }
+    Ok(files)
+}
+
 impl NodeIdentity {
     /// A development identity: the shared dev CA in `ca_dir` (created on
     /// first use) and a fresh certificate for `node_id`.
     pub fn dev(ca_dir: &Path, node_id: &str) -> Result<Self> {
-        let ca_key = dev_ca_key(ca_dir)?;
-        let ca_params = ca_params()?;
-        let ca_cert = ca_params.self_signed(&ca_key)?;
-        let issuer = Issuer::new(ca_params, ca_key);
-
-        let node_key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(vec![node_dns_name(node_id)])?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, node_id.to_string());
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        let cert = params.signed_by(&node_key, &issuer)?;
-
+        let issued = issue(ca_dir, node_id)?;
         let mut roots = RootCertStore::empty();
-        roots.add(ca_cert.der().clone())?;
+        roots.add(issued.ca_cert.der().clone())?;
         Ok(Self {
             node_id: node_id.to_string(),
-            chain: vec![cert.der().clone()],
-            key: PrivatePkcs8KeyDer::from(node_key.serialize_der()).into(),
+            chain: vec![issued.cert.der().clone()],
+            key: PrivatePkcs8KeyDer::from(issued.key.serialize_der()).into(),
             roots: Arc::new(roots),
         })
     }

@@ -1,5 +1,5 @@
 //! The hush-node binary: parse arguments, set up logging, run the node (or
-//! an operator command: `rotate-token-key`, `gen-cert`).
+//! an operator command: `rotate-token-key`, `gen-cert`, `gen-node-certs`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -59,6 +59,22 @@ enum Command {
         #[arg(long = "name", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
         names: Vec<String>,
     },
+    /// Issue cluster node certificates from the development CA whose key is
+    /// in --ca-dir (created on first use): for each --node ID, OUT/ID gets
+    /// ca.pem, node.pem and node.key, for `[cluster.tls]` (paths may use
+    /// `{node}`). The CA key never leaves --ca-dir, so the nodes can be
+    /// given their own directory only (the compose init service).
+    GenNodeCerts {
+        /// Directory holding the CA key (cluster-ca.key).
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// Output directory: one subdirectory per node.
+        #[arg(long)]
+        out: PathBuf,
+        /// Node ids (repeat the flag).
+        #[arg(long = "for", required = true)]
+        nodes: Vec<String>,
+    },
 }
 
 #[tokio::main]
@@ -93,6 +109,20 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
 
+    if let Some(Command::GenNodeCerts { ca_dir, out, nodes }) = &args.command {
+        for node in nodes {
+            let files = hush_cluster::write_node_cert_files(ca_dir, node, &out.join(node))
+                .with_context(|| format!("issuing the certificate of {node}"))?;
+            println!(
+                "{node}: {} {} {}",
+                files.ca.display(),
+                files.cert.display(),
+                files.key.display()
+            );
+        }
+        return Ok(());
+    }
+
     let mut config = match &args.config {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
@@ -115,7 +145,7 @@ async fn main() -> anyhow::Result<()> {
 
     match args.command {
         None => run(config).await,
-        Some(Command::GenCert { .. }) => Ok(()),
+        Some(Command::GenCert { .. } | Command::GenNodeCerts { .. }) => Ok(()),
         Some(Command::RotateTokenKey) => {
             let keys = hush_node::secrets::rotate_token_key(&config, SystemClock.now_ms())
                 .context("rotating the token key")?;

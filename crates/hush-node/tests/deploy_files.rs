@@ -17,6 +17,13 @@ use hush_node::Config;
 const NODES: [&str; 3] = ["n1", "n2", "n3"];
 /// Where docker-compose.yml mounts deploy/compose.toml in every node.
 const CONFIG_IN_CONTAINER: &str = "/etc/hush/compose.toml";
+/// Where the `certs` init service writes each node's certificate volume
+/// (`<this>/<node>`), and where each node mounts its own, read-only.
+const CERTS_IN_CONTAINER: &str = "/var/lib/hush/certs";
+/// The volume the nodes share for the token key file.
+const SECRETS_IN_CONTAINER: &str = "/var/lib/hush/secrets";
+/// Where the `certs` service keeps the CA key.
+const CA_IN_CONTAINER: &str = "/var/lib/hush/ca";
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -104,10 +111,18 @@ fn compose_toml_loads_and_validates_for_every_node() {
         // The gateway binds exactly its entry's address, inside the container.
         assert_eq!(c.gateway.listen, entry.gateway, "{node}");
         assert_eq!(entry.gateway.ip(), entry.quic.ip(), "{node}: one container");
-        // The dev CA is shared through one volume, not per-node data.
-        assert_eq!(c.cluster.tls.as_ref().map(|_| ()), None);
-        assert_eq!(c.cluster_ca_dir(), PathBuf::from("/var/lib/hush/ca"));
+        // Certificates issued by the init service, one directory per node;
+        // no node gets the CA key (no dev CA directory of its own).
+        let tls = c.cluster.tls.as_ref().expect("[cluster.tls]");
+        for path in [&tls.ca, &tls.cert, &tls.key] {
+            assert!(
+                path.starts_with(CERTS_IN_CONTAINER) && path.to_string_lossy().contains("{node}"),
+                "{node}: {} should be under {CERTS_IN_CONTAINER}/{{node}}",
+                path.display()
+            );
+        }
         assert_eq!(c.node.data, PathBuf::from("/var/lib/hush/data"));
+        assert!(c.token_key_file().starts_with(SECRETS_IN_CONTAINER));
         let port = entry.gateway.port();
         for origin in [
             format!("http://127.0.0.1:{port}"),
@@ -185,16 +200,24 @@ fn docker_compose_yml_agrees_with_compose_toml() {
         let published = format!("- \"127.0.0.1:{port}:{port}\"");
         assert!(has_line(&svc, &published), "{node}: missing {published}");
 
-        // The config file, the shared CA and this node's own data volume.
+        // The config file, this node's certificates (read only), the shared
+        // token key volume and this node's own data volume; never the CA.
         let data_volume = format!("{node}-data");
+        let certs_volume = format!("{node}-certs");
         for mount in [
             format!("- ./deploy/compose.toml:{CONFIG_IN_CONTAINER}:ro"),
-            format!("- hush-ca:{}", c.cluster_ca_dir().display()),
+            format!("- {certs_volume}:{CERTS_IN_CONTAINER}/{node}:ro"),
+            format!("- hush-secrets:{SECRETS_IN_CONTAINER}"),
             format!("- {data_volume}:{}", c.node.data.display()),
         ] {
             assert!(has_line(&svc, &mount), "{node}: missing volume `{mount}`");
         }
-        for v in ["hush-ca", data_volume.as_str()] {
+        assert!(
+            !svc.iter()
+                .any(|l| l.contains("hush-ca") || l.contains(CA_IN_CONTAINER)),
+            "{node} must not mount the CA key volume"
+        );
+        for v in ["hush-secrets", certs_volume.as_str(), data_volume.as_str()] {
             assert!(has_line(&volumes, &format!("{v}:")), "volume {v} declared");
         }
 
@@ -219,9 +242,9 @@ fn docker_compose_yml_agrees_with_compose_toml() {
             .map(|l| l.trim().trim_end_matches(':'))
             .collect();
         let expected: &[&str] = if node == "n1" {
-            &["scylla"]
+            &["scylla", "certs"]
         } else {
-            &["scylla", "n1"]
+            &["scylla", "certs", "n1"]
         };
         assert_eq!(waits_for, expected, "{node}: depends_on");
         assert_eq!(
@@ -229,12 +252,35 @@ fn docker_compose_yml_agrees_with_compose_toml() {
                 .iter()
                 .filter(|l| l.trim() == "condition: service_healthy")
                 .count(),
-            expected.len(),
-            "{node}: every dependency must be healthy, not just started"
+            expected.len() - 1,
+            "{node}: every service dependency must be healthy, not just started"
+        );
+        assert!(
+            has_line(&depends_on, "condition: service_completed_successfully"),
+            "{node}: waits for the certificates to be issued"
         );
     }
     let unique: std::collections::BTreeSet<_> = ips.iter().collect();
     assert_eq!(unique.len(), ips.len(), "addresses must be distinct");
+
+    // The init service: the only holder of the CA key, issuing every node's
+    // certificate into that node's volume, with no network at all.
+    let certs = service(&yaml, "certs");
+    let mut want = format!(
+        "[\"gen-node-certs\", \"--ca-dir\", \"{CA_IN_CONTAINER}\", \"--out\", \"{CERTS_IN_CONTAINER}\""
+    );
+    for node in NODES {
+        want.push_str(&format!(", \"--for\", \"{node}\""));
+    }
+    want.push(']');
+    assert_eq!(value(&certs, "command"), want, "certs: command");
+    assert_eq!(value(&certs, "network_mode"), "none");
+    assert!(has_line(&certs, &format!("- hush-ca:{CA_IN_CONTAINER}")));
+    for node in NODES {
+        let mount = format!("- {node}-certs:{CERTS_IN_CONTAINER}/{node}");
+        assert!(has_line(&certs, &mount), "certs: missing `{mount}`");
+    }
+    assert!(has_line(&volumes, "hush-ca:"), "volume hush-ca declared");
 }
 
 #[test]
@@ -266,8 +312,13 @@ fn files_the_compose_setup_references_exist() {
     assert!(read("crates/hush-node/Cargo.toml").contains("name = \"hush-node\""));
     assert!(read("crates/hush-client/Cargo.toml").contains("name = \"hush\""));
     let c = load("n1");
-    for dir in [c.cluster_ca_dir(), c.node.data] {
-        let dir = dir.display().to_string();
+    let mut dirs = vec![
+        CA_IN_CONTAINER.to_string(),
+        SECRETS_IN_CONTAINER.to_string(),
+        c.node.data.display().to_string(),
+    ];
+    dirs.extend(NODES.iter().map(|n| format!("{CERTS_IN_CONTAINER}/{n}")));
+    for dir in dirs {
         assert!(
             dockerfile
                 .lines()
