@@ -18,6 +18,8 @@ pub enum ClientError {
         message: String,
         /// Set when `code == STALE_EPOCH`.
         stale_epoch: Option<StaleEpoch>,
+        /// The server's hint with RATE_LIMITED: wait this long (ms).
+        retry_after_ms: Option<u64>,
     },
     /// The HTTP request could not be made or its answer could not be read.
     #[error("http: {0}")]
@@ -147,6 +149,7 @@ impl From<v1::Error> for ClientError {
             code: e.error_code(),
             message: e.message,
             stale_epoch: e.stale_epoch,
+            retry_after_ms: (e.retry_after_ms > 0).then_some(e.retry_after_ms),
         }
     }
 }

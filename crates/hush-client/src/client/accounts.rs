@@ -10,14 +10,21 @@
 //! package for this device after every connect and every Welcome.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use hush_proto::{auth, client_frame, v1};
+use hush_proto::{auth, client_frame, v1, ErrorCode};
 
 use super::{validate_handle, Client, KEY_PACKAGE_BATCH, KEY_PACKAGE_LOW};
 use crate::error::{ClientError, Result};
 use crate::http::Token;
 use crate::mls;
 use crate::store::Identity;
+
+/// How many times a rate-limited login is tried in all.
+const LOGIN_RATE_LIMIT_ATTEMPTS: u32 = 8;
+/// The wait when the server gave no hint, and the longest wait either way.
+const LOGIN_RATE_LIMIT_DEFAULT_WAIT: Duration = Duration::from_secs(1);
+const LOGIN_RATE_LIMIT_MAX_WAIT: Duration = Duration::from_secs(5);
 
 impl Client {
     /// Registers a new user with this home as its first device, then
@@ -54,7 +61,33 @@ impl Client {
     }
 
     /// Logs in over HTTP (challenge, signed response) and keeps the token.
+    /// A login the server rate-limits (the CLI logs in once per command,
+    /// so a script can run into the per-device budget) waits out the
+    /// server's hint and tries again, up to [`LOGIN_RATE_LIMIT_ATTEMPTS`]
+    /// times, each wait at most [`LOGIN_RATE_LIMIT_MAX_WAIT`].
     pub(super) async fn login(&mut self) -> Result<Token> {
+        let mut attempt = 1;
+        loop {
+            match self.login_once().await {
+                Err(ClientError::Server {
+                    code: ErrorCode::RateLimited,
+                    retry_after_ms,
+                    ..
+                }) if attempt < LOGIN_RATE_LIMIT_ATTEMPTS => {
+                    let wait = retry_after_ms
+                        .map(Duration::from_millis)
+                        .unwrap_or(LOGIN_RATE_LIMIT_DEFAULT_WAIT)
+                        .min(LOGIN_RATE_LIMIT_MAX_WAIT);
+                    tracing::info!(?wait, attempt, "login rate-limited; waiting");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn login_once(&mut self) -> Result<Token> {
         let me = self.me()?;
         let challenge = self.http.login_challenge(&me.device_id).await?;
         let sig = mls::sign_raw(&me.keys, &auth::login_payload(&challenge))?;

@@ -60,6 +60,7 @@ pub(super) fn removed_from_group() -> ClientError {
         code: ErrorCode::NotMember,
         message: "removed from the group".into(),
         stale_epoch: None,
+        retry_after_ms: None,
     }
 }
 

@@ -192,6 +192,7 @@ impl Client {
                 code: ErrorCode::NotFound,
                 message: format!("{handle} has no devices"),
                 stale_epoch: None,
+                retry_after_ms: None,
             });
         }
         let number = trust::safety_number(

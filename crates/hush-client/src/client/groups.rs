@@ -29,6 +29,7 @@ impl Client {
                 code: ErrorCode::NotMember,
                 message: format!("this device is no longer a member of {}", g.display_name()),
                 stale_epoch: None,
+                retry_after_ms: None,
             });
         }
         Ok(g)

@@ -352,10 +352,7 @@ fn deadline_payload(payload: actix_web::dev::Payload, limit: Duration) -> actix_
 /// A RATE_LIMITED answer with `Retry-After` (whole seconds, rounded up).
 pub fn rate_limited(what: &str, retry: RetryAfter) -> HttpResponse {
     metrics::counter!("hush_rate_limited_total", "what" => what.to_owned()).increment(1);
-    let e = ApiError::new(
-        ErrorCode::RateLimited,
-        format!("too many requests ({what}); retry after {} ms", retry.0),
-    );
+    let e = ApiError::rate_limited(&format!("too many requests ({what})"), retry.0);
     let mut resp = error_response(&e);
     let secs = retry.0.div_ceil(1000).max(1);
     if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&secs.to_string()) {
