@@ -56,6 +56,7 @@ fn request(bytes: &[u8]) {
                 let _ = hush_node::route::session_key(u);
             }
         }
+        cluster::node_request::Body::Readmitted(_) => {}
     }
 }
 

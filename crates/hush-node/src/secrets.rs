@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use hush_ds::{TokenKeys, TokenSecret};
-use hush_store::Store;
+use hush_store::{Store, StoreError};
 use ring::rand::SecureRandom as _;
 
 use crate::config::Config;
@@ -217,11 +217,18 @@ pub async fn token_keys_at_start(
     let path = config.token_key_file();
     if path.exists() {
         let keys = read_token_keys(&path)?;
-        if store.take_secret(LEGACY_STORE_SECRET).await?.is_some() {
-            tracing::warn!(
+        match store.take_secret(LEGACY_STORE_SECRET).await {
+            Ok(Some(_)) => tracing::warn!(
                 path = %path.display(),
                 "deleted a token key the store still held (the key file is the one in use)"
-            );
+            ),
+            Ok(None) => {}
+            // A store that does not answer yet (a CQL cluster that is down)
+            // never blocks the start; the stale copy goes at a later start.
+            Err(StoreError::Unavailable(why)) => {
+                tracing::warn!(error = %why, "store not answering: a store-held token key, if any, stays for now");
+            }
+            Err(e) => return Err(e.into()),
         }
         return Ok(keys);
     }
@@ -230,7 +237,17 @@ pub async fn token_keys_at_start(
             private_dir(parent)?;
         }
     }
-    let (secret, moved) = match store.take_secret(LEGACY_STORE_SECRET).await? {
+    let legacy = match store.take_secret(LEGACY_STORE_SECRET).await {
+        Ok(found) => found,
+        // A fresh node whose CQL cluster is down at start: a new key (tokens
+        // an older store-held key signed need a new login).
+        Err(StoreError::Unavailable(why)) => {
+            tracing::warn!(error = %why, "store not answering: a new token key, no store-held key migrated");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let (secret, moved) = match legacy {
         Some(bytes) => match TokenSecret::new(bytes) {
             Ok(s) => (s, true),
             Err(_) => (new_secret()?, false),
