@@ -4,21 +4,10 @@
 
 mod common;
 
-use std::net::{SocketAddr, UdpSocket};
-use std::time::Duration;
-
-use common::{start_node, WAIT};
-use hush_cluster::mesh::{Mesh, MeshConfig};
+use common::{cluster_entries, free_udp, mesh_peer, start_node, WAIT};
 use hush_cluster::tls::NodeIdentity;
-use hush_node::config::ClusterNode;
 use hush_proto::cluster::v1 as cluster;
 use hush_proto::{server_frame::Body as Reply, ErrorCode, Message as _};
-
-fn free_udp() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("free port")
-}
 
 /// The error code of a reply, if it is an error.
 fn error_code(reply: &cluster::NodeReply) -> Option<i32> {
@@ -35,20 +24,7 @@ fn error_code(reply: &cluster::NodeReply) -> Option<i32> {
 async fn a_peer_claiming_another_id_is_not_believed() {
     let ca = tempfile::tempdir().expect("tempdir");
     let (q1, q2) = (free_udp(), free_udp());
-    let nodes = vec![
-        ClusterNode {
-            id: "n1".into(),
-            gateway: SocketAddr::from(([127, 0, 0, 1], 0)),
-            quic: q1,
-            data: None,
-        },
-        ClusterNode {
-            id: "n2".into(),
-            gateway: SocketAddr::from(([127, 0, 0, 1], 0)),
-            quic: q2,
-            data: None,
-        },
-    ];
+    let nodes = cluster_entries(&[("n1", q1), ("n2", q2)]);
     let ca_dir = ca.path().to_path_buf();
     let (node, _clock, _dir) = start_node(move |c| {
         c.node.id = "n1".into();
@@ -59,24 +35,13 @@ async fn a_peer_claiming_another_id_is_not_believed() {
     .await;
 
     // n2, with a genuine certificate from the cluster CA.
-    let n2 = Mesh::start(
+    let n2 = mesh_peer(
         &NodeIdentity::dev(ca.path(), "n2").expect("identity"),
-        MeshConfig {
-            name: "n2".into(),
-            bind: q2,
-            seeds: vec![("n1".into(), q1)],
-            probe_period: Duration::from_millis(100),
-            cluster_size: 2,
-            boot: 1,
-        },
+        "n2",
+        q2,
+        ("n1", q1),
     )
-    .await
-    .expect("mesh");
-    let mut view = n2.view();
-    tokio::time::timeout(WAIT, view.wait_for(|v| v.members.len() == 2))
-        .await
-        .expect("in time")
-        .expect("view");
+    .await;
     let digest = n2.view().borrow().digest();
 
     let ask = |from: &str| cluster::NodeRequest {

@@ -117,3 +117,53 @@ pub fn has_text(c: &hush_client::client::Client, gid: &[u8], text: &str) -> bool
         .iter()
         .any(|l| l.kind == "text" && l.body == text)
 }
+
+/// A free UDP port on 127.0.0.1 (for a node's QUIC endpoint).
+pub fn free_udp() -> SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("free port")
+}
+
+/// The `[[cluster.nodes]]` entries of `(id, quic)` nodes (gateways on
+/// 127.0.0.1:0, data in the node's own directory).
+pub fn cluster_entries(nodes: &[(&str, SocketAddr)]) -> Vec<hush_node::config::ClusterNode> {
+    nodes
+        .iter()
+        .map(|(id, quic)| hush_node::config::ClusterNode {
+            id: (*id).into(),
+            gateway: SocketAddr::from(([127, 0, 0, 1], 0)),
+            quic: *quic,
+            data: None,
+        })
+        .collect()
+}
+
+/// A bare mesh peer named `name` on `bind` that joins through `seed`
+/// (a node started in-process), once both see each other.
+pub async fn mesh_peer(
+    identity: &hush_cluster::tls::NodeIdentity,
+    name: &str,
+    bind: SocketAddr,
+    seed: (&str, SocketAddr),
+) -> hush_cluster::mesh::Mesh {
+    let mesh = hush_cluster::mesh::Mesh::start(
+        identity,
+        hush_cluster::mesh::MeshConfig {
+            name: name.into(),
+            bind,
+            seeds: vec![(seed.0.into(), seed.1)],
+            probe_period: Duration::from_millis(100),
+            cluster_size: 2,
+            boot: 1,
+        },
+    )
+    .await
+    .expect("mesh");
+    let mut view = mesh.view();
+    tokio::time::timeout(WAIT, view.wait_for(|v| v.members.len() == 2))
+        .await
+        .expect("the peer and the node see each other in time")
+        .expect("view");
+    mesh
+}
