@@ -171,6 +171,9 @@ impl Drop for NodeProc {
 
 /// `GET url`: status and body, or `None` when nothing answers.
 pub async fn get(url: &str) -> Option<(u16, String)> {
+    // reqwest is built without a TLS provider of its own: the process
+    // default must be set before its first client (ring, as in the node).
+    hush_client::tls::use_ring();
     let res = reqwest::get(url).await.ok()?;
     let status = res.status().as_u16();
     Some((status, res.text().await.ok()?))
