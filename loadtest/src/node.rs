@@ -181,19 +181,43 @@ impl NodeProc {
 pub async fn start_single(bin: &Path, dir: &Path, extra_config: &str) -> anyhow::Result<NodeProc> {
     let data = dir.join("node-data");
     std::fs::create_dir_all(&data)?;
-    let mut args = vec![
+    let cfg = dir.join("node.toml");
+    std::fs::write(&cfg, generator_config(extra_config)?)?;
+    let args = vec![
         "--data".to_string(),
         data.display().to_string(),
         "--listen".into(),
         "127.0.0.1:0".into(),
+        "--config".into(),
+        cfg.display().to_string(),
     ];
-    if !extra_config.trim().is_empty() {
-        let cfg = dir.join("node.toml");
-        std::fs::write(&cfg, extra_config)?;
-        args.push("--config".into());
-        args.push(cfg.display().to_string());
-    }
     NodeProc::start("n1", bin, &args, dir, &dir.join("node.log")).await
+}
+
+/// What every node the generator spawns gets under the scenario's
+/// `node_config`: the generator is thousands of users behind a few source
+/// addresses, so the per-address and per-account budgets a public node
+/// keeps for strangers (`[rate_limits]`, `gateway.max_connections_per_ip`)
+/// would refuse its setup. A scenario that measures those limits sets them
+/// in its own `node_config`, which wins.
+const GENERATOR_NODE_CONFIG: &str = r#"
+[rate_limits]
+ip_per_sec = 1000000.0
+ip_burst = 1000000.0
+account_per_sec = 1000000.0
+account_burst = 1000000.0
+
+[gateway]
+max_connections_per_ip = 1000000
+"#;
+
+/// [`GENERATOR_NODE_CONFIG`] with the scenario's `extra` merged over it.
+fn generator_config(extra: &str) -> anyhow::Result<String> {
+    let mut t: toml::Table = toml::from_str(GENERATOR_NODE_CONFIG).context("generator defaults")?;
+    if !extra.trim().is_empty() {
+        merge(&mut t, toml::from_str(extra).context("target.node_config")?);
+    }
+    Ok(toml::to_string(&t)?)
 }
 
 /// Starts the listed nodes of a cluster config, from a copy of it in `dir`
@@ -253,13 +277,8 @@ fn free_port(udp: bool) -> anyhow::Result<u16> {
 
 /// The cluster config text a run uses (see [`start_cluster`]).
 fn cluster_config(text: &str, extra: &str, free_ports: bool) -> anyhow::Result<String> {
-    if extra.trim().is_empty() && !free_ports {
-        return Ok(text.to_string());
-    }
     let mut t: toml::Table = toml::from_str(text).context("cluster config")?;
-    if !extra.trim().is_empty() {
-        merge(&mut t, toml::from_str(extra).context("target.node_config")?);
-    }
+    merge(&mut t, toml::from_str(&generator_config(extra)?)?);
     if free_ports {
         let nodes = t
             .get_mut("cluster")
@@ -294,9 +313,7 @@ pub fn cluster_config_for(
     nodes: &[(String, std::net::SocketAddr, std::net::SocketAddr)],
 ) -> anyhow::Result<String> {
     let mut t: toml::Table = toml::from_str(text).context("cluster config")?;
-    if !extra.trim().is_empty() {
-        merge(&mut t, toml::from_str(extra).context("target.node_config")?);
-    }
+    merge(&mut t, toml::from_str(&generator_config(extra)?)?);
     let mut store = toml::Table::new();
     store.insert("kind".into(), "embedded".into());
     store.insert("path".into(), format!("./{CHAOS_STORE}").into());
@@ -338,7 +355,23 @@ mod tests {
         assert_eq!(n["id"].as_str(), Some("n1"));
         assert_ne!(n["gateway"].as_str(), Some("127.0.0.1:7301"));
         assert!(n["quic"].as_str().unwrap().starts_with("127.0.0.1:"));
-        assert_eq!(super::cluster_config(text, "", false).unwrap(), text);
+        // The generator's room for its many users, which a scenario can
+        // take back.
+        let plain = super::cluster_config(text, "", false).unwrap();
+        let plain: toml::Table = toml::from_str(&plain).unwrap();
+        let n = &plain["cluster"]["nodes"][0];
+        assert_eq!(n["gateway"].as_str(), Some("127.0.0.1:7301"));
+        assert_eq!(
+            plain["rate_limits"]["ip_burst"].as_float(),
+            Some(1_000_000.0)
+        );
+        let strict = super::cluster_config(text, "[rate_limits]\nip_burst = 5.0\n", false).unwrap();
+        let strict: toml::Table = toml::from_str(&strict).unwrap();
+        assert_eq!(strict["rate_limits"]["ip_burst"].as_float(), Some(5.0));
+        assert_eq!(
+            strict["rate_limits"]["ip_per_sec"].as_float(),
+            Some(1_000_000.0)
+        );
     }
 
     #[test]
