@@ -29,7 +29,7 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Number, Value};
 
-use crate::DsError;
+use crate::error::DsError;
 
 const MAGIC: &[u8; 4] = b"HDS\x01";
 const MAX_DEPTH: usize = 128;

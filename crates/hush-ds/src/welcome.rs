@@ -12,10 +12,10 @@ use std::collections::BTreeSet;
 
 use openmls::prelude::MlsMessageBodyIn;
 
-use crate::codec::{body_kind, decode_message};
+use crate::codec::{body_kind, decode_message, HUSH_CIPHERSUITE};
 use crate::group::AddedMember;
-use crate::keypackage::HUSH_CIPHERSUITE;
-use crate::DsError;
+
+use crate::error::DsError;
 
 /// Checks `welcome` (MLSMessage bytes) against the members a commit added:
 /// it decodes as a Welcome (`Malformed` / `WrongWireFormat` otherwise), in

@@ -31,7 +31,7 @@
 mod actor;
 mod presence;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -415,12 +415,8 @@ impl Sessions {
         // fan-out, a partition's other side sending to a node it did not
         // see), and nothing else would bring those entries before the
         // group's next one.
-        let reattach: std::collections::HashSet<u64> = moved.iter().map(|m| m.conn_id).collect();
-        for conn_id in self.conns.ids() {
-            if !reattach.contains(&conn_id) {
-                self.conns.write(conn_id, Outbound::Resync);
-            }
-        }
+        let reattach: HashSet<u64> = moved.iter().map(|m| m.conn_id).collect();
+        self.resync_here_but(&reattach);
         for m in moved {
             drop(self.attach_in_background(m.conn_id, m.user_id, m.device_id));
         }
@@ -429,8 +425,16 @@ impl Sessions {
     /// Every connection of this node reads what it may have missed from
     /// the store (a peer counts this node as a member again).
     pub fn resync_here(&self) {
+        self.resync_here_but(&Default::default());
+    }
+
+    /// [`Sessions::resync_here`] for every connection not in `skip` (those
+    /// resync once re-attached).
+    fn resync_here_but(&self, skip: &HashSet<u64>) {
         for conn_id in self.conns.ids() {
-            self.conns.write(conn_id, Outbound::Resync);
+            if !skip.contains(&conn_id) {
+                self.conns.write(conn_id, Outbound::Resync);
+            }
         }
     }
 
