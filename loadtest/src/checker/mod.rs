@@ -425,47 +425,31 @@ fn check_member(
         }
     }
     let node_at = |t: u64| log.node_at(t).map(|n| ix.node_name(n));
-    if let Some((t, s, n)) = dup {
-        let d = format!("{n} repeated deliveries, the first of seq {s}");
+    // One record per kind: where it first happened, and how often.
+    let mut report = |kind, (t, s, n): (u64, u64, u64), detail: String| {
         f.add(Anomaly {
-            kind: AnomalyKind::Duplicate,
+            kind,
             t,
             g,
             m: Some(m),
             seqs: Some((s, s)),
             count: n,
             node: node_at(t),
-            detail: d,
+            detail,
             faults: Vec::new(),
-        });
+        })
+    };
+    if let Some((t, s, n)) = dup {
+        let d = format!("{n} repeated deliveries, the first of seq {s}");
+        report(AnomalyKind::Duplicate, (t, s, n), d);
     }
     if let Some((t, s, n)) = reord {
         let d = format!("{n} deliveries above a gap, the first seq {s}");
-        f.add(Anomaly {
-            kind: AnomalyKind::Reordered,
-            t,
-            g,
-            m: Some(m),
-            seqs: Some((s, s)),
-            count: n,
-            node: node_at(t),
-            detail: d,
-            faults: Vec::new(),
-        });
+        report(AnomalyKind::Reordered, (t, s, n), d);
     }
     if let Some((t, s, n, why)) = mismatch {
         let d = format!("{n} deliveries; first: {why}");
-        f.add(Anomaly {
-            kind: AnomalyKind::DeliveryMismatch,
-            t,
-            g,
-            m: Some(m),
-            seqs: Some((s, s)),
-            count: n,
-            node: node_at(t),
-            detail: d,
-            faults: Vec::new(),
-        });
+        report(AnomalyKind::DeliveryMismatch, (t, s, n), d);
     }
     missing_runs(ix, (g, m), after, &got, log, view, f);
 }
