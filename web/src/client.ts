@@ -49,6 +49,13 @@ export const LINK_WAIT_MS = 300_000;
 const LINK_POLL_MS = 500;
 /** Claims of the new device's KeyPackages per group before giving up (~10 s). */
 const LINK_CLAIM_ATTEMPTS = 20;
+/**
+ * The wait after a rate-limited claim: claims on one user are limited (a
+ * burst of 10, then 2 a minute by default) and linking claims once per
+ * group, so a user with many groups waits (the page's generated protobuf
+ * code does not carry the server's retry hint).
+ */
+const LINK_RATE_LIMIT_WAIT_MS = 30_000;
 
 /** What adding a newly linked device did (crates/hush-client's LinkedDevice). */
 export interface LinkedDevice {
@@ -931,6 +938,11 @@ export class HushClient extends EventTarget {
         } catch (e) {
           if (e instanceof HushError && e.code === ErrorCode.NO_KEY_PACKAGE && attempt < LINK_CLAIM_ATTEMPTS) {
             await sleep(LINK_POLL_MS);
+            continue;
+          }
+          // Claims on one user are rate limited (linking claims once per group).
+          if (e instanceof HushError && e.code === ErrorCode.RATE_LIMITED && attempt < LINK_CLAIM_ATTEMPTS) {
+            await sleep(LINK_RATE_LIMIT_WAIT_MS);
             continue;
           }
           console.warn(`could not add ${identity} to ${g.id}`, e);

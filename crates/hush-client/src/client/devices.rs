@@ -47,6 +47,10 @@ const LINK_POLL: Duration = Duration::from_millis(300);
 /// How many times the new device's KeyPackages are claimed for one group
 /// before that group is given up (about 6 s with [`LINK_POLL`]).
 const LINK_CLAIM_ATTEMPTS: usize = 20;
+/// The longest rate-limit wait honoured between two claims. Claims on one
+/// user are limited (a burst of 10, then 2 a minute by default), and
+/// linking claims once per group: a user with many groups waits here.
+const LINK_RATE_LIMIT_MAX_WAIT: Duration = Duration::from_secs(60);
 
 /// What [`Client::add_linked_device`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,6 +154,17 @@ impl Client {
                 {
                     attempt += 1;
                     self.pump_events_for(LINK_POLL).await?;
+                }
+                Err(ClientError::Server {
+                    code: ErrorCode::RateLimited,
+                    retry_after_ms: Some(ms),
+                    ..
+                }) if Duration::from_millis(ms) <= LINK_RATE_LIMIT_MAX_WAIT
+                    && attempt < LINK_CLAIM_ATTEMPTS =>
+                {
+                    attempt += 1;
+                    tracing::info!(wait_ms = ms, "key package claims rate-limited; waiting");
+                    self.pump_events_for(Duration::from_millis(ms)).await?;
                 }
                 other => break other?,
             }
