@@ -29,12 +29,26 @@ pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_
 /// How many past epochs' message secrets a member keeps.
 pub const MAX_PAST_EPOCHS: usize = 5;
 
+/// How far behind the newest message a sender's message may arrive and
+/// still decrypt (openmls' `out_of_order_tolerance`, default 5). Several
+/// processes of one device encrypt in one order (under the home's lock) but
+/// reach the server in another, so one sender's generations arrive
+/// shuffled by up to the number of its concurrent sends.
+pub const OUT_OF_ORDER_TOLERANCE: u32 = 128;
+/// How far ahead a message's generation may be (openmls' default).
+pub const MAX_FORWARD_DISTANCE: u32 = 1000;
+
+fn sender_ratchet() -> SenderRatchetConfiguration {
+    SenderRatchetConfiguration::new(OUT_OF_ORDER_TOLERANCE, MAX_FORWARD_DISTANCE)
+}
+
 /// The create config of every Hush group.
 pub fn create_config() -> MlsGroupCreateConfig {
     MlsGroupCreateConfig::builder()
         .ciphersuite(CIPHERSUITE)
         .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
         .max_past_epochs(MAX_PAST_EPOCHS)
+        .sender_ratchet_configuration(sender_ratchet())
         .use_ratchet_tree_extension(false)
         .build()
 }
@@ -44,6 +58,7 @@ pub fn join_config() -> MlsGroupJoinConfig {
     MlsGroupJoinConfig::builder()
         .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
         .max_past_epochs(MAX_PAST_EPOCHS)
+        .sender_ratchet_configuration(sender_ratchet())
         .use_ratchet_tree_extension(false)
         .build()
 }
@@ -198,6 +213,7 @@ pub fn create_group(db: &StateDb, id: &Identity) -> Result<NewGroup> {
         let group = MlsGroup::builder()
             .with_wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
             .max_past_epochs(MAX_PAST_EPOCHS)
+            .sender_ratchet_configuration(sender_ratchet())
             .use_ratchet_tree_extension(false)
             .ciphersuite(CIPHERSUITE)
             .build(&provider, &id.keys, credential(id))
@@ -226,11 +242,13 @@ pub fn has_group(db: &StateDb, group_id: &[u8]) -> Result<bool> {
 
 /// Deletes a group's MLS state (after leaving, or to retry an external join).
 pub fn delete_group(db: &StateDb, group_id: &[u8]) -> Result<()> {
-    let provider = db.provider();
-    if let Some(mut g) = MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))? {
-        g.delete(provider.storage())?;
-    }
-    Ok(())
+    db.atomically(|db| {
+        let provider = db.provider();
+        if let Some(mut g) = MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))? {
+            g.delete(provider.storage())?;
+        }
+        Ok(())
+    })
 }
 
 /// A member of a group.
@@ -341,27 +359,33 @@ pub fn commit(db: &StateDb, id: &Identity, group_id: &[u8], change: Change) -> R
 }
 
 /// Applies the pending commit (the server accepted it).
+/// (Another process on this home may have merged it already, from the
+/// timeline: then there is nothing to do.)
 pub fn merge_pending(db: &StateDb, group_id: &[u8]) -> Result<()> {
-    let provider = db.provider();
-    let mut group = load_group(db, group_id)?;
-    if group.pending_commit().is_none() {
-        return Ok(());
-    }
-    group
-        .merge_pending_commit(&provider)
-        .map_err(|e| ClientError::mls("merge pending commit", e))
+    db.atomically(|db| {
+        let provider = db.provider();
+        let mut group = load_group(db, group_id)?;
+        if group.pending_commit().is_none() {
+            return Ok(());
+        }
+        group
+            .merge_pending_commit(&provider)
+            .map_err(|e| ClientError::mls("merge pending commit", e))
+    })
 }
 
 /// Drops the pending commit (the server rejected it).
 pub fn clear_pending(db: &StateDb, group_id: &[u8]) -> Result<()> {
-    let provider = db.provider();
-    let mut group = load_group(db, group_id)?;
-    if group.pending_commit().is_some() {
-        group
-            .clear_pending_commit(provider.storage())
-            .map_err(|e| ClientError::mls("clear pending commit", e))?;
-    }
-    Ok(())
+    db.atomically(|db| {
+        let provider = db.provider();
+        let mut group = load_group(db, group_id)?;
+        if group.pending_commit().is_some() {
+            group
+                .clear_pending_commit(provider.storage())
+                .map_err(|e| ClientError::mls("clear pending commit", e))?;
+        }
+        Ok(())
+    })
 }
 
 /// Whether proposals are queued in the group (openmls refuses to encrypt
@@ -375,10 +399,12 @@ pub fn has_pending_proposals(db: &StateDb, group_id: &[u8]) -> Result<bool> {
 
 /// Drops the queued proposals of a group (own leave proposal rejected).
 pub fn clear_pending_proposals(db: &StateDb, group_id: &[u8]) -> Result<()> {
-    let provider = db.provider();
-    let mut group = load_group(db, group_id)?;
-    group.clear_pending_proposals(provider.storage())?;
-    Ok(())
+    db.atomically(|db| {
+        let provider = db.provider();
+        let mut group = load_group(db, group_id)?;
+        group.clear_pending_proposals(provider.storage())?;
+        Ok(())
+    })
 }
 
 /// Creates the self-remove proposal of a member leaving (a PublicMessage).

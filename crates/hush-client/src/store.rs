@@ -8,9 +8,22 @@
 //!   message log used for display.
 //!
 //! Because both live on one connection, processing a timeline entry (MLS
-//! state change + cursor move + log line) runs in one SQLite savepoint
+//! state change + cursor move + log line) runs in one SQLite transaction
 //! ([`StateDb::atomically`]): after a crash either all of it happened or
 //! none, so processing is resumable and never applies an entry twice.
+//!
+//! Several `hush` processes may use one home at once (a `listen` or `chat`
+//! left open while scripts send). The outermost [`StateDb::atomically`] is
+//! a `BEGIN IMMEDIATE` transaction: it takes SQLite's write lock before it
+//! reads anything, waiting up to [`BUSY_TIMEOUT`] for another process to
+//! finish its step. That lock is the cross-process lock of every MLS
+//! read-modify-write (encrypt, process, commit, merge): the group state is
+//! loaded from the file after the lock is held, so no process ever works
+//! on a stale copy, and it is held for that one step only, never across a
+//! network round trip or between messages. (A deferred transaction that
+//! reads first and then writes would fail at once with "database is locked"
+//! when another process wrote in between: SQLite cannot wait there, since
+//! its snapshot is already stale.)
 
 use std::path::Path;
 
@@ -290,6 +303,9 @@ pub struct Alert {
 pub struct StateDb {
     conn: Connection,
     crypto: RustCrypto,
+    /// How many [`StateDb::atomically`] calls are open on this connection
+    /// (the outermost one owns the transaction, inner ones are savepoints).
+    depth: std::cell::Cell<u32>,
 }
 
 impl std::fmt::Debug for StateDb {
@@ -301,8 +317,10 @@ impl std::fmt::Debug for StateDb {
 /// The file name of the state database inside the home directory.
 pub const DB_FILE: &str = "hush.db";
 /// How long a write waits for another process holding the database (a
-/// second `hush` on the same home) before it fails as busy.
-const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// second `hush` on the same home) before it fails as busy. Every holder
+/// keeps the lock for one short step (milliseconds), so this is only
+/// reached when dozens of processes queue on one home on a loaded machine.
+pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl StateDb {
     /// Opens (creating if needed) `<home>/hush.db` and migrates it.
@@ -330,11 +348,17 @@ impl StateDb {
                 "state database schema {version} is newer than this client ({SCHEMA_VERSION})"
             )));
         }
-        conn.execute_batch(SCHEMA)?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        if version < SCHEMA_VERSION {
+            // Only a new or older file is written to: opening a current one
+            // takes no write lock, so a command never waits here for
+            // another process's step.
+            conn.execute_batch(SCHEMA)?;
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        }
         Ok(Self {
             conn,
             crypto: RustCrypto::default(),
+            depth: std::cell::Cell::new(0),
         })
     }
 
@@ -351,22 +375,41 @@ impl StateDb {
         }
     }
 
-    /// Runs `f` inside a savepoint: everything it writes (openmls state
-    /// included) is committed together, or rolled back if it fails.
-    /// Savepoints nest, so `atomically` may be called from inside itself.
+    /// Runs `f` inside a transaction: everything it writes (openmls state
+    /// included) is committed together, or rolled back if it fails. The
+    /// outermost call is `BEGIN IMMEDIATE`, so it holds the database's
+    /// write lock (across processes) from before its first read to its
+    /// commit: whatever `f` loads is current and nobody else changes it
+    /// meanwhile. Calls nest (inner ones are savepoints). Keep `f` short
+    /// and free of network waits: every other process on this home queues
+    /// behind it.
     pub fn atomically<T>(&self, f: impl FnOnce(&Self) -> Result<T>) -> Result<T> {
-        self.conn.execute_batch("SAVEPOINT hush_atomic")?;
-        match f(self) {
-            Ok(v) => {
-                self.conn.execute_batch("RELEASE hush_atomic")?;
-                Ok(v)
-            }
+        let depth = self.depth.get();
+        let (begin, commit, rollback) = if depth == 0 {
+            ("BEGIN IMMEDIATE", "COMMIT", "ROLLBACK")
+        } else {
+            (
+                "SAVEPOINT hush_atomic",
+                "RELEASE hush_atomic",
+                "ROLLBACK TO hush_atomic; RELEASE hush_atomic",
+            )
+        };
+        self.conn.execute_batch(begin)?;
+        self.depth.set(depth + 1);
+        let r = f(self);
+        self.depth.set(depth);
+        match r {
+            Ok(v) => match self.conn.execute_batch(commit) {
+                Ok(()) => Ok(v),
+                Err(e) => {
+                    let _ = self.conn.execute_batch(rollback);
+                    Err(e.into())
+                }
+            },
             Err(e) => {
                 // Best effort: if the rollback itself fails the connection is
                 // unusable and the next statement reports it.
-                let _ = self
-                    .conn
-                    .execute_batch("ROLLBACK TO hush_atomic; RELEASE hush_atomic");
+                let _ = self.conn.execute_batch(rollback);
                 Err(e)
             }
         }
@@ -593,6 +636,11 @@ impl StateDb {
     /// marks them reported. (Any command processes what is pending; `sync`
     /// and `listen` report it, so nothing is lost between commands.)
     pub fn take_unshown(&self) -> Result<Vec<(Vec<u8>, LogRow)>> {
+        // One transaction: two readers on one home never both report a line.
+        self.atomically(|db| db.take_unshown_locked())
+    }
+
+    fn take_unshown_locked(&self) -> Result<Vec<(Vec<u8>, LogRow)>> {
         let rows = {
             let mut st = self.conn.prepare(
                 "SELECT group_id, seq, sender, kind, body, ts_ms FROM hush_log WHERE shown = 0 ORDER BY rowid",
@@ -730,6 +778,10 @@ impl StateDb {
 
     /// Every alert not shown yet, oldest first, and marks them shown.
     pub fn take_alerts(&self) -> Result<Vec<Alert>> {
+        self.atomically(|db| db.take_alerts_locked())
+    }
+
+    fn take_alerts_locked(&self) -> Result<Vec<Alert>> {
         let rows = {
             let mut st = self.conn.prepare(
                 "SELECT id, user_id, kind, body, ts_ms FROM hush_alerts WHERE shown = 0 ORDER BY id",
