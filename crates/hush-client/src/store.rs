@@ -827,7 +827,11 @@ impl StateDb {
     }
 }
 
-/// Group resolution over a list (pure, unit-tested).
+/// Group resolution over a list (pure, unit-tested): a full hex id (any
+/// status), else an exact name, else a unique hex-id prefix, among active
+/// groups. A name or prefix that matches only groups this device is no
+/// longer in says so ([`ClientError::NoLongerMember`]); one that matches
+/// several active groups lists them with their ids.
 pub fn resolve(groups: &[GroupRow], query: &str) -> Result<GroupRow> {
     let q = query.trim();
     if q.is_empty() {
@@ -837,32 +841,40 @@ pub fn resolve(groups: &[GroupRow], query: &str) -> Result<GroupRow> {
     if let Some(g) = groups.iter().find(|g| g.hex_id() == lower) {
         return Ok(g.clone());
     }
-    let active = || groups.iter().filter(|g| g.status == GroupStatus::Active);
-    let by_name: Vec<&GroupRow> = active().filter(|g| g.name.as_deref() == Some(q)).collect();
-    match by_name.len() {
-        1 => return Ok(by_name[0].clone()),
-        0 => {}
-        _ => {
-            return Err(ClientError::AmbiguousGroup {
-                query: q.to_string(),
-                candidates: by_name.iter().map(|g| g.hex_id()).collect(),
-            })
-        }
-    }
-    if lower.chars().all(|c| c.is_ascii_hexdigit()) {
-        let by_prefix: Vec<&GroupRow> = active()
-            .filter(|g| g.hex_id().starts_with(&lower))
+    let is_hex = lower.chars().all(|c| c.is_ascii_hexdigit());
+    let by_name = |g: &&GroupRow| g.name.as_deref() == Some(q);
+    let by_prefix = |g: &&GroupRow| is_hex && g.hex_id().starts_with(&lower);
+    for matches in [&by_name as &dyn Fn(&&GroupRow) -> bool, &by_prefix] {
+        let active: Vec<&GroupRow> = groups
+            .iter()
+            .filter(|g| g.status == GroupStatus::Active)
+            .filter(matches)
             .collect();
-        match by_prefix.len() {
-            1 => return Ok(by_prefix[0].clone()),
+        match active.len() {
+            1 => return Ok(active[0].clone()),
             0 => {}
             _ => {
                 return Err(ClientError::AmbiguousGroup {
                     query: q.to_string(),
-                    candidates: by_prefix.iter().map(|g| g.hex_id()).collect(),
+                    candidates: active
+                        .iter()
+                        .map(|g| (g.display_name(), g.hex_id()))
+                        .collect(),
                 })
             }
         }
+    }
+    // Only groups this device is no longer in: say so (the latest one).
+    if let Some(g) = groups
+        .iter()
+        .filter(|g| g.status != GroupStatus::Active)
+        .filter(|g| by_name(g) || by_prefix(g))
+        .max_by_key(|g| g.last_seq)
+    {
+        return Err(ClientError::NoLongerMember {
+            name: g.display_name(),
+            left: g.status == GroupStatus::Left,
+        });
     }
     Err(ClientError::GroupNotFound(q.to_string()))
 }
@@ -917,6 +929,18 @@ mod tests {
             resolve(&groups, "nope"),
             Err(ClientError::GroupNotFound(_))
         ));
+        // A name only a group this device left carries says so.
+        let mut only_left = groups.clone();
+        only_left.retain(|g| g.group_id != [0xab, 0x02]);
+        assert_eq!(
+            resolve(&only_left, "work").unwrap_err().to_string(),
+            "you left work"
+        );
+        let removed = vec![row(&[0x12], Some("friends"), GroupStatus::Removed)];
+        assert_eq!(
+            resolve(&removed, "friends").unwrap_err().to_string(),
+            "you were removed from friends"
+        );
         assert!(matches!(
             resolve(&groups, "  "),
             Err(ClientError::InvalidArgument(_))

@@ -143,7 +143,8 @@ impl Client {
             Intent::Add(handles) => {
                 let mut kps = Vec::new();
                 for h in handles {
-                    kps.extend(self.claim_new_devices(h, members).await?);
+                    let claimed = self.claim_new_devices(h, members).await;
+                    kps.extend(claimed.map_err(|e| e.for_user(h))?);
                 }
                 (!kps.is_empty()).then_some(Change::Add(kps))
             }
