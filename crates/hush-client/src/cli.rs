@@ -243,6 +243,7 @@ fn print_unshown(client: &Client, out: Out) -> Result<()> {
     for alert in client.db().take_alerts()? {
         out.line(&render_alert(out.json, &alert));
     }
+    let me = client.me()?.user_id.clone();
     let lines = client.take_unshown()?;
     for (gid, row) in lines {
         let label = client
@@ -250,7 +251,7 @@ fn print_unshown(client: &Client, out: Out) -> Result<()> {
             .group(&gid)?
             .map(|g| g.display_name())
             .unwrap_or_else(|| hex::encode(&gid));
-        out.line(&render_log_line(out.json, &gid, &label, &row));
+        out.line(&render_log_line(out.json, &gid, &label, &row, &me));
     }
     Ok(())
 }

@@ -624,8 +624,11 @@ pub enum Processed {
         sender: String,
         /// Added member identities (external joiners included).
         added: Vec<String>,
-        /// Removed member identities.
+        /// Removed member identities (by someone else).
         removed: Vec<String>,
+        /// Member identities that left: their own remove proposal, which
+        /// the committer only carried out.
+        left: Vec<String>,
         /// True when this commit removed this device.
         self_removed: bool,
         /// True for an external join (the sender joined itself).
@@ -709,14 +712,17 @@ pub fn process(
                 if external {
                     added.push(sender.clone());
                 }
-                let removed: Vec<String> = staged
-                    .remove_proposals()
-                    .filter_map(|p| {
-                        group
-                            .member(p.remove_proposal().removed())
-                            .map(credential_identity)
-                    })
-                    .collect();
+                let (mut removed, mut left) = (Vec::new(), Vec::new());
+                for p in staged.remove_proposals() {
+                    let leaf = p.remove_proposal().removed();
+                    let Some(id) = group.member(leaf).map(credential_identity) else {
+                        continue;
+                    };
+                    match p.sender() {
+                        Sender::Member(by) if *by == leaf => left.push(id),
+                        _ => removed.push(id),
+                    }
+                }
                 let self_removed = staged.self_removed();
                 let freed: std::collections::BTreeSet<u32> = staged
                     .remove_proposals()
@@ -741,6 +747,7 @@ pub fn process(
                     sender,
                     added,
                     removed,
+                    left,
                     self_removed,
                     external,
                 })
@@ -926,7 +933,11 @@ mod tests {
         let c = commit(&adb, &alice, &gid, Change::PendingProposals).unwrap();
         merge_pending(&adb, &gid).unwrap();
         match process(&cdb, &gid, &c.commit).unwrap() {
-            Processed::Commit { removed, .. } => assert_eq!(removed, vec!["bob/bbbbbbbbbbbbbbbb"]),
+            // A leave: bob's own proposal, which alice only carried out.
+            Processed::Commit { removed, left, .. } => {
+                assert_eq!(left, vec!["bob/bbbbbbbbbbbbbbbb"]);
+                assert!(removed.is_empty(), "{removed:?}");
+            }
             other => panic!("unexpected {other:?}"),
         }
         match process(&bdb, &gid, &c.commit).unwrap() {
@@ -1049,6 +1060,7 @@ mod tests {
                     sender: bob_id.clone(),
                     added: vec![],
                     removed: vec![],
+                    left: vec![],
                     self_removed: false,
                     external: false,
                 },

@@ -632,6 +632,17 @@ impl StateDb {
         Ok(())
     }
 
+    /// Marks the log lines of one group up to `seq` as reported: an open
+    /// chat showed them, so `sync` and `listen` do not print them again
+    /// (the read position the chat and the commands share).
+    pub fn mark_shown_through(&self, group_id: &[u8], seq: u64) -> Result<()> {
+        self.conn.execute(
+            "UPDATE hush_log SET shown = 1 WHERE group_id = ?1 AND seq <= ?2 AND shown = 0",
+            params![group_id, seq as i64],
+        )?;
+        Ok(())
+    }
+
     /// Every log line not reported yet, in the order it was recorded, and
     /// marks them reported. (Any command processes what is pending; `sync`
     /// and `listen` report it, so nothing is lost between commands.)
@@ -1027,6 +1038,31 @@ mod tests {
             (g.last_seq, g.status, g.name.as_deref()),
             (20, GroupStatus::Active, Some("friends"))
         );
+    }
+
+    #[test]
+    fn what_a_chat_showed_is_not_reported_again() {
+        let db = StateDb::open_in_memory().unwrap();
+        let line = |seq| LogRow {
+            seq,
+            sender: "bob".into(),
+            kind: "text".into(),
+            body: format!("m{seq}"),
+            ts_ms: seq,
+        };
+        for seq in 1..=3 {
+            db.log(b"g", &line(seq), false).unwrap();
+        }
+        db.log(b"h", &line(1), false).unwrap();
+        // The chat showed g up to seq 2.
+        db.mark_shown_through(b"g", 2).unwrap();
+        let left: Vec<(Vec<u8>, u64)> = db
+            .take_unshown()
+            .unwrap()
+            .into_iter()
+            .map(|(g, r)| (g, r.seq))
+            .collect();
+        assert_eq!(left, vec![(b"g".to_vec(), 3), (b"h".to_vec(), 1)]);
     }
 
     #[test]

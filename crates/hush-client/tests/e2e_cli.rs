@@ -78,7 +78,14 @@ fn chat_flow_through_a_real_node() {
     // bob leaves; a remaining member commits his proposal.
     bob.ok(&["group", "leave", "friends"]);
     alice.ok(&["sync"]);
-    carol.ok(&["sync"]);
+    // A leave reads as a leave, not as a removal by whoever committed it.
+    let c = carol.ok(&["sync"]);
+    assert!(
+        c.iter()
+            .any(|v| v["event"] == "left" && v["members"] == serde_json::json!(["bob"])),
+        "{c:?}"
+    );
+    assert!(!c.iter().any(|v| v["event"] == "removed"), "{c:?}");
     alice.ok(&["send", "friends", "bye bob"]);
     assert_eq!(
         carol.texts(),

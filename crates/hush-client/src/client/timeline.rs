@@ -423,6 +423,7 @@ fn apply_entry(
             sender,
             added,
             removed,
+            left,
             self_removed,
             external,
         } => {
@@ -430,6 +431,16 @@ fn apply_entry(
                 if !ids.is_empty() {
                     db.log(gid, &line(kind, &sender, identities_json(ids)), false)?;
                 }
+            }
+            // A leave reads as a leave: "bob left", by the leaver, not
+            // "alice removed bob" by whoever committed it. (One row: the
+            // log keeps one line per seq and kind.)
+            if let Some(first) = left.first() {
+                let row = LogRow {
+                    sender: mls::user_of(first).to_string(),
+                    ..line("left", &sender, identities_json(left.clone()))
+                };
+                db.log(gid, &row, false)?;
             }
             if self_removed {
                 db.set_status(gid, GroupStatus::Removed)?;
