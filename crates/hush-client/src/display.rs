@@ -97,9 +97,13 @@ pub fn event_text(row: &LogRow, me: &str) -> String {
     let actor = person(&row.sender, me);
     match row.kind.as_str() {
         "name" => format!("{actor} named the group {:?}", row.body),
-        "joined" => format!("you joined (members: {who})"),
+        "joined" => format!("you joined (members: {})", members.join(", ")),
         "left" if members.is_empty() || row.sender == me => "you left".to_string(),
         "left" => format!("{who} left"),
+        // An external join: the sender added itself (a new device).
+        "added" if members.len() == 1 && members[0] == row.sender => {
+            format!("{actor} joined from a new device")
+        }
         kind if row.sender.is_empty() => format!("{kind}: {who}"),
         kind => format!("{actor} {kind} {who}"),
     }
@@ -387,6 +391,9 @@ mod tests {
         assert_eq!(event_text(&added, "alice"), "you added bob");
         assert_eq!(event_text(&added, "bob"), "alice added you");
         assert_eq!(event_text(&added, "carol"), "alice added bob");
+        let linked = ev("alice", "added", r#"["alice/a2"]"#);
+        assert_eq!(event_text(&linked, "alice"), "you joined from a new device");
+        assert_eq!(event_text(&linked, "bob"), "alice joined from a new device");
         let removed = ev("alice", "removed", r#"["bob/b1"]"#);
         assert_eq!(event_text(&removed, "bob"), "alice removed you");
         let left = ev("bob", "left", r#"["bob/b1"]"#);
@@ -400,7 +407,7 @@ mod tests {
         );
         assert_eq!(
             event_text(&ev("", "joined", r#"["alice/a1","bob/b1"]"#), "bob"),
-            "you joined (members: alice, you)"
+            "you joined (members: alice, bob)"
         );
         assert_eq!(
             render_log_line(false, &[1], "g", &added, "alice"),

@@ -374,6 +374,25 @@ pub fn merge_pending(db: &StateDb, group_id: &[u8]) -> Result<()> {
     })
 }
 
+/// The members this device's pending commit removes on their own request
+/// (their leave proposals), as identities.
+pub fn pending_leavers(db: &StateDb, group_id: &[u8]) -> Result<Vec<String>> {
+    let group = load_group(db, group_id)?;
+    let Some(staged) = group.pending_commit() else {
+        return Ok(Vec::new());
+    };
+    Ok(staged
+        .remove_proposals()
+        .filter_map(|p| {
+            let leaf = p.remove_proposal().removed();
+            match p.sender() {
+                Sender::Member(by) if *by == leaf => group.member(leaf).map(credential_identity),
+                _ => None,
+            }
+        })
+        .collect())
+}
+
 /// Drops the pending commit (the server rejected it).
 pub fn clear_pending(db: &StateDb, group_id: &[u8]) -> Result<()> {
     db.atomically(|db| {

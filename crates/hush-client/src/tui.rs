@@ -586,7 +586,7 @@ mod tests {
         let v = view(vec![joined, named, added, left], 0);
         let s = screen(&v, 90, 12).join("\n");
         assert!(
-            s.contains("03:44 * you joined (members: alice, you)"),
+            s.contains("03:44 * you joined (members: alice, zed)"),
             "{s}"
         );
         assert!(s.contains("03:44 * dave named the group"), "{s}");
