@@ -668,7 +668,7 @@ async fn listen(client: &mut Client, out: Out) -> Result<()> {
         match r {
             Ok(()) => {}
             Err(e) if e.is_transient() => {
-                tracing::warn!(error = %e, "connection lost; reconnecting");
+                eprintln!("hush: connection lost ({e}); reconnecting");
                 client.close().await;
             }
             Err(e) => return Err(e),
