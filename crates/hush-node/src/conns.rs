@@ -68,10 +68,19 @@ impl Connections {
     /// Queues `item` for a connection. False when the connection is gone:
     /// unknown, closed, or cut off now because its queue is full.
     pub fn write(&self, conn_id: u64, item: Outbound) -> bool {
+        let durable_at = match &item {
+            Outbound::Group { durable_at, .. } => *durable_at,
+            _ => None,
+        };
         let cut = match self.lock().get(&conn_id) {
             None => return false,
             Some(conn) => match conn.tx.try_send(item) {
-                Ok(()) => return true,
+                Ok(()) => {
+                    if let Some(t) = durable_at {
+                        crate::telemetry::delivered_since(t);
+                    }
+                    return true;
+                }
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     conn.overflowed.store(true, Ordering::SeqCst);
                     true

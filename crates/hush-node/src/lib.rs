@@ -15,7 +15,8 @@
 //! - `conns` (this node's connection queues), `wire` (what travels between
 //!   the parts: Caller, Outbound, encoded frames).
 //! - leaves: `directory`, `shutdown`, `config`, `clock`, `error`, `secrets`
-//!   (owner-only data directory and files, the token key file).
+//!   (owner-only data directory and files, the token key file), `telemetry`
+//!   (every metric the node exports, described in one list).
 
 pub mod api;
 pub mod clock;
@@ -32,6 +33,7 @@ pub mod route;
 pub mod secrets;
 pub mod session;
 pub mod shutdown;
+pub mod telemetry;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -375,6 +377,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningNode,
     }
     // Installed first, so that start-up work (the store) is measured too.
     let metrics = metrics_handle();
+    telemetry::install();
     // Owner-only (0700), fixed if an earlier run or an operator left it wider.
     secrets::private_dir(&config.node.data)?;
     let (data_lock, lease_owner) = claim_data_dir(&config)?;
