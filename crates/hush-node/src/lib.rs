@@ -241,6 +241,9 @@ async fn join_cluster(
     Ok(mesh)
 }
 
+/// How often histogram samples are drained when nobody scrapes.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
 fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
@@ -256,6 +259,16 @@ fn metrics_handle() -> PrometheusHandle {
             // Another recorder may already be installed (several nodes in one
             // test process): then this node's page shows that one's metrics.
             let _ = metrics::set_global_recorder(recorder);
+            // Histogram samples wait in buffers until drained: a scrape
+            // drains them, and so does this, every few seconds, so that a
+            // node nobody scrapes does not grow with every sample.
+            let upkeep = handle.clone();
+            let _ = std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(METRICS_UPKEEP);
+                    upkeep.run_upkeep();
+                });
             handle
         })
         .clone()
