@@ -179,7 +179,9 @@ fn every_family_described(page: &Page) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_described_preregistered_and_move_with_real_traffic() {
     hush_client::tls::use_ring();
-    let (node, _clock, dir) = start_node(|_| {}).await;
+    // Keep-alives every 200 ms: the node learns of the dropped SSE client
+    // at its next write.
+    let (node, _clock, dir) = start_node(|c| c.limits.heartbeat_interval_ms = 200).await;
     let base = url(&node);
 
     // --- a fresh node, before any client traffic ---
@@ -271,6 +273,18 @@ async fn metrics_are_described_preregistered_and_move_with_real_traffic() {
     bob.close().await;
     alice.close().await;
 
+    // An SSE stream that its client drops.
+    let token = common::login(&base, &alice.me().expect("alice")).await;
+    let mut events = reqwest::Client::new()
+        .get(format!("{base}/v1/events"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("events");
+    assert_eq!(events.status(), 200);
+    events.chunk().await.expect("a first event").expect("bytes");
+    drop(events);
+
     // Two wrong tokens: a missing one and a malformed one.
     let http = reqwest::Client::new();
     let missing = http
@@ -287,11 +301,15 @@ async fn metrics_are_described_preregistered_and_move_with_real_traffic() {
         .expect("events");
     assert_eq!(malformed.status(), 401);
 
-    let after = scrape_until(&base, "both WebSockets counted as closed", |p| {
+    let after = scrape_until(&base, "both WebSockets and the SSE stream closed", |p| {
         p.get(
             "hush_stream_closes_total",
             &[("transport", "ws"), ("reason", "normal")],
         ) >= 2.0
+            && p.get(
+                "hush_stream_closes_total",
+                &[("transport", "sse"), ("reason", "closed")],
+            ) >= 1.0
     })
     .await;
     every_family_described(&after);
@@ -349,6 +367,18 @@ async fn metrics_are_described_preregistered_and_move_with_real_traffic() {
     assert!(after.get("hush_errors_total", &[("code", "UNAUTHENTICATED")]) >= 1.0);
     assert!(after.get("hush_errors_total", &[("code", "BAD_TOKEN")]) >= 1.0);
     assert_eq!(after.get("hush_connections", &[]), 0.0);
+    assert_eq!(after.get("hush_sse_streams", &[]), 0.0);
+    // Nothing else closed: no slow consumers, no policy closes.
+    for reason in ["policy", "slow_consumer", "heartbeat", "auth_deadline"] {
+        assert_eq!(
+            after.get(
+                "hush_stream_closes_total",
+                &[("transport", "ws"), ("reason", reason)]
+            ),
+            0.0,
+            "{reason}"
+        );
+    }
     node.stop().await;
 }
 
