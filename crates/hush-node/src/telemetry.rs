@@ -113,6 +113,10 @@ pub const FAMILIES: &[Family] = &[
     counter("hush_ephemeral_messages_total", "Ephemeral messages (typing) relayed."),
     counter("hush_deliveries_total", "Device deliveries handed to sessions (one per member device per entry)."),
     counter("hush_presence_changes_total", "Users going online or offline, by online."),
+    counter(
+        "hush_presence_orphans_total",
+        "Users announced offline by their witness because their node died with them.",
+    ),
     counter("hush_key_package_claims_limited_total", "KeyPackage claims refused by a limit, by (claimer, target)."),
     counter("hush_unknown_group_requests_total", "Requests for a group id the store does not know (answered without an actor)."),
     counter("hush_actor_limit_refusals_total", "Actor activations refused at the per-node cap, by actor."),
