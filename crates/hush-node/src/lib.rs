@@ -17,6 +17,7 @@
 //! - leaves: `directory`, `shutdown`, `config`, `clock`, `error`, `secrets`
 //!   (owner-only data directory and files, the token key file).
 
+pub mod admission;
 pub mod api;
 pub mod clock;
 pub mod config;
@@ -121,6 +122,13 @@ impl RunningNode {
     /// The store the node uses (tests inspect it).
     pub fn store(&self) -> Arc<dyn Store> {
         self.store.clone()
+    }
+
+    /// The highest send-path queue depths seen since start (see
+    /// `admission.rs`), and the sends in flight now.
+    pub fn admission_peaks(&self) -> (admission::Peaks, usize) {
+        let a = self.app.api.admission();
+        (a.peaks(), a.inflight())
     }
 
     /// Follows the number of live GroupActors on this node.
