@@ -13,7 +13,7 @@
 //! sync / listen    {"group":"<hex>","seq":6,"sender":"alice","text":"hi"}
 //!                  {"group":"<hex>","seq":3,"event":"added","members":["bob"]}
 //!                  (events: added, removed, joined, left, name — "name" has "name" instead of "members")
-//! device link-code {"code":"…","expires_at_ms":…}
+//! device link-code {"code":"…","expires_at_ms":…} then {"linked":"<device>","added_to":["<hex>",…],"failed":[…]}
 //! device link      {"user_id":"alice","device_id":"…","joined":["<hex>",…]}
 //! device list      {"created_at_ms":…,"device_id":"…","signature_key":"<hex>","this_device":true}   (one line per device)
 //! device revoke    {"device_id":"…","removed_from":[{"group":"<hex>","seq":7},…]}
@@ -160,12 +160,22 @@ pub enum GroupCommand {
 /// `hush device ...`
 #[derive(Debug, Subcommand)]
 pub enum DeviceCommand {
-    /// On an existing device: print a one-time code for linking a new one.
-    LinkCode,
-    /// On a new device (empty home): become a device of the code's user.
+    /// On an existing device: print a one-time code for linking a new one,
+    /// wait for the new device, and add it to this device's groups.
+    LinkCode {
+        /// Seconds to wait for the new device (0: print the code and exit).
+        #[arg(long, default_value_t = crate::client::LINK_WAIT.as_secs())]
+        wait: u64,
+    },
+    /// On a new device (empty home): become a device of the code's user and
+    /// wait to be added to its groups.
     Link {
-        /// The code printed by `hush device link-code`.
+        /// The code printed by `hush device link-code` (or the web page).
         code: String,
+        /// Seconds to wait for the user's other devices to add this one;
+        /// the groups nobody added it to are then joined by external commit.
+        #[arg(long, default_value_t = crate::client::LINK_WELCOME_WAIT.as_secs())]
+        wait: u64,
     },
     /// List this user's devices.
     List,
@@ -385,11 +395,69 @@ async fn register(client: &mut Client, handle: &str, out: Out) -> Result<()> {
     Ok(())
 }
 
+/// `hush device link-code`: prints the code, then (unless `--wait 0`)
+/// waits for the new device and adds it to this device's groups.
+async fn link_code(client: &mut Client, wait: u64, out: Out) -> Result<()> {
+    client.connect().await?;
+    let known: Vec<String> = client
+        .devices()
+        .await?
+        .into_iter()
+        .map(|d| d.device_id)
+        .collect();
+    let code = client.link_code().await?;
+    out.emit(
+        &serde_json::json!({"code": code.code, "expires_at_ms": code.expires_at_ms}),
+        || {
+            if wait == 0 {
+                code.code.clone()
+            } else {
+                format!(
+                    "{}\non the new device: hush device link {} (or \"I already have an \
+                     account\" on the web page); waiting up to {wait} s...",
+                    code.code, code.code
+                )
+            }
+        },
+    );
+    if wait == 0 {
+        return Ok(());
+    }
+    let Some(linked) = client
+        .add_linked_device(&known, Duration::from_secs(wait))
+        .await?
+    else {
+        return Err(ClientError::GaveUp(format!(
+            "no new device used the code within {wait} s; run hush device link-code again"
+        )));
+    };
+    let added: Vec<&str> = linked.added_to.iter().map(|(g, _)| g.as_str()).collect();
+    out.emit(
+        &serde_json::json!({
+            "linked": &linked.device_id,
+            "added_to": &added,
+            "failed": &linked.failed,
+        }),
+        || {
+            let mut s = format!(
+                "device {} linked; added it to {} group(s)",
+                linked.device_id,
+                added.len()
+            );
+            for (g, why) in &linked.failed {
+                s.push_str(&format!("\ncould not add it to {g}: {why}"));
+            }
+            s
+        },
+    );
+    Ok(())
+}
+
 /// `hush device ...`.
 async fn device(client: &mut Client, command: DeviceCommand, out: Out) -> Result<()> {
     match command {
-        DeviceCommand::Link { code } => {
-            let joined = client.link_device(&code).await?;
+        DeviceCommand::Link { code, wait } => {
+            let joined = client.link_device(&code, Duration::from_secs(wait)).await?;
             let me = client.me()?;
             #[derive(Serialize)]
             struct R<'a> {
@@ -413,14 +481,7 @@ async fn device(client: &mut Client, command: DeviceCommand, out: Out) -> Result
                 },
             );
         }
-        DeviceCommand::LinkCode => {
-            client.connect().await?;
-            let code = client.link_code().await?;
-            out.emit(
-                &serde_json::json!({"code": code.code, "expires_at_ms": code.expires_at_ms}),
-                || code.code.clone(),
-            );
-        }
+        DeviceCommand::LinkCode { wait } => link_code(client, wait, out).await?,
         DeviceCommand::List => {
             client.connect().await?;
             for d in client.devices().await? {

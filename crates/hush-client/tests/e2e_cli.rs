@@ -98,12 +98,12 @@ fn chat_flow_through_a_real_node() {
     assert_eq!(carol.err(&["send", &gid, "hello?"]), "NOT_MEMBER");
 
     // A second device of alice joins her groups and reads new messages.
-    let code = alice.ok(&["device", "link-code"])[0]["code"]
+    let code = alice.ok(&["device", "link-code", "--wait", "0"])[0]["code"]
         .as_str()
         .unwrap()
         .to_string();
     let laptop = Dev::new(root.path(), "alice-laptop", &node.url);
-    let linked = laptop.ok(&["device", "link", &code]);
+    let linked = laptop.ok(&["device", "link", &code, "--wait", "0"]);
     assert_eq!(linked[0]["user_id"], "alice");
     assert_eq!(linked[0]["joined"], serde_json::json!([gid]));
     alice.ok(&["send", &gid, "to all my devices"]);

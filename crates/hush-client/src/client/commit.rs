@@ -34,6 +34,9 @@ const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(15);
 pub(super) enum Intent {
     /// Add every device of these users.
     Add(Vec<String>),
+    /// Add these devices of this device's own user (`<user>/<device>`
+    /// identities): a newly linked device.
+    AddOwnDevices(Vec<String>),
     /// Remove every device of these users.
     Remove(Vec<String>),
     /// Remove these devices (`<user>/<device>` identities).
@@ -146,6 +149,31 @@ impl Client {
                     kps.extend(self.claim_new_devices(h, members).await?);
                 }
                 (!kps.is_empty()).then_some(Change::Add(kps))
+            }
+            Intent::AddOwnDevices(identities) => {
+                let missing: Vec<&String> = identities
+                    .iter()
+                    .filter(|i| !members.iter().any(|m| &m.identity == *i))
+                    .collect();
+                if missing.is_empty() {
+                    return Ok(None);
+                }
+                let me = self.me()?;
+                let kps: Vec<KeyPackage> = self
+                    .claim_new_devices(&me.user_id, members)
+                    .await?
+                    .into_iter()
+                    .filter(|kp| missing.contains(&&mls::key_package_identity(kp)))
+                    .collect();
+                if kps.is_empty() {
+                    return Err(ClientError::Server {
+                        code: ErrorCode::NoKeyPackage,
+                        message: "the new device has no key package yet".into(),
+                        stale_epoch: None,
+                        retry_after_ms: None,
+                    });
+                }
+                Some(Change::Add(kps))
             }
             Intent::Remove(handles) => {
                 let leaves: Vec<u32> = members
