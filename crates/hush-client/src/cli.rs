@@ -40,7 +40,7 @@ use crate::backoff::Backoff;
 use crate::client::{Client, CommitDone};
 use crate::conn::Transport;
 use crate::display::{handles_of, render_alert, render_log_line};
-use crate::error::{ClientError, Result};
+use crate::error::{short_id, ClientError, Result};
 use crate::store::GroupStatus;
 use crate::trust::format_number;
 
@@ -253,6 +253,7 @@ fn print_unshown(client: &Client, out: Out) -> Result<()> {
     for alert in client.db().take_alerts()? {
         out.line(&render_alert(out.json, &alert));
     }
+    let me = client.me()?.user_id.clone();
     let lines = client.take_unshown()?;
     for (gid, row) in lines {
         let label = client
@@ -260,7 +261,7 @@ fn print_unshown(client: &Client, out: Out) -> Result<()> {
             .group(&gid)?
             .map(|g| g.display_name())
             .unwrap_or_else(|| hex::encode(&gid));
-        out.line(&render_log_line(out.json, &gid, &label, &row));
+        out.line(&render_log_line(out.json, &gid, &label, &row, &me));
     }
     Ok(())
 }
@@ -269,6 +270,14 @@ fn print_unshown(client: &Client, out: Out) -> Result<()> {
 pub async fn run(cli: Cli) -> Result<()> {
     let out = Out::new(cli.json);
     let home = cli.home_dir();
+    let creates_account = matches!(
+        cli.command,
+        Command::Register { .. } | Command::Device(DeviceCommand::Link { .. })
+    );
+    if !creates_account && !home.join(crate::store::DB_FILE).exists() {
+        // A mistyped --home must not silently start a new, empty state.
+        return Err(ClientError::NoAccount { home });
+    }
     let mut client = Client::open(&home, cli.server.as_deref())?;
     client.set_transport(cli.transport);
     if let Some(ca) = &cli.ca {
@@ -291,6 +300,18 @@ async fn dispatch(client: &mut Client, command: Command, out: Out) -> Result<()>
     match command {
         Command::Register { handle } => register(client, &handle, out).await,
         Command::Device(command) => device(client, command, out).await,
+        Command::Group(GroupCommand::List) => {
+            // Listing is local; connecting first applies what is pending,
+            // and without a server the local state is listed as it is.
+            match client.connect().await {
+                Ok(()) => {}
+                Err(e @ ClientError::Unreachable { .. }) => {
+                    eprintln!("hush: offline, listing local state: {e}");
+                }
+                Err(e) => return Err(e),
+            }
+            list_groups(client, out)
+        }
         Command::Group(command) => {
             client.connect().await?;
             group(client, command, out).await
@@ -527,7 +548,25 @@ async fn device(client: &mut Client, command: DeviceCommand, out: Out) -> Result
 async fn group(client: &mut Client, command: GroupCommand, out: Out) -> Result<()> {
     match command {
         GroupCommand::Create { name } => {
+            let same: Vec<String> = client
+                .groups()?
+                .into_iter()
+                .filter(|v| {
+                    v.row.status == GroupStatus::Active
+                        && v.row.name.as_deref() == Some(name.trim())
+                })
+                .map(|v| short_id(&v.row.hex_id()))
+                .collect();
             let g = client.create_group(&name).await?;
+            if !same.is_empty() {
+                eprintln!(
+                    "hush: warning: you already have a group named {:?} (id {}…); \
+                     name them apart with their id prefixes, e.g. `hush send {} ...`",
+                    name.trim(),
+                    same.join("…, id "),
+                    short_id(&g.hex_id())
+                );
+            }
             #[derive(Serialize)]
             struct R<'a> {
                 group: String,
@@ -572,7 +611,6 @@ async fn group(client: &mut Client, command: GroupCommand, out: Out) -> Result<(
                 )
             });
         }
-        // Listing is local; connecting first applied what was pending.
         GroupCommand::List => list_groups(client, out)?,
     }
     Ok(())
@@ -667,10 +705,12 @@ async fn listen(client: &mut Client, out: Out) -> Result<()> {
             match client.connect().await {
                 Ok(()) => backoff.reset(),
                 Err(e) if e.is_transient() => {
-                    tracing::warn!(error = %e, "connect failed; retrying");
+                    let delay = backoff.next_delay();
+                    // Visibly: a listener that prints nothing looks healthy.
+                    eprintln!("hush: {e}; retrying in {}", format_delay(delay));
                     tokio::select! {
                         _ = tokio::signal::ctrl_c() => return Ok(()),
-                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+                        _ = tokio::time::sleep(delay) => {}
                     }
                     continue;
                 }
@@ -689,7 +729,7 @@ async fn listen(client: &mut Client, out: Out) -> Result<()> {
         match r {
             Ok(()) => {}
             Err(e) if e.is_transient() => {
-                tracing::warn!(error = %e, "connection lost; reconnecting");
+                eprintln!("hush: connection lost ({e}); reconnecting");
                 client.close().await;
             }
             Err(e) => return Err(e),
@@ -697,9 +737,25 @@ async fn listen(client: &mut Client, out: Out) -> Result<()> {
     }
 }
 
+/// A retry delay in words: "250 ms", "1.0 s".
+fn format_delay(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{} ms", d.as_millis())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delays_read_well() {
+        assert_eq!(format_delay(Duration::from_millis(250)), "250 ms");
+        assert_eq!(format_delay(Duration::from_secs(1)), "1.0 s");
+        assert_eq!(format_delay(Duration::from_millis(10_000)), "10.0 s");
+    }
 
     #[test]
     fn update_line_has_exact_shape() {

@@ -500,6 +500,7 @@ fn outbound_to_proto(item: &Outbound) -> Option<cluster::delivery::Item> {
             group_id,
             seq,
             frame,
+            ..
         } => cluster::delivery::Item::Group(cluster::GroupItem {
             group_id: group_id.to_vec(),
             seq: *seq,
@@ -533,6 +534,7 @@ pub fn outbound_from_proto(item: cluster::delivery::Item) -> Option<Outbound> {
             group_id: g.group_id.into(),
             seq: g.seq,
             frame: g.frame.into(),
+            durable_at: None,
         },
         cluster::delivery::Item::Inbox(i) => Outbound::Inbox {
             inbox_seq: i.inbox_seq,
@@ -558,6 +560,7 @@ mod tests {
                 group_id: Arc::from(&b"g1"[..]),
                 seq: 7,
                 frame: bytes::Bytes::from_static(b"frame"),
+                durable_at: None,
             },
             Outbound::Inbox {
                 inbox_seq: 3,

@@ -146,7 +146,8 @@ impl Client {
             Intent::Add(handles) => {
                 let mut kps = Vec::new();
                 for h in handles {
-                    kps.extend(self.claim_new_devices(h, members).await?);
+                    let claimed = self.claim_new_devices(h, members).await;
+                    kps.extend(claimed.map_err(|e| e.for_user(h))?);
                 }
                 (!kps.is_empty()).then_some(Change::Add(kps))
             }
@@ -322,6 +323,7 @@ fn merge_own_commit(
     seq: u64,
     before: &[String],
 ) -> Result<CommitDone> {
+    let leavers = mls::pending_leavers(db, gid)?;
     mls::merge_pending(db, gid)?;
     db.record_own_seq(gid, seq)?;
     let after: Vec<String> = mls::members(db, gid)?
@@ -338,11 +340,23 @@ fn merge_own_commit(
         .filter(|i| !after.contains(i))
         .cloned()
         .collect();
-    for (kind, list) in [("added", &added), ("removed", &removed)] {
+    // A member who left is logged as leaving, by itself (see timeline.rs).
+    let (left, kicked): (Vec<String>, Vec<String>) =
+        removed.iter().cloned().partition(|i| leavers.contains(i));
+    for (kind, list) in [("added", &added), ("removed", &kicked)] {
         if !list.is_empty() {
             let body = identities_json(list.iter().cloned());
             db.log(gid, &log_row(seq, &me.user_id, kind, body), true)?;
         }
+    }
+    if let Some(first) = left.first() {
+        let row = log_row(
+            seq,
+            mls::user_of(first),
+            "left",
+            identities_json(left.clone()),
+        );
+        db.log(gid, &row, true)?;
     }
     Ok(CommitDone {
         seq,
