@@ -110,6 +110,10 @@ pub struct MessageHists {
     pub e2e: Hist,
     /// -> the last receiver of the group got it (one per message).
     pub completion: Hist,
+    /// From the write of the attempt that was accepted (not the intended
+    /// time) to its ack: what an admitted send waits for the node, without
+    /// the refusals and backoff before it.
+    pub ack_try: Hist,
 }
 
 impl MessageHists {
@@ -119,6 +123,7 @@ impl MessageHists {
             ("ack".to_string(), self.ack),
             ("e2e".to_string(), self.e2e),
             ("completion".to_string(), self.completion),
+            ("ack_try".to_string(), self.ack_try),
         ]
         .into_iter()
         .collect()

@@ -20,6 +20,7 @@ use hush_proto::cluster::v1 as cluster;
 use hush_proto::{client_frame::Body as Request, server_frame::Body as Reply, v1, ErrorCode};
 use hush_store::Store;
 
+use crate::admission::{Admission, AdmissionLimits};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
@@ -46,6 +47,7 @@ pub fn routed_group(body: &Request) -> Option<&[u8]> {
 pub struct ApiLimits {
     pub max_message_bytes: usize,
     pub keys: KeyLimits,
+    pub admission: AdmissionLimits,
 }
 
 impl ApiLimits {
@@ -62,6 +64,12 @@ impl ApiLimits {
                 claims_per_target_burst: l.claims_per_target_burst,
                 tracked_users: l.claims_tracked_users,
             },
+            admission: AdmissionLimits {
+                max_inflight_sends: l.max_inflight_sends,
+                max_pending_per_group: l.max_pending_per_group,
+                max_queued_deliveries: l.max_queued_deliveries,
+                retry_after_ms: l.overload_retry_after_ms,
+            },
         }
     }
 }
@@ -74,6 +82,7 @@ pub struct Api {
     route: Arc<Route>,
     keys: Keys,
     max_message_bytes: usize,
+    admission: Admission,
 }
 
 impl Api {
@@ -86,6 +95,7 @@ impl Api {
         limits: ApiLimits,
     ) -> Self {
         let keys = Keys::new(store.clone(), sessions.clone(), clock, limits.keys);
+        let admission = Admission::new(limits.admission, sessions.deliveries().clone());
         Self {
             store,
             groups,
@@ -93,7 +103,28 @@ impl Api {
             route,
             keys,
             max_message_bytes: limits.max_message_bytes,
+            admission,
         }
+    }
+
+    /// The send admission counters (see `admission.rs`).
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    /// A place for a group send, taken before it enters the group actor
+    /// and held until its answer goes out; `None` for requests that are not
+    /// admitted this way (see `admission.rs`).
+    fn admit(&self, body: &Request) -> ApiResult<Option<crate::admission::Permit>> {
+        let group_id = match body {
+            Request::SendMessage(r) => &r.group_id,
+            Request::SendEphemeral(r) => &r.group_id,
+            _ => return Ok(None),
+        };
+        self.admission
+            .admit(group_id)
+            .map(Some)
+            .map_err(|r| r.to_error(self.admission.limits().retry_after_ms))
     }
 
     /// Serves one request. `Ok(None)` means no response frame (acks). A
@@ -143,6 +174,9 @@ impl Api {
     /// Serves one request on this node.
     pub async fn serve_here(&self, caller: &Caller, body: Request) -> ApiResult<Option<Reply>> {
         let store = self.store.as_ref();
+        // Held until the answer is made: the group's mailbox and the store
+        // writer's queue only ever hold admitted sends.
+        let _permit = self.admit(&body)?;
         Ok(Some(match body {
             Request::Auth(_) => {
                 return Err(ApiError::new(

@@ -198,6 +198,19 @@ pub struct Limits {
     pub claims_tracked_users: usize,
     /// Timeline entries per page when sending a backlog.
     pub sync_page: u32,
+    /// Group sends (`SendMessage`, `SendEphemeral`) in flight on this node
+    /// at once, from admission to ack; one more is refused UNAVAILABLE.
+    /// Bounds the group mailboxes and the store writer's queue.
+    pub max_inflight_sends: usize,
+    /// Group sends waiting for one group at once; one more is refused
+    /// RATE_LIMITED. A group sequences one message at a time, so this
+    /// bounds the ack latency of a hot group.
+    pub max_pending_per_group: usize,
+    /// Deliveries waiting in SessionActor mailboxes (fan-out not yet written
+    /// to the connection queues) past which sends are refused UNAVAILABLE.
+    pub max_queued_deliveries: usize,
+    /// The `retry_after_ms` hint an overload refusal carries.
+    pub overload_retry_after_ms: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -366,6 +379,10 @@ impl Default for Limits {
             claims_per_target_burst: 10.0,
             claims_tracked_users: 65_536,
             sync_page: 256,
+            max_inflight_sends: 1024,
+            max_pending_per_group: 64,
+            max_queued_deliveries: 65_536,
+            overload_retry_after_ms: 200,
         }
     }
 }
@@ -582,6 +599,15 @@ impl Config {
         }
         if l.send_buffer_frames == 0 {
             return Err(invalid("limits.send_buffer_frames", "must be at least 1"));
+        }
+        for (key, v) in [
+            ("limits.max_inflight_sends", l.max_inflight_sends),
+            ("limits.max_pending_per_group", l.max_pending_per_group),
+            ("limits.max_queued_deliveries", l.max_queued_deliveries),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
         }
         if l.heartbeat_interval_ms == 0 || l.heartbeat_timeout_ms <= l.heartbeat_interval_ms {
             return Err(invalid(

@@ -18,6 +18,7 @@
 //!   (owner-only data directory and files, the token key file), `telemetry`
 //!   (every metric the node exports, described in one list).
 
+pub mod admission;
 pub mod api;
 pub mod clock;
 pub mod config;
@@ -123,6 +124,13 @@ impl RunningNode {
     /// The store the node uses (tests inspect it).
     pub fn store(&self) -> Arc<dyn Store> {
         self.store.clone()
+    }
+
+    /// The highest send-path queue depths seen since start (see
+    /// `admission.rs`), and the sends in flight now.
+    pub fn admission_peaks(&self) -> (admission::Peaks, usize) {
+        let a = self.app.api.admission();
+        (a.peaks(), a.inflight())
     }
 
     /// Follows the number of live GroupActors on this node.

@@ -260,9 +260,9 @@ impl Push for MemberSink {
         }
         match frame {
             S::MessageAccepted(a) => {
-                if !ob.done(counter) {
+                let Some(written_ns) = ob.accepted(counter) else {
                     return;
-                }
+                };
                 drop(ob);
                 Counters::add(&c.acked, 1);
                 if a.duplicate {
@@ -274,12 +274,17 @@ impl Push for MemberSink {
                 }
                 // (0: acked after its phase ended, which already failed it)
                 if ack.intended > 0 {
-                    lock(&self.shared.hists).ack.record_ns(ack.intended, at_ns);
+                    let mut hs = lock(&self.shared.hists);
+                    hs.ack.record_ns(ack.intended, at_ns);
+                    if written_ns > 0 {
+                        hs.ack_try.record_ns(written_ns, at_ns);
+                    }
                 }
             }
             S::Error(e) if transient(e.error_code()) => {
-                // Retried with the same client_msg_id after a backoff.
-                ob.retry_later(counter, at_ns);
+                // Retried with the same client_msg_id after a backoff (at
+                // least the server's retry hint).
+                ob.retry_later(counter, at_ns, e.retry_after_ms);
                 tracing::debug!(code = ?e.error_code(), message = %e.message, "send refused for now; retrying");
             }
             S::Error(e) => {

@@ -21,6 +21,8 @@ const SEND_RID_BASE: u64 = 1 << 40;
 /// [`MAX_BACKOFF_MS`].
 const FIRST_BACKOFF_MS: u64 = 50;
 const MAX_BACKOFF_MS: u64 = 1_000;
+/// The longest a server's retry hint makes a send wait.
+const MAX_HINTED_WAIT_MS: u64 = 30_000;
 
 /// Whether an error answer to a send is worth a retry.
 pub fn transient(code: hush_proto::ErrorCode) -> bool {
@@ -40,6 +42,8 @@ struct Outgoing {
     backoff_ms: u64,
     /// Written to some socket at least once (a later write is a resend).
     sent_once: bool,
+    /// When it was last written (Unix ns; 0: never).
+    written_ns: u64,
 }
 
 pub struct Outbox {
@@ -122,10 +126,12 @@ impl Outbox {
             due: Some(0),
             backoff_ms: FIRST_BACKOFF_MS,
             sent_once: false,
+            written_ns: 0,
         };
         if self.write(counter, &out.body, due_ns).is_some() {
             out.due = None;
             out.sent_once = true;
+            out.written_ns = now_ns();
         }
         self.pending.insert(counter, out);
     }
@@ -153,6 +159,7 @@ impl Outbox {
             }
             if let Some(out) = self.pending.get_mut(&counter) {
                 out.due = None;
+                out.written_ns = now_ns();
                 if out.sent_once {
                     resent.push(counter);
                 }
@@ -174,11 +181,20 @@ impl Outbox {
         self.pending.remove(&counter).is_some()
     }
 
+    /// Message `counter` was accepted: done with, and when the accepted
+    /// attempt was written (`None` if it was not pending).
+    pub fn accepted(&mut self, counter: u64) -> Option<u64> {
+        self.pending.remove(&counter).map(|o| o.written_ns)
+    }
+
     /// Message `counter` got a transient error at `at_ns`: written again
-    /// after the backoff, which doubles.
-    pub fn retry_later(&mut self, counter: u64, at_ns: u64) {
+    /// after the backoff, which doubles, or after the server's
+    /// `retry_after_ms` hint when that is longer (an overloaded node's
+    /// RATE_LIMITED and UNAVAILABLE carry one).
+    pub fn retry_later(&mut self, counter: u64, at_ns: u64, retry_after_ms: u64) {
         if let Some(out) = self.pending.get_mut(&counter) {
-            out.due = Some(at_ns + out.backoff_ms * 1_000_000);
+            let wait_ms = out.backoff_ms.max(retry_after_ms.min(MAX_HINTED_WAIT_MS));
+            out.due = Some(at_ns + wait_ms * 1_000_000);
             out.backoff_ms = (out.backoff_ms * 2).min(MAX_BACKOFF_MS);
         }
     }
@@ -186,5 +202,38 @@ impl Outbox {
     /// Sends not acknowledged yet.
     pub fn pending_len(&self) -> usize {
         self.pending.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(id: u8) -> v1::SendMessage {
+        v1::SendMessage {
+            group_id: vec![1],
+            client_msg_id: vec![id; 16],
+            message: vec![],
+        }
+    }
+
+    #[test]
+    fn a_refused_send_waits_for_the_hint_and_keeps_its_id() {
+        let mut ob = Outbox::default();
+        // Not connected: queued, due at once.
+        ob.send(7, 1, body(7));
+        assert_eq!(ob.pending_len(), 1);
+        // Refused at t=1 s with a 300 ms hint: not due before 1.3 s,
+        // although the first backoff is 50 ms.
+        let t = 1_000_000_000;
+        ob.retry_later(7, t, 300);
+        assert_eq!(ob.pending[&7].due, Some(t + 300_000_000));
+        assert_eq!(ob.pending[&7].body.client_msg_id, vec![7; 16]);
+        // No hint: the doubled backoff (100 ms).
+        ob.retry_later(7, t, 0);
+        assert_eq!(ob.pending[&7].due, Some(t + 100_000_000));
+        // A silly hint is capped.
+        ob.retry_later(7, t, u64::MAX / 2_000_000);
+        assert_eq!(ob.pending[&7].due, Some(t + MAX_HINTED_WAIT_MS * 1_000_000));
     }
 }

@@ -132,7 +132,7 @@ fn phase_table(h: &mut String, t: &TargetReport) {
         h,
         "<h2>{}</h2><p>Setup {:.1} s ({} users registered).</p><table><tr><th>phase</th><th>rate asked</th>\
          <th>sent</th><th>acked</th><th>acked/s</th><th>delivered</th><th>deliveries/s</th><th>conns</th>\
-         <th>target CPU s</th><th>CPU ms / 1k deliveries</th><th>target RSS MiB</th><th>RSS/conn KiB</th><th>generator CPU s</th></tr>",
+         <th>target CPU s</th><th>CPU ms / 1k deliveries</th><th>target RSS MiB (max)</th><th>RSS/conn KiB</th><th>generator CPU s</th></tr>",
         esc(&t.name),
         t.setup_s,
         t.registered
@@ -141,7 +141,7 @@ fn phase_table(h: &mut String, t: &TargetReport) {
         let _ = write!(
             h,
             "<tr><td>{}</td><td>{:.0}</td><td>{}</td><td>{}</td><td>{:.0}</td><td>{}</td><td>{:.0}</td><td>{}</td>\
-             <td>{:.2}</td><td>{}</td><td>{:.1} → {:.1}</td><td>{}</td><td>{:.2}</td></tr>",
+             <td>{:.2}</td><td>{}</td><td>{:.1} → {:.1} ({:.1})</td><td>{}</td><td>{:.2}</td></tr>",
             p.index,
             p.target_rate,
             p.sent,
@@ -155,6 +155,7 @@ fn phase_table(h: &mut String, t: &TargetReport) {
                 .map_or("-".into(), |v| format!("{:.1}", v * 1000.0)),
             p.target_rss_start as f64 / 1048576.0,
             p.target_rss_end as f64 / 1048576.0,
+            p.target_rss_max as f64 / 1048576.0,
             p.target_rss_per_conn
                 .map_or("-".into(), |v| format!("{:.1}", v / 1024.0)),
             p.generator_cpu_s

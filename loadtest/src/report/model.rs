@@ -63,6 +63,10 @@ pub struct PhaseReport {
     pub target_cpu_per_1k_deliveries_s: Option<f64>,
     pub target_rss_start: u64,
     pub target_rss_end: u64,
+    /// The largest RSS sampled during the phase (summed over the target's
+    /// processes per sample time).
+    #[serde(default)]
+    pub target_rss_max: u64,
     /// Connect: (RSS at end - RSS at start) / open connections.
     pub target_rss_per_conn: Option<f64>,
     /// CPU seconds of the generator (coordinator and workers).
@@ -117,6 +121,15 @@ impl PhaseReport {
                 .sum()
         };
         let (rss0, rss1) = (rss(t0), rss(t1));
+        // Sample times of the target inside the phase; the RSS summed at each.
+        let rss_max = series
+            .iter()
+            .filter(|s| is_target(s))
+            .flat_map(|s| s.samples.iter().filter(|x| x.t >= t0 && x.t <= t1))
+            .map(|x| rss(x.t))
+            .chain([rss0, rss1])
+            .max()
+            .unwrap_or(0);
         let connect_span = if sc.kind == Kind::Connect && r.last_event_ns > start_ns {
             (r.last_event_ns - start_ns) as f64 / 1e9
         } else {
@@ -154,6 +167,7 @@ impl PhaseReport {
                 .then(|| target_cpu_s / (r.delivered as f64 / 1000.0)),
             target_rss_start: rss0,
             target_rss_end: rss1,
+            target_rss_max: rss_max,
             target_rss_per_conn: (sc.kind == Kind::Connect && r.conns_open > 0)
                 .then(|| (rss1 as f64 - rss0 as f64) / r.conns_open as f64),
             generator_cpu_s: series

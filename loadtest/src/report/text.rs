@@ -61,9 +61,10 @@ fn phase_text(s: &mut String, kind: Kind, p: &PhaseReport) {
     }
     let _ = writeln!(
         s,
-        ", target RSS {:.1} -> {:.1} MiB",
+        ", target RSS {:.1} -> {:.1} MiB (max {:.1})",
         p.target_rss_start as f64 / 1048576.0,
-        p.target_rss_end as f64 / 1048576.0
+        p.target_rss_end as f64 / 1048576.0,
+        p.target_rss_max as f64 / 1048576.0
     );
     if let Some(f) = &p.failover {
         let f = FailoverFigures::new(f);

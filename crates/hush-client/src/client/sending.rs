@@ -7,10 +7,15 @@
 //! catch-up in `commit.rs` and the message is encrypted again on the new
 //! epoch.
 //!
+//! An overloaded node refuses a send early (RATE_LIMITED or UNAVAILABLE)
+//! with a `retry_after_ms` hint: the retry waits at least that long.
+//!
 //! Invariants: every retry of one message carries the same `client_msg_id`,
 //! so a message the server took but could not acknowledge is answered with
 //! its original seq instead of being stored twice. A message is logged (and
 //! its seq recorded as this device's own) only once the server accepted it.
+
+use std::time::Duration;
 
 use hush_proto::{client_frame, v1, ErrorCode};
 
@@ -115,7 +120,7 @@ impl Client {
                     if !self.is_connected() {
                         self.close().await;
                     }
-                    tokio::time::sleep(backoff.next_delay()).await;
+                    tokio::time::sleep(retry_delay(&e, backoff.next_delay())).await;
                 }
                 Err(e) => return Err(e),
             }
@@ -123,5 +128,46 @@ impl Client {
         Err(ClientError::GaveUp(
             "message kept hitting stale epochs".into(),
         ))
+    }
+}
+
+/// The longest a server's retry hint makes a send wait.
+const MAX_HINTED_WAIT: Duration = Duration::from_secs(30);
+
+/// How long to wait before retrying after `e`: the backoff's delay, or the
+/// server's `retry_after_ms` hint when it asks for longer (capped).
+fn retry_delay(e: &ClientError, backoff: Duration) -> Duration {
+    match e {
+        ClientError::Server {
+            retry_after_ms: Some(ms),
+            ..
+        } => backoff.max(Duration::from_millis(*ms).min(MAX_HINTED_WAIT)),
+        _ => backoff,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(code: ErrorCode, retry_after_ms: Option<u64>) -> ClientError {
+        ClientError::Server {
+            code,
+            message: String::new(),
+            stale_epoch: None,
+            retry_after_ms,
+        }
+    }
+
+    #[test]
+    fn a_refusal_waits_at_least_the_server_hint() {
+        let b = Duration::from_millis(50);
+        let hinted = refused(ErrorCode::Unavailable, Some(400));
+        assert_eq!(retry_delay(&hinted, b), Duration::from_millis(400));
+        let short = refused(ErrorCode::RateLimited, Some(10));
+        assert_eq!(retry_delay(&short, b), b, "the backoff is the floor");
+        assert_eq!(retry_delay(&refused(ErrorCode::Unavailable, None), b), b);
+        let huge = refused(ErrorCode::Unavailable, Some(10_000_000));
+        assert_eq!(retry_delay(&huge, b), MAX_HINTED_WAIT);
     }
 }

@@ -136,6 +136,18 @@ impl<K: Eq + Hash + Clone> KeyedLimiter<K> {
     }
 }
 
+/// The RATE_LIMITED answer to a request over a connection's (or device's)
+/// request bucket: the hint is when the bucket holds one token again.
+pub fn request_rate_limited(bucket: &TokenBucket, rate_per_sec: f64) -> crate::error::ApiError {
+    let missing = (1.0 - bucket.available()).max(0.0);
+    let wait = if rate_per_sec > 0.0 {
+        (missing / rate_per_sec * 1000.0).ceil() as u64
+    } else {
+        60_000
+    };
+    crate::error::ApiError::rate_limited("request rate limit exceeded", wait.clamp(1, 60_000))
+}
+
 /// Live connections per source address.
 #[derive(Default)]
 pub struct ConnTable {
@@ -244,6 +256,17 @@ mod tests {
         // The sweeper drops refilled entries.
         assert_eq!(l.sweep(10_000), 2);
         assert!(l.is_empty());
+    }
+
+    #[test]
+    fn a_request_refusal_says_when_a_token_is_back() {
+        // 10 per second, burst 1: empty after one request, full in 100 ms.
+        let mut b = TokenBucket::new(10.0, 1.0, 0);
+        assert!(b.try_take(0));
+        assert!(!b.try_take(0));
+        let e = request_rate_limited(&b, 10.0);
+        assert_eq!(e.code, hush_proto::ErrorCode::RateLimited);
+        assert_eq!(e.retry_after_ms, 100);
     }
 
     #[test]

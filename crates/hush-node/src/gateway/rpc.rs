@@ -32,7 +32,8 @@ pub struct RateTable {
 }
 
 impl RateTable {
-    fn try_take(&self, app: &AppState, device_id: &str) -> bool {
+    /// Takes one request's token, or answers RATE_LIMITED with a hint.
+    fn try_take(&self, app: &AppState, device_id: &str) -> ApiResult<()> {
         let now = app.now_ms();
         let l = &app.config.limits;
         // A poisoned lock only means another request panicked mid-update;
@@ -41,10 +42,14 @@ impl RateTable {
         if buckets.len() >= MAX_TRACKED_DEVICES && !buckets.contains_key(device_id) {
             buckets.clear();
         }
-        buckets
+        let bucket = buckets
             .entry(device_id.to_owned())
-            .or_insert_with(|| hush_ds::TokenBucket::new(l.rate_per_sec, l.rate_burst, now))
-            .try_take(now)
+            .or_insert_with(|| hush_ds::TokenBucket::new(l.rate_per_sec, l.rate_burst, now));
+        if bucket.try_take(now) {
+            Ok(())
+        } else {
+            Err(super::limits::request_rate_limited(bucket, l.rate_per_sec))
+        }
     }
 }
 
@@ -66,8 +71,12 @@ pub async fn rpc(
             metrics::counter!("hush_errors_total", "code" => e.code_name()).increment(1);
             let status = actix_web::http::StatusCode::from_u16(e.http_status())
                 .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
-            HttpResponse::build(status)
-                .content_type("application/x-protobuf")
+            let mut resp = HttpResponse::build(status);
+            if e.retry_after_ms > 0 {
+                // Whole seconds, rounded up; the exact hint is in the body.
+                resp.insert_header(("Retry-After", e.retry_after_ms.div_ceil(1000).to_string()));
+            }
+            resp.content_type("application/x-protobuf")
                 .body(encode(request_id, S::Error(e.to_proto())))
         }
     }
@@ -104,12 +113,7 @@ async fn serve(
     let frame = ClientFrame::decode(body.as_ref())
         .map_err(|_| ApiError::new(ErrorCode::Malformed, "body does not decode as ClientFrame"))?;
     *request_id = frame.request_id;
-    if !rates.try_take(app, &claims.device_id) {
-        return Err(ApiError::new(
-            ErrorCode::RateLimited,
-            "request rate limit exceeded",
-        ));
-    }
+    rates.try_take(app, &claims.device_id)?;
     let body = frame
         .body
         .ok_or_else(|| ApiError::new(ErrorCode::Malformed, "frame has no body"))?;

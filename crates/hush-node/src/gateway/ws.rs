@@ -358,7 +358,10 @@ impl Connection {
         };
         let rid = frame.request_id;
         if !self.rate.try_take(self.app.now_ms()) {
-            let e = ApiError::new(ErrorCode::RateLimited, "request rate limit exceeded");
+            let e = super::limits::request_rate_limited(
+                &self.rate,
+                self.app.config.limits.rate_per_sec,
+            );
             return self.reply_error(rid, e).await;
         }
         let Some(body) = frame.body else {

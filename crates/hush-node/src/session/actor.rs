@@ -21,6 +21,7 @@ use hush_proto::ErrorCode;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::Sessions;
+use crate::admission::Queued;
 use crate::error::{ApiError, ApiResult};
 use crate::wire::{ConnRef, Outbound};
 
@@ -35,6 +36,8 @@ pub enum SessionMsg {
     Deliver {
         devices: Vec<String>,
         item: Outbound,
+        /// Counts the delivery while it waits (see `admission.rs`).
+        _queued: Queued,
     },
     /// Disconnect every connection of a device (logout, revoked token).
     KickDevice { device_id: String },
@@ -153,7 +156,7 @@ impl Actor for SessionActor {
                     self.go_offline(&myself, state).await;
                 }
             }
-            SessionMsg::Deliver { devices, item } => {
+            SessionMsg::Deliver { devices, item, .. } => {
                 self.deliver(state, &devices, &item);
                 if state.conns.is_empty() {
                     self.on_idle(&myself, state).await;

@@ -46,6 +46,7 @@ use hush_proto::cluster::v1 as cluster;
 use hush_proto::{server_frame::Body as Reply, ErrorCode};
 use hush_store::{MemberDevice, Store};
 
+use crate::admission::DeliveryQueue;
 use crate::clock::Clock;
 use crate::conns::Connections;
 use crate::directory::Directory;
@@ -81,6 +82,9 @@ pub struct Sessions {
     limits: SessionLimits,
     /// The newest view incarnation followed (see the module doc).
     incarnation: AtomicU64,
+    /// Deliveries waiting in the actors' mailboxes (sends are refused past
+    /// `limits.max_queued_deliveries`, see `admission.rs`).
+    deliveries: DeliveryQueue,
     /// Presence after a crash (`witness.rs`).
     witness: witness::Witness,
 }
@@ -105,8 +109,14 @@ impl Sessions {
             shutdown,
             limits,
             incarnation: AtomicU64::new(0),
+            deliveries: DeliveryQueue::default(),
             witness: witness::Witness::default(),
         }
+    }
+
+    /// The count of deliveries waiting in SessionActor mailboxes.
+    pub fn deliveries(&self) -> &DeliveryQueue {
+        &self.deliveries
     }
 
     /// This node's connection table.
@@ -320,6 +330,7 @@ impl Sessions {
                 let _ = session.send_message(SessionMsg::Deliver {
                     devices,
                     item: item.clone(),
+                    _queued: self.deliveries.enqueue(),
                 });
             }
         }

@@ -1,0 +1,358 @@
+//! Admission of group sends: the bounds that keep the send and delivery
+//! path's queues finite whatever the offered load.
+//!
+//! A GroupActor's mailbox (ractor's is unbounded) and the store writer's
+//! queue hold only what was admitted here, so they are bounded by
+//! construction: every `SendMessage` and `SendEphemeral` takes a [`Permit`]
+//! before it enters the group actor and gives it back when its ack or error
+//! goes out (the permit is dropped). A request past a bound is refused at
+//! once, before any work, with a retry hint:
+//!
+//! - more than `limits.max_pending_per_group` sends waiting for one group:
+//!   RATE_LIMITED (the group's senders send faster than it sequences);
+//! - more than `limits.max_inflight_sends` sends in flight on the node, or
+//!   more than `limits.max_queued_deliveries` deliveries waiting in
+//!   SessionActor mailboxes (fan-out falls behind): UNAVAILABLE (the node
+//!   is saturated; the client may also try later or elsewhere).
+//!
+//! Nothing acknowledged is dropped: a refused send was never stored, and the
+//! client resends it with the same `client_msg_id` after `retry_after_ms`.
+//! Commits and proposals are not refused here (a member must be able to
+//! leave or rotate keys under load); they are few, and each connection
+//! serves one request at a time.
+//!
+//! The counters are plain atomics and one small map; this module does no IO
+//! and reads no clock.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use hush_proto::ErrorCode;
+
+use crate::error::ApiError;
+
+/// The bounds (from `[limits]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdmissionLimits {
+    pub max_inflight_sends: usize,
+    pub max_pending_per_group: usize,
+    pub max_queued_deliveries: usize,
+    /// The hint a refusal carries, ms.
+    pub retry_after_ms: u64,
+}
+
+/// Why a send was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The group has `max_pending_per_group` sends waiting.
+    GroupBusy,
+    /// The node has `max_inflight_sends` sends in flight.
+    NodeBusy,
+    /// The sessions' mailboxes hold `max_queued_deliveries` deliveries.
+    FanOutBehind,
+}
+
+impl Refusal {
+    fn label(self) -> &'static str {
+        match self {
+            Refusal::GroupBusy => "group",
+            Refusal::NodeBusy => "node",
+            Refusal::FanOutBehind => "fanout",
+        }
+    }
+
+    /// The client's error: RATE_LIMITED for one group's senders,
+    /// UNAVAILABLE for the node, each with the retry hint.
+    pub fn to_error(self, retry_after_ms: u64) -> ApiError {
+        let (code, what) = match self {
+            Refusal::GroupBusy => (
+                ErrorCode::RateLimited,
+                "too many sends pending in this group",
+            ),
+            Refusal::NodeBusy => (
+                ErrorCode::Unavailable,
+                "node overloaded: too many sends in flight",
+            ),
+            Refusal::FanOutBehind => (ErrorCode::Unavailable, "node overloaded: deliveries behind"),
+        };
+        ApiError {
+            retry_after_ms,
+            ..ApiError::new(code, format!("{what}; retry after {retry_after_ms} ms"))
+        }
+    }
+}
+
+/// The highest depths seen since start (what the gauges showed at most).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Peaks {
+    pub inflight_sends: usize,
+    pub pending_per_group: usize,
+    pub queued_deliveries: usize,
+}
+
+#[derive(Default)]
+struct Counters {
+    inflight: AtomicUsize,
+    per_group: Mutex<HashMap<Vec<u8>, usize>>,
+    peak_inflight: AtomicUsize,
+    peak_group: AtomicUsize,
+}
+
+/// The node's admission counters. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct Admission {
+    limits: AdmissionLimits,
+    counters: Arc<Counters>,
+    deliveries: DeliveryQueue,
+}
+
+impl Admission {
+    /// `deliveries` counts what waits in the SessionActor mailboxes.
+    pub fn new(limits: AdmissionLimits, deliveries: DeliveryQueue) -> Self {
+        Self {
+            limits,
+            counters: Arc::default(),
+            deliveries,
+        }
+    }
+
+    pub fn limits(&self) -> AdmissionLimits {
+        self.limits
+    }
+
+    /// Takes a place for one send to `group_id`, or says why not. Checks the
+    /// cheapest, most specific bound first; takes nothing when it refuses.
+    pub fn admit(&self, group_id: &[u8]) -> Result<Permit, Refusal> {
+        let refused = |r: Refusal| {
+            metrics::counter!("hush_sends_refused_total", "bound" => r.label()).increment(1);
+            Err(r)
+        };
+        if self.deliveries.depth() >= self.limits.max_queued_deliveries {
+            return refused(Refusal::FanOutBehind);
+        }
+        let c = &self.counters;
+        // Node budget: increment, and undo if it went past the bound.
+        let inflight = c.inflight.fetch_add(1, Ordering::SeqCst) + 1;
+        if inflight > self.limits.max_inflight_sends {
+            c.inflight.fetch_sub(1, Ordering::SeqCst);
+            return refused(Refusal::NodeBusy);
+        }
+        let pending = {
+            // A poisoned lock only means another request panicked
+            // mid-update; the counts are still usable.
+            let mut map = c.per_group.lock().unwrap_or_else(|p| p.into_inner());
+            let n = map.entry(group_id.to_vec()).or_insert(0);
+            if *n >= self.limits.max_pending_per_group {
+                drop(map);
+                c.inflight.fetch_sub(1, Ordering::SeqCst);
+                return refused(Refusal::GroupBusy);
+            }
+            *n += 1;
+            *n
+        };
+        c.peak_inflight.fetch_max(inflight, Ordering::SeqCst);
+        c.peak_group.fetch_max(pending, Ordering::SeqCst);
+        metrics::gauge!("hush_sends_inflight").set(inflight as f64);
+        Ok(Permit {
+            counters: c.clone(),
+            group_id: group_id.to_vec(),
+        })
+    }
+
+    /// Sends in flight now.
+    pub fn inflight(&self) -> usize {
+        self.counters.inflight.load(Ordering::SeqCst)
+    }
+
+    /// Groups with a send in flight now (the map holds no other).
+    pub fn busy_groups(&self) -> usize {
+        let map = self
+            .counters
+            .per_group
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        map.len()
+    }
+
+    pub fn peaks(&self) -> Peaks {
+        let c = &self.counters;
+        Peaks {
+            inflight_sends: c.peak_inflight.load(Ordering::SeqCst),
+            pending_per_group: c.peak_group.load(Ordering::SeqCst),
+            queued_deliveries: self.deliveries.peak(),
+        }
+    }
+}
+
+/// One admitted send; dropping it (after the ack or error went out, or when
+/// the request is abandoned) gives its place back.
+pub struct Permit {
+    counters: Arc<Counters>,
+    group_id: Vec<u8>,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let c = &self.counters;
+        {
+            let mut map = c.per_group.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = map.get_mut(&self.group_id) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&self.group_id);
+                }
+            }
+        }
+        let left = c.inflight.fetch_sub(1, Ordering::SeqCst) - 1;
+        metrics::gauge!("hush_sends_inflight").set(left as f64);
+    }
+}
+
+/// The deliveries waiting in SessionActor mailboxes, counted by a token that
+/// travels inside each message: handled or dropped with a stopped actor's
+/// mailbox, the token's drop takes it off.
+#[derive(Clone, Default)]
+pub struct DeliveryQueue {
+    inner: Arc<QueueCounts>,
+}
+
+#[derive(Default)]
+struct QueueCounts {
+    depth: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl DeliveryQueue {
+    /// Counts one delivery until the token is dropped.
+    pub fn enqueue(&self) -> Queued {
+        let depth = self.inner.depth.fetch_add(1, Ordering::SeqCst) + 1;
+        self.inner.peak.fetch_max(depth, Ordering::SeqCst);
+        Queued(self.inner.clone())
+    }
+
+    pub fn depth(&self) -> usize {
+        self.inner.depth.load(Ordering::SeqCst)
+    }
+
+    pub fn peak(&self) -> usize {
+        self.inner.peak.load(Ordering::SeqCst)
+    }
+}
+
+/// One delivery waiting in a mailbox (see [`DeliveryQueue`]).
+pub struct Queued(Arc<QueueCounts>);
+
+impl std::fmt::Debug for Queued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Queued")
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.0.depth.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> AdmissionLimits {
+        AdmissionLimits {
+            max_inflight_sends: 3,
+            max_pending_per_group: 2,
+            max_queued_deliveries: 2,
+            retry_after_ms: 50,
+        }
+    }
+
+    #[test]
+    fn a_group_gets_its_cap_then_rate_limited() {
+        let a = Admission::new(limits(), DeliveryQueue::default());
+        let p1 = a.admit(b"g").unwrap();
+        let _p2 = a.admit(b"g").unwrap();
+        assert_eq!(a.admit(b"g").err(), Some(Refusal::GroupBusy));
+        // The refusal took nothing: another group still fits the node.
+        assert_eq!(a.inflight(), 2);
+        let _p3 = a.admit(b"h").unwrap();
+        drop(p1);
+        assert!(a.admit(b"g").is_ok(), "a returned place is free again");
+        let e = Refusal::GroupBusy.to_error(50);
+        assert_eq!(e.code, ErrorCode::RateLimited);
+        assert_eq!(e.retry_after_ms, 50);
+    }
+
+    #[test]
+    fn the_node_budget_refuses_unavailable_and_counts_return_to_zero() {
+        let a = Admission::new(limits(), DeliveryQueue::default());
+        let held: Vec<Permit> = [b"a", b"b", b"c"]
+            .iter()
+            .map(|g| a.admit(*g).unwrap())
+            .collect();
+        assert_eq!(a.admit(b"d").err(), Some(Refusal::NodeBusy));
+        assert_eq!(Refusal::NodeBusy.to_error(50).code, ErrorCode::Unavailable);
+        assert_eq!(a.inflight(), 3);
+        drop(held);
+        assert_eq!(a.inflight(), 0);
+        assert_eq!(a.busy_groups(), 0, "no entry is left behind");
+        assert_eq!(
+            a.peaks(),
+            Peaks {
+                inflight_sends: 3,
+                pending_per_group: 1,
+                queued_deliveries: 0
+            }
+        );
+    }
+
+    #[test]
+    fn queued_deliveries_refuse_sends_until_they_drain() {
+        let q = DeliveryQueue::default();
+        let a = Admission::new(limits(), q.clone());
+        let t1 = q.enqueue();
+        let t2 = q.enqueue();
+        assert_eq!(a.admit(b"g").err(), Some(Refusal::FanOutBehind));
+        assert_eq!(a.inflight(), 0);
+        drop(t1);
+        assert!(a.admit(b"g").is_ok());
+        drop(t2);
+        assert_eq!(q.depth(), 0);
+        assert_eq!(q.peak(), 2);
+    }
+
+    #[test]
+    fn concurrent_admissions_never_pass_the_bounds() {
+        let a = Admission::new(
+            AdmissionLimits {
+                max_inflight_sends: 8,
+                max_pending_per_group: 3,
+                max_queued_deliveries: 1_000,
+                retry_after_ms: 1,
+            },
+            DeliveryQueue::default(),
+        );
+        std::thread::scope(|s| {
+            for t in 0..8u8 {
+                let a = a.clone();
+                s.spawn(move || {
+                    let mut held = Vec::new();
+                    for i in 0..2_000u32 {
+                        if let Ok(p) = a.admit(&[t % 3]) {
+                            held.push(p);
+                        }
+                        if i % 3 == 0 {
+                            held.clear();
+                        }
+                    }
+                });
+            }
+        });
+        let peaks = a.peaks();
+        assert!(peaks.inflight_sends <= 8, "{peaks:?}");
+        assert!(peaks.pending_per_group <= 3, "{peaks:?}");
+        assert_eq!(a.inflight(), 0);
+        assert_eq!(a.busy_groups(), 0);
+    }
+}

@@ -1,0 +1,350 @@
+//! Overload is a fault too (issue 15): with tiny send bounds in `[limits]`,
+//! a node flooded with concurrent sends from real WebSocket clients (the
+//! SDK, real MLS) refuses early — RATE_LIMITED or UNAVAILABLE, each with a
+//! `retry_after_ms` hint — and loses nothing it acknowledged: every
+//! acknowledged message is stored exactly once, seqs are dense, every member
+//! gets every message, and the send-path depths never pass their bounds. A
+//! reader that stops reading is closed with 4001 while everyone else keeps
+//! receiving.
+//!
+//! Behaviour, not timing: the flood repeats until the node has refused at
+//! least once (a safety cap bounds it); the only sleeps are the clients'
+//! own waits for the server's retry hint.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use futures_util::{SinkExt as _, StreamExt as _};
+use hush_client::client::Client;
+use hush_client::error::ClientError;
+use hush_proto::client_frame::Body as C;
+use hush_proto::server_frame::Body as S;
+use hush_proto::{auth, v1, ClientFrame, ErrorCode, Message as _, ServerFrame};
+use hush_store::EntryKind;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+
+mod common;
+use common::{client, is_member, login, pump_until, start_node, url, WAIT};
+
+const MEMBERS: [&str; 5] = ["alice", "bob", "carol", "dave", "erin"];
+/// Messages each member sends per flood round.
+const PER_ROUND: usize = 6;
+/// Flood rounds at most; the first nearly always provokes a refusal.
+const MAX_ROUNDS: usize = 20;
+
+const INFLIGHT: usize = 3;
+const PER_GROUP: usize = 2;
+const QUEUED: usize = 16;
+const RETRY_MS: u64 = 5;
+const CLOSE_SLOW_CONSUMER: u16 = 4001;
+
+#[derive(Default)]
+struct Flooded {
+    /// (seq, text) of every acknowledged message.
+    acked: Vec<(u64, String)>,
+    /// (code, retry_after_ms) of every refusal the caller saw.
+    refused: Vec<(ErrorCode, Option<u64>)>,
+}
+
+/// `PER_ROUND` texts from one member; a refused one waits out the hint and
+/// goes again (the SDK itself resends under the same id when it may retry).
+async fn flood(c: &mut Client, g: &str, who: usize, round: usize) -> Flooded {
+    let mut out = Flooded::default();
+    for k in 0..PER_ROUND {
+        let text = format!("{who}-{round}-{k}");
+        loop {
+            match c.send_text(g, &text).await {
+                Ok(seq) => {
+                    out.acked.push((seq, text));
+                    break;
+                }
+                Err(ClientError::Server {
+                    code: code @ (ErrorCode::RateLimited | ErrorCode::Unavailable),
+                    retry_after_ms,
+                    ..
+                }) => {
+                    out.refused.push((code, retry_after_ms));
+                    // The client's backoff: wait what the server asked.
+                    tokio::time::sleep(Duration::from_millis(retry_after_ms.unwrap_or(1))).await;
+                }
+                Err(e) => panic!("{text}: {e}"),
+            }
+        }
+    }
+    out
+}
+
+fn processed_to(c: &Client, gid: &[u8], seq: u64) -> bool {
+    c.db()
+        .group(gid)
+        .expect("db")
+        .is_some_and(|g| g.last_seq >= seq)
+}
+
+/// A raw WebSocket of `token`'s device over a socket with a small receive
+/// buffer; it reads only when the test asks.
+async fn raw_ws(
+    addr: std::net::SocketAddr,
+    token: &str,
+    recv_buffer: Option<u32>,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    if let Some(n) = recv_buffer {
+        socket.set_recv_buffer_size(n).expect("SO_RCVBUF");
+    }
+    let tcp = socket.connect(addr).await.expect("connect");
+    let mut req = format!("ws://{addr}/v1/ws")
+        .into_client_request()
+        .expect("request");
+    let protocols = format!("{}, {}{token}", auth::WS_PROTOCOL, auth::WS_TOKEN_PREFIX);
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_str(&protocols).expect("header"),
+    );
+    let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(req, tcp))
+        .await
+        .expect("handshake in time")
+        .expect("upgrade");
+    ws
+}
+
+/// The next server frame, or the close code when the connection closes.
+async fn next_frame(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+) -> Result<ServerFrame, Option<u16>> {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame in time");
+        match msg {
+            Some(Ok(Message::Binary(b))) => {
+                return Ok(ServerFrame::decode(b.as_ref()).expect("server frame decodes"))
+            }
+            Some(Ok(Message::Close(f))) => return Err(f.map(|f| u16::from(f.code))),
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return Err(None),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooded_node_refuses_early_and_loses_nothing_acknowledged() {
+    let (node, _clock, dir) = start_node(|c| {
+        c.limits.max_inflight_sends = INFLIGHT;
+        c.limits.max_pending_per_group = PER_GROUP;
+        c.limits.max_queued_deliveries = QUEUED;
+        c.limits.overload_retry_after_ms = RETRY_MS;
+        // Phase 2: a slow reader (bob's second connection) among big messages.
+        c.limits.max_connections_per_user = 2;
+        c.limits.max_message_bytes = 128 * 1024;
+        // The reader is cut by its queue (64 frames), not by a write timing
+        // out: its task still holds the socket, so the close frame goes out
+        // once the reader reads again. (A write that times out drops a
+        // reader that never reads again without a close frame: it could
+        // not take one.)
+        c.limits.send_buffer_frames = 64;
+        c.limits.write_timeout_ms = 60_000;
+        // The slow reader never answers pings; keep the heartbeat out of it.
+        c.limits.heartbeat_interval_ms = 300_000;
+        c.limits.heartbeat_timeout_ms = 600_000;
+    })
+    .await;
+    // Clients live in this block: they are gone before the node stops.
+    {
+        let url = url(&node);
+        let mut clients = Vec::new();
+        for name in MEMBERS {
+            clients.push(client(dir.path(), &url, name).await);
+        }
+        let gid = clients[0]
+            .create_group("flood")
+            .await
+            .expect("group")
+            .group_id;
+        let g = hex::encode(&gid);
+        let others: Vec<String> = MEMBERS[1..].iter().map(|s| s.to_string()).collect();
+        clients[0]
+            .add_members(&g, &others)
+            .await
+            .expect("add")
+            .expect("added");
+        for c in &mut clients[1..] {
+            pump_until(c, "welcome", |c| is_member(c, &gid)).await;
+        }
+        let base = clients[0]
+            .send_text(&g, "before the flood")
+            .await
+            .expect("send");
+        // Every member but bob sees each refusal itself; bob's SDK waits
+        // out the hint and resends under the same client_msg_id.
+        for (i, c) in clients.iter_mut().enumerate() {
+            if i != 1 {
+                c.set_transient_retries(0);
+            }
+        }
+
+        // --- phase 1: everyone sends at once ---
+        let mut acked: Vec<(u64, String)> = Vec::new();
+        let mut refused: Vec<(ErrorCode, Option<u64>)> = Vec::new();
+        for round in 0..MAX_ROUNDS {
+            let rounds = join_all(
+                clients
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(who, c)| flood(c, &g, who, round)),
+            )
+            .await;
+            for r in rounds {
+                acked.extend(r.acked);
+                refused.extend(r.refused);
+            }
+            if !refused.is_empty() {
+                break;
+            }
+        }
+        assert!(!refused.is_empty(), "the node never refused a send");
+        for (code, hint) in &refused {
+            assert!(
+                matches!(code, ErrorCode::RateLimited | ErrorCode::Unavailable),
+                "{code:?}"
+            );
+            assert_eq!(*hint, Some(RETRY_MS), "a refusal carries the retry hint");
+        }
+
+        // Every acknowledged message is stored exactly once, seqs dense:
+        // the acked seqs are exactly the ones after `base`.
+        let seqs: BTreeSet<u64> = acked.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs.len(), acked.len(), "a seq was acknowledged twice");
+        let last = base + acked.len() as u64;
+        assert_eq!(seqs, (base + 1..=last).collect::<BTreeSet<u64>>());
+        let stored = node
+            .store()
+            .read_timeline(&gid, base, 100_000)
+            .await
+            .expect("timeline");
+        assert_eq!(
+            stored.iter().map(|e| e.seq).collect::<BTreeSet<u64>>(),
+            seqs,
+            "the store holds exactly the acknowledged messages"
+        );
+        assert!(stored.iter().all(|e| e.kind == EntryKind::Application));
+        let ids: BTreeSet<&[u8]> = stored.iter().map(|e| e.client_msg_id.as_slice()).collect();
+        assert_eq!(ids.len(), stored.len(), "a message was stored twice");
+
+        // ...and reaches every member, once.
+        let want: BTreeMap<u64, &str> = acked.iter().map(|(s, t)| (*s, t.as_str())).collect();
+        for c in &mut clients {
+            pump_until(c, "every acknowledged message", |c| {
+                processed_to(c, &gid, last)
+            })
+            .await;
+            let got: BTreeMap<u64, String> = c
+                .db()
+                .recent_log(&gid, 100_000)
+                .expect("log")
+                .into_iter()
+                .filter(|l| l.kind == "text" && l.seq > base)
+                .map(|l| (l.seq, l.body))
+                .collect();
+            let got: BTreeMap<u64, &str> = got.iter().map(|(s, t)| (*s, t.as_str())).collect();
+            assert_eq!(got, want);
+        }
+
+        // The depths never passed their bounds, and every place came back.
+        // (Fan-out is admitted while the queue is under its bound, so the
+        // queue may pass it by at most one fan-out per send in flight.)
+        let (peaks, inflight) = node.admission_peaks();
+        assert!(peaks.inflight_sends <= INFLIGHT, "{peaks:?}");
+        assert!(peaks.pending_per_group <= PER_GROUP, "{peaks:?}");
+        assert!(
+            peaks.queued_deliveries <= QUEUED + INFLIGHT * MEMBERS.len(),
+            "{peaks:?}"
+        );
+        assert!(peaks.inflight_sends >= 1 && peaks.pending_per_group >= 1);
+        assert_eq!(inflight, 0, "a send's place was never given back");
+
+        // --- phase 2: a reader that stops reading ---
+        let bob_id = clients[1].me().expect("bob");
+        let token = login(&url, &bob_id).await;
+        let mut slow = raw_ws(node.addr, &token, Some(8 * 1024)).await;
+        assert!(matches!(
+            next_frame(&mut slow).await.map(|f| f.body),
+            Ok(Some(S::AuthOk(_)))
+        ));
+        let sync = ClientFrame {
+            request_id: 1,
+            body: Some(C::Sync(v1::Sync::default())),
+        };
+        slow.send(Message::binary(sync.encode_to_vec()))
+            .await
+            .expect("sync");
+        while !matches!(
+            next_frame(&mut slow).await.map(|f| f.body),
+            Ok(Some(S::SyncCaughtUp(_)))
+        ) {}
+
+        // alice posts 64 KiB messages in batches; after each, carol has
+        // all of them (the group does not wait for the slow reader), then a
+        // probe asks for a third connection of bob's: refused
+        // (TOO_MANY_CONNECTIONS) while the slow one is attached, accepted
+        // once the node cut it off.
+        let filler = "x".repeat(64 * 1024);
+        let mut big = 0usize;
+        let mut probe = loop {
+            assert!(big < 2_000, "the slow reader was never cut off");
+            let mut top = 0;
+            for _ in 0..10 {
+                let text = format!("big {big} {filler}");
+                big += 1;
+                top = clients[0].send_text(&g, &text).await.expect("big send");
+            }
+            pump_until(&mut clients[2], "carol keeps receiving", |c| {
+                processed_to(c, &gid, top)
+            })
+            .await;
+            let mut p = raw_ws(node.addr, &token, None).await;
+            match next_frame(&mut p).await.map(|f| f.body) {
+                Ok(Some(S::AuthOk(_))) => break p,
+                Ok(Some(S::Error(e))) => {
+                    assert_eq!(e.error_code(), ErrorCode::TooManyConnections);
+                }
+                other => panic!("probe: unexpected {other:?}"),
+            }
+        };
+        // The slow reader drains what was in flight, then finds the close.
+        let close = loop {
+            match next_frame(&mut slow).await {
+                Ok(_) => continue,
+                Err(code) => break code,
+            }
+        };
+        assert_eq!(close, Some(CLOSE_SLOW_CONSUMER), "the slow reader's close");
+        // Everyone else carries on.
+        let ping = ClientFrame {
+            request_id: 7,
+            body: Some(C::Ping(v1::Ping { nonce: 7 })),
+        };
+        probe
+            .send(Message::binary(ping.encode_to_vec()))
+            .await
+            .expect("ping");
+        loop {
+            let f = next_frame(&mut probe).await.expect("probe served");
+            if f.request_id == 7 {
+                assert!(matches!(f.body, Some(S::Pong(_))));
+                break;
+            }
+        }
+        let after = clients[0]
+            .send_text(&g, "after the cut")
+            .await
+            .expect("send");
+        for c in &mut clients[1..] {
+            pump_until(c, "after the cut", |c| processed_to(c, &gid, after)).await;
+        }
+    }
+    node.stop().await;
+}
