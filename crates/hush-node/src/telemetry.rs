@@ -117,6 +117,15 @@ pub const FAMILIES: &[Family] = &[
         "hush_presence_orphans_total",
         "Users announced offline by their witness because their node died with them.",
     ),
+    gauge(
+        "hush_sends_inflight",
+        Unit::Count,
+        "Group sends admitted and not yet answered on this node (limits.max_inflight_sends bounds it).",
+    ),
+    counter(
+        "hush_sends_refused_total",
+        "Sends refused early by a bound, by bound (group, node, fanout, pipelined).",
+    ),
     counter("hush_key_package_claims_limited_total", "KeyPackage claims refused by a limit, by (claimer, target)."),
     counter("hush_unknown_group_requests_total", "Requests for a group id the store does not know (answered without an actor)."),
     counter("hush_actor_limit_refusals_total", "Actor activations refused at the per-node cap, by actor."),
@@ -285,6 +294,7 @@ fn register_at_zero() {
         "hush_stream_closes_total",
         "hush_messages_in_total",
         "hush_presence_changes_total",
+        "hush_sends_refused_total",
         "hush_key_package_claims_limited_total",
         "hush_actor_limit_refusals_total",
         "hush_store_ops_total",
@@ -337,6 +347,11 @@ fn register_at_zero() {
             &["application", "commit", "proposal"],
         ),
         ("hush_presence_changes_total", "online", &["true", "false"]),
+        (
+            "hush_sends_refused_total",
+            "bound",
+            &["group", "node", "fanout", "pipelined"],
+        ),
         (
             "hush_key_package_claims_limited_total",
             "by",
