@@ -621,6 +621,9 @@ export class HushClient extends EventTarget {
         const row = this.row(rec, ev.commitSeq, "", "joined", [...new Set(names)].join(", "));
         await this.store.put({ groups: [rec], log: [row], inboxSeq: ev.inboxSeq, dropKeyPackages: kp.lastResort ? [] : [kp.ref] });
         this.groups.set(id, rec);
+        // Acknowledged at once, as the CLI does: this ack is the join that
+        // makes this user's presence visible to the group.
+        this.acks.set(id, { groupId: ev.groupId, seq: ev.commitSeq });
         this.actions.add("keyPackages");
         this.actions.add("presence");
         this.changed("group", id);
@@ -691,11 +694,15 @@ export class HushClient extends EventTarget {
   }
 
   private async refreshPresence() {
+    // A user is online if any shared group shows it so: one where it was
+    // just added (not joined yet) must not hide it in the others.
+    const online = new Map<string, boolean>();
     for (const g of this.groups.values()) {
       if (g.status !== "active") continue;
       const r = await this.request({ case: "getPresence", value: { $typeName: "hush.v1.GetPresence", groupId: g.groupId } });
-      if (r.case === "presenceList") for (const u of r.value.users) this.presence.set(u.userId, u.online);
+      if (r.case === "presenceList") for (const u of r.value.users) online.set(u.userId, (online.get(u.userId) ?? false) || u.online);
     }
+    for (const [u, on] of online) this.presence.set(u, on);
     this.changed("presence");
   }
 
@@ -841,6 +848,46 @@ export class HushClient extends EventTarget {
         if (await this.commitIntent(g.id, { kind: "removeDevices", identities: [identity] })) removed.push(g.id);
       }
       return removed;
+    });
+  }
+
+  /**
+   * Leaves a group as `hush group leave` does (crates/hush-client/src/client/groups.rs):
+   * sends this device's Remove proposal (a remaining member commits it) and
+   * forgets the group's MLS state. Returns the proposal's seq.
+   */
+  leaveGroup(id: string): Promise<bigint> {
+    return this.op(async () => {
+      for (let attempt = 0; attempt < MAX_COMMIT_ATTEMPTS; attempt++) {
+        const g = this.active(id);
+        const { proposal } = await mls.leave(g.state);
+        let r: ServerBody;
+        try {
+          r = await this.request({
+            case: "sendProposal",
+            value: { $typeName: "hush.v1.SendProposal", groupId: g.groupId, proposal, clientMsgId: crypto.getRandomValues(new Uint8Array(16)) },
+          });
+        } catch (err) {
+          if (err instanceof HushError && err.code === ErrorCode.STALE_EPOCH) {
+            await this.catchUp(id, err.headSeq);
+            continue;
+          }
+          throw err;
+        }
+        if (r.case !== "proposalAccepted") throw new Error(`expected ProposalAccepted, got ${r.case}`);
+        const seq = r.value.seq;
+        const cur = this.groups.get(id)!;
+        const next: GroupRec = { ...cur, status: "left", state: undefined, pending: undefined, lastSeq: seq > cur.lastSeq ? seq : cur.lastSeq, unread: 0 };
+        const row = this.row(cur, seq, this.me!.userId, "left", "", true);
+        await this.store.put({ groups: [next], log: [row] });
+        this.groups.set(id, next);
+        this.buffered.delete(id);
+        this.acks.set(id, { groupId: g.groupId, seq: next.lastSeq });
+        this.changed("group", id);
+        this.changed("log", row);
+        return seq;
+      }
+      throw new Error("Leaving kept losing the race with other members' changes; try again.");
     });
   }
 
