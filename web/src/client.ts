@@ -104,6 +104,8 @@ export class HushClient extends EventTarget {
   private reconnectTimer?: ReturnType<typeof setTimeout>;
   private lastTyping = new Map<string, number>();
   private failedSend?: { group: string; text: string; id: Uint8Array };
+  /** group hex -> identities whose proposals wait for a commit (a leave, usually). */
+  private proposers = new Map<string, Set<string>>();
 
   private constructor(readonly store: Store) {
     super();
@@ -382,7 +384,8 @@ export class HushClient extends EventTarget {
       next.state = g.pending.state;
       next.pending = undefined;
       const after = mls.members(next.state).map((m) => m.identity);
-      this.logMembership(log, at, this.me!.userId, before, after);
+      this.logMembership(log, at, this.me!.userId, before, after, this.proposers.get(g.id));
+      this.proposers.delete(g.id);
     } else {
       try {
         const p = await mls.process(g.state!, ev.message);
@@ -402,9 +405,13 @@ export class HushClient extends EventTarget {
           }
         } else if (p.kind === "proposal") {
           this.actions.add(`pending:${g.id}`);
+          this.proposers.set(g.id, new Set([...(this.proposers.get(g.id) ?? []), p.sender]));
         } else {
+          // A member removed by a commit that carries its own proposal left.
+          const proposers = this.proposers.get(g.id) ?? new Set();
+          this.proposers.delete(g.id);
           for (const a of byUser(p.added)) log.push(at("added", p.sender, a));
-          for (const r of byUser(p.removed)) log.push(at("removed", p.sender, r));
+          for (const r of byUser(p.removed)) log.push(proposers.has(r) ? at("left", r, "") : at("removed", p.sender, r));
           if (!p.added.length && !p.removed.length) log.push(at("updated", p.sender, ""));
           if (p.added.length) this.actions.add("presence");
           if (p.selfRemoved) {
@@ -578,9 +585,12 @@ export class HushClient extends EventTarget {
     this.changed("contacts");
   }
 
-  private logMembership(log: LogRow[], at: (k: LogRow["kind"], s: string, b: string) => LogRow, by: string, before: string[], after: string[]) {
+  private logMembership(log: LogRow[], at: (k: LogRow["kind"], s: string, b: string) => LogRow, by: string, before: string[], after: string[], leavers = new Set<string>()) {
     for (const a of byUser(after.filter((x) => !before.includes(x)))) log.push(at("added", by, a));
-    for (const r of byUser(before.filter((x) => !after.includes(x)))) log.push(at("removed", by, r));
+    for (const r of byUser(before.filter((x) => !after.includes(x)))) {
+      // Committing someone's own remove proposal: they left.
+      log.push(leavers.has(r) ? { ...at("left", userOf(r), ""), own: false } : at("removed", by, r));
+    }
     if (before.length === after.length && before.every((x) => after.includes(x))) log.push(at("updated", by, ""));
   }
 
@@ -1073,7 +1083,8 @@ export class HushClient extends EventTarget {
       const next: GroupRec = { ...cur, state: out.newState, pending: undefined, ownSeqs: [...cur.ownSeqs, r.value.seq] };
       const log: LogRow[] = [];
       const me = this.me!.userId;
-      this.logMembership(log, (k, s, b) => this.row(cur, r.value.seq, s, k, b, true), me, members.map((m) => m.identity), mls.members(out.newState).map((m) => m.identity));
+      this.logMembership(log, (k, s, b) => this.row(cur, r.value.seq, s, k, b, true), me, members.map((m) => m.identity), mls.members(out.newState).map((m) => m.identity), this.proposers.get(id));
+      this.proposers.delete(id);
       await this.store.put({ groups: [next], log });
       this.groups.set(id, next);
       this.changed("group", id);

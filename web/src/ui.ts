@@ -501,7 +501,14 @@ export function start(client: HushClient) {
     return undefined;
   };
   let scrollTimer: ReturnType<typeof setTimeout> | undefined;
+  // A list read at its bottom stays there when the page is resized (a phone
+  // turned, the keyboard opened, the message box grew).
+  let pinned = true;
+  new ResizeObserver(() => {
+    if (pinned) $("messages").scrollTop = $("messages").scrollHeight;
+  }).observe($("messages"));
   $("messages").addEventListener("scroll", () => {
+    pinned = atBottom();
     clearTimeout(scrollTimer);
     const id = open;
     if (id) scrollTimer = setTimeout(() => open === id && saveScroll(id, scrollMark()), 150);

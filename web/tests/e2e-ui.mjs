@@ -295,7 +295,8 @@ try {
   await event(bob, "you left the group").waitFor({ timeout: WAIT });
   await bob.locator("#left").waitFor({ timeout: WAIT });
   check(!(await bob.locator("#composer").isVisible()), "no composer after leaving");
-  await event(alice, "removed bob").waitFor({ timeout: WAIT });
+  // Whoever commits it (alice's page or carol's CLI), it shows as a leave.
+  await event(alice, "bob left the group").waitFor({ timeout: WAIT });
   await alice.locator('#members li[data-user="bob"]').waitFor({ state: "detached", timeout: WAIT });
   await send(alice, "after bob left");
   await carolListen.waitFor((l) => l.text === "after bob left", "the message after bob left");
@@ -311,6 +312,13 @@ try {
   await shotBoth(alice, "06-devices");
   await alice.locator("#devices-close").click();
   await shotBoth(alice, "07-chat");
+  // Read at its bottom, the list stayed there through the resizes.
+  const inView = await message(alice, "after bob left").evaluate((e) => {
+    const m = document.getElementById("messages").getBoundingClientRect();
+    const r = e.getBoundingClientRect();
+    return r.top >= m.top && r.bottom <= m.bottom + 1;
+  });
+  check(inView, "the newest message is still in view after resizing");
   step("device list");
 
   if (pageErrors.length) throw new Error(`page errors: ${pageErrors.join("; ")}`);
