@@ -387,6 +387,11 @@ export function start(client: HushClient) {
         li.dataset.device = d.deviceId;
         const key = [...d.key.slice(0, 8)].map((b) => b.toString(16).padStart(2, "0")).join("");
         li.append(el("code", "", `${d.deviceId}  key ${key}…`));
+        if (d.createdAtMs > 0) {
+          const since = el("time", "fine", `since ${new Date(d.createdAtMs).toLocaleDateString()}`);
+          since.dateTime = new Date(d.createdAtMs).toISOString();
+          li.append(since);
+        }
         if (d.thisDevice) {
           li.append(el("span", "fine", "this device"));
         } else {
@@ -592,7 +597,8 @@ export function start(client: HushClient) {
   $("text").onkeydown = (e) => {
     if (composerKey(e) !== "send") return;
     e.preventDefault();
-    $<HTMLFormElement>("composer").requestSubmit();
+    // Not again while the last one is on its way (as the disabled Send button).
+    if (!$<HTMLButtonElement>("send").disabled) $<HTMLFormElement>("composer").requestSubmit();
   };
   $("text").oninput = () => {
     fitText();

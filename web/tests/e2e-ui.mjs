@@ -309,6 +309,7 @@ try {
   await alice.locator("#devices-list li[data-device]").first().waitFor({ timeout: WAIT });
   check((await alice.locator("#devices-list li[data-device]").count()) === 1, "alice has one device");
   await alice.locator("#devices-list li", { hasText: "this device" }).waitFor({ timeout: WAIT });
+  check((await alice.locator("#devices-list li time").count()) === 1, "the device says since when it is on the account");
   await shotBoth(alice, "06-devices");
   await alice.locator("#devices-close").click();
   await shotBoth(alice, "07-chat");
