@@ -27,7 +27,7 @@ export function handleProblem(h: string): string | undefined {
   const bad = [...new Set([...h].filter((c) => !/[a-z0-9_]/.test(c)))];
   if (bad.length) {
     const shown = bad.map((c) => (c === " " ? "a space" : `"${c}"`)).join(", ");
-    return `${shown} cannot be in a handle: only lowercase letters a-z, digits 0-9 and _.`;
+    return `Not allowed in a handle: ${shown}. Use only lowercase letters a-z, digits 0-9 and _.`;
   }
   if (h.length < 3) return `Too short: a handle has at least 3 characters (this has ${h.length}).`;
   return `Too long: a handle has at most 32 characters (this has ${h.length}).`;

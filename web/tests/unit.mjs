@@ -65,7 +65,7 @@ globalThis.run = async () => {
   check(handleProblem("Alice") === 'Handles are lowercase: try "alice".', "uppercase is named, with the fix", handleProblem("Alice"));
   check(handleProblem("al") === "Too short: a handle has at least 3 characters (this has 2).", "too short, with the count", handleProblem("al"));
   check(handleProblem("a".repeat(33)).startsWith("Too long: a handle has at most 32 characters (this has 33)"), "too long, with the count");
-  check(handleProblem("bob smith!") === 'a space, "!" cannot be in a handle: only lowercase letters a-z, digits 0-9 and _.', "the characters that are not allowed are named", handleProblem("bob smith!"));
+  check(handleProblem("bob smith!") === 'Not allowed in a handle: a space, "!". Use only lowercase letters a-z, digits 0-9 and _.', "the characters that are not allowed are named", handleProblem("bob smith!"));
   check(handleProblem("").startsWith("Pick a handle"), "an empty handle states the rules");
   check(composerKey({ key: "Enter", shiftKey: false }) === "send", "Enter sends");
   check(composerKey({ key: "Enter", shiftKey: true }) === "type", "Shift+Enter is a new line");
