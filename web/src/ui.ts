@@ -33,9 +33,13 @@ export function handleProblem(h: string): string | undefined {
   return `Too long: a handle has at most 32 characters (this has ${h.length}).`;
 }
 
-/** What a key press in the message box does: Enter sends, Shift+Enter (or composing) types. */
-export function composerKey(e: { key: string; shiftKey: boolean; isComposing?: boolean; altKey?: boolean; ctrlKey?: boolean; metaKey?: boolean }): "send" | "type" {
-  if (e.key !== "Enter" || e.isComposing) return "type";
+/**
+ * What a key press in the message box does: Enter sends, Shift+Enter (or
+ * composing) types. On a touch screen (no Shift at hand) Enter is a new
+ * line and the Send button sends.
+ */
+export function composerKey(e: { key: string; shiftKey: boolean; isComposing?: boolean; altKey?: boolean }, touch = false): "send" | "type" {
+  if (e.key !== "Enter" || e.isComposing || touch) return "type";
   return e.shiftKey || e.altKey ? "type" : "send";
 }
 
@@ -594,8 +598,10 @@ export function start(client: HushClient) {
     }
     input.focus();
   };
+  const touch = matchMedia("(pointer: coarse)").matches;
+  if (touch) $<HTMLTextAreaElement>("text").placeholder = "Message";
   $("text").onkeydown = (e) => {
-    if (composerKey(e) !== "send") return;
+    if (composerKey(e, touch) !== "send") return;
     e.preventDefault();
     // Not again while the last one is on its way (as the disabled Send button).
     if (!$<HTMLButtonElement>("send").disabled) $<HTMLFormElement>("composer").requestSubmit();

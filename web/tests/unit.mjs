@@ -71,6 +71,7 @@ globalThis.run = async () => {
   check(composerKey({ key: "Enter", shiftKey: true }) === "type", "Shift+Enter is a new line");
   check(composerKey({ key: "Enter", shiftKey: false, isComposing: true }) === "type", "Enter that ends an IME composition does not send");
   check(composerKey({ key: "a", shiftKey: false }) === "type", "other keys type");
+  check(composerKey({ key: "Enter", shiftKey: false }, true) === "type", "on a touch screen Enter is a new line (Send sends)");
   saveScroll("g1", { seq: 42, dy: 7 });
   check(loadScroll("g1")?.seq === 42 && loadScroll("g1")?.dy === 7, "a scroll position is kept", loadScroll("g1"));
   saveScroll("g1", undefined);
