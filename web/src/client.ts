@@ -411,7 +411,9 @@ export class HushClient extends EventTarget {
           const proposers = this.proposers.get(g.id) ?? new Set();
           this.proposers.delete(g.id);
           for (const a of byUser(p.added)) log.push(at("added", p.sender, a));
-          for (const r of byUser(p.removed)) log.push(proposers.has(r) ? at("left", r, "") : at("removed", p.sender, r));
+          // body "device": one device left, its user is still in the group.
+          const stays = (r: string) => mls.members(p.state).some((m) => userOf(m.identity) === userOf(r));
+          for (const r of byUser(p.removed)) log.push(proposers.has(r) ? at("left", r, stays(r) ? "device" : "") : at("removed", p.sender, r));
           if (!p.added.length && !p.removed.length) log.push(at("updated", p.sender, ""));
           if (p.added.length) this.actions.add("presence");
           if (p.selfRemoved) {
@@ -589,7 +591,8 @@ export class HushClient extends EventTarget {
     for (const a of byUser(after.filter((x) => !before.includes(x)))) log.push(at("added", by, a));
     for (const r of byUser(before.filter((x) => !after.includes(x)))) {
       // Committing someone's own remove proposal: they left.
-      log.push(leavers.has(r) ? { ...at("left", userOf(r), ""), own: false } : at("removed", by, r));
+      const body = after.some((x) => userOf(x) === userOf(r)) ? "device" : "";
+      log.push(leavers.has(r) ? { ...at("left", userOf(r), body), own: false } : at("removed", by, r));
     }
     if (before.length === after.length && before.every((x) => after.includes(x))) log.push(at("updated", by, ""));
   }

@@ -223,7 +223,7 @@ export function start(client: HushClient) {
       case "updated":
         return `${who} rotated keys`;
       case "left":
-        return `${who} left the group`;
+        return r.body === "device" ? `a device of ${who === "you" ? "yours" : who} left the group` : `${who} left the group`;
       case "forged":
         return r.sender
           ? `REFUSED a message the server attributes to ${r.sender}: ${r.body}`
