@@ -138,6 +138,9 @@ async function send(page, text) {
   await page.locator("#text").fill(text);
   await page.locator("#text").press("Enter");
   await page.locator("#messages li.msg.own .body", { hasText: text.split("\n")[0] }).last().waitFor({ timeout: WAIT });
+  // Accepted: the box empties and Send is enabled again (Enter before that is ignored).
+  await page.locator("#send:not([disabled])").waitFor({ timeout: WAIT });
+  await page.waitForFunction(() => document.getElementById("text").value === "", null, { timeout: WAIT });
 }
 const seen = (page, text) => message(page, text).first().waitFor({ timeout: WAIT });
 async function register(page, handle) {
