@@ -131,6 +131,8 @@ export class HushClient extends EventTarget {
   private reconnectTimer?: ReturnType<typeof setTimeout>;
   private lastTyping = new Map<string, number>();
   private failedSend?: { group: string; text: string; id: Uint8Array };
+  /** group hex -> identities whose proposals wait for a commit (a leave, usually). */
+  private proposers = new Map<string, Set<string>>();
 
   private constructor(readonly store: Store) {
     super();
@@ -434,7 +436,8 @@ export class HushClient extends EventTarget {
       next.state = g.pending.state;
       next.pending = undefined;
       const after = mls.members(next.state).map((m) => m.identity);
-      this.logMembership(log, at, this.me!.userId, before, after);
+      this.logMembership(log, at, this.me!.userId, before, after, this.proposers.get(g.id));
+      this.proposers.delete(g.id);
     } else {
       try {
         const p = await mls.process(g.state!, ev.message);
@@ -454,9 +457,15 @@ export class HushClient extends EventTarget {
           }
         } else if (p.kind === "proposal") {
           this.actions.add(`pending:${g.id}`);
+          this.proposers.set(g.id, new Set([...(this.proposers.get(g.id) ?? []), p.sender]));
         } else {
+          // A member removed by a commit that carries its own proposal left.
+          const proposers = this.proposers.get(g.id) ?? new Set();
+          this.proposers.delete(g.id);
           for (const a of byUser(p.added)) log.push(at("added", p.sender, a));
-          for (const r of byUser(p.removed)) log.push(at("removed", p.sender, r));
+          // body "device": one device left, its user is still in the group.
+          const stays = (r: string) => mls.members(p.state).some((m) => userOf(m.identity) === userOf(r));
+          for (const r of byUser(p.removed)) log.push(proposers.has(r) ? at("left", r, stays(r) ? "device" : "") : at("removed", p.sender, r));
           if (!p.added.length && !p.removed.length) log.push(at("updated", p.sender, ""));
           if (p.added.length) this.actions.add("presence");
           if (p.selfRemoved) {
@@ -630,9 +639,13 @@ export class HushClient extends EventTarget {
     this.changed("contacts");
   }
 
-  private logMembership(log: LogRow[], at: (k: LogRow["kind"], s: string, b: string) => LogRow, by: string, before: string[], after: string[]) {
+  private logMembership(log: LogRow[], at: (k: LogRow["kind"], s: string, b: string) => LogRow, by: string, before: string[], after: string[], leavers = new Set<string>()) {
     for (const a of byUser(after.filter((x) => !before.includes(x)))) log.push(at("added", by, a));
-    for (const r of byUser(before.filter((x) => !after.includes(x)))) log.push(at("removed", by, r));
+    for (const r of byUser(before.filter((x) => !after.includes(x)))) {
+      // Committing someone's own remove proposal: they left.
+      const body = after.some((x) => userOf(x) === userOf(r)) ? "device" : "";
+      log.push(leavers.has(r) ? { ...at("left", userOf(r), body), own: false } : at("removed", by, r));
+    }
     if (before.length === after.length && before.every((x) => after.includes(x))) log.push(at("updated", by, ""));
   }
 
@@ -673,6 +686,9 @@ export class HushClient extends EventTarget {
         const row = this.row(rec, ev.commitSeq, "", "joined", [...new Set(names)].join(", "));
         await this.store.put({ groups: [rec], log: [row], inboxSeq: ev.inboxSeq, dropKeyPackages: kp.lastResort ? [] : [kp.ref] });
         this.groups.set(id, rec);
+        // Acknowledged at once, as the CLI does: this ack is the join that
+        // makes this user's presence visible to the group.
+        this.acks.set(id, { groupId: ev.groupId, seq: ev.commitSeq });
         this.actions.add("keyPackages");
         this.actions.add("presence");
         this.changed("group", id);
@@ -743,11 +759,15 @@ export class HushClient extends EventTarget {
   }
 
   private async refreshPresence() {
+    // A user is online if any shared group shows it so: one where it was
+    // just added (not joined yet) must not hide it in the others.
+    const online = new Map<string, boolean>();
     for (const g of this.groups.values()) {
       if (g.status !== "active") continue;
       const r = await this.request({ case: "getPresence", value: { $typeName: "hush.v1.GetPresence", groupId: g.groupId } });
-      if (r.case === "presenceList") for (const u of r.value.users) this.presence.set(u.userId, u.online);
+      if (r.case === "presenceList") for (const u of r.value.users) online.set(u.userId, (online.get(u.userId) ?? false) || u.online);
     }
+    for (const [u, on] of online) this.presence.set(u, on);
     this.changed("presence");
   }
 
@@ -980,6 +1000,46 @@ export class HushClient extends EventTarget {
     });
   }
 
+  /**
+   * Leaves a group as `hush group leave` does (crates/hush-client/src/client/groups.rs):
+   * sends this device's Remove proposal (a remaining member commits it) and
+   * forgets the group's MLS state. Returns the proposal's seq.
+   */
+  leaveGroup(id: string): Promise<bigint> {
+    return this.op(async () => {
+      for (let attempt = 0; attempt < MAX_COMMIT_ATTEMPTS; attempt++) {
+        const g = this.active(id);
+        const { proposal } = await mls.leave(g.state);
+        let r: ServerBody;
+        try {
+          r = await this.request({
+            case: "sendProposal",
+            value: { $typeName: "hush.v1.SendProposal", groupId: g.groupId, proposal, clientMsgId: crypto.getRandomValues(new Uint8Array(16)) },
+          });
+        } catch (err) {
+          if (err instanceof HushError && err.code === ErrorCode.STALE_EPOCH) {
+            await this.catchUp(id, err.headSeq);
+            continue;
+          }
+          throw err;
+        }
+        if (r.case !== "proposalAccepted") throw new Error(`expected ProposalAccepted, got ${r.case}`);
+        const seq = r.value.seq;
+        const cur = this.groups.get(id)!;
+        const next: GroupRec = { ...cur, status: "left", state: undefined, pending: undefined, lastSeq: seq > cur.lastSeq ? seq : cur.lastSeq, unread: 0 };
+        const row = this.row(cur, seq, this.me!.userId, "left", "", true);
+        await this.store.put({ groups: [next], log: [row] });
+        this.groups.set(id, next);
+        this.buffered.delete(id);
+        this.acks.set(id, { groupId: g.groupId, seq: next.lastSeq });
+        this.changed("group", id);
+        this.changed("log", row);
+        return seq;
+      }
+      throw new Error("Leaving kept losing the race with other members' changes; try again.");
+    });
+  }
+
   selfUpdate(id: string): Promise<void> {
     return this.op(async () => {
       await this.commitIntent(id, { kind: "update" });
@@ -1192,7 +1252,8 @@ export class HushClient extends EventTarget {
       const next: GroupRec = { ...cur, state: out.newState, pending: undefined, ownSeqs: [...cur.ownSeqs, r.value.seq] };
       const log: LogRow[] = [];
       const me = this.me!.userId;
-      this.logMembership(log, (k, s, b) => this.row(cur, r.value.seq, s, k, b, true), me, members.map((m) => m.identity), mls.members(out.newState).map((m) => m.identity));
+      this.logMembership(log, (k, s, b) => this.row(cur, r.value.seq, s, k, b, true), me, members.map((m) => m.identity), mls.members(out.newState).map((m) => m.identity), this.proposers.get(id));
+      this.proposers.delete(id);
       await this.store.put({ groups: [next], log });
       this.groups.set(id, next);
       this.changed("group", id);

@@ -2,22 +2,38 @@
 import { HushClient } from "./client.js";
 import { start } from "./ui.js";
 
+/** How long a reload may wait for the previous document to let go of the device. */
+const RELOAD_GRACE_MS = 1000;
+
+/**
+ * One tab per browser profile drives the device: two would apply the same
+ * timeline to one MLS state twice. Resolves once this tab holds the device;
+ * meanwhile (after a reload's grace) the page says it is open elsewhere, and
+ * continues by itself when that tab closes.
+ */
+export function holdDevice(): Promise<void> {
+  if (!navigator.locks) return Promise.resolve();
+  return new Promise<void>((resolve, reject) => {
+    const elsewhere = setTimeout(() => {
+      document.body.dataset.view = "elsewhere";
+      document.getElementById("elsewhere")!.hidden = false;
+    }, RELOAD_GRACE_MS);
+    navigator.locks
+      .request("hush-device", () => {
+        clearTimeout(elsewhere);
+        document.getElementById("elsewhere")!.hidden = true;
+        resolve();
+        return new Promise(() => {}); // held while the page lives
+      })
+      .catch((e: Error) => {
+        clearTimeout(elsewhere);
+        reject(e);
+      });
+  });
+}
+
 async function main() {
-  // One tab per browser profile drives the device: two would apply the same
-  // timeline to one MLS state twice.
-  if (navigator.locks) {
-    // Waits a moment: on a reload the previous document may still hold it.
-    await new Promise<void>((resolve, reject) => {
-      navigator.locks
-        .request("hush-device", { signal: AbortSignal.timeout(3000) }, () => {
-          resolve();
-          return new Promise(() => {}); // held while the page lives
-        })
-        .catch((e: Error) =>
-          reject(e.name === "TimeoutError" || e.name === "AbortError" ? new Error("Hush is already open in another tab of this browser. Close this one, or that one and reload.") : e),
-        );
-    });
-  }
+  await holdDevice();
   const client = await HushClient.open();
   // `?transport=sse` forces the fallback (a test and a diagnostic aid).
   const t = new URLSearchParams(location.search).get("transport");
@@ -32,5 +48,7 @@ async function main() {
 
 main().catch((e) => {
   document.body.dataset.view = "failed";
-  document.body.textContent = `Hush could not start: ${(e as Error).message}`;
+  for (const s of document.querySelectorAll("body > section")) (s as HTMLElement).hidden = true;
+  document.getElementById("failed-text")!.textContent = (e as Error).message;
+  document.getElementById("failed")!.hidden = false;
 });

@@ -17,7 +17,7 @@ import type { CiphersuiteImpl, ClientConfig, ClientState, KeyPackage, PrivateKey
 import { createGroup as mlsCreateGroup, decodeGroupState, encodeGroupState, joinGroup } from "ts-mls/clientState.js";
 import { defaultClientConfig } from "ts-mls/clientConfig.js";
 import { createCommit, createGroupInfo } from "ts-mls/createCommit.js";
-import { createApplicationMessage } from "ts-mls/createMessage.js";
+import { createApplicationMessage, createProposal } from "ts-mls/createMessage.js";
 import { getCiphersuiteFromName } from "ts-mls/crypto/ciphersuite.js";
 import { getCiphersuiteImpl } from "ts-mls/crypto/getCiphersuiteImpl.js";
 import type { IncomingMessageCallback } from "ts-mls/incomingMessageAction.js";
@@ -419,4 +419,16 @@ export async function process(state: Uint8Array, bytes: Uint8Array): Promise<Pro
 
 export function hex(b: Uint8Array): string {
   return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+}
+
+/**
+ * Leaving: this member's own Remove proposal (PublicMessage), for a
+ * remaining member to commit (as openmls' leave_group, which the CLI uses).
+ */
+export async function leave(state: Uint8Array): Promise<{ proposal: Uint8Array; state: Uint8Array }> {
+  const impl = await cs();
+  const s = decodeState(state);
+  const removed = s.privatePath.leafIndex;
+  const r = await createProposal(s, true, { proposalType: "remove", remove: { removed } }, impl);
+  return { proposal: encodeMlsMessage(r.message), state: encodeState(r.newState) };
 }

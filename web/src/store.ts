@@ -14,7 +14,8 @@ export interface Identity {
   keys: DeviceKeys;
 }
 
-export type GroupStatus = "active" | "removed";
+/** `left`: this device left by its own proposal (the CLI's `group leave`). */
+export type GroupStatus = "active" | "removed" | "left";
 
 export interface GroupRec {
   id: string; // hex group id
@@ -38,7 +39,7 @@ export interface LogRow {
   seq: number; // a number: IndexedDB keys cannot be bigints
   sender: string; // user id
   /** `forged`: an entry refused because it does not authenticate (body: why). */
-  kind: "text" | "name" | "joined" | "added" | "removed" | "updated" | "created" | "forged";
+  kind: "text" | "name" | "joined" | "added" | "removed" | "updated" | "created" | "forged" | "left";
   body: string;
   ts: number;
   own: boolean;

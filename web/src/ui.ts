@@ -17,6 +17,57 @@ const userOf = (identity: string) => identity.split("/")[0];
 /** Log rows loaded at once (more as the list scrolls up). */
 const PAGE = 200;
 
+/**
+ * What is wrong with a handle as typed, in words (the server's rules: 3-32
+ * characters of a-z, 0-9 and _), or undefined when it is fine.
+ */
+export function handleProblem(h: string): string | undefined {
+  if (validHandle(h)) return undefined;
+  if (!h) return "Pick a handle: 3 to 32 characters of a-z, 0-9 and _.";
+  if (/[A-Z]/.test(h) && validHandle(h.toLowerCase())) return `Handles are lowercase: try "${h.toLowerCase()}".`;
+  const bad = [...new Set([...h].filter((c) => !/[a-z0-9_]/.test(c)))];
+  if (bad.length) {
+    const shown = bad.map((c) => (c === " " ? "a space" : `"${c}"`)).join(", ");
+    return `Not allowed in a handle: ${shown}. Use only lowercase letters a-z, digits 0-9 and _.`;
+  }
+  if (h.length < 3) return `Too short: a handle has at least 3 characters (this has ${h.length}).`;
+  return `Too long: a handle has at most 32 characters (this has ${h.length}).`;
+}
+
+/**
+ * What a key press in the message box does: Enter sends, Shift+Enter (or
+ * composing) types. On a touch screen (no Shift at hand) Enter is a new
+ * line and the Send button sends.
+ */
+export function composerKey(e: { key: string; shiftKey: boolean; isComposing?: boolean; altKey?: boolean }, touch = false): "send" | "type" {
+  if (e.key !== "Enter" || e.isComposing || touch) return "type";
+  return e.shiftKey || e.altKey ? "type" : "send";
+}
+
+/** Where a group's list was scrolled to: the first row shown (by seq) and how far into it. */
+export interface ScrollMark {
+  seq: number;
+  dy: number;
+}
+const scrollKey = (group: string) => `hush.scroll.${group}`;
+export function loadScroll(group: string): ScrollMark | undefined {
+  try {
+    const v = JSON.parse(localStorage.getItem(scrollKey(group)) ?? "null");
+    return typeof v?.seq === "number" && typeof v?.dy === "number" ? v : undefined;
+  } catch {
+    return undefined;
+  }
+}
+/** Remembers a position; `undefined` means at the bottom (the default). */
+export function saveScroll(group: string, mark: ScrollMark | undefined) {
+  try {
+    if (mark) localStorage.setItem(scrollKey(group), JSON.stringify(mark));
+    else localStorage.removeItem(scrollKey(group));
+  } catch {
+    // Storage full or blocked: the position is a convenience.
+  }
+}
+
 export function start(client: HushClient) {
   let open: string | undefined;
   // Scrollback: the rows shown, and whether older ones may exist.
@@ -34,7 +85,18 @@ export function start(client: HushClient) {
     errorTimer = setTimeout(() => ($("error").hidden = true), 12_000);
   };
   $("error-close").onclick = () => ($("error").hidden = true);
-  client.addEventListener("error", (e) => showError((e as CustomEvent<string>).detail));
+  // Why the last connection attempt failed: shown in the banner (not as a
+  // toast), which goes away by itself once the page is back online.
+  let connError: string | undefined;
+  client.addEventListener("error", (e) => {
+    const msg = (e as CustomEvent<string>).detail;
+    if (client.me && client.status === "offline") {
+      connError = msg;
+      status();
+    } else {
+      showError(msg);
+    }
+  });
 
   const busy = async (form: HTMLFormElement, f: () => Promise<unknown>) => {
     const buttons = form.querySelectorAll("button");
@@ -58,10 +120,25 @@ export function start(client: HushClient) {
     if (registered) $("me").textContent = client.me!.userId;
   };
 
+  // The handle's rules are stated under the field; what is wrong replaces them as one types.
+  const hint = $("handle-hint");
+  const rules = hint.textContent!;
+  const checkHandle = (final: boolean) => {
+    const input = $<HTMLInputElement>("handle");
+    const h = input.value.trim();
+    // While typing, a handle that is only too short so far is not an error yet.
+    const problem = !final && h.length < 3 && validHandle(h.padEnd(3, "_")) ? undefined : handleProblem(h);
+    const shown = final || h.length > 0 ? problem : undefined;
+    hint.textContent = shown ?? rules;
+    hint.dataset.state = shown ? "bad" : validHandle(h) ? "ok" : "";
+    input.setAttribute("aria-invalid", String(!!shown));
+    return !problem;
+  };
+  $("handle").oninput = () => checkHandle(false);
   $<HTMLFormElement>("register-form").onsubmit = async (e) => {
     e.preventDefault();
+    if (!checkHandle(true)) return $("handle").focus();
     const handle = $<HTMLInputElement>("handle").value.trim();
-    if (!validHandle(handle)) return showError("A handle is 3-32 characters of a-z, 0-9 and _.");
     await busy(e.target as HTMLFormElement, () => client.register(handle));
     view();
   };
@@ -72,10 +149,19 @@ export function start(client: HushClient) {
     s.dataset.state = client.status;
     const via = client.transport === "sse" ? " (SSE)" : "";
     s.textContent = { offline: "offline", connecting: "connecting…", syncing: "syncing…", online: `online${via}` }[client.status];
-    // Visible at every width (the status pill is hidden with the list on phones).
+    // Visible at every width (the status pill is hidden with the list on phones),
+    // above the page rather than over it.
     const banner = $("banner");
+    if (client.status === "online") connError = undefined;
     banner.hidden = !client.me || client.status === "online" || client.status === "syncing";
-    banner.textContent = client.status === "offline" ? "Offline: reconnecting…" : "Connecting…";
+    banner.dataset.state = client.status;
+    banner.dataset.reason = connError ?? "";
+    banner.textContent =
+      client.status === "offline"
+        ? connError
+          ? `Offline: ${connError.replace(/^Cannot connect: /, "")}. Reconnecting…`
+          : "Offline: reconnecting…"
+        : "Connecting…";
   };
   client.addEventListener("status", status);
 
@@ -101,6 +187,14 @@ export function start(client: HushClient) {
       }),
     );
     $("no-groups").hidden = groups.length > 0;
+    const unread = groups.reduce((n, g) => n + g.unread, 0);
+    document.title = unread ? `(${unread}) Hush` : "Hush";
+    // On a phone the list is hidden while a chat is open: the way back says what waits there.
+    const elsewhere = groups.reduce((n, g) => n + (g.id === open ? 0 : g.unread), 0);
+    const back = $("back-unread");
+    back.textContent = elsewhere ? String(elsewhere) : "";
+    back.hidden = !elsewhere;
+    $("back").title = elsewhere ? `Back to groups (${elsewhere} unread)` : "Back to groups";
   };
 
   $<HTMLFormElement>("new-group").onsubmit = async (e) => {
@@ -129,6 +223,8 @@ export function start(client: HushClient) {
         return `${who} removed ${userOf(r.body) === client.me?.userId ? "you" : userOf(r.body)}`;
       case "updated":
         return `${who} rotated keys`;
+      case "left":
+        return r.body === "device" ? `a device of ${who === "you" ? "yours" : who} left the group` : `${who} left the group`;
       case "forged":
         return r.sender
           ? `REFUSED a message the server attributes to ${r.sender}: ${r.body}`
@@ -142,12 +238,15 @@ export function start(client: HushClient) {
     if (r.kind !== "text") {
       const li = el("li", r.kind === "forged" ? "event forged" : "event", describe(r));
       li.dataset.kind = r.kind;
+      li.dataset.seq = String(r.seq);
       return li;
     }
     const own = r.own || r.sender === client.me?.userId;
     const li = el("li", own ? "msg own" : "msg");
     li.dataset.kind = "text";
     li.dataset.sender = r.sender;
+    li.dataset.seq = String(r.seq);
+    // textContent keeps the newlines; the CSS shows them (white-space: pre-wrap).
     li.append(el("span", "who", r.sender), el("span", "body", r.body));
     const when = el("time", "when", new Date(r.ts).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }));
     when.dateTime = new Date(r.ts).toISOString();
@@ -293,6 +392,11 @@ export function start(client: HushClient) {
         li.dataset.device = d.deviceId;
         const key = [...d.key.slice(0, 8)].map((b) => b.toString(16).padStart(2, "0")).join("");
         li.append(el("code", "", `${d.deviceId}  key ${key}…`));
+        if (d.createdAtMs > 0) {
+          const since = el("time", "fine", `since ${new Date(d.createdAtMs).toLocaleDateString()}`);
+          since.dateTime = new Date(d.createdAtMs).toISOString();
+          li.append(since);
+        }
         if (d.thisDevice) {
           li.append(el("span", "fine", "this device"));
         } else {
@@ -350,7 +454,9 @@ export function start(client: HushClient) {
     $("composer").hidden = !active;
     $("add-member").hidden = !active;
     $("rotate").hidden = !active;
-    $("removed").hidden = active;
+    $("leave").hidden = !active;
+    $("removed").hidden = active || g.status === "left";
+    $("left").hidden = g.status !== "left";
     renderMembers();
     renderTrust();
   };
@@ -389,8 +495,38 @@ export function start(client: HushClient) {
     $("messages").replaceChildren(...items);
     const m = $("messages");
     m.scrollTop = m.scrollHeight;
+    // Back where the list was left (across a reload too), unless it was at the bottom.
+    const mark = loadScroll(id);
+    const anchor = mark && [...m.children].find((li) => (li as HTMLElement).dataset.seq === String(mark.seq));
+    if (mark && anchor) m.scrollTop = (anchor as HTMLElement).offsetTop - m.offsetTop + mark.dy;
     $("text").focus();
   };
+
+  /** The first row at the top of the list and how far it is scrolled into. */
+  const scrollMark = (): ScrollMark | undefined => {
+    const m = $("messages");
+    if (atBottom()) return undefined;
+    const top = m.scrollTop + m.offsetTop;
+    for (const li of m.children) {
+      const e = li as HTMLElement;
+      if (e.dataset.seq && e.offsetTop + e.offsetHeight > top) return { seq: Number(e.dataset.seq), dy: top - e.offsetTop };
+    }
+    return undefined;
+  };
+  let scrollTimer: ReturnType<typeof setTimeout> | undefined;
+  // A list read at its bottom stays there when the page is resized (a phone
+  // turned, the keyboard opened, the message box grew).
+  let pinned = true;
+  new ResizeObserver(() => {
+    if (pinned) $("messages").scrollTop = $("messages").scrollHeight;
+  }).observe($("messages"));
+  $("messages").addEventListener("scroll", () => {
+    pinned = atBottom();
+    clearTimeout(scrollTimer);
+    const id = open;
+    if (id) scrollTimer = setTimeout(() => open === id && saveScroll(id, scrollMark()), 150);
+  });
+  addEventListener("pagehide", () => open && saveScroll(open, scrollMark()));
 
   // Older messages load when the list is scrolled to its top.
   $("messages").addEventListener("scroll", async () => {
@@ -436,15 +572,46 @@ export function start(client: HushClient) {
     if (open) void client.selfUpdate(open).catch(() => {});
   };
 
+  $("leave").onclick = () => {
+    const id = open;
+    const g = id ? client.groups.get(id) : undefined;
+    if (!id || !g) return;
+    if (!confirm(`Leave "${g.name ?? "this group"}"? You will not see its new messages; someone must add you again.`)) return;
+    const b = $<HTMLButtonElement>("leave");
+    b.disabled = true;
+    void client
+      .leaveGroup(id)
+      .catch(() => {})
+      .finally(() => (b.disabled = false));
+  };
+
+  // The message box grows with its lines (up to a limit, then scrolls).
+  const fitText = () => {
+    const t = $<HTMLTextAreaElement>("text");
+    t.style.height = "auto";
+    t.style.height = `${Math.min(t.scrollHeight + 2, 160)}px`;
+  };
   $<HTMLFormElement>("composer").onsubmit = async (e) => {
     e.preventDefault();
-    const input = $<HTMLInputElement>("text");
+    const input = $<HTMLTextAreaElement>("text");
     const text = input.value;
     if (!open || !text.trim()) return;
-    if (await busy(e.target as HTMLFormElement, () => client.sendText(open!, text))) input.value = "";
+    if (await busy(e.target as HTMLFormElement, () => client.sendText(open!, text))) {
+      input.value = "";
+      fitText();
+    }
     input.focus();
   };
+  const touch = matchMedia("(pointer: coarse)").matches;
+  if (touch) $<HTMLTextAreaElement>("text").placeholder = "Message";
+  $("text").onkeydown = (e) => {
+    if (composerKey(e, touch) !== "send") return;
+    e.preventDefault();
+    // Not again while the last one is on its way (as the disabled Send button).
+    if (!$<HTMLButtonElement>("send").disabled) $<HTMLFormElement>("composer").requestSubmit();
+  };
   $("text").oninput = () => {
+    fitText();
     if (open) void client.typingNotice(open).catch(() => {});
   };
 

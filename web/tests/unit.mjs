@@ -23,6 +23,7 @@ import * as trust from "./src/trust.ts";
 import * as envelopes from "./src/envelope.ts";
 import * as mls from "./src/mls.ts";
 import { HushClient } from "./src/client.ts";
+import { handleProblem, composerKey, loadScroll, saveScroll } from "./src/ui.ts";
 import { decodeGroupState, encodeGroupState } from "ts-mls/clientState.js";
 
 const enc = new TextEncoder();
@@ -58,6 +59,25 @@ globalThis.run = async () => {
   const cli = new Uint8Array(128).fill(0x20);
   cli.set(enc.encode('{"t":"text","body":"from the CLI","ts":1700000000000}'));
   check(envelopes.decodeEnvelope(cli)?.body === "from the CLI", "a CLI envelope decodes");
+
+  // ---- the page's pure parts (src/ui.ts) ----
+  check(handleProblem("alice_92") === undefined, "a good handle has no problem");
+  check(handleProblem("Alice") === 'Handles are lowercase: try "alice".', "uppercase is named, with the fix", handleProblem("Alice"));
+  check(handleProblem("al") === "Too short: a handle has at least 3 characters (this has 2).", "too short, with the count", handleProblem("al"));
+  check(handleProblem("a".repeat(33)).startsWith("Too long: a handle has at most 32 characters (this has 33)"), "too long, with the count");
+  check(handleProblem("bob smith!") === 'Not allowed in a handle: a space, "!". Use only lowercase letters a-z, digits 0-9 and _.', "the characters that are not allowed are named", handleProblem("bob smith!"));
+  check(handleProblem("").startsWith("Pick a handle"), "an empty handle states the rules");
+  check(composerKey({ key: "Enter", shiftKey: false }) === "send", "Enter sends");
+  check(composerKey({ key: "Enter", shiftKey: true }) === "type", "Shift+Enter is a new line");
+  check(composerKey({ key: "Enter", shiftKey: false, isComposing: true }) === "type", "Enter that ends an IME composition does not send");
+  check(composerKey({ key: "a", shiftKey: false }) === "type", "other keys type");
+  check(composerKey({ key: "Enter", shiftKey: false }, true) === "type", "on a touch screen Enter is a new line (Send sends)");
+  saveScroll("g1", { seq: 42, dy: 7 });
+  check(loadScroll("g1")?.seq === 42 && loadScroll("g1")?.dy === 7, "a scroll position is kept", loadScroll("g1"));
+  saveScroll("g1", undefined);
+  check(loadScroll("g1") === undefined, "at the bottom nothing is kept");
+  localStorage.setItem("hush.scroll.g2", "{not json");
+  check(loadScroll("g2") === undefined, "a damaged entry is ignored");
 
   // ---- pinning ----
   let { contact, outcome } = trust.pin(undefined, "bob", [{ deviceId: "b1", key: key(1) }], 1);
@@ -134,6 +154,21 @@ globalThis.run = async () => {
   log = await rows();
   check(!log.some((r) => r.body === "stolen"), "a revoked device's message is not shown", log);
   check(log.some((r) => r.seq === 6 && r.kind === "forged" && r.body.includes("revoked")), "and is refused loudly", log);
+
+  // ---- leaving: this member's own Remove proposal, committed by another ----
+  const lk1 = await mls.newDeviceKeys(), lk2 = await mls.newDeviceKeys();
+  const l0 = await mls.createGroup("ann/a1", lk1);
+  const benKp = await mls.newKeyPackage("ben/b1", lk2, false);
+  const lAdd = await mls.commit(l0.state, { kind: "add", keyPackages: [(await mls.parseKeyPackage(benKp.publicPackage)).kp] });
+  const ben = (await mls.joinFromWelcome(lAdd.welcome, lAdd.ratchetTree, benKp)).state;
+  const bye = await mls.leave(ben);
+  const seenByAnn = await mls.process(lAdd.newState, bye.proposal);
+  check(seenByAnn.kind === "proposal" && seenByAnn.sender === "ben/b1", "the leave is ben's own proposal", seenByAnn.kind);
+  check(mls.hasPendingProposals(seenByAnn.state), "pending until a member commits it");
+  const committed = await mls.commit(seenByAnn.state, { kind: "pending" });
+  check(mls.members(committed.newState).map((m) => m.identity).join() === "ann/a1", "the commit removes ben", mls.members(committed.newState));
+  const benSees = await mls.process(bye.state, committed.commit);
+  check(benSees.kind === "commit" && benSees.selfRemoved, "ben sees himself removed", benSees.kind);
   return done;
 };`;
 

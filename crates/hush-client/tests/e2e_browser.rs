@@ -229,3 +229,54 @@ fn two_browsers_and_the_cli_share_a_group() {
         "the canary cannot be found even in the CLI member's state"
     );
 }
+
+/// The page's own behaviour (`web/tests/e2e-ui.mjs`): handle validation in
+/// words, the styled "open in another tab" page and its take-over, presence
+/// right after adds (browser and listening CLI members), multi-line
+/// messages both ways, the offline banner above the header that clears
+/// itself, unread counts and scroll position across a reload, leaving a
+/// group by proposal, the device list; screenshots at desktop and phone
+/// size (`ui-*.png` in `target/browser-screenshots/`).
+#[test]
+fn the_page_keeps_people_oriented() {
+    let Some((web, chromium)) = browser_tools("e2e_browser page behaviour") else {
+        return;
+    };
+    let node = Node::start();
+    let (_, js) = get(&node.url, "/assets/app.js");
+    assert_eq!(
+        js,
+        std::fs::read(web.join("dist/app.js")).unwrap(),
+        "the node serves another app.js than web/dist (rebuild hush-node)"
+    );
+    let work = tempfile::tempdir().unwrap();
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("target dir")
+        .join("browser-screenshots");
+    let started = std::time::Instant::now();
+    let status = Command::new("node")
+        .arg(web.join("tests/e2e-ui.mjs"))
+        .arg("--url")
+        .arg(&node.url)
+        .arg("--hush")
+        .arg(env!("CARGO_BIN_EXE_hush"))
+        .arg("--work")
+        .arg(work.path())
+        .arg("--screenshots")
+        .arg(&shots)
+        .arg("--chromium")
+        .arg(&chromium)
+        .current_dir(&web)
+        .status()
+        .expect("run node web/tests/e2e-ui.mjs");
+    eprintln!(
+        "page behaviour scenario took {:.1} s; screenshots in {}",
+        started.elapsed().as_secs_f64(),
+        shots.display()
+    );
+    assert!(
+        status.success(),
+        "the page behaviour scenario failed (see above)"
+    );
+}
