@@ -103,6 +103,7 @@ fn benches(c: &mut Criterion) {
     group.bench_function("append_batch_100", |b| {
         b.iter(|| rt.block_on(append_batch(&mut f)))
     });
+    group.throughput(criterion::Throughput::Elements(1));
     group.bench_function("ack_state", |b| {
         b.iter_batched(
             || (),
