@@ -54,6 +54,7 @@ fn fanout_to_queues(c: &mut Criterion) {
                     group_id: group_id.clone(),
                     seq: 1,
                     frame: entry(&group_id, &message).frame(),
+                    durable_at: None,
                 };
                 for tx in &senders {
                     tx.try_send(item.clone()).expect("queue has room");
