@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use hush_proto::cluster::v1 as cluster;
 use hush_proto::{client_frame::Body as Request, server_frame::Body as Reply, v1, ErrorCode};
-use hush_store::Store;
+use hush_store::{AckState, Standing, Store};
 
 use crate::admission::{Admission, AdmissionLimits};
 use crate::clock::Clock;
@@ -290,59 +290,40 @@ impl Api {
         check_group_id(group_id)?;
         let store = self.store.as_ref();
         let device = &caller.device_id;
-        let cursor = store
-            .cursors(device)
-            .await?
-            .into_iter()
-            .find_map(|(g, c)| (g == group_id).then_some(c));
+        // One read of everything the check needs (cursor, membership or
+        // departure, head), not three lists.
+        let AckState {
+            cursor,
+            standing,
+            head_seq,
+        } = store.ack_state(device, group_id).await?;
         if cursor.is_some_and(|c| seq <= c) {
             return Ok(());
         }
-        let membership = store
-            .groups_of_device(device)
-            .await?
-            .into_iter()
-            .find(|g| g.group_id == group_id);
         let beyond = |bound: &str| {
             ApiError::new(
                 ErrorCode::InvalidArgument,
                 format!("seq {seq} is past the {bound}"),
             )
         };
-        match &membership {
-            Some(_) if seq == 0 => return Ok(()),
-            // No store holds seqs past i64::MAX.
-            Some(_) if i64::try_from(seq).is_err() => return Err(beyond("group's last seq")),
-            Some(_) => {
-                // Seqs are dense: seq exists iff the first entry after
-                // seq - 1 is seq itself.
-                let next = store.read_timeline(group_id, seq - 1, 1).await?;
-                if next.first().map(|e| e.seq) != Some(seq) {
-                    return Err(beyond("group's last seq"));
-                }
+        let joined_seq = match standing {
+            Standing::Member { .. } if seq == 0 => return Ok(()),
+            // Seqs are dense: seq exists iff it is at most the head.
+            Standing::Member { .. } if seq > head_seq => return Err(beyond("group's last seq")),
+            Standing::Member { joined_seq } => Some(joined_seq),
+            Standing::Departed { left_seq, .. } if seq <= left_seq => None,
+            Standing::Departed { .. } => return Err(beyond("commit that removed this device")),
+            Standing::Stranger => {
+                return Err(ApiError::new(
+                    ErrorCode::NotMember,
+                    "not a member of this group",
+                ))
             }
-            None => {
-                let departure = store
-                    .departed_groups(device)
-                    .await?
-                    .into_iter()
-                    .find(|d| d.group_id == group_id);
-                match departure {
-                    Some(d) if seq <= d.left_seq => {}
-                    Some(_) => return Err(beyond("commit that removed this device")),
-                    None => {
-                        return Err(ApiError::new(
-                            ErrorCode::NotMember,
-                            "not a member of this group",
-                        ))
-                    }
-                }
-            }
-        }
+        };
         store.set_cursor(device, group_id, seq).await?;
-        if let Some(m) = membership {
-            let joins = m.joined_seq > 0 && seq >= m.joined_seq;
-            if joins && cursor.is_none_or(|c| c < m.joined_seq) {
+        if let Some(joined_seq) = joined_seq {
+            let joins = joined_seq > 0 && seq >= joined_seq;
+            if joins && cursor.is_none_or(|c| c < joined_seq) {
                 self.sessions
                     .announce_joined(&caller.user_id, group_id)
                     .await;

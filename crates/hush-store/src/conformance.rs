@@ -486,6 +486,7 @@ macro_rules! store_conformance_suite {
             cursors_never_move_backward,
             inbox_seqs_increase_and_are_never_reused,
             inbox_head_is_the_last_seq_given,
+            ack_state_follows_cursor_membership_and_head,
         );
     };
     (@tests required ($factory:expr) $($name:ident),+ $(,)?) => {
@@ -2145,5 +2146,129 @@ pub async fn inbox_seqs_increase_and_are_never_reused(store: Arc<dyn Store>) {
             .expect("inbox")
             .len(),
         3
+    );
+}
+
+/// `ack_state` reads what `cursors`, `groups_of_device` and
+/// `departed_groups` list, for one device and one group: through a join, a
+/// departure, its settling by the cursor, and a re-add.
+pub async fn ack_state_follows_cursor_membership_and_head(store: Arc<dyn Store>) {
+    use crate::{AckState, Standing};
+    let state = |device: &'static str| {
+        let store = store.clone();
+        async move { store.ack_state(device, b"g1").await.expect("ack state") }
+    };
+    // No such group: nobody stands anywhere, the head is 0.
+    assert_eq!(
+        state("alice-1").await,
+        AckState {
+            cursor: None,
+            standing: Standing::Stranger,
+            head_seq: 0
+        }
+    );
+    let fence = leased_group(&*store, b"g1").await;
+    let _ = leased_group(&*store, b"g2").await;
+    assert_eq!(
+        state("alice-1").await,
+        AckState {
+            cursor: None,
+            standing: Standing::Member { joined_seq: 0 },
+            head_seq: 0
+        }
+    );
+    let alice = member("alice", "alice-1");
+    let bob = member("bob", "bob-1");
+    let joined = store
+        .append_commit(&commit(
+            b"g1",
+            fence,
+            1,
+            vec![alice.clone(), bob.clone()],
+            &["bob-1"],
+            "add-bob",
+        ))
+        .await
+        .expect("add bob")
+        .seq();
+    let m1 = store
+        .append_message(b"g1", fence, &message("m1", 2))
+        .await
+        .expect("m1")
+        .seq();
+    // Another group's cursor and another device's are not this one's.
+    store.set_cursor("bob-1", b"g2", 7).await.expect("cursor");
+    store
+        .set_cursor("alice-1", b"g1", m1)
+        .await
+        .expect("cursor");
+    assert_eq!(
+        state("bob-1").await,
+        AckState {
+            cursor: None,
+            standing: Standing::Member { joined_seq: joined },
+            head_seq: m1
+        }
+    );
+    store
+        .set_cursor("bob-1", b"g1", joined)
+        .await
+        .expect("cursor");
+    assert_eq!(state("bob-1").await.cursor, Some(joined));
+    assert_eq!(state("alice-1").await.cursor, Some(m1));
+    assert_eq!(state("carol-1").await.standing, Standing::Stranger);
+
+    // Bob is removed: he may read up to the removing commit...
+    let left = store
+        .append_commit(&commit(b"g1", fence, 2, vec![alice.clone()], &[], "rm-bob"))
+        .await
+        .expect("remove bob")
+        .seq();
+    assert_eq!(
+        state("bob-1").await,
+        AckState {
+            cursor: Some(joined),
+            standing: Standing::Departed {
+                joined_seq: joined,
+                left_seq: left
+            },
+            head_seq: left
+        }
+    );
+    // ...until his cursor reaches it.
+    store
+        .set_cursor("bob-1", b"g1", left)
+        .await
+        .expect("cursor");
+    assert_eq!(
+        state("bob-1").await,
+        AckState {
+            cursor: Some(left),
+            standing: Standing::Stranger,
+            head_seq: left
+        }
+    );
+    // Added again: a member from the new commit on.
+    let rejoined = store
+        .append_commit(&commit(
+            b"g1",
+            fence,
+            3,
+            vec![alice, bob],
+            &["bob-1"],
+            "re-add-bob",
+        ))
+        .await
+        .expect("re-add bob")
+        .seq();
+    assert_eq!(
+        state("bob-1").await,
+        AckState {
+            cursor: Some(left),
+            standing: Standing::Member {
+                joined_seq: rejoined
+            },
+            head_seq: rejoined
+        }
     );
 }

@@ -300,6 +300,32 @@ pub struct Departure {
     pub left_seq: u64,
 }
 
+/// Where a device stands in a group, for checking its ack (see
+/// [`Store::ack_state`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// A current member since the commit at `joined_seq` (0 for the
+    /// creator), as [`Store::groups_of_device`] lists it.
+    Member { joined_seq: u64 },
+    /// Removed by the commit at `left_seq`, which the device may still read
+    /// up to, as [`Store::departed_groups`] lists it.
+    Departed { joined_seq: u64, left_seq: u64 },
+    /// Neither: not a member, and no departure left to read.
+    Stranger,
+}
+
+/// What an ack of one device in one group is checked against, read at once
+/// (see [`Store::ack_state`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AckState {
+    /// The device's cursor in the group (`None`: it never acked there).
+    pub cursor: Option<u64>,
+    pub standing: Standing,
+    /// The group's last assigned seq (0 when the timeline is empty or there
+    /// is no such group). Seqs are dense: 1..=head_seq all exist.
+    pub head_seq: u64,
+}
+
 /// An item in a device's inbox.
 #[derive(Clone, PartialEq, Eq)]
 pub struct InboxItem {
@@ -461,6 +487,14 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Entry>>;
     /// The groups a device is currently a member of.
     async fn groups_of_device(&self, device_id: &str) -> Result<Vec<DeviceGroup>>;
+    /// Everything an ack of `device_id` in `group_id` is checked against, in
+    /// one read: its cursor there, whether it is a member (with the seq it
+    /// joined at) or departed (up to which seq it may still read), and the
+    /// group's head seq. Agrees with [`Store::cursors`],
+    /// [`Store::groups_of_device`] (a member wins over a departure), and
+    /// [`Store::departed_groups`]. The hot path of every ack: one round
+    /// trip where those lists take three, and no lists at all.
+    async fn ack_state(&self, device_id: &str, group_id: &[u8]) -> Result<AckState>;
     /// Groups the device was removed from whose removing commit it has not
     /// yet acknowledged: it may still read entries up to `left_seq`. A
     /// departure disappears once the device's cursor reaches `left_seq`.

@@ -53,7 +53,7 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::{
-    AppendOutcome, ClaimedKeyPackage, CommitWrite, Departure, Device, DeviceGroup, Entry,
+    AckState, AppendOutcome, ClaimedKeyPackage, CommitWrite, Departure, Device, DeviceGroup, Entry,
     GroupRecord, InboxItem, KeyPackageRecord, Lease, NewEntry, NewGroup, Result, Store, StoreError,
 };
 
@@ -63,6 +63,7 @@ mod error;
 mod groups;
 mod key_packages;
 mod schema;
+mod stmt;
 mod sync;
 mod timeline;
 mod writer;
@@ -430,6 +431,13 @@ impl Store for SqliteStore {
     async fn departed_groups(&self, device_id: &str) -> Result<Vec<Departure>> {
         let id = device_id.to_string();
         self.read(move |c| groups::read_departed_groups(c, &id))
+            .await
+    }
+
+    async fn ack_state(&self, device_id: &str, group_id: &[u8]) -> Result<AckState> {
+        let device = device_id.to_string();
+        let group = group_id.to_vec();
+        self.read(move |c| sync::read_ack_state(c, &device, &group))
             .await
     }
 

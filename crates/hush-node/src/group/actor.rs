@@ -9,7 +9,7 @@
 //! token means someone else owned the group in between: the actor drops
 //! its state and stops. Stopping releases the lease.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,11 +64,40 @@ pub struct GroupState {
 pub(super) struct Loaded {
     pub(super) tracker: GroupTracker,
     pub(super) lease: Lease,
-    pub(super) members: Vec<MemberDevice>,
+    /// The member devices as stored, shared (not copied) by every fan-out
+    /// of the epoch; replaced whole by a commit.
+    pub(super) members: Arc<[MemberDevice]>,
     pub(super) head_seq: u64,
     /// Recently accepted commits: client_msg_id -> (seq, epoch), so a retried
     /// commit whose ack was lost gets its original answer.
     pub(super) recent_commits: VecDeque<(Vec<u8>, u64, u64)>,
+    /// The tracker's member identities at an epoch, built from the MLS tree
+    /// once per epoch instead of for every message. `None` until first
+    /// needed and after anything replaced or advanced the tracker.
+    pub(super) roster: Option<Roster>,
+}
+
+/// The MLS identities of a group's members at one epoch.
+pub(super) struct Roster {
+    epoch: u64,
+    identities: HashSet<Vec<u8>>,
+}
+
+impl Loaded {
+    /// Whether `identity` is a member now (the tracker's word, from the
+    /// roster of the current epoch).
+    pub(super) fn is_member(&mut self, identity: &[u8]) -> bool {
+        let epoch = self.tracker.epoch();
+        let tracker = &self.tracker;
+        let roster = match &mut self.roster {
+            Some(r) if r.epoch == epoch => r,
+            slot => slot.insert(Roster {
+                epoch,
+                identities: tracker.members().into_iter().map(|m| m.identity).collect(),
+            }),
+        };
+        roster.identities.contains(identity)
+    }
 }
 
 /// The ticker runs this many times per lease period (renewing at half),
@@ -241,9 +270,10 @@ impl GroupActor {
             state.loaded = Some(Loaded {
                 tracker,
                 lease,
-                members: record.members,
+                members: record.members.into(),
                 head_seq: record.head_seq,
                 recent_commits: VecDeque::new(),
+                roster: None,
             });
         } else {
             self.ensure_lease(state, now).await?;
@@ -277,13 +307,8 @@ impl GroupActor {
         Ok(())
     }
 
-    pub(super) fn member_check(loaded: &Loaded, caller: &Caller) -> ApiResult<()> {
-        let identity = caller.identity();
-        if loaded
-            .tracker
-            .member_by_identity(identity.as_bytes())
-            .is_none()
-        {
+    pub(super) fn member_check(loaded: &mut Loaded, caller: &Caller) -> ApiResult<()> {
+        if !loaded.is_member(caller.identity().as_bytes()) {
             return Err(ApiError::new(
                 ErrorCode::NotMember,
                 "not a member of this group",
@@ -318,6 +343,7 @@ impl GroupActor {
     pub(super) fn restore(loaded: &mut Loaded, snapshot: &[u8]) -> ApiResult<()> {
         loaded.tracker = GroupTracker::load(snapshot)
             .map_err(|e| ApiError::internal("restoring group state", e))?;
+        loaded.roster = None;
         Ok(())
     }
 

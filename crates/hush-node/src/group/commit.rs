@@ -69,7 +69,7 @@ impl GroupActor {
             }
         };
         let seq = outcome.seq();
-        let members_before = std::mem::replace(&mut loaded.members, write.members.clone());
+        let members_before = std::mem::replace(&mut loaded.members, write.members.clone().into());
         loaded.head_seq = seq;
         loaded
             .recent_commits
@@ -81,7 +81,7 @@ impl GroupActor {
 
         // Everyone before and after the commit sees it (the removed learn
         // they were removed; the added start after it, through their Welcome).
-        let mut audience: BTreeSet<MemberDevice> = members_before.into_iter().collect();
+        let mut audience: BTreeSet<MemberDevice> = members_before.iter().cloned().collect();
         audience.extend(write.members.iter().cloned());
         for d in &added {
             audience.remove(d);
@@ -111,6 +111,8 @@ impl GroupActor {
             .tracker
             .apply_commit(&req.commit)
             .map_err(|e| stale_with_head(e.into(), loaded.head_seq))?;
+        // The tree changed: the roster is rebuilt on next use.
+        loaded.roster = None;
         let checked = self
             .authorize_commit(loaded, caller, &effect, req)
             .await

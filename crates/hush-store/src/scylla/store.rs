@@ -23,9 +23,9 @@ use super::{
     bucket_of, bucket_range, from_bigint, to_bigint, ttl_seconds, ScyllaStore, TimelineRow,
 };
 use crate::{
-    AppendOutcome, ClaimedKeyPackage, CommitWrite, Departure, Device, DeviceGroup, Entry,
+    AckState, AppendOutcome, ClaimedKeyPackage, CommitWrite, Departure, Device, DeviceGroup, Entry,
     GroupRecord, InboxItem, KeyPackageRecord, Lease, MemberDevice, NewEntry, NewGroup, Result,
-    Store, StoreError,
+    Standing, Store, StoreError,
 };
 
 /// A group's members as stored: device_id -> (user_id, joined_seq).
@@ -131,6 +131,10 @@ pub const STATEMENTS: &[(&str, Mode, &str)] = &[
     ("cursor_insert", Mode::Lwt, "INSERT INTO cursors (device_id, group_id, seq) VALUES (?, ?, ?) IF NOT EXISTS"),
     ("cursor_advance", Mode::Lwt, "UPDATE cursors SET seq = ? WHERE device_id = ? AND group_id = ? IF seq < ?"),
     ("cursor_list", Mode::Idempotent, "SELECT group_id, seq FROM cursors WHERE device_id = ?"),
+    ("ack_cursor_get", Mode::Idempotent, "SELECT seq FROM cursors WHERE device_id = ? AND group_id = ?"),
+    ("ack_dg_get", Mode::Idempotent, "SELECT joined_seq FROM device_groups WHERE device_id = ? AND group_id = ?"),
+    ("ack_departure_get", Mode::Idempotent, "SELECT joined_seq, left_seq FROM departures WHERE device_id = ? AND group_id = ?"),
+    ("ack_head_get", Mode::SerialRead, "SELECT head_seq FROM groups WHERE group_id = ?"),
     ("delivery_get", Mode::SerialRead, "SELECT inbox_seq FROM welcome_deliveries WHERE device_id = ? AND group_id = ? AND commit_seq = ?"),
     ("delivery_insert", Mode::Lwt, "INSERT INTO welcome_deliveries (device_id, group_id, commit_seq, inbox_seq) VALUES (?, ?, ?, ?) IF NOT EXISTS"),
     ("counter_get", Mode::SerialRead, "SELECT last_seq FROM inbox_counters WHERE device_id = ?"),
@@ -1302,6 +1306,46 @@ impl Store for ScyllaStore {
             });
         }
         Ok(out)
+    }
+
+    async fn ack_state(&self, device_id: &str, group_id: &[u8]) -> Result<AckState> {
+        // Four single-row reads at once (one round trip of latency); the
+        // head at SERIAL like every head read, so it sees every acked append.
+        let (cursor, member, departure, head) = futures_util::future::try_join4(
+            self.one::<(i64,)>("ack_cursor_get", (device_id, group_id)),
+            self.one::<(i64,)>("ack_dg_get", (device_id, group_id)),
+            self.one::<(i64, i64)>("ack_departure_get", (device_id, group_id)),
+            self.one::<(i64,)>("ack_head_get", (group_id,)),
+        )
+        .await?;
+        let cursor = cursor.map(|(c,)| from_bigint(c, "cursor")).transpose()?;
+        let standing = match (member, departure) {
+            (Some((joined,)), _) => Standing::Member {
+                joined_seq: from_bigint(joined, "joined seq")?,
+            },
+            (None, Some((joined, left))) => {
+                let left_seq = from_bigint(left, "left seq")?;
+                // As in departed_groups: a departure the cursor has reached
+                // is settled, whatever a late replay left behind.
+                if cursor.is_some_and(|c| c >= left_seq) {
+                    Standing::Stranger
+                } else {
+                    Standing::Departed {
+                        joined_seq: from_bigint(joined, "joined seq")?,
+                        left_seq,
+                    }
+                }
+            }
+            (None, None) => Standing::Stranger,
+        };
+        Ok(AckState {
+            cursor,
+            standing,
+            head_seq: head
+                .map(|(h,)| from_bigint(h, "head seq"))
+                .transpose()?
+                .unwrap_or(0),
+        })
     }
 
     async fn set_cursor(&self, device_id: &str, group_id: &[u8], seq: u64) -> Result<()> {

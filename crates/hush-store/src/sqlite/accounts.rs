@@ -10,10 +10,12 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::error::{deadline, map_err, map_insert_err};
+use super::stmt;
 use crate::{Device, Result, StoreError, REVOKED_GENERATION};
 
 fn insert_device(conn: &Connection, d: &Device) -> Result<()> {
-    conn.execute(
+    stmt::execute(
+        conn,
         "INSERT INTO devices (device_id, user_id, signature_key, token_generation, created_at_ms)
          VALUES (?1, ?2, ?3, ?4, ?5)",
         params![
@@ -29,7 +31,8 @@ fn insert_device(conn: &Connection, d: &Device) -> Result<()> {
 }
 
 pub(super) fn op_create_user(conn: &Connection, d: &Device) -> Result<()> {
-    conn.execute(
+    stmt::execute(
+        conn,
         "INSERT INTO users (user_id, created_at_ms) VALUES (?1, ?2)",
         params![d.user_id, d.created_at_ms],
     )
@@ -38,14 +41,14 @@ pub(super) fn op_create_user(conn: &Connection, d: &Device) -> Result<()> {
 }
 
 pub(super) fn op_add_device(conn: &Connection, d: &Device) -> Result<()> {
-    let user: Option<i64> = conn
-        .query_row(
-            "SELECT 1 FROM users WHERE user_id = ?1",
-            params![d.user_id],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(|e| map_err("find user", e))?;
+    let user: Option<i64> = stmt::query_row(
+        conn,
+        "SELECT 1 FROM users WHERE user_id = ?1",
+        params![d.user_id],
+        |r| r.get(0),
+    )
+    .optional()
+    .map_err(|e| map_err("find user", e))?;
     if user.is_none() {
         return Err(StoreError::NotFound);
     }
@@ -63,7 +66,8 @@ fn row_to_device(r: &rusqlite::Row<'_>) -> rusqlite::Result<Device> {
 }
 
 pub(super) fn op_bump_token_generation(conn: &Connection, device_id: &str) -> Result<u64> {
-    conn.query_row(
+    stmt::query_row(
+        conn,
         "UPDATE devices SET token_generation = token_generation + 1
          WHERE device_id = ?1 AND token_generation < ?2 - 1
          RETURNING token_generation",
@@ -76,12 +80,12 @@ pub(super) fn op_bump_token_generation(conn: &Connection, device_id: &str) -> Re
 }
 
 pub(super) fn op_revoke_device(conn: &Connection, device_id: &str) -> Result<()> {
-    let changed = conn
-        .execute(
-            "UPDATE devices SET token_generation = ?2 WHERE device_id = ?1 AND token_generation < ?2",
-            params![device_id, REVOKED_GENERATION as i64],
-        )
-        .map_err(|e| map_err("revoke device", e))?;
+    let changed = stmt::execute(
+        conn,
+        "UPDATE devices SET token_generation = ?2 WHERE device_id = ?1 AND token_generation < ?2",
+        params![device_id, REVOKED_GENERATION as i64],
+    )
+    .map_err(|e| map_err("revoke device", e))?;
     if changed == 0 {
         return Err(StoreError::NotFound);
     }
@@ -93,12 +97,14 @@ pub(super) fn op_get_or_create_secret(
     name: &str,
     candidate: &[u8],
 ) -> Result<Vec<u8>> {
-    conn.execute(
+    stmt::execute(
+        conn,
         "INSERT INTO secrets (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
         params![name, candidate],
     )
     .map_err(|e| map_err("insert secret", e))?;
-    conn.query_row(
+    stmt::query_row(
+        conn,
         "SELECT value FROM secrets WHERE name = ?1",
         params![name],
         |r| r.get(0),
@@ -108,7 +114,8 @@ pub(super) fn op_get_or_create_secret(
 
 /// Deletes the secret `name` and returns it (at most one caller gets it).
 pub(super) fn op_take_secret(conn: &Connection, name: &str) -> Result<Option<Vec<u8>>> {
-    conn.query_row(
+    stmt::query_row(
+        conn,
         "DELETE FROM secrets WHERE name = ?1 RETURNING value",
         params![name],
         |r| r.get(0),
@@ -119,12 +126,12 @@ pub(super) fn op_take_secret(conn: &Connection, name: &str) -> Result<Option<Vec
 
 /// Deletes every link code expired at `now_ms`; returns how many.
 pub(super) fn op_sweep_link_codes(conn: &Connection, now_ms: u64) -> Result<u64> {
-    let n = conn
-        .execute(
-            "DELETE FROM link_codes WHERE expires_at_ms <= ?1",
-            params![deadline(now_ms)],
-        )
-        .map_err(|e| map_err("sweep link codes", e))?;
+    let n = stmt::execute(
+        conn,
+        "DELETE FROM link_codes WHERE expires_at_ms <= ?1",
+        params![deadline(now_ms)],
+    )
+    .map_err(|e| map_err("sweep link codes", e))?;
     Ok(n as u64)
 }
 
@@ -133,19 +140,20 @@ pub(super) fn op_take_link_code(
     code_hash: &[u8],
     now_ms: u64,
 ) -> Result<Option<String>> {
-    let row: Option<(String, i64)> = conn
-        .query_row(
-            "DELETE FROM link_codes WHERE code_hash = ?1 RETURNING user_id, expires_at_ms",
-            params![code_hash],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()
-        .map_err(|e| map_err("take link code", e))?;
+    let row: Option<(String, i64)> = stmt::query_row(
+        conn,
+        "DELETE FROM link_codes WHERE code_hash = ?1 RETURNING user_id, expires_at_ms",
+        params![code_hash],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()
+    .map_err(|e| map_err("take link code", e))?;
     Ok(row.and_then(|(user, expires)| (deadline(now_ms) < expires).then_some(user)))
 }
 
 pub(super) fn read_device(conn: &Connection, device_id: &str) -> Result<Option<Device>> {
-    conn.query_row(
+    stmt::query_row(
+        conn,
         "SELECT user_id, device_id, signature_key, token_generation, created_at_ms
          FROM devices WHERE device_id = ?1 AND token_generation < ?2",
         params![device_id, REVOKED_GENERATION as i64],
@@ -174,7 +182,8 @@ pub(super) fn op_put_link_code(
     user_id: &str,
     expires_at_ms: u64,
 ) -> Result<()> {
-    conn.execute(
+    stmt::execute(
+        conn,
         "INSERT INTO link_codes (code_hash, user_id, expires_at_ms) VALUES (?1, ?2, ?3)",
         params![code_hash, user_id, deadline(expires_at_ms)],
     )

@@ -32,6 +32,7 @@ pub(super) fn open_connection(
         .map_err(|e| map_err(&format!("open {}", path.display()), e))?;
     conn.busy_timeout(busy_timeout)
         .map_err(|e| map_err("set busy_timeout", e))?;
+    conn.set_prepared_statement_cache_capacity(super::stmt::STATEMENT_CACHE);
     let mode = set_wal(&conn, busy_timeout)?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::Backend(format!(

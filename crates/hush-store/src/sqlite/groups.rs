@@ -10,12 +10,14 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::error::{deadline, map_err, map_insert_err, next, stored_deadline};
+use super::stmt;
 use crate::{Departure, DeviceGroup, GroupRecord, Lease, MemberDevice, Result, StoreError};
 
 pub(super) fn op_create_group(conn: &Connection, g: &GroupRecord) -> Result<()> {
     // The timeline of a new group is empty whatever head_seq says: seqs are
     // the store's to assign. No lease: the owner must acquire one.
-    conn.execute(
+    stmt::execute(
+        conn,
         "INSERT INTO groups (group_id, epoch, state, group_info, ratchet_tree, head_seq,
                              lease_owner, lease_token, lease_expires_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, 0, '', 0, 0)",
@@ -34,7 +36,8 @@ pub(super) fn insert_member(
     m: &MemberDevice,
     joined: u64,
 ) -> Result<()> {
-    conn.execute(
+    stmt::execute(
+        conn,
         "INSERT INTO members (group_id, device_id, user_id, joined_seq) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (group_id, device_id) DO NOTHING",
         params![group_id, m.device_id, m.user_id, joined],
@@ -47,24 +50,24 @@ pub(super) fn read_group(conn: &Connection, group_id: &[u8]) -> Result<Option<Gr
     let tx = conn
         .unchecked_transaction()
         .map_err(|e| map_err("begin read", e))?;
-    let group = tx
-        .query_row(
-            "SELECT epoch, state, group_info, ratchet_tree, head_seq FROM groups WHERE group_id = ?1",
-            params![group_id],
-            |r| {
-                Ok(GroupRecord {
-                    group_id: group_id.to_vec(),
-                    epoch: r.get(0)?,
-                    state: r.get(1)?,
-                    group_info: r.get(2)?,
-                    ratchet_tree: r.get(3)?,
-                    head_seq: r.get(4)?,
-                    members: Vec::new(),
-                })
-            },
-        )
-        .optional()
-        .map_err(|e| map_err("read group", e))?;
+    let group = stmt::query_row(
+        &tx,
+        "SELECT epoch, state, group_info, ratchet_tree, head_seq FROM groups WHERE group_id = ?1",
+        params![group_id],
+        |r| {
+            Ok(GroupRecord {
+                group_id: group_id.to_vec(),
+                epoch: r.get(0)?,
+                state: r.get(1)?,
+                group_info: r.get(2)?,
+                ratchet_tree: r.get(3)?,
+                head_seq: r.get(4)?,
+                members: Vec::new(),
+            })
+        },
+    )
+    .optional()
+    .map_err(|e| map_err("read group", e))?;
     let Some(mut group) = group else {
         return Ok(None);
     };
@@ -92,7 +95,8 @@ struct LeaseRow {
 }
 
 fn lease_row(conn: &Connection, group_id: &[u8]) -> Result<Option<LeaseRow>> {
-    conn.query_row(
+    stmt::query_row(
+        conn,
         "SELECT lease_owner, lease_token, lease_expires_ms FROM groups WHERE group_id = ?1",
         params![group_id],
         |r| {
@@ -129,7 +133,8 @@ pub(super) fn op_acquire_lease(
     } else {
         (next(cur.token, "lease token")?, wanted)
     };
-    conn.execute(
+    stmt::execute(
+        conn,
         "UPDATE groups SET lease_owner = ?2, lease_token = ?3, lease_expires_ms = ?4
          WHERE group_id = ?1",
         params![group_id, owner, token, expires],
@@ -148,7 +153,8 @@ pub(super) fn op_release_lease(
     owner: &str,
     token: u64,
 ) -> Result<()> {
-    conn.execute(
+    stmt::execute(
+        conn,
         "UPDATE groups SET lease_expires_ms = 0
          WHERE group_id = ?1 AND lease_owner = ?2 AND lease_token = ?3",
         params![group_id, owner, token],

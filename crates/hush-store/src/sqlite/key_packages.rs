@@ -8,29 +8,30 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::error::map_err;
+use super::stmt;
 use crate::{ClaimedKeyPackage, KeyPackageRecord, Result};
 
 fn unclaimed_count(conn: &Connection, device_id: &str) -> Result<u32> {
-    let n: i64 = conn
-        .query_row(
-            "SELECT COUNT(*) FROM key_packages WHERE device_id = ?1 AND last_resort = 0",
-            params![device_id],
-            |r| r.get(0),
-        )
-        .map_err(|e| map_err("count key packages", e))?;
+    let n: i64 = stmt::query_row(
+        conn,
+        "SELECT COUNT(*) FROM key_packages WHERE device_id = ?1 AND last_resort = 0",
+        params![device_id],
+        |r| r.get(0),
+    )
+    .map_err(|e| map_err("count key packages", e))?;
     Ok(u32::try_from(n).unwrap_or(u32::MAX))
 }
 
 fn key_package_known(conn: &Connection, hash_ref: &[u8]) -> Result<bool> {
-    let known: Option<i64> = conn
-        .query_row(
-            "SELECT 1 FROM key_packages WHERE hash_ref = ?1
+    let known: Option<i64> = stmt::query_row(
+        conn,
+        "SELECT 1 FROM key_packages WHERE hash_ref = ?1
              UNION ALL SELECT 1 FROM key_package_tombstones WHERE hash_ref = ?1 LIMIT 1",
-            params![hash_ref],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(|e| map_err("look up key package", e))?;
+        params![hash_ref],
+        |r| r.get(0),
+    )
+    .optional()
+    .map_err(|e| map_err("look up key package", e))?;
     Ok(known.is_some())
 }
 
@@ -44,7 +45,7 @@ pub(super) fn op_put_key_packages(
         if key_package_known(conn, &p.hash_ref)? {
             continue;
         }
-        conn.execute(
+        stmt::execute(conn,
             "INSERT INTO key_packages (device_id, hash_ref, data, last_resort) VALUES (?1, ?2, ?3, 0)",
             params![device_id, p.hash_ref, p.data],
         )
@@ -55,12 +56,13 @@ pub(super) fn op_put_key_packages(
         // other package) or already claimed is skipped like any duplicate;
         // the device keeps its current last-resort package then.
         if !key_package_known(conn, &lr.hash_ref)? {
-            conn.execute(
+            stmt::execute(
+                conn,
                 "DELETE FROM key_packages WHERE device_id = ?1 AND last_resort = 1",
                 params![device_id],
             )
             .map_err(|e| map_err("delete last-resort key package", e))?;
-            conn.execute(
+            stmt::execute(conn,
                 "INSERT INTO key_packages (device_id, hash_ref, data, last_resort) VALUES (?1, ?2, ?3, 1)",
                 params![device_id, lr.hash_ref, lr.data],
             )
@@ -74,19 +76,20 @@ pub(super) fn op_claim_key_package(
     conn: &Connection,
     device_id: &str,
 ) -> Result<Option<ClaimedKeyPackage>> {
-    let oldest: Option<(i64, Vec<u8>, Vec<u8>)> = conn
-        .query_row(
-            "SELECT id, hash_ref, data FROM key_packages
+    let oldest: Option<(i64, Vec<u8>, Vec<u8>)> = stmt::query_row(
+        conn,
+        "SELECT id, hash_ref, data FROM key_packages
              WHERE device_id = ?1 AND last_resort = 0 ORDER BY id LIMIT 1",
-            params![device_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .optional()
-        .map_err(|e| map_err("find key package", e))?;
+        params![device_id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
+    .optional()
+    .map_err(|e| map_err("find key package", e))?;
     if let Some((id, hash_ref, data)) = oldest {
-        conn.execute("DELETE FROM key_packages WHERE id = ?1", params![id])
+        stmt::execute(conn, "DELETE FROM key_packages WHERE id = ?1", params![id])
             .map_err(|e| map_err("delete claimed key package", e))?;
-        conn.execute(
+        stmt::execute(
+            conn,
             "INSERT INTO key_package_tombstones (hash_ref) VALUES (?1) ON CONFLICT DO NOTHING",
             params![hash_ref],
         )
@@ -96,14 +99,14 @@ pub(super) fn op_claim_key_package(
             last_resort: false,
         }));
     }
-    let last_resort: Option<Vec<u8>> = conn
-        .query_row(
-            "SELECT data FROM key_packages WHERE device_id = ?1 AND last_resort = 1",
-            params![device_id],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(|e| map_err("find last-resort key package", e))?;
+    let last_resort: Option<Vec<u8>> = stmt::query_row(
+        conn,
+        "SELECT data FROM key_packages WHERE device_id = ?1 AND last_resort = 1",
+        params![device_id],
+        |r| r.get(0),
+    )
+    .optional()
+    .map_err(|e| map_err("find last-resort key package", e))?;
     Ok(last_resort.map(|data| ClaimedKeyPackage {
         data,
         last_resort: true,
@@ -112,14 +115,14 @@ pub(super) fn op_claim_key_package(
 
 pub(super) fn read_key_package_count(conn: &Connection, device_id: &str) -> Result<(u32, bool)> {
     let n = unclaimed_count(conn, device_id)?;
-    let lr: Option<i64> = conn
-        .query_row(
-            "SELECT 1 FROM key_packages WHERE device_id = ?1 AND last_resort = 1",
-            params![device_id],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(|e| map_err("find last-resort key package", e))?;
+    let lr: Option<i64> = stmt::query_row(
+        conn,
+        "SELECT 1 FROM key_packages WHERE device_id = ?1 AND last_resort = 1",
+        params![device_id],
+        |r| r.get(0),
+    )
+    .optional()
+    .map_err(|e| map_err("find last-resort key package", e))?;
     Ok((n, lr.is_some()))
 }
 
@@ -131,12 +134,14 @@ pub(super) fn op_set_last_resort_claimed(
     claimed: bool,
 ) -> Result<bool> {
     let changed = if claimed {
-        conn.execute(
+        stmt::execute(
+            conn,
             "INSERT INTO last_resort_claims (device_id) VALUES (?1) ON CONFLICT DO NOTHING",
             params![device_id],
         )
     } else {
-        conn.execute(
+        stmt::execute(
+            conn,
             "DELETE FROM last_resort_claims WHERE device_id = ?1",
             params![device_id],
         )

@@ -6,7 +6,8 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::error::{deadline, map_err};
-use crate::{InboxItem, Result};
+use super::stmt;
+use crate::{AckState, InboxItem, Result, Standing};
 
 pub(super) fn op_set_cursor(
     conn: &Connection,
@@ -14,13 +15,15 @@ pub(super) fn op_set_cursor(
     group_id: &[u8],
     seq: u64,
 ) -> Result<()> {
-    conn.execute(
+    stmt::execute(
+        conn,
         "INSERT INTO cursors (device_id, group_id, seq) VALUES (?1, ?2, ?3)
          ON CONFLICT (device_id, group_id) DO UPDATE SET seq = MAX(seq, excluded.seq)",
         params![device_id, group_id, seq],
     )
     .map_err(|e| map_err("set cursor", e))?;
-    conn.execute(
+    stmt::execute(
+        conn,
         "DELETE FROM departures WHERE device_id = ?1 AND group_id = ?2 AND left_seq <= ?3",
         params![device_id, group_id, seq],
     )
@@ -64,7 +67,8 @@ pub(super) fn read_cursors(conn: &Connection, device_id: &str) -> Result<Vec<(Ve
 }
 
 pub(super) fn op_ack_inbox(conn: &Connection, device_id: &str, upto: u64) -> Result<()> {
-    conn.execute(
+    stmt::execute(
+        conn,
         "DELETE FROM inbox WHERE device_id = ?1 AND inbox_seq <= ?2",
         params![device_id, deadline(upto)],
     )
@@ -74,7 +78,8 @@ pub(super) fn op_ack_inbox(conn: &Connection, device_id: &str, upto: u64) -> Res
 
 /// The last inbox seq ever given to the device (0 if none).
 pub(super) fn read_inbox_head(conn: &Connection, device_id: &str) -> Result<u64> {
-    conn.query_row(
+    stmt::query_row(
+        conn,
         "SELECT last_seq FROM inbox_counters WHERE device_id = ?1",
         params![device_id],
         |r| r.get::<_, u64>(0),
@@ -82,4 +87,46 @@ pub(super) fn read_inbox_head(conn: &Connection, device_id: &str) -> Result<u64>
     .optional()
     .map(Option::unwrap_or_default)
     .map_err(|e| map_err("read inbox head", e))
+}
+
+/// Everything an ack is checked against, in one statement (one snapshot):
+/// the cursor, the member row (which wins over a departure), the departure
+/// and the head seq.
+pub(super) fn read_ack_state(
+    conn: &Connection,
+    device_id: &str,
+    group_id: &[u8],
+) -> Result<AckState> {
+    type Row = (
+        Option<u64>,
+        Option<u64>,
+        Option<u64>,
+        Option<u64>,
+        Option<u64>,
+    );
+    let (cursor, joined, departed_joined, left, head): Row = stmt::query_row(
+        conn,
+        "SELECT
+           (SELECT seq FROM cursors WHERE device_id = ?1 AND group_id = ?2),
+           (SELECT joined_seq FROM members WHERE group_id = ?2 AND device_id = ?1),
+           (SELECT joined_seq FROM departures WHERE device_id = ?1 AND group_id = ?2),
+           (SELECT left_seq FROM departures WHERE device_id = ?1 AND group_id = ?2),
+           (SELECT head_seq FROM groups WHERE group_id = ?2)",
+        params![device_id, group_id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+    )
+    .map_err(|e| map_err("read ack state", e))?;
+    let standing = match (joined, departed_joined, left) {
+        (Some(joined_seq), _, _) => Standing::Member { joined_seq },
+        (None, Some(joined_seq), Some(left_seq)) => Standing::Departed {
+            joined_seq,
+            left_seq,
+        },
+        _ => Standing::Stranger,
+    };
+    Ok(AckState {
+        cursor,
+        standing,
+        head_seq: head.unwrap_or(0),
+    })
 }

@@ -14,6 +14,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::error::{deadline, map_err, next};
 use super::groups::insert_member;
+use super::stmt;
 use crate::{AppendOutcome, CommitWrite, Entry, EntryKind, NewEntry, Result, StoreError};
 
 /// The group's head as seen inside the write transaction, after the fence
@@ -26,14 +27,14 @@ struct Head {
 /// Checks `fence` against the lease token stored *now* (inside the write
 /// transaction). Token 0 means no lease was ever taken: nobody may append.
 fn check_fence(conn: &Connection, group_id: &[u8], fence: u64) -> Result<Head> {
-    let row: Option<(u64, u64, String, u64)> = conn
-        .query_row(
-            "SELECT epoch, head_seq, lease_owner, lease_token FROM groups WHERE group_id = ?1",
-            params![group_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )
-        .optional()
-        .map_err(|e| map_err("read group head", e))?;
+    let row: Option<(u64, u64, String, u64)> = stmt::query_row(
+        conn,
+        "SELECT epoch, head_seq, lease_owner, lease_token FROM groups WHERE group_id = ?1",
+        params![group_id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )
+    .optional()
+    .map_err(|e| map_err("read group head", e))?;
     let (epoch, head_seq, owner, token) = row.ok_or(StoreError::NotFound)?;
     if token == 0 || fence != token {
         return Err(StoreError::Fenced { owner, token });
@@ -42,7 +43,8 @@ fn check_fence(conn: &Connection, group_id: &[u8], fence: u64) -> Result<Head> {
 }
 
 fn existing_seq(conn: &Connection, group_id: &[u8], client_msg_id: &[u8]) -> Result<Option<u64>> {
-    conn.query_row(
+    stmt::query_row(
+        conn,
         "SELECT seq FROM entries WHERE group_id = ?1 AND client_msg_id = ?2",
         params![group_id, client_msg_id],
         |r| r.get(0),
@@ -52,7 +54,7 @@ fn existing_seq(conn: &Connection, group_id: &[u8], client_msg_id: &[u8]) -> Res
 }
 
 fn insert_entry(conn: &Connection, group_id: &[u8], seq: u64, e: &NewEntry) -> Result<()> {
-    conn.execute(
+    stmt::execute(conn,
         "INSERT INTO entries (group_id, seq, kind, epoch, sender, client_msg_id, message, server_time_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![
@@ -70,24 +72,64 @@ fn insert_entry(conn: &Connection, group_id: &[u8], seq: u64, e: &NewEntry) -> R
     Ok(())
 }
 
+/// The hot path: two statements for a new message. The fence check and the
+/// seq allocation are one conditional `UPDATE ... RETURNING`; the entry goes
+/// in with `ON CONFLICT (group_id, client_msg_id) DO NOTHING`. Only a
+/// refused fence or a retried id (both rare) read more: the refusal's
+/// reason, or the original seq (after giving the allocated one back, inside
+/// the same write transaction, so the head stays the largest seq).
 pub(super) fn op_append_message(
     conn: &Connection,
     group_id: &[u8],
     fence: u64,
     entry: &NewEntry,
 ) -> Result<AppendOutcome> {
-    let head = check_fence(conn, group_id, fence)?;
-    if let Some(seq) = existing_seq(conn, group_id, &entry.client_msg_id)? {
-        return Ok(AppendOutcome::Duplicate { seq });
-    }
-    let seq = next(head.head_seq, "seq")?;
-    insert_entry(conn, group_id, seq, entry)?;
-    conn.execute(
-        "UPDATE groups SET head_seq = ?2 WHERE group_id = ?1",
-        params![group_id, seq],
+    let seq: Option<u64> = stmt::query_row(
+        conn,
+        "UPDATE groups SET head_seq = head_seq + 1
+         WHERE group_id = ?1 AND lease_token = ?2 AND lease_token != 0
+         RETURNING head_seq",
+        params![group_id, fence],
+        |r| r.get(0),
     )
+    .optional()
     .map_err(|e| map_err("advance head seq", e))?;
-    Ok(AppendOutcome::Appended { seq })
+    let Some(seq) = seq else {
+        // Not applied: say why (missing group or stale fence).
+        check_fence(conn, group_id, fence)?;
+        return Err(StoreError::Backend(
+            "fenced append refused although the fence matches".into(),
+        ));
+    };
+    let inserted = stmt::execute(
+        conn,
+        "INSERT INTO entries (group_id, seq, kind, epoch, sender, client_msg_id, message, server_time_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (group_id, client_msg_id) DO NOTHING",
+        params![
+            group_id,
+            seq,
+            entry.kind as i64,
+            entry.epoch,
+            entry.sender,
+            entry.client_msg_id,
+            entry.message,
+            entry.server_time_ms
+        ],
+    )
+    .map_err(|err| map_err("insert entry", err))?;
+    if inserted == 1 {
+        return Ok(AppendOutcome::Appended { seq });
+    }
+    stmt::execute(
+        conn,
+        "UPDATE groups SET head_seq = ?2 WHERE group_id = ?1",
+        params![group_id, seq - 1],
+    )
+    .map_err(|e| map_err("give back head seq", e))?;
+    let original = existing_seq(conn, group_id, &entry.client_msg_id)?
+        .ok_or_else(|| StoreError::Backend("duplicate entry without its seq".into()))?;
+    Ok(AppendOutcome::Duplicate { seq: original })
 }
 
 pub(super) fn op_append_proposal(
@@ -109,7 +151,8 @@ pub(super) fn op_append_proposal(
     }
     let seq = next(head.head_seq, "seq")?;
     insert_entry(conn, group_id, seq, entry)?;
-    conn.execute(
+    stmt::execute(
+        conn,
         "UPDATE groups SET head_seq = ?2, state = ?3 WHERE group_id = ?1",
         params![group_id, seq, state],
     )
@@ -131,7 +174,7 @@ pub(super) fn op_append_commit(conn: &Connection, w: &CommitWrite) -> Result<App
     }
     let seq = next(head.head_seq, "seq")?;
     insert_entry(conn, &w.group_id, seq, &w.entry)?;
-    conn.execute(
+    stmt::execute(conn,
         "UPDATE groups SET head_seq = ?2, epoch = ?3, state = ?4, group_info = ?5, ratchet_tree = ?6
          WHERE group_id = ?1",
         params![
@@ -160,7 +203,8 @@ pub(super) fn op_append_commit(conn: &Connection, w: &CommitWrite) -> Result<App
         .iter()
         .filter(|d| !next_members.contains(d.as_str()))
     {
-        conn.execute(
+        stmt::execute(
+            conn,
             "INSERT INTO departures (device_id, group_id, joined_seq, left_seq)
              SELECT device_id, group_id, joined_seq, ?3 FROM members
              WHERE group_id = ?1 AND device_id = ?2
@@ -169,7 +213,8 @@ pub(super) fn op_append_commit(conn: &Connection, w: &CommitWrite) -> Result<App
             params![w.group_id, gone, seq],
         )
         .map_err(|e| map_err("record departure", e))?;
-        conn.execute(
+        stmt::execute(
+            conn,
             "DELETE FROM members WHERE group_id = ?1 AND device_id = ?2",
             params![w.group_id, gone],
         )
@@ -179,16 +224,17 @@ pub(super) fn op_append_commit(conn: &Connection, w: &CommitWrite) -> Result<App
         insert_member(conn, &w.group_id, m, seq)?;
     }
     for welcome in &w.welcomes {
-        let inbox_seq: u64 = conn
-            .query_row(
-                "INSERT INTO inbox_counters (device_id, last_seq) VALUES (?1, 1)
+        let inbox_seq: u64 = stmt::query_row(
+            conn,
+            "INSERT INTO inbox_counters (device_id, last_seq) VALUES (?1, 1)
                  ON CONFLICT (device_id) DO UPDATE SET last_seq = last_seq + 1
                  RETURNING last_seq",
-                params![welcome.device_id],
-                |r| r.get(0),
-            )
-            .map_err(|e| map_err("advance inbox seq", e))?;
-        conn.execute(
+            params![welcome.device_id],
+            |r| r.get(0),
+        )
+        .map_err(|e| map_err("advance inbox seq", e))?;
+        stmt::execute(
+            conn,
             "INSERT INTO inbox (device_id, inbox_seq, group_id, commit_seq, welcome, ratchet_tree)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![

@@ -15,6 +15,7 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::error::{map_err, replicate};
+use super::stmt;
 use crate::{Result, StoreError};
 
 /// A queued write: runs once inside the batch, replies once after it.
@@ -135,12 +136,12 @@ pub(super) fn run_batch(conn: &Connection, mut ops: Vec<Box<dyn PendingOp>>) {
 
 /// The transaction part of [`run_batch`]: `None` when the batch committed.
 fn run_ops(conn: &Connection, ops: &mut [Box<dyn PendingOp>]) -> Option<StoreError> {
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+    if let Err(e) = stmt::execute(conn, "BEGIN IMMEDIATE", []) {
         return Some(map_err("begin write batch", e));
     }
     let mut failure = None;
     for op in ops.iter_mut() {
-        if let Err(e) = conn.execute_batch("SAVEPOINT op") {
+        if let Err(e) = stmt::execute(conn, "SAVEPOINT op", []) {
             failure = Some(map_err("savepoint", e));
             break;
         }
@@ -149,9 +150,11 @@ fn run_ops(conn: &Connection, ops: &mut [Box<dyn PendingOp>]) -> Option<StoreErr
         let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op.run(conn)))
             .unwrap_or(false);
         let end = if ok {
-            conn.execute_batch("RELEASE op")
+            stmt::execute(conn, "RELEASE op", []).map(drop)
         } else {
-            conn.execute_batch("ROLLBACK TO op; RELEASE op")
+            stmt::execute(conn, "ROLLBACK TO op", [])
+                .and_then(|_| stmt::execute(conn, "RELEASE op", []))
+                .map(drop)
         };
         if let Err(e) = end {
             failure = Some(map_err(&format!("end savepoint of {}", op.name()), e));
@@ -159,8 +162,8 @@ fn run_ops(conn: &Connection, ops: &mut [Box<dyn PendingOp>]) -> Option<StoreErr
         }
     }
     if failure.is_none() {
-        match conn.execute_batch("COMMIT") {
-            Ok(()) => return None,
+        match stmt::execute(conn, "COMMIT", []) {
+            Ok(_) => return None,
             Err(e) => failure = Some(map_err("commit write batch", e)),
         }
     }
