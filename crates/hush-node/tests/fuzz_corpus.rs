@@ -1,7 +1,3 @@
-//! NOT YET BUILT: move to `crates/hush-node/tests/fuzz_corpus.rs` once the
-//! `node` feature targets have been built and their corpora committed (see
-//! `fuzz/README.md`, "Status").
-//!
 //! Replays the committed fuzz corpora (`fuzz/corpus/<target>/`) of the
 //! node-side and client-side targets through the same code the fuzz
 //! targets run (the modules are included from `fuzz/src/`), so CI guards
