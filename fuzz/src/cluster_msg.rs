@@ -56,7 +56,9 @@ fn request(bytes: &[u8]) {
                 let _ = hush_node::route::session_key(u);
             }
         }
-        cluster::node_request::Body::Readmitted(_) => {}
+        // Both go straight to the SessionActors (not reached here).
+        cluster::node_request::Body::Readmitted(_)
+        | cluster::node_request::Body::PresenceWitness(_) => {}
     }
 }
 
