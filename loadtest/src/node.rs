@@ -211,13 +211,64 @@ account_burst = 1000000.0
 max_connections_per_ip = 1000000
 "#;
 
-/// [`GENERATOR_NODE_CONFIG`] with the scenario's `extra` merged over it.
+/// [`GENERATOR_NODE_CONFIG`] with the scenario's `extra` merged over it,
+/// and a CQL store completed by [`cql_store`] from `HUSH_SCYLLA_URI`.
 fn generator_config(extra: &str) -> anyhow::Result<String> {
     let mut t: toml::Table = toml::from_str(GENERATOR_NODE_CONFIG).context("generator defaults")?;
     if !extra.trim().is_empty() {
         merge(&mut t, toml::from_str(extra).context("target.node_config")?);
     }
+    let uri = std::env::var(CQL_URI_VAR).ok();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis();
+    cql_store(&mut t, uri.as_deref(), &format!("loadtest_{now_ms}"))?;
     Ok(toml::to_string(&t)?)
+}
+
+/// The CQL cluster's contact points, as `scripts/cql.sh up` prints them
+/// ("host:port[,host:port...]").
+const CQL_URI_VAR: &str = "HUSH_SCYLLA_URI";
+
+/// Completes a `[store] kind = "scylla"` section (nothing else is
+/// touched): contact points it does not list come from `uri` (the
+/// cluster `scripts/cql.sh up` started), with one replica per contact
+/// point up to 3 unless it sets `replication_factor`; without a
+/// `keyspace`, the run gets the fresh one `keyspace` (every node of the
+/// run shares it, as each run of the SQLite scenarios has a fresh file).
+fn cql_store(t: &mut toml::Table, uri: Option<&str>, keyspace: &str) -> anyhow::Result<()> {
+    let Some(store) = t.get_mut("store").and_then(|s| s.as_table_mut()) else {
+        return Ok(());
+    };
+    if store.get("kind").and_then(|k| k.as_str()) != Some("scylla") {
+        return Ok(());
+    }
+    if !store.contains_key("contact_points") {
+        let points: Vec<&str> = uri
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .collect();
+        anyhow::ensure!(
+            !points.is_empty(),
+            "[store] kind = \"scylla\" without contact_points needs {CQL_URI_VAR} \
+             (start a cluster with scripts/cql.sh up; it prints the line to export)"
+        );
+        store
+            .entry("replication_factor")
+            .or_insert_with(|| (points.len().min(3) as i64).into());
+        store.insert(
+            "contact_points".into(),
+            points
+                .iter()
+                .map(|p| toml::Value::from(*p))
+                .collect::<Vec<_>>()
+                .into(),
+        );
+    }
+    store.entry("keyspace").or_insert_with(|| keyspace.into());
+    Ok(())
 }
 
 /// Starts the listed nodes of a cluster config, from a copy of it in `dir`
@@ -372,6 +423,55 @@ mod tests {
             strict["rate_limits"]["ip_per_sec"].as_float(),
             Some(1_000_000.0)
         );
+    }
+
+    #[test]
+    fn cql_store_takes_the_cluster_from_the_uri() {
+        let store = |text: &str, uri: Option<&str>| -> anyhow::Result<toml::Table> {
+            let mut t: toml::Table = toml::from_str(text).unwrap();
+            super::cql_store(&mut t, uri, "loadtest_1")?;
+            Ok(t["store"].as_table().unwrap().clone())
+        };
+        let scylla = "[store]\nkind = \"scylla\"\n";
+        let s = store(scylla, Some("127.0.0.1:9042,127.0.0.2:9042")).unwrap();
+        let points: Vec<&str> = s["contact_points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap())
+            .collect();
+        assert_eq!(points, ["127.0.0.1:9042", "127.0.0.2:9042"]);
+        assert_eq!(s["replication_factor"].as_integer(), Some(2));
+        assert_eq!(s["keyspace"].as_str(), Some("loadtest_1"));
+        let four = "127.0.0.1:9042,127.0.0.2:9042,127.0.0.3:9042,127.0.0.4:9042";
+        let s = store(scylla, Some(four)).unwrap();
+        assert_eq!(s["replication_factor"].as_integer(), Some(3));
+        // What the scenario sets wins.
+        let fixed = "[store]\nkind = \"scylla\"\ncontact_points = [\"10.0.0.1:9042\"]\n\
+                     keyspace = \"hush\"\nreplication_factor = 1\n";
+        let s = store(fixed, Some(four)).unwrap();
+        assert_eq!(s["contact_points"][0].as_str(), Some("10.0.0.1:9042"));
+        assert_eq!(s["keyspace"].as_str(), Some("hush"));
+        assert_eq!(s["replication_factor"].as_integer(), Some(1));
+        let s = store(
+            "[store]\nkind = \"scylla\"\nreplication_factor = 1\n",
+            Some(four),
+        )
+        .unwrap();
+        assert_eq!(s["replication_factor"].as_integer(), Some(1));
+        // No cluster named anywhere: a clear error.
+        let e = store(scylla, None).unwrap_err().to_string();
+        assert!(
+            e.contains("HUSH_SCYLLA_URI") && e.contains("scripts/cql.sh up"),
+            "{e}"
+        );
+        assert!(store(scylla, Some(" ")).is_err());
+        // Other stores are left alone.
+        let s = store("[store]\nkind = \"embedded\"\n", Some(four)).unwrap();
+        assert_eq!(s.len(), 1);
+        let mut none: toml::Table = toml::from_str("[actors]\nlease_ttl_ms = 1\n").unwrap();
+        super::cql_store(&mut none, Some(four), "k").unwrap();
+        assert!(!none.contains_key("store"));
     }
 
     #[test]
