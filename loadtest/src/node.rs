@@ -191,7 +191,39 @@ pub async fn start_single(bin: &Path, dir: &Path, extra_config: &str) -> anyhow:
         "--config".into(),
         cfg.display().to_string(),
     ];
-    NodeProc::start("n1", bin, &args, dir, &dir.join("node.log")).await
+    let node = NodeProc::start("n1", bin, &args, dir, &dir.join("node.log")).await?;
+    wait_ready(&node.url).await?;
+    Ok(node)
+}
+
+/// Waits (up to [`START_TIMEOUT`]) until the node at `url` answers
+/// `/readyz` with 200. A node prints `listening on` before its store
+/// answers: a CQL store connects in the background (keyspace, schema),
+/// and until then every request is refused with UNAVAILABLE.
+pub async fn wait_ready(url: &str) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let addr = url
+        .strip_prefix("http://")
+        .with_context(|| format!("node url {url} is not http://"))?
+        .trim_end_matches('/')
+        .to_string();
+    let ready = || async {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.ok()?;
+        s.write_all(format!("GET /readyz HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.ok()?;
+        Some(head.ends_with(b" 200"))
+    };
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    while tokio::time::Instant::now() < deadline {
+        if ready().await == Some(true) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("node at {url} not ready (/readyz) after {START_TIMEOUT:?}")
 }
 
 /// What every node the generator spawns gets under the scenario's
@@ -299,6 +331,9 @@ pub async fn start_cluster(
             n.clone(),
         ];
         out.push(NodeProc::start(n, bin, &args, dir, &dir.join(format!("{n}.log"))).await?);
+    }
+    for n in &out {
+        wait_ready(&n.url).await?;
     }
     Ok(out)
 }
@@ -472,6 +507,31 @@ mod tests {
         let mut none: toml::Table = toml::from_str("[actors]\nlease_ttl_ms = 1\n").unwrap();
         super::cql_store(&mut none, Some(four), "k").unwrap();
         assert!(!none.contains_key("store"));
+    }
+
+    #[tokio::test]
+    async fn wait_ready_waits_for_readyz_200() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        // Two 503 answers (a store still connecting), then 200.
+        let server = tokio::spawn(async move {
+            for status in [
+                "503 Service Unavailable",
+                "503 Service Unavailable",
+                "200 OK",
+            ] {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 256];
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(buf[..n].starts_with(b"GET /readyz "));
+                s.write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").as_bytes())
+                    .await
+                    .unwrap();
+            }
+        });
+        super::wait_ready(&url).await.unwrap();
+        server.await.unwrap();
     }
 
     #[test]
