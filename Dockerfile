@@ -11,6 +11,11 @@ WORKDIR /src
 # The whole workspace (see .dockerignore for what stays out); the build
 # cache is the layer below, so any source change rebuilds from scratch.
 COPY . .
+# .git stays out of the context: the build names its commit through this
+# (`docker build --build-arg HUSH_GIT_SHA=$(git rev-parse HEAD) .`; the
+# node's `hush_build_info` says "unknown" without it).
+ARG HUSH_GIT_SHA=unknown
+ENV HUSH_GIT_SHA=${HUSH_GIT_SHA}
 RUN cargo build --release --locked --bin hush-node --bin hush \
  && install -m 0755 target/release/hush-node target/release/hush /usr/local/bin/
 

@@ -33,6 +33,7 @@ pub mod protocol;
 pub mod redis;
 pub mod repeat;
 pub mod report;
+pub mod resources;
 pub mod scenario;
 pub mod stats;
 pub mod sync;

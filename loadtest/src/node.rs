@@ -69,6 +69,8 @@ pub struct NodeProc {
     pub id: String,
     pub url: String,
     pub pid: u32,
+    /// Its data folder, when the generator chose it (a single node).
+    pub data_dir: Option<PathBuf>,
     child: tokio::process::Child,
 }
 
@@ -138,6 +140,7 @@ impl NodeProc {
             id: id.to_string(),
             url,
             pid,
+            data_dir: None,
             child,
         })
     }
@@ -191,7 +194,8 @@ pub async fn start_single(bin: &Path, dir: &Path, extra_config: &str) -> anyhow:
         "--config".into(),
         cfg.display().to_string(),
     ];
-    let node = NodeProc::start("n1", bin, &args, dir, &dir.join("node.log")).await?;
+    let mut node = NodeProc::start("n1", bin, &args, dir, &dir.join("node.log")).await?;
+    node.data_dir = Some(data);
     wait_ready(&node.url).await?;
     Ok(node)
 }

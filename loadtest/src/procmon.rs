@@ -1,5 +1,6 @@
-//! CPU and RSS of processes, read from `/proc/<pid>/stat` (utime + stime)
-//! and `/proc/<pid>/status` (VmRSS), sampled on an interval.
+//! CPU, RSS and open files of processes, read from `/proc/<pid>/stat`
+//! (utime + stime), `/proc/<pid>/status` (VmRSS) and `/proc/<pid>/fd`,
+//! sampled on an interval.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,6 +18,9 @@ pub struct Sample {
     pub cpu_s: f64,
     /// Resident set size in bytes.
     pub rss: u64,
+    /// Open file descriptors (`/proc/<pid>/fd`), when readable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fds: Option<f64>,
 }
 
 /// The samples of one watched process.
@@ -93,9 +97,16 @@ pub fn read(pid: u32, ticks: f64) -> Option<(f64, u64)> {
 fn sample_all(series: &Mutex<Vec<Series>>, t: f64, ticks: f64) {
     for p in lock(series).iter_mut() {
         if let Some((cpu_s, rss)) = read(p.pid, ticks) {
-            p.samples.push(Sample { t, cpu_s, rss });
+            let fds = open_files(p.pid);
+            p.samples.push(Sample { t, cpu_s, rss, fds });
         }
     }
+}
+
+/// How many files a process has open, `None` if its fd folder is not
+/// readable (another user's process).
+pub fn open_files(pid: u32) -> Option<f64> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as f64)
 }
 
 /// Samples a set of processes until dropped.
@@ -135,6 +146,11 @@ impl Monitor {
             task,
             start,
         }
+    }
+
+    /// When the monitor started (the zero of every sample's `t`).
+    pub fn started(&self) -> std::time::Instant {
+        self.start
     }
 
     /// Seconds since the monitor started.

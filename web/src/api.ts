@@ -8,6 +8,10 @@ import {
   ClientFrameSchema,
   ErrorCode,
   ErrorSchema,
+  LinkCodeRequestSchema,
+  LinkCodeResponseSchema,
+  LinkDeviceRequestSchema,
+  LinkDeviceResponseSchema,
   LoginChallengeRequestSchema,
   LoginChallengeResponseSchema,
   LoginRequestSchema,
@@ -84,10 +88,12 @@ async function post<I extends DescMessage, O extends DescMessage>(
   inSchema: I,
   body: MessageShape<I>,
   outSchema: O,
+  token?: string,
 ): Promise<MessageShape<O>> {
   let resp: Response;
+  const headers: Record<string, string> = token ? { ...PROTOBUF, Authorization: `Bearer ${token}` } : PROTOBUF;
   try {
-    resp = await fetch(path, { method: "POST", headers: PROTOBUF, body: toBinary(inSchema, body) as BufferSource });
+    resp = await fetch(path, { method: "POST", headers, body: toBinary(inSchema, body) as BufferSource });
   } catch (e) {
     throw new Disconnected(`cannot reach the server (${(e as Error).message})`);
   }
@@ -111,12 +117,18 @@ export const http = {
     post("/v1/login/challenge", LoginChallengeRequestSchema, create(LoginChallengeRequestSchema, { deviceId }), LoginChallengeResponseSchema),
   login: (deviceId: string, challenge: Uint8Array, signature: Uint8Array) =>
     post("/v1/login", LoginRequestSchema, create(LoginRequestSchema, { deviceId, challenge, signature }), LoginResponseSchema),
+  /** A one-time code that links a new device to the caller's user. */
+  linkCode: (token: string) => post("/v1/device/link-code", LinkCodeRequestSchema, create(LinkCodeRequestSchema, {}), LinkCodeResponseSchema, token),
+  /** Redeems a link code: this key becomes a new device of the code's user. */
+  linkDevice: (code: string, deviceSignatureKey: Uint8Array, signature: Uint8Array) =>
+    post("/v1/device/link", LinkDeviceRequestSchema, create(LinkDeviceRequestSchema, { code, deviceSignatureKey, signature }), LinkDeviceResponseSchema),
 };
 
 /** The exact bytes a device signs (crates/hush-proto/src/lib.rs, `auth`). */
 export const payloads = {
   register: (handle: string, key: Uint8Array) => concat(utf8("hush-register-v1\0"), utf8(handle), utf8("\0"), key),
   login: (challenge: Uint8Array) => concat(utf8("hush-login-v1\0"), challenge),
+  link: (code: string, key: Uint8Array) => concat(utf8("hush-link-v1\0"), utf8(code), utf8("\0"), key),
 };
 
 export function utf8(s: string): Uint8Array {

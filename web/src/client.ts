@@ -38,6 +38,33 @@ const TYPING_TTL_MS = 6_000;
 const TYPING_EVERY_MS = 3_000;
 /** Contacts of this device's groups are asked about again after this long. */
 const CONTACT_REFRESH_MS = 3_600_000;
+/** How long "Link a new device" waits for the new device (a code lives 10 minutes). */
+export const LINK_WAIT_MS = 300_000;
+/**
+ * How often the device that showed a link code asks for the device list, and
+ * waits before claiming the new device's KeyPackages again: the server tells
+ * nobody when a device links, and the new device uploads its KeyPackages only
+ * after it redeemed the code.
+ */
+const LINK_POLL_MS = 500;
+/** Claims of the new device's KeyPackages per group before giving up (~10 s). */
+const LINK_CLAIM_ATTEMPTS = 20;
+/**
+ * The wait after a rate-limited claim: claims on one user are limited (a
+ * burst of 10, then 2 a minute by default) and linking claims once per
+ * group, so a user with many groups waits (the page's generated protobuf
+ * code does not carry the server's retry hint).
+ */
+const LINK_RATE_LIMIT_WAIT_MS = 30_000;
+
+/** What adding a newly linked device did (crates/hush-client's LinkedDevice). */
+export interface LinkedDevice {
+  deviceId: string;
+  /** Groups it was added to. */
+  added: string[];
+  /** Groups it could not be added to, with the reason. */
+  failed: [string, string][];
+}
 
 /** A safety number with a contact (crates/hush-client's SafetyNumber). */
 export interface SafetyNumber {
@@ -139,6 +166,31 @@ export class HushClient extends EventTarget {
     try {
       r = await http.register(handle, keys.publicKey, sig);
     } catch (e) {
+      this.fail(e);
+    }
+    this.me = { userId: r.userId, deviceId: r.deviceId, keys };
+    await this.store.put({ identity: this.me });
+    this.changed("identity");
+    await this.connect();
+  }
+
+  /**
+   * Makes this (empty) browser a new device of the user whose device showed
+   * `code` (the page's "Link a new device" or `hush device link-code`). That
+   * device then adds this one to its groups (Welcomes) and tells each
+   * group's name; they arrive like any other push.
+   */
+  async linkDevice(code: string): Promise<void> {
+    code = code.trim();
+    if (!code) this.fail(new Error("Type the code your other device shows."));
+    if (this.me) this.fail(new Error(`This browser is already ${this.me.userId}.`));
+    const keys = await mls.newDeviceKeys();
+    const sig = await mls.sign(keys, payloads.link(code, keys.publicKey));
+    let r;
+    try {
+      r = await http.linkDevice(code, keys.publicKey, sig);
+    } catch (e) {
+      if (e instanceof HushError && e.code === ErrorCode.FORBIDDEN) this.fail(new Error("That code is wrong, used or expired: ask your other device for a new one."));
       this.fail(e);
     }
     this.me = { userId: r.userId, deviceId: r.deviceId, keys };
@@ -812,11 +864,95 @@ export class HushClient extends EventTarget {
 
   /** This user's current devices (revoked ones are not listed). */
   devices(): Promise<DeviceView[]> {
+    return this.op(() => this.listDevices());
+  }
+
+  private async listDevices(): Promise<DeviceView[]> {
+    const r = await this.request({ case: "listDevices", value: { $typeName: "hush.v1.ListDevices" } });
+    if (r.case !== "deviceList") throw new Error(`expected DeviceList, got ${r.case}`);
+    return r.value.devices.map((d) => ({ deviceId: d.deviceId, key: d.signatureKey, createdAtMs: Number(d.createdAtMs), thisDevice: d.thisDevice }));
+  }
+
+  /**
+   * A one-time code that links a new device to this user, and the devices
+   * the user has now (pass them to `addLinkedDevice`).
+   */
+  linkCode(): Promise<{ code: string; expiresAtMs: number; known: string[] }> {
     return this.op(async () => {
-      const r = await this.request({ case: "listDevices", value: { $typeName: "hush.v1.ListDevices" } });
-      if (r.case !== "deviceList") throw new Error(`expected DeviceList, got ${r.case}`);
-      return r.value.devices.map((d) => ({ deviceId: d.deviceId, key: d.signatureKey, createdAtMs: Number(d.createdAtMs), thisDevice: d.thisDevice }));
+      const known = (await this.listDevices()).map((d) => d.deviceId);
+      const r = await http.linkCode(await this.login());
+      return { code: r.code, expiresAtMs: Number(r.expiresAtMs), known };
     });
+  }
+
+  /**
+   * On the device that showed a link code (crates/hush-client/src/client/devices.rs):
+   * waits until a device of this user that is not in `known` appears, then
+   * adds it to every active group with an Add + Welcome and tells each group
+   * its name in the new epoch. The page stays usable meanwhile: the lock is
+   * held only for each step. `undefined` when no device came within `waitMs`
+   * (or `cancelled()` said stop).
+   */
+  async addLinkedDevice(known: string[], waitMs = LINK_WAIT_MS, cancelled: () => boolean = () => false): Promise<LinkedDevice | undefined> {
+    const deadline = Date.now() + waitMs;
+    let deviceId: string | undefined;
+    while (!deviceId) {
+      if (cancelled()) return undefined;
+      try {
+        const list = await this.lock.run(() => this.listDevices());
+        deviceId = list.find((d) => !d.thisDevice && !known.includes(d.deviceId))?.deviceId;
+      } catch (e) {
+        if (!(e instanceof Disconnected)) this.fail(e);
+      }
+      if (deviceId) break;
+      if (Date.now() >= deadline) return undefined;
+      await sleep(LINK_POLL_MS);
+    }
+    const me = this.me!;
+    const identity = `${me.userId}/${deviceId}`;
+    // Pinned first: its KeyPackage must carry the key the directory lists.
+    // The person linked it just now: no "your devices changed" alarm for it.
+    await this.lock.run(async () => {
+      await this.refreshUser(me.userId);
+      const own = this.contacts.get(me.userId);
+      const onlyThis = own?.devices.every((d) => !d.current || d.deviceId === deviceId || known.includes(d.deviceId));
+      if (own?.changed && onlyThis) {
+        await this.putContact({ ...own, changed: false });
+        await this.dismissAlerts();
+      }
+    });
+    const done: LinkedDevice = { deviceId, added: [], failed: [] };
+    for (const g of [...this.groups.values()]) {
+      if (g.status !== "active" || !g.state) continue;
+      for (let attempt = 1; ; attempt++) {
+        try {
+          const added = await this.lock.run(async () => {
+            const r = await this.commitIntent(g.id, { kind: "addOwn", identities: [identity] });
+            const cur = this.groups.get(g.id);
+            if (r && cur?.name) await this.sendEnvelope(g.id, { t: "name", name: cur.name });
+            await this.drain();
+            return r;
+          });
+          if (added) done.added.push(g.id);
+          break;
+        } catch (e) {
+          if (e instanceof HushError && e.code === ErrorCode.NO_KEY_PACKAGE && attempt < LINK_CLAIM_ATTEMPTS) {
+            await sleep(LINK_POLL_MS);
+            continue;
+          }
+          // Claims on one user are rate limited (linking claims once per group).
+          if (e instanceof HushError && e.code === ErrorCode.RATE_LIMITED && attempt < LINK_CLAIM_ATTEMPTS) {
+            await sleep(LINK_RATE_LIMIT_WAIT_MS);
+            continue;
+          }
+          console.warn(`could not add ${identity} to ${g.id}`, e);
+          done.failed.push([g.id, e instanceof HushError ? e.display : (e as Error).message]);
+          break;
+        }
+      }
+    }
+    this.changed("linked", done);
+    return done;
   }
 
   /**
@@ -947,7 +1083,13 @@ export class HushClient extends EventTarget {
   /** Builds, sends and applies a commit, rebuilding it after each lost epoch race. */
   private async commitIntent(
     id: string,
-    intent: { kind: "add"; handles: string[] } | { kind: "remove"; handles: string[] } | { kind: "removeDevices"; identities: string[] } | { kind: "pending" } | { kind: "update" },
+    intent:
+      | { kind: "add"; handles: string[] }
+      | { kind: "addOwn"; identities: string[] }
+      | { kind: "remove"; handles: string[] }
+      | { kind: "removeDevices"; identities: string[] }
+      | { kind: "pending" }
+      | { kind: "update" },
   ): Promise<boolean> {
     for (let attempt = 0; attempt < MAX_COMMIT_ATTEMPTS; attempt++) {
       const g = this.active(id);
@@ -976,6 +1118,30 @@ export class HushClient extends EventTarget {
           }
         }
         if (!kps.length) return false;
+        change = { kind: "add", keyPackages: kps };
+      } else if (intent.kind === "addOwn") {
+        // Newly linked devices of this user: only their own KeyPackages.
+        const missing = intent.identities.filter((i) => !members.some((m) => m.identity === i));
+        if (!missing.length) return false;
+        const user = this.me!.userId;
+        const r = await this.request({ case: "claimKeyPackages", value: { $typeName: "hush.v1.ClaimKeyPackages", userId: user } });
+        if (r.case !== "claimedKeyPackages") throw new Error(`expected key packages, got ${r.case}`);
+        const kps = [];
+        for (const c of r.value.keyPackages) {
+          try {
+            const { kp, identity } = await mls.parseKeyPackage(c.keyPackage);
+            if (!missing.includes(identity)) continue;
+            const v = trust.checkLeaf(this.contacts.get(user), identity, kp.leafNode.signaturePublicKey);
+            if (v.kind !== "trusted") {
+              console.warn("skipping a key package of the new device that does not match the directory", v);
+              continue;
+            }
+            kps.push(kp);
+          } catch (e) {
+            console.warn("skipping a bad key package of the new device", e);
+          }
+        }
+        if (!kps.length) throw new HushError(ErrorCode.NO_KEY_PACKAGE, "the new device has no key package yet");
         change = { kind: "add", keyPackages: kps };
       } else if (intent.kind === "remove") {
         const leaves = members.filter((m) => intent.handles.includes(userOf(m.identity))).map((m) => m.leaf);
@@ -1036,6 +1202,8 @@ export class HushClient extends EventTarget {
     throw new Error("The change kept losing the race with other members' changes; try again.");
   }
 }
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 /** One identity per user: adding or removing a user covers all its devices. */
 function byUser(identities: string[]): string[] {

@@ -2,6 +2,7 @@
 // is ever parsed as HTML). One file: the sign-up view, the group list and
 // the chat view, re-rendered from the client's state on its events.
 import { HushClient, validHandle } from "./client.js";
+import { startLinking } from "./linkui.js";
 import type { LogRow } from "./store.js";
 import { formatNumber } from "./trust.js";
 
@@ -320,6 +321,9 @@ export function start(client: HushClient) {
   $("devices-close").onclick = () => {
     $("devices").hidden = true;
   };
+  // Linking devices both ways, and the lost-browser story: linkui.ts.
+  startLinking(client, view);
+  client.addEventListener("linked", () => void renderDevices());
   $("verify-close").onclick = () => {
     verifying = undefined;
     $("verify").hidden = true;

@@ -11,10 +11,14 @@
 // digits) and mark each other verified; bob and carol rotate their keys
 // (self-update); carol links a second device and the pages warn that her
 // devices changed (she is no longer verified); alice removes carol; bob
-// reloads the page and continues, then comes back over SSE. Along the way:
+// reloads the page and continues, then comes back over SSE. Linking both
+// ways by Add + Welcome: alice's page shows a link code and adds her new
+// CLI device to her groups; carol's CLI prints a code and adds her new
+// browser; each new device shows the group by name at once and exchanges
+// messages both ways. Along the way:
 // unread marks, presence, typing, an error message, phone-width screenshots.
 // Every wait is for a DOM state or a process exit, never a fixed sleep.
-import { execFile } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -51,6 +55,33 @@ async function hushAt(home, ...argv) {
     .split("\n")
     .filter(Boolean)
     .map((l) => JSON.parse(l));
+}
+
+/**
+ * Starts a CLI command that keeps running (`device link-code` waits for the
+ * new device): its first JSON line, and its exit with every line.
+ */
+function hushStart(home, ...argv) {
+  const child = spawn(args.hush, ["--home", join(args.work, home), "--server", URL0, "--json", ...argv]);
+  let out = "";
+  let err = "";
+  let gotFirst;
+  const first = new Promise((resolve) => (gotFirst = resolve));
+  child.stdout.on("data", (d) => {
+    out += d;
+    const nl = out.indexOf("\n");
+    if (nl >= 0) gotFirst(JSON.parse(out.slice(0, nl)));
+  });
+  child.stderr.on("data", (d) => (err += d));
+  const done = new Promise((resolve, reject) => {
+    const timer = setTimeout(() => child.kill(), 3 * WAIT);
+    child.on("close", (code) => {
+      clearTimeout(timer);
+      if (code !== 0) reject(new Error(`hush ${argv.join(" ")} exited with ${code}: ${err}`));
+      else resolve(out.split("\n").filter(Boolean).map((l) => JSON.parse(l)));
+    });
+  });
+  return { first, done, stderr: () => err };
 }
 
 // ---- browsers ------------------------------------------------------------------
@@ -247,10 +278,12 @@ try {
   expectLines(lines, (l) => l.text === "after the race", "the message after the race");
   step("a commit that lost the epoch race (STALE_EPOCH) was rebuilt and applied everywhere");
 
-  // 6c. carol links a second CLI device: it joins the browser-made group by
-  // external commit from the GroupInfo alice's page published.
-  const [{ code }] = await hush("device", "link-code");
-  await hushAt("carol-laptop", "device", "link", code);
+  // 6c. carol links a second CLI device without waiting for it (--wait 0 on
+  // both sides): it joins the browser-made group by external commit from
+  // the GroupInfo alice's page published (the fallback when no device of
+  // the user adds it).
+  const [{ code }] = await hush("device", "link-code", "--wait", "0");
+  await hushAt("carol-laptop", "device", "link", code, "--wait", "0");
   await event(alice, "carol added carol").waitFor({ timeout: WAIT });
   await event(bob, "carol added carol").waitFor({ timeout: WAIT });
   // alice's page tells the name once it has processed the join (deferred
@@ -415,6 +448,62 @@ try {
   lines = await hush("sync");
   expectLines(lines, (l) => l.text === "the laptop is gone", "the message after the laptop left");
   step("a CLI device left by proposal; the browser committed it");
+
+  // 15. web -> CLI: alice's page shows a link code; alice's new terminal
+  // device redeems it; the page adds it to the group (Add + Welcome) and
+  // tells it the name, so `send friends` works on it at once.
+  await alice.locator("#devices-open").click();
+  await alice.locator("#link-start").click();
+  await alice.locator('#link-code:not([hidden])').waitFor({ timeout: WAIT });
+  const webCode = (await alice.locator("#link-code").textContent()).trim();
+  await shot(alice, "11-link-code-on-the-page");
+  const [linkedCli] = await hushAt("alice-terminal", "device", "link", webCode);
+  if (linkedCli.user_id !== "alice" || linkedCli.joined.length !== 1) throw new Error(`alice's terminal linked as ${JSON.stringify(linkedCli)}`);
+  await alice.locator("#link-state[data-linked]").waitFor({ timeout: WAIT });
+  const linkState = await alice.locator("#link-state").textContent();
+  if (!linkState.includes("added to 1 group")) throw new Error(`the page says: ${linkState}`);
+  await alice.locator(`#devices-list li[data-device="${linkedCli.device_id}"]`).waitFor({ timeout: WAIT });
+  await shot(alice, "12-linked-a-terminal");
+  await alice.locator("#devices-close").click();
+  const groupsOnTerminal = await hushAt("alice-terminal", "group", "list");
+  if (!groupsOnTerminal.some((g) => g.name === "friends")) throw new Error(`alice's terminal lacks the name: ${JSON.stringify(groupsOnTerminal)}`);
+  await hushAt("alice-terminal", "send", "friends", "from alice's terminal");
+  await seen(alice, "from alice's terminal");
+  lines = await hush("sync");
+  expectLines(lines, (l) => l.sender === "alice" && l.text === "from alice's terminal", "the message from alice's terminal");
+  await send(alice, "alice's page to her terminal");
+  lines = await hushAt("alice-terminal", "sync");
+  if (!lines.some((l) => l.sender === "alice" && l.text === "alice's page to her terminal")) throw new Error(`alice's terminal did not read her page: ${JSON.stringify(lines)}`);
+  step("web -> CLI: alice's page linked a terminal device, added it and told it the name; messages both ways");
+
+  // 16. CLI -> web: carol's CLI prints a code and waits; a new browser
+  // links with "I already have an account"; the CLI adds it and tells it
+  // the name; the new page shows "friends" and chats both ways.
+  const waiter = hushStart("carol", "device", "link-code", "--wait", "60");
+  const { code: cliCode } = await waiter.first;
+  const carolWeb = await newPage("carol-web");
+  await carolWeb.locator("#welcome").waitFor();
+  await carolWeb.locator("#link-browser-open").click();
+  await carolWeb.locator("#link-code-input").fill(cliCode);
+  await shot(carolWeb, "13-link-this-browser");
+  await carolWeb.locator("#link-submit").click();
+  await online(carolWeb);
+  const waited = await waiter.done;
+  const report = waited.find((l) => l.linked);
+  if (!report || report.added_to.length !== 1 || report.failed.length) throw new Error(`carol's link-code said: ${JSON.stringify(waited)}`);
+  await carolWeb.locator('#groups li[data-name="friends"]').waitFor({ timeout: WAIT });
+  await openGroup(carolWeb, "friends");
+  await event(carolWeb, "you joined").waitFor({ timeout: WAIT });
+  await send(carolWeb, "carol's new browser says hi");
+  await seen(alice, "carol's new browser says hi");
+  lines = await hush("sync");
+  expectLines(lines, (l) => l.sender === "carol" && l.text === "carol's new browser says hi", "the message from her new browser");
+  await hush("send", "friends", "carol's terminal to her browser");
+  await seen(carolWeb, "carol's terminal to her browser");
+  await send(alice, "alice to carol's browser");
+  await seen(carolWeb, "alice to carol's browser");
+  await shot(carolWeb, "14-linked-browser-chat");
+  step("CLI -> web: carol's CLI linked a browser, added it and told it the name; messages both ways");
 
   if (pageErrors.length) throw new Error(`page errors: ${pageErrors.join("; ")}`);
   step("all passed");

@@ -13,7 +13,7 @@
 //! sync / listen    {"group":"<hex>","seq":6,"sender":"alice","text":"hi"}
 //!                  {"group":"<hex>","seq":3,"event":"added","members":["bob"]}
 //!                  (events: added, removed, joined, left, name — "name" has "name" instead of "members")
-//! device link-code {"code":"…","expires_at_ms":…}
+//! device link-code {"code":"…","expires_at_ms":…} then {"linked":"<device>","added_to":["<hex>",…],"failed":[…]}
 //! device link      {"user_id":"alice","device_id":"…","joined":["<hex>",…]}
 //! device list      {"created_at_ms":…,"device_id":"…","signature_key":"<hex>","this_device":true}   (one line per device)
 //! device revoke    {"device_id":"…","removed_from":[{"group":"<hex>","seq":7},…]}
@@ -40,7 +40,7 @@ use crate::backoff::Backoff;
 use crate::client::{Client, CommitDone};
 use crate::conn::Transport;
 use crate::display::{handles_of, render_alert, render_log_line};
-use crate::error::{ClientError, Result};
+use crate::error::{short_id, ClientError, Result};
 use crate::store::GroupStatus;
 use crate::trust::format_number;
 
@@ -160,12 +160,22 @@ pub enum GroupCommand {
 /// `hush device ...`
 #[derive(Debug, Subcommand)]
 pub enum DeviceCommand {
-    /// On an existing device: print a one-time code for linking a new one.
-    LinkCode,
-    /// On a new device (empty home): become a device of the code's user.
+    /// On an existing device: print a one-time code for linking a new one,
+    /// wait for the new device, and add it to this device's groups.
+    LinkCode {
+        /// Seconds to wait for the new device (0: print the code and exit).
+        #[arg(long, default_value_t = crate::client::LINK_WAIT.as_secs())]
+        wait: u64,
+    },
+    /// On a new device (empty home): become a device of the code's user and
+    /// wait to be added to its groups.
     Link {
-        /// The code printed by `hush device link-code`.
+        /// The code printed by `hush device link-code` (or the web page).
         code: String,
+        /// Seconds to wait for the user's other devices to add this one;
+        /// the groups nobody added it to are then joined by external commit.
+        #[arg(long, default_value_t = crate::client::LINK_WELCOME_WAIT.as_secs())]
+        wait: u64,
     },
     /// List this user's devices.
     List,
@@ -243,6 +253,7 @@ fn print_unshown(client: &Client, out: Out) -> Result<()> {
     for alert in client.db().take_alerts()? {
         out.line(&render_alert(out.json, &alert));
     }
+    let me = client.me()?.user_id.clone();
     let lines = client.take_unshown()?;
     for (gid, row) in lines {
         let label = client
@@ -250,7 +261,7 @@ fn print_unshown(client: &Client, out: Out) -> Result<()> {
             .group(&gid)?
             .map(|g| g.display_name())
             .unwrap_or_else(|| hex::encode(&gid));
-        out.line(&render_log_line(out.json, &gid, &label, &row));
+        out.line(&render_log_line(out.json, &gid, &label, &row, &me));
     }
     Ok(())
 }
@@ -259,6 +270,14 @@ fn print_unshown(client: &Client, out: Out) -> Result<()> {
 pub async fn run(cli: Cli) -> Result<()> {
     let out = Out::new(cli.json);
     let home = cli.home_dir();
+    let creates_account = matches!(
+        cli.command,
+        Command::Register { .. } | Command::Device(DeviceCommand::Link { .. })
+    );
+    if !creates_account && !home.join(crate::store::DB_FILE).exists() {
+        // A mistyped --home must not silently start a new, empty state.
+        return Err(ClientError::NoAccount { home });
+    }
     let mut client = Client::open(&home, cli.server.as_deref())?;
     client.set_transport(cli.transport);
     if let Some(ca) = &cli.ca {
@@ -281,6 +300,18 @@ async fn dispatch(client: &mut Client, command: Command, out: Out) -> Result<()>
     match command {
         Command::Register { handle } => register(client, &handle, out).await,
         Command::Device(command) => device(client, command, out).await,
+        Command::Group(GroupCommand::List) => {
+            // Listing is local; connecting first applies what is pending,
+            // and without a server the local state is listed as it is.
+            match client.connect().await {
+                Ok(()) => {}
+                Err(e @ ClientError::Unreachable { .. }) => {
+                    eprintln!("hush: offline, listing local state: {e}");
+                }
+                Err(e) => return Err(e),
+            }
+            list_groups(client, out)
+        }
         Command::Group(command) => {
             client.connect().await?;
             group(client, command, out).await
@@ -385,11 +416,69 @@ async fn register(client: &mut Client, handle: &str, out: Out) -> Result<()> {
     Ok(())
 }
 
+/// `hush device link-code`: prints the code, then (unless `--wait 0`)
+/// waits for the new device and adds it to this device's groups.
+async fn link_code(client: &mut Client, wait: u64, out: Out) -> Result<()> {
+    client.connect().await?;
+    let known: Vec<String> = client
+        .devices()
+        .await?
+        .into_iter()
+        .map(|d| d.device_id)
+        .collect();
+    let code = client.link_code().await?;
+    out.emit(
+        &serde_json::json!({"code": code.code, "expires_at_ms": code.expires_at_ms}),
+        || {
+            if wait == 0 {
+                code.code.clone()
+            } else {
+                format!(
+                    "{}\non the new device: hush device link {} (or \"I already have an \
+                     account\" on the web page); waiting up to {wait} s...",
+                    code.code, code.code
+                )
+            }
+        },
+    );
+    if wait == 0 {
+        return Ok(());
+    }
+    let Some(linked) = client
+        .add_linked_device(&known, Duration::from_secs(wait))
+        .await?
+    else {
+        return Err(ClientError::GaveUp(format!(
+            "no new device used the code within {wait} s; run hush device link-code again"
+        )));
+    };
+    let added: Vec<&str> = linked.added_to.iter().map(|(g, _)| g.as_str()).collect();
+    out.emit(
+        &serde_json::json!({
+            "linked": &linked.device_id,
+            "added_to": &added,
+            "failed": &linked.failed,
+        }),
+        || {
+            let mut s = format!(
+                "device {} linked; added it to {} group(s)",
+                linked.device_id,
+                added.len()
+            );
+            for (g, why) in &linked.failed {
+                s.push_str(&format!("\ncould not add it to {g}: {why}"));
+            }
+            s
+        },
+    );
+    Ok(())
+}
+
 /// `hush device ...`.
 async fn device(client: &mut Client, command: DeviceCommand, out: Out) -> Result<()> {
     match command {
-        DeviceCommand::Link { code } => {
-            let joined = client.link_device(&code).await?;
+        DeviceCommand::Link { code, wait } => {
+            let joined = client.link_device(&code, Duration::from_secs(wait)).await?;
             let me = client.me()?;
             #[derive(Serialize)]
             struct R<'a> {
@@ -413,14 +502,7 @@ async fn device(client: &mut Client, command: DeviceCommand, out: Out) -> Result
                 },
             );
         }
-        DeviceCommand::LinkCode => {
-            client.connect().await?;
-            let code = client.link_code().await?;
-            out.emit(
-                &serde_json::json!({"code": code.code, "expires_at_ms": code.expires_at_ms}),
-                || code.code.clone(),
-            );
-        }
+        DeviceCommand::LinkCode { wait } => link_code(client, wait, out).await?,
         DeviceCommand::List => {
             client.connect().await?;
             for d in client.devices().await? {
@@ -466,7 +548,25 @@ async fn device(client: &mut Client, command: DeviceCommand, out: Out) -> Result
 async fn group(client: &mut Client, command: GroupCommand, out: Out) -> Result<()> {
     match command {
         GroupCommand::Create { name } => {
+            let same: Vec<String> = client
+                .groups()?
+                .into_iter()
+                .filter(|v| {
+                    v.row.status == GroupStatus::Active
+                        && v.row.name.as_deref() == Some(name.trim())
+                })
+                .map(|v| short_id(&v.row.hex_id()))
+                .collect();
             let g = client.create_group(&name).await?;
+            if !same.is_empty() {
+                eprintln!(
+                    "hush: warning: you already have a group named {:?} (id {}…); \
+                     name them apart with their id prefixes, e.g. `hush send {} ...`",
+                    name.trim(),
+                    same.join("…, id "),
+                    short_id(&g.hex_id())
+                );
+            }
             #[derive(Serialize)]
             struct R<'a> {
                 group: String,
@@ -511,7 +611,6 @@ async fn group(client: &mut Client, command: GroupCommand, out: Out) -> Result<(
                 )
             });
         }
-        // Listing is local; connecting first applied what was pending.
         GroupCommand::List => list_groups(client, out)?,
     }
     Ok(())
@@ -606,10 +705,12 @@ async fn listen(client: &mut Client, out: Out) -> Result<()> {
             match client.connect().await {
                 Ok(()) => backoff.reset(),
                 Err(e) if e.is_transient() => {
-                    tracing::warn!(error = %e, "connect failed; retrying");
+                    let delay = backoff.next_delay();
+                    // Visibly: a listener that prints nothing looks healthy.
+                    eprintln!("hush: {e}; retrying in {}", format_delay(delay));
                     tokio::select! {
                         _ = tokio::signal::ctrl_c() => return Ok(()),
-                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+                        _ = tokio::time::sleep(delay) => {}
                     }
                     continue;
                 }
@@ -628,7 +729,7 @@ async fn listen(client: &mut Client, out: Out) -> Result<()> {
         match r {
             Ok(()) => {}
             Err(e) if e.is_transient() => {
-                tracing::warn!(error = %e, "connection lost; reconnecting");
+                eprintln!("hush: connection lost ({e}); reconnecting");
                 client.close().await;
             }
             Err(e) => return Err(e),
@@ -636,9 +737,25 @@ async fn listen(client: &mut Client, out: Out) -> Result<()> {
     }
 }
 
+/// A retry delay in words: "250 ms", "1.0 s".
+fn format_delay(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{} ms", d.as_millis())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delays_read_well() {
+        assert_eq!(format_delay(Duration::from_millis(250)), "250 ms");
+        assert_eq!(format_delay(Duration::from_secs(1)), "1.0 s");
+        assert_eq!(format_delay(Duration::from_millis(10_000)), "10.0 s");
+    }
 
     #[test]
     fn update_line_has_exact_shape() {

@@ -24,6 +24,31 @@ pub enum ClientError {
     /// The HTTP request could not be made or its answer could not be read.
     #[error("http: {0}")]
     Http(String),
+    /// No server answers at this URL (refused, timed out, no such host).
+    #[error("cannot reach {url}: is hush-node running? ({reason})")]
+    Unreachable {
+        /// The server URL.
+        url: String,
+        /// What the network said, in a few words ("connection refused").
+        reason: String,
+    },
+    /// A handle that the server does not know.
+    #[error("no user named {0}")]
+    NoSuchUser(String),
+    /// The group exists locally, but this device is no longer in it.
+    #[error("you {} {name}", if *.left { "left" } else { "were removed from" })]
+    NoLongerMember {
+        /// The group's display name.
+        name: String,
+        /// True when this device left by itself.
+        left: bool,
+    },
+    /// A command that needs an account was run on a home without one.
+    #[error("no account in {}: run `hush register HANDLE` or `hush device link CODE` first, or check --home / HUSH_HOME", home.display())]
+    NoAccount {
+        /// The home directory looked at.
+        home: std::path::PathBuf,
+    },
     /// The WebSocket could not be opened or broke.
     #[error("websocket: {0}")]
     WebSocket(String),
@@ -50,12 +75,14 @@ pub enum ClientError {
     #[error("no group matches {0:?}")]
     GroupNotFound(String),
     /// Several local groups match the given name or prefix.
-    #[error("{query:?} is ambiguous: matches {}", candidates.join(", "))]
+    #[error("ambiguous: {query:?} matches {}: use the id prefix of the one you mean (e.g. {:?})",
+        candidates.iter().map(|(name, id)| format!("{name} (id {}…)", short_id(id))).collect::<Vec<_>>().join(", "),
+        candidates.first().map(|(_, id)| short_id(id)).unwrap_or_default())]
     AmbiguousGroup {
         /// What the user typed.
         query: String,
-        /// Hex ids of the matching groups.
-        candidates: Vec<String>,
+        /// Display name and hex id of each matching group.
+        candidates: Vec<(String, String)>,
     },
     /// A bad argument given to the SDK (handle syntax, empty text, ...).
     #[error("invalid argument: {0}")]
@@ -93,6 +120,10 @@ impl ClientError {
         match self {
             ClientError::Server { code, .. } => code.as_str_name(),
             ClientError::Http(_) => "HTTP",
+            ClientError::Unreachable { .. } => "UNREACHABLE",
+            ClientError::NoSuchUser(_) => "NOT_FOUND",
+            ClientError::NoLongerMember { .. } => "NOT_MEMBER",
+            ClientError::NoAccount { .. } => "NOT_REGISTERED",
             ClientError::WebSocket(_) => "WEBSOCKET",
             ClientError::Disconnected(_) => "DISCONNECTED",
             ClientError::Protocol(_) => "PROTOCOL",
@@ -121,7 +152,10 @@ impl ClientError {
     /// True for errors after which reconnecting may help.
     pub fn is_transient(&self) -> bool {
         match self {
-            ClientError::WebSocket(_) | ClientError::Disconnected(_) | ClientError::Http(_) => true,
+            ClientError::WebSocket(_)
+            | ClientError::Disconnected(_)
+            | ClientError::Http(_)
+            | ClientError::Unreachable { .. } => true,
             ClientError::Server { code, .. } => {
                 matches!(
                     code,
@@ -129,6 +163,18 @@ impl ClientError {
                 )
             }
             _ => false,
+        }
+    }
+
+    /// This error with the handle it concerns named: the server's
+    /// NOT_FOUND about a user becomes [`ClientError::NoSuchUser`].
+    pub fn for_user(self, handle: &str) -> Self {
+        match self {
+            ClientError::Server {
+                code: ErrorCode::NotFound,
+                ..
+            } => ClientError::NoSuchUser(handle.to_string()),
+            other => other,
         }
     }
 
@@ -141,6 +187,11 @@ impl ClientError {
     pub(crate) fn codec(context: &str, err: impl std::fmt::Display) -> Self {
         ClientError::Protocol(format!("{context}: {err}"))
     }
+}
+
+/// The first 8 hex digits of a group id: enough to pick it.
+pub fn short_id(hex_id: &str) -> String {
+    hex_id.chars().take(8).collect()
 }
 
 impl From<v1::Error> for ClientError {
@@ -195,11 +246,34 @@ mod tests {
             "GROUP_NOT_FOUND"
         );
         let amb = ClientError::AmbiguousGroup {
-            query: "ab".into(),
-            candidates: vec!["ab01".into(), "ab02".into()],
+            query: "work".into(),
+            candidates: vec![
+                ("work".into(), "ab01ab01ab01".into()),
+                ("work".into(), "cd02cd02cd02".into()),
+            ],
         };
         assert_eq!(amb.code(), "AMBIGUOUS_GROUP");
-        assert!(amb.to_string().contains("ab01, ab02"));
+        assert_eq!(
+            amb.to_string(),
+            "ambiguous: \"work\" matches work (id ab01ab01…), work (id cd02cd02…): \
+             use the id prefix of the one you mean (e.g. \"ab01ab01\")"
+        );
+        assert_eq!(
+            ClientError::NoLongerMember {
+                name: "friends".into(),
+                left: false
+            }
+            .to_string(),
+            "you were removed from friends"
+        );
+        assert_eq!(
+            ClientError::Unreachable {
+                url: "http://127.0.0.1:9".into(),
+                reason: "connection refused".into()
+            }
+            .to_string(),
+            "cannot reach http://127.0.0.1:9: is hush-node running? (connection refused)"
+        );
         assert!(ClientError::Disconnected("eof".into()).is_transient());
         assert!(!ClientError::NotRegistered.is_transient());
     }

@@ -27,6 +27,30 @@ pub struct Http {
     client: reqwest::Client,
 }
 
+/// A few words for why a server could not be reached: the I/O error kind
+/// at the bottom of reqwest's error chain ("connection refused"), else its
+/// innermost message.
+fn unreachable_reason(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        return "timed out".into();
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut innermost = e.to_string();
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+                std::io::ErrorKind::TimedOut => "timed out".into(),
+                std::io::ErrorKind::ConnectionReset => "connection reset".into(),
+                _ => io.to_string(),
+            };
+        }
+        innermost = s.to_string();
+        source = s.source();
+    }
+    innermost
+}
+
 /// Normalizes a server URL ("host:port" gets "http://", no trailing slash;
 /// `https://` is kept).
 pub fn normalize_server(server: &str) -> Result<String> {
@@ -112,10 +136,16 @@ impl Http {
         if let Some(t) = token {
             rb = rb.header("authorization", format!("Bearer {}", t.0));
         }
-        let resp = rb
-            .send()
-            .await
-            .map_err(|e| ClientError::Http(format!("POST {path}: {e}")))?;
+        let resp = rb.send().await.map_err(|e| {
+            if e.is_connect() || e.is_timeout() {
+                ClientError::Unreachable {
+                    url: self.base.clone(),
+                    reason: unreachable_reason(&e),
+                }
+            } else {
+                ClientError::Http(format!("POST {path}: {e}"))
+            }
+        })?;
         let status = resp.status();
         let body = resp
             .bytes()

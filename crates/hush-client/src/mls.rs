@@ -29,12 +29,26 @@ pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_
 /// How many past epochs' message secrets a member keeps.
 pub const MAX_PAST_EPOCHS: usize = 5;
 
+/// How far behind the newest message a sender's message may arrive and
+/// still decrypt (openmls' `out_of_order_tolerance`, default 5). Several
+/// processes of one device encrypt in one order (under the home's lock) but
+/// reach the server in another, so one sender's generations arrive
+/// shuffled by up to the number of its concurrent sends.
+pub const OUT_OF_ORDER_TOLERANCE: u32 = 128;
+/// How far ahead a message's generation may be (openmls' default).
+pub const MAX_FORWARD_DISTANCE: u32 = 1000;
+
+fn sender_ratchet() -> SenderRatchetConfiguration {
+    SenderRatchetConfiguration::new(OUT_OF_ORDER_TOLERANCE, MAX_FORWARD_DISTANCE)
+}
+
 /// The create config of every Hush group.
 pub fn create_config() -> MlsGroupCreateConfig {
     MlsGroupCreateConfig::builder()
         .ciphersuite(CIPHERSUITE)
         .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
         .max_past_epochs(MAX_PAST_EPOCHS)
+        .sender_ratchet_configuration(sender_ratchet())
         .use_ratchet_tree_extension(false)
         .build()
 }
@@ -44,6 +58,7 @@ pub fn join_config() -> MlsGroupJoinConfig {
     MlsGroupJoinConfig::builder()
         .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
         .max_past_epochs(MAX_PAST_EPOCHS)
+        .sender_ratchet_configuration(sender_ratchet())
         .use_ratchet_tree_extension(false)
         .build()
 }
@@ -198,6 +213,7 @@ pub fn create_group(db: &StateDb, id: &Identity) -> Result<NewGroup> {
         let group = MlsGroup::builder()
             .with_wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
             .max_past_epochs(MAX_PAST_EPOCHS)
+            .sender_ratchet_configuration(sender_ratchet())
             .use_ratchet_tree_extension(false)
             .ciphersuite(CIPHERSUITE)
             .build(&provider, &id.keys, credential(id))
@@ -226,11 +242,13 @@ pub fn has_group(db: &StateDb, group_id: &[u8]) -> Result<bool> {
 
 /// Deletes a group's MLS state (after leaving, or to retry an external join).
 pub fn delete_group(db: &StateDb, group_id: &[u8]) -> Result<()> {
-    let provider = db.provider();
-    if let Some(mut g) = MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))? {
-        g.delete(provider.storage())?;
-    }
-    Ok(())
+    db.atomically(|db| {
+        let provider = db.provider();
+        if let Some(mut g) = MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))? {
+            g.delete(provider.storage())?;
+        }
+        Ok(())
+    })
 }
 
 /// A member of a group.
@@ -341,27 +359,52 @@ pub fn commit(db: &StateDb, id: &Identity, group_id: &[u8], change: Change) -> R
 }
 
 /// Applies the pending commit (the server accepted it).
+/// (Another process on this home may have merged it already, from the
+/// timeline: then there is nothing to do.)
 pub fn merge_pending(db: &StateDb, group_id: &[u8]) -> Result<()> {
-    let provider = db.provider();
-    let mut group = load_group(db, group_id)?;
-    if group.pending_commit().is_none() {
-        return Ok(());
-    }
-    group
-        .merge_pending_commit(&provider)
-        .map_err(|e| ClientError::mls("merge pending commit", e))
+    db.atomically(|db| {
+        let provider = db.provider();
+        let mut group = load_group(db, group_id)?;
+        if group.pending_commit().is_none() {
+            return Ok(());
+        }
+        group
+            .merge_pending_commit(&provider)
+            .map_err(|e| ClientError::mls("merge pending commit", e))
+    })
+}
+
+/// The members this device's pending commit removes on their own request
+/// (their leave proposals), as identities.
+pub fn pending_leavers(db: &StateDb, group_id: &[u8]) -> Result<Vec<String>> {
+    let group = load_group(db, group_id)?;
+    let Some(staged) = group.pending_commit() else {
+        return Ok(Vec::new());
+    };
+    Ok(staged
+        .remove_proposals()
+        .filter_map(|p| {
+            let leaf = p.remove_proposal().removed();
+            match p.sender() {
+                Sender::Member(by) if *by == leaf => group.member(leaf).map(credential_identity),
+                _ => None,
+            }
+        })
+        .collect())
 }
 
 /// Drops the pending commit (the server rejected it).
 pub fn clear_pending(db: &StateDb, group_id: &[u8]) -> Result<()> {
-    let provider = db.provider();
-    let mut group = load_group(db, group_id)?;
-    if group.pending_commit().is_some() {
-        group
-            .clear_pending_commit(provider.storage())
-            .map_err(|e| ClientError::mls("clear pending commit", e))?;
-    }
-    Ok(())
+    db.atomically(|db| {
+        let provider = db.provider();
+        let mut group = load_group(db, group_id)?;
+        if group.pending_commit().is_some() {
+            group
+                .clear_pending_commit(provider.storage())
+                .map_err(|e| ClientError::mls("clear pending commit", e))?;
+        }
+        Ok(())
+    })
 }
 
 /// Whether proposals are queued in the group (openmls refuses to encrypt
@@ -375,10 +418,12 @@ pub fn has_pending_proposals(db: &StateDb, group_id: &[u8]) -> Result<bool> {
 
 /// Drops the queued proposals of a group (own leave proposal rejected).
 pub fn clear_pending_proposals(db: &StateDb, group_id: &[u8]) -> Result<()> {
-    let provider = db.provider();
-    let mut group = load_group(db, group_id)?;
-    group.clear_pending_proposals(provider.storage())?;
-    Ok(())
+    db.atomically(|db| {
+        let provider = db.provider();
+        let mut group = load_group(db, group_id)?;
+        group.clear_pending_proposals(provider.storage())?;
+        Ok(())
+    })
 }
 
 /// Creates the self-remove proposal of a member leaving (a PublicMessage).
@@ -598,8 +643,11 @@ pub enum Processed {
         sender: String,
         /// Added member identities (external joiners included).
         added: Vec<String>,
-        /// Removed member identities.
+        /// Removed member identities (by someone else).
         removed: Vec<String>,
+        /// Member identities that left: their own remove proposal, which
+        /// the committer only carried out.
+        left: Vec<String>,
         /// True when this commit removed this device.
         self_removed: bool,
         /// True for an external join (the sender joined itself).
@@ -683,14 +731,17 @@ pub fn process(
                 if external {
                     added.push(sender.clone());
                 }
-                let removed: Vec<String> = staged
-                    .remove_proposals()
-                    .filter_map(|p| {
-                        group
-                            .member(p.remove_proposal().removed())
-                            .map(credential_identity)
-                    })
-                    .collect();
+                let (mut removed, mut left) = (Vec::new(), Vec::new());
+                for p in staged.remove_proposals() {
+                    let leaf = p.remove_proposal().removed();
+                    let Some(id) = group.member(leaf).map(credential_identity) else {
+                        continue;
+                    };
+                    match p.sender() {
+                        Sender::Member(by) if *by == leaf => left.push(id),
+                        _ => removed.push(id),
+                    }
+                }
                 let self_removed = staged.self_removed();
                 let freed: std::collections::BTreeSet<u32> = staged
                     .remove_proposals()
@@ -715,6 +766,7 @@ pub fn process(
                     sender,
                     added,
                     removed,
+                    left,
                     self_removed,
                     external,
                 })
@@ -900,7 +952,11 @@ mod tests {
         let c = commit(&adb, &alice, &gid, Change::PendingProposals).unwrap();
         merge_pending(&adb, &gid).unwrap();
         match process(&cdb, &gid, &c.commit).unwrap() {
-            Processed::Commit { removed, .. } => assert_eq!(removed, vec!["bob/bbbbbbbbbbbbbbbb"]),
+            // A leave: bob's own proposal, which alice only carried out.
+            Processed::Commit { removed, left, .. } => {
+                assert_eq!(left, vec!["bob/bbbbbbbbbbbbbbbb"]);
+                assert!(removed.is_empty(), "{removed:?}");
+            }
             other => panic!("unexpected {other:?}"),
         }
         match process(&bdb, &gid, &c.commit).unwrap() {
@@ -1023,6 +1079,7 @@ mod tests {
                     sender: bob_id.clone(),
                     added: vec![],
                     removed: vec![],
+                    left: vec![],
                     self_removed: false,
                     external: false,
                 },

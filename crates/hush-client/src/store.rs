@@ -8,9 +8,22 @@
 //!   message log used for display.
 //!
 //! Because both live on one connection, processing a timeline entry (MLS
-//! state change + cursor move + log line) runs in one SQLite savepoint
+//! state change + cursor move + log line) runs in one SQLite transaction
 //! ([`StateDb::atomically`]): after a crash either all of it happened or
 //! none, so processing is resumable and never applies an entry twice.
+//!
+//! Several `hush` processes may use one home at once (a `listen` or `chat`
+//! left open while scripts send). The outermost [`StateDb::atomically`] is
+//! a `BEGIN IMMEDIATE` transaction: it takes SQLite's write lock before it
+//! reads anything, waiting up to [`BUSY_TIMEOUT`] for another process to
+//! finish its step. That lock is the cross-process lock of every MLS
+//! read-modify-write (encrypt, process, commit, merge): the group state is
+//! loaded from the file after the lock is held, so no process ever works
+//! on a stale copy, and it is held for that one step only, never across a
+//! network round trip or between messages. (A deferred transaction that
+//! reads first and then writes would fail at once with "database is locked"
+//! when another process wrote in between: SQLite cannot wait there, since
+//! its snapshot is already stale.)
 
 use std::path::Path;
 
@@ -290,6 +303,9 @@ pub struct Alert {
 pub struct StateDb {
     conn: Connection,
     crypto: RustCrypto,
+    /// How many [`StateDb::atomically`] calls are open on this connection
+    /// (the outermost one owns the transaction, inner ones are savepoints).
+    depth: std::cell::Cell<u32>,
 }
 
 impl std::fmt::Debug for StateDb {
@@ -301,8 +317,10 @@ impl std::fmt::Debug for StateDb {
 /// The file name of the state database inside the home directory.
 pub const DB_FILE: &str = "hush.db";
 /// How long a write waits for another process holding the database (a
-/// second `hush` on the same home) before it fails as busy.
-const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// second `hush` on the same home) before it fails as busy. Every holder
+/// keeps the lock for one short step (milliseconds), so this is only
+/// reached when dozens of processes queue on one home on a loaded machine.
+pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl StateDb {
     /// Opens (creating if needed) `<home>/hush.db` and migrates it.
@@ -330,11 +348,17 @@ impl StateDb {
                 "state database schema {version} is newer than this client ({SCHEMA_VERSION})"
             )));
         }
-        conn.execute_batch(SCHEMA)?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        if version < SCHEMA_VERSION {
+            // Only a new or older file is written to: opening a current one
+            // takes no write lock, so a command never waits here for
+            // another process's step.
+            conn.execute_batch(SCHEMA)?;
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        }
         Ok(Self {
             conn,
             crypto: RustCrypto::default(),
+            depth: std::cell::Cell::new(0),
         })
     }
 
@@ -351,22 +375,41 @@ impl StateDb {
         }
     }
 
-    /// Runs `f` inside a savepoint: everything it writes (openmls state
-    /// included) is committed together, or rolled back if it fails.
-    /// Savepoints nest, so `atomically` may be called from inside itself.
+    /// Runs `f` inside a transaction: everything it writes (openmls state
+    /// included) is committed together, or rolled back if it fails. The
+    /// outermost call is `BEGIN IMMEDIATE`, so it holds the database's
+    /// write lock (across processes) from before its first read to its
+    /// commit: whatever `f` loads is current and nobody else changes it
+    /// meanwhile. Calls nest (inner ones are savepoints). Keep `f` short
+    /// and free of network waits: every other process on this home queues
+    /// behind it.
     pub fn atomically<T>(&self, f: impl FnOnce(&Self) -> Result<T>) -> Result<T> {
-        self.conn.execute_batch("SAVEPOINT hush_atomic")?;
-        match f(self) {
-            Ok(v) => {
-                self.conn.execute_batch("RELEASE hush_atomic")?;
-                Ok(v)
-            }
+        let depth = self.depth.get();
+        let (begin, commit, rollback) = if depth == 0 {
+            ("BEGIN IMMEDIATE", "COMMIT", "ROLLBACK")
+        } else {
+            (
+                "SAVEPOINT hush_atomic",
+                "RELEASE hush_atomic",
+                "ROLLBACK TO hush_atomic; RELEASE hush_atomic",
+            )
+        };
+        self.conn.execute_batch(begin)?;
+        self.depth.set(depth + 1);
+        let r = f(self);
+        self.depth.set(depth);
+        match r {
+            Ok(v) => match self.conn.execute_batch(commit) {
+                Ok(()) => Ok(v),
+                Err(e) => {
+                    let _ = self.conn.execute_batch(rollback);
+                    Err(e.into())
+                }
+            },
             Err(e) => {
                 // Best effort: if the rollback itself fails the connection is
                 // unusable and the next statement reports it.
-                let _ = self
-                    .conn
-                    .execute_batch("ROLLBACK TO hush_atomic; RELEASE hush_atomic");
+                let _ = self.conn.execute_batch(rollback);
                 Err(e)
             }
         }
@@ -589,10 +632,26 @@ impl StateDb {
         Ok(())
     }
 
+    /// Marks the log lines of one group up to `seq` as reported: an open
+    /// chat showed them, so `sync` and `listen` do not print them again
+    /// (the read position the chat and the commands share).
+    pub fn mark_shown_through(&self, group_id: &[u8], seq: u64) -> Result<()> {
+        self.conn.execute(
+            "UPDATE hush_log SET shown = 1 WHERE group_id = ?1 AND seq <= ?2 AND shown = 0",
+            params![group_id, seq as i64],
+        )?;
+        Ok(())
+    }
+
     /// Every log line not reported yet, in the order it was recorded, and
     /// marks them reported. (Any command processes what is pending; `sync`
     /// and `listen` report it, so nothing is lost between commands.)
     pub fn take_unshown(&self) -> Result<Vec<(Vec<u8>, LogRow)>> {
+        // One transaction: two readers on one home never both report a line.
+        self.atomically(|db| db.take_unshown_locked())
+    }
+
+    fn take_unshown_locked(&self) -> Result<Vec<(Vec<u8>, LogRow)>> {
         let rows = {
             let mut st = self.conn.prepare(
                 "SELECT group_id, seq, sender, kind, body, ts_ms FROM hush_log WHERE shown = 0 ORDER BY rowid",
@@ -730,6 +789,10 @@ impl StateDb {
 
     /// Every alert not shown yet, oldest first, and marks them shown.
     pub fn take_alerts(&self) -> Result<Vec<Alert>> {
+        self.atomically(|db| db.take_alerts_locked())
+    }
+
+    fn take_alerts_locked(&self) -> Result<Vec<Alert>> {
         let rows = {
             let mut st = self.conn.prepare(
                 "SELECT id, user_id, kind, body, ts_ms FROM hush_alerts WHERE shown = 0 ORDER BY id",
@@ -775,7 +838,11 @@ impl StateDb {
     }
 }
 
-/// Group resolution over a list (pure, unit-tested).
+/// Group resolution over a list (pure, unit-tested): a full hex id (any
+/// status), else an exact name, else a unique hex-id prefix, among active
+/// groups. A name or prefix that matches only groups this device is no
+/// longer in says so ([`ClientError::NoLongerMember`]); one that matches
+/// several active groups lists them with their ids.
 pub fn resolve(groups: &[GroupRow], query: &str) -> Result<GroupRow> {
     let q = query.trim();
     if q.is_empty() {
@@ -785,32 +852,40 @@ pub fn resolve(groups: &[GroupRow], query: &str) -> Result<GroupRow> {
     if let Some(g) = groups.iter().find(|g| g.hex_id() == lower) {
         return Ok(g.clone());
     }
-    let active = || groups.iter().filter(|g| g.status == GroupStatus::Active);
-    let by_name: Vec<&GroupRow> = active().filter(|g| g.name.as_deref() == Some(q)).collect();
-    match by_name.len() {
-        1 => return Ok(by_name[0].clone()),
-        0 => {}
-        _ => {
-            return Err(ClientError::AmbiguousGroup {
-                query: q.to_string(),
-                candidates: by_name.iter().map(|g| g.hex_id()).collect(),
-            })
-        }
-    }
-    if lower.chars().all(|c| c.is_ascii_hexdigit()) {
-        let by_prefix: Vec<&GroupRow> = active()
-            .filter(|g| g.hex_id().starts_with(&lower))
+    let is_hex = lower.chars().all(|c| c.is_ascii_hexdigit());
+    let by_name = |g: &&GroupRow| g.name.as_deref() == Some(q);
+    let by_prefix = |g: &&GroupRow| is_hex && g.hex_id().starts_with(&lower);
+    for matches in [&by_name as &dyn Fn(&&GroupRow) -> bool, &by_prefix] {
+        let active: Vec<&GroupRow> = groups
+            .iter()
+            .filter(|g| g.status == GroupStatus::Active)
+            .filter(matches)
             .collect();
-        match by_prefix.len() {
-            1 => return Ok(by_prefix[0].clone()),
+        match active.len() {
+            1 => return Ok(active[0].clone()),
             0 => {}
             _ => {
                 return Err(ClientError::AmbiguousGroup {
                     query: q.to_string(),
-                    candidates: by_prefix.iter().map(|g| g.hex_id()).collect(),
+                    candidates: active
+                        .iter()
+                        .map(|g| (g.display_name(), g.hex_id()))
+                        .collect(),
                 })
             }
         }
+    }
+    // Only groups this device is no longer in: say so (the latest one).
+    if let Some(g) = groups
+        .iter()
+        .filter(|g| g.status != GroupStatus::Active)
+        .filter(|g| by_name(g) || by_prefix(g))
+        .max_by_key(|g| g.last_seq)
+    {
+        return Err(ClientError::NoLongerMember {
+            name: g.display_name(),
+            left: g.status == GroupStatus::Left,
+        });
     }
     Err(ClientError::GroupNotFound(q.to_string()))
 }
@@ -865,6 +940,18 @@ mod tests {
             resolve(&groups, "nope"),
             Err(ClientError::GroupNotFound(_))
         ));
+        // A name only a group this device left carries says so.
+        let mut only_left = groups.clone();
+        only_left.retain(|g| g.group_id != [0xab, 0x02]);
+        assert_eq!(
+            resolve(&only_left, "work").unwrap_err().to_string(),
+            "you left work"
+        );
+        let removed = vec![row(&[0x12], Some("friends"), GroupStatus::Removed)];
+        assert_eq!(
+            resolve(&removed, "friends").unwrap_err().to_string(),
+            "you were removed from friends"
+        );
         assert!(matches!(
             resolve(&groups, "  "),
             Err(ClientError::InvalidArgument(_))
@@ -951,6 +1038,31 @@ mod tests {
             (g.last_seq, g.status, g.name.as_deref()),
             (20, GroupStatus::Active, Some("friends"))
         );
+    }
+
+    #[test]
+    fn what_a_chat_showed_is_not_reported_again() {
+        let db = StateDb::open_in_memory().unwrap();
+        let line = |seq| LogRow {
+            seq,
+            sender: "bob".into(),
+            kind: "text".into(),
+            body: format!("m{seq}"),
+            ts_ms: seq,
+        };
+        for seq in 1..=3 {
+            db.log(b"g", &line(seq), false).unwrap();
+        }
+        db.log(b"h", &line(1), false).unwrap();
+        // The chat showed g up to seq 2.
+        db.mark_shown_through(b"g", 2).unwrap();
+        let left: Vec<(Vec<u8>, u64)> = db
+            .take_unshown()
+            .unwrap()
+            .into_iter()
+            .map(|(g, r)| (g, r.seq))
+            .collect();
+        assert_eq!(left, vec![(b"g".to_vec(), 3), (b"h".to_vec(), 1)]);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use ratatui::{DefaultTerminal, Frame};
 use tokio::sync::mpsc;
 
 use crate::client::Client;
-use crate::display::{forged_text, handles_of, member_handles};
+use crate::display::{display_times, event_text, forged_text, handles_of, input_window, wrap};
 use crate::error::{ClientError, Result};
 use crate::live::TYPING_RESEND_MS;
 use crate::store::{now_ms, GroupStatus, LogRow};
@@ -40,6 +40,8 @@ const REDRAW_INTERVAL: Duration = Duration::from_secs(1);
 const RECONNECT_DELAY: Duration = Duration::from_secs(2);
 
 struct View {
+    /// This user's handle (own actions read in the first person).
+    me: String,
     title: String,
     lines: Vec<LogRow>,
     members: Vec<String>,
@@ -49,7 +51,10 @@ struct View {
     typing: Vec<String>,
     input: String,
     status: String,
+    /// Screen rows scrolled up from the bottom.
     scroll: usize,
+    /// The most `scroll` can be at the current size (set when drawing).
+    max_scroll: std::cell::Cell<usize>,
     /// Warnings for the banner (empty: no banner).
     warnings: Vec<String>,
 }
@@ -59,50 +64,69 @@ fn hhmm(ts_ms: u64) -> String {
     format!("{:02}:{:02}", (secs / 3600) % 24, (secs / 60) % 60)
 }
 
-fn render_row(row: &LogRow) -> Line<'static> {
-    let time = Span::styled(
-        format!("{} ", hhmm(row.ts_ms)),
-        Style::default().fg(Color::DarkGray),
-    );
-    match row.kind.as_str() {
-        "text" => Line::from(vec![
-            time,
-            Span::styled(
-                format!("{}: ", row.sender),
-                Style::default()
-                    .fg(Color::Cyan)
-                    .add_modifier(Modifier::BOLD),
-            ),
-            Span::raw(row.body.clone()),
-        ]),
-        "name" => Line::from(vec![
-            time,
-            Span::styled(
-                format!("* {} named the group {:?}", row.sender, row.body),
-                Style::default().fg(Color::Yellow),
-            ),
-        ]),
-        "forged" => Line::from(vec![
-            time,
-            Span::styled(
-                forged_text(row),
-                Style::default().fg(Color::Red).add_modifier(Modifier::BOLD),
-            ),
-        ]),
-        kind => {
-            let who = member_handles(row).join(", ");
-            let text = match kind {
-                "joined" => format!("* you joined ({who})"),
-                "left" => "* you left".to_string(),
-                _ if row.sender.is_empty() => format!("* {kind}: {who}"),
-                _ => format!("* {} {kind} {who}", row.sender),
-            };
-            Line::from(vec![
-                time,
-                Span::styled(text, Style::default().fg(Color::Yellow)),
-            ])
+/// Width of the time column ("03:45 ").
+const TIME_WIDTH: usize = 6;
+
+/// One log row as screen rows of at most `width` columns: the time, then
+/// the text wrapped, continuation rows indented under the text. `ts_ms` is
+/// the time to show ([`display_times`]); `me` reads its own actions in the
+/// first person.
+fn render_row(row: &LogRow, ts_ms: u64, me: &str, width: usize) -> Vec<Line<'static>> {
+    let event = Style::default().fg(Color::Yellow);
+    let (head, head_style, body, body_style) = match row.kind.as_str() {
+        "text" => (
+            format!("{}: ", row.sender),
+            Style::default()
+                .fg(Color::Cyan)
+                .add_modifier(Modifier::BOLD),
+            row.body.clone(),
+            Style::default(),
+        ),
+        "forged" => {
+            let red = Style::default().fg(Color::Red).add_modifier(Modifier::BOLD);
+            (String::new(), red, forged_text(row), red)
         }
+        _ => (
+            String::new(),
+            event,
+            format!("* {}", event_text(row, me)),
+            event,
+        ),
+    };
+    let room = width.saturating_sub(TIME_WIDTH).max(1);
+    // The sender's name takes the first row's room; the text wraps after it.
+    let text = format!("{head}{body}");
+    let mut out = Vec::new();
+    for (i, piece) in wrap(&text, room).into_iter().enumerate() {
+        let time = if i == 0 {
+            Span::styled(
+                format!("{} ", hhmm(ts_ms)),
+                Style::default().fg(Color::DarkGray),
+            )
+        } else {
+            Span::raw(" ".repeat(TIME_WIDTH))
+        };
+        let mut spans = vec![time];
+        if i == 0 && !head.is_empty() && piece.starts_with(&head) {
+            spans.push(Span::styled(head.clone(), head_style));
+            spans.push(Span::styled(piece[head.len()..].to_string(), body_style));
+        } else {
+            spans.push(Span::styled(piece, body_style));
+        }
+        out.push(Line::from(spans));
     }
+    out
+}
+
+/// Every log row as screen rows, in seq order with times that never run
+/// backwards.
+fn screen_rows(lines: &[LogRow], me: &str, width: usize) -> Vec<Line<'static>> {
+    let times = display_times(lines);
+    lines
+        .iter()
+        .zip(times)
+        .flat_map(|(row, ts)| render_row(row, ts, me, width))
+        .collect()
 }
 
 fn draw(f: &mut Frame<'_>, v: &View) {
@@ -140,9 +164,12 @@ fn draw(f: &mut Frame<'_>, v: &View) {
         .split(rows[0]);
 
     let height = cols[0].height.saturating_sub(2) as usize;
-    let end = v.lines.len().saturating_sub(v.scroll);
+    let width = cols[0].width.saturating_sub(2) as usize;
+    let all = screen_rows(&v.lines, &v.me, width);
+    v.max_scroll.set(all.len().saturating_sub(height));
+    let end = all.len().saturating_sub(v.scroll.min(v.max_scroll.get()));
     let start = end.saturating_sub(height);
-    let text: Vec<Line<'static>> = v.lines[start..end].iter().map(render_row).collect();
+    let text: Vec<Line<'static>> = all[start..end].to_vec();
     f.render_widget(
         Paragraph::new(text).block(
             Block::default()
@@ -163,7 +190,17 @@ fn draw(f: &mut Frame<'_>, v: &View) {
         })
         .collect();
     f.render_widget(
-        List::new(members).block(Block::default().borders(Borders::ALL).title("members")),
+        List::new(members).block(
+            Block::default()
+                .borders(Borders::ALL)
+                .title("members")
+                .title_bottom(Line::from(vec![
+                    Span::styled("●", Style::default().fg(Color::Green)),
+                    Span::raw(" online "),
+                    Span::styled("○", Style::default().fg(Color::DarkGray)),
+                    Span::raw(" offline"),
+                ])),
+        ),
         cols[1],
     );
 
@@ -172,13 +209,13 @@ fn draw(f: &mut Frame<'_>, v: &View) {
         [one] => format!("message — {one} is typing…"),
         many => format!("message — {} are typing…", many.join(", ")),
     };
+    // The input line scrolls: its end and the cursor stay in view.
+    let (visible, cursor) = input_window(&v.input, rows[1].width.saturating_sub(2) as usize);
     f.render_widget(
-        Paragraph::new(v.input.as_str())
-            .block(Block::default().borders(Borders::ALL).title(input_title)),
+        Paragraph::new(visible).block(Block::default().borders(Borders::ALL).title(input_title)),
         rows[1],
     );
-    let x = rows[1].x + 1 + (v.input.chars().count() as u16).min(rows[1].width.saturating_sub(3));
-    f.set_cursor_position((x, rows[1].y + 1));
+    f.set_cursor_position((rows[1].x + 1 + cursor as u16, rows[1].y + 1));
     f.render_widget(
         Paragraph::new(v.status.as_str()).style(Style::default().fg(Color::DarkGray)),
         rows[2],
@@ -187,6 +224,10 @@ fn draw(f: &mut Frame<'_>, v: &View) {
 
 fn reload(client: &Client, gid: &[u8], v: &mut View) -> Result<()> {
     v.lines = client.db().recent_log(gid, SCROLLBACK)?;
+    // What the chat shows is read: `sync` and `listen` do not print it again.
+    if let Some(last) = v.lines.last() {
+        client.db().mark_shown_through(gid, last.seq)?;
+    }
     v.members = client.members(gid)?;
     v.online = handles_of(&v.members)
         .into_iter()
@@ -246,8 +287,6 @@ pub async fn chat(client: &mut Client, group: &str) -> Result<()> {
     let mut terminal = ratatui::try_init()?;
     let r = chat_loop(client, &gid, &mut terminal, &mut keys).await;
     ratatui::restore();
-    // Messages seen here need not be printed again by `sync`.
-    client.db().mark_shown(&gid)?;
     r
 }
 
@@ -258,6 +297,7 @@ async fn chat_loop(
     keys: &mut mpsc::UnboundedReceiver<Event>,
 ) -> Result<()> {
     let mut v = View {
+        me: client.me()?.user_id.clone(),
         title: String::new(),
         lines: Vec::new(),
         members: Vec::new(),
@@ -266,6 +306,7 @@ async fn chat_loop(
         input: String::new(),
         status: "Enter: send  PgUp/PgDn: scroll  Esc: quit".into(),
         scroll: 0,
+        max_scroll: Default::default(),
         warnings: Vec::new(),
     };
     let hex = hex::encode(gid);
@@ -368,7 +409,7 @@ async fn on_key(
         KeyCode::Backspace => {
             v.input.pop();
         }
-        KeyCode::PageUp => v.scroll = (v.scroll + PAGE_LINES).min(v.lines.len()),
+        KeyCode::PageUp => v.scroll = (v.scroll + PAGE_LINES).min(v.max_scroll.get()),
         KeyCode::PageDown => v.scroll = v.scroll.saturating_sub(PAGE_LINES),
         KeyCode::Char(c) => {
             v.input.push(c);
@@ -416,6 +457,7 @@ mod tests {
 
     fn view(lines: Vec<LogRow>, scroll: usize) -> View {
         View {
+            me: "zed".into(),
             title: "friends [abcd1234]".into(),
             lines,
             members: vec!["alice/d1".into(), "bob/d2".into(), "bob/d3".into()],
@@ -424,6 +466,7 @@ mod tests {
             input: "typing here".into(),
             status: "connected".into(),
             scroll,
+            max_scroll: Default::default(),
             warnings: Vec::new(),
         }
     }
@@ -510,5 +553,46 @@ mod tests {
         let up = screen(&view(lines, 10), 80, 12).join("\n");
         assert!(up.contains("line 20") && up.contains("line 15"), "{up}");
         assert!(!up.contains("line 21") && !up.contains("line 14"), "{up}");
+    }
+
+    #[test]
+    fn long_messages_wrap_and_the_input_scrolls() {
+        let long = "the quick brown fox jumps over the lazy dog and keeps running far beyond the edge of the pane";
+        let mut v = view(vec![row(1, "bob", "text", long)], 0);
+        v.input = "x".repeat(70) + " END";
+        let s = screen(&v, 60, 14);
+        let all = s.join("\n");
+        // Every word is on screen, none cut at the pane's edge.
+        for word in long.split(' ') {
+            assert!(all.contains(word), "{word:?} missing:\n{all}");
+        }
+        assert!(all.contains("01:01 bob: the quick"), "{all}");
+        // Continuation rows are indented under the text, not the time.
+        assert!(s.iter().any(|l| l.starts_with("│      ")), "{all}");
+        // The input line shows its end.
+        assert!(all.contains("xxx END"), "{all}");
+    }
+
+    #[test]
+    fn own_actions_in_the_first_person_times_in_order_and_a_legend() {
+        let mut joined = row(3, "", "joined", r#"["alice/d1","zed/z1"]"#);
+        joined.ts_ms = 3 * 3_600_000 + 45 * 60_000; // stamped late, locally
+        let mut named = row(4, "dave", "name", "friends");
+        named.ts_ms = 3 * 3_600_000 + 44 * 60_000;
+        let mut added = row(5, "zed", "added", r#"["bob/d2"]"#);
+        added.ts_ms = 4 * 3_600_000;
+        let mut left = row(6, "bob", "left", r#"["bob/d2"]"#);
+        left.ts_ms = 4 * 3_600_000 + 60_000;
+        let v = view(vec![joined, named, added, left], 0);
+        let s = screen(&v, 90, 12).join("\n");
+        assert!(
+            s.contains("03:44 * you joined (members: alice, zed)"),
+            "{s}"
+        );
+        assert!(s.contains("03:44 * dave named the group"), "{s}");
+        assert!(s.contains("04:00 * you added bob"), "{s}");
+        assert!(s.contains("04:01 * bob left"), "{s}");
+        assert!(!s.contains("removed"), "{s}");
+        assert!(s.contains("● online ○ offline"), "{s}");
     }
 }

@@ -4,8 +4,11 @@
 //! `web/tests/e2e.mjs` (playwright-core) drives the browsers and the CLI:
 //! create, the browser adds the CLI user and the CLI adds a browser user,
 //! messages all ways, self-updates on both sides, remove, unread marks,
-//! presence and typing, a page reload, the SSE fallback with a resume. It
-//! writes screenshots to `target/browser-screenshots/`.
+//! presence and typing, a page reload, the SSE fallback with a resume, and
+//! device linking both ways by Add + Welcome (the page links a CLI device,
+//! the CLI links a new browser; each new device shows the group by name and
+//! exchanges messages both ways). It writes screenshots to
+//! `target/browser-screenshots/`.
 //!
 //! This side checks what the page is served with (CSP, the embedded bundle
 //! is the committed one), the canary: a string typed in the browser never

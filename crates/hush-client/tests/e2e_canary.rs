@@ -55,12 +55,12 @@ fn canary_never_reaches_store_files_or_logs() {
     bob.send(&gid, &format!("{canary} reply from bob"));
 
     // A second device of alice joins by external commit and writes.
-    let code = alice.ok(&["device", "link-code"])[0]["code"]
+    let code = alice.ok(&["device", "link-code", "--wait", "0"])[0]["code"]
         .as_str()
         .unwrap()
         .to_string();
     let laptop = Dev::new(root.path(), "alice-laptop", &node.url);
-    laptop.ok(&["device", "link", &code]);
+    laptop.ok(&["device", "link", &code, "--wait", "0"]);
     laptop.send(&gid, &format!("{canary} from the laptop"));
 
     // Membership changes: bob leaves (a proposal committed by another

@@ -77,8 +77,28 @@ fn chat_flow_through_a_real_node() {
 
     // bob leaves; a remaining member commits his proposal.
     bob.ok(&["group", "leave", "friends"]);
+    // alice's client commits bob's leave; her log (what her chat shows)
+    // has it as bob leaving, not as her removing him.
     alice.ok(&["sync"]);
-    carol.ok(&["sync"]);
+    let events: Vec<(String, String)> = {
+        let db = rusqlite::Connection::open(alice.home.join("hush.db")).unwrap();
+        let mut st = db
+            .prepare("SELECT kind, sender FROM hush_log WHERE kind IN ('left', 'removed')")
+            .unwrap();
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    assert_eq!(events, vec![("left".to_string(), "bob".to_string())]);
+    // A leave reads as a leave, not as a removal by whoever committed it.
+    let c = carol.ok(&["sync"]);
+    assert!(
+        c.iter()
+            .any(|v| v["event"] == "left" && v["members"] == serde_json::json!(["bob"])),
+        "{c:?}"
+    );
+    assert!(!c.iter().any(|v| v["event"] == "removed"), "{c:?}");
     alice.ok(&["send", "friends", "bye bob"]);
     assert_eq!(
         carol.texts(),
@@ -98,12 +118,12 @@ fn chat_flow_through_a_real_node() {
     assert_eq!(carol.err(&["send", &gid, "hello?"]), "NOT_MEMBER");
 
     // A second device of alice joins her groups and reads new messages.
-    let code = alice.ok(&["device", "link-code"])[0]["code"]
+    let code = alice.ok(&["device", "link-code", "--wait", "0"])[0]["code"]
         .as_str()
         .unwrap()
         .to_string();
     let laptop = Dev::new(root.path(), "alice-laptop", &node.url);
-    let linked = laptop.ok(&["device", "link", &code]);
+    let linked = laptop.ok(&["device", "link", &code, "--wait", "0"]);
     assert_eq!(linked[0]["user_id"], "alice");
     assert_eq!(linked[0]["joined"], serde_json::json!([gid]));
     alice.ok(&["send", &gid, "to all my devices"]);

@@ -623,6 +623,56 @@ async fn sessions_live_on_their_owners_and_presence_spans_the_cluster() {
     assert_eq!(seen.get("alice"), Some(&true), "{seen:?}");
 }
 
+/// Presence after a crash: carol's session and her only connection are on
+/// the same node, which dies with `kill -9` (her device with it: she never
+/// reconnects). Nobody is left who remembers she was online but the node
+/// that takes her session over, her witness: her co-members must be told
+/// she is offline, as her session would have on a clean close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_whose_node_dies_with_her_is_announced_offline() {
+    let mut cluster = Cluster::start().await;
+    let carol_node = cluster.session_owner("carol").await;
+    let c = NODES.iter().position(|n| *n == carol_node).unwrap();
+    let other = (c + 1) % NODES.len();
+    let mut alice = member(&cluster, "alice", other).await;
+    let mut bob = member(&cluster, "bob", other).await;
+    // carol knows only her session's node: no failover to another one.
+    let mut carol =
+        Client::open(&cluster.dir.path().join("carol"), Some(&cluster.urls[c])).unwrap();
+    carol.register("carol").await.unwrap();
+    let gid = alice.create_group("witnessed").await.unwrap().group_id;
+    let g = hex::encode(&gid);
+    alice
+        .add_members(&g, &["bob".into(), "carol".into()])
+        .await
+        .unwrap();
+    bob.sync().await.unwrap();
+    carol.sync().await.unwrap();
+    let seen: BTreeMap<String, bool> = bob
+        .refresh_presence(&g)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    if seen.get("carol") != Some(&true) {
+        wait_presence(&mut bob, "carol", true).await;
+    }
+
+    cluster.node(&carol_node).kill9();
+    let survivors: Vec<&str> = NODES.iter().copied().filter(|n| *n != carol_node).collect();
+    cluster.wait_view(&survivors).await;
+    wait_presence(&mut bob, "carol", false).await;
+    let now: BTreeMap<String, bool> = alice
+        .refresh_presence(&g)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(now.get("carol"), Some(&false), "{now:?}");
+    assert_eq!(now.get("bob"), Some(&true), "{now:?}");
+    drop(carol);
+}
+
 /// A node paused (SIGSTOP) for longer than the failure detector's patience
 /// and the lease is declared down: the others forget the connections it had
 /// attached to their sessions, and place its users' sessions elsewhere

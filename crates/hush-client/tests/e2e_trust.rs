@@ -43,12 +43,12 @@ fn safety_numbers_agree_and_a_new_device_is_warned_about() {
     assert_eq!(alice.err(&["verify", "nobody_here"]), "NOT_FOUND");
 
     // bob links a second device: it joins the group by external commit.
-    let code = bob.ok(&["device", "link-code"])[0]["code"]
+    let code = bob.ok(&["device", "link-code", "--wait", "0"])[0]["code"]
         .as_str()
         .unwrap()
         .to_string();
     let laptop = Dev::new(root.path(), "bob-laptop", &node.url);
-    laptop.ok(&["device", "link", &code]);
+    laptop.ok(&["device", "link", &code, "--wait", "0"]);
     let laptop_id = laptop.ok(&["verify", "alice"])[0]["own_devices"]
         .as_array()
         .unwrap()
@@ -111,12 +111,12 @@ fn a_revoked_device_is_cut_off_and_removed_from_its_groups() {
     bob.ok(&["sync"]);
 
     // alice links a laptop; it joins the group by external commit.
-    let code = alice.ok(&["device", "link-code"])[0]["code"]
+    let code = alice.ok(&["device", "link-code", "--wait", "0"])[0]["code"]
         .as_str()
         .unwrap()
         .to_string();
     let laptop = Dev::new(root.path(), "alice-laptop", &node.url);
-    let linked = laptop.ok(&["device", "link", &code]);
+    let linked = laptop.ok(&["device", "link", &code, "--wait", "0"]);
     let laptop_id = linked[0]["device_id"].as_str().unwrap().to_string();
     assert_eq!(linked[0]["joined"].as_array().unwrap().len(), 1);
     bob.ok(&["sync"]);

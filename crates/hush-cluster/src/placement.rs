@@ -113,6 +113,23 @@ impl Placement {
         self.owner_of_shard(shard_of(key))
     }
 
+    /// The node that would own `key` if `without` left the view (`None`
+    /// if it is the only member). With rendezvous hashing that is exactly
+    /// the node that takes `key` over when `without` dies.
+    pub fn owner_without(&self, key: &[u8], without: &str) -> Option<&str> {
+        let shard = shard_of(key) % SHARDS;
+        self.nodes
+            .iter()
+            .filter(|n| n.as_str() != without)
+            .map(|n| (weight(n, shard), n))
+            // Same tie rule as `new`: the first (smaller) name wins.
+            .fold(None::<(u64, &String)>, |best, (w, n)| match best {
+                Some((bw, _)) if w <= bw => best,
+                _ => Some((w, n)),
+            })
+            .map(|(_, n)| n.as_str())
+    }
+
     /// How many shards `node` owns.
     pub fn shards_owned(&self, node: &str) -> usize {
         match self.nodes.iter().position(|n| n == node) {
@@ -149,6 +166,29 @@ mod tests {
         );
         let spread: BTreeSet<u32> = (0..1000u32).map(|i| shard_of(&i.to_be_bytes())).collect();
         assert!(spread.len() > 850, "keys collide: {}", spread.len());
+    }
+
+    #[test]
+    fn owner_without_is_the_owner_once_that_node_left() {
+        let all = Placement::new(view(3, &["n1", "n2", "n3", "n4"])).unwrap();
+        for gone in ["n1", "n2", "n3", "n4"] {
+            let rest: Vec<&str> = ["n1", "n2", "n3", "n4"]
+                .into_iter()
+                .filter(|n| *n != gone)
+                .collect();
+            let after = Placement::new(view(4, &rest)).unwrap();
+            for i in 0..2000u32 {
+                let key = format!("u/user-{i}");
+                assert_eq!(
+                    all.owner_without(key.as_bytes(), gone),
+                    Some(after.owner(key.as_bytes())),
+                    "{key} without {gone}"
+                );
+            }
+        }
+        let lone = Placement::new(view(1, &["n1"])).unwrap();
+        assert_eq!(lone.owner_without(b"u/x", "n1"), None);
+        assert_eq!(lone.owner_without(b"u/x", "n9"), Some("n1"));
     }
 
     #[test]

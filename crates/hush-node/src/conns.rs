@@ -68,16 +68,28 @@ impl Connections {
     /// Queues `item` for a connection. False when the connection is gone:
     /// unknown, closed, or cut off now because its queue is full.
     pub fn write(&self, conn_id: u64, item: Outbound) -> bool {
-        let cut = match self.lock().get(&conn_id) {
+        let durable_at = match &item {
+            Outbound::Group { durable_at, .. } => *durable_at,
+            _ => None,
+        };
+        // None: queued; Some(cut): not queued, and whether it was cut off.
+        let refused = match self.lock().get(&conn_id) {
             None => return false,
             Some(conn) => match conn.tx.try_send(item) {
-                Ok(()) => return true,
+                Ok(()) => None,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     conn.overflowed.store(true, Ordering::SeqCst);
-                    true
+                    Some(true)
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
+                Err(mpsc::error::TrySendError::Closed(_)) => Some(false),
             },
+        };
+        let Some(cut) = refused else {
+            // Timed outside the table's lock.
+            if let Some(t) = durable_at {
+                crate::telemetry::delivered_since(t);
+            }
+            return true;
         };
         if cut {
             metrics::counter!("hush_slow_consumers_cut_total").increment(1);

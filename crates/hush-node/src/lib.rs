@@ -15,7 +15,8 @@
 //! - `conns` (this node's connection queues), `wire` (what travels between
 //!   the parts: Caller, Outbound, encoded frames).
 //! - leaves: `directory`, `shutdown`, `config`, `clock`, `error`, `secrets`
-//!   (owner-only data directory and files, the token key file).
+//!   (owner-only data directory and files, the token key file), `telemetry`
+//!   (every metric the node exports, described in one list).
 
 pub mod api;
 pub mod clock;
@@ -32,6 +33,7 @@ pub mod route;
 pub mod secrets;
 pub mod session;
 pub mod shutdown;
+pub mod telemetry;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -239,6 +241,9 @@ async fn join_cluster(
     Ok(mesh)
 }
 
+/// How often histogram samples are drained when nobody scrapes.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
 fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
@@ -254,6 +259,16 @@ fn metrics_handle() -> PrometheusHandle {
             // Another recorder may already be installed (several nodes in one
             // test process): then this node's page shows that one's metrics.
             let _ = metrics::set_global_recorder(recorder);
+            // Histogram samples wait in buffers until drained: a scrape
+            // drains them, and so does this, every few seconds, so that a
+            // node nobody scrapes does not grow with every sample.
+            let upkeep = handle.clone();
+            let _ = std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(METRICS_UPKEEP);
+                    upkeep.run_upkeep();
+                });
             handle
         })
         .clone()
@@ -375,6 +390,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningNode,
     }
     // Installed first, so that start-up work (the store) is measured too.
     let metrics = metrics_handle();
+    telemetry::install();
     // Owner-only (0700), fixed if an earlier run or an operator left it wider.
     secrets::private_dir(&config.node.data)?;
     let (data_lock, lease_owner) = claim_data_dir(&config)?;

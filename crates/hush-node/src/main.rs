@@ -92,6 +92,12 @@ async fn main() -> anyhow::Result<()> {
     } else {
         subscriber.init();
     }
+    // The first line of every run, whatever the command.
+    tracing::info!(
+        version = hush_node::telemetry::VERSION,
+        git_sha = hush_node::telemetry::GIT_SHA,
+        "hush-node starting"
+    );
 
     if let Some(Command::GenCert { out, names }) = &args.command {
         let certs = hush_node::gateway::tls::gen_dev_certs(out, names)

@@ -13,7 +13,8 @@
 //!
 //! Pushes (no answer): delivery batches — for sessions here (by device) or
 //! from a session elsewhere for connections here (by connection id) — and
-//! session notices (a connection elsewhere ended; kick a device). They are
+//! session notices (a connection elsewhere ended; kick a device),
+//! `Readmitted` and `PresenceWitness` (session/witness.rs). They are
 //! applied even under a different view: a delivery changes no state (each
 //! connection drops repeats and fills gaps from the store), and a notice
 //! concerns a session wherever it is.
@@ -236,6 +237,11 @@ impl Peer {
                     .increment(1);
                 tracing::info!(peer = %from, "readmitted by a peer: every connection resyncs");
                 self.sessions.resync_here();
+            }
+            Some(cluster::node_request::Body::PresenceWitness(w)) => {
+                metrics::counter!("hush_cluster_messages_in_total", "kind" => "presence_witness")
+                    .increment(1);
+                self.sessions.witness(&from, w.online, w.offline);
             }
             _ => metrics::counter!("hush_cluster_bad_messages_total").increment(1),
         }

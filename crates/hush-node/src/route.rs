@@ -330,6 +330,26 @@ impl Route {
         });
     }
 
+    /// Tells `node`, the witness of some of this node's sessions, which of
+    /// their users were announced online and which offline (see
+    /// `PresenceWitness` in cluster.proto). Best effort, like presence.
+    pub fn tell_witness(&self, node: &str, online: Vec<String>, offline: Vec<String>) {
+        let Some(mesh) = self.mesh.clone() else {
+            return;
+        };
+        let request = self.request(cluster::node_request::Body::PresenceWitness(
+            cluster::PresenceWitness { online, offline },
+        ));
+        let node = node.to_owned();
+        metrics::counter!("hush_cluster_messages_out_total", "kind" => "presence_witness")
+            .increment(1);
+        self.runtime.spawn(async move {
+            if let Err(e) = mesh.push(&node, &request.encode_to_vec()).await {
+                tracing::debug!(peer = %node, error = %e, "presence witness not delivered");
+            }
+        });
+    }
+
     /// Queues an item for the sessions on `node` of the users of `devices`.
     pub fn send_to_sessions(&self, node: &str, devices: &[MemberDevice], item: &Outbound) {
         let Some(item) = outbound_to_proto(item) else {
@@ -469,6 +489,7 @@ pub fn body_kind(body: &cluster::node_request::Body) -> &'static str {
         cluster::node_request::Body::SessionCall(_) => "session_call",
         cluster::node_request::Body::PresenceQuery(_) => "presence_query",
         cluster::node_request::Body::Readmitted(_) => "readmitted",
+        cluster::node_request::Body::PresenceWitness(_) => "presence_witness",
     }
 }
 
@@ -479,6 +500,7 @@ fn outbound_to_proto(item: &Outbound) -> Option<cluster::delivery::Item> {
             group_id,
             seq,
             frame,
+            ..
         } => cluster::delivery::Item::Group(cluster::GroupItem {
             group_id: group_id.to_vec(),
             seq: *seq,
@@ -512,6 +534,7 @@ pub fn outbound_from_proto(item: cluster::delivery::Item) -> Option<Outbound> {
             group_id: g.group_id.into(),
             seq: g.seq,
             frame: g.frame.into(),
+            durable_at: None,
         },
         cluster::delivery::Item::Inbox(i) => Outbound::Inbox {
             inbox_seq: i.inbox_seq,
@@ -537,6 +560,7 @@ mod tests {
                 group_id: Arc::from(&b"g1"[..]),
                 seq: 7,
                 frame: bytes::Bytes::from_static(b"frame"),
+                durable_at: None,
             },
             Outbound::Inbox {
                 inbox_seq: 3,

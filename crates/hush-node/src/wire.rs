@@ -39,6 +39,10 @@ pub enum Outbound {
         group_id: Arc<[u8]>,
         seq: u64,
         frame: Frame,
+        /// When the owner had the entry durable, on this node's clock (for
+        /// `hush_send_to_deliver_seconds`); None once it crossed to another
+        /// node, and for entries read back from the store.
+        durable_at: Option<std::time::Instant>,
     },
     /// A Welcome in the device inbox.
     Inbox {

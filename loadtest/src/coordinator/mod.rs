@@ -21,6 +21,7 @@ use crate::node::{self, NodeProc};
 use crate::procmon::Monitor;
 use crate::repeat::Repeat;
 use crate::report::{self, Summary};
+use crate::resources::{node_trends, steady_window, Prober, PROBE_INTERVAL};
 use crate::scenario::{Kind, Scenario, Spawn};
 
 /// How often the /proc sampler reads CPU and RSS (and at every phase edge).
@@ -136,6 +137,15 @@ pub async fn run(mut opts: Options) -> anyhow::Result<Outcome> {
         watched.push(("redis-server".into(), p));
     }
     let monitor = Monitor::start(watched, SAMPLE_INTERVAL);
+    let prober = Prober::start(
+        system
+            .nodes
+            .iter()
+            .map(|n| (format!("node {}", n.id), n.url.clone(), n.data_dir.clone()))
+            .collect(),
+        monitor.started(),
+        PROBE_INTERVAL,
+    );
     let sources: Vec<IpAddr> = (1..=sc.source_addrs)
         .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i)))
         .collect();
@@ -178,7 +188,7 @@ pub async fn run(mut opts: Options) -> anyhow::Result<Outcome> {
     }
     monitor.sample_now();
     system.stop().await;
-    let summary = Summary::new(
+    let mut summary = Summary::new(
         &sc,
         &opts.overrides,
         &opts.load_before,
@@ -186,6 +196,14 @@ pub async fn run(mut opts: Options) -> anyhow::Result<Outcome> {
         targets,
         monitor.series(),
     );
+    // Resource trends over the first system's steady window (a baseline's
+    // second system, Redis, is not probed).
+    summary.resources = summary
+        .targets
+        .first()
+        .and_then(|t| steady_window(&t.series))
+        .map(|(from, to, acked)| node_trends(&summary.processes, &prober.series(), from, to, acked))
+        .unwrap_or_default();
     let ok = summary.ok;
     std::fs::write(
         out_dir.join("summary.json"),

@@ -36,6 +36,16 @@ pub fn html(s: &Summary) -> String {
         target_section(&mut h, t);
     }
     process_charts(&mut h, &s.processes);
+    for n in &s.resources {
+        let _ = write!(
+            h,
+            "<h3>{} after warm-up ({:.0}-{:.0} s)</h3>",
+            esc(&n.name),
+            n.from_s,
+            n.to_s
+        );
+        h.push_str(&figures_table(&n.rows()));
+    }
     let _ = write!(
         h,
         "<h2>Scenario</h2><pre>{}</pre><p>Overrides: {}</p></body></html>",
@@ -314,8 +324,22 @@ fn process_charts(h: &mut String, processes: &[Series]) {
             })
             .collect()
     });
+    let fds = per_process(|samples| {
+        samples
+            .iter()
+            .filter_map(|x| x.fds.map(|f| (x.t, f)))
+            .collect()
+    });
     h.push_str("<h2>Processes (from /proc)</h2><p>");
     h.push_str(&chart("RSS", "seconds since start", "MiB", &rss, None));
+    h.push_str("</p><p>");
+    h.push_str(&chart(
+        "Open files",
+        "seconds since start",
+        "files",
+        &fds,
+        None,
+    ));
     h.push_str("</p><p>");
     h.push_str(&chart(
         "CPU (100% = one core)",

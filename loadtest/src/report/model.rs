@@ -218,6 +218,10 @@ pub struct Summary {
     /// Chaos runs: the schedule, the checker's verdict, the timeline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chaos: Option<super::ChaosReport>,
+    /// Per spawned node, RSS, open files, actors and store size after
+    /// warm-up, with their slopes (what a soak run is judged on).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<crate::resources::NodeTrends>,
 }
 
 fn host() -> String {
@@ -343,6 +347,7 @@ impl Summary {
             correctness,
             ok,
             chaos: None,
+            resources: Vec::new(),
         }
     }
 }

@@ -118,6 +118,16 @@ impl Summary {
                 r.e2e_p99.map_or("-".into(), |v| format!("{v:.2}")),
             );
         }
+        for n in &self.resources {
+            let _ = writeln!(
+                s,
+                "resources of {} after warm-up ({:.0}-{:.0} s):",
+                n.name, n.from_s, n.to_s
+            );
+            for (what, v) in n.rows() {
+                let _ = writeln!(s, "    {what:<15} {v}");
+            }
+        }
         if let Some(c) = &self.chaos {
             chaos_text(&mut s, c);
         }

@@ -113,9 +113,10 @@ impl Client {
     }
 
     /// Makes this (empty) home a new device of the user that issued `code`,
-    /// then joins every group of that user by external commit. Returns the
-    /// hex ids of the joined groups.
-    pub async fn link_device(&mut self, code: &str) -> Result<Vec<String>> {
+    /// then waits up to `wait` for the user's other devices to add it to
+    /// their groups, and joins the rest by external commit (see
+    /// `devices.rs`). Returns the hex ids of the groups it is in.
+    pub async fn link_device(&mut self, code: &str, wait: Duration) -> Result<Vec<String>> {
         if let Some(id) = &self.me {
             return Err(ClientError::AlreadyRegistered(id.mls_identity()));
         }
@@ -128,8 +129,7 @@ impl Client {
         let resp = self.http.link_device(code, keys.public(), sig).await?;
         self.adopt_identity(resp.user_id, resp.device_id, keys)?;
         self.connect().await?;
-        let joined = self.join_all_groups_of_user().await?;
-        Ok(joined)
+        self.join_groups_after_link(wait).await
     }
 
     /// Uploads KeyPackages when fewer than [`KEY_PACKAGE_LOW`] are left (and

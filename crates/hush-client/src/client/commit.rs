@@ -34,6 +34,9 @@ const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(15);
 pub(super) enum Intent {
     /// Add every device of these users.
     Add(Vec<String>),
+    /// Add these devices of this device's own user (`<user>/<device>`
+    /// identities): a newly linked device.
+    AddOwnDevices(Vec<String>),
     /// Remove every device of these users.
     Remove(Vec<String>),
     /// Remove these devices (`<user>/<device>` identities).
@@ -143,9 +146,35 @@ impl Client {
             Intent::Add(handles) => {
                 let mut kps = Vec::new();
                 for h in handles {
-                    kps.extend(self.claim_new_devices(h, members).await?);
+                    let claimed = self.claim_new_devices(h, members).await;
+                    kps.extend(claimed.map_err(|e| e.for_user(h))?);
                 }
                 (!kps.is_empty()).then_some(Change::Add(kps))
+            }
+            Intent::AddOwnDevices(identities) => {
+                let missing: Vec<&String> = identities
+                    .iter()
+                    .filter(|i| !members.iter().any(|m| &m.identity == *i))
+                    .collect();
+                if missing.is_empty() {
+                    return Ok(None);
+                }
+                let me = self.me()?;
+                let kps: Vec<KeyPackage> = self
+                    .claim_new_devices(&me.user_id, members)
+                    .await?
+                    .into_iter()
+                    .filter(|kp| missing.contains(&&mls::key_package_identity(kp)))
+                    .collect();
+                if kps.is_empty() {
+                    return Err(ClientError::Server {
+                        code: ErrorCode::NoKeyPackage,
+                        message: "the new device has no key package yet".into(),
+                        stale_epoch: None,
+                        retry_after_ms: None,
+                    });
+                }
+                Some(Change::Add(kps))
             }
             Intent::Remove(handles) => {
                 let leaves: Vec<u32> = members
@@ -294,6 +323,7 @@ fn merge_own_commit(
     seq: u64,
     before: &[String],
 ) -> Result<CommitDone> {
+    let leavers = mls::pending_leavers(db, gid)?;
     mls::merge_pending(db, gid)?;
     db.record_own_seq(gid, seq)?;
     let after: Vec<String> = mls::members(db, gid)?
@@ -310,11 +340,23 @@ fn merge_own_commit(
         .filter(|i| !after.contains(i))
         .cloned()
         .collect();
-    for (kind, list) in [("added", &added), ("removed", &removed)] {
+    // A member who left is logged as leaving, by itself (see timeline.rs).
+    let (left, kicked): (Vec<String>, Vec<String>) =
+        removed.iter().cloned().partition(|i| leavers.contains(i));
+    for (kind, list) in [("added", &added), ("removed", &kicked)] {
         if !list.is_empty() {
             let body = identities_json(list.iter().cloned());
             db.log(gid, &log_row(seq, &me.user_id, kind, body), true)?;
         }
+    }
+    if let Some(first) = left.first() {
+        let row = log_row(
+            seq,
+            mls::user_of(first),
+            "left",
+            identities_json(left.clone()),
+        );
+        db.log(gid, &row, true)?;
     }
     Ok(CommitDone {
         seq,

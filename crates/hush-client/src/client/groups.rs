@@ -25,11 +25,9 @@ impl Client {
     pub(super) fn active_group(&self, query: &str) -> Result<GroupRow> {
         let g = self.db.resolve_group(query)?;
         if g.status != GroupStatus::Active {
-            return Err(ClientError::Server {
-                code: ErrorCode::NotMember,
-                message: format!("this device is no longer a member of {}", g.display_name()),
-                stale_epoch: None,
-                retry_after_ms: None,
+            return Err(ClientError::NoLongerMember {
+                name: g.display_name(),
+                left: g.status == GroupStatus::Left,
             });
         }
         Ok(g)

@@ -52,7 +52,7 @@ use crate::live::LiveState;
 use crate::store::{now_ms, GroupRow, Identity, LogRow, StateDb};
 use crate::tls::Trust;
 
-pub use devices::{DeviceView, Revoked};
+pub use devices::{DeviceView, LinkedDevice, Revoked, LINK_WAIT, LINK_WELCOME_WAIT};
 pub use directory::{SafetyNumber, CONTACT_REFRESH};
 
 /// The default server URL.

@@ -10,10 +10,16 @@
 //!   once: an entry is applied only when its seq is `last_seq + 1`; earlier
 //!   seqs are duplicates and dropped, later ones wait in a buffer (at most
 //!   [`MAX_BUFFERED_PER_GROUP`] for a group not joined yet);
-//! - applying an entry (MLS state, cursor, log line) is one SQLite savepoint,
+//! - applying an entry (MLS state, cursor, log line) is one SQLite
+//!   transaction holding the home's write lock, and it re-reads the cursor
+//!   under that lock: when another process on the same home applied the
+//!   entry first, this one skips it (and, for an entry it had not applied
+//!   in order, waits for the gap to fill from its buffer or the next sync);
 //!   then the seq is acknowledged to the server (acks are coalesced);
 //! - entries this device submitted (`hush_own_seqs`) are skipped: their
-//!   effect was applied when the server accepted them;
+//!   effect was applied when the server accepted them; so are application
+//!   messages the server attributes to this device that another process on
+//!   the same home has not recorded yet (that process logs them);
 //! - an entry that fails MLS processing is skipped with a warning (it cannot
 //!   become valid later), so one bad message never wedges a group;
 //! - every entry is authenticated before it is applied: the MLS sender must
@@ -187,9 +193,17 @@ impl Client {
             };
             let seq = ev.seq;
             let applied = self.db.atomically(|db| {
-                let actions = apply_entry(db, &me, &g, &ev, &asked)?;
-                db.set_last_seq(gid, seq)?;
-                Ok(actions)
+                // Another process on this home (a `listen` beside a `send`)
+                // may have applied it since `g` was read: under the lock,
+                // the stored cursor decides.
+                match db.group(gid)? {
+                    Some(now) if now.status == GroupStatus::Active && now.last_seq + 1 == seq => {
+                        let actions = apply_entry(db, &me, &now, &ev, &asked)?;
+                        db.set_last_seq(gid, seq)?;
+                        Ok(actions)
+                    }
+                    _ => Ok(Vec::new()),
+                }
             });
             let actions = match applied {
                 Ok(actions) => actions,
@@ -228,6 +242,14 @@ impl Client {
             let mut asked = BTreeSet::new();
             let r = loop {
                 let r = self.db.atomically(|db| {
+                    // Another process on this home may have joined from
+                    // this Welcome since the check above.
+                    let joined_meanwhile = db.group(&gid)?.is_some_and(|g| {
+                        g.status == GroupStatus::Active && g.last_seq >= ev.commit_seq
+                    }) && mls::has_group(db, &gid)?;
+                    if joined_meanwhile {
+                        return db.set_inbox_seq(ev.inbox_seq);
+                    }
                     let joined = mls::join_from_welcome(db, &ev.welcome, &ev.ratchet_tree)?;
                     if joined != gid {
                         return Err(ClientError::Protocol(
@@ -344,6 +366,14 @@ fn apply_entry(
     if db.is_own_seq(gid, ev.seq)? {
         return Ok(actions);
     }
+    if ev.kind == v1::EntryKind::Application as i32 && ev.sender == me.mls_identity() {
+        // A message another process on this home sent and has not recorded
+        // as its own yet: this device's sending ratchet has moved past it,
+        // so it cannot be decrypted here, and the process that sent it logs
+        // it once the server accepts it. (The server's attribution can only
+        // make this device skip an entry, which a server can do anyway.)
+        return Ok(actions);
+    }
     let processed = match mls::process(db, gid, &ev.message, |a| authenticate(db, ev, a, asked)) {
         Ok(p) => p,
         Err(e @ ClientError::NeedDirectory(_)) => return Err(e),
@@ -357,7 +387,7 @@ fn apply_entry(
             return Ok(actions);
         }
         Err(e) => {
-            tracing::warn!(group = %hex::encode(gid), seq = ev.seq, error = %e, "skipping timeline entry that does not process");
+            tracing::warn!(group = %hex::encode(gid), seq = ev.seq, sender = %ev.sender, error = %e, "skipping timeline entry that does not process");
             return Ok(actions);
         }
     };
@@ -393,6 +423,7 @@ fn apply_entry(
             sender,
             added,
             removed,
+            left,
             self_removed,
             external,
         } => {
@@ -400,6 +431,16 @@ fn apply_entry(
                 if !ids.is_empty() {
                     db.log(gid, &line(kind, &sender, identities_json(ids)), false)?;
                 }
+            }
+            // A leave reads as a leave: "bob left", by the leaver, not
+            // "alice removed bob" by whoever committed it. (One row: the
+            // log keeps one line per seq and kind.)
+            if let Some(first) = left.first() {
+                let row = LogRow {
+                    sender: mls::user_of(first).to_string(),
+                    ..line("left", &sender, identities_json(left.clone()))
+                };
+                db.log(gid, &row, false)?;
             }
             if self_removed {
                 db.set_status(gid, GroupStatus::Removed)?;

@@ -185,13 +185,17 @@ async fn login_inner(app: &AppState, http: &HttpRequest, body: &Body) -> Answer<
     let challenge = app
         .challenge_key
         .verify_challenge(&req.device_id, &req.challenge, now)
-        .map_err(|_| ApiError::new(ErrorCode::Forbidden, "bad or expired challenge"))?;
+        .map_err(|_| {
+            crate::telemetry::auth_failed("bad_challenge");
+            ApiError::new(ErrorCode::Forbidden, "bad or expired challenge")
+        })?;
     let Some(device) = app
         .store
         .device(&req.device_id)
         .await
         .map_err(ApiError::from)?
     else {
+        crate::telemetry::auth_failed("unknown_device");
         return Err(ApiError::new(ErrorCode::NotFound, "unknown device").into());
     };
     if !verify_ed25519(
@@ -199,6 +203,7 @@ async fn login_inner(app: &AppState, http: &HttpRequest, body: &Body) -> Answer<
         &auth::login_payload(&req.challenge),
         &req.signature,
     ) {
+        crate::telemetry::auth_failed("bad_login_signature");
         return Err(ApiError::new(ErrorCode::Forbidden, "bad login signature").into());
     }
     // Spent before the device's budget is touched, so a captured login
@@ -259,6 +264,7 @@ pub async fn link_device(
             check_key(&req.device_signature_key)?;
             let payload = auth::link_payload(&req.code, &req.device_signature_key);
             if !verify_ed25519(&req.device_signature_key, &payload, &req.signature) {
+                crate::telemetry::auth_failed("bad_link_signature");
                 return Err(ApiError::new(ErrorCode::Forbidden, "bad link signature").into());
             }
             let Some(user_id) = app
@@ -267,6 +273,7 @@ pub async fn link_device(
                 .await
                 .map_err(ApiError::from)?
             else {
+                crate::telemetry::auth_failed("bad_link_code");
                 return Err(
                     ApiError::new(ErrorCode::Forbidden, "unknown or expired link code").into(),
                 );

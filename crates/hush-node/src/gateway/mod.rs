@@ -13,7 +13,7 @@
 //! Sync backlog, exactly-once live delivery), `http.rs` (register, login,
 //! link, logout), `limits.rs` (rate limits per address and account,
 //! connections per address), `status.rs` (`/cluster`), `webapp.rs` (the
-//! web client).
+//! web client), `observe.rs` (per-route request counts and latencies).
 //!
 //! Deadlines on every connection: the request head within
 //! `gateway.header_timeout_ms` (actix's client request timeout, 408), the
@@ -26,6 +26,7 @@
 
 pub mod http;
 pub mod limits;
+pub mod observe;
 pub mod rpc;
 pub mod sse;
 pub mod status;
@@ -137,7 +138,10 @@ impl AppState {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         ledger.spend(id, now).map_err(|e| match e {
-            SpendError::Replayed => ApiError::new(ErrorCode::Forbidden, "challenge already used"),
+            SpendError::Replayed => {
+                crate::telemetry::auth_failed("challenge_replayed");
+                ApiError::new(ErrorCode::Forbidden, "challenge already used")
+            }
             SpendError::Full => ApiError::new(
                 ErrorCode::RateLimited,
                 "too many logins in flight; retry shortly",
@@ -235,6 +239,7 @@ pub fn serve(
                 )),
             ))
             .wrap(actix_web::middleware::from_fn(edge))
+            .wrap(actix_web::middleware::from_fn(observe::observe))
             .configure(routes)
     })
     .on_connect(move |conn, data| {
@@ -453,6 +458,7 @@ async fn metrics_page(
     if let Err(e) = admin_check(&app, &req) {
         return error_response(&e);
     }
+    crate::telemetry::collect_process();
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(handle.render())
@@ -526,12 +532,21 @@ pub fn error_response(e: &ApiError) -> HttpResponse {
 /// refused) and the device's token generation.
 pub async fn authenticate(app: &AppState, token: &str) -> ApiResult<TokenClaims> {
     let lifetime = crate::secrets::token_lifetime_ms(&app.config);
-    let claims = app.tokens.get().verify(token, app.now_ms(), lifetime)?;
+    let claims = app
+        .tokens
+        .get()
+        .verify(token, app.now_ms(), lifetime)
+        .inspect_err(|e| {
+            crate::telemetry::auth_failed(crate::telemetry::token_failure_reason(e))
+        })?;
     match app.store.device(&claims.device_id).await? {
         Some(d) if d.user_id == claims.user_id && d.token_generation == claims.generation => {
             Ok(claims)
         }
-        _ => Err(ApiError::new(ErrorCode::BadToken, "token revoked")),
+        _ => {
+            crate::telemetry::auth_failed("token_revoked");
+            Err(ApiError::new(ErrorCode::BadToken, "token revoked"))
+        }
     }
 }
 
@@ -542,6 +557,9 @@ pub async fn bearer_claims(app: &AppState, req: &HttpRequest) -> ApiResult<Token
         .get(actix_web::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| ApiError::new(ErrorCode::Unauthenticated, "missing bearer token"))?;
+        .ok_or_else(|| {
+            crate::telemetry::auth_failed("missing_token");
+            ApiError::new(ErrorCode::Unauthenticated, "missing bearer token")
+        })?;
     authenticate(app, token).await
 }

@@ -101,6 +101,17 @@ enum Stop {
     IdTooLong,
 }
 
+impl Stop {
+    /// The `hush_stream_closes_total` reason.
+    fn label(&self) -> &'static str {
+        match self {
+            Stop::Closed => "closed",
+            Stop::Slow => "slow_consumer",
+            Stop::IdTooLong => "id_too_long",
+        }
+    }
+}
+
 struct SseSink {
     tx: mpsc::Sender<Bytes>,
     write_timeout: Duration,
@@ -210,6 +221,10 @@ async fn open(app: &Arc<AppState>, req: &HttpRequest) -> ApiResult<HttpResponse>
         let stop = serve(&task_app, &mut out, out_rx, overflowed, cursors).await;
         stream::close(&task_app, conn_id).await;
         tracing::debug!(conn = conn_id, reason = ?stop, "sse stream ended");
+        crate::telemetry::stream_closed(
+            "sse",
+            stop.as_ref().err().map_or("going_away", Stop::label),
+        );
         metrics::gauge!("hush_sse_streams").decrement(1.0);
     });
 

@@ -288,6 +288,7 @@ impl<K: Sink> Stream<K> {
                 group_id,
                 seq,
                 frame,
+                ..
             } => {
                 let last = match self.sent.get(group_id.as_ref()).copied() {
                     Some(l) => l,

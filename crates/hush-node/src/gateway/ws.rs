@@ -163,6 +163,7 @@ impl Connection {
         pre_auth: Option<TokenClaims>,
     ) {
         let reason = self.serve(&mut stream, pre_auth).await;
+        crate::telemetry::ws_closed(reason.as_ref().map(|r| u16::from(r.code)));
         stream::close(&self.app, self.id).await;
         tracing::debug!(conn = self.id, reason = ?reason, "connection closed");
         // Closing queues a close frame; a peer that stopped reading would
@@ -288,10 +289,13 @@ impl Connection {
                     };
                     let result = match frame.body {
                         Some(C::Auth(a)) => authenticate(&self.app, &a.token).await,
-                        _ => Err(ApiError::new(
-                            ErrorCode::Unauthenticated,
-                            "authenticate first (Auth frame or token subprotocol)",
-                        )),
+                        _ => {
+                            crate::telemetry::auth_failed("no_auth_frame");
+                            Err(ApiError::new(
+                                ErrorCode::Unauthenticated,
+                                "authenticate first (Auth frame or token subprotocol)",
+                            ))
+                        }
                     };
                     return match result {
                         Ok(c) => Ok(c),

@@ -19,6 +19,8 @@ impl GroupActor {
         entry: &NewEntry,
         to: &[MemberDevice],
     ) {
+        // Called right after the store's append returned: durable now.
+        let durable_at = std::time::Instant::now();
         let frame = EntryRef {
             group_id,
             seq,
@@ -33,6 +35,7 @@ impl GroupActor {
             group_id: Arc::from(group_id),
             seq,
             frame,
+            durable_at: Some(durable_at),
         };
         self.groups.sessions.deliver(to, item).await;
     }

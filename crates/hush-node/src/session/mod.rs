@@ -24,12 +24,17 @@
 //! connection it has: the others forgot them and dropped what they were
 //! sending here meanwhile, and nothing else would tell the clients.
 //!
+//! A user whose session and connections all die with a node is announced
+//! offline by its *witness*, the node that takes its session over
+//! (`witness.rs`).
+//!
 //! Naming: a connection is *attached* to a session; when it ends, its node
 //! *closes* it here ([`Sessions::close_conn`]) and tells its session, which
 //! *forgets* it.
 
 mod actor;
 mod presence;
+mod witness;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -76,6 +81,8 @@ pub struct Sessions {
     limits: SessionLimits,
     /// The newest view incarnation followed (see the module doc).
     incarnation: AtomicU64,
+    /// Presence after a crash (`witness.rs`).
+    witness: witness::Witness,
 }
 
 impl Sessions {
@@ -98,6 +105,7 @@ impl Sessions {
             shutdown,
             limits,
             incarnation: AtomicU64::new(0),
+            witness: witness::Witness::default(),
         }
     }
 
@@ -417,6 +425,7 @@ impl Sessions {
         // group's next one.
         let reattach: HashSet<u64> = moved.iter().map(|m| m.conn_id).collect();
         self.resync_here_but(&reattach);
+        self.witness_follow_view(placement);
         for m in moved {
             drop(self.attach_in_background(m.conn_id, m.user_id, m.device_id));
         }

@@ -43,8 +43,20 @@ pub async fn joined_groups(
 }
 
 impl Sessions {
-    /// Pushes `user_id`'s new presence to the devices of its co-members.
+    /// Pushes `user_id`'s new presence to the devices of its co-members,
+    /// and tells the user's witness (`witness.rs`).
     pub(super) async fn announce(&self, user_id: &str, online: bool) {
+        self.tell_witness(user_id, online);
+        self.push_to_co_members(user_id, online).await;
+    }
+
+    /// The offline a session that died with its node never announced
+    /// (`witness.rs`).
+    pub(super) async fn announce_offline_for_the_dead(&self, user_id: &str) {
+        self.push_to_co_members(user_id, false).await;
+    }
+
+    async fn push_to_co_members(&self, user_id: &str, online: bool) {
         let devices = match self.co_member_devices(user_id).await {
             Ok(d) => d,
             Err(e) => {
