@@ -196,7 +196,38 @@ pub async fn start_single(bin: &Path, dir: &Path, extra_config: &str) -> anyhow:
     ];
     let mut node = NodeProc::start("n1", bin, &args, dir, &dir.join("node.log")).await?;
     node.data_dir = Some(data);
+    wait_ready(&node.url).await?;
     Ok(node)
+}
+
+/// Waits (up to [`START_TIMEOUT`]) until the node at `url` answers
+/// `/readyz` with 200. A node prints `listening on` before its store
+/// answers: a CQL store connects in the background (keyspace, schema),
+/// and until then every request is refused with UNAVAILABLE.
+pub async fn wait_ready(url: &str) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let addr = url
+        .strip_prefix("http://")
+        .with_context(|| format!("node url {url} is not http://"))?
+        .trim_end_matches('/')
+        .to_string();
+    let ready = || async {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.ok()?;
+        s.write_all(format!("GET /readyz HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.ok()?;
+        Some(head.ends_with(b" 200"))
+    };
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    while tokio::time::Instant::now() < deadline {
+        if ready().await == Some(true) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("node at {url} not ready (/readyz) after {START_TIMEOUT:?}")
 }
 
 /// What every node the generator spawns gets under the scenario's
@@ -216,13 +247,64 @@ account_burst = 1000000.0
 max_connections_per_ip = 1000000
 "#;
 
-/// [`GENERATOR_NODE_CONFIG`] with the scenario's `extra` merged over it.
+/// [`GENERATOR_NODE_CONFIG`] with the scenario's `extra` merged over it,
+/// and a CQL store completed by [`cql_store`] from `HUSH_SCYLLA_URI`.
 fn generator_config(extra: &str) -> anyhow::Result<String> {
     let mut t: toml::Table = toml::from_str(GENERATOR_NODE_CONFIG).context("generator defaults")?;
     if !extra.trim().is_empty() {
         merge(&mut t, toml::from_str(extra).context("target.node_config")?);
     }
+    let uri = std::env::var(CQL_URI_VAR).ok();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis();
+    cql_store(&mut t, uri.as_deref(), &format!("loadtest_{now_ms}"))?;
     Ok(toml::to_string(&t)?)
+}
+
+/// The CQL cluster's contact points, as `scripts/cql.sh up` prints them
+/// ("host:port[,host:port...]").
+const CQL_URI_VAR: &str = "HUSH_SCYLLA_URI";
+
+/// Completes a `[store] kind = "scylla"` section (nothing else is
+/// touched): contact points it does not list come from `uri` (the
+/// cluster `scripts/cql.sh up` started), with one replica per contact
+/// point up to 3 unless it sets `replication_factor`; without a
+/// `keyspace`, the run gets the fresh one `keyspace` (every node of the
+/// run shares it, as each run of the SQLite scenarios has a fresh file).
+fn cql_store(t: &mut toml::Table, uri: Option<&str>, keyspace: &str) -> anyhow::Result<()> {
+    let Some(store) = t.get_mut("store").and_then(|s| s.as_table_mut()) else {
+        return Ok(());
+    };
+    if store.get("kind").and_then(|k| k.as_str()) != Some("scylla") {
+        return Ok(());
+    }
+    if !store.contains_key("contact_points") {
+        let points: Vec<&str> = uri
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .collect();
+        anyhow::ensure!(
+            !points.is_empty(),
+            "[store] kind = \"scylla\" without contact_points needs {CQL_URI_VAR} \
+             (start a cluster with scripts/cql.sh up; it prints the line to export)"
+        );
+        store
+            .entry("replication_factor")
+            .or_insert_with(|| (points.len().min(3) as i64).into());
+        store.insert(
+            "contact_points".into(),
+            points
+                .iter()
+                .map(|p| toml::Value::from(*p))
+                .collect::<Vec<_>>()
+                .into(),
+        );
+    }
+    store.entry("keyspace").or_insert_with(|| keyspace.into());
+    Ok(())
 }
 
 /// Starts the listed nodes of a cluster config, from a copy of it in `dir`
@@ -253,6 +335,9 @@ pub async fn start_cluster(
             n.clone(),
         ];
         out.push(NodeProc::start(n, bin, &args, dir, &dir.join(format!("{n}.log"))).await?);
+    }
+    for n in &out {
+        wait_ready(&n.url).await?;
     }
     Ok(out)
 }
@@ -377,6 +462,80 @@ mod tests {
             strict["rate_limits"]["ip_per_sec"].as_float(),
             Some(1_000_000.0)
         );
+    }
+
+    #[test]
+    fn cql_store_takes_the_cluster_from_the_uri() {
+        let store = |text: &str, uri: Option<&str>| -> anyhow::Result<toml::Table> {
+            let mut t: toml::Table = toml::from_str(text).unwrap();
+            super::cql_store(&mut t, uri, "loadtest_1")?;
+            Ok(t["store"].as_table().unwrap().clone())
+        };
+        let scylla = "[store]\nkind = \"scylla\"\n";
+        let s = store(scylla, Some("127.0.0.1:9042,127.0.0.2:9042")).unwrap();
+        let points: Vec<&str> = s["contact_points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap())
+            .collect();
+        assert_eq!(points, ["127.0.0.1:9042", "127.0.0.2:9042"]);
+        assert_eq!(s["replication_factor"].as_integer(), Some(2));
+        assert_eq!(s["keyspace"].as_str(), Some("loadtest_1"));
+        let four = "127.0.0.1:9042,127.0.0.2:9042,127.0.0.3:9042,127.0.0.4:9042";
+        let s = store(scylla, Some(four)).unwrap();
+        assert_eq!(s["replication_factor"].as_integer(), Some(3));
+        // What the scenario sets wins.
+        let fixed = "[store]\nkind = \"scylla\"\ncontact_points = [\"10.0.0.1:9042\"]\n\
+                     keyspace = \"hush\"\nreplication_factor = 1\n";
+        let s = store(fixed, Some(four)).unwrap();
+        assert_eq!(s["contact_points"][0].as_str(), Some("10.0.0.1:9042"));
+        assert_eq!(s["keyspace"].as_str(), Some("hush"));
+        assert_eq!(s["replication_factor"].as_integer(), Some(1));
+        let s = store(
+            "[store]\nkind = \"scylla\"\nreplication_factor = 1\n",
+            Some(four),
+        )
+        .unwrap();
+        assert_eq!(s["replication_factor"].as_integer(), Some(1));
+        // No cluster named anywhere: a clear error.
+        let e = store(scylla, None).unwrap_err().to_string();
+        assert!(
+            e.contains("HUSH_SCYLLA_URI") && e.contains("scripts/cql.sh up"),
+            "{e}"
+        );
+        assert!(store(scylla, Some(" ")).is_err());
+        // Other stores are left alone.
+        let s = store("[store]\nkind = \"embedded\"\n", Some(four)).unwrap();
+        assert_eq!(s.len(), 1);
+        let mut none: toml::Table = toml::from_str("[actors]\nlease_ttl_ms = 1\n").unwrap();
+        super::cql_store(&mut none, Some(four), "k").unwrap();
+        assert!(!none.contains_key("store"));
+    }
+
+    #[tokio::test]
+    async fn wait_ready_waits_for_readyz_200() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        // Two 503 answers (a store still connecting), then 200.
+        let server = tokio::spawn(async move {
+            for status in [
+                "503 Service Unavailable",
+                "503 Service Unavailable",
+                "200 OK",
+            ] {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 256];
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(buf[..n].starts_with(b"GET /readyz "));
+                s.write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").as_bytes())
+                    .await
+                    .unwrap();
+            }
+        });
+        super::wait_ready(&url).await.unwrap();
+        server.await.unwrap();
     }
 
     #[test]

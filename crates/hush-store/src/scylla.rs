@@ -112,12 +112,18 @@
 //!   on a clustering column, paging, and timeuuid `now()`. Cassandra's
 //!   Paxos (v1 by default in 5.0) and ScyllaDB's differ in speed, not in
 //!   what the store relies on.
-//! - **Durability settings are the server's:** Cassandra's test nodes
-//!   (`scripts/cql.sh`) sync their commitlog every 10 s (`periodic`): a
-//!   killed process loses nothing, a power cut of every replica at once
-//!   could lose the last seconds. ScyllaDB's commitlog is also periodic by
-//!   default; `commitlog_sync: batch` makes "durable" mean fsynced on every
-//!   replica, as SQLite's is.
+//! - **Durability settings are the server's:** both default to
+//!   `commitlog_sync: periodic` (a sync every 10 s), which acknowledges
+//!   writes before they are synced; a replay after a kill -9 stops at a
+//!   segment's last sync marker, so killing every replica right after a
+//!   write lost it on the test cluster. `scripts/cql.sh` runs `batch`,
+//!   which makes "durable" mean fsynced on every replica, as SQLite's is.
+//!   (ScyllaDB syncs LWT writes in every mode; plain writes follow the
+//!   setting.)
+//! - **LWT result shapes:** Cassandra's columns after `[applied]` vary
+//!   between executions of one statement, ScyllaDB's do not; the store
+//!   reads only `[applied]`, and the driver takes result metadata from
+//!   every response, so both parse.
 //!
 //! # Known limits (deviations from the SQLite backend)
 //!
