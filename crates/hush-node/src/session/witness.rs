@@ -24,7 +24,7 @@ use std::time::Duration;
 use hush_cluster::Placement;
 
 use super::Sessions;
-use crate::route::session_key;
+use crate::route::{lock, session_key};
 
 /// Who announced what, for presence after a crash (see the module doc).
 #[derive(Default)]
@@ -34,10 +34,6 @@ pub struct Witness {
     /// Users another node announced online, with that node: this node is
     /// their witness.
     witnessed: Mutex<HashMap<String, String>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Sessions {
