@@ -211,6 +211,12 @@ pub struct Limits {
     pub max_queued_deliveries: usize,
     /// The `retry_after_ms` hint an overload refusal carries.
     pub overload_retry_after_ms: u64,
+    /// Requests one WebSocket connection has in flight at once (a client
+    /// may send its next frame before the previous answer); one more is
+    /// refused RATE_LIMITED with the overload hint. Reading goes on while
+    /// they wait, so a busy sender is refused early instead of piling up
+    /// unread in its socket.
+    pub max_pipelined_requests: usize,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -383,6 +389,7 @@ impl Default for Limits {
             max_pending_per_group: 64,
             max_queued_deliveries: 65_536,
             overload_retry_after_ms: 200,
+            max_pipelined_requests: 32,
         }
     }
 }
@@ -604,6 +611,7 @@ impl Config {
             ("limits.max_inflight_sends", l.max_inflight_sends),
             ("limits.max_pending_per_group", l.max_pending_per_group),
             ("limits.max_queued_deliveries", l.max_queued_deliveries),
+            ("limits.max_pipelined_requests", l.max_pipelined_requests),
         ] {
             if v == 0 {
                 return Err(invalid(key, "must be at least 1"));

@@ -124,7 +124,7 @@ pub const FAMILIES: &[Family] = &[
     ),
     counter(
         "hush_sends_refused_total",
-        "Sends refused early by a bound, by bound (group, node, fanout).",
+        "Sends refused early by a bound, by bound (group, node, fanout, pipelined).",
     ),
     counter("hush_key_package_claims_limited_total", "KeyPackage claims refused by a limit, by (claimer, target)."),
     counter("hush_unknown_group_requests_total", "Requests for a group id the store does not know (answered without an actor)."),
@@ -350,7 +350,7 @@ fn register_at_zero() {
         (
             "hush_sends_refused_total",
             "bound",
-            &["group", "node", "fanout"],
+            &["group", "node", "fanout", "pipelined"],
         ),
         (
             "hush_key_package_claims_limited_total",

@@ -348,3 +348,96 @@ async fn a_flooded_node_refuses_early_and_loses_nothing_acknowledged() {
     }
     node.stop().await;
 }
+
+/// A connection keeps reading while its requests wait: a client that sends
+/// many frames without waiting for answers gets each one answered under its
+/// own request id, and past `max_pipelined_requests` in flight the excess is
+/// refused at once (RATE_LIMITED with the hint) instead of piling up unread
+/// in the socket. Rounds repeat until a refusal shows (a safety cap bounds
+/// them): whether a frame arrives while another waits is the scheduler's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_refuses_requests_past_its_pipeline_and_answers_the_rest() {
+    const PIPELINE: usize = 2;
+    const BURST: u64 = 64;
+    let (node, _clock, dir) = start_node(|c| {
+        c.limits.max_pipelined_requests = PIPELINE;
+        c.limits.overload_retry_after_ms = RETRY_MS;
+        c.limits.rate_per_sec = 1_000_000.0;
+        c.limits.rate_burst = 1_000_000.0;
+    })
+    .await;
+    {
+        let url = url(&node);
+        let alice = client(dir.path(), &url, "alice").await;
+        let token = login(&url, &alice.me().expect("alice")).await;
+        let mut ws = raw_ws(node.addr, &token, None).await;
+        assert!(matches!(
+            next_frame(&mut ws).await.map(|f| f.body),
+            Ok(Some(S::AuthOk(_)))
+        ));
+        let mut refused = 0;
+        for round in 0..20u64 {
+            // BURST requests in one write, none waiting for an answer.
+            let ids: BTreeSet<u64> = (1..=BURST).map(|i| round * 1_000 + i).collect();
+            for id in &ids {
+                let f = ClientFrame {
+                    request_id: *id,
+                    body: Some(C::KeyPackageCount(v1::KeyPackageCount::default())),
+                };
+                ws.feed(Message::binary(f.encode_to_vec()))
+                    .await
+                    .expect("feed");
+            }
+            ws.flush().await.expect("flush");
+            let mut answered = BTreeSet::new();
+            while answered.len() < ids.len() {
+                let f = next_frame(&mut ws)
+                    .await
+                    .expect("the connection stays open");
+                if f.request_id == 0 {
+                    continue; // a push
+                }
+                assert!(ids.contains(&f.request_id), "{:?}", f.body);
+                assert!(
+                    answered.insert(f.request_id),
+                    "answered twice: {}",
+                    f.request_id
+                );
+                match f.body {
+                    Some(S::KeyPackageCountResult(_)) => {}
+                    Some(S::Error(e)) => {
+                        assert_eq!(e.code, ErrorCode::RateLimited as i32, "{e:?}");
+                        assert_eq!(e.retry_after_ms, RETRY_MS, "{e:?}");
+                        assert!(e.message.contains("in flight"), "{e:?}");
+                        refused += 1;
+                    }
+                    other => panic!("unexpected answer {other:?}"),
+                }
+            }
+            if refused > 0 {
+                break;
+            }
+        }
+        assert!(refused > 0, "no request was ever refused past the pipeline");
+        // The connection is still served after refusing.
+        let f = ClientFrame {
+            request_id: 7,
+            body: Some(C::KeyPackageCount(v1::KeyPackageCount::default())),
+        };
+        ws.send(Message::binary(f.encode_to_vec()))
+            .await
+            .expect("send");
+        loop {
+            let f = next_frame(&mut ws).await.expect("open");
+            if f.request_id == 7 {
+                assert!(
+                    matches!(f.body, Some(S::KeyPackageCountResult(_))),
+                    "{:?}",
+                    f.body
+                );
+                break;
+            }
+        }
+    }
+    node.stop().await;
+}

@@ -2,8 +2,12 @@
 //!
 //! Lifecycle: Origin check and (optional) header token before the upgrade;
 //! otherwise an `Auth` frame within `limits.auth_deadline_ms`. Then the
-//! connection attaches to its user's SessionActor and serves requests one at
-//! a time. After a `Sync`, it sends the backlog of every group from the
+//! connection attaches to its user's SessionActor and serves requests,
+//! up to `limits.max_pipelined_requests` at once: it keeps reading frames
+//! and writing deliveries while a send waits for the store, answers each
+//! request by its `request_id` as it completes, and refuses a request past
+//! the bound at once (RATE_LIMITED with `retry_after_ms`). A `Sync` is served
+//! in line. After a `Sync`, it sends the backlog of every group from the
 //! client's cursors, the inbox, `SyncCaughtUp`, then live events.
 //!
 //! Exactly-once per connection: the task remembers, per group, the last seq
@@ -25,6 +29,8 @@ use std::time::Duration;
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason, Session};
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt as _;
 use hush_ds::TokenClaims;
 use hush_proto::{client_frame::Body as C, server_frame::Body as S, v1, ErrorCode};
@@ -33,8 +39,12 @@ use tokio::sync::mpsc;
 
 use super::stream::{self, Halt, Position, Sink, Stream};
 use super::{authenticate, check_origin, error_response, AppState};
-use crate::error::ApiError;
+use crate::error::{ApiError, ApiResult};
 use crate::wire::Caller;
+
+/// Requests of one connection in flight: each yields its request id and
+/// its answer.
+type InFlight = FuturesUnordered<BoxFuture<'static, (u64, ApiResult<Option<S>>)>>;
 
 pub const CLOSE_AUTH_DEADLINE: u16 = 4000;
 pub const CLOSE_SLOW_CONSUMER: u16 = 4001;
@@ -220,6 +230,7 @@ impl Connection {
         heartbeat.tick().await;
         let timeout = Duration::from_millis(limits.heartbeat_timeout_ms);
         let mut shutdown = self.app.shutdown.subscribe();
+        let mut inflight = InFlight::new();
         loop {
             let step = tokio::select! {
                 _ = shutdown.wait_for(|down| *down) => {
@@ -233,9 +244,12 @@ impl Connection {
                     }
                     Some(Ok(msg)) => {
                         self.last_seen = tokio::time::Instant::now();
-                        self.on_message(msg, &caller).await
+                        self.on_message(msg, &caller, &mut inflight).await
                     }
                 },
+                Some((rid, result)) = inflight.next(), if !inflight.is_empty() => {
+                    self.answer(rid, result).await
+                }
                 out = rx.recv() => match out {
                     Some(item) => match self.out.on_outbound(item).await {
                         Ok(()) => Step::Continue,
@@ -323,10 +337,15 @@ impl Connection {
         }
     }
 
-    async fn on_message(&mut self, msg: actix_ws::AggregatedMessage, caller: &Caller) -> Step {
+    async fn on_message(
+        &mut self,
+        msg: actix_ws::AggregatedMessage,
+        caller: &Caller,
+        inflight: &mut InFlight,
+    ) -> Step {
         use actix_ws::AggregatedMessage as M;
         match msg {
-            M::Binary(bytes) => self.on_frame(bytes, caller).await,
+            M::Binary(bytes) => self.on_frame(bytes, caller, inflight).await,
             M::Text(_) => {
                 let e = ApiError::new(ErrorCode::Malformed, "text frames are not accepted");
                 self.reply_error(0, e).await
@@ -348,7 +367,7 @@ impl Connection {
         }
     }
 
-    async fn on_frame(&mut self, bytes: Bytes, caller: &Caller) -> Step {
+    async fn on_frame(&mut self, bytes: Bytes, caller: &Caller, inflight: &mut InFlight) -> Step {
         let frame = match ClientFrame::decode(bytes.as_ref()) {
             Ok(f) => f,
             Err(_) => {
@@ -384,17 +403,37 @@ impl Connection {
                     Err(Halt::Api(e)) => Err(e),
                 }
             }
-            other => self.app.api.dispatch(caller, other).await,
+            other => {
+                let limits = &self.app.config.limits;
+                if inflight.len() >= limits.max_pipelined_requests {
+                    metrics::counter!("hush_sends_refused_total", "bound" => "pipelined")
+                        .increment(1);
+                    let e = ApiError::rate_limited(
+                        "too many requests in flight on this connection",
+                        limits.overload_retry_after_ms,
+                    );
+                    return self.reply_error(rid, e).await;
+                }
+                let (app, caller) = (self.app.clone(), caller.clone());
+                inflight.push(Box::pin(async move {
+                    (rid, app.api.dispatch(&caller, other).await)
+                }));
+                return Step::Continue;
+            }
         };
+        self.answer(rid, result).await
+    }
+
+    /// Writes a request's answer (or its error) under its request id.
+    async fn answer(&mut self, rid: u64, result: ApiResult<Option<S>>) -> Step {
         match result {
             Ok(Some(body)) => match self.send_frame(rid, body).await {
-                Ok(()) => {}
-                Err(step) => return step,
+                Ok(()) => Step::Continue,
+                Err(step) => step,
             },
-            Ok(None) => {}
-            Err(e) => return self.reply_error(rid, e).await,
+            Ok(None) => Step::Continue,
+            Err(e) => self.reply_error(rid, e).await,
         }
-        Step::Continue
     }
 }
 
