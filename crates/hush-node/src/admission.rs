@@ -17,15 +17,24 @@
 //!
 //! Nothing acknowledged is dropped: a refused send was never stored, and the
 //! client resends it with the same `client_msg_id` after `retry_after_ms`.
+//!
+//! The hint grows with the pressure ([`Hint`]): `limits.overload_retry_after_ms`
+//! while refusals are rare, doubled after each half-second window in which
+//! refusals outnumbered admissions two to one, up to
+//! `limits.overload_retry_after_max_ms`, and halved again once they do not.
+//! Under ten times the load a fixed hint makes the resends themselves the
+//! load (every refused message comes back every few hundred ms, and the node
+//! spends its time refusing while the sends it accepted wait behind the
+//! refusals); a growing one keeps the resends near what the node accepts.
 //! Commits and proposals are not refused here (a member must be able to
 //! leave or rotate keys under load); they are few, and each connection
 //! serves one request at a time.
 //!
 //! The counters are plain atomics and one small map; this module does no IO
-//! and reads no clock.
+//! and reads no clock (callers pass the time).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use hush_proto::ErrorCode;
@@ -38,8 +47,10 @@ pub struct AdmissionLimits {
     pub max_inflight_sends: usize,
     pub max_pending_per_group: usize,
     pub max_queued_deliveries: usize,
-    /// The hint a refusal carries, ms.
+    /// The hint a refusal carries while refusals are rare, ms.
     pub retry_after_ms: u64,
+    /// The longest hint the pressure makes it grow to, ms.
+    pub max_retry_after_ms: u64,
 }
 
 /// Why a send was refused.
@@ -99,12 +110,78 @@ struct Counters {
     peak_group: AtomicUsize,
 }
 
+/// How long the window is over which admissions and refusals are weighed
+/// to move the hint.
+pub const HINT_WINDOW_MS: u64 = 500;
+
+/// Fewer refusals than this in a window never raise the hint (a few refused
+/// sends of one busy group are not the node's pressure).
+const HINT_MIN_REFUSALS: u64 = 32;
+
+/// The retry hint refusals carry, moved by the pressure: after each window
+/// of [`HINT_WINDOW_MS`], doubled if refusals outnumbered admissions two to
+/// one (and were at least [`HINT_MIN_REFUSALS`]), halved if they were fewer
+/// than half of them, kept otherwise; between `retry_after_ms` and
+/// `max_retry_after_ms`. A window that passed with no traffic halves it too.
+#[derive(Default)]
+struct Hint {
+    window_start_ms: AtomicU64,
+    admitted: AtomicU64,
+    refused: AtomicU64,
+    /// 0 until the first window closes (then `retry_after_ms` at least).
+    current_ms: AtomicU64,
+}
+
+impl Hint {
+    /// Closes the window if it is over and moves the hint; one caller wins
+    /// the close, the others count into the new window.
+    fn roll(&self, now_ms: u64, limits: &AdmissionLimits) {
+        let start = self.window_start_ms.load(Ordering::Acquire);
+        let elapsed = now_ms.saturating_sub(start);
+        if elapsed < HINT_WINDOW_MS {
+            return;
+        }
+        if self
+            .window_start_ms
+            .compare_exchange(start, now_ms, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return;
+        }
+        let admitted = self.admitted.swap(0, Ordering::AcqRel);
+        let refused = self.refused.swap(0, Ordering::AcqRel);
+        let (base, max) = (
+            limits.retry_after_ms,
+            limits.max_retry_after_ms.max(limits.retry_after_ms),
+        );
+        let mut hint = self.current_ms.load(Ordering::Acquire).clamp(base, max);
+        if refused >= HINT_MIN_REFUSALS && refused > 2 * admitted {
+            hint = hint.saturating_mul(2).min(max);
+        } else if refused * 2 < admitted || refused == 0 {
+            hint = (hint / 2).max(base);
+        }
+        // Whole windows that passed with nothing counted: one halving each.
+        let idle = (elapsed / HINT_WINDOW_MS).saturating_sub(1).min(32);
+        for _ in 0..idle {
+            hint = (hint / 2).max(base);
+        }
+        self.current_ms.store(hint, Ordering::Release);
+    }
+
+    fn current(&self, limits: &AdmissionLimits) -> u64 {
+        self.current_ms
+            .load(Ordering::Acquire)
+            .max(limits.retry_after_ms)
+    }
+}
+
 /// The node's admission counters. Cheap to clone (shared).
 #[derive(Clone)]
 pub struct Admission {
     limits: AdmissionLimits,
     counters: Arc<Counters>,
     deliveries: DeliveryQueue,
+    hint: Arc<Hint>,
 }
 
 impl Admission {
@@ -114,18 +191,36 @@ impl Admission {
             limits,
             counters: Arc::default(),
             deliveries,
+            hint: Arc::default(),
         }
+    }
+
+    /// The retry hint a refusal at `now_ms` carries, ms (see [`Hint`]).
+    pub fn retry_after_ms(&self, now_ms: u64) -> u64 {
+        self.hint.roll(now_ms, &self.limits);
+        self.hint.current(&self.limits)
+    }
+
+    /// A send refused before it reached [`Admission::admit`] (a
+    /// connection's pipelining bound): it counts towards the pressure.
+    /// Returns the hint to carry.
+    pub fn refused_elsewhere(&self, now_ms: u64) -> u64 {
+        self.hint.refused.fetch_add(1, Ordering::AcqRel);
+        self.retry_after_ms(now_ms)
     }
 
     pub fn limits(&self) -> AdmissionLimits {
         self.limits
     }
 
-    /// Takes a place for one send to `group_id`, or says why not. Checks the
-    /// cheapest, most specific bound first; takes nothing when it refuses.
-    pub fn admit(&self, group_id: &[u8]) -> Result<Permit, Refusal> {
+    /// Takes a place for one send to `group_id` at `now_ms`, or says why
+    /// not. Checks the cheapest, most specific bound first; takes nothing
+    /// when it refuses. Either way it counts towards the hint's pressure.
+    pub fn admit(&self, group_id: &[u8], now_ms: u64) -> Result<Permit, Refusal> {
+        self.hint.roll(now_ms, &self.limits);
         let refused = |r: Refusal| {
             metrics::counter!("hush_sends_refused_total", "bound" => r.label()).increment(1);
+            self.hint.refused.fetch_add(1, Ordering::AcqRel);
             Err(r)
         };
         if self.deliveries.depth() >= self.limits.max_queued_deliveries {
@@ -151,6 +246,7 @@ impl Admission {
             *n += 1;
             *n
         };
+        self.hint.admitted.fetch_add(1, Ordering::AcqRel);
         c.peak_inflight.fetch_max(inflight, Ordering::SeqCst);
         c.peak_group.fetch_max(pending, Ordering::SeqCst);
         metrics::gauge!("hush_sends_inflight").set(inflight as f64);
@@ -265,20 +361,21 @@ mod tests {
             max_pending_per_group: 2,
             max_queued_deliveries: 2,
             retry_after_ms: 50,
+            max_retry_after_ms: 400,
         }
     }
 
     #[test]
     fn a_group_gets_its_cap_then_rate_limited() {
         let a = Admission::new(limits(), DeliveryQueue::default());
-        let p1 = a.admit(b"g").unwrap();
-        let _p2 = a.admit(b"g").unwrap();
-        assert_eq!(a.admit(b"g").err(), Some(Refusal::GroupBusy));
+        let p1 = a.admit(b"g", 0).unwrap();
+        let _p2 = a.admit(b"g", 0).unwrap();
+        assert_eq!(a.admit(b"g", 0).err(), Some(Refusal::GroupBusy));
         // The refusal took nothing: another group still fits the node.
         assert_eq!(a.inflight(), 2);
-        let _p3 = a.admit(b"h").unwrap();
+        let _p3 = a.admit(b"h", 0).unwrap();
         drop(p1);
-        assert!(a.admit(b"g").is_ok(), "a returned place is free again");
+        assert!(a.admit(b"g", 0).is_ok(), "a returned place is free again");
         let e = Refusal::GroupBusy.to_error(50);
         assert_eq!(e.code, ErrorCode::RateLimited);
         assert_eq!(e.retry_after_ms, 50);
@@ -289,9 +386,9 @@ mod tests {
         let a = Admission::new(limits(), DeliveryQueue::default());
         let held: Vec<Permit> = [b"a", b"b", b"c"]
             .iter()
-            .map(|g| a.admit(*g).unwrap())
+            .map(|g| a.admit(*g, 0).unwrap())
             .collect();
-        assert_eq!(a.admit(b"d").err(), Some(Refusal::NodeBusy));
+        assert_eq!(a.admit(b"d", 0).err(), Some(Refusal::NodeBusy));
         assert_eq!(Refusal::NodeBusy.to_error(50).code, ErrorCode::Unavailable);
         assert_eq!(a.inflight(), 3);
         drop(held);
@@ -313,10 +410,10 @@ mod tests {
         let a = Admission::new(limits(), q.clone());
         let t1 = q.enqueue();
         let t2 = q.enqueue();
-        assert_eq!(a.admit(b"g").err(), Some(Refusal::FanOutBehind));
+        assert_eq!(a.admit(b"g", 0).err(), Some(Refusal::FanOutBehind));
         assert_eq!(a.inflight(), 0);
         drop(t1);
-        assert!(a.admit(b"g").is_ok());
+        assert!(a.admit(b"g", 0).is_ok());
         drop(t2);
         assert_eq!(q.depth(), 0);
         assert_eq!(q.peak(), 2);
@@ -330,6 +427,7 @@ mod tests {
                 max_pending_per_group: 3,
                 max_queued_deliveries: 1_000,
                 retry_after_ms: 1,
+                max_retry_after_ms: 1,
             },
             DeliveryQueue::default(),
         );
@@ -339,7 +437,7 @@ mod tests {
                 s.spawn(move || {
                     let mut held = Vec::new();
                     for i in 0..2_000u32 {
-                        if let Ok(p) = a.admit(&[t % 3]) {
+                        if let Ok(p) = a.admit(&[t % 3], 0) {
                             held.push(p);
                         }
                         if i % 3 == 0 {
@@ -354,5 +452,59 @@ mod tests {
         assert!(peaks.pending_per_group <= 3, "{peaks:?}");
         assert_eq!(a.inflight(), 0);
         assert_eq!(a.busy_groups(), 0);
+    }
+
+    #[test]
+    fn the_hint_grows_while_refusals_dominate_and_comes_back_when_they_stop() {
+        let a = Admission::new(limits(), DeliveryQueue::default());
+        let w = HINT_WINDOW_MS;
+        assert_eq!(a.retry_after_ms(0), 50, "the base hint at rest");
+        // Hold the node's three places, then refuse 100 sends per window.
+        let _held: Vec<Permit> = [b"a", b"b", b"c"]
+            .iter()
+            .map(|g| a.admit(*g, 0).unwrap())
+            .collect();
+        let mut t = 0;
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            t += w;
+            for _ in 0..100 {
+                assert_eq!(a.admit(b"d", t).err(), Some(Refusal::NodeBusy));
+            }
+            seen.push(a.retry_after_ms(t));
+        }
+        // Each window's refusals move the hint when it closes.
+        assert_eq!(
+            seen,
+            vec![50, 100, 200, 400, 400, 400],
+            "doubles per window, up to the max"
+        );
+        assert_eq!(a.retry_after_ms(t + w), 400, "the last busy window closed");
+        // Refusals stop: a window without any halves it, and a long quiet
+        // brings it back to the base.
+        assert_eq!(a.retry_after_ms(t + 2 * w), 200);
+        assert_eq!(a.retry_after_ms(t + 10 * w), 50);
+    }
+
+    #[test]
+    fn a_few_refusals_of_one_busy_group_do_not_raise_the_hint() {
+        let a = Admission::new(limits(), DeliveryQueue::default());
+        let _g: Vec<Permit> = (0..2).map(|_| a.admit(b"g", 0).unwrap()).collect();
+        for i in 1..=4 {
+            for _ in 0..(HINT_MIN_REFUSALS - 1) {
+                assert_eq!(
+                    a.admit(b"g", i * HINT_WINDOW_MS).err(),
+                    Some(Refusal::GroupBusy)
+                );
+            }
+            assert_eq!(a.retry_after_ms(i * HINT_WINDOW_MS), 50);
+        }
+        // Refusals elsewhere (a connection's pipelining bound) count too.
+        let t = 5 * HINT_WINDOW_MS;
+        a.retry_after_ms(t);
+        for _ in 0..HINT_MIN_REFUSALS {
+            a.refused_elsewhere(t + 1);
+        }
+        assert_eq!(a.retry_after_ms(t + HINT_WINDOW_MS), 100);
     }
 }

@@ -69,6 +69,7 @@ impl ApiLimits {
                 max_pending_per_group: l.max_pending_per_group,
                 max_queued_deliveries: l.max_queued_deliveries,
                 retry_after_ms: l.overload_retry_after_ms,
+                max_retry_after_ms: l.overload_retry_after_max_ms,
             },
         }
     }
@@ -83,6 +84,7 @@ pub struct Api {
     keys: Keys,
     max_message_bytes: usize,
     admission: Admission,
+    clock: Arc<dyn Clock>,
 }
 
 impl Api {
@@ -94,7 +96,7 @@ impl Api {
         clock: Arc<dyn Clock>,
         limits: ApiLimits,
     ) -> Self {
-        let keys = Keys::new(store.clone(), sessions.clone(), clock, limits.keys);
+        let keys = Keys::new(store.clone(), sessions.clone(), clock.clone(), limits.keys);
         let admission = Admission::new(limits.admission, sessions.deliveries().clone());
         Self {
             store,
@@ -104,6 +106,7 @@ impl Api {
             keys,
             max_message_bytes: limits.max_message_bytes,
             admission,
+            clock,
         }
     }
 
@@ -121,10 +124,11 @@ impl Api {
             Request::SendEphemeral(r) => &r.group_id,
             _ => return Ok(None),
         };
+        let now = self.clock.now_ms();
         self.admission
-            .admit(group_id)
+            .admit(group_id, now)
             .map(Some)
-            .map_err(|r| r.to_error(self.admission.limits().retry_after_ms))
+            .map_err(|r| r.to_error(self.admission.retry_after_ms(now)))
     }
 
     /// Serves one request. `Ok(None)` means no response frame (acks). A

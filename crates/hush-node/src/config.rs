@@ -209,8 +209,12 @@ pub struct Limits {
     /// Deliveries waiting in SessionActor mailboxes (fan-out not yet written
     /// to the connection queues) past which sends are refused UNAVAILABLE.
     pub max_queued_deliveries: usize,
-    /// The `retry_after_ms` hint an overload refusal carries.
+    /// The `retry_after_ms` hint an overload refusal carries while
+    /// refusals are rare; it doubles per half second in which refusals
+    /// outnumber admissions two to one (see `admission.rs`).
     pub overload_retry_after_ms: u64,
+    /// The longest that hint grows to under sustained overload.
+    pub overload_retry_after_max_ms: u64,
     /// Requests one WebSocket connection has in flight at once (a client
     /// may send its next frame before the previous answer); one more is
     /// refused RATE_LIMITED with the overload hint. Reading goes on while
@@ -389,6 +393,7 @@ impl Default for Limits {
             max_pending_per_group: 64,
             max_queued_deliveries: 65_536,
             overload_retry_after_ms: 200,
+            overload_retry_after_max_ms: 10_000,
             max_pipelined_requests: 32,
         }
     }
@@ -616,6 +621,12 @@ impl Config {
             if v == 0 {
                 return Err(invalid(key, "must be at least 1"));
             }
+        }
+        if l.overload_retry_after_max_ms < l.overload_retry_after_ms {
+            return Err(invalid(
+                "limits.overload_retry_after_max_ms",
+                "must be at least limits.overload_retry_after_ms",
+            ));
         }
         if l.heartbeat_interval_ms == 0 || l.heartbeat_timeout_ms <= l.heartbeat_interval_ms {
             return Err(invalid(

@@ -10,6 +10,18 @@
 //! in line. After a `Sync`, it sends the backlog of every group from the
 //! client's cursors, the inbox, `SyncCaughtUp`, then live events.
 //!
+//! Each pipelined request runs as a task of its own, never as a future
+//! inside the connection's task: while the connection awaits one of its own
+//! steps (a store read for a gap or a resync, a write), a request future
+//! polled only by that task would stall, and one that had been handed a
+//! fair (FIFO) permit meanwhile — the store's read permits — would hold it
+//! unpolled while the connection's own read queues behind it: a deadlock
+//! that once left every connection of a node deaf after a fault (the
+//! CI-sized chaos run, 2 of 3 runs). Tasks make progress whatever the
+//! connection is doing. When the connection ends, its requests still in
+//! flight run to completion (a send the group accepted is stored and
+//! sequenced either way; the client resends by id and is deduplicated).
+//!
 //! Exactly-once per connection: the task remembers, per group, the last seq
 //! it sent. A live event at or below it is dropped; one past a gap first has
 //! the gap read from the store. So live delivery and backlog can race freely.
@@ -29,22 +41,29 @@ use std::time::Duration;
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason, Session};
-use futures_util::future::BoxFuture;
-use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt as _;
 use hush_ds::TokenClaims;
 use hush_proto::{client_frame::Body as C, server_frame::Body as S, v1, ErrorCode};
 use hush_proto::{ClientFrame, Message as _};
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
 use super::stream::{self, Halt, Position, Sink, Stream};
 use super::{authenticate, check_origin, error_response, AppState};
 use crate::error::{ApiError, ApiResult};
 use crate::wire::Caller;
 
-/// Requests of one connection in flight: each yields its request id and
-/// its answer.
-type InFlight = FuturesUnordered<BoxFuture<'static, (u64, ApiResult<Option<S>>)>>;
+/// Requests of one connection in flight, each a task of its own that
+/// yields its request id and its answer (see the module docs for why not
+/// futures polled by the connection's task).
+struct InFlight(JoinSet<(u64, ApiResult<Option<S>>)>);
+
+impl Drop for InFlight {
+    /// A closed connection's requests run to completion, unanswered.
+    fn drop(&mut self) {
+        self.0.detach_all();
+    }
+}
 
 pub const CLOSE_AUTH_DEADLINE: u16 = 4000;
 pub const CLOSE_SLOW_CONSUMER: u16 = 4001;
@@ -230,7 +249,7 @@ impl Connection {
         heartbeat.tick().await;
         let timeout = Duration::from_millis(limits.heartbeat_timeout_ms);
         let mut shutdown = self.app.shutdown.subscribe();
-        let mut inflight = InFlight::new();
+        let mut inflight = InFlight(JoinSet::new());
         loop {
             let step = tokio::select! {
                 _ = shutdown.wait_for(|down| *down) => {
@@ -247,9 +266,16 @@ impl Connection {
                         self.on_message(msg, &caller, &mut inflight).await
                     }
                 },
-                Some((rid, result)) = inflight.next(), if !inflight.is_empty() => {
-                    self.answer(rid, result).await
-                }
+                Some(done) = inflight.0.join_next(), if !inflight.0.is_empty() => match done {
+                    Ok((rid, result)) => self.answer(rid, result).await,
+                    Err(e) => {
+                        // A request task that panicked: its client's
+                        // request goes unanswered (and times out); the
+                        // connection goes on.
+                        tracing::error!(conn = self.id, error = %e, "request task failed");
+                        Step::Continue
+                    }
+                },
                 out = rx.recv() => match out {
                     Some(item) => match self.out.on_outbound(item).await {
                         Ok(()) => Step::Continue,
@@ -405,19 +431,24 @@ impl Connection {
             }
             other => {
                 let limits = &self.app.config.limits;
-                if inflight.len() >= limits.max_pipelined_requests {
+                if inflight.0.len() >= limits.max_pipelined_requests {
                     metrics::counter!("hush_sends_refused_total", "bound" => "pipelined")
                         .increment(1);
+                    let hint = self
+                        .app
+                        .api
+                        .admission()
+                        .refused_elsewhere(self.app.now_ms());
                     let e = ApiError::rate_limited(
                         "too many requests in flight on this connection",
-                        limits.overload_retry_after_ms,
+                        hint,
                     );
                     return self.reply_error(rid, e).await;
                 }
                 let (app, caller) = (self.app.clone(), caller.clone());
-                inflight.push(Box::pin(async move {
-                    (rid, app.api.dispatch(&caller, other).await)
-                }));
+                inflight
+                    .0
+                    .spawn(async move { (rid, app.api.dispatch(&caller, other).await) });
                 return Step::Continue;
             }
         };
