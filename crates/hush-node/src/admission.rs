@@ -27,8 +27,8 @@
 //! spends its time refusing while the sends it accepted wait behind the
 //! refusals); a growing one keeps the resends near what the node accepts.
 //! Commits and proposals are not refused here (a member must be able to
-//! leave or rotate keys under load); they are few, and each connection
-//! serves one request at a time.
+//! leave or rotate keys under load); they are few, and each connection has
+//! at most `limits.max_pipelined_requests` requests in flight.
 //!
 //! The counters are plain atomics and one small map; this module does no IO
 //! and reads no clock (callers pass the time).

@@ -181,9 +181,16 @@ impl Actor for GroupActor {
         state.last_activity_ms = now;
         match msg {
             GroupMsg::Send { caller, req, reply } => {
-                let r = self.on_send(state, &caller, req).await;
+                let (r, fan_out) = match self.on_send(state, &caller, req).await {
+                    Ok((accepted, fan_out)) => (Ok(accepted), fan_out),
+                    Err(e) => (Err(e), None),
+                };
                 self.settle(&myself, state, &r);
+                // Store, ack, then fan out (see `on_send`).
                 let _ = reply.send(r);
+                if let Some(f) = fan_out {
+                    self.finish_fan_out(f).await;
+                }
             }
             GroupMsg::Commit { caller, req, reply } => {
                 let r = self.on_commit(state, &caller, req).await;

@@ -7,6 +7,8 @@
 //! application, this group, epoch within `limits.epoch_window`). The server
 //! reads nothing else of the message.
 
+use std::sync::Arc;
+
 use hush_proto::{server_frame::Body as Reply, v1};
 use hush_store::{AppendOutcome, EntryKind, MemberDevice, NewEntry};
 
@@ -14,7 +16,21 @@ use super::actor::{stale_with_head, GroupActor, GroupState, Loaded};
 use crate::error::ApiResult;
 use crate::wire::{encode, Caller, Outbound};
 
+/// A stored message's fan-out, made after the sender's ack is sent (see
+/// [`GroupActor::on_send`]).
+pub(super) struct FanOut {
+    group_id: Vec<u8>,
+    seq: u64,
+    entry: NewEntry,
+    members: Arc<[MemberDevice]>,
+}
+
 impl GroupActor {
+    /// Hands a stored message to its members' sessions.
+    pub(super) async fn finish_fan_out(&self, f: FanOut) {
+        self.fan_out(&f.group_id, f.seq, &f.entry, &f.members).await;
+    }
+
     /// The checks every application message passes; returns the loaded
     /// group and the message's epoch.
     async fn check_application<'s>(
@@ -71,14 +87,18 @@ impl GroupActor {
         Ok(v1::EphemeralAccepted {})
     }
 
-    /// Appends under the fence, then fans out, then acks. A repeated
+    /// Appends under the fence and returns the ack with the fan-out still
+    /// to make: the actor answers the sender first, then fans out, so the
+    /// sender's ack never waits for the group's size (the message is durable
+    /// once the append returned), and the next message of the group waits
+    /// for this fan-out (one at a time: per-group order holds). A repeated
     /// `client_msg_id` is acked with its original seq and not fanned out.
     pub(super) async fn on_send(
         &self,
         state: &mut GroupState,
         caller: &Caller,
         req: v1::SendMessage,
-    ) -> ApiResult<v1::MessageAccepted> {
+    ) -> ApiResult<(v1::MessageAccepted, Option<FanOut>)> {
         Self::check_msg_id(&req.client_msg_id)?;
         let now = self.now_ms();
         let group_id = state.group_id.clone();
@@ -100,16 +120,23 @@ impl GroupActor {
             .await?;
         let seq = outcome.seq();
         let duplicate = matches!(outcome, AppendOutcome::Duplicate { .. });
-        if !duplicate {
+        let fan_out = if duplicate {
+            None
+        } else {
             loaded.head_seq = seq;
-            let members = loaded.members.clone();
             metrics::counter!("hush_messages_in_total", "kind" => "application").increment(1);
-            self.fan_out(&group_id, seq, &entry, &members).await;
-        }
-        Ok(v1::MessageAccepted {
+            Some(FanOut {
+                group_id: group_id.clone(),
+                seq,
+                entry,
+                members: loaded.members.clone(),
+            })
+        };
+        let accepted = v1::MessageAccepted {
             group_id,
             seq,
             duplicate,
-        })
+        };
+        Ok((accepted, fan_out))
     }
 }
