@@ -223,6 +223,12 @@ impl Push for MemberSink {
                 }
             }
             S::SyncCaughtUp(_) => self.on_caught_up(at_ns),
+            // An answer to a fire-and-forget request (an ack): a refused
+            // ack is harmless (the next one covers it) and under overload
+            // there are millions; others are worth a look.
+            S::Error(e) if transient(e.error_code()) => {
+                tracing::debug!(code = ?e.error_code(), message = %e.message, "pushed error");
+            }
             S::Error(e) => {
                 tracing::warn!(code = ?e.error_code(), message = %e.message, "pushed error");
             }

@@ -402,11 +402,17 @@ impl Connection {
             }
         };
         let rid = frame.request_id;
-        if !self.rate.try_take(self.app.now_ms()) {
-            let e = super::limits::request_rate_limited(
+        let now = self.app.now_ms();
+        if !self.rate.try_take(now) {
+            let mut e = super::limits::request_rate_limited(
                 &self.rate,
                 self.app.config.limits.rate_per_sec,
             );
+            // A refusal is pressure like any other: at least the node's
+            // overload hint, or the refused resend storms come back within
+            // milliseconds.
+            let hint = self.app.api.admission().refused_elsewhere(now);
+            e.retry_after_ms = e.retry_after_ms.max(hint);
             return self.reply_error(rid, e).await;
         }
         let Some(body) = frame.body else {
