@@ -20,6 +20,7 @@ use hush_proto::{client_frame, server_frame, ClientFrame, Message as _, ServerFr
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::clock::now_ns;
@@ -151,6 +152,13 @@ pub async fn resolve(server: &str) -> Result<SocketAddr, ConnError> {
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
+/// tungstenite zero-fills the free part of its read buffer before every
+/// read (128 KiB by default); with a few hundred bytes per read that memset
+/// was 34-40% of the generator's CPU (perf on the generator, fanout at
+/// 3,000 msg/s), CPU the node under test then lacked. 8 KiB still holds
+/// dozens of frames per read.
+const READ_BUFFER_BYTES: usize = 8 * 1024;
+
 /// Opens `ws://{addr}/v1/ws` from `source` (if given) with the token as
 /// subprotocol, within `timeout`.
 async fn open_ws(
@@ -204,7 +212,8 @@ async fn open_ws_now(
         "sec-websocket-protocol",
         HeaderValue::from_str(&protocols).map_err(|e| cerr(e.to_string()))?,
     );
-    let (ws, _resp) = tokio_tungstenite::client_async(request, stream)
+    let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
+    let (ws, _resp) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
         .await
         .map_err(|e| cerr(format!("upgrade: {e}")))?;
     Ok(ws)

@@ -33,6 +33,15 @@ const CLOSE_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long `close` then waits for the writer to send what is queued.
 const CLOSE_WRITER_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// tungstenite zero-fills the free part of its read buffer before every
+/// read (128 KiB by default): with frames of a few hundred bytes that
+/// memset dominated a client's CPU (measured in hush-loadtest, which reads
+/// the same way). A frame larger than the buffer still arrives whole: the
+/// buffer grows for it.
+fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(8 * 1024)
+}
+
 /// A frame the server pushed (request_id 0), or the end of the connection.
 #[derive(Debug)]
 pub enum Pushed {
@@ -126,10 +135,14 @@ impl WsConn {
             None
         };
         // disable_nagle: small frames go out at once.
-        let (stream, _response) =
-            tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector)
-                .await
-                .map_err(|e| connect_error(&url, &e))?;
+        let (stream, _response) = tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            Some(ws_config()),
+            true,
+            connector,
+        )
+        .await
+        .map_err(|e| connect_error(&url, &e))?;
         let (mut sink, mut source) = stream.split();
 
         let (out_tx, mut out_rx) = mpsc::unbounded_channel::<WsMessage>();
