@@ -148,6 +148,21 @@ pub fn request_rate_limited(bucket: &TokenBucket, rate_per_sec: f64) -> crate::e
     crate::error::ApiError::rate_limited("request rate limit exceeded", wait.clamp(1, 60_000))
 }
 
+/// The refusal of one request over a request bucket, as a node sends it:
+/// [`request_rate_limited`]'s hint, but at least the node's overload hint,
+/// and counted as pressure (`admission.rs`): with "a token is back in
+/// 2 ms" every refused message came straight back under overload.
+pub fn refuse_request(
+    app: &super::AppState,
+    bucket: &TokenBucket,
+    now_ms: u64,
+) -> crate::error::ApiError {
+    let mut e = request_rate_limited(bucket, app.config.limits.rate_per_sec);
+    let hint = app.api.admission().refused_elsewhere(now_ms);
+    e.retry_after_ms = e.retry_after_ms.max(hint);
+    e
+}
+
 /// Live connections per source address.
 #[derive(Default)]
 pub struct ConnTable {

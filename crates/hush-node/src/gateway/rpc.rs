@@ -48,12 +48,7 @@ impl RateTable {
         if bucket.try_take(now) {
             Ok(())
         } else {
-            // At least the node's overload hint (see ws.rs).
-            let mut e = super::limits::request_rate_limited(bucket, l.rate_per_sec);
-            e.retry_after_ms = e
-                .retry_after_ms
-                .max(app.api.admission().refused_elsewhere(now));
-            Err(e)
+            Err(super::limits::refuse_request(app, bucket, now))
         }
     }
 }

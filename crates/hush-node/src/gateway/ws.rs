@@ -404,15 +404,7 @@ impl Connection {
         let rid = frame.request_id;
         let now = self.app.now_ms();
         if !self.rate.try_take(now) {
-            let mut e = super::limits::request_rate_limited(
-                &self.rate,
-                self.app.config.limits.rate_per_sec,
-            );
-            // A refusal is pressure like any other: at least the node's
-            // overload hint, or the refused resend storms come back within
-            // milliseconds.
-            let hint = self.app.api.admission().refused_elsewhere(now);
-            e.retry_after_ms = e.retry_after_ms.max(hint);
+            let e = super::limits::refuse_request(&self.app, &self.rate, now);
             return self.reply_error(rid, e).await;
         }
         let Some(body) = frame.body else {
@@ -440,11 +432,7 @@ impl Connection {
                 if inflight.0.len() >= limits.max_pipelined_requests {
                     metrics::counter!("hush_sends_refused_total", "bound" => "pipelined")
                         .increment(1);
-                    let hint = self
-                        .app
-                        .api
-                        .admission()
-                        .refused_elsewhere(self.app.now_ms());
+                    let hint = self.app.api.admission().refused_elsewhere(now);
                     let e = ApiError::rate_limited(
                         "too many requests in flight on this connection",
                         hint,
