@@ -316,12 +316,21 @@ try {
   await shotBoth(alice, "06-devices");
   await alice.locator("#devices-close").click();
   await shotBoth(alice, "07-chat");
-  // Read at its bottom, the list stayed there through the resizes.
-  const inView = await message(alice, "after bob left").evaluate((e) => {
-    const m = document.getElementById("messages").getBoundingClientRect();
-    const r = e.getBoundingClientRect();
-    return r.top >= m.top && r.bottom <= m.bottom + 1;
-  });
+  // Read at its bottom, the list stayed there through the resizes. The page
+  // puts it back in the frame after a resize (its ResizeObserver), which may
+  // not have been drawn yet when setViewportSize returns: wait for the frames.
+  const newest = await message(alice, "after bob left").elementHandle();
+  const inView = await alice
+    .waitForFunction(
+      (e) => {
+        const m = document.getElementById("messages").getBoundingClientRect();
+        const r = e.getBoundingClientRect();
+        return r.top >= m.top && r.bottom <= m.bottom + 1;
+      },
+      newest,
+      { timeout: WAIT, polling: "raf" },
+    )
+    .then(() => true, () => false);
   check(inView, "the newest message is still in view after resizing");
   step("device list");
 
