@@ -11,9 +11,12 @@
 //! - more than `limits.max_pending_per_group` sends waiting for one group:
 //!   RATE_LIMITED (the group's senders send faster than it sequences);
 //! - more than `limits.max_inflight_sends` sends in flight on the node, or
-//!   more than `limits.max_queued_deliveries` deliveries waiting in
-//!   SessionActor mailboxes (fan-out falls behind): UNAVAILABLE (the node
-//!   is saturated; the client may also try later or elsewhere).
+//!   more than `limits.max_queued_deliveries` frames waiting in this
+//!   node's connection queues, each connection counting at most
+//!   `limits.max_queued_deliveries_per_conn` of its own (fan-out falls
+//!   behind):
+//!   UNAVAILABLE (the node is saturated; the client may also try later or
+//!   elsewhere).
 //!
 //! Nothing acknowledged is dropped: a refused send was never stored, and the
 //! client resends it with the same `client_msg_id` after `retry_after_ms`.
@@ -60,7 +63,7 @@ pub enum Refusal {
     GroupBusy,
     /// The node has `max_inflight_sends` sends in flight.
     NodeBusy,
-    /// The sessions' mailboxes hold `max_queued_deliveries` deliveries.
+    /// The connection queues hold `max_queued_deliveries` deliveries.
     FanOutBehind,
 }
 
@@ -305,9 +308,9 @@ impl Drop for Permit {
     }
 }
 
-/// The deliveries waiting in SessionActor mailboxes, counted by a token that
-/// travels inside each message: handled or dropped with a stopped actor's
-/// mailbox, the token's drop takes it off.
+/// The deliveries waiting in connection queues (`conns.rs`), counted by a
+/// token that travels with each item: handled, or dropped with a closed
+/// connection's queue, the token's drop takes it off.
 #[derive(Clone, Default)]
 pub struct DeliveryQueue {
     inner: Arc<QueueCounts>,
@@ -336,7 +339,7 @@ impl DeliveryQueue {
     }
 }
 
-/// One delivery waiting in a mailbox (see [`DeliveryQueue`]).
+/// One delivery waiting in a connection queue (see [`DeliveryQueue`]).
 pub struct Queued(Arc<QueueCounts>);
 
 impl std::fmt::Debug for Queued {

@@ -206,9 +206,15 @@ pub struct Limits {
     /// RATE_LIMITED. A group sequences one message at a time, so this
     /// bounds the ack latency of a hot group.
     pub max_pending_per_group: usize,
-    /// Deliveries waiting in SessionActor mailboxes (fan-out not yet written
-    /// to the connection queues) past which sends are refused UNAVAILABLE.
+    /// Frames waiting in this node's connection queues (fan-out not yet
+    /// written to the sockets; each connection counts at most
+    /// `max_queued_deliveries_per_conn`) past which sends are refused
+    /// UNAVAILABLE.
     pub max_queued_deliveries: usize,
+    /// The most frames of one connection's queue that count towards
+    /// `max_queued_deliveries`: a few slow readers (each cut off once its
+    /// own queue is full) must not refuse everyone's sends.
+    pub max_queued_deliveries_per_conn: usize,
     /// The `retry_after_ms` hint an overload refusal carries while
     /// refusals are rare; it doubles per half second in which refusals
     /// outnumber admissions two to one (see `admission.rs`).
@@ -392,6 +398,7 @@ impl Default for Limits {
             max_inflight_sends: 1024,
             max_pending_per_group: 64,
             max_queued_deliveries: 65_536,
+            max_queued_deliveries_per_conn: 64,
             overload_retry_after_ms: 200,
             overload_retry_after_max_ms: 10_000,
             max_pipelined_requests: 32,
@@ -616,6 +623,10 @@ impl Config {
             ("limits.max_inflight_sends", l.max_inflight_sends),
             ("limits.max_pending_per_group", l.max_pending_per_group),
             ("limits.max_queued_deliveries", l.max_queued_deliveries),
+            (
+                "limits.max_queued_deliveries_per_conn",
+                l.max_queued_deliveries_per_conn,
+            ),
             ("limits.max_pipelined_requests", l.max_pipelined_requests),
         ] {
             if v == 0 {

@@ -12,6 +12,12 @@
 //! waits: a full queue means a slow reader, and that connection is cut off
 //! (its queue ends, it closes itself with 4001) while every other
 //! connection keeps going.
+//!
+//! The node counts the frames waiting in all queues (and being written) for
+//! admission (`admission.rs`: sends are refused while fan-out is that far
+//! behind), each connection up to `limits.max_queued_deliveries_per_conn`
+//! of them: a few slow readers, each about to be cut off, must not refuse
+//! everyone's sends.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,13 +25,22 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
+use crate::admission::{DeliveryQueue, Queued};
 use crate::wire::Outbound;
+
+/// An item in a connection's queue; counted in the node's backlog until the
+/// connection has handled it (the token's drop).
+#[derive(Debug)]
+pub struct QueuedItem {
+    pub item: Outbound,
+    pub counted: Option<Queued>,
+}
 
 /// A connection on this node.
 pub struct LocalConn {
     pub user_id: String,
     pub device_id: String,
-    pub tx: mpsc::Sender<Outbound>,
+    pub tx: mpsc::Sender<QueuedItem>,
     /// Set when the connection was cut off for reading too slowly.
     pub overflowed: Arc<AtomicBool>,
     /// The node whose SessionActor the connection is attached to.
@@ -40,14 +55,33 @@ pub struct Moved {
     pub device_id: String,
 }
 
-#[derive(Default)]
 pub struct Connections {
     inner: Mutex<HashMap<u64, LocalConn>>,
+    /// The frames waiting in the queues, counted for admission.
+    backlog: DeliveryQueue,
+    /// How many of one queue's frames count (see the module doc).
+    counted_per_conn: usize,
 }
 
 impl Connections {
+    /// A table whose queues count up to `counted_per_conn` frames each
+    /// towards the backlog.
+    pub fn new(counted_per_conn: usize) -> Self {
+        Self {
+            inner: Mutex::default(),
+            backlog: DeliveryQueue::default(),
+            counted_per_conn,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, LocalConn>> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The frames waiting in this node's connection queues (see the module
+    /// doc).
+    pub fn backlog(&self) -> &DeliveryQueue {
+        &self.backlog
     }
 
     pub fn insert(&self, conn_id: u64, conn: LocalConn) {
@@ -75,14 +109,18 @@ impl Connections {
         // None: queued; Some(cut): not queued, and whether it was cut off.
         let refused = match self.lock().get(&conn_id) {
             None => return false,
-            Some(conn) => match conn.tx.try_send(item) {
-                Ok(()) => None,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    conn.overflowed.store(true, Ordering::SeqCst);
-                    Some(true)
+            Some(conn) => {
+                let depth = conn.tx.max_capacity() - conn.tx.capacity();
+                let counted = (depth < self.counted_per_conn).then(|| self.backlog.enqueue());
+                match conn.tx.try_send(QueuedItem { item, counted }) {
+                    Ok(()) => None,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        conn.overflowed.store(true, Ordering::SeqCst);
+                        Some(true)
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => Some(false),
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => Some(false),
-            },
+            }
         };
         let Some(cut) = refused else {
             // Timed outside the table's lock.

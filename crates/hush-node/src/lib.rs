@@ -417,7 +417,9 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningNode,
     });
     let shutdown = Shutdown::default();
     let sessions = Arc::new(Sessions::new(
-        Arc::new(Connections::default()),
+        Arc::new(Connections::new(
+            config.limits.max_queued_deliveries_per_conn,
+        )),
         route.clone(),
         store.clone(),
         clock.clone(),

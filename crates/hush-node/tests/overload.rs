@@ -138,6 +138,9 @@ async fn a_flooded_node_refuses_early_and_loses_nothing_acknowledged() {
         c.limits.max_inflight_sends = INFLIGHT;
         c.limits.max_pending_per_group = PER_GROUP;
         c.limits.max_queued_deliveries = QUEUED;
+        // A slow reader's queue counts 4 of its frames: it alone cannot
+        // refuse the group's sends (phase 2).
+        c.limits.max_queued_deliveries_per_conn = 4;
         c.limits.overload_retry_after_ms = RETRY_MS;
         c.limits.overload_retry_after_max_ms = RETRY_MAX_MS;
         // Phase 2: a slow reader (bob's second connection) among big messages.

@@ -43,8 +43,9 @@ use tokio::sync::mpsc;
 
 use super::stream::{self, Halt, Position, Sink, Stream};
 use super::{bearer_claims, check_origin, error_response, AppState};
+use crate::conns::QueuedItem;
 use crate::error::{ApiError, ApiResult};
-use crate::wire::{check_group_id, Caller, Frame, Outbound};
+use crate::wire::{check_group_id, Caller, Frame};
 
 /// The reconnection delay suggested to EventSource clients.
 pub const RETRY_MS: u64 = 2_000;
@@ -241,7 +242,7 @@ async fn open(app: &Arc<AppState>, req: &HttpRequest) -> ApiResult<HttpResponse>
 async fn serve(
     app: &AppState,
     out: &mut Stream<SseSink>,
-    mut rx: mpsc::Receiver<Outbound>,
+    mut rx: mpsc::Receiver<QueuedItem>,
     overflowed: Arc<AtomicBool>,
     cursors: HashMap<Vec<u8>, u64>,
 ) -> Result<(), Stop> {
@@ -274,7 +275,8 @@ async fn serve(
             _ = shutdown.wait_for(|down| *down) => return Ok(()),
             _ = closed.closed() => return Err(Stop::Closed),
             item = rx.recv() => match item {
-                Some(item) => match out.on_outbound(item).await {
+                // `queued.counted` leaves the node's backlog once handled.
+                Some(queued) => match out.on_outbound(queued.item).await {
                     Ok(()) => {}
                     Err(Halt::Sink(stop)) => return Err(stop),
                     Err(Halt::Api(e)) => out.send_frame(0, S::Error(e.to_proto())).await?,

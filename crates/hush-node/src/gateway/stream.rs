@@ -15,7 +15,7 @@ use hush_proto::{server_frame::Body as S, v1, ErrorCode};
 use tokio::sync::mpsc;
 
 use super::AppState;
-use crate::conns::LocalConn;
+use crate::conns::{LocalConn, QueuedItem};
 use crate::error::{ApiError, ApiResult};
 use crate::wire::{encode, inbox_frame, Caller, EntryRef, Frame, Outbound};
 
@@ -84,7 +84,7 @@ pub async fn attach(
     app: &AppState,
     conn_id: u64,
     caller: &Caller,
-    tx: mpsc::Sender<Outbound>,
+    tx: mpsc::Sender<QueuedItem>,
     overflowed: Arc<AtomicBool>,
 ) -> ApiResult<()> {
     let sessions = &app.sessions;
@@ -235,7 +235,13 @@ impl<K: Sink> Stream<K> {
             inbox_seq: self.inbox_sent,
         };
         self.sink.write(frame, pos).await.map_err(Halt::Sink)?;
-        self.sent.insert(group_id.to_vec(), seq);
+        // No new key (and allocation) per frame for a group already known.
+        match self.sent.get_mut(group_id) {
+            Some(last) => *last = seq,
+            None => {
+                self.sent.insert(group_id.to_vec(), seq);
+            }
+        }
         Ok(())
     }
 

@@ -277,7 +277,8 @@ impl Connection {
                     }
                 },
                 out = rx.recv() => match out {
-                    Some(item) => match self.out.on_outbound(item).await {
+                    // `queued.counted` leaves the node's backlog once handled.
+                    Some(queued) => match self.out.on_outbound(queued.item).await {
                         Ok(()) => Step::Continue,
                         Err(Halt::Sink(step)) => step,
                         Err(Halt::Api(e)) => self.reply_error(0, e).await,

@@ -2,10 +2,12 @@
 //! presence.
 //!
 //! It knows where each of the user's connections is — this node or another
-//! — and forwards group events, inbox items and live-only frames to the
-//! connections of the devices they are for. Messages are handled one at a
-//! time, in mailbox order (ractor mailboxes are unbounded; the bound is at
-//! the edge, in each connection's queue).
+//! — and publishes that in the node's session index (`index.rs`) after
+//! every change, so that group events, inbox items and live-only frames go
+//! to the connections of the devices they are for without passing through
+//! it. Messages are handled one at a time, in mailbox order (ractor
+//! mailboxes are unbounded; the session gets a few per connection, not one
+//! per delivery).
 //!
 //! Presence: the session is the user's presence in the whole cluster. Its
 //! first connection makes the user online (pushed to co-members, see
@@ -14,16 +16,15 @@
 //! before it announces offline and passivates; a connection attaching in
 //! the meantime cancels that, so a quick reconnect shows no change.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use hush_proto::ErrorCode;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::Sessions;
-use crate::admission::Queued;
 use crate::error::{ApiError, ApiResult};
-use crate::wire::{ConnRef, Outbound};
+use crate::wire::ConnRef;
 
 pub enum SessionMsg {
     Attach {
@@ -31,14 +32,8 @@ pub enum SessionMsg {
         device_id: String,
         reply: RpcReplyPort<ApiResult<()>>,
     },
-    /// A connection ended: forget it.
+    /// A connection ended (or a delivery found it gone): forget it.
     Detach { conn: ConnRef },
-    Deliver {
-        devices: Vec<String>,
-        item: Outbound,
-        /// Counts the delivery while it waits (see `admission.rs`).
-        _queued: Queued,
-    },
     /// Disconnect every connection of a device (logout, revoked token).
     KickDevice { device_id: String },
     /// Periodic while the last connection is gone: announce offline once the
@@ -104,6 +99,7 @@ impl Actor for SessionActor {
         if let Some(t) = state.ticker.take() {
             t.abort();
         }
+        self.sessions.index.remove(&state.user_id, myself.get_id());
         self.sessions
             .dir
             .remove(&state.user_id, myself.get_id())
@@ -131,6 +127,7 @@ impl Actor for SessionActor {
                     ))
                 } else {
                     state.conns.insert(conn, device_id);
+                    self.publish(&myself, state);
                     Ok(())
                 };
                 let attached = result.is_ok();
@@ -142,8 +139,11 @@ impl Actor for SessionActor {
                 }
             }
             SessionMsg::Detach { conn } => {
-                if state.conns.remove(&conn).is_some() && state.conns.is_empty() {
-                    self.on_idle(&myself, state).await;
+                if state.conns.remove(&conn).is_some() {
+                    self.publish(&myself, state);
+                    if state.conns.is_empty() {
+                        self.on_idle(&myself, state).await;
+                    }
                 }
             }
             SessionMsg::IsOnline { reply } => {
@@ -154,12 +154,6 @@ impl Actor for SessionActor {
                 let due = state.offline_at.is_some_and(|at| now >= at);
                 if state.conns.is_empty() && due {
                     self.go_offline(&myself, state).await;
-                }
-            }
-            SessionMsg::Deliver { devices, item, .. } => {
-                self.deliver(state, &devices, &item);
-                if state.conns.is_empty() {
-                    self.on_idle(&myself, state).await;
                 }
             }
             SessionMsg::KickDevice { device_id } => {
@@ -178,6 +172,7 @@ impl Actor for SessionActor {
                     }
                     false
                 });
+                self.publish(&myself, state);
                 if state.conns.is_empty() {
                     self.on_idle(&myself, state).await;
                 }
@@ -187,6 +182,7 @@ impl Actor for SessionActor {
                 state
                     .conns
                     .retain(|(node, _), _| node == me || members.contains(node));
+                self.publish(&myself, state);
                 if state.conns.is_empty() {
                     self.on_idle(&myself, state).await;
                 }
@@ -205,34 +201,13 @@ impl Actor for SessionActor {
 }
 
 impl SessionActor {
-    /// Writes `item` to the connections of `devices`: this node's into
-    /// their queues, each other node's in one delivery by connection ids.
-    /// Connections found gone here are forgotten.
-    fn deliver(&self, state: &mut SessionState, devices: &[String], item: &Outbound) {
-        let sessions = &self.sessions;
-        let me = sessions.route.me();
-        let mut remote: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
-        let mut gone = Vec::new();
-        for (conn, device_id) in &state.conns {
-            if !devices.iter().any(|d| d == device_id) {
-                continue;
-            }
-            if conn.0 == me {
-                if !sessions.conns.write(conn.1, item.clone()) {
-                    gone.push(conn.clone());
-                }
-            } else {
-                remote.entry(&conn.0).or_default().push(conn.1);
-            }
-        }
-        for (node, conn_ids) in remote {
-            sessions
-                .route
-                .send_to_conns(node, &state.user_id, conn_ids, item);
-        }
-        for conn in gone {
-            state.conns.remove(&conn);
-        }
+    /// Publishes the connections for the fan-out (`index.rs`).
+    fn publish(&self, myself: &ActorRef<SessionMsg>, state: &SessionState) {
+        self.sessions.index.publish(
+            &state.user_id,
+            myself.clone(),
+            state.conns.iter().map(|(c, d)| (c.clone(), d.clone())),
+        );
     }
 
     /// A connection attached: cancel a pending offline, or announce online.

@@ -8,9 +8,14 @@
 //! is (node, id) and writes to it directly or through a delivery addressed
 //! to connection ids (batched per node by [`Route`]).
 //!
-//! Fan-out, the first hop: [`Sessions::deliver`] hands an item for a set of
-//! member devices to the sessions of their users — this node's directly,
-//! each other owner node's in one delivery.
+//! Fan-out: [`Sessions::deliver`] hands an item for a set of member devices
+//! to the nodes that own their users' sessions — this node's in place, each
+//! other owner node's in one delivery. There, [`Sessions::deliver_here`]
+//! reads where each user's connections are from the session index
+//! (`index.rs`, published by the SessionActors) and writes to them: into
+//! this node's connection queues, and to each other node's connections in
+//! one delivery addressed to connection ids. No actor message per
+//! recipient.
 //!
 //! Moves: when the view changes ([`Sessions::follow_view`]), a session whose
 //! user is now owned by another node stops, sessions forget connections of
@@ -33,6 +38,7 @@
 //! *forgets* it.
 
 mod actor;
+mod index;
 mod presence;
 mod witness;
 
@@ -82,9 +88,8 @@ pub struct Sessions {
     limits: SessionLimits,
     /// The newest view incarnation followed (see the module doc).
     incarnation: AtomicU64,
-    /// Deliveries waiting in the actors' mailboxes (sends are refused past
-    /// `limits.max_queued_deliveries`, see `admission.rs`).
-    deliveries: DeliveryQueue,
+    /// Where the connections of this node's sessions are (`index.rs`).
+    index: index::SessionIndex,
     /// Presence after a crash (`witness.rs`).
     witness: witness::Witness,
 }
@@ -109,14 +114,14 @@ impl Sessions {
             shutdown,
             limits,
             incarnation: AtomicU64::new(0),
-            deliveries: DeliveryQueue::default(),
+            index: index::SessionIndex::default(),
             witness: witness::Witness::default(),
         }
     }
 
-    /// The count of deliveries waiting in SessionActor mailboxes.
+    /// The count of deliveries waiting in connection queues (`conns.rs`).
     pub fn deliveries(&self) -> &DeliveryQueue {
-        &self.deliveries
+        self.conns.backlog()
     }
 
     /// This node's connection table.
@@ -313,25 +318,41 @@ impl Sessions {
         }
     }
 
-    /// Hands an item to this node's sessions of the users concerned, one
-    /// message per session (the session forwards to that user's
-    /// connections).
+    /// Writes an item to the connections of `devices` whose users' sessions
+    /// run here, wherever those connections are (see the module doc).
+    /// Connections found gone are reported to their session, which forgets
+    /// them.
     pub async fn deliver_here(&self, devices: &[MemberDevice], item: Outbound) {
-        let mut by_user: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-        for d in devices {
-            by_user
-                .entry(d.user_id.as_str())
-                .or_default()
-                .push(d.device_id.clone());
-        }
-        for (user, devices) in by_user {
-            if let Some(session) = self.dir.get(&user.to_owned()).await {
-                // A session that just stopped has no connections: nothing to do.
-                let _ = session.send_message(SessionMsg::Deliver {
-                    devices,
-                    item: item.clone(),
-                    _queued: self.deliveries.enqueue(),
-                });
+        let me = self.route.me();
+        // One index lookup per run of one user's devices (member lists are
+        // usually sorted, MemberDevice orders by user first); correct in any
+        // order, as each run writes only to its own devices.
+        let mut rest = devices;
+        while let Some(first) = rest.first() {
+            let user = first.user_id.as_str();
+            let n = rest.iter().take_while(|d| d.user_id == user).count();
+            let (mine, next) = rest.split_at(n);
+            rest = next;
+            let Some(session) = self.index.get(user) else {
+                continue; // offline here: nothing to write
+            };
+            let mut remote: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+            for (conn, device_id) in session.conns.iter() {
+                if !mine.iter().any(|d| d.device_id == *device_id) {
+                    continue;
+                }
+                if conn.0 == me {
+                    if !self.conns.write(conn.1, item.clone()) {
+                        let _ = session
+                            .actor
+                            .send_message(SessionMsg::Detach { conn: conn.clone() });
+                    }
+                } else {
+                    remote.entry(&conn.0).or_default().push(conn.1);
+                }
+            }
+            for (node, conn_ids) in remote {
+                self.route.send_to_conns(node, user, conn_ids, &item);
             }
         }
     }

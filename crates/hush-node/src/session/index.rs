@@ -1,0 +1,68 @@
+//! Where the connections of this node's sessions are, as each SessionActor
+//! last published them: the fan-out reads it to write to the connections
+//! without a message to every recipient's actor.
+//!
+//! The SessionActor stays the only one that decides which connections its
+//! user has (attach, detach, kick, view changes); after each change it
+//! publishes a snapshot here, and removes it when it stops. A delivery reads
+//! the snapshot under a short lock and writes outside it. A delivery that
+//! races an attach may miss the new connection: that connection reads from
+//! the store what it missed (its Sync, or the resync after a move), as it
+//! always did for deliveries in flight; the per-stream `sent` positions
+//! drop what it gets twice.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use ractor::{ActorId, ActorRef};
+
+use super::SessionMsg;
+use crate::wire::ConnRef;
+
+/// One user's connections (wherever they are) and their devices.
+pub type ConnList = Arc<[(ConnRef, String)]>;
+
+/// A published session: its actor (to tell it about connections found
+/// gone) and its connections.
+#[derive(Clone)]
+pub struct Published {
+    pub actor: ActorRef<SessionMsg>,
+    pub conns: ConnList,
+}
+
+#[derive(Default)]
+pub struct SessionIndex {
+    inner: Mutex<HashMap<String, Published>>,
+}
+
+impl SessionIndex {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Published>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The session of `user_id` on this node, if it runs.
+    pub fn get(&self, user_id: &str) -> Option<Published> {
+        self.lock().get(user_id).cloned()
+    }
+
+    /// Records the connections of the session `actor` of `user_id`.
+    pub fn publish(
+        &self,
+        user_id: &str,
+        actor: ActorRef<SessionMsg>,
+        conns: impl Iterator<Item = (ConnRef, String)>,
+    ) {
+        let conns: ConnList = conns.collect();
+        self.lock()
+            .insert(user_id.to_owned(), Published { actor, conns });
+    }
+
+    /// Forgets the session of `user_id` if it is still the actor `id` (a
+    /// newer one may have started meanwhile).
+    pub fn remove(&self, user_id: &str, id: ActorId) {
+        let mut map = self.lock();
+        if map.get(user_id).is_some_and(|p| p.actor.get_id() == id) {
+            map.remove(user_id);
+        }
+    }
+}
