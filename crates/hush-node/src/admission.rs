@@ -308,9 +308,9 @@ impl Drop for Permit {
     }
 }
 
-/// The deliveries waiting in connection queues (`conns.rs`), counted by a
-/// token that travels with each item: handled, or dropped with a closed
-/// connection's queue, the token's drop takes it off.
+/// The deliveries waiting in connection queues (`conns.rs` counts each
+/// connection's up to its share), or in a mailbox, counted by a token
+/// ([`Queued`]) or by [`DeliveryQueue::add`] and [`DeliveryQueue::sub`].
 #[derive(Clone, Default)]
 pub struct DeliveryQueue {
     inner: Arc<QueueCounts>,
@@ -325,9 +325,19 @@ struct QueueCounts {
 impl DeliveryQueue {
     /// Counts one delivery until the token is dropped.
     pub fn enqueue(&self) -> Queued {
+        self.add();
+        Queued(self.inner.clone())
+    }
+
+    /// Counts one delivery more.
+    pub fn add(&self) {
         let depth = self.inner.depth.fetch_add(1, Ordering::SeqCst) + 1;
         self.inner.peak.fetch_max(depth, Ordering::SeqCst);
-        Queued(self.inner.clone())
+    }
+
+    /// Counts one delivery less (one counted by [`DeliveryQueue::add`]).
+    pub fn sub(&self) {
+        self.inner.depth.fetch_sub(1, Ordering::SeqCst);
     }
 
     pub fn depth(&self) -> usize {

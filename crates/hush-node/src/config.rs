@@ -397,8 +397,11 @@ impl Default for Limits {
             sync_page: 256,
             max_inflight_sends: 1024,
             max_pending_per_group: 64,
-            max_queued_deliveries: 65_536,
-            max_queued_deliveries_per_conn: 64,
+            // 1,000 connections 16 frames behind each: about a third of a
+            // second of this node's fan-out (loadtest/README.md); fewer than
+            // 1,024 slow readers can never reach it.
+            max_queued_deliveries: 16_384,
+            max_queued_deliveries_per_conn: 16,
             overload_retry_after_ms: 200,
             overload_retry_after_max_ms: 10_000,
             max_pipelined_requests: 32,

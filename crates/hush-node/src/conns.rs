@@ -20,20 +20,58 @@
 //! everyone's sends.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
-use crate::admission::{DeliveryQueue, Queued};
+use crate::admission::DeliveryQueue;
 use crate::wire::Outbound;
 
-/// An item in a connection's queue; counted in the node's backlog until the
-/// connection has handled it (the token's drop).
+/// An item in a connection's queue; its place in the counts is given back
+/// once the connection has handled it (or dropped with its queue).
 #[derive(Debug)]
 pub struct QueuedItem {
     pub item: Outbound,
-    pub counted: Option<Queued>,
+    pub counted: Counted,
+}
+
+/// One queued item's place in the counts: its connection's depth, and the
+/// node's backlog while that depth is within the connection's share. The
+/// backlog holds the sum over connections of min(depth, share) exactly: it
+/// grows when an item makes the depth at most the share, and shrinks when
+/// an item leaves a depth that was at most the share.
+pub struct Counted {
+    depth: Arc<AtomicUsize>,
+    backlog: DeliveryQueue,
+    share: usize,
+}
+
+impl Counted {
+    fn new(depth: &Arc<AtomicUsize>, backlog: &DeliveryQueue, share: usize) -> Self {
+        if depth.fetch_add(1, Ordering::AcqRel) < share {
+            backlog.add();
+        }
+        Self {
+            depth: depth.clone(),
+            backlog: backlog.clone(),
+            share,
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if self.depth.fetch_sub(1, Ordering::AcqRel) <= self.share {
+            self.backlog.sub();
+        }
+    }
+}
+
+impl std::fmt::Debug for Counted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Counted")
+    }
 }
 
 /// A connection on this node.
@@ -45,6 +83,8 @@ pub struct LocalConn {
     pub overflowed: Arc<AtomicBool>,
     /// The node whose SessionActor the connection is attached to.
     pub session_node: String,
+    /// Items in its queue or being handled (see [`Counted`]).
+    pub depth: Arc<AtomicUsize>,
 }
 
 /// A connection that must attach again: its user's session moved to
@@ -110,8 +150,7 @@ impl Connections {
         let refused = match self.lock().get(&conn_id) {
             None => return false,
             Some(conn) => {
-                let depth = conn.tx.max_capacity() - conn.tx.capacity();
-                let counted = (depth < self.counted_per_conn).then(|| self.backlog.enqueue());
+                let counted = Counted::new(&conn.depth, &self.backlog, self.counted_per_conn);
                 match conn.tx.try_send(QueuedItem { item, counted }) {
                     Ok(()) => None,
                     Err(mpsc::error::TrySendError::Full(_)) => {
@@ -189,5 +228,61 @@ impl Connections {
                 device_id: c.device_id.clone(),
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(table: &Connections, id: u64) -> mpsc::Receiver<QueuedItem> {
+        let (tx, rx) = mpsc::channel(8);
+        table.insert(
+            id,
+            LocalConn {
+                user_id: "u".into(),
+                device_id: "d".into(),
+                tx,
+                overflowed: Arc::default(),
+                session_node: "n".into(),
+                depth: Arc::default(),
+            },
+        );
+        rx
+    }
+
+    /// The backlog is the sum of min(depth, share) over the connections:
+    /// a reader far behind counts its share, no more, and gives it back as
+    /// it catches up.
+    #[test]
+    fn each_connection_counts_at_most_its_share() {
+        let table = Connections::new(2);
+        let mut slow = conn(&table, 1);
+        let mut quick = conn(&table, 2);
+        for _ in 0..5 {
+            assert!(table.write(1, Outbound::Resync));
+        }
+        assert_eq!(table.backlog().depth(), 2, "5 queued, share 2");
+        assert!(table.write(2, Outbound::Resync));
+        assert_eq!(table.backlog().depth(), 3);
+        let mut depths = Vec::new();
+        while let Ok(item) = slow.try_recv() {
+            drop(item);
+            depths.push(table.backlog().depth());
+        }
+        assert_eq!(depths, [3, 3, 3, 2, 1], "4, 3, 2, 1, 0 left of 5");
+        // Handling ends when the item is dropped, not when it is received.
+        let item = quick.try_recv().expect("queued");
+        assert_eq!(table.backlog().depth(), 1);
+        drop(item);
+        assert_eq!(table.backlog().depth(), 0);
+        // Items still queued when a connection goes give their place back.
+        for _ in 0..3 {
+            assert!(table.write(2, Outbound::Resync));
+        }
+        assert_eq!(table.backlog().depth(), 2);
+        table.remove(2);
+        drop(quick);
+        assert_eq!(table.backlog().depth(), 0);
     }
 }

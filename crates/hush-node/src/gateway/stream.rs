@@ -98,6 +98,7 @@ pub async fn attach(
             tx,
             overflowed,
             session_node: app.route.me().to_owned(),
+            depth: Default::default(),
         },
     );
     let outcome =
