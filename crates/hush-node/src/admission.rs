@@ -13,8 +13,10 @@
 //! - more than `limits.max_inflight_sends` sends in flight on the node, or
 //!   more than `limits.max_queued_deliveries` frames waiting in this
 //!   node's connection queues, each connection counting at most
-//!   `limits.max_queued_deliveries_per_conn` of its own (fan-out falls
-//!   behind):
+//!   `limits.max_queued_deliveries_per_conn` of its own, or deliveries
+//!   waiting longer than `limits.fanout_delay_target_ms` ([`Waits`]: even
+//!   the quickest delivery of the last `limits.fanout_delay_window_ms`
+//!   waited that long; fan-out falls behind):
 //!   UNAVAILABLE (the node is saturated; the client may also try later or
 //!   elsewhere).
 //!
@@ -50,6 +52,11 @@ pub struct AdmissionLimits {
     pub max_inflight_sends: usize,
     pub max_pending_per_group: usize,
     pub max_queued_deliveries: usize,
+    /// Sends are refused while the quickest delivery of the last window
+    /// waited longer than this in its connection queue, ms (see [`Waits`]).
+    pub fanout_delay_target_ms: u64,
+    /// That window, ms.
+    pub fanout_delay_window_ms: u64,
     /// The hint a refusal carries while refusals are rare, ms.
     pub retry_after_ms: u64,
     /// The longest hint the pressure makes it grow to, ms.
@@ -63,7 +70,8 @@ pub enum Refusal {
     GroupBusy,
     /// The node has `max_inflight_sends` sends in flight.
     NodeBusy,
-    /// The connection queues hold `max_queued_deliveries` deliveries.
+    /// The connection queues hold `max_queued_deliveries` deliveries, or
+    /// deliveries wait longer than `fanout_delay_target_ms` in them.
     FanOutBehind,
 }
 
@@ -226,7 +234,12 @@ impl Admission {
             self.hint.refused.fetch_add(1, Ordering::AcqRel);
             Err(r)
         };
-        if self.deliveries.depth() >= self.limits.max_queued_deliveries {
+        let l = &self.limits;
+        if self.deliveries.depth() >= l.max_queued_deliveries
+            || self
+                .deliveries
+                .behind(now_ms, l.fanout_delay_window_ms, l.fanout_delay_target_ms)
+        {
             return refused(Refusal::FanOutBehind);
         }
         let c = &self.counters;
@@ -320,6 +333,35 @@ pub struct DeliveryQueue {
 struct QueueCounts {
     depth: AtomicUsize,
     peak: AtomicUsize,
+    waits: Waits,
+}
+
+/// How long deliveries wait in the connection queues, in the manner of
+/// CoDel: the *shortest* wait of any delivery that left a queue in the last
+/// window. A count of waiting frames cannot tell a saturated node from a
+/// few slow readers, and with few connections the count's bound is never
+/// reached while every queue falls seconds behind (each connection counts
+/// only its share). The shortest wait can: one slow reader's old frames do
+/// not raise it while the other connections write theirs at once, but when
+/// the node cannot keep up every delivery waits, and so does the quickest.
+/// A window in which nothing left a queue says nothing (not behind).
+struct Waits {
+    window_start_ms: AtomicU64,
+    /// The shortest wait so far in the current window, µs (`u64::MAX`:
+    /// none yet).
+    current_min_us: AtomicU64,
+    /// The shortest wait of the last complete window, µs.
+    last_min_us: AtomicU64,
+}
+
+impl Default for Waits {
+    fn default() -> Self {
+        Self {
+            window_start_ms: AtomicU64::new(0),
+            current_min_us: AtomicU64::new(u64::MAX),
+            last_min_us: AtomicU64::new(u64::MAX),
+        }
+    }
 }
 
 impl DeliveryQueue {
@@ -347,6 +389,38 @@ impl DeliveryQueue {
     pub fn peak(&self) -> usize {
         self.inner.peak.load(Ordering::SeqCst)
     }
+
+    /// Records how long one delivery waited in its connection's queue.
+    pub fn waited(&self, wait: std::time::Duration) {
+        let us = u64::try_from(wait.as_micros()).unwrap_or(u64::MAX - 1);
+        let min = &self.inner.waits.current_min_us;
+        // Usually a load only: the quickest is rarely beaten, and a write
+        // per delivery to one shared line would cost every thread.
+        if us < min.load(Ordering::Relaxed) {
+            min.fetch_min(us, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the quickest delivery of the last complete window of
+    /// `window_ms` (ending at most `window_ms` before `now_ms`) waited
+    /// longer than `target_ms`.
+    pub fn behind(&self, now_ms: u64, window_ms: u64, target_ms: u64) -> bool {
+        let w = &self.inner.waits;
+        let start = w.window_start_ms.load(Ordering::Acquire);
+        if now_ms >= start.saturating_add(window_ms)
+            && w.window_start_ms
+                .compare_exchange(start, now_ms, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            // One caller closes the window. After a quiet spell the
+            // "window" spans it: its minimum can only be lower, so a stale
+            // window errs towards admitting.
+            let min = w.current_min_us.swap(u64::MAX, Ordering::AcqRel);
+            w.last_min_us.store(min, Ordering::Release);
+        }
+        let last = w.last_min_us.load(Ordering::Acquire);
+        last != u64::MAX && last > target_ms.saturating_mul(1_000)
+    }
 }
 
 /// One delivery waiting in a connection queue (see [`DeliveryQueue`]).
@@ -373,6 +447,8 @@ mod tests {
             max_inflight_sends: 3,
             max_pending_per_group: 2,
             max_queued_deliveries: 2,
+            fanout_delay_target_ms: 50,
+            fanout_delay_window_ms: 200,
             retry_after_ms: 50,
             max_retry_after_ms: 400,
         }
@@ -433,12 +509,47 @@ mod tests {
     }
 
     #[test]
+    fn sends_are_refused_while_even_the_quickest_delivery_waits_too_long() {
+        use std::time::Duration;
+        let q = DeliveryQueue::default();
+        let a = Admission::new(limits(), q.clone());
+        let ms = Duration::from_millis;
+        // Window [0, 200): one slow reader's old frame and everyone else's
+        // quick ones. The quickest decides: not behind.
+        q.waited(ms(5_000));
+        q.waited(ms(3));
+        assert!(a.admit(b"g", 0).is_ok(), "the first window is open");
+        assert!(a.admit(b"g", 200).is_ok(), "the quickest waited 3 ms");
+        // Window [200, 400): every delivery waits at least 80 ms.
+        q.waited(ms(80));
+        q.waited(ms(120));
+        assert!(a.admit(b"g", 399).is_ok(), "the window is not over yet");
+        assert_eq!(a.admit(b"g", 400).err(), Some(Refusal::FanOutBehind));
+        assert_eq!(
+            Refusal::FanOutBehind.to_error(50).code,
+            ErrorCode::Unavailable
+        );
+        assert_eq!(a.admit(b"g", 599).err(), Some(Refusal::FanOutBehind));
+        // Window [400, 600): the queues caught up.
+        q.waited(ms(90));
+        q.waited(ms(1));
+        assert!(a.admit(b"g", 600).is_ok(), "caught up: admitted again");
+        // Window [600, 1000): nothing left a queue; that says nothing.
+        assert!(a.admit(b"g", 1_000).is_ok());
+        // The target itself is not past it.
+        q.waited(ms(50));
+        assert!(a.admit(b"g", 1_200).is_ok());
+    }
+
+    #[test]
     fn concurrent_admissions_never_pass_the_bounds() {
         let a = Admission::new(
             AdmissionLimits {
                 max_inflight_sends: 8,
                 max_pending_per_group: 3,
                 max_queued_deliveries: 1_000,
+                fanout_delay_target_ms: 50,
+                fanout_delay_window_ms: 200,
                 retry_after_ms: 1,
                 max_retry_after_ms: 1,
             },

@@ -68,6 +68,8 @@ impl ApiLimits {
                 max_inflight_sends: l.max_inflight_sends,
                 max_pending_per_group: l.max_pending_per_group,
                 max_queued_deliveries: l.max_queued_deliveries,
+                fanout_delay_target_ms: l.fanout_delay_target_ms,
+                fanout_delay_window_ms: l.fanout_delay_window_ms,
                 retry_after_ms: l.overload_retry_after_ms,
                 max_retry_after_ms: l.overload_retry_after_max_ms,
             },

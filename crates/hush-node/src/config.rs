@@ -215,6 +215,13 @@ pub struct Limits {
     /// `max_queued_deliveries`: a few slow readers (each cut off once its
     /// own queue is full) must not refuse everyone's sends.
     pub max_queued_deliveries_per_conn: usize,
+    /// Sends are refused UNAVAILABLE while even the quickest delivery of
+    /// the last `fanout_delay_window_ms` waited longer than this in its
+    /// connection queue: the node's fan-out is behind for everyone, not
+    /// just for a few slow readers (see `admission.rs`).
+    pub fanout_delay_target_ms: u64,
+    /// The window over which that quickest delivery is taken.
+    pub fanout_delay_window_ms: u64,
     /// The `retry_after_ms` hint an overload refusal carries while
     /// refusals are rare; it doubles per half second in which refusals
     /// outnumber admissions two to one (see `admission.rs`).
@@ -402,6 +409,8 @@ impl Default for Limits {
             // 1,024 slow readers can never reach it.
             max_queued_deliveries: 16_384,
             max_queued_deliveries_per_conn: 16,
+            fanout_delay_target_ms: 50,
+            fanout_delay_window_ms: 200,
             overload_retry_after_ms: 200,
             overload_retry_after_max_ms: 10_000,
             max_pipelined_requests: 32,
@@ -631,6 +640,14 @@ impl Config {
                 l.max_queued_deliveries_per_conn,
             ),
             ("limits.max_pipelined_requests", l.max_pipelined_requests),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        for (key, v) in [
+            ("limits.fanout_delay_target_ms", l.fanout_delay_target_ms),
+            ("limits.fanout_delay_window_ms", l.fanout_delay_window_ms),
         ] {
             if v == 0 {
                 return Err(invalid(key, "must be at least 1"));

@@ -41,10 +41,14 @@ pub struct QueuedItem {
 /// backlog holds the sum over connections of min(depth, share) exactly: it
 /// grows when an item makes the depth at most the share, and shrinks when
 /// an item leaves a depth that was at most the share.
+///
+/// It also times the item's wait, from its queueing until the connection
+/// has handled it, for the backlog's delay window (`admission.rs`).
 pub struct Counted {
     depth: Arc<AtomicUsize>,
     backlog: DeliveryQueue,
     share: usize,
+    queued_at: tokio::time::Instant,
 }
 
 impl Counted {
@@ -56,6 +60,7 @@ impl Counted {
             depth: depth.clone(),
             backlog: backlog.clone(),
             share,
+            queued_at: tokio::time::Instant::now(),
         }
     }
 }
@@ -65,6 +70,7 @@ impl Drop for Counted {
         if self.depth.fetch_sub(1, Ordering::AcqRel) <= self.share {
             self.backlog.sub();
         }
+        self.backlog.waited(self.queued_at.elapsed());
     }
 }
 
