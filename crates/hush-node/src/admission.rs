@@ -321,9 +321,9 @@ impl Drop for Permit {
     }
 }
 
-/// The deliveries waiting in connection queues (`conns.rs` counts each
-/// connection's up to its share), or in a mailbox, counted by a token
-/// ([`Queued`]) or by [`DeliveryQueue::add`] and [`DeliveryQueue::sub`].
+/// The deliveries waiting in connection queues, counted by
+/// [`DeliveryQueue::add`] and [`DeliveryQueue::sub`] (`conns.rs` counts
+/// each connection's up to its share, with a token per queued item).
 #[derive(Clone, Default)]
 pub struct DeliveryQueue {
     inner: Arc<QueueCounts>,
@@ -365,12 +365,6 @@ impl Default for Waits {
 }
 
 impl DeliveryQueue {
-    /// Counts one delivery until the token is dropped.
-    pub fn enqueue(&self) -> Queued {
-        self.add();
-        Queued(self.inner.clone())
-    }
-
     /// Counts one delivery more.
     pub fn add(&self) {
         let depth = self.inner.depth.fetch_add(1, Ordering::SeqCst) + 1;
@@ -420,21 +414,6 @@ impl DeliveryQueue {
         }
         let last = w.last_min_us.load(Ordering::Acquire);
         last != u64::MAX && last > target_ms.saturating_mul(1_000)
-    }
-}
-
-/// One delivery waiting in a connection queue (see [`DeliveryQueue`]).
-pub struct Queued(Arc<QueueCounts>);
-
-impl std::fmt::Debug for Queued {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Queued")
-    }
-}
-
-impl Drop for Queued {
-    fn drop(&mut self) {
-        self.0.depth.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -497,13 +476,13 @@ mod tests {
     fn queued_deliveries_refuse_sends_until_they_drain() {
         let q = DeliveryQueue::default();
         let a = Admission::new(limits(), q.clone());
-        let t1 = q.enqueue();
-        let t2 = q.enqueue();
+        q.add();
+        q.add();
         assert_eq!(a.admit(b"g", 0).err(), Some(Refusal::FanOutBehind));
         assert_eq!(a.inflight(), 0);
-        drop(t1);
+        q.sub();
         assert!(a.admit(b"g", 0).is_ok());
-        drop(t2);
+        q.sub();
         assert_eq!(q.depth(), 0);
         assert_eq!(q.peak(), 2);
     }

@@ -640,14 +640,14 @@ impl Config {
                 l.max_queued_deliveries_per_conn,
             ),
             ("limits.max_pipelined_requests", l.max_pipelined_requests),
-        ] {
-            if v == 0 {
-                return Err(invalid(key, "must be at least 1"));
-            }
-        }
-        for (key, v) in [
-            ("limits.fanout_delay_target_ms", l.fanout_delay_target_ms),
-            ("limits.fanout_delay_window_ms", l.fanout_delay_window_ms),
+            (
+                "limits.fanout_delay_target_ms",
+                usize::try_from(l.fanout_delay_target_ms).unwrap_or(usize::MAX),
+            ),
+            (
+                "limits.fanout_delay_window_ms",
+                usize::try_from(l.fanout_delay_window_ms).unwrap_or(usize::MAX),
+            ),
         ] {
             if v == 0 {
                 return Err(invalid(key, "must be at least 1"));
