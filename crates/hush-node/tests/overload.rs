@@ -7,14 +7,19 @@
 //! reader that stops reading is closed with 4001 while everyone else keeps
 //! receiving.
 //!
-//! Behaviour, not timing: the flood repeats until the node has refused at
-//! least once (a safety cap bounds it); the only sleeps are the clients'
-//! own waits for the server's retry hint.
+//! Behaviour, not timing: while the flood starts, the test holds the
+//! store file's write lock from a connection of its own (a stalled disk), so
+//! no send completes and the sends past the bounds are refused whatever the
+//! relative speed of the clients and the store; the lock goes once the
+//! first refusal is seen. (Without it, a store quicker than the clients'
+//! encryption finished every send before the next arrived, and about one
+//! run in ten saw no refusal.) The only sleeps are the clients' own waits
+//! for the server's retry hint.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use futures_util::future::join_all;
+use futures_util::future::{join, join_all};
 use futures_util::{SinkExt as _, StreamExt as _};
 use hush_client::client::Client;
 use hush_client::error::ClientError;
@@ -22,6 +27,7 @@ use hush_proto::client_frame::Body as C;
 use hush_proto::server_frame::Body as S;
 use hush_proto::{auth, v1, ClientFrame, ErrorCode, Message as _, ServerFrame};
 use hush_store::EntryKind;
+use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
@@ -32,8 +38,6 @@ use common::{client, is_member, login, pump_until, start_node, url, WAIT};
 const MEMBERS: [&str; 5] = ["alice", "bob", "carol", "dave", "erin"];
 /// Messages each member sends per flood round.
 const PER_ROUND: usize = 6;
-/// Flood rounds at most; the first nearly always provokes a refusal.
-const MAX_ROUNDS: usize = 20;
 
 const INFLIGHT: usize = 3;
 const PER_GROUP: usize = 2;
@@ -53,10 +57,11 @@ struct Flooded {
 
 /// `PER_ROUND` texts from one member; a refused one waits out the hint and
 /// goes again (the SDK itself resends under the same id when it may retry).
-async fn flood(c: &mut Client, g: &str, who: usize, round: usize) -> Flooded {
+/// Each refusal is told to `refusals`.
+async fn flood(c: &mut Client, g: &str, who: usize, refusals: &Notify) -> Flooded {
     let mut out = Flooded::default();
     for k in 0..PER_ROUND {
-        let text = format!("{who}-{round}-{k}");
+        let text = format!("{who}-{k}");
         loop {
             match c.send_text(g, &text).await {
                 Ok(seq) => {
@@ -69,6 +74,7 @@ async fn flood(c: &mut Client, g: &str, who: usize, round: usize) -> Flooded {
                     ..
                 }) => {
                     out.refused.push((code, retry_after_ms));
+                    refusals.notify_one();
                     // The client's backoff: wait what the server asked.
                     tokio::time::sleep(Duration::from_millis(retry_after_ms.unwrap_or(1))).await;
                 }
@@ -192,26 +198,38 @@ async fn a_flooded_node_refuses_early_and_loses_nothing_acknowledged() {
             }
         }
 
-        // --- phase 1: everyone sends at once ---
+        // --- phase 1: everyone sends at once, the store stalled ---
+        // Another connection holds the file's write lock (well within the
+        // node's 5 s busy timeout): the first sends stay pending, and the
+        // ones past the bounds are refused. The lock goes at the first
+        // refusal; the refused sends are then resent after their hint.
+        let held = rusqlite::Connection::open(dir.path().join("node/hush.sqlite")).expect("db");
+        held.busy_timeout(WAIT).expect("busy timeout");
+        held.execute_batch("BEGIN IMMEDIATE").expect("write lock");
+        let refusals = Notify::new();
+        let release = async {
+            refusals.notified().await;
+            held.execute_batch("ROLLBACK").expect("unlock");
+        };
+        let floods = clients
+            .iter_mut()
+            .enumerate()
+            .map(|(who, c)| flood(c, &g, who, &refusals));
+        let (rounds, ()) = join(join_all(floods), release).await;
         let mut acked: Vec<(u64, String)> = Vec::new();
         let mut refused: Vec<(ErrorCode, Option<u64>)> = Vec::new();
-        for round in 0..MAX_ROUNDS {
-            let rounds = join_all(
-                clients
-                    .iter_mut()
-                    .enumerate()
-                    .map(|(who, c)| flood(c, &g, who, round)),
-            )
-            .await;
-            for r in rounds {
-                acked.extend(r.acked);
-                refused.extend(r.refused);
-            }
-            if !refused.is_empty() {
-                break;
-            }
+        for r in rounds {
+            acked.extend(r.acked);
+            refused.extend(r.refused);
         }
         assert!(!refused.is_empty(), "the node never refused a send");
+        // Refused by admission at its bounds (not, say, by the store's busy
+        // timeout while the lock was held).
+        let (peaks, _) = node.admission_peaks();
+        assert!(
+            peaks.pending_per_group == PER_GROUP || peaks.inflight_sends == INFLIGHT,
+            "refused before a bound was reached: {peaks:?}"
+        );
         for (code, hint) in &refused {
             assert!(
                 matches!(code, ErrorCode::RateLimited | ErrorCode::Unavailable),
