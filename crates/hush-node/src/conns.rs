@@ -28,6 +28,20 @@ use tokio::sync::mpsc;
 use crate::admission::DeliveryQueue;
 use crate::wire::Outbound;
 
+/// A connection's outbound queue: bounded, and holding boxed items.
+///
+/// Boxed because a tokio channel allocates its slots 32 at a time, the
+/// first 32 when it is created: unboxed, every connection, idle or not,
+/// held 32 `QueuedItem`s of about 110 bytes (3.6 KiB of the 32.6 KiB a
+/// connection cost, measured with heaptrack); boxed, 32 pointers. The box
+/// is one small allocation per delivery.
+pub fn queue(capacity: usize) -> (QueueTx, QueueRx) {
+    mpsc::channel(capacity)
+}
+
+pub type QueueTx = mpsc::Sender<Box<QueuedItem>>;
+pub type QueueRx = mpsc::Receiver<Box<QueuedItem>>;
+
 /// An item in a connection's queue; its place in the counts is given back
 /// once the connection has handled it (or dropped with its queue).
 #[derive(Debug)]
@@ -84,7 +98,7 @@ impl std::fmt::Debug for Counted {
 pub struct LocalConn {
     pub user_id: String,
     pub device_id: String,
-    pub tx: mpsc::Sender<QueuedItem>,
+    pub tx: QueueTx,
     /// Set when the connection was cut off for reading too slowly.
     pub overflowed: Arc<AtomicBool>,
     /// The node whose SessionActor the connection is attached to.
@@ -157,7 +171,7 @@ impl Connections {
             None => return false,
             Some(conn) => {
                 let counted = Counted::new(&conn.depth, &self.backlog, self.counted_per_conn);
-                match conn.tx.try_send(QueuedItem { item, counted }) {
+                match conn.tx.try_send(Box::new(QueuedItem { item, counted })) {
                     Ok(()) => None,
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         conn.overflowed.store(true, Ordering::SeqCst);
@@ -241,8 +255,8 @@ impl Connections {
 mod tests {
     use super::*;
 
-    fn conn(table: &Connections, id: u64) -> mpsc::Receiver<QueuedItem> {
-        let (tx, rx) = mpsc::channel(8);
+    fn conn(table: &Connections, id: u64) -> QueueRx {
+        let (tx, rx) = queue(8);
         table.insert(
             id,
             LocalConn {

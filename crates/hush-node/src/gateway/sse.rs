@@ -43,7 +43,7 @@ use tokio::sync::mpsc;
 
 use super::stream::{self, Halt, Position, Sink, Stream};
 use super::{bearer_claims, check_origin, error_response, AppState};
-use crate::conns::QueuedItem;
+use crate::conns::{self, QueueRx};
 use crate::error::{ApiError, ApiResult};
 use crate::wire::{check_group_id, Caller, Frame};
 
@@ -181,7 +181,7 @@ async fn open(app: &Arc<AppState>, req: &HttpRequest) -> ApiResult<HttpResponse>
     };
     let limits = &app.config.limits;
     let conn_id = app.next_conn_id();
-    let (out_tx, out_rx) = mpsc::channel(limits.send_buffer_frames);
+    let (out_tx, out_rx) = conns::queue(limits.send_buffer_frames);
     let overflowed = Arc::new(AtomicBool::new(false));
     stream::attach(app, conn_id, &caller, out_tx, overflowed.clone()).await?;
 
@@ -242,7 +242,7 @@ async fn open(app: &Arc<AppState>, req: &HttpRequest) -> ApiResult<HttpResponse>
 async fn serve(
     app: &AppState,
     out: &mut Stream<SseSink>,
-    mut rx: mpsc::Receiver<QueuedItem>,
+    mut rx: QueueRx,
     overflowed: Arc<AtomicBool>,
     cursors: HashMap<Vec<u8>, u64>,
 ) -> Result<(), Stop> {

@@ -12,10 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hush_proto::{server_frame::Body as S, v1, ErrorCode};
-use tokio::sync::mpsc;
 
 use super::AppState;
-use crate::conns::{LocalConn, QueuedItem};
+use crate::conns::{LocalConn, QueueTx};
 use crate::error::{ApiError, ApiResult};
 use crate::wire::{encode, inbox_frame, Caller, EntryRef, Frame, Outbound};
 
@@ -84,7 +83,7 @@ pub async fn attach(
     app: &AppState,
     conn_id: u64,
     caller: &Caller,
-    tx: mpsc::Sender<QueuedItem>,
+    tx: QueueTx,
     overflowed: Arc<AtomicBool>,
 ) -> ApiResult<()> {
     let sessions = &app.sessions;
@@ -285,6 +284,11 @@ impl<K: Sink> Stream<K> {
 
     /// A live item from the session: dropped if already sent, written if
     /// next, or preceded by the gap read from the store.
+    ///
+    /// The common case (the next seq of a group, an inbox item, a live-only
+    /// frame) is awaited in place; the rare ones that read the store (a
+    /// group joined after Sync, a gap, a resync) are boxed, so that every
+    /// connection's task does not carry their futures' size while idle.
     pub async fn on_outbound(&mut self, item: Outbound) -> Result<(), Halt<K::Stop>> {
         if !self.synced {
             // Not syncing yet: the backlog read at Sync time will include it.
@@ -301,7 +305,7 @@ impl<K: Sink> Stream<K> {
                     Some(l) => l,
                     None => {
                         // A group joined after Sync: start after the join.
-                        match self.joined_seq(&group_id).await? {
+                        match Box::pin(self.joined_seq(&group_id)).await? {
                             Some(j) => {
                                 self.sent.insert(group_id.to_vec(), j);
                                 j
@@ -316,7 +320,7 @@ impl<K: Sink> Stream<K> {
                     self.write_entry(&group_id, seq, frame).await
                 } else {
                     metrics::counter!("hush_gap_fills_total").increment(1);
-                    self.send_backlog(&group_id, Some(seq)).await
+                    Box::pin(self.send_backlog(&group_id, Some(seq))).await
                 }
             }
             Outbound::Inbox {
@@ -335,9 +339,9 @@ impl<K: Sink> Stream<K> {
                 // lost, the store has it.
                 let groups: Vec<Vec<u8>> = self.sent.keys().cloned().collect();
                 for g in groups {
-                    self.send_backlog(&g, None).await?;
+                    Box::pin(self.send_backlog(&g, None)).await?;
                 }
-                self.send_new_inbox().await
+                Box::pin(self.send_new_inbox()).await
             }
             Outbound::Ephemeral { frame } => {
                 // Live only: no position of its own, never replayed.

@@ -45,7 +45,6 @@ use futures_util::StreamExt as _;
 use hush_ds::TokenClaims;
 use hush_proto::{client_frame::Body as C, server_frame::Body as S, v1, ErrorCode};
 use hush_proto::{ClientFrame, Message as _};
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::stream::{self, Halt, Position, Sink, Stream};
@@ -206,13 +205,22 @@ impl Connection {
         stream: &mut actix_ws::AggregatedMessageStream,
         pre_auth: Option<TokenClaims>,
     ) -> Option<CloseReason> {
-        let limits = self.app.config.limits.clone();
+        // Only the few limits it reads, not a clone of them all: this
+        // future is every connection's resident state.
+        let l = &self.app.config.limits;
+        let auth_deadline = Duration::from_millis(l.auth_deadline_ms);
+        let send_buffer = l.send_buffer_frames;
+        let timeout = Duration::from_millis(l.heartbeat_timeout_ms);
+        let write_limit = Duration::from_millis(l.write_timeout_ms);
         // --- authentication ---
         let claims = match pre_auth {
             Some(c) => c,
             None => {
-                let deadline = Duration::from_millis(limits.auth_deadline_ms);
-                match tokio::time::timeout(deadline, self.first_frame_auth(stream)).await {
+                // Boxed, like the attach and a Sync below: steps taken once
+                // (or rarely) must not size the task every idle connection
+                // keeps.
+                let auth = Box::pin(self.first_frame_auth(stream));
+                match tokio::time::timeout(auth_deadline, auth).await {
                     Ok(Ok(c)) => c,
                     Ok(Err(step)) => return step_reason(step),
                     Err(_) => {
@@ -226,9 +234,10 @@ impl Connection {
             device_id: claims.device_id,
         };
         // --- attach to the user's session ---
-        let (tx, mut rx) = mpsc::channel(limits.send_buffer_frames);
+        let (tx, mut rx) = crate::conns::queue(send_buffer);
         let overflowed = Arc::new(AtomicBool::new(false));
-        if let Err(e) = stream::attach(&self.app, self.id, &caller, tx, overflowed.clone()).await {
+        let attach = stream::attach(&self.app, self.id, &caller, tx, overflowed.clone());
+        if let Err(e) = Box::pin(attach).await {
             let _ = self.send_frame(0, S::Error(e.to_proto())).await;
             return Some(CloseReason {
                 code: CloseCode::Policy,
@@ -247,7 +256,6 @@ impl Connection {
         // --- serve ---
         let mut heartbeat = tokio::time::interval(self.app.config.heartbeat_interval());
         heartbeat.tick().await;
-        let timeout = Duration::from_millis(limits.heartbeat_timeout_ms);
         let mut shutdown = self.app.shutdown.subscribe();
         let mut inflight = InFlight(JoinSet::new());
         loop {
@@ -297,8 +305,7 @@ impl Connection {
                     } else if self.app.shutdown.is_shutting_down() {
                         close(CLOSE_GOING_AWAY, "node shutting down; reconnect elsewhere")
                     } else {
-                        let limit = Duration::from_millis(limits.write_timeout_ms);
-                        match tokio::time::timeout(limit, self.session().ping(b"hb")).await {
+                        match tokio::time::timeout(write_limit, self.session().ping(b"hb")).await {
                             Ok(Ok(())) => Step::Continue,
                             Ok(Err(_closed)) => return None,
                             Err(_) => close(CLOSE_SLOW_CONSUMER, "ping did not fit the send buffer"),
@@ -422,7 +429,7 @@ impl Connection {
                     .into_iter()
                     .map(|c| (c.group_id, c.after_seq))
                     .collect();
-                match self.out.sync(rid, cursors, req.inbox_after).await {
+                match Box::pin(self.out.sync(rid, cursors, req.inbox_after)).await {
                     Ok(()) => Ok(None),
                     Err(Halt::Sink(step)) => return step,
                     Err(Halt::Api(e)) => Err(e),

@@ -113,6 +113,9 @@ impl Actor for SessionActor {
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        // The presence steps (store reads, messages to group actors) are
+        // boxed: ractor's task for the session is sized for the largest
+        // `handle` future, and every online user keeps one.
         match msg {
             SessionMsg::Attach {
                 conn,
@@ -133,16 +136,16 @@ impl Actor for SessionActor {
                 let attached = result.is_ok();
                 let _ = reply.send(result);
                 if attached {
-                    self.on_connected(state).await;
+                    Box::pin(self.on_connected(state)).await;
                 } else if state.conns.is_empty() {
-                    self.on_idle(&myself, state).await;
+                    Box::pin(self.on_idle(&myself, state)).await;
                 }
             }
             SessionMsg::Detach { conn } => {
                 if state.conns.remove(&conn).is_some() {
                     self.publish(&myself, state);
                     if state.conns.is_empty() {
-                        self.on_idle(&myself, state).await;
+                        Box::pin(self.on_idle(&myself, state)).await;
                     }
                 }
             }
@@ -153,7 +156,7 @@ impl Actor for SessionActor {
                 let now = self.sessions.clock.now_ms();
                 let due = state.offline_at.is_some_and(|at| now >= at);
                 if state.conns.is_empty() && due {
-                    self.go_offline(&myself, state).await;
+                    Box::pin(self.go_offline(&myself, state)).await;
                 }
             }
             SessionMsg::KickDevice { device_id } => {
@@ -174,7 +177,7 @@ impl Actor for SessionActor {
                 });
                 self.publish(&myself, state);
                 if state.conns.is_empty() {
-                    self.on_idle(&myself, state).await;
+                    Box::pin(self.on_idle(&myself, state)).await;
                 }
             }
             SessionMsg::ViewChanged { members } => {
@@ -184,13 +187,13 @@ impl Actor for SessionActor {
                     .retain(|(node, _), _| node == me || members.contains(node));
                 self.publish(&myself, state);
                 if state.conns.is_empty() {
-                    self.on_idle(&myself, state).await;
+                    Box::pin(self.on_idle(&myself, state)).await;
                 }
             }
             SessionMsg::Moved => {
                 if state.conns.is_empty() {
                     // Nobody re-attaches: say offline now, not never.
-                    self.go_offline(&myself, state).await;
+                    Box::pin(self.go_offline(&myself, state)).await;
                 } else {
                     myself.stop(Some("session moved to another node".into()));
                 }
