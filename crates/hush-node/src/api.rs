@@ -294,46 +294,22 @@ impl Api {
     /// is its join: its user's presence becomes visible to the group.
     async fn ack(&self, caller: &Caller, group_id: &[u8], seq: u64) -> ApiResult<()> {
         check_group_id(group_id)?;
-        let store = self.store.as_ref();
-        let device = &caller.device_id;
-        // One read of everything the check needs (cursor, membership or
-        // departure, head), not three lists.
-        let AckState {
-            cursor,
-            standing,
-            head_seq,
-        } = store.ack_state(device, group_id).await?;
-        if cursor.is_some_and(|c| seq <= c) {
+        // One store step: the check reads the state (cursor, membership or
+        // departure, head) and the cursor moves if it passes, in the same
+        // writer operation on SQLite.
+        let decide = Box::new(move |s: &AckState| matches!(ack_step(s, seq), Ok(AckStep::Move(_))));
+        let (state, _) = self
+            .store
+            .ack_cursor(&caller.device_id, group_id, seq, decide)
+            .await?;
+        let AckStep::Move(Some(joined_seq)) = ack_step(&state, seq)? else {
             return Ok(());
-        }
-        let beyond = |bound: &str| {
-            ApiError::new(
-                ErrorCode::InvalidArgument,
-                format!("seq {seq} is past the {bound}"),
-            )
         };
-        let joined_seq = match standing {
-            Standing::Member { .. } if seq == 0 => return Ok(()),
-            // Seqs are dense: seq exists iff it is at most the head.
-            Standing::Member { .. } if seq > head_seq => return Err(beyond("group's last seq")),
-            Standing::Member { joined_seq } => Some(joined_seq),
-            Standing::Departed { left_seq, .. } if seq <= left_seq => None,
-            Standing::Departed { .. } => return Err(beyond("commit that removed this device")),
-            Standing::Stranger => {
-                return Err(ApiError::new(
-                    ErrorCode::NotMember,
-                    "not a member of this group",
-                ))
-            }
-        };
-        store.set_cursor(device, group_id, seq).await?;
-        if let Some(joined_seq) = joined_seq {
-            let joins = joined_seq > 0 && seq >= joined_seq;
-            if joins && cursor.is_none_or(|c| c < joined_seq) {
-                self.sessions
-                    .announce_joined(&caller.user_id, group_id)
-                    .await;
-            }
+        let joins = joined_seq > 0 && seq >= joined_seq;
+        if joins && state.cursor.is_none_or(|c| c < joined_seq) {
+            self.sessions
+                .announce_joined(&caller.user_id, group_id)
+                .await;
         }
         Ok(())
     }
@@ -452,6 +428,43 @@ impl Api {
             }
         }
         Ok(v1::GroupList { groups })
+    }
+}
+
+/// What an ack does, given the state it was checked against.
+enum AckStep {
+    /// A repeat (at or below the cursor, or seq 0): nothing to write.
+    Repeat,
+    /// The cursor moves; `Some(joined_seq)` for a current member (whose
+    /// first ack at or past it is its join), `None` after a removal.
+    Move(Option<u64>),
+}
+
+/// The device must be in the group (or removed from it and reading up to
+/// its removal), and the seq one the group has (or, after a removal, at
+/// most the removing commit); a seq at or below the cursor is a harmless
+/// repeat.
+fn ack_step(state: &AckState, seq: u64) -> ApiResult<AckStep> {
+    if state.cursor.is_some_and(|c| seq <= c) {
+        return Ok(AckStep::Repeat);
+    }
+    let beyond = |bound: &str| {
+        ApiError::new(
+            ErrorCode::InvalidArgument,
+            format!("seq {seq} is past the {bound}"),
+        )
+    };
+    match state.standing {
+        Standing::Member { .. } if seq == 0 => Ok(AckStep::Repeat),
+        // Seqs are dense: seq exists iff it is at most the head.
+        Standing::Member { .. } if seq > state.head_seq => Err(beyond("group's last seq")),
+        Standing::Member { joined_seq } => Ok(AckStep::Move(Some(joined_seq))),
+        Standing::Departed { left_seq, .. } if seq <= left_seq => Ok(AckStep::Move(None)),
+        Standing::Departed { .. } => Err(beyond("commit that removed this device")),
+        Standing::Stranger => Err(ApiError::new(
+            ErrorCode::NotMember,
+            "not a member of this group",
+        )),
     }
 }
 

@@ -487,6 +487,7 @@ macro_rules! store_conformance_suite {
             inbox_seqs_increase_and_are_never_reused,
             inbox_head_is_the_last_seq_given,
             ack_state_follows_cursor_membership_and_head,
+            ack_cursor_moves_only_when_decided,
         );
     };
     (@tests required ($factory:expr) $($name:ident),+ $(,)?) => {
@@ -2146,6 +2147,75 @@ pub async fn inbox_seqs_increase_and_are_never_reused(store: Arc<dyn Store>) {
             .expect("inbox")
             .len(),
         3
+    );
+}
+
+/// `ack_cursor` hands `decide` what `ack_state` reads, moves the cursor
+/// only when it says so, and never backward.
+pub async fn ack_cursor_moves_only_when_decided(store: Arc<dyn Store>) {
+    use crate::{AckState, Standing};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let fence = leased_group(&*store, b"g1").await;
+    let mut head = 0;
+    for id in ["m1", "m2", "m3"] {
+        head = store
+            .append_message(b"g1", fence, &message(id, 0))
+            .await
+            .expect("append")
+            .seq();
+    }
+    let member = AckState {
+        cursor: None,
+        standing: Standing::Member { joined_seq: 0 },
+        head_seq: head,
+    };
+    // Refused: the state is read, nothing written.
+    let asked = Arc::new(AtomicBool::new(false));
+    let seen = asked.clone();
+    let expected = member;
+    let (state, moved) = store
+        .ack_cursor(
+            "alice-1",
+            b"g1",
+            2,
+            Box::new(move |s| {
+                assert_eq!(*s, expected, "decide sees the state ack_state reads");
+                seen.store(true, Ordering::SeqCst);
+                false
+            }),
+        )
+        .await
+        .expect("ack");
+    assert!(asked.load(Ordering::SeqCst) && !moved);
+    assert_eq!(state, member);
+    assert_eq!(
+        store.ack_state("alice-1", b"g1").await.expect("state"),
+        member
+    );
+    // Accepted: the cursor moves, and the state returned is the one before.
+    let (state, moved) = store
+        .ack_cursor("alice-1", b"g1", 2, Box::new(|_| true))
+        .await
+        .expect("ack");
+    assert!(moved);
+    assert_eq!(state, member);
+    assert_eq!(
+        store.cursors("alice-1").await.expect("cursors"),
+        vec![(b"g1".to_vec(), 2)]
+    );
+    // A lower seq, even when decided, does not move it back.
+    let (state, _) = store
+        .ack_cursor("alice-1", b"g1", 1, Box::new(|_| true))
+        .await
+        .expect("ack");
+    assert_eq!(state.cursor, Some(2));
+    assert_eq!(
+        store
+            .ack_state("alice-1", b"g1")
+            .await
+            .expect("state")
+            .cursor,
+        Some(2)
     );
 }
 

@@ -326,6 +326,10 @@ pub struct AckState {
     pub head_seq: u64,
 }
 
+/// What an ack decides from the [`AckState`] it reads: whether the cursor
+/// moves (see [`Store::ack_cursor`]).
+pub type AckDecision = Box<dyn FnOnce(&AckState) -> bool + Send>;
+
 /// An item in a device's inbox.
 #[derive(Clone, PartialEq, Eq)]
 pub struct InboxItem {
@@ -504,6 +508,26 @@ pub trait Store: Send + Sync + 'static {
 
     /// Moves a device's cursor in a group forward (never backward).
     async fn set_cursor(&self, device_id: &str, group_id: &[u8], seq: u64) -> Result<()>;
+    /// An ack in one step: reads the device's [`AckState`] in the group,
+    /// and moves its cursor to `seq` (as [`Store::set_cursor`]) if `decide`
+    /// says so. Returns the state read and whether it moved the cursor.
+    /// This default takes the two steps; SQLite takes both in one writer
+    /// operation (one hop instead of a read on the blocking pool and then a
+    /// write, and the check and the write see the same state).
+    async fn ack_cursor(
+        &self,
+        device_id: &str,
+        group_id: &[u8],
+        seq: u64,
+        decide: AckDecision,
+    ) -> Result<(AckState, bool)> {
+        let state = self.ack_state(device_id, group_id).await?;
+        let moves = decide(&state);
+        if moves {
+            self.set_cursor(device_id, group_id, seq).await?;
+        }
+        Ok((state, moves))
+    }
     /// All cursors of a device: (group_id, seq).
     async fn cursors(&self, device_id: &str) -> Result<Vec<(Vec<u8>, u64)>>;
     /// Inbox items with inbox_seq > `after`, ascending, at most `limit`.

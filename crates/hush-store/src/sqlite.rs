@@ -53,8 +53,9 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::{
-    AckState, AppendOutcome, ClaimedKeyPackage, CommitWrite, Departure, Device, DeviceGroup, Entry,
-    GroupRecord, InboxItem, KeyPackageRecord, Lease, NewEntry, NewGroup, Result, Store, StoreError,
+    AckDecision, AckState, AppendOutcome, ClaimedKeyPackage, CommitWrite, Departure, Device,
+    DeviceGroup, Entry, GroupRecord, InboxItem, KeyPackageRecord, Lease, NewEntry, NewGroup,
+    Result, Store, StoreError,
 };
 
 mod accounts;
@@ -446,6 +447,26 @@ impl Store for SqliteStore {
         let group = group_id.to_vec();
         self.write("set_cursor", move |c| {
             sync::op_set_cursor(c, &device, &group, seq)
+        })
+        .await
+    }
+
+    async fn ack_cursor(
+        &self,
+        device_id: &str,
+        group_id: &[u8],
+        seq: u64,
+        decide: AckDecision,
+    ) -> Result<(AckState, bool)> {
+        let device = device_id.to_string();
+        let group = group_id.to_vec();
+        self.write("ack_cursor", move |c| {
+            let state = sync::read_ack_state(c, &device, &group)?;
+            let moves = decide(&state);
+            if moves {
+                sync::op_set_cursor(c, &device, &group, seq)?;
+            }
+            Ok((state, moves))
         })
         .await
     }
