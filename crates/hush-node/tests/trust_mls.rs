@@ -825,9 +825,23 @@ async fn acks_name_a_group_of_the_device_and_a_seq_it_has() {
             "seq {seq}"
         );
     }
+    // The refused acks moved no cursor: none in the group bob is not in,
+    // none past the head (the check and the write are one store step).
+    let bob_device = bob.me().unwrap().device_id.clone();
+    let cursors = node.store().cursors(&bob_device).await.unwrap();
+    assert!(
+        cursors.iter().all(|(g, seq)| *g == gid && *seq <= head),
+        "{cursors:?}"
+    );
     assert_eq!(rpc(&url, &token, ack(&gid, head)).await, None);
     // Again (a repeat is harmless).
     assert_eq!(rpc(&url, &token, ack(&gid, head)).await, None);
+    assert!(node
+        .store()
+        .cursors(&bob_device)
+        .await
+        .unwrap()
+        .contains(&(gid.clone(), head)));
 
     // bob's inbox had one item (the Welcome), which his client acknowledged.
     let inbox = |inbox_seq: u64| C::AckInbox(v1::AckInbox { inbox_seq });
