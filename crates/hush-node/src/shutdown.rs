@@ -38,9 +38,15 @@ impl Shutdown {
         self.watch.send_replace(true);
     }
 
-    /// A receiver that turns true when [`Shutdown::close_connections`] is
-    /// called (a connection loop keeps one and waits on it).
-    pub fn subscribe(&self) -> watch::Receiver<bool> {
-        self.watch.subscribe()
+    /// Resolves once [`Shutdown::close_connections`] is called (or the
+    /// signal is gone). A connection loop makes it once and polls it pinned,
+    /// never a fresh wait per turn: every fresh wait registers with, and its
+    /// drop unregisters from, the one waiter list all connections share: a
+    /// lock every connection would take twice per frame it handles.
+    pub fn connections_closing(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.watch.subscribe();
+        async move {
+            let _ = rx.wait_for(|down| *down).await;
+        }
     }
 }

@@ -267,13 +267,17 @@ async fn serve(
         }
     }
     let closed = out.sink.tx.clone();
+    // Both waits made once, polled pinned (see `connections_closing`).
+    let gone = closed.closed();
+    tokio::pin!(gone);
     let mut keepalive = tokio::time::interval(app.config.heartbeat_interval());
     keepalive.tick().await;
-    let mut shutdown = app.shutdown.subscribe();
+    let closing = app.shutdown.connections_closing();
+    tokio::pin!(closing);
     loop {
         tokio::select! {
-            _ = shutdown.wait_for(|down| *down) => return Ok(()),
-            _ = closed.closed() => return Err(Stop::Closed),
+            () = &mut closing => return Ok(()),
+            () = &mut gone => return Err(Stop::Closed),
             item = rx.recv() => match item {
                 // `queued.counted` leaves the node's backlog once handled.
                 Some(queued) => match out.on_outbound(queued.item).await {

@@ -256,11 +256,12 @@ impl Connection {
         // --- serve ---
         let mut heartbeat = tokio::time::interval(self.app.config.heartbeat_interval());
         heartbeat.tick().await;
-        let mut shutdown = self.app.shutdown.subscribe();
+        let closing = self.app.shutdown.connections_closing();
+        tokio::pin!(closing);
         let mut inflight = InFlight(JoinSet::new());
         loop {
             let step = tokio::select! {
-                _ = shutdown.wait_for(|down| *down) => {
+                () = &mut closing => {
                     close(CLOSE_GOING_AWAY, "node shutting down; reconnect elsewhere")
                 }
                 msg = stream.next() => match msg {
