@@ -39,7 +39,7 @@ use tokio::task::JoinSet;
 
 use crate::{
     AppendOutcome, ClaimedKeyPackage, CommitWrite, Departure, Device, DeviceGroup, EntryKind,
-    GroupRecord, KeyPackageRecord, MemberDevice, NewEntry, NewGroup, Store, StoreError,
+    GroupRecord, KeyPackageRecord, MemberDevice, NewEntry, NewGroup, Store, StoreError, SyncStart,
     WelcomeWrite,
 };
 
@@ -488,6 +488,7 @@ macro_rules! store_conformance_suite {
             inbox_head_is_the_last_seq_given,
             ack_state_follows_cursor_membership_and_head,
             ack_cursor_moves_only_when_decided,
+            sync_start_and_co_members_agree_with_their_parts,
         );
     };
     (@tests required ($factory:expr) $($name:ident),+ $(,)?) => {
@@ -2340,5 +2341,138 @@ pub async fn ack_state_follows_cursor_membership_and_head(store: Arc<dyn Store>)
             },
             head_seq: rejoined
         }
+    );
+}
+
+/// `sync_start` is the four lists it bundles, and `co_member_devices` the
+/// devices of other users in groups the user *joined* (created, or acked
+/// past the commit that added it), never a revoked device's groups.
+pub async fn sync_start_and_co_members_agree_with_their_parts(store: Arc<dyn Store>) {
+    for d in [
+        device("alice", "alice-1", 1),
+        device("bob", "bob-1", 2),
+        device("carol", "carol-1", 3),
+        device("dave", "dave-1", 4),
+    ] {
+        store.create_user(&d).await.expect("create user");
+    }
+    store
+        .add_device(&device("bob", "bob-2", 5))
+        .await
+        .expect("add device");
+    let f1 = leased_group(&*store, b"g1").await;
+    let f2 = leased_group(&*store, b"g2").await;
+    let everyone = vec![
+        member("alice", "alice-1"),
+        member("bob", "bob-1"),
+        member("bob", "bob-2"),
+        member("carol", "carol-1"),
+    ];
+    let added = store
+        .append_commit(&commit(
+            b"g1",
+            f1,
+            1,
+            everyone,
+            &["bob-1", "bob-2", "carol-1"],
+            "add",
+        ))
+        .await
+        .expect("commit")
+        .seq();
+    store
+        .append_commit(&commit(
+            b"g2",
+            f2,
+            1,
+            vec![member("alice", "alice-1"), member("dave", "dave-1")],
+            &["dave-1"],
+            "add-dave",
+        ))
+        .await
+        .expect("commit");
+
+    // Added is not joined: nobody but alice has joined anything yet.
+    let co = |user: &'static str| {
+        let store = store.clone();
+        async move { store.co_member_devices(user).await.expect("co-members") }
+    };
+    assert!(co("bob").await.is_empty(), "bob joined nothing yet");
+    assert!(co("dave").await.is_empty(), "dave joined nothing yet");
+    assert_eq!(
+        co("alice").await,
+        vec![
+            member("bob", "bob-1"),
+            member("bob", "bob-2"),
+            member("carol", "carol-1"),
+            member("dave", "dave-1"),
+        ]
+    );
+    // One of bob's devices acks the commit that added it: bob joined g1.
+    store
+        .set_cursor("bob-2", b"g1", added)
+        .await
+        .expect("cursor");
+    assert_eq!(
+        co("bob").await,
+        vec![member("alice", "alice-1"), member("carol", "carol-1")]
+    );
+    // A revoked device's joins count no more.
+    store.revoke_device("bob-2").await.expect("revoke");
+    assert!(co("bob").await.is_empty(), "only bob-2 had joined");
+
+    // bob-1 is removed from g1 (a departure), has a cursor in it, and two
+    // Welcomes in its inbox.
+    store.set_cursor("bob-1", b"g1", 1).await.expect("cursor");
+    store
+        .append_commit(&commit(
+            b"g1",
+            f1,
+            2,
+            vec![member("alice", "alice-1"), member("carol", "carol-1")],
+            &[],
+            "remove-bob",
+        ))
+        .await
+        .expect("commit");
+    let f3 = leased_group(&*store, b"g3").await;
+    store
+        .append_commit(&commit(
+            b"g3",
+            f3,
+            1,
+            vec![member("alice", "alice-1"), member("bob", "bob-1")],
+            &["bob-1"],
+            "add-bob-g3",
+        ))
+        .await
+        .expect("commit");
+    for (after, limit) in [(0, 1), (0, 10), (1, 10), (2, 10)] {
+        let start = store
+            .sync_start("bob-1", after, limit)
+            .await
+            .expect("sync start");
+        let parts = SyncStart {
+            cursors: store.cursors("bob-1").await.expect("cursors"),
+            groups: store.groups_of_device("bob-1").await.expect("groups"),
+            departed: store.departed_groups("bob-1").await.expect("departures"),
+            inbox: store
+                .read_inbox("bob-1", after, limit)
+                .await
+                .expect("inbox"),
+        };
+        assert_eq!(start, parts, "after {after}, limit {limit}");
+        assert_eq!(start.cursors, vec![(b"g1".to_vec(), 1)]);
+        assert_eq!(start.groups.len(), 1, "bob-1 is in g3");
+        assert_eq!(start.departed.len(), 1, "bob-1 left g1");
+        let expected = (2 - after.min(2)).min(u64::from(limit)) as usize;
+        assert_eq!(start.inbox.len(), expected, "after {after}, limit {limit}");
+    }
+    assert_eq!(
+        store
+            .sync_start("nobody-1", 0, 10)
+            .await
+            .expect("sync start"),
+        SyncStart::default()
     );
 }

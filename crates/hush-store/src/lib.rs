@@ -40,6 +40,8 @@
 //! durable, which the idempotent ids and conditions above make safe to
 //! retry. [`Store::ready`] tells whether the store answers at all.
 
+use std::collections::BTreeSet;
+
 use async_trait::async_trait;
 
 pub mod scylla;
@@ -300,6 +302,37 @@ pub struct Departure {
     pub left_seq: u64,
 }
 
+/// What a device's Sync starts from, read at once (see
+/// [`Store::sync_start`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncStart {
+    /// As [`Store::cursors`].
+    pub cursors: Vec<(Vec<u8>, u64)>,
+    /// As [`Store::groups_of_device`].
+    pub groups: Vec<DeviceGroup>,
+    /// As [`Store::departed_groups`].
+    pub departed: Vec<Departure>,
+    /// As [`Store::read_inbox`] with the Sync's `after` and `limit`.
+    pub inbox: Vec<InboxItem>,
+}
+
+/// The groups a device has *joined*, of the groups it is in: those it
+/// created (joined at seq 0) and those where its cursor reached the commit
+/// that added it (its client processed the Welcome and acknowledged it).
+/// Being added is not joining: presence is shown only to joined groups.
+pub fn joined_groups(groups: Vec<DeviceGroup>, cursors: &[(Vec<u8>, u64)]) -> BTreeSet<Vec<u8>> {
+    groups
+        .into_iter()
+        .filter(|g| {
+            g.joined_seq == 0
+                || cursors
+                    .iter()
+                    .any(|(id, seq)| *id == g.group_id && *seq >= g.joined_seq)
+        })
+        .map(|g| g.group_id)
+        .collect()
+}
+
 /// Where a device stands in a group, for checking its ack (see
 /// [`Store::ack_state`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -530,6 +563,45 @@ pub trait Store: Send + Sync + 'static {
     }
     /// All cursors of a device: (group_id, seq).
     async fn cursors(&self, device_id: &str) -> Result<Vec<(Vec<u8>, u64)>>;
+    /// Where a device's Sync starts: its cursors, its groups, its
+    /// departures and the first page of its inbox after `inbox_after`.
+    /// Every (re)connect asks this; this default takes four round trips,
+    /// SQLite one read (one hop to its blocking pool instead of four, and
+    /// one snapshot).
+    async fn sync_start(
+        &self,
+        device_id: &str,
+        inbox_after: u64,
+        inbox_limit: u32,
+    ) -> Result<SyncStart> {
+        Ok(SyncStart {
+            cursors: self.cursors(device_id).await?,
+            groups: self.groups_of_device(device_id).await?,
+            departed: self.departed_groups(device_id).await?,
+            inbox: self.read_inbox(device_id, inbox_after, inbox_limit).await?,
+        })
+    }
+    /// Every device of every other user that shares with `user_id` a group
+    /// one of the user's devices joined (see [`joined_groups`]), sorted.
+    /// Asked on every presence change; this default takes a round trip per
+    /// device and per group, SQLite one read.
+    async fn co_member_devices(&self, user_id: &str) -> Result<Vec<MemberDevice>> {
+        let mut groups = BTreeSet::new();
+        for d in self.devices_of_user(user_id).await? {
+            let cursors = self.cursors(&d.device_id).await?;
+            groups.extend(joined_groups(
+                self.groups_of_device(&d.device_id).await?,
+                &cursors,
+            ));
+        }
+        let mut devices = BTreeSet::new();
+        for g in groups {
+            if let Some(record) = self.group(&g).await? {
+                devices.extend(record.members.into_iter().filter(|m| m.user_id != user_id));
+            }
+        }
+        Ok(devices.into_iter().collect())
+    }
     /// Inbox items with inbox_seq > `after`, ascending, at most `limit`.
     async fn read_inbox(&self, device_id: &str, after: u64, limit: u32) -> Result<Vec<InboxItem>>;
     /// Deletes inbox items with inbox_seq <= `upto`.

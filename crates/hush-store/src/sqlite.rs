@@ -43,6 +43,7 @@
 //! `groups.rs` (records, leases, membership indexes), `timeline.rs`
 //! (appends and timeline reads) and `sync.rs` (cursors and inboxes).
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -54,8 +55,8 @@ use tokio::sync::{mpsc, Semaphore};
 
 use crate::{
     AckDecision, AckState, AppendOutcome, ClaimedKeyPackage, CommitWrite, Departure, Device,
-    DeviceGroup, Entry, GroupRecord, InboxItem, KeyPackageRecord, Lease, NewEntry, NewGroup,
-    Result, Store, StoreError,
+    DeviceGroup, Entry, GroupRecord, InboxItem, KeyPackageRecord, Lease, MemberDevice, NewEntry,
+    NewGroup, Result, Store, StoreError, SyncStart,
 };
 
 mod accounts;
@@ -474,6 +475,50 @@ impl Store for SqliteStore {
     async fn cursors(&self, device_id: &str) -> Result<Vec<(Vec<u8>, u64)>> {
         let id = device_id.to_string();
         self.read(move |c| sync::read_cursors(c, &id)).await
+    }
+
+    async fn sync_start(
+        &self,
+        device_id: &str,
+        inbox_after: u64,
+        inbox_limit: u32,
+    ) -> Result<SyncStart> {
+        let id = device_id.to_string();
+        self.read(move |c| {
+            // One snapshot for the four lists.
+            let tx = c
+                .unchecked_transaction()
+                .map_err(|e| error::map_err("begin read", e))?;
+            Ok(SyncStart {
+                cursors: sync::read_cursors(&tx, &id)?,
+                groups: groups::read_groups_of_device(&tx, &id)?,
+                departed: groups::read_departed_groups(&tx, &id)?,
+                inbox: sync::read_inbox(&tx, &id, inbox_after, inbox_limit)?,
+            })
+        })
+        .await
+    }
+
+    async fn co_member_devices(&self, user_id: &str) -> Result<Vec<MemberDevice>> {
+        let id = user_id.to_string();
+        self.read(move |c| {
+            let tx = c
+                .unchecked_transaction()
+                .map_err(|e| error::map_err("begin read", e))?;
+            let mut joined = BTreeSet::new();
+            for d in accounts::read_devices_of_user(&tx, &id)? {
+                let cursors = sync::read_cursors(&tx, &d.device_id)?;
+                let groups = groups::read_groups_of_device(&tx, &d.device_id)?;
+                joined.extend(crate::joined_groups(groups, &cursors));
+            }
+            let mut devices = BTreeSet::new();
+            for g in joined {
+                let members = groups::read_members(&tx, &g)?;
+                devices.extend(members.into_iter().filter(|m| m.user_id != id));
+            }
+            Ok(devices.into_iter().collect())
+        })
+        .await
     }
 
     async fn read_inbox(&self, device_id: &str, after: u64, limit: u32) -> Result<Vec<InboxItem>> {

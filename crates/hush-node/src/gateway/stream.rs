@@ -158,11 +158,15 @@ impl<K: Sink> Stream<K> {
         self.send_frame(request_id, S::SyncStarted(v1::SyncStarted {}))
             .await
             .map_err(Halt::Sink)?;
-        let stored: HashMap<Vec<u8>, u64> = store
-            .cursors(&caller.device_id)
-            .await?
-            .into_iter()
-            .collect();
+        // Cursors, groups, departures and the inbox's first page: one read.
+        let start = store
+            .sync_start(
+                &caller.device_id,
+                inbox_after,
+                self.app.config.limits.sync_page,
+            )
+            .await?;
+        let stored: HashMap<Vec<u8>, u64> = start.cursors.into_iter().collect();
         self.sent.clear();
         let cursor = |group_id: &[u8], joined_seq: u64| {
             client
@@ -172,7 +176,7 @@ impl<K: Sink> Stream<K> {
                 .unwrap_or(0)
                 .max(joined_seq)
         };
-        let current = store.groups_of_device(&caller.device_id).await?;
+        let current = start.groups;
         for g in &current {
             self.sent
                 .insert(g.group_id.clone(), cursor(&g.group_id, g.joined_seq));
@@ -180,7 +184,7 @@ impl<K: Sink> Stream<K> {
         }
         // Groups the device was removed from: up to the removing commit, so
         // the client learns it is out. Live traffic for them stops there.
-        for d in store.departed_groups(&caller.device_id).await? {
+        for d in start.departed {
             if current.iter().any(|g| g.group_id == d.group_id) {
                 continue;
             }
@@ -189,7 +193,13 @@ impl<K: Sink> Stream<K> {
             self.send_backlog(&d.group_id, Some(d.left_seq)).await?;
         }
         self.inbox_sent = inbox_after;
-        self.send_new_inbox().await?;
+        let more = start.inbox.len() >= self.app.config.limits.sync_page as usize;
+        for item in start.inbox {
+            self.send_inbox(item.inbox_seq, inbox_frame(&item)).await?;
+        }
+        if more {
+            self.send_new_inbox().await?;
+        }
         self.synced = true;
         self.send_frame(0, S::SyncCaughtUp(v1::SyncCaughtUp {}))
             .await

@@ -18,7 +18,7 @@
 //! again. Presence is metadata the server sees (ARCHITECTURE.md, "What the
 //! server can see").
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use hush_proto::{server_frame::Body as Reply, v1};
 use hush_store::{MemberDevice, Store, StoreError};
@@ -26,20 +26,16 @@ use hush_store::{MemberDevice, Store, StoreError};
 use super::Sessions;
 use crate::wire::{encode, Outbound};
 
-/// The groups `device_id` has joined: those it created (joined at seq 0)
-/// and those where its stored cursor reached the commit that added it.
+/// The groups `device_id` has joined (see [`hush_store::joined_groups`]).
 pub async fn joined_groups(
     store: &dyn Store,
     device_id: &str,
 ) -> Result<BTreeSet<Vec<u8>>, StoreError> {
-    let cursors: BTreeMap<Vec<u8>, u64> = store.cursors(device_id).await?.into_iter().collect();
-    Ok(store
-        .groups_of_device(device_id)
-        .await?
-        .into_iter()
-        .filter(|g| g.joined_seq == 0 || cursors.get(&g.group_id) >= Some(&g.joined_seq))
-        .map(|g| g.group_id)
-        .collect())
+    let cursors = store.cursors(device_id).await?;
+    Ok(hush_store::joined_groups(
+        store.groups_of_device(device_id).await?,
+        &cursors,
+    ))
 }
 
 impl Sessions {
@@ -57,7 +53,8 @@ impl Sessions {
     }
 
     async fn push_to_co_members(&self, user_id: &str, online: bool) {
-        let devices = match self.co_member_devices(user_id).await {
+        // Every device of every other user sharing a group the user joined.
+        let devices = match self.store.co_member_devices(user_id).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(user = %user_id, error = %e, "presence: reading co-members failed");
@@ -109,22 +106,5 @@ impl Sessions {
             }),
         );
         self.deliver(devices, Outbound::Ephemeral { frame }).await;
-    }
-
-    /// Every device of every other user that shares with `user_id` a group
-    /// the user joined.
-    async fn co_member_devices(&self, user_id: &str) -> Result<Vec<MemberDevice>, StoreError> {
-        let store = self.store.as_ref();
-        let mut groups = BTreeSet::new();
-        for d in store.devices_of_user(user_id).await? {
-            groups.extend(joined_groups(store, &d.device_id).await?);
-        }
-        let mut devices = BTreeSet::new();
-        for g in groups {
-            if let Some(record) = store.group(&g).await? {
-                devices.extend(record.members.into_iter().filter(|m| m.user_id != user_id));
-            }
-        }
-        Ok(devices.into_iter().collect())
     }
 }

@@ -71,7 +71,13 @@ pub(super) fn read_group(conn: &Connection, group_id: &[u8]) -> Result<Option<Gr
     let Some(mut group) = group else {
         return Ok(None);
     };
-    let mut stmt = tx
+    group.members = read_members(&tx, group_id)?;
+    Ok(Some(group))
+}
+
+/// A group's member devices, sorted.
+pub(super) fn read_members(conn: &Connection, group_id: &[u8]) -> Result<Vec<MemberDevice>> {
+    let mut stmt = conn
         .prepare_cached("SELECT user_id, device_id FROM members WHERE group_id = ?1")
         .map_err(|e| map_err("read members", e))?;
     let mut members = stmt
@@ -84,8 +90,7 @@ pub(super) fn read_group(conn: &Connection, group_id: &[u8]) -> Result<Option<Gr
         .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
         .map_err(|e| map_err("read members", e))?;
     members.sort();
-    group.members = members;
-    Ok(Some(group))
+    Ok(members)
 }
 
 struct LeaseRow {
