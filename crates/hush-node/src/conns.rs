@@ -280,10 +280,10 @@ mod tests {
         let mut slow = conn(&table, 1);
         let mut quick = conn(&table, 2);
         for _ in 0..5 {
-            assert!(table.write(1, Outbound::Resync));
+            assert!(table.write(1, Outbound::Resync { mark: 0 }));
         }
         assert_eq!(table.backlog().depth(), 2, "5 queued, share 2");
-        assert!(table.write(2, Outbound::Resync));
+        assert!(table.write(2, Outbound::Resync { mark: 0 }));
         assert_eq!(table.backlog().depth(), 3);
         let mut depths = Vec::new();
         while let Ok(item) = slow.try_recv() {
@@ -298,7 +298,7 @@ mod tests {
         assert_eq!(table.backlog().depth(), 0);
         // Items still queued when a connection goes give their place back.
         for _ in 0..3 {
-            assert!(table.write(2, Outbound::Resync));
+            assert!(table.write(2, Outbound::Resync { mark: 0 }));
         }
         assert_eq!(table.backlog().depth(), 2);
         table.remove(2);

@@ -107,6 +107,7 @@ pub const FAMILIES: &[Family] = &[
     counter("hush_slow_consumers_cut_total", "Client streams cut off for reading too slowly."),
     counter("hush_attach_deferred_total", "Stream attaches deferred while the session's node changed."),
     counter("hush_gap_fills_total", "Live deliveries preceded by a gap read from the store."),
+    counter("hush_resyncs_total", "Stream resyncs after an attach or a session move, by whether they read the store or a later Sync's read already covered them (covered=true|false)."),
     histogram(SEND_TO_DELIVER, Unit::Seconds, "From the owner's durable append of an entry to its frame queued on a connection of the owner's node (node clock)."),
     // --- groups, sessions, messages ---
     counter("hush_messages_in_total", "Timeline entries accepted, by kind (application, commit, proposal)."),
@@ -303,6 +304,7 @@ fn register_at_zero() {
         "hush_cluster_rerouted_total",
         "hush_cluster_rehomes_total",
         "hush_cluster_deliveries_dropped_total",
+        "hush_resyncs_total",
     ];
     // Every family without labels.
     for f in FAMILIES
@@ -363,6 +365,7 @@ fn register_at_zero() {
             &["stale_view", "unreachable"],
         ),
         ("hush_cluster_rehomes_total", "actor", &["group", "session"]),
+        ("hush_resyncs_total", "covered", &["true", "false"]),
         (
             "hush_cluster_deliveries_dropped_total",
             "why",

@@ -56,11 +56,22 @@ pub enum Outbound {
     /// presence (`PresenceEvent`).
     Ephemeral { frame: Frame },
     /// Local only, never sent between nodes: the connection's session
-    /// moved, so it reads what it may have missed from the store.
-    Resync,
+    /// moved (or was just attached), so it reads what it may have missed
+    /// from the store: everything stored before `mark` (see [`mark`]). A
+    /// Sync whose reads began after `mark` already read all of it.
+    Resync { mark: u64 },
     /// Local only: attaching the connection to its session was refused;
     /// the client gets the error, then the connection ends.
     Refused(ApiError),
+}
+
+/// A point in this process's order of events: each call returns a larger
+/// number than every call that returned before it began. Orders a
+/// [`Outbound::Resync`] against a connection's Sync (a clock could not:
+/// paused in tests, and two readings may be equal).
+pub fn mark() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
 }
 
 /// Where a connection is: its node and its id there.

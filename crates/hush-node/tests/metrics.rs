@@ -245,6 +245,12 @@ async fn metrics_are_described_preregistered_and_move_with_real_traffic() {
         );
     }
     assert_eq!(fresh.get("hush_send_to_deliver_seconds_count", &[]), 0.0);
+    for covered in ["true", "false"] {
+        assert_eq!(
+            fresh.get("hush_resyncs_total", &[("covered", covered)]),
+            0.0
+        );
+    }
     assert_eq!(fresh.get("hush_connections", &[]), 0.0);
     // Only the scrapes themselves so far.
     assert_eq!(
@@ -368,6 +374,10 @@ async fn metrics_are_described_preregistered_and_move_with_real_traffic() {
     assert!(after.get("hush_errors_total", &[("code", "BAD_TOKEN")]) >= 1.0);
     assert_eq!(after.get("hush_connections", &[]), 0.0);
     assert_eq!(after.get("hush_sse_streams", &[]), 0.0);
+    // Every attach queues a resync; a stream whose Sync read the store
+    // after it skips it rather than reading everything again (three
+    // streams here; an attach slower than the inline wait would resync).
+    assert!(after.get("hush_resyncs_total", &[("covered", "true")]) >= 1.0);
     // Nothing else closed: no slow consumers, no policy closes.
     for reason in ["policy", "slow_consumer", "heartbeat", "auth_deadline"] {
         assert_eq!(

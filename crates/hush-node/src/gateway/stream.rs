@@ -16,7 +16,7 @@ use hush_proto::{server_frame::Body as S, v1, ErrorCode};
 use super::AppState;
 use crate::conns::{LocalConn, QueueTx};
 use crate::error::{ApiError, ApiResult};
-use crate::wire::{encode, inbox_frame, Caller, EntryRef, Frame, Outbound};
+use crate::wire::{encode, inbox_frame, mark, Caller, EntryRef, Frame, Outbound};
 
 /// Where a written frame puts the stream: the group entry it carries (if
 /// any) and the inbox position after it. The SSE transport turns this into
@@ -66,6 +66,8 @@ pub struct Stream<K: Sink> {
     /// Last inbox_seq sent.
     pub inbox_sent: u64,
     pub synced: bool,
+    /// The [`mark`] taken when the last Sync began reading the store.
+    pub sync_mark: u64,
 }
 
 /// How long a new stream waits for its attach before it is served anyway.
@@ -126,6 +128,7 @@ impl<K: Sink> Stream<K> {
             sent: HashMap::new(),
             inbox_sent: 0,
             synced: false,
+            sync_mark: 0,
         }
     }
 
@@ -158,7 +161,9 @@ impl<K: Sink> Stream<K> {
         self.send_frame(request_id, S::SyncStarted(v1::SyncStarted {}))
             .await
             .map_err(Halt::Sink)?;
-        // Cursors, groups, departures and the inbox's first page: one read.
+        // Cursors, groups, departures and the inbox's first page: one read,
+        // which sees everything stored before this mark.
+        self.sync_mark = mark();
         let start = store
             .sync_start(
                 &caller.device_id,
@@ -292,6 +297,16 @@ impl<K: Sink> Stream<K> {
         Ok(())
     }
 
+    /// The session moved: what it delivered meanwhile may be lost, the
+    /// store has it.
+    async fn resync(&mut self) -> Result<(), Halt<K::Stop>> {
+        let groups: Vec<Vec<u8>> = self.sent.keys().cloned().collect();
+        for g in groups {
+            Box::pin(self.send_backlog(&g, None)).await?;
+        }
+        self.send_new_inbox().await
+    }
+
     /// A live item from the session: dropped if already sent, written if
     /// next, or preceded by the gap read from the store.
     ///
@@ -300,11 +315,23 @@ impl<K: Sink> Stream<K> {
     /// group joined after Sync, a gap, a resync) are boxed, so that every
     /// connection's task does not carry their futures' size while idle.
     pub async fn on_outbound(&mut self, item: Outbound) -> Result<(), Halt<K::Stop>> {
-        if !self.synced {
-            // Not syncing yet: the backlog read at Sync time will include it.
-            return Ok(());
-        }
         match item {
+            Outbound::Resync { mark } => {
+                // Every attach queues one, and the client's Sync follows: a
+                // Sync not begun yet, or one that began reading after the
+                // resync was queued, reads (or read) all of it, and the live
+                // queue has the rest.
+                let covered = !self.synced || mark < self.sync_mark;
+                let label = if covered { "true" } else { "false" };
+                metrics::counter!("hush_resyncs_total", "covered" => label).increment(1);
+                if covered {
+                    Ok(())
+                } else {
+                    Box::pin(self.resync()).await
+                }
+            }
+            // Not syncing yet: the backlog read at Sync time will include it.
+            _ if !self.synced => Ok(()),
             Outbound::Group {
                 group_id,
                 seq,
@@ -344,15 +371,6 @@ impl<K: Sink> Stream<K> {
                 self.send_inbox(inbox_seq, frame).await
             }
             Outbound::Refused(e) => Err(Halt::Api(e)),
-            Outbound::Resync => {
-                // The session moved: what it delivered meanwhile may be
-                // lost, the store has it.
-                let groups: Vec<Vec<u8>> = self.sent.keys().cloned().collect();
-                for g in groups {
-                    Box::pin(self.send_backlog(&g, None)).await?;
-                }
-                Box::pin(self.send_new_inbox()).await
-            }
             Outbound::Ephemeral { frame } => {
                 // Live only: no position of its own, never replayed.
                 let pos = Position {

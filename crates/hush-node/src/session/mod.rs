@@ -59,7 +59,7 @@ use crate::directory::Directory;
 use crate::error::{ApiError, ApiResult};
 use crate::route::{session_key, Route};
 use crate::shutdown::Shutdown;
-use crate::wire::{ConnRef, Outbound};
+use crate::wire::{mark, ConnRef, Outbound};
 
 pub use actor::{SessionActor, SessionMsg};
 pub use presence::joined_groups;
@@ -474,7 +474,7 @@ impl Sessions {
     fn resync_here_but(&self, skip: &HashSet<u64>) {
         for conn_id in self.conns.ids() {
             if !skip.contains(&conn_id) {
-                self.conns.write(conn_id, Outbound::Resync);
+                self.conns.write(conn_id, Outbound::Resync { mark: mark() });
             }
         }
     }
@@ -500,7 +500,9 @@ impl Sessions {
             let r = match sessions.attach(conn_id, &user_id, &device_id).await {
                 Ok(node) => {
                     if !sessions.conns.attached_to(conn_id, &node)
-                        || !sessions.conns.write(conn_id, Outbound::Resync)
+                        || !sessions
+                            .conns
+                            .write(conn_id, Outbound::Resync { mark: mark() })
                     {
                         // Gone meanwhile: the session must not count it.
                         sessions.tell_conn_gone(&node, &user_id, conn_id).await;
