@@ -24,7 +24,10 @@
 //! contiguous seq; the sender resends every unacknowledged message with the
 //! same `client_msg_id` (the server answers a repeat with the original
 //! seq), and retries transient errors (UNAVAILABLE while a group re-homes,
-//! INTERNAL, RATE_LIMITED) with backoff, until the drain deadline.
+//! INTERNAL, RATE_LIMITED) with backoff, until the drain deadline. A drain
+//! that times out stops all sending, and the members get a few seconds to
+//! receive what the server took meanwhile before they are checked (a
+//! delivery on its way at the deadline is late, not lost).
 //!
 //! The files, by concern: `setup` (registration, connections, the MLS
 //! group), `send` (the open-loop schedule), `member` (a connection's
@@ -153,7 +156,9 @@ fn spawn_resender(groups: &[GroupRt]) -> JoinHandle<()> {
             iv.tick().await;
             let now = now_ns();
             for s in &senders {
-                s.resend_due(now);
+                if !s.shared.settling.load(std::sync::atomic::Ordering::Relaxed) {
+                    s.resend_due(now);
+                }
             }
         }
     })

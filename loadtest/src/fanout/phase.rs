@@ -26,6 +26,28 @@ fn drained(groups: &[GroupRt]) -> bool {
     })
 }
 
+/// Whether every member has every seq up to its group's head (the highest
+/// seq any member saw or the sender had acknowledged: what the check after
+/// the phase counts as lost if missing).
+fn caught_up(groups: &[GroupRt]) -> bool {
+    groups.iter().all(|g| {
+        let tracks: Vec<SeqTrack> = g.sinks.iter().map(|s| lock(&s.track).clone()).collect();
+        let head = tracks
+            .iter()
+            .map(SeqTrack::max_seen)
+            .max()
+            .unwrap_or(0)
+            .max(g.shared.acked_max.load(Ordering::Relaxed));
+        tracks.iter().all(|t| t.lost(head) == 0)
+    })
+}
+
+/// How long, after a drain that timed out with sends still retrying, the
+/// members are given to receive what the server took meanwhile (with no
+/// send written again): a delivery on its way at the deadline is late, not
+/// lost. A real loss never arrives, however long this is.
+const SETTLE_TIMEOUT_S: f64 = 10.0;
+
 /// Runs phase `p` over `groups`.
 pub async fn run_phase(
     clock: &Clock,
@@ -63,6 +85,10 @@ pub async fn run_phase(
         let _ = t.await;
     }
     wait_drained(p.drain_timeout_s, || drained(groups)).await;
+    if !drained(groups) {
+        shared.settling.store(true, Ordering::Relaxed);
+        wait_drained(SETTLE_TIMEOUT_S, || caught_up(groups)).await;
+    }
     let after = shared.counters.tick();
     let mut corr = shared.counters.correctness();
     corr.stored_twice = shared.stored_twice.load(Ordering::Relaxed);
@@ -82,6 +108,8 @@ pub async fn run_phase(
         retries: shared.retries.load(Ordering::Relaxed),
         deduplicated: shared.deduplicated.load(Ordering::Relaxed),
     });
+    // The next phase sends (and retries) again.
+    shared.settling.store(false, Ordering::Relaxed);
     PhaseResult {
         correctness: corr,
         hists: std::mem::take(&mut *lock(&shared.hists)).into_named(),

@@ -23,6 +23,10 @@ pub struct Shared {
     pub hists: Mutex<MessageHists>,
     pub last_event_ns: AtomicU64,
     pub stopping: AtomicBool,
+    /// The phase's drain timed out: no sends are written again until the
+    /// next phase, so the deliveries of those already taken can settle
+    /// before the members are checked (see `phase::run_phase`).
+    pub settling: AtomicBool,
     /// The node this phase kills (a socket to it lost after the kill is
     /// expected; any other loss counts as `closed_unexpected`).
     pub kill: Mutex<Option<KillCmd>>,
