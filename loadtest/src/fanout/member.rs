@@ -118,6 +118,10 @@ impl MemberSink {
         lock(&self.outbox).pending_len()
     }
 
+    pub fn in_flight_len(&self) -> usize {
+        lock(&self.outbox).in_flight_len()
+    }
+
     /// The header of a timeline event's message: from the authenticated
     /// data (presealed) or the decrypted plaintext (live MLS); `None` for a
     /// non-application entry or a payload that does not decode.

@@ -203,6 +203,11 @@ impl Outbox {
     pub fn pending_len(&self) -> usize {
         self.pending.len()
     }
+
+    /// Sends written and not answered yet (the server may still store them).
+    pub fn in_flight_len(&self) -> usize {
+        self.pending.values().filter(|o| o.due.is_none()).count()
+    }
 }
 
 #[cfg(test)]
@@ -223,6 +228,7 @@ mod tests {
         // Not connected: queued, due at once.
         ob.send(7, 1, body(7));
         assert_eq!(ob.pending_len(), 1);
+        assert_eq!(ob.in_flight_len(), 0, "queued, not written");
         // Refused at t=1 s with a 300 ms hint: not due before 1.3 s,
         // although the first backoff is 50 ms.
         let t = 1_000_000_000;

@@ -26,11 +26,15 @@ fn drained(groups: &[GroupRt]) -> bool {
     })
 }
 
-/// Whether every member has every seq up to its group's head (the highest
+/// Whether no send is waiting for its answer (the server may still store
+/// it) and every member has every seq up to its group's head (the highest
 /// seq any member saw or the sender had acknowledged: what the check after
 /// the phase counts as lost if missing).
 fn caught_up(groups: &[GroupRt]) -> bool {
     groups.iter().all(|g| {
+        if g.sinks[0].in_flight_len() > 0 {
+            return false;
+        }
         let tracks: Vec<SeqTrack> = g.sinks.iter().map(|s| lock(&s.track).clone()).collect();
         let head = tracks
             .iter()
