@@ -66,7 +66,8 @@ pub struct Stream<K: Sink> {
     /// Last inbox_seq sent.
     pub inbox_sent: u64,
     pub synced: bool,
-    /// The [`mark`] taken when the last Sync began reading the store.
+    /// The [`mark`] taken when the last completed Sync began reading the
+    /// store.
     pub sync_mark: u64,
 }
 
@@ -162,8 +163,9 @@ impl<K: Sink> Stream<K> {
             .await
             .map_err(Halt::Sink)?;
         // Cursors, groups, departures and the inbox's first page: one read,
-        // which sees everything stored before this mark.
-        self.sync_mark = mark();
+        // which sees everything stored before this mark (it counts once
+        // the Sync completed: a failed one covers nothing).
+        let sync_mark = mark();
         let start = store
             .sync_start(
                 &caller.device_id,
@@ -206,6 +208,7 @@ impl<K: Sink> Stream<K> {
             self.send_new_inbox().await?;
         }
         self.synced = true;
+        self.sync_mark = sync_mark;
         self.send_frame(0, S::SyncCaughtUp(v1::SyncCaughtUp {}))
             .await
             .map_err(Halt::Sink)?;
