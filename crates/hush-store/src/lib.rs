@@ -321,13 +321,18 @@ pub struct SyncStart {
 /// that added it (its client processed the Welcome and acknowledged it).
 /// Being added is not joining: presence is shown only to joined groups.
 pub fn joined_groups(groups: Vec<DeviceGroup>, cursors: &[(Vec<u8>, u64)]) -> BTreeSet<Vec<u8>> {
+    // By group id: a user in many groups must not pay groups x cursors.
+    let cursors: std::collections::BTreeMap<&[u8], u64> = cursors
+        .iter()
+        .map(|(id, seq)| (id.as_slice(), *seq))
+        .collect();
     groups
         .into_iter()
         .filter(|g| {
             g.joined_seq == 0
                 || cursors
-                    .iter()
-                    .any(|(id, seq)| *id == g.group_id && *seq >= g.joined_seq)
+                    .get(g.group_id.as_slice())
+                    .is_some_and(|seq| *seq >= g.joined_seq)
         })
         .map(|g| g.group_id)
         .collect()
