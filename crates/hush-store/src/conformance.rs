@@ -619,14 +619,10 @@ fn commit(
             message: format!("commit:{id}").into_bytes(),
             server_time_ms: 2_000,
         },
-        welcomes: welcome_for
-            .iter()
-            .map(|d| WelcomeWrite {
-                device_id: d.to_string(),
-                welcome: format!("welcome:{id}:{d}").into_bytes(),
-                ratchet_tree: format!("tree-{new_epoch}-{id}").into_bytes(),
-            })
-            .collect(),
+        welcome: (!welcome_for.is_empty()).then(|| WelcomeWrite {
+            welcome: format!("welcome:{id}").into_bytes(),
+            device_ids: welcome_for.iter().map(|d| d.to_string()).collect(),
+        }),
     }
 }
 
@@ -1634,7 +1630,7 @@ pub async fn commit_applies_atomically(store: Arc<dyn Store>) {
         assert_eq!(inbox.len(), 1, "{d}");
         assert_eq!(inbox[0].group_id, b"g".to_vec());
         assert_eq!(inbox[0].commit_seq, 2);
-        assert_eq!(inbox[0].welcome, format!("welcome:c1:{d}").into_bytes());
+        assert_eq!(inbox[0].welcome, b"welcome:c1".to_vec());
         assert_eq!(inbox[0].ratchet_tree, add.ratchet_tree);
     }
 
@@ -2100,7 +2096,7 @@ pub async fn inbox_seqs_increase_and_are_never_reused(store: Arc<dyn Store>) {
         items.iter().map(|i| i.commit_seq).collect::<Vec<_>>(),
         commit_seqs
     );
-    assert_eq!(items[0].welcome, b"welcome:add-0:bob-1".to_vec());
+    assert_eq!(items[0].welcome, b"welcome:add-0".to_vec());
 
     let page = store
         .read_inbox("bob-1", items[0].inbox_seq, 1)

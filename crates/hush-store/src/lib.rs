@@ -250,18 +250,24 @@ impl AppendOutcome {
     }
 }
 
-/// A Welcome to put into a device's inbox.
+/// The Welcome of a commit that adds devices. MLS makes one Welcome for
+/// all the devices a commit adds (each finds its own group secrets in it by
+/// its KeyPackage's reference), and they all join with the commit's ratchet
+/// tree ([`CommitWrite::ratchet_tree`]). So a store keeps the Welcome and that
+/// tree once per commit, and each added device's inbox item refers to them:
+/// a copy per device would cost O(added x group size) bytes, hundreds of
+/// megabytes for one group of 1,000 formed by one commit.
 #[derive(Clone, PartialEq, Eq)]
 pub struct WelcomeWrite {
-    pub device_id: String,
     pub welcome: Vec<u8>,
-    pub ratchet_tree: Vec<u8>,
+    /// The devices it welcomes: each gets an inbox item.
+    pub device_ids: Vec<String>,
 }
 
 impl std::fmt::Debug for WelcomeWrite {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WelcomeWrite")
-            .field("device_id", &self.device_id)
+            .field("device_ids", &self.device_ids)
             .finish_non_exhaustive()
     }
 }
@@ -280,8 +286,8 @@ pub struct CommitWrite {
     pub members: Vec<MemberDevice>,
     /// The commit's timeline entry (kind = Commit).
     pub entry: NewEntry,
-    /// Welcomes for the devices the commit adds.
-    pub welcomes: Vec<WelcomeWrite>,
+    /// The Welcome for the devices the commit adds (`None`: it adds none).
+    pub welcome: Option<WelcomeWrite>,
 }
 
 /// A group a device belongs to.
@@ -375,7 +381,9 @@ pub struct InboxItem {
     pub inbox_seq: u64,
     pub group_id: Vec<u8>,
     pub commit_seq: u64,
+    /// The commit's Welcome, the same for every device it added.
     pub welcome: Vec<u8>,
+    /// The group's ratchet tree after that commit.
     pub ratchet_tree: Vec<u8>,
 }
 

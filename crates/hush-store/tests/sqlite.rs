@@ -111,11 +111,10 @@ async fn everything_survives_close_and_reopen() {
             kind: EntryKind::Commit,
             ..message("c1")
         },
-        welcomes: vec![WelcomeWrite {
-            device_id: "bob-1".into(),
+        welcome: Some(WelcomeWrite {
             welcome: b"w".to_vec(),
-            ratchet_tree: b"rt2".to_vec(),
-        }],
+            device_ids: vec!["bob-1".into()],
+        }),
     };
     store.append_commit(&commit).await.expect("commit");
     store.set_cursor("bob-1", b"g", 11).await.expect("cursor");

@@ -227,14 +227,11 @@ fn commit_write(
         .iter()
         .filter_map(|a| device_of(&a.identity))
         .collect();
-    let welcomes = added
-        .iter()
-        .map(|d| WelcomeWrite {
-            device_id: d.device_id.clone(),
-            welcome: req.welcome.clone(),
-            ratchet_tree: ratchet_tree.clone(),
-        })
-        .collect();
+    // One Welcome for all the devices the commit adds, stored once.
+    let welcome = (!added.is_empty()).then(|| WelcomeWrite {
+        welcome: req.welcome,
+        device_ids: added.iter().map(|d| d.device_id.clone()).collect(),
+    });
     let entry = NewEntry {
         kind: EntryKind::Commit,
         epoch: epoch_before,
@@ -253,7 +250,7 @@ fn commit_write(
         ratchet_tree,
         members: members_after,
         entry,
-        welcomes,
+        welcome,
     };
     Ok((write, added))
 }

@@ -339,13 +339,12 @@ impl<'a> Change<'a> {
                 pending.added = added;
                 pending.departed = departed;
                 pending.welcomes = write
-                    .welcomes
+                    .welcome
                     .iter()
-                    .map(|x| {
-                        (
-                            x.device_id.clone(),
-                            (x.welcome.clone(), x.ratchet_tree.clone()),
-                        )
+                    .flat_map(|x| {
+                        x.device_ids
+                            .iter()
+                            .map(|d| (d.clone(), (x.welcome.clone(), write.ratchet_tree.clone())))
                     })
                     .collect();
                 HeadChange::Commit {

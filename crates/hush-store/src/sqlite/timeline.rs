@@ -223,13 +223,17 @@ pub(super) fn op_append_commit(conn: &Connection, w: &CommitWrite) -> Result<App
     for m in w.members.iter().filter(|m| !current.contains(&m.device_id)) {
         insert_member(conn, &w.group_id, m, seq)?;
     }
-    for welcome in &w.welcomes {
+    for (welcome, device_id) in w
+        .welcome
+        .iter()
+        .flat_map(|x| x.device_ids.iter().map(move |d| (&x.welcome, d)))
+    {
         let inbox_seq: u64 = stmt::query_row(
             conn,
             "INSERT INTO inbox_counters (device_id, last_seq) VALUES (?1, 1)
                  ON CONFLICT (device_id) DO UPDATE SET last_seq = last_seq + 1
                  RETURNING last_seq",
-            params![welcome.device_id],
+            params![device_id],
             |r| r.get(0),
         )
         .map_err(|e| map_err("advance inbox seq", e))?;
@@ -238,12 +242,12 @@ pub(super) fn op_append_commit(conn: &Connection, w: &CommitWrite) -> Result<App
             "INSERT INTO inbox (device_id, inbox_seq, group_id, commit_seq, welcome, ratchet_tree)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
-                welcome.device_id,
+                device_id,
                 inbox_seq,
                 w.group_id,
                 seq,
-                welcome.welcome,
-                welcome.ratchet_tree
+                welcome,
+                w.ratchet_tree
             ],
         )
         .map_err(|e| map_err("insert welcome", e))?;

@@ -239,7 +239,7 @@ mod tests {
             ratchet_tree: vec![],
             members: vec![],
             entry: entry("c"),
-            welcomes: vec![],
+            welcome: None,
         };
         let (a3, r3) = op("commit", move |c| op_append_commit(c, &stale));
         // The same id again within the same batch: sees the first insert.
