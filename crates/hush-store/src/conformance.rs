@@ -486,6 +486,7 @@ macro_rules! store_conformance_suite {
             cursors_never_move_backward,
             inbox_seqs_increase_and_are_never_reused,
             inbox_head_is_the_last_seq_given,
+            a_commits_welcome_serves_every_device_it_adds,
             ack_state_follows_cursor_membership_and_head,
             ack_cursor_moves_only_when_decided,
             sync_start_and_co_members_agree_with_their_parts,
@@ -2149,6 +2150,66 @@ pub async fn inbox_seqs_increase_and_are_never_reused(store: Arc<dyn Store>) {
 
 /// `ack_cursor` hands `decide` what `ack_state` reads, moves the cursor
 /// only when it says so, and never backward.
+/// One Welcome per commit, however many devices it adds: each reads it with
+/// the tree of *that* commit (not the group's later one), and one device's
+/// acks, repeated or not, never take it from another.
+pub async fn a_commits_welcome_serves_every_device_it_adds(store: Arc<dyn Store>) {
+    let fence = leased_group(&*store, b"g").await;
+    let bobs: Vec<String> = (1..=6).map(|i| format!("bob-{i}")).collect();
+    let mut members = vec![member("alice", "alice-1")];
+    members.extend(bobs.iter().map(|d| member("bob", d)));
+    let bob_ids: Vec<&str> = bobs.iter().map(String::as_str).collect();
+    let first = commit(b"g", fence, 1, members.clone(), &bob_ids, "c1");
+    store.append_commit(&first).await.expect("first commit");
+    members.push(member("carol", "carol-1"));
+    let second = commit(b"g", fence, 2, members, &["carol-1"], "c2");
+    store.append_commit(&second).await.expect("second commit");
+    assert_ne!(first.ratchet_tree, second.ratchet_tree);
+
+    let read = |d: String| {
+        let store = Arc::clone(&store);
+        async move { store.read_inbox(&d, 0, 10).await.expect("inbox") }
+    };
+    for d in &bobs {
+        let items = read(d.clone()).await;
+        assert_eq!(items.len(), 1, "{d}");
+        assert_eq!(
+            (
+                items[0].commit_seq,
+                &items[0].welcome,
+                &items[0].ratchet_tree
+            ),
+            (1, &b"welcome:c1".to_vec(), &first.ratchet_tree),
+            "{d}"
+        );
+    }
+    let carol = read("carol-1".into()).await;
+    assert_eq!(
+        (carol.len(), &carol[0].welcome, &carol[0].ratchet_tree),
+        (1, &b"welcome:c2".to_vec(), &second.ratchet_tree)
+    );
+
+    // Every bob but the last acks (the first one twice, and past its item).
+    for d in &bobs[..5] {
+        let upto = read(d.clone()).await[0].inbox_seq;
+        store.ack_inbox(d, upto).await.expect("ack");
+        assert!(read(d.clone()).await.is_empty(), "{d}");
+    }
+    store.ack_inbox("bob-1", 1_000).await.expect("ack again");
+    let last = read("bob-6".into()).await;
+    assert_eq!(last.len(), 1);
+    assert_eq!(
+        (&last[0].welcome, &last[0].ratchet_tree),
+        (&b"welcome:c1".to_vec(), &first.ratchet_tree)
+    );
+    store
+        .ack_inbox("bob-6", last[0].inbox_seq)
+        .await
+        .expect("last ack");
+    assert!(read("bob-6".into()).await.is_empty());
+    assert_eq!(read("carol-1".into()).await, carol);
+}
+
 pub async fn ack_cursor_moves_only_when_decided(store: Arc<dyn Store>) {
     use crate::{AckState, Standing};
     use std::sync::atomic::{AtomicBool, Ordering};

@@ -28,6 +28,10 @@
 //!   only changed together, inside the writer transaction.
 //! - `inbox_counters.last_seq` only grows, so an inbox_seq is never reused
 //!   even after `ack_inbox` deletes the items.
+//! - A commit's Welcome and tree are stored once (`welcomes`), and
+//!   `welcomes.pending` is the number of inbox items referring to the row:
+//!   the ack that deletes the last of them deletes it, so an unacked item
+//!   always has its Welcome.
 //! - Claimed ordinary key packages leave a tombstone (their hash_ref), so a
 //!   re-upload of a claimed package is skipped and it is never handed out
 //!   twice.

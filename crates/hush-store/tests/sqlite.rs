@@ -336,3 +336,91 @@ async fn takeover_across_two_stores_fences_the_old_owner() {
         total
     );
 }
+
+/// A commit welcoming 200 devices into a big group keeps its Welcome and
+/// tree once in the file, not once per device (schema v2 kept a copy in
+/// every inbox item: O(added x group size) bytes), and the last device's ack
+/// deletes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_groups_welcome_is_stored_once_and_freed_by_the_last_ack() {
+    const ADDED: usize = 200;
+    const BLOB: usize = 100 * 1024;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("hush.db");
+    let store = open(&path).await;
+    store.create_group(&group(b"g")).await.expect("group");
+    let lease = store
+        .acquire_lease(b"g", "node-a", 0, 1_000_000)
+        .await
+        .expect("lease");
+    let devices: Vec<String> = (0..ADDED).map(|i| format!("dev-{i:03}")).collect();
+    let mut members: Vec<MemberDevice> = devices
+        .iter()
+        .map(|d| MemberDevice {
+            user_id: format!("user-{d}"),
+            device_id: d.clone(),
+        })
+        .collect();
+    members.push(MemberDevice {
+        user_id: "alice".into(),
+        device_id: "alice-1".into(),
+    });
+    let welcome = vec![0x57; BLOB];
+    let tree = vec![0x54; BLOB];
+    let commit = CommitWrite {
+        group_id: b"g".to_vec(),
+        fence: lease.token,
+        expected_epoch: 1,
+        new_epoch: 2,
+        state: b"s2".to_vec(),
+        group_info: b"gi2".to_vec(),
+        ratchet_tree: tree.clone(),
+        members,
+        entry: NewEntry {
+            kind: EntryKind::Commit,
+            ..message("add-200")
+        },
+        welcome: Some(WelcomeWrite {
+            welcome: welcome.clone(),
+            device_ids: devices.clone(),
+        }),
+    };
+    store.append_commit(&commit).await.expect("commit");
+
+    let raw = rusqlite::Connection::open(&path).expect("raw open");
+    let stored = |raw: &rusqlite::Connection| -> (i64, i64) {
+        raw.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(length(welcome) + length(ratchet_tree)), 0) FROM welcomes",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("welcomes")
+    };
+    assert_eq!(stored(&raw), (1, 2 * BLOB as i64));
+    let items: i64 = raw
+        .query_row("SELECT COUNT(*) FROM inbox", [], |r| r.get(0))
+        .expect("inbox");
+    assert_eq!(items, ADDED as i64);
+    // The whole database holds the blobs about once: the Welcome and its
+    // tree, plus the group's own current tree (v2: 200 copies, 40 MB).
+    let bytes: i64 = raw
+        .query_row(
+            "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+            [],
+            |r| r.get(0),
+        )
+        .expect("size");
+    assert!(bytes < 6 * BLOB as i64, "{bytes} bytes for one Welcome");
+
+    for (i, d) in devices.iter().enumerate() {
+        let got = store.read_inbox(d, 0, 10).await.expect("inbox");
+        assert_eq!(got.len(), 1, "{d}");
+        assert!(
+            got[0].welcome == welcome && got[0].ratchet_tree == tree,
+            "{d}"
+        );
+        store.ack_inbox(d, got[0].inbox_seq).await.expect("ack");
+        let left = if i + 1 < ADDED { 1 } else { 0 };
+        assert_eq!(stored(&raw).0, left, "after {d}'s ack");
+    }
+}

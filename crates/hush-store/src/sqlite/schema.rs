@@ -11,7 +11,7 @@ use super::error::map_err;
 use crate::{Result, StoreError};
 
 /// The schema version this binary writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE users (
@@ -117,6 +117,38 @@ CREATE TABLE last_resort_claims (
 );
 "#;
 
+/// Version 3: a commit's Welcome and the ratchet tree its new members join
+/// with are kept once per commit (`welcomes`), and inbox items refer to
+/// them. In v2 every inbox item held its own copy of both: O(added x group
+/// size) bytes per commit, 323 MB for one group of 1,000 formed by one
+/// commit. `pending` counts the inbox items still referring to a row; the
+/// ack that deletes the last one deletes it. The migration keeps every
+/// item (a v2 commit's copies are identical: one Welcome per commit).
+const SCHEMA_V3: &str = r#"
+CREATE TABLE welcomes (
+    group_id     BLOB NOT NULL,
+    commit_seq   INTEGER NOT NULL,
+    welcome      BLOB NOT NULL,
+    ratchet_tree BLOB NOT NULL,
+    pending      INTEGER NOT NULL,
+    PRIMARY KEY (group_id, commit_seq)
+);
+INSERT INTO welcomes (group_id, commit_seq, welcome, ratchet_tree, pending)
+    SELECT group_id, commit_seq, welcome, ratchet_tree, COUNT(*)
+    FROM inbox GROUP BY group_id, commit_seq;
+CREATE TABLE inbox_v3 (
+    device_id  TEXT NOT NULL,
+    inbox_seq  INTEGER NOT NULL,
+    group_id   BLOB NOT NULL,
+    commit_seq INTEGER NOT NULL,
+    PRIMARY KEY (device_id, inbox_seq)
+) WITHOUT ROWID;
+INSERT INTO inbox_v3 (device_id, inbox_seq, group_id, commit_seq)
+    SELECT device_id, inbox_seq, group_id, commit_seq FROM inbox;
+DROP TABLE inbox;
+ALTER TABLE inbox_v3 RENAME TO inbox;
+"#;
+
 /// Creates or upgrades the schema. Idempotent, and safe against another
 /// process doing the same at the same time (the check and the DDL share one
 /// `BEGIN IMMEDIATE` transaction).
@@ -139,6 +171,10 @@ pub(super) fn migrate(conn: &Connection) -> Result<()> {
         if version < 2 {
             conn.execute_batch(SCHEMA_V2)
                 .map_err(|e| map_err("create schema v2", e))?;
+        }
+        if version < 3 {
+            conn.execute_batch(SCHEMA_V3)
+                .map_err(|e| map_err("upgrade schema to v3", e))?;
         }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(|e| map_err("write schema version", e))?;
@@ -172,5 +208,55 @@ mod tests {
         conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
             .expect("bump version");
         assert!(matches!(migrate(&conn), Err(StoreError::Backend(_))));
+    }
+
+    /// A v2 file's inbox items (each with its own copy of the commit's
+    /// Welcome and tree) read the same after the upgrade, from one copy per
+    /// commit, which the last item's ack deletes.
+    #[test]
+    fn v3_keeps_every_v2_inbox_item_with_one_welcome_per_commit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = open_connection(&dir.path().join("t.db"), Duration::ZERO, false).expect("open");
+        conn.execute_batch(SCHEMA_V1).expect("v1");
+        conn.execute_batch(SCHEMA_V2).expect("v2");
+        conn.pragma_update(None, "user_version", 2)
+            .expect("v2 version");
+        for (device, seq, commit) in [("bob-1", 1, 5), ("bob-2", 1, 5), ("bob-1", 2, 9)] {
+            conn.execute(
+                "INSERT INTO inbox (device_id, inbox_seq, group_id, commit_seq, welcome, ratchet_tree)
+                 VALUES (?1, ?2, x'67', ?3, CAST('welcome-' || ?3 AS BLOB), CAST('tree-' || ?3 AS BLOB))",
+                rusqlite::params![device, seq, commit],
+            )
+            .expect("v2 item");
+        }
+        migrate(&conn).expect("upgrade");
+
+        let read = |device: &str| {
+            super::super::sync::read_inbox(&conn, device, 0, 10)
+                .expect("read")
+                .into_iter()
+                .map(|i| (i.inbox_seq, i.commit_seq, i.welcome, i.ratchet_tree))
+                .collect::<Vec<_>>()
+        };
+        let item = |seq, commit: u64| {
+            (
+                seq,
+                commit,
+                format!("welcome-{commit}").into_bytes(),
+                format!("tree-{commit}").into_bytes(),
+            )
+        };
+        assert_eq!(read("bob-1"), vec![item(1, 5), item(2, 9)]);
+        assert_eq!(read("bob-2"), vec![item(1, 5)]);
+        let copies = || -> i64 {
+            conn.query_row("SELECT COUNT(*) FROM welcomes", [], |r| r.get(0))
+                .expect("count")
+        };
+        assert_eq!(copies(), 2);
+        super::super::sync::op_ack_inbox(&conn, "bob-1", 2).expect("ack");
+        assert_eq!(copies(), 1, "commit 5 is still bob-2's");
+        assert_eq!(read("bob-2"), vec![item(1, 5)]);
+        super::super::sync::op_ack_inbox(&conn, "bob-2", 1).expect("ack");
+        assert_eq!(copies(), 0);
     }
 }

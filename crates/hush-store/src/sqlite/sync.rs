@@ -3,6 +3,8 @@
 //! that departure (the device has read the commit that removed it); inbox
 //! items are deleted by ack but their seqs are never reused.
 
+use std::collections::BTreeMap;
+
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::error::{deadline, map_err};
@@ -39,8 +41,9 @@ pub(super) fn read_inbox(
 ) -> Result<Vec<InboxItem>> {
     let mut stmt = conn
         .prepare_cached(
-            "SELECT inbox_seq, group_id, commit_seq, welcome, ratchet_tree FROM inbox
-             WHERE device_id = ?1 AND inbox_seq > ?2 ORDER BY inbox_seq LIMIT ?3",
+            "SELECT i.inbox_seq, i.group_id, i.commit_seq, w.welcome, w.ratchet_tree
+             FROM inbox i JOIN welcomes w ON w.group_id = i.group_id AND w.commit_seq = i.commit_seq
+             WHERE i.device_id = ?1 AND i.inbox_seq > ?2 ORDER BY i.inbox_seq LIMIT ?3",
         )
         .map_err(|e| map_err("read inbox", e))?;
     stmt.query_map(params![device_id, deadline(after), limit], |r| {
@@ -66,13 +69,42 @@ pub(super) fn read_cursors(conn: &Connection, device_id: &str) -> Result<Vec<(Ve
         .map_err(|e| map_err("read cursors", e))
 }
 
+/// Deletes the device's items up to `upto`, and each Welcome whose last
+/// item that was.
 pub(super) fn op_ack_inbox(conn: &Connection, device_id: &str, upto: u64) -> Result<()> {
-    stmt::execute(
-        conn,
-        "DELETE FROM inbox WHERE device_id = ?1 AND inbox_seq <= ?2",
-        params![device_id, deadline(upto)],
-    )
-    .map_err(|e| map_err("ack inbox", e))?;
+    let mut released: BTreeMap<(Vec<u8>, u64), u64> = BTreeMap::new();
+    {
+        let mut stmt = conn
+            .prepare_cached(
+                "DELETE FROM inbox WHERE device_id = ?1 AND inbox_seq <= ?2
+                 RETURNING group_id, commit_seq",
+            )
+            .map_err(|e| map_err("ack inbox", e))?;
+        let mut rows = stmt
+            .query(params![device_id, deadline(upto)])
+            .map_err(|e| map_err("ack inbox", e))?;
+        while let Some(r) = rows.next().map_err(|e| map_err("ack inbox", e))? {
+            let key = (
+                r.get(0).map_err(|e| map_err("ack inbox", e))?,
+                r.get(1).map_err(|e| map_err("ack inbox", e))?,
+            );
+            *released.entry(key).or_default() += 1;
+        }
+    }
+    for ((group_id, commit_seq), n) in released {
+        stmt::execute(
+            conn,
+            "UPDATE welcomes SET pending = pending - ?3 WHERE group_id = ?1 AND commit_seq = ?2",
+            params![group_id, commit_seq, n],
+        )
+        .map_err(|e| map_err("release welcome", e))?;
+        stmt::execute(
+            conn,
+            "DELETE FROM welcomes WHERE group_id = ?1 AND commit_seq = ?2 AND pending <= 0",
+            params![group_id, commit_seq],
+        )
+        .map_err(|e| map_err("release welcome", e))?;
+    }
     Ok(())
 }
 

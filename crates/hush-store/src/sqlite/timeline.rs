@@ -15,7 +15,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::error::{deadline, map_err, next};
 use super::groups::insert_member;
 use super::stmt;
-use crate::{AppendOutcome, CommitWrite, Entry, EntryKind, NewEntry, Result, StoreError};
+use crate::{
+    AppendOutcome, CommitWrite, Entry, EntryKind, NewEntry, Result, StoreError, WelcomeWrite,
+};
 
 /// The group's head as seen inside the write transaction, after the fence
 /// check passed.
@@ -223,11 +225,30 @@ pub(super) fn op_append_commit(conn: &Connection, w: &CommitWrite) -> Result<App
     for m in w.members.iter().filter(|m| !current.contains(&m.device_id)) {
         insert_member(conn, &w.group_id, m, seq)?;
     }
-    for (welcome, device_id) in w
-        .welcome
-        .iter()
-        .flat_map(|x| x.device_ids.iter().map(move |d| (&x.welcome, d)))
-    {
+    if let Some(welcome) = &w.welcome {
+        insert_welcome(conn, &w.group_id, seq, welcome, &w.ratchet_tree)?;
+    }
+    Ok(AppendOutcome::Appended { seq })
+}
+
+/// The commit's Welcome and tree, once, and an inbox item referring to
+/// them for each device it welcomes.
+fn insert_welcome(
+    conn: &Connection,
+    group_id: &[u8],
+    seq: u64,
+    welcome: &WelcomeWrite,
+    ratchet_tree: &[u8],
+) -> Result<()> {
+    let devices: BTreeSet<&str> = welcome.device_ids.iter().map(String::as_str).collect();
+    stmt::execute(
+        conn,
+        "INSERT INTO welcomes (group_id, commit_seq, welcome, ratchet_tree, pending)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![group_id, seq, welcome.welcome, ratchet_tree, devices.len()],
+    )
+    .map_err(|e| map_err("insert welcome", e))?;
+    for device_id in devices {
         let inbox_seq: u64 = stmt::query_row(
             conn,
             "INSERT INTO inbox_counters (device_id, last_seq) VALUES (?1, 1)
@@ -239,20 +260,12 @@ pub(super) fn op_append_commit(conn: &Connection, w: &CommitWrite) -> Result<App
         .map_err(|e| map_err("advance inbox seq", e))?;
         stmt::execute(
             conn,
-            "INSERT INTO inbox (device_id, inbox_seq, group_id, commit_seq, welcome, ratchet_tree)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                device_id,
-                inbox_seq,
-                w.group_id,
-                seq,
-                welcome,
-                w.ratchet_tree
-            ],
+            "INSERT INTO inbox (device_id, inbox_seq, group_id, commit_seq) VALUES (?1, ?2, ?3, ?4)",
+            params![device_id, inbox_seq, group_id, seq],
         )
-        .map_err(|e| map_err("insert welcome", e))?;
+        .map_err(|e| map_err("insert inbox item", e))?;
     }
-    Ok(AppendOutcome::Appended { seq })
+    Ok(())
 }
 
 pub(super) fn read_timeline(
