@@ -266,6 +266,11 @@ pub struct ActorSection {
     /// How long a user with no connection left still shows as online, so a
     /// quick reconnect does not flap its presence (0: offline at once).
     pub presence_grace_ms: u64,
+    /// Presence changes are pushed to groups of at most this many member
+    /// devices; in larger ones members ask (`GetPresence`). Pushing costs a
+    /// frame per member on every change: forming a group of 1,000 pushed
+    /// about a million (each join tells everyone). 0: never pushed.
+    pub presence_push_max_members: usize,
     /// The most GroupActors this node runs at once; activating one more is
     /// refused (UNAVAILABLE, retry later).
     pub max_group_actors: usize,
@@ -436,6 +441,9 @@ impl Default for ActorSection {
             group_idle_ms: 5 * 60_000,
             lease_ttl_ms: 30_000,
             presence_grace_ms: 5_000,
+            // Discord's largest `large_threshold`: above it, no presence
+            // pushes for a guild's offline members.
+            presence_push_max_members: 250,
             max_group_actors: 20_000,
             max_session_actors: 100_000,
         }

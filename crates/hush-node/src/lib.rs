@@ -428,6 +428,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningNode,
         SessionLimits {
             max_connections_per_user: config.limits.max_connections_per_user,
             presence_grace_ms: config.actors.presence_grace_ms,
+            presence_push_max_members: config.actors.presence_push_max_members,
             max_session_actors: config.actors.max_session_actors,
         },
     ));

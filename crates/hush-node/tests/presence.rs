@@ -189,6 +189,79 @@ async fn presence_flips_after_the_grace_period_and_a_quick_reconnect_does_not_fl
     node.stop().await;
 }
 
+/// A group with more member devices than `actors.presence_push_max_members`
+/// gets no presence pushes (a push per member per change is O(n^2) as a big
+/// group forms); its members still get `GetPresence`, and a small group
+/// shared with the same user still gets the pushes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_above_the_push_limit_ask_for_presence_instead() {
+    let (node, clock, _dir) = start_node(|c| {
+        c.actors.presence_grace_ms = GRACE_MS;
+        c.actors.presence_push_max_members = 2;
+    })
+    .await;
+    let url = url(&node);
+    let root = tempfile::tempdir().unwrap();
+    let mut alice = client_over(root.path(), &url, "alice", Transport::Ws).await;
+    let mut bob = client_over(root.path(), &url, "bob", Transport::Ws).await;
+    let mut carol = client_over(root.path(), &url, "carol", Transport::Ws).await;
+    let mut dave = client_over(root.path(), &url, "dave", Transport::Ws).await;
+    // carol and bob: two devices, at the limit, pushed.
+    group(&mut carol, &mut [&mut bob], "pair").await;
+    // alice, carol and dave: three devices, above it.
+    let big = alice.create_group("big").await.expect("create").group_id;
+    let big_hex = hex::encode(&big);
+    alice
+        .add_members(&big_hex, &["carol".to_string(), "dave".to_string()])
+        .await
+        .expect("add");
+    pump_until(&mut carol, "the welcome", |c| is_member(c, &big)).await;
+    pump_until(&mut dave, "the welcome", |c| is_member(c, &big)).await;
+    carol.send_text(&big_hex, "hi").await.expect("send");
+    pump_until(&mut alice, "carol's message", |c| has_text(c, &big, "hi")).await;
+
+    // carol goes offline, then comes back: bob (the pair) is told both,
+    // and alice, after each, gets a later message of the big group but
+    // nothing of carol (one connection's frames arrive in order).
+    carol.close().await;
+    pump_advancing(&mut bob, &clock, GRACE_MS, "carol offline", |c| {
+        c.live().presence("carol") == Some(false)
+    })
+    .await;
+    dave.send_text(&big_hex, "after offline")
+        .await
+        .expect("send");
+    pump_until(&mut alice, "the first marker", |c| {
+        has_text(c, &big, "after offline")
+    })
+    .await;
+    carol.connect().await.expect("reconnect");
+    pump_until(&mut bob, "carol online", |c| {
+        c.live().presence("carol") == Some(true)
+    })
+    .await;
+    dave.send_text(&big_hex, "after online")
+        .await
+        .expect("send");
+    pump_until(&mut alice, "the second marker", |c| {
+        has_text(c, &big, "after online")
+    })
+    .await;
+    let alice_heard = alice.live_mut().take_changes();
+    assert!(
+        alice_heard.is_empty(),
+        "a group above the limit got pushes: {alice_heard:?}"
+    );
+
+    // Asked, the big group answers: carol (joined, back online) is online.
+    let snapshot = alice.refresh_presence(&big_hex).await.expect("presence");
+    assert!(
+        snapshot.contains(&("carol".to_string(), true)),
+        "{snapshot:?}"
+    );
+    node.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typing_reaches_online_members_and_never_the_store() {
     let (node, _clock, dir) = start_node(|_| {}).await;

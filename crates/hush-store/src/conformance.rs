@@ -2452,7 +2452,12 @@ pub async fn sync_start_and_co_members_agree_with_their_parts(store: Arc<dyn Sto
     // Added is not joined: nobody but alice has joined anything yet.
     let co = |user: &'static str| {
         let store = store.clone();
-        async move { store.co_member_devices(user).await.expect("co-members") }
+        async move {
+            store
+                .co_member_devices(user, usize::MAX)
+                .await
+                .expect("co-members")
+        }
     };
     assert!(co("bob").await.is_empty(), "bob joined nothing yet");
     assert!(co("dave").await.is_empty(), "dave joined nothing yet");
@@ -2465,6 +2470,31 @@ pub async fn sync_start_and_co_members_agree_with_their_parts(store: Arc<dyn Sto
             member("dave", "dave-1"),
         ]
     );
+    // Groups above the size asked for are left out: g1 has 4 member
+    // devices, g2 has 2.
+    for (max, expected) in [
+        (4, co("alice").await),
+        (3, vec![member("dave", "dave-1")]),
+        (1, vec![]),
+    ] {
+        assert_eq!(
+            store
+                .co_member_devices("alice", max)
+                .await
+                .expect("co-members"),
+            expected,
+            "at most {max}"
+        );
+    }
+    assert_eq!(
+        store.group_members(b"g2").await.expect("members"),
+        vec![member("alice", "alice-1"), member("dave", "dave-1")]
+    );
+    assert!(store
+        .group_members(b"missing")
+        .await
+        .expect("members")
+        .is_empty());
     // One of bob's devices acks the commit that added it: bob joined g1.
     store
         .set_cursor("bob-2", b"g1", added)

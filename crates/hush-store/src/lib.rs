@@ -594,11 +594,25 @@ pub trait Store: Send + Sync + 'static {
             inbox: self.read_inbox(device_id, inbox_after, inbox_limit).await?,
         })
     }
+    /// The members of a group, sorted (empty if there is no such group):
+    /// [`Store::group`]'s list without its state, GroupInfo and tree.
+    async fn group_members(&self, group_id: &[u8]) -> Result<Vec<MemberDevice>> {
+        Ok(self
+            .group(group_id)
+            .await?
+            .map(|g| g.members)
+            .unwrap_or_default())
+    }
     /// Every device of every other user that shares with `user_id` a group
-    /// one of the user's devices joined (see [`joined_groups`]), sorted.
-    /// Asked on every presence change; this default takes a round trip per
-    /// device and per group, SQLite one read.
-    async fn co_member_devices(&self, user_id: &str) -> Result<Vec<MemberDevice>> {
+    /// one of the user's devices joined (see [`joined_groups`]) and that
+    /// has at most `max_group_members` member devices, sorted. Asked on
+    /// every presence change; this default takes a round trip per device
+    /// and per group, SQLite one read.
+    async fn co_member_devices(
+        &self,
+        user_id: &str,
+        max_group_members: usize,
+    ) -> Result<Vec<MemberDevice>> {
         let mut groups = BTreeSet::new();
         for d in self.devices_of_user(user_id).await? {
             let cursors = self.cursors(&d.device_id).await?;
@@ -609,8 +623,9 @@ pub trait Store: Send + Sync + 'static {
         }
         let mut devices = BTreeSet::new();
         for g in groups {
-            if let Some(record) = self.group(&g).await? {
-                devices.extend(record.members.into_iter().filter(|m| m.user_id != user_id));
+            let members = self.group_members(&g).await?;
+            if members.len() <= max_group_members {
+                devices.extend(members.into_iter().filter(|m| m.user_id != user_id));
             }
         }
         Ok(devices.into_iter().collect())

@@ -503,7 +503,16 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn co_member_devices(&self, user_id: &str) -> Result<Vec<MemberDevice>> {
+    async fn group_members(&self, group_id: &[u8]) -> Result<Vec<MemberDevice>> {
+        let id = group_id.to_vec();
+        self.read(move |c| groups::read_members(c, &id)).await
+    }
+
+    async fn co_member_devices(
+        &self,
+        user_id: &str,
+        max_group_members: usize,
+    ) -> Result<Vec<MemberDevice>> {
         let id = user_id.to_string();
         self.read(move |c| {
             let tx = c
@@ -518,7 +527,9 @@ impl Store for SqliteStore {
             let mut devices = BTreeSet::new();
             for g in joined {
                 let members = groups::read_members(&tx, &g)?;
-                devices.extend(members.into_iter().filter(|m| m.user_id != id));
+                if members.len() <= max_group_members {
+                    devices.extend(members.into_iter().filter(|m| m.user_id != id));
+                }
             }
             Ok(devices.into_iter().collect())
         })

@@ -72,6 +72,8 @@ pub const SESSION_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct SessionLimits {
     pub max_connections_per_user: usize,
     pub presence_grace_ms: u64,
+    /// Presence is pushed to groups of at most this many member devices.
+    pub presence_push_max_members: usize,
     /// The most SessionActors this node runs at once.
     pub max_session_actors: usize,
 }

@@ -12,7 +12,10 @@
 //!
 //! An announcement is one `PresenceEvent` frame to every device of every
 //! other user that shares a joined group with the user, read from the store
-//! at the moment of the change, delivered as [`Outbound::Ephemeral`]
+//! at the moment of the change, in groups of at most
+//! `actors.presence_push_max_members` member devices (in a larger group a
+//! push per member per change is O(n^2) as the group forms: members ask
+//! with `GetPresence` instead, as Discord's large guilds do), delivered as [`Outbound::Ephemeral`]
 //! (written only to connections that are live and synced, never replayed).
 //! Best effort: a store error is logged, and the next change says it
 //! again. Presence is metadata the server sees (ARCHITECTURE.md, "What the
@@ -54,7 +57,8 @@ impl Sessions {
 
     async fn push_to_co_members(&self, user_id: &str, online: bool) {
         // Every device of every other user sharing a group the user joined.
-        let devices = match self.store.co_member_devices(user_id).await {
+        let max = self.limits.presence_push_max_members;
+        let devices = match self.store.co_member_devices(user_id, max).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(user = %user_id, error = %e, "presence: reading co-members failed");
@@ -79,13 +83,12 @@ impl Sessions {
                 return;
             }
         }
-        let devices: Vec<MemberDevice> = match self.store.group(group_id).await {
-            Ok(Some(g)) => g
-                .members
+        let devices: Vec<MemberDevice> = match self.store.group_members(group_id).await {
+            Ok(members) if members.len() <= self.limits.presence_push_max_members => members
                 .into_iter()
                 .filter(|m| m.user_id != user_id)
                 .collect(),
-            Ok(None) => return,
+            Ok(_) => return,
             Err(e) => {
                 tracing::warn!(user = %user_id, error = %e, "presence: reading the group failed");
                 return;
