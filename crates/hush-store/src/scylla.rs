@@ -170,6 +170,9 @@ mod store;
 pub use store::{lease_decision, members_of, next_members, Mode, Pending, STATEMENTS};
 
 /// The versioned schema: (version, CQL), applied in order at open.
+/// Statements are `CREATE TABLE IF NOT EXISTS` (idempotent by itself) or
+/// `ALTER TABLE t ADD c type`, which the migration runs only when the
+/// column is missing (see [`added_column`]).
 pub const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../cql/0001_init.cql")),
     (2, include_str!("../cql/0002_last_resort_claims.cql")),
@@ -362,6 +365,30 @@ pub fn split_statements(cql: &str) -> Vec<String> {
         out.push(current.trim().to_string());
     }
     out
+}
+
+/// The (table, column) an `ALTER TABLE <table> ADD <column> <type>`
+/// migration statement adds; `None` for any other statement. CQL has no
+/// portable `ADD IF NOT EXISTS` (Cassandra 5 has it, ScyllaDB does not), so
+/// the migration runs such a statement only when the column is missing.
+pub fn added_column(statement: &str) -> Option<(&str, &str)> {
+    let mut words = statement.split_whitespace();
+    let keyword = |w: Option<&str>, k: &str| w.is_some_and(|w| w.eq_ignore_ascii_case(k));
+    if !keyword(words.next(), "ALTER") || !keyword(words.next(), "TABLE") {
+        return None;
+    }
+    let table = words.next()?;
+    if !keyword(words.next(), "ADD") {
+        return None;
+    }
+    let column = words.next()?;
+    let is_name = |n: &str| {
+        !n.is_empty()
+            && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !n.eq_ignore_ascii_case("IF")
+    };
+    // One column and its type: no `IF NOT EXISTS`, no `(a int, b int)`.
+    (is_name(table) && is_name(column) && words.next().is_some()).then_some((table, column))
 }
 
 /// The tables the migrations create, in order.
@@ -657,6 +684,26 @@ mod tests {
         assert!(statements
             .iter()
             .any(|s| s.contains("PRIMARY KEY ((group_id, bucket), seq)")));
+    }
+
+    #[test]
+    fn added_columns_are_told_from_other_statements() {
+        assert_eq!(
+            added_column("ALTER TABLE groups ADD pending_welcome frozen<tuple<bigint, blob>>"),
+            Some(("groups", "pending_welcome"))
+        );
+        assert_eq!(added_column("alter  table t\n add c int"), Some(("t", "c")));
+        for other in [
+            "CREATE TABLE IF NOT EXISTS t (a int PRIMARY KEY)",
+            "ALTER TABLE t ADD IF NOT EXISTS c int",
+            "ALTER TABLE t ADD (a int, b int)",
+            "ALTER TABLE t DROP c",
+            "ALTER TABLE t ADD c",
+            "ALTER TABLE t WITH comment = 'x'",
+            "ALTER TABLE",
+        ] {
+            assert_eq!(added_column(other), None, "{other}");
+        }
     }
 
     #[test]

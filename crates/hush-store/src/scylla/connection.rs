@@ -12,6 +12,7 @@ use std::time::Duration;
 use ::scylla::client::execution_profile::ExecutionProfile;
 use ::scylla::client::session::Session;
 use ::scylla::client::session_builder::SessionBuilder;
+use ::scylla::errors::ExecutionError;
 use ::scylla::policies::retry::DefaultRetryPolicy;
 use ::scylla::statement::unprepared::Statement;
 use ::scylla::statement::{Consistency, SerialConsistency};
@@ -19,8 +20,8 @@ use ::scylla::statement::{Consistency, SerialConsistency};
 use super::error::exec_error;
 use super::store::Prepared;
 use super::{
-    create_keyspace_cql, server_from, split_statements, ConsistencyLevel, ScyllaConfig, Server,
-    MIGRATIONS,
+    added_column, create_keyspace_cql, server_from, split_statements, ConsistencyLevel,
+    ScyllaConfig, Server, MIGRATIONS,
 };
 use crate::{Result, StoreError};
 
@@ -172,7 +173,7 @@ pub(super) async fn establish(config: &ScyllaConfig) -> Result<Connected> {
         .use_keyspace(&config.keyspace, false)
         .await
         .map_err(|e| StoreError::Unavailable(format!("use keyspace: {e}")))?;
-    migrate(&session).await?;
+    migrate(&session, &config.keyspace).await?;
     let serial_read = match config.consistency.serial() {
         SerialConsistency::LocalSerial => Consistency::LocalSerial,
         SerialConsistency::Serial => Consistency::Serial,
@@ -221,14 +222,14 @@ pub(super) async fn detect_server(session: &Session) -> Result<Server> {
     Ok(server_from(&tables, features.as_deref()))
 }
 
-/// Applies every migration newer than the recorded schema version. Every
-/// statement is `IF NOT EXISTS`, so two nodes migrating at once, or a
-/// migration interrupted half-way, converge on re-run.
-async fn migrate(session: &Session) -> Result<()> {
+/// Applies every migration, each statement idempotently (`IF NOT EXISTS`,
+/// or an added column only when it is missing: see [`apply`]), so two
+/// nodes migrating at once, or a migration interrupted half-way, converge
+/// on re-run.
+async fn migrate(session: &Session, keyspace: &str) -> Result<()> {
     for (version, cql) in MIGRATIONS {
         for statement in split_statements(cql) {
-            session
-                .query_unpaged(schema_change(statement), ())
+            apply(session, keyspace, &statement)
                 .await
                 .map_err(|e| exec_error(&format!("schema v{version}"), e))?;
         }
@@ -241,4 +242,51 @@ async fn migrate(session: &Session) -> Result<()> {
             .map_err(|e| exec_error(&format!("record schema v{version}"), e))?;
     }
     Ok(())
+}
+
+/// Runs one migration statement. An `ALTER TABLE ... ADD` ([`added_column`])
+/// runs only when the column is missing, and its failure counts as success
+/// when the column is there afterwards (another node added it meanwhile).
+async fn apply(
+    session: &Session,
+    keyspace: &str,
+    statement: &str,
+) -> std::result::Result<(), ExecutionError> {
+    let Some((table, column)) = added_column(statement) else {
+        return session
+            .query_unpaged(schema_change(statement), ())
+            .await
+            .map(drop);
+    };
+    if has_column(session, keyspace, table, column).await? {
+        return Ok(());
+    }
+    match session.query_unpaged(schema_change(statement), ()).await {
+        Ok(_) => Ok(()),
+        Err(e) => match has_column(session, keyspace, table, column).await {
+            Ok(true) => Ok(()),
+            _ => Err(e),
+        },
+    }
+}
+
+/// Whether the schema (as the coordinator knows it) has the column.
+async fn has_column(
+    session: &Session,
+    keyspace: &str,
+    table: &str,
+    column: &str,
+) -> std::result::Result<bool, ExecutionError> {
+    let result = session
+        .query_unpaged(
+            "SELECT column_name FROM system_schema.columns \
+             WHERE keyspace_name = ? AND table_name = ? AND column_name = ?",
+            (keyspace, table, column),
+        )
+        .await?;
+    // A result that is not rows would be a server bug: read it as "missing"
+    // (the ALTER then says what is wrong).
+    Ok(result
+        .into_rows_result()
+        .is_ok_and(|rows| rows.rows_num() > 0))
 }
