@@ -12,7 +12,9 @@
 //! store asks which one it talks to (see "Cassandra and ScyllaDB" below).
 //! Files: `connection.rs` (connecting, in the background too; server kind;
 //! migrations), `error.rs` (driver errors, transient retries), `store.rs`
-//! (the statements and the [`crate::Store`] impl).
+//! (the statements and the [`crate::Store`] impl), `welcome.rs` (Welcomes
+//! stored once per commit: delivered, joined to inbox reads, released on
+//! acks).
 //!
 //! # Design
 //!
@@ -53,9 +55,60 @@
 //!   conditioned on the same `head_seq` (which implies the epoch it read), so
 //!   two commits for one epoch cannot both apply. Side effects outside the
 //!   head partition (device_groups, departures, Welcome inbox items) ride
-//!   in `pending_added` / `pending_departed` / `pending_welcomes` and are
+//!   in `pending_added` / `pending_departed` / `pending_welcome` and are
 //!   replayed idempotently by whoever materializes the entry (Welcomes
 //!   through `welcome_deliveries`, an `IF NOT EXISTS` per device and commit).
+//! - **Welcomes, once per commit.** MLS makes one Welcome per commit and
+//!   every device it adds joins with the commit's ratchet tree, so both are
+//!   stored once, never per device (a copy per device is O(added x group
+//!   size) bytes, and a commit adding 1,000 devices to a large group would
+//!   not fit its LWT under the 16 MB mutation limit):
+//!   - *In the LWT:* the head's `pending_welcome` holds (commit seq, the
+//!     Welcome, the welcomed device ids); the tree is the head's
+//!     `ratchet_tree`, which the same LWT sets. After the group's creation
+//!     only a commit's LWT changes `ratchet_tree`, and it moves `head_seq`,
+//!     which no appender does before materializing the pending entry: so
+//!     while the head is at the commit's seq its tree is the commit's, and
+//!     once the head has moved on the commit is materialized already. The
+//!     appender has the tree at hand; a materializer replaying someone
+//!     else's entry reads it at SERIAL and uses it only if the head is
+//!     still at that seq (otherwise there is nothing left to write). The
+//!     seq in `pending_welcome` keeps a version-2 writer, which replaces
+//!     the entry without knowing the column, from lending an older
+//!     commit's Welcome to a newer entry.
+//!   - *Materialized:* first the `welcomes` row (group_id, commit_seq) with
+//!     the Welcome, the tree and `waiting += ` the welcomed devices that
+//!     have no `welcome_deliveries` row yet (one upsert of fixed values,
+//!     QUORUM), then per device its delivery and an `inbox` row that refers
+//!     to (group_id, commit_seq) without blobs. So a Welcome row, with the
+//!     device in `waiting`, exists before any inbox row refers to it.
+//!   - *Read:* `read_inbox` reads the page, then each distinct Welcome it
+//!     refers to once (QUORUM, like the write). Inbox rows written before
+//!     version 3 carry their own `welcome` and `ratchet_tree` and are read
+//!     as they are; a head a version-2 binary left pending
+//!     (`pending_welcomes`, a copy per device) is delivered that way too.
+//!   - *Deleted:* a refcount is not idempotent (a replayed materialization
+//!     or a retried ack would count twice), a set is: `ack_inbox` first
+//!     takes its device out of `waiting` of each Welcome its acknowledged
+//!     items refer to and deletes the Welcome row when `waiting` reads
+//!     empty, then deletes the items (a crash in between leaves them for
+//!     the retried ack). A device enters `waiting` before its item exists
+//!     and leaves it only by acknowledging that item, so a Welcome row is
+//!     never deleted while an unacknowledged item refers to it. A replay of
+//!     the commit can write an item again after its ack, as it always
+//!     could; if its Welcome is gone, `read_inbox` skips it as the
+//!     acknowledged item it is (and reads on to fill the page), and the
+//!     device's next ack deletes it.
+//!   - *What the server keeps:* a Welcome and its tree until the last
+//!     device it welcomes acknowledges it, as the SQLite backend does.
+//!     Longer only for a device that never acknowledges (gone, revoked),
+//!     and after rare races (a materializer stalled across every ack, an
+//!     ack past an item whose row was not written yet): then for good, as
+//!     no TTL is set (a TTL would take the Welcome of an item still
+//!     waiting). That is acceptable: a Welcome's group secrets are
+//!     HPKE-encrypted to one-time KeyPackage init keys, which a device
+//!     deletes once it has joined, and the tree is public group state
+//!     (the commits in the timeline rebuild it).
 //! - **KeyPackage claim.** `DELETE FROM key_packages ... IF EXISTS` on the
 //!   oldest row: exactly one concurrent claimer sees `[applied]`; the others
 //!   move to the next row. `key_package_refs` (inserted `IF NOT EXISTS`)
@@ -145,7 +198,9 @@
 //! - `consistency = "one"` applies to listings (devices, groups of a
 //!   device, cursors, inbox reads) only: whatever the seq invariant relies
 //!   on (materializing entries, the client_msg_id lookup, timeline reads)
-//!   runs at QUORUM regardless, and LWTs at SERIAL.
+//!   and the `welcomes` rows (written before the inbox rows that refer to
+//!   them, read for them, released by acks) run at QUORUM regardless, and
+//!   LWTs at SERIAL.
 //! - `read_timeline` and `group` read the head at SERIAL (a Paxos read per
 //!   call); `devices_of_user` is one read per device.
 //! - An LWT whose outcome is unknown (its coordinator died, or it timed
@@ -168,6 +223,8 @@ mod error;
 pub use connection::{schema_change, SCHEMA_CHANGE_TIMEOUT};
 mod store;
 pub use store::{lease_decision, members_of, next_members, Mode, Pending, STATEMENTS};
+mod welcome;
+pub use welcome::PendingWelcome;
 
 /// The versioned schema: (version, CQL), applied in order at open.
 /// Statements are `CREATE TABLE IF NOT EXISTS` (idempotent by itself) or
@@ -176,10 +233,14 @@ pub use store::{lease_decision, members_of, next_members, Mode, Pending, STATEME
 pub const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../cql/0001_init.cql")),
     (2, include_str!("../cql/0002_last_resort_claims.cql")),
+    (3, include_str!("scylla/0003_welcomes.cql")),
 ];
 
-/// The schema version this binary writes.
-pub const SCHEMA_VERSION: i32 = 2;
+/// The schema version this binary writes. Version 3 stores a commit's
+/// Welcome once (`welcomes`, `groups.pending_welcome`); binaries of
+/// version 2 cannot read its inbox rows, so stop them before version 3
+/// serves.
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// The consistency level of ordinary reads and writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -654,20 +715,26 @@ mod tests {
         }
         assert_eq!(split_statements(MIGRATIONS[0].1).len(), 18);
         assert_eq!(split_statements(MIGRATIONS[1].1).len(), 1);
+        assert_eq!(split_statements(MIGRATIONS[2].1).len(), 2);
         let statements: Vec<String> = MIGRATIONS
             .iter()
             .flat_map(|(_, cql)| split_statements(cql))
             .collect();
+        let mut added = Vec::new();
         for s in &statements {
-            assert!(
-                s.starts_with("CREATE TABLE IF NOT EXISTS "),
-                "not idempotent: {s}"
-            );
+            match added_column(s) {
+                Some(column) => added.push(column),
+                None => assert!(
+                    s.starts_with("CREATE TABLE IF NOT EXISTS "),
+                    "not idempotent: {s}"
+                ),
+            }
             assert!(!s.contains("--"), "comment left in: {s}");
             assert!(!s.contains(';'), "separator left in: {s}");
         }
+        assert_eq!(added, vec![("groups", "pending_welcome")]);
         let tables = schema_tables();
-        assert_eq!(tables.len(), statements.len());
+        assert_eq!(tables.len(), statements.len() - added.len());
         for needed in [
             "schema_version",
             "groups",
@@ -675,6 +742,7 @@ mod tests {
             "client_msgs",
             "inbox",
             "last_resort_claims",
+            "welcomes",
         ] {
             assert!(
                 tables.iter().any(|t| t == needed),

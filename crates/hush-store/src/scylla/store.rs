@@ -19,6 +19,7 @@ use async_trait::async_trait;
 use futures_util::TryStreamExt;
 
 use super::error::{exec_error, next_row_error, pager_error, prepare_error, Transient};
+use super::welcome::PendingWelcome;
 use super::{
     bucket_of, bucket_range, from_bigint, to_bigint, ttl_seconds, ScyllaStore, TimelineRow,
 };
@@ -30,8 +31,11 @@ use crate::{
 
 /// A group's members as stored: device_id -> (user_id, joined_seq).
 pub type MemberMap = HashMap<String, (String, i64)>;
-/// A commit's Welcomes: device_id -> (welcome, ratchet_tree).
+/// A commit's Welcomes as a version-2 binary left them pending (a copy
+/// per device): device_id -> (welcome, ratchet_tree).
 pub type Welcomes = HashMap<String, (Vec<u8>, Vec<u8>)>;
+/// The head's `pending_welcome`: (commit seq, Welcome, welcomed devices).
+type WelcomeCell = (i64, Vec<u8>, BTreeSet<String>);
 /// Departed devices: device_id -> joined_seq.
 pub type Departed = HashMap<String, i64>;
 
@@ -112,12 +116,13 @@ pub const STATEMENTS: &[(&str, Mode, &str)] = &[
     ("lr_claim_clear", Mode::Lwt, "DELETE FROM last_resort_claims WHERE device_id = ? IF EXISTS"),
     ("group_insert", Mode::Lwt, "INSERT INTO groups (group_id, epoch, state, group_info, ratchet_tree, head_seq, lease_owner, lease_token, lease_expires_ms, members) VALUES (?, ?, ?, ?, ?, 0, '', 0, 0, ?) IF NOT EXISTS"),
     ("group_get", Mode::SerialRead, "SELECT epoch, state, group_info, ratchet_tree, head_seq, members FROM groups WHERE group_id = ?"),
-    ("head_get", Mode::SerialRead, "SELECT epoch, head_seq, lease_owner, lease_token, lease_expires_ms, members, pending_seq, pending_kind, pending_epoch, pending_sender, pending_cmid, pending_message, pending_time_ms, pending_added, pending_departed, pending_welcomes FROM groups WHERE group_id = ?"),
+    ("head_get", Mode::SerialRead, "SELECT epoch, head_seq, lease_owner, lease_token, lease_expires_ms, members, pending_seq, pending_kind, pending_epoch, pending_sender, pending_cmid, pending_message, pending_time_ms, pending_added, pending_departed, pending_welcomes, pending_welcome FROM groups WHERE group_id = ?"),
+    ("head_tree_get", Mode::SerialRead, "SELECT head_seq, ratchet_tree FROM groups WHERE group_id = ?"),
     ("lease_set", Mode::Lwt, "UPDATE groups SET lease_owner = ?, lease_token = ?, lease_expires_ms = ? WHERE group_id = ? IF lease_owner = ? AND lease_token = ?"),
     ("lease_release", Mode::Lwt, "UPDATE groups SET lease_expires_ms = 0 WHERE group_id = ? IF lease_owner = ? AND lease_token = ?"),
-    ("append_message", Mode::Lwt, "UPDATE groups SET head_seq = ?, pending_seq = ?, pending_kind = ?, pending_epoch = ?, pending_sender = ?, pending_cmid = ?, pending_message = ?, pending_time_ms = ?, pending_added = null, pending_departed = null, pending_welcomes = null WHERE group_id = ? IF head_seq = ? AND lease_token = ?"),
-    ("append_proposal", Mode::Lwt, "UPDATE groups SET head_seq = ?, pending_seq = ?, pending_kind = ?, pending_epoch = ?, pending_sender = ?, pending_cmid = ?, pending_message = ?, pending_time_ms = ?, pending_added = null, pending_departed = null, pending_welcomes = null, state = ? WHERE group_id = ? IF head_seq = ? AND lease_token = ?"),
-    ("append_commit", Mode::Lwt, "UPDATE groups SET head_seq = ?, pending_seq = ?, pending_kind = ?, pending_epoch = ?, pending_sender = ?, pending_cmid = ?, pending_message = ?, pending_time_ms = ?, pending_added = ?, pending_departed = ?, pending_welcomes = ?, epoch = ?, state = ?, group_info = ?, ratchet_tree = ?, members = ? WHERE group_id = ? IF head_seq = ? AND lease_token = ?"),
+    ("append_message", Mode::Lwt, "UPDATE groups SET head_seq = ?, pending_seq = ?, pending_kind = ?, pending_epoch = ?, pending_sender = ?, pending_cmid = ?, pending_message = ?, pending_time_ms = ?, pending_added = null, pending_departed = null, pending_welcomes = null, pending_welcome = null WHERE group_id = ? IF head_seq = ? AND lease_token = ?"),
+    ("append_proposal", Mode::Lwt, "UPDATE groups SET head_seq = ?, pending_seq = ?, pending_kind = ?, pending_epoch = ?, pending_sender = ?, pending_cmid = ?, pending_message = ?, pending_time_ms = ?, pending_added = null, pending_departed = null, pending_welcomes = null, pending_welcome = null, state = ? WHERE group_id = ? IF head_seq = ? AND lease_token = ?"),
+    ("append_commit", Mode::Lwt, "UPDATE groups SET head_seq = ?, pending_seq = ?, pending_kind = ?, pending_epoch = ?, pending_sender = ?, pending_cmid = ?, pending_message = ?, pending_time_ms = ?, pending_added = ?, pending_departed = ?, pending_welcomes = null, pending_welcome = ?, epoch = ?, state = ?, group_info = ?, ratchet_tree = ?, members = ? WHERE group_id = ? IF head_seq = ? AND lease_token = ?"),
     ("timeline_insert", Mode::Quorum, "INSERT INTO timeline (group_id, bucket, seq, kind, epoch, sender, client_msg_id, message, server_time_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?"),
     ("timeline_read", Mode::Quorum, super::SELECT_TIMELINE),
     ("cmid_insert", Mode::Quorum, "INSERT INTO client_msgs (group_id, client_msg_id, seq) VALUES (?, ?, ?) USING TTL ?"),
@@ -140,9 +145,16 @@ pub const STATEMENTS: &[(&str, Mode, &str)] = &[
     ("counter_get", Mode::SerialRead, "SELECT last_seq FROM inbox_counters WHERE device_id = ?"),
     ("counter_init", Mode::Lwt, "INSERT INTO inbox_counters (device_id, last_seq) VALUES (?, 1) IF NOT EXISTS"),
     ("counter_bump", Mode::Lwt, "UPDATE inbox_counters SET last_seq = ? WHERE device_id = ? IF last_seq = ?"),
-    ("inbox_insert", Mode::Quorum, "INSERT INTO inbox (device_id, inbox_seq, group_id, commit_seq, welcome, ratchet_tree) VALUES (?, ?, ?, ?, ?, ?)"),
+    ("inbox_insert", Mode::Quorum, "INSERT INTO inbox (device_id, inbox_seq, group_id, commit_seq) VALUES (?, ?, ?, ?)"),
+    ("inbox_insert_inline", Mode::Quorum, "INSERT INTO inbox (device_id, inbox_seq, group_id, commit_seq, welcome, ratchet_tree) VALUES (?, ?, ?, ?, ?, ?)"),
     ("inbox_read", Mode::Idempotent, "SELECT inbox_seq, group_id, commit_seq, welcome, ratchet_tree FROM inbox WHERE device_id = ? AND inbox_seq > ?"),
+    ("inbox_refs", Mode::Quorum, "SELECT group_id, commit_seq FROM inbox WHERE device_id = ? AND inbox_seq <= ?"),
     ("inbox_ack", Mode::Idempotent, "DELETE FROM inbox WHERE device_id = ? AND inbox_seq <= ?"),
+    ("welcome_put", Mode::Quorum, "UPDATE welcomes SET welcome = ?, ratchet_tree = ?, waiting = waiting + ? WHERE group_id = ? AND commit_seq = ?"),
+    ("welcome_get", Mode::Quorum, "SELECT welcome, ratchet_tree FROM welcomes WHERE group_id = ? AND commit_seq = ?"),
+    ("welcome_unwait", Mode::Quorum, "UPDATE welcomes SET waiting = waiting - ? WHERE group_id = ? AND commit_seq = ?"),
+    ("welcome_waiting", Mode::Quorum, "SELECT waiting FROM welcomes WHERE group_id = ? AND commit_seq = ?"),
+    ("welcome_delete", Mode::Quorum, "DELETE FROM welcomes WHERE group_id = ? AND commit_seq = ?"),
     ("ready_probe", Mode::Quorum, "SELECT version FROM schema_version WHERE version = ?"),
 ];
 
@@ -204,6 +216,7 @@ struct HeadRow {
     pending_added: Option<BTreeSet<String>>,
     pending_departed: Option<HashMap<String, i64>>,
     pending_welcomes: Option<Welcomes>,
+    pending_welcome: Option<WelcomeCell>,
 }
 
 /// The last appended entry as it sits in the head, with its side effects.
@@ -212,7 +225,12 @@ pub struct Pending {
     pub row: TimelineRow,
     pub added: BTreeSet<String>,
     pub departed: HashMap<String, i64>,
-    pub welcomes: Welcomes,
+    /// A commit's Welcome, stored once for the devices it welcomes.
+    pub welcome: Option<PendingWelcome>,
+    /// A commit's Welcomes as a version-2 binary left them pending: they
+    /// are delivered as that binary would have (inline, see
+    /// [`Welcomes`]).
+    pub legacy_welcomes: Welcomes,
 }
 
 impl HeadRow {
@@ -234,7 +252,14 @@ impl HeadRow {
             },
             added: self.pending_added.clone().unwrap_or_default(),
             departed: self.pending_departed.clone().unwrap_or_default(),
-            welcomes: self.pending_welcomes.clone().unwrap_or_default(),
+            // Only the Welcome of this very entry: a writer that does not
+            // know the column (version 2) leaves an older one in place.
+            welcome: self
+                .pending_welcome
+                .clone()
+                .filter(|(welcome_seq, _, _)| *welcome_seq == seq)
+                .map(|(_, welcome, devices)| PendingWelcome { welcome, devices }),
+            legacy_welcomes: self.pending_welcomes.clone().unwrap_or_default(),
         })
     }
 }
@@ -327,7 +352,8 @@ impl<'a> Change<'a> {
             row,
             added: BTreeSet::new(),
             departed: HashMap::new(),
-            welcomes: HashMap::new(),
+            welcome: None,
+            legacy_welcomes: HashMap::new(),
         };
         let change = match *self {
             Change::Message => HeadChange::Message,
@@ -338,15 +364,16 @@ impl<'a> Change<'a> {
                     next_members(&current, &write.members, pending.row.seq);
                 pending.added = added;
                 pending.departed = departed;
-                pending.welcomes = write
+                // One Welcome for all the devices it adds (the tree is the
+                // head's, set by the same LWT): never a copy per device.
+                pending.welcome = write
                     .welcome
-                    .iter()
-                    .flat_map(|x| {
-                        x.device_ids
-                            .iter()
-                            .map(|d| (d.clone(), (x.welcome.clone(), write.ratchet_tree.clone())))
-                    })
-                    .collect();
+                    .as_ref()
+                    .filter(|w| !w.device_ids.is_empty())
+                    .map(|w| PendingWelcome {
+                        welcome: w.welcome.clone(),
+                        devices: w.device_ids.iter().cloned().collect(),
+                    });
                 HeadChange::Commit {
                     write,
                     new_epoch: to_bigint(write.new_epoch, "epoch")?,
@@ -457,7 +484,7 @@ impl ScyllaStore {
     /// errors, up to [`super::error::TRANSIENT_RETRIES`] times; the driver
     /// itself never retries SERIAL reads, and a node that just died takes
     /// its in-flight requests with it.
-    async fn run(&self, name: &str, values: impl SerializeRow) -> Result<QueryResult> {
+    pub(super) async fn run(&self, name: &str, values: impl SerializeRow) -> Result<QueryResult> {
         let connected = self.link.require(&self.config)?;
         let (statement, mode) = connected.prepared.get(name)?;
         let mut transient = Transient::new();
@@ -493,7 +520,7 @@ impl ScyllaStore {
         }
     }
 
-    async fn one<R>(&self, name: &str, values: impl SerializeRow) -> Result<Option<R>>
+    pub(super) async fn one<R>(&self, name: &str, values: impl SerializeRow) -> Result<Option<R>>
     where
         R: for<'f, 'm> ::scylla::deserialize::row::DeserializeRow<'f, 'm>,
     {
@@ -507,7 +534,12 @@ impl ScyllaStore {
 
     /// Reads up to `limit` rows, page by page; starts over after a
     /// transient error (reads are safe to repeat).
-    async fn all<R>(&self, name: &str, values: impl SerializeRow, limit: usize) -> Result<Vec<R>>
+    pub(super) async fn all<R>(
+        &self,
+        name: &str,
+        values: impl SerializeRow,
+        limit: usize,
+    ) -> Result<Vec<R>>
     where
         R: for<'f, 'm> ::scylla::deserialize::row::DeserializeRow<'f, 'm> + Send + 'static,
     {
@@ -561,8 +593,10 @@ impl ScyllaStore {
 
     /// Writes a pending entry (and a commit's side effects) where readers
     /// look for it. Every write is an idempotent upsert of fixed values, so
-    /// any number of materializers may race.
-    async fn materialize(&self, group_id: &[u8], p: &Pending) -> Result<()> {
+    /// any number of materializers may race. `tree`: the commit's ratchet
+    /// tree, when the caller has it (the appender of the entry); others
+    /// read it from the head if they need it.
+    async fn materialize(&self, group_id: &[u8], p: &Pending, tree: Option<&[u8]>) -> Result<()> {
         let r = &p.row;
         let seq = from_bigint(r.seq, "seq")?;
         let bucket = to_bigint(bucket_of(seq, self.config.bucket_size), "bucket")?;
@@ -596,48 +630,58 @@ impl ScyllaStore {
                 .await?;
             self.run("dg_delete", (r.seq + 1, device, group_id)).await?;
         }
-        for (device, (welcome, tree)) in &p.welcomes {
-            self.deliver_welcome(device, group_id, r.seq, welcome, tree)
-                .await?;
+        if let Some(welcome) = &p.welcome {
+            self.deliver_welcome(group_id, r.seq, welcome, tree).await?;
+        }
+        for (device, (welcome, tree)) in &p.legacy_welcomes {
+            let inbox_seq = match self.delivered(device, group_id, r.seq).await? {
+                Some(n) => n,
+                None => self.deliver(device, group_id, r.seq).await?,
+            };
+            self.run(
+                "inbox_insert_inline",
+                (device, inbox_seq, group_id, r.seq, welcome, tree),
+            )
+            .await?;
         }
         Ok(())
     }
 
-    /// Puts a Welcome in a device's inbox exactly once per commit.
-    async fn deliver_welcome(
+    /// The inbox seq the device's Welcome of commit `commit_seq` got, if it
+    /// got one.
+    pub(super) async fn delivered(
         &self,
         device: &str,
         group_id: &[u8],
         commit_seq: i64,
-        welcome: &[u8],
-        tree: &[u8],
-    ) -> Result<()> {
-        let key = (device, group_id, commit_seq);
-        let inbox_seq = match self.one::<(i64,)>("delivery_get", key).await? {
-            Some((n,)) => n,
-            None => {
-                let n = self.next_inbox_seq(device).await?;
-                if self
-                    .lwt("delivery_insert", (device, group_id, commit_seq, n))
-                    .await?
-                {
-                    n
-                } else {
-                    // Another materializer won; `n` stays unused (inbox
-                    // seqs only grow, gaps are allowed).
-                    self.one::<(i64,)>("delivery_get", key)
-                        .await?
-                        .map(|(n,)| n)
-                        .ok_or_else(|| backend("welcome delivery", "vanished"))?
-                }
-            }
-        };
-        self.run(
-            "inbox_insert",
-            (device, inbox_seq, group_id, commit_seq, welcome, tree),
-        )
-        .await?;
-        Ok(())
+    ) -> Result<Option<i64>> {
+        Ok(self
+            .one::<(i64,)>("delivery_get", (device, group_id, commit_seq))
+            .await?
+            .map(|(n,)| n))
+    }
+
+    /// Gives the device's Welcome of commit `commit_seq` an inbox seq,
+    /// exactly once per commit: a new one, or the one a concurrent
+    /// materializer gave it first.
+    pub(super) async fn deliver(
+        &self,
+        device: &str,
+        group_id: &[u8],
+        commit_seq: i64,
+    ) -> Result<i64> {
+        let n = self.next_inbox_seq(device).await?;
+        if self
+            .lwt("delivery_insert", (device, group_id, commit_seq, n))
+            .await?
+        {
+            return Ok(n);
+        }
+        // Another materializer won; `n` stays unused (inbox seqs only grow,
+        // gaps are allowed).
+        self.delivered(device, group_id, commit_seq)
+            .await?
+            .ok_or_else(|| backend("welcome delivery", "vanished"))
     }
 
     async fn next_inbox_seq(&self, device: &str) -> Result<i64> {
@@ -722,7 +766,7 @@ impl ScyllaStore {
         let head = self.head(group_id).await?.ok_or(StoreError::NotFound)?;
         check_fence(&head, fence)?;
         if let Some(p) = head.pending() {
-            self.materialize(group_id, &p).await?;
+            self.materialize(group_id, &p, None).await?;
         }
         if let Some((seq,)) = self
             .one::<(i64,)>("cmid_get", (group_id, &entry.client_msg_id))
@@ -741,7 +785,12 @@ impl ScyllaStore {
         match self.reserve(group_id, &head, fence, &reservation).await {
             Ok(true) => {
                 *ours = true;
-                self.materialize(group_id, &reservation.pending).await?;
+                let tree = match reservation.change {
+                    HeadChange::Commit { write, .. } => Some(write.ratchet_tree.as_slice()),
+                    HeadChange::Message | HeadChange::Proposal { .. } => None,
+                };
+                self.materialize(group_id, &reservation.pending, tree)
+                    .await?;
                 Ok(Some(AppendOutcome::Appended {
                     seq: from_bigint(seq, "seq")?,
                 }))
@@ -767,6 +816,10 @@ impl ScyllaStore {
     ) -> Result<bool> {
         let Reservation { pending, change } = reservation;
         let r = &pending.row;
+        let welcome = pending
+            .welcome
+            .as_ref()
+            .map(|w| (r.seq, &w.welcome, &w.devices));
         // The bind order of the three append statements: the head and the
         // entry, then what the change sets, then the condition.
         let mut values: Vec<&(dyn SerializeValue + Sync)> = vec![
@@ -793,7 +846,7 @@ impl ScyllaStore {
                 values.extend([
                     &pending.added as &(dyn SerializeValue + Sync),
                     &pending.departed,
-                    &pending.welcomes,
+                    &welcome,
                     new_epoch,
                     &write.state,
                     &write.group_info,
@@ -831,29 +884,6 @@ impl TryFrom<DeviceRow> for Device {
             signature_key: r.signature_key,
             token_generation: from_bigint(r.token_generation, "token generation")?,
             created_at_ms: from_bigint(r.created_at_ms, "created_at_ms")?,
-        })
-    }
-}
-
-#[derive(::scylla::DeserializeRow)]
-struct InboxRow {
-    inbox_seq: i64,
-    group_id: Vec<u8>,
-    commit_seq: i64,
-    welcome: Vec<u8>,
-    ratchet_tree: Vec<u8>,
-}
-
-impl TryFrom<InboxRow> for InboxItem {
-    type Error = StoreError;
-
-    fn try_from(r: InboxRow) -> Result<InboxItem> {
-        Ok(InboxItem {
-            inbox_seq: from_bigint(r.inbox_seq, "inbox seq")?,
-            group_id: r.group_id,
-            commit_seq: from_bigint(r.commit_seq, "commit seq")?,
-            welcome: r.welcome,
-            ratchet_tree: r.ratchet_tree,
         })
     }
 }
@@ -1183,7 +1213,7 @@ impl Store for ScyllaStore {
                 // A new owner finishes what a crashed predecessor left
                 // pending (its Welcomes, membership index).
                 if let Some(p) = head.pending() {
-                    self.materialize(group_id, &p).await?;
+                    self.materialize(group_id, &p, None).await?;
                 }
                 return Ok(Lease {
                     owner: owner.to_string(),
@@ -1371,16 +1401,14 @@ impl Store for ScyllaStore {
     }
 
     async fn read_inbox(&self, device_id: &str, after: u64, limit: u32) -> Result<Vec<InboxItem>> {
-        let after = i64::try_from(after).unwrap_or(i64::MAX);
-        self.all::<InboxRow>("inbox_read", (device_id, after), limit as usize)
-            .await?
-            .into_iter()
-            .map(InboxItem::try_from)
-            .collect()
+        self.inbox_page(device_id, after, limit).await
     }
 
     async fn ack_inbox(&self, device_id: &str, upto: u64) -> Result<()> {
         let upto = i64::try_from(upto).unwrap_or(i64::MAX);
+        // The Welcomes first: a crash before the items' delete leaves them
+        // for the retried ack to release again (idempotent).
+        self.release_welcomes(device_id, upto).await?;
         self.run("inbox_ack", (device_id, upto)).await?;
         Ok(())
     }
@@ -1449,7 +1477,7 @@ mod tests {
 
     #[test]
     fn every_statement_the_backend_runs_is_listed() {
-        let source = include_str!("store.rs");
+        let source = [include_str!("store.rs"), include_str!("welcome.rs")].concat();
         let listed: BTreeSet<&str> = STATEMENTS.iter().map(|(n, _, _)| *n).collect();
         for call in [
             ".run(\"",
@@ -1482,6 +1510,11 @@ mod tests {
             "cmid_insert",
             "cmid_get",
             "dg_insert",
+            // A Welcome row is written before the inbox rows that refer to
+            // it and read for them: both at QUORUM, so a reader finds it.
+            "welcome_put",
+            "welcome_get",
+            "inbox_insert",
         ] {
             let (_, mode, _) = STATEMENTS.iter().find(|(n, _, _)| *n == name).unwrap();
             assert_eq!(*mode, Mode::Quorum, "{name}");
@@ -1509,7 +1542,8 @@ mod tests {
         for column in [
             "epoch = ?",
             "members = ?",
-            "pending_welcomes = ?",
+            "pending_welcome = ?",
+            "pending_welcomes = null",
             "state = ?",
         ] {
             assert!(commit.contains(column), "{column}");
@@ -1605,6 +1639,7 @@ mod tests {
             pending_added: Some(BTreeSet::from(["c1".to_string()])),
             pending_departed: None,
             pending_welcomes: None,
+            pending_welcome: None,
         }
     }
 
@@ -1614,7 +1649,7 @@ mod tests {
         assert_eq!(p.row.seq, 4);
         assert_eq!(p.row.kind, EntryKind::Commit as i32);
         assert_eq!(p.added, BTreeSet::from(["c1".to_string()]));
-        assert!(p.departed.is_empty() && p.welcomes.is_empty());
+        assert!(p.departed.is_empty() && p.welcome.is_none() && p.legacy_welcomes.is_empty());
         assert_eq!(Entry::try_from(p.row).unwrap().seq, 4);
         assert!(head(None, 0).pending().is_none());
         assert!(head(Some(0), 0).pending().is_none());
@@ -1628,6 +1663,73 @@ mod tests {
             h.pending().is_none(),
             "an incomplete pending row is not an entry"
         );
+    }
+
+    /// The head's Welcome counts only for the entry of its own seq: a
+    /// version-2 writer replaces the entry without knowing the column.
+    #[test]
+    fn the_pending_welcome_belongs_to_the_entry_of_its_seq() {
+        let devices = BTreeSet::from(["c1".to_string(), "d1".to_string()]);
+        let mut h = head(Some(4), 4);
+        h.pending_welcome = Some((4, b"w".to_vec(), devices.clone()));
+        assert_eq!(
+            h.pending().unwrap().welcome,
+            Some(PendingWelcome {
+                welcome: b"w".to_vec(),
+                devices
+            })
+        );
+        h.pending_welcome = Some((3, b"w".to_vec(), BTreeSet::new()));
+        let p = h.pending().unwrap();
+        assert_eq!(p.row.seq, 4);
+        assert!(p.welcome.is_none(), "an older commit's Welcome is ignored");
+    }
+
+    #[test]
+    fn a_commit_reserves_one_welcome_for_all_its_devices() {
+        let write = CommitWrite {
+            group_id: b"g".to_vec(),
+            fence: 1,
+            expected_epoch: 1,
+            new_epoch: 2,
+            state: vec![],
+            group_info: vec![],
+            ratchet_tree: vec![9; 1000],
+            members: vec![m("alice", "a1"), m("carol", "c1"), m("dave", "d1")],
+            entry: NewEntry {
+                kind: EntryKind::Commit,
+                epoch: 1,
+                sender: "alice/a1".into(),
+                client_msg_id: b"c".to_vec(),
+                message: vec![],
+                server_time_ms: 1,
+            },
+            welcome: Some(crate::WelcomeWrite {
+                welcome: vec![7; 1000],
+                device_ids: vec!["c1".into(), "d1".into()],
+            }),
+        };
+        let mut h = head(None, 4);
+        h.members = Some(
+            [("a1".to_string(), ("alice".to_string(), 0))]
+                .into_iter()
+                .collect(),
+        );
+        let row = entry_row(5, &write.entry).unwrap();
+        let r = Change::Commit(&write).reservation(row, &h).unwrap();
+        let w = r.pending.welcome.expect("a welcome");
+        assert_eq!(w.welcome, vec![7; 1000]);
+        assert_eq!(
+            w.devices,
+            BTreeSet::from(["c1".to_string(), "d1".to_string()])
+        );
+        assert!(r.pending.legacy_welcomes.is_empty());
+        // No device to welcome: nothing to store.
+        let mut none = write.clone();
+        none.welcome.as_mut().unwrap().device_ids.clear();
+        let row = entry_row(5, &none.entry).unwrap();
+        let r = Change::Commit(&none).reservation(row, &h).unwrap();
+        assert!(r.pending.welcome.is_none());
     }
 
     #[test]
