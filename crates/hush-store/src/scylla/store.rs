@@ -227,9 +227,8 @@ pub struct Pending {
     pub departed: HashMap<String, i64>,
     /// A commit's Welcome, stored once for the devices it welcomes.
     pub welcome: Option<PendingWelcome>,
-    /// A commit's Welcomes as a version-2 binary left them pending: they
-    /// are delivered as that binary would have (inline, see
-    /// [`Welcomes`]).
+    /// A commit's Welcomes as a version-2 binary left them pending (a copy
+    /// per device): delivered inline, as that binary would have.
     pub legacy_welcomes: Welcomes,
 }
 
