@@ -233,7 +233,7 @@ pub use welcome::PendingWelcome;
 pub const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../cql/0001_init.cql")),
     (2, include_str!("../cql/0002_last_resort_claims.cql")),
-    (3, include_str!("scylla/0003_welcomes.cql")),
+    (3, include_str!("../cql/0003_welcomes.cql")),
 ];
 
 /// The schema version this binary writes. Version 3 stores a commit's
