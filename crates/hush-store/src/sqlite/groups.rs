@@ -18,12 +18,18 @@ pub(super) fn op_create_group(conn: &Connection, g: &GroupRecord) -> Result<()> 
     // the store's to assign. No lease: the owner must acquire one.
     stmt::execute(
         conn,
-        "INSERT INTO groups (group_id, epoch, state, group_info, ratchet_tree, head_seq,
-                             lease_owner, lease_token, lease_expires_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, 0, '', 0, 0)",
-        params![g.group_id, g.epoch, g.state, g.group_info, g.ratchet_tree],
+        "INSERT INTO groups (group_id, epoch, head_seq, lease_owner, lease_token, lease_expires_ms)
+         VALUES (?1, ?2, 0, '', 0, 0)",
+        params![g.group_id, g.epoch],
     )
     .map_err(|e| map_insert_err("insert group", e))?;
+    stmt::execute(
+        conn,
+        "INSERT INTO group_states (group_id, state, group_info, ratchet_tree)
+         VALUES (?1, ?2, ?3, ?4)",
+        params![g.group_id, g.state, g.group_info, g.ratchet_tree],
+    )
+    .map_err(|e| map_err("insert group state", e))?;
     for m in &g.members {
         insert_member(conn, &g.group_id, m, 0)?;
     }
@@ -52,7 +58,8 @@ pub(super) fn read_group(conn: &Connection, group_id: &[u8]) -> Result<Option<Gr
         .map_err(|e| map_err("begin read", e))?;
     let group = stmt::query_row(
         &tx,
-        "SELECT epoch, state, group_info, ratchet_tree, head_seq FROM groups WHERE group_id = ?1",
+        "SELECT g.epoch, s.state, s.group_info, s.ratchet_tree, g.head_seq
+         FROM groups g JOIN group_states s ON s.group_id = g.group_id WHERE g.group_id = ?1",
         params![group_id],
         |r| {
             Ok(GroupRecord {

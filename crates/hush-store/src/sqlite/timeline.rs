@@ -155,10 +155,16 @@ pub(super) fn op_append_proposal(
     insert_entry(conn, group_id, seq, entry)?;
     stmt::execute(
         conn,
-        "UPDATE groups SET head_seq = ?2, state = ?3 WHERE group_id = ?1",
-        params![group_id, seq, state],
+        "UPDATE groups SET head_seq = ?2 WHERE group_id = ?1",
+        params![group_id, seq],
     )
     .map_err(|e| map_err("advance head seq with proposal", e))?;
+    stmt::execute(
+        conn,
+        "UPDATE group_states SET state = ?2 WHERE group_id = ?1",
+        params![group_id, state],
+    )
+    .map_err(|e| map_err("update group state", e))?;
     Ok(AppendOutcome::Appended { seq })
 }
 
@@ -176,19 +182,18 @@ pub(super) fn op_append_commit(conn: &Connection, w: &CommitWrite) -> Result<App
     }
     let seq = next(head.head_seq, "seq")?;
     insert_entry(conn, &w.group_id, seq, &w.entry)?;
-    stmt::execute(conn,
-        "UPDATE groups SET head_seq = ?2, epoch = ?3, state = ?4, group_info = ?5, ratchet_tree = ?6
-         WHERE group_id = ?1",
-        params![
-            w.group_id,
-            seq,
-            w.new_epoch,
-            w.state,
-            w.group_info,
-            w.ratchet_tree
-        ],
+    stmt::execute(
+        conn,
+        "UPDATE groups SET head_seq = ?2, epoch = ?3 WHERE group_id = ?1",
+        params![w.group_id, seq, w.new_epoch],
     )
     .map_err(|e| map_err("update group", e))?;
+    stmt::execute(
+        conn,
+        "UPDATE group_states SET state = ?2, group_info = ?3, ratchet_tree = ?4 WHERE group_id = ?1",
+        params![w.group_id, w.state, w.group_info, w.ratchet_tree],
+    )
+    .map_err(|e| map_err("update group state", e))?;
 
     let current: BTreeSet<String> = {
         let mut stmt = conn
