@@ -17,7 +17,7 @@ use hush_proto::{v1, ErrorCode};
 use hush_store::Store;
 
 use crate::error::{ApiError, ApiResult};
-use crate::session::{joined_groups, Sessions};
+use crate::session::Sessions;
 use crate::wire::{check_group_id, Caller};
 
 /// The presence of every member user of the group (the caller's too).
@@ -28,31 +28,29 @@ pub async fn snapshot(
     group_id: &[u8],
 ) -> ApiResult<v1::PresenceList> {
     check_group_id(group_id)?;
-    let Some(g) = store.group(group_id).await? else {
+    // The member list only: the group's DS state and tree are not needed.
+    let members = store.group_members(group_id).await?;
+    if members.is_empty() {
         return Err(ApiError::new(ErrorCode::UnknownGroup, "unknown group"));
-    };
-    if !g.members.iter().any(|m| m.device_id == caller.device_id) {
+    }
+    if !members.iter().any(|m| m.device_id == caller.device_id) {
         return Err(ApiError::new(
             ErrorCode::NotMember,
             "not a member of this group",
         ));
     }
-    let users: BTreeSet<String> = g.members.iter().map(|m| m.user_id.clone()).collect();
+    let users: BTreeSet<String> = members.iter().map(|m| m.user_id.clone()).collect();
     let online = sessions.online_users(&users).await?;
-    // Only the online ones need the (per device) join check.
-    let mut visible = BTreeSet::new();
-    for user in &online {
-        if *user == caller.user_id {
-            visible.insert(user.clone());
-            continue;
-        }
-        for m in g.members.iter().filter(|m| m.user_id == *user) {
-            if joined_groups(store, &m.device_id).await?.contains(group_id) {
-                visible.insert(user.clone());
-                break;
-            }
-        }
-    }
+    // One read for the whole group's joins (the groups that do not get
+    // pushes, the large ones, are the ones that ask).
+    let joined: BTreeSet<String> = store
+        .joined_members(group_id)
+        .await?
+        .into_iter()
+        .map(|m| m.user_id)
+        .chain([caller.user_id.clone()])
+        .collect();
+    let visible: BTreeSet<&String> = online.iter().filter(|u| joined.contains(*u)).collect();
     let out = users
         .into_iter()
         .map(|user_id| v1::UserPresence {

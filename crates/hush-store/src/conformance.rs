@@ -2460,6 +2460,10 @@ pub async fn sync_start_and_co_members_agree_with_their_parts(store: Arc<dyn Sto
         }
     };
     assert!(co("bob").await.is_empty(), "bob joined nothing yet");
+    assert_eq!(
+        store.joined_members(b"g1").await.expect("joined"),
+        vec![member("alice", "alice-1")]
+    );
     assert!(co("dave").await.is_empty(), "dave joined nothing yet");
     assert_eq!(
         co("alice").await,
@@ -2504,6 +2508,15 @@ pub async fn sync_start_and_co_members_agree_with_their_parts(store: Arc<dyn Sto
         co("bob").await,
         vec![member("alice", "alice-1"), member("carol", "carol-1")]
     );
+    assert_eq!(
+        store.joined_members(b"g1").await.expect("joined"),
+        vec![member("alice", "alice-1"), member("bob", "bob-2")]
+    );
+    assert!(store
+        .joined_members(b"missing")
+        .await
+        .expect("joined")
+        .is_empty());
     // A revoked device's joins count no more.
     store.revoke_device("bob-2").await.expect("revoke");
     assert!(co("bob").await.is_empty(), "only bob-2 had joined");

@@ -603,6 +603,21 @@ pub trait Store: Send + Sync + 'static {
             .map(|g| g.members)
             .unwrap_or_default())
     }
+    /// The member devices of a group that joined it (see [`joined_groups`]),
+    /// sorted. Asked by `GetPresence`; this default takes a round trip per
+    /// member device, SQLite one read.
+    async fn joined_members(&self, group_id: &[u8]) -> Result<Vec<MemberDevice>> {
+        let mut joined = Vec::new();
+        for m in self.group_members(group_id).await? {
+            let cursors = self.cursors(&m.device_id).await?;
+            if joined_groups(self.groups_of_device(&m.device_id).await?, &cursors)
+                .contains(group_id)
+            {
+                joined.push(m);
+            }
+        }
+        Ok(joined)
+    }
     /// Every device of every other user that shares with `user_id` a group
     /// one of the user's devices joined (see [`joined_groups`]) and that
     /// has at most `max_group_members` member devices, sorted. Asked on

@@ -508,6 +508,12 @@ impl Store for SqliteStore {
         self.read(move |c| groups::read_members(c, &id)).await
     }
 
+    async fn joined_members(&self, group_id: &[u8]) -> Result<Vec<MemberDevice>> {
+        let id = group_id.to_vec();
+        self.read(move |c| groups::read_joined_members(c, &id))
+            .await
+    }
+
     async fn co_member_devices(
         &self,
         user_id: &str,
