@@ -35,6 +35,9 @@ export const KEY_PACKAGE_LOW = 5;
 const MAX_COMMIT_ATTEMPTS = 6;
 const CATCH_UP_MS = 15_000;
 const TYPING_TTL_MS = 6_000;
+/** How often presence is asked for again while a group's changes are not
+ * pushed (a group above the server's size limit, PresenceList.pushed). */
+const PRESENCE_POLL_MS = 30_000;
 const TYPING_EVERY_MS = 3_000;
 /** Contacts of this device's groups are asked about again after this long. */
 const CONTACT_REFRESH_MS = 3_600_000;
@@ -129,6 +132,7 @@ export class HushClient extends EventTarget {
   private caughtUp = false;
   private backoff = 500;
   private reconnectTimer?: ReturnType<typeof setTimeout>;
+  private presenceTimer?: ReturnType<typeof setTimeout>;
   private lastTyping = new Map<string, number>();
   private failedSend?: { group: string; text: string; id: Uint8Array };
   /** group hex -> identities whose proposals wait for a commit (a leave, usually). */
@@ -762,13 +766,24 @@ export class HushClient extends EventTarget {
     // A user is online if any shared group shows it so: one where it was
     // just added (not joined yet) must not hide it in the others.
     const online = new Map<string, boolean>();
+    let unpushed = false;
     for (const g of this.groups.values()) {
       if (g.status !== "active") continue;
       const r = await this.request({ case: "getPresence", value: { $typeName: "hush.v1.GetPresence", groupId: g.groupId } });
-      if (r.case === "presenceList") for (const u of r.value.users) online.set(u.userId, (online.get(u.userId) ?? false) || u.online);
+      if (r.case !== "presenceList") continue;
+      for (const u of r.value.users) online.set(u.userId, (online.get(u.userId) ?? false) || u.online);
+      unpushed ||= !r.value.pushed;
     }
     for (const [u, on] of online) this.presence.set(u, on);
     this.changed("presence");
+    // A group too large for pushed changes is asked again later.
+    clearTimeout(this.presenceTimer);
+    if (unpushed) {
+      this.presenceTimer = setTimeout(() => {
+        this.actions.add("presence");
+        void this.lock.run(() => this.drain()).catch((e) => console.warn("processing failed", e));
+      }, PRESENCE_POLL_MS);
+    }
   }
 
   /** Waits (lock held) until `done()`, processing pushes as they come. */

@@ -3,7 +3,7 @@
 //! and who is typing in which group (from ephemeral MLS messages). Plain
 //! data with the time passed in, so it is tested without a clock.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// A typing notice shows for this long unless renewed (senders renew every
 /// [`TYPING_RESEND_MS`] while the user types).
@@ -18,6 +18,8 @@ pub struct LiveState {
     changes: Vec<(String, bool)>,
     /// group -> user -> when the last typing notice arrived (ms).
     typing: HashMap<Vec<u8>, BTreeMap<String, u64>>,
+    /// Groups whose last snapshot said their changes are not pushed.
+    unpushed: BTreeSet<Vec<u8>>,
 }
 
 impl LiveState {
@@ -27,9 +29,27 @@ impl LiveState {
         self.changes.push((user_id, online));
     }
 
-    /// A snapshot (`GetPresence`): current state, not a change.
-    pub fn presence_snapshot(&mut self, users: impl IntoIterator<Item = (String, bool)>) {
+    /// A snapshot (`GetPresence`): current state, not a change. `pushed`:
+    /// whether the server pushes the group's changes (false above its
+    /// group size limit: the snapshot must be asked for again).
+    pub fn presence_snapshot(
+        &mut self,
+        group_id: &[u8],
+        pushed: bool,
+        users: impl IntoIterator<Item = (String, bool)>,
+    ) {
         self.presence.extend(users);
+        if pushed {
+            self.unpushed.remove(group_id);
+        } else {
+            self.unpushed.insert(group_id.to_vec());
+        }
+    }
+
+    /// Whether a group's presence changes are pushed (as its last snapshot
+    /// said; true before any).
+    pub fn presence_pushed(&self, group_id: &[u8]) -> bool {
+        !self.unpushed.contains(group_id)
     }
 
     /// The last known presence of a user.
@@ -79,7 +99,13 @@ mod tests {
     fn presence_changes_and_snapshots() {
         let mut l = LiveState::default();
         assert_eq!(l.presence("bob"), None);
-        l.presence_snapshot([("bob".to_string(), true), ("carol".to_string(), false)]);
+        assert!(l.presence_pushed(b"g"));
+        l.presence_snapshot(
+            b"g",
+            false,
+            [("bob".to_string(), true), ("carol".to_string(), false)],
+        );
+        assert!(!l.presence_pushed(b"g"));
         assert_eq!(l.presence("bob"), Some(true));
         assert!(l.take_changes().is_empty());
         l.presence_changed("bob".into(), false);
@@ -90,6 +116,8 @@ mod tests {
         );
         assert!(l.take_changes().is_empty());
         assert_eq!(l.presence("bob"), Some(true));
+        l.presence_snapshot(b"g", true, []);
+        assert!(l.presence_pushed(b"g"));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! whose title says who is typing. Enter sends, PageUp/PageDown scroll, Esc
 //! or Ctrl-C quits. Typing sends an ephemeral typing notice at most every
 //! [`TYPING_RESEND_MS`]; presence is fetched on start and after a reconnect,
-//! then follows the server's pushes.
+//! then follows the server's pushes (or, in a group too large for the
+//! server to push them, is fetched again every [`PRESENCE_POLL_MS`]).
 //!
 //! A red banner on top names every member (and this user itself) whose
 //! devices changed since the person last looked at the safety number
@@ -38,6 +39,9 @@ const PAGE_LINES: usize = 10;
 const REDRAW_INTERVAL: Duration = Duration::from_secs(1);
 /// How long the chat waits before reconnecting after the connection broke.
 const RECONNECT_DELAY: Duration = Duration::from_secs(2);
+/// How often the member list's presence is asked for again in a group whose
+/// changes the server does not push (one above its size limit).
+const PRESENCE_POLL_MS: u64 = 30_000;
 
 struct View {
     /// This user's handle (own actions read in the first person).
@@ -313,6 +317,7 @@ async fn chat_loop(
     if let Err(e) = client.refresh_presence(&hex).await {
         tracing::debug!(error = %e, "presence unavailable");
     }
+    let mut presence_at_ms = now_ms();
     let mut typing_sent_ms = 0u64;
     reload(client, gid, &mut v)?;
     loop {
@@ -356,11 +361,23 @@ async fn chat_loop(
             Next::Reconnect => match client.connect().await {
                 Ok(()) => {
                     v.status = "reconnected".into();
+                    presence_at_ms = now_ms();
                     let _ = client.refresh_presence(&hex).await;
                 }
                 Err(e @ ClientError::Server { .. }) => return Err(e),
                 Err(e) => v.status = format!("reconnect failed: {e}"),
             },
+        }
+        // Checked after any event: a busy group may never leave a second
+        // without one.
+        if client.is_connected()
+            && !client.live().presence_pushed(gid)
+            && now_ms().saturating_sub(presence_at_ms) >= PRESENCE_POLL_MS
+        {
+            presence_at_ms = now_ms();
+            if let Err(e) = client.refresh_presence(&hex).await {
+                tracing::debug!(error = %e, "presence unavailable");
+            }
         }
         reload(client, gid, &mut v)?;
     }

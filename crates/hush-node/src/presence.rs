@@ -61,5 +61,6 @@ pub async fn snapshot(
     Ok(v1::PresenceList {
         group_id: group_id.to_vec(),
         users: out,
+        pushed: members.len() <= sessions.presence_push_max_members(),
     })
 }

@@ -207,7 +207,7 @@ async fn groups_above_the_push_limit_ask_for_presence_instead() {
     let mut carol = client_over(root.path(), &url, "carol", Transport::Ws).await;
     let mut dave = client_over(root.path(), &url, "dave", Transport::Ws).await;
     // carol and bob: two devices, at the limit, pushed.
-    group(&mut carol, &mut [&mut bob], "pair").await;
+    let pair = group(&mut carol, &mut [&mut bob], "pair").await;
     // alice, carol and dave: three devices, above it.
     let big = alice.create_group("big").await.expect("create").group_id;
     let big_hex = hex::encode(&big);
@@ -253,12 +253,18 @@ async fn groups_above_the_push_limit_ask_for_presence_instead() {
         "a group above the limit got pushes: {alice_heard:?}"
     );
 
-    // Asked, the big group answers: carol (joined, back online) is online.
+    // Asked, the big group answers: carol (joined, back online) is online,
+    // and the answer says that changes are not pushed (ask again).
     let snapshot = alice.refresh_presence(&big_hex).await.expect("presence");
     assert!(
         snapshot.contains(&("carol".to_string(), true)),
         "{snapshot:?}"
     );
+    assert!(!alice.live().presence_pushed(&big));
+    bob.refresh_presence(&hex::encode(&pair))
+        .await
+        .expect("presence");
+    assert!(bob.live().presence_pushed(&pair));
     node.stop().await;
 }
 

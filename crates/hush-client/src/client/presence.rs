@@ -46,12 +46,14 @@ impl Client {
     }
 
     /// Fetches the presence of a group's members (then pushed changes keep
-    /// it current). Returns (handle, online) per member user.
+    /// it current, unless the group is too large for the server to push
+    /// them: see [`LiveState::presence_pushed`]). Returns (handle, online)
+    /// per member user.
     pub async fn refresh_presence(&mut self, group: &str) -> Result<Vec<(String, bool)>> {
         let g = self.active_group(group)?;
         let list: v1::PresenceList = self
             .ask(client_frame::Body::GetPresence(v1::GetPresence {
-                group_id: g.group_id,
+                group_id: g.group_id.clone(),
             }))
             .await?;
         let users: Vec<(String, bool)> = list
@@ -59,7 +61,8 @@ impl Client {
             .into_iter()
             .map(|u| (u.user_id, u.online))
             .collect();
-        self.live.presence_snapshot(users.clone());
+        self.live
+            .presence_snapshot(&g.group_id, list.pushed, users.clone());
         Ok(users)
     }
 

@@ -42,6 +42,12 @@ pub async fn joined_groups(
 }
 
 impl Sessions {
+    /// Presence changes are pushed to groups of at most this many member
+    /// devices (`actors.presence_push_max_members`).
+    pub fn presence_push_max_members(&self) -> usize {
+        self.limits.presence_push_max_members
+    }
+
     /// Pushes `user_id`'s new presence to the devices of its co-members,
     /// and tells the user's witness (`witness.rs`).
     pub(super) async fn announce(&self, user_id: &str, online: bool) {

@@ -48,7 +48,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file hush/v1/client.proto.
  */
 export const file_hush_v1_client: GenFile = /*@__PURE__*/
-  fileDesc("ChRodXNoL3YxL2NsaWVudC5wcm90bxIHaHVzaC52MSI1CgpTdGFsZUVwb2NoEhUKDWN1cnJlbnRfZXBvY2gYASABKAQSEAoIaGVhZF9zZXEYAiABKAQiZAoFRXJyb3ISIAoEY29kZRgBIAEoDjISLmh1c2gudjEuRXJyb3JDb2RlEg8KB21lc3NhZ2UYAiABKAkSKAoLc3RhbGVfZXBvY2gYAyABKAsyEy5odXNoLnYxLlN0YWxlRXBvY2giUgoPUmVnaXN0ZXJSZXF1ZXN0Eg4KBmhhbmRsZRgBIAEoCRIcChRkZXZpY2Vfc2lnbmF0dXJlX2tleRgCIAEoDBIRCglzaWduYXR1cmUYAyABKAwiNgoQUmVnaXN0ZXJSZXNwb25zZRIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCSIqChVMb2dpbkNoYWxsZW5nZVJlcXVlc3QSEQoJZGV2aWNlX2lkGAEgASgJIisKFkxvZ2luQ2hhbGxlbmdlUmVzcG9uc2USEQoJY2hhbGxlbmdlGAEgASgMIkcKDExvZ2luUmVxdWVzdBIRCglkZXZpY2VfaWQYASABKAkSEQoJY2hhbGxlbmdlGAIgASgMEhEKCXNpZ25hdHVyZRgDIAEoDCJGCg1Mb2dpblJlc3BvbnNlEg0KBXRva2VuGAEgASgJEhUKDWV4cGlyZXNfYXRfbXMYAiABKAQSDwoHdXNlcl9pZBgDIAEoCSIRCg9MaW5rQ29kZVJlcXVlc3QiNwoQTGlua0NvZGVSZXNwb25zZRIMCgRjb2RlGAEgASgJEhUKDWV4cGlyZXNfYXRfbXMYAiABKAQiUgoRTGlua0RldmljZVJlcXVlc3QSDAoEY29kZRgBIAEoCRIcChRkZXZpY2Vfc2lnbmF0dXJlX2tleRgCIAEoDBIRCglzaWduYXR1cmUYAyABKAwiOAoSTGlua0RldmljZVJlc3BvbnNlEg8KB3VzZXJfaWQYASABKAkSEQoJZGV2aWNlX2lkGAIgASgJIg8KDUxvZ291dFJlcXVlc3QiEAoOTG9nb3V0UmVzcG9uc2Ui9QYKC0NsaWVudEZyYW1lEhIKCnJlcXVlc3RfaWQYASABKAQSHQoEYXV0aBgKIAEoCzINLmh1c2gudjEuQXV0aEgAEh0KBHBpbmcYCyABKAsyDS5odXNoLnYxLlBpbmdIABI5ChN1cGxvYWRfa2V5X3BhY2thZ2VzGAwgASgLMhouaHVzaC52MS5VcGxvYWRLZXlQYWNrYWdlc0gAEjcKEmNsYWltX2tleV9wYWNrYWdlcxgNIAEoCzIZLmh1c2gudjEuQ2xhaW1LZXlQYWNrYWdlc0gAEjUKEWtleV9wYWNrYWdlX2NvdW50GA4gASgLMhguaHVzaC52MS5LZXlQYWNrYWdlQ291bnRIABIsCgxjcmVhdGVfZ3JvdXAYDyABKAsyFC5odXNoLnYxLkNyZWF0ZUdyb3VwSAASKgoLc2VuZF9jb21taXQYECABKAsyEy5odXNoLnYxLlNlbmRDb21taXRIABIuCg1zZW5kX3Byb3Bvc2FsGBEgASgLMhUuaHVzaC52MS5TZW5kUHJvcG9zYWxIABIsCgxzZW5kX21lc3NhZ2UYEiABKAsyFC5odXNoLnYxLlNlbmRNZXNzYWdlSAASHQoEc3luYxgTIAEoCzINLmh1c2gudjEuU3luY0gAEhsKA2FjaxgUIAEoCzIMLmh1c2gudjEuQWNrSAASJgoJYWNrX2luYm94GBUgASgLMhEuaHVzaC52MS5BY2tJbmJveEgAEi8KDmdldF9ncm91cF9pbmZvGBYgASgLMhUuaHVzaC52MS5HZXRHcm91cEluZm9IABIqCgtsaXN0X2dyb3VwcxgXIAEoCzITLmh1c2gudjEuTGlzdEdyb3Vwc0gAEioKC2xvb2t1cF91c2VyGBggASgLMhMuaHVzaC52MS5Mb29rdXBVc2VySAASMAoOc2VuZF9lcGhlbWVyYWwYGSABKAsyFi5odXNoLnYxLlNlbmRFcGhlbWVyYWxIABIsCgxnZXRfcHJlc2VuY2UYGiABKAsyFC5odXNoLnYxLkdldFByZXNlbmNlSAASLAoMbGlzdF9kZXZpY2VzGBsgASgLMhQuaHVzaC52MS5MaXN0RGV2aWNlc0gAEi4KDXJldm9rZV9kZXZpY2UYHCABKAsyFS5odXNoLnYxLlJldm9rZURldmljZUgAQgYKBGJvZHkijQkKC1NlcnZlckZyYW1lEhIKCnJlcXVlc3RfaWQYASABKAQSHwoFZXJyb3IYCiABKAsyDi5odXNoLnYxLkVycm9ySAASHQoEcG9uZxgLIAEoCzINLmh1c2gudjEuUG9uZ0gAEiIKB2F1dGhfb2sYDCABKAsyDy5odXNoLnYxLkF1dGhPa0gAEj0KFWtleV9wYWNrYWdlc191cGxvYWRlZBgNIAEoCzIcLmh1c2gudjEuS2V5UGFja2FnZXNVcGxvYWRlZEgAEjsKFGNsYWltZWRfa2V5X3BhY2thZ2VzGA4gASgLMhsuaHVzaC52MS5DbGFpbWVkS2V5UGFja2FnZXNIABJCChhrZXlfcGFja2FnZV9jb3VudF9yZXN1bHQYDyABKAsyHi5odXNoLnYxLktleVBhY2thZ2VDb3VudFJlc3VsdEgAEi4KDWdyb3VwX2NyZWF0ZWQYECABKAsyFS5odXNoLnYxLkdyb3VwQ3JlYXRlZEgAEjIKD2NvbW1pdF9hY2NlcHRlZBgRIAEoCzIXLmh1c2gudjEuQ29tbWl0QWNjZXB0ZWRIABI2ChFwcm9wb3NhbF9hY2NlcHRlZBgSIAEoCzIZLmh1c2gudjEuUHJvcG9zYWxBY2NlcHRlZEgAEjQKEG1lc3NhZ2VfYWNjZXB0ZWQYEyABKAsyGC5odXNoLnYxLk1lc3NhZ2VBY2NlcHRlZEgAEiwKDHN5bmNfc3RhcnRlZBgUIAEoCzIULmh1c2gudjEuU3luY1N0YXJ0ZWRIABI1ChFncm91cF9pbmZvX3Jlc3VsdBgVIAEoCzIYLmh1c2gudjEuR3JvdXBJbmZvUmVzdWx0SAASKAoKZ3JvdXBfbGlzdBgWIAEoCzISLmh1c2gudjEuR3JvdXBMaXN0SAASJgoJdXNlcl9pbmZvGBcgASgLMhEuaHVzaC52MS5Vc2VySW5mb0gAEjgKEmVwaGVtZXJhbF9hY2NlcHRlZBgYIAEoCzIaLmh1c2gudjEuRXBoZW1lcmFsQWNjZXB0ZWRIABIuCg1wcmVzZW5jZV9saXN0GBkgASgLMhUuaHVzaC52MS5QcmVzZW5jZUxpc3RIABIqCgtkZXZpY2VfbGlzdBgaIAEoCzITLmh1c2gudjEuRGV2aWNlTGlzdEgAEjAKDmRldmljZV9yZXZva2VkGBsgASgLMhYuaHVzaC52MS5EZXZpY2VSZXZva2VkSAASKgoLZ3JvdXBfZXZlbnQYHiABKAsyEy5odXNoLnYxLkdyb3VwRXZlbnRIABIqCgtpbmJveF9ldmVudBgfIAEoCzITLmh1c2gudjEuSW5ib3hFdmVudEgAEi8KDnN5bmNfY2F1Z2h0X3VwGCAgASgLMhUuaHVzaC52MS5TeW5jQ2F1Z2h0VXBIABIyCg9lcGhlbWVyYWxfZXZlbnQYISABKAsyFy5odXNoLnYxLkVwaGVtZXJhbEV2ZW50SAASMAoOcHJlc2VuY2VfZXZlbnQYIiABKAsyFi5odXNoLnYxLlByZXNlbmNlRXZlbnRIAEIGCgRib2R5IhUKBEF1dGgSDQoFdG9rZW4YASABKAkiLAoGQXV0aE9rEg8KB3VzZXJfaWQYASABKAkSEQoJZGV2aWNlX2lkGAIgASgJIhUKBFBpbmcSDQoFbm9uY2UYASABKAQiFQoEUG9uZxINCgVub25jZRgBIAEoBCI+ChFVcGxvYWRLZXlQYWNrYWdlcxIUCgxrZXlfcGFja2FnZXMYASADKAwSEwoLbGFzdF9yZXNvcnQYAiABKAwiJAoTS2V5UGFja2FnZXNVcGxvYWRlZBINCgVjb3VudBgBIAEoDSIjChBDbGFpbUtleVBhY2thZ2VzEg8KB3VzZXJfaWQYASABKAkiUAoRQ2xhaW1lZEtleVBhY2thZ2USEQoJZGV2aWNlX2lkGAEgASgJEhMKC2tleV9wYWNrYWdlGAIgASgMEhMKC2xhc3RfcmVzb3J0GAMgASgIIkYKEkNsYWltZWRLZXlQYWNrYWdlcxIwCgxrZXlfcGFja2FnZXMYASADKAsyGi5odXNoLnYxLkNsYWltZWRLZXlQYWNrYWdlIhEKD0tleVBhY2thZ2VDb3VudCI/ChVLZXlQYWNrYWdlQ291bnRSZXN1bHQSDQoFY291bnQYASABKA0SFwoPaGFzX2xhc3RfcmVzb3J0GAIgASgIIjcKC0NyZWF0ZUdyb3VwEhIKCmdyb3VwX2luZm8YASABKAwSFAoMcmF0Y2hldF90cmVlGAIgASgMIi8KDEdyb3VwQ3JlYXRlZBIQCghncm91cF9pZBgBIAEoDBINCgVlcG9jaBgCIAEoBCKAAQoKU2VuZENvbW1pdBIQCghncm91cF9pZBgBIAEoDBIOCgZjb21taXQYAiABKAwSDwoHd2VsY29tZRgDIAEoDBISCgpncm91cF9pbmZvGAQgASgMEhQKDHJhdGNoZXRfdHJlZRgFIAEoDBIVCg1jbGllbnRfbXNnX2lkGAYgASgMIj4KDkNvbW1pdEFjY2VwdGVkEhAKCGdyb3VwX2lkGAEgASgMEgsKA3NlcRgCIAEoBBINCgVlcG9jaBgDIAEoBCJJCgxTZW5kUHJvcG9zYWwSEAoIZ3JvdXBfaWQYASABKAwSEAoIcHJvcG9zYWwYAiABKAwSFQoNY2xpZW50X21zZ19pZBgDIAEoDCIxChBQcm9wb3NhbEFjY2VwdGVkEhAKCGdyb3VwX2lkGAEgASgMEgsKA3NlcRgCIAEoBCJHCgtTZW5kTWVzc2FnZRIQCghncm91cF9pZBgBIAEoDBIVCg1jbGllbnRfbXNnX2lkGAIgASgMEg8KB21lc3NhZ2UYAyABKAwiQwoPTWVzc2FnZUFjY2VwdGVkEhAKCGdyb3VwX2lkGAEgASgMEgsKA3NlcRgCIAEoBBIRCglkdXBsaWNhdGUYAyABKAgiMgoNU2VuZEVwaGVtZXJhbBIQCghncm91cF9pZBgBIAEoDBIPCgdtZXNzYWdlGAIgASgMIhMKEUVwaGVtZXJhbEFjY2VwdGVkIkIKDkVwaGVtZXJhbEV2ZW50EhAKCGdyb3VwX2lkGAEgASgMEg0KBWVwb2NoGAIgASgEEg8KB21lc3NhZ2UYAyABKAwiHwoLR2V0UHJlc2VuY2USEAoIZ3JvdXBfaWQYASABKAwiLwoMVXNlclByZXNlbmNlEg8KB3VzZXJfaWQYASABKAkSDgoGb25saW5lGAIgASgIIkYKDFByZXNlbmNlTGlzdBIQCghncm91cF9pZBgBIAEoDBIkCgV1c2VycxgCIAMoCzIVLmh1c2gudjEuVXNlclByZXNlbmNlIjAKDVByZXNlbmNlRXZlbnQSDwoHdXNlcl9pZBgBIAEoCRIOCgZvbmxpbmUYAiABKAgiLQoGQ3Vyc29yEhAKCGdyb3VwX2lkGAEgASgMEhEKCWFmdGVyX3NlcRgCIAEoBCI9CgRTeW5jEiAKB2N1cnNvcnMYASADKAsyDy5odXNoLnYxLkN1cnNvchITCgtpbmJveF9hZnRlchgCIAEoBCINCgtTeW5jU3RhcnRlZCIOCgxTeW5jQ2F1Z2h0VXAiJAoDQWNrEhAKCGdyb3VwX2lkGAEgASgMEgsKA3NlcRgCIAEoBCIdCghBY2tJbmJveBIRCglpbmJveF9zZXEYASABKAQiIAoMR2V0R3JvdXBJbmZvEhAKCGdyb3VwX2lkGAEgASgMIm4KD0dyb3VwSW5mb1Jlc3VsdBIQCghncm91cF9pZBgBIAEoDBINCgVlcG9jaBgCIAEoBBISCgpncm91cF9pbmZvGAMgASgMEhQKDHJhdGNoZXRfdHJlZRgEIAEoDBIQCghoZWFkX3NlcRgFIAEoBCIpCgpMaXN0R3JvdXBzEhsKE2FsbF9kZXZpY2VzX29mX3VzZXIYASABKAgiWQoMR3JvdXBTdW1tYXJ5EhAKCGdyb3VwX2lkGAEgASgMEg0KBWVwb2NoGAIgASgEEhYKDm1lbWJlcl9kZXZpY2VzGAMgASgNEhAKCGhlYWRfc2VxGAQgASgEIjIKCUdyb3VwTGlzdBIlCgZncm91cHMYASADKAsyFS5odXNoLnYxLkdyb3VwU3VtbWFyeSIcCgpMb29rdXBVc2VyEg4KBmhhbmRsZRgBIAEoCSI1CglEZXZpY2VLZXkSEQoJZGV2aWNlX2lkGAEgASgJEhUKDXNpZ25hdHVyZV9rZXkYAiABKAwiVAoIVXNlckluZm8SDwoHdXNlcl9pZBgBIAEoCRISCgpkZXZpY2VfaWRzGAIgAygJEiMKB2RldmljZXMYAyADKAsyEi5odXNoLnYxLkRldmljZUtleSINCgtMaXN0RGV2aWNlcyJiCgpEZXZpY2VJbmZvEhEKCWRldmljZV9pZBgBIAEoCRIVCg1zaWduYXR1cmVfa2V5GAIgASgMEhUKDWNyZWF0ZWRfYXRfbXMYAyABKAQSEwoLdGhpc19kZXZpY2UYBCABKAgiMgoKRGV2aWNlTGlzdBIkCgdkZXZpY2VzGAEgAygLMhMuaHVzaC52MS5EZXZpY2VJbmZvIiEKDFJldm9rZURldmljZRIRCglkZXZpY2VfaWQYASABKAkiIgoNRGV2aWNlUmV2b2tlZBIRCglkZXZpY2VfaWQYASABKAkilQEKCkdyb3VwRXZlbnQSEAoIZ3JvdXBfaWQYASABKAwSCwoDc2VxGAIgASgEEiAKBGtpbmQYAyABKA4yEi5odXNoLnYxLkVudHJ5S2luZBINCgVlcG9jaBgEIAEoBBIOCgZzZW5kZXIYBSABKAkSDwoHbWVzc2FnZRgGIAEoDBIWCg5zZXJ2ZXJfdGltZV9tcxgHIAEoBCJsCgpJbmJveEV2ZW50EhEKCWluYm94X3NlcRgBIAEoBBIPCgd3ZWxjb21lGAIgASgMEhAKCGdyb3VwX2lkGAMgASgMEhIKCmNvbW1pdF9zZXEYBCABKAQSFAoMcmF0Y2hldF90cmVlGAUgASgMKo8DCglFcnJvckNvZGUSGgoWRVJST1JfQ09ERV9VTlNQRUNJRklFRBAAEg0KCU1BTEZPUk1FRBABEg0KCVRPT19MQVJHRRACEhAKDFJBVEVfTElNSVRFRBADEg0KCUJBRF9UT0tFThAEEhEKDVRPS0VOX0VYUElSRUQQBRIOCgpCQURfT1JJR0lOEAYSEQoNVU5LTk9XTl9HUk9VUBAHEg4KCk5PVF9NRU1CRVIQCBIPCgtTVEFMRV9FUE9DSBAJEhUKEVdST05HX1dJUkVfRk9STUFUEAoSDwoLSU5WQUxJRF9NTFMQCxISCg5BTFJFQURZX0VYSVNUUxAMEg0KCU5PVF9GT1VORBANEhIKDk5PX0tFWV9QQUNLQUdFEA4SDQoJRk9SQklEREVOEA8SEwoPVU5BVVRIRU5USUNBVEVEEBASGAoUVE9PX01BTllfQ09OTkVDVElPTlMQERIUChBJTlZBTElEX0FSR1VNRU5UEBISDwoLVU5BVkFJTEFCTEUQExIMCghJTlRFUk5BTBAUKlIKCUVudHJ5S2luZBIaChZFTlRSWV9LSU5EX1VOU1BFQ0lGSUVEEAASCgoGQ09NTUlUEAESDAoIUFJPUE9TQUwQAhIPCgtBUFBMSUNBVElPThADYgZwcm90bzM");
+  fileDesc("ChRodXNoL3YxL2NsaWVudC5wcm90bxIHaHVzaC52MSI1CgpTdGFsZUVwb2NoEhUKDWN1cnJlbnRfZXBvY2gYASABKAQSEAoIaGVhZF9zZXEYAiABKAQifAoFRXJyb3ISIAoEY29kZRgBIAEoDjISLmh1c2gudjEuRXJyb3JDb2RlEg8KB21lc3NhZ2UYAiABKAkSKAoLc3RhbGVfZXBvY2gYAyABKAsyEy5odXNoLnYxLlN0YWxlRXBvY2gSFgoOcmV0cnlfYWZ0ZXJfbXMYBCABKAQiUgoPUmVnaXN0ZXJSZXF1ZXN0Eg4KBmhhbmRsZRgBIAEoCRIcChRkZXZpY2Vfc2lnbmF0dXJlX2tleRgCIAEoDBIRCglzaWduYXR1cmUYAyABKAwiNgoQUmVnaXN0ZXJSZXNwb25zZRIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCSIqChVMb2dpbkNoYWxsZW5nZVJlcXVlc3QSEQoJZGV2aWNlX2lkGAEgASgJIisKFkxvZ2luQ2hhbGxlbmdlUmVzcG9uc2USEQoJY2hhbGxlbmdlGAEgASgMIkcKDExvZ2luUmVxdWVzdBIRCglkZXZpY2VfaWQYASABKAkSEQoJY2hhbGxlbmdlGAIgASgMEhEKCXNpZ25hdHVyZRgDIAEoDCJGCg1Mb2dpblJlc3BvbnNlEg0KBXRva2VuGAEgASgJEhUKDWV4cGlyZXNfYXRfbXMYAiABKAQSDwoHdXNlcl9pZBgDIAEoCSIRCg9MaW5rQ29kZVJlcXVlc3QiNwoQTGlua0NvZGVSZXNwb25zZRIMCgRjb2RlGAEgASgJEhUKDWV4cGlyZXNfYXRfbXMYAiABKAQiUgoRTGlua0RldmljZVJlcXVlc3QSDAoEY29kZRgBIAEoCRIcChRkZXZpY2Vfc2lnbmF0dXJlX2tleRgCIAEoDBIRCglzaWduYXR1cmUYAyABKAwiOAoSTGlua0RldmljZVJlc3BvbnNlEg8KB3VzZXJfaWQYASABKAkSEQoJZGV2aWNlX2lkGAIgASgJIg8KDUxvZ291dFJlcXVlc3QiEAoOTG9nb3V0UmVzcG9uc2Ui9QYKC0NsaWVudEZyYW1lEhIKCnJlcXVlc3RfaWQYASABKAQSHQoEYXV0aBgKIAEoCzINLmh1c2gudjEuQXV0aEgAEh0KBHBpbmcYCyABKAsyDS5odXNoLnYxLlBpbmdIABI5ChN1cGxvYWRfa2V5X3BhY2thZ2VzGAwgASgLMhouaHVzaC52MS5VcGxvYWRLZXlQYWNrYWdlc0gAEjcKEmNsYWltX2tleV9wYWNrYWdlcxgNIAEoCzIZLmh1c2gudjEuQ2xhaW1LZXlQYWNrYWdlc0gAEjUKEWtleV9wYWNrYWdlX2NvdW50GA4gASgLMhguaHVzaC52MS5LZXlQYWNrYWdlQ291bnRIABIsCgxjcmVhdGVfZ3JvdXAYDyABKAsyFC5odXNoLnYxLkNyZWF0ZUdyb3VwSAASKgoLc2VuZF9jb21taXQYECABKAsyEy5odXNoLnYxLlNlbmRDb21taXRIABIuCg1zZW5kX3Byb3Bvc2FsGBEgASgLMhUuaHVzaC52MS5TZW5kUHJvcG9zYWxIABIsCgxzZW5kX21lc3NhZ2UYEiABKAsyFC5odXNoLnYxLlNlbmRNZXNzYWdlSAASHQoEc3luYxgTIAEoCzINLmh1c2gudjEuU3luY0gAEhsKA2FjaxgUIAEoCzIMLmh1c2gudjEuQWNrSAASJgoJYWNrX2luYm94GBUgASgLMhEuaHVzaC52MS5BY2tJbmJveEgAEi8KDmdldF9ncm91cF9pbmZvGBYgASgLMhUuaHVzaC52MS5HZXRHcm91cEluZm9IABIqCgtsaXN0X2dyb3VwcxgXIAEoCzITLmh1c2gudjEuTGlzdEdyb3Vwc0gAEioKC2xvb2t1cF91c2VyGBggASgLMhMuaHVzaC52MS5Mb29rdXBVc2VySAASMAoOc2VuZF9lcGhlbWVyYWwYGSABKAsyFi5odXNoLnYxLlNlbmRFcGhlbWVyYWxIABIsCgxnZXRfcHJlc2VuY2UYGiABKAsyFC5odXNoLnYxLkdldFByZXNlbmNlSAASLAoMbGlzdF9kZXZpY2VzGBsgASgLMhQuaHVzaC52MS5MaXN0RGV2aWNlc0gAEi4KDXJldm9rZV9kZXZpY2UYHCABKAsyFS5odXNoLnYxLlJldm9rZURldmljZUgAQgYKBGJvZHkiwgkKC1NlcnZlckZyYW1lEhIKCnJlcXVlc3RfaWQYASABKAQSHwoFZXJyb3IYCiABKAsyDi5odXNoLnYxLkVycm9ySAASHQoEcG9uZxgLIAEoCzINLmh1c2gudjEuUG9uZ0gAEiIKB2F1dGhfb2sYDCABKAsyDy5odXNoLnYxLkF1dGhPa0gAEj0KFWtleV9wYWNrYWdlc191cGxvYWRlZBgNIAEoCzIcLmh1c2gudjEuS2V5UGFja2FnZXNVcGxvYWRlZEgAEjsKFGNsYWltZWRfa2V5X3BhY2thZ2VzGA4gASgLMhsuaHVzaC52MS5DbGFpbWVkS2V5UGFja2FnZXNIABJCChhrZXlfcGFja2FnZV9jb3VudF9yZXN1bHQYDyABKAsyHi5odXNoLnYxLktleVBhY2thZ2VDb3VudFJlc3VsdEgAEi4KDWdyb3VwX2NyZWF0ZWQYECABKAsyFS5odXNoLnYxLkdyb3VwQ3JlYXRlZEgAEjIKD2NvbW1pdF9hY2NlcHRlZBgRIAEoCzIXLmh1c2gudjEuQ29tbWl0QWNjZXB0ZWRIABI2ChFwcm9wb3NhbF9hY2NlcHRlZBgSIAEoCzIZLmh1c2gudjEuUHJvcG9zYWxBY2NlcHRlZEgAEjQKEG1lc3NhZ2VfYWNjZXB0ZWQYEyABKAsyGC5odXNoLnYxLk1lc3NhZ2VBY2NlcHRlZEgAEiwKDHN5bmNfc3RhcnRlZBgUIAEoCzIULmh1c2gudjEuU3luY1N0YXJ0ZWRIABI1ChFncm91cF9pbmZvX3Jlc3VsdBgVIAEoCzIYLmh1c2gudjEuR3JvdXBJbmZvUmVzdWx0SAASKAoKZ3JvdXBfbGlzdBgWIAEoCzISLmh1c2gudjEuR3JvdXBMaXN0SAASJgoJdXNlcl9pbmZvGBcgASgLMhEuaHVzaC52MS5Vc2VySW5mb0gAEjgKEmVwaGVtZXJhbF9hY2NlcHRlZBgYIAEoCzIaLmh1c2gudjEuRXBoZW1lcmFsQWNjZXB0ZWRIABIuCg1wcmVzZW5jZV9saXN0GBkgASgLMhUuaHVzaC52MS5QcmVzZW5jZUxpc3RIABIqCgtkZXZpY2VfbGlzdBgaIAEoCzITLmh1c2gudjEuRGV2aWNlTGlzdEgAEjAKDmRldmljZV9yZXZva2VkGBsgASgLMhYuaHVzaC52MS5EZXZpY2VSZXZva2VkSAASKgoLZ3JvdXBfZXZlbnQYHiABKAsyEy5odXNoLnYxLkdyb3VwRXZlbnRIABIqCgtpbmJveF9ldmVudBgfIAEoCzITLmh1c2gudjEuSW5ib3hFdmVudEgAEi8KDnN5bmNfY2F1Z2h0X3VwGCAgASgLMhUuaHVzaC52MS5TeW5jQ2F1Z2h0VXBIABIyCg9lcGhlbWVyYWxfZXZlbnQYISABKAsyFy5odXNoLnYxLkVwaGVtZXJhbEV2ZW50SAASMAoOcHJlc2VuY2VfZXZlbnQYIiABKAsyFi5odXNoLnYxLlByZXNlbmNlRXZlbnRIABIzChBrZXlfcGFja2FnZXNfbG93GCMgASgLMhcuaHVzaC52MS5LZXlQYWNrYWdlc0xvd0gAQgYKBGJvZHkiFQoEQXV0aBINCgV0b2tlbhgBIAEoCSIsCgZBdXRoT2sSDwoHdXNlcl9pZBgBIAEoCRIRCglkZXZpY2VfaWQYAiABKAkiFQoEUGluZxINCgVub25jZRgBIAEoBCIVCgRQb25nEg0KBW5vbmNlGAEgASgEIj4KEVVwbG9hZEtleVBhY2thZ2VzEhQKDGtleV9wYWNrYWdlcxgBIAMoDBITCgtsYXN0X3Jlc29ydBgCIAEoDCIkChNLZXlQYWNrYWdlc1VwbG9hZGVkEg0KBWNvdW50GAEgASgNIiMKEENsYWltS2V5UGFja2FnZXMSDwoHdXNlcl9pZBgBIAEoCSJQChFDbGFpbWVkS2V5UGFja2FnZRIRCglkZXZpY2VfaWQYASABKAkSEwoLa2V5X3BhY2thZ2UYAiABKAwSEwoLbGFzdF9yZXNvcnQYAyABKAgiRgoSQ2xhaW1lZEtleVBhY2thZ2VzEjAKDGtleV9wYWNrYWdlcxgBIAMoCzIaLmh1c2gudjEuQ2xhaW1lZEtleVBhY2thZ2UiEQoPS2V5UGFja2FnZUNvdW50Ij8KFUtleVBhY2thZ2VDb3VudFJlc3VsdBINCgVjb3VudBgBIAEoDRIXCg9oYXNfbGFzdF9yZXNvcnQYAiABKAgiPAoOS2V5UGFja2FnZXNMb3cSDQoFY291bnQYASABKA0SGwoTbGFzdF9yZXNvcnRfY2xhaW1lZBgCIAEoCCI3CgtDcmVhdGVHcm91cBISCgpncm91cF9pbmZvGAEgASgMEhQKDHJhdGNoZXRfdHJlZRgCIAEoDCIvCgxHcm91cENyZWF0ZWQSEAoIZ3JvdXBfaWQYASABKAwSDQoFZXBvY2gYAiABKAQigAEKClNlbmRDb21taXQSEAoIZ3JvdXBfaWQYASABKAwSDgoGY29tbWl0GAIgASgMEg8KB3dlbGNvbWUYAyABKAwSEgoKZ3JvdXBfaW5mbxgEIAEoDBIUCgxyYXRjaGV0X3RyZWUYBSABKAwSFQoNY2xpZW50X21zZ19pZBgGIAEoDCI+Cg5Db21taXRBY2NlcHRlZBIQCghncm91cF9pZBgBIAEoDBILCgNzZXEYAiABKAQSDQoFZXBvY2gYAyABKAQiSQoMU2VuZFByb3Bvc2FsEhAKCGdyb3VwX2lkGAEgASgMEhAKCHByb3Bvc2FsGAIgASgMEhUKDWNsaWVudF9tc2dfaWQYAyABKAwiMQoQUHJvcG9zYWxBY2NlcHRlZBIQCghncm91cF9pZBgBIAEoDBILCgNzZXEYAiABKAQiRwoLU2VuZE1lc3NhZ2USEAoIZ3JvdXBfaWQYASABKAwSFQoNY2xpZW50X21zZ19pZBgCIAEoDBIPCgdtZXNzYWdlGAMgASgMIkMKD01lc3NhZ2VBY2NlcHRlZBIQCghncm91cF9pZBgBIAEoDBILCgNzZXEYAiABKAQSEQoJZHVwbGljYXRlGAMgASgIIjIKDVNlbmRFcGhlbWVyYWwSEAoIZ3JvdXBfaWQYASABKAwSDwoHbWVzc2FnZRgCIAEoDCITChFFcGhlbWVyYWxBY2NlcHRlZCJCCg5FcGhlbWVyYWxFdmVudBIQCghncm91cF9pZBgBIAEoDBINCgVlcG9jaBgCIAEoBBIPCgdtZXNzYWdlGAMgASgMIh8KC0dldFByZXNlbmNlEhAKCGdyb3VwX2lkGAEgASgMIi8KDFVzZXJQcmVzZW5jZRIPCgd1c2VyX2lkGAEgASgJEg4KBm9ubGluZRgCIAEoCCJWCgxQcmVzZW5jZUxpc3QSEAoIZ3JvdXBfaWQYASABKAwSJAoFdXNlcnMYAiADKAsyFS5odXNoLnYxLlVzZXJQcmVzZW5jZRIOCgZwdXNoZWQYAyABKAgiMAoNUHJlc2VuY2VFdmVudBIPCgd1c2VyX2lkGAEgASgJEg4KBm9ubGluZRgCIAEoCCItCgZDdXJzb3ISEAoIZ3JvdXBfaWQYASABKAwSEQoJYWZ0ZXJfc2VxGAIgASgEIj0KBFN5bmMSIAoHY3Vyc29ycxgBIAMoCzIPLmh1c2gudjEuQ3Vyc29yEhMKC2luYm94X2FmdGVyGAIgASgEIg0KC1N5bmNTdGFydGVkIg4KDFN5bmNDYXVnaHRVcCIkCgNBY2sSEAoIZ3JvdXBfaWQYASABKAwSCwoDc2VxGAIgASgEIh0KCEFja0luYm94EhEKCWluYm94X3NlcRgBIAEoBCIgCgxHZXRHcm91cEluZm8SEAoIZ3JvdXBfaWQYASABKAwibgoPR3JvdXBJbmZvUmVzdWx0EhAKCGdyb3VwX2lkGAEgASgMEg0KBWVwb2NoGAIgASgEEhIKCmdyb3VwX2luZm8YAyABKAwSFAoMcmF0Y2hldF90cmVlGAQgASgMEhAKCGhlYWRfc2VxGAUgASgEIikKCkxpc3RHcm91cHMSGwoTYWxsX2RldmljZXNfb2ZfdXNlchgBIAEoCCJZCgxHcm91cFN1bW1hcnkSEAoIZ3JvdXBfaWQYASABKAwSDQoFZXBvY2gYAiABKAQSFgoObWVtYmVyX2RldmljZXMYAyABKA0SEAoIaGVhZF9zZXEYBCABKAQiMgoJR3JvdXBMaXN0EiUKBmdyb3VwcxgBIAMoCzIVLmh1c2gudjEuR3JvdXBTdW1tYXJ5IhwKCkxvb2t1cFVzZXISDgoGaGFuZGxlGAEgASgJIjUKCURldmljZUtleRIRCglkZXZpY2VfaWQYASABKAkSFQoNc2lnbmF0dXJlX2tleRgCIAEoDCJUCghVc2VySW5mbxIPCgd1c2VyX2lkGAEgASgJEhIKCmRldmljZV9pZHMYAiADKAkSIwoHZGV2aWNlcxgDIAMoCzISLmh1c2gudjEuRGV2aWNlS2V5Ig0KC0xpc3REZXZpY2VzImIKCkRldmljZUluZm8SEQoJZGV2aWNlX2lkGAEgASgJEhUKDXNpZ25hdHVyZV9rZXkYAiABKAwSFQoNY3JlYXRlZF9hdF9tcxgDIAEoBBITCgt0aGlzX2RldmljZRgEIAEoCCIyCgpEZXZpY2VMaXN0EiQKB2RldmljZXMYASADKAsyEy5odXNoLnYxLkRldmljZUluZm8iIQoMUmV2b2tlRGV2aWNlEhEKCWRldmljZV9pZBgBIAEoCSIiCg1EZXZpY2VSZXZva2VkEhEKCWRldmljZV9pZBgBIAEoCSKVAQoKR3JvdXBFdmVudBIQCghncm91cF9pZBgBIAEoDBILCgNzZXEYAiABKAQSIAoEa2luZBgDIAEoDjISLmh1c2gudjEuRW50cnlLaW5kEg0KBWVwb2NoGAQgASgEEg4KBnNlbmRlchgFIAEoCRIPCgdtZXNzYWdlGAYgASgMEhYKDnNlcnZlcl90aW1lX21zGAcgASgEImwKCkluYm94RXZlbnQSEQoJaW5ib3hfc2VxGAEgASgEEg8KB3dlbGNvbWUYAiABKAwSEAoIZ3JvdXBfaWQYAyABKAwSEgoKY29tbWl0X3NlcRgEIAEoBBIUCgxyYXRjaGV0X3RyZWUYBSABKAwqjwMKCUVycm9yQ29kZRIaChZFUlJPUl9DT0RFX1VOU1BFQ0lGSUVEEAASDQoJTUFMRk9STUVEEAESDQoJVE9PX0xBUkdFEAISEAoMUkFURV9MSU1JVEVEEAMSDQoJQkFEX1RPS0VOEAQSEQoNVE9LRU5fRVhQSVJFRBAFEg4KCkJBRF9PUklHSU4QBhIRCg1VTktOT1dOX0dST1VQEAcSDgoKTk9UX01FTUJFUhAIEg8KC1NUQUxFX0VQT0NIEAkSFQoRV1JPTkdfV0lSRV9GT1JNQVQQChIPCgtJTlZBTElEX01MUxALEhIKDkFMUkVBRFlfRVhJU1RTEAwSDQoJTk9UX0ZPVU5EEA0SEgoOTk9fS0VZX1BBQ0tBR0UQDhINCglGT1JCSURERU4QDxITCg9VTkFVVEhFTlRJQ0FURUQQEBIYChRUT09fTUFOWV9DT05ORUNUSU9OUxAREhQKEElOVkFMSURfQVJHVU1FTlQQEhIPCgtVTkFWQUlMQUJMRRATEgwKCElOVEVSTkFMEBQqUgoJRW50cnlLaW5kEhoKFkVOVFJZX0tJTkRfVU5TUEVDSUZJRUQQABIKCgZDT01NSVQQARIMCghQUk9QT1NBTBACEg8KC0FQUExJQ0FUSU9OEANiBnByb3RvMw");
 
 /**
  * @generated from message hush.v1.StaleEpoch
@@ -99,6 +99,14 @@ export type Error = Message<"hush.v1.Error"> & {
    * @generated from field: hush.v1.StaleEpoch stale_epoch = 3;
    */
   staleEpoch?: StaleEpoch | undefined;
+
+  /**
+   * Set when code == RATE_LIMITED and the server knows when a retry can
+   * succeed: wait at least this many milliseconds.
+   *
+   * @generated from field: uint64 retry_after_ms = 4;
+   */
+  retryAfterMs: bigint;
 };
 
 /**
@@ -689,6 +697,15 @@ export type ServerFrame = Message<"hush.v1.ServerFrame"> & {
      */
     value: PresenceEvent;
     case: "presenceEvent";
+  } | {
+    /**
+     * Pushed: this device's KeyPackages are running out (its last-resort
+     * package was just handed out): upload more.
+     *
+     * @generated from field: hush.v1.KeyPackagesLow key_packages_low = 35;
+     */
+    value: KeyPackagesLow;
+    case: "keyPackagesLow";
   } | { case: undefined; value?: undefined };
 };
 
@@ -776,6 +793,8 @@ export const PongSchema: GenMessage<Pong> = /*@__PURE__*/
  * Upload KeyPackages (TLS-serialized MLSMessage wrapping a KeyPackage, or a
  * bare KeyPackage). Each is validated; its leaf must carry this device's
  * signature key and a BasicCredential whose identity is "<user_id>/<device_id>".
+ * A device stores at most a configured number of unclaimed packages: an
+ * upload that would go past it is TOO_LARGE (nothing is stored).
  *
  * @generated from message hush.v1.UploadKeyPackages
  */
@@ -822,6 +841,10 @@ export const KeyPackagesUploadedSchema: GenMessage<KeyPackagesUploaded> = /*@__P
 /**
  * Claim one KeyPackage for every device of a user (atomic per device: a
  * package is handed out at most once, except a device's last-resort package).
+ * Claims are rate limited per claimer and per target user (RATE_LIMITED with
+ * Error.retry_after_ms). A device's last-resort package is handed out once;
+ * again only after that device uploaded packages (it is told to, by a
+ * KeyPackagesLow push to its connections); until then the device is skipped.
  *
  * @generated from message hush.v1.ClaimKeyPackages
  */
@@ -919,6 +942,36 @@ export const KeyPackageCountResultSchema: GenMessage<KeyPackageCountResult> = /*
   messageDesc(file_hush_v1_client, 26);
 
 /**
+ * Pushed to a device whose KeyPackages run out: its last-resort package was
+ * handed out to an adder. The device should upload fresh packages (which
+ * also lets its last-resort package be handed out again).
+ *
+ * @generated from message hush.v1.KeyPackagesLow
+ */
+export type KeyPackagesLow = Message<"hush.v1.KeyPackagesLow"> & {
+  /**
+   * Unclaimed ordinary packages left for this device.
+   *
+   * @generated from field: uint32 count = 1;
+   */
+  count: number;
+
+  /**
+   * The last-resort package was handed out.
+   *
+   * @generated from field: bool last_resort_claimed = 2;
+   */
+  lastResortClaimed: boolean;
+};
+
+/**
+ * Describes the message hush.v1.KeyPackagesLow.
+ * Use `create(KeyPackagesLowSchema)` to create a new message.
+ */
+export const KeyPackagesLowSchema: GenMessage<KeyPackagesLow> = /*@__PURE__*/
+  messageDesc(file_hush_v1_client, 27);
+
+/**
  * Register a new group. The creator is its only member (epoch 0).
  *
  * @generated from message hush.v1.CreateGroup
@@ -944,7 +997,7 @@ export type CreateGroup = Message<"hush.v1.CreateGroup"> & {
  * Use `create(CreateGroupSchema)` to create a new message.
  */
 export const CreateGroupSchema: GenMessage<CreateGroup> = /*@__PURE__*/
-  messageDesc(file_hush_v1_client, 27);
+  messageDesc(file_hush_v1_client, 28);
 
 /**
  * @generated from message hush.v1.GroupCreated
@@ -966,7 +1019,7 @@ export type GroupCreated = Message<"hush.v1.GroupCreated"> & {
  * Use `create(GroupCreatedSchema)` to create a new message.
  */
 export const GroupCreatedSchema: GenMessage<GroupCreated> = /*@__PURE__*/
-  messageDesc(file_hush_v1_client, 28);
+  messageDesc(file_hush_v1_client, 29);
 
 /**
  * A commit bundle. The commit must be a PublicMessage (or, for an external
@@ -1021,7 +1074,7 @@ export type SendCommit = Message<"hush.v1.SendCommit"> & {
  * Use `create(SendCommitSchema)` to create a new message.
  */
 export const SendCommitSchema: GenMessage<SendCommit> = /*@__PURE__*/
-  messageDesc(file_hush_v1_client, 29);
+  messageDesc(file_hush_v1_client, 30);
 
 /**
  * @generated from message hush.v1.CommitAccepted
@@ -1048,7 +1101,7 @@ export type CommitAccepted = Message<"hush.v1.CommitAccepted"> & {
  * Use `create(CommitAcceptedSchema)` to create a new message.
  */
 export const CommitAcceptedSchema: GenMessage<CommitAccepted> = /*@__PURE__*/
-  messageDesc(file_hush_v1_client, 30);
+  messageDesc(file_hush_v1_client, 31);
 
 /**
  * A standalone proposal (e.g. a member removing itself when leaving).
@@ -1079,7 +1132,7 @@ export type SendProposal = Message<"hush.v1.SendProposal"> & {
  * Use `create(SendProposalSchema)` to create a new message.
  */
 export const SendProposalSchema: GenMessage<SendProposal> = /*@__PURE__*/
-  messageDesc(file_hush_v1_client, 31);
+  messageDesc(file_hush_v1_client, 32);
 
 /**
  * @generated from message hush.v1.ProposalAccepted
@@ -1101,7 +1154,7 @@ export type ProposalAccepted = Message<"hush.v1.ProposalAccepted"> & {
  * Use `create(ProposalAcceptedSchema)` to create a new message.
  */
 export const ProposalAcceptedSchema: GenMessage<ProposalAccepted> = /*@__PURE__*/
-  messageDesc(file_hush_v1_client, 32);
+  messageDesc(file_hush_v1_client, 33);
 
 /**
  * An application message: an MLS PrivateMessage with content type application.
@@ -1130,7 +1183,7 @@ export type SendMessage = Message<"hush.v1.SendMessage"> & {
  * Use `create(SendMessageSchema)` to create a new message.
  */
 export const SendMessageSchema: GenMessage<SendMessage> = /*@__PURE__*/
-  messageDesc(file_hush_v1_client, 33);
+  messageDesc(file_hush_v1_client, 34);
 
 /**
  * @generated from message hush.v1.MessageAccepted
@@ -1159,7 +1212,7 @@ export type MessageAccepted = Message<"hush.v1.MessageAccepted"> & {
  * Use `create(MessageAcceptedSchema)` to create a new message.
  */
 export const MessageAcceptedSchema: GenMessage<MessageAccepted> = /*@__PURE__*/
-  messageDesc(file_hush_v1_client, 34);
+  messageDesc(file_hush_v1_client, 35);
 
 /**
  * An application message marked not-to-store (typing indicators): an MLS
@@ -1187,7 +1240,7 @@ export type SendEphemeral = Message<"hush.v1.SendEphemeral"> & {
  * Use `create(SendEphemeralSchema)` to create a new message.
  */
 export const SendEphemeralSchema: GenMessage<SendEphemeral> = /*@__PURE__*/
-  messageDesc(file_hush_v1_client, 35);
+  messageDesc(file_hush_v1_client, 36);
 
 /**
  * @generated from message hush.v1.EphemeralAccepted
@@ -1200,7 +1253,7 @@ export type EphemeralAccepted = Message<"hush.v1.EphemeralAccepted"> & {
  * Use `create(EphemeralAcceptedSchema)` to create a new message.
  */
 export const EphemeralAcceptedSchema: GenMessage<EphemeralAccepted> = /*@__PURE__*/
-  messageDesc(file_hush_v1_client, 36);
+  messageDesc(file_hush_v1_client, 37);
 
 /**
  * @generated from message hush.v1.EphemeralEvent
@@ -1231,14 +1284,17 @@ export type EphemeralEvent = Message<"hush.v1.EphemeralEvent"> & {
  * Use `create(EphemeralEventSchema)` to create a new message.
  */
 export const EphemeralEventSchema: GenMessage<EphemeralEvent> = /*@__PURE__*/
-  messageDesc(file_hush_v1_client, 37);
+  messageDesc(file_hush_v1_client, 38);
 
 /**
  * Presence: a user is online while any of its devices is connected. A change
  * is pushed (PresenceEvent) to the devices of every user sharing a group
  * with it; going offline waits a grace period, so a quick reconnect shows no
  * change. GetPresence is the current state of a group's members (the caller
- * must be one).
+ * must be one). A user's presence is visible to a group only once one of its
+ * devices joined it (processed the Welcome and acknowledged the adding
+ * commit, see Ack), not when it was merely added: until then it shows as
+ * offline there and nothing is pushed; its join pushes its current presence.
  *
  * @generated from message hush.v1.GetPresence
  */
@@ -1254,7 +1310,7 @@ export type GetPresence = Message<"hush.v1.GetPresence"> & {
  * Use `create(GetPresenceSchema)` to create a new message.
  */
 export const GetPresenceSchema: GenMessage<GetPresence> = /*@__PURE__*/
-  messageDesc(file_hush_v1_client, 38);
+  messageDesc(file_hush_v1_client, 39);
 
 /**
  * @generated from message hush.v1.UserPresence
@@ -1276,7 +1332,7 @@ export type UserPresence = Message<"hush.v1.UserPresence"> & {
  * Use `create(UserPresenceSchema)` to create a new message.
  */
 export const UserPresenceSchema: GenMessage<UserPresence> = /*@__PURE__*/
-  messageDesc(file_hush_v1_client, 39);
+  messageDesc(file_hush_v1_client, 40);
 
 /**
  * @generated from message hush.v1.PresenceList
@@ -1291,6 +1347,17 @@ export type PresenceList = Message<"hush.v1.PresenceList"> & {
    * @generated from field: repeated hush.v1.UserPresence users = 2;
    */
   users: UserPresence[];
+
+  /**
+   * Whether the server pushes this group's presence changes
+   * (PresenceEvent). False for a group with more member devices than the
+   * server's limit (actors.presence_push_max_members, default 250): a push
+   * per member per change grows with the square of the group. Then this
+   * list is only as current as the request; ask again to refresh it.
+   *
+   * @generated from field: bool pushed = 3;
+   */
+  pushed: boolean;
 };
 
 /**
@@ -1298,7 +1365,7 @@ export type PresenceList = Message<"hush.v1.PresenceList"> & {
  * Use `create(PresenceListSchema)` to create a new message.
  */
 export const PresenceListSchema: GenMessage<PresenceList> = /*@__PURE__*/
-  messageDesc(file_hush_v1_client, 40);
+  messageDesc(file_hush_v1_client, 41);
 
 /**
  * @generated from message hush.v1.PresenceEvent
@@ -1320,7 +1387,7 @@ export type PresenceEvent = Message<"hush.v1.PresenceEvent"> & {
  * Use `create(PresenceEventSchema)` to create a new message.
  */
 export const PresenceEventSchema: GenMessage<PresenceEvent> = /*@__PURE__*/
-  messageDesc(file_hush_v1_client, 41);
+  messageDesc(file_hush_v1_client, 42);
 
 /**
  * Start (or restart) delivery. The server sends, for every group this device
@@ -1347,7 +1414,7 @@ export type Cursor = Message<"hush.v1.Cursor"> & {
  * Use `create(CursorSchema)` to create a new message.
  */
 export const CursorSchema: GenMessage<Cursor> = /*@__PURE__*/
-  messageDesc(file_hush_v1_client, 42);
+  messageDesc(file_hush_v1_client, 43);
 
 /**
  * @generated from message hush.v1.Sync
@@ -1371,7 +1438,7 @@ export type Sync = Message<"hush.v1.Sync"> & {
  * Use `create(SyncSchema)` to create a new message.
  */
 export const SyncSchema: GenMessage<Sync> = /*@__PURE__*/
-  messageDesc(file_hush_v1_client, 43);
+  messageDesc(file_hush_v1_client, 44);
 
 /**
  * @generated from message hush.v1.SyncStarted
@@ -1384,7 +1451,7 @@ export type SyncStarted = Message<"hush.v1.SyncStarted"> & {
  * Use `create(SyncStartedSchema)` to create a new message.
  */
 export const SyncStartedSchema: GenMessage<SyncStarted> = /*@__PURE__*/
-  messageDesc(file_hush_v1_client, 44);
+  messageDesc(file_hush_v1_client, 45);
 
 /**
  * @generated from message hush.v1.SyncCaughtUp
@@ -1397,10 +1464,16 @@ export type SyncCaughtUp = Message<"hush.v1.SyncCaughtUp"> & {
  * Use `create(SyncCaughtUpSchema)` to create a new message.
  */
 export const SyncCaughtUpSchema: GenMessage<SyncCaughtUp> = /*@__PURE__*/
-  messageDesc(file_hush_v1_client, 45);
+  messageDesc(file_hush_v1_client, 46);
 
 /**
- * The client has durably processed everything up to `seq` of a group.
+ * The client has durably processed everything up to `seq` of a group. The
+ * group must be one the device is in (or was removed from and may still
+ * read up to its removal): NOT_MEMBER otherwise; `seq` must exist in the
+ * group (at most its head, or the removing commit): INVALID_ARGUMENT
+ * otherwise. A device's first Ack at or past the commit that added it is
+ * its join: from then on its user's presence is visible to the group (the
+ * SDK acks that commit's seq as soon as it processed the Welcome).
  *
  * @generated from message hush.v1.Ack
  */
@@ -1421,10 +1494,11 @@ export type Ack = Message<"hush.v1.Ack"> & {
  * Use `create(AckSchema)` to create a new message.
  */
 export const AckSchema: GenMessage<Ack> = /*@__PURE__*/
-  messageDesc(file_hush_v1_client, 46);
+  messageDesc(file_hush_v1_client, 47);
 
 /**
- * The client has durably processed inbox items up to `inbox_seq`.
+ * The client has durably processed inbox items up to `inbox_seq`, which
+ * must be one the device was given (INVALID_ARGUMENT otherwise).
  *
  * @generated from message hush.v1.AckInbox
  */
@@ -1440,7 +1514,7 @@ export type AckInbox = Message<"hush.v1.AckInbox"> & {
  * Use `create(AckInboxSchema)` to create a new message.
  */
 export const AckInboxSchema: GenMessage<AckInbox> = /*@__PURE__*/
-  messageDesc(file_hush_v1_client, 47);
+  messageDesc(file_hush_v1_client, 48);
 
 /**
  * @generated from message hush.v1.GetGroupInfo
@@ -1457,7 +1531,7 @@ export type GetGroupInfo = Message<"hush.v1.GetGroupInfo"> & {
  * Use `create(GetGroupInfoSchema)` to create a new message.
  */
 export const GetGroupInfoSchema: GenMessage<GetGroupInfo> = /*@__PURE__*/
-  messageDesc(file_hush_v1_client, 48);
+  messageDesc(file_hush_v1_client, 49);
 
 /**
  * @generated from message hush.v1.GroupInfoResult
@@ -1494,7 +1568,7 @@ export type GroupInfoResult = Message<"hush.v1.GroupInfoResult"> & {
  * Use `create(GroupInfoResultSchema)` to create a new message.
  */
 export const GroupInfoResultSchema: GenMessage<GroupInfoResult> = /*@__PURE__*/
-  messageDesc(file_hush_v1_client, 49);
+  messageDesc(file_hush_v1_client, 50);
 
 /**
  * The groups this device (or, with `all_devices_of_user`, any device of this
@@ -1514,7 +1588,7 @@ export type ListGroups = Message<"hush.v1.ListGroups"> & {
  * Use `create(ListGroupsSchema)` to create a new message.
  */
 export const ListGroupsSchema: GenMessage<ListGroups> = /*@__PURE__*/
-  messageDesc(file_hush_v1_client, 50);
+  messageDesc(file_hush_v1_client, 51);
 
 /**
  * @generated from message hush.v1.GroupSummary
@@ -1546,7 +1620,7 @@ export type GroupSummary = Message<"hush.v1.GroupSummary"> & {
  * Use `create(GroupSummarySchema)` to create a new message.
  */
 export const GroupSummarySchema: GenMessage<GroupSummary> = /*@__PURE__*/
-  messageDesc(file_hush_v1_client, 51);
+  messageDesc(file_hush_v1_client, 52);
 
 /**
  * @generated from message hush.v1.GroupList
@@ -1563,7 +1637,7 @@ export type GroupList = Message<"hush.v1.GroupList"> & {
  * Use `create(GroupListSchema)` to create a new message.
  */
 export const GroupListSchema: GenMessage<GroupList> = /*@__PURE__*/
-  messageDesc(file_hush_v1_client, 52);
+  messageDesc(file_hush_v1_client, 53);
 
 /**
  * The directory: a user's current devices (revoked devices are not listed).
@@ -1582,7 +1656,7 @@ export type LookupUser = Message<"hush.v1.LookupUser"> & {
  * Use `create(LookupUserSchema)` to create a new message.
  */
 export const LookupUserSchema: GenMessage<LookupUser> = /*@__PURE__*/
-  messageDesc(file_hush_v1_client, 53);
+  messageDesc(file_hush_v1_client, 54);
 
 /**
  * A device as the directory holds it.
@@ -1610,7 +1684,7 @@ export type DeviceKey = Message<"hush.v1.DeviceKey"> & {
  * Use `create(DeviceKeySchema)` to create a new message.
  */
 export const DeviceKeySchema: GenMessage<DeviceKey> = /*@__PURE__*/
-  messageDesc(file_hush_v1_client, 54);
+  messageDesc(file_hush_v1_client, 55);
 
 /**
  * @generated from message hush.v1.UserInfo
@@ -1639,7 +1713,7 @@ export type UserInfo = Message<"hush.v1.UserInfo"> & {
  * Use `create(UserInfoSchema)` to create a new message.
  */
 export const UserInfoSchema: GenMessage<UserInfo> = /*@__PURE__*/
-  messageDesc(file_hush_v1_client, 55);
+  messageDesc(file_hush_v1_client, 56);
 
 /**
  * The caller's own current devices (revoked devices are not listed).
@@ -1654,7 +1728,7 @@ export type ListDevices = Message<"hush.v1.ListDevices"> & {
  * Use `create(ListDevicesSchema)` to create a new message.
  */
 export const ListDevicesSchema: GenMessage<ListDevices> = /*@__PURE__*/
-  messageDesc(file_hush_v1_client, 56);
+  messageDesc(file_hush_v1_client, 57);
 
 /**
  * @generated from message hush.v1.DeviceInfo
@@ -1688,7 +1762,7 @@ export type DeviceInfo = Message<"hush.v1.DeviceInfo"> & {
  * Use `create(DeviceInfoSchema)` to create a new message.
  */
 export const DeviceInfoSchema: GenMessage<DeviceInfo> = /*@__PURE__*/
-  messageDesc(file_hush_v1_client, 57);
+  messageDesc(file_hush_v1_client, 58);
 
 /**
  * @generated from message hush.v1.DeviceList
@@ -1705,7 +1779,7 @@ export type DeviceList = Message<"hush.v1.DeviceList"> & {
  * Use `create(DeviceListSchema)` to create a new message.
  */
 export const DeviceListSchema: GenMessage<DeviceList> = /*@__PURE__*/
-  messageDesc(file_hush_v1_client, 58);
+  messageDesc(file_hush_v1_client, 59);
 
 /**
  * Revokes another device of the caller's user, at once: its tokens stop
@@ -1730,7 +1804,7 @@ export type RevokeDevice = Message<"hush.v1.RevokeDevice"> & {
  * Use `create(RevokeDeviceSchema)` to create a new message.
  */
 export const RevokeDeviceSchema: GenMessage<RevokeDevice> = /*@__PURE__*/
-  messageDesc(file_hush_v1_client, 59);
+  messageDesc(file_hush_v1_client, 60);
 
 /**
  * @generated from message hush.v1.DeviceRevoked
@@ -1747,7 +1821,7 @@ export type DeviceRevoked = Message<"hush.v1.DeviceRevoked"> & {
  * Use `create(DeviceRevokedSchema)` to create a new message.
  */
 export const DeviceRevokedSchema: GenMessage<DeviceRevoked> = /*@__PURE__*/
-  messageDesc(file_hush_v1_client, 60);
+  messageDesc(file_hush_v1_client, 61);
 
 /**
  * @generated from message hush.v1.GroupEvent
@@ -1802,7 +1876,7 @@ export type GroupEvent = Message<"hush.v1.GroupEvent"> & {
  * Use `create(GroupEventSchema)` to create a new message.
  */
 export const GroupEventSchema: GenMessage<GroupEvent> = /*@__PURE__*/
-  messageDesc(file_hush_v1_client, 61);
+  messageDesc(file_hush_v1_client, 62);
 
 /**
  * @generated from message hush.v1.InboxEvent
@@ -1845,7 +1919,7 @@ export type InboxEvent = Message<"hush.v1.InboxEvent"> & {
  * Use `create(InboxEventSchema)` to create a new message.
  */
 export const InboxEventSchema: GenMessage<InboxEvent> = /*@__PURE__*/
-  messageDesc(file_hush_v1_client, 62);
+  messageDesc(file_hush_v1_client, 63);
 
 /**
  * ---------------------------------------------------------------------------
