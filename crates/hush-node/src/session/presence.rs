@@ -67,7 +67,13 @@ impl Sessions {
         let devices = match self.store.co_member_devices(user_id, max).await {
             Ok(d) => d,
             Err(e) => {
-                tracing::warn!(user = %user_id, error = %e, "presence: reading co-members failed");
+                // While the node stops, its sessions' last announcements
+                // race the store's own shutdown: not worth a warning each.
+                if self.shutdown.is_shutting_down() {
+                    tracing::debug!(user = %user_id, error = %e, "presence: not announced while stopping");
+                } else {
+                    tracing::warn!(user = %user_id, error = %e, "presence: reading co-members failed");
+                }
                 return;
             }
         };
