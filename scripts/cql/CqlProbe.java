@@ -22,6 +22,7 @@ import java.util.ArrayList;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.UUID;
 
 public final class CqlProbe {
     private static final long RETRY_PAUSE_MS = 500;
@@ -44,12 +45,20 @@ public final class CqlProbe {
             });
             System.err.println("cql: " + hostPort(node) + " answers (Cassandra " + version + ")");
         }
+        // The probe table is created only once every node has gossiped with
+        // every other and they agree on the schema: a table created while
+        // a node was not connected yet reaches it only by a schema pull,
+        // which under load (a CI build on the same two cores) did not come
+        // within the wait, and every write at ALL then failed on that node
+        // ("Couldn't find table").
+        awaitAgreement(deadline, nodes, "see every other node with the same schema");
         until(deadline, nodes.get(0), "create the probe table", s -> {
             s.execute("CREATE KEYSPACE IF NOT EXISTS hush_probe WITH replication = "
                 + "{'class': 'SimpleStrategy', 'replication_factor': " + nodes.size() + "}");
             s.execute("CREATE TABLE IF NOT EXISTS hush_probe.ping (node text PRIMARY KEY, at timestamp)");
             return "";
         });
+        awaitAgreement(deadline, nodes, "agree on the schema with the probe table");
         for (InetSocketAddress node : nodes) {
             until(deadline, node, "write at consistency ALL", s -> {
                 s.execute(new SimpleStatement(
@@ -62,6 +71,27 @@ public final class CqlProbe {
         }
         for (InetSocketAddress node : new ArrayList<>(SESSIONS.keySet())) {
             forget(node);
+        }
+    }
+
+    /** Waits until every node lists the others as peers on its own schema version. */
+    private static void awaitAgreement(long deadline, List<InetSocketAddress> nodes, String what)
+            throws InterruptedException {
+        for (InetSocketAddress node : nodes) {
+            until(deadline, node, what, s -> {
+                UUID local = s.execute("SELECT schema_version FROM system.local").one().getUUID("schema_version");
+                int agreeing = 0;
+                for (Row peer : s.execute("SELECT schema_version FROM system.peers_v2")) {
+                    if (local != null && local.equals(peer.getUUID("schema_version"))) {
+                        agreeing++;
+                    }
+                }
+                if (agreeing < nodes.size() - 1) {
+                    throw new IllegalStateException(
+                        agreeing + " of " + (nodes.size() - 1) + " other nodes on schema " + local);
+                }
+                return "";
+            });
         }
     }
 
