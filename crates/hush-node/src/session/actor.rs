@@ -39,9 +39,6 @@ pub enum SessionMsg {
     /// Periodic while the last connection is gone: announce offline once the
     /// grace period is over, then passivate.
     Tick,
-    /// Whether online is announced (and offline not yet): the presence
-    /// co-members were last told.
-    IsOnline { reply: RpcReplyPort<bool> },
     /// The view changed and still places the user here: forget the
     /// connections of nodes that are no longer members.
     ViewChanged { members: Vec<String> },
@@ -136,7 +133,7 @@ impl Actor for SessionActor {
                 let attached = result.is_ok();
                 let _ = reply.send(result);
                 if attached {
-                    Box::pin(self.on_connected(state)).await;
+                    Box::pin(self.on_connected(&myself, state)).await;
                 } else if state.conns.is_empty() {
                     Box::pin(self.on_idle(&myself, state)).await;
                 }
@@ -148,9 +145,6 @@ impl Actor for SessionActor {
                         Box::pin(self.on_idle(&myself, state)).await;
                     }
                 }
-            }
-            SessionMsg::IsOnline { reply } => {
-                let _ = reply.send(state.online);
             }
             SessionMsg::Tick => {
                 let now = self.sessions.clock.now_ms();
@@ -204,17 +198,19 @@ impl Actor for SessionActor {
 }
 
 impl SessionActor {
-    /// Publishes the connections for the fan-out (`index.rs`).
+    /// Publishes the connections for the fan-out, and the presence for
+    /// `GetPresence` (`index.rs`).
     fn publish(&self, myself: &ActorRef<SessionMsg>, state: &SessionState) {
         self.sessions.index.publish(
             &state.user_id,
             myself.clone(),
             state.conns.iter().map(|(c, d)| (c.clone(), d.clone())),
+            state.online,
         );
     }
 
     /// A connection attached: cancel a pending offline, or announce online.
-    async fn on_connected(&self, state: &mut SessionState) {
+    async fn on_connected(&self, myself: &ActorRef<SessionMsg>, state: &mut SessionState) {
         if state.offline_at.take().is_some() {
             if let Some(t) = state.ticker.take() {
                 t.abort();
@@ -222,6 +218,7 @@ impl SessionActor {
         }
         if !state.online {
             state.online = true;
+            self.publish(myself, state);
             self.sessions.announce(&state.user_id, true).await;
         }
     }
@@ -261,6 +258,7 @@ impl SessionActor {
         state.offline_at = None;
         if state.online {
             state.online = false;
+            self.publish(myself, state);
             self.sessions.announce(&state.user_id, false).await;
         }
         myself.stop(None);

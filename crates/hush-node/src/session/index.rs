@@ -1,6 +1,8 @@
 //! Where the connections of this node's sessions are, as each SessionActor
 //! last published them: the fan-out reads it to write to the connections
-//! without a message to every recipient's actor.
+//! without a message to every recipient's actor. It also holds whether each
+//! session announced its user online, so that `GetPresence` on a group of
+//! 1,000 reads a flag per member instead of calling 1,000 actors.
 //!
 //! The SessionActor stays the only one that decides which connections its
 //! user has (attach, detach, kick, view changes); after each change it
@@ -28,6 +30,8 @@ pub type ConnList = Arc<[(ConnRef, String)]>;
 pub struct Published {
     pub actor: ActorRef<SessionMsg>,
     pub conns: ConnList,
+    /// Online announced (and offline not yet), as the actor last set it.
+    pub online: bool,
 }
 
 #[derive(Default)]
@@ -45,16 +49,29 @@ impl SessionIndex {
         self.lock().get(user_id).cloned()
     }
 
-    /// Records the connections of the session `actor` of `user_id`.
+    /// Records the connections of the session `actor` of `user_id`, and
+    /// whether it announced its user online.
     pub fn publish(
         &self,
         user_id: &str,
         actor: ActorRef<SessionMsg>,
         conns: impl Iterator<Item = (ConnRef, String)>,
+        online: bool,
     ) {
         let conns: ConnList = conns.collect();
-        self.lock()
-            .insert(user_id.to_owned(), Published { actor, conns });
+        self.lock().insert(
+            user_id.to_owned(),
+            Published {
+                actor,
+                conns,
+                online,
+            },
+        );
+    }
+
+    /// Whether the session of `user_id` on this node announced it online.
+    pub fn is_online(&self, user_id: &str) -> bool {
+        self.lock().get(user_id).is_some_and(|p| p.online)
     }
 
     /// Forgets the session of `user_id` if it is still the actor `id` (a
