@@ -54,6 +54,9 @@ pub struct FanoutJob {
     pub presealed_per_group: usize,
     pub setup_concurrency: usize,
     pub ack_interval_ms: u64,
+    /// See `scenario::Fanout::presence_poll_ms`.
+    #[serde(default)]
+    pub presence_poll_ms: u64,
     /// Chaos: this worker's part of the history (`crate::history`).
     #[serde(default)]
     pub history: Option<PathBuf>,

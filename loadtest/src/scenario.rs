@@ -152,6 +152,12 @@ pub struct Fanout {
     /// Receivers acknowledge their highest contiguous seq this often (as the
     /// SDK does after processing); 0 = never.
     pub ack_interval_ms: u64,
+    /// Every member asks for its group's presence (`GetPresence`) this
+    /// often, the members spread evenly over the interval, as `hush chat`
+    /// and the web page do in a group whose changes are not pushed;
+    /// 0 = never.
+    #[serde(default)]
+    pub presence_poll_ms: u64,
     /// Sustain: a phase passes while its end-to-end p99 stays under this.
     pub sustain_p99_ms: f64,
     /// Distinct presealed ciphertexts per group (replayed round-robin).
@@ -170,6 +176,7 @@ impl Default for Fanout {
             phase_s: 10.0,
             drain_timeout_s: 30.0,
             ack_interval_ms: 200,
+            presence_poll_ms: 0,
             sustain_p99_ms: 50.0,
             presealed_per_group: 16,
             setup_concurrency: 16,

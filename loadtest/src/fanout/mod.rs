@@ -90,6 +90,8 @@ pub async fn run(plan: Plan, job: FanoutJob, ch: Channels) -> anyhow::Result<()>
     run.ready((job.groups * job.group_size) as u64);
     let acker = (job.ack_interval_ms > 0)
         .then(|| spawn_acker(&groups, Duration::from_millis(job.ack_interval_ms)));
+    let poller = (job.presence_poll_ms > 0)
+        .then(|| spawn_presence_poller(&groups, Duration::from_millis(job.presence_poll_ms)));
     let resender = spawn_resender(&groups);
     let run_tag = u32::from_str_radix(plan.run_id.get(..8).unwrap_or("0"), 16).unwrap_or(0);
     while let Some(p) = run.next_phase().await {
@@ -103,6 +105,9 @@ pub async fn run(plan: Plan, job: FanoutJob, ch: Channels) -> anyhow::Result<()>
     run.finish(|| {
         if let Some(a) = acker {
             a.abort();
+        }
+        if let Some(p) = poller {
+            p.abort();
         }
         resender.abort();
         for g in &groups {
@@ -140,6 +145,35 @@ fn spawn_acker(groups: &[GroupRt], every: Duration) -> JoinHandle<()> {
                         }),
                     );
                 }
+            }
+        }
+    })
+}
+
+/// Every member asks for its group's presence once per `every`, one member
+/// after the other at even intervals (the answers, request id 0, are
+/// ignored like any push the generator does not count).
+fn spawn_presence_poller(groups: &[GroupRt], every: Duration) -> JoinHandle<()> {
+    let targets: Vec<(Arc<Conn>, Arc<MemberSink>)> = groups
+        .iter()
+        .flat_map(|g| g.conns.iter().cloned().zip(g.sinks.iter().cloned()))
+        .collect();
+    tokio::spawn(async move {
+        if targets.is_empty() {
+            return;
+        }
+        let step = (every / targets.len() as u32).max(Duration::from_micros(100));
+        let mut iv = tokio::time::interval(step);
+        iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        for (conn, sink) in targets.iter().cycle() {
+            iv.tick().await;
+            if let Some(gid) = sink.group.group_id.get() {
+                let _ = conn.send_with_id(
+                    0,
+                    C::GetPresence(v1::GetPresence {
+                        group_id: gid.clone(),
+                    }),
+                );
             }
         }
     })
