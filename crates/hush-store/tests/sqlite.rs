@@ -424,3 +424,41 @@ async fn a_big_groups_welcome_is_stored_once_and_freed_by_the_last_ack() {
         assert_eq!(stored(&raw).0, left, "after {d}'s ack");
     }
 }
+
+/// A Welcome addressed to nobody leaves no row behind (no inbox item would
+/// ever release it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_welcome_for_no_device_is_not_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("hush.db");
+    let store = open(&path).await;
+    store.create_group(&group(b"g")).await.expect("group");
+    let lease = store
+        .acquire_lease(b"g", "node-a", 0, 1_000_000)
+        .await
+        .expect("lease");
+    let commit = CommitWrite {
+        group_id: b"g".to_vec(),
+        fence: lease.token,
+        expected_epoch: 1,
+        new_epoch: 2,
+        state: b"s2".to_vec(),
+        group_info: b"gi2".to_vec(),
+        ratchet_tree: b"rt2".to_vec(),
+        members: group(b"g").group.members,
+        entry: NewEntry {
+            kind: EntryKind::Commit,
+            ..message("nobody")
+        },
+        welcome: Some(WelcomeWrite {
+            welcome: b"w".to_vec(),
+            device_ids: vec![],
+        }),
+    };
+    store.append_commit(&commit).await.expect("commit");
+    let raw = rusqlite::Connection::open(&path).expect("raw open");
+    let rows: i64 = raw
+        .query_row("SELECT COUNT(*) FROM welcomes", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(rows, 0);
+}

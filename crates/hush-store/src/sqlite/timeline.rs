@@ -246,6 +246,10 @@ fn insert_welcome(
     ratchet_tree: &[u8],
 ) -> Result<()> {
     let devices: BTreeSet<&str> = welcome.device_ids.iter().map(String::as_str).collect();
+    if devices.is_empty() {
+        // Nobody to refer to it: a row here would never be released.
+        return Ok(());
+    }
     stmt::execute(
         conn,
         "INSERT INTO welcomes (group_id, commit_seq, welcome, ratchet_tree, pending)
