@@ -86,30 +86,33 @@ pub(super) fn read_group(conn: &Connection, group_id: &[u8]) -> Result<Option<Gr
 /// The members that joined (see [`crate::joined_groups`]): created the
 /// group (joined at 0), or acked at or past the commit that added them.
 pub(super) fn read_joined_members(conn: &Connection, group_id: &[u8]) -> Result<Vec<MemberDevice>> {
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT m.user_id, m.device_id FROM members m
-             LEFT JOIN cursors c ON c.device_id = m.device_id AND c.group_id = m.group_id
-             WHERE m.group_id = ?1 AND (m.joined_seq = 0 OR c.seq >= m.joined_seq)",
-        )
-        .map_err(|e| map_err("read joined members", e))?;
-    let mut members = stmt
-        .query_map(params![group_id], |r| {
-            Ok(MemberDevice {
-                user_id: r.get(0)?,
-                device_id: r.get(1)?,
-            })
-        })
-        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-        .map_err(|e| map_err("read joined members", e))?;
-    members.sort();
-    Ok(members)
+    query_members(
+        conn,
+        "SELECT m.user_id, m.device_id FROM members m
+         LEFT JOIN cursors c ON c.device_id = m.device_id AND c.group_id = m.group_id
+         WHERE m.group_id = ?1 AND (m.joined_seq = 0 OR c.seq >= m.joined_seq)",
+        group_id,
+        "read joined members",
+    )
 }
 
 pub(super) fn read_members(conn: &Connection, group_id: &[u8]) -> Result<Vec<MemberDevice>> {
-    let mut stmt = conn
-        .prepare_cached("SELECT user_id, device_id FROM members WHERE group_id = ?1")
-        .map_err(|e| map_err("read members", e))?;
+    query_members(
+        conn,
+        "SELECT user_id, device_id FROM members WHERE group_id = ?1",
+        group_id,
+        "read members",
+    )
+}
+
+/// The (user_id, device_id) rows `sql` selects for a group, sorted.
+fn query_members(
+    conn: &Connection,
+    sql: &str,
+    group_id: &[u8],
+    what: &str,
+) -> Result<Vec<MemberDevice>> {
+    let mut stmt = conn.prepare_cached(sql).map_err(|e| map_err(what, e))?;
     let mut members = stmt
         .query_map(params![group_id], |r| {
             Ok(MemberDevice {
@@ -118,7 +121,7 @@ pub(super) fn read_members(conn: &Connection, group_id: &[u8]) -> Result<Vec<Mem
             })
         })
         .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-        .map_err(|e| map_err("read members", e))?;
+        .map_err(|e| map_err(what, e))?;
     members.sort();
     Ok(members)
 }
