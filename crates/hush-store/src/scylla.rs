@@ -147,8 +147,11 @@
 //!   read settles, are retried after transient errors (4 times, pauses of
 //!   0.1 to 0.8 s), because the driver never retries SERIAL reads or LWTs
 //!   and a node that dies takes its in-flight requests with it. An append
-//!   whose LWT failed with an unknown outcome finds its own entry on the
-//!   retry and reports it `Appended`, not `Duplicate`.
+//!   whose LWT failed with an unknown outcome and finds its id taken on
+//!   the retry reports `Appended` only if the entry carries its own nonce
+//!   (`groups.pending_writer`, copied to `client_msgs.writer`): its LWT did
+//!   apply. A concurrent duplicate's entry carries another nonce, so of two
+//!   calls with one id exactly one reports `Appended`.
 //!
 //! # Cassandra and ScyllaDB
 //!
@@ -234,13 +237,16 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../cql/0001_init.cql")),
     (2, include_str!("../cql/0002_last_resort_claims.cql")),
     (3, include_str!("../cql/0003_welcomes.cql")),
+    (4, include_str!("../cql/0004_writers.cql")),
 ];
 
 /// The schema version this binary writes. Version 3 stores a commit's
 /// Welcome once (`welcomes`, `groups.pending_welcome`); binaries of
 /// version 2 cannot read its inbox rows, so stop them before version 3
-/// serves.
-pub const SCHEMA_VERSION: i32 = 3;
+/// serves. Version 4 records which append call wrote an entry
+/// (`groups.pending_writer`, `client_msgs.writer`); version-3 binaries
+/// ignore the columns and may run beside it.
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// The consistency level of ordinary reads and writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -716,6 +722,7 @@ mod tests {
         assert_eq!(split_statements(MIGRATIONS[0].1).len(), 18);
         assert_eq!(split_statements(MIGRATIONS[1].1).len(), 1);
         assert_eq!(split_statements(MIGRATIONS[2].1).len(), 2);
+        assert_eq!(split_statements(MIGRATIONS[3].1).len(), 2);
         let statements: Vec<String> = MIGRATIONS
             .iter()
             .flat_map(|(_, cql)| split_statements(cql))
@@ -732,7 +739,14 @@ mod tests {
             assert!(!s.contains("--"), "comment left in: {s}");
             assert!(!s.contains(';'), "separator left in: {s}");
         }
-        assert_eq!(added, vec![("groups", "pending_welcome")]);
+        assert_eq!(
+            added,
+            vec![
+                ("groups", "pending_welcome"),
+                ("groups", "pending_writer"),
+                ("client_msgs", "writer")
+            ]
+        );
         let tables = schema_tables();
         assert_eq!(tables.len(), statements.len() - added.len());
         for needed in [

@@ -17,6 +17,7 @@ use ::scylla::statement::Consistency;
 use ::scylla::value::{CqlValue, Row};
 use async_trait::async_trait;
 use futures_util::TryStreamExt;
+use ring::rand::SecureRandom as _;
 
 use super::error::{exec_error, next_row_error, pager_error, prepare_error, Transient};
 use super::welcome::PendingWelcome;
@@ -116,17 +117,17 @@ pub const STATEMENTS: &[(&str, Mode, &str)] = &[
     ("lr_claim_clear", Mode::Lwt, "DELETE FROM last_resort_claims WHERE device_id = ? IF EXISTS"),
     ("group_insert", Mode::Lwt, "INSERT INTO groups (group_id, epoch, state, group_info, ratchet_tree, head_seq, lease_owner, lease_token, lease_expires_ms, members) VALUES (?, ?, ?, ?, ?, 0, '', 0, 0, ?) IF NOT EXISTS"),
     ("group_get", Mode::SerialRead, "SELECT epoch, state, group_info, ratchet_tree, head_seq, members FROM groups WHERE group_id = ?"),
-    ("head_get", Mode::SerialRead, "SELECT epoch, head_seq, lease_owner, lease_token, lease_expires_ms, members, pending_seq, pending_kind, pending_epoch, pending_sender, pending_cmid, pending_message, pending_time_ms, pending_added, pending_departed, pending_welcomes, pending_welcome FROM groups WHERE group_id = ?"),
+    ("head_get", Mode::SerialRead, "SELECT epoch, head_seq, lease_owner, lease_token, lease_expires_ms, members, pending_seq, pending_kind, pending_epoch, pending_sender, pending_cmid, pending_message, pending_time_ms, pending_writer, pending_added, pending_departed, pending_welcomes, pending_welcome FROM groups WHERE group_id = ?"),
     ("head_tree_get", Mode::SerialRead, "SELECT head_seq, ratchet_tree FROM groups WHERE group_id = ?"),
     ("lease_set", Mode::Lwt, "UPDATE groups SET lease_owner = ?, lease_token = ?, lease_expires_ms = ? WHERE group_id = ? IF lease_owner = ? AND lease_token = ?"),
     ("lease_release", Mode::Lwt, "UPDATE groups SET lease_expires_ms = 0 WHERE group_id = ? IF lease_owner = ? AND lease_token = ?"),
-    ("append_message", Mode::Lwt, "UPDATE groups SET head_seq = ?, pending_seq = ?, pending_kind = ?, pending_epoch = ?, pending_sender = ?, pending_cmid = ?, pending_message = ?, pending_time_ms = ?, pending_added = null, pending_departed = null, pending_welcomes = null, pending_welcome = null WHERE group_id = ? IF head_seq = ? AND lease_token = ?"),
-    ("append_proposal", Mode::Lwt, "UPDATE groups SET head_seq = ?, pending_seq = ?, pending_kind = ?, pending_epoch = ?, pending_sender = ?, pending_cmid = ?, pending_message = ?, pending_time_ms = ?, pending_added = null, pending_departed = null, pending_welcomes = null, pending_welcome = null, state = ? WHERE group_id = ? IF head_seq = ? AND lease_token = ?"),
-    ("append_commit", Mode::Lwt, "UPDATE groups SET head_seq = ?, pending_seq = ?, pending_kind = ?, pending_epoch = ?, pending_sender = ?, pending_cmid = ?, pending_message = ?, pending_time_ms = ?, pending_added = ?, pending_departed = ?, pending_welcomes = null, pending_welcome = ?, epoch = ?, state = ?, group_info = ?, ratchet_tree = ?, members = ? WHERE group_id = ? IF head_seq = ? AND lease_token = ?"),
+    ("append_message", Mode::Lwt, "UPDATE groups SET head_seq = ?, pending_seq = ?, pending_kind = ?, pending_epoch = ?, pending_sender = ?, pending_cmid = ?, pending_message = ?, pending_time_ms = ?, pending_writer = ?, pending_added = null, pending_departed = null, pending_welcomes = null, pending_welcome = null WHERE group_id = ? IF head_seq = ? AND lease_token = ?"),
+    ("append_proposal", Mode::Lwt, "UPDATE groups SET head_seq = ?, pending_seq = ?, pending_kind = ?, pending_epoch = ?, pending_sender = ?, pending_cmid = ?, pending_message = ?, pending_time_ms = ?, pending_writer = ?, pending_added = null, pending_departed = null, pending_welcomes = null, pending_welcome = null, state = ? WHERE group_id = ? IF head_seq = ? AND lease_token = ?"),
+    ("append_commit", Mode::Lwt, "UPDATE groups SET head_seq = ?, pending_seq = ?, pending_kind = ?, pending_epoch = ?, pending_sender = ?, pending_cmid = ?, pending_message = ?, pending_time_ms = ?, pending_writer = ?, pending_added = ?, pending_departed = ?, pending_welcomes = null, pending_welcome = ?, epoch = ?, state = ?, group_info = ?, ratchet_tree = ?, members = ? WHERE group_id = ? IF head_seq = ? AND lease_token = ?"),
     ("timeline_insert", Mode::Quorum, "INSERT INTO timeline (group_id, bucket, seq, kind, epoch, sender, client_msg_id, message, server_time_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?"),
     ("timeline_read", Mode::Quorum, super::SELECT_TIMELINE),
-    ("cmid_insert", Mode::Quorum, "INSERT INTO client_msgs (group_id, client_msg_id, seq) VALUES (?, ?, ?) USING TTL ?"),
-    ("cmid_get", Mode::Quorum, "SELECT seq FROM client_msgs WHERE group_id = ? AND client_msg_id = ?"),
+    ("cmid_insert", Mode::Quorum, "INSERT INTO client_msgs (group_id, client_msg_id, seq, writer) VALUES (?, ?, ?, ?) USING TTL ?"),
+    ("cmid_get", Mode::Quorum, "SELECT seq, writer FROM client_msgs WHERE group_id = ? AND client_msg_id = ?"),
     ("dg_insert", Mode::Quorum, "INSERT INTO device_groups (device_id, group_id, joined_seq) VALUES (?, ?, ?) USING TIMESTAMP ?"),
     ("dg_delete", Mode::Quorum, "DELETE FROM device_groups USING TIMESTAMP ? WHERE device_id = ? AND group_id = ?"),
     ("dg_list", Mode::Idempotent, "SELECT group_id, joined_seq FROM device_groups WHERE device_id = ?"),
@@ -213,6 +214,7 @@ struct HeadRow {
     pending_cmid: Option<Vec<u8>>,
     pending_message: Option<Vec<u8>>,
     pending_time_ms: Option<i64>,
+    pending_writer: Option<Vec<u8>>,
     pending_added: Option<BTreeSet<String>>,
     pending_departed: Option<HashMap<String, i64>>,
     pending_welcomes: Option<Welcomes>,
@@ -223,6 +225,9 @@ struct HeadRow {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pending {
     pub row: TimelineRow,
+    /// The nonce of the append call that wrote the entry ([`Writer`]);
+    /// `None` for an entry a version-3 binary left pending.
+    pub writer: Option<Vec<u8>>,
     pub added: BTreeSet<String>,
     pub departed: HashMap<String, i64>,
     /// A commit's Welcome, stored once for the devices it welcomes.
@@ -249,6 +254,7 @@ impl HeadRow {
                 message: self.pending_message.clone().unwrap_or_default(),
                 server_time_ms: self.pending_time_ms?,
             },
+            writer: self.pending_writer.clone(),
             added: self.pending_added.clone().unwrap_or_default(),
             departed: self.pending_departed.clone().unwrap_or_default(),
             // Only the Welcome of this very entry: a writer that does not
@@ -346,9 +352,15 @@ impl<'a> Change<'a> {
     /// What the append's LWT writes for `row`: the head's pending entry
     /// and, for a commit, the side effects outside the head partition and
     /// the head's new epoch and members, computed from the current ones.
-    fn reservation(&self, row: TimelineRow, head: &HeadRow) -> Result<Reservation<'a>> {
+    fn reservation(
+        &self,
+        row: TimelineRow,
+        writer: &Writer,
+        head: &HeadRow,
+    ) -> Result<Reservation<'a>> {
         let mut pending = Pending {
             row,
+            writer: Some(writer.0.to_vec()),
             added: BTreeSet::new(),
             departed: HashMap::new(),
             welcome: None,
@@ -388,6 +400,28 @@ impl<'a> Change<'a> {
 struct Reservation<'a> {
     pending: Pending,
     change: HeadChange<'a>,
+}
+
+/// Who appends: a random nonce per append call, written with its entry
+/// (`groups.pending_writer`, then `client_msgs.writer`). An LWT whose
+/// outcome is unknown may have applied; when the call then finds its
+/// client_msg_id taken, the nonce tells its own entry from a concurrent
+/// duplicate's, so exactly one of them reports `Appended`.
+struct Writer([u8; 16]);
+
+impl Writer {
+    fn new() -> Result<Self> {
+        let mut nonce = [0u8; 16];
+        ring::rand::SystemRandom::new()
+            .fill(&mut nonce)
+            .map_err(|_| backend("writer nonce", "the system's random source failed"))?;
+        Ok(Self(nonce))
+    }
+
+    /// Whether an entry written by `by` is this call's.
+    fn wrote(&self, by: Option<&[u8]>) -> bool {
+        by == Some(self.0.as_slice())
+    }
 }
 
 /// The head columns an append sets besides the pending entry.
@@ -617,7 +651,7 @@ impl ScyllaStore {
         .await?;
         self.run(
             "cmid_insert",
-            (group_id, &r.client_msg_id, r.seq, self.ttl()),
+            (group_id, &r.client_msg_id, r.seq, &p.writer, self.ttl()),
         )
         .await?;
         for device in &p.added {
@@ -734,15 +768,12 @@ impl ScyllaStore {
         change: Change<'_>,
     ) -> Result<AppendOutcome> {
         let fence = to_bigint(fence, "fence")?;
+        let writer = Writer::new()?;
         let mut transient = Transient::new();
-        // Set once this call's own LWT may have written the entry (it
-        // applied, or failed with an unknown outcome): finding the id
-        // afterwards is this call's append, not somebody else's.
-        let mut ours = false;
         let mut contention = Contention::new("group head");
         loop {
             match self
-                .append_attempt(group_id, fence, entry, &change, &mut ours)
+                .append_attempt(group_id, fence, entry, &change, &writer)
                 .await
             {
                 Ok(Some(outcome)) => return Ok(outcome),
@@ -760,19 +791,24 @@ impl ScyllaStore {
         fence: i64,
         entry: &NewEntry,
         change: &Change<'_>,
-        ours: &mut bool,
+        writer: &Writer,
     ) -> Result<Option<AppendOutcome>> {
         let head = self.head(group_id).await?.ok_or(StoreError::NotFound)?;
         check_fence(&head, fence)?;
         if let Some(p) = head.pending() {
             self.materialize(group_id, &p, None).await?;
         }
-        if let Some((seq,)) = self
-            .one::<(i64,)>("cmid_get", (group_id, &entry.client_msg_id))
+        if let Some((seq, by)) = self
+            .one::<(i64, Option<Vec<u8>>)>("cmid_get", (group_id, &entry.client_msg_id))
             .await?
         {
+            // The id is taken. By this call only if an earlier round's LWT
+            // applied though its outcome looked unknown (a timeout), or
+            // applied and the materialization after it failed: the entry
+            // then carries this call's nonce. A concurrent duplicate's
+            // entry carries its own.
             let seq = from_bigint(seq, "seq")?;
-            return Ok(Some(if *ours {
+            return Ok(Some(if writer.wrote(by.as_deref()) {
                 AppendOutcome::Appended { seq }
             } else {
                 AppendOutcome::Duplicate { seq }
@@ -780,26 +816,19 @@ impl ScyllaStore {
         }
         check_epoch(&head, change.expected_epoch(entry))?;
         let seq = head.head_seq + 1;
-        let reservation = change.reservation(entry_row(seq, entry)?, &head)?;
-        match self.reserve(group_id, &head, fence, &reservation).await {
-            Ok(true) => {
-                *ours = true;
-                let tree = match reservation.change {
-                    HeadChange::Commit { write, .. } => Some(write.ratchet_tree.as_slice()),
-                    HeadChange::Message | HeadChange::Proposal { .. } => None,
-                };
-                self.materialize(group_id, &reservation.pending, tree)
-                    .await?;
-                Ok(Some(AppendOutcome::Appended {
-                    seq: from_bigint(seq, "seq")?,
-                }))
-            }
-            Ok(false) => Ok(None),
-            Err(e) => {
-                *ours = true;
-                Err(e)
-            }
+        let reservation = change.reservation(entry_row(seq, entry)?, writer, &head)?;
+        if !self.reserve(group_id, &head, fence, &reservation).await? {
+            return Ok(None);
         }
+        let tree = match reservation.change {
+            HeadChange::Commit { write, .. } => Some(write.ratchet_tree.as_slice()),
+            HeadChange::Message | HeadChange::Proposal { .. } => None,
+        };
+        self.materialize(group_id, &reservation.pending, tree)
+            .await?;
+        Ok(Some(AppendOutcome::Appended {
+            seq: from_bigint(seq, "seq")?,
+        }))
     }
 
     /// The LWT that takes the reservation's seq if the head is still at
@@ -830,6 +859,7 @@ impl ScyllaStore {
             &r.client_msg_id,
             &r.message,
             &r.server_time_ms,
+            &pending.writer,
         ];
         let statement = match change {
             HeadChange::Message => "append_message",
@@ -1537,7 +1567,7 @@ mod tests {
             .find(|(n, _, _)| *n == "append_commit")
             .unwrap()
             .2;
-        assert_eq!(commit.matches('?').count(), 19, "flat bind list in append");
+        assert_eq!(commit.matches('?').count(), 20, "flat bind list in append");
         for column in [
             "epoch = ?",
             "members = ?",
@@ -1635,11 +1665,29 @@ mod tests {
             pending_cmid: Some(b"c".to_vec()),
             pending_message: Some(b"m".to_vec()),
             pending_time_ms: Some(5),
+            pending_writer: Some(b"w".to_vec()),
             pending_added: Some(BTreeSet::from(["c1".to_string()])),
             pending_departed: None,
             pending_welcomes: None,
             pending_welcome: None,
         }
+    }
+
+    #[test]
+    fn a_taken_id_is_this_calls_append_only_under_its_own_nonce() {
+        let (a, b) = (Writer::new().unwrap(), Writer::new().unwrap());
+        assert_ne!(a.0, b.0, "every call draws its own nonce");
+        assert!(a.wrote(Some(&a.0)));
+        assert!(!a.wrote(Some(&b.0)), "a concurrent duplicate's entry");
+        assert!(!a.wrote(None), "an entry a version-3 binary wrote");
+        // The reservation carries the nonce into the head's pending entry,
+        // which materializes it into client_msgs.
+        let h = head(Some(4), 4);
+        let r = Change::Message
+            .reservation(h.pending().unwrap().row, &a, &h)
+            .unwrap();
+        assert!(a.wrote(r.pending.writer.as_deref()));
+        assert_eq!(h.pending().unwrap().writer, Some(b"w".to_vec()));
     }
 
     #[test]
@@ -1715,7 +1763,9 @@ mod tests {
                 .collect(),
         );
         let row = entry_row(5, &write.entry).unwrap();
-        let r = Change::Commit(&write).reservation(row, &h).unwrap();
+        let r = Change::Commit(&write)
+            .reservation(row, &Writer::new().unwrap(), &h)
+            .unwrap();
         let w = r.pending.welcome.expect("a welcome");
         assert_eq!(w.welcome, vec![7; 1000]);
         assert_eq!(
@@ -1727,7 +1777,9 @@ mod tests {
         let mut none = write.clone();
         none.welcome.as_mut().unwrap().device_ids.clear();
         let row = entry_row(5, &none.entry).unwrap();
-        let r = Change::Commit(&none).reservation(row, &h).unwrap();
+        let r = Change::Commit(&none)
+            .reservation(row, &Writer::new().unwrap(), &h)
+            .unwrap();
         assert!(r.pending.welcome.is_none());
     }
 
