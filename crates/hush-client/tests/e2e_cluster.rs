@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::{spawn_from_config, stored_entries_at};
+use common::{signal, spawn_from_config, stop_outside_store_writes, stored_entries_at};
 use hush_client::client::Client;
 use serde_json::Value;
 
@@ -48,17 +48,16 @@ impl Node {
         }
     }
 
-    /// SIGSTOP (`true`) or SIGCONT (`false`): a stop-the-world pause.
-    fn pause(&mut self, paused: bool) {
-        let c = self.child.as_ref().expect("running");
-        let signal = if paused { "-STOP" } else { "-CONT" };
-        let ok = Command::new("kill")
-            .arg(signal)
-            .arg(c.id().to_string())
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok);
+    /// SIGSTOP (`true`) or SIGCONT (`false`): a stop-the-world pause,
+    /// outside a write to the shared `store` (see
+    /// [`stop_outside_store_writes`]).
+    fn pause(&mut self, paused: bool, store: &Path) {
+        let pid = self.child.as_ref().expect("running").id();
+        if paused {
+            stop_outside_store_writes(pid, store);
+        } else {
+            signal(pid, "-CONT");
+        }
         self.paused = paused;
     }
 
@@ -708,7 +707,8 @@ async fn paused_node_case(session_on_paused_node: bool) {
     let g = hex::encode(&gid);
     let paused_id = NODES[paused];
 
-    cluster.node(paused_id).pause(true);
+    let store = cluster.store();
+    cluster.node(paused_id).pause(true, &store);
     let rest: Vec<&str> = NODES.iter().copied().filter(|n| *n != paused_id).collect();
     cluster.wait_view(&rest).await;
     let mut acked = BTreeMap::new();
@@ -716,7 +716,7 @@ async fn paused_node_case(session_on_paused_node: bool) {
         let text = format!("during the pause {i}");
         acked.insert(text.clone(), alice.send_text(&g, &text).await.unwrap());
     }
-    cluster.node(paused_id).pause(false);
+    cluster.node(paused_id).pause(false, &store);
     cluster.wait_view(&NODES).await;
 
     let last = *acked.values().max().unwrap();

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use common::{spawn_from_config, stored_entries_at};
+use common::{signal, spawn_from_config, stop_outside_store_writes, stored_entries_at};
 use hush_client::client::Client;
 use hush_proto::ErrorCode;
 
@@ -47,16 +47,6 @@ fn start(config: &Path, node: &str, data: &Path) -> Proc {
         ],
     );
     Proc { child, url }
-}
-
-fn signal(p: &Proc, sig: &str) {
-    let ok = Command::new("kill")
-        .arg(sig)
-        .arg(p.child.id().to_string())
-        .status()
-        .expect("kill")
-        .success();
-    assert!(ok, "kill {sig}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,14 +89,14 @@ async fn the_store_fence_lets_exactly_one_owner_sequence() {
     );
 
     // Freeze n1 past its lease: n2 takes over with a newer fence token.
-    signal(&n1, "-STOP");
+    stop_outside_store_writes(n1.child.id(), &store);
     tokio::time::sleep(Duration::from_millis(LEASE_TTL_MS + 500)).await;
     bob.sync().await.unwrap();
     acked.push(bob.send_text(&g, "n2 took over").await.unwrap());
     acked.push(bob.send_text(&g, "n2 again").await.unwrap());
 
     // Thaw n1: it still holds the group's state and the old token.
-    signal(&n1, "-CONT");
+    signal(n1.child.id(), "-CONT");
     let stale = alice.send_text(&g, "n1 after its pause").await;
     match stale {
         Err(e) => assert_eq!(e.server_code(), Some(ErrorCode::Unavailable), "{e}"),

@@ -53,6 +53,51 @@ pub fn spawn_from_config(config: &Path, id: &str, extra: &[&std::ffi::OsStr]) ->
     (child, format!("http://{addr}"))
 }
 
+/// Sends `sig` (`-STOP`, `-CONT`, ...) to process `pid`.
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(sig)
+        .arg(pid.to_string())
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// SIGSTOPs node process `pid`, one of several sharing the SQLite file
+/// `store`, at a moment it holds no write transaction on it.
+///
+/// A process stopped inside a write transaction keeps the file's write
+/// lock: every other node's writes are then refused (UNAVAILABLE, after
+/// the busy timeout) until it resumes or dies. That is the shared file's
+/// nature, not something a node can undo (nothing takes an fcntl lock
+/// from a live process), and why a cluster that must survive a paused
+/// node runs on the CQL store. The tests that pause a node to see what the
+/// others do meanwhile want the pause the ScyllaDB deployment would see,
+/// so this checks the lock is free (a write transaction begins and rolls
+/// back) and, if the stop landed inside a write, resumes the node for a
+/// moment and stops it again.
+pub fn stop_outside_store_writes(pid: u32, store: &Path) {
+    let probe = rusqlite::Connection::open(store).expect("open the shared store");
+    // Longer than any write batch of a running node.
+    probe
+        .busy_timeout(Duration::from_secs(2))
+        .expect("busy timeout");
+    for _ in 0..20 {
+        signal(pid, "-STOP");
+        match probe.execute_batch("BEGIN IMMEDIATE; ROLLBACK;") {
+            Ok(()) => return,
+            Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {
+                eprintln!("node {pid} was stopped inside a store write; resuming it a moment");
+                signal(pid, "-CONT");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("probing the shared store's write lock: {e}"),
+        }
+    }
+    panic!("node {pid} held the shared store's write lock at 20 stops in a row");
+}
+
 /// One hush-node process with its own data directory and log file.
 pub struct Node {
     child: Option<Child>,
