@@ -35,6 +35,16 @@
 //! leave or rotate keys under load); they are few, and each connection has
 //! at most `limits.max_pipelined_requests` requests in flight.
 //!
+//! Every request, of any kind, also takes a [`RequestPermit`] before it is
+//! served ([`Admission::admit_request`]): at most
+//! `limits.max_inflight_requests` requests in flight on the node, holding
+//! at most `limits.max_inflight_request_bytes` of request frames, or the
+//! request is refused UNAVAILABLE with the hint. The pipelining bound is
+//! per connection; without a node-wide one, thousands of connections each
+//! with a full pipeline of slow requests (a frozen store, a costly query)
+//! hold thousands of times a connection's share of memory: requests wait
+//! in tasks, and the answers they build wait with them.
+//!
 //! The counters are plain atomics and one small map; this module does no IO
 //! and reads no clock (callers pass the time).
 
@@ -61,6 +71,10 @@ pub struct AdmissionLimits {
     pub retry_after_ms: u64,
     /// The longest hint the pressure makes it grow to, ms.
     pub max_retry_after_ms: u64,
+    /// Requests (of any kind) in flight on the node at once.
+    pub max_inflight_requests: usize,
+    /// Bytes of request frames those requests may hold at once.
+    pub max_inflight_request_bytes: usize,
 }
 
 /// Why a send was refused.
@@ -109,6 +123,7 @@ impl Refusal {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Peaks {
     pub inflight_sends: usize,
+    pub inflight_requests: usize,
     pub pending_per_group: usize,
     pub queued_deliveries: usize,
 }
@@ -116,6 +131,9 @@ pub struct Peaks {
 #[derive(Default)]
 struct Counters {
     inflight: AtomicUsize,
+    requests: AtomicUsize,
+    request_bytes: AtomicUsize,
+    peak_requests: AtomicUsize,
     per_group: Mutex<HashMap<Vec<u8>, usize>>,
     peak_inflight: AtomicUsize,
     peak_group: AtomicUsize,
@@ -272,6 +290,45 @@ impl Admission {
         })
     }
 
+    /// Takes a place for one request whose frame is `frame_bytes` long, or
+    /// refuses it (UNAVAILABLE, with the hint) when the node has
+    /// `max_inflight_requests` requests in flight or their frames would
+    /// pass `max_inflight_request_bytes`. Takes nothing when it refuses.
+    pub fn admit_request(
+        &self,
+        frame_bytes: usize,
+        now_ms: u64,
+    ) -> Result<RequestPermit, ApiError> {
+        let c = &self.counters;
+        let l = &self.limits;
+        let count = c.requests.fetch_add(1, Ordering::SeqCst) + 1;
+        let bytes = c.request_bytes.fetch_add(frame_bytes, Ordering::SeqCst) + frame_bytes;
+        if count > l.max_inflight_requests || bytes > l.max_inflight_request_bytes {
+            c.requests.fetch_sub(1, Ordering::SeqCst);
+            c.request_bytes.fetch_sub(frame_bytes, Ordering::SeqCst);
+            metrics::counter!("hush_requests_refused_total").increment(1);
+            let hint = self.refused_elsewhere(now_ms);
+            return Err(ApiError {
+                retry_after_ms: hint,
+                ..ApiError::new(
+                    ErrorCode::Unavailable,
+                    format!("node overloaded: too many requests in flight; retry after {hint} ms"),
+                )
+            });
+        }
+        c.peak_requests.fetch_max(count, Ordering::SeqCst);
+        metrics::gauge!("hush_requests_inflight").set(count as f64);
+        Ok(RequestPermit {
+            counters: c.clone(),
+            bytes: frame_bytes,
+        })
+    }
+
+    /// Requests in flight now.
+    pub fn requests(&self) -> usize {
+        self.counters.requests.load(Ordering::SeqCst)
+    }
+
     /// Sends in flight now.
     pub fn inflight(&self) -> usize {
         self.counters.inflight.load(Ordering::SeqCst)
@@ -291,6 +348,7 @@ impl Admission {
         let c = &self.counters;
         Peaks {
             inflight_sends: c.peak_inflight.load(Ordering::SeqCst),
+            inflight_requests: c.peak_requests.load(Ordering::SeqCst),
             pending_per_group: c.peak_group.load(Ordering::SeqCst),
             queued_deliveries: self.deliveries.peak(),
         }
@@ -318,6 +376,22 @@ impl Drop for Permit {
         }
         let left = c.inflight.fetch_sub(1, Ordering::SeqCst) - 1;
         metrics::gauge!("hush_sends_inflight").set(left as f64);
+    }
+}
+
+/// One request being served; dropping it (once its answer went out, or it
+/// was abandoned) gives its place and its frame's bytes back.
+pub struct RequestPermit {
+    counters: Arc<Counters>,
+    bytes: usize,
+}
+
+impl Drop for RequestPermit {
+    fn drop(&mut self) {
+        let c = &self.counters;
+        c.request_bytes.fetch_sub(self.bytes, Ordering::SeqCst);
+        let left = c.requests.fetch_sub(1, Ordering::SeqCst) - 1;
+        metrics::gauge!("hush_requests_inflight").set(left as f64);
     }
 }
 
@@ -430,6 +504,8 @@ mod tests {
             fanout_delay_window_ms: 200,
             retry_after_ms: 50,
             max_retry_after_ms: 400,
+            max_inflight_requests: 3,
+            max_inflight_request_bytes: 100,
         }
     }
 
@@ -466,10 +542,40 @@ mod tests {
             a.peaks(),
             Peaks {
                 inflight_sends: 3,
+                inflight_requests: 0,
                 pending_per_group: 1,
                 queued_deliveries: 0
             }
         );
+    }
+
+    #[test]
+    fn requests_are_bounded_by_count_and_by_bytes_node_wide() {
+        let a = Admission::new(limits(), DeliveryQueue::default());
+        // By count: 3 in flight, the 4th refused with the hint, taking
+        // nothing; a place given back is taken again.
+        let held: Vec<_> = (0..3).map(|_| a.admit_request(1, 0).unwrap()).collect();
+        let e = a.admit_request(1, 0).err().expect("past the count");
+        assert_eq!(e.code, ErrorCode::Unavailable);
+        assert!(e.retry_after_ms >= 50, "{e:?}");
+        assert!(e.message.contains("requests in flight"), "{e:?}");
+        assert_eq!(a.requests(), 3);
+        drop(held);
+        assert_eq!(a.requests(), 0);
+        // By bytes: 60 + 40 fit in 100, one byte more does not.
+        let big = a.admit_request(60, 0).unwrap();
+        let rest = a.admit_request(40, 0).unwrap();
+        assert!(a.admit_request(1, 0).is_err(), "past the bytes");
+        drop(big);
+        let again = a.admit_request(60, 0).unwrap();
+        assert!(
+            a.admit_request(1, 0).is_err(),
+            "the refused byte took nothing"
+        );
+        drop((rest, again));
+        assert!(a.admit_request(100, 0).is_ok());
+        assert_eq!(a.requests(), 0);
+        assert_eq!(a.peaks().inflight_requests, 3);
     }
 
     #[test]
@@ -531,6 +637,8 @@ mod tests {
                 fanout_delay_window_ms: 200,
                 retry_after_ms: 1,
                 max_retry_after_ms: 1,
+                max_inflight_requests: 8,
+                max_inflight_request_bytes: 1_000,
             },
             DeliveryQueue::default(),
         );

@@ -72,6 +72,8 @@ impl ApiLimits {
                 fanout_delay_window_ms: l.fanout_delay_window_ms,
                 retry_after_ms: l.overload_retry_after_ms,
                 max_retry_after_ms: l.overload_retry_after_max_ms,
+                max_inflight_requests: l.max_inflight_requests,
+                max_inflight_request_bytes: l.max_inflight_request_bytes,
             },
         }
     }

@@ -234,6 +234,13 @@ pub struct Limits {
     /// they wait, so a busy sender is refused early instead of piling up
     /// unread in its socket.
     pub max_pipelined_requests: usize,
+    /// Requests of any kind (WebSocket, HTTP RPC) in flight on the node at
+    /// once; one more is refused UNAVAILABLE with the overload hint. The
+    /// node-wide bound over every connection's pipeline.
+    pub max_inflight_requests: usize,
+    /// Bytes of request frames those requests may hold at once (at least
+    /// `max_frame_bytes`); one more frame is refused UNAVAILABLE.
+    pub max_inflight_request_bytes: usize,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -419,6 +426,10 @@ impl Default for Limits {
             overload_retry_after_ms: 200,
             overload_retry_after_max_ms: 10_000,
             max_pipelined_requests: 32,
+            // Four times the sends' bound (acks, presence, key packages
+            // and commits share it); 64 frames of the largest size.
+            max_inflight_requests: 4_096,
+            max_inflight_request_bytes: 64 << 20,
         }
     }
 }
@@ -648,6 +659,7 @@ impl Config {
                 l.max_queued_deliveries_per_conn,
             ),
             ("limits.max_pipelined_requests", l.max_pipelined_requests),
+            ("limits.max_inflight_requests", l.max_inflight_requests),
             (
                 "limits.fanout_delay_target_ms",
                 usize::try_from(l.fanout_delay_target_ms).unwrap_or(usize::MAX),
@@ -660,6 +672,12 @@ impl Config {
             if v == 0 {
                 return Err(invalid(key, "must be at least 1"));
             }
+        }
+        if l.max_inflight_request_bytes < l.max_frame_bytes {
+            return Err(invalid(
+                "limits.max_inflight_request_bytes",
+                "must be at least limits.max_frame_bytes",
+            ));
         }
         if l.overload_retry_after_max_ms < l.overload_retry_after_ms {
             return Err(invalid(

@@ -127,6 +127,15 @@ pub const FAMILIES: &[Family] = &[
         "hush_sends_refused_total",
         "Sends refused early by a bound, by bound (group, node, fanout, pipelined).",
     ),
+    gauge(
+        "hush_requests_inflight",
+        Unit::Count,
+        "Client requests of any kind being served on this node (limits.max_inflight_requests bounds it).",
+    ),
+    counter(
+        "hush_requests_refused_total",
+        "Requests refused because the node had limits.max_inflight_requests (or _bytes) in flight.",
+    ),
     counter("hush_key_package_claims_limited_total", "KeyPackage claims refused by a limit, by (claimer, target)."),
     counter("hush_unknown_group_requests_total", "Requests for a group id the store does not know (answered without an actor)."),
     counter("hush_actor_limit_refusals_total", "Actor activations refused at the per-node cap, by actor."),

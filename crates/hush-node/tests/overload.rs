@@ -376,37 +376,23 @@ async fn a_flooded_node_refuses_early_and_loses_nothing_acknowledged() {
     node.stop().await;
 }
 
-/// A connection keeps reading while its requests wait: a client that sends
-/// many frames without waiting for answers gets each one answered under its
-/// own request id, and past `max_pipelined_requests` in flight the excess is
-/// refused at once (RATE_LIMITED with the hint) instead of piling up unread
-/// in the socket. Rounds repeat until a refusal shows (a safety cap bounds
-/// them): whether a frame arrives while another waits is the scheduler's.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connection_refuses_requests_past_its_pipeline_and_answers_the_rest() {
-    const PIPELINE: usize = 2;
+type RawWs = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// Rounds of `BURST` pipelined KeyPackageCount requests on every connection
+/// at once (all written before any answer is read), until a round shows a
+/// refusal (a safety cap bounds them): whether a frame arrives while
+/// another waits is the scheduler's. Every request is answered once, under
+/// its own id, with the count or with a refusal that `check` accepts.
+/// Returns the refusals.
+async fn burst_until_refused(conns: &mut [RawWs], check: impl Fn(&v1::Error)) -> usize {
     const BURST: u64 = 64;
-    let (node, _clock, dir) = start_node(|c| {
-        c.limits.max_pipelined_requests = PIPELINE;
-        c.limits.overload_retry_after_ms = RETRY_MS;
-        c.limits.overload_retry_after_max_ms = RETRY_MAX_MS;
-        c.limits.rate_per_sec = 1_000_000.0;
-        c.limits.rate_burst = 1_000_000.0;
-    })
-    .await;
-    {
-        let url = url(&node);
-        let alice = client(dir.path(), &url, "alice").await;
-        let token = login(&url, &alice.me().expect("alice")).await;
-        let mut ws = raw_ws(node.addr, &token, None).await;
-        assert!(matches!(
-            next_frame(&mut ws).await.map(|f| f.body),
-            Ok(Some(S::AuthOk(_)))
-        ));
-        let mut refused = 0;
-        for round in 0..20u64 {
-            // BURST requests in one write, none waiting for an answer.
-            let ids: BTreeSet<u64> = (1..=BURST).map(|i| round * 1_000 + i).collect();
+    let mut refused = 0;
+    for round in 0..20u64 {
+        let mut rounds = Vec::new();
+        for (k, ws) in conns.iter_mut().enumerate() {
+            let ids: BTreeSet<u64> = (1..=BURST)
+                .map(|i| (round * 100 + k as u64) * 1_000 + i)
+                .collect();
             for id in &ids {
                 let f = ClientFrame {
                     request_id: *id,
@@ -417,11 +403,12 @@ async fn a_connection_refuses_requests_past_its_pipeline_and_answers_the_rest() 
                     .expect("feed");
             }
             ws.flush().await.expect("flush");
+            rounds.push(ids);
+        }
+        for (ws, ids) in conns.iter_mut().zip(rounds) {
             let mut answered = BTreeSet::new();
             while answered.len() < ids.len() {
-                let f = next_frame(&mut ws)
-                    .await
-                    .expect("the connection stays open");
+                let f = next_frame(ws).await.expect("the connection stays open");
                 if f.request_id == 0 {
                     continue; // a push
                 }
@@ -434,41 +421,125 @@ async fn a_connection_refuses_requests_past_its_pipeline_and_answers_the_rest() 
                 match f.body {
                     Some(S::KeyPackageCountResult(_)) => {}
                     Some(S::Error(e)) => {
-                        assert_eq!(e.code, ErrorCode::RateLimited as i32, "{e:?}");
+                        check(&e);
                         assert!(
                             (RETRY_MS..=RETRY_MAX_MS).contains(&e.retry_after_ms),
                             "{e:?}"
                         );
-                        assert!(e.message.contains("in flight"), "{e:?}");
                         refused += 1;
                     }
                     other => panic!("unexpected answer {other:?}"),
                 }
             }
-            if refused > 0 {
-                break;
-            }
         }
+        if refused > 0 {
+            break;
+        }
+    }
+    refused
+}
+
+/// A request after refusals is still served.
+async fn still_served(ws: &mut RawWs) {
+    let f = ClientFrame {
+        request_id: 7,
+        body: Some(C::KeyPackageCount(v1::KeyPackageCount::default())),
+    };
+    ws.send(Message::binary(f.encode_to_vec()))
+        .await
+        .expect("send");
+    loop {
+        let f = next_frame(ws).await.expect("open");
+        if f.request_id == 7 {
+            assert!(
+                matches!(f.body, Some(S::KeyPackageCountResult(_))),
+                "{:?}",
+                f.body
+            );
+            break;
+        }
+    }
+}
+
+/// An authenticated raw WebSocket of a new user `name`.
+async fn authed_ws(node: &hush_node::RunningNode, dir: &std::path::Path, name: &str) -> RawWs {
+    let url = url(node);
+    let c = client(dir, &url, name).await;
+    let token = login(&url, &c.me().expect("registered")).await;
+    let mut ws = raw_ws(node.addr, &token, None).await;
+    assert!(matches!(
+        next_frame(&mut ws).await.map(|f| f.body),
+        Ok(Some(S::AuthOk(_)))
+    ));
+    ws
+}
+
+/// A connection keeps reading while its requests wait: a client that sends
+/// many frames without waiting for answers gets each one answered under its
+/// own request id, and past `max_pipelined_requests` in flight the excess is
+/// refused at once (RATE_LIMITED with the hint) instead of piling up unread
+/// in the socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_refuses_requests_past_its_pipeline_and_answers_the_rest() {
+    let (node, _clock, dir) = start_node(|c| {
+        c.limits.max_pipelined_requests = 2;
+        c.limits.overload_retry_after_ms = RETRY_MS;
+        c.limits.overload_retry_after_max_ms = RETRY_MAX_MS;
+        c.limits.rate_per_sec = 1_000_000.0;
+        c.limits.rate_burst = 1_000_000.0;
+    })
+    .await;
+    {
+        let mut ws = [authed_ws(&node, dir.path(), "alice").await];
+        let refused = burst_until_refused(&mut ws, |e| {
+            assert_eq!(e.code, ErrorCode::RateLimited as i32, "{e:?}");
+            assert!(e.message.contains("on this connection"), "{e:?}");
+        })
+        .await;
         assert!(refused > 0, "no request was ever refused past the pipeline");
-        // The connection is still served after refusing.
-        let f = ClientFrame {
-            request_id: 7,
-            body: Some(C::KeyPackageCount(v1::KeyPackageCount::default())),
-        };
-        ws.send(Message::binary(f.encode_to_vec()))
-            .await
-            .expect("send");
-        loop {
-            let f = next_frame(&mut ws).await.expect("open");
-            if f.request_id == 7 {
-                assert!(
-                    matches!(f.body, Some(S::KeyPackageCountResult(_))),
-                    "{:?}",
-                    f.body
-                );
-                break;
-            }
+        still_served(&mut ws[0]).await;
+    }
+    node.stop().await;
+}
+
+/// Past `max_inflight_requests` on the whole node, requests are refused
+/// UNAVAILABLE with the hint, though no connection is past its own
+/// pipeline: the node-wide bound over every connection's pipeline (the
+/// memory of requests and answers waiting is bounded by it, not by the
+/// number of connections). Each connection is served again afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_refuses_requests_past_its_bound_over_all_connections() {
+    let (node, _clock, dir) = start_node(|c| {
+        c.limits.max_pipelined_requests = 1_000;
+        c.limits.max_inflight_requests = 3;
+        c.limits.overload_retry_after_ms = RETRY_MS;
+        c.limits.overload_retry_after_max_ms = RETRY_MAX_MS;
+        c.limits.rate_per_sec = 1_000_000.0;
+        c.limits.rate_burst = 1_000_000.0;
+    })
+    .await;
+    {
+        let mut conns = Vec::new();
+        for name in ["alice", "bob", "carol"] {
+            conns.push(authed_ws(&node, dir.path(), name).await);
         }
+        let refused = burst_until_refused(&mut conns, |e| {
+            assert_eq!(e.code, ErrorCode::Unavailable as i32, "{e:?}");
+            assert!(e.message.contains("requests in flight"), "{e:?}");
+        })
+        .await;
+        assert!(
+            refused > 0,
+            "no request was ever refused past the node's bound"
+        );
+        for ws in &mut conns {
+            still_served(ws).await;
+        }
+        let (peaks, _) = node.admission_peaks();
+        assert!(
+            (1..=3).contains(&peaks.inflight_requests),
+            "the bound held: {peaks:?}"
+        );
     }
     node.stop().await;
 }

@@ -110,6 +110,7 @@ async fn serve(
             ))
         }
     };
+    let body_len = body.len();
     let frame = ClientFrame::decode(body.as_ref())
         .map_err(|_| ApiError::new(ErrorCode::Malformed, "body does not decode as ClientFrame"))?;
     *request_id = frame.request_id;
@@ -118,6 +119,7 @@ async fn serve(
         .body
         .ok_or_else(|| ApiError::new(ErrorCode::Malformed, "frame has no body"))?;
     metrics::counter!("hush_rpc_requests_total").increment(1);
+    let _permit = app.api.admission().admit_request(body_len, app.now_ms())?;
     let caller = Caller {
         user_id: claims.user_id,
         device_id: claims.device_id,

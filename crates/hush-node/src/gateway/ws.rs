@@ -6,7 +6,10 @@
 //! up to `limits.max_pipelined_requests` at once: it keeps reading frames
 //! and writing deliveries while a send waits for the store, answers each
 //! request by its `request_id` as it completes, and refuses a request past
-//! the bound at once (RATE_LIMITED with `retry_after_ms`). A `Sync` is served
+//! the bound at once (RATE_LIMITED with `retry_after_ms`), or past the
+//! node's bound over all connections, `limits.max_inflight_requests` and
+//! `_bytes` (UNAVAILABLE with the hint; the place is held until the answer
+//! is written, so waiting answers count too). A `Sync` is served
 //! in line. After a `Sync`, it sends the backlog of every group from the
 //! client's cursors, the inbox, `SyncCaughtUp`, then live events.
 //!
@@ -49,13 +52,17 @@ use tokio::task::JoinSet;
 
 use super::stream::{self, Halt, Position, Sink, Stream};
 use super::{authenticate, check_origin, error_response, AppState};
+use crate::admission::RequestPermit;
 use crate::error::{ApiError, ApiResult};
 use crate::wire::Caller;
 
 /// Requests of one connection in flight, each a task of its own that
 /// yields its request id and its answer (see the module docs for why not
 /// futures polled by the connection's task).
-struct InFlight(JoinSet<(u64, ApiResult<Option<S>>)>);
+/// A connection's pipelined requests: each finishes with its request id,
+/// its answer and its place in the node's request bound, given back once
+/// the answer is written.
+struct InFlight(JoinSet<(u64, ApiResult<Option<S>>, RequestPermit)>);
 
 impl Drop for InFlight {
     /// A closed connection's requests run to completion, unanswered.
@@ -276,7 +283,7 @@ impl Connection {
                     }
                 },
                 Some(done) = inflight.0.join_next(), if !inflight.0.is_empty() => match done {
-                    Ok((rid, result)) => self.answer(rid, result).await,
+                    Ok((rid, result, _permit)) => self.answer(rid, result).await,
                     Err(e) => {
                         // A request task that panicked: its client's
                         // request goes unanswered (and times out); the
@@ -448,10 +455,15 @@ impl Connection {
                     );
                     return self.reply_error(rid, e).await;
                 }
+                let permit = match self.app.api.admission().admit_request(bytes.len(), now) {
+                    Ok(p) => p,
+                    Err(e) => return self.reply_error(rid, e).await,
+                };
                 let (app, caller) = (self.app.clone(), caller.clone());
-                inflight
-                    .0
-                    .spawn(async move { (rid, app.api.dispatch(&caller, other).await) });
+                inflight.0.spawn(async move {
+                    let result = app.api.dispatch(&caller, other).await;
+                    (rid, result, permit)
+                });
                 return Step::Continue;
             }
         };
