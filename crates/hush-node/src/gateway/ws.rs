@@ -57,11 +57,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::wire::Caller;
 
 /// Requests of one connection in flight, each a task of its own that
-/// yields its request id and its answer (see the module docs for why not
-/// futures polled by the connection's task).
-/// A connection's pipelined requests: each finishes with its request id,
-/// its answer and its place in the node's request bound, given back once
-/// the answer is written.
+/// yields its request id, its answer and its place in the node's request
+/// bound, given back once the answer is written (see the module docs for
+/// why tasks, not futures polled by the connection's task).
 struct InFlight(JoinSet<(u64, ApiResult<Option<S>>, RequestPermit)>);
 
 impl Drop for InFlight {
