@@ -44,6 +44,15 @@ fn bad_config_value_is_a_startup_error_naming_it() {
     let (ok, err) = run_with_config("[limits]\nmax_frame_bytes = \"big\"\n");
     assert!(!ok);
     assert!(err.contains("max_frame_bytes"), "{err}");
+    let (ok, err) = run_with_config("[limits]\nmax_inflight_requests = 0\n");
+    assert!(!ok);
+    assert!(err.contains("limits.max_inflight_requests"), "{err}");
+    // A budget too small for one frame of the largest allowed size.
+    let (ok, err) = run_with_config(
+        "[limits]\nmax_frame_bytes = 2048\nmax_message_bytes = 1024\nmax_inflight_request_bytes = 1024\n",
+    );
+    assert!(!ok);
+    assert!(err.contains("limits.max_inflight_request_bytes"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
