@@ -183,6 +183,11 @@ start_node() {
   write_yaml "$k" "$n"
   cp "$here/logback.xml" "$node/conf/logback.xml"
   # The JDK 17 module options are those of Cassandra's jvm17-server.options.
+  # migration_delay_ms: how long a node that hears (by gossip) of a schema
+  # version it lacks waits before pulling it. With the default 60 s, a
+  # schema push lost on an internode connection being re-established left
+  # a node without a new table for 57 s in a CI rehearsal, and the test's
+  # DDL failed its wait for agreement.
   setsid java \
     -Xms"$heap" -Xmx"$heap" -Xss256k \
     -XX:+UseG1GC -XX:+ParallelRefProcEnabled -XX:MaxTenuringThreshold=1 \
@@ -225,6 +230,7 @@ start_node() {
     -Dcassandra-pidfile="$node/pid" \
     -Dcassandra.skip_wait_for_gossip_to_settle=0 \
     -Dcassandra.ring_delay_ms=1000 \
+    -Dcassandra.migration_delay_ms=2000 \
     -Dcassandra.superuser_setup_delay_ms=0 \
     -Dchronicle.analytics.disable=true \
     -cp "$node/conf:$lib/*" \

@@ -189,6 +189,7 @@ impl TestKeyspace {
             .known_nodes(points)
             .keyspaces_to_fetch(["hush_test_claims"])
             .fetch_full_schema_metadata(false)
+            .schema_agreement_timeout(crate::scylla::SCHEMA_AGREEMENT_TIMEOUT)
             .build()
             .await
             .unwrap_or_else(|e| {

@@ -30,6 +30,14 @@ use crate::{Result, StoreError};
 /// migration is about twenty statements).
 const SCHEMA_AGREEMENT_POLL: Duration = Duration::from_millis(20);
 
+/// How long the driver waits after a schema change for every node to have
+/// it (its default is 60 s). A node that missed the push (its internode
+/// connection was being re-established) gets the change by a pull once it
+/// hears of the new schema version by gossip, up to a minute later on
+/// Cassandra (`cassandra.migration_delay_ms`): waiting longer than that
+/// lets a migration ride it out instead of failing the store's start.
+pub const SCHEMA_AGREEMENT_TIMEOUT: Duration = Duration::from_secs(180);
+
 /// The client-side timeout of a schema change (keyspace creation, each
 /// migration statement): the server applies it on every node before the
 /// driver sees agreement, which takes seconds on a busy Cassandra cluster,
@@ -148,6 +156,7 @@ pub(super) async fn establish(config: &ScyllaConfig) -> Result<Connected> {
         .keyspaces_to_fetch([config.keyspace.clone()])
         .fetch_full_schema_metadata(false)
         .schema_agreement_interval(SCHEMA_AGREEMENT_POLL)
+        .schema_agreement_timeout(SCHEMA_AGREEMENT_TIMEOUT)
         .default_execution_profile_handle(profile.into_handle())
         .build()
         .await
