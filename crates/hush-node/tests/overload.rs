@@ -92,13 +92,11 @@ fn processed_to(c: &Client, gid: &[u8], seq: u64) -> bool {
         .is_some_and(|g| g.last_seq >= seq)
 }
 
+type RawWs = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
 /// A raw WebSocket of `token`'s device over a socket with a small receive
 /// buffer; it reads only when the test asks.
-async fn raw_ws(
-    addr: std::net::SocketAddr,
-    token: &str,
-    recv_buffer: Option<u32>,
-) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+async fn raw_ws(addr: std::net::SocketAddr, token: &str, recv_buffer: Option<u32>) -> RawWs {
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
     if let Some(n) = recv_buffer {
         socket.set_recv_buffer_size(n).expect("SO_RCVBUF");
@@ -116,6 +114,16 @@ async fn raw_ws(
         .await
         .expect("handshake in time")
         .expect("upgrade");
+    ws
+}
+
+/// [`raw_ws`] once the node has answered AuthOk.
+async fn raw_ws_authed(addr: std::net::SocketAddr, token: &str, recv_buffer: Option<u32>) -> RawWs {
+    let mut ws = raw_ws(addr, token, recv_buffer).await;
+    assert!(matches!(
+        next_frame(&mut ws).await.map(|f| f.body),
+        Ok(Some(S::AuthOk(_)))
+    ));
     ws
 }
 
@@ -296,11 +304,7 @@ async fn a_flooded_node_refuses_early_and_loses_nothing_acknowledged() {
         // --- phase 2: a reader that stops reading ---
         let bob_id = clients[1].me().expect("bob");
         let token = login(&url, &bob_id).await;
-        let mut slow = raw_ws(node.addr, &token, Some(8 * 1024)).await;
-        assert!(matches!(
-            next_frame(&mut slow).await.map(|f| f.body),
-            Ok(Some(S::AuthOk(_)))
-        ));
+        let mut slow = raw_ws_authed(node.addr, &token, Some(8 * 1024)).await;
         let sync = ClientFrame {
             request_id: 1,
             body: Some(C::Sync(v1::Sync::default())),
@@ -375,8 +379,6 @@ async fn a_flooded_node_refuses_early_and_loses_nothing_acknowledged() {
     }
     node.stop().await;
 }
-
-type RawWs = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
 /// Rounds of `BURST` pipelined KeyPackageCount requests on every connection
 /// at once (all written before any answer is read), until a round shows a
@@ -466,12 +468,7 @@ async fn authed_ws(node: &hush_node::RunningNode, dir: &std::path::Path, name: &
     let url = url(node);
     let c = client(dir, &url, name).await;
     let token = login(&url, &c.me().expect("registered")).await;
-    let mut ws = raw_ws(node.addr, &token, None).await;
-    assert!(matches!(
-        next_frame(&mut ws).await.map(|f| f.body),
-        Ok(Some(S::AuthOk(_)))
-    ));
-    ws
+    raw_ws_authed(node.addr, &token, None).await
 }
 
 /// A connection keeps reading while its requests wait: a client that sends
