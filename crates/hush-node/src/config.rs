@@ -46,6 +46,11 @@ pub struct StoreSection {
     pub path: Option<PathBuf>,
     /// Most operations written in one group-commit transaction.
     pub max_batch: usize,
+    /// Most cursor and inbox acks in one of those transactions (embedded
+    /// store): acks wait in a lane of their own, so a herd of them (every
+    /// member of a group acking one message) delays a send by at most one
+    /// batch of this many.
+    pub max_batch_acks: usize,
     /// ScyllaDB: "host:port" of one or more nodes.
     pub contact_points: Vec<String>,
     /// ScyllaDB keyspace (created at start if missing).
@@ -359,6 +364,7 @@ impl Default for StoreSection {
             kind: "embedded".into(),
             path: None,
             max_batch: 256,
+            max_batch_acks: 32,
             contact_points: vec!["127.0.0.1:9042".into()],
             keyspace: hush_store::ScyllaConfig::DEFAULT_KEYSPACE.into(),
             replication_factor: 1,
@@ -622,6 +628,12 @@ impl Config {
         }
         if self.store.max_batch == 0 {
             return Err(invalid("store.max_batch", "must be at least 1"));
+        }
+        if self.store.max_batch_acks == 0 || self.store.max_batch_acks > self.store.max_batch {
+            return Err(invalid(
+                "store.max_batch_acks",
+                "must be at least 1 and at most store.max_batch",
+            ));
         }
         if l.max_frame_bytes < 1024 {
             return Err(invalid("limits.max_frame_bytes", "must be at least 1024"));

@@ -42,7 +42,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use hush_store::{ScyllaStore, SqliteConfig, SqliteStore, Store};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use ring::rand::SecureRandom as _;
 use secrets::TokenKeyHandle;
 
@@ -249,6 +249,11 @@ async fn join_cluster(
     Ok(mesh)
 }
 
+/// Buckets of the histograms that count things (a batch's operations).
+const COUNT_BUCKETS: [f64; 11] = [
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
 /// How often histogram samples are drained when nobody scrapes.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
@@ -261,6 +266,19 @@ fn metrics_handle() -> PrometheusHandle {
                     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                     0.5, 1.0, 2.5,
                 ])
+                // Counts, not seconds.
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("hush_store_batch_size".into()),
+                        &COUNT_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("hush_cluster_batch_deliveries".into()),
+                        &COUNT_BUCKETS,
+                    )
+                })
                 .map(|b| b.build_recorder())
                 .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
             let handle = recorder.handle();
@@ -299,6 +317,7 @@ async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
     secrets::prepare_sqlite_file(&path)?;
     let mut store_config = SqliteConfig::new(path.clone());
     store_config.max_batch = config.store.max_batch;
+    store_config.max_batch_acks = config.store.max_batch_acks;
     let store = SqliteStore::open(store_config)
         .await
         .map_err(|source| StartError::Store {

@@ -53,6 +53,10 @@ fn bad_config_value_is_a_startup_error_naming_it() {
     );
     assert!(!ok);
     assert!(err.contains("limits.max_inflight_request_bytes"), "{err}");
+    // More acks per batch than operations per batch.
+    let (ok, err) = run_with_config("[store]\nmax_batch = 16\nmax_batch_acks = 17\n");
+    assert!(!ok);
+    assert!(err.contains("store.max_batch_acks"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -75,7 +75,7 @@ mod timeline;
 mod writer;
 
 use connection::{open_connection, ReaderPool};
-use writer::{writer_loop, PendingOp};
+use writer::{writer_loop, Lane, PendingOp};
 
 pub use schema::SCHEMA_VERSION;
 
@@ -86,6 +86,10 @@ pub struct SqliteConfig {
     pub path: PathBuf,
     /// The most write operations committed in one transaction.
     pub max_batch: usize,
+    /// The most cursor and inbox acks in one transaction: acks wait in a
+    /// lane of their own, so a herd of them delays other writes by at most
+    /// one batch (see `sqlite/writer.rs`).
+    pub max_batch_acks: usize,
     /// The most reads running at once (each on its own connection).
     pub readers: usize,
     /// How long a connection waits for another connection's (or process's)
@@ -95,6 +99,7 @@ pub struct SqliteConfig {
 
 impl SqliteConfig {
     pub const DEFAULT_MAX_BATCH: usize = 256;
+    pub const DEFAULT_MAX_BATCH_ACKS: usize = 32;
     pub const DEFAULT_READERS: usize = 4;
     pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -103,6 +108,7 @@ impl SqliteConfig {
         Self {
             path: path.into(),
             max_batch: Self::DEFAULT_MAX_BATCH,
+            max_batch_acks: Self::DEFAULT_MAX_BATCH_ACKS,
             readers: Self::DEFAULT_READERS,
             busy_timeout: Self::DEFAULT_BUSY_TIMEOUT,
         }
@@ -158,9 +164,10 @@ impl SqliteStore {
 
         let max_batch = config.max_batch.max(1);
         let (tx, rx) = mpsc::channel(max_batch.saturating_mul(4));
+        let queue = writer::Queue::new(rx, max_batch, config.max_batch_acks);
         let writer = std::thread::Builder::new()
             .name("hush-store-writer".into())
-            .spawn(move || writer_loop(conn, rx, max_batch))
+            .spawn(move || writer_loop(conn, queue))
             .map_err(|e| StoreError::Backend(format!("spawn writer thread: {e}")))?;
         tracing::debug!(path = %config.path.display(), max_batch, readers, "sqlite store open");
         Ok(SqliteStore {
@@ -189,7 +196,16 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
-        let (op, rx) = writer::op(name, f);
+        self.write_in(Lane::Urgent, name, f).await
+    }
+
+    /// [`write`](Self::write) in the writer's `lane`.
+    async fn write_in<T, F>(&self, lane: Lane, name: &'static str, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let (op, rx) = writer::op_in(lane, name, f);
         self.writes
             .send(op)
             .await
@@ -465,7 +481,7 @@ impl Store for SqliteStore {
     ) -> Result<(AckState, bool)> {
         let device = device_id.to_string();
         let group = group_id.to_vec();
-        self.write("ack_cursor", move |c| {
+        self.write_in(Lane::Ack, "ack_cursor", move |c| {
             let state = sync::read_ack_state(c, &device, &group)?;
             let moves = decide(&state);
             if moves {
@@ -555,8 +571,10 @@ impl Store for SqliteStore {
 
     async fn ack_inbox(&self, device_id: &str, upto: u64) -> Result<()> {
         let id = device_id.to_string();
-        self.write("ack_inbox", move |c| sync::op_ack_inbox(c, &id, upto))
-            .await
+        self.write_in(Lane::Ack, "ack_inbox", move |c| {
+            sync::op_ack_inbox(c, &id, upto)
+        })
+        .await
     }
 }
 
