@@ -54,6 +54,9 @@ pub struct FanoutJob {
     pub presealed_per_group: usize,
     pub setup_concurrency: usize,
     pub ack_interval_ms: u64,
+    /// See `scenario::Fanout::ack_herd`.
+    #[serde(default)]
+    pub ack_herd: bool,
     /// See `scenario::Fanout::presence_poll_ms`.
     #[serde(default)]
     pub presence_poll_ms: u64,

@@ -150,8 +150,14 @@ pub struct Fanout {
     /// every delivery before counting what is missing as lost.
     pub drain_timeout_s: f64,
     /// Receivers acknowledge their highest contiguous seq this often (as the
-    /// SDK does after processing); 0 = never.
+    /// SDK does after processing); 0 = never. Each at its own phase, the
+    /// receivers spread evenly over the interval, as independent clients
+    /// do; see `ack_herd`.
     pub ack_interval_ms: u64,
+    /// Every receiver acks at the same instant instead (the worst case:
+    /// every member of every group at once, one herd per interval).
+    #[serde(default)]
+    pub ack_herd: bool,
     /// Every member asks for its group's presence (`GetPresence`) this
     /// often, the members spread evenly over the interval, as `hush chat`
     /// and the web page do in a group whose changes are not pushed;
@@ -176,6 +182,7 @@ impl Default for Fanout {
             phase_s: 10.0,
             drain_timeout_s: 30.0,
             ack_interval_ms: 200,
+            ack_herd: false,
             presence_poll_ms: 0,
             sustain_p99_ms: 50.0,
             presealed_per_group: 16,

@@ -88,8 +88,10 @@ pub async fn run(plan: Plan, job: FanoutJob, ch: Channels) -> anyhow::Result<()>
             .await?
     };
     run.ready((job.groups * job.group_size) as u64);
-    let acker = (job.ack_interval_ms > 0)
-        .then(|| spawn_acker(&groups, Duration::from_millis(job.ack_interval_ms)));
+    let acker = (job.ack_interval_ms > 0).then(|| {
+        let every = Duration::from_millis(job.ack_interval_ms);
+        spawn_acker(&groups, every, job.ack_herd)
+    });
     let poller = (job.presence_poll_ms > 0)
         .then(|| spawn_presence_poller(&groups, Duration::from_millis(job.presence_poll_ms)));
     let resender = spawn_resender(&groups);
@@ -120,17 +122,27 @@ pub async fn run(plan: Plan, job: FanoutJob, ch: Channels) -> anyhow::Result<()>
 }
 
 /// Receivers acknowledge what they have, contiguously, every `every` (as
-/// the SDK does after processing).
-fn spawn_acker(groups: &[GroupRt], every: Duration) -> JoinHandle<()> {
+/// the SDK does after processing): each at its own phase, spread evenly
+/// over the interval in slices of [`ACK_SLICE`], or, with `herd`, all at
+/// once.
+fn spawn_acker(groups: &[GroupRt], every: Duration, herd: bool) -> JoinHandle<()> {
     let targets: Vec<(Arc<Conn>, Arc<MemberSink>)> = groups
         .iter()
         .flat_map(|g| g.conns.iter().cloned().zip(g.sinks.iter().cloned()))
         .collect();
+    let slices = if herd {
+        1
+    } else {
+        let fit = (every.as_micros() / ACK_SLICE.as_micros()).max(1);
+        usize::try_from(fit)
+            .unwrap_or(usize::MAX)
+            .min(targets.len().max(1))
+    };
     tokio::spawn(async move {
-        let mut iv = tokio::time::interval(every);
-        loop {
+        let mut iv = tokio::time::interval(every / u32::try_from(slices).unwrap_or(u32::MAX));
+        for slice in (0..slices).cycle() {
             iv.tick().await;
-            for (conn, sink) in &targets {
+            for (conn, sink) in targets.iter().skip(slice).step_by(slices) {
                 let c = lock(&sink.track).contiguous();
                 let Some(gid) = sink.group.group_id.get() else {
                     continue;
@@ -149,6 +161,10 @@ fn spawn_acker(groups: &[GroupRt], every: Duration) -> JoinHandle<()> {
         }
     })
 }
+
+/// The acker's step when spreading: the timer's resolution is a
+/// millisecond.
+const ACK_SLICE: Duration = Duration::from_millis(5);
 
 /// Every member asks for its group's presence once per `every`, one member
 /// after the other at even intervals (the answers, request id 0, are
