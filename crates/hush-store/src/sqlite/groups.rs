@@ -85,24 +85,19 @@ pub(super) fn read_group(conn: &Connection, group_id: &[u8]) -> Result<Option<Gr
 /// A group's member devices, sorted.
 /// The members that joined (see [`crate::joined_groups`]): created the
 /// group (joined at 0), or acked at or past the commit that added them.
+/// The members of a group who joined (acked up to the commit that added
+/// them); both member reads scan the covering index `members_by_group`.
+const JOINED_MEMBERS: &str = "SELECT m.user_id, m.device_id FROM members m
+     LEFT JOIN cursors c ON c.device_id = m.device_id AND c.group_id = m.group_id
+     WHERE m.group_id = ?1 AND (m.joined_seq = 0 OR c.seq >= m.joined_seq)";
+const MEMBERS: &str = "SELECT user_id, device_id FROM members WHERE group_id = ?1";
+
 pub(super) fn read_joined_members(conn: &Connection, group_id: &[u8]) -> Result<Vec<MemberDevice>> {
-    query_members(
-        conn,
-        "SELECT m.user_id, m.device_id FROM members m
-         LEFT JOIN cursors c ON c.device_id = m.device_id AND c.group_id = m.group_id
-         WHERE m.group_id = ?1 AND (m.joined_seq = 0 OR c.seq >= m.joined_seq)",
-        group_id,
-        "read joined members",
-    )
+    query_members(conn, JOINED_MEMBERS, group_id, "read joined members")
 }
 
 pub(super) fn read_members(conn: &Connection, group_id: &[u8]) -> Result<Vec<MemberDevice>> {
-    query_members(
-        conn,
-        "SELECT user_id, device_id FROM members WHERE group_id = ?1",
-        group_id,
-        "read members",
-    )
+    query_members(conn, MEMBERS, group_id, "read members")
 }
 
 /// The (user_id, device_id) rows `sql` selects for a group, sorted.
@@ -236,4 +231,39 @@ pub(super) fn read_departed_groups(conn: &Connection, device_id: &str) -> Result
     })
     .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
     .map_err(|e| map_err("read departures", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::connection::open_connection;
+    use super::super::schema::migrate;
+    use super::*;
+
+    /// A group's member list is read from one index, never row by row from
+    /// the table (see schema v5).
+    #[test]
+    fn member_lists_are_read_from_the_covering_index() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = open_connection(&dir.path().join("t.db"), Duration::ZERO, false).expect("open");
+        migrate(&conn).expect("migrate");
+        for sql in [MEMBERS, JOINED_MEMBERS] {
+            let plan: Vec<String> = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .expect("explain")
+                .query_map([b"g".as_slice()], |r| r.get::<_, String>(3))
+                .expect("plan")
+                .collect::<rusqlite::Result<_>>()
+                .expect("plan rows");
+            let members = plan
+                .iter()
+                .find(|step| step.contains(" m ") || step.contains("members"))
+                .unwrap_or_else(|| panic!("no step on members: {plan:?}"));
+            assert!(
+                members.contains("USING COVERING INDEX members_by_group"),
+                "{sql}: {plan:?}"
+            );
+        }
+    }
 }

@@ -11,7 +11,7 @@ use super::error::map_err;
 use crate::{Result, StoreError};
 
 /// The schema version this binary writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE users (
@@ -171,6 +171,16 @@ ALTER TABLE groups DROP COLUMN group_info;
 ALTER TABLE groups DROP COLUMN ratchet_tree;
 "#;
 
+/// Version 5: a group's member rows read from one index. `members` keeps
+/// its rows in rowid order behind its primary key, so reading a group's
+/// list looked up each row in the table after finding it in the key's
+/// index: two B-tree descents per member, and a `GetPresence` of a group of
+/// 1,000 (which reads the list twice) spent most of its ~3 ms there. This
+/// index covers every column those reads use, in the order they return.
+const SCHEMA_V5: &str = r#"
+CREATE INDEX members_by_group ON members(group_id, user_id, device_id, joined_seq);
+"#;
+
 /// Creates or upgrades the schema. Idempotent, and safe against another
 /// process doing the same at the same time (the check and the DDL share one
 /// `BEGIN IMMEDIATE` transaction).
@@ -201,6 +211,10 @@ pub(super) fn migrate(conn: &Connection) -> Result<()> {
         if version < 4 {
             conn.execute_batch(SCHEMA_V4)
                 .map_err(|e| map_err("upgrade schema to v4", e))?;
+        }
+        if version < 5 {
+            conn.execute_batch(SCHEMA_V5)
+                .map_err(|e| map_err("upgrade schema to v5", e))?;
         }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(|e| map_err("write schema version", e))?;
