@@ -147,13 +147,16 @@ impl Peer {
             }
             cluster::node_request::Body::PresenceQuery(q) => {
                 let mut answer = cluster::PresenceAnswer::default();
-                for user in q.user_ids {
-                    if self.route.remote_owner(&session_key(&user)).is_some() {
-                        answer.not_owned.push(user);
-                    } else if self.sessions.is_online_here(&user).await {
-                        answer.online.push(user);
-                    }
-                }
+                let placement = self.route.placement();
+                let me = self.route.me();
+                let (owned, not_owned): (Vec<String>, Vec<String>) =
+                    q.user_ids.into_iter().partition(|user| {
+                        placement
+                            .as_ref()
+                            .is_none_or(|p| p.owner(&session_key(user)) == me)
+                    });
+                answer.not_owned = not_owned;
+                answer.online = self.sessions.online_here(owned);
                 cluster::NodeReply {
                     body: Some(cluster::node_reply::Body::Presence(answer)),
                 }

@@ -69,9 +69,15 @@ impl SessionIndex {
         );
     }
 
-    /// Whether the session of `user_id` on this node announced it online.
-    pub fn is_online(&self, user_id: &str) -> bool {
-        self.lock().get(user_id).is_some_and(|p| p.online)
+    /// Those of `users` whose session on this node announced them online,
+    /// under one lock.
+    pub fn online_among(&self, users: Vec<String>) -> impl Iterator<Item = String> {
+        let map = self.lock();
+        let online: Vec<String> = users
+            .into_iter()
+            .filter(|u| map.get(u).is_some_and(|p| p.online))
+            .collect();
+        online.into_iter()
     }
 
     /// Forgets the session of `user_id` if it is still the actor `id` (a

@@ -366,23 +366,23 @@ impl Sessions {
         let mut pending: BTreeSet<String> = users.clone();
         let deadline = tokio::time::Instant::now() + self.route.forward_timeout();
         loop {
+            // One placement for the whole list (a group of 1,000 asked it
+            // once per member before).
+            let placement = self.route.placement();
+            let me = self.route.me();
             let mut by_owner: BTreeMap<Option<String>, Vec<String>> = BTreeMap::new();
             for u in &pending {
-                by_owner
-                    .entry(self.route.remote_owner(&session_key(u)))
-                    .or_default()
-                    .push(u.clone());
+                let owner = placement
+                    .as_ref()
+                    .map(|p| p.owner(&session_key(u)))
+                    .filter(|o| *o != me)
+                    .map(str::to_owned);
+                by_owner.entry(owner).or_default().push(u.clone());
             }
             let mut retry = BTreeSet::new();
             for (owner, users) in by_owner {
                 match owner {
-                    None => {
-                        for u in users {
-                            if self.is_online_here(&u).await {
-                                online.insert(u);
-                            }
-                        }
-                    }
+                    None => online.extend(self.online_here(users)),
                     Some(node) => match self.route.presence_query(&node, users.clone()).await {
                         Ok(answer) => {
                             online.extend(answer.online);
@@ -406,13 +406,14 @@ impl Sessions {
         }
     }
 
-    /// The presence co-members were last told, by the user's session on
-    /// this node (none, or one that stopped, is offline).
-    pub async fn is_online_here(&self, user_id: &str) -> bool {
-        // As the user's SessionActor last published it: a call to each
-        // member's actor made GetPresence on a group of 1,000 a thousand
-        // actor round trips, one after the other.
-        self.index.is_online(user_id)
+    /// Those of `users` whose presence, as co-members were last told by
+    /// their session on this node, is online (none, or one that stopped,
+    /// is offline).
+    pub fn online_here(&self, users: Vec<String>) -> Vec<String> {
+        // As the users' SessionActors last published it, read under one
+        // lock: a call to each member's actor made GetPresence on a group
+        // of 1,000 a thousand actor round trips, one after the other.
+        self.index.online_among(users).collect()
     }
 
     /// Follows a view change: sessions no longer owned here stop, kept
