@@ -46,10 +46,11 @@ pub struct StoreSection {
     pub path: Option<PathBuf>,
     /// Most operations written in one group-commit transaction.
     pub max_batch: usize,
-    /// Most cursor and inbox acks in one of those transactions (embedded
-    /// store): acks wait in a lane of their own, so a herd of them (every
-    /// member of a group acking one message) delays a send by at most one
-    /// batch of this many.
+    /// Most cursor and inbox acks in one of those transactions that also
+    /// carries other writes (embedded store): acks wait in a lane of their
+    /// own, after the other writes, so a herd of them (every member of a
+    /// group acking one message) delays a send by at most one batch. A
+    /// transaction with nothing else to write takes up to `max_batch`.
     pub max_batch_acks: usize,
     /// ScyllaDB: "host:port" of one or more nodes.
     pub contact_points: Vec<String>,

@@ -86,9 +86,11 @@ pub struct SqliteConfig {
     pub path: PathBuf,
     /// The most write operations committed in one transaction.
     pub max_batch: usize,
-    /// The most cursor and inbox acks in one transaction: acks wait in a
-    /// lane of their own, so a herd of them delays other writes by at most
-    /// one batch (see `sqlite/writer.rs`).
+    /// The most cursor and inbox acks in a transaction that also carries
+    /// other writes: acks wait in a lane of their own, after the other
+    /// writes, so a herd of them delays those by at most one batch (one
+    /// with nothing else to write fills up with acks; see
+    /// `sqlite/writer.rs`).
     pub max_batch_acks: usize,
     /// The most reads running at once (each on its own connection).
     pub readers: usize,

@@ -14,9 +14,14 @@
 //! queue at once, and a send queued behind them waited for four full
 //! batches of 256 (1-5 ms each, measured with the fanout scenario's 1,000
 //! receivers acking together every 200 ms). Acks
-//! ([`Lane::Ack`]) now wait in their own queue and each batch takes at most
-//! `max_acks` of them, after every other operation queued: a send waits
-//! for at most one batch's acks. Nobody awaits an ack's commit to go on, and
+//! ([`Lane::Ack`]) now wait in their own queue and go after every other
+//! operation queued: a batch that carries other operations takes at most
+//! `max_acks` acks beside them, so those wait for a few acks, not for the
+//! herd. A batch with nothing else to write fills up with acks (up to
+//! `max_batch`): one fsync per batch bounds how many acks a second a slow
+//! disk takes, and capping every batch would cut that `max_batch /
+//! max_acks` times. A send that arrives during such a batch waits for it:
+//! one batch of acks at most. Nobody awaits an ack's commit to go on, and
 //! an ack commutes with the other writes (it moves a cursor only forward, and
 //! checks the group's head inside its own operation), so reordering them is
 //! safe. Each lane stays FIFO.
@@ -40,10 +45,22 @@ pub(super) enum Lane {
     Ack,
 }
 
+impl Lane {
+    /// The `lane` label of `hush_store_write_wait_seconds`.
+    fn label(self) -> &'static str {
+        match self {
+            Lane::Urgent => "urgent",
+            Lane::Ack => "ack",
+        }
+    }
+}
+
 /// A queued write: runs once inside the batch, replies once after it.
 pub(super) trait PendingOp: Send {
     fn name(&self) -> &'static str;
     fn lane(&self) -> Lane;
+    /// When it was queued.
+    fn queued_at(&self) -> Instant;
     /// Runs the operation; `true` if it succeeded (its savepoint is kept).
     fn run(&mut self, conn: &Connection) -> bool;
     /// Replies to the caller. `batch_error` is set when the batch did not
@@ -80,6 +97,7 @@ where
     let op = Op {
         name,
         lane,
+        queued_at: Instant::now(),
         f: Some(f),
         result: None,
         reply,
@@ -90,6 +108,7 @@ where
 struct Op<T, F> {
     name: &'static str,
     lane: Lane,
+    queued_at: Instant,
     f: Option<F>,
     result: Option<Result<T>>,
     reply: oneshot::Sender<Result<T>>,
@@ -106,6 +125,10 @@ where
 
     fn lane(&self) -> Lane {
         self.lane
+    }
+
+    fn queued_at(&self) -> Instant {
+        self.queued_at
     }
 
     fn run(&mut self, conn: &Connection) -> bool {
@@ -149,7 +172,7 @@ pub(super) struct Queue {
     acks: VecDeque<Box<dyn PendingOp>>,
     /// The most operations in one batch.
     max_batch: usize,
-    /// The most acks in one batch.
+    /// The most acks in a batch that carries other operations.
     max_acks: usize,
     /// The most operations held off the channel: its own capacity, so the
     /// writer holds at most twice what the channel bounds.
@@ -185,9 +208,10 @@ impl Queue {
     }
 
     /// Waits for an operation (unless some are held), takes whatever else is
-    /// queued, then makes a batch: up to `max_acks` acks, and as many other
-    /// operations as fit in `max_batch` beside them, each lane in its order.
-    /// `None` once the channel is closed and nothing is held.
+    /// queued, then makes a batch: up to `max_acks` acks (up to `max_batch`
+    /// when nothing else is held), and as many other operations as fit in
+    /// `max_batch` beside them, each lane in its order. `None` once the
+    /// channel is closed and nothing is held.
     pub(super) fn next_batch(&mut self) -> Option<Vec<Box<dyn PendingOp>>> {
         if self.held() == 0 {
             let first = self.rx.blocking_recv()?;
@@ -199,7 +223,12 @@ impl Queue {
                 Err(_) => break,
             }
         }
-        let acks = self.acks.len().min(self.max_acks);
+        let ack_room = if self.urgent.is_empty() {
+            self.max_batch
+        } else {
+            self.max_acks
+        };
+        let acks = self.acks.len().min(ack_room);
         let urgent = self.urgent.len().min(self.max_batch - acks);
         let mut batch = Vec::with_capacity(urgent + acks);
         batch.extend(self.urgent.drain(..urgent));
@@ -211,6 +240,11 @@ impl Queue {
 /// Runs `ops` in one transaction, one savepoint each, commits, then replies.
 pub(super) fn run_batch(conn: &Connection, mut ops: Vec<Box<dyn PendingOp>>) {
     let started = Instant::now();
+    for op in &ops {
+        let waited = started.saturating_duration_since(op.queued_at());
+        metrics::histogram!("hush_store_write_wait_seconds", "lane" => op.lane().label())
+            .record(waited.as_secs_f64());
+    }
     let size = ops.len();
     let batch_error = run_ops(conn, &mut ops);
     if let Some(e) = &batch_error {
@@ -428,7 +462,7 @@ mod tests {
     }
 
     #[test]
-    fn writes_queued_behind_a_herd_of_acks_wait_for_one_batch_of_them() {
+    fn writes_queued_behind_a_herd_of_acks_go_first_and_idle_batches_fill_with_acks() {
         let names = [
             "a1", "a2", "a3", "a4", "a5", "a6", "a7", "u1", "a8", "u2", "u3",
         ];
@@ -438,8 +472,8 @@ mod tests {
             vec![
                 vec!["u1", "u2", "a1", "a2"],
                 vec!["u3", "a3", "a4"],
-                vec!["a5", "a6"],
-                vec!["a7", "a8"],
+                // Nothing else waits: acks fill the batch.
+                vec!["a5", "a6", "a7", "a8"],
             ]
         );
     }
