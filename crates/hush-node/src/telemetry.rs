@@ -146,6 +146,7 @@ pub const FAMILIES: &[Family] = &[
     counter("hush_store_ops_total", "Embedded-store write operations, by op."),
     histogram("hush_store_batch_size", Unit::Count, "Write operations per embedded-store transaction."),
     histogram("hush_store_batch_seconds", Unit::Seconds, "Time to run and commit one embedded-store batch."),
+    histogram("hush_store_write_wait_seconds", Unit::Seconds, "Time an embedded-store write waited for its batch, by lane (urgent: everything but acks; ack: cursor and inbox acks, written after the rest)."),
     // --- cluster ---
     gauge("hush_cluster_members", Unit::Count, "Nodes in this node's cluster view."),
     counter("hush_cluster_view_changes_total", "Changes of this node's cluster view."),

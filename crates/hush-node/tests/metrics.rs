@@ -361,6 +361,16 @@ async fn metrics_are_described_preregistered_and_move_with_real_traffic() {
     assert!(delivered >= 1.0, "send-to-deliver count {delivered}");
     assert!(after.get("hush_send_to_deliver_seconds_sum", &[]) > 0.0);
     assert!(after.get("hush_messages_in_total", &[("kind", "application")]) >= 1.0);
+    // Every store write is timed from its queueing to its batch; the
+    // batch sizes are counted in operations, not in seconds' buckets.
+    let waited = after.get("hush_store_write_wait_seconds_count", &[("lane", "urgent")]);
+    assert!(waited >= 1.0, "urgent writes timed {waited}");
+    assert!(
+        after
+            .value("hush_store_batch_size_bucket", &[("le", "256")])
+            .is_some(),
+        "batch sizes have no bucket at 256"
+    );
     // Auth failures by reason, and the errors they were answered with.
     assert_eq!(
         after.get("hush_auth_failures_total", &[("reason", "missing_token")]),
