@@ -147,14 +147,11 @@ impl Peer {
             }
             cluster::node_request::Body::PresenceQuery(q) => {
                 let mut answer = cluster::PresenceAnswer::default();
-                let placement = self.route.placement();
-                let me = self.route.me();
-                let (owned, not_owned): (Vec<String>, Vec<String>) =
-                    q.user_ids.into_iter().partition(|user| {
-                        placement
-                            .as_ref()
-                            .is_none_or(|p| p.owner(&session_key(user)) == me)
-                    });
+                let owners = self.route.owners();
+                let (owned, not_owned): (Vec<String>, Vec<String>) = q
+                    .user_ids
+                    .into_iter()
+                    .partition(|user| owners.remote(&session_key(user)).is_none());
                 answer.not_owned = not_owned;
                 answer.online = self.sessions.online_here(owned);
                 cluster::NodeReply {

@@ -56,6 +56,28 @@ pub fn session_key(user_id: &str) -> Vec<u8> {
     format!("u/{user_id}").into_bytes()
 }
 
+/// One view's placement, from [`Route::owners`].
+pub struct Owners<'a> {
+    placement: Option<Arc<Placement>>,
+    me: &'a str,
+}
+
+impl Owners<'_> {
+    /// The node that owns `key`, if it is not this one (none without a
+    /// placement: a lone node owns everything).
+    pub fn remote(&self, key: &[u8]) -> Option<&str> {
+        let owner = self.placement.as_ref()?.owner(key);
+        (owner != self.me).then_some(owner)
+    }
+
+    /// No other node in the view: every key is this node's.
+    pub fn alone(&self) -> bool {
+        self.placement
+            .as_ref()
+            .is_none_or(|p| p.view().members.len() <= 1)
+    }
+}
+
 /// Owners of keys, and messages to them.
 pub struct Route {
     me: String,
@@ -167,9 +189,16 @@ impl Route {
 
     /// The node that owns `key` in the current view, if it is not this one.
     pub fn remote_owner(&self, key: &[u8]) -> Option<String> {
-        let p = self.placement()?;
-        let owner = p.owner(key);
-        (owner != self.me).then(|| owner.to_string())
+        self.owners().remote(key).map(str::to_owned)
+    }
+
+    /// The current placement, taken once, to place many keys (a group's
+    /// members) against the same view.
+    pub fn owners(&self) -> Owners<'_> {
+        Owners {
+            placement: self.placement(),
+            me: &self.me,
+        }
     }
 
     /// The digest of the current view (carried in every message).

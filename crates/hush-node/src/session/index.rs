@@ -71,13 +71,10 @@ impl SessionIndex {
 
     /// Those of `users` whose session on this node announced them online,
     /// under one lock.
-    pub fn online_among(&self, users: Vec<String>) -> impl Iterator<Item = String> {
+    pub fn online_among(&self, mut users: Vec<String>) -> Vec<String> {
         let map = self.lock();
-        let online: Vec<String> = users
-            .into_iter()
-            .filter(|u| map.get(u).is_some_and(|p| p.online))
-            .collect();
-        online.into_iter()
+        users.retain(|u| map.get(u).is_some_and(|p| p.online));
+        users
     }
 
     /// Forgets the session of `user_id` if it is still the actor `id` (a

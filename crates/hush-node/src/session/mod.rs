@@ -290,26 +290,18 @@ impl Sessions {
         metrics::counter!("hush_deliveries_total").increment(devices.len() as u64);
         // One placement for the whole delivery, one lookup per user (a user
         // usually has several devices).
-        let placement = self.route.placement();
-        if placement
-            .as_ref()
-            .is_none_or(|p| p.view().members.len() <= 1)
-        {
+        let owners = self.route.owners();
+        if owners.alone() {
             // A view of one (a lone node, or the last node of a cluster):
             // every session is here.
             return self.deliver_here(devices, item).await;
         }
-        let me = self.route.me();
         let mut owner_of: BTreeMap<&str, Option<String>> = BTreeMap::new();
         let mut by_owner: BTreeMap<Option<String>, Vec<MemberDevice>> = BTreeMap::new();
         for d in devices {
-            let owner = owner_of.entry(d.user_id.as_str()).or_insert_with(|| {
-                placement
-                    .as_ref()
-                    .map(|p| p.owner(&session_key(&d.user_id)))
-                    .filter(|o| *o != me)
-                    .map(str::to_owned)
-            });
+            let owner = owner_of
+                .entry(d.user_id.as_str())
+                .or_insert_with(|| owners.remote(&session_key(&d.user_id)).map(str::to_owned));
             by_owner.entry(owner.clone()).or_default().push(d.clone());
         }
         for (owner, devices) in by_owner {
@@ -366,17 +358,11 @@ impl Sessions {
         let mut pending: BTreeSet<String> = users.clone();
         let deadline = tokio::time::Instant::now() + self.route.forward_timeout();
         loop {
-            // One placement for the whole list (a group of 1,000 asked it
-            // once per member before).
-            let placement = self.route.placement();
-            let me = self.route.me();
+            // One placement for the whole list.
+            let owners = self.route.owners();
             let mut by_owner: BTreeMap<Option<String>, Vec<String>> = BTreeMap::new();
             for u in &pending {
-                let owner = placement
-                    .as_ref()
-                    .map(|p| p.owner(&session_key(u)))
-                    .filter(|o| *o != me)
-                    .map(str::to_owned);
+                let owner = owners.remote(&session_key(u)).map(str::to_owned);
                 by_owner.entry(owner).or_default().push(u.clone());
             }
             let mut retry = BTreeSet::new();
@@ -413,7 +399,7 @@ impl Sessions {
         // As the users' SessionActors last published it, read under one
         // lock: a call to each member's actor made GetPresence on a group
         // of 1,000 a thousand actor round trips, one after the other.
-        self.index.online_among(users).collect()
+        self.index.online_among(users)
     }
 
     /// Follows a view change: sessions no longer owned here stop, kept

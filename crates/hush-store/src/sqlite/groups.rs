@@ -235,10 +235,7 @@ pub(super) fn read_departed_groups(conn: &Connection, device_id: &str) -> Result
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
-    use super::super::connection::open_connection;
-    use super::super::schema::migrate;
+    use super::super::schema::test_db;
     use super::*;
 
     /// A group's member list is read from one index, never row by row from
@@ -246,8 +243,7 @@ mod tests {
     #[test]
     fn member_lists_are_read_from_the_covering_index() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let conn = open_connection(&dir.path().join("t.db"), Duration::ZERO, false).expect("open");
-        migrate(&conn).expect("migrate");
+        let conn = test_db(&dir);
         for sql in [MEMBERS, JOINED_MEMBERS] {
             let plan: Vec<String> = conn
                 .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))

@@ -232,6 +232,16 @@ pub(super) fn migrate(conn: &Connection) -> Result<()> {
     }
 }
 
+/// A migrated database in `dir`, for the store's unit tests.
+#[cfg(test)]
+pub(super) fn test_db(dir: &tempfile::TempDir) -> Connection {
+    let path = dir.path().join("t.db");
+    let conn =
+        super::connection::open_connection(&path, std::time::Duration::ZERO, false).expect("open");
+    migrate(&conn).expect("migrate");
+    conn
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

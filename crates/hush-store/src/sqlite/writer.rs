@@ -45,16 +45,6 @@ pub(super) enum Lane {
     Ack,
 }
 
-impl Lane {
-    /// The `lane` label of `hush_store_write_wait_seconds`.
-    fn label(self) -> &'static str {
-        match self {
-            Lane::Urgent => "urgent",
-            Lane::Ack => "ack",
-        }
-    }
-}
-
 /// A queued write: runs once inside the batch, replies once after it.
 pub(super) trait PendingOp: Send {
     fn name(&self) -> &'static str;
@@ -158,10 +148,40 @@ where
 }
 
 pub(super) fn writer_loop(conn: Connection, mut queue: Queue) {
+    let waits = WaitTimes::new();
     while let Some(batch) = queue.next_batch() {
+        waits.record(&batch);
         run_batch(&conn, batch);
     }
     tracing::debug!("sqlite writer stopped");
+}
+
+/// `hush_store_write_wait_seconds{lane}`: each operation's wait from its
+/// queueing to its batch. The handles are taken once, when the writer
+/// starts (after the node installed its recorder): a write is per message.
+struct WaitTimes {
+    urgent: metrics::Histogram,
+    ack: metrics::Histogram,
+}
+
+impl WaitTimes {
+    fn new() -> Self {
+        Self {
+            urgent: metrics::histogram!("hush_store_write_wait_seconds", "lane" => "urgent"),
+            ack: metrics::histogram!("hush_store_write_wait_seconds", "lane" => "ack"),
+        }
+    }
+
+    fn record(&self, batch: &[Box<dyn PendingOp>]) {
+        let now = Instant::now();
+        for op in batch {
+            let lane = match op.lane() {
+                Lane::Urgent => &self.urgent,
+                Lane::Ack => &self.ack,
+            };
+            lane.record(now.saturating_duration_since(op.queued_at()).as_secs_f64());
+        }
+    }
 }
 
 /// The writer's two lanes: the channel every caller sends to, and the
@@ -240,11 +260,6 @@ impl Queue {
 /// Runs `ops` in one transaction, one savepoint each, commits, then replies.
 pub(super) fn run_batch(conn: &Connection, mut ops: Vec<Box<dyn PendingOp>>) {
     let started = Instant::now();
-    for op in &ops {
-        let waited = started.saturating_duration_since(op.queued_at());
-        metrics::histogram!("hush_store_write_wait_seconds", "lane" => op.lane().label())
-            .record(waited.as_secs_f64());
-    }
     let size = ops.len();
     let batch_error = run_ops(conn, &mut ops);
     if let Some(e) = &batch_error {
@@ -308,7 +323,7 @@ mod tests {
     use super::super::accounts::op_get_or_create_secret;
     use super::super::connection::open_connection;
     use super::super::groups::{op_acquire_lease, op_create_group};
-    use super::super::schema::migrate;
+    use super::super::schema::test_db;
     use super::super::timeline::{op_append_commit, op_append_message, read_timeline};
     use super::*;
     use crate::{AppendOutcome, CommitWrite, EntryKind, GroupRecord, NewEntry};
@@ -330,8 +345,7 @@ mod tests {
 
     /// A migrated database with group `g` leased to `node-a` (token 1).
     fn setup(dir: &tempfile::TempDir) -> Connection {
-        let conn = open_connection(&dir.path().join("t.db"), Duration::ZERO, false).expect("open");
-        migrate(&conn).expect("migrate");
+        let conn = test_db(dir);
         let group = GroupRecord {
             group_id: b"g".to_vec(),
             epoch: 1,
