@@ -490,6 +490,7 @@ macro_rules! store_conformance_suite {
             a_commits_welcome_serves_every_device_it_adds,
             ack_state_follows_cursor_membership_and_head,
             ack_cursor_moves_only_when_decided,
+            ack_cursor_settles_a_departure_once_past_the_removal,
             sync_start_and_co_members_agree_with_their_parts,
         );
     };
@@ -2149,8 +2150,6 @@ pub async fn inbox_seqs_increase_and_are_never_reused(store: Arc<dyn Store>) {
     );
 }
 
-/// `ack_cursor` hands `decide` what `ack_state` reads, moves the cursor
-/// only when it says so, and never backward.
 /// One Welcome per commit, however many devices it adds: each reads it with
 /// the tree of *that* commit (not the group's later one), and one device's
 /// acks, repeated or not, never take it from another.
@@ -2211,6 +2210,8 @@ pub async fn a_commits_welcome_serves_every_device_it_adds(store: Arc<dyn Store>
     assert_eq!(read("carol-1".into()).await, carol);
 }
 
+/// `ack_cursor` hands `decide` what `ack_state` reads, moves the cursor
+/// only when it says so, and never backward.
 pub async fn ack_cursor_moves_only_when_decided(store: Arc<dyn Store>) {
     use crate::{AckState, Standing};
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -2276,6 +2277,68 @@ pub async fn ack_cursor_moves_only_when_decided(store: Arc<dyn Store>) {
             .cursor,
         Some(2)
     );
+}
+
+/// An ack settles a departure as `set_cursor` does: kept while the cursor
+/// is below the removing commit, gone once it reaches it, and also when the
+/// device was added again before it acknowledged its removal.
+pub async fn ack_cursor_settles_a_departure_once_past_the_removal(store: Arc<dyn Store>) {
+    use crate::Standing;
+    let fence = leased_group(&*store, b"g1").await;
+    let (alice, bob) = (member("alice", "alice-1"), member("bob", "bob-1"));
+    let add = |epoch, members, id| commit(b"g1", fence, epoch, members, &["bob-1"], id);
+    let joined = store
+        .append_commit(&add(1, vec![alice.clone(), bob.clone()], "add-bob"))
+        .await
+        .expect("add bob")
+        .seq();
+    let rm = commit(b"g1", fence, 2, vec![alice.clone()], &[], "rm-bob");
+    let left = store.append_commit(&rm).await.expect("remove bob").seq();
+    let departures = || {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .departed_groups("bob-1")
+                .await
+                .expect("departures")
+                .len()
+        }
+    };
+    let ack = |seq| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .ack_cursor("bob-1", b"g1", seq, Box::new(|_| true))
+                .await
+                .expect("ack")
+        }
+    };
+    ack(joined).await;
+    assert_eq!(departures().await, 1, "acked below the removal");
+    let (state, moved) = ack(left).await;
+    assert!(moved);
+    assert!(matches!(state.standing, Standing::Departed { .. }));
+    assert_eq!(departures().await, 0, "acked up to the removal");
+
+    // Removed again, and added back before acknowledging the removal: the
+    // departure waits for an ack past it all the same.
+    store
+        .append_commit(&add(3, vec![alice.clone(), bob.clone()], "add-bob-2"))
+        .await
+        .expect("add bob again");
+    let again = commit(b"g1", fence, 4, vec![alice.clone()], &[], "rm-bob-2");
+    let left = store.append_commit(&again).await.expect("remove").seq();
+    let back = store
+        .append_commit(&add(5, vec![alice, bob], "re-add-bob"))
+        .await
+        .expect("re-add bob")
+        .seq();
+    assert_eq!(departures().await, 1);
+    let (state, _) = ack(left - 1).await;
+    assert_eq!(state.standing, Standing::Member { joined_seq: back });
+    assert_eq!(departures().await, 1, "acked below the removal");
+    ack(back).await;
+    assert_eq!(departures().await, 0, "acked past the removal");
 }
 
 /// `ack_state` reads what `cursors`, `groups_of_device` and

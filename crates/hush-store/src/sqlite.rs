@@ -484,10 +484,15 @@ impl Store for SqliteStore {
         let device = device_id.to_string();
         let group = group_id.to_vec();
         self.write_in(Lane::Ack, "ack_cursor", move |c| {
-            let state = sync::read_ack_state(c, &device, &group)?;
+            let (state, departure) = sync::read_ack_row(c, &device, &group)?;
             let moves = decide(&state);
             if moves {
-                sync::op_set_cursor(c, &device, &group, seq)?;
+                sync::op_move_cursor(c, &device, &group, seq)?;
+                // A statement only where there is a departure to settle:
+                // most acks are a member's.
+                if departure.is_some_and(|left_seq| left_seq <= seq) {
+                    sync::op_settle_departure(c, &device, &group, seq)?;
+                }
             }
             Ok((state, moves))
         })

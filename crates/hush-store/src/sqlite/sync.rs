@@ -17,6 +17,17 @@ pub(super) fn op_set_cursor(
     group_id: &[u8],
     seq: u64,
 ) -> Result<()> {
+    op_move_cursor(conn, device_id, group_id, seq)?;
+    op_settle_departure(conn, device_id, group_id, seq)
+}
+
+/// Moves the cursor forward to `seq` (never back).
+pub(super) fn op_move_cursor(
+    conn: &Connection,
+    device_id: &str,
+    group_id: &[u8],
+    seq: u64,
+) -> Result<()> {
     stmt::execute(
         conn,
         "INSERT INTO cursors (device_id, group_id, seq) VALUES (?1, ?2, ?3)
@@ -24,6 +35,17 @@ pub(super) fn op_set_cursor(
         params![device_id, group_id, seq],
     )
     .map_err(|e| map_err("set cursor", e))?;
+    Ok(())
+}
+
+/// Forgets the device's departure from the group once it acknowledged up
+/// to the removing commit.
+pub(super) fn op_settle_departure(
+    conn: &Connection,
+    device_id: &str,
+    group_id: &[u8],
+    seq: u64,
+) -> Result<()> {
     stmt::execute(
         conn,
         "DELETE FROM departures WHERE device_id = ?1 AND group_id = ?2 AND left_seq <= ?3",
@@ -129,6 +151,17 @@ pub(super) fn read_ack_state(
     device_id: &str,
     group_id: &[u8],
 ) -> Result<AckState> {
+    Ok(read_ack_row(conn, device_id, group_id)?.0)
+}
+
+/// The ack state, and the `left_seq` of the device's departure from the
+/// group if one is stored (also when it was added again since: the row
+/// waits for an ack past the removal all the same).
+pub(super) fn read_ack_row(
+    conn: &Connection,
+    device_id: &str,
+    group_id: &[u8],
+) -> Result<(AckState, Option<u64>)> {
     type Row = (
         Option<u64>,
         Option<u64>,
@@ -141,9 +174,9 @@ pub(super) fn read_ack_state(
         "SELECT
            (SELECT seq FROM cursors WHERE device_id = ?1 AND group_id = ?2),
            (SELECT joined_seq FROM members WHERE group_id = ?2 AND device_id = ?1),
-           (SELECT joined_seq FROM departures WHERE device_id = ?1 AND group_id = ?2),
-           (SELECT left_seq FROM departures WHERE device_id = ?1 AND group_id = ?2),
-           (SELECT head_seq FROM groups WHERE group_id = ?2)",
+           d.joined_seq, d.left_seq,
+           (SELECT head_seq FROM groups WHERE group_id = ?2)
+         FROM (SELECT 1) LEFT JOIN departures d ON d.device_id = ?1 AND d.group_id = ?2",
         params![device_id, group_id],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
     )
@@ -156,9 +189,10 @@ pub(super) fn read_ack_state(
         },
         _ => Standing::Stranger,
     };
-    Ok(AckState {
+    let state = AckState {
         cursor,
         standing,
         head_seq: head.unwrap_or(0),
-    })
+    };
+    Ok((state, left))
 }
