@@ -25,9 +25,9 @@ use super::{
     bucket_of, bucket_range, from_bigint, to_bigint, ttl_seconds, ScyllaStore, TimelineRow,
 };
 use crate::{
-    AckState, AppendOutcome, ClaimedKeyPackage, CommitWrite, Departure, Device, DeviceGroup, Entry,
-    GroupRecord, InboxItem, KeyPackageRecord, Lease, MemberDevice, NewEntry, NewGroup, Result,
-    Standing, Store, StoreError,
+    AckDecision, AckState, AppendOutcome, ClaimedKeyPackage, CommitWrite, Departure, Device,
+    DeviceGroup, Entry, GroupRecord, InboxItem, KeyPackageRecord, Lease, MemberDevice, NewEntry,
+    NewGroup, Result, Standing, Store, StoreError,
 };
 
 /// A group's members as stored: device_id -> (user_id, joined_seq).
@@ -551,6 +551,71 @@ impl ScyllaStore {
                 Err(e) => transient.retry_after(e).await?,
             }
         }
+    }
+
+    /// The ack state, and the `left_seq` of the device's departure from the
+    /// group if one is stored (also when it was added again since, or its
+    /// cursor reached it: the row waits for an ack that settles it).
+    async fn ack_row(&self, device_id: &str, group_id: &[u8]) -> Result<(AckState, Option<u64>)> {
+        // Four single-row reads at once (one round trip of latency); the
+        // head at SERIAL like every head read, so it sees every acked append.
+        let (cursor, member, departure, head) = futures_util::future::try_join4(
+            self.one::<(i64,)>("ack_cursor_get", (device_id, group_id)),
+            self.one::<(i64,)>("ack_dg_get", (device_id, group_id)),
+            self.one::<(i64, i64)>("ack_departure_get", (device_id, group_id)),
+            self.one::<(i64,)>("ack_head_get", (group_id,)),
+        )
+        .await?;
+        let cursor = cursor.map(|(c,)| from_bigint(c, "cursor")).transpose()?;
+        let standing = match (member, departure) {
+            (Some((joined,)), _) => Standing::Member {
+                joined_seq: from_bigint(joined, "joined seq")?,
+            },
+            (None, Some((joined, left))) => {
+                let left_seq = from_bigint(left, "left seq")?;
+                // As in departed_groups: a departure the cursor has reached
+                // is settled, whatever a late replay left behind.
+                if cursor.is_some_and(|c| c >= left_seq) {
+                    Standing::Stranger
+                } else {
+                    Standing::Departed {
+                        joined_seq: from_bigint(joined, "joined seq")?,
+                        left_seq,
+                    }
+                }
+            }
+            (None, None) => Standing::Stranger,
+        };
+        let state = AckState {
+            cursor,
+            standing,
+            head_seq: head
+                .map(|(h,)| from_bigint(h, "head seq"))
+                .transpose()?
+                .unwrap_or(0),
+        };
+        let left = departure
+            .map(|(_, l)| from_bigint(l, "left seq"))
+            .transpose()?;
+        Ok((state, left))
+    }
+
+    /// Moves a cursor forward, creating it if need be: the insert, and if
+    /// the row was there, the advance (which applies only forward).
+    async fn insert_or_advance_cursor(
+        &self,
+        device_id: &str,
+        group_id: &[u8],
+        seq: i64,
+    ) -> Result<()> {
+        if !self
+            .lwt("cursor_insert", (device_id, group_id, seq))
+            .await?
+        {
+            self.lwt("cursor_advance", (seq, device_id, group_id, seq))
+                .await?;
+        }
+        Ok(())
     }
 
     pub(super) async fn one<R>(&self, name: &str, values: impl SerializeRow) -> Result<Option<R>>
@@ -1367,55 +1432,49 @@ impl Store for ScyllaStore {
     }
 
     async fn ack_state(&self, device_id: &str, group_id: &[u8]) -> Result<AckState> {
-        // Four single-row reads at once (one round trip of latency); the
-        // head at SERIAL like every head read, so it sees every acked append.
-        let (cursor, member, departure, head) = futures_util::future::try_join4(
-            self.one::<(i64,)>("ack_cursor_get", (device_id, group_id)),
-            self.one::<(i64,)>("ack_dg_get", (device_id, group_id)),
-            self.one::<(i64, i64)>("ack_departure_get", (device_id, group_id)),
-            self.one::<(i64,)>("ack_head_get", (group_id,)),
-        )
-        .await?;
-        let cursor = cursor.map(|(c,)| from_bigint(c, "cursor")).transpose()?;
-        let standing = match (member, departure) {
-            (Some((joined,)), _) => Standing::Member {
-                joined_seq: from_bigint(joined, "joined seq")?,
-            },
-            (None, Some((joined, left))) => {
-                let left_seq = from_bigint(left, "left seq")?;
-                // As in departed_groups: a departure the cursor has reached
-                // is settled, whatever a late replay left behind.
-                if cursor.is_some_and(|c| c >= left_seq) {
-                    Standing::Stranger
-                } else {
-                    Standing::Departed {
-                        joined_seq: from_bigint(joined, "joined seq")?,
-                        left_seq,
-                    }
+        Ok(self.ack_row(device_id, group_id).await?.0)
+    }
+
+    /// An ack's Paxos rounds are its cost on CQL: the read tells which
+    /// writes it needs, so a member's ack past a cursor it already has is
+    /// one LWT (the cursor's advance), not the three `set_cursor` takes
+    /// (insert, advance, settle), and a departure is settled only where
+    /// there is one to settle.
+    async fn ack_cursor(
+        &self,
+        device_id: &str,
+        group_id: &[u8],
+        seq: u64,
+        decide: AckDecision,
+    ) -> Result<(AckState, bool)> {
+        let (state, departure) = self.ack_row(device_id, group_id).await?;
+        let moves = decide(&state);
+        if moves {
+            let at = to_bigint(seq, "seq")?;
+            match state.cursor {
+                // Cursors are never deleted: the row is there. Not applied
+                // means another ack took it at least as far.
+                Some(_) => {
+                    self.lwt("cursor_advance", (at, device_id, group_id, at))
+                        .await?;
+                }
+                None => {
+                    self.insert_or_advance_cursor(device_id, group_id, at)
+                        .await?
                 }
             }
-            (None, None) => Standing::Stranger,
-        };
-        Ok(AckState {
-            cursor,
-            standing,
-            head_seq: head
-                .map(|(h,)| from_bigint(h, "head seq"))
-                .transpose()?
-                .unwrap_or(0),
-        })
+            if departure.is_some_and(|left_seq| left_seq <= seq) {
+                self.lwt("departure_settle", (device_id, group_id, at))
+                    .await?;
+            }
+        }
+        Ok((state, moves))
     }
 
     async fn set_cursor(&self, device_id: &str, group_id: &[u8], seq: u64) -> Result<()> {
         let seq = to_bigint(seq, "seq")?;
-        if !self
-            .lwt("cursor_insert", (device_id, group_id, seq))
-            .await?
-        {
-            // Applies only if it moves forward; otherwise nothing to do.
-            self.lwt("cursor_advance", (seq, device_id, group_id, seq))
-                .await?;
-        }
+        self.insert_or_advance_cursor(device_id, group_id, seq)
+            .await?;
         self.lwt("departure_settle", (device_id, group_id, seq))
             .await?;
         Ok(())
