@@ -250,15 +250,37 @@ pub fn token_failure_reason(e: &hush_ds::TokenError) -> &'static str {
 /// the entry durable.
 pub fn delivered_since(durable_at: std::time::Instant) {
     let seconds = durable_at.elapsed().as_secs_f64();
-    match SEND_TO_DELIVER_HANDLE.get() {
-        Some(h) => h.record(seconds),
+    match HOT.get() {
+        Some(h) => h.send_to_deliver.record(seconds),
         None => metrics::histogram!(SEND_TO_DELIVER).record(seconds),
     }
 }
 
-/// The send-to-deliver histogram's handle, taken once the recorder is in
-/// (it is recorded once per frame queued: no key lookup each time).
-static SEND_TO_DELIVER_HANDLE: OnceLock<metrics::Histogram> = OnceLock::new();
+/// One frame written to a client stream (`hush_frames_out_total`).
+pub fn frame_out() {
+    match HOT.get() {
+        Some(h) => h.frames_out.increment(1),
+        None => metrics::counter!("hush_frames_out_total").increment(1),
+    }
+}
+
+/// One WebSocket frame read from a client (`hush_frames_in_total`).
+pub fn frame_in() {
+    match HOT.get() {
+        Some(h) => h.frames_in.increment(1),
+        None => metrics::counter!("hush_frames_in_total").increment(1),
+    }
+}
+
+/// Handles of the series recorded once per frame, taken once the recorder
+/// is in: no key lookup (hash, registry lock) per frame.
+struct Hot {
+    send_to_deliver: metrics::Histogram,
+    frames_out: metrics::Counter,
+    frames_in: metrics::Counter,
+}
+
+static HOT: OnceLock<Hot> = OnceLock::new();
 
 fn collector() -> &'static metrics_process::Collector {
     static COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
@@ -285,7 +307,11 @@ pub fn install() {
         }
         collector().describe();
         register_at_zero();
-        let _ = SEND_TO_DELIVER_HANDLE.set(metrics::histogram!(SEND_TO_DELIVER));
+        let _ = HOT.set(Hot {
+            send_to_deliver: metrics::histogram!(SEND_TO_DELIVER),
+            frames_out: metrics::counter!("hush_frames_out_total"),
+            frames_in: metrics::counter!("hush_frames_in_total"),
+        });
         metrics::gauge!("hush_build_info", "version" => VERSION, "git_sha" => GIT_SHA).set(1.0);
         collect_process();
     });

@@ -149,7 +149,7 @@ impl Sink for SseSink {
         let event = format!("id: {id}\ndata: {data}\n\n");
         self.send(Bytes::from(event)).await?;
         self.pos = next;
-        metrics::counter!("hush_frames_out_total").increment(1);
+        crate::telemetry::frame_out();
         Ok(())
     }
 }

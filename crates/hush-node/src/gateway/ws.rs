@@ -37,8 +37,11 @@
 //! one cuts the connection (4001); a write blocked for `write_timeout_ms` cuts
 //! it too; no traffic for `heartbeat_timeout_ms` closes it (4002).
 
+use std::future::{poll_fn, Future as _};
+use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use actix_web::web::Bytes;
@@ -53,6 +56,7 @@ use tokio::task::JoinSet;
 use super::stream::{self, Halt, Position, Sink, Stream};
 use super::{authenticate, check_origin, error_response, AppState};
 use crate::admission::RequestPermit;
+use crate::conns::QueuedItem;
 use crate::error::{ApiError, ApiResult};
 use crate::wire::Caller;
 
@@ -68,6 +72,11 @@ impl Drop for InFlight {
         self.0.detach_all();
     }
 }
+
+/// How many queued items one pass of the connection's loop writes before
+/// it looks at its other work again (at most actix-ws's own queue, 32
+/// frames, fits before a write waits for the socket).
+const OUTBOUND_BURST: usize = 32;
 
 pub const CLOSE_AUTH_DEADLINE: u16 = 4000;
 pub const CLOSE_SLOW_CONSUMER: u16 = 4001;
@@ -130,17 +139,28 @@ impl Sink for WsSink {
     type Stop = Step;
 
     /// One write, bounded in time: a reader that does not drain is cut off.
+    ///
+    /// Most writes find room in actix-ws's queue at once; only one that
+    /// has to wait arms the timer (no clock read and timer entry per
+    /// frame).
     async fn write(&mut self, bytes: Bytes, _pos: Position<'_>) -> Result<(), Step> {
-        match tokio::time::timeout(self.write_timeout, self.session.binary(bytes)).await {
-            Ok(Ok(())) => {
-                metrics::counter!("hush_frames_out_total").increment(1);
+        let mut send = pin!(self.session.binary(bytes));
+        let sent = match poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await {
+            Poll::Ready(sent) => sent,
+            Poll::Pending => match tokio::time::timeout(self.write_timeout, send).await {
+                Ok(sent) => sent,
+                Err(_) => {
+                    metrics::counter!("hush_slow_consumers_cut_total").increment(1);
+                    return Err(close(CLOSE_SLOW_CONSUMER, "write timed out"));
+                }
+            },
+        };
+        match sent {
+            Ok(()) => {
+                crate::telemetry::frame_out();
                 Ok(())
             }
-            Ok(Err(_closed)) => Err(Step::Close(CloseReason::from(CloseCode::Away))),
-            Err(_) => {
-                metrics::counter!("hush_slow_consumers_cut_total").increment(1);
-                Err(close(CLOSE_SLOW_CONSUMER, "write timed out"))
-            }
+            Err(_closed) => Err(Step::Close(CloseReason::from(CloseCode::Away))),
         }
     }
 }
@@ -180,6 +200,19 @@ impl Connection {
             rate,
             last_seen: tokio::time::Instant::now(),
         }
+    }
+
+    /// Writes one item of the connection's queue; its place in the node's
+    /// backlog (`counted`) is given back once it is handled.
+    async fn outbound(&mut self, queued: QueuedItem) -> Step {
+        let QueuedItem { item, counted } = queued;
+        let step = match self.out.on_outbound(item).await {
+            Ok(()) => Step::Continue,
+            Err(Halt::Sink(step)) => step,
+            Err(Halt::Api(e)) => self.reply_error(0, e).await,
+        };
+        drop(counted);
+        step
     }
 
     fn session(&self) -> Session {
@@ -291,12 +324,21 @@ impl Connection {
                     }
                 },
                 out = rx.recv() => match out {
-                    // `queued.counted` leaves the node's backlog once handled.
-                    Some(queued) => match self.out.on_outbound(queued.item).await {
-                        Ok(()) => Step::Continue,
-                        Err(Halt::Sink(step)) => step,
-                        Err(Halt::Api(e)) => self.reply_error(0, e).await,
-                    },
+                    Some(queued) => {
+                        // What is queued behind it is written in the same
+                        // turn, up to a bound (requests, the heartbeat and
+                        // shutdown keep their turn): one pass through this
+                        // select per burst instead of per frame, and actix
+                        // sends the frames it finds queued in one write.
+                        let mut step = self.outbound(*queued).await;
+                        let mut drained = 1;
+                        while matches!(step, Step::Continue) && drained < OUTBOUND_BURST {
+                            let Ok(next) = rx.try_recv() else { break };
+                            step = self.outbound(*next).await;
+                            drained += 1;
+                        }
+                        step
+                    }
                     None if overflowed.load(Ordering::SeqCst) => {
                         close(CLOSE_SLOW_CONSUMER, "send buffer full")
                     }
@@ -425,7 +467,7 @@ impl Connection {
             let e = ApiError::new(ErrorCode::Malformed, "frame has no body");
             return self.reply_error(rid, e).await;
         };
-        metrics::counter!("hush_frames_in_total").increment(1);
+        crate::telemetry::frame_in();
         let result = match body {
             // The Sync's answer is a stream: SyncStarted (carrying the
             // request id), the backlog, then SyncCaughtUp.
