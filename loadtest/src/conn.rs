@@ -90,6 +90,13 @@ pub struct Link {
 }
 
 impl Link {
+    /// A link whose frames land in the returned receiver (unit tests).
+    #[cfg(test)]
+    pub fn for_test() -> (Self, mpsc::UnboundedReceiver<WsMessage>) {
+        let (out, rx) = mpsc::unbounded_channel();
+        (Self { out }, rx)
+    }
+
     /// Sends a frame whose reply goes to the handler's `on_reply`.
     pub fn send_with_id(&self, request_id: u64, body: client_frame::Body) -> Result<(), ConnError> {
         let frame = ClientFrame {

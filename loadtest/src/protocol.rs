@@ -57,6 +57,9 @@ pub struct FanoutJob {
     /// See `scenario::Fanout::ack_herd`.
     #[serde(default)]
     pub ack_herd: bool,
+    /// See `scenario::Fanout::send_window`.
+    #[serde(default)]
+    pub send_window: usize,
     /// See `scenario::Fanout::presence_poll_ms`.
     #[serde(default)]
     pub presence_poll_ms: u64,

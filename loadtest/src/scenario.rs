@@ -158,6 +158,13 @@ pub struct Fanout {
     /// every member of every group at once, one herd per interval).
     #[serde(default)]
     pub ack_herd: bool,
+    /// Each sender keeps at most this many sends in flight, holds the rest
+    /// in order, and holds every send while a refusal's retry hint lasts,
+    /// as a client pacing itself by the server's answers does. 0 (the
+    /// default): every send is written when due and each refusal is resent
+    /// on its own (past the node's peak, resends grow with the backlog).
+    #[serde(default)]
+    pub send_window: usize,
     /// Every member asks for its group's presence (`GetPresence`) this
     /// often, the members spread evenly over the interval, as `hush chat`
     /// and the web page do in a group whose changes are not pushed;
@@ -183,6 +190,7 @@ impl Default for Fanout {
             drain_timeout_s: 30.0,
             ack_interval_ms: 200,
             ack_herd: false,
+            send_window: 0,
             presence_poll_ms: 0,
             sustain_p99_ms: 50.0,
             presealed_per_group: 16,

@@ -117,6 +117,7 @@ fn plans(sc: &Scenario, sys: &System<'_>, sources: &[IpAddr], nworkers: usize) -
                         setup_concurrency: f.setup_concurrency,
                         ack_interval_ms: f.ack_interval_ms,
                         ack_herd: f.ack_herd,
+                        send_window: f.send_window,
                         presence_poll_ms: f.presence_poll_ms,
                         history: sys.history_dir.map(|d| crate::history::part_path(d, w)),
                     };

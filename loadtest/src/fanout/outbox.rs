@@ -5,8 +5,15 @@
 //! (UNAVAILABLE while a group re-homes, INTERNAL, RATE_LIMITED) is written
 //! again, the last after a backoff. In a chaos run every write is
 //! recorded in the history (with its `client_msg_id` and due time).
+//!
+//! By default every send is written when due (the open loop: past the
+//! node's peak each refusal is resent on its own, and the resends grow with
+//! the backlog). With `fanout.send_window` a connection keeps at most that
+//! many sends in flight, holds the rest in order, and a refusal with a
+//! retry hint holds all of its sends until the hint has passed: a client
+//! that paces itself by the server's answers.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use hush_proto::client_frame::Body as C;
 use hush_proto::v1;
@@ -23,6 +30,8 @@ const FIRST_BACKOFF_MS: u64 = 50;
 const MAX_BACKOFF_MS: u64 = 1_000;
 /// The longest a server's retry hint makes a send wait.
 const MAX_HINTED_WAIT_MS: u64 = 30_000;
+/// The `due` of a send held back by the window (never due by time).
+const HELD: u64 = u64::MAX;
 
 /// Whether an error answer to a send is worth a retry.
 pub fn transient(code: hush_proto::ErrorCode) -> bool {
@@ -57,6 +66,14 @@ pub struct Outbox {
     next_rid: u64,
     /// Chaos: the history, and the (group, member) writes are recorded as.
     history: Option<(Recorder, u32, u32)>,
+    /// Sends in flight at most (0: no bound).
+    window: usize,
+    /// Sends written on the current socket and not answered yet.
+    in_flight: usize,
+    /// Sends held back by the window or a pause, oldest first.
+    held: VecDeque<u64>,
+    /// Unix ns until which a retry hint holds every send (with a window).
+    paused_until: u64,
 }
 
 impl Default for Outbox {
@@ -68,6 +85,10 @@ impl Default for Outbox {
             by_rid: HashMap::new(),
             next_rid: SEND_RID_BASE,
             history: None,
+            window: 0,
+            in_flight: 0,
+            held: VecDeque::new(),
+            paused_until: 0,
         }
     }
 }
@@ -76,6 +97,17 @@ impl Outbox {
     /// Records every write in `history` as member `m` of group `g`.
     pub fn record_into(&mut self, history: Recorder, g: u32, m: u32) {
         self.history = Some((history, g, m));
+    }
+
+    /// Keeps at most `n` sends in flight and honours retry hints for the
+    /// whole connection (0: every send is written when due).
+    pub fn send_window(&mut self, n: usize) {
+        self.window = n;
+    }
+
+    /// Whether the window lets another send go at `now`.
+    fn room(&self, now: u64) -> bool {
+        self.window == 0 || (self.in_flight < self.window && now >= self.paused_until)
     }
 
     /// A socket is up: sends go out on it.
@@ -89,6 +121,7 @@ impl Outbox {
     pub fn lost(&mut self) {
         self.up = false;
         self.by_rid.clear();
+        self.in_flight = 0;
         for out in self.pending.values_mut() {
             if out.due.is_none() {
                 out.due = Some(0);
@@ -104,6 +137,7 @@ impl Outbox {
         self.next_rid += 1;
         link.send_with_id(rid, C::SendMessage(body.clone())).ok()?;
         self.by_rid.insert(rid, counter);
+        self.in_flight += 1;
         if let Some((h, g, m)) = &self.history {
             h.record(Event::Send {
                 t: now_ns(),
@@ -128,12 +162,40 @@ impl Outbox {
             sent_once: false,
             written_ns: 0,
         };
-        if self.write(counter, &out.body, due_ns).is_some() {
+        if self.window > 0 && (!self.held.is_empty() || !self.room(now_ns())) {
+            out.due = Some(HELD);
+            self.held.push_back(counter);
+        } else if self.write(counter, &out.body, due_ns).is_some() {
             out.due = None;
             out.sent_once = true;
             out.written_ns = now_ns();
         }
         self.pending.insert(counter, out);
+    }
+
+    /// Writes held sends, oldest first, while the window has room.
+    fn release(&mut self, now: u64) {
+        while self.window > 0 && self.room(now) {
+            let Some(counter) = self.held.pop_front() else {
+                return;
+            };
+            let Some((body, due_ns)) = self
+                .pending
+                .get(&counter)
+                .map(|o| (o.body.clone(), o.due_ns))
+            else {
+                continue;
+            };
+            if self.write(counter, &body, due_ns).is_none() {
+                self.held.push_front(counter);
+                return;
+            }
+            if let Some(out) = self.pending.get_mut(&counter) {
+                out.due = None;
+                out.sent_once = true;
+                out.written_ns = now_ns();
+            }
+        }
     }
 
     /// Writes every queued send that is due at `now` (when connected);
@@ -147,6 +209,9 @@ impl Outbox {
             .collect();
         let mut resent = Vec::new();
         for counter in due {
+            if !self.room(now) {
+                break;
+            }
             let Some((body, due_ns)) = self
                 .pending
                 .get(&counter)
@@ -166,37 +231,50 @@ impl Outbox {
                 out.sent_once = true;
             }
         }
+        self.release(now);
         resent
     }
 
     /// The message a reply on the current socket answers; `None` for a
     /// reply to another socket's request.
     pub fn answered(&mut self, request_id: u64) -> Option<u64> {
-        self.by_rid.remove(&request_id)
+        let counter = self.by_rid.remove(&request_id)?;
+        self.in_flight = self.in_flight.saturating_sub(1);
+        Some(counter)
     }
 
     /// Message `counter` is done with (accepted, or rejected for good);
     /// false if it was not pending (an answer to a resend came first).
     pub fn done(&mut self, counter: u64) -> bool {
-        self.pending.remove(&counter).is_some()
+        let was = self.pending.remove(&counter).is_some();
+        self.release(now_ns());
+        was
     }
 
     /// Message `counter` was accepted: done with, and when the accepted
     /// attempt was written (`None` if it was not pending).
     pub fn accepted(&mut self, counter: u64) -> Option<u64> {
-        self.pending.remove(&counter).map(|o| o.written_ns)
+        let written = self.pending.remove(&counter).map(|o| o.written_ns);
+        self.release(now_ns());
+        written
     }
 
     /// Message `counter` got a transient error at `at_ns`: written again
     /// after the backoff, which doubles, or after the server's
     /// `retry_after_ms` hint when that is longer (an overloaded node's
     /// RATE_LIMITED and UNAVAILABLE carry one).
+    /// With a window, the hint holds every send of the connection.
     pub fn retry_later(&mut self, counter: u64, at_ns: u64, retry_after_ms: u64) {
+        let hint_ms = retry_after_ms.min(MAX_HINTED_WAIT_MS);
         if let Some(out) = self.pending.get_mut(&counter) {
-            let wait_ms = out.backoff_ms.max(retry_after_ms.min(MAX_HINTED_WAIT_MS));
+            let wait_ms = out.backoff_ms.max(hint_ms);
             out.due = Some(at_ns + wait_ms * 1_000_000);
             out.backoff_ms = (out.backoff_ms * 2).min(MAX_BACKOFF_MS);
         }
+        if self.window > 0 && hint_ms > 0 {
+            self.paused_until = self.paused_until.max(at_ns + hint_ms * 1_000_000);
+        }
+        self.release(at_ns);
     }
 
     /// Sends not acknowledged yet.
@@ -213,6 +291,8 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hush_proto::Message as _;
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
 
     fn body(id: u8) -> v1::SendMessage {
         v1::SendMessage {
@@ -241,5 +321,68 @@ mod tests {
         // A silly hint is capped.
         ob.retry_later(7, t, u64::MAX / 2_000_000);
         assert_eq!(ob.pending[&7].due, Some(t + MAX_HINTED_WAIT_MS * 1_000_000));
+    }
+
+    /// The client_msg_ids written on `wire` so far.
+    fn written(wire: &mut tokio::sync::mpsc::UnboundedReceiver<WsMessage>) -> Vec<u8> {
+        std::iter::from_fn(|| wire.try_recv().ok())
+            .map(|m| match m {
+                WsMessage::Binary(b) => {
+                    match hush_proto::ClientFrame::decode(b.as_ref()).map(|f| f.body) {
+                        Ok(Some(C::SendMessage(s))) => s.client_msg_id[0],
+                        other => panic!("not a send: {other:?}"),
+                    }
+                }
+                other => panic!("not binary: {other:?}"),
+            })
+            .collect()
+    }
+
+    /// With a window of 2, a third send waits for an answer, in order; a
+    /// refusal's hint holds every send until it has passed.
+    #[test]
+    fn a_window_holds_sends_until_answers_and_hints_allow() {
+        let (link, mut wire) = Link::for_test();
+        let mut ob = Outbox::default();
+        ob.send_window(2);
+        ob.connected(link);
+        for id in 1..=4 {
+            ob.send(u64::from(id), 0, body(id));
+        }
+        assert_eq!(written(&mut wire), vec![1, 2], "two in flight, two held");
+        assert_eq!(ob.pending_len(), 4);
+        // Send 1 is accepted: send 3 goes.
+        assert_eq!(ob.answered(SEND_RID_BASE), Some(1));
+        ob.accepted(1);
+        assert_eq!(written(&mut wire), vec![3]);
+        // Send 2 is refused with a 10 s hint: nothing goes until then, not
+        // even when send 3 is accepted meanwhile.
+        let now = now_ns();
+        assert_eq!(ob.answered(SEND_RID_BASE + 1), Some(2));
+        ob.retry_later(2, now, 10_000);
+        assert_eq!(ob.answered(SEND_RID_BASE + 2), Some(3));
+        ob.accepted(3);
+        assert!(ob.resend_due(now + 1_000_000).is_empty());
+        assert!(written(&mut wire).is_empty(), "paused by the hint");
+        // After the hint: the refused send again, then the held one.
+        assert_eq!(ob.resend_due(now + 10_001_000_000), vec![2]);
+        assert_eq!(written(&mut wire), vec![2, 4]);
+        assert_eq!(ob.in_flight_len(), 2);
+    }
+
+    /// Without a window (the default) every send is written at once, and a
+    /// hint delays only the refused send.
+    #[test]
+    fn without_a_window_every_send_goes_when_due() {
+        let (link, mut wire) = Link::for_test();
+        let mut ob = Outbox::default();
+        ob.connected(link);
+        ob.send(1, 0, body(1));
+        assert_eq!(ob.answered(SEND_RID_BASE), Some(1));
+        ob.retry_later(1, now_ns(), 10_000);
+        for id in 2..=4 {
+            ob.send(u64::from(id), 0, body(id));
+        }
+        assert_eq!(written(&mut wire), vec![1, 2, 3, 4]);
     }
 }

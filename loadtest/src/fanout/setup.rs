@@ -128,6 +128,7 @@ async fn connect_member(
         (j > 0 && job.mls == MlsMode::Live).then_some(itx),
         caught_up,
     ));
+    lock(&sink.outbox).send_window(job.send_window);
     let conn = Conn::connect_with(
         ep.addrs[srv],
         Some(Failover {
