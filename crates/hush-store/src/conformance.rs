@@ -2319,6 +2319,11 @@ pub async fn ack_cursor_settles_a_departure_once_past_the_removal(store: Arc<dyn
     assert!(moved);
     assert!(matches!(state.standing, Standing::Departed { .. }));
     assert_eq!(departures().await, 0, "acked up to the removal");
+    // The ack moved the existing cursor forward (not only settled).
+    assert_eq!(
+        store.cursors("bob-1").await.expect("cursors"),
+        vec![(b"g1".to_vec(), left)]
+    );
 
     // Removed again, and added back before acknowledging the removal: the
     // departure waits for an ack past it all the same.

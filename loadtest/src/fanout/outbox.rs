@@ -162,15 +162,34 @@ impl Outbox {
             sent_once: false,
             written_ns: 0,
         };
-        if self.window > 0 && (!self.held.is_empty() || !self.room(now_ns())) {
+        let hold = self.window > 0 && (!self.held.is_empty() || !self.room(now_ns()));
+        if hold {
             out.due = Some(HELD);
             self.held.push_back(counter);
-        } else if self.write(counter, &out.body, due_ns).is_some() {
-            out.due = None;
-            out.sent_once = true;
-            out.written_ns = now_ns();
         }
         self.pending.insert(counter, out);
+        if !hold {
+            self.write_pending(counter);
+        }
+    }
+
+    /// Writes pending send `counter` on the current socket and marks it in
+    /// flight. `None` if there is no socket (it stays queued); else whether
+    /// it had been written before (false, too, for a counter no longer
+    /// pending, which is skipped).
+    fn write_pending(&mut self, counter: u64) -> Option<bool> {
+        let Some((body, due_ns)) = self
+            .pending
+            .get(&counter)
+            .map(|o| (o.body.clone(), o.due_ns))
+        else {
+            return Some(false);
+        };
+        self.write(counter, &body, due_ns)?;
+        let out = self.pending.get_mut(&counter)?;
+        out.due = None;
+        out.written_ns = now_ns();
+        Some(std::mem::replace(&mut out.sent_once, true))
     }
 
     /// Writes held sends, oldest first, while the window has room.
@@ -179,21 +198,9 @@ impl Outbox {
             let Some(counter) = self.held.pop_front() else {
                 return;
             };
-            let Some((body, due_ns)) = self
-                .pending
-                .get(&counter)
-                .map(|o| (o.body.clone(), o.due_ns))
-            else {
-                continue;
-            };
-            if self.write(counter, &body, due_ns).is_none() {
+            if self.write_pending(counter).is_none() {
                 self.held.push_front(counter);
                 return;
-            }
-            if let Some(out) = self.pending.get_mut(&counter) {
-                out.due = None;
-                out.sent_once = true;
-                out.written_ns = now_ns();
             }
         }
     }
@@ -212,23 +219,10 @@ impl Outbox {
             if !self.room(now) {
                 break;
             }
-            let Some((body, due_ns)) = self
-                .pending
-                .get(&counter)
-                .map(|o| (o.body.clone(), o.due_ns))
-            else {
-                continue;
-            };
-            if self.write(counter, &body, due_ns).is_none() {
-                break;
-            }
-            if let Some(out) = self.pending.get_mut(&counter) {
-                out.due = None;
-                out.written_ns = now_ns();
-                if out.sent_once {
-                    resent.push(counter);
-                }
-                out.sent_once = true;
+            match self.write_pending(counter) {
+                None => break,
+                Some(true) => resent.push(counter),
+                Some(false) => {}
             }
         }
         self.release(now);
