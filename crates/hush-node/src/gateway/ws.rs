@@ -119,12 +119,10 @@ pub async fn upgrade(
         .max_frame_size(app.config.limits.max_frame_bytes)
         .aggregate_continuations()
         .max_continuation_size(app.config.limits.max_frame_bytes);
-    actix_web::rt::spawn(async move {
-        metrics::gauge!("hush_connections").increment(1.0);
-        let conn = Connection::new(app, session);
-        conn.run(stream, pre_auth).await;
-        metrics::gauge!("hush_connections").decrement(1.0);
-    });
+    // The connection's future itself is the task, not a block around it
+    // that would keep its own copy of what it moves in: every connection
+    // holds this future while it lives.
+    actix_web::rt::spawn(Connection::new(app, session).run(stream, pre_auth));
     response
 }
 
@@ -228,6 +226,7 @@ impl Connection {
         mut stream: actix_ws::AggregatedMessageStream,
         pre_auth: Option<TokenClaims>,
     ) {
+        metrics::gauge!("hush_connections").increment(1.0);
         let reason = self.serve(&mut stream, pre_auth).await;
         crate::telemetry::ws_closed(reason.as_ref().map(|r| u16::from(r.code)));
         stream::close(&self.app, self.id).await;
@@ -236,6 +235,7 @@ impl Connection {
         // hold this task forever, so it is bounded like every other write.
         let limit = Duration::from_millis(self.app.config.limits.write_timeout_ms);
         let _ = tokio::time::timeout(limit, self.session().close(reason)).await;
+        metrics::gauge!("hush_connections").decrement(1.0);
     }
 
     async fn serve(
@@ -310,11 +310,11 @@ impl Connection {
                     }
                     Some(Ok(msg)) => {
                         self.last_seen = tokio::time::Instant::now();
-                        self.on_message(msg, &caller, &mut inflight).await
+                        Box::pin(self.on_message(msg, &caller, &mut inflight)).await
                     }
                 },
                 Some(done) = inflight.0.join_next(), if !inflight.0.is_empty() => match done {
-                    Ok((rid, result, _permit)) => self.answer(rid, result).await,
+                    Ok((rid, result, _permit)) => Box::pin(self.answer(rid, result)).await,
                     Err(e) => {
                         // A request task that panicked: its client's
                         // request goes unanswered (and times out); the
