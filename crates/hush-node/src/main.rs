@@ -77,8 +77,7 @@ enum Command {
     },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -150,7 +149,15 @@ async fn main() -> anyhow::Result<()> {
     config.validate()?;
 
     match args.command {
-        None => run(config).await,
+        None => {
+            // Built once the config is read: it sizes the actor runtime.
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(config.actor_threads())
+                .enable_all()
+                .build()
+                .context("starting the runtime")?;
+            runtime.block_on(run(config))
+        }
         Some(Command::GenCert { .. } | Command::GenNodeCerts { .. }) => Ok(()),
         Some(Command::RotateTokenKey) => {
             let keys = hush_node::secrets::rotate_token_key(&config, SystemClock.now_ms())

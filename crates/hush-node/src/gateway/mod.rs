@@ -254,9 +254,7 @@ pub fn serve(
     .disable_signals()
     .tcp_nodelay(config.gateway.tcp_nodelay)
     .shutdown_timeout(SERVER_SHUTDOWN_TIMEOUT_SECS);
-    if config.gateway.workers > 0 {
-        server = server.workers(config.gateway.workers);
-    }
+    server = server.workers(config.gateway_workers());
     let server = match tls_config {
         Some(c) => server.bind_rustls_0_23(listen, c),
         None => server.bind(listen),
