@@ -498,10 +498,9 @@ impl Config {
     /// Half, not one per CPU each (actix's default and tokio's): the node
     /// runs two pools of threads, the gateway's and the actors' (plus the
     /// store's writer), and with one thread per CPU in each, twice as many
-    /// threads as CPUs took turns on them: on 2 CPUs, at 7,500 msg/s
-    /// offered, 23 ms of CPU per 1k deliveries and sends refused, against
-    /// 20 ms and 67k deliveries/s with none refused at one thread each
-    /// (README, Performance).
+    /// threads as CPUs took turns on them: on 2 CPUs, at 7,000 msg/s
+    /// offered, 45-52k deliveries/s at 23-25 ms of CPU per 1k, against
+    /// ~62k at 20-21 ms with one thread each (README, Performance).
     pub fn gateway_workers(&self) -> usize {
         match self.gateway.workers {
             0 => thread_split(available_cpus()).0,
