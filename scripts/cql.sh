@@ -173,6 +173,12 @@ key_cache_size: 8MiB
 file_cache_size: 64MiB
 disk_failure_policy: stop
 commit_failure_policy: stop
+# One machine: a message is late by what its receiver waited for it, not
+# by its sender's clock. With the default (true) a node that received a
+# schema push after its sender had stalled dropped it as 30 s late
+# (a CI rehearsal on a slow machine: SCHEMA_PUSH_REQ dropped, that node
+# kept the old schema, and every later DDL's wait for agreement timed out).
+internode_timeout: false
 EOF
 }
 
