@@ -662,17 +662,13 @@ impl Config {
                 ))
             }
         }
-        if self.gateway.workers > MAX_THREADS {
-            return Err(invalid(
-                "gateway.workers",
-                format!("must be at most {MAX_THREADS}"),
-            ));
-        }
-        if self.node.actor_threads > MAX_THREADS {
-            return Err(invalid(
-                "node.actor_threads",
-                format!("must be at most {MAX_THREADS}"),
-            ));
+        for (key, threads) in [
+            ("gateway.workers", self.gateway.workers),
+            ("node.actor_threads", self.node.actor_threads),
+        ] {
+            if threads > MAX_THREADS {
+                return Err(invalid(key, format!("must be at most {MAX_THREADS}")));
+            }
         }
         if self.store.max_batch == 0 {
             return Err(invalid("store.max_batch", "must be at least 1"));
@@ -927,9 +923,10 @@ fn available_cpus() -> usize {
 }
 
 /// The default threads on `cpus` CPUs: (gateway workers, actor threads),
-/// half each, the gateway's half rounded up, at least one each.
+/// half each, the gateway's half rounded up, at least one each (`cpus` is
+/// at least 1).
 fn thread_split(cpus: usize) -> (usize, usize) {
-    (cpus.div_ceil(2).max(1), (cpus / 2).max(1))
+    (cpus.div_ceil(2), (cpus / 2).max(1))
 }
 
 #[cfg(test)]
