@@ -25,6 +25,19 @@
 //! an ack commutes with the other writes (it moves a cursor only forward, and
 //! checks the group's head inside its own operation), so reordering them is
 //! safe. Each lane stays FIFO.
+//!
+//! A batch of acks alone commits without an fsync of its own
+//! (`synchronous=NORMAL` for that transaction, [`Durability`]); every other
+//! batch commits with `synchronous=FULL`. Nobody waits on an ack's commit,
+//! and the WAL is one file written in order: the next batch's fsync (or the
+//! checkpoint's, which syncs the WAL first) makes the acks' frames durable
+//! with its own. What a power loss can take is an ack the server never
+//! answered with anything but the cursor's move: its cursor falls back and
+//! the device is sent again what it already has (clients drop a seq they
+//! hold, and an inbox item at or below their inbox seq). A process crash
+//! takes nothing (the frames are in the OS's cache). Sends, commits and
+//! everything else someone waits on are durable before the writer replies,
+//! as before.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -149,11 +162,48 @@ where
 
 pub(super) fn writer_loop(conn: Connection, mut queue: Queue) {
     let waits = WaitTimes::new();
+    // Every connection opens with `synchronous=FULL`.
+    let mut sync = Durability::Full;
     while let Some(batch) = queue.next_batch() {
         waits.record(&batch);
-        run_batch(&conn, batch);
+        run_batch(&conn, &mut sync, batch);
     }
     tracing::debug!("sqlite writer stopped");
+}
+
+/// How a batch's `COMMIT` reaches the disk (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Durability {
+    /// `synchronous=FULL`: the WAL is fsynced before `COMMIT` returns.
+    Full,
+    /// `synchronous=NORMAL`: written to the WAL, fsynced by the next `Full`
+    /// commit or checkpoint. Only for batches of acks alone.
+    Deferred,
+}
+
+impl Durability {
+    /// What `ops` need: `Full` unless every one is an ack.
+    fn needed_by(ops: &[Box<dyn PendingOp>]) -> Self {
+        if ops.iter().all(|op| op.lane() == Lane::Ack) {
+            Durability::Deferred
+        } else {
+            Durability::Full
+        }
+    }
+
+    fn pragma(self) -> &'static str {
+        match self {
+            Durability::Full => "PRAGMA synchronous=FULL",
+            Durability::Deferred => "PRAGMA synchronous=NORMAL",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Durability::Full => "full",
+            Durability::Deferred => "deferred",
+        }
+    }
 }
 
 /// `hush_store_write_wait_seconds{lane}`: each operation's wait from its
@@ -258,12 +308,33 @@ impl Queue {
 }
 
 /// Runs `ops` in one transaction, one savepoint each, commits, then replies.
-pub(super) fn run_batch(conn: &Connection, mut ops: Vec<Box<dyn PendingOp>>) {
+/// `sync` is the connection's current `synchronous` setting; it is switched
+/// before `BEGIN` when the batch needs the other one, and a batch whose
+/// switch fails fails as a whole (a batch never commits less durably than
+/// it needs).
+pub(super) fn run_batch(
+    conn: &Connection,
+    sync: &mut Durability,
+    mut ops: Vec<Box<dyn PendingOp>>,
+) {
     let started = Instant::now();
     let size = ops.len();
-    let batch_error = run_ops(conn, &mut ops);
+    let needed = Durability::needed_by(&ops);
+    let batch_error = if *sync == needed {
+        run_ops(conn, &mut ops)
+    } else {
+        match stmt::execute(conn, needed.pragma(), []) {
+            Ok(_) => {
+                *sync = needed;
+                run_ops(conn, &mut ops)
+            }
+            Err(e) => Some(map_err("set the batch's synchronous mode", e)),
+        }
+    };
     if let Some(e) = &batch_error {
         tracing::warn!(error = %e, size, "sqlite write batch failed");
+    } else {
+        metrics::counter!("hush_store_commits_total", "sync" => needed.label()).increment(1);
     }
     metrics::histogram!("hush_store_batch_size").record(size as f64);
     metrics::histogram!("hush_store_batch_seconds").record(started.elapsed().as_secs_f64());
@@ -390,7 +461,7 @@ mod tests {
         });
         let (a6, r6) = op("append", |c| op_append_message(c, b"g", 1, &entry("m2")));
 
-        run_batch(&conn, vec![a1, a2, a3, a4, a5, a6]);
+        run_batch(&conn, &mut Durability::Full, vec![a1, a2, a3, a4, a5, a6]);
 
         assert_eq!(reply(r1).expect("m1"), AppendOutcome::Appended { seq: 1 });
         assert!(matches!(
@@ -436,13 +507,77 @@ mod tests {
 
         let (a1, r1) = op("append", |c| op_append_message(c, b"g", 1, &entry("m1")));
         let (a2, r2) = op("secret", |c| op_get_or_create_secret(c, "k", b"v"));
-        run_batch(&conn, vec![a1, a2]);
+        run_batch(&conn, &mut Durability::Full, vec![a1, a2]);
         assert!(matches!(reply(r1), Err(StoreError::Unavailable(_))));
         assert!(matches!(reply(r2), Err(StoreError::Unavailable(_))));
 
         other.execute_batch("ROLLBACK").expect("unlock");
         assert!(read_timeline(&conn, b"g", 0, 10).expect("read").is_empty());
         assert!(conn.is_autocommit());
+    }
+
+    /// The `synchronous` setting an operation's transaction commits with.
+    fn sync_probe(lane: Lane) -> (Box<dyn PendingOp>, oneshot::Receiver<Result<i64>>) {
+        op_in(lane, "probe", |c| {
+            c.query_row("PRAGMA synchronous", [], |r| r.get(0))
+                .map_err(|e| map_err("probe", e))
+        })
+    }
+
+    const NORMAL: i64 = 1;
+    const FULL: i64 = 2;
+
+    #[test]
+    fn acks_alone_commit_without_their_own_fsync_and_anything_else_with_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = setup(&dir);
+        let mut sync = Durability::Full;
+
+        // Acks alone: NORMAL (the WAL is not fsynced at this commit).
+        let (a1, r1) = sync_probe(Lane::Ack);
+        let (a2, r2) = sync_probe(Lane::Ack);
+        run_batch(&conn, &mut sync, vec![a1, a2]);
+        assert_eq!(reply(r1).expect("ack 1"), NORMAL);
+        assert_eq!(reply(r2).expect("ack 2"), NORMAL);
+        assert_eq!(sync, Durability::Deferred);
+
+        // One urgent operation among acks: the whole batch is FULL, the
+        // acks' earlier frames included.
+        let (u, ru) = sync_probe(Lane::Urgent);
+        let (a3, r3) = sync_probe(Lane::Ack);
+        run_batch(&conn, &mut sync, vec![u, a3]);
+        assert_eq!(reply(ru).expect("urgent"), FULL);
+        assert_eq!(reply(r3).expect("ack 3"), FULL);
+        assert_eq!(sync, Durability::Full);
+
+        // Urgent alone stays FULL without switching.
+        let (u, ru) = sync_probe(Lane::Urgent);
+        run_batch(&conn, &mut sync, vec![u]);
+        assert_eq!(reply(ru).expect("urgent again"), FULL);
+        assert!(conn.is_autocommit());
+    }
+
+    #[test]
+    fn a_batch_whose_mode_cannot_be_set_fails_instead_of_committing_less_durably() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = setup(&dir);
+        // The writer believes the connection is NORMAL; an urgent batch must
+        // switch to FULL first. Inside an open transaction SQLite refuses the
+        // switch, so the batch fails as a whole and writes nothing.
+        conn.execute_batch("PRAGMA synchronous=NORMAL; BEGIN")
+            .expect("begin");
+        let mut sync = Durability::Deferred;
+        let (u, ru) = op("append", |c| op_append_message(c, b"g", 1, &entry("m1")));
+        run_batch(&conn, &mut sync, vec![u]);
+        assert!(reply(ru).is_err(), "committed without FULL");
+        assert_eq!(sync, Durability::Deferred);
+        conn.execute_batch("ROLLBACK").expect("rollback");
+
+        // Once it can switch, the same batch commits with FULL.
+        let (u, ru) = sync_probe(Lane::Urgent);
+        run_batch(&conn, &mut sync, vec![u]);
+        assert_eq!(reply(ru).expect("urgent"), FULL);
+        assert_eq!(sync, Durability::Full);
     }
 
     /// Queues no-op operations named by `names` (`a…` in the ack lane).
@@ -519,7 +654,7 @@ mod tests {
             panic!("injected bug")
         });
         let (a3, r3) = op("append", |c| op_append_message(c, b"g", 1, &entry("m3")));
-        run_batch(&conn, vec![a1, a2, a3]);
+        run_batch(&conn, &mut Durability::Full, vec![a1, a2, a3]);
         assert_eq!(reply(r1).expect("m1"), AppendOutcome::Appended { seq: 1 });
         assert!(matches!(reply(r2), Err(StoreError::Backend(_))));
         assert_eq!(reply(r3).expect("m3"), AppendOutcome::Appended { seq: 2 });
