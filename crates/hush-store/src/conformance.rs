@@ -201,24 +201,26 @@ impl TestKeyspace {
              {'class': 'SimpleStrategy', 'replication_factor': 1}",
             "CREATE TABLE IF NOT EXISTS hush_test_claims.claims (name text PRIMARY KEY, owner text)",
         ] {
-            session
-                .query_unpaged(crate::scylla::schema_change(ddl), ())
-                .await
-                .unwrap_or_else(|e| panic!("create the test keyspace claims: {e}"));
+            cql_retry("create the test keyspace claims", || {
+                session.query_unpaged(crate::scylla::schema_change(ddl), ())
+            })
+            .await;
         }
         let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
         let owner = format!("{}/{}", boot.trim(), std::process::id());
         for k in 0.. {
             let name = format!("{prefix}_{k}");
-            let taken = session
-                .query_unpaged(
+            let taken = cql_retry(&format!("claim {name}"), || {
+                session.query_unpaged(
                     "INSERT INTO hush_test_claims.claims (name, owner) VALUES (?, ?) IF NOT EXISTS",
                     (&name, &owner),
                 )
-                .await
-                .unwrap_or_else(|e| panic!("claim {name}: {e}"));
+            })
+            .await;
             let (applied, holder) = claim_result(taken);
-            if applied {
+            // An attempt that timed out may have applied: the retry then
+            // finds our own claim.
+            if applied || holder.as_deref() == Some(owner.as_str()) {
                 return TestKeyspace {
                     name,
                     owner,
@@ -228,14 +230,15 @@ impl TestKeyspace {
             let Some(holder) = holder.filter(|h| !owner_alive(h, boot.trim())) else {
                 continue;
             };
-            let took_over = session
-                .query_unpaged(
+            let took_over = cql_retry(&format!("take over {name}"), || {
+                session.query_unpaged(
                     "UPDATE hush_test_claims.claims SET owner = ? WHERE name = ? IF owner = ?",
                     (&owner, &name, &holder),
                 )
-                .await
-                .unwrap_or_else(|e| panic!("take over {name}: {e}"));
-            if claim_result(took_over).0 {
+            })
+            .await;
+            let (applied, now) = claim_result(took_over);
+            if applied || now.as_deref() == Some(owner.as_str()) {
                 return TestKeyspace {
                     name,
                     owner,
@@ -275,6 +278,36 @@ impl TestKeyspace {
 
 /// `([applied], owner)` of a claim LWT (a condition that failed returns
 /// the row's current values).
+/// Runs a test-harness statement, retrying a failure up to
+/// [`CQL_HARNESS_ATTEMPTS`] times (1, 2, 4, ... s apart) before panicking
+/// with `what`. On a cluster that has just started, the first LWTs and
+/// schema changes can time out while Paxos and gossip settle; every
+/// statement retried here is idempotent for its caller (a claim that did
+/// apply is found as our own by the retry).
+async fn cql_retry<T, E, F, Fut>(what: &str, mut run: F) -> T
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut pause = std::time::Duration::from_secs(1);
+    for attempt in 1.. {
+        match run().await {
+            Ok(v) => return v,
+            Err(e) if attempt < CQL_HARNESS_ATTEMPTS => {
+                eprintln!("{what}: attempt {attempt} failed ({e}); retrying in {pause:?}");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            Err(e) => panic!("{what}: {e} (after {attempt} attempts)"),
+        }
+    }
+    unreachable!("the attempts have no end")
+}
+
+/// How many times the harness tries a claim or its keyspace's DDL.
+const CQL_HARNESS_ATTEMPTS: u32 = 5;
+
 fn claim_result(result: scylla::response::query_result::QueryResult) -> (bool, Option<String>) {
     let Ok(rows) = result.into_rows_result() else {
         return (false, None);
