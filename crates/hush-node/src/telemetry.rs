@@ -144,6 +144,7 @@ pub const FAMILIES: &[Family] = &[
     gauge("hush_session_actors", Unit::Count, "Live SessionActors."),
     // --- store ---
     counter("hush_store_ops_total", "Embedded-store write operations, by op."),
+    counter("hush_store_commits_total", "Embedded-store batches committed, by sync (full: fsynced before the reply; deferred: acks alone, made durable by the next full commit or checkpoint)."),
     histogram("hush_store_batch_size", Unit::Count, "Write operations per embedded-store transaction."),
     histogram("hush_store_batch_seconds", Unit::Seconds, "Time to run and commit one embedded-store batch."),
     histogram("hush_store_write_wait_seconds", Unit::Seconds, "Time an embedded-store write waited for its batch, by lane (urgent: everything but acks; ack: cursor and inbox acks, written after the rest)."),
@@ -335,6 +336,7 @@ fn register_at_zero() {
         "hush_key_package_claims_limited_total",
         "hush_actor_limit_refusals_total",
         "hush_store_ops_total",
+        "hush_store_commits_total",
         "hush_cluster_messages_in_total",
         "hush_cluster_messages_out_total",
         "hush_cluster_rerouted_total",
@@ -385,6 +387,7 @@ fn register_at_zero() {
             &["application", "commit", "proposal"],
         ),
         ("hush_presence_changes_total", "online", &["true", "false"]),
+        ("hush_store_commits_total", "sync", &["full", "deferred"]),
         (
             "hush_sends_refused_total",
             "bound",

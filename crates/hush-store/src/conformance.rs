@@ -161,7 +161,7 @@ pub async fn cql_test_store(
 /// creating the store's keyspace 25-33 s, dropping it 12-14 s, truncating
 /// its 17 tables 2.6-3.3 s, opening a store on it once it exists 0.2-0.3
 /// s). So tests reuse keyspaces: one process at a time holds each (an LWT
-/// on `hush_test_claims.claims`, owner `<boot id>/<pid>`; a claim whose
+/// on `hush_test_claims.claims`, owner `<boot id>/<pid>/<claim>`; a claim whose
 /// process is gone is taken over), empties the tables that have rows when
 /// it claims it, and releases it when it drops. A new keyspace is created
 /// only when every one is in use, so a cluster keeps about as many as tests
@@ -207,7 +207,11 @@ impl TestKeyspace {
             .await;
         }
         let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-        let owner = format!("{}/{}", boot.trim(), std::process::id());
+        // Tests of one binary run in one process: the claim number keeps
+        // their claims apart (and tells a retry's own claim from theirs).
+        static CLAIMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let claim = CLAIMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let owner = format!("{}/{}/{claim}", boot.trim(), std::process::id());
         for k in 0.. {
             let name = format!("{prefix}_{k}");
             let taken = cql_retry(&format!("claim {name}"), || {
@@ -329,9 +333,11 @@ fn claim_result(result: scylla::response::query_result::QueryResult) -> (bool, O
     (applied, owner)
 }
 
-/// Whether the claim owner `<boot id>/<pid>` still runs on this machine.
+/// Whether the claim owner `<boot id>/<pid>/<claim>` (or, as claims were
+/// written before, `<boot id>/<pid>`) still runs on this machine.
 fn owner_alive(owner: &str, boot: &str) -> bool {
-    let Some((owner_boot, pid)) = owner.rsplit_once('/') else {
+    let mut parts = owner.split('/');
+    let (Some(owner_boot), Some(pid)) = (parts.next(), parts.next()) else {
         return false;
     };
     owner_boot == boot && std::path::Path::new("/proc").join(pid).exists()
