@@ -4,6 +4,9 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
+mod common;
+use common::NodeProcess;
+
 const BIN: &str = env!("CARGO_BIN_EXE_hush-node");
 
 fn run_with_config(toml: &str) -> (bool, String) {
@@ -69,17 +72,19 @@ async fn flags_override_the_file_and_the_node_serves_health_and_metrics() {
         "[node]\nid = \"n7\"\n[gateway]\nlisten = \"127.0.0.1:1\"\n",
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(&path)
-        .arg("--data")
-        .arg(dir.path().join("data"))
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = NodeProcess(
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&path)
+            .arg("--data")
+            .arg(dir.path().join("data"))
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
     let line = lines.next().expect("a line").expect("utf-8");

@@ -16,7 +16,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{client, has_text, is_member, pump_until, start_node, url, WAIT};
+use common::{client, has_text, is_member, pump_until, start_node, url, NodeProcess, WAIT};
 use hush_node::telemetry::{Kind, AUTH_FAILURE_REASONS, FAMILIES, GIT_SHA, VERSION};
 
 const BIN: &str = env!("CARGO_BIN_EXE_hush-node");
@@ -405,17 +405,19 @@ async fn metrics_are_described_preregistered_and_move_with_real_traffic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_log_line_names_the_version_and_the_page_the_build() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(BIN)
-        .arg("--data")
-        .arg(dir.path().join("data"))
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = NodeProcess(
+        Command::new(BIN)
+            .arg("--data")
+            .arg(dir.path().join("data"))
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let stderr = child.stderr.take().unwrap();
     let mut errs = BufReader::new(stderr).lines();
     let first = errs.next().expect("a log line").expect("utf-8");

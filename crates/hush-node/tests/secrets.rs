@@ -23,7 +23,7 @@ use hush_proto::{client_frame::Body as C, v1, ClientFrame, Message as _};
 use hush_store::Store as _;
 
 mod common;
-use common::{client, login, WAIT};
+use common::{client, login, NodeProcess, WAIT};
 
 fn config_in(data: &Path) -> Config {
     let mut config = Config::default();
@@ -239,18 +239,20 @@ async fn the_binary_rotates_with_a_command_and_reloads_on_sighup() {
     let conf = dir.path().join("node.toml");
     // No watcher: only SIGHUP reloads.
     std::fs::write(&conf, "[node]\nwatch_ms = 0\n").unwrap();
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(&conf)
-        .arg("--data")
-        .arg(&data)
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let mut child = NodeProcess(
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&conf)
+            .arg("--data")
+            .arg(&data)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn"),
+    );
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     stdout.read_line(&mut line).expect("listening line");

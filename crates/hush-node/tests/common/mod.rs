@@ -167,3 +167,30 @@ pub async fn mesh_peer(
         .expect("view");
     mesh
 }
+
+/// A node started as its own process, killed and reaped when the test ends
+/// however it ends: `std::process::Child` does neither on drop, so a test
+/// that failed half-way left its node running (one was found still up 40
+/// minutes after a red CI rehearsal). A test that stops the node itself
+/// (SIGTERM, then `wait`) is unaffected: killing a reaped child is a no-op.
+pub struct NodeProcess(pub std::process::Child);
+
+impl std::ops::Deref for NodeProcess {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for NodeProcess {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
