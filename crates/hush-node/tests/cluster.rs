@@ -8,7 +8,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -16,16 +16,12 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_hush-node");
 const PATIENCE: Duration = Duration::from_secs(30);
 
-struct Proc {
-    child: Child,
-    url: String,
-}
+mod common;
+use common::NodeProcess;
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+struct Proc {
+    child: NodeProcess,
+    url: String,
 }
 
 fn free_udp_port() -> u16 {
@@ -56,7 +52,7 @@ fn start(config: &std::path::Path, node: &str) -> Proc {
         .unwrap_or_else(|| panic!("{node}: {line:?}"))
         .to_string();
     Proc {
-        child,
+        child: NodeProcess(child),
         url: format!("http://{addr}"),
     }
 }

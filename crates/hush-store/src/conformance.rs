@@ -282,28 +282,29 @@ impl TestKeyspace {
 
 /// `([applied], owner)` of a claim LWT (a condition that failed returns
 /// the row's current values).
-/// Runs a test-harness statement, retrying a failure up to
-/// [`CQL_HARNESS_ATTEMPTS`] times (1, 2, 4, ... s apart) before panicking
-/// with `what`. On a cluster that has just started, the first LWTs and
-/// schema changes can time out while Paxos and gossip settle; every
-/// statement retried here is idempotent for its caller (a claim that did
-/// apply is found as our own by the retry).
-async fn cql_retry<T, E, F, Fut>(what: &str, mut run: F) -> T
+/// Runs a test-harness statement, retrying a failure the store itself
+/// counts as transient ([`crate::scylla::is_transient`]: the cluster, not
+/// the request) up to [`CQL_HARNESS_ATTEMPTS`] times, 1, 2, 4, ... s apart,
+/// and panicking with `what` on any other. On a cluster that has just
+/// started, the first LWTs and schema changes can time out while Paxos and
+/// gossip settle: longer than the store's own retries wait, hence this
+/// schedule. Every statement retried here is idempotent for its caller (a
+/// claim that did apply is found as our own by the retry).
+async fn cql_retry<T, F, Fut>(what: &str, mut run: F) -> T
 where
-    E: std::fmt::Display,
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
+    Fut: std::future::Future<Output = Result<T, scylla::errors::ExecutionError>>,
 {
     let mut pause = std::time::Duration::from_secs(1);
     for attempt in 1.. {
         match run().await {
             Ok(v) => return v,
-            Err(e) if attempt < CQL_HARNESS_ATTEMPTS => {
+            Err(e) if attempt < CQL_HARNESS_ATTEMPTS && crate::scylla::is_transient(&e) => {
                 eprintln!("{what}: attempt {attempt} failed ({e}); retrying in {pause:?}");
                 tokio::time::sleep(pause).await;
                 pause *= 2;
             }
-            Err(e) => panic!("{what}: {e} (after {attempt} attempts)"),
+            Err(e) => panic!("{what}: {e} (attempt {attempt})"),
         }
     }
     unreachable!("the attempts have no end")

@@ -61,7 +61,7 @@ pub(super) fn prepare_error(name: &str, e: PrepareError) -> StoreError {
 }
 
 /// Whether executing the statement again could succeed.
-pub(super) fn is_transient(e: &ExecutionError) -> bool {
+pub(crate) fn is_transient(e: &ExecutionError) -> bool {
     match e {
         ExecutionError::LastAttemptError(attempt) => attempt_is_transient(attempt),
         ExecutionError::BadQuery(_) => false,

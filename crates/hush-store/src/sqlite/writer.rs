@@ -55,6 +55,7 @@ pub(super) enum Lane {
     /// Someone waits on it: sends, commits, accounts, leases.
     Urgent,
     /// A cursor or inbox ack: nobody waits on it, and it comes in herds.
+    /// A batch of acks alone commits without its own fsync ([`Durability`]).
     Ack,
 }
 
@@ -191,11 +192,19 @@ impl Durability {
         }
     }
 
-    fn pragma(self) -> &'static str {
-        match self {
-            Durability::Full => "PRAGMA synchronous=FULL",
-            Durability::Deferred => "PRAGMA synchronous=NORMAL",
+    /// Sets the connection's `synchronous` to `needed` unless it is
+    /// already (outside a transaction: SQLite refuses the change inside
+    /// one). On error `self` still names the connection's mode.
+    fn switch_to(&mut self, conn: &Connection, needed: Durability) -> Result<()> {
+        if *self != needed {
+            let pragma = match needed {
+                Durability::Full => "PRAGMA synchronous=FULL",
+                Durability::Deferred => "PRAGMA synchronous=NORMAL",
+            };
+            stmt::execute(conn, pragma, []).map_err(|e| map_err("set synchronous", e))?;
+            *self = needed;
         }
+        Ok(())
     }
 
     fn label(self) -> &'static str {
@@ -320,16 +329,9 @@ pub(super) fn run_batch(
     let started = Instant::now();
     let size = ops.len();
     let needed = Durability::needed_by(&ops);
-    let batch_error = if *sync == needed {
-        run_ops(conn, &mut ops)
-    } else {
-        match stmt::execute(conn, needed.pragma(), []) {
-            Ok(_) => {
-                *sync = needed;
-                run_ops(conn, &mut ops)
-            }
-            Err(e) => Some(map_err("set the batch's synchronous mode", e)),
-        }
+    let batch_error = match sync.switch_to(conn, needed) {
+        Ok(()) => run_ops(conn, &mut ops),
+        Err(e) => Some(e),
     };
     if let Some(e) = &batch_error {
         tracing::warn!(error = %e, size, "sqlite write batch failed");
