@@ -224,6 +224,7 @@ use crate::{Entry, EntryKind, Result, StoreError};
 mod connection;
 mod error;
 pub use connection::{schema_change, SCHEMA_AGREEMENT_TIMEOUT, SCHEMA_CHANGE_TIMEOUT};
+#[cfg(any(test, feature = "conformance"))]
 pub(crate) use error::is_transient;
 mod store;
 pub use store::{lease_decision, members_of, next_members, Mode, Pending, STATEMENTS};
