@@ -133,6 +133,12 @@ impl RunningNode {
         (a.peaks(), a.inflight())
     }
 
+    /// The requests of any kind in flight on this node now (each holds a
+    /// place in `limits.max_inflight_requests` until it is answered).
+    pub fn requests_in_flight(&self) -> usize {
+        self.app.api.admission().requests()
+    }
+
     /// Follows the number of live GroupActors on this node.
     pub fn watch_group_actors(&self) -> tokio::sync::watch::Receiver<usize> {
         self.groups.watch_count()

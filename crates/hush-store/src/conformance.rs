@@ -518,6 +518,7 @@ macro_rules! store_conformance_suite {
             append_dense_seqs_under_concurrency,
             append_is_idempotent,
             append_concurrent_duplicates_get_one_seq,
+            append_messages_in_order_once_each,
             proposal_updates_state_atomically,
             commit_applies_atomically,
             commit_epoch_conflict_writes_nothing,
@@ -1542,6 +1543,67 @@ pub async fn append_concurrent_duplicates_get_one_seq(store: Arc<dyn Store>) {
     assert_eq!(dup_seqs.len(), 1, "all duplicates see the original seq");
     assert_eq!(all_seqs, (1..=25).collect());
     assert_eq!(timeline_len(&*store, b"g").await, 25);
+}
+
+/// `append_messages` hands out the next seqs in the entries' order, one
+/// outcome per entry; an id stored before, or earlier in the same call, is
+/// `Duplicate` with its first seq; a stale fence stores none of them.
+pub async fn append_messages_in_order_once_each(store: Arc<dyn Store>) {
+    let fence = leased_group(&*store, b"g").await;
+    store
+        .append_message(b"g", fence, &message("before", 1))
+        .await
+        .expect("append");
+    let batch = [
+        message("a", 1),
+        message("before", 1),
+        message("b", 1),
+        message("a", 1),
+        message("c", 1),
+    ];
+    let outcomes = store
+        .append_messages(b"g", fence, &batch)
+        .await
+        .expect("append batch");
+    assert_eq!(
+        outcomes,
+        vec![
+            AppendOutcome::Appended { seq: 2 },
+            AppendOutcome::Duplicate { seq: 1 },
+            AppendOutcome::Appended { seq: 3 },
+            AppendOutcome::Duplicate { seq: 2 },
+            AppendOutcome::Appended { seq: 4 },
+        ]
+    );
+    let timeline = store.read_timeline(b"g", 0, 10).await.expect("read");
+    let bodies: Vec<&[u8]> = timeline.iter().map(|e| e.message.as_slice()).collect();
+    assert_eq!(
+        bodies,
+        [
+            &b"ciphertext:before"[..],
+            b"ciphertext:a",
+            b"ciphertext:b",
+            b"ciphertext:c"
+        ]
+    );
+    assert_eq!(
+        store
+            .append_messages(b"g", fence, &[])
+            .await
+            .expect("empty"),
+        Vec::new()
+    );
+
+    // A stale fence: refused, nothing stored.
+    let err = store
+        .append_messages(b"g", fence + 1, &[message("d", 1), message("e", 1)])
+        .await
+        .expect_err("stale fence");
+    assert!(
+        matches!(err, StoreError::Fenced { .. }),
+        "stale fence refused as Fenced, got {err:?}"
+    );
+    assert_eq!(timeline_len(&*store, b"g").await, 4);
 }
 
 // ----------------------------------------------------------------------------

@@ -515,6 +515,28 @@ pub trait Store: Send + Sync + 'static {
         fence: u64,
         entry: &NewEntry,
     ) -> Result<AppendOutcome>;
+    /// Appends application messages in order, each as
+    /// [`append_message`](Store::append_message) would (the next seq, or
+    /// `Duplicate` with the stored seq for a `client_msg_id` already stored,
+    /// by an earlier entry of the same call too). One outcome per entry, in
+    /// the entries' order.
+    ///
+    /// On an error, a prefix of the entries may be stored (the embedded
+    /// store writes all or none; a backend without multi-row transactions
+    /// writes one after the other): a caller retrying them by their
+    /// `client_msg_id` gets the seqs already assigned, never a second one.
+    async fn append_messages(
+        &self,
+        group_id: &[u8],
+        fence: u64,
+        entries: &[NewEntry],
+    ) -> Result<Vec<AppendOutcome>> {
+        let mut outcomes = Vec::with_capacity(entries.len());
+        for entry in entries {
+            outcomes.push(self.append_message(group_id, fence, entry).await?);
+        }
+        Ok(outcomes)
+    }
     /// Appends a proposal with the next seq and, in the same transaction,
     /// replaces the group's DS state (which now queues the proposal). Fails
     /// with `EpochConflict` unless the group is at `entry.epoch`; a duplicate

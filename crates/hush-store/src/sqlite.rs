@@ -413,6 +413,25 @@ impl Store for SqliteStore {
         .await
     }
 
+    /// One writer operation for all of them: one savepoint, so all or none
+    /// are stored, and they share the batch's commit.
+    async fn append_messages(
+        &self,
+        group_id: &[u8],
+        fence: u64,
+        entries: &[NewEntry],
+    ) -> Result<Vec<AppendOutcome>> {
+        let id = group_id.to_vec();
+        let entries = entries.to_vec();
+        self.write("append_messages", move |c| {
+            entries
+                .iter()
+                .map(|entry| timeline::op_append_message(c, &id, fence, entry))
+                .collect()
+        })
+        .await
+    }
+
     async fn append_proposal(
         &self,
         group_id: &[u8],

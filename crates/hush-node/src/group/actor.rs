@@ -18,6 +18,7 @@ use hush_proto::{v1, ErrorCode};
 use hush_store::{Lease, MemberDevice};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
+use super::send::{Appended, Pipeline};
 use super::Groups;
 use crate::error::{ApiError, ApiResult};
 use crate::wire::Caller;
@@ -47,6 +48,9 @@ pub enum GroupMsg {
         req: v1::SendEphemeral,
         reply: RpcReplyPort<ApiResult<v1::EphemeralAccepted>>,
     },
+    /// A batch of sends back from the store (from the task the actor
+    /// handed it to; see `send.rs`).
+    Appended(Box<Appended>),
 }
 
 pub struct GroupActor {
@@ -56,6 +60,8 @@ pub struct GroupActor {
 pub struct GroupState {
     pub(super) group_id: Vec<u8>,
     pub(super) loaded: Option<Loaded>,
+    /// Sends on their way to the store, and what waits for them.
+    pub(super) pipeline: Pipeline,
     last_activity_ms: u64,
     ticker: Option<tokio::task::JoinHandle<()>>,
 }
@@ -139,6 +145,7 @@ impl Actor for GroupActor {
         Ok(GroupState {
             group_id,
             loaded: None,
+            pipeline: Pipeline::default(),
             last_activity_ms: self.now_ms(),
             ticker: Some(ticker),
         })
@@ -173,43 +180,56 @@ impl Actor for GroupActor {
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let now = self.now_ms();
-        if let GroupMsg::Tick = msg {
-            self.tick(&myself, state, now).await;
-            return Ok(());
+        match msg {
+            GroupMsg::Tick => self.tick(&myself, state, self.now_ms()).await,
+            GroupMsg::Appended(appended) => self.on_appended(&myself, state, *appended).await,
+            msg => {
+                state.last_activity_ms = self.now_ms();
+                if state.pipeline.must_defer(&msg) {
+                    state.pipeline.deferred.push_back(msg);
+                } else {
+                    self.serve(&myself, state, msg).await;
+                }
+            }
         }
-        state.last_activity_ms = now;
+        Ok(())
+    }
+}
+
+impl GroupActor {
+    /// Serves one request whose turn it is (see `send.rs` for which wait).
+    pub(super) async fn serve(
+        &self,
+        myself: &ActorRef<GroupMsg>,
+        state: &mut GroupState,
+        msg: GroupMsg,
+    ) {
         match msg {
             GroupMsg::Send { caller, req, reply } => {
-                let (r, fan_out) = match self.on_send(state, &caller, req).await {
-                    Ok((accepted, fan_out)) => (Ok(accepted), fan_out),
-                    Err(e) => (Err(e), None),
-                };
-                self.settle(&myself, state, &r);
-                // Store, ack, then fan out (see `on_send`).
-                let _ = reply.send(r);
-                if let Some(f) = fan_out {
-                    self.finish_fan_out(f).await;
-                }
+                self.accept_send(myself, state, &caller, req, reply).await;
             }
             GroupMsg::Commit { caller, req, reply } => {
                 let r = self.on_commit(state, &caller, req).await;
-                self.settle(&myself, state, &r);
+                self.settle(myself, state, &r);
                 let _ = reply.send(r);
             }
             GroupMsg::Proposal { caller, req, reply } => {
                 let r = self.on_proposal(state, &caller, req).await;
-                self.settle(&myself, state, &r);
+                self.settle(myself, state, &r);
                 let _ = reply.send(r);
             }
             GroupMsg::Ephemeral { caller, req, reply } => {
                 let r = self.on_ephemeral(state, &caller, req).await;
-                self.settle(&myself, state, &r);
+                self.settle(myself, state, &r);
                 let _ = reply.send(r);
             }
-            GroupMsg::Tick => {}
+            // Never deferred (`Pipeline::must_defer`), so `handle` serves
+            // them; boxed, as a batch's answer serves deferred requests.
+            GroupMsg::Tick => self.tick(myself, state, self.now_ms()).await,
+            GroupMsg::Appended(appended) => {
+                Box::pin(self.on_appended(myself, state, *appended)).await;
+            }
         }
-        Ok(())
     }
 }
 
@@ -220,7 +240,12 @@ impl GroupActor {
 
     /// After a request: count its error, and stop the actor when it lost
     /// its fence (another node owns the group).
-    fn settle<T>(&self, myself: &ActorRef<GroupMsg>, state: &mut GroupState, r: &ApiResult<T>) {
+    pub(super) fn settle<T>(
+        &self,
+        myself: &ActorRef<GroupMsg>,
+        state: &mut GroupState,
+        r: &ApiResult<T>,
+    ) {
         if let Err(e) = r {
             metrics::counter!("hush_errors_total", "code" => e.code_name()).increment(1);
             if e.code == ErrorCode::Unavailable {
@@ -232,7 +257,11 @@ impl GroupActor {
 
     async fn tick(&self, myself: &ActorRef<GroupMsg>, state: &mut GroupState, now: u64) {
         let idle = now.saturating_sub(state.last_activity_ms);
-        if idle >= self.groups.limits.group_idle_ms || self.groups.shutdown.is_shutting_down() {
+        // Never with sends on their way: their callers wait for the acks.
+        let settled = !state.pipeline.busy() && state.pipeline.deferred.is_empty();
+        if settled
+            && (idle >= self.groups.limits.group_idle_ms || self.groups.shutdown.is_shutting_down())
+        {
             tracing::debug!(group = %hex::encode(&state.group_id), "passivating idle group");
             myself.stop(Some("idle".into()));
             return;

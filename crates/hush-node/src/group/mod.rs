@@ -15,7 +15,11 @@
 //! Semantics
 //! - Messages are handled one at a time, in mailbox order, so commits are
 //!   serialized: exactly one commit per epoch can win here, and the store's
-//!   epoch check makes that hold across nodes too.
+//!   epoch check makes that hold across nodes too. Sends are pipelined: one
+//!   batch per group is with the store while the next sends are validated;
+//!   a commit or proposal waits until none is (see `send.rs`).
+//! - The actor holds its sends' acks until the store returned; nothing is
+//!   acked, or fanned out, before it is durable.
 //! - The actor is virtual: activated by the first request, loaded from the
 //!   store, passivated after `actors.group_idle_ms` without traffic (the
 //!   lease is released). Nothing lives only in its memory.
@@ -24,8 +28,9 @@
 //!   once; one more is refused with UNAVAILABLE and a hint.
 //! - A store failure on a commit reloads the tracker from the store, so
 //!   memory never runs ahead of what is durable.
-//! - The mailbox is unbounded (ractor); the bound is at the edge: each
-//!   connection has one request in flight at a time and a rate limit. A
+//! - The mailbox is unbounded (ractor); the bound is at the edge
+//!   (`admission.rs`: sends per group and per node, requests per
+//!   connection, a rate limit). A
 //!   call not answered within [`GROUP_CALL_TIMEOUT`] is UNAVAILABLE to its
 //!   caller (the work may still complete; retries deduplicate).
 
@@ -63,7 +68,7 @@ fn too_large(msg: &GroupMsg, max: usize) -> ApiResult<()> {
             ("welcome", req.welcome.len()),
             ("group_info", req.group_info.len()),
         ],
-        GroupMsg::Tick => &[],
+        GroupMsg::Tick | GroupMsg::Appended(_) => &[],
     };
     match parts.iter().find(|(_, len)| *len > max) {
         Some((what, len)) => Err(ApiError::new(

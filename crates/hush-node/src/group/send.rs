@@ -6,31 +6,94 @@
 //! authenticated device, and the PrivateMessage header (content type
 //! application, this group, epoch within `limits.epoch_window`). The server
 //! reads nothing else of the message.
+//!
+//! Sends are pipelined: the actor validates a send and queues it, and the
+//! queue goes to the store as one batch ([`Store::append_messages`]: one
+//! writer operation, seqs in queue order) while the actor goes on
+//! validating the next sends. One batch per group is with the store at a
+//! time; what queued meanwhile is the next batch. When a batch is back
+//! (`GroupMsg::Appended`), its senders are acked, in seq order, and then
+//! its messages are fanned out, in seq order: store, ack, fan out, as
+//! before, without the group waiting for one message's durability before
+//! validating the next. Before, a group took one send per store round trip
+//! (writer wait, batch, fsync: 5 ms on average at 9,000 msg/s), so its
+//! sends queued in its mailbox for tens of ms while the writer, which
+//! commits every group's writes together, took one message per group per
+//! batch.
+//!
+//! Commits and proposals change what the next message is checked against
+//! (epoch, members, the DS state), so they wait for the pipeline to drain
+//! (`Pipeline::deferred`), and so does every send that arrives after one of
+//! them: mailbox order holds between a commit and the sends around it.
+//! Ephemeral messages are never stored and go at once.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use hush_proto::{server_frame::Body as Reply, v1};
-use hush_store::{AppendOutcome, EntryKind, MemberDevice, NewEntry};
+use hush_store::{AppendOutcome, EntryKind, MemberDevice, NewEntry, Store};
+use ractor::{ActorRef, RpcReplyPort};
 
-use super::actor::{stale_with_head, GroupActor, GroupState, Loaded};
-use crate::error::ApiResult;
+use super::actor::{stale_with_head, GroupActor, GroupMsg, GroupState, Loaded};
+use crate::error::{ApiError, ApiResult};
 use crate::wire::{encode, Caller, Outbound};
 
-/// A stored message's fan-out, made after the sender's ack is sent (see
-/// [`GroupActor::on_send`]).
-pub(super) struct FanOut {
-    group_id: Vec<u8>,
-    seq: u64,
-    entry: NewEntry,
+/// The most sends one batch takes to the store (admission already bounds
+/// a group's pending sends by `limits.max_pending_per_group`).
+const MAX_APPEND_BATCH: usize = 64;
+
+/// A group's send pipeline (see the module docs).
+#[derive(Default)]
+pub(super) struct Pipeline {
+    /// A batch is with the store; its task sends `GroupMsg::Appended`.
+    in_flight: bool,
+    /// Validated sends for the next batch, in mailbox order.
+    queued: AppendBatch,
+    /// Requests that wait for the pipeline to drain, in mailbox order.
+    pub(super) deferred: VecDeque<GroupMsg>,
+}
+
+impl Pipeline {
+    /// Whether sends are with the store or queued for it.
+    pub(super) fn busy(&self) -> bool {
+        self.in_flight || !self.queued.entries.is_empty()
+    }
+
+    /// Whether `msg` must wait for what is ahead of it: a send only behind
+    /// a deferred request, a commit or proposal behind any send too.
+    pub(super) fn must_defer(&self, msg: &GroupMsg) -> bool {
+        match msg {
+            GroupMsg::Send { .. } => !self.deferred.is_empty(),
+            GroupMsg::Commit { .. } | GroupMsg::Proposal { .. } => {
+                self.busy() || !self.deferred.is_empty()
+            }
+            GroupMsg::Ephemeral { .. } | GroupMsg::Tick | GroupMsg::Appended(_) => false,
+        }
+    }
+}
+
+/// Sends on their way to the store together: the entries, and per entry
+/// who waits for its ack and whom its fan-out goes to.
+#[derive(Default)]
+pub struct AppendBatch {
+    entries: Vec<NewEntry>,
+    waiting: Vec<Waiting>,
+}
+
+struct Waiting {
+    reply: RpcReplyPort<ApiResult<v1::MessageAccepted>>,
+    /// The member devices when the send was checked (a commit, which
+    /// would change them, waits for the batch).
     members: Arc<[MemberDevice]>,
 }
 
-impl GroupActor {
-    /// Hands a stored message to its members' sessions.
-    pub(super) async fn finish_fan_out(&self, f: FanOut) {
-        self.fan_out(&f.group_id, f.seq, &f.entry, &f.members).await;
-    }
+/// A batch back from the store, with the store's answer.
+pub struct Appended {
+    batch: AppendBatch,
+    result: hush_store::Result<Vec<AppendOutcome>>,
+}
 
+impl GroupActor {
     /// The checks every application message passes; returns the loaded
     /// group and the message's epoch.
     async fn check_application<'s>(
@@ -87,21 +150,41 @@ impl GroupActor {
         Ok(v1::EphemeralAccepted {})
     }
 
-    /// Appends under the fence and returns the ack with the fan-out still
-    /// to make: the actor answers the sender first, then fans out, so the
-    /// sender's ack never waits for the group's size (the message is durable
-    /// once the append returned), and the next message of the group waits
-    /// for this fan-out (one at a time: per-group order holds). A repeated
-    /// `client_msg_id` is acked with its original seq and not fanned out.
-    pub(super) async fn on_send(
+    /// A send: checked now, then queued for the group's next batch to the
+    /// store, which leaves at once unless a batch is with the store already.
+    pub(super) async fn accept_send(
+        &self,
+        myself: &ActorRef<GroupMsg>,
+        state: &mut GroupState,
+        caller: &Caller,
+        req: v1::SendMessage,
+        reply: RpcReplyPort<ApiResult<v1::MessageAccepted>>,
+    ) {
+        match self.check_send(state, caller, req).await {
+            Ok((entry, members)) => {
+                let queued = &mut state.pipeline.queued;
+                queued.entries.push(entry);
+                queued.waiting.push(Waiting { reply, members });
+                if !state.pipeline.in_flight {
+                    self.start_append(myself, state);
+                }
+            }
+            Err(e) => {
+                let r = Err(e);
+                self.settle(myself, state, &r);
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    async fn check_send(
         &self,
         state: &mut GroupState,
         caller: &Caller,
         req: v1::SendMessage,
-    ) -> ApiResult<(v1::MessageAccepted, Option<FanOut>)> {
+    ) -> ApiResult<(NewEntry, Arc<[MemberDevice]>)> {
         Self::check_msg_id(&req.client_msg_id)?;
         let now = self.now_ms();
-        let group_id = state.group_id.clone();
         let (loaded, epoch) = self
             .check_application(state, caller, &req.message, now)
             .await?;
@@ -113,30 +196,123 @@ impl GroupActor {
             message: req.message,
             server_time_ms: now,
         };
-        let outcome = self
-            .groups
-            .store
-            .append_message(&group_id, loaded.lease.token, &entry)
-            .await?;
-        let seq = outcome.seq();
-        let duplicate = matches!(outcome, AppendOutcome::Duplicate { .. });
-        let fan_out = if duplicate {
-            None
+        Ok((entry, loaded.members.clone()))
+    }
+
+    /// Hands the queued sends (up to [`MAX_APPEND_BATCH`]) to the store, under
+    /// the group's fence, in a task that reports back with
+    /// `GroupMsg::Appended`. A stopped actor never hears back: the batch's
+    /// callers are told the group moved and resend by `client_msg_id`
+    /// (deduplicated, so a batch that was stored keeps its seqs).
+    fn start_append(&self, myself: &ActorRef<GroupMsg>, state: &mut GroupState) {
+        let queued = &mut state.pipeline.queued;
+        let batch = if queued.entries.len() > MAX_APPEND_BATCH {
+            AppendBatch {
+                entries: queued.entries.drain(..MAX_APPEND_BATCH).collect(),
+                waiting: queued.waiting.drain(..MAX_APPEND_BATCH).collect(),
+            }
         } else {
-            loaded.head_seq = seq;
-            metrics::counter!("hush_messages_in_total", "kind" => "application").increment(1);
-            Some(FanOut {
-                group_id: group_id.clone(),
-                seq,
-                entry,
-                members: loaded.members.clone(),
-            })
+            std::mem::take(queued)
         };
-        let accepted = v1::MessageAccepted {
-            group_id,
-            seq,
-            duplicate,
+        if batch.entries.is_empty() {
+            return;
+        }
+        let Some(fence) = state.loaded.as_ref().map(|l| l.lease.token) else {
+            // Unloaded since the check (a lost lease): the actor stops.
+            let e = ApiError::new(hush_proto::ErrorCode::Unavailable, "group moved; retry");
+            for w in batch.waiting {
+                let _ = w.reply.send(Err(e.clone()));
+            }
+            return;
         };
-        Ok((accepted, fan_out))
+        state.pipeline.in_flight = true;
+        let store: Arc<dyn Store> = self.groups.store.clone();
+        let group_id = state.group_id.clone();
+        let myself = myself.clone();
+        tokio::spawn(async move {
+            let result = store
+                .append_messages(&group_id, fence, &batch.entries)
+                .await;
+            let _ = myself.send_message(GroupMsg::Appended(Box::new(Appended { batch, result })));
+        });
+    }
+
+    /// A batch is back from the store: ack its senders, then fan its
+    /// messages out, both in seq order (a repeated `client_msg_id` is acked
+    /// with its original seq and not fanned out again). Then the next
+    /// batch leaves, or, with nothing queued, the requests that waited for
+    /// the pipeline to drain are served.
+    pub(super) async fn on_appended(
+        &self,
+        myself: &ActorRef<GroupMsg>,
+        state: &mut GroupState,
+        appended: Appended,
+    ) {
+        state.pipeline.in_flight = false;
+        let Appended { batch, result } = appended;
+        let group_id = state.group_id.clone();
+        let outcomes = match result {
+            Ok(o) if o.len() == batch.entries.len() => Ok(o),
+            Ok(o) => Err(ApiError::internal(
+                "append batch",
+                format!("{} outcomes for {} entries", o.len(), batch.entries.len()),
+            )),
+            Err(e) => Err(ApiError::from(e)),
+        };
+        match outcomes {
+            Ok(outcomes) => {
+                let mut fan_outs = Vec::with_capacity(outcomes.len());
+                for ((entry, w), outcome) in
+                    batch.entries.into_iter().zip(batch.waiting).zip(outcomes)
+                {
+                    let duplicate = matches!(outcome, AppendOutcome::Duplicate { .. });
+                    if !duplicate {
+                        if let Some(l) = state.loaded.as_mut() {
+                            l.head_seq = l.head_seq.max(outcome.seq());
+                        }
+                        metrics::counter!("hush_messages_in_total", "kind" => "application")
+                            .increment(1);
+                        fan_outs.push((outcome.seq(), entry, w.members));
+                    }
+                    let _ = w.reply.send(Ok(v1::MessageAccepted {
+                        group_id: group_id.clone(),
+                        seq: outcome.seq(),
+                        duplicate,
+                    }));
+                }
+                for (seq, entry, members) in fan_outs {
+                    self.fan_out(&group_id, seq, &entry, &members).await;
+                }
+            }
+            Err(e) => {
+                self.settle(myself, state, &Err::<(), _>(e.clone()));
+                for w in batch.waiting {
+                    let _ = w.reply.send(Err(e.clone()));
+                }
+            }
+        }
+        if state.pipeline.busy() {
+            self.start_append(myself, state);
+        } else {
+            self.serve_deferred(myself, state).await;
+        }
+    }
+
+    /// Serves the requests that waited for the pipeline, in order, until
+    /// one must wait again (a commit or proposal behind a send it let go).
+    async fn serve_deferred(&self, myself: &ActorRef<GroupMsg>, state: &mut GroupState) {
+        while let Some(next) = state.pipeline.deferred.front() {
+            let waits = match next {
+                GroupMsg::Send { .. } => false,
+                _ => state.pipeline.busy(),
+            };
+            if waits {
+                return;
+            }
+            let Some(msg) = state.pipeline.deferred.pop_front() else {
+                return;
+            };
+            self.serve(myself, state, msg).await;
+        }
     }
 }
