@@ -248,10 +248,16 @@ impl GroupActor {
     ) {
         if let Err(e) = r {
             metrics::counter!("hush_errors_total", "code" => e.code_name()).increment(1);
-            if e.code == ErrorCode::Unavailable {
-                state.loaded = None;
-                myself.stop(Some("lost group lease".into()));
-            }
+            Self::stop_if_moved(myself, state, e);
+        }
+    }
+
+    /// A request failed with `e`: the actor stops when that means it lost
+    /// its fence (another node owns the group).
+    pub(super) fn stop_if_moved(myself: &ActorRef<GroupMsg>, state: &mut GroupState, e: &ApiError) {
+        if e.code == ErrorCode::Unavailable {
+            state.loaded = None;
+            myself.stop(Some("lost group lease".into()));
         }
     }
 
