@@ -227,6 +227,8 @@ impl GroupActor {
         let Some(fence) = state.loaded.as_ref().map(|l| l.lease.token) else {
             // Unloaded since the check (a lost lease): the actor stops.
             let e = ApiError::new(hush_proto::ErrorCode::Unavailable, "group moved; retry");
+            metrics::counter!("hush_errors_total", "code" => e.code_name())
+                .increment(batch.waiting.len() as u64);
             for w in batch.waiting {
                 let _ = w.reply.send(Err(e.clone()));
             }
