@@ -40,7 +40,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
 mod common;
-use common::{client, has_text, is_member, pump_until, start_node, url, WAIT};
+use common::{client, has_text, is_member, processed_to, pump_until, start_node, url, WAIT};
 
 /// The error code of an `Error`, which must be one of the closed list.
 fn code_of(e: &v1::Error) -> ErrorCode {
@@ -505,13 +505,6 @@ fn close_code_of(payload: &[u8]) -> Option<u16> {
 // ---------------------------------------------------------------------------
 // hush-client SDK helpers (real MLS)
 // ---------------------------------------------------------------------------
-
-fn processed_to(c: &Client, gid: &[u8], seq: u64) -> bool {
-    c.db()
-        .group(gid)
-        .expect("db")
-        .is_some_and(|g| g.last_seq >= seq)
-}
 
 /// A text from `from` reaches `to`, decrypted.
 async fn message_goes_through(from: &mut Client, to: &mut Client, gid: &[u8], text: &str) {

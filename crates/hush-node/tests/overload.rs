@@ -33,7 +33,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
 mod common;
-use common::{client, is_member, login, pump_until, start_node, url, WAIT};
+use common::{client, is_member, login, processed_to, pump_until, start_node, url, WAIT};
 
 const MEMBERS: [&str; 5] = ["alice", "bob", "carol", "dave", "erin"];
 /// Messages each member sends per flood round.
@@ -83,13 +83,6 @@ async fn flood(c: &mut Client, g: &str, who: usize, refusals: &Notify) -> Floode
         }
     }
     out
-}
-
-fn processed_to(c: &Client, gid: &[u8], seq: u64) -> bool {
-    c.db()
-        .group(gid)
-        .expect("db")
-        .is_some_and(|g| g.last_seq >= seq)
 }
 
 type RawWs = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;

@@ -20,7 +20,7 @@ use futures_util::future::join_all;
 use hush_store::EntryKind;
 
 mod common;
-use common::{client, is_member, pump_until, start_node, url, WAIT};
+use common::{client, is_member, processed_to, pump_until, start_node, url, WAIT};
 
 const SENDERS: [&str; 3] = ["alice", "bob", "carol"];
 
@@ -64,13 +64,7 @@ async fn a_commit_waits_for_the_sends_queued_before_it() {
         }
         let base = senders[0].send_text(&g, "before").await.expect("send");
         for c in senders.iter_mut().chain(std::iter::once(&mut dave)) {
-            pump_until(c, "the first message", |c| {
-                c.db()
-                    .group(&gid)
-                    .expect("db")
-                    .is_some_and(|g| g.last_seq >= base)
-            })
-            .await;
+            pump_until(c, "the first message", |c| processed_to(c, &gid, base)).await;
         }
         until("setup's requests answered", || {
             node.requests_in_flight() == 0
@@ -100,6 +94,13 @@ async fn a_commit_waits_for_the_sends_queued_before_it() {
                     node.requests_in_flight() > before
                 })
                 .await;
+                // Durable before acknowledged: a send's place is given back
+                // when its answer goes out, and nothing is stored yet.
+                assert_eq!(
+                    node.admission_peaks().1,
+                    3,
+                    "a send was answered while the store was stalled"
+                );
                 held.execute_batch("ROLLBACK").expect("unlock");
             });
             done.expect("self-update")
@@ -139,13 +140,7 @@ async fn a_commit_waits_for_the_sends_queued_before_it() {
         // Every member reads all of it, in order.
         let last = base + 4;
         for c in senders.iter_mut().chain(std::iter::once(&mut dave)) {
-            pump_until(c, "the commit", |c| {
-                c.db()
-                    .group(&gid)
-                    .expect("db")
-                    .is_some_and(|g| g.last_seq >= last)
-            })
-            .await;
+            pump_until(c, "the commit", |c| processed_to(c, &gid, last)).await;
             let texts: Vec<(u64, String)> = c
                 .db()
                 .recent_log(&gid, 100)

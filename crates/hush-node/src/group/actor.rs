@@ -15,10 +15,9 @@ use std::time::Duration;
 
 use hush_ds::GroupTracker;
 use hush_proto::{v1, ErrorCode};
-use hush_store::{Lease, MemberDevice};
+use hush_store::{Lease, MemberDevice, NewEntry};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use super::send::{Appended, Pipeline};
 use super::Groups;
 use crate::error::{ApiError, ApiResult};
 use crate::wire::Caller;
@@ -104,6 +103,58 @@ impl Loaded {
         };
         roster.identities.contains(identity)
     }
+}
+
+/// A group's send pipeline (see `send.rs`).
+#[derive(Default)]
+pub(super) struct Pipeline {
+    /// A batch is with the store; its task sends `GroupMsg::Appended`.
+    pub(super) in_flight: bool,
+    /// Validated sends for the next batch, in mailbox order.
+    pub(super) queued: AppendBatch,
+    /// Requests that wait for the pipeline to drain, in mailbox order.
+    pub(super) deferred: VecDeque<GroupMsg>,
+}
+
+impl Pipeline {
+    /// Whether sends are with the store or queued for it.
+    pub(super) fn busy(&self) -> bool {
+        self.in_flight || !self.queued.entries.is_empty()
+    }
+
+    /// Whether `msg` must wait for what is ahead of it: a send only behind
+    /// a deferred request, a commit or proposal behind any send too.
+    pub(super) fn must_defer(&self, msg: &GroupMsg) -> bool {
+        match msg {
+            GroupMsg::Send { .. } => !self.deferred.is_empty(),
+            GroupMsg::Commit { .. } | GroupMsg::Proposal { .. } => {
+                self.busy() || !self.deferred.is_empty()
+            }
+            GroupMsg::Ephemeral { .. } | GroupMsg::Tick | GroupMsg::Appended(_) => false,
+        }
+    }
+}
+
+/// Sends on their way to the store together: the entries, and per entry
+/// who waits for its ack and whom its fan-out goes to.
+#[derive(Default)]
+pub struct AppendBatch {
+    pub(super) entries: Vec<NewEntry>,
+    pub(super) waiting: Vec<Waiting>,
+}
+
+pub(super) struct Waiting {
+    pub(super) reply: RpcReplyPort<ApiResult<v1::MessageAccepted>>,
+    /// The member devices when the send was checked (a commit, which
+    /// would change them, waits for the batch).
+    pub(super) members: Arc<[MemberDevice]>,
+}
+
+/// A batch is done: acked and fanned out, or failed (its senders told).
+pub struct Appended {
+    /// The largest seq the batch appended (0 when every entry was a
+    /// repeat), or the batch's error.
+    pub(super) result: ApiResult<u64>,
 }
 
 /// The ticker runs this many times per lease period (renewing at half),

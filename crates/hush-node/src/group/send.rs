@@ -29,7 +29,6 @@
 //! them: mailbox order holds between a commit and the sends around it.
 //! Ephemeral messages are never stored and go at once.
 
-use std::collections::VecDeque;
 use std::future::Future as _;
 use std::sync::Arc;
 use std::task::{Context, Waker};
@@ -38,65 +37,15 @@ use hush_proto::{server_frame::Body as Reply, v1};
 use hush_store::{AppendOutcome, EntryKind, MemberDevice, NewEntry};
 use ractor::{ActorRef, RpcReplyPort};
 
-use super::actor::{stale_with_head, GroupActor, GroupMsg, GroupState, Loaded};
+use super::actor::{
+    stale_with_head, AppendBatch, Appended, GroupActor, GroupMsg, GroupState, Loaded, Waiting,
+};
 use crate::error::{ApiError, ApiResult};
 use crate::wire::{encode, Caller, Outbound};
 
 /// The most sends one batch takes to the store (admission already bounds
 /// a group's pending sends by `limits.max_pending_per_group`).
 const MAX_APPEND_BATCH: usize = 64;
-
-/// A group's send pipeline (see the module docs).
-#[derive(Default)]
-pub(super) struct Pipeline {
-    /// A batch is with the store; its task sends `GroupMsg::Appended`.
-    in_flight: bool,
-    /// Validated sends for the next batch, in mailbox order.
-    queued: AppendBatch,
-    /// Requests that wait for the pipeline to drain, in mailbox order.
-    pub(super) deferred: VecDeque<GroupMsg>,
-}
-
-impl Pipeline {
-    /// Whether sends are with the store or queued for it.
-    pub(super) fn busy(&self) -> bool {
-        self.in_flight || !self.queued.entries.is_empty()
-    }
-
-    /// Whether `msg` must wait for what is ahead of it: a send only behind
-    /// a deferred request, a commit or proposal behind any send too.
-    pub(super) fn must_defer(&self, msg: &GroupMsg) -> bool {
-        match msg {
-            GroupMsg::Send { .. } => !self.deferred.is_empty(),
-            GroupMsg::Commit { .. } | GroupMsg::Proposal { .. } => {
-                self.busy() || !self.deferred.is_empty()
-            }
-            GroupMsg::Ephemeral { .. } | GroupMsg::Tick | GroupMsg::Appended(_) => false,
-        }
-    }
-}
-
-/// Sends on their way to the store together: the entries, and per entry
-/// who waits for its ack and whom its fan-out goes to.
-#[derive(Default)]
-pub struct AppendBatch {
-    entries: Vec<NewEntry>,
-    waiting: Vec<Waiting>,
-}
-
-struct Waiting {
-    reply: RpcReplyPort<ApiResult<v1::MessageAccepted>>,
-    /// The member devices when the send was checked (a commit, which
-    /// would change them, waits for the batch).
-    members: Arc<[MemberDevice]>,
-}
-
-/// A batch is done: acked and fanned out, or failed (its senders told).
-pub struct Appended {
-    /// The largest seq the batch appended (0 when every entry was a
-    /// repeat), or the batch's error.
-    result: ApiResult<u64>,
-}
 
 impl GroupActor {
     /// The checks every application message passes; returns the loaded

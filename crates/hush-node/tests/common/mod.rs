@@ -110,6 +110,14 @@ pub fn is_member(c: &hush_client::client::Client, gid: &[u8]) -> bool {
 }
 
 /// Whether the client's recent log of the group has this text.
+/// Whether the client has processed the group's timeline up to `seq`.
+pub fn processed_to(c: &hush_client::client::Client, gid: &[u8], seq: u64) -> bool {
+    c.db()
+        .group(gid)
+        .expect("db")
+        .is_some_and(|g| g.last_seq >= seq)
+}
+
 pub fn has_text(c: &hush_client::client::Client, gid: &[u8], text: &str) -> bool {
     c.db()
         .recent_log(gid, 50)
