@@ -596,7 +596,9 @@ export function start(client: HushClient) {
     const input = $<HTMLTextAreaElement>("text");
     const text = input.value;
     if (!open || !text.trim()) return;
-    if (await busy(e.target as HTMLFormElement, () => client.sendText(open!, text))) {
+    // Only the text that was sent leaves the box: what was typed while it
+    // was on its way (the next message) stays.
+    if ((await busy(e.target as HTMLFormElement, () => client.sendText(open!, text))) && input.value === text) {
       input.value = "";
       fitText();
     }

@@ -369,6 +369,20 @@ try {
   await seen(bob, "alice after bob's reload");
   step("bob reloaded and continues");
 
+  // 10b. what is typed while a message is on its way stays in the box (the
+  // box clears only of the text that was sent).
+  await alice.locator("#text").fill("first of two");
+  await alice.locator("#send").click();
+  await alice.locator("#text").fill("second of two");
+  await alice.locator("#messages li.msg.own .body", { hasText: "first of two" }).waitFor({ timeout: WAIT });
+  await alice.locator("#send:not([disabled])").waitFor({ timeout: WAIT });
+  const left = await alice.locator("#text").inputValue();
+  if (left !== "second of two") throw new Error(`the text typed while a message was sent became ${JSON.stringify(left)}`);
+  await alice.locator("#send").click();
+  await alice.locator("#messages li.msg.own .body", { hasText: "second of two" }).waitFor({ timeout: WAIT });
+  await seen(bob, "second of two");
+  step("text typed while a message is sent stays in the box");
+
   // 11. a small measurement: alice types and sends, until bob shows it
   // (encrypt, IndexedDB, the durable ack, fan-out, decrypt, render).
   const ms = [];

@@ -200,6 +200,37 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill9();
+        if std::thread::panicking() {
+            self.keep_log();
+        }
+    }
+}
+
+impl Node {
+    /// A failed test's node log outlives its tempdir: copied under the
+    /// target directory (`test-logs/<test>.node.log`), its tail printed, so
+    /// a CI failure says what the node did.
+    fn keep_log(&self) {
+        let log = self.log_text();
+        let name = std::thread::current()
+            .name()
+            .unwrap_or("test")
+            .replace("::", "-");
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .parent()
+            .expect("target dir")
+            .join("test-logs");
+        let kept = dir.join(format!("{name}.{}.node.log", std::process::id()));
+        let saved = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&kept, &log));
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+        match saved {
+            Ok(()) => eprintln!(
+                "node log kept in {}; its last lines:\n{tail}",
+                kept.display()
+            ),
+            Err(e) => eprintln!("node log not kept ({e}); its last lines:\n{tail}"),
+        }
     }
 }
 
