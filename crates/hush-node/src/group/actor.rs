@@ -155,6 +155,9 @@ pub struct Appended {
     /// The largest seq the batch appended (0 when every entry was a
     /// repeat), or the batch's error.
     pub(super) result: ApiResult<u64>,
+    /// The task ended without finishing (it panicked): what the store
+    /// holds is unknown, and the actor reloads.
+    pub(super) lost: bool,
 }
 
 /// The ticker runs this many times per lease period (renewing at half),

@@ -189,14 +189,16 @@ impl GroupActor {
         };
         let group_id = state.group_id.clone();
         let myself = myself.clone();
+        let report = Report::new(move |appended| {
+            let _ = myself.send_message(GroupMsg::Appended(Box::new(appended)));
+        });
         let mut task = Box::pin(async move {
             let result = actor
                 .groups
                 .store
                 .append_messages(&group_id, fence, &batch.entries)
                 .await;
-            let result = finish_batch(&actor, &group_id, batch, result).await;
-            let _ = myself.send_message(GroupMsg::Appended(Box::new(Appended { result })));
+            report.send(finish_batch(&actor, &group_id, batch, result).await);
         });
         // The first poll queues the batch to the store now; a task spawned
         // unpolled would reach the store only once the runtime gets to it.
@@ -223,6 +225,13 @@ impl GroupActor {
                     l.head_seq = l.head_seq.max(last);
                 }
             }
+            Err(_) if appended.lost => {
+                // What the store holds now is unknown here: stop, and the
+                // next request loads the group again. Senders not yet
+                // answered were told the group moved and resend by id.
+                state.loaded = None;
+                myself.stop(Some("a batch's task ended unfinished".into()));
+            }
             Err(e) => Self::stop_if_moved(myself, state, &e),
         }
         if state.pipeline.busy() {
@@ -247,6 +256,43 @@ impl GroupActor {
                 return;
             };
             self.serve(myself, state, msg).await;
+        }
+    }
+}
+
+/// The one report a batch's task owes its actor, sent even when the task
+/// never finishes: a task that panics (a bug in what it calls) or is
+/// dropped unfinished reports `lost`, so the group does not wait forever
+/// for an answer that cannot come (the actor, not ractor, spawned it, so
+/// no supervisor would notice). Its senders' replies are dropped with it:
+/// they are told the group moved and resend by `client_msg_id`.
+struct Report<F: FnOnce(Appended)>(Option<F>);
+
+impl<F: FnOnce(Appended)> Report<F> {
+    fn new(to: F) -> Self {
+        Self(Some(to))
+    }
+
+    fn send(mut self, result: ApiResult<u64>) {
+        if let Some(to) = self.0.take() {
+            to(Appended {
+                result,
+                lost: false,
+            });
+        }
+    }
+}
+
+impl<F: FnOnce(Appended)> Drop for Report<F> {
+    fn drop(&mut self) {
+        if let Some(to) = self.0.take() {
+            to(Appended {
+                result: Err(ApiError::internal(
+                    "append batch",
+                    "its task ended without reporting",
+                )),
+                lost: true,
+            });
         }
     }
 }
@@ -299,4 +345,49 @@ async fn finish_batch(
         actor.fan_out(group_id, seq, &entry, &members).await;
     }
     Ok(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use super::*;
+
+    fn reported() -> (Report<impl FnOnce(Appended)>, mpsc::Receiver<Appended>) {
+        let (tx, rx) = mpsc::channel();
+        (Report::new(move |a| tx.send(a).expect("receiver")), rx)
+    }
+
+    #[test]
+    fn a_finished_batch_reports_once() {
+        let (report, rx) = reported();
+        report.send(Ok(7));
+        let a = rx.try_recv().expect("reported");
+        assert!(!a.lost);
+        assert_eq!(a.result.expect("ok"), 7);
+        assert!(rx.try_recv().is_err(), "reported twice");
+    }
+
+    #[test]
+    fn a_task_that_panics_still_reports_its_batch_lost() {
+        let (report, rx) = reported();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let joined = rt.block_on(async move {
+            tokio::spawn(async move {
+                let _report = report;
+                panic!("a bug in the batch's task");
+            })
+            .await
+        });
+        assert!(joined.expect_err("the task panicked").is_panic());
+        let a = rx.try_recv().expect("reported although the task panicked");
+        assert!(a.lost);
+        assert_eq!(
+            a.result.expect_err("lost").code,
+            hush_proto::ErrorCode::Internal
+        );
+        assert!(rx.try_recv().is_err(), "reported twice");
+    }
 }
