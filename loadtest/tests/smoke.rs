@@ -57,6 +57,15 @@ fn assert_every_message_delivered_once(s: &hush_loadtest::report::Summary) {
 async fn smoke_presealed_in_process() {
     let s = smoke(&[]).await;
     assert_every_message_delivered_once(&s);
+    // The node's CPU by thread: its store writer and its gateway workers
+    // are named (the kernel keeps 15 bytes of a name).
+    let threads = &s.targets[0].phases[0].target_thread_cpu_s;
+    assert!(threads.contains_key("hush-store-writ"), "{threads:?}");
+    assert!(
+        threads.keys().any(|k| k.starts_with("actix-server")),
+        "{threads:?}"
+    );
+    assert!(threads.values().all(|&c| c >= 0.0), "{threads:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -69,6 +69,11 @@ pub struct PhaseReport {
     pub target_rss_max: u64,
     /// Connect: (RSS at end - RSS at start) / open connections.
     pub target_rss_per_conn: Option<f64>,
+    /// CPU seconds of the system under test during the phase by thread
+    /// name (e.g. `actix-server wo`, `tokio-rt-worker`, `hush-store-writ`),
+    /// over the threads alive at both edges of the phase.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub target_thread_cpu_s: BTreeMap<String, f64>,
     /// CPU seconds of the generator (coordinator and workers).
     pub generator_cpu_s: f64,
     /// Seconds since the run started.
@@ -113,6 +118,12 @@ impl PhaseReport {
             .filter(|s| is_target(s))
             .map(|s| s.cpu_between(t0, t1))
             .sum();
+        let mut target_thread_cpu_s = BTreeMap::new();
+        for s in series.iter().filter(|s| is_target(s)) {
+            for (name, cpu) in s.thread_cpu_between(t0, t1) {
+                *target_thread_cpu_s.entry(name).or_insert(0.0) += cpu;
+            }
+        }
         let rss = |t: f64| -> u64 {
             series
                 .iter()
@@ -170,6 +181,7 @@ impl PhaseReport {
             target_rss_max: rss_max,
             target_rss_per_conn: (sc.kind == Kind::Connect && r.conns_open > 0)
                 .then(|| (rss1 as f64 - rss0 as f64) / r.conns_open as f64),
+            target_thread_cpu_s,
             generator_cpu_s: series
                 .iter()
                 .filter(|s| is_gen(s))
