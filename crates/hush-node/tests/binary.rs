@@ -60,6 +60,10 @@ fn bad_config_value_is_a_startup_error_naming_it() {
     let (ok, err) = run_with_config("[store]\nmax_batch = 16\nmax_batch_acks = 17\n");
     assert!(!ok);
     assert!(err.contains("store.max_batch_acks"), "{err}");
+    // A group-commit delay that would be a stall.
+    let (ok, err) = run_with_config("[store]\ncommit_delay_us = 100001\n");
+    assert!(!ok);
+    assert!(err.contains("store.commit_delay_us"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -97,6 +97,11 @@ pub struct SqliteConfig {
     /// How long a connection waits for another connection's (or process's)
     /// lock before failing with [`StoreError::Unavailable`].
     pub busy_timeout: Duration,
+    /// Group commit's delay: how long a write that finds the writer idle
+    /// (and few others queued) waits for more to share its commit and
+    /// fsync. Zero (the default): it commits at once. Fewer commits cost
+    /// less CPU, for up to this much latency (see `sqlite/writer.rs`).
+    pub commit_delay: Duration,
 }
 
 impl SqliteConfig {
@@ -113,6 +118,7 @@ impl SqliteConfig {
             max_batch_acks: Self::DEFAULT_MAX_BATCH_ACKS,
             readers: Self::DEFAULT_READERS,
             busy_timeout: Self::DEFAULT_BUSY_TIMEOUT,
+            commit_delay: Duration::ZERO,
         }
     }
 }
@@ -166,7 +172,7 @@ impl SqliteStore {
 
         let max_batch = config.max_batch.max(1);
         let (tx, rx) = mpsc::channel(max_batch.saturating_mul(4));
-        let queue = writer::Queue::new(rx, max_batch, config.max_batch_acks);
+        let queue = writer::Queue::new(rx, max_batch, config.max_batch_acks, config.commit_delay);
         let writer = std::thread::Builder::new()
             .name("hush-store-writer".into())
             .spawn(move || writer_loop(conn, queue))
