@@ -60,6 +60,19 @@ const LINK_CLAIM_ATTEMPTS = 20;
  */
 const LINK_RATE_LIMIT_WAIT_MS = 30_000;
 
+/**
+ * Whether a failed send may have been stored all the same: the connection
+ * dropped before the answer, or the server answered UNAVAILABLE (its group
+ * did not answer in time: the work may still complete), INTERNAL or
+ * RATE_LIMITED (the CLI's `is_transient`). A resend then keeps the
+ * message's `client_msg_id`, and the server answers it with the original
+ * seq instead of storing it twice.
+ */
+export function outcomeUnknown(e: unknown): boolean {
+  if (e instanceof Disconnected) return true;
+  return e instanceof HushError && [ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL, ErrorCode.RATE_LIMITED].includes(e.code);
+}
+
 /** What adding a newly linked device did (crates/hush-client's LinkedDevice). */
 export interface LinkedDevice {
   deviceId: string;
@@ -1073,7 +1086,9 @@ export class HushClient extends EventTarget {
         this.lastTyping.delete(id);
         return seq;
       } catch (e) {
-        if (e instanceof Disconnected) this.failedSend = { group: id, text, id: retry ?? this.lastMsgId! };
+        // Sent again (the same text), it keeps its id when the server may
+        // have stored it: the answer was lost, or it said "try again".
+        if (outcomeUnknown(e)) this.failedSend = { group: id, text, id: retry ?? this.lastMsgId! };
         throw e;
       }
     });

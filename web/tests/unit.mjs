@@ -11,7 +11,10 @@
 //   self-update that takes another member's identity, a message the server
 //   attributes to another device, a message from a revoked device. Each is
 //   refused with a "forged" log line and nothing is shown under the claimed
-//   name. Run by crates/hush-client/tests/e2e_browser.rs.
+//   name;
+// - a send the server may have stored (UNAVAILABLE: its group did not answer
+//   in time) keeps its client_msg_id when sent again, so it is not stored
+//   twice. Run by crates/hush-client/tests/e2e_browser.rs.
 import { build } from "esbuild";
 import { parseArgs } from "node:util";
 import { chromium } from "playwright-core";
@@ -23,6 +26,8 @@ import * as trust from "./src/trust.ts";
 import * as envelopes from "./src/envelope.ts";
 import * as mls from "./src/mls.ts";
 import { HushClient } from "./src/client.ts";
+import { HushError } from "./src/api.ts";
+import { ErrorCode } from "./src/gen/hush/v1/client_pb.ts";
 import { handleProblem, composerKey, loadScroll, saveScroll } from "./src/ui.ts";
 import { decodeGroupState, encodeGroupState } from "ts-mls/clientState.js";
 
@@ -169,6 +174,37 @@ globalThis.run = async () => {
   check(mls.members(committed.newState).map((m) => m.identity).join() === "ann/a1", "the commit removes ben", mls.members(committed.newState));
   const benSees = await mls.process(bye.state, committed.commit);
   check(benSees.kind === "commit" && benSees.selfRemoved, "ben sees himself removed", benSees.kind);
+
+  // ---- a send that may have been stored keeps its id when sent again ----
+  const solo = await mls.createGroup("alice/a1", ka);
+  const soloId = mls.hex(solo.groupId);
+  const soloRec = { id: soloId, groupId: solo.groupId, name: "solo", status: "active", lastSeq: 0n, state: solo.state, ownSeqs: [], unread: 0, lastActivity: 0 };
+  client.groups.set(soloId, soloRec);
+  await client.store.put({ groups: [soloRec] });
+  const sentIds = [];
+  const answers = [
+    () => { throw new HushError(ErrorCode.UNAVAILABLE, "group did not answer in time"); },
+    () => ({ case: "messageAccepted", value: { seq: 1n, duplicate: true } }),
+    () => ({ case: "messageAccepted", value: { seq: 2n, duplicate: false } }),
+  ];
+  client.conn = {
+    request: async (body) => {
+      sentIds.push(mls.hex(body.value.clientMsgId));
+      return answers[sentIds.length - 1]();
+    },
+  };
+  let refused = false;
+  try {
+    await client.sendText(soloId, "maybe stored");
+  } catch (e) {
+    refused = e instanceof HushError && e.code === ErrorCode.UNAVAILABLE;
+  }
+  check(refused, "the first attempt is refused with UNAVAILABLE");
+  check((await client.sendText(soloId, "maybe stored")) === 1n, "the resend is answered with the original seq");
+  check(sentIds[1] === sentIds[0], "a resend after UNAVAILABLE keeps the message's id", sentIds);
+  await client.sendText(soloId, "the next one");
+  check(sentIds[2] !== sentIds[0], "the next message has an id of its own", sentIds);
+  client.conn = undefined;
   return done;
 };`;
 
