@@ -69,8 +69,15 @@ impl Harness {
 /// A [`crate::SqliteStore`] on a fresh temporary directory (deleted when the
 /// harness drops). Also handy for other crates' tests.
 pub async fn sqlite_harness() -> Harness {
+    sqlite_harness_with_commit_delay(std::time::Duration::ZERO).await
+}
+
+/// [`sqlite_harness`] with group commit's delay on
+/// (`SqliteConfig::commit_delay`): every promise holds with it too.
+pub async fn sqlite_harness_with_commit_delay(delay: std::time::Duration) -> Harness {
     let dir = tempfile::tempdir().expect("create temporary directory");
-    let config = crate::SqliteConfig::new(dir.path().join("hush.db"));
+    let mut config = crate::SqliteConfig::new(dir.path().join("hush.db"));
+    config.commit_delay = delay;
     let store = crate::SqliteStore::open(config)
         .await
         .expect("open sqlite store");

@@ -12,6 +12,17 @@ use hush_store::{
 
 hush_store::store_conformance_suite!(hush_store::conformance::sqlite_harness());
 
+/// The same suite with group commit's delay on: a write that finds the
+/// writer idle waits 2 ms for company, and every promise (dense seqs,
+/// fencing, durable before the answer, dedup) holds all the same.
+mod with_commit_delay {
+    hush_store::store_conformance_suite!(
+        hush_store::conformance::sqlite_harness_with_commit_delay(
+            std::time::Duration::from_millis(2)
+        )
+    );
+}
+
 fn message(id: &str) -> NewEntry {
     NewEntry {
         kind: EntryKind::Application,

@@ -619,25 +619,47 @@ mod tests {
         assert_eq!(sync, Durability::Full);
     }
 
-    /// Queues no-op operations named by `names` (`a…` in the ack lane).
-    fn queue_of(names: &[&'static str], max_batch: usize, max_acks: usize) -> Queue {
+    /// A no-op operation named `name` (`a…` in the ack lane).
+    fn named_op(name: &'static str) -> Box<dyn PendingOp> {
+        let lane = if name.starts_with('a') {
+            Lane::Ack
+        } else {
+            Lane::Urgent
+        };
+        op_in(lane, name, |_| Ok(())).0
+    }
+
+    /// A writer queue holding `names` (see [`named_op`]), and the channel's
+    /// sender for more.
+    fn queue_with(
+        names: &[&'static str],
+        max_batch: usize,
+        max_acks: usize,
+        delay: Duration,
+    ) -> (Queue, mpsc::Sender<Box<dyn PendingOp>>) {
         let (tx, rx) = mpsc::channel(16);
         for name in names {
-            let lane = if name.starts_with('a') {
-                Lane::Ack
-            } else {
-                Lane::Urgent
-            };
-            let (queued, _reply) = op_in(lane, name, |_| Ok(()));
-            assert!(tx.try_send(queued).is_ok());
+            assert!(tx.try_send(named_op(name)).is_ok());
         }
-        Queue::new(rx, max_batch, max_acks, std::time::Duration::ZERO)
+        (Queue::new(rx, max_batch, max_acks, delay), tx)
+    }
+
+    /// Queues `names` (no more can come) with no commit delay.
+    fn queue_of(names: &[&'static str], max_batch: usize, max_acks: usize) -> Queue {
+        queue_with(names, max_batch, max_acks, Duration::ZERO).0
     }
 
     fn batches(mut queue: Queue) -> Vec<Vec<&'static str>> {
         std::iter::from_fn(|| queue.next_batch())
             .map(|b| b.iter().map(|op| op.name()).collect())
             .collect()
+    }
+
+    /// The names in the next batch of a queue whose channel may still be
+    /// open (`batches` would wait for more).
+    fn next_names(queue: &mut Queue) -> Vec<&'static str> {
+        let batch = queue.next_batch().expect("batch");
+        batch.iter().map(|op| op.name()).collect()
     }
 
     /// Group commit's delay: a write that found the writer idle waits for
@@ -648,65 +670,33 @@ mod tests {
         // Long enough that the sender thread's second write lands inside
         // it however loaded the machine.
         let delay = Duration::from_secs(3);
-        let (tx, rx) = mpsc::channel(16);
-        let mut queue = Queue::new(rx, 8, 8, delay);
-        let send = move |name: &'static str| {
-            let lane = if name.starts_with('a') {
-                Lane::Ack
-            } else {
-                Lane::Urgent
-            };
-            let (op, _reply) = op_in(lane, name, |_| Ok(()));
-            assert!(tx.try_send(op).is_ok());
-        };
-        let (first_tx, first_rx) = std::sync::mpsc::channel::<()>();
+        let (mut queue, tx) = queue_with(&[], 8, 8, delay);
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
         let sender = std::thread::spawn(move || {
-            send("u1");
+            assert!(tx.try_send(named_op("u1")).is_ok());
             // Sent while the writer waits (or before it took u1: the same
             // batch either way).
-            first_rx.recv().expect("go");
-            send("u2");
-            send
+            go_rx.recv().expect("go");
+            assert!(tx.try_send(named_op("u2")).is_ok());
         });
-        first_tx.send(()).expect("sender");
+        go_tx.send(()).expect("sender");
         let began = Instant::now();
-        let batch: Vec<_> = queue
-            .next_batch()
-            .expect("batch")
-            .iter()
-            .map(|o| o.name())
-            .collect();
-        assert_eq!(batch, ["u1", "u2"]);
+        assert_eq!(next_names(&mut queue), ["u1", "u2"]);
         assert!(began.elapsed() >= delay, "it did not wait for company");
-        drop(sender.join().expect("sender"));
+        sender.join().expect("sender");
 
-        // Enough writes already queued: no wait (the delay is long enough
-        // that a wait would show).
-        let mut queue_long = {
-            let (tx, rx) = mpsc::channel(16);
-            for name in ["u1", "u2", "u3", "u4"] {
-                let (op, _reply) = op_in(Lane::Urgent, name, |_| Ok(()));
-                assert!(tx.try_send(op).is_ok());
-            }
-            Queue::new(rx, 8, 8, Duration::from_secs(600))
-        };
-        let began = Instant::now();
-        assert_eq!(
-            queue_long.next_batch().expect("batch").len(),
-            COMMIT_DELAY_BELOW
-        );
-        assert!(began.elapsed() < Duration::from_secs(300), "it waited");
-
-        // Acks alone never wait: nobody waits on them.
-        let mut queue_acks = {
-            let (tx, rx) = mpsc::channel(16);
-            let (op, _reply) = op_in(Lane::Ack, "a1", |_| Ok(()));
-            assert!(tx.try_send(op).is_ok());
-            Queue::new(rx, 8, 8, Duration::from_secs(600))
-        };
-        let began = Instant::now();
-        assert_eq!(queue_acks.next_batch().expect("batch").len(), 1);
-        assert!(began.elapsed() < Duration::from_secs(300), "acks waited");
+        // Enough writes already queued, or acks alone (nobody waits on
+        // them): no wait, with a delay long enough that a wait would show.
+        let long = Duration::from_secs(600);
+        for (names, alone) in [
+            (&["u1", "u2", "u3", "u4"][..], COMMIT_DELAY_BELOW),
+            (&["a1"][..], 1),
+        ] {
+            let (mut queue, _tx) = queue_with(names, 8, 8, long);
+            let began = Instant::now();
+            assert_eq!(next_names(&mut queue).len(), alone, "{names:?}");
+            assert!(began.elapsed() < long / 2, "{names:?} waited");
+        }
     }
 
     #[test]
