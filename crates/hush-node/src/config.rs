@@ -63,11 +63,13 @@ pub struct StoreSection {
     /// group acking one message) delays a send by at most one batch. A
     /// transaction with nothing else to write takes up to `max_batch`.
     pub max_batch_acks: usize,
-    /// Group commit's delay, in microseconds (embedded store; 0, the
-    /// default: off): a write that finds the writer idle, with fewer than
-    /// 4 others queued, waits this long for more to share its commit and
-    /// fsync. Less CPU per message at low and moderate load for up to this
-    /// much latency; a busy writer never waits. At most 100,000.
+    /// Group commit's delay, in microseconds (embedded store; default
+    /// 2,000; 0: off): a write that finds the writer idle, with fewer than
+    /// 4 others queued, waits up to this long for more to share its commit
+    /// and fsync, and only while writes arrive more often than once per
+    /// delay (a lone write commits at once). Less CPU per message at
+    /// moderate load for up to this much latency; a busy writer never
+    /// waits. At most 100,000.
     pub commit_delay_us: u64,
     /// ScyllaDB: "host:port" of one or more nodes.
     pub contact_points: Vec<String>,
@@ -385,7 +387,7 @@ impl Default for StoreSection {
             path: None,
             max_batch: 256,
             max_batch_acks: 32,
-            commit_delay_us: 0,
+            commit_delay_us: hush_store::SqliteConfig::DEFAULT_COMMIT_DELAY.as_micros() as u64,
             contact_points: vec!["127.0.0.1:9042".into()],
             keyspace: hush_store::ScyllaConfig::DEFAULT_KEYSPACE.into(),
             replication_factor: 1,

@@ -97,10 +97,12 @@ pub struct SqliteConfig {
     /// How long a connection waits for another connection's (or process's)
     /// lock before failing with [`StoreError::Unavailable`].
     pub busy_timeout: Duration,
-    /// Group commit's delay: how long a write that finds the writer idle
-    /// (and few others queued) waits for more to share its commit and
-    /// fsync. Zero (the default): it commits at once. Fewer commits cost
-    /// less CPU, for up to this much latency (see `sqlite/writer.rs`).
+    /// Group commit's delay: the longest a write that finds the writer
+    /// idle (and few others queued) waits for more to share its commit and
+    /// fsync, and only while writes arrive often enough that one is
+    /// expected within it (a lone write commits at once). Zero: never.
+    /// Fewer commits cost less CPU, for up to this much latency (see
+    /// `sqlite/writer.rs`).
     pub commit_delay: Duration,
 }
 
@@ -109,6 +111,9 @@ impl SqliteConfig {
     pub const DEFAULT_MAX_BATCH_ACKS: usize = 32;
     pub const DEFAULT_READERS: usize = 4;
     pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+    /// 2 ms: at 1,000 msg/s over 100 groups, 16% less node CPU per delivery
+    /// for ~2 ms more e2e p50; below 500 writes a second nothing waits.
+    pub const DEFAULT_COMMIT_DELAY: Duration = Duration::from_millis(2);
 
     /// A configuration with the defaults for everything but the path.
     pub fn new(path: impl Into<PathBuf>) -> Self {
@@ -118,7 +123,7 @@ impl SqliteConfig {
             max_batch_acks: Self::DEFAULT_MAX_BATCH_ACKS,
             readers: Self::DEFAULT_READERS,
             busy_timeout: Self::DEFAULT_BUSY_TIMEOUT,
-            commit_delay: Duration::ZERO,
+            commit_delay: Self::DEFAULT_COMMIT_DELAY,
         }
     }
 }

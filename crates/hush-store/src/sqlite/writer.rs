@@ -26,13 +26,16 @@
 //! checks the group's head inside its own operation), so reordering them is
 //! safe. Each lane stays FIFO.
 //!
-//! Group commit's delay (`SqliteConfig::commit_delay`, `store.commit_delay_us`,
-//! off by default): on an idle writer each write is a commit and an fsync of
-//! its own, and at 1,000 msg/s over 100 groups that was most of the writer's
-//! CPU. With a delay, a write that finds the writer idle and few others
-//! queued waits that long for company before its batch commits; a busy
-//! writer never waits (its batches form while it commits). Nobody is
-//! answered before the commit either way.
+//! Group commit's delay (`SqliteConfig::commit_delay`, `store.commit_delay_us`):
+//! on an idle writer each write is a commit and an fsync of its own, and at
+//! 1,000 msg/s over 100 groups that was most of the writer's CPU. With a
+//! delay, a write that finds the writer idle and few others queued waits
+//! that long for company before its batch commits, but only while writes
+//! arrive often enough that company is expected within the delay (the
+//! smoothed gap between writes is shorter than it, [`Arrivals`]; as
+//! PostgreSQL's `commit_siblings`): a lone write on a quiet node commits at
+//! once. A busy writer never waits (its batches form while it commits).
+//! Nobody is answered before the commit either way.
 //!
 //! A batch of acks alone commits without an fsync of its own
 //! (`synchronous=NORMAL` for that transaction, [`Durability`]); every other
@@ -60,6 +63,65 @@ use crate::{Result, StoreError};
 /// A write that finds the writer idle waits `commit_delay` only when
 /// fewer than this many writes are queued with it (see `Queue::linger`).
 pub(super) const COMMIT_DELAY_BELOW: usize = 4;
+
+/// How the writes' arrival rate is smoothed for group commit's delay: each
+/// gap between two urgent writes moves the estimate by this fraction.
+const GAP_WEIGHT: f64 = 1.0 / 8.0;
+
+/// A gap counts as at most this many delays: after an idle minute the
+/// estimate needs a few writes in quick succession, not hundreds, to show
+/// that they arrive together again.
+const GAP_CAP_DELAYS: u32 = 8;
+
+/// The urgent writes' arrivals, smoothed: whether another write is expected
+/// within group commit's delay. Only the writer thread touches it.
+#[derive(Debug)]
+pub(super) struct Arrivals {
+    delay: std::time::Duration,
+    last: Option<Instant>,
+    /// The smoothed gap between two writes, in seconds; starts at the cap
+    /// (no company expected until writes show it).
+    gap_s: f64,
+}
+
+impl Arrivals {
+    pub(super) fn new(delay: std::time::Duration) -> Self {
+        Self {
+            delay,
+            last: None,
+            gap_s: (delay * GAP_CAP_DELAYS).as_secs_f64(),
+        }
+    }
+
+    /// An urgent write queued at `at`.
+    pub(super) fn arrived(&mut self, at: Instant) {
+        let previous = self.last;
+        // Writers queue concurrently: one may carry an instant a little
+        // before the last one seen (its gap counts as zero).
+        self.last = Some(previous.map_or(at, |p| p.max(at)));
+        if let Some(previous) = previous {
+            let cap = self.delay * GAP_CAP_DELAYS;
+            let gap = at.saturating_duration_since(previous).min(cap);
+            self.gap_s += (gap.as_secs_f64() - self.gap_s) * GAP_WEIGHT;
+        }
+    }
+
+    /// Whether writes arrive often enough that one more is expected within
+    /// the delay (never with no delay).
+    pub(super) fn expect_company(&self) -> bool {
+        !self.delay.is_zero() && self.gap_s < self.delay.as_secs_f64()
+    }
+
+    /// How long `more` writes are expected to take to arrive, at most the
+    /// delay; `None` when not even one is expected within it.
+    pub(super) fn wait_for(&self, more: usize) -> Option<std::time::Duration> {
+        if !self.expect_company() {
+            return None;
+        }
+        let expected = std::time::Duration::from_secs_f64(self.gap_s * more as f64);
+        Some(expected.min(self.delay))
+    }
+}
 
 /// Which queue of the writer an operation waits in (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -261,8 +323,9 @@ pub(super) struct Queue {
     rx: mpsc::Receiver<Box<dyn PendingOp>>,
     urgent: VecDeque<Box<dyn PendingOp>>,
     acks: VecDeque<Box<dyn PendingOp>>,
-    /// Group commit's delay (`SqliteConfig::commit_delay`; zero: none).
-    commit_delay: std::time::Duration,
+    /// When the urgent writes arrived, smoothed: whether, and how long, to
+    /// wait with group commit's delay (`SqliteConfig::commit_delay`).
+    arrivals: Arrivals,
     /// The most operations in one batch.
     max_batch: usize,
     /// The most acks in a batch that carries other operations.
@@ -285,7 +348,7 @@ impl Queue {
             rx,
             urgent: VecDeque::new(),
             acks: VecDeque::new(),
-            commit_delay,
+            arrivals: Arrivals::new(commit_delay),
             max_batch,
             max_acks: max_acks.clamp(1, max_batch),
         }
@@ -297,7 +360,10 @@ impl Queue {
 
     fn hold(&mut self, op: Box<dyn PendingOp>) {
         match op.lane() {
-            Lane::Urgent => self.urgent.push_back(op),
+            Lane::Urgent => {
+                self.arrivals.arrived(op.queued_at());
+                self.urgent.push_back(op)
+            }
             Lane::Ack => self.acks.push_back(op),
         }
     }
@@ -313,17 +379,24 @@ impl Queue {
     }
 
     /// Group commit's delay: a write that found the writer idle, with fewer
-    /// than [`COMMIT_DELAY_BELOW`] writes beside it, waits `commit_delay`
-    /// for others to share its commit (its fsync). Acks alone never wait
-    /// (nobody waits on them), nor does a writer that is busy (its batches
-    /// form while it commits).
+    /// than [`COMMIT_DELAY_BELOW`] writes beside it, waits for others to
+    /// share its commit (its fsync) if writes arrive often enough that one
+    /// is expected within `commit_delay` ([`Arrivals`]): as long as the
+    /// missing writes are expected to take, at most `commit_delay`. Acks
+    /// alone never wait (nobody waits on them), nor does a writer that is
+    /// busy (its batches form while it commits).
     fn linger(&mut self) {
-        if self.commit_delay.is_zero() || self.urgent.is_empty() {
+        if self.urgent.is_empty() || !self.arrivals.expect_company() {
             return;
         }
         self.take_queued();
-        if self.urgent.len() < COMMIT_DELAY_BELOW {
-            std::thread::sleep(self.commit_delay);
+        let missing = COMMIT_DELAY_BELOW.saturating_sub(self.urgent.len());
+        if missing == 0 {
+            return;
+        }
+        if let Some(wait) = self.arrivals.wait_for(missing) {
+            metrics::counter!("hush_store_commit_delays_total").increment(1);
+            std::thread::sleep(wait);
         }
     }
 
@@ -671,6 +744,9 @@ mod tests {
         // it however loaded the machine.
         let delay = Duration::from_secs(3);
         let (mut queue, tx) = queue_with(&[], 8, 8, delay);
+        // Writes have been arriving within the delay of each other, slowly
+        // enough that the three missing ones would take all of it.
+        busy_spell(&mut queue.arrivals, delay / 2);
         let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
         let sender = std::thread::spawn(move || {
             assert!(tx.try_send(named_op("u1")).is_ok());
@@ -682,7 +758,9 @@ mod tests {
         go_tx.send(()).expect("sender");
         let began = Instant::now();
         assert_eq!(next_names(&mut queue), ["u1", "u2"]);
-        assert!(began.elapsed() >= delay, "it did not wait for company");
+        // It waits as long as the missing writes are expected to take:
+        // over a second here whether u2 came before the wait or in it.
+        assert!(began.elapsed() >= delay / 2, "it did not wait for company");
         sender.join().expect("sender");
 
         // Enough writes already queued, or acks alone (nobody waits on
@@ -693,10 +771,86 @@ mod tests {
             (&["a1"][..], 1),
         ] {
             let (mut queue, _tx) = queue_with(names, 8, 8, long);
+            busy_spell(&mut queue.arrivals, long / 10);
             let began = Instant::now();
             assert_eq!(next_names(&mut queue).len(), alone, "{names:?}");
             assert!(began.elapsed() < long / 2, "{names:?} waited");
         }
+    }
+
+    /// `Arrivals` sees 64 writes `gap` apart, from now on (a write queued
+    /// after this, at an earlier instant, counts as no gap).
+    fn busy_spell(arrivals: &mut Arrivals, gap: Duration) {
+        let now = Instant::now();
+        for i in 0..64 {
+            arrivals.arrived(now + gap * i);
+        }
+        assert!(arrivals.expect_company());
+    }
+
+    /// A lone write on a quiet writer commits at once, whatever the delay:
+    /// nobody is expected to share it.
+    #[test]
+    fn a_lone_write_does_not_wait_for_company_that_is_not_coming() {
+        let long = Duration::from_secs(600);
+        let (mut queue, _tx) = queue_with(&["u1"], 8, 8, long);
+        let began = Instant::now();
+        assert_eq!(next_names(&mut queue), ["u1"]);
+        assert!(began.elapsed() < long / 2, "a lone write waited");
+    }
+
+    #[test]
+    fn the_arrival_rate_decides_whether_company_is_expected() {
+        let delay = Duration::from_millis(1);
+        let t0 = Instant::now();
+        let at = |us: u64| t0 + Duration::from_micros(us);
+
+        // No history: nobody expected.
+        let mut a = Arrivals::new(delay);
+        assert!(!a.expect_company());
+        a.arrived(at(0));
+        assert!(!a.expect_company());
+
+        // Writes 100 us apart: after a few, company is expected within
+        // 1 ms (the estimate starts at the cap, 8 ms, and moves 1/8 a gap).
+        let mut t = 0;
+        let mut expected_after = None;
+        for n in 1..=64 {
+            t += 100;
+            a.arrived(at(t));
+            if expected_after.is_none() && a.expect_company() {
+                expected_after = Some(n);
+            }
+        }
+        assert_eq!(expected_after, Some(17));
+
+        // It waits about as long as the missing writes take to come (the
+        // estimate is near 100 us by now), never longer than the delay.
+        let three = a.wait_for(3).expect("company");
+        assert!(three > Duration::from_micros(250) && three < Duration::from_micros(400));
+        assert_eq!(a.wait_for(1_000), Some(delay));
+
+        // A quiet spell (one write a second): one gap, capped at 8 ms,
+        // is enough to stop waiting.
+        t += 1_000_000;
+        a.arrived(at(t));
+        assert!(!a.expect_company());
+        assert_eq!(a.wait_for(1), None);
+
+        // An instant a little before the last one seen (writers queue
+        // concurrently) counts as no gap and does not move time back.
+        let mut b = Arrivals::new(delay);
+        b.arrived(at(500));
+        b.arrived(at(400));
+        assert_eq!(b.last, Some(at(500)));
+        assert!(b.gap_s < (delay * GAP_CAP_DELAYS).as_secs_f64());
+
+        // No delay: never.
+        let mut z = Arrivals::new(Duration::ZERO);
+        for us in 0..64 {
+            z.arrived(at(us));
+        }
+        assert!(!z.expect_company());
     }
 
     #[test]
