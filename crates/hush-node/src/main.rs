@@ -9,6 +9,13 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use hush_node::{Clock as _, Config, SystemClock};
 
+/// mimalloc, not glibc's malloc: a delivery's buffers are allocated on the
+/// thread that fans out and freed on the gateway's, and glibc returns such
+/// frees to the allocating thread's arena under its lock (ARCHITECTURE.md,
+/// "Dependencies beyond the design card").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A Hush node: MLS delivery service, group sequencer and chat gateway.
 /// SIGHUP reloads the token key file and the gateway's TLS certificate;
 /// SIGTERM or Ctrl-C stops gracefully.
