@@ -34,7 +34,9 @@
 //! arrive often enough that company is expected within the delay (the
 //! smoothed gap between writes is shorter than it, [`Arrivals`]; as
 //! PostgreSQL's `commit_siblings`): a lone write on a quiet node commits at
-//! once. A busy writer never waits (its batches form while it commits).
+//! once, and a wait that gathered nothing makes the next lone writes
+//! commit at once (a closed-loop client writes often, never two at a
+//! time). A busy writer never waits (its batches form while it commits).
 //! Nobody is answered before the commit either way.
 //!
 //! A batch of acks alone commits without an fsync of its own
@@ -73,6 +75,11 @@ const GAP_WEIGHT: f64 = 1.0 / 8.0;
 /// that they arrive together again.
 const GAP_CAP_DELAYS: u32 = 8;
 
+/// After a wait that gathered no other write, this many lone writes at
+/// most commit at once before the writer tries waiting again (the count
+/// doubles with each fruitless wait, from 1).
+const MAX_FRUITLESS_SKIP: u32 = 64;
+
 /// The urgent writes' arrivals, smoothed: whether another write is expected
 /// within group commit's delay. Only the writer thread touches it.
 #[derive(Debug)]
@@ -82,6 +89,10 @@ pub(super) struct Arrivals {
     /// The smoothed gap between two writes, in seconds; starts at the cap
     /// (no company expected until writes show it).
     gap_s: f64,
+    /// Lone writes left to commit at once after a fruitless wait.
+    skip: u32,
+    /// What the next fruitless wait sets `skip` to.
+    next_skip: u32,
 }
 
 impl Arrivals {
@@ -90,6 +101,8 @@ impl Arrivals {
             delay,
             last: None,
             gap_s: (delay * GAP_CAP_DELAYS).as_secs_f64(),
+            skip: 0,
+            next_skip: 1,
         }
     }
 
@@ -112,14 +125,36 @@ impl Arrivals {
         !self.delay.is_zero() && self.gap_s < self.delay.as_secs_f64()
     }
 
-    /// How long `more` writes are expected to take to arrive, at most the
-    /// delay; `None` when not even one is expected within it.
-    pub(super) fn wait_for(&self, more: usize) -> Option<std::time::Duration> {
+    /// How long to wait for `more` writes: as long as they are expected to
+    /// take to arrive, at most the delay; `None` when not even one is
+    /// expected within it, or while lone writes commit at once after a
+    /// fruitless wait ([`Arrivals::waited`]).
+    pub(super) fn wait_for(&mut self, more: usize) -> Option<std::time::Duration> {
         if !self.expect_company() {
+            return None;
+        }
+        if self.skip > 0 {
+            self.skip -= 1;
             return None;
         }
         let expected = std::time::Duration::from_secs_f64(self.gap_s * more as f64);
         Some(expected.min(self.delay))
+    }
+
+    /// A wait ended; `gathered`: another write came during it. Writes can
+    /// come often and still never together: one client sending its next
+    /// message only after the last one's ack (a closed loop) is a write
+    /// every round trip, and its writes wait for company that its own wait
+    /// holds back. So each fruitless wait lets the next 1, 2, 4 ... (at
+    /// most [`MAX_FRUITLESS_SKIP`]) lone writes commit at once, and a wait
+    /// that gathers one starts over.
+    pub(super) fn waited(&mut self, gathered: bool) {
+        if gathered {
+            self.next_skip = 1;
+        } else {
+            self.skip = self.next_skip;
+            self.next_skip = (self.next_skip * 2).min(MAX_FRUITLESS_SKIP);
+        }
     }
 }
 
@@ -385,19 +420,25 @@ impl Queue {
     /// missing writes are expected to take, at most `commit_delay`. Acks
     /// alone never wait (nobody waits on them), nor does a writer that is
     /// busy (its batches form while it commits).
-    fn linger(&mut self) {
+    /// Returns whether it waited.
+    fn linger(&mut self) -> bool {
         if self.urgent.is_empty() || !self.arrivals.expect_company() {
-            return;
+            return false;
         }
         self.take_queued();
-        let missing = COMMIT_DELAY_BELOW.saturating_sub(self.urgent.len());
+        let held = self.urgent.len();
+        let missing = COMMIT_DELAY_BELOW.saturating_sub(held);
         if missing == 0 {
-            return;
+            return false;
         }
-        if let Some(wait) = self.arrivals.wait_for(missing) {
-            metrics::counter!("hush_store_commit_delays_total").increment(1);
-            std::thread::sleep(wait);
-        }
+        let Some(wait) = self.arrivals.wait_for(missing) else {
+            return false;
+        };
+        metrics::counter!("hush_store_commit_delays_total").increment(1);
+        std::thread::sleep(wait);
+        self.take_queued();
+        self.arrivals.waited(self.urgent.len() > held);
+        true
     }
 
     /// Waits for an operation (unless some are held), takes whatever else is
@@ -797,6 +838,38 @@ mod tests {
         let began = Instant::now();
         assert_eq!(next_names(&mut queue), ["u1"]);
         assert!(began.elapsed() < long / 2, "a lone write waited");
+    }
+
+    /// A closed loop (a client that sends its next message only after the
+    /// last one's ack) writes often but never two at a time: its waits
+    /// gather nothing, so fewer and fewer of its writes wait.
+    #[test]
+    fn waits_that_gather_nothing_let_the_next_lone_writes_commit_at_once() {
+        let delay = Duration::from_millis(5);
+        let (mut queue, _tx) = queue_with(&[], 8, 8, delay);
+        busy_spell(&mut queue.arrivals, delay / 2);
+        let waited: Vec<bool> = (0..12)
+            .map(|_| {
+                queue.hold(named_op("u"));
+                let waited = queue.linger();
+                queue.urgent.clear();
+                waited
+            })
+            .collect();
+        let (w, o) = (true, false);
+        // Waits; 1 at once; waits; 2 at once; waits; 4 at once; waits.
+        assert_eq!(waited, [w, o, w, o, o, w, o, o, o, o, w, o]);
+
+        // A wait that gathers a write starts over; the skips stop doubling
+        // at the cap.
+        let a = &mut queue.arrivals;
+        a.waited(true);
+        a.waited(false);
+        assert_eq!(a.skip, 1);
+        for _ in 0..20 {
+            a.waited(false);
+        }
+        assert_eq!(a.skip, MAX_FRUITLESS_SKIP);
     }
 
     #[test]
