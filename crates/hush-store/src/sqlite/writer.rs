@@ -422,7 +422,7 @@ impl Queue {
     /// busy (its batches form while it commits).
     /// Returns whether it waited.
     fn linger(&mut self) -> bool {
-        if self.urgent.is_empty() || !self.arrivals.expect_company() {
+        if self.urgent.is_empty() {
             return false;
         }
         self.take_queued();
