@@ -439,15 +439,17 @@ impl Default for Waits {
 }
 
 impl DeliveryQueue {
-    /// Counts one delivery more.
-    pub fn add(&self) {
-        let depth = self.inner.depth.fetch_add(1, Ordering::SeqCst) + 1;
+    /// Counts `n` deliveries more.
+    pub fn add(&self, n: usize) {
+        let depth = self.inner.depth.fetch_add(n, Ordering::SeqCst) + n;
         self.inner.peak.fetch_max(depth, Ordering::SeqCst);
     }
 
-    /// Counts one delivery less (one counted by [`DeliveryQueue::add`]).
-    pub fn sub(&self) {
-        self.inner.depth.fetch_sub(1, Ordering::SeqCst);
+    /// Counts `n` deliveries less (counted by [`DeliveryQueue::add`]).
+    pub fn sub(&self, n: usize) {
+        if n > 0 {
+            self.inner.depth.fetch_sub(n, Ordering::SeqCst);
+        }
     }
 
     pub fn depth(&self) -> usize {
@@ -582,13 +584,13 @@ mod tests {
     fn queued_deliveries_refuse_sends_until_they_drain() {
         let q = DeliveryQueue::default();
         let a = Admission::new(limits(), q.clone());
-        q.add();
-        q.add();
+        q.add(1);
+        q.add(1);
         assert_eq!(a.admit(b"g", 0).err(), Some(Refusal::FanOutBehind));
         assert_eq!(a.inflight(), 0);
-        q.sub();
+        q.sub(1);
         assert!(a.admit(b"g", 0).is_ok());
-        q.sub();
+        q.sub(1);
         assert_eq!(q.depth(), 0);
         assert_eq!(q.peak(), 2);
     }

@@ -66,15 +66,19 @@ pub struct Counted {
 }
 
 impl Counted {
-    fn new(depth: &Arc<AtomicUsize>, backlog: &DeliveryQueue, share: usize) -> Self {
-        if depth.fetch_add(1, Ordering::AcqRel) < share {
-            backlog.add();
-        }
+    /// The place of an item already counted in `depth` and `backlog`
+    /// (see [`Connections::write_many`]); given back when it drops.
+    fn new(
+        depth: &Arc<AtomicUsize>,
+        backlog: &DeliveryQueue,
+        share: usize,
+        queued_at: tokio::time::Instant,
+    ) -> Self {
         Self {
             depth: depth.clone(),
             backlog: backlog.clone(),
             share,
-            queued_at: tokio::time::Instant::now(),
+            queued_at,
         }
     }
 }
@@ -82,7 +86,7 @@ impl Counted {
 impl Drop for Counted {
     fn drop(&mut self) {
         if self.depth.fetch_sub(1, Ordering::AcqRel) <= self.share {
-            self.backlog.sub();
+            self.backlog.sub(1);
         }
         self.backlog.waited(self.queued_at.elapsed());
     }
@@ -162,38 +166,77 @@ impl Connections {
     /// Queues `item` for a connection. False when the connection is gone:
     /// unknown, closed, or cut off now because its queue is full.
     pub fn write(&self, conn_id: u64, item: Outbound) -> bool {
-        let durable_at = match &item {
-            Outbound::Group { durable_at, .. } => *durable_at,
-            _ => None,
-        };
-        // None: queued; Some(cut): not queued, and whether it was cut off.
-        let refused = match self.lock().get(&conn_id) {
-            None => return false,
-            Some(conn) => {
-                let counted = Counted::new(&conn.depth, &self.backlog, self.counted_per_conn);
-                match conn.tx.try_send(Box::new(QueuedItem { item, counted })) {
-                    Ok(()) => None,
+        self.write_many(&[conn_id], &item).is_empty()
+    }
+
+    /// Queues `item` for each of `conn_ids` (a fan-out's connections on
+    /// this node) and returns those found gone: unknown, closed, or cut off
+    /// now because their queue is full.
+    ///
+    /// One lock of the table, one clock reading and one change of the
+    /// node's backlog for them all, not one per connection: at 1,000
+    /// recipients these were a tenth of the fan-out. The backlog counts the
+    /// batch before any item is queued (a reader could take an item and
+    /// give its count back before the batch added it), then gives back
+    /// what its connections' shares left uncounted: it may read a little
+    /// high meanwhile, never low.
+    pub fn write_many(&self, conn_ids: &[u64], item: &Outbound) -> Vec<u64> {
+        let mut gone = Vec::new();
+        if conn_ids.is_empty() {
+            return gone;
+        }
+        let queued_at = tokio::time::Instant::now();
+        let mut cut = Vec::new();
+        let mut queued = 0usize;
+        let share = self.counted_per_conn;
+        self.backlog.add(conn_ids.len());
+        let mut uncounted = conn_ids.len();
+        {
+            let table = self.lock();
+            for &conn_id in conn_ids {
+                let Some(conn) = table.get(&conn_id) else {
+                    gone.push(conn_id);
+                    continue;
+                };
+                if conn.depth.fetch_add(1, Ordering::AcqRel) < share {
+                    uncounted -= 1;
+                }
+                let counted = Counted::new(&conn.depth, &self.backlog, share, queued_at);
+                let queued_item = Box::new(QueuedItem {
+                    item: item.clone(),
+                    counted,
+                });
+                match conn.tx.try_send(queued_item) {
+                    Ok(()) => queued += 1,
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         conn.overflowed.store(true, Ordering::SeqCst);
-                        Some(true)
+                        cut.push(conn_id);
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => Some(false),
+                    Err(mpsc::error::TrySendError::Closed(_)) => gone.push(conn_id),
                 }
             }
-        };
-        let Some(cut) = refused else {
-            // Timed outside the table's lock.
-            if let Some(t) = durable_at {
-                crate::telemetry::delivered_since(t);
+        }
+        self.backlog.sub(uncounted);
+        // Timed outside the table's lock: one sample per batch, when its
+        // last item was queued.
+        if queued > 0 {
+            if let Outbound::Group {
+                durable_at: Some(t),
+                ..
+            } = item
+            {
+                crate::telemetry::delivered_since(*t);
             }
-            return true;
-        };
-        if cut {
+        }
+        for &conn_id in &cut {
             metrics::counter!("hush_slow_consumers_cut_total").increment(1);
             tracing::info!(conn_id, "cut off slow reader");
         }
-        self.remove(conn_id);
-        false
+        gone.extend(cut);
+        for &conn_id in &gone {
+            self.remove(conn_id);
+        }
+        gone
     }
 
     /// How many connections this node has.
@@ -304,5 +347,37 @@ mod tests {
         table.remove(2);
         drop(quick);
         assert_eq!(table.backlog().depth(), 0);
+    }
+
+    /// A fan-out's batch: one call queues to every live connection, names
+    /// the unknown and the cut-off ones (a full queue is cut off, and its
+    /// connection forgotten), and leaves the backlog counting exactly what
+    /// is queued within each connection's share.
+    #[test]
+    fn a_batch_queues_to_each_and_names_the_gone() {
+        let table = Connections::new(2);
+        let mut a = conn(&table, 1);
+        let _b = conn(&table, 2);
+        // Connection 2's queue (capacity 8) is full.
+        for _ in 0..8 {
+            assert!(table.write(2, Outbound::Resync { mark: 0 }));
+        }
+        assert_eq!(table.backlog().depth(), 2, "8 queued, share 2");
+        let item = Outbound::Resync { mark: 1 };
+        let gone = table.write_many(&[1, 9, 2, 1], &item);
+        assert_eq!(gone, [9, 2], "unknown first, then the cut-off");
+        assert_eq!(table.len(), 1, "the cut-off connection is forgotten");
+        assert_eq!(
+            table.backlog().depth(),
+            2 + 2,
+            "two for 1, 2's share as it was"
+        );
+        let mut got = Vec::new();
+        while let Ok(q) = a.try_recv() {
+            got.push(matches!(q.item, Outbound::Resync { mark: 1 }));
+        }
+        assert_eq!(got, [true, true]);
+        assert_eq!(table.backlog().depth(), 2, "1's items handled");
+        assert!(table.write_many(&[], &item).is_empty());
     }
 }

@@ -280,19 +280,17 @@ impl Peer {
                 None => return,
             },
         };
-        for id in target.conn_ids {
-            if !conns.write(id, item.clone()) {
-                // Gone here: the session must stop counting it.
-                self.route.notify_session(
-                    from,
-                    cluster::SessionCall {
-                        user_id: target.user_id.clone(),
-                        op: Some(cluster::session_call::Op::Detach(cluster::SessionDetach {
-                            conn_id: id,
-                        })),
-                    },
-                );
-            }
+        // Those gone here: the session must stop counting them.
+        for id in conns.write_many(&target.conn_ids, &item) {
+            self.route.notify_session(
+                from,
+                cluster::SessionCall {
+                    user_id: target.user_id.clone(),
+                    op: Some(cluster::session_call::Op::Detach(cluster::SessionDetach {
+                        conn_id: id,
+                    })),
+                },
+            );
         }
     }
 

@@ -12,10 +12,11 @@
 //!
 //! Send-to-deliver latency ([`SEND_TO_DELIVER`]) is measured on this node's
 //! monotonic clock, from the moment the group owner has the entry durable
-//! (fan-out starts right after the store's append returned) to the frame
-//! queued on a connection's queue: observed for the connections on the
-//! owner's node; an entry forwarded to another node is not timed there
-//! (two nodes share no clock).
+//! (fan-out starts right after the store's append returned) to its frames
+//! queued on the connections of the owner's node: one sample per entry,
+//! when the last of them was queued (the fan-out queues them in one batch,
+//! `Connections::write_many`); an entry forwarded to another node is not
+//! timed there (two nodes share no clock).
 
 use std::sync::OnceLock;
 
@@ -108,7 +109,7 @@ pub const FAMILIES: &[Family] = &[
     counter("hush_attach_deferred_total", "Stream attaches deferred while the session's node changed."),
     counter("hush_gap_fills_total", "Live deliveries preceded by a gap read from the store."),
     counter("hush_resyncs_total", "Stream resyncs after an attach or a session move, by whether they read the store or a later Sync's read already covered them (covered=true|false)."),
-    histogram(SEND_TO_DELIVER, Unit::Seconds, "From the owner's durable append of an entry to its frame queued on a connection of the owner's node (node clock)."),
+    histogram(SEND_TO_DELIVER, Unit::Seconds, "From the owner's durable append of an entry to its frames queued on the connections of the owner's node (node clock; one sample per fan-out, when its last frame was queued)."),
     // --- groups, sessions, messages ---
     counter("hush_messages_in_total", "Timeline entries accepted, by kind (application, commit, proposal)."),
     counter("hush_ephemeral_messages_total", "Ephemeral messages (typing) relayed."),

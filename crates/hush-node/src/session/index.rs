@@ -18,6 +18,8 @@ use std::sync::{Arc, Mutex};
 
 use ractor::{ActorId, ActorRef};
 
+use hush_store::MemberDevice;
+
 use super::SessionMsg;
 use crate::wire::ConnRef;
 
@@ -47,6 +49,33 @@ impl SessionIndex {
     /// The session of `user_id` on this node, if it runs.
     pub fn get(&self, user_id: &str) -> Option<Published> {
         self.lock().get(user_id).cloned()
+    }
+
+    /// The connections of `devices` (one lookup per run of a user's
+    /// devices; member lists are sorted by user, but any order is
+    /// correct), under one lock: each with the index in `devices` of its
+    /// user's first device there, for the caller to name the user.
+    pub fn connections_of(&self, devices: &[MemberDevice]) -> Vec<(usize, ConnRef)> {
+        let mut found = Vec::with_capacity(devices.len());
+        let map = self.lock();
+        let mut start = 0;
+        while let Some(first) = devices.get(start) {
+            let user = first.user_id.as_str();
+            let n = devices[start..]
+                .iter()
+                .take_while(|d| d.user_id == user)
+                .count();
+            let mine = &devices[start..start + n];
+            if let Some(session) = map.get(user) {
+                for (conn, device_id) in session.conns.iter() {
+                    if mine.iter().any(|d| d.device_id == *device_id) {
+                        found.push((start, conn.clone()));
+                    }
+                }
+            }
+            start += n;
+        }
+        found
     }
 
     /// Records the connections of the session `actor` of `user_id`, and

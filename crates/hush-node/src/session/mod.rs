@@ -318,36 +318,32 @@ impl Sessions {
     /// them.
     pub async fn deliver_here(&self, devices: &[MemberDevice], item: Outbound) {
         let me = self.route.me();
-        // One index lookup per run of one user's devices (member lists are
-        // usually sorted, MemberDevice orders by user first); correct in any
-        // order, as each run writes only to its own devices.
-        let mut rest = devices;
-        while let Some(first) = rest.first() {
-            let user = first.user_id.as_str();
-            let n = rest.iter().take_while(|d| d.user_id == user).count();
-            let (mine, next) = rest.split_at(n);
-            rest = next;
-            let Some(session) = self.index.get(user) else {
-                continue; // offline here: nothing to write
+        // The index read under one lock, this node's queues written under
+        // one lock of the table (`Connections::write_many`).
+        let found = self.index.connections_of(devices);
+        let mut local: Vec<u64> = Vec::with_capacity(found.len());
+        let mut remote: BTreeMap<(&str, usize), Vec<u64>> = BTreeMap::new();
+        for (user, (node, conn_id)) in &found {
+            if node == me {
+                local.push(*conn_id);
+            } else {
+                remote.entry((node, *user)).or_default().push(*conn_id);
+            }
+        }
+        for conn_id in self.conns.write_many(&local, &item) {
+            // Rare: a connection that closed or was cut off meanwhile.
+            let Some((user, _)) = found.iter().find(|(_, c)| c.0 == me && c.1 == conn_id) else {
+                continue;
             };
-            let mut remote: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
-            for (conn, device_id) in session.conns.iter() {
-                if !mine.iter().any(|d| d.device_id == *device_id) {
-                    continue;
-                }
-                if conn.0 == me {
-                    if !self.conns.write(conn.1, item.clone()) {
-                        let _ = session
-                            .actor
-                            .send_message(SessionMsg::Detach { conn: conn.clone() });
-                    }
-                } else {
-                    remote.entry(&conn.0).or_default().push(conn.1);
-                }
+            if let Some(session) = self.index.get(&devices[*user].user_id) {
+                let _ = session.actor.send_message(SessionMsg::Detach {
+                    conn: (me.to_owned(), conn_id),
+                });
             }
-            for (node, conn_ids) in remote {
-                self.route.send_to_conns(node, user, conn_ids, &item);
-            }
+        }
+        for ((node, user), conn_ids) in remote {
+            self.route
+                .send_to_conns(node, &devices[user].user_id, conn_ids, &item);
         }
     }
 
