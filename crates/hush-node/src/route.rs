@@ -551,7 +551,7 @@ fn outbound_to_proto(item: &Outbound) -> Option<cluster::delivery::Item> {
                 frame: frame.to_vec(),
             })
         }
-        Outbound::Resync { .. } | Outbound::Refused(_) => return None,
+        Outbound::Resync { .. } | Outbound::Refused(_) | Outbound::Answer { .. } => return None,
     })
 }
 

@@ -63,6 +63,10 @@ pub enum Outbound {
     /// Local only: attaching the connection to its session was refused;
     /// the client gets the error, then the connection ends.
     Refused(ApiError),
+    /// Local only: the answer to one of the connection's requests, written
+    /// by a task other than the connection's own (an ack's refusal, see
+    /// `gateway/ws.rs`). Written whether or not the stream has synced.
+    Answer { frame: Frame },
 }
 
 /// A point in this process's order of events: each call returns a larger

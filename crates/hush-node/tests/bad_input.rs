@@ -1099,6 +1099,24 @@ async fn group_requests() {
             ErrorCode::NotMember,
         )
         .await;
+        // Acks are answered only when refused (each runs apart from the
+        // connection's requests; a refusal comes through its queue, under
+        // the ack's request id, synced or not): carol is no member, bob's
+        // seq is past the head, and bob's good ack has no answer (the next
+        // frame with an id answers his Ping).
+        let ack = |seq| {
+            C::Ack(v1::Ack {
+                group_id: gid.clone(),
+                seq,
+            })
+        };
+        c_ws.expect_err(ack(1), ErrorCode::NotMember).await;
+        b_ws.expect_err(ack(1_000_000), ErrorCode::InvalidArgument)
+            .await;
+        b_ws.next_id += 1;
+        let good = b_ws.next_id;
+        b_ws.send(good, Some(ack(1))).await;
+        b_ws.ping_ok().await;
         message_goes_through(&mut bob, &mut alice, &gid, "still here").await;
 
         // TOO_LARGE: a real encrypted message above max_message_bytes.

@@ -333,6 +333,13 @@ impl<K: Sink> Stream<K> {
                     Box::pin(self.resync()).await
                 }
             }
+            Outbound::Answer { frame } => {
+                let pos = Position {
+                    group: None,
+                    inbox_seq: self.inbox_sent,
+                };
+                self.sink.write(frame, pos).await.map_err(Halt::Sink)
+            }
             // Not syncing yet: the backlog read at Sync time will include it.
             _ if !self.synced => Ok(()),
             Outbound::Group {

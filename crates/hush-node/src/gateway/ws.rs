@@ -58,7 +58,7 @@ use super::{authenticate, check_origin, error_response, AppState};
 use crate::admission::RequestPermit;
 use crate::conns::QueuedItem;
 use crate::error::{ApiError, ApiResult};
-use crate::wire::Caller;
+use crate::wire::{Caller, Outbound};
 
 /// Requests of one connection in flight, each a task of its own that
 /// yields its request id, its answer and its place in the node's request
@@ -482,6 +482,32 @@ impl Connection {
                     Err(Halt::Sink(step)) => return step,
                     Err(Halt::Api(e)) => Err(e),
                 }
+            }
+            C::Ack(_) | C::AckInbox(_) => {
+                let permit = match self.app.api.admission().admit_request(bytes.len(), now) {
+                    Ok(p) => p,
+                    Err(e) => return self.reply_error(rid, e).await,
+                };
+                // Answered only when refused. A task of its own, not one of
+                // the connection's requests in flight: this task is not
+                // woken to hear that an ack went through (receivers ack
+                // about as often as they are sent to, and that wake with its
+                // pass through the loop was a third of an ack's cost); a
+                // refusal reaches the client through the connection's queue.
+                let (app, caller, conn_id) = (self.app.clone(), caller.clone(), self.id);
+                actix_web::rt::spawn(async move {
+                    let result = app.api.dispatch(&caller, body).await;
+                    drop(permit);
+                    if let Err(e) = result {
+                        metrics::counter!("hush_errors_total", "code" => e.code_name())
+                            .increment(1);
+                        let frame = crate::wire::encode(rid, S::Error(e.to_proto()));
+                        app.sessions
+                            .conns()
+                            .write(conn_id, Outbound::Answer { frame });
+                    }
+                });
+                return Step::Continue;
             }
             other => {
                 let limits = &self.app.config.limits;
