@@ -26,6 +26,14 @@ use crate::wire::ConnRef;
 /// One user's connections (wherever they are) and their devices.
 pub type ConnList = Arc<[(ConnRef, String)]>;
 
+/// The connections a delivery goes to (see [`SessionIndex::connections_of`]).
+pub struct Recipients {
+    /// This node's: (index of the user's first device, connection id).
+    pub local: Vec<(usize, u64)>,
+    /// Other nodes': (index of the user's first device, where it is).
+    pub remote: Vec<(usize, ConnRef)>,
+}
+
 /// A published session: its actor (to tell it about connections found
 /// gone) and its connections.
 #[derive(Clone)]
@@ -53,10 +61,14 @@ impl SessionIndex {
 
     /// The connections of `devices` (one lookup per run of a user's
     /// devices; member lists are sorted by user, but any order is
-    /// correct), under one lock: each with the index in `devices` of its
-    /// user's first device there, for the caller to name the user.
-    pub fn connections_of(&self, devices: &[MemberDevice]) -> Vec<(usize, ConnRef)> {
-        let mut found = Vec::with_capacity(devices.len());
+    /// correct), under one lock: this node's (`me`) by id, the others with
+    /// their node; each with the index in `devices` of its user's first
+    /// device there, for the caller to name the user.
+    pub fn connections_of(&self, devices: &[MemberDevice], me: &str) -> Recipients {
+        let mut found = Recipients {
+            local: Vec::with_capacity(devices.len()),
+            remote: Vec::new(),
+        };
         let map = self.lock();
         let mut start = 0;
         while let Some(first) = devices.get(start) {
@@ -67,9 +79,14 @@ impl SessionIndex {
                 .count();
             let mine = &devices[start..start + n];
             if let Some(session) = map.get(user) {
-                for (conn, device_id) in session.conns.iter() {
-                    if mine.iter().any(|d| d.device_id == *device_id) {
-                        found.push((start, conn.clone()));
+                for ((node, conn_id), device_id) in session.conns.iter() {
+                    if !mine.iter().any(|d| d.device_id == *device_id) {
+                        continue;
+                    }
+                    if node == me {
+                        found.local.push((start, *conn_id));
+                    } else {
+                        found.remote.push((start, (node.clone(), *conn_id)));
                     }
                 }
             }

@@ -320,26 +320,22 @@ impl Sessions {
         let me = self.route.me();
         // The index read under one lock, this node's queues written under
         // one lock of the table (`Connections::write_many`).
-        let found = self.index.connections_of(devices);
-        let mut local: Vec<u64> = Vec::with_capacity(found.len());
-        let mut remote: BTreeMap<(&str, usize), Vec<u64>> = BTreeMap::new();
-        for (user, (node, conn_id)) in &found {
-            if node == me {
-                local.push(*conn_id);
-            } else {
-                remote.entry((node, *user)).or_default().push(*conn_id);
-            }
-        }
+        let found = self.index.connections_of(devices, me);
+        let local: Vec<u64> = found.local.iter().map(|&(_, id)| id).collect();
         for conn_id in self.conns.write_many(&local, &item) {
             // Rare: a connection that closed or was cut off meanwhile.
-            let Some((user, _)) = found.iter().find(|(_, c)| c.0 == me && c.1 == conn_id) else {
+            let Some(&(user, _)) = found.local.iter().find(|&&(_, id)| id == conn_id) else {
                 continue;
             };
-            if let Some(session) = self.index.get(&devices[*user].user_id) {
+            if let Some(session) = self.index.get(&devices[user].user_id) {
                 let _ = session.actor.send_message(SessionMsg::Detach {
                     conn: (me.to_owned(), conn_id),
                 });
             }
+        }
+        let mut remote: BTreeMap<(&str, usize), Vec<u64>> = BTreeMap::new();
+        for (user, (node, conn_id)) in &found.remote {
+            remote.entry((node, *user)).or_default().push(*conn_id);
         }
         for ((node, user), conn_ids) in remote {
             self.route
