@@ -283,7 +283,7 @@ impl Admission {
         self.hint.admitted.fetch_add(1, Ordering::AcqRel);
         c.peak_inflight.fetch_max(inflight, Ordering::SeqCst);
         c.peak_group.fetch_max(pending, Ordering::SeqCst);
-        metrics::gauge!("hush_sends_inflight").set(inflight as f64);
+        crate::telemetry::sends_inflight(inflight);
         Ok(Permit {
             counters: c.clone(),
             group_id: group_id.to_vec(),
@@ -317,7 +317,7 @@ impl Admission {
             });
         }
         c.peak_requests.fetch_max(count, Ordering::SeqCst);
-        metrics::gauge!("hush_requests_inflight").set(count as f64);
+        crate::telemetry::requests_inflight(count);
         Ok(RequestPermit {
             counters: c.clone(),
             bytes: frame_bytes,
@@ -375,7 +375,7 @@ impl Drop for Permit {
             }
         }
         let left = c.inflight.fetch_sub(1, Ordering::SeqCst) - 1;
-        metrics::gauge!("hush_sends_inflight").set(left as f64);
+        crate::telemetry::sends_inflight(left);
     }
 }
 
@@ -391,7 +391,7 @@ impl Drop for RequestPermit {
         let c = &self.counters;
         c.request_bytes.fetch_sub(self.bytes, Ordering::SeqCst);
         let left = c.requests.fetch_sub(1, Ordering::SeqCst) - 1;
-        metrics::gauge!("hush_requests_inflight").set(left as f64);
+        crate::telemetry::requests_inflight(left);
     }
 }
 

@@ -275,12 +275,33 @@ pub fn frame_in() {
     }
 }
 
-/// Handles of the series recorded once per frame, taken once the recorder
-/// is in: no key lookup (hash, registry lock) per frame.
+/// The sends in flight on the node (`hush_sends_inflight`), set at each
+/// admission and each release.
+pub fn sends_inflight(n: usize) {
+    match HOT.get() {
+        Some(h) => h.sends_inflight.set(n as f64),
+        None => metrics::gauge!("hush_sends_inflight").set(n as f64),
+    }
+}
+
+/// The requests in flight on the node (`hush_requests_inflight`), set at
+/// each admission and each release.
+pub fn requests_inflight(n: usize) {
+    match HOT.get() {
+        Some(h) => h.requests_inflight.set(n as f64),
+        None => metrics::gauge!("hush_requests_inflight").set(n as f64),
+    }
+}
+
+/// Handles of the series recorded once per frame or per request, taken
+/// once the recorder is in: no key lookup (hash, registry lock) each time
+/// (four per send were ~1% of the node's CPU at 40,000 msg/s offered).
 struct Hot {
     send_to_deliver: metrics::Histogram,
     frames_out: metrics::Counter,
     frames_in: metrics::Counter,
+    sends_inflight: metrics::Gauge,
+    requests_inflight: metrics::Gauge,
 }
 
 static HOT: OnceLock<Hot> = OnceLock::new();
@@ -314,6 +335,8 @@ pub fn install() {
             send_to_deliver: metrics::histogram!(SEND_TO_DELIVER),
             frames_out: metrics::counter!("hush_frames_out_total"),
             frames_in: metrics::counter!("hush_frames_in_total"),
+            sends_inflight: metrics::gauge!("hush_sends_inflight"),
+            requests_inflight: metrics::gauge!("hush_requests_inflight"),
         });
         metrics::gauge!("hush_build_info", "version" => VERSION, "git_sha" => GIT_SHA).set(1.0);
         collect_process();

@@ -371,6 +371,11 @@ async fn metrics_are_described_preregistered_and_move_with_real_traffic() {
             .is_some(),
         "batch sizes have no bucket at 256"
     );
+    // The writer's handles are live (taken on its thread, once).
+    let batches = after.get("hush_store_batch_size_count", &[]);
+    assert!(batches >= 1.0, "batches counted {batches}");
+    assert!(after.get("hush_store_commits_total", &[("sync", "full")]) >= 1.0);
+    assert!(after.sum("hush_store_ops_total", &[]) >= batches);
     // Auth failures by reason, and the errors they were answered with.
     assert_eq!(
         after.get("hush_auth_failures_total", &[("reason", "missing_token")]),
