@@ -492,7 +492,8 @@ impl Connection {
                 // the connection's requests in flight: this task is not
                 // woken to hear that an ack went through (receivers ack
                 // about as often as they are sent to, and that wake with its
-                // pass through the loop was a third of an ack's cost); a
+                // pass through the loop showed in the CPU per delivery), nor
+                // does an ack take a place the client's sends need; a
                 // refusal reaches the client through the connection's queue.
                 let (app, caller, conn_id) = (self.app.clone(), caller.clone(), self.id);
                 actix_web::rt::spawn(async move {
