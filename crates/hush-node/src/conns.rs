@@ -166,7 +166,7 @@ impl Connections {
     /// Queues `item` for a connection. False when the connection is gone:
     /// unknown, closed, or cut off now because its queue is full.
     pub fn write(&self, conn_id: u64, item: Outbound) -> bool {
-        self.write_many(&[conn_id], &item).is_empty()
+        self.write_many([conn_id], &item).is_empty()
     }
 
     /// Queues `item` for each of `conn_ids` (a fan-out's connections on
@@ -180,9 +180,14 @@ impl Connections {
     /// give its count back before the batch added it), then gives back
     /// what its connections' shares left uncounted: it may read a little
     /// high meanwhile, never low.
-    pub fn write_many(&self, conn_ids: &[u64], item: &Outbound) -> Vec<u64> {
+    pub fn write_many<I>(&self, conn_ids: I, item: &Outbound) -> Vec<u64>
+    where
+        I: IntoIterator<Item = u64>,
+        I::IntoIter: ExactSizeIterator,
+    {
+        let conn_ids = conn_ids.into_iter();
         let mut gone = Vec::new();
-        if conn_ids.is_empty() {
+        if conn_ids.len() == 0 {
             return gone;
         }
         let queued_at = tokio::time::Instant::now();
@@ -193,7 +198,7 @@ impl Connections {
         let mut uncounted = conn_ids.len();
         {
             let table = self.lock();
-            for &conn_id in conn_ids {
+            for conn_id in conn_ids {
                 let Some(conn) = table.get(&conn_id) else {
                     gone.push(conn_id);
                     continue;
@@ -364,7 +369,7 @@ mod tests {
         }
         assert_eq!(table.backlog().depth(), 2, "8 queued, share 2");
         let item = Outbound::Resync { mark: 1 };
-        let gone = table.write_many(&[1, 9, 2, 1], &item);
+        let gone = table.write_many([1, 9, 2, 1], &item);
         assert_eq!(gone, [9, 2], "unknown first, then the cut-off");
         assert_eq!(table.len(), 1, "the cut-off connection is forgotten");
         assert_eq!(
@@ -378,6 +383,6 @@ mod tests {
         }
         assert_eq!(got, [true, true]);
         assert_eq!(table.backlog().depth(), 2, "1's items handled");
-        assert!(table.write_many(&[], &item).is_empty());
+        assert!(table.write_many([], &item).is_empty());
     }
 }

@@ -281,7 +281,7 @@ impl Peer {
             },
         };
         // Those gone here: the session must stop counting them.
-        for id in conns.write_many(&target.conn_ids, &item) {
+        for id in conns.write_many(target.conn_ids.iter().copied(), &item) {
             self.route.notify_session(
                 from,
                 cluster::SessionCall {

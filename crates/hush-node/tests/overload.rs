@@ -380,6 +380,22 @@ async fn a_flooded_node_refuses_early_and_loses_nothing_acknowledged() {
 /// its own id, with the count or with a refusal that `check` accepts.
 /// Returns the refusals.
 async fn burst_until_refused(conns: &mut [RawWs], check: impl Fn(&v1::Error)) -> usize {
+    let key_package_count = || C::KeyPackageCount(v1::KeyPackageCount::default());
+    burst_of_until_refused(conns, key_package_count, |e| {
+        check(e);
+        true
+    })
+    .await
+}
+
+/// [`burst_until_refused`] with requests made by `body`; an error answer
+/// is a refusal when `refusal` says so (it asserts what it must), else one
+/// of the request's own answers.
+async fn burst_of_until_refused(
+    conns: &mut [RawWs],
+    body: impl Fn() -> C,
+    refusal: impl Fn(&v1::Error) -> bool,
+) -> usize {
     const BURST: u64 = 64;
     let mut refused = 0;
     for round in 0..20u64 {
@@ -391,7 +407,7 @@ async fn burst_until_refused(conns: &mut [RawWs], check: impl Fn(&v1::Error)) ->
             for id in &ids {
                 let f = ClientFrame {
                     request_id: *id,
-                    body: Some(C::KeyPackageCount(v1::KeyPackageCount::default())),
+                    body: Some(body()),
                 };
                 ws.feed(Message::binary(f.encode_to_vec()))
                     .await
@@ -415,14 +431,14 @@ async fn burst_until_refused(conns: &mut [RawWs], check: impl Fn(&v1::Error)) ->
                 );
                 match f.body {
                     Some(S::KeyPackageCountResult(_)) => {}
-                    Some(S::Error(e)) => {
-                        check(&e);
+                    Some(S::Error(e)) if refusal(&e) => {
                         assert!(
                             (RETRY_MS..=RETRY_MAX_MS).contains(&e.retry_after_ms),
                             "{e:?}"
                         );
                         refused += 1;
                     }
+                    Some(S::Error(_)) => {}
                     other => panic!("unexpected answer {other:?}"),
                 }
             }
@@ -525,6 +541,49 @@ async fn the_node_refuses_requests_past_its_bound_over_all_connections() {
         for ws in &mut conns {
             still_served(ws).await;
         }
+        let (peaks, _) = node.admission_peaks();
+        assert!(
+            (1..=3).contains(&peaks.inflight_requests),
+            "the bound held: {peaks:?}"
+        );
+    }
+    node.stop().await;
+}
+
+/// Acks run outside a connection's pipeline (answered only when refused),
+/// but each still takes a place in the node's request bound: past
+/// `max_inflight_requests` they are refused UNAVAILABLE with the hint, never
+/// RATE_LIMITED by the pipeline (64 at once here, past its default 32).
+/// Each ack names no group, so every one admitted is answered too
+/// (INVALID_ARGUMENT, through the connection's queue): every ack of a burst
+/// has its answer, under its own id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_take_places_in_the_nodes_request_bound_not_in_the_pipeline() {
+    let (node, _clock, dir) = start_node(|c| {
+        c.limits.max_inflight_requests = 3;
+        c.limits.overload_retry_after_ms = RETRY_MS;
+        c.limits.overload_retry_after_max_ms = RETRY_MAX_MS;
+        c.limits.rate_per_sec = 1_000_000.0;
+        c.limits.rate_burst = 1_000_000.0;
+    })
+    .await;
+    {
+        let mut ws = [authed_ws(&node, dir.path(), "alice").await];
+        let refused = burst_of_until_refused(
+            &mut ws,
+            || C::Ack(v1::Ack::default()),
+            |e| match ErrorCode::try_from(e.code) {
+                Ok(ErrorCode::Unavailable) => {
+                    assert!(e.message.contains("requests in flight"), "{e:?}");
+                    true
+                }
+                Ok(ErrorCode::InvalidArgument) => false,
+                _ => panic!("an ack answered {e:?}"),
+            },
+        )
+        .await;
+        assert!(refused > 0, "no ack was ever refused past the node's bound");
+        still_served(&mut ws[0]).await;
         let (peaks, _) = node.admission_peaks();
         assert!(
             (1..=3).contains(&peaks.inflight_requests),

@@ -321,8 +321,8 @@ impl Sessions {
         // The index read under one lock, this node's queues written under
         // one lock of the table (`Connections::write_many`).
         let found = self.index.connections_of(devices, me);
-        let local: Vec<u64> = found.local.iter().map(|&(_, id)| id).collect();
-        for conn_id in self.conns.write_many(&local, &item) {
+        let local = found.local.iter().map(|&(_, id)| id);
+        for conn_id in self.conns.write_many(local, &item) {
             // Rare: a connection that closed or was cut off meanwhile.
             let Some(&(user, _)) = found.local.iter().find(|&&(_, id)| id == conn_id) else {
                 continue;

@@ -271,11 +271,10 @@ where
 }
 
 pub(super) fn writer_loop(conn: Connection, mut queue: Queue) {
-    let waits = WaitTimes::new();
     // Every connection opens with `synchronous=FULL`.
     let mut sync = Durability::Full;
     while let Some(batch) = queue.next_batch() {
-        waits.record(&batch);
+        BATCH_METRICS.with(|m| m.record_waits(&batch));
         run_batch(&conn, &mut sync, batch);
     }
     tracing::debug!("sqlite writer stopped");
@@ -320,34 +319,6 @@ impl Durability {
         match self {
             Durability::Full => "full",
             Durability::Deferred => "deferred",
-        }
-    }
-}
-
-/// `hush_store_write_wait_seconds{lane}`: each operation's wait from its
-/// queueing to its batch. The handles are taken once, when the writer
-/// starts (after the node installed its recorder): a write is per message.
-struct WaitTimes {
-    urgent: metrics::Histogram,
-    ack: metrics::Histogram,
-}
-
-impl WaitTimes {
-    fn new() -> Self {
-        Self {
-            urgent: metrics::histogram!("hush_store_write_wait_seconds", "lane" => "urgent"),
-            ack: metrics::histogram!("hush_store_write_wait_seconds", "lane" => "ack"),
-        }
-    }
-
-    fn record(&self, batch: &[Box<dyn PendingOp>]) {
-        let now = Instant::now();
-        for op in batch {
-            let lane = match op.lane() {
-                Lane::Urgent => &self.urgent,
-                Lane::Ack => &self.ack,
-            };
-            lane.record(now.saturating_duration_since(op.queued_at()).as_secs_f64());
         }
     }
 }
@@ -500,15 +471,19 @@ pub(super) fn run_batch(
 }
 
 thread_local! {
-    /// The writer thread's handles (taken at its first batch, after the
-    /// node installed its recorder): a key lookup (hash, registry lock)
-    /// per operation was one of the writer's costs at speed.
+    /// The writer thread's handles, taken at its first batch (after the
+    /// node installed its recorder): no key lookup (hash, registry lock)
+    /// per operation, one of the writer's costs at speed.
     static BATCH_METRICS: BatchMetrics = BatchMetrics::new();
 }
 
-/// `hush_store_commits_total{sync}`, `hush_store_batch_size`,
-/// `hush_store_batch_seconds` and `hush_store_ops_total{op}`.
+/// `hush_store_write_wait_seconds{lane}` (each operation's wait from its
+/// queueing to its batch), `hush_store_commits_total{sync}`,
+/// `hush_store_batch_size`, `hush_store_batch_seconds` and
+/// `hush_store_ops_total{op}`.
 struct BatchMetrics {
+    wait_urgent: metrics::Histogram,
+    wait_ack: metrics::Histogram,
     full: metrics::Counter,
     deferred: metrics::Counter,
     size: metrics::Histogram,
@@ -520,6 +495,8 @@ struct BatchMetrics {
 impl BatchMetrics {
     fn new() -> Self {
         Self {
+            wait_urgent: metrics::histogram!("hush_store_write_wait_seconds", "lane" => "urgent"),
+            wait_ack: metrics::histogram!("hush_store_write_wait_seconds", "lane" => "ack"),
             full: metrics::counter!("hush_store_commits_total", "sync" => Durability::Full.label()),
             deferred: metrics::counter!(
                 "hush_store_commits_total",
@@ -528,6 +505,17 @@ impl BatchMetrics {
             size: metrics::histogram!("hush_store_batch_size"),
             seconds: metrics::histogram!("hush_store_batch_seconds"),
             ops: Default::default(),
+        }
+    }
+
+    fn record_waits(&self, batch: &[Box<dyn PendingOp>]) {
+        let now = Instant::now();
+        for op in batch {
+            let lane = match op.lane() {
+                Lane::Urgent => &self.wait_urgent,
+                Lane::Ack => &self.wait_ack,
+            };
+            lane.record(now.saturating_duration_since(op.queued_at()).as_secs_f64());
         }
     }
 
