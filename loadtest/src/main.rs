@@ -53,6 +53,10 @@ struct RunArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Keep the spawned node's data directory (<out>/node-data) after the
+    /// run; by default it is removed once the node has stopped.
+    #[arg(long)]
+    keep_data: bool,
     /// Run the scenario N times (output in <out>/run-<i>) and report the
     /// median, min and max of the headline figures (<out>/repeat.json).
     #[arg(long, default_value_t = 1)]
@@ -93,6 +97,7 @@ async fn main() -> ExitCode {
                 redis: a.redis,
                 redis_pid: a.redis_pid,
                 progress: !a.quiet,
+                keep_data: a.keep_data,
                 worker_exe: None,
                 load_before: String::new(),
             };

@@ -34,6 +34,8 @@ async fn run_scenario(file: &str, overrides: &[&str]) -> hush_loadtest::report::
     .expect("smoke run");
     assert!(out.path().join("summary.json").exists());
     assert!(out.path().join("report.html").exists());
+    // The node's store (every entry of the run) is gone once it stopped.
+    assert!(!out.path().join("node-data").exists());
     o.summary
 }
 

@@ -42,6 +42,9 @@ pub struct Options {
     pub redis: Option<String>,
     pub redis_pid: Option<u32>,
     pub progress: bool,
+    /// Keep a spawned node's data directory (`<out>/node-data`) after the
+    /// run; by default it is removed once the node has stopped.
+    pub keep_data: bool,
     /// The executable run as `worker` children (default: this one).
     pub worker_exe: Option<PathBuf>,
     /// Set by [`run`]: /proc/loadavg when it started.
@@ -65,9 +68,18 @@ struct Started {
 }
 
 impl Started {
-    async fn stop(self) {
+    /// Stops the nodes, then removes a spawned node's data directory
+    /// unless `keep_data`: it holds every entry of the run (hundreds of
+    /// MiB after a baseline), and a series of runs would fill the disk.
+    async fn stop(self, keep_data: bool) {
         for n in self.nodes {
+            let data = n.data_dir.clone();
             n.stop().await;
+            if let (Some(d), false) = (data, keep_data) {
+                if let Err(e) = std::fs::remove_dir_all(&d) {
+                    tracing::warn!("could not remove {}: {e}", d.display());
+                }
+            }
         }
     }
 }
@@ -163,7 +175,7 @@ pub async fn run(mut opts: Options) -> anyhow::Result<Outcome> {
     match measure(&sc, &hush, &sources, &monitor, exe, opts.progress).await {
         Ok(t) => targets.push(t),
         Err(e) => {
-            system.stop().await;
+            system.stop(opts.keep_data).await;
             return Err(e);
         }
     }
@@ -187,7 +199,7 @@ pub async fn run(mut opts: Options) -> anyhow::Result<Outcome> {
         targets.push(measure(&sc, &redis, &sources, &monitor, exe, opts.progress).await?);
     }
     monitor.sample_now();
-    system.stop().await;
+    system.stop(opts.keep_data).await;
     let mut summary = Summary::new(
         &sc,
         &opts.overrides,
