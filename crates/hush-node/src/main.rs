@@ -12,7 +12,10 @@ use hush_node::{Clock as _, Config, SystemClock};
 /// mimalloc, not glibc's malloc: a delivery's buffers are allocated on the
 /// thread that fans out and freed on the gateway's, and glibc returns such
 /// frees to the allocating thread's arena under its lock (ARCHITECTURE.md,
-/// "Dependencies beyond the design card").
+/// "Dependencies beyond the design card"). The `mimalloc` feature (on by
+/// default) chooses it; without it the system allocator serves, for heap
+/// profilers that hook malloc.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

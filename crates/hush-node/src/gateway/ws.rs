@@ -145,7 +145,9 @@ impl Sink for WsSink {
         let mut send = pin!(self.session.binary(bytes));
         let sent = match poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await {
             Poll::Ready(sent) => sent,
-            Poll::Pending => match tokio::time::timeout(self.write_timeout, send).await {
+            // Boxed: the timer is armed rarely, and in place it would size
+            // every connection's task.
+            Poll::Pending => match Box::pin(tokio::time::timeout(self.write_timeout, send)).await {
                 Ok(sent) => sent,
                 Err(_) => {
                     metrics::counter!("hush_slow_consumers_cut_total").increment(1);
@@ -207,7 +209,10 @@ impl Connection {
         let step = match self.out.on_outbound(item).await {
             Ok(()) => Step::Continue,
             Err(Halt::Sink(step)) => step,
-            Err(Halt::Api(e)) => self.reply_error(0, e).await,
+            // Rare (a resync the store refused), and boxed: unboxed, this
+            // step would size every connection's task (`serve` holds this
+            // future while it writes).
+            Err(Halt::Api(e)) => Box::pin(self.reply_error(0, e)).await,
         };
         drop(counted);
         step
@@ -221,21 +226,32 @@ impl Connection {
         self.out.send_frame(request_id, body).await
     }
 
-    async fn run(
+    /// The connection's task. Not an `async fn`: one with `mut` parameters
+    /// keeps the arguments twice in its state (as captured, and as the
+    /// locals they are moved into; 432 bytes of every connection's task),
+    /// while this block uses what it captured in place. The close's steps
+    /// are boxed: they run once, and unboxed they would size the state
+    /// every open connection keeps.
+    #[allow(clippy::manual_async_fn)] // the point: see above
+    fn run(
         mut self,
         mut stream: actix_ws::AggregatedMessageStream,
         pre_auth: Option<TokenClaims>,
-    ) {
-        metrics::gauge!("hush_connections").increment(1.0);
-        let reason = self.serve(&mut stream, pre_auth).await;
-        crate::telemetry::ws_closed(reason.as_ref().map(|r| u16::from(r.code)));
-        stream::close(&self.app, self.id).await;
-        tracing::debug!(conn = self.id, reason = ?reason, "connection closed");
-        // Closing queues a close frame; a peer that stopped reading would
-        // hold this task forever, so it is bounded like every other write.
-        let limit = Duration::from_millis(self.app.config.limits.write_timeout_ms);
-        let _ = tokio::time::timeout(limit, self.session().close(reason)).await;
-        metrics::gauge!("hush_connections").decrement(1.0);
+    ) -> impl std::future::Future<Output = ()> {
+        async move {
+            metrics::gauge!("hush_connections").increment(1.0);
+            let reason = self.serve(&mut stream, pre_auth).await;
+            crate::telemetry::ws_closed(reason.as_ref().map(|r| u16::from(r.code)));
+            Box::pin(stream::close(&self.app, self.id)).await;
+            tracing::debug!(conn = self.id, reason = ?reason, "connection closed");
+            // Closing queues a close frame; a peer that stopped reading
+            // would hold this task forever, so it is bounded like every
+            // other write.
+            let limit = Duration::from_millis(self.app.config.limits.write_timeout_ms);
+            let close = Box::pin(tokio::time::timeout(limit, self.session().close(reason)));
+            let _ = close.await;
+            metrics::gauge!("hush_connections").decrement(1.0);
+        }
     }
 
     async fn serve(
@@ -276,7 +292,7 @@ impl Connection {
         let overflowed = Arc::new(AtomicBool::new(false));
         let attach = stream::attach(&self.app, self.id, &caller, tx, overflowed.clone());
         if let Err(e) = Box::pin(attach).await {
-            let _ = self.send_frame(0, S::Error(e.to_proto())).await;
+            let _ = Box::pin(self.send_frame(0, S::Error(e.to_proto()))).await;
             return Some(CloseReason {
                 code: CloseCode::Policy,
                 description: Some(e.code_name().into()),
@@ -287,7 +303,8 @@ impl Connection {
             user_id: caller.user_id.clone(),
             device_id: caller.device_id.clone(),
         });
-        if self.send_frame(0, ok).await.is_err() {
+        // Boxed too: written once, it would otherwise size the state.
+        if Box::pin(self.send_frame(0, ok)).await.is_err() {
             return None;
         }
 
