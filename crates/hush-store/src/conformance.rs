@@ -538,6 +538,7 @@ macro_rules! store_conformance_suite {
             a_commits_welcome_serves_every_device_it_adds,
             ack_state_follows_cursor_membership_and_head,
             ack_cursor_moves_only_when_decided,
+            ack_cursor_then_hands_over_what_ack_cursor_returns,
             ack_cursor_settles_a_departure_once_past_the_removal,
             sync_start_and_co_members_agree_with_their_parts,
         );
@@ -2386,6 +2387,60 @@ pub async fn ack_cursor_moves_only_when_decided(store: Arc<dyn Store>) {
             .cursor,
         Some(2)
     );
+}
+
+/// `ack_cursor_then` is `ack_cursor` for a caller that does not wait: its
+/// `then` gets what `ack_cursor` returns, once, after the cursor moved (a
+/// read from inside `then` sees it), and a refusal writes nothing.
+pub async fn ack_cursor_then_hands_over_what_ack_cursor_returns(store: Arc<dyn Store>) {
+    use crate::{AckState, Standing};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let fence = leased_group(&*store, b"g1").await;
+    let mut head = 0;
+    for id in ["m1", "m2", "m3"] {
+        head = store
+            .append_message(b"g1", fence, &message(id, 0))
+            .await
+            .expect("append")
+            .seq();
+    }
+    let member = AckState {
+        cursor: None,
+        standing: Standing::Member { joined_seq: 0 },
+        head_seq: head,
+    };
+    let calls = Arc::new(AtomicUsize::new(0));
+    let ack = |seq: u64, moves: bool| {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let calls = calls.clone();
+        let then: crate::AckThen = Box::new(move |outcome| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let _ = tx.send(outcome);
+        });
+        let store = store.clone();
+        async move {
+            store
+                .ack_cursor_then("alice-1", b"g1", seq, Box::new(move |_| moves), then)
+                .await;
+            rx.await.expect("then was called")
+        }
+    };
+    // Refused: the state is handed over, nothing written.
+    let (state, moved) = ack(2, false).await.expect("ack");
+    assert_eq!((state, moved), (member, false));
+    assert!(store.cursors("alice-1").await.expect("cursors").is_empty());
+    // Accepted: the state before, and the cursor moved by the time `then`
+    // has it.
+    let (state, moved) = ack(2, true).await.expect("ack");
+    assert_eq!((state, moved), (member, true));
+    assert_eq!(
+        store.cursors("alice-1").await.expect("cursors"),
+        vec![(b"g1".to_vec(), 2)]
+    );
+    // A repeat below the cursor hands over the cursor it found.
+    let (state, _) = ack(1, true).await.expect("ack");
+    assert_eq!(state.cursor, Some(2));
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "then runs once per ack");
 }
 
 /// An ack settles a departure as `set_cursor` does: kept while the cursor

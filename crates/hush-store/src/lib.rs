@@ -374,6 +374,10 @@ pub struct AckState {
 /// moves (see [`Store::ack_cursor`]).
 pub type AckDecision = Box<dyn FnOnce(&AckState) -> bool + Send>;
 
+/// What [`Store::ack_cursor_then`] hands an ack's outcome to once it is
+/// stored: what [`Store::ack_cursor`] would have returned.
+pub type AckThen = Box<dyn FnOnce(Result<(AckState, bool)>) + Send>;
+
 /// An item in a device's inbox.
 #[derive(Clone, PartialEq, Eq)]
 pub struct InboxItem {
@@ -595,6 +599,23 @@ pub trait Store: Send + Sync + 'static {
             self.set_cursor(device_id, group_id, seq).await?;
         }
         Ok((state, moves))
+    }
+    /// [`Store::ack_cursor`] for a caller that does not wait for it: it
+    /// returns once the ack is queued, and `then` gets the outcome once
+    /// the ack is stored (or failed), exactly once, on whichever thread
+    /// finished it (SQLite: the writer's, right after the commit; keep it
+    /// short, it must not block). A receiver acks about as often as it is
+    /// sent to; waking its caller to hear that each ack went through cost
+    /// more than the ack itself. This default awaits [`Store::ack_cursor`].
+    async fn ack_cursor_then(
+        &self,
+        device_id: &str,
+        group_id: &[u8],
+        seq: u64,
+        decide: AckDecision,
+        then: AckThen,
+    ) {
+        then(self.ack_cursor(device_id, group_id, seq, decide).await);
     }
     /// All cursors of a device: (group_id, seq).
     async fn cursors(&self, device_id: &str) -> Result<Vec<(Vec<u8>, u64)>>;

@@ -58,9 +58,9 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::{
-    AckDecision, AckState, AppendOutcome, ClaimedKeyPackage, CommitWrite, Departure, Device,
-    DeviceGroup, Entry, GroupRecord, InboxItem, KeyPackageRecord, Lease, MemberDevice, NewEntry,
-    NewGroup, Result, Store, StoreError, SyncStart,
+    AckDecision, AckState, AckThen, AppendOutcome, ClaimedKeyPackage, CommitWrite, Departure,
+    Device, DeviceGroup, Entry, GroupRecord, InboxItem, KeyPackageRecord, Lease, MemberDevice,
+    NewEntry, NewGroup, Result, Store, StoreError, SyncStart,
 };
 
 mod accounts;
@@ -511,22 +511,32 @@ impl Store for SqliteStore {
         seq: u64,
         decide: AckDecision,
     ) -> Result<(AckState, bool)> {
-        let device = device_id.to_string();
-        let group = group_id.to_vec();
+        let (device, group) = (device_id.to_string(), group_id.to_vec());
         self.write_in(Lane::Ack, "ack_cursor", move |c| {
-            let (state, departure) = sync::read_ack_row(c, &device, &group)?;
-            let moves = decide(&state);
-            if moves {
-                sync::op_move_cursor(c, &device, &group, seq)?;
-                // A statement only where there is a departure to settle:
-                // most acks are a member's.
-                if departure.is_some_and(|left_seq| left_seq <= seq) {
-                    sync::op_settle_departure(c, &device, &group, seq)?;
-                }
-            }
-            Ok((state, moves))
+            sync::op_ack_cursor(c, &device, &group, seq, decide)
         })
         .await
+    }
+
+    async fn ack_cursor_then(
+        &self,
+        device_id: &str,
+        group_id: &[u8],
+        seq: u64,
+        decide: AckDecision,
+        then: AckThen,
+    ) {
+        let (device, group) = (device_id.to_string(), group_id.to_vec());
+        let op = writer::op_then(
+            Lane::Ack,
+            "ack_cursor",
+            move |c| sync::op_ack_cursor(c, &device, &group, seq, decide),
+            then,
+        );
+        if let Err(tokio::sync::mpsc::error::SendError(op)) = self.writes.send(op).await {
+            let stopped = StoreError::Unavailable("sqlite writer has stopped".into());
+            op.finish(Some(&stopped));
+        }
     }
 
     async fn cursors(&self, device_id: &str) -> Result<Vec<(Vec<u8>, u64)>> {

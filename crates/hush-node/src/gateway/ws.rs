@@ -512,17 +512,22 @@ impl Connection {
                 // pass through the loop showed in the CPU per delivery), nor
                 // does an ack take a place the client's sends need; a
                 // refusal reaches the client through the connection's queue.
+                // A group's ack is not even awaited: its task ends once the
+                // ack is queued, and the store's writer finishes it (frees
+                // the place in the node's request bound, queues a refusal),
+                // so no thread is woken to hear it went through.
                 let (app, caller, conn_id) = (self.app.clone(), caller.clone(), self.id);
-                actix_web::rt::spawn(async move {
-                    let result = app.api.dispatch(&caller, body).await;
+                let finish = move |result: ApiResult<()>| {
                     drop(permit);
                     if let Err(e) = result {
-                        metrics::counter!("hush_errors_total", "code" => e.code_name())
-                            .increment(1);
-                        let frame = crate::wire::encode(rid, S::Error(e.to_proto()));
-                        app.sessions
-                            .conns()
-                            .write(conn_id, Outbound::Answer { frame });
+                        answer_refused(&app, conn_id, rid, &e);
+                    }
+                };
+                let app = self.app.clone();
+                actix_web::rt::spawn(async move {
+                    match body {
+                        C::Ack(a) => app.api.ack_then(&caller, a.group_id, a.seq, finish).await,
+                        inbox => finish(app.api.dispatch(&caller, inbox).await.map(drop)),
                     }
                 });
                 return Step::Continue;
@@ -569,6 +574,16 @@ impl Connection {
 
 /// The close for a WebSocket protocol error: 1009 for a frame above
 /// `max_frame_bytes` (before or after auth), 1002 otherwise.
+/// A refusal of a request nobody awaits (an ack), answered under its
+/// request id through the connection's queue, from any thread.
+fn answer_refused(app: &AppState, conn_id: u64, rid: u64, e: &ApiError) {
+    metrics::counter!("hush_errors_total", "code" => e.code_name()).increment(1);
+    let frame = crate::wire::encode(rid, S::Error(e.to_proto()));
+    app.sessions
+        .conns()
+        .write(conn_id, Outbound::Answer { frame });
+}
+
 fn protocol_close(e: actix_ws::ProtocolError) -> CloseReason {
     let code = if matches!(e, actix_ws::ProtocolError::Overflow) {
         metrics::counter!("hush_errors_total", "code" => "TOO_LARGE").increment(1);

@@ -9,7 +9,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::error::{deadline, map_err};
 use super::stmt;
-use crate::{AckState, InboxItem, Result, Standing};
+use crate::{AckDecision, AckState, InboxItem, Result, Standing};
 
 pub(super) fn op_set_cursor(
     conn: &Connection,
@@ -19,6 +19,28 @@ pub(super) fn op_set_cursor(
 ) -> Result<()> {
     op_move_cursor(conn, device_id, group_id, seq)?;
     op_settle_departure(conn, device_id, group_id, seq)
+}
+
+/// An ack in one writer operation (`Store::ack_cursor`): the state read,
+/// and the cursor moved (and a departure settled) if `decide` says so.
+pub(super) fn op_ack_cursor(
+    conn: &Connection,
+    device_id: &str,
+    group_id: &[u8],
+    seq: u64,
+    decide: AckDecision,
+) -> Result<(AckState, bool)> {
+    let (state, departure) = read_ack_row(conn, device_id, group_id)?;
+    let moves = decide(&state);
+    if moves {
+        op_move_cursor(conn, device_id, group_id, seq)?;
+        // A statement only where there is a departure to settle: most acks
+        // are a member's.
+        if departure.is_some_and(|left_seq| left_seq <= seq) {
+            op_settle_departure(conn, device_id, group_id, seq)?;
+        }
+    }
+    Ok((state, moves))
 }
 
 /// Moves the cursor forward to `seq` (never back).

@@ -207,15 +207,30 @@ where
     F: FnOnce(&Connection) -> Result<T> + Send + 'static,
 {
     let (reply, rx) = oneshot::channel();
-    let op = Op {
-        name,
-        lane,
-        queued_at: Instant::now(),
-        f: Some(f),
-        result: None,
-        reply,
-    };
-    (Box::new(op), rx)
+    (Box::new(Op::new(lane, name, f, Reply::Channel(reply))), rx)
+}
+
+/// Wraps `f` as a queued write in `lane` whose outcome goes to `then`, on
+/// the writer thread after the batch: nobody is woken to hear it.
+pub(super) fn op_then<T, F>(
+    lane: Lane,
+    name: &'static str,
+    f: F,
+    then: Box<dyn FnOnce(Result<T>) + Send>,
+) -> Box<dyn PendingOp>
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+{
+    Box::new(Op::new(lane, name, f, Reply::Then(then)))
+}
+
+/// Where an operation's outcome goes.
+enum Reply<T> {
+    /// To a caller awaiting it.
+    Channel(oneshot::Sender<Result<T>>),
+    /// To a function run on the writer thread.
+    Then(Box<dyn FnOnce(Result<T>) + Send>),
 }
 
 struct Op<T, F> {
@@ -224,7 +239,20 @@ struct Op<T, F> {
     queued_at: Instant,
     f: Option<F>,
     result: Option<Result<T>>,
-    reply: oneshot::Sender<Result<T>>,
+    reply: Reply<T>,
+}
+
+impl<T, F> Op<T, F> {
+    fn new(lane: Lane, name: &'static str, f: F, reply: Reply<T>) -> Self {
+        Self {
+            name,
+            lane,
+            queued_at: Instant::now(),
+            f: Some(f),
+            result: None,
+            reply,
+        }
+    }
 }
 
 impl<T, F> PendingOp for Op<T, F>
@@ -264,9 +292,22 @@ where
                 "write operation panicked or never ran".into(),
             )),
         };
-        // The caller may have gone away (its future was dropped); the write
-        // is committed regardless, like any request whose ack was lost.
-        let _ = self.reply.send(reply);
+        match self.reply {
+            // The caller may have gone away (its future was dropped); the
+            // write is committed regardless, like any request whose ack
+            // was lost.
+            Reply::Channel(tx) => {
+                let _ = tx.send(reply);
+            }
+            // The caller's code, on this thread: a panic in it must not
+            // end the writer (and with it every write of the node).
+            Reply::Then(then) => {
+                let name = self.name;
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| then(reply))).is_err() {
+                    tracing::error!(op = name, "a write's completion panicked");
+                }
+            }
+        }
     }
 }
 
@@ -1021,5 +1062,35 @@ mod tests {
         assert_eq!(reply(r1).expect("m1"), AppendOutcome::Appended { seq: 1 });
         assert!(matches!(reply(r2), Err(StoreError::Backend(_))));
         assert_eq!(reply(r3).expect("m3"), AppendOutcome::Appended { seq: 2 });
+    }
+
+    /// A completion (`op_then`) runs on the writer thread after the commit;
+    /// one that panics takes nothing else with it: its own write stays
+    /// committed, and the others in its batch are answered.
+    #[test]
+    fn a_completion_that_panics_hurts_no_other_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = setup(&dir);
+        let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+        let a1 = op_then(
+            Lane::Urgent,
+            "append",
+            |c| op_append_message(c, b"g", 1, &entry("m1")),
+            Box::new(|_| panic!("injected bug in a completion")),
+        );
+        let a2 = op_then(
+            Lane::Urgent,
+            "append",
+            |c| op_append_message(c, b"g", 1, &entry("m2")),
+            Box::new(move |r| {
+                let _ = seen_tx.send(r);
+            }),
+        );
+        let (a3, r3) = op("append", |c| op_append_message(c, b"g", 1, &entry("m3")));
+        run_batch(&conn, &mut Durability::Full, vec![a1, a2, a3]);
+        let m2 = seen_rx.try_recv().expect("the completion ran in the batch");
+        assert_eq!(m2.expect("m2"), AppendOutcome::Appended { seq: 2 });
+        assert_eq!(reply(r3).expect("m3"), AppendOutcome::Appended { seq: 3 });
+        assert_eq!(read_timeline(&conn, b"g", 0, 100).expect("read").len(), 3);
     }
 }
