@@ -572,8 +572,6 @@ impl Connection {
     }
 }
 
-/// The close for a WebSocket protocol error: 1009 for a frame above
-/// `max_frame_bytes` (before or after auth), 1002 otherwise.
 /// A refusal of a request nobody awaits (an ack), answered under its
 /// request id through the connection's queue, from any thread.
 fn answer_refused(app: &AppState, conn_id: u64, rid: u64, e: &ApiError) {
@@ -584,6 +582,8 @@ fn answer_refused(app: &AppState, conn_id: u64, rid: u64, e: &ApiError) {
         .write(conn_id, Outbound::Answer { frame });
 }
 
+/// The close for a WebSocket protocol error: 1009 for a frame above
+/// `max_frame_bytes` (before or after auth), 1002 otherwise.
 fn protocol_close(e: actix_ws::ProtocolError) -> CloseReason {
     let code = if matches!(e, actix_ws::ProtocolError::Overflow) {
         metrics::counter!("hush_errors_total", "code" => "TOO_LARGE").increment(1);
