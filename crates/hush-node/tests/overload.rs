@@ -480,6 +480,15 @@ async fn authed_ws(node: &hush_node::RunningNode, dir: &std::path::Path, name: &
     raw_ws_authed(node.addr, &token, None).await
 }
 
+/// What the burst tests share: the overload hint's bounds they check, and
+/// the per-connection request rate (an abuse limit) out of their way.
+fn burst_limits(c: &mut hush_node::Config) {
+    c.limits.overload_retry_after_ms = RETRY_MS;
+    c.limits.overload_retry_after_max_ms = RETRY_MAX_MS;
+    c.limits.rate_per_sec = 1_000_000.0;
+    c.limits.rate_burst = 1_000_000.0;
+}
+
 /// A connection keeps reading while its requests wait: a client that sends
 /// many frames without waiting for answers gets each one answered under its
 /// own request id, and past `max_pipelined_requests` in flight the excess is
@@ -489,10 +498,7 @@ async fn authed_ws(node: &hush_node::RunningNode, dir: &std::path::Path, name: &
 async fn a_connection_refuses_requests_past_its_pipeline_and_answers_the_rest() {
     let (node, _clock, dir) = start_node(|c| {
         c.limits.max_pipelined_requests = 2;
-        c.limits.overload_retry_after_ms = RETRY_MS;
-        c.limits.overload_retry_after_max_ms = RETRY_MAX_MS;
-        c.limits.rate_per_sec = 1_000_000.0;
-        c.limits.rate_burst = 1_000_000.0;
+        burst_limits(c);
     })
     .await;
     {
@@ -518,10 +524,7 @@ async fn the_node_refuses_requests_past_its_bound_over_all_connections() {
     let (node, _clock, dir) = start_node(|c| {
         c.limits.max_pipelined_requests = 1_000;
         c.limits.max_inflight_requests = 3;
-        c.limits.overload_retry_after_ms = RETRY_MS;
-        c.limits.overload_retry_after_max_ms = RETRY_MAX_MS;
-        c.limits.rate_per_sec = 1_000_000.0;
-        c.limits.rate_burst = 1_000_000.0;
+        burst_limits(c);
     })
     .await;
     {
@@ -561,10 +564,7 @@ async fn the_node_refuses_requests_past_its_bound_over_all_connections() {
 async fn acks_take_places_in_the_nodes_request_bound_not_in_the_pipeline() {
     let (node, _clock, dir) = start_node(|c| {
         c.limits.max_inflight_requests = 3;
-        c.limits.overload_retry_after_ms = RETRY_MS;
-        c.limits.overload_retry_after_max_ms = RETRY_MAX_MS;
-        c.limits.rate_per_sec = 1_000_000.0;
-        c.limits.rate_burst = 1_000_000.0;
+        burst_limits(c);
     })
     .await;
     {

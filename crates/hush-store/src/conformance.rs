@@ -2320,12 +2320,10 @@ pub async fn a_commits_welcome_serves_every_device_it_adds(store: Arc<dyn Store>
     assert_eq!(read("carol-1".into()).await, carol);
 }
 
-/// `ack_cursor` hands `decide` what `ack_state` reads, moves the cursor
-/// only when it says so, and never backward.
-pub async fn ack_cursor_moves_only_when_decided(store: Arc<dyn Store>) {
-    use crate::{AckState, Standing};
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let fence = leased_group(&*store, b"g1").await;
+/// Group `g1`, leased, with three messages: the [`AckState`] of a member
+/// who has acked nothing yet (`alice-1` in the ack tests).
+async fn three_messages_in_g1(store: &dyn Store) -> crate::AckState {
+    let fence = leased_group(store, b"g1").await;
     let mut head = 0;
     for id in ["m1", "m2", "m3"] {
         head = store
@@ -2334,11 +2332,18 @@ pub async fn ack_cursor_moves_only_when_decided(store: Arc<dyn Store>) {
             .expect("append")
             .seq();
     }
-    let member = AckState {
+    crate::AckState {
         cursor: None,
-        standing: Standing::Member { joined_seq: 0 },
+        standing: crate::Standing::Member { joined_seq: 0 },
         head_seq: head,
-    };
+    }
+}
+
+/// `ack_cursor` hands `decide` what `ack_state` reads, moves the cursor
+/// only when it says so, and never backward.
+pub async fn ack_cursor_moves_only_when_decided(store: Arc<dyn Store>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let member = three_messages_in_g1(&*store).await;
     // Refused: the state is read, nothing written.
     let asked = Arc::new(AtomicBool::new(false));
     let seen = asked.clone();
@@ -2393,22 +2398,8 @@ pub async fn ack_cursor_moves_only_when_decided(store: Arc<dyn Store>) {
 /// `then` gets what `ack_cursor` returns, once, after the cursor moved (a
 /// read from inside `then` sees it), and a refusal writes nothing.
 pub async fn ack_cursor_then_hands_over_what_ack_cursor_returns(store: Arc<dyn Store>) {
-    use crate::{AckState, Standing};
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let fence = leased_group(&*store, b"g1").await;
-    let mut head = 0;
-    for id in ["m1", "m2", "m3"] {
-        head = store
-            .append_message(b"g1", fence, &message(id, 0))
-            .await
-            .expect("append")
-            .seq();
-    }
-    let member = AckState {
-        cursor: None,
-        standing: Standing::Member { joined_seq: 0 },
-        head_seq: head,
-    };
+    let member = three_messages_in_g1(&*store).await;
     let calls = Arc::new(AtomicUsize::new(0));
     let ack = |seq: u64, moves: bool| {
         let (tx, rx) = tokio::sync::oneshot::channel();
