@@ -509,16 +509,17 @@ impl Config {
     /// per available CPU (actix's own default).
     ///
     /// The actor runtime takes only half (see [`Config::actor_threads`]):
-    /// the gateway does most of the node's work (a `send` per delivered
-    /// frame, a `recv` per request: 60-70% of the node's CPU against the
-    /// actors' 5-15% on one node), and its connections are split over its workers, so a
-    /// large group's burst of frames goes out on every core at once. One
-    /// thread per CPU in both pools was too many: on 2 CPUs, at 7,000 msg/s
+    /// the gateway does most of a node's work (a `send` per delivered frame,
+    /// a `recv` per request: 60-70% of one node's CPU against the actors'
+    /// 5-15%), and its connections are split over its workers, so a large
+    /// group's burst of frames goes out on every core at once. One thread
+    /// per CPU in both pools was too many: on 2 CPUs, at 7,000 msg/s
     /// offered, 45-52k deliveries/s at 23-25 ms of CPU per 1k, against ~62k
     /// at 20-21 ms with one thread each. Two gateway threads and one actor
     /// thread deliver as much as one and one at saturation (67k
-    /// deliveries/s at 7,500 msg/s, three pairs) and a 1,000-member group's
-    /// burst in p99 21-23 ms instead of 31 (README, Performance).
+    /// deliveries/s at 7,500 msg/s, three pairs), a 1,000-member group's
+    /// burst in p99 23.7 ms instead of 30.2 and e2e p99 at 3,000 msg/s in
+    /// 13.4 ms instead of 21.6 (medians of 3; README, Performance).
     pub fn gateway_workers(&self) -> usize {
         match self.gateway.workers {
             0 => thread_split(available_cpus()).0,
