@@ -964,7 +964,7 @@ mod tests {
     }
 
     #[test]
-    fn the_two_thread_pools_share_the_cpus_unless_set() {
+    fn the_gateway_takes_every_cpu_and_the_actors_half_unless_set() {
         assert_eq!(thread_split(1), (1, 1));
         assert_eq!(thread_split(2), (2, 1));
         assert_eq!(thread_split(3), (3, 1));
