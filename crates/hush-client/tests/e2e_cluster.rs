@@ -339,16 +339,38 @@ async fn members_on_three_nodes_converse_through_the_owner() {
     // reaching her now is a push from the owner, whichever node that is.
     let seq = alice.send_text(&g, "live").await.unwrap();
     acked.insert("live".into(), seq);
-    loop {
-        let ev = tokio::time::timeout(PATIENCE, carol.wait_event())
-            .await
-            .expect("a live event within the patience")
-            .unwrap();
-        carol.handle(ev).await.unwrap();
-        if texts_of(&carol, &gid).iter().any(|t| t.0 == seq) {
-            break;
-        }
+    live_until(&mut carol, &gid, seq).await;
+
+    // One hop: the owner hands each node the entry for that node's own
+    // connections, and no other node passes it on, wherever the members'
+    // sessions live. Nothing else moves meanwhile (everyone is connected
+    // and caught up), so no other node sends a delivery at all.
+    let sessions: Vec<String> =
+        futures_util::future::join_all(["alice", "bob", "carol"].map(|u| cluster.session_owner(u)))
+            .await;
+    let others: Vec<&str> = NODES.iter().copied().filter(|n| *n != owner).collect();
+    let out =
+        |node: &'static str| cluster.metric(node, "hush_cluster_messages_out_total", "deliver");
+    let mut before = Vec::new();
+    for &n in &others {
+        before.push(out(n).await);
     }
+    let mut seq = 0;
+    for round in 0..3 {
+        let text = format!("one hop {round}");
+        seq = bob.send_text(&g, &text).await.unwrap();
+        acked.insert(text, seq);
+    }
+    live_until(&mut carol, &gid, seq).await;
+    live_until(&mut alice, &gid, seq).await;
+    for (&n, b) in others.iter().zip(before) {
+        assert_eq!(
+            out(n).await,
+            b,
+            "{n} passed deliveries on (owner {owner}, sessions on {sessions:?})"
+        );
+    }
+
     for c in [&mut alice, &mut bob, &mut carol] {
         c.sync().await.unwrap();
     }
@@ -368,6 +390,17 @@ async fn members_on_three_nodes_converse_through_the_owner() {
             .metric(other, "hush_cluster_messages_in_total", "deliver")
             .await;
         assert!(pushes >= 1.0, "{other} got {pushes} delivery batches");
+    }
+}
+
+/// Handles a client's live events until it has the group's entry `seq`.
+async fn live_until(client: &mut Client, gid: &[u8], seq: u64) {
+    while !texts_of(client, gid).iter().any(|t| t.0 == seq) {
+        let ev = tokio::time::timeout(PATIENCE, client.wait_event())
+            .await
+            .expect("a live event within the patience")
+            .unwrap();
+        client.handle(ev).await.unwrap();
     }
 }
 
@@ -612,14 +645,28 @@ async fn sessions_live_on_their_owners_and_presence_spans_the_cluster() {
         acked.keys().cloned().collect::<Vec<_>>(),
         "bob got each message once, in order"
     );
-    let seen: BTreeMap<String, bool> = bob
-        .refresh_presence(&g)
-        .await
-        .unwrap()
-        .into_iter()
-        .collect();
-    assert_eq!(seen.get("bob"), Some(&true), "{seen:?}");
-    assert_eq!(seen.get("alice"), Some(&true), "{seen:?}");
+    // Live entries reach bob's connection from the group's owner whether
+    // or not it has re-attached yet (the fan-out writes to this node's
+    // connections of his device); his new session announces him online
+    // once it has.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let seen: BTreeMap<String, bool> = bob
+            .refresh_presence(&g)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+        assert_eq!(seen.get("alice"), Some(&true), "{seen:?}");
+        if seen.get("bob") == Some(&true) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "bob never online again: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Presence after a crash: carol's session and her only connection are on

@@ -1,12 +1,17 @@
 //! The client connections of this node (WebSocket and SSE streams), by
-//! connection id: the only place that holds their outbound queues.
+//! connection id and by device: the only place that holds their outbound
+//! queues.
 //!
-//! A connection is served by its user's SessionActor, which lives on the
-//! node that owns the user (in a cluster, often another node). The session
-//! remembers *where* each connection is (node, id) and writes to it through
-//! this table: directly when the connection is here, through a
-//! [`Delivery`](hush_proto::cluster::v1::Delivery) addressed to connection
-//! ids when it is on another node.
+//! A group's fan-out writes here by device ([`Connections::write_devices`]):
+//! the owner of the group writes to its own node's connections of the
+//! member devices, and hands every other node of the view the same item
+//! and device list, which it writes to its connections the same way (one
+//! hop, whichever node the users' sessions live on; see `session/mod.rs`).
+//! A user's SessionActor (on the node that owns the user, in a cluster often
+//! another one) remembers where each connection is for what only it decides
+//! (how many connections, kicks, presence) and reaches a connection on
+//! another node through a [`Delivery`](hush_proto::cluster::v1::Delivery)
+//! addressed to connection ids.
 //!
 //! Bounds: each queue holds `limits.send_buffer_frames`. A write never
 //! waits: a full queue means a slow reader, and that connection is cut off
@@ -24,6 +29,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
+
+use hush_store::MemberDevice;
 
 use crate::admission::DeliveryQueue;
 use crate::wire::Outbound;
@@ -119,8 +126,39 @@ pub struct Moved {
     pub device_id: String,
 }
 
+/// A connection found gone by a write (closed, unknown, or cut off as a
+/// slow reader), with what its session needs to forget it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Gone {
+    pub conn_id: u64,
+    pub user_id: String,
+    /// Where its session is (`LocalConn::session_node`).
+    pub session_node: String,
+}
+
+/// The table: connections by id, and their ids by device (a device id is
+/// unique across users: the store's `devices` table says so).
+#[derive(Default)]
+struct Table {
+    by_id: HashMap<u64, LocalConn>,
+    by_device: HashMap<String, Vec<u64>>,
+}
+
+impl Table {
+    fn remove(&mut self, conn_id: u64) -> Option<LocalConn> {
+        let conn = self.by_id.remove(&conn_id)?;
+        if let Some(ids) = self.by_device.get_mut(&conn.device_id) {
+            ids.retain(|&id| id != conn_id);
+            if ids.is_empty() {
+                self.by_device.remove(&conn.device_id);
+            }
+        }
+        Some(conn)
+    }
+}
+
 pub struct Connections {
-    inner: Mutex<HashMap<u64, LocalConn>>,
+    inner: Mutex<Table>,
     /// The frames waiting in the queues, counted for admission.
     backlog: DeliveryQueue,
     /// How many of one queue's frames count (see the module doc).
@@ -138,7 +176,7 @@ impl Connections {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, LocalConn>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -149,14 +187,23 @@ impl Connections {
     }
 
     pub fn insert(&self, conn_id: u64, conn: LocalConn) {
-        self.lock().insert(conn_id, conn);
+        let mut table = self.lock();
+        // Ids are never reused; the index stays true all the same.
+        table.remove(conn_id);
+        table
+            .by_device
+            .entry(conn.device_id.clone())
+            .or_default()
+            .push(conn_id);
+        table.by_id.insert(conn_id, conn);
+        drop(table);
         metrics::gauge!("hush_connections_attached").increment(1.0);
     }
 
     /// Forgets a connection; dropping its queue's sender ends the
     /// connection (with 4001 if it was cut off as slow).
     pub fn remove(&self, conn_id: u64) -> Option<LocalConn> {
-        let conn = self.lock().remove(&conn_id);
+        let conn = self.lock().remove(conn_id);
         if conn.is_some() {
             metrics::gauge!("hush_connections_attached").decrement(1.0);
         }
@@ -169,38 +216,81 @@ impl Connections {
         self.write_many([conn_id], &item).is_empty()
     }
 
-    /// Queues `item` for each of `conn_ids` (a fan-out's connections on
-    /// this node) and returns those found gone: unknown, closed, or cut off
-    /// now because their queue is full.
-    ///
-    /// One lock of the table, one clock reading and one change of the
-    /// node's backlog for them all, not one per connection: at 1,000
-    /// recipients these were a tenth of the fan-out. The backlog counts the
-    /// batch before any item is queued (a reader could take an item and
-    /// give its count back before the batch added it), then gives back
-    /// what its connections' shares left uncounted: it may read a little
-    /// high meanwhile, never low.
+    /// Queues `item` for each of `conn_ids` and returns those found gone:
+    /// unknown, closed, or cut off now because their queue is full.
     pub fn write_many<I>(&self, conn_ids: I, item: &Outbound) -> Vec<u64>
     where
         I: IntoIterator<Item = u64>,
         I::IntoIter: ExactSizeIterator,
     {
-        let conn_ids = conn_ids.into_iter();
+        let conn_ids: Vec<u64> = conn_ids.into_iter().collect();
         let mut gone = Vec::new();
-        if conn_ids.len() == 0 {
-            return gone;
-        }
+        let removed = self.queue_each(move |_| conn_ids, item, |conn_id| gone.push(conn_id));
+        gone.extend(removed.into_iter().map(|g| g.conn_id));
+        gone
+    }
+
+    /// Queues `item` for every connection on this node of `devices` (a
+    /// fan-out's recipients; a device may have several connections, or
+    /// none here) and returns the connections found gone (closed, or cut
+    /// off now because their queue is full), forgotten here, for their
+    /// sessions to forget too.
+    pub fn write_devices(&self, devices: &[MemberDevice], item: &Outbound) -> Vec<Gone> {
+        self.queue_each(
+            |table| {
+                let mut ids = Vec::with_capacity(devices.len());
+                for d in devices {
+                    let Some(found) = table.by_device.get(&d.device_id) else {
+                        continue;
+                    };
+                    // The same device id under another user is not this
+                    // member's (device ids are unique; this is a check).
+                    ids.extend(
+                        found.iter().copied().filter(|id| {
+                            table.by_id.get(id).is_some_and(|c| c.user_id == d.user_id)
+                        }),
+                    );
+                }
+                ids
+            },
+            item,
+            |_| {},
+        )
+    }
+
+    /// The write of [`Connections::write_many`] and
+    /// [`Connections::write_devices`]: the ids `targets` picks from the
+    /// table, each queued a clone of `item`, all under one lock of the
+    /// table, with one clock reading and one change of the node's backlog
+    /// for them all, not one per connection (at 1,000 recipients these were
+    /// a tenth of the fan-out). The backlog counts the batch before any item
+    /// is queued (a reader could take an item and give its count back
+    /// before the batch added it), then gives back what its connections'
+    /// shares left uncounted: it may read a little high meanwhile, never
+    /// low. Ids not in the table go to `unknown`; connections closed or cut
+    /// off are removed from the table and returned.
+    fn queue_each(
+        &self,
+        targets: impl FnOnce(&Table) -> Vec<u64>,
+        item: &Outbound,
+        mut unknown: impl FnMut(u64),
+    ) -> Vec<Gone> {
         let queued_at = tokio::time::Instant::now();
-        let mut cut = Vec::new();
-        let mut queued = 0usize;
         let share = self.counted_per_conn;
-        self.backlog.add(conn_ids.len());
-        let mut uncounted = conn_ids.len();
+        let mut ended = Vec::new();
+        let mut queued = 0usize;
+        let mut gone = Vec::new();
         {
-            let table = self.lock();
+            let mut table = self.lock();
+            let conn_ids = targets(&table);
+            if conn_ids.is_empty() {
+                return gone;
+            }
+            self.backlog.add(conn_ids.len());
+            let mut uncounted = conn_ids.len();
             for conn_id in conn_ids {
-                let Some(conn) = table.get(&conn_id) else {
-                    gone.push(conn_id);
+                let Some(conn) = table.by_id.get(&conn_id) else {
+                    unknown(conn_id);
                     continue;
                 };
                 if conn.depth.fetch_add(1, Ordering::AcqRel) < share {
@@ -215,13 +305,27 @@ impl Connections {
                     Ok(()) => queued += 1,
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         conn.overflowed.store(true, Ordering::SeqCst);
-                        cut.push(conn_id);
+                        ended.push(conn_id);
+                        metrics::counter!("hush_slow_consumers_cut_total").increment(1);
+                        tracing::info!(conn_id, "cut off slow reader");
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => gone.push(conn_id),
+                    Err(mpsc::error::TrySendError::Closed(_)) => ended.push(conn_id),
+                }
+            }
+            self.backlog.sub(uncounted);
+            for conn_id in ended {
+                if let Some(conn) = table.remove(conn_id) {
+                    gone.push(Gone {
+                        conn_id,
+                        user_id: conn.user_id,
+                        session_node: conn.session_node,
+                    });
                 }
             }
         }
-        self.backlog.sub(uncounted);
+        if !gone.is_empty() {
+            metrics::gauge!("hush_connections_attached").decrement(gone.len() as f64);
+        }
         // Timed outside the table's lock: one sample per batch, when its
         // last item was queued.
         if queued > 0 {
@@ -233,31 +337,23 @@ impl Connections {
                 crate::telemetry::delivered_since(*t);
             }
         }
-        for &conn_id in &cut {
-            metrics::counter!("hush_slow_consumers_cut_total").increment(1);
-            tracing::info!(conn_id, "cut off slow reader");
-        }
-        gone.extend(cut);
-        for &conn_id in &gone {
-            self.remove(conn_id);
-        }
         gone
     }
 
     /// How many connections this node has.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().by_id.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+        self.lock().by_id.is_empty()
     }
 
     /// Records which node's session a connection is attached to now.
     /// False when the connection is gone meanwhile (its session must then
     /// be told to forget it).
     pub fn attached_to(&self, conn_id: u64, node: &str) -> bool {
-        match self.lock().get_mut(&conn_id) {
+        match self.lock().by_id.get_mut(&conn_id) {
             Some(conn) => {
                 node.clone_into(&mut conn.session_node);
                 true
@@ -270,6 +366,7 @@ impl Connections {
     /// where they are attached.
     pub fn moved(&self, owner: impl Fn(&str) -> String) -> Vec<Moved> {
         self.lock()
+            .by_id
             .iter()
             .filter(|(_, c)| owner(&c.user_id) != c.session_node)
             .map(|(id, c)| Moved {
@@ -282,13 +379,14 @@ impl Connections {
 
     /// The ids of every connection on this node.
     pub fn ids(&self) -> Vec<u64> {
-        self.lock().keys().copied().collect()
+        self.lock().by_id.keys().copied().collect()
     }
 
     /// Every connection on this node, to attach again (see
     /// `Sessions::follow_view`: this node was declared down meanwhile).
     pub fn all(&self) -> Vec<Moved> {
         self.lock()
+            .by_id
             .iter()
             .map(|(id, c)| Moved {
                 conn_id: *id,
@@ -304,19 +402,104 @@ mod tests {
     use super::*;
 
     fn conn(table: &Connections, id: u64) -> QueueRx {
+        conn_of(table, id, "u", "d")
+    }
+
+    fn conn_of(table: &Connections, id: u64, user: &str, device: &str) -> QueueRx {
         let (tx, rx) = queue(8);
         table.insert(
             id,
             LocalConn {
-                user_id: "u".into(),
-                device_id: "d".into(),
+                user_id: user.into(),
+                device_id: device.into(),
                 tx,
                 overflowed: Arc::default(),
-                session_node: "n".into(),
+                session_node: format!("session-of-{user}"),
                 depth: Arc::default(),
             },
         );
         rx
+    }
+
+    fn member(user: &str, device: &str) -> MemberDevice {
+        MemberDevice {
+            user_id: user.into(),
+            device_id: device.into(),
+        }
+    }
+
+    fn marks(rx: &mut QueueRx) -> Vec<u64> {
+        let mut got = Vec::new();
+        while let Ok(q) = rx.try_recv() {
+            if let Outbound::Resync { mark } = q.item {
+                got.push(mark);
+            }
+        }
+        got
+    }
+
+    /// A fan-out by device reaches every connection here of each member
+    /// device (a device may have two), none of another device, and none
+    /// whose user is not the member's; a full queue is cut off and named
+    /// with its session's node, and forgotten by device too.
+    #[test]
+    fn a_fan_out_by_device_writes_to_each_connection_of_the_members() {
+        let table = Connections::new(4);
+        let mut alice_phone = conn_of(&table, 1, "alice", "a-phone");
+        let mut alice_phone_again = conn_of(&table, 2, "alice", "a-phone");
+        let mut alice_laptop = conn_of(&table, 3, "alice", "a-laptop");
+        let mut bob = conn_of(&table, 4, "bob", "b-phone");
+        let _carol_full = conn_of(&table, 5, "carol", "c-phone");
+        for _ in 0..8 {
+            assert!(table.write(5, Outbound::Resync { mark: 0 }));
+        }
+        let members = [
+            member("alice", "a-phone"),
+            member("bob", "b-phone"),
+            member("carol", "c-phone"),
+            member("dave", "d-phone"),
+            // Not bob's laptop: the id is alice's, the user is not.
+            member("bob", "a-laptop"),
+        ];
+        let gone = table.write_devices(&members, &Outbound::Resync { mark: 7 });
+        assert_eq!(
+            gone,
+            [Gone {
+                conn_id: 5,
+                user_id: "carol".into(),
+                session_node: "session-of-carol".into(),
+            }]
+        );
+        assert_eq!(marks(&mut alice_phone), [7]);
+        assert_eq!(marks(&mut alice_phone_again), [7]);
+        assert_eq!(marks(&mut bob), [7]);
+        assert!(marks(&mut alice_laptop).is_empty(), "not a member device");
+        // The cut-off connection is gone by id and by device.
+        assert_eq!(table.len(), 4);
+        let again =
+            table.write_devices(&[member("carol", "c-phone")], &Outbound::Resync { mark: 8 });
+        assert!(again.is_empty(), "nothing left of carol's device");
+        // A connection that ends leaves its device's other connection.
+        table.remove(1);
+        drop(alice_phone);
+        let gone = table.write_devices(&members[..1], &Outbound::Resync { mark: 9 });
+        assert!(gone.is_empty());
+        assert_eq!(marks(&mut alice_phone_again), [9]);
+    }
+
+    /// A connection whose reader ended is found gone by the next fan-out:
+    /// forgotten here and named for its session.
+    #[test]
+    fn a_fan_out_names_a_connection_whose_reader_ended() {
+        let table = Connections::new(4);
+        let reader = conn_of(&table, 1, "alice", "a-phone");
+        drop(reader);
+        let gone =
+            table.write_devices(&[member("alice", "a-phone")], &Outbound::Resync { mark: 1 });
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].conn_id, 1);
+        assert!(table.is_empty());
+        assert_eq!(table.backlog().depth(), 0, "its place given back");
     }
 
     /// The backlog is the sum of min(depth, share) over the connections:

@@ -11,8 +11,9 @@
 //! - `PresenceQuery`: which of these users are online (names the users
 //!   this node does not own).
 //!
-//! Pushes (no answer): delivery batches — for sessions here (by device) or
-//! from a session elsewhere for connections here (by connection id) — and
+//! Pushes (no answer): delivery batches — a group's fan-out for this node's
+//! connections of some devices, or from a session elsewhere for connections
+//! here (by connection id: a kicked device's close) — and
 //! session notices (a connection elsewhere ended; kick a device),
 //! `Readmitted` and `PresenceWitness` (session/witness.rs). They are
 //! applied even under a different view: a delivery changes no state (each
@@ -247,8 +248,9 @@ impl Peer {
         }
     }
 
-    /// One delivery: for the sessions here (by device), or from a session
-    /// elsewhere for connections here (by connection id).
+    /// One delivery: a group's fan-out for this node's connections of some
+    /// devices, or from a session elsewhere for connections here (by
+    /// connection id).
     async fn accept_delivery(&self, from: &str, d: cluster::Delivery) {
         let Some(item) = d.item else {
             return;
@@ -263,7 +265,7 @@ impl Peer {
                         device_id: r.device_id,
                     })
                     .collect();
-                self.sessions.deliver_here(&devices, item).await;
+                self.sessions.deliver_local(&devices, &item).await;
             }
             return;
         };

@@ -70,6 +70,15 @@ impl Owners<'_> {
         (owner != self.me).then_some(owner)
     }
 
+    /// The other nodes of the view (none without a placement).
+    pub fn others(&self) -> impl Iterator<Item = &str> + '_ {
+        self.placement
+            .iter()
+            .flat_map(|p| p.view().members.iter())
+            .map(String::as_str)
+            .filter(|m| *m != self.me)
+    }
+
     /// No other node in the view: every key is this node's.
     pub fn alone(&self) -> bool {
         self.placement
@@ -379,8 +388,9 @@ impl Route {
         });
     }
 
-    /// Queues an item for the sessions on `node` of the users of `devices`.
-    pub fn send_to_sessions(&self, node: &str, devices: &[MemberDevice], item: &Outbound) {
+    /// Queues an item for the connections on `node` of `devices` (a
+    /// fan-out's recipients: `node` writes it to those it has).
+    pub fn send_to_devices(&self, node: &str, devices: &[MemberDevice], item: &Outbound) {
         let Some(item) = outbound_to_proto(item) else {
             return;
         };
@@ -398,13 +408,6 @@ impl Route {
                 conns: None,
             },
         );
-    }
-
-    /// Queues an item for connections on `node` of `user_id`'s session here.
-    pub fn send_to_conns(&self, node: &str, user_id: &str, conn_ids: Vec<u64>, item: &Outbound) {
-        if let Some(item) = outbound_to_proto(item) {
-            self.enqueue_for_conns(node, user_id, conn_ids, item);
-        }
     }
 
     /// Closes connections on `node` (their device logged out).

@@ -2,12 +2,12 @@
 //! presence.
 //!
 //! It knows where each of the user's connections is — this node or another
-//! — and publishes that in the node's session index (`index.rs`) after
-//! every change, so that group events, inbox items and live-only frames go
-//! to the connections of the devices they are for without passing through
-//! it. Messages are handled one at a time, in mailbox order (ractor
-//! mailboxes are unbounded; the session gets a few per connection, not one
-//! per delivery).
+//! — for what only it decides: how many a user may have, kicks, presence.
+//! Group events, inbox items and live-only frames do not pass through it:
+//! a fan-out writes to the connections of the member devices on each node
+//! (`conns.rs`). Messages are handled one at a time, in mailbox order
+//! (ractor mailboxes are unbounded; the session gets a few per connection,
+//! not one per delivery).
 //!
 //! Presence: the session is the user's presence in the whole cluster. Its
 //! first connection makes the user online (pushed to co-members, see
@@ -198,15 +198,11 @@ impl Actor for SessionActor {
 }
 
 impl SessionActor {
-    /// Publishes the connections for the fan-out, and the presence for
-    /// `GetPresence` (`index.rs`).
+    /// Publishes the presence for `GetPresence` (`index.rs`).
     fn publish(&self, myself: &ActorRef<SessionMsg>, state: &SessionState) {
-        self.sessions.index.publish(
-            &state.user_id,
-            myself.clone(),
-            state.conns.iter().map(|(c, d)| (c.clone(), d.clone())),
-            state.online,
-        );
+        self.sessions
+            .index
+            .publish(&state.user_id, myself.get_id(), state.online);
     }
 
     /// A connection attached: cancel a pending offline, or announce online.

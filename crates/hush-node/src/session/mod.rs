@@ -8,14 +8,16 @@
 //! is (node, id) and writes to it directly or through a delivery addressed
 //! to connection ids (batched per node by [`Route`]).
 //!
-//! Fan-out: [`Sessions::deliver`] hands an item for a set of member devices
-//! to the nodes that own their users' sessions — this node's in place, each
-//! other owner node's in one delivery. There, [`Sessions::deliver_here`]
-//! reads where each user's connections are from the session index
-//! (`index.rs`, published by the SessionActors) and writes to them: into
-//! this node's connection queues, and to each other node's connections in
-//! one delivery addressed to connection ids. No actor message per
-//! recipient.
+//! Fan-out: [`Sessions::deliver`] writes an item for a set of member
+//! devices to this node's connections of those devices, and sends the item
+//! and the device list to every other node of the view, which writes it to
+//! its own ([`Sessions::deliver_local`], by device in the connection
+//! table). One hop from the group's owner to every connection, whichever
+//! node the users' sessions live on, and no actor message per recipient.
+//! The price is a delivery to each node of the view even when it holds no
+//! member's connection: right for a few nodes (every node of a 3-node
+//! cluster holds some member of most groups); a large cluster would want
+//! the owner to know which nodes hold its members' connections.
 //!
 //! Moves: when the view changes ([`Sessions::follow_view`]), a session whose
 //! user is now owned by another node stops, sessions forget connections of
@@ -90,7 +92,8 @@ pub struct Sessions {
     limits: SessionLimits,
     /// The newest view incarnation followed (see the module doc).
     incarnation: AtomicU64,
-    /// Where the connections of this node's sessions are (`index.rs`).
+    /// Whether this node's sessions announced their users online
+    /// (`index.rs`).
     index: index::SessionIndex,
     /// Presence after a crash (`witness.rs`).
     witness: witness::Witness,
@@ -283,63 +286,25 @@ impl Sessions {
         }
     }
 
-    /// Hands an item to the sessions of the users of `devices`: this node's
-    /// directly, each other owner's in one delivery (batched per node by
-    /// the route). A user without a session has no connection anywhere.
+    /// Hands an item to the connections of `devices`, wherever they are:
+    /// this node's written here, and every other node of the view sent the
+    /// item and the device list once (batched per node by the route), to
+    /// write to its own (see the module doc).
     pub async fn deliver(&self, devices: &[MemberDevice], item: Outbound) {
         metrics::counter!("hush_deliveries_total").increment(devices.len() as u64);
-        // One placement for the whole delivery, one lookup per user (a user
-        // usually has several devices).
-        let owners = self.route.owners();
-        if owners.alone() {
-            // A view of one (a lone node, or the last node of a cluster):
-            // every session is here.
-            return self.deliver_here(devices, item).await;
+        for node in self.route.owners().others() {
+            self.route.send_to_devices(node, devices, &item);
         }
-        let mut owner_of: BTreeMap<&str, Option<String>> = BTreeMap::new();
-        let mut by_owner: BTreeMap<Option<String>, Vec<MemberDevice>> = BTreeMap::new();
-        for d in devices {
-            let owner = owner_of
-                .entry(d.user_id.as_str())
-                .or_insert_with(|| owners.remote(&session_key(&d.user_id)).map(str::to_owned));
-            by_owner.entry(owner.clone()).or_default().push(d.clone());
-        }
-        for (owner, devices) in by_owner {
-            match owner {
-                Some(node) => self.route.send_to_sessions(&node, &devices, &item),
-                None => self.deliver_here(&devices, item.clone()).await,
-            }
-        }
+        self.deliver_local(devices, &item).await;
     }
 
-    /// Writes an item to the connections of `devices` whose users' sessions
-    /// run here, wherever those connections are (see the module doc).
-    /// Connections found gone are reported to their session, which forgets
-    /// them.
-    pub async fn deliver_here(&self, devices: &[MemberDevice], item: Outbound) {
-        let me = self.route.me();
-        // The index read under one lock, this node's queues written under
-        // one lock of the table (`Connections::write_many`).
-        let found = self.index.connections_of(devices, me);
-        let local = found.local.iter().map(|&(_, id)| id);
-        for conn_id in self.conns.write_many(local, &item) {
-            // Rare: a connection that closed or was cut off meanwhile.
-            let Some(&(user, _)) = found.local.iter().find(|&&(_, id)| id == conn_id) else {
-                continue;
-            };
-            if let Some(session) = self.index.get(&devices[user].user_id) {
-                let _ = session.actor.send_message(SessionMsg::Detach {
-                    conn: (me.to_owned(), conn_id),
-                });
-            }
-        }
-        let mut remote: BTreeMap<(&str, usize), Vec<u64>> = BTreeMap::new();
-        for (user, (node, conn_id)) in &found.remote {
-            remote.entry((node, *user)).or_default().push(*conn_id);
-        }
-        for ((node, user), conn_ids) in remote {
-            self.route
-                .send_to_conns(node, &devices[user].user_id, conn_ids, &item);
+    /// Writes an item to this node's connections of `devices`. Connections
+    /// found gone (closed, or cut off as slow readers) are reported to
+    /// their sessions, which forget them.
+    pub async fn deliver_local(&self, devices: &[MemberDevice], item: &Outbound) {
+        for gone in self.conns.write_devices(devices, item) {
+            self.tell_conn_gone(&gone.session_node, &gone.user_id, gone.conn_id)
+                .await;
         }
     }
 
