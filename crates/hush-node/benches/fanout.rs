@@ -1,15 +1,17 @@
 //! The delivery path's pieces without sockets: encoding a timeline entry as
-//! the `GroupEvent` frame (once per entry), and handing one entry to N
+//! the `GroupEvent` frame (once per entry), handing one entry to N
 //! connection queues (the frame's bytes shared, never copied per
-//! recipient).
+//! recipient), and the same through the node's connection table by member
+//! device (`Connections::write_devices`, what a fan-out runs on each node).
 //!
 //! `cargo bench -p hush-node --bench fanout`
 
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use hush_node::conns::{Connections, LocalConn};
 use hush_node::wire::{EntryRef, Outbound};
-use hush_store::EntryKind;
+use hush_store::{EntryKind, MemberDevice};
 use tokio::sync::mpsc;
 
 fn entry<'a>(group_id: &'a [u8], message: &'a [u8]) -> EntryRef<'a> {
@@ -68,5 +70,59 @@ fn fanout_to_queues(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, frame_encode, fanout_to_queues);
+/// One entry to the connections of `n` member devices through the node's
+/// connection table (one connection each, among 2n: half the table is
+/// other users'), then every queue drained, per iteration.
+fn fanout_by_device(c: &mut Criterion) {
+    let group_id: Arc<[u8]> = Arc::from(&[7u8; 16][..]);
+    let message = vec![0x5a; 200];
+    let mut group = c.benchmark_group("fanout_by_device");
+    for n in [10usize, 100, 1000] {
+        let table = Connections::new(64);
+        let mut receivers = Vec::new();
+        let mut members = Vec::new();
+        for i in 0..2 * n {
+            let (tx, rx) = hush_node::conns::queue(64);
+            let user_id = format!("user{i}");
+            let device_id = format!("{user_id}-{:032x}", i);
+            if i % 2 == 0 {
+                members.push(MemberDevice {
+                    user_id: user_id.clone(),
+                    device_id: device_id.clone(),
+                });
+                receivers.push(rx);
+            }
+            table.insert(
+                i as u64,
+                LocalConn {
+                    user_id,
+                    device_id,
+                    tx,
+                    overflowed: Default::default(),
+                    session_node: "n1".into(),
+                    depth: Default::default(),
+                },
+            );
+        }
+        members.sort();
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_function(BenchmarkId::from_parameter(n), |b| {
+            b.iter(|| {
+                let item = Outbound::Group {
+                    group_id: group_id.clone(),
+                    seq: 1,
+                    frame: entry(&group_id, &message).frame(),
+                    durable_at: None,
+                };
+                assert!(table.write_devices(&members, &item).is_empty());
+                for rx in &mut receivers {
+                    rx.try_recv().expect("delivered");
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, frame_encode, fanout_to_queues, fanout_by_device);
 criterion_main!(benches);
