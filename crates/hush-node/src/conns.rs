@@ -126,8 +126,9 @@ pub struct Moved {
     pub device_id: String,
 }
 
-/// A connection found gone by a write (closed, unknown, or cut off as a
-/// slow reader), with what its session needs to forget it.
+/// A connection a write found gone (its reader ended, or it was cut off
+/// now as a slow reader), forgotten here, with what its session needs to
+/// forget it too.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Gone {
     pub conn_id: u64,
@@ -218,11 +219,7 @@ impl Connections {
 
     /// Queues `item` for each of `conn_ids` and returns those found gone:
     /// unknown, closed, or cut off now because their queue is full.
-    pub fn write_many<I>(&self, conn_ids: I, item: &Outbound) -> Vec<u64>
-    where
-        I: IntoIterator<Item = u64>,
-        I::IntoIter: ExactSizeIterator,
-    {
+    pub fn write_many(&self, conn_ids: impl IntoIterator<Item = u64>, item: &Outbound) -> Vec<u64> {
         let conn_ids: Vec<u64> = conn_ids.into_iter().collect();
         let mut gone = Vec::new();
         let removed = self.queue_each(move |_| conn_ids, item, |conn_id| gone.push(conn_id));

@@ -78,13 +78,6 @@ impl Owners<'_> {
             .map(String::as_str)
             .filter(|m| *m != self.me)
     }
-
-    /// No other node in the view: every key is this node's.
-    pub fn alone(&self) -> bool {
-        self.placement
-            .as_ref()
-            .is_none_or(|p| p.view().members.len() <= 1)
-    }
 }
 
 /// Owners of keys, and messages to them.
