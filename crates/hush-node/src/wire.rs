@@ -44,7 +44,11 @@ pub enum Outbound {
         /// node, and for entries read back from the store.
         durable_at: Option<std::time::Instant>,
     },
-    /// A Welcome in the device inbox.
+    /// A Welcome in the device inbox. Its `frame` is empty when it came
+    /// from another node: a Welcome (with the ratchet tree) of a group of
+    /// 1,000 is hundreds of KB, and a fan-out sends every node of the view
+    /// the item for one device, so it travels without it and the device's
+    /// connection reads its inbox from the store.
     Inbox {
         inbox_seq: u64,
         group_id: Arc<[u8]>,

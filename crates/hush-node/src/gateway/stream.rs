@@ -378,7 +378,15 @@ impl<K: Sink> Stream<K> {
             } => {
                 // The device's timeline for this group starts after the commit.
                 self.sent.entry(group_id.to_vec()).or_insert(commit_seq);
-                self.send_inbox(inbox_seq, frame).await
+                if !frame.is_empty() {
+                    self.send_inbox(inbox_seq, frame).await
+                } else if inbox_seq > self.inbox_sent {
+                    // From another node, without its frame: the store has it
+                    // (it was stored before it was pushed). Boxed: rare.
+                    Box::pin(self.send_new_inbox()).await
+                } else {
+                    Ok(())
+                }
             }
             Outbound::Refused(e) => Err(Halt::Api(e)),
             Outbound::Ephemeral { frame } => {
