@@ -404,6 +404,36 @@ async fn live_until(client: &mut Client, gid: &[u8], seq: u64) {
     }
 }
 
+/// A Welcome pushed to a device connected to a node other than the group's
+/// owner crosses as its position only; that node's connection reads it
+/// from the store, and the client joins without a Sync of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_welcome_reaches_a_member_on_another_node_live() {
+    let cluster = Cluster::start().await;
+    let mut alice = member(&cluster, "alice", 0).await;
+    let gid = alice.create_group("welcome").await.unwrap().group_id;
+    let owner = cluster.owner_of(&gid).await;
+    let away = NODES.iter().position(|n| *n != owner).unwrap();
+    let mut bob = member(&cluster, "bob", away).await;
+    bob.sync().await.unwrap();
+    alice
+        .add_members(&hex::encode(&gid), &["bob".into()])
+        .await
+        .unwrap();
+    while !bob.groups().unwrap().iter().any(|g| g.row.group_id == gid) {
+        let ev = tokio::time::timeout(PATIENCE, bob.wait_event())
+            .await
+            .expect("the Welcome arrives live within the patience")
+            .unwrap();
+        bob.handle(ev).await.unwrap();
+    }
+    let seq = alice
+        .send_text(&hex::encode(&gid), "welcome, bob")
+        .await
+        .unwrap();
+    live_until(&mut bob, &gid, seq).await;
+}
+
 /// alice, bob and carol, starting on the nodes `homes` gives (indices), in
 /// a new group made by alice; everyone synced.
 async fn group_of_three(
