@@ -574,6 +574,16 @@ async fn a_rolling_restart_under_traffic_loses_nothing() {
     finish(&cluster, &gid, stop_tx, vec![a, b], carol).await;
 }
 
+/// Who is online in a group, as a node answers `GetPresence` now.
+async fn presence_map(client: &mut Client, group: &str) -> BTreeMap<String, bool> {
+    client
+        .refresh_presence(group)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
 /// Waits until the client has a pushed presence for `user` equal to
 /// `online`, handling every event on the way (the connection must stay up).
 async fn wait_presence(client: &mut Client, user: &str, online: bool) {
@@ -638,12 +648,7 @@ async fn sessions_live_on_their_owners_and_presence_spans_the_cluster() {
     assert!(online.iter().all(|(_, on)| *on), "{online:?}");
     carol.close().await;
     wait_presence(&mut bob, "carol", false).await;
-    let after: BTreeMap<String, bool> = alice
-        .refresh_presence(&g)
-        .await
-        .unwrap()
-        .into_iter()
-        .collect();
+    let after = presence_map(&mut alice, &g).await;
     assert_eq!(after.get("carol"), Some(&false), "{after:?}");
     assert_eq!(after.get("bob"), Some(&true), "{after:?}");
 
@@ -681,12 +686,7 @@ async fn sessions_live_on_their_owners_and_presence_spans_the_cluster() {
     // once it has.
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let seen: BTreeMap<String, bool> = bob
-            .refresh_presence(&g)
-            .await
-            .unwrap()
-            .into_iter()
-            .collect();
+        let seen = presence_map(&mut bob, &g).await;
         assert_eq!(seen.get("alice"), Some(&true), "{seen:?}");
         if seen.get("bob") == Some(&true) {
             break;
@@ -724,12 +724,7 @@ async fn a_user_whose_node_dies_with_her_is_announced_offline() {
         .unwrap();
     bob.sync().await.unwrap();
     carol.sync().await.unwrap();
-    let seen: BTreeMap<String, bool> = bob
-        .refresh_presence(&g)
-        .await
-        .unwrap()
-        .into_iter()
-        .collect();
+    let seen = presence_map(&mut bob, &g).await;
     if seen.get("carol") != Some(&true) {
         wait_presence(&mut bob, "carol", true).await;
     }
@@ -738,12 +733,7 @@ async fn a_user_whose_node_dies_with_her_is_announced_offline() {
     let survivors: Vec<&str> = NODES.iter().copied().filter(|n| *n != carol_node).collect();
     cluster.wait_view(&survivors).await;
     wait_presence(&mut bob, "carol", false).await;
-    let now: BTreeMap<String, bool> = alice
-        .refresh_presence(&g)
-        .await
-        .unwrap()
-        .into_iter()
-        .collect();
+    let now = presence_map(&mut alice, &g).await;
     assert_eq!(now.get("carol"), Some(&false), "{now:?}");
     assert_eq!(now.get("bob"), Some(&true), "{now:?}");
     drop(carol);

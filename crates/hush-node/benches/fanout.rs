@@ -26,6 +26,17 @@ fn entry<'a>(group_id: &'a [u8], message: &'a [u8]) -> EntryRef<'a> {
     }
 }
 
+/// The item a fan-out hands to every recipient: the entry's frame, encoded
+/// once.
+fn entry_item(group_id: &Arc<[u8]>, message: &[u8]) -> Outbound {
+    Outbound::Group {
+        group_id: group_id.clone(),
+        seq: 1,
+        frame: entry(group_id, message).frame(),
+        durable_at: None,
+    }
+}
+
 fn frame_encode(c: &mut Criterion) {
     let group_id = [7u8; 16];
     let mut group = c.benchmark_group("frame_encode");
@@ -52,12 +63,7 @@ fn fanout_to_queues(c: &mut Criterion) {
         group.throughput(Throughput::Elements(n as u64));
         group.bench_function(BenchmarkId::from_parameter(n), |b| {
             b.iter(|| {
-                let item = Outbound::Group {
-                    group_id: group_id.clone(),
-                    seq: 1,
-                    frame: entry(&group_id, &message).frame(),
-                    durable_at: None,
-                };
+                let item = entry_item(&group_id, &message);
                 for tx in &senders {
                     tx.try_send(item.clone()).expect("queue has room");
                 }
@@ -108,12 +114,7 @@ fn fanout_by_device(c: &mut Criterion) {
         group.throughput(Throughput::Elements(n as u64));
         group.bench_function(BenchmarkId::from_parameter(n), |b| {
             b.iter(|| {
-                let item = Outbound::Group {
-                    group_id: group_id.clone(),
-                    seq: 1,
-                    frame: entry(&group_id, &message).frame(),
-                    durable_at: None,
-                };
+                let item = entry_item(&group_id, &message);
                 assert!(table.write_devices(&members, &item).is_empty());
                 for rx in &mut receivers {
                     rx.try_recv().expect("delivered");
