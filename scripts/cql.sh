@@ -179,6 +179,11 @@ commit_failure_policy: stop
 # (a CI rehearsal on a slow machine: SCHEMA_PUSH_REQ dropped, that node
 # kept the old schema, and every later DDL's wait for agreement timed out).
 internode_timeout: false
+# Schema pulls and pushes, gossip echoes: a message is dropped once older
+# than this (default 10 s), and a node paused longer than that (14 s was
+# logged under a CI build) lost a schema pull's answer; Cassandra never
+# retried it (scripts/cql/CqlProbe.java says how the probe recovers).
+request_timeout: 60000ms
 EOF
 }
 
@@ -279,6 +284,8 @@ up() {
       running "$k" >/dev/null || say "node $k is not running"
       say "last lines of $dir/node$k/logs/stdout.log:"
       tail -n 15 "$dir/node$k/logs/stdout.log" >&2 || true
+      say "its schema traffic and dropped messages ($dir/node$k/logs/system.log):"
+      grep -hE "schema (pull|push)|Schema|dropped" "$dir/node$k/logs/system.log" 2>/dev/null | tail -n 12 >&2 || true
     done
     die "the cluster did not answer CQL within ${wait_s}s"
   fi

@@ -45,20 +45,31 @@ public final class CqlProbe {
             });
             System.err.println("cql: " + hostPort(node) + " answers (Cassandra " + version + ")");
         }
-        // The probe table is created only once every node has gossiped with
-        // every other and they agree on the schema: a table created while
-        // a node was not connected yet reaches it only by a schema pull,
-        // which under load (a CI build on the same two cores) did not come
-        // within the wait, and every write at ALL then failed on that node
-        // ("Couldn't find table").
-        awaitAgreement(deadline, nodes, "see every other node with the same schema");
+        // The probe table is created once every node has gossiped with every
+        // other and they agree on the schema: a table created while a node
+        // was not connected yet reaches it only by a schema pull. Under load
+        // (a CI build on the same two cores) such a pull can be lost for good:
+        // Cassandra counts a pull as outstanding until its answer comes, and
+        // when the request or the answer is dropped (a node paused 14 s,
+        // longer than the message's timeout) it never asks that peer for that
+        // version again; a CI run waited 20 min on one node that kept the old
+        // schema. Only a newer version makes it pull again, so the second
+        // wait makes one (the table's comment) after each minute without
+        // agreement.
+        awaitAgreement(Math.min(deadline, System.nanoTime() + 3 * PATIENCE_NS), nodes,
+            "see every other node with the same schema", null);
         until(deadline, nodes.get(0), "create the probe table", s -> {
             s.execute("CREATE KEYSPACE IF NOT EXISTS hush_probe WITH replication = "
                 + "{'class': 'SimpleStrategy', 'replication_factor': " + nodes.size() + "}");
             s.execute("CREATE TABLE IF NOT EXISTS hush_probe.ping (node text PRIMARY KEY, at timestamp)");
             return "";
         });
-        awaitAgreement(deadline, nodes, "agree on the schema with the probe table");
+        int[] nudges = {0};
+        awaitAgreement(deadline, nodes, "agree on the schema with the probe table", s -> {
+            nudges[0]++;
+            s.execute("ALTER TABLE hush_probe.ping WITH comment = 'scripts/cql.sh nudge " + nudges[0] + "'");
+            return "";
+        });
         for (InetSocketAddress node : nodes) {
             until(deadline, node, "write at consistency ALL", s -> {
                 s.execute(new SimpleStatement(
@@ -74,11 +85,56 @@ public final class CqlProbe {
         }
     }
 
-    /** Waits until every node lists the others as peers on its own schema version. */
-    private static void awaitAgreement(long deadline, List<InetSocketAddress> nodes, String what)
+    /** How long a wait for agreement goes without one before it acts. */
+    private static final long PATIENCE_NS = 60_000_000_000L;
+
+    /**
+     * Waits until every node lists the others as peers on its own schema
+     * version. With `nudge`, runs it through the first node after each
+     * {@link #PATIENCE_NS} without agreement and fails at the deadline;
+     * without, returns at the deadline (the caller goes on, a later wait nudges).
+     */
+    private static void awaitAgreement(long deadline, List<InetSocketAddress> nodes, String what, Check nudge)
             throws InterruptedException {
+        long nextNudge = System.nanoTime() + PATIENCE_NS;
+        String last = null;
+        while (true) {
+            last = disagreement(nodes);
+            if (last == null) {
+                return;
+            }
+            long now = System.nanoTime();
+            if (now >= deadline) {
+                break;
+            }
+            if (nudge != null && now >= nextNudge) {
+                System.err.println("cql: the nodes did not " + what + " for a minute (" + last
+                    + "): a newer schema version makes a node stuck on a lost pull ask again");
+                try {
+                    nudge.run(session(nodes.get(0)));
+                } catch (Exception e) {
+                    forget(nodes.get(0));
+                    System.err.println("cql: the nudge failed: " + e);
+                }
+                nextNudge = System.nanoTime() + PATIENCE_NS;
+            }
+            Thread.sleep(RETRY_PAUSE_MS);
+        }
+        if (nudge != null) {
+            System.err.println("cql: the nodes did not " + what + " in time: " + last);
+            System.exit(1);
+        }
+        System.err.println("cql: the nodes did not " + what + " within " + PATIENCE_NS * 3 / 1_000_000_000L
+            + " s (" + last + "): going on, the next wait nudges");
+    }
+
+    /** Null when every node sees the others on its schema version, else who does not. */
+    private static String disagreement(List<InetSocketAddress> nodes) {
+        List<String> views = new ArrayList<>();
+        boolean agreed = true;
         for (InetSocketAddress node : nodes) {
-            until(deadline, node, what, s -> {
+            try {
+                Session s = session(node);
                 UUID local = s.execute("SELECT schema_version FROM system.local").one().getUUID("schema_version");
                 int agreeing = 0;
                 for (Row peer : s.execute("SELECT schema_version FROM system.peers_v2")) {
@@ -86,13 +142,15 @@ public final class CqlProbe {
                         agreeing++;
                     }
                 }
-                if (agreeing < nodes.size() - 1) {
-                    throw new IllegalStateException(
-                        agreeing + " of " + (nodes.size() - 1) + " other nodes on schema " + local);
-                }
-                return "";
-            });
+                agreed &= agreeing == nodes.size() - 1;
+                views.add(hostPort(node) + " on " + local + " with " + agreeing + " of " + (nodes.size() - 1));
+            } catch (Exception e) {
+                forget(node);
+                agreed = false;
+                views.add(hostPort(node) + ": " + e);
+            }
         }
+        return agreed ? null : String.join("; ", views);
     }
 
     interface Check {
