@@ -14,10 +14,22 @@
 //!
 //! Beside the datagrams, the same connections carry the node's own traffic
 //! as QUIC streams, opaque to the mesh: [`Mesh::call`] writes a request on a
-//! bidirectional stream and reads the whole answer; [`Mesh::push`] writes
-//! one message on a unidirectional stream. Each message is the whole
-//! stream (the sender finishes it), read with a size limit. Streams that
-//! arrive come out of [`Mesh::take_incoming`].
+//! bidirectional stream and reads the whole answer (the whole stream, read
+//! with a size limit); [`Mesh::push`] writes one message on a
+//! unidirectional stream and waits until the peer has it; a [`Channel`]
+//! ([`Mesh::open_channel`]) writes messages one after the other on one
+//! unidirectional stream that stays open, each as soon as the stream takes
+//! it. A unidirectional stream is a sequence of frames, `[length u32
+//! big-endian][message]`, each read with the size limit and handed on in
+//! order; a push is a stream of one frame. What arrives comes out of
+//! [`Mesh::take_incoming`].
+//!
+//! Why channels: a push counts as sent once the peer acknowledged it, and a
+//! QUIC receiver acknowledges a lone packet only after its `max_ack_delay`
+//! (25 ms), so a sender that waits for each push before the next one holds
+//! its next message up to 25 ms. The fan-out's batches to a peer go on a
+//! channel instead: in order, without waiting, at the cost of not knowing
+//! which of the last messages a connection that fails had delivered.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
@@ -105,6 +117,69 @@ pub enum MeshError {
     Connect(String),
     #[error("stream failed: {0}")]
     Stream(String),
+    #[error("a message of {0} bytes is over the stream limit")]
+    TooLarge(usize),
+}
+
+/// Messages to one peer on one unidirectional stream, in order (see the
+/// module doc). A failed send leaves it useless: open another.
+pub struct Channel {
+    send: quinn::SendStream,
+}
+
+impl Channel {
+    /// Writes `message` as one frame. Returns once the stream has taken it
+    /// (QUIC's flow control makes this wait when the peer reads slower than
+    /// this node writes), not once the peer has it.
+    pub async fn send(&mut self, message: Vec<u8>) -> Result<(), MeshError> {
+        let len = u32::try_from(message.len())
+            .ok()
+            .filter(|&n| n as usize <= MAX_STREAM_MESSAGE)
+            .ok_or(MeshError::TooLarge(message.len()))?;
+        let mut chunks = [
+            bytes::Bytes::copy_from_slice(&len.to_be_bytes()),
+            bytes::Bytes::from(message),
+        ];
+        self.send
+            .write_all_chunks(&mut chunks)
+            .await
+            .map_err(|e| MeshError::Stream(e.to_string()))
+    }
+}
+
+/// Reads the frames of a unidirectional stream from `peer` and hands each
+/// on as a [`StreamMsg::Push`], in order, until the stream ends; a frame
+/// over [`MAX_STREAM_MESSAGE`] or a stream cut inside a frame ends it.
+async fn read_frames<R>(mut recv: R, peer: &str, to: &mpsc::Sender<StreamMsg>) -> Result<(), String>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt as _;
+    loop {
+        let mut len = [0u8; 4];
+        // The stream may end between frames, not inside one.
+        if recv.read(&mut len[..1]).await.map_err(|e| e.to_string())? == 0 {
+            return Ok(());
+        }
+        recv.read_exact(&mut len[1..])
+            .await
+            .map_err(|e| format!("frame header: {e}"))?;
+        let len = u32::from_be_bytes(len) as usize;
+        if len > MAX_STREAM_MESSAGE {
+            return Err(format!("a frame of {len} bytes, over {MAX_STREAM_MESSAGE}"));
+        }
+        let mut payload = vec![0; len];
+        recv.read_exact(&mut payload)
+            .await
+            .map_err(|e| format!("frame of {len} bytes: {e}"))?;
+        let msg = StreamMsg::Push {
+            peer: peer.to_string(),
+            payload,
+        };
+        if to.send(msg).await.is_err() {
+            return Ok(());
+        }
+    }
 }
 
 /// A running mesh member.
@@ -252,16 +327,12 @@ impl Mesh {
             .map_err(|e| MeshError::Stream(e.to_string()))
     }
 
-    /// Sends `message` to `peer` on a new unidirectional stream.
+    /// Sends `message` to `peer` on a new unidirectional stream and waits
+    /// until the peer has all of it.
     pub async fn push(&self, peer: &str, message: &[u8]) -> Result<(), MeshError> {
-        let conn = self.connection(peer).await?;
-        let mut send = conn
-            .open_uni()
-            .await
-            .map_err(|e| self.drop_failed(peer, &conn, e))?;
-        send.write_all(message)
-            .await
-            .map_err(|e| MeshError::Stream(e.to_string()))?;
+        let mut channel = self.open_channel(peer).await?;
+        channel.send(message.to_vec()).await?;
+        let mut send = channel.send;
         send.finish()
             .map_err(|e| MeshError::Stream(e.to_string()))?;
         // Wait until the peer has the whole message, so that a batch counts
@@ -270,6 +341,17 @@ impl Mesh {
             .await
             .map_err(|e| MeshError::Stream(e.to_string()))?;
         Ok(())
+    }
+
+    /// Opens a [`Channel`] to `peer`: one unidirectional stream for many
+    /// messages, in order.
+    pub async fn open_channel(&self, peer: &str) -> Result<Channel, MeshError> {
+        let conn = self.connection(peer).await?;
+        let send = conn
+            .open_uni()
+            .await
+            .map_err(|e| self.drop_failed(peer, &conn, e))?;
+        Ok(Channel { send })
     }
 
     fn drop_failed(
@@ -427,11 +509,9 @@ async fn serve_connection(
                 let streams = streams.clone();
                 let peer = peer.clone();
                 tokio::spawn(async move {
-                    match recv.read_to_end(MAX_STREAM_MESSAGE).await {
-                        Ok(payload) => {
-                            let _ = streams.send(StreamMsg::Push { peer, payload }).await;
-                        }
-                        Err(e) => tracing::debug!(error = %e, "bad cluster push stream"),
+                    if let Err(e) = read_frames(&mut recv, &peer, &streams).await {
+                        tracing::debug!(%peer, error = %e, "bad cluster push stream");
+                        let _ = recv.stop(1u32.into());
                     }
                 });
             }
@@ -623,5 +703,67 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(message: &[u8]) -> Vec<u8> {
+        let mut out = (message.len() as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(message);
+        out
+    }
+
+    async fn read_all(stream: &[u8]) -> (Vec<Vec<u8>>, Result<(), String>) {
+        let (tx, mut rx) = mpsc::channel(16);
+        let result = read_frames(stream, "n2", &tx).await;
+        drop(tx);
+        let mut got = Vec::new();
+        while let Some(msg) = rx.recv().await {
+            match msg {
+                StreamMsg::Push { peer, payload } => {
+                    assert_eq!(peer, "n2");
+                    got.push(payload);
+                }
+                StreamMsg::Call { .. } => panic!("a frame became a call"),
+            }
+        }
+        (got, result)
+    }
+
+    #[tokio::test]
+    async fn frames_come_out_in_order_and_a_stream_may_end_between_them() {
+        let mut stream = frame(b"first");
+        stream.extend(frame(b""));
+        stream.extend(frame(b"third"));
+        let (got, result) = read_all(&stream).await;
+        assert_eq!(result, Ok(()));
+        assert_eq!(got, [b"first".to_vec(), Vec::new(), b"third".to_vec()]);
+        assert_eq!(read_all(&[]).await, (Vec::new(), Ok(())));
+    }
+
+    #[tokio::test]
+    async fn a_frame_cut_short_or_over_the_limit_ends_the_stream_with_an_error() {
+        // The header cut after two bytes, then a body cut short: what came
+        // before is handed on, the torn frame is not.
+        let mut torn_header = frame(b"kept");
+        torn_header.extend_from_slice(&[0, 0]);
+        let (got, result) = read_all(&torn_header).await;
+        assert_eq!(got, [b"kept".to_vec()]);
+        assert!(result.unwrap_err().contains("frame header"));
+
+        let mut torn_body = frame(b"kept");
+        torn_body.extend_from_slice(&frame(b"twelve bytes")[..10]);
+        let (got, result) = read_all(&torn_body).await;
+        assert_eq!(got, [b"kept".to_vec()]);
+        assert!(result.unwrap_err().contains("frame of 12 bytes"));
+
+        // A length over the limit is refused before anything is allocated.
+        let over = ((MAX_STREAM_MESSAGE + 1) as u32).to_be_bytes();
+        let (got, result) = read_all(&over).await;
+        assert!(got.is_empty());
+        assert!(result.unwrap_err().contains("over"));
     }
 }

@@ -54,3 +54,67 @@ async fn streams_carry_the_certificates_node_id() {
         StreamMsg::Call { .. } => panic!("a push was sent"),
     }
 }
+
+/// A channel's messages arrive in the order written, as separate pushes
+/// from the certificate's node; a push beside it still arrives whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_carries_many_messages_in_order() {
+    let ca = tempfile::tempdir().unwrap();
+    let id = |n: &str| NodeIdentity::dev(ca.path(), n).unwrap();
+    let n1 = Mesh::start(&id("n1"), config("n1", &[])).await.unwrap();
+    let mut incoming = n1.take_incoming().expect("incoming");
+    let seed = [("n1", n1.local_addr())];
+    let n2 = Mesh::start(&id("n2"), config("n2", &seed)).await.unwrap();
+    let mut view = n2.view();
+    tokio::time::timeout(PATIENCE, view.wait_for(|v| v.members.len() == 2))
+        .await
+        .expect("in time")
+        .expect("view");
+    let mut channel = n2.open_channel("n1").await.expect("channel");
+    let sent: Vec<Vec<u8>> = (0..200u32)
+        .map(|i| {
+            format!("batch {i}")
+                .repeat(1 + (i as usize % 7) * 300)
+                .into_bytes()
+        })
+        .collect();
+    for message in &sent {
+        channel.send(message.clone()).await.expect("send");
+    }
+    let mut got = Vec::new();
+    while got.len() < sent.len() {
+        let msg = tokio::time::timeout(PATIENCE, incoming.recv())
+            .await
+            .expect("in time")
+            .expect("a stream");
+        match msg {
+            StreamMsg::Push { peer, payload } => {
+                assert_eq!(peer, "n2");
+                got.push(payload);
+            }
+            StreamMsg::Call { .. } => panic!("only a channel was written"),
+        }
+    }
+    assert_eq!(got, sent);
+
+    n2.push("n1", b"a push beside it").await.expect("push");
+    channel
+        .send(b"and the channel goes on".to_vec())
+        .await
+        .expect("send");
+    let mut rest = Vec::new();
+    for _ in 0..2 {
+        match tokio::time::timeout(PATIENCE, incoming.recv()).await {
+            Ok(Some(StreamMsg::Push { payload, .. })) => rest.push(payload),
+            _ => panic!("two more pushes"),
+        }
+    }
+    rest.sort();
+    assert_eq!(
+        rest,
+        [
+            b"a push beside it".to_vec(),
+            b"and the channel goes on".to_vec()
+        ]
+    );
+}

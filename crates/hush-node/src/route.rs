@@ -20,16 +20,20 @@
 //!
 //! Fan-out batching. Each peer has a bounded queue (`cluster.peer_queue`)
 //! and a sender task that takes everything queued at that moment (up to
-//! [`MAX_BATCH_BYTES`]) into one `DeliverBatch` on one QUIC stream, so
-//! batches grow with load. A full queue drops the delivery and counts it:
-//! deliveries change no state, and the store stays the truth, read by the
-//! next gap fill or sync.
+//! [`MAX_BATCH_BYTES`]) into one `DeliverBatch`, so batches grow with load,
+//! and writes it on the peer's delivery [`Channel`] (one QUIC stream that
+//! stays open: batches arrive in order and the next one does not wait for
+//! the peer's acknowledgement of the last). A full queue drops the delivery
+//! and counts it, as does a write that fails; batches the stream had taken
+//! when its connection failed are lost uncounted. Either way deliveries
+//! change no state, and the store stays the truth, read by the next gap
+//! fill or sync.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use hush_cluster::mesh::Mesh;
+use hush_cluster::mesh::{Channel, Mesh, MeshError};
 use hush_cluster::{Placement, View};
 use hush_proto::cluster::v1 as cluster;
 use hush_proto::{ErrorCode, Message as _};
@@ -467,6 +471,7 @@ impl Route {
         let me = self.me.clone();
         let view = self.view.clone();
         self.runtime.spawn(async move {
+            let mut channel = None;
             while let Some(first) = rx.recv().await {
                 let mut bytes = first.encoded_len();
                 let mut items = vec![first];
@@ -490,7 +495,8 @@ impl Route {
                         cluster::DeliverBatch { items },
                     )),
                 };
-                if let Err(e) = mesh.push(&peer, &request.encode_to_vec()).await {
+                let sent = send_on(&mesh, &peer, &mut channel, request.encode_to_vec()).await;
+                if let Err(e) = sent {
                     metrics::counter!("hush_cluster_deliveries_dropped_total", "why" => "unreachable")
                         .increment(n as u64);
                     tracing::debug!(%peer, error = %e, deliveries = n, "batch not delivered");
@@ -507,6 +513,25 @@ impl Route {
 }
 
 /// The metrics label of a node request.
+/// Writes `message` on `channel`, opening it first if there is none; a
+/// channel whose write failed is dropped (the next message opens another).
+async fn send_on(
+    mesh: &Mesh,
+    peer: &str,
+    channel: &mut Option<Channel>,
+    message: Vec<u8>,
+) -> Result<(), MeshError> {
+    let open = match channel {
+        Some(open) => open,
+        None => channel.insert(mesh.open_channel(peer).await?),
+    };
+    let sent = open.send(message).await;
+    if sent.is_err() {
+        *channel = None;
+    }
+    sent
+}
+
 pub fn body_kind(body: &cluster::node_request::Body) -> &'static str {
     match body {
         cluster::node_request::Body::GroupCall(_) => "group_call",
