@@ -31,8 +31,7 @@ pub(super) fn open_connection(
         | OpenFlags::SQLITE_OPEN_URI;
     let conn = Connection::open_with_flags(path, flags)
         .map_err(|e| map_err(&format!("open {}", path.display()), e))?;
-    conn.busy_timeout(busy_timeout)
-        .map_err(|e| map_err("set busy_timeout", e))?;
+    set_busy_wait(&conn, busy_timeout)?;
     conn.set_prepared_statement_cache_capacity(super::stmt::STATEMENT_CACHE);
     // Query plans that never depend on bound values. Without this, SQLite
     // marks a statement whose `LIMIT ?` (or any value the planner may peek
@@ -55,6 +54,70 @@ pub(super) fn open_connection(
             .map_err(|e| map_err("set query_only", e))?;
     }
     Ok(conn)
+}
+
+/// How a connection waits for a lock another process holds (several nodes
+/// of a local cluster share one file): tries again after [`BUSY_FIRST_PAUSE`]
+/// for the first [`BUSY_FIRST_TRIES`] tries, then every [`BUSY_PAUSE`], until
+/// `busy_timeout` is spent (zero: fail at once).
+///
+/// Not SQLite's own busy timeout: it sleeps 1, 2, 5, 10, 15, 20, 25 ms...
+/// between tries, while another node's commit holds the write lock for
+/// about one fsync (0.2-1 ms here). In a three-node cluster on one file the
+/// writers slept 0.65 s of every 4 s that way (strace), and a write that
+/// lost the lock three times waited 8 ms for a lock free after 1. Polling
+/// every 250 us cut the cluster's e2e p99 from 22 to 6 ms for about 8% more
+/// CPU (fewer writes share each commit).
+fn set_busy_wait(conn: &Connection, busy_timeout: Duration) -> Result<()> {
+    if busy_timeout.is_zero() {
+        return conn
+            .busy_handler(None)
+            .map_err(|e| map_err("clear the busy handler", e));
+    }
+    let limit_us = usize::try_from(busy_timeout.as_micros()).unwrap_or(usize::MAX);
+    // SAFETY: `busy_wait` never unwinds and treats its argument as a number
+    // (the limit in microseconds), never as a pointer to anything; the handle
+    // is this open connection's.
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_busy_handler(
+            conn.handle(),
+            Some(busy_wait),
+            limit_us as *mut std::ffi::c_void,
+        )
+    };
+    if rc == rusqlite::ffi::SQLITE_OK {
+        Ok(())
+    } else {
+        Err(StoreError::Backend(format!(
+            "set the busy handler: SQLite code {rc}"
+        )))
+    }
+}
+
+const BUSY_FIRST_PAUSE: Duration = Duration::from_micros(250);
+const BUSY_FIRST_TRIES: u64 = 8;
+const BUSY_PAUSE: Duration = Duration::from_millis(1);
+
+/// How long the tries before try `tries` (counted from 0) waited, about.
+fn busy_waited(tries: u64) -> Duration {
+    let first = tries.min(BUSY_FIRST_TRIES);
+    BUSY_FIRST_PAUSE * first as u32 + BUSY_PAUSE * (tries - first).min(u32::MAX as u64) as u32
+}
+
+/// SQLite's busy callback: 1 to try again after a pause, 0 to fail with
+/// SQLITE_BUSY. `limit` is the busy timeout in microseconds.
+extern "C" fn busy_wait(limit: *mut std::ffi::c_void, tries: std::ffi::c_int) -> std::ffi::c_int {
+    let tries = u64::try_from(tries).unwrap_or(0);
+    let limit = Duration::from_micros(limit as usize as u64);
+    if busy_waited(tries) >= limit {
+        return 0;
+    }
+    std::thread::sleep(if tries < BUSY_FIRST_TRIES {
+        BUSY_FIRST_PAUSE
+    } else {
+        BUSY_PAUSE
+    });
+    1
 }
 
 /// Switches the file to WAL (persistent in the file; a no-op once done).
@@ -163,5 +226,59 @@ mod tests {
                 "parsed again for limit {limit}"
             );
         }
+    }
+
+    /// A write waits for a lock another connection holds, gets it once that
+    /// one lets go, and fails with SQLITE_BUSY (never waits on) when the
+    /// lock stays held past its busy timeout; with a zero timeout it fails
+    /// at once.
+    #[test]
+    fn a_writer_waits_for_a_held_lock_within_its_busy_timeout_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.db");
+        let holder = open_connection(&path, Duration::ZERO, false).expect("open");
+        holder
+            .execute_batch("CREATE TABLE t (n INTEGER NOT NULL)")
+            .expect("schema");
+        let busy = |e: rusqlite::Error| e.sqlite_error_code() == Some(ErrorCode::DatabaseBusy);
+
+        let impatient = open_connection(&path, Duration::ZERO, false).expect("open");
+        let short = open_connection(&path, Duration::from_millis(30), false).expect("open");
+        holder.execute_batch("BEGIN IMMEDIATE").expect("lock");
+        let err = impatient
+            .execute("INSERT INTO t VALUES (1)", [])
+            .unwrap_err();
+        assert!(busy(err), "no wait with a zero timeout");
+        let err = short.execute("INSERT INTO t VALUES (2)", []).unwrap_err();
+        assert!(busy(err), "the lock outlived the 30 ms timeout");
+
+        // Let go while a patient writer waits: it gets the lock and writes.
+        let patient = std::thread::spawn(move || {
+            let conn = open_connection(&path, Duration::from_secs(30), false).expect("open");
+            conn.execute("INSERT INTO t VALUES (3)", [])
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        holder.execute_batch("COMMIT").expect("unlock");
+        assert_eq!(patient.join().expect("thread").expect("insert"), 1);
+        let rows: Vec<i64> = holder
+            .prepare("SELECT n FROM t")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .expect("read");
+        assert_eq!(rows, [3]);
+    }
+
+    #[test]
+    fn the_busy_wait_polls_finely_first_then_every_millisecond() {
+        assert_eq!(busy_waited(0), Duration::ZERO);
+        assert_eq!(busy_waited(4), Duration::from_millis(1));
+        assert_eq!(busy_waited(8), Duration::from_millis(2));
+        assert_eq!(busy_waited(12), Duration::from_millis(6));
+        // Five seconds (the default timeout) take about five thousand tries.
+        assert!(busy_waited(5_005) < Duration::from_secs(5));
+        assert!(busy_waited(5_006) >= Duration::from_secs(5));
+        assert_eq!(
+            busy_waited(u64::MAX),
+            BUSY_FIRST_PAUSE * 8 + BUSY_PAUSE * u32::MAX
+        );
     }
 }
