@@ -512,7 +512,6 @@ impl Route {
     }
 }
 
-/// The metrics label of a node request.
 /// Writes `message` on `channel`, opening it first if there is none; a
 /// channel whose write failed is dropped (the next message opens another).
 async fn send_on(
@@ -532,6 +531,7 @@ async fn send_on(
     sent
 }
 
+/// The metrics label of a node request.
 pub fn body_kind(body: &cluster::node_request::Body) -> &'static str {
     match body {
         cluster::node_request::Body::GroupCall(_) => "group_call",
