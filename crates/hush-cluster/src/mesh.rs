@@ -124,7 +124,7 @@ pub enum MeshError {
 /// Messages to one peer on one unidirectional stream, in order (see the
 /// module doc). A failed send leaves it useless: open another.
 pub struct Channel {
-    send: quinn::SendStream,
+    stream: quinn::SendStream,
 }
 
 impl Channel {
@@ -140,7 +140,7 @@ impl Channel {
             bytes::Bytes::copy_from_slice(&len.to_be_bytes()),
             bytes::Bytes::from(message),
         ];
-        self.send
+        self.stream
             .write_all_chunks(&mut chunks)
             .await
             .map_err(|e| MeshError::Stream(e.to_string()))
@@ -332,7 +332,7 @@ impl Mesh {
     pub async fn push(&self, peer: &str, message: &[u8]) -> Result<(), MeshError> {
         let mut channel = self.open_channel(peer).await?;
         channel.send(message.to_vec()).await?;
-        let mut send = channel.send;
+        let mut send = channel.stream;
         send.finish()
             .map_err(|e| MeshError::Stream(e.to_string()))?;
         // Wait until the peer has the whole message, so that a batch counts
@@ -351,7 +351,7 @@ impl Mesh {
             .open_uni()
             .await
             .map_err(|e| self.drop_failed(peer, &conn, e))?;
-        Ok(Channel { send })
+        Ok(Channel { stream: send })
     }
 
     fn drop_failed(

@@ -4,8 +4,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use hush_cluster::mesh::{Mesh, MeshConfig, StreamMsg};
+use hush_cluster::mesh::{Mesh, MeshConfig, MeshError, StreamMsg, MAX_STREAM_MESSAGE};
 use hush_cluster::tls::{node_id_of, NodeIdentity};
+use tokio::sync::mpsc;
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -28,12 +29,12 @@ fn a_node_certificate_names_its_id() {
     assert_eq!(node_id_of(&[]), None);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streams_carry_the_certificates_node_id() {
-    let ca = tempfile::tempdir().unwrap();
+/// Two meshes of one CA that see each other: n1 (with what arrives to it)
+/// and n2.
+async fn joined_pair(ca: &tempfile::TempDir) -> (Mesh, mpsc::Receiver<StreamMsg>, Mesh) {
     let id = |n: &str| NodeIdentity::dev(ca.path(), n).unwrap();
     let n1 = Mesh::start(&id("n1"), config("n1", &[])).await.unwrap();
-    let mut incoming = n1.take_incoming().expect("incoming");
+    let incoming = n1.take_incoming().expect("incoming");
     let seed = [("n1", n1.local_addr())];
     let n2 = Mesh::start(&id("n2"), config("n2", &seed)).await.unwrap();
     let mut view = n2.view();
@@ -41,6 +42,13 @@ async fn streams_carry_the_certificates_node_id() {
         .await
         .expect("in time")
         .expect("view");
+    (n1, incoming, n2)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_carry_the_certificates_node_id() {
+    let ca = tempfile::tempdir().unwrap();
+    let (_n1, mut incoming, n2) = joined_pair(&ca).await;
     n2.push("n1", b"I am n3, honest").await.expect("push");
     let msg = tokio::time::timeout(PATIENCE, incoming.recv())
         .await
@@ -60,17 +68,15 @@ async fn streams_carry_the_certificates_node_id() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_channel_carries_many_messages_in_order() {
     let ca = tempfile::tempdir().unwrap();
-    let id = |n: &str| NodeIdentity::dev(ca.path(), n).unwrap();
-    let n1 = Mesh::start(&id("n1"), config("n1", &[])).await.unwrap();
-    let mut incoming = n1.take_incoming().expect("incoming");
-    let seed = [("n1", n1.local_addr())];
-    let n2 = Mesh::start(&id("n2"), config("n2", &seed)).await.unwrap();
-    let mut view = n2.view();
-    tokio::time::timeout(PATIENCE, view.wait_for(|v| v.members.len() == 2))
-        .await
-        .expect("in time")
-        .expect("view");
+    let (_n1, mut incoming, n2) = joined_pair(&ca).await;
     let mut channel = n2.open_channel("n1").await.expect("channel");
+    // A message over the limit is refused before anything is written: the
+    // channel goes on.
+    let over = vec![0u8; MAX_STREAM_MESSAGE + 1];
+    assert!(matches!(
+        channel.send(over).await,
+        Err(MeshError::TooLarge(n)) if n == MAX_STREAM_MESSAGE + 1
+    ));
     let sent: Vec<Vec<u8>> = (0..200u32)
         .map(|i| {
             format!("batch {i}")
