@@ -27,8 +27,9 @@ pub struct Config {
 /// The most threads `gateway.workers` and `node.actor_threads` may ask for.
 pub const MAX_THREADS: usize = 1024;
 
-/// The longest group-commit delay `store.commit_delay_us` accepts (100 ms):
-/// past that it is a stall, not a batch.
+/// The longest group-commit delay `store.commit_delay_us` (and acks' wait,
+/// `store.ack_delay_us`) accepts (100 ms): past that it is a stall, not a
+/// batch.
 pub const MAX_COMMIT_DELAY_US: u64 = 100_000;
 
 #[derive(Clone, Debug, Deserialize)]
@@ -71,6 +72,13 @@ pub struct StoreSection {
     /// moderate load for up to this much latency; a busy writer never
     /// waits. At most 100,000.
     pub commit_delay_us: u64,
+    /// How long acks alone wait for more acks to share their transaction,
+    /// in microseconds (embedded store; default 5,000; 0: off): until the
+    /// oldest has waited this long, the transaction is full, or any other
+    /// write arrives. Nobody waits on an ack's commit; a cursor (and a
+    /// device's join announcement) moves up to this much later. At most
+    /// 100,000.
+    pub ack_delay_us: u64,
     /// ScyllaDB: "host:port" of one or more nodes.
     pub contact_points: Vec<String>,
     /// ScyllaDB keyspace (created at start if missing).
@@ -388,6 +396,7 @@ impl Default for StoreSection {
             max_batch: 256,
             max_batch_acks: 32,
             commit_delay_us: hush_store::SqliteConfig::DEFAULT_COMMIT_DELAY.as_micros() as u64,
+            ack_delay_us: hush_store::SqliteConfig::DEFAULT_ACK_DELAY.as_micros() as u64,
             contact_points: vec!["127.0.0.1:9042".into()],
             keyspace: hush_store::ScyllaConfig::DEFAULT_KEYSPACE.into(),
             replication_factor: 1,
@@ -701,6 +710,12 @@ impl Config {
         if self.store.commit_delay_us > MAX_COMMIT_DELAY_US {
             return Err(invalid(
                 "store.commit_delay_us",
+                format!("must be at most {MAX_COMMIT_DELAY_US} (0 turns it off)"),
+            ));
+        }
+        if self.store.ack_delay_us > MAX_COMMIT_DELAY_US {
+            return Err(invalid(
+                "store.ack_delay_us",
                 format!("must be at most {MAX_COMMIT_DELAY_US} (0 turns it off)"),
             ));
         }

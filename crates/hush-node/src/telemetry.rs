@@ -147,6 +147,7 @@ pub const FAMILIES: &[Family] = &[
     counter("hush_store_ops_total", "Embedded-store write operations, by op."),
     counter("hush_store_commits_total", "Embedded-store batches committed, by sync (full: fsynced before the reply; deferred: acks alone, made durable by the next full commit or checkpoint)."),
     counter("hush_store_commit_delays_total", "Times an embedded-store write waited group commit's delay for others to share its commit (store.commit_delay_us)."),
+    counter("hush_store_ack_waits_total", "Times acks alone waited for more acks to share their embedded-store transaction (store.ack_delay_us)."),
     histogram("hush_store_batch_size", Unit::Count, "Write operations per embedded-store transaction."),
     histogram("hush_store_batch_seconds", Unit::Seconds, "Time to run and commit one embedded-store batch."),
     histogram("hush_store_write_wait_seconds", Unit::Seconds, "Time an embedded-store write waited for its batch, by lane (urgent: everything but acks; ack: cursor and inbox acks, written after the rest)."),

@@ -64,6 +64,10 @@ fn bad_config_value_is_a_startup_error_naming_it() {
     let (ok, err) = run_with_config("[store]\ncommit_delay_us = 100001\n");
     assert!(!ok);
     assert!(err.contains("store.commit_delay_us"), "{err}");
+    // So would acks' wait.
+    let (ok, err) = run_with_config("[store]\nack_delay_us = 100001\n");
+    assert!(!ok);
+    assert!(err.contains("store.ack_delay_us"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

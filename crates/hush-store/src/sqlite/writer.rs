@@ -39,6 +39,22 @@
 //! time). A busy writer never waits (its batches form while it commits).
 //! Nobody is answered before the commit either way.
 //!
+//! Acks alone gather (`SqliteConfig::ack_delay`, `store.ack_delay_us`): a
+//! batch with nothing but acks to write waits for more acks, until its
+//! oldest ack has waited `ack_delay`, the batch is full, or any other write
+//! arrives (that one goes at once, with the acks beside it). Receivers ack
+//! one by one as their own timers fire (the fanout scenario's 1,000
+//! receivers each ack every 200 ms, 5,000 acks a second at 3,000 msg/s), and
+//! an idle writer committed each ack or two as a transaction of its own:
+//! most of the writer's CPU in the large-group scenario was a transaction's
+//! fixed cost (begin, WAL frames, commit) paid for ~4 acks. Nobody waits
+//! on an ack's commit; what waits is the cursor's move, and with it a
+//! device's join announcement and the answer to an RPC ack. Each lane has
+//! a channel of its own ([`Writes`]): while acks gather, the writer
+//! listens only for other writes, so the acks that queue meanwhile do not
+//! wake it one by one (that wake per ack cost as much as the transactions
+//! the wait saved).
+//!
 //! A batch of acks alone commits without an fsync of its own
 //! (`synchronous=NORMAL` for that transaction, [`Durability`]); every other
 //! batch commits with `synchronous=FULL`. Nobody waits on an ack's commit,
@@ -53,6 +69,10 @@
 //! as before.
 
 use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
 
 use rusqlite::Connection;
@@ -364,10 +384,59 @@ impl Durability {
     }
 }
 
-/// The writer's two lanes: the channel every caller sends to, and the
-/// operations taken off it that wait for a batch, one queue per lane.
+/// Where callers queue writes: a bounded channel per lane, so that acks
+/// can queue without waking the writer while it gathers them (see the
+/// module docs). Closed (dropped) together.
+pub(super) struct Writes {
+    urgent: mpsc::Sender<Box<dyn PendingOp>>,
+    acks: mpsc::Sender<Box<dyn PendingOp>>,
+}
+
+impl Writes {
+    /// Queues `op` in its lane's channel, waiting for room; gives it back
+    /// if the writer is gone.
+    pub(super) async fn send(
+        &self,
+        op: Box<dyn PendingOp>,
+    ) -> std::result::Result<(), Box<dyn PendingOp>> {
+        self.lane(op.lane()).send(op).await.map_err(|e| e.0)
+    }
+
+    /// Queues `op` if its lane's channel has room.
+    #[cfg(test)]
+    pub(super) fn try_send(&self, op: Box<dyn PendingOp>) -> bool {
+        self.lane(op.lane()).try_send(op).is_ok()
+    }
+
+    fn lane(&self, lane: Lane) -> &mpsc::Sender<Box<dyn PendingOp>> {
+        match lane {
+            Lane::Urgent => &self.urgent,
+            Lane::Ack => &self.acks,
+        }
+    }
+}
+
+/// The receiving ends of [`Writes`], for one [`Queue`].
+pub(super) struct Receivers {
+    urgent: mpsc::Receiver<Box<dyn PendingOp>>,
+    acks: mpsc::Receiver<Box<dyn PendingOp>>,
+}
+
+/// The writer's channels, each holding up to `capacity` operations.
+pub(super) fn channels(capacity: usize) -> (Writes, Receivers) {
+    let (urgent, urgent_rx) = mpsc::channel(capacity.max(1));
+    let (acks, acks_rx) = mpsc::channel(capacity.max(1));
+    let receivers = Receivers {
+        urgent: urgent_rx,
+        acks: acks_rx,
+    };
+    (Writes { urgent, acks }, receivers)
+}
+
+/// The writer's two lanes: the channels callers send to, and the
+/// operations taken off them that wait for a batch, one queue per lane.
 pub(super) struct Queue {
-    rx: mpsc::Receiver<Box<dyn PendingOp>>,
+    rx: Receivers,
     urgent: VecDeque<Box<dyn PendingOp>>,
     acks: VecDeque<Box<dyn PendingOp>>,
     /// When the urgent writes arrived, smoothed: whether, and how long, to
@@ -377,27 +446,32 @@ pub(super) struct Queue {
     max_batch: usize,
     /// The most acks in a batch that carries other operations.
     max_acks: usize,
-    /// The most operations held off the channel: its own capacity, so the
-    /// writer holds at most twice what the channel bounds.
+    /// The most operations of a lane held off its channel: the channel's
+    /// own capacity, so the writer holds at most twice what the channels
+    /// bound.
     max_held: usize,
+    /// How long acks alone wait for more acks (see the module docs).
+    ack_delay: std::time::Duration,
 }
 
 impl Queue {
     pub(super) fn new(
-        rx: mpsc::Receiver<Box<dyn PendingOp>>,
+        rx: Receivers,
         max_batch: usize,
         max_acks: usize,
         commit_delay: std::time::Duration,
+        ack_delay: std::time::Duration,
     ) -> Self {
         let max_batch = max_batch.max(1);
         Self {
-            max_held: rx.max_capacity().max(max_batch),
+            max_held: rx.urgent.max_capacity().max(max_batch),
             rx,
             urgent: VecDeque::new(),
             acks: VecDeque::new(),
             arrivals: Arrivals::new(commit_delay),
             max_batch,
             max_acks: max_acks.clamp(1, max_batch),
+            ack_delay,
         }
     }
 
@@ -415,10 +489,16 @@ impl Queue {
         }
     }
 
-    /// Takes what is queued on the channel, up to `max_held`.
+    /// Takes what is queued on the channels, up to `max_held` a lane.
     fn take_queued(&mut self) {
-        while self.held() < self.max_held {
-            match self.rx.try_recv() {
+        while self.urgent.len() < self.max_held {
+            match self.rx.urgent.try_recv() {
+                Ok(op) => self.hold(op),
+                Err(_) => break,
+            }
+        }
+        while self.acks.len() < self.max_held {
+            match self.rx.acks.try_recv() {
                 Ok(op) => self.hold(op),
                 Err(_) => break,
             }
@@ -453,6 +533,50 @@ impl Queue {
         true
     }
 
+    /// Acks alone wait for more: until the oldest held ack has waited
+    /// `ack_delay`, the batch is full, any other write arrives, or the
+    /// channels close. Only other writes wake the writer meanwhile; the
+    /// acks that come are taken at the end. Returns whether it waited.
+    fn gather_acks(&mut self) -> bool {
+        self.take_queued();
+        let full = self.acks.len() >= self.max_batch;
+        let Some(oldest) = self.acks.front() else {
+            return false;
+        };
+        if self.ack_delay.is_zero() || !self.urgent.is_empty() || full {
+            return false;
+        }
+        let deadline = oldest.queued_at() + self.ack_delay;
+        if Instant::now() >= deadline {
+            return false;
+        }
+        let urgent = &mut self.rx.urgent;
+        if let Some(Some(op)) = block_on_until(poll_fn(|cx| urgent.poll_recv(cx)), Some(deadline)) {
+            self.hold(op);
+        }
+        self.take_queued();
+        true
+    }
+
+    /// The next operation of either lane, an urgent one first; `None` once
+    /// both channels are closed.
+    fn recv_any(&mut self) -> Option<Box<dyn PendingOp>> {
+        let Receivers { urgent, acks } = &mut self.rx;
+        let next = poll_fn(|cx| {
+            let urgent = match urgent.poll_recv(cx) {
+                Poll::Ready(Some(op)) => return Poll::Ready(Some(op)),
+                Poll::Ready(None) => true,
+                Poll::Pending => false,
+            };
+            match acks.poll_recv(cx) {
+                Poll::Ready(Some(op)) => Poll::Ready(Some(op)),
+                Poll::Ready(None) if urgent => Poll::Ready(None),
+                _ => Poll::Pending,
+            }
+        });
+        block_on_until(next, None).flatten()
+    }
+
     /// Waits for an operation (unless some are held), takes whatever else is
     /// queued, then makes a batch: up to `max_acks` acks (up to `max_batch`
     /// when nothing else is held), and as many other operations as fit in
@@ -460,11 +584,14 @@ impl Queue {
     /// channel is closed and nothing is held.
     pub(super) fn next_batch(&mut self) -> Option<Vec<Box<dyn PendingOp>>> {
         if self.held() == 0 {
-            let first = self.rx.blocking_recv()?;
+            let first = self.recv_any()?;
             self.hold(first);
             self.linger();
         }
         self.take_queued();
+        if self.urgent.is_empty() && self.gather_acks() {
+            metrics::counter!("hush_store_ack_waits_total").increment(1);
+        }
         let ack_room = if self.urgent.is_empty() {
             self.max_batch
         } else {
@@ -476,6 +603,43 @@ impl Queue {
         batch.extend(self.urgent.drain(..urgent));
         batch.extend(self.acks.drain(..acks));
         Some(batch)
+    }
+}
+
+/// Polls `fut` on this thread until it is ready (`Some`) or `deadline`
+/// passes (`None`; no deadline: until ready), parking the thread in
+/// between; the future's waker unparks it. The writer is a plain thread:
+/// this is tokio's `blocking_recv` with a deadline, which tokio does not
+/// offer outside a runtime.
+fn block_on_until<F: Future>(fut: F, deadline: Option<Instant>) -> Option<F::Output> {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = pin!(fut);
+    loop {
+        if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+            return Some(out);
+        }
+        // A spurious unpark (or one meant for an earlier wait) only polls
+        // again.
+        match deadline {
+            None => std::thread::park(),
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return None;
+                }
+                std::thread::park_timeout(left);
+            }
+        }
     }
 }
 
@@ -829,12 +993,80 @@ mod tests {
         max_batch: usize,
         max_acks: usize,
         delay: Duration,
-    ) -> (Queue, mpsc::Sender<Box<dyn PendingOp>>) {
-        let (tx, rx) = mpsc::channel(16);
+    ) -> (Queue, Writes) {
+        let (tx, rx) = channels(16);
         for name in names {
-            assert!(tx.try_send(named_op(name)).is_ok());
+            assert!(tx.try_send(named_op(name)));
         }
-        (Queue::new(rx, max_batch, max_acks, delay), tx)
+        (
+            Queue::new(rx, max_batch, max_acks, delay, Duration::ZERO),
+            tx,
+        )
+    }
+
+    /// Acks alone wait for more acks, up to `ack_delay` after the oldest:
+    /// the ones that come meanwhile share the batch.
+    #[test]
+    fn acks_alone_gather_the_acks_that_arrive_meanwhile() {
+        let delay = Duration::from_millis(300);
+        let (tx, rx) = channels(16);
+        let mut queue = Queue::new(rx, 8, 2, Duration::ZERO, delay);
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let sender = std::thread::spawn(move || {
+            assert!(tx.try_send(named_op("a1")));
+            go_rx.recv().expect("go");
+            assert!(tx.try_send(named_op("a2")));
+            tx
+        });
+        go_tx.send(()).expect("sender");
+        let began = Instant::now();
+        // Both in one batch (a batch of acks alone fills up to max_batch,
+        // not max_acks), after the wait ran out: the channel stays open.
+        assert_eq!(next_names(&mut queue), ["a1", "a2"]);
+        assert!(began.elapsed() >= delay / 2, "the acks did not wait");
+        drop(sender.join().expect("sender"));
+    }
+
+    /// Any other write ends acks' wait at once and goes first, the acks
+    /// beside it; a full batch of acks, or a closed channel, does not wait.
+    #[test]
+    fn another_write_or_a_full_batch_ends_the_acks_wait() {
+        let long = Duration::from_secs(600);
+        let (tx, rx) = channels(16);
+        let mut queue = Queue::new(rx, 8, 8, Duration::ZERO, long);
+        assert!(tx.try_send(named_op("a1")));
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            assert!(tx.try_send(named_op("u1")));
+            tx
+        });
+        let began = Instant::now();
+        assert_eq!(next_names(&mut queue), ["u1", "a1"]);
+        assert!(began.elapsed() < long / 2, "the write waited with the acks");
+        let tx = sender.join().expect("sender");
+
+        // max_batch acks already held: no wait.
+        let (_tx, rx) = channels(16);
+        let mut full = Queue::new(rx, 2, 2, Duration::ZERO, long);
+        for name in ["a1", "a2", "a3"] {
+            full.hold(named_op(name));
+        }
+        let began = Instant::now();
+        assert_eq!(next_names(&mut full), ["a1", "a2"]);
+        assert!(began.elapsed() < long / 2, "a full batch of acks waited");
+
+        // The channel closed (the store is closing): what is held goes.
+        for name in ["a1", "a2", "a3"] {
+            assert!(tx.try_send(named_op(name)));
+        }
+        drop(tx);
+        let began = Instant::now();
+        assert_eq!(next_names(&mut queue), ["a1", "a2", "a3"]);
+        assert!(queue.next_batch().is_none());
+        assert!(
+            began.elapsed() < long / 2,
+            "acks waited on a closed channel"
+        );
     }
 
     /// Queues `names` (no more can come) with no commit delay.
@@ -869,11 +1101,11 @@ mod tests {
         busy_spell(&mut queue.arrivals, delay / 2);
         let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
         let sender = std::thread::spawn(move || {
-            assert!(tx.try_send(named_op("u1")).is_ok());
+            assert!(tx.try_send(named_op("u1")));
             // Sent while the writer waits (or before it took u1: the same
             // batch either way).
             go_rx.recv().expect("go");
-            assert!(tx.try_send(named_op("u2")).is_ok());
+            assert!(tx.try_send(named_op("u2")));
         });
         go_tx.send(()).expect("sender");
         let began = Instant::now();
