@@ -1,6 +1,8 @@
 //! The SQLite store's write path under group commit: a batch of
 //! `append_message` calls issued at once (the writer commits them in one
-//! transaction, one fsync), and the ack path's read (`ack_state`).
+//! transaction, one fsync), the ack path's read (`ack_state`), and a herd
+//! of cursor acks (`ack_cursor_then`, every member of a 1,000-member group
+//! acking at once, as the large-group scenario's receivers do).
 //!
 //! `cargo bench -p hush-store --bench append`; for instruction counts of a
 //! fixed amount of work, run the built binary under
@@ -11,11 +13,15 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, BatchSize, Criterion};
 use hush_store::{
-    EntryKind, GroupRecord, MemberDevice, NewEntry, NewGroup, SqliteConfig, SqliteStore, Store,
+    AppendOutcome, EntryKind, GroupRecord, MemberDevice, NewEntry, NewGroup, SqliteConfig,
+    SqliteStore, Store,
 };
 
 /// Messages appended per batch (all in flight at once).
 const BATCH: usize = 100;
+
+/// The group's members, each acking once per herd.
+const HERD: usize = 1_000;
 
 struct Fixture {
     store: Arc<SqliteStore>,
@@ -26,10 +32,12 @@ struct Fixture {
 
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = SqliteStore::open(SqliteConfig::new(dir.path().join("bench.db")))
-        .await
-        .expect("open");
-    let members: Vec<MemberDevice> = (0..10)
+    let mut config = SqliteConfig::new(dir.path().join("bench.db"));
+    // A herd arrives at once: acks' wait for company would only add time
+    // to what this measures (the writer's work per ack).
+    config.ack_delay = std::time::Duration::ZERO;
+    let store = SqliteStore::open(config).await.expect("open");
+    let members: Vec<MemberDevice> = (0..HERD)
         .map(|i| MemberDevice {
             user_id: format!("user{i}"),
             device_id: format!("user{i}-1"),
@@ -86,6 +94,41 @@ async fn append_batch(f: &mut Fixture) {
     }
 }
 
+/// Every member acks the group's head at once (each a seq past its
+/// cursor); returns once every ack is stored.
+async fn ack_herd(f: &mut Fixture) {
+    f.next_id += 1;
+    let head = match f
+        .store
+        .append_message(b"bench-group", f.fence, &entry(f.next_id))
+        .await
+        .expect("append")
+    {
+        AppendOutcome::Appended { seq } | AppendOutcome::Duplicate { seq } => seq,
+    };
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..HERD {
+        let done = done_tx.clone();
+        f.store
+            .ack_cursor_then(
+                &format!("user{i}-1"),
+                b"bench-group",
+                head,
+                Box::new(|_| true),
+                Box::new(move |r| {
+                    let _ = done.send(r.map(|(_, moved)| moved));
+                }),
+            )
+            .await;
+    }
+    for _ in 0..HERD {
+        assert!(
+            done_rx.recv().await.expect("ack").expect("stored"),
+            "the cursor moved"
+        );
+    }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -103,6 +146,10 @@ fn benches(c: &mut Criterion) {
     group.bench_function("append_batch_100", |b| {
         b.iter(|| rt.block_on(append_batch(&mut f)))
     });
+    group.throughput(criterion::Throughput::Elements(HERD as u64));
+    group.bench_function("ack_herd_1000", |b| {
+        b.iter(|| rt.block_on(ack_herd(&mut f)))
+    });
     group.throughput(criterion::Throughput::Elements(1));
     group.bench_function("ack_state", |b| {
         b.iter_batched(
@@ -117,14 +164,20 @@ fn benches(c: &mut Criterion) {
     group.finish();
 }
 
-/// `HUSH_BENCH_FIXED=N`: N append batches, once, no statistics (a fixed
-/// workload for instruction counts under callgrind).
+/// `HUSH_BENCH_FIXED=N`: N append batches (`HUSH_BENCH_FIXED_ACKS=1`: N
+/// ack herds), once, no statistics (a fixed workload for instruction counts
+/// under callgrind).
 fn fixed(n: usize) {
+    let acks = std::env::var_os("HUSH_BENCH_FIXED_ACKS").is_some();
     let rt = runtime();
     rt.block_on(async {
         let mut f = fixture().await;
         for _ in 0..n {
-            append_batch(&mut f).await;
+            if acks {
+                ack_herd(&mut f).await;
+            } else {
+                append_batch(&mut f).await;
+            }
         }
     });
 }
