@@ -74,10 +74,10 @@ pub struct StoreSection {
     pub commit_delay_us: u64,
     /// How long acks alone wait for more acks to share their transaction,
     /// in microseconds (embedded store; default 5,000; 0: off): until the
-    /// oldest has waited this long, the transaction is full, or any other
-    /// write arrives. Nobody waits on an ack's commit; a cursor (and a
-    /// device's join announcement) moves up to this much later. At most
-    /// 100,000.
+    /// oldest has waited this long or any other write arrives (a full
+    /// transaction of acks does not wait). Nobody waits on an ack's commit;
+    /// a cursor (and a device's join announcement) moves up to this much
+    /// later. At most 100,000.
     pub ack_delay_us: u64,
     /// ScyllaDB: "host:port" of one or more nodes.
     pub contact_points: Vec<String>,

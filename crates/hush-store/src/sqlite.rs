@@ -105,10 +105,11 @@ pub struct SqliteConfig {
     /// `sqlite/writer.rs`).
     pub commit_delay: Duration,
     /// How long a batch of acks alone waits for more acks to share its
-    /// transaction: until its oldest ack has waited this long, the batch is
-    /// full, or any other write arrives (which goes at once). Nobody waits
-    /// on an ack's commit; a cursor moves up to this much later. Zero:
-    /// each batch commits what is queued (see `sqlite/writer.rs`).
+    /// transaction: until its oldest ack has waited this long or any other
+    /// write arrives (which goes at once); a batch already full of acks
+    /// does not wait. Nobody waits on an ack's commit; a cursor moves up to
+    /// this much later. Zero: each batch commits what is queued (see
+    /// `sqlite/writer.rs`).
     pub ack_delay: Duration,
 }
 

@@ -41,8 +41,11 @@
 //!
 //! Acks alone gather (`SqliteConfig::ack_delay`, `store.ack_delay_us`): a
 //! batch with nothing but acks to write waits for more acks, until its
-//! oldest ack has waited `ack_delay`, the batch is full, or any other write
-//! arrives (that one goes at once, with the acks beside it). Receivers ack
+//! oldest ack has waited `ack_delay` or any other write arrives (that one
+//! goes at once, with the acks beside it); a batch already full of acks
+//! does not wait. The acks that arrive meanwhile do not end the wait (the
+//! writer does not listen for them, below): a herd waits `ack_delay`, then
+//! goes in full batches. Receivers ack
 //! one by one as their own timers fire (the fanout scenario's 1,000
 //! receivers each ack every 200 ms, 5,000 acks a second at 3,000 msg/s), and
 //! an idle writer committed each ack or two as a transaction of its own:
@@ -534,9 +537,10 @@ impl Queue {
     }
 
     /// Acks alone wait for more: until the oldest held ack has waited
-    /// `ack_delay`, the batch is full, any other write arrives, or the
-    /// channels close. Only other writes wake the writer meanwhile; the
-    /// acks that come are taken at the end. Returns whether it waited.
+    /// `ack_delay`, any other write arrives, or the channels close; a full
+    /// batch of acks does not wait. Only other writes wake the writer
+    /// meanwhile; the acks that come are taken at the end. Returns whether
+    /// it waited.
     fn gather_acks(&mut self) -> bool {
         self.take_queued();
         let full = self.acks.len() >= self.max_batch;
