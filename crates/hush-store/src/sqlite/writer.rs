@@ -1015,14 +1015,7 @@ mod tests {
         let delay = Duration::from_millis(300);
         let (tx, rx) = channels(16);
         let mut queue = Queue::new(rx, 8, 2, Duration::ZERO, delay);
-        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
-        let sender = std::thread::spawn(move || {
-            assert!(tx.try_send(named_op("a1")));
-            go_rx.recv().expect("go");
-            assert!(tx.try_send(named_op("a2")));
-            tx
-        });
-        go_tx.send(()).expect("sender");
+        let sender = send_from_thread(tx, &["a1", "a2"]);
         let began = Instant::now();
         // Both in one batch (a batch of acks alone fills up to max_batch,
         // not max_acks), after the wait ran out: the channel stays open.
@@ -1073,6 +1066,20 @@ mod tests {
         );
     }
 
+    /// Sends `names` in order from another thread; its handle gives the
+    /// channels back, so they stay open until the test drops them.
+    fn send_from_thread(
+        tx: Writes,
+        names: &'static [&'static str],
+    ) -> std::thread::JoinHandle<Writes> {
+        std::thread::spawn(move || {
+            for name in names {
+                assert!(tx.try_send(named_op(name)));
+            }
+            tx
+        })
+    }
+
     /// Queues `names` (no more can come) with no commit delay.
     fn queue_of(names: &[&'static str], max_batch: usize, max_acks: usize) -> Queue {
         queue_with(names, max_batch, max_acks, Duration::ZERO).0
@@ -1103,21 +1110,15 @@ mod tests {
         // Writes have been arriving within the delay of each other, slowly
         // enough that the three missing ones would take all of it.
         busy_spell(&mut queue.arrivals, delay / 2);
-        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
-        let sender = std::thread::spawn(move || {
-            assert!(tx.try_send(named_op("u1")));
-            // Sent while the writer waits (or before it took u1: the same
-            // batch either way).
-            go_rx.recv().expect("go");
-            assert!(tx.try_send(named_op("u2")));
-        });
-        go_tx.send(()).expect("sender");
+        // u2 is sent while the writer waits (or before it took u1: the
+        // same batch either way).
+        let sender = send_from_thread(tx, &["u1", "u2"]);
         let began = Instant::now();
         assert_eq!(next_names(&mut queue), ["u1", "u2"]);
         // It waits as long as the missing writes are expected to take:
         // over a second here whether u2 came before the wait or in it.
         assert!(began.elapsed() >= delay / 2, "it did not wait for company");
-        sender.join().expect("sender");
+        drop(sender.join().expect("sender"));
 
         // Enough writes already queued, or acks alone (nobody waits on
         // them): no wait, with a delay long enough that a wait would show.
