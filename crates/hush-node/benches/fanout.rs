@@ -107,6 +107,7 @@ fn fanout_by_device(c: &mut Criterion) {
                     overflowed: Default::default(),
                     session_node: "n1".into(),
                     depth: Default::default(),
+                    live: Default::default(),
                 },
             );
         }

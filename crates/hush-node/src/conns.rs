@@ -18,6 +18,15 @@
 //! (its queue ends, it closes itself with 4001) while every other
 //! connection keeps going.
 //!
+//! A group's next entry for a connection that has synced skips the queue
+//! ([`Live::write_next`]): the fan-out writes it to the transport itself
+//! (a WebSocket's [`DirectSink`]) when the connection has written the
+//! entry before it and the transport has room, so the connection's task
+//! is not woken for it. Everything else (a gap, a Sync under way, a full
+//! transport, SSE, every other kind of item) goes through the queue, and
+//! the connection's task writes it with the same check under the same
+//! lock: per group, entries go out in order and once.
+//!
 //! The node counts the frames waiting in all queues (and being written) for
 //! admission (`admission.rs`: sends are refused while fan-out is that far
 //! behind), each connection up to `limits.max_queued_deliveries_per_conn`
@@ -33,7 +42,7 @@ use tokio::sync::mpsc;
 use hush_store::MemberDevice;
 
 use crate::admission::DeliveryQueue;
-use crate::wire::Outbound;
+use crate::wire::{Frame, Outbound};
 
 /// A connection's outbound queue: bounded, and holding boxed items.
 ///
@@ -116,6 +125,119 @@ pub struct LocalConn {
     pub session_node: String,
     /// Items in its queue or being handled (see [`Counted`]).
     pub depth: Arc<AtomicUsize>,
+    /// What it has written of each group, shared with its task.
+    pub live: Arc<Live>,
+}
+
+/// What a connection has written of each group's timeline, shared by the
+/// connection's task and the fan-out's direct writes. Every write of a
+/// group entry, by either, checks and moves `sent` under this lock, so a
+/// group's entries reach the transport in order and once whoever writes
+/// them. Lock order: the table's, then a connection's; never the other
+/// way round.
+#[derive(Default)]
+pub struct Live(Mutex<LiveState>);
+
+#[derive(Default)]
+pub struct LiveState {
+    /// Per group: the last seq written to the transport.
+    pub sent: HashMap<Vec<u8>, u64>,
+    /// Whether the fan-out may write to the transport directly: the
+    /// connection has synced and is not syncing again (its task says so).
+    pub open: bool,
+    /// The transport's direct writer; `None`: every item goes through the
+    /// queue (SSE, whose frames carry a resume id the task keeps).
+    pub direct: Option<Box<dyn DirectSink>>,
+}
+
+impl LiveState {
+    /// Whether `seq` of the group was written already.
+    pub fn has(&self, group_id: &[u8], seq: u64) -> bool {
+        self.sent.get(group_id).is_some_and(|&last| seq <= last)
+    }
+
+    /// Records `seq` as the group's last written (no new key, and no
+    /// allocation, for a group already known).
+    pub fn record(&mut self, group_id: &[u8], seq: u64) {
+        match self.sent.get_mut(group_id) {
+            Some(last) => *last = seq,
+            None => {
+                self.sent.insert(group_id.to_vec(), seq);
+            }
+        }
+    }
+}
+
+/// A transport the fan-out can write to without the connection's task.
+pub trait DirectSink: Send {
+    /// Whether a frame can be written now, without waiting; true reserves
+    /// the room for the next [`DirectSink::write`].
+    fn has_room(&mut self) -> bool;
+    /// Writes a frame into the room [`DirectSink::has_room`] reserved
+    /// (false: the transport closed meanwhile; its task ends it).
+    fn write(&mut self, frame: Frame) -> bool;
+}
+
+impl Live {
+    /// A connection whose transport the fan-out may write to directly.
+    pub fn new(direct: Option<Box<dyn DirectSink>>) -> Self {
+        Self(Mutex::new(LiveState {
+            direct,
+            ..LiveState::default()
+        }))
+    }
+
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, LiveState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes entry `seq` of a group to the transport directly if it is the
+    /// group's next one there and the transport has room now; otherwise
+    /// hands `counted` back for the queue. A frame written directly keeps
+    /// its place in the counts until the transport has taken it (encoded
+    /// it for the socket), so the backlog and the delivery waits
+    /// admission reads still see it.
+    fn write_next(
+        &self,
+        group_id: &[u8],
+        seq: u64,
+        frame: &Frame,
+        counted: Counted,
+    ) -> Result<(), Counted> {
+        let mut live = self.lock();
+        let LiveState { sent, open, direct } = &mut *live;
+        let Some(direct) = direct.as_mut() else {
+            return Err(counted);
+        };
+        let Some(last) = sent.get_mut(group_id) else {
+            return Err(counted);
+        };
+        if !*open || last.checked_add(1) != Some(seq) || !direct.has_room() {
+            return Err(counted);
+        }
+        *last = seq;
+        let frame = Frame::from_owner(Counting {
+            frame: frame.clone(),
+            _counted: counted,
+        });
+        if direct.write(frame) {
+            crate::telemetry::frame_out();
+        }
+        Ok(())
+    }
+}
+
+/// A frame written directly, holding its place in the counts while the
+/// transport holds it.
+struct Counting {
+    frame: Frame,
+    _counted: Counted,
+}
+
+impl AsRef<[u8]> for Counting {
+    fn as_ref(&self) -> &[u8] {
+        &self.frame
+    }
 }
 
 /// A connection that must attach again: its user's session moved to
@@ -293,7 +415,22 @@ impl Connections {
                 if conn.depth.fetch_add(1, Ordering::AcqRel) < share {
                     uncounted -= 1;
                 }
-                let counted = Counted::new(&conn.depth, &self.backlog, share, queued_at);
+                let mut counted = Counted::new(&conn.depth, &self.backlog, share, queued_at);
+                if let Outbound::Group {
+                    group_id,
+                    seq,
+                    frame,
+                    ..
+                } = item
+                {
+                    match conn.live.write_next(group_id, *seq, frame, counted) {
+                        Ok(()) => {
+                            queued += 1;
+                            continue;
+                        }
+                        Err(back) => counted = back,
+                    }
+                }
                 let queued_item = Box::new(QueuedItem {
                     item: item.clone(),
                     counted,
@@ -413,6 +550,7 @@ mod tests {
                 overflowed: Arc::default(),
                 session_node: format!("session-of-{user}"),
                 depth: Arc::default(),
+                live: Arc::default(),
             },
         );
         rx
@@ -564,5 +702,120 @@ mod tests {
         assert_eq!(got, [true, true]);
         assert_eq!(table.backlog().depth(), 2, "1's items handled");
         assert!(table.write_many([], &item).is_empty());
+    }
+
+    /// A transport the tests fill and drain by hand.
+    #[derive(Clone, Default)]
+    struct Transport(Arc<Mutex<(usize, Vec<Frame>)>>);
+
+    impl Transport {
+        fn room(&self, n: usize) {
+            self.0.lock().unwrap().0 = n;
+        }
+        fn take(&self) -> Vec<Frame> {
+            std::mem::take(&mut self.0.lock().unwrap().1)
+        }
+    }
+
+    impl DirectSink for Transport {
+        fn has_room(&mut self) -> bool {
+            self.0.lock().unwrap().0 > 0
+        }
+        fn write(&mut self, frame: Frame) -> bool {
+            let mut t = self.0.lock().unwrap();
+            t.0 -= 1;
+            t.1.push(frame);
+            true
+        }
+    }
+
+    fn entry(seq: u64) -> Outbound {
+        Outbound::Group {
+            group_id: Arc::from(&b"g"[..]),
+            seq,
+            frame: Frame::from(format!("entry {seq}")),
+            durable_at: None,
+        }
+    }
+
+    fn seqs(rx: &mut QueueRx) -> Vec<u64> {
+        let mut got = Vec::new();
+        while let Ok(q) = rx.try_recv() {
+            if let Outbound::Group { seq, .. } = q.item {
+                got.push(seq);
+            }
+        }
+        got
+    }
+
+    /// The fan-out writes a group's next entry to the transport itself only
+    /// when the connection is open for it (synced, not syncing), has
+    /// written the entry before it, and the transport has room now; every
+    /// other entry goes through the queue, for the connection's task (which
+    /// fills gaps from the store). A frame written directly keeps its place
+    /// in the counts until the transport drops it.
+    #[test]
+    fn the_next_entry_skips_the_queue_when_the_transport_has_room() {
+        let table = Connections::new(4);
+        let transport = Transport::default();
+        let (tx, mut rx) = queue(8);
+        let live = Arc::new(Live::new(Some(Box::new(transport.clone()))));
+        table.insert(
+            1,
+            LocalConn {
+                user_id: "u".into(),
+                device_id: "d".into(),
+                tx,
+                overflowed: Arc::default(),
+                session_node: "n".into(),
+                depth: Arc::default(),
+                live: live.clone(),
+            },
+        );
+        transport.room(8);
+        // Not synced yet: queued.
+        assert!(table.write(1, entry(1)));
+        live.lock().sent.insert(b"g".to_vec(), 1);
+        assert!(table.write(1, entry(2)));
+        assert_eq!(seqs(&mut rx), [1, 2]);
+        assert!(transport.take().is_empty());
+
+        live.lock().open = true;
+        assert!(table.write(1, entry(2)));
+        assert!(table.write(1, entry(3)));
+        // A repeat and a gap are the task's to judge.
+        assert!(table.write(1, entry(3)));
+        assert!(table.write(1, entry(5)));
+        let written = transport.take();
+        assert_eq!(written, [Frame::from("entry 2"), Frame::from("entry 3")]);
+        assert_eq!(live.lock().sent[&b"g"[..]], 3);
+        assert_eq!(table.backlog().depth(), 4, "two written, two queued");
+        drop(written);
+        assert_eq!(table.backlog().depth(), 2, "the transport took them");
+        assert_eq!(seqs(&mut rx), [3, 5]);
+
+        // No room: queued, and the group's later entries follow it there.
+        transport.room(0);
+        live.lock().record(b"g", 5);
+        assert!(table.write(1, entry(6)));
+        transport.room(8);
+        assert!(table.write(1, entry(7)));
+        assert_eq!(seqs(&mut rx), [6, 7]);
+        assert!(transport.take().is_empty());
+        // Another group's entries never go direct before it is known.
+        let other = Outbound::Group {
+            group_id: Arc::from(&b"h"[..]),
+            seq: 1,
+            frame: Frame::from("h 1"),
+            durable_at: None,
+        };
+        assert!(table.write(1, other));
+        assert_eq!(
+            rx.try_recv()
+                .map(|q| matches!(q.item, Outbound::Group { seq: 1, .. }))
+                .ok(),
+            Some(true)
+        );
+        assert_eq!(table.backlog().depth(), 0);
     }
 }

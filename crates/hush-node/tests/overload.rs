@@ -20,20 +20,21 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use futures_util::future::{join, join_all};
-use futures_util::{SinkExt as _, StreamExt as _};
+use futures_util::SinkExt as _;
 use hush_client::client::Client;
 use hush_client::error::ClientError;
 use hush_proto::client_frame::Body as C;
 use hush_proto::server_frame::Body as S;
-use hush_proto::{auth, v1, ClientFrame, ErrorCode, Message as _, ServerFrame};
+use hush_proto::{v1, ClientFrame, ErrorCode, Message as _};
 use hush_store::EntryKind;
 use tokio::sync::Notify;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
 mod common;
-use common::{client, is_member, login, processed_to, pump_until, start_node, url, WAIT};
+use common::{
+    client, is_member, login, next_frame, processed_to, pump_until, raw_ws, raw_ws_authed,
+    start_node, url, RawWs, WAIT,
+};
 
 const MEMBERS: [&str; 5] = ["alice", "bob", "carol", "dave", "erin"];
 /// Messages each member sends per flood round.
@@ -83,60 +84,6 @@ async fn flood(c: &mut Client, g: &str, who: usize, refusals: &Notify) -> Floode
         }
     }
     out
-}
-
-type RawWs = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
-
-/// A raw WebSocket of `token`'s device over a socket with a small receive
-/// buffer; it reads only when the test asks.
-async fn raw_ws(addr: std::net::SocketAddr, token: &str, recv_buffer: Option<u32>) -> RawWs {
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    if let Some(n) = recv_buffer {
-        socket.set_recv_buffer_size(n).expect("SO_RCVBUF");
-    }
-    let tcp = socket.connect(addr).await.expect("connect");
-    let mut req = format!("ws://{addr}/v1/ws")
-        .into_client_request()
-        .expect("request");
-    let protocols = format!("{}, {}{token}", auth::WS_PROTOCOL, auth::WS_TOKEN_PREFIX);
-    req.headers_mut().insert(
-        "sec-websocket-protocol",
-        HeaderValue::from_str(&protocols).expect("header"),
-    );
-    let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(req, tcp))
-        .await
-        .expect("handshake in time")
-        .expect("upgrade");
-    ws
-}
-
-/// [`raw_ws`] once the node has answered AuthOk.
-async fn raw_ws_authed(addr: std::net::SocketAddr, token: &str, recv_buffer: Option<u32>) -> RawWs {
-    let mut ws = raw_ws(addr, token, recv_buffer).await;
-    assert!(matches!(
-        next_frame(&mut ws).await.map(|f| f.body),
-        Ok(Some(S::AuthOk(_)))
-    ));
-    ws
-}
-
-/// The next server frame, or the close code when the connection closes.
-async fn next_frame(
-    ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
-) -> Result<ServerFrame, Option<u16>> {
-    loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("a frame in time");
-        match msg {
-            Some(Ok(Message::Binary(b))) => {
-                return Ok(ServerFrame::decode(b.as_ref()).expect("server frame decodes"))
-            }
-            Some(Ok(Message::Close(f))) => return Err(f.map(|f| u16::from(f.code))),
-            Some(Ok(_)) => continue,
-            Some(Err(_)) | None => return Err(None),
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

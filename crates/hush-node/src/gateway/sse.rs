@@ -43,7 +43,7 @@ use tokio::sync::mpsc;
 
 use super::stream::{self, Halt, Position, Sink, Stream};
 use super::{bearer_claims, check_origin, error_response, AppState};
-use crate::conns::{self, QueueRx};
+use crate::conns::{self, Live, QueueRx};
 use crate::error::{ApiError, ApiResult};
 use crate::wire::{check_group_id, Caller, Frame};
 
@@ -183,7 +183,18 @@ async fn open(app: &Arc<AppState>, req: &HttpRequest) -> ApiResult<HttpResponse>
     let conn_id = app.next_conn_id();
     let (out_tx, out_rx) = conns::queue(limits.send_buffer_frames);
     let overflowed = Arc::new(AtomicBool::new(false));
-    stream::attach(app, conn_id, &caller, out_tx, overflowed.clone()).await?;
+    // SSE has no direct writer: its frames carry a resume id only this
+    // stream's task keeps.
+    let live = Arc::new(Live::default());
+    stream::attach(
+        app,
+        conn_id,
+        &caller,
+        out_tx,
+        overflowed.clone(),
+        live.clone(),
+    )
+    .await?;
 
     // Resume point: max(stored cursor, id) for listed groups; listed groups
     // the client has since acknowledged drop out of the id.
@@ -214,7 +225,7 @@ async fn open(app: &Arc<AppState>, req: &HttpRequest) -> ApiResult<HttpResponse>
         write_timeout: Duration::from_millis(limits.write_timeout_ms),
         pos,
     };
-    let mut out = Stream::new(app.clone(), sink);
+    let mut out = Stream::new(app.clone(), sink, live);
     out.caller = Some(caller.clone());
     let task_app = app.clone();
     actix_web::rt::spawn(async move {

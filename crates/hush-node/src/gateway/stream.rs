@@ -5,6 +5,12 @@
 //! per group. A transport supplies only a [`Sink`] that writes one encoded
 //! `ServerFrame` (bounded in time, so a reader that does not drain is cut
 //! off).
+//!
+//! The last seq per group lives in the connection's [`Live`], which the
+//! fan-out shares: on a transport with a [`DirectSink`] (WebSocket) it
+//! writes a group's next entry itself once the stream has synced, and the
+//! stream's own entry writes check and record under the same lock
+//! ([`Sink::write_entry`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
@@ -14,7 +20,7 @@ use std::time::Duration;
 use hush_proto::{server_frame::Body as S, v1, ErrorCode};
 
 use super::AppState;
-use crate::conns::{LocalConn, QueueTx};
+use crate::conns::{Live, LocalConn, QueueTx};
 use crate::error::{ApiError, ApiResult};
 use crate::wire::{encode, inbox_frame, mark, Caller, EntryRef, Frame, Outbound};
 
@@ -35,6 +41,27 @@ pub trait Sink {
     /// Why the stream must end (a transport close reason).
     type Stop;
     async fn write(&mut self, frame: Frame, pos: Position<'_>) -> Result<(), Self::Stop>;
+
+    /// Writes entry `seq` of a group unless `live` says it was written
+    /// already, and records it there. This default checks, writes, then
+    /// records: right for a transport nobody else writes to (no
+    /// [`DirectSink`](crate::conns::DirectSink)); one that the fan-out
+    /// writes to directly must check and write under one lock.
+    async fn write_entry(
+        &mut self,
+        live: &Live,
+        group_id: &[u8],
+        seq: u64,
+        frame: Frame,
+        pos: Position<'_>,
+    ) -> Result<(), Self::Stop> {
+        if live.lock().has(group_id, seq) {
+            return Ok(());
+        }
+        self.write(frame, pos).await?;
+        live.lock().record(group_id, seq);
+        Ok(())
+    }
 }
 
 /// Why a delivery step failed: the sink stopped, or a request error to
@@ -61,8 +88,9 @@ pub struct Stream<K: Sink> {
     pub app: Arc<AppState>,
     pub sink: K,
     pub caller: Option<Caller>,
-    /// Per group: the last seq sent on this stream.
-    pub sent: HashMap<Vec<u8>, u64>,
+    /// Per group, the last seq sent on this stream (shared with the
+    /// fan-out, see the module docs).
+    pub live: Arc<Live>,
     /// Last inbox_seq sent.
     pub inbox_sent: u64,
     pub synced: bool,
@@ -88,6 +116,7 @@ pub async fn attach(
     caller: &Caller,
     tx: QueueTx,
     overflowed: Arc<AtomicBool>,
+    live: Arc<Live>,
 ) -> ApiResult<()> {
     let sessions = &app.sessions;
     // In the table first, so nothing the session sends once attached is
@@ -101,6 +130,7 @@ pub async fn attach(
             overflowed,
             session_node: app.route.me().to_owned(),
             depth: Default::default(),
+            live,
         },
     );
     let outcome =
@@ -121,12 +151,12 @@ pub async fn close(app: &AppState, conn_id: u64) {
 }
 
 impl<K: Sink> Stream<K> {
-    pub fn new(app: Arc<AppState>, sink: K) -> Self {
+    pub fn new(app: Arc<AppState>, sink: K, live: Arc<Live>) -> Self {
         Self {
             app,
             sink,
             caller: None,
-            sent: HashMap::new(),
+            live,
             inbox_sent: 0,
             synced: false,
             sync_mark: 0,
@@ -159,6 +189,9 @@ impl<K: Sink> Stream<K> {
             )));
         };
         let store = self.app.store.clone();
+        // No direct writes from SyncStarted until SyncCaughtUp is out: the
+        // backlog comes first, then live entries, as the client expects.
+        self.live.lock().open = false;
         self.send_frame(request_id, S::SyncStarted(v1::SyncStarted {}))
             .await
             .map_err(Halt::Sink)?;
@@ -174,7 +207,7 @@ impl<K: Sink> Stream<K> {
             )
             .await?;
         let stored: HashMap<Vec<u8>, u64> = start.cursors.into_iter().collect();
-        self.sent.clear();
+        self.live.lock().sent.clear();
         let cursor = |group_id: &[u8], joined_seq: u64| {
             client
                 .get(group_id)
@@ -185,7 +218,9 @@ impl<K: Sink> Stream<K> {
         };
         let current = start.groups;
         for g in &current {
-            self.sent
+            self.live
+                .lock()
+                .sent
                 .insert(g.group_id.clone(), cursor(&g.group_id, g.joined_seq));
             self.send_backlog(&g.group_id, None).await?;
         }
@@ -195,7 +230,9 @@ impl<K: Sink> Stream<K> {
             if current.iter().any(|g| g.group_id == d.group_id) {
                 continue;
             }
-            self.sent
+            self.live
+                .lock()
+                .sent
                 .insert(d.group_id.clone(), cursor(&d.group_id, d.joined_seq));
             self.send_backlog(&d.group_id, Some(d.left_seq)).await?;
         }
@@ -212,6 +249,7 @@ impl<K: Sink> Stream<K> {
         self.send_frame(0, S::SyncCaughtUp(v1::SyncCaughtUp {}))
             .await
             .map_err(Halt::Sink)?;
+        self.live.lock().open = true;
         Ok(())
     }
 
@@ -224,7 +262,7 @@ impl<K: Sink> Stream<K> {
     ) -> Result<(), Halt<K::Stop>> {
         let page = self.app.config.limits.sync_page;
         loop {
-            let after = self.sent.get(group_id).copied().unwrap_or(0);
+            let after = self.live.lock().sent.get(group_id).copied().unwrap_or(0);
             if upto.is_some_and(|u| after >= u) {
                 return Ok(());
             }
@@ -252,15 +290,10 @@ impl<K: Sink> Stream<K> {
             group: Some((group_id, seq)),
             inbox_seq: self.inbox_sent,
         };
-        self.sink.write(frame, pos).await.map_err(Halt::Sink)?;
-        // No new key (and allocation) per frame for a group already known.
-        match self.sent.get_mut(group_id) {
-            Some(last) => *last = seq,
-            None => {
-                self.sent.insert(group_id.to_vec(), seq);
-            }
-        }
-        Ok(())
+        self.sink
+            .write_entry(&self.live, group_id, seq, frame, pos)
+            .await
+            .map_err(Halt::Sink)
     }
 
     /// Sends the inbox items stored after what this stream sent.
@@ -303,7 +336,7 @@ impl<K: Sink> Stream<K> {
     /// The session moved: what it delivered meanwhile may be lost, the
     /// store has it.
     async fn resync(&mut self) -> Result<(), Halt<K::Stop>> {
-        let groups: Vec<Vec<u8>> = self.sent.keys().cloned().collect();
+        let groups: Vec<Vec<u8>> = self.live.lock().sent.keys().cloned().collect();
         for g in groups {
             Box::pin(self.send_backlog(&g, None)).await?;
         }
@@ -348,15 +381,13 @@ impl<K: Sink> Stream<K> {
                 frame,
                 ..
             } => {
-                let last = match self.sent.get(group_id.as_ref()).copied() {
+                let known = self.live.lock().sent.get(group_id.as_ref()).copied();
+                let last = match known {
                     Some(l) => l,
                     None => {
                         // A group joined after Sync: start after the join.
                         match Box::pin(self.joined_seq(&group_id)).await? {
-                            Some(j) => {
-                                self.sent.insert(group_id.to_vec(), j);
-                                j
-                            }
+                            Some(j) => *self.live.lock().sent.entry(group_id.to_vec()).or_insert(j),
                             None => return Ok(()),
                         }
                     }
@@ -376,9 +407,7 @@ impl<K: Sink> Stream<K> {
                 commit_seq,
                 frame,
             } => {
-                // The device's timeline for this group starts after the commit.
-                self.sent.entry(group_id.to_vec()).or_insert(commit_seq);
-                if !frame.is_empty() {
+                let sent = if !frame.is_empty() {
                     self.send_inbox(inbox_seq, frame).await
                 } else if inbox_seq > self.inbox_sent {
                     // From another node, without its frame: the store has it
@@ -386,7 +415,16 @@ impl<K: Sink> Stream<K> {
                     Box::pin(self.send_new_inbox()).await
                 } else {
                     Ok(())
-                }
+                };
+                // The device's timeline for this group starts after the
+                // commit; known only once the Welcome is out, so that the
+                // fan-out writes none of the group's entries before it.
+                self.live
+                    .lock()
+                    .sent
+                    .entry(group_id.to_vec())
+                    .or_insert(commit_seq);
+                sent
             }
             Outbound::Refused(e) => Err(Halt::Api(e)),
             Outbound::Ephemeral { frame } => {

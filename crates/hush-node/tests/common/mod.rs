@@ -7,8 +7,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt as _;
 use hush_node::{Clock as _, Config, ManualClock, RunningNode, SystemClock};
+use hush_proto::server_frame::Body as S;
+use hush_proto::{auth, Message as _};
 use tempfile::TempDir;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
 
 /// Safety net for every wait; never reached when the node behaves.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -200,5 +206,65 @@ impl Drop for NodeProcess {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+pub type RawWs = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// A raw WebSocket of `token`'s device over a socket with a small receive
+/// buffer; it reads only when the test asks.
+pub async fn raw_ws(addr: std::net::SocketAddr, token: &str, recv_buffer: Option<u32>) -> RawWs {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    if let Some(n) = recv_buffer {
+        socket.set_recv_buffer_size(n).expect("SO_RCVBUF");
+    }
+    let tcp = socket.connect(addr).await.expect("connect");
+    let mut req = format!("ws://{addr}/v1/ws")
+        .into_client_request()
+        .expect("request");
+    let protocols = format!("{}, {}{token}", auth::WS_PROTOCOL, auth::WS_TOKEN_PREFIX);
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_str(&protocols).expect("header"),
+    );
+    let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(req, tcp))
+        .await
+        .expect("handshake in time")
+        .expect("upgrade");
+    ws
+}
+
+/// [`raw_ws`] once the node has answered AuthOk.
+pub async fn raw_ws_authed(
+    addr: std::net::SocketAddr,
+    token: &str,
+    recv_buffer: Option<u32>,
+) -> RawWs {
+    let mut ws = raw_ws(addr, token, recv_buffer).await;
+    assert!(matches!(
+        next_frame(&mut ws).await.map(|f| f.body),
+        Ok(Some(S::AuthOk(_)))
+    ));
+    ws
+}
+
+/// The next server frame, or the close code when the connection closes.
+pub async fn next_frame(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+) -> Result<hush_proto::ServerFrame, Option<u16>> {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame in time");
+        match msg {
+            Some(Ok(Message::Binary(b))) => {
+                return Ok(
+                    hush_proto::ServerFrame::decode(b.as_ref()).expect("server frame decodes")
+                )
+            }
+            Some(Ok(Message::Close(f))) => return Err(f.map(|f| u16::from(f.code))),
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return Err(None),
+        }
     }
 }
