@@ -398,6 +398,7 @@ impl Connections {
         let share = self.counted_per_conn;
         let mut ended = Vec::new();
         let mut queued = 0usize;
+        let mut direct = 0u64;
         let mut gone = Vec::new();
         {
             let mut table = self.lock();
@@ -426,6 +427,7 @@ impl Connections {
                     match conn.live.write_next(group_id, *seq, frame, counted) {
                         Ok(()) => {
                             queued += 1;
+                            direct += 1;
                             continue;
                         }
                         Err(back) => counted = back,
@@ -459,6 +461,9 @@ impl Connections {
         }
         if !gone.is_empty() {
             metrics::gauge!("hush_connections_attached").decrement(gone.len() as f64);
+        }
+        if direct > 0 {
+            crate::telemetry::frames_direct(direct);
         }
         // Timed outside the table's lock: one sample per batch, when its
         // last item was queued.

@@ -105,6 +105,7 @@ pub const FAMILIES: &[Family] = &[
     counter("hush_stream_closes_total", "Client streams ended, by transport (ws, sse) and reason (the WebSocket close code's name; gone: no close frame)."),
     counter("hush_frames_in_total", "WebSocket frames received from clients."),
     counter("hush_frames_out_total", "Frames written to client streams."),
+    counter("hush_frames_direct_total", "Group entries the fan-out wrote to a WebSocket's queue itself, without waking the connection's task (part of hush_frames_out_total; the rest went through the connection's queue)."),
     counter("hush_slow_consumers_cut_total", "Client streams cut off for reading too slowly."),
     counter("hush_attach_deferred_total", "Stream attaches deferred while the session's node changed."),
     counter("hush_gap_fills_total", "Live deliveries preceded by a gap read from the store."),
@@ -268,6 +269,15 @@ pub fn frame_out() {
     }
 }
 
+/// Group entries a fan-out wrote to WebSockets directly
+/// (`hush_frames_direct_total`), counted once per fan-out.
+pub fn frames_direct(n: u64) {
+    match HOT.get() {
+        Some(h) => h.frames_direct.increment(n),
+        None => metrics::counter!("hush_frames_direct_total").increment(n),
+    }
+}
+
 /// One WebSocket frame read from a client (`hush_frames_in_total`).
 pub fn frame_in() {
     match HOT.get() {
@@ -300,6 +310,7 @@ pub fn requests_inflight(n: usize) {
 struct Hot {
     send_to_deliver: metrics::Histogram,
     frames_out: metrics::Counter,
+    frames_direct: metrics::Counter,
     frames_in: metrics::Counter,
     sends_inflight: metrics::Gauge,
     requests_inflight: metrics::Gauge,
@@ -335,6 +346,7 @@ pub fn install() {
         let _ = HOT.set(Hot {
             send_to_deliver: metrics::histogram!(SEND_TO_DELIVER),
             frames_out: metrics::counter!("hush_frames_out_total"),
+            frames_direct: metrics::counter!("hush_frames_direct_total"),
             frames_in: metrics::counter!("hush_frames_in_total"),
             sends_inflight: metrics::gauge!("hush_sends_inflight"),
             requests_inflight: metrics::gauge!("hush_requests_inflight"),

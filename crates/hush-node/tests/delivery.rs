@@ -55,6 +55,20 @@ fn assert_dense(what: &str, seqs: &[u64]) {
     );
 }
 
+/// `hush_frames_direct_total` of the node at `url`.
+async fn direct_frames(url: &str) -> u64 {
+    let page = reqwest::get(format!("{url}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics page");
+    page.lines()
+        .find_map(|l| l.strip_prefix("hush_frames_direct_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .expect("hush_frames_direct_total on the page") as u64
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_arrive_once_and_in_order_whoever_writes_them() {
     let (node, _clock, dir) = start_node(|c| {
@@ -179,6 +193,9 @@ async fn entries_arrive_once_and_in_order_whoever_writes_them() {
             }
         }
         assert_eq!(stretches.iter().rev().find_map(|s| s.last()), Some(&last));
+        // Both writers wrote: some entries went straight to the socket's
+        // queue (the rest, and the backlogs, through the connection's).
+        assert!(direct_frames(&url).await > 0, "no entry skipped the queue");
     }
     node.stop().await;
 }
