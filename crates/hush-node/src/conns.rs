@@ -19,7 +19,7 @@
 //! connection keeps going.
 //!
 //! A group's next entry for a connection that has synced skips the queue
-//! ([`Live::write_next`]): the fan-out writes it to the transport itself
+//! (`Live::write_next`): the fan-out writes it to the transport itself
 //! (a WebSocket's [`DirectSink`]) when the connection has written the
 //! entry before it and the transport has room, so the connection's task
 //! is not woken for it. Everything else (a gap, a Sync under way, a full

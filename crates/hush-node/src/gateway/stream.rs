@@ -7,9 +7,10 @@
 //! off).
 //!
 //! The last seq per group lives in the connection's [`Live`], which the
-//! fan-out shares: on a transport with a [`DirectSink`] (WebSocket) it
-//! writes a group's next entry itself once the stream has synced, and the
-//! stream's own entry writes check and record under the same lock
+//! fan-out shares: on a transport with a
+//! [`DirectSink`](crate::conns::DirectSink) (WebSocket) it writes a
+//! group's next entry itself once the stream has synced, and the stream's
+//! own entry writes check and record under the same lock
 //! ([`Sink::write_entry`]).
 
 use std::collections::HashMap;

@@ -25,12 +25,16 @@
 //! flight run to completion (a send the group accepted is stored and
 //! sequenced either way; the client resends by id and is deduplicated).
 //!
-//! Exactly-once per connection: the task remembers, per group, the last seq
-//! it sent. A live event at or below it is dropped; one past a gap first has
-//! the gap read from the store. So live delivery and backlog can race freely.
-//! That logic is transport-independent and lives in `stream.rs` (shared
-//! with SSE); requests go through the node's [`Api`](crate::api::Api)
-//! (shared with POST /v1/rpc).
+//! Exactly-once per connection: the connection remembers, per group, the
+//! last seq it sent. A live event at or below it is dropped; one past a gap
+//! first has the gap read from the store. So live delivery and backlog can
+//! race freely. That logic is transport-independent and lives in
+//! `stream.rs` (shared with SSE); requests go through the node's
+//! [`Api`](crate::api::Api) (shared with POST /v1/rpc). Once synced, a
+//! group's next entry usually does not pass through this task at all: the
+//! fan-out writes it into actix-ws's queue itself (`WsDirect`, checked
+//! under the same per-connection lock as this task's writes, see
+//! `conns.rs`).
 //!
 //! Bounds: frames larger than `max_frame_bytes` close with 1009; requests over
 //! the rate limit get RATE_LIMITED; the outbound queue is bounded and a full
