@@ -2,14 +2,16 @@
 //! the `GroupEvent` frame (once per entry), handing one entry to N
 //! connection queues (the frame's bytes shared, never copied per
 //! recipient), and the same through the node's connection table by member
-//! device (`Connections::write_devices`, what a fan-out runs on each node).
+//! device (`Connections::write_devices`, what a fan-out runs on each node),
+//! and that again with every entry written straight to each connection's
+//! transport (the direct path of a synced WebSocket, `fanout_direct`).
 //!
 //! `cargo bench -p hush-node --bench fanout`
 
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use hush_node::conns::{Connections, LocalConn};
+use hush_node::conns::{Connections, DirectSink, Live, LocalConn};
 use hush_node::wire::{EntryRef, Outbound};
 use hush_store::{EntryKind, MemberDevice};
 use tokio::sync::mpsc;
@@ -29,9 +31,13 @@ fn entry<'a>(group_id: &'a [u8], message: &'a [u8]) -> EntryRef<'a> {
 /// The item a fan-out hands to every recipient: the entry's frame, encoded
 /// once.
 fn entry_item(group_id: &Arc<[u8]>, message: &[u8]) -> Outbound {
+    entry_item_at(group_id, message, 1)
+}
+
+fn entry_item_at(group_id: &Arc<[u8]>, message: &[u8], seq: u64) -> Outbound {
     Outbound::Group {
         group_id: group_id.clone(),
-        seq: 1,
+        seq,
         frame: entry(group_id, message).frame(),
         durable_at: None,
     }
@@ -126,5 +132,83 @@ fn fanout_by_device(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, frame_encode, fanout_to_queues, fanout_by_device);
+/// A transport that always has room and takes each frame at once (drops
+/// it, and with it the frame's place in the counts).
+struct Takes;
+
+impl DirectSink for Takes {
+    fn has_room(&mut self) -> bool {
+        true
+    }
+    fn write(&mut self, frame: hush_node::wire::Frame) -> bool {
+        drop(frame);
+        true
+    }
+}
+
+/// [`fanout_by_device`] with every connection synced and its transport
+/// free: each entry is the next of its group, so the fan-out writes it to
+/// every transport itself (`Live::write_next`) and no queue is touched.
+fn fanout_direct(c: &mut Criterion) {
+    let group_id: Arc<[u8]> = Arc::from(&[7u8; 16][..]);
+    let message = vec![0x5a; 200];
+    let mut group = c.benchmark_group("fanout_direct");
+    for n in [10usize, 100, 1000] {
+        let table = Connections::new(64);
+        let mut receivers = Vec::new();
+        let mut members = Vec::new();
+        for i in 0..2 * n {
+            let (tx, rx) = hush_node::conns::queue(64);
+            let user_id = format!("user{i}");
+            let device_id = format!("{user_id}-{:032x}", i);
+            let live = Arc::new(Live::new(Some(Box::new(Takes))));
+            {
+                let mut state = live.lock();
+                state.open = true;
+                state.sent.insert(group_id.to_vec(), 0);
+            }
+            if i % 2 == 0 {
+                members.push(MemberDevice {
+                    user_id: user_id.clone(),
+                    device_id: device_id.clone(),
+                });
+            }
+            receivers.push(rx);
+            table.insert(
+                i as u64,
+                LocalConn {
+                    user_id,
+                    device_id,
+                    tx,
+                    overflowed: Default::default(),
+                    session_node: "n1".into(),
+                    depth: Default::default(),
+                    live,
+                },
+            );
+        }
+        members.sort();
+        let mut seq = 0;
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_function(BenchmarkId::from_parameter(n), |b| {
+            b.iter(|| {
+                seq += 1;
+                let item = entry_item_at(&group_id, &message, seq);
+                assert!(table.write_devices(&members, &item).is_empty());
+            })
+        });
+        for rx in &mut receivers {
+            assert!(rx.try_recv().is_err(), "nothing went through a queue");
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    frame_encode,
+    fanout_to_queues,
+    fanout_by_device,
+    fanout_direct
+);
 criterion_main!(benches);
