@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use hush_node::conns::{Connections, DirectSink, Live, LocalConn};
+use hush_node::conns::{Connections, DirectSink, Live, LocalConn, QueueRx};
 use hush_node::wire::{EntryRef, Outbound};
 use hush_store::{EntryKind, MemberDevice};
 use tokio::sync::mpsc;
@@ -82,6 +82,47 @@ fn fanout_to_queues(c: &mut Criterion) {
     group.finish();
 }
 
+/// A connection table of `2n` connections, one per device, half of them
+/// the members' (the other half other users'), each with the `Live` that
+/// `live` makes: the table, the member devices (sorted) and every
+/// connection's queue (the members' first, in member order).
+fn table_of(
+    n: usize,
+    live: impl Fn() -> Arc<Live>,
+) -> (Connections, Vec<MemberDevice>, Vec<QueueRx>) {
+    let table = Connections::new(64);
+    let (mut members, mut receivers, mut others) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..2 * n {
+        let (tx, rx) = hush_node::conns::queue(64);
+        let user_id = format!("user{i}");
+        let device_id = format!("{user_id}-{:032x}", i);
+        if i % 2 == 0 {
+            members.push(MemberDevice {
+                user_id: user_id.clone(),
+                device_id: device_id.clone(),
+            });
+            receivers.push(rx);
+        } else {
+            others.push(rx);
+        }
+        table.insert(
+            i as u64,
+            LocalConn {
+                user_id,
+                device_id,
+                tx,
+                overflowed: Default::default(),
+                session_node: "n1".into(),
+                depth: Default::default(),
+                live: live(),
+            },
+        );
+    }
+    members.sort();
+    receivers.extend(others);
+    (table, members, receivers)
+}
+
 /// One entry to the connections of `n` member devices through the node's
 /// connection table (one connection each, among 2n: half the table is
 /// other users'), then every queue drained, per iteration.
@@ -90,34 +131,8 @@ fn fanout_by_device(c: &mut Criterion) {
     let message = vec![0x5a; 200];
     let mut group = c.benchmark_group("fanout_by_device");
     for n in [10usize, 100, 1000] {
-        let table = Connections::new(64);
-        let mut receivers = Vec::new();
-        let mut members = Vec::new();
-        for i in 0..2 * n {
-            let (tx, rx) = hush_node::conns::queue(64);
-            let user_id = format!("user{i}");
-            let device_id = format!("{user_id}-{:032x}", i);
-            if i % 2 == 0 {
-                members.push(MemberDevice {
-                    user_id: user_id.clone(),
-                    device_id: device_id.clone(),
-                });
-                receivers.push(rx);
-            }
-            table.insert(
-                i as u64,
-                LocalConn {
-                    user_id,
-                    device_id,
-                    tx,
-                    overflowed: Default::default(),
-                    session_node: "n1".into(),
-                    depth: Default::default(),
-                    live: Default::default(),
-                },
-            );
-        }
-        members.sort();
+        let (table, members, mut receivers) = table_of(n, Arc::default);
+        receivers.truncate(n);
         group.throughput(Throughput::Elements(n as u64));
         group.bench_function(BenchmarkId::from_parameter(n), |b| {
             b.iter(|| {
@@ -154,40 +169,16 @@ fn fanout_direct(c: &mut Criterion) {
     let message = vec![0x5a; 200];
     let mut group = c.benchmark_group("fanout_direct");
     for n in [10usize, 100, 1000] {
-        let table = Connections::new(64);
-        let mut receivers = Vec::new();
-        let mut members = Vec::new();
-        for i in 0..2 * n {
-            let (tx, rx) = hush_node::conns::queue(64);
-            let user_id = format!("user{i}");
-            let device_id = format!("{user_id}-{:032x}", i);
+        let synced = || {
             let live = Arc::new(Live::new(Some(Box::new(Takes))));
             {
                 let mut state = live.lock();
                 state.open = true;
                 state.sent.insert(group_id.to_vec(), 0);
             }
-            if i % 2 == 0 {
-                members.push(MemberDevice {
-                    user_id: user_id.clone(),
-                    device_id: device_id.clone(),
-                });
-            }
-            receivers.push(rx);
-            table.insert(
-                i as u64,
-                LocalConn {
-                    user_id,
-                    device_id,
-                    tx,
-                    overflowed: Default::default(),
-                    session_node: "n1".into(),
-                    depth: Default::default(),
-                    live,
-                },
-            );
-        }
-        members.sort();
+            live
+        };
+        let (table, members, mut receivers) = table_of(n, synced);
         let mut seq = 0;
         group.throughput(Throughput::Elements(n as u64));
         group.bench_function(BenchmarkId::from_parameter(n), |b| {

@@ -179,7 +179,8 @@ pub trait DirectSink: Send {
 }
 
 impl Live {
-    /// A connection whose transport the fan-out may write to directly.
+    /// A connection's state, with its transport's direct writer if it has
+    /// one (`None`: everything goes through its queue).
     pub fn new(direct: Option<Box<dyn DirectSink>>) -> Self {
         Self(Mutex::new(LiveState {
             direct,

@@ -40,7 +40,9 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
 mod common;
-use common::{client, has_text, is_member, processed_to, pump_until, start_node, url, WAIT};
+use common::{
+    alice_and_bob, client, has_text, is_member, processed_to, pump_until, start_node, url, WAIT,
+};
 
 /// The error code of an `Error`, which must be one of the closed list.
 fn code_of(e: &v1::Error) -> ErrorCode {
@@ -1302,16 +1304,7 @@ async fn slow_reader_is_cut_off() {
     // Clients live in this block: they are gone before the node stops.
     {
         let url = url(&node);
-        let mut alice = client(dir.path(), &url, "alice").await;
-        let mut bob = client(dir.path(), &url, "bob").await;
-        let gid = alice.create_group("busy").await.expect("group").group_id;
-        let g = hex::encode(&gid);
-        alice
-            .add_members(&g, &["bob".to_string()])
-            .await
-            .expect("add")
-            .expect("added");
-        pump_until(&mut bob, "bob's welcome", |c| is_member(c, &gid)).await;
+        let (mut alice, mut bob, gid, g) = alice_and_bob(dir.path(), &url, "busy").await;
 
         // A second connection of bob's device (the same session as his normal
         // one, so every delivery reaches both in one step) syncs, then stops

@@ -21,9 +21,7 @@ use hush_proto::{v1, ClientFrame, Message as _};
 use tokio_tungstenite::tungstenite::Message;
 
 mod common;
-use common::{
-    client, is_member, login, next_frame, pump_until, raw_ws_authed, start_node, url, RawWs,
-};
+use common::{alice_and_bob, login, next_frame, raw_ws_authed, start_node, url, RawWs};
 
 /// Messages alice sends while bob's raw connection reads.
 const SENT: u64 = 300;
@@ -80,16 +78,7 @@ async fn entries_arrive_once_and_in_order_whoever_writes_them() {
     .await;
     {
         let url = url(&node);
-        let mut alice = client(dir.path(), &url, "alice").await;
-        let mut bob = client(dir.path(), &url, "bob").await;
-        let gid = alice.create_group("order").await.expect("group").group_id;
-        let g = hex::encode(&gid);
-        alice
-            .add_members(&g, &["bob".to_string()])
-            .await
-            .expect("add")
-            .expect("added");
-        pump_until(&mut bob, "welcome", |c| is_member(c, &gid)).await;
+        let (mut alice, bob, gid, g) = alice_and_bob(dir.path(), &url, "order").await;
         let first = alice.send_text(&g, "before").await.expect("send");
 
         let token = login(&url, &bob.me().expect("bob")).await;

@@ -59,6 +59,32 @@ pub async fn client(
     client_over(root, url, handle, hush_client::conn::Transport::default()).await
 }
 
+/// Registered clients "alice" and "bob" (device state under `root`), and
+/// a group `name` alice created and added bob to, once bob has its
+/// Welcome: (alice, bob, group id, the id in hex as the SDK names groups).
+pub async fn alice_and_bob(
+    root: &std::path::Path,
+    url: &str,
+    name: &str,
+) -> (
+    hush_client::client::Client,
+    hush_client::client::Client,
+    Vec<u8>,
+    String,
+) {
+    let mut alice = client(root, url, "alice").await;
+    let mut bob = client(root, url, "bob").await;
+    let gid = alice.create_group(name).await.expect("group").group_id;
+    let g = hex::encode(&gid);
+    alice
+        .add_members(&g, &["bob".to_string()])
+        .await
+        .expect("add")
+        .expect("added");
+    pump_until(&mut bob, "bob's welcome", |c| is_member(c, &gid)).await;
+    (alice, bob, gid, g)
+}
+
 /// A registered SDK client for `handle` on the given transport.
 pub async fn client_over(
     root: &std::path::Path,
