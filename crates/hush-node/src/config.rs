@@ -32,6 +32,11 @@ pub const MAX_THREADS: usize = 1024;
 /// batch.
 pub const MAX_COMMIT_DELAY_US: u64 = 100_000;
 
+/// The longest WAL `store.checkpoint_pages` accepts (1 GiB at 4 KiB pages):
+/// the WAL is read through at start after a crash, and every reader's page
+/// lookup goes through its index.
+pub const MAX_CHECKPOINT_PAGES: u32 = 262_144;
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeSection {
@@ -79,6 +84,11 @@ pub struct StoreSection {
     /// a cursor (and a device's join announcement) moves up to this much
     /// later. At most 100,000.
     pub ack_delay_us: u64,
+    /// The WAL's length in pages (4 KiB each) past which a commit copies it
+    /// into the database file (embedded store; default 10,000; SQLite's
+    /// `wal_autocheckpoint`): fewer checkpoints write each hot page fewer
+    /// times, for a longer WAL on disk. 1 to 262,144.
+    pub checkpoint_pages: u32,
     /// ScyllaDB: "host:port" of one or more nodes.
     pub contact_points: Vec<String>,
     /// ScyllaDB keyspace (created at start if missing).
@@ -397,6 +407,7 @@ impl Default for StoreSection {
             max_batch_acks: 32,
             commit_delay_us: hush_store::SqliteConfig::DEFAULT_COMMIT_DELAY.as_micros() as u64,
             ack_delay_us: hush_store::SqliteConfig::DEFAULT_ACK_DELAY.as_micros() as u64,
+            checkpoint_pages: hush_store::SqliteConfig::DEFAULT_CHECKPOINT_PAGES,
             contact_points: vec!["127.0.0.1:9042".into()],
             keyspace: hush_store::ScyllaConfig::DEFAULT_KEYSPACE.into(),
             replication_factor: 1,
@@ -717,6 +728,12 @@ impl Config {
             return Err(invalid(
                 "store.ack_delay_us",
                 format!("must be at most {MAX_COMMIT_DELAY_US} (0 turns it off)"),
+            ));
+        }
+        if !(1..=MAX_CHECKPOINT_PAGES).contains(&self.store.checkpoint_pages) {
+            return Err(invalid(
+                "store.checkpoint_pages",
+                format!("must be at least 1 and at most {MAX_CHECKPOINT_PAGES}"),
             ));
         }
         if l.max_frame_bytes < 1024 {

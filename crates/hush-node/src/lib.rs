@@ -326,6 +326,7 @@ async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
     store_config.max_batch_acks = config.store.max_batch_acks;
     store_config.commit_delay = std::time::Duration::from_micros(config.store.commit_delay_us);
     store_config.ack_delay = std::time::Duration::from_micros(config.store.ack_delay_us);
+    store_config.checkpoint_pages = config.store.checkpoint_pages;
     let store = SqliteStore::open(store_config)
         .await
         .map_err(|source| StartError::Store {

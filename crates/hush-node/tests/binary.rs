@@ -68,6 +68,10 @@ fn bad_config_value_is_a_startup_error_naming_it() {
     let (ok, err) = run_with_config("[store]\nack_delay_us = 100001\n");
     assert!(!ok);
     assert!(err.contains("store.ack_delay_us"), "{err}");
+    // A WAL that never checkpoints would grow without bound.
+    let (ok, err) = run_with_config("[store]\ncheckpoint_pages = 0\n");
+    assert!(!ok);
+    assert!(err.contains("store.checkpoint_pages"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

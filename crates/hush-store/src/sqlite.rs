@@ -111,6 +111,16 @@ pub struct SqliteConfig {
     /// this much later. Zero: each batch commits what is queued (see
     /// `sqlite/writer.rs`).
     pub ack_delay: Duration,
+    /// The WAL's length, in pages, past which a commit copies it back into
+    /// the database file (SQLite's `wal_autocheckpoint`; the file is reused
+    /// from its start afterwards, so this also bounds it, about, while
+    /// readers let the checkpoint finish). A checkpoint writes each page
+    /// changed since the last one once, however often it changed: the hot
+    /// pages (each group's last index pages, the cursors) are written once
+    /// per checkpoint, not once per commit, and a longer WAL makes that
+    /// fewer. SQLite's default of 1,000 pages (4 MB) checkpointed every
+    /// ~60 ms at 3,000 msg/s (7% of the writer's profile samples).
+    pub checkpoint_pages: u32,
 }
 
 impl SqliteConfig {
@@ -124,6 +134,10 @@ impl SqliteConfig {
     /// 5 ms: a thousand receivers acking one by one share a few
     /// transactions instead of one per ack or two.
     pub const DEFAULT_ACK_DELAY: Duration = Duration::from_millis(5);
+    /// 10,000 pages (40 MB of WAL at 4 KiB pages): a checkpoint every
+    /// ~0.6 s at 3,000 msg/s, 2.5% of the writer's samples, and 8% fewer
+    /// writer samples in all than with SQLite's 1,000.
+    pub const DEFAULT_CHECKPOINT_PAGES: u32 = 10_000;
 
     /// A configuration with the defaults for everything but the path.
     pub fn new(path: impl Into<PathBuf>) -> Self {
@@ -135,6 +149,7 @@ impl SqliteConfig {
             busy_timeout: Self::DEFAULT_BUSY_TIMEOUT,
             commit_delay: Self::DEFAULT_COMMIT_DELAY,
             ack_delay: Self::DEFAULT_ACK_DELAY,
+            checkpoint_pages: Self::DEFAULT_CHECKPOINT_PAGES,
         }
     }
 }
@@ -175,6 +190,9 @@ impl SqliteStore {
         }
         let conn = open_connection(&config.path, config.busy_timeout, false)?;
         schema::migrate(&conn)?;
+        // Only the writer commits, so only its connection checkpoints.
+        conn.pragma_update(None, "wal_autocheckpoint", config.checkpoint_pages.max(1))
+            .map_err(|e| error::map_err("set wal_autocheckpoint", e))?;
 
         let readers = config.readers.max(1);
         let pool = Arc::new(ReaderPool::new(

@@ -473,3 +473,50 @@ async fn a_welcome_for_no_device_is_not_kept() {
         .expect("count");
     assert_eq!(rows, 0);
 }
+
+/// `checkpoint_pages` bounds the WAL: with a short one the file stays near
+/// that many pages however much is written (each checkpoint lets the next
+/// commit start the file over); with a long one the same writes pile up in
+/// it. The writes are identical, one commit each, and nobody reads meanwhile
+/// (a reader's snapshot could hold a checkpoint back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_is_checkpointed_at_the_configured_length() {
+    const WRITES: usize = 300;
+    const FRAME: u64 = 4096 + 24;
+    async fn wal_after_writes(checkpoint_pages: u32) -> u64 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("hush.db");
+        let mut config = SqliteConfig::new(&path);
+        config.checkpoint_pages = checkpoint_pages;
+        let store = SqliteStore::open(config).await.expect("open");
+        store.create_group(&group(b"g")).await.expect("group");
+        let fence = store
+            .acquire_lease(b"g", "node-a", 0, 1_000)
+            .await
+            .expect("lease")
+            .token;
+        for i in 0..WRITES {
+            let mut entry = message(&format!("m{i}"));
+            entry.message = vec![0x5a; 3000];
+            store
+                .append_message(b"g", fence, &entry)
+                .await
+                .expect("append");
+        }
+        let wal = std::fs::metadata(dir.path().join("hush.db-wal"))
+            .expect("the WAL")
+            .len();
+        store.close().await.expect("close");
+        wal
+    }
+    let short = wal_after_writes(8).await;
+    let long = wal_after_writes(100_000).await;
+    // Each commit writes at least the entry's page and its two index pages.
+    assert!(
+        long >= 3 * WRITES as u64 * FRAME,
+        "the long WAL held {long} bytes"
+    );
+    // The file keeps the length of its longest stretch between checkpoints:
+    // here the schema's creation, ~50 pages.
+    assert!(short < 100 * FRAME, "the short WAL grew to {short} bytes");
+}
