@@ -4,14 +4,15 @@
 //! recipient), and the same through the node's connection table by member
 //! device (`Connections::write_devices`, what a fan-out runs on each node),
 //! and that again with every entry written straight to each connection's
-//! transport (the direct path of a synced WebSocket, `fanout_direct`).
+//! transport (the direct path of a synced WebSocket, `fanout_direct`), and
+//! left to the connections' pump and written by it (`fanout_pumped`).
 //!
 //! `cargo bench -p hush-node --bench fanout`
 
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use hush_node::conns::{Connections, DirectSink, Live, LocalConn, QueueRx};
+use hush_node::conns::{Connections, DirectSink, Live, LocalConn, Pump, QueueRx};
 use hush_node::wire::{EntryRef, Outbound};
 use hush_store::{EntryKind, MemberDevice};
 use tokio::sync::mpsc;
@@ -164,35 +165,52 @@ impl DirectSink for Takes {
 /// [`fanout_by_device`] with every connection synced and its transport
 /// free: each entry is the next of its group, so the fan-out writes it to
 /// every transport itself (`Live::write_next`) and no queue is touched.
+/// `fanout_pumped`: the same with the connections' pump (as a WebSocket's):
+/// the fan-out leaves each frame pending, then the pump writes them
+/// (`Pump::write_due`, here on the same thread, without the wake).
 fn fanout_direct(c: &mut Criterion) {
     let group_id: Arc<[u8]> = Arc::from(&[7u8; 16][..]);
     let message = vec![0x5a; 200];
-    let mut group = c.benchmark_group("fanout_direct");
-    for n in [10usize, 100, 1000] {
-        let synced = || {
-            let live = Arc::new(Live::new(Some(Box::new(Takes))));
-            {
-                let mut state = live.lock();
-                state.open = true;
-                state.sent.insert(group_id.to_vec(), 0);
-            }
-            live
-        };
-        let (table, members, mut receivers) = table_of(n, synced);
-        let mut seq = 0;
-        group.throughput(Throughput::Elements(n as u64));
-        group.bench_function(BenchmarkId::from_parameter(n), |b| {
-            b.iter(|| {
-                seq += 1;
-                let item = entry_item_at(&group_id, &message, seq);
-                assert!(table.write_devices(&members, &item).is_empty());
-            })
+    for pumped in [false, true] {
+        let mut group = c.benchmark_group(if pumped {
+            "fanout_pumped"
+        } else {
+            "fanout_direct"
         });
-        for rx in &mut receivers {
-            assert!(rx.try_recv().is_err(), "nothing went through a queue");
+        for n in [10usize, 100, 1000] {
+            let pump = Arc::new(Pump::default());
+            let synced = || {
+                let live = Arc::new(Live::new(
+                    Some(Box::new(Takes)),
+                    pumped.then(|| pump.clone()),
+                ));
+                {
+                    let mut state = live.lock();
+                    state.open = true;
+                    state.sent.insert(group_id.to_vec(), 0);
+                }
+                live
+            };
+            let (table, members, mut receivers) = table_of(n, synced);
+            let mut seq = 0;
+            let mut batch = Vec::new();
+            group.throughput(Throughput::Elements(n as u64));
+            group.bench_function(BenchmarkId::from_parameter(n), |b| {
+                b.iter(|| {
+                    seq += 1;
+                    let item = entry_item_at(&group_id, &message, seq);
+                    assert!(table.write_devices(&members, &item).is_empty());
+                    if pumped {
+                        assert_eq!(pump.write_due(&mut batch), n);
+                    }
+                })
+            });
+            for rx in &mut receivers {
+                assert!(rx.try_recv().is_err(), "nothing went through a queue");
+            }
         }
+        group.finish();
     }
-    group.finish();
 }
 
 criterion_group!(

@@ -34,7 +34,10 @@
 //! group's next entry usually does not pass through this task at all: the
 //! fan-out writes it into actix-ws's queue itself (`WsDirect`, checked
 //! under the same per-connection lock as this task's writes, see
-//! `conns.rs`).
+//! `conns.rs`), or rather reserves the room and leaves the frame to this
+//! worker's [`Pump`], which writes it on this thread (no cross-thread wake
+//! per delivery); this task writes a pending frame first thing on each of
+//! its own writes.
 //!
 //! Bounds: frames larger than `max_frame_bytes` close with 1009; requests over
 //! the rate limit get RATE_LIMITED; the outbound queue is bounded and a full
@@ -60,7 +63,7 @@ use tokio::task::JoinSet;
 use super::stream::{self, Halt, Position, Sink, Stream};
 use super::{authenticate, check_origin, error_response, AppState};
 use crate::admission::RequestPermit;
-use crate::conns::{DirectSink, Live, QueuedItem};
+use crate::conns::{DirectSink, Live, Pump, QueuedItem};
 use crate::error::{ApiError, ApiResult};
 use crate::wire::{Caller, Outbound};
 
@@ -130,11 +133,33 @@ pub async fn upgrade(
     response
 }
 
+thread_local! {
+    /// This actix worker's [`Pump`] (started with its first connection).
+    static PUMP: std::cell::RefCell<Option<Arc<Pump>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The pump of the worker this runs on, started on first use (and again
+/// if its runtime stopped and a new one runs on the thread).
+fn worker_pump() -> Arc<Pump> {
+    PUMP.with_borrow_mut(|slot| {
+        if let Some(pump) = slot.as_ref().filter(|p| !p.stopped()) {
+            return pump.clone();
+        }
+        let pump = Arc::new(Pump::default());
+        actix_web::rt::spawn(pump.clone().run());
+        *slot = Some(pump.clone());
+        pump
+    })
+}
+
 /// The WebSocket side of a [`Stream`]: one binary message per frame, each
 /// write bounded by `write_timeout_ms`.
 struct WsSink {
     session: Session,
     write_timeout: Duration,
+    /// The connection's shared state: a direct write the fan-out left
+    /// pending goes out before each of this sink's writes.
+    live: Arc<Live>,
 }
 
 impl WsSink {
@@ -181,9 +206,13 @@ fn gone() -> Step {
 impl Sink for WsSink {
     type Stop = Step;
 
-    /// One write, bounded in time (see [`WsSink::reserve`]).
+    /// One write, bounded in time (see [`WsSink::reserve`]), after the
+    /// fan-out's pending one.
     async fn write(&mut self, bytes: Bytes, _pos: Position<'_>) -> Result<(), Step> {
         self.reserve().await?;
+        let live = self.live.clone();
+        let mut live = live.lock();
+        live.flush();
         self.write_reserved(bytes)
     }
 
@@ -200,6 +229,7 @@ impl Sink for WsSink {
     ) -> Result<(), Step> {
         self.reserve().await?;
         let mut live = live.lock();
+        live.flush();
         if live.has(group_id, seq) {
             return Ok(());
         }
@@ -261,10 +291,14 @@ impl Connection {
     fn new(app: Arc<AppState>, session: Session) -> Self {
         let l = &app.config.limits;
         let rate = hush_ds::TokenBucket::new(l.rate_per_sec, l.rate_burst, app.now_ms());
-        let live = Arc::new(Live::new(Some(Box::new(WsDirect(session.clone())))));
+        let live = Arc::new(Live::new(
+            Some(Box::new(WsDirect(session.clone()))),
+            Some(worker_pump()),
+        ));
         let sink = WsSink {
             session,
             write_timeout: Duration::from_millis(l.write_timeout_ms),
+            live: live.clone(),
         };
         Self {
             id: app.next_conn_id(),
