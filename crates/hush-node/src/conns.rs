@@ -25,7 +25,10 @@
 //! is not woken for it. Everything else (a gap, a Sync under way, a full
 //! transport, SSE, every other kind of item) goes through the queue, and
 //! the connection's task writes it with the same check under the same
-//! lock: per group, entries go out in order and once.
+//! lock: per group, entries go out in order and once. A WebSocket's direct
+//! write is finished on the connection's own actix worker: the fan-out
+//! leaves the frame pending for that worker's [`Pump`], so the worker is
+//! woken a few times per fan-out rather than once per delivery.
 //!
 //! The node counts the frames waiting in all queues (and being written) for
 //! admission (`admission.rs`: sends are refused while fan-out is that far
