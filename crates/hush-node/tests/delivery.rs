@@ -13,15 +13,21 @@
 //! right after the backlog (no live entry inside a Sync, none twice), and
 //! the stream ends at the last message sent. A race: a direct write let
 //! into a Sync shows in some runs, not all.
+//!
+//! Twice: with alice's and bob's connections alone (the fan-out writes the
+//! direct entries itself), and with three more connections of bob's
+//! device reading along, enough for the fan-out to leave its direct writes
+//! to the actix workers' pumps (`conns::Pump`), whose deferred writes must
+//! keep the same order.
 
-use futures_util::SinkExt as _;
+use futures_util::{SinkExt as _, StreamExt as _};
 use hush_proto::client_frame::Body as C;
 use hush_proto::server_frame::Body as S;
-use hush_proto::{v1, ClientFrame, Message as _};
+use hush_proto::{v1, ClientFrame, Message as _, ServerFrame};
 use tokio_tungstenite::tungstenite::Message;
 
 mod common;
-use common::{alice_and_bob, login, next_frame, raw_ws_authed, start_node, url, RawWs};
+use common::{alice_and_bob, login, next_frame, raw_ws_authed, start_node, url, RawWs, WAIT};
 
 /// Messages alice sends while bob's raw connection reads.
 const SENT: u64 = 300;
@@ -69,6 +75,25 @@ async fn direct_frames(url: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_arrive_once_and_in_order_whoever_writes_them() {
+    within_deadline(entries_once_and_in_order(0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_arrive_once_and_in_order_through_the_pumps() {
+    within_deadline(entries_once_and_in_order(3)).await;
+}
+
+/// A run takes seconds; one that stalls (a write left pending that nobody
+/// makes, a sender waiting for it) fails here instead of hanging the suite.
+async fn within_deadline(run: impl std::future::Future<Output = ()>) {
+    tokio::time::timeout(std::time::Duration::from_secs(120), run)
+        .await
+        .expect("the run ended within 120 s");
+}
+
+/// Bob's device also keeps `others` connections that sync and read
+/// everything, so that each fan-out reaches that many more.
+async fn entries_once_and_in_order(others: usize) {
     let (node, _clock, dir) = start_node(|c| {
         // Room for the whole run in bob's queue: the test is about order,
         // not about cutting a slow reader off (tests/overload.rs).
@@ -82,6 +107,41 @@ async fn entries_arrive_once_and_in_order_whoever_writes_them() {
         let first = alice.send_text(&g, "before").await.expect("send");
 
         let token = login(&url, &bob.me().expect("bob")).await;
+        let mut readers = Vec::new();
+        for i in 0..others {
+            let mut other = raw_ws_authed(node.addr, &token, None).await;
+            sync(&mut other, 1, Vec::new()).await;
+            loop {
+                match next_frame(&mut other).await.expect("open").body {
+                    Some(S::SyncCaughtUp(_)) => break,
+                    _ => continue,
+                }
+            }
+            readers.push(tokio::spawn(async move {
+                let mut seqs = Vec::new();
+                // Bounded: a pending write nobody flushes must fail the
+                // test, not hang it.
+                while let Some(Ok(msg)) = tokio::time::timeout(WAIT, other.next())
+                    .await
+                    .unwrap_or_else(|_| panic!("reader {i}: no frame in time after {seqs:?}"))
+                {
+                    if let Message::Binary(b) = msg {
+                        if let Ok(ServerFrame {
+                            body: Some(S::GroupEvent(e)),
+                            ..
+                        }) = ServerFrame::decode(b.as_ref())
+                        {
+                            seqs.push(e.seq);
+                            if seqs.len() as u64 == SENT {
+                                break;
+                            }
+                        }
+                    }
+                }
+                assert_dense(&format!("reader {i}"), &seqs);
+                seqs.len() as u64
+            }));
+        }
         let mut ws = raw_ws_authed(node.addr, &token, Some(4 * 1024)).await;
         sync(&mut ws, 1, Vec::new()).await;
         let mut before = Vec::new();
@@ -185,6 +245,10 @@ async fn entries_arrive_once_and_in_order_whoever_writes_them() {
         // Both writers wrote: some entries went straight to the socket's
         // queue (the rest, and the backlogs, through the connection's).
         assert!(direct_frames(&url).await > 0, "no entry skipped the queue");
+        // The other connections got every message, once and in order.
+        for reader in readers {
+            assert_eq!(reader.await.expect("reader"), SENT);
+        }
     }
     node.stop().await;
 }
