@@ -187,15 +187,16 @@ impl WsSink {
         };
         ready.map_err(|_closed| gone())
     }
+}
 
-    /// Writes into the room [`WsSink::reserve`] found.
-    fn write_reserved(&mut self, bytes: Bytes) -> Result<(), Step> {
-        Pin::new(&mut self.session)
-            .start_send(actix_ws::Message::Binary(bytes))
-            .map_err(|_closed| gone())?;
-        crate::telemetry::frame_out();
-        Ok(())
-    }
+/// Writes into the room [`WsSink::reserve`] found (a function of the
+/// session alone, so that it can run while the connection's lock is held).
+fn write_reserved(session: &mut Session, bytes: Bytes) -> Result<(), Step> {
+    Pin::new(session)
+        .start_send(actix_ws::Message::Binary(bytes))
+        .map_err(|_closed| gone())?;
+    crate::telemetry::frame_out();
+    Ok(())
 }
 
 /// The close of a connection whose transport is gone.
@@ -210,10 +211,9 @@ impl Sink for WsSink {
     /// fan-out's pending one.
     async fn write(&mut self, bytes: Bytes, _pos: Position<'_>) -> Result<(), Step> {
         self.reserve().await?;
-        let live = self.live.clone();
-        let mut live = live.lock();
+        let mut live = self.live.lock();
         live.flush();
-        self.write_reserved(bytes)
+        write_reserved(&mut self.session, bytes)
     }
 
     /// The fan-out writes to this transport too ([`WsDirect`]): room
@@ -233,7 +233,7 @@ impl Sink for WsSink {
         if live.has(group_id, seq) {
             return Ok(());
         }
-        self.write_reserved(frame)?;
+        write_reserved(&mut self.session, frame)?;
         live.record(group_id, seq);
         Ok(())
     }
