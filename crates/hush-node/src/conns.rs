@@ -161,6 +161,11 @@ pub struct LiveState {
     /// connection's task first thing on its next write ([`LiveState::flush`]),
     /// whichever comes first. While one is pending the fan-out queues.
     pending: Option<Frame>,
+    /// Whether the connection is in its pump's list (until the pump has
+    /// come to it): it is listed once however often its task wrote a
+    /// pending frame first, so a pump's list never holds more than its
+    /// worker's connections.
+    listed: bool,
 }
 
 impl LiveState {
@@ -229,7 +234,8 @@ impl Live {
     /// it for the socket), so the backlog and the delivery waits
     /// admission reads still see it. With a pump and `pumped`, the frame
     /// is recorded and its room reserved here, and left pending for the
-    /// pump (`Ok(true)`: the caller hands this connection to its pump).
+    /// pump (`Ok(true)`: the caller lists this connection with its pump,
+    /// where it is not yet).
     fn write_next(
         &self,
         group_id: &[u8],
@@ -244,6 +250,7 @@ impl Live {
             open,
             direct,
             pending,
+            listed,
         } = &mut *live;
         let Some(direct) = direct.as_mut() else {
             return Err(counted);
@@ -261,7 +268,7 @@ impl Live {
         });
         if pumped && self.pump.is_some() {
             *pending = Some(frame);
-            return Ok(true);
+            return Ok(!std::mem::replace(listed, true));
         }
         if direct.write(frame) {
             crate::telemetry::frame_out();
@@ -269,9 +276,12 @@ impl Live {
         Ok(false)
     }
 
-    /// Writes the pending direct write, if the connection's task has not.
-    fn flush(&self) {
-        self.lock().flush();
+    /// The pump's turn: writes the pending direct write, if the
+    /// connection's task has not, and takes the connection off the list.
+    fn flush_listed(&self) {
+        let mut live = self.lock();
+        live.listed = false;
+        live.flush();
     }
 }
 
@@ -349,7 +359,7 @@ impl Pump {
         );
         let listed = batch.len();
         for live in batch.drain(..) {
-            live.flush();
+            live.flush_listed();
         }
         listed
     }
@@ -679,6 +689,18 @@ mod tests {
     }
 
     fn conn_of(table: &Connections, id: u64, user: &str, device: &str) -> QueueRx {
+        conn_with(table, id, user, device, Arc::default())
+    }
+
+    /// A connection with the given shared state (a transport the fan-out
+    /// can write to directly, a pump); its queue's receiving end.
+    fn conn_with(
+        table: &Connections,
+        id: u64,
+        user: &str,
+        device: &str,
+        live: Arc<Live>,
+    ) -> QueueRx {
         let (tx, rx) = queue(8);
         table.insert(
             id,
@@ -689,7 +711,7 @@ mod tests {
                 overflowed: Arc::default(),
                 session_node: format!("session-of-{user}"),
                 depth: Arc::default(),
-                live: Arc::default(),
+                live,
             },
         );
         rx
@@ -897,20 +919,8 @@ mod tests {
     fn the_next_entry_skips_the_queue_when_the_transport_has_room() {
         let table = Connections::new(4);
         let transport = Transport::default();
-        let (tx, mut rx) = queue(8);
         let live = Arc::new(Live::new(Some(Box::new(transport.clone())), None));
-        table.insert(
-            1,
-            LocalConn {
-                user_id: "u".into(),
-                device_id: "d".into(),
-                tx,
-                overflowed: Arc::default(),
-                session_node: "n".into(),
-                depth: Arc::default(),
-                live: live.clone(),
-            },
-        );
+        let mut rx = conn_with(&table, 1, "u", "d", live.clone());
         transport.room(8);
         // Not synced yet: queued.
         assert!(table.write(1, entry(1)));
@@ -971,23 +981,11 @@ mod tests {
         let mut conns = Vec::new();
         for &id in &ids {
             let transport = Transport::default();
-            let (tx, rx) = queue(8);
             let live = Arc::new(Live::new(
                 Some(Box::new(transport.clone())),
                 Some(pump.clone()),
             ));
-            table.insert(
-                id,
-                LocalConn {
-                    user_id: "u".into(),
-                    device_id: format!("d{id}"),
-                    tx,
-                    overflowed: Arc::default(),
-                    session_node: "n".into(),
-                    depth: Arc::default(),
-                    live: live.clone(),
-                },
-            );
+            let rx = conn_with(&table, id, "u", &format!("d{id}"), live.clone());
             transport.room(8);
             live.lock().open = true;
             live.lock().record(b"g", 1);
@@ -1012,11 +1010,18 @@ mod tests {
         assert_eq!(written, [Frame::from("entry 2")]);
         drop(written);
         assert_eq!(table.backlog().depth(), n - 1, "the transport took it");
+        // A new pending write of a connection still listed lists it once.
+        live.lock().record(b"g", 3);
+        assert!(table.write_many(ids.clone(), &entry(4)).is_empty());
+        assert_eq!(pump.due.lock().unwrap().len(), n, "each listed once");
+        for (_, rx, _) in &mut conns[1..] {
+            assert_eq!(seqs(rx), [4], "behind their pending one");
+        }
 
         // Nobody else writes: the pump does, once woken.
         let running = tokio::spawn(pump.clone().run());
         for _ in 0..100 {
-            if conns[1..]
+            if conns
                 .iter()
                 .all(|(t, _, _)| t.0.lock().unwrap().1.len() == 1)
             {
@@ -1024,17 +1029,18 @@ mod tests {
             }
             tokio::task::yield_now().await;
         }
+        assert_eq!(conns[0].0.take(), [Frame::from("entry 4")]);
         for (transport, _, live) in &conns[1..] {
             assert_eq!(transport.take(), [Frame::from("entry 2")]);
             assert!(live.lock().pending.is_none());
         }
+        assert!(conns.iter().all(|(_, _, l)| !l.lock().listed));
         assert_eq!(table.backlog().depth(), 0);
 
         // A fan-out to fewer connections writes directly.
         let (transport, _, live) = &conns[0];
-        live.lock().record(b"g", 3);
-        assert!(table.write(ids[0], entry(4)));
-        assert_eq!(transport.take(), [Frame::from("entry 4")]);
+        assert!(table.write(ids[0], entry(5)));
+        assert_eq!(transport.take(), [Frame::from("entry 5")]);
         assert!(live.lock().pending.is_none());
 
         assert!(!pump.stopped());
