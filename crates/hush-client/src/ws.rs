@@ -219,7 +219,8 @@ impl WsConn {
     /// Closes the connection: the writer sends what is queued (acks) and a
     /// Close frame; then we wait (at most `CLOSE_REPLY_TIMEOUT`) for the
     /// server's Close in reply, so the server has read everything before the
-    /// socket goes away.
+    /// socket goes away (it answers once the acks before the Close are
+    /// stored).
     pub async fn close(mut self) {
         let _ = self.out.send(WsMessage::Close(None));
         let _ = tokio::time::timeout(CLOSE_REPLY_TIMEOUT, &mut self.reader).await;

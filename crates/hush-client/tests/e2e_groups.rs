@@ -161,7 +161,8 @@ fn offline_member_catches_up_exactly_once_in_order() {
         "dense seqs"
     );
     assert_eq!(bob.sync_texts(), sent);
-    // bob's acknowledgements reached the node before his process exited.
+    // bob's acknowledgements were stored before his process exited: the
+    // node answers a Close once the acks sent before it are stored.
     let conn = rusqlite::Connection::open_with_flags(
         node.store_file(),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,

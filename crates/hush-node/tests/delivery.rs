@@ -19,6 +19,9 @@
 //! device reading along, enough for the fan-out to leave its direct writes
 //! to the actix workers' pumps (`conns::Pump`), whose deferred writes must
 //! keep the same order.
+//!
+//! And a client's Close is answered once the acks it sent before it are
+//! stored (the acks finish apart from the connection's task).
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use hush_proto::client_frame::Body as C;
@@ -249,6 +252,63 @@ async fn entries_once_and_in_order(others: usize) {
         for reader in readers {
             assert_eq!(reader.await.expect("reader"), SENT);
         }
+    }
+    node.stop().await;
+}
+
+/// A client's Close is answered once the acks it sent before it are
+/// stored, so a client that acks what it read and closes (the CLI after a
+/// sync) finds its device's cursor stored when its close returns. Acks are
+/// one-way and finish on the store's writer, apart from the connection's
+/// task; the store stalls here (another connection holds the file's write
+/// lock, well within the node's 5 s busy timeout) while bob acks and
+/// closes, so an answer that did not wait for them comes while they are
+/// still unstored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_is_answered_once_the_acks_before_it_are_stored() {
+    let (node, _clock, dir) = start_node(|_| {}).await;
+    {
+        let url = url(&node);
+        let (mut alice, bob, gid, g) = alice_and_bob(dir.path(), &url, "acks").await;
+        let me = bob.me().expect("bob");
+        // Bob's SDK client is gone (it acks what it is sent); his raw
+        // connection below acks instead.
+        drop(bob);
+        let mut last = 0;
+        for i in 0..20 {
+            last = alice.send_text(&g, &format!("m{i}")).await.expect("send");
+        }
+        let token = login(&url, &me).await;
+        let mut ws = raw_ws_authed(node.addr, &token, None).await;
+
+        let held = rusqlite::Connection::open(dir.path().join("node/hush.sqlite")).expect("db");
+        held.busy_timeout(WAIT).expect("busy timeout");
+        held.execute_batch("BEGIN IMMEDIATE").expect("write lock");
+        for seq in last - 19..=last {
+            let frame = ClientFrame {
+                request_id: seq,
+                body: Some(C::Ack(v1::Ack {
+                    group_id: gid.clone(),
+                    seq,
+                })),
+            };
+            ws.send(Message::binary(frame.encode_to_vec()))
+                .await
+                .expect("ack");
+        }
+        ws.send(Message::Close(None)).await.expect("close");
+        // A Close answered without waiting comes at once; this one waits
+        // for the store.
+        let early =
+            tokio::time::timeout(std::time::Duration::from_millis(500), next_frame(&mut ws)).await;
+        assert!(
+            early.is_err(),
+            "the Close was answered before bob's acks were stored: {early:?}"
+        );
+        held.execute_batch("ROLLBACK").expect("unlock");
+        assert_eq!(next_frame(&mut ws).await.map(|f| f.body), Err(Some(1000)));
+        let cursors = node.store().cursors(&me.device_id).await.expect("cursors");
+        assert_eq!(cursors, vec![(gid.clone(), last)], "bob's cursor");
     }
     node.stop().await;
 }

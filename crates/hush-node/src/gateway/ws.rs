@@ -46,7 +46,7 @@
 
 use std::future::{poll_fn, Future as _};
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -84,6 +84,53 @@ impl Drop for InFlight {
 /// it looks at its other work again (at most actix-ws's own queue, 32
 /// frames, fits before a write waits for the socket).
 const OUTBOUND_BURST: usize = 32;
+
+/// The connection's acks not yet finished (stored, or refused). Acks are
+/// one-way and run apart from the connection's task (see `on_frame`), so
+/// the connection counts them: its close waits (at most
+/// `write_timeout_ms`) until they are finished before it answers the
+/// client's Close. A client that acks and then closes (the CLI after a
+/// sync) finds its cursors stored once its Close is answered, and a device
+/// that syncs next from the stored cursors is not sent again what it read.
+#[derive(Default)]
+struct Unfinished {
+    acks: AtomicUsize,
+    none_left: tokio::sync::Notify,
+}
+
+/// One ack's place in [`Unfinished`], given back when dropped (finished,
+/// or its task gone).
+struct AckGuard(Arc<Unfinished>);
+
+impl Unfinished {
+    fn start(self: &Arc<Self>) -> AckGuard {
+        self.acks.fetch_add(1, Ordering::AcqRel);
+        AckGuard(self.clone())
+    }
+
+    /// Resolves once no ack is left unfinished.
+    async fn none_left(&self) {
+        loop {
+            let notified = self.none_left.notified();
+            let mut notified = pin!(notified);
+            // Registered before the count is read: a last ack finishing in
+            // between still wakes this wait.
+            notified.as_mut().enable();
+            if self.acks.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for AckGuard {
+    fn drop(&mut self) {
+        if self.0.acks.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.none_left.notify_waiters();
+        }
+    }
+}
 
 pub const CLOSE_AUTH_DEADLINE: u16 = 4000;
 pub const CLOSE_SLOW_CONSUMER: u16 = 4001;
@@ -273,6 +320,7 @@ struct Connection {
     rate: hush_ds::TokenBucket,
     out: Stream<WsSink>,
     last_seen: tokio::time::Instant,
+    acks: Arc<Unfinished>,
 }
 
 enum Step {
@@ -306,6 +354,7 @@ impl Connection {
             app,
             rate,
             last_seen: tokio::time::Instant::now(),
+            acks: Arc::default(),
         }
     }
 
@@ -349,12 +398,16 @@ impl Connection {
             metrics::gauge!("hush_connections").increment(1.0);
             let reason = self.serve(&mut stream, pre_auth).await;
             crate::telemetry::ws_closed(reason.as_ref().map(|r| u16::from(r.code)));
+            let limit = Duration::from_millis(self.app.config.limits.write_timeout_ms);
+            // The acks the client sent before its Close are finished before
+            // the Close is answered (see `Unfinished`), bounded like a write.
+            let acks = Box::pin(tokio::time::timeout(limit, self.acks.none_left()));
+            let _ = acks.await;
             Box::pin(stream::close(&self.app, self.id)).await;
             tracing::debug!(conn = self.id, reason = ?reason, "connection closed");
             // Closing queues a close frame; a peer that stopped reading
             // would hold this task forever, so it is bounded like every
             // other write.
-            let limit = Duration::from_millis(self.app.config.limits.write_timeout_ms);
             let close = Box::pin(tokio::time::timeout(limit, self.session().close(reason)));
             let _ = close.await;
             metrics::gauge!("hush_connections").decrement(1.0);
@@ -623,13 +676,17 @@ impl Connection {
                 // A group's ack is not even awaited: its task ends once the
                 // ack is queued, and the store's writer finishes it (frees
                 // the place in the node's request bound, queues a refusal),
-                // so no thread is woken to hear it went through.
+                // so no thread is woken to hear it went through. The
+                // connection counts it until then (`Unfinished`): its close
+                // waits for it.
                 let (app, caller, conn_id) = (self.app.clone(), caller.clone(), self.id);
+                let unfinished = self.acks.start();
                 let finish = move |result: ApiResult<()>| {
                     drop(permit);
                     if let Err(e) = result {
                         answer_refused(&app, conn_id, rid, &e);
                     }
+                    drop(unfinished);
                 };
                 let app = self.app.clone();
                 actix_web::rt::spawn(async move {
