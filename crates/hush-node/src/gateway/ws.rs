@@ -46,7 +46,7 @@
 
 use std::future::{poll_fn, Future as _};
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -59,6 +59,7 @@ use hush_ds::TokenClaims;
 use hush_proto::{client_frame::Body as C, server_frame::Body as S, v1, ErrorCode};
 use hush_proto::{ClientFrame, Message as _};
 use tokio::task::JoinSet;
+use tokio_util::task::TaskTracker;
 
 use super::stream::{self, Halt, Position, Sink, Stream};
 use super::{authenticate, check_origin, error_response, AppState};
@@ -84,53 +85,6 @@ impl Drop for InFlight {
 /// it looks at its other work again (at most actix-ws's own queue, 32
 /// frames, fits before a write waits for the socket).
 const OUTBOUND_BURST: usize = 32;
-
-/// The connection's acks not yet finished (stored, or refused). Acks are
-/// one-way and run apart from the connection's task (see `on_frame`), so
-/// the connection counts them: its close waits (at most
-/// `write_timeout_ms`) until they are finished before it answers the
-/// client's Close. A client that acks and then closes (the CLI after a
-/// sync) finds its cursors stored once its Close is answered, and a device
-/// that syncs next from the stored cursors is not sent again what it read.
-#[derive(Default)]
-struct Unfinished {
-    acks: AtomicUsize,
-    none_left: tokio::sync::Notify,
-}
-
-/// One ack's place in [`Unfinished`], given back when dropped (finished,
-/// or its task gone).
-struct AckGuard(Arc<Unfinished>);
-
-impl Unfinished {
-    fn start(self: &Arc<Self>) -> AckGuard {
-        self.acks.fetch_add(1, Ordering::AcqRel);
-        AckGuard(self.clone())
-    }
-
-    /// Resolves once no ack is left unfinished.
-    async fn none_left(&self) {
-        loop {
-            let notified = self.none_left.notified();
-            let mut notified = pin!(notified);
-            // Registered before the count is read: a last ack finishing in
-            // between still wakes this wait.
-            notified.as_mut().enable();
-            if self.acks.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-impl Drop for AckGuard {
-    fn drop(&mut self) {
-        if self.0.acks.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.none_left.notify_waiters();
-        }
-    }
-}
 
 pub const CLOSE_AUTH_DEADLINE: u16 = 4000;
 pub const CLOSE_SLOW_CONSUMER: u16 = 4001;
@@ -320,7 +274,13 @@ struct Connection {
     rate: hush_ds::TokenBucket,
     out: Stream<WsSink>,
     last_seen: tokio::time::Instant,
-    acks: Arc<Unfinished>,
+    /// The connection's acks not yet finished (stored, or refused), one
+    /// token each. Acks are one-way and finish apart from the connection's
+    /// task (see `on_frame`), so the connection's close waits (at most
+    /// `write_timeout_ms`) for their tokens before it answers the client's
+    /// Close: a client that acks and then closes (the CLI after a sync)
+    /// finds its cursors stored once its Close is answered.
+    acks: TaskTracker,
 }
 
 enum Step {
@@ -354,7 +314,7 @@ impl Connection {
             app,
             rate,
             last_seen: tokio::time::Instant::now(),
-            acks: Arc::default(),
+            acks: TaskTracker::new(),
         }
     }
 
@@ -400,8 +360,9 @@ impl Connection {
             crate::telemetry::ws_closed(reason.as_ref().map(|r| u16::from(r.code)));
             let limit = Duration::from_millis(self.app.config.limits.write_timeout_ms);
             // The acks the client sent before its Close are finished before
-            // the Close is answered (see `Unfinished`), bounded like a write.
-            let acks = Box::pin(tokio::time::timeout(limit, self.acks.none_left()));
+            // the Close is answered (see `acks`), bounded like a write.
+            self.acks.close();
+            let acks = Box::pin(tokio::time::timeout(limit, self.acks.wait()));
             let _ = acks.await;
             Box::pin(stream::close(&self.app, self.id)).await;
             tracing::debug!(conn = self.id, reason = ?reason, "connection closed");
@@ -677,10 +638,10 @@ impl Connection {
                 // ack is queued, and the store's writer finishes it (frees
                 // the place in the node's request bound, queues a refusal),
                 // so no thread is woken to hear it went through. The
-                // connection counts it until then (`Unfinished`): its close
-                // waits for it.
+                // connection holds a token of it until then (`acks`): its
+                // close waits for it.
                 let (app, caller, conn_id) = (self.app.clone(), caller.clone(), self.id);
-                let unfinished = self.acks.start();
+                let unfinished = self.acks.token();
                 let finish = move |result: ApiResult<()>| {
                     drop(permit);
                     if let Err(e) = result {
