@@ -50,6 +50,12 @@ struct RunArgs {
     redis: Option<String>,
     #[arg(long)]
     redis_pid: Option<u32>,
+    /// The baseline's Redis keeps the messages: XADD to a stream per group,
+    /// receivers XREAD it and store their cursors (start the server with
+    /// `appendfsync always`: loadtest/scripts/baseline.sh does with
+    /// BASELINE_REDIS=streams). Default: PUBLISH / SUBSCRIBE.
+    #[arg(long)]
+    redis_streams: bool,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -96,6 +102,11 @@ async fn main() -> ExitCode {
                 node_bin: a.node_bin,
                 redis: a.redis,
                 redis_pid: a.redis_pid,
+                redis_mode: if a.redis_streams {
+                    hush_loadtest::protocol::RedisMode::Streams
+                } else {
+                    hush_loadtest::protocol::RedisMode::PubSub
+                },
                 progress: !a.quiet,
                 keep_data: a.keep_data,
                 worker_exe: None,

@@ -36,10 +36,24 @@ pub struct Plan {
 pub enum Job {
     /// Hush groups `first_group .. first_group + groups`.
     Fanout(FanoutJob),
-    /// Redis pub/sub channels, same shape.
-    Redis(FanoutJob),
+    /// Redis channels or streams, same shape.
+    Redis(FanoutJob, RedisMode),
     /// Idle connections `first .. first + count`.
     Connect(ConnectJob),
+}
+
+/// What the baseline's Redis does with a group's messages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RedisMode {
+    /// PUBLISH to a channel, SUBSCRIBE to it: nothing kept, nothing acked
+    /// by the receivers.
+    #[default]
+    PubSub,
+    /// XADD to a stream (kept; durable before the reply when the server
+    /// runs `appendfsync always`), each receiver reading it with blocking
+    /// XREADs from the last id it saw and storing that id as its cursor
+    /// (SET) every ack interval: Hush's promises, in Redis.
+    Streams,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -54,8 +54,9 @@ pub fn headline(s: &Summary) -> BTreeMap<String, f64> {
             }
         }
     }
+    let redis = s.targets.get(1).map_or("redis", |t| t.name.as_str());
     for r in &s.ratio_to_redis {
-        let k = |name: &str| format!("hush/redis.p{}.{name}", r.phase);
+        let k = |name: &str| format!("hush/{redis}.p{}.{name}", r.phase);
         h.insert(k("deliveries_per_s"), r.deliveries_per_s);
         if let Some(v) = r.e2e_p50 {
             h.insert(k("e2e.p50"), v);

@@ -28,7 +28,7 @@ pub async fn run_worker(
     let ch = Channels { cmds, events };
     let r = match plan.job.clone() {
         Job::Fanout(j) => fanout::run(plan, j, ch).await,
-        Job::Redis(j) => redis::run(plan, j, ch).await,
+        Job::Redis(j, mode) => redis::run(plan, j, mode, ch).await,
         Job::Connect(j) => connect::run(plan, j, ch).await,
     };
     if let Err(e) = r {

@@ -197,7 +197,7 @@ impl Run<'_> {
             name: "hush",
             servers: cluster.urls(),
             pids: &pids,
-            redis: false,
+            redis: None,
             history_dir: Some(out_dir),
             faults: Some(&start_faults),
         };

@@ -19,7 +19,8 @@ use crate::clock::{now_ns, Clock};
 use crate::failover::FailoverReport;
 use crate::procmon::Monitor;
 use crate::protocol::{
-    ConnectJob, FanoutJob, FromWorker, Job, KillCmd, PhaseCmd, PhaseResult, Plan, ToWorker,
+    ConnectJob, FanoutJob, FromWorker, Job, KillCmd, PhaseCmd, PhaseResult, Plan, RedisMode,
+    ToWorker,
 };
 use crate::report::{PhaseReport, Point, TargetReport};
 use crate::scenario::{Kind, Scenario};
@@ -35,14 +36,14 @@ const PROGRESS_REDRAW: Duration = Duration::from_millis(200);
 
 /// A system to measure.
 pub struct System<'a> {
-    /// "hush" or "redis": the report's name for it.
+    /// "hush", "redis" or "redis-streams": the report's name for it.
     pub name: &'static str,
     /// Its gateway URLs (Hush) or address (Redis).
     pub servers: &'a [String],
     /// Its processes (name, pid), whose CPU and RSS count as the target's.
     pub pids: &'a [(String, u32)],
-    /// The baseline's Redis: the workers speak RESP to it.
-    pub redis: bool,
+    /// The baseline's Redis: the workers speak RESP to it, this way.
+    pub redis: Option<RedisMode>,
     /// Chaos: where the workers write their parts of the history.
     pub history_dir: Option<&'a Path>,
     /// Chaos: started with the first phase's start time (Unix ns); awaited
@@ -121,10 +122,9 @@ fn plans(sc: &Scenario, sys: &System<'_>, sources: &[IpAddr], nworkers: usize) -
                         presence_poll_ms: f.presence_poll_ms,
                         history: sys.history_dir.map(|d| crate::history::part_path(d, w)),
                     };
-                    if sys.redis {
-                        Job::Redis(j)
-                    } else {
-                        Job::Fanout(j)
+                    match sys.redis {
+                        Some(mode) => Job::Redis(j, mode),
+                        None => Job::Fanout(j),
                     }
                 }
             };
@@ -364,7 +364,7 @@ impl Measurement<'_> {
     /// Failover: the node to kill `kill_after_s` into the first phase.
     fn kill(&self, index: usize, start_ns: u64) -> anyhow::Result<Option<Kill>> {
         let target = &self.sc.target;
-        if index != 0 || target.kill_node.is_empty() || self.sys.redis {
+        if index != 0 || target.kill_node.is_empty() || self.sys.redis.is_some() {
             return Ok(None);
         }
         let node = format!("node {}", target.kill_node);

@@ -19,6 +19,7 @@ use self::measure::{measure, System};
 use crate::clock::now_ns;
 use crate::node::{self, NodeProc};
 use crate::procmon::Monitor;
+use crate::protocol::RedisMode;
 use crate::repeat::Repeat;
 use crate::report::{self, Summary};
 use crate::resources::{node_trends, steady_window, Prober, PROBE_INTERVAL};
@@ -41,6 +42,9 @@ pub struct Options {
     /// Baseline: the redis-server address and pid (started by the script).
     pub redis: Option<String>,
     pub redis_pid: Option<u32>,
+    /// Baseline: what the workers do with Redis (the script starts it to
+    /// match: no persistence for pub/sub, `appendfsync always` for streams).
+    pub redis_mode: RedisMode,
     pub progress: bool,
     /// Keep a spawned node's data directory (`<out>/node-data`) after the
     /// run; by default it is removed once the node has stopped.
@@ -168,7 +172,7 @@ pub async fn run(mut opts: Options) -> anyhow::Result<Outcome> {
         name: "hush",
         servers: &system.servers,
         pids: &system.pids,
-        redis: false,
+        redis: None,
         history_dir: None,
         faults: None,
     };
@@ -189,10 +193,13 @@ pub async fn run(mut opts: Options) -> anyhow::Result<Outcome> {
             .map(|p| vec![("redis-server".to_string(), p)])
             .unwrap_or_default();
         let redis = System {
-            name: "redis",
+            name: match opts.redis_mode {
+                RedisMode::PubSub => "redis",
+                RedisMode::Streams => "redis-streams",
+            },
             servers: &[addr],
             pids: &redis_pid,
-            redis: true,
+            redis: Some(opts.redis_mode),
             history_dir: None,
             faults: None,
         };

@@ -336,7 +336,7 @@ impl Summary {
             })
             .flatten();
         let ratio_to_redis = match (targets.first(), targets.get(1)) {
-            (Some(h), Some(r)) if r.name == "redis" => h
+            (Some(h), Some(r)) if r.name.starts_with("redis") => h
                 .phases
                 .iter()
                 .zip(&r.phases)

@@ -112,10 +112,11 @@ impl Summary {
         } else if self.scenario.kind == Kind::Sustain {
             let _ = writeln!(s, "sustained: no step passed");
         }
+        let redis = self.targets.get(1).map_or("redis", |t| t.name.as_str());
         for r in &self.ratio_to_redis {
             let _ = writeln!(
                 s,
-                "hush/redis phase {}: deliveries/s x{:.3}, e2e p50 x{}, p99 x{}",
+                "hush/{redis} phase {}: deliveries/s x{:.3}, e2e p50 x{}, p99 x{}",
                 r.phase,
                 r.deliveries_per_s,
                 r.e2e_p50.map_or("-".into(), |v| format!("{v:.2}")),
