@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hush_loadtest::protocol::RedisMode;
 use hush_loadtest::{run, Options};
@@ -57,7 +57,7 @@ fn redis_server_available() -> bool {
 }
 
 /// Starts redis-server as `loadtest/scripts/baseline.sh` does for `mode`
-/// and waits until it answers PING.
+/// and returns once it logs that it accepts connections.
 fn start_redis(mode: RedisMode) -> Redis {
     let dir = tempfile::tempdir().unwrap();
     // redis-server takes no port 0: take a free one from the OS.
@@ -70,7 +70,7 @@ fn start_redis(mode: RedisMode) -> Redis {
         RedisMode::PubSub => &["--appendonly", "no"],
         RedisMode::Streams => &["--appendonly", "yes", "--appendfsync", "always"],
     };
-    let child = Command::new("redis-server")
+    let mut child = Command::new("redis-server")
         .args([
             "--bind",
             "127.0.0.1",
@@ -83,28 +83,32 @@ fn start_redis(mode: RedisMode) -> Redis {
         .arg("--dir")
         .arg(dir.path())
         .args(["--protected-mode", "no", "--daemonize", "no"])
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("start redis-server");
+    // Its log goes to stdout; "Ready to accept connections" is the event.
+    let mut log = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    loop {
+        match log.next() {
+            Some(Ok(line)) if line.contains("Ready to accept connections") => break,
+            Some(Ok(line)) => seen.push(line),
+            _ => panic!(
+                "redis-server exited before it was ready:\n{}",
+                seen.join("\n")
+            ),
+        }
+    }
+    // The rest of its log is drained, so the pipe never fills.
+    std::thread::spawn(move || log.for_each(drop));
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let redis = Redis {
+    assert_eq!(command(addr, "PING").unwrap(), "+PONG");
+    Redis {
         child,
         addr,
         dir: dir.path().to_path_buf(),
         _dir: dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(reply) = command(addr, "PING") {
-            assert_eq!(reply, "+PONG");
-            return redis;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "redis-server did not answer PING"
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
