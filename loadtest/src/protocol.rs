@@ -56,6 +56,16 @@ pub enum RedisMode {
     Streams,
 }
 
+impl RedisMode {
+    /// The report's name for Redis measured this way.
+    pub fn name(self) -> &'static str {
+        match self {
+            RedisMode::PubSub => "redis",
+            RedisMode::Streams => "redis-streams",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FanoutJob {
     pub first_group: usize,

@@ -40,7 +40,7 @@ use crate::workload::{wait_drained, Channels, Schedule, WorkerRun};
 /// One RESP value (only what pub/sub and streams answer with; a null
 /// array, `*-1`, reads as an empty one).
 #[derive(Debug, PartialEq)]
-enum Resp {
+pub enum Resp {
     Int(i64),
     Bulk(Vec<u8>),
     Simple(String),
@@ -48,7 +48,8 @@ enum Resp {
     Array(Vec<Resp>),
 }
 
-async fn read_resp<R: AsyncBufRead + Unpin + Send>(r: &mut R) -> anyhow::Result<Resp> {
+/// Reads one RESP reply.
+pub async fn read_resp<R: AsyncBufRead + Unpin + Send>(r: &mut R) -> anyhow::Result<Resp> {
     let mut line = Vec::new();
     let n = r.read_until(b'\n', &mut line).await?;
     anyhow::ensure!(n > 0, "redis closed the connection");
@@ -80,7 +81,8 @@ async fn read_resp<R: AsyncBufRead + Unpin + Send>(r: &mut R) -> anyhow::Result<
     })
 }
 
-fn command(args: &[&[u8]]) -> Vec<u8> {
+/// One command as a RESP array of bulk strings.
+pub fn command(args: &[&[u8]]) -> Vec<u8> {
     let mut out = format!("*{}\r\n", args.len()).into_bytes();
     for a in args {
         out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());

@@ -54,7 +54,7 @@ pub fn headline(s: &Summary) -> BTreeMap<String, f64> {
             }
         }
     }
-    let redis = s.targets.get(1).map_or("redis", |t| t.name.as_str());
+    let redis = s.baseline_name();
     for r in &s.ratio_to_redis {
         let k = |name: &str| format!("hush/{redis}.p{}.{name}", r.phase);
         h.insert(k("deliveries_per_s"), r.deliveries_per_s);

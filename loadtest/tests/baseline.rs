@@ -7,14 +7,15 @@
 //! test prints SKIPPED without it, and fails instead when
 //! `HUSH_REQUIRE_REDIS=1` (CI installs it and sets that).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use hush_loadtest::protocol::RedisMode;
+use hush_loadtest::redis::{command, read_resp, Resp};
 use hush_loadtest::{run, Options};
+use tokio::io::AsyncWriteExt as _;
 
 #[path = "../../crates/hush-client/tests/common/node_bin.rs"]
 mod node_bin;
@@ -102,39 +103,35 @@ fn start_redis(mode: RedisMode) -> Redis {
     }
     // The rest of its log is drained, so the pipe never fills.
     std::thread::spawn(move || log.for_each(drop));
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    assert_eq!(command(addr, "PING").unwrap(), "+PONG");
     Redis {
         child,
-        addr,
+        addr: format!("127.0.0.1:{port}").parse().unwrap(),
         dir: dir.path().to_path_buf(),
         _dir: dir,
     }
 }
 
-/// One inline command; the reply's first line, and for an array reply
-/// (`*N`) its N elements' lines joined by spaces.
-fn command(addr: SocketAddr, cmd: &str) -> std::io::Result<String> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(format!("{cmd}\r\n").as_bytes())?;
-    let mut r = BufReader::new(s.try_clone()?);
-    let mut line = String::new();
-    r.read_line(&mut line)?;
-    let line = line.trim_end().to_string();
-    let Some(n) = line.strip_prefix('*').and_then(|n| n.parse::<usize>().ok()) else {
-        return Ok(line);
+/// One command on a connection of its own, and its reply (the baseline's
+/// own RESP code, `hush_loadtest::redis`).
+async fn query(addr: SocketAddr, args: &[&str]) -> Resp {
+    let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(&command(&args)).await.unwrap();
+    read_resp(&mut tokio::io::BufReader::new(s)).await.unwrap()
+}
+
+/// The keys an array reply names.
+fn names(reply: Resp) -> Vec<String> {
+    let Resp::Array(items) = reply else {
+        panic!("not an array: {reply:?}");
     };
-    let mut items = Vec::new();
-    for _ in 0..n {
-        let mut len = String::new();
-        r.read_line(&mut len)?;
-        let len: usize = len.trim_end().trim_start_matches('$').parse().unwrap();
-        let mut item = vec![0; len + 2];
-        r.read_exact(&mut item)?;
-        items.push(String::from_utf8_lossy(&item[..len]).into_owned());
-    }
-    Ok(items.join(" "))
+    items
+        .into_iter()
+        .map(|i| match i {
+            Resp::Bulk(b) => String::from_utf8(b).unwrap(),
+            other => panic!("not a bulk string: {other:?}"),
+        })
+        .collect()
 }
 
 async fn baseline(redis: &Redis, mode: RedisMode) -> hush_loadtest::report::Summary {
@@ -189,11 +186,15 @@ async fn baseline_against_redis_pubsub_and_streams() {
         return;
     }
     let redis = start_redis(RedisMode::PubSub);
+    assert_eq!(
+        query(redis.addr, &["PING"]).await,
+        Resp::Simple("PONG".into())
+    );
     let s = baseline(&redis, RedisMode::PubSub).await;
     assert_eq!(s.targets[1].name, "redis");
     assert_eq!(
-        command(redis.addr, "DBSIZE").unwrap(),
-        ":0",
+        query(redis.addr, &["DBSIZE"]).await,
+        Resp::Int(0),
         "pub/sub keeps nothing"
     );
     drop(redis);
@@ -204,16 +205,17 @@ async fn baseline_against_redis_pubsub_and_streams() {
     let sent = s.targets[1].phases[0].sent;
     // What Redis kept: a stream per group holding every message, and a
     // stored cursor per receiver.
-    let keys = command(redis.addr, "KEYS *").unwrap();
-    let (cursors, streams): (Vec<&str>, Vec<&str>) = keys
-        .split(' ')
-        .filter(|k| !k.is_empty())
-        .partition(|k| k.contains(":cursor:"));
+    let (cursors, streams): (Vec<String>, Vec<String>) =
+        names(query(redis.addr, &["KEYS", "*"]).await)
+            .into_iter()
+            .partition(|k| k.contains(":cursor:"));
     assert_eq!(streams.len() as u64, GROUPS, "{streams:?}");
     let mut kept = 0;
     for key in &streams {
-        let len = command(redis.addr, &format!("XLEN {key}")).unwrap();
-        kept += len.trim_start_matches(':').parse::<u64>().unwrap();
+        let Resp::Int(len) = query(redis.addr, &["XLEN", key]).await else {
+            panic!("XLEN {key} is not a length");
+        };
+        kept += u64::try_from(len).unwrap();
     }
     assert_eq!(kept, sent, "every acknowledged message is in its stream");
     assert_eq!(

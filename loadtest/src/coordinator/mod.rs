@@ -193,10 +193,7 @@ pub async fn run(mut opts: Options) -> anyhow::Result<Outcome> {
             .map(|p| vec![("redis-server".to_string(), p)])
             .unwrap_or_default();
         let redis = System {
-            name: match opts.redis_mode {
-                RedisMode::PubSub => "redis",
-                RedisMode::Streams => "redis-streams",
-            },
+            name: opts.redis_mode.name(),
             servers: &[addr],
             pids: &redis_pid,
             redis: Some(opts.redis_mode),

@@ -290,6 +290,12 @@ pub fn utc(unix_s: u64) -> String {
 }
 
 impl Summary {
+    /// The baseline's second system, Hush's ratios are against ("redis"
+    /// or "redis-streams"; `RedisMode::name`).
+    pub fn baseline_name(&self) -> &str {
+        self.targets.get(1).map_or("redis", |t| t.name.as_str())
+    }
+
     /// `overrides`: the command line's `--set`s; `load_before`: the load
     /// average when the run started.
     pub fn new(
@@ -336,7 +342,7 @@ impl Summary {
             })
             .flatten();
         let ratio_to_redis = match (targets.first(), targets.get(1)) {
-            (Some(h), Some(r)) if r.name.starts_with("redis") => h
+            (Some(h), Some(r)) if sc.kind == Kind::Baseline => h
                 .phases
                 .iter()
                 .zip(&r.phases)

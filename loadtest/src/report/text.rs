@@ -112,7 +112,7 @@ impl Summary {
         } else if self.scenario.kind == Kind::Sustain {
             let _ = writeln!(s, "sustained: no step passed");
         }
-        let redis = self.targets.get(1).map_or("redis", |t| t.name.as_str());
+        let redis = self.baseline_name();
         for r in &self.ratio_to_redis {
             let _ = writeln!(
                 s,
